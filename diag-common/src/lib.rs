@@ -1,0 +1,103 @@
+//! Types shared by diag's kernel programs (`diag-ebpf`) and its user-space
+//! side (`diag-user`).
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, has explicit padding and a
+//! compile-time size check, so both sides agree on the bytes. Event kinds
+//! are raw `u32`s decoded with [`TryFrom`], never transmuted.
+#![no_std]
+
+pub mod tcp;
+
+#[cfg(feature = "user")]
+pub mod user;
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const TASK_COMM_LEN: usize = 16;
+
+/// What kind of record follows the header in the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`tcp::TcpStateEvent`]
+    TcpState = 1,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(EventKind::TcpState),
+            other => Err(other),
+        }
+    }
+}
+
+/// Common prefix of every event in the ring buffer.
+///
+/// `pid`/`tgid`/`comm` name the task the event is *attributed to*, which is
+/// not necessarily the task that was on the CPU (see each event's docs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] as a raw number.
+    pub kind: u32,
+    /// CPU the event was observed on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included.
+    pub ts_ns: u64,
+    /// Thread id (the kernel's `pid`).
+    pub pid: u32,
+    /// Process id (the kernel's `tgid`).
+    pub tgid: u32,
+    /// Command name, NUL padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+
+impl EventHeader {
+    pub const fn zeroed() -> Self {
+        EventHeader {
+            kind: 0,
+            cpu: 0,
+            ts_ns: 0,
+            pid: 0,
+            tgid: 0,
+            comm: [0; TASK_COMM_LEN],
+        }
+    }
+}
+
+/// Indexes into the kernel's per-CPU `COUNTERS` array: things that went
+/// wrong in the kernel and must be shown to the user.
+pub mod counters {
+    /// An event was lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The per-socket owner map was full; attribution fell back to the
+    /// current task for that socket.
+    pub const SOCK_MAP_FULL: u32 = 1;
+    /// The listener map was full; passive opens on that port fall back.
+    pub const LISTEN_MAP_FULL: u32 = 2;
+    /// A tracepoint field could not be read.
+    pub const READ_ERROR: u32 = 3;
+    /// Events submitted to the ring buffer.
+    pub const SUBMITTED: u32 = 4;
+    /// Number of slots in `COUNTERS`.
+    pub const LEN: u32 = 8;
+}
+
+/// Tunables written into the kernel object's read-only globals at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Once this many bytes are waiting in the ring buffer, a submit wakes
+    /// the reader; below it, submits don't (each wakeup costs microseconds,
+    /// and user space drains on a short timer anyway).
+    pub wakeup_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<RingConfig>() == 8);
+
+/// Turn a NUL-padded `comm` into the bytes before the first NUL.
+pub fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+    &comm[..end]
+}

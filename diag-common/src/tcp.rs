@@ -1,0 +1,152 @@
+//! TCP state transitions (`sock:inet_sock_set_state`).
+
+use crate::{EventHeader, TASK_COMM_LEN};
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// The kernel's name for a TCP state, as `ss` and the tracepoint print it.
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        state::ESTABLISHED => "ESTABLISHED",
+        state::SYN_SENT => "SYN_SENT",
+        state::SYN_RECV => "SYN_RECV",
+        state::FIN_WAIT1 => "FIN_WAIT1",
+        state::FIN_WAIT2 => "FIN_WAIT2",
+        state::TIME_WAIT => "TIME_WAIT",
+        state::CLOSE => "CLOSE",
+        state::CLOSE_WAIT => "CLOSE_WAIT",
+        state::LAST_ACK => "LAST_ACK",
+        state::LISTEN => "LISTEN",
+        state::CLOSING => "CLOSING",
+        state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// How the kernel program chose the process an event is attributed to.
+pub mod attribution {
+    /// The transition ran inside the owner's own system call (connect,
+    /// listen, close, shutdown): the current task is the owner.
+    pub const SYSCALL: u8 = 1;
+    /// The owner remembered for this socket from an earlier transition.
+    pub const SOCKET: u8 = 2;
+    /// A passive open: the owner of the listening socket on the local port.
+    pub const LISTENER: u8 = 3;
+    /// Nothing better known (e.g. a socket older than diag): the task that
+    /// happened to be on the CPU, which may not be the owner.
+    pub const CURRENT: u8 = 4;
+
+    pub fn name(a: u8) -> &'static str {
+        match a {
+            SYSCALL => "syscall",
+            SOCKET => "socket",
+            LISTENER => "listener",
+            CURRENT => "current",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Byte offsets of the `inet_sock_set_state` tracepoint's fields, read by
+/// user space from tracefs (`events/sock/inet_sock_set_state/format`) and
+/// written into the kernel program's globals at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InetSockSetStateLayout {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    /// 1 once user space filled this in; the program does nothing otherwise.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<InetSockSetStateLayout>() == 48);
+
+impl InetSockSetStateLayout {
+    pub const fn zeroed() -> Self {
+        InetSockSetStateLayout {
+            skaddr: 0,
+            oldstate: 0,
+            newstate: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            protocol: 0,
+            saddr: 0,
+            daddr: 0,
+            saddr_v6: 0,
+            daddr_v6: 0,
+            valid: 0,
+        }
+    }
+}
+
+/// One TCP state transition. The header's pid/tgid/comm are the socket's
+/// owner as far as the kernel program could tell (see [`attribution`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpStateEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`: identifies the socket while it lives.
+    pub skaddr: u64,
+    /// Time spent in `old_state`, 0 when unknown (first transition seen).
+    pub in_old_state_ns: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address, same encoding.
+    pub daddr: [u8; 16],
+    /// Local port (host order).
+    pub sport: u16,
+    /// Remote port (host order).
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// One of [`attribution`].
+    pub attribution: u8,
+    pub _pad: [u8; 3],
+    /// tgid of the task that was on the CPU when the transition ran.
+    pub current_tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpStateEvent>() == 104);
+
+/// What the kernel remembers per socket (map `SOCK_OWNERS`, keyed by skaddr)
+/// and per listening port (map `LISTENERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOwner {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// Boot-time ns of the last transition (for `in_old_state_ns`).
+    pub last_ts_ns: u64,
+    /// skaddr of the listening socket (LISTENERS only).
+    pub skaddr: u64,
+}
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);

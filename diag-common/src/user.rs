@@ -1,0 +1,150 @@
+//! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
+
+use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpStateEvent};
+use crate::{EventHeader, EventKind, RingConfig};
+
+// SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and
+// byte arrays, with explicit padding: every bit pattern is valid.
+unsafe impl aya::Pod for InetSockSetStateLayout {}
+unsafe impl aya::Pod for RingConfig {}
+unsafe impl aya::Pod for SockOwner {}
+
+/// Any event diag's kernel programs emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyEvent {
+    TcpState(TcpStateEvent),
+}
+
+impl AnyEvent {
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            AnyEvent::TcpState(e) => &e.header,
+        }
+    }
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the header, or than its kind's payload.
+    TooShort {
+        kind: Option<u32>,
+        len: usize,
+        need: usize,
+    },
+    /// A kind this build does not know (newer kernel object?).
+    UnknownKind(u32),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::TooShort {
+                kind: Some(k),
+                len,
+                need,
+            } => {
+                write!(f, "event of kind {k} is {len} bytes, expected {need}")
+            }
+            DecodeError::TooShort {
+                kind: None,
+                len,
+                need,
+            } => {
+                write!(
+                    f,
+                    "record of {len} bytes is shorter than an event header ({need})"
+                )
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+fn read<T: Copy>(buf: &[u8], kind: Option<u32>) -> Result<T, DecodeError> {
+    let need = core::mem::size_of::<T>();
+    if buf.len() < need {
+        return Err(DecodeError::TooShort {
+            kind,
+            len: buf.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked above; T is a plain-old-data repr(C) type for
+    // which every bit pattern is valid; read_unaligned has no alignment need.
+    Ok(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
+    let header: EventHeader = read(buf, None)?;
+    match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
+        EventKind::TcpState => Ok(AnyEvent::TcpState(read(buf, Some(header.kind))?)),
+    }
+}
+
+/// The bytes of a POD value, e.g. to build test records.
+pub fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is Copy POD (callers use the repr(C) types of this crate);
+    // we only view its bytes for its own lifetime.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpStateEvent;
+
+    fn sample() -> TcpStateEvent {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::TcpState as u32;
+        header.pid = 7;
+        header.tgid = 7;
+        TcpStateEvent {
+            header,
+            skaddr: 0xffff_0000_1234,
+            in_old_state_ns: 5,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 80,
+            family: crate::tcp::AF_INET,
+            old_state: 7,
+            new_state: 2,
+            attribution: 1,
+            _pad: [0; 3],
+            current_tgid: 7,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = sample();
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
+    }
+
+    #[test]
+    fn short_and_unknown() {
+        let e = sample();
+        let b = as_bytes(&e);
+        assert_eq!(
+            decode(&b[..10]),
+            Err(DecodeError::TooShort {
+                kind: None,
+                len: 10,
+                need: 40
+            })
+        );
+        assert_eq!(
+            decode(&b[..50]),
+            Err(DecodeError::TooShort {
+                kind: Some(1),
+                len: 50,
+                need: 104
+            })
+        );
+        let mut bad = e;
+        bad.header.kind = 99;
+        assert_eq!(decode(as_bytes(&bad)), Err(DecodeError::UnknownKind(99)));
+    }
+}

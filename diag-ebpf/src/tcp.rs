@@ -1,0 +1,211 @@
+//! `sock:inet_sock_set_state`: every TCP state transition, attributed to
+//! the process that owns the socket.
+//!
+//! Many transitions run in softirq context, where the current task is
+//! whoever was interrupted. So the owner is learned where it is certain
+//! (inside connect/listen/close/shutdown, which run in the owner's own
+//! system call), remembered per socket in `SOCK_OWNERS`, and, for passive
+//! opens, taken from the listening socket's owner in `LISTENERS`.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+    Global,
+};
+use diag_common::{
+    counters,
+    tcp::{
+        attribution, state, InetSockSetStateLayout, SockOwner, TcpStateEvent, AF_INET, AF_INET6,
+        IPPROTO_TCP,
+    },
+    EventKind,
+};
+
+use crate::maps::{count, current_header, submit_flags, EVENTS};
+
+/// Field offsets from tracefs, written by user space at load time.
+#[unsafe(no_mangle)]
+static INET_SOCK_SET_STATE: Global<InetSockSetStateLayout> =
+    Global::new(InetSockSetStateLayout::zeroed());
+
+/// Owner of each live socket, keyed by `struct sock` address. Entries go
+/// when the socket reaches CLOSE. Bounded; a full map is counted.
+#[map]
+static SOCK_OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(262_144, 0);
+
+/// Owner of each listening socket, keyed by local port.
+#[map]
+static LISTENERS: HashMap<u16, SockOwner> = HashMap::with_max_entries(16_384, 0);
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_inet_sock_set_state(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| {
+        count(counters::READ_ERROR);
+        0
+    })
+}
+
+/// Transitions that only happen inside the owner's own system call.
+#[inline(always)]
+fn in_owner_syscall(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (state::CLOSE, state::SYN_SENT)          // connect()
+            | (state::CLOSE, state::LISTEN)          // listen()
+            | (state::LISTEN, state::CLOSE)          // close() of a listener
+            | (state::ESTABLISHED, state::FIN_WAIT1) // close()/shutdown(), we close first
+            | (state::CLOSE_WAIT, state::LAST_ACK) // close() after the peer closed
+    )
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
+    let l = INET_SOCK_SET_STATE.load();
+    if l.valid == 0 {
+        return Ok(0);
+    }
+    let protocol: u16 = field(ctx, l.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    let old = field::<i32>(ctx, l.oldstate)? as u8;
+    let new = field::<i32>(ctx, l.newstate)? as u8;
+    let sport: u16 = field(ctx, l.sport)?;
+    let family: u16 = field(ctx, l.family)?;
+
+    let mut header = current_header(EventKind::TcpState as u32);
+    let now = header.ts_ns;
+    let current_tgid = header.tgid;
+    let current = SockOwner {
+        pid: header.pid,
+        tgid: header.tgid,
+        comm: header.comm,
+        last_ts_ns: now,
+        skaddr,
+    };
+
+    // Look the socket up once; copy out what we need at once (a concurrent
+    // delete can at worst give us a stale copy). Plain values, no Option of
+    // a struct: the verifier wants every register initialised on every path.
+    let mut known = false;
+    let mut known_owner = current;
+    let mut in_old_state_ns: u64 = 0;
+    if let Some(k) = unsafe { SOCK_OWNERS.get(&skaddr) } {
+        known = true;
+        known_owner = *k;
+        if k.last_ts_ns <= now {
+            in_old_state_ns = now - k.last_ts_ns;
+        }
+    }
+    let passive_open = old == state::LISTEN && new == state::SYN_RECV;
+    if passive_open {
+        // A new child socket: any entry is a stale one from a freed socket.
+        in_old_state_ns = 0;
+    }
+    let (owner, how) = if in_owner_syscall(old, new) {
+        (current, attribution::SYSCALL)
+    } else if passive_open {
+        // The owner is whoever owns the listener on this port.
+        match unsafe { LISTENERS.get(&sport) } {
+            Some(o) => (*o, attribution::LISTENER),
+            None => (current, attribution::CURRENT),
+        }
+    } else if known {
+        (known_owner, attribution::SOCKET)
+    } else {
+        (current, attribution::CURRENT)
+    };
+
+    if new == state::CLOSE {
+        let _ = SOCK_OWNERS.remove(&skaddr);
+        if old == state::LISTEN {
+            if let Some(o) = unsafe { LISTENERS.get(&sport) } {
+                if o.skaddr == skaddr {
+                    let _ = LISTENERS.remove(&sport);
+                }
+            }
+        }
+    } else {
+        let remembered = SockOwner {
+            last_ts_ns: now,
+            skaddr,
+            ..owner
+        };
+        if SOCK_OWNERS
+            .insert(&skaddr, &remembered, BPF_ANY as u64)
+            .is_err()
+        {
+            count(counters::SOCK_MAP_FULL);
+        }
+        if new == state::LISTEN
+            && LISTENERS
+                .insert(&sport, &remembered, BPF_ANY as u64)
+                .is_err()
+        {
+            count(counters::LISTEN_MAP_FULL);
+        }
+    }
+
+    header.pid = owner.pid;
+    header.tgid = owner.tgid;
+    header.comm = owner.comm;
+
+    let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `entry` is a reserved, exclusively owned slot of the right size;
+    // every field is written before submit.
+    unsafe {
+        (*ev).header = header;
+        (*ev).skaddr = skaddr;
+        (*ev).in_old_state_ns = in_old_state_ns;
+        let (saddr, daddr) = addresses(ctx, &l, family);
+        (*ev).saddr = saddr;
+        (*ev).daddr = daddr;
+        (*ev).sport = sport;
+        (*ev).dport = field(ctx, l.dport).unwrap_or(0);
+        (*ev).family = family;
+        (*ev).old_state = old;
+        (*ev).new_state = new;
+        (*ev).attribution = how;
+        (*ev)._pad = [0; 3];
+        (*ev).current_tgid = current_tgid;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
+}
+
+/// Local and remote address, IPv4 in the first 4 bytes.
+#[inline(always)]
+fn addresses(
+    ctx: &TracePointContext,
+    l: &InetSockSetStateLayout,
+    family: u16,
+) -> ([u8; 16], [u8; 16]) {
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET6 {
+        saddr = field(ctx, l.saddr_v6).unwrap_or([0; 16]);
+        daddr = field(ctx, l.daddr_v6).unwrap_or([0; 16]);
+    } else if family == AF_INET {
+        let s: [u8; 4] = field(ctx, l.saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = field(ctx, l.daddr).unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    }
+    (saddr, daddr)
+}

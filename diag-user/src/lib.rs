@@ -1,0 +1,34 @@
+//! diag's user-space side: environment checks, loading the kernel programs,
+//! reading their events, and the views built on them.
+//!
+//! The flow: `source` (live ring buffer) -> [`Msg`] bus -> a sink in `view`.
+
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod loader;
+pub mod probes;
+pub mod source;
+pub mod tracefs;
+pub mod view;
+
+use std::process::ExitCode;
+
+use diag_common::user::AnyEvent;
+
+/// What travels on the bus from a source to a sink.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Decoded events, in ring-buffer order.
+    Events(Vec<AnyEvent>),
+    /// The kernel side's health counters, cumulative since start.
+    Health(source::Health),
+}
+
+/// Run the parsed command line. `Ok` carries the exit code.
+pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or_default() {
+        cli::Command::Check(args) => Ok(loader::run_check(&args)),
+        cli::Command::Tail(args) => view::tail::run(args),
+    }
+}

@@ -1,0 +1,32 @@
+//! One module per probe family: its tracepoints, layouts and attach code.
+
+pub mod tcp;
+
+use aya::{Ebpf, programs::TracePoint};
+
+use crate::error::{LoadError, flatten};
+
+/// Load and attach the tracepoint program `prog` to `category:name`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), LoadError> {
+    let tp = format!("{category}:{name}");
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::Missing(format!("program {prog}")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
+    program
+        .load()
+        .map_err(|e| LoadError::Load(format!("{prog}: {}", flatten(&e))))?;
+    program
+        .attach(category, name)
+        .map_err(|e| LoadError::Attach {
+            tracepoint: tp,
+            why: flatten(&e),
+        })?;
+    Ok(())
+}

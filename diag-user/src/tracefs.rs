@@ -1,0 +1,195 @@
+//! tracefs: finding (or mounting) it, and reading tracepoint formats so that
+//! field offsets come from the running kernel, never from constants.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::EnvError;
+
+/// Other places tracefs is commonly found.
+const FALLBACKS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Find tracefs, mounting it at `preferred` if it is nowhere. Returns the
+/// mount point and whether diag mounted it.
+pub fn ensure_mounted(preferred: &Path) -> Result<(PathBuf, bool), EnvError> {
+    if preferred.join("events").is_dir() {
+        return Ok((preferred.to_path_buf(), false));
+    }
+    if preferred == Path::new("/sys/kernel/tracing") {
+        for f in FALLBACKS {
+            if Path::new(f).join("events").is_dir() {
+                return Ok((PathBuf::from(f), false));
+            }
+        }
+    }
+    mount(preferred)?;
+    if preferred.join("events").is_dir() {
+        Ok((preferred.to_path_buf(), true))
+    } else {
+        Err(EnvError::Tracefs {
+            path: preferred.display().to_string(),
+            why: "mounted, but it has no events directory".into(),
+        })
+    }
+}
+
+fn mount(at: &Path) -> Result<(), EnvError> {
+    use std::ffi::CString;
+    let err = |why: String| EnvError::Tracefs {
+        path: at.display().to_string(),
+        why,
+    };
+    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(|e| err(e.to_string()))?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+/// One field of a tracepoint's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// A tracepoint's record layout, from its `format` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub name: String,
+    pub fields: Vec<Field>,
+}
+
+impl Format {
+    /// Read `events/<category>/<name>/format` under tracefs.
+    pub fn read(
+        tracefs: &Path,
+        category: &str,
+        name: &str,
+        what: &'static str,
+    ) -> Result<Format, EnvError> {
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text = std::fs::read_to_string(&path).map_err(|e| EnvError::MissingTracepoint {
+            name: format!("{category}:{name}"),
+            what,
+            why: format!("{}: {e}", path.display()),
+        })?;
+        Format::parse(&text).map_err(|why| EnvError::TracepointFormat {
+            name: format!("{category}:{name}"),
+            why,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Format, String> {
+        let mut name = String::new();
+        let mut fields = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(n) = line.strip_prefix("name:") {
+                name = n.trim().to_string();
+                continue;
+            }
+            if !line.starts_with("field:") {
+                continue;
+            }
+            let mut decl = None;
+            let mut offset = None;
+            let mut size = None;
+            for part in line.split(';') {
+                let part = part.trim();
+                if let Some(d) = part.strip_prefix("field:") {
+                    decl = Some(d.trim());
+                } else if let Some(o) = part.strip_prefix("offset:") {
+                    offset = o.trim().parse().ok();
+                } else if let Some(s) = part.strip_prefix("size:") {
+                    size = s.trim().parse().ok();
+                }
+            }
+            let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
+                return Err(format!("cannot parse line `{line}`"));
+            };
+            let last = decl.split_whitespace().last().unwrap_or("");
+            let fname = last.split('[').next().unwrap_or("").to_string();
+            if fname.is_empty() {
+                return Err(format!("field without a name in `{line}`"));
+            }
+            fields.push(Field {
+                name: fname,
+                offset,
+                size,
+            });
+        }
+        if fields.is_empty() {
+            return Err("no fields".into());
+        }
+        Ok(Format { name, fields })
+    }
+
+    /// The offset of `field`, checking it has the size diag expects.
+    pub fn offset(&self, field: &str, size: u32) -> Result<u32, String> {
+        let f = self
+            .fields
+            .iter()
+            .find(|f| f.name == field)
+            .ok_or_else(|| format!("no field `{field}`"))?;
+        if f.size != size {
+            return Err(format!(
+                "field `{field}` is {} bytes, diag expects {size}",
+                f.size
+            ));
+        }
+        Ok(f.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "name: inet_sock_set_state
+ID: 1411
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"
+";
+
+    #[test]
+    fn parses_kernel_format() {
+        let f = Format::parse(SAMPLE).unwrap();
+        assert_eq!(f.name, "inet_sock_set_state");
+        assert_eq!(f.offset("skaddr", 8), Ok(8));
+        assert_eq!(f.offset("oldstate", 4), Ok(16));
+        assert_eq!(f.offset("saddr_v6", 16), Ok(40));
+        assert!(f.offset("saddr_v6", 4).unwrap_err().contains("16 bytes"));
+        assert!(f.offset("nope", 4).unwrap_err().contains("no field"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Format::parse("hello").is_err());
+        assert!(Format::parse("field:int x; offset:zz; size:4;").is_err());
+    }
+}

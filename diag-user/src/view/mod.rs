@@ -1,0 +1,3 @@
+//! Sinks over the event bus. Formatting is pure; I/O is at the edge.
+
+pub mod tail;
