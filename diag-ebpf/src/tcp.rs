@@ -100,7 +100,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     let mut known = false;
     let mut known_owner = current;
     let mut in_old_state_ns: u64 = 0;
-    if let Some(k) = unsafe { SOCK_OWNERS.get(&skaddr) } {
+    if let Some(k) = unsafe { SOCK_OWNERS.get(skaddr) } {
         known = true;
         known_owner = *k;
         if k.last_ts_ns <= now {
@@ -116,7 +116,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         (current, attribution::SYSCALL)
     } else if passive_open {
         // The owner is whoever owns the listener on this port.
-        match unsafe { LISTENERS.get(&sport) } {
+        match unsafe { LISTENERS.get(sport) } {
             Some(o) => (*o, attribution::LISTENER),
             None => (current, attribution::CURRENT),
         }
@@ -127,11 +127,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     };
 
     if new == state::CLOSE {
-        let _ = SOCK_OWNERS.remove(&skaddr);
+        let _ = SOCK_OWNERS.remove(skaddr);
         if old == state::LISTEN {
-            if let Some(o) = unsafe { LISTENERS.get(&sport) } {
+            if let Some(o) = unsafe { LISTENERS.get(sport) } {
                 if o.skaddr == skaddr {
-                    let _ = LISTENERS.remove(&sport);
+                    let _ = LISTENERS.remove(sport);
                 }
             }
         }
@@ -142,14 +142,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
             ..owner
         };
         if SOCK_OWNERS
-            .insert(&skaddr, &remembered, BPF_ANY as u64)
+            .insert(skaddr, remembered, BPF_ANY as u64)
             .is_err()
         {
             count(counters::SOCK_MAP_FULL);
         }
         if new == state::LISTEN
             && LISTENERS
-                .insert(&sport, &remembered, BPF_ANY as u64)
+                .insert(sport, remembered, BPF_ANY as u64)
                 .is_err()
         {
             count(counters::LISTEN_MAP_FULL);

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod enrich;
 pub mod error;
 pub mod loader;
 pub mod probes;

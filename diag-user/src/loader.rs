@@ -225,7 +225,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();
+    // Attach first, then seed: a listener opened in between is seen by the
+    // program, and seeding never overwrites what the program recorded.
     probes::tcp::attach(&mut ebpf, &mut attached)?;
+    probes::tcp::seed_listeners(&mut ebpf)?;
     Ok(Tracer { ebpf, attached })
 }
 

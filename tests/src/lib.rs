@@ -1,1 +1,185 @@
+//! Helpers for diag's privileged integration tests: run the real `diag`
+//! binary, cause real kernel events, read the kernel's own accounting.
 
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Tests that share kernel state (TCP counters, loaded programs) run one
+/// at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when the test may go on. Without root: in CI (CI=true) a loud
+/// failure, elsewhere a skip with the reason printed.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: needs root to load BPF programs, and CI must run it (run the tests as root)");
+    }
+    eprintln!("SKIPPED {test}: needs root to load BPF programs (run `cargo xtask test` as root)");
+    false
+}
+
+/// The `diag` binary under test: `DIAG_BIN` (set by `cargo xtask test`),
+/// else next to this test executable.
+pub fn diag_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DIAG_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/tcp-xxxx -> target/debug/diag
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("diag");
+    assert!(bin.exists(), "{} not found: build it first (cargo xtask test does)", bin.display());
+    bin
+}
+
+/// A running `diag` with its output collected in the background.
+pub struct Diag {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+fn pump(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What a stopped `diag` printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Output {
+    /// stdout lines parsed as JSON (panics on a line that is not JSON).
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Diag {
+    /// Start `diag ARGS` and wait until it says it is tracing.
+    pub fn start(args: &[&str]) -> Diag {
+        let mut child = Command::new(diag_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn diag");
+        let stdout = pump(child.stdout.take().unwrap());
+        let stderr = pump(child.stderr.take().unwrap());
+        let mut d = Diag { child, stdout, stderr, stderr_seen: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match d.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let ready = line.contains("tracing");
+                    d.stderr_seen.push(line);
+                    if ready {
+                        return d;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = d.child.try_wait() {
+                        panic!("diag exited early ({st}): {:?}", d.stderr_seen);
+                    }
+                    assert!(Instant::now() < deadline, "diag did not start: {:?}", d.stderr_seen);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let st = d.child.wait().unwrap();
+                    panic!("diag exited early ({st}): {:?}", d.stderr_seen);
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` and collect everything it printed.
+    pub fn stop(mut self, signal: i32) -> Output {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("diag did not exit within 20 s of signal {signal}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        self.stderr_seen.extend(self.stderr.iter());
+        Output { status, stdout, stderr: self.stderr_seen }
+    }
+}
+
+/// The `Tcp:` counters of /proc/net/snmp (shared by IPv4 and IPv6).
+pub fn tcp_snmp() -> HashMap<String, i64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next().expect("Tcp header");
+    let values = tcp.next().expect("Tcp values");
+    names
+        .split_whitespace()
+        .skip(1)
+        .zip(values.split_whitespace().skip(1))
+        .map(|(n, v)| (n.to_string(), v.parse().unwrap_or(0)))
+        .collect()
+}
+
+/// Ids of loaded BPF programs with one of `names`, from bpftool.
+pub fn bpf_prog_ids(names: &[&str]) -> Vec<u64> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool (cargo xtask setup installs it)");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| names.contains(&n)))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// Is a program with this id still loaded?
+pub fn bpf_prog_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

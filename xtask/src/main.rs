@@ -1,1 +1,216 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test`.
+//!
+//! Every task first makes sure the machine has what it needs (Debian
+//! packages, a project-local bpf-linker, tracefs and bpffs mounted),
+//! printing what it installs, and is quick when everything is there.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "diag's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, bpf-linker,
+    /// mounts); quick when all is there
+    Setup,
+    /// Set up, then build diag (debug, or --release)
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build diag (release) and run it as root: `cargo xtask run -- tail --port 80`
+    Run {
+        /// Arguments for diag (default: `tail`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run every gate: fmt, clippy (host and eBPF), all tests
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// Debian packages the build and the tests need.
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Rust 1.96 with LLVM 22, builds the eBPF crate"),
+    ("cargo-web", "its cargo"),
+    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    ("rust-web-clippy", "clippy for the eBPF crate"),
+    ("llvm-22-dev", "LLVM 22, for bpf-linker"),
+    ("bpftool", "tests check no programs are left behind"),
+    ("iproute2", "ss, for tests"),
+    ("util-linux", "setpriv, for the non-root test"),
+    ("procps", "ps, for tests"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd);
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(p, _)| !installed(p)).map(|(p, _)| *p).collect();
+    if !missing.is_empty() {
+        println!("xtask: installing Debian packages:");
+        for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+            println!("xtask:   {p:<24} {why}");
+        }
+        if !is_root() {
+            bail!("installing packages needs root: run as root, or `apt-get install {}`", missing.join(" "));
+        }
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let tools = root().join(".tools");
+    let linker = tools.join("bin/bpf-linker");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !have {
+        println!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (LLVM 22) into {} (about 80 s)", tools.display());
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![PathBuf::from("/usr/lib/llvm-22/bin")];
+        paths.extend(std::env::split_paths(&path));
+        run(Command::new(cargo())
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22", "--force", "--root"])
+            .arg(&tools)
+            .env("PATH", std::env::join_paths(paths)?))?;
+    }
+
+    if is_root() {
+        ensure_mount("tracefs", "/sys/kernel/tracing", |m| m.contains(" /sys/kernel/tracing tracefs "))?;
+        ensure_mount("bpf", "/sys/fs/bpf", |m| m.contains(" /sys/fs/bpf bpf "))?;
+    }
+    Ok(())
+}
+
+fn ensure_mount(fstype: &str, at: &str, present: impl Fn(&str) -> bool) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if present(&mounts) {
+        return Ok(());
+    }
+    println!("xtask: mounting {fstype} at {at}");
+    run(Command::new("mount").args(["-t", fstype, fstype, at]))
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).args(["build", "--locked", "--package", "diag-user", "--bin", "diag"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root().join("target").join(if release { "release" } else { "debug" }).join("diag"))
+}
+
+/// cargo from Debian, for the eBPF crate's own gates.
+fn debian_cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("/usr/bin/cargo");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![PathBuf::from("/usr/bin"), root().join(".tools/bin")];
+    paths.extend(std::env::split_paths(&path));
+    cmd.current_dir(root().join("diag-ebpf"))
+        .args(args)
+        .env("PATH", std::env::join_paths(paths).unwrap())
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    cmd
+}
+
+fn test(extra: &[OsString]) -> Result<()> {
+    let root = root();
+    println!("xtask: fmt");
+    run(Command::new(cargo()).current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["fmt", "--manifest-path", "diag-ebpf/Cargo.toml", "--check"]))?;
+    println!("xtask: clippy (eBPF crate)");
+    let ebpf_target = root.join("target/ebpf-clippy");
+    run(debian_cargo(&["clippy", "--locked", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .arg(&ebpf_target)
+        .args(["--", "-D", "warnings"]))?;
+    println!("xtask: clippy (host crates)");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let bin = build(false)?;
+    println!("xtask: tests");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["test", "--locked", "--workspace"])
+        .args(extra)
+        .env("DIAG_BIN", &bin))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup()?;
+    match cli.task {
+        Task::Setup => {
+            println!("xtask: everything is in place");
+            Ok(())
+        }
+        Task::Build { release } => {
+            let bin = build(release)?;
+            println!("xtask: built {}", bin.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            let bin = build(true)?;
+            let args = if args.is_empty() { vec![OsString::from("tail")] } else { args };
+            let err = Command::new(&bin).args(&args).exec();
+            bail!("cannot run {}: {err}", bin.display())
+        }
+        Task::Test { args } => test(&args),
+    }
+}

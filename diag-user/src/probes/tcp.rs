@@ -2,10 +2,14 @@
 
 use std::path::Path;
 
-use aya::Ebpf;
-use diag_common::tcp::InetSockSetStateLayout;
+use aya::{Ebpf, maps::HashMap};
+use diag_common::{
+    TASK_COMM_LEN,
+    tcp::{InetSockSetStateLayout, SockOwner},
+};
 
 use crate::{
+    enrich,
     error::{EnvError, LoadError},
     tracefs::Format,
 };
@@ -36,6 +40,28 @@ pub fn layout_from(fmt: &Format) -> Result<InetSockSetStateLayout, String> {
         daddr_v6: fmt.offset("daddr_v6", 16)?,
         valid: 1,
     })
+}
+
+/// Tell the kernel program who owns the sockets that were listening before
+/// diag started, so passive opens on them are attributed from the first
+/// connection. Returns how many were seeded.
+pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
+    let map = ebpf.map_mut("LISTENERS").ok_or_else(|| LoadError::Missing("map LISTENERS".into()))?;
+    let mut map: HashMap<_, u16, SockOwner> =
+        HashMap::try_from(map).map_err(|e| LoadError::Load(e.to_string()))?;
+    let mut n = 0;
+    for (port, holder) in enrich::listener_owners() {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        let b = holder.comm.as_bytes();
+        let len = b.len().min(TASK_COMM_LEN - 1);
+        comm[..len].copy_from_slice(&b[..len]);
+        let owner = SockOwner { pid: holder.pid, tgid: holder.pid, comm, last_ts_ns: 0, skaddr: 0 };
+        // BPF_NOEXIST: a listener the program saw itself wins.
+        if map.insert(port, owner, 1).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 pub fn attach(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), LoadError> {

@@ -1,0 +1,188 @@
+//! TCP state transitions: real loopback connections between two processes
+//! with known pids, checked transition by transition and against the
+//! kernel's own counters (/proc/net/snmp).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use diag_tests::{Diag, require_root, serial, tcp_snmp};
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
+const N: usize = 50;
+
+fn transition(e: &Value) -> String {
+    format!("{}->{}", e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap())
+}
+
+/// Split events into per-socket histories: by skaddr, a history ending
+/// at the transition to CLOSE (the address may then be reused).
+fn histories(events: &[Value]) -> Vec<Vec<Value>> {
+    let mut open: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut done = Vec::new();
+    for e in events {
+        let key = e["skaddr"].as_str().unwrap().to_string();
+        let h = open.entry(key.clone()).or_default();
+        h.push(e.clone());
+        if e["new_state"] == "CLOSE" {
+            done.push(open.remove(&key).unwrap());
+        }
+    }
+    done.extend(open.into_values());
+    done
+}
+
+#[test]
+fn tail_attributes_every_transition_to_the_owner() {
+    if !require_root("tail_attributes_every_transition_to_the_owner") {
+        return;
+    }
+    let _guard = serial();
+
+    // The listener, owned by one process: one IPv4 and one IPv6 socket.
+    let mut listener = Command::new(LOADGEN)
+        .args(["listen", &N.to_string(), "127.0.0.1:0", "[::1]:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let port4: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let port6: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let listener_pid = listener.id();
+
+    let diag = Diag::start(&["tail", "--json", "--port", &port4.to_string(), "--port", &port6.to_string()]);
+    let before = tcp_snmp();
+
+    // The client: another process, N connections to each listener.
+    let client = Command::new(LOADGEN)
+        .args(["connect", &N.to_string(), &format!("127.0.0.1:{port4}"), &format!("[::1]:{port6}")])
+        .spawn()
+        .unwrap();
+    let client_pid = client.id();
+    let st = client.wait_with_output().unwrap().status;
+    assert!(st.success(), "client failed: {st}");
+    assert!(listener.wait().unwrap().success(), "listener failed");
+    // The last ACKs are processed right away on loopback; give the ring
+    // buffer a drain tick or two.
+    thread::sleep(Duration::from_millis(300));
+    let after = tcp_snmp();
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "diag exit: {} {:?}", out.status, out.stderr);
+
+    let events = out.json();
+    let summary = out.stderr.last().unwrap();
+    assert!(summary.contains("0 dropped"), "{summary}");
+
+    let client_side: Vec<&Value> = events.iter().filter(|e| e["pid"] == client_pid).collect();
+    let server_side: Vec<&Value> = events.iter().filter(|e| e["pid"] == listener_pid).collect();
+    assert_eq!(
+        client_side.len() + server_side.len(),
+        events.len(),
+        "every event is attributed to the client or the listener: {:?}",
+        events.iter().filter(|e| e["pid"] != client_pid && e["pid"] != listener_pid).take(5).collect::<Vec<_>>()
+    );
+    for e in &events {
+        assert_eq!(e["comm"], "diag-loadgen", "{e}");
+    }
+
+    let client_seq = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"];
+    let server_seq = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"];
+
+    let mut per_family_side: HashMap<(u64, bool), usize> = HashMap::new();
+    let mut listeners_closed = 0;
+    for h in histories(&events) {
+        let seq: Vec<String> = h.iter().map(transition).collect();
+        if seq == ["LISTEN->CLOSE"] {
+            // The listening sockets themselves, closed when the listener exits.
+            assert_eq!(h[0]["pid"], listener_pid, "{h:?}");
+            assert_eq!(h[0]["attribution"], "syscall");
+            listeners_closed += 1;
+            continue;
+        }
+        let pid = h[0]["pid"].as_u64().unwrap();
+        let family = h[0]["family"].as_u64().unwrap();
+        let is_client = pid == client_pid as u64;
+        let (expected, listen_port) = if is_client { (&client_seq, "dport") } else { (&server_seq, "sport") };
+        assert_eq!(seq, expected.to_vec(), "socket history {h:?}");
+        for e in &h {
+            assert_eq!(e["pid"], h[0]["pid"], "one owner per socket: {h:?}");
+            assert_eq!(e["family"], family);
+            let port = if family == 4 { port4 } else { port6 };
+            assert_eq!(e[listen_port], port, "{e}");
+            let loopback = if family == 4 { "127.0.0.1" } else { "::1" };
+            assert_eq!(e["daddr"], loopback, "{e}");
+        }
+        // Ports agree between the two sides.
+        if !is_client {
+            assert!(h[0]["dport"].as_u64().unwrap() >= 1024);
+        }
+        *per_family_side.entry((family, is_client)).or_default() += 1;
+    }
+    assert_eq!(listeners_closed, 2);
+    for key in [(4, true), (4, false), (6, true), (6, false)] {
+        assert_eq!(per_family_side.get(&key), Some(&N), "connections per (family, client?) {per_family_side:?}");
+    }
+
+    // The client ports seen on the server side are exactly the ports the
+    // client's sockets had.
+    let mut client_ports: Vec<u64> = client_side
+        .iter()
+        .filter(|e| e["new_state"] == "ESTABLISHED")
+        .map(|e| e["sport"].as_u64().unwrap())
+        .collect();
+    let mut peer_ports: Vec<u64> = server_side
+        .iter()
+        .filter(|e| e["new_state"] == "ESTABLISHED")
+        .map(|e| e["dport"].as_u64().unwrap())
+        .collect();
+    client_ports.sort();
+    peer_ports.sort();
+    assert_eq!(client_ports, peer_ports);
+
+    // The kernel's own accounting over the same window.
+    let active = events.iter().filter(|e| transition(e) == "CLOSE->SYN_SENT").count() as i64;
+    let passive = events.iter().filter(|e| transition(e) == "LISTEN->SYN_RECV").count() as i64;
+    assert_eq!(active, 2 * N as i64);
+    assert_eq!(after["ActiveOpens"] - before["ActiveOpens"], active, "ActiveOpens delta vs diag");
+    assert_eq!(after["PassiveOpens"] - before["PassiveOpens"], passive, "PassiveOpens delta vs diag");
+}
+
+#[test]
+fn text_output_names_the_process() {
+    if !require_root("text_output_names_the_process") {
+        return;
+    }
+    let _guard = serial();
+    // diag first, then the listener: its listen() is seen live this time.
+    let diag = Diag::start(&["tail", "--comm", "diag-loadgen"]);
+    let mut listener = Command::new(LOADGEN).args(["listen", "1", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let client = Command::new(LOADGEN).args(["connect", "1", &format!("127.0.0.1:{port}")]).spawn().unwrap();
+    let client_pid = client.id().to_string();
+    assert!(client.wait_with_output().unwrap().status.success());
+    assert!(listener.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(300));
+    let out = diag.stop(libc::SIGTERM);
+    assert!(out.status.success());
+    assert!(out.stdout[0].starts_with("TIME"), "header first: {:?}", out.stdout);
+    let rows = &out.stdout[1..];
+    // listen, 5 transitions per side, and the listener closing.
+    assert_eq!(rows.len(), 12, "{rows:#?}");
+    assert!(rows.iter().all(|l| l.contains("diag-loadgen")), "{rows:#?}");
+    let listen = rows.iter().find(|l| l.contains("CLOSE -> LISTEN")).unwrap();
+    let listener_pid = listener.id().to_string();
+    assert_eq!(listen.split_whitespace().nth(1), Some(listener_pid.as_str()), "{listen}");
+    let syn = rows.iter().find(|l| l.contains("CLOSE -> SYN_SENT")).unwrap();
+    assert_eq!(syn.split_whitespace().nth(1), Some(client_pid.as_str()), "{syn}");
+    assert!(syn.contains(&format!("127.0.0.1:{port}")), "{syn}");
+    let passive = rows.iter().find(|l| l.contains("LISTEN -> SYN_RECV")).unwrap();
+    assert_eq!(passive.split_whitespace().nth(1), Some(listener_pid.as_str()), "{passive}");
+    assert!(passive.ends_with("listener"), "{passive}");
+    assert!(out.stderr.last().unwrap().contains("12 shown"), "{:?}", out.stderr);
+}
