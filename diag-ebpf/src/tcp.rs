@@ -147,11 +147,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         {
             count(counters::SOCK_MAP_FULL);
         }
-        if new == state::LISTEN
-            && LISTENERS
-                .insert(sport, remembered, BPF_ANY as u64)
-                .is_err()
-        {
+        if new == state::LISTEN && LISTENERS.insert(sport, remembered, BPF_ANY as u64).is_err() {
             count(counters::LISTEN_MAP_FULL);
         }
     }

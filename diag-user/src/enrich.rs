@@ -18,13 +18,18 @@ pub struct SocketHolder {
 /// Socket inode -> the (first, lowest-pid) process holding it.
 pub fn socket_holders() -> HashMap<u64, SocketHolder> {
     let mut map = HashMap::new();
-    let Ok(procs) = all_processes() else { return map };
+    let Ok(procs) = all_processes() else {
+        return map;
+    };
     for p in procs.flatten() {
         let Ok(fds) = p.fd() else { continue };
         let comm = p.stat().map(|s| s.comm).unwrap_or_default();
         for fd in fds.flatten() {
             if let FDTarget::Socket(inode) = fd.target {
-                map.entry(inode).or_insert_with(|| SocketHolder { pid: p.pid as u32, comm: comm.clone() });
+                map.entry(inode).or_insert_with(|| SocketHolder {
+                    pid: p.pid as u32,
+                    comm: comm.clone(),
+                });
             }
         }
     }
@@ -44,7 +49,10 @@ pub fn listening_sockets() -> Vec<Listening> {
     for table in [procfs::net::tcp(), procfs::net::tcp6()] {
         for e in table.into_iter().flatten() {
             if e.state == TcpState::Listen {
-                out.push(Listening { port: e.local_address.port(), inode: e.inode });
+                out.push(Listening {
+                    port: e.local_address.port(),
+                    inode: e.inode,
+                });
             }
         }
     }

@@ -29,7 +29,9 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: needs root to load BPF programs, and CI must run it (run the tests as root)");
+        panic!(
+            "{test}: needs root to load BPF programs, and CI must run it (run the tests as root)"
+        );
     }
     eprintln!("SKIPPED {test}: needs root to load BPF programs (run `cargo xtask test` as root)");
     false
@@ -43,8 +45,16 @@ pub fn diag_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/tcp-xxxx -> target/debug/diag
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("diag");
-    assert!(bin.exists(), "{} not found: build it first (cargo xtask test does)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("diag");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -98,7 +108,12 @@ impl Diag {
             .expect("spawn diag");
         let stdout = pump(child.stdout.take().unwrap());
         let stderr = pump(child.stderr.take().unwrap());
-        let mut d = Diag { child, stdout, stderr, stderr_seen: Vec::new() };
+        let mut d = Diag {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match d.stderr.recv_timeout(Duration::from_millis(100)) {
@@ -113,7 +128,11 @@ impl Diag {
                     if let Ok(Some(st)) = d.child.try_wait() {
                         panic!("diag exited early ({st}): {:?}", d.stderr_seen);
                     }
-                    assert!(Instant::now() < deadline, "diag did not start: {:?}", d.stderr_seen);
+                    assert!(
+                        Instant::now() < deadline,
+                        "diag did not start: {:?}",
+                        d.stderr_seen
+                    );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let st = d.child.wait().unwrap();
@@ -144,7 +163,11 @@ impl Diag {
         };
         let stdout: Vec<String> = self.stdout.iter().collect();
         self.stderr_seen.extend(self.stderr.iter());
-        Output { status, stdout, stderr: self.stderr_seen }
+        Output {
+            status,
+            stdout,
+            stderr: self.stderr_seen,
+        }
     }
 }
 
@@ -164,7 +187,10 @@ pub fn tcp_snmp() -> HashMap<String, i64> {
 
 /// Ids of loaded BPF programs with one of `names`, from bpftool.
 pub fn bpf_prog_ids(names: &[&str]) -> Vec<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool (cargo xtask setup installs it)");
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
     assert!(out.status.success(), "bpftool prog show failed");
     let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs

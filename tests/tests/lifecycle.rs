@@ -14,8 +14,19 @@ fn check_passes_as_root() {
     let out = Command::new(diag_bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for name in ["privileges", "kernel", "BTF", "tracefs", "tracepoints", "ring buffer"] {
-        assert!(text.lines().any(|l| l.starts_with("OK") && l.contains(name)), "no OK line for {name}: {text}");
+    for name in [
+        "privileges",
+        "kernel",
+        "BTF",
+        "tracefs",
+        "tracepoints",
+        "ring buffer",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("OK") && l.contains(name)),
+            "no OK line for {name}: {text}"
+        );
     }
 }
 
@@ -24,19 +35,38 @@ fn missing_btf_is_one_clear_sentence() {
     if !require_root("missing_btf_is_one_clear_sentence") {
         return;
     }
-    let out = Command::new(diag_bin()).args(["tail", "--btf", "/nonexistent/vmlinux"]).output().unwrap();
+    let out = Command::new(diag_bin())
+        .args(["tail", "--btf", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("BTF is missing") && err.contains("/nonexistent/vmlinux"), "{err}");
-    let out = Command::new(diag_bin()).args(["check", "--btf", "/nonexistent/vmlinux"]).output().unwrap();
+    assert!(
+        err.contains("BTF is missing") && err.contains("/nonexistent/vmlinux"),
+        "{err}"
+    );
+    let out = Command::new(diag_bin())
+        .args(["check", "--btf", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("FAIL") && l.contains("BTF")));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("BTF"))
+    );
 }
 
 fn as_nobody(args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(diag_bin())
         .args(args)
         .output()
@@ -51,27 +81,53 @@ fn non_root_is_told_it_needs_root() {
     let out = as_nobody(&["tail"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("needs root") && err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "{err}");
+    assert!(
+        err.contains("needs root") && err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one sentence, no Debug dump: {err}");
     assert!(!err.contains("panicked"));
 
     let out = as_nobody(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("privileges")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("privileges")),
+        "{text}"
+    );
 }
 
 fn leaves_nothing_behind(signal: i32) {
     let _guard = serial();
     let before = bpf_prog_ids(PROGRAMS);
     let diag = Diag::start(&["tail", "--json"]);
-    let during: Vec<u64> = bpf_prog_ids(PROGRAMS).into_iter().filter(|id| !before.contains(id)).collect();
-    assert_eq!(during.len(), PROGRAMS.len(), "diag's programs are visible while it runs");
+    let during: Vec<u64> = bpf_prog_ids(PROGRAMS)
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(
+        during.len(),
+        PROGRAMS.len(),
+        "diag's programs are visible while it runs"
+    );
     let out = diag.stop(signal);
-    assert!(out.status.success(), "exit after signal {signal}: {} {:?}", out.status, out.stderr);
-    assert!(out.stderr.last().unwrap().contains("events seen"), "summary line: {:?}", out.stderr);
+    assert!(
+        out.status.success(),
+        "exit after signal {signal}: {} {:?}",
+        out.status,
+        out.stderr
+    );
+    assert!(
+        out.stderr.last().unwrap().contains("events seen"),
+        "summary line: {:?}",
+        out.stderr
+    );
     for id in during {
-        assert!(!bpf_prog_exists(id), "program {id} still loaded after signal {signal}");
+        assert!(
+            !bpf_prog_exists(id),
+            "program {id} still loaded after signal {signal}"
+        );
     }
 }
 
@@ -91,7 +147,12 @@ fn sigterm_detaches_everything() {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    for args in [&["tail", "--port", "0"][..], &["tail", "--events", "bogus"], &["tail", "--ring-mib", "3"], &["nosuch"]] {
+    for args in [
+        &["tail", "--port", "0"][..],
+        &["tail", "--events", "bogus"],
+        &["tail", "--ring-mib", "3"],
+        &["nosuch"],
+    ] {
         let out = Command::new(diag_bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -17,7 +17,11 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 const N: usize = 50;
 
 fn transition(e: &Value) -> String {
-    format!("{}->{}", e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap())
+    format!(
+        "{}->{}",
+        e["old_state"].as_str().unwrap(),
+        e["new_state"].as_str().unwrap()
+    )
 }
 
 /// Split events into per-socket histories: by skaddr, a history ending
@@ -51,16 +55,42 @@ fn tail_attributes_every_transition_to_the_owner() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let port4: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
-    let port6: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let port4: u16 = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let port6: u16 = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
     let listener_pid = listener.id();
 
-    let diag = Diag::start(&["tail", "--json", "--port", &port4.to_string(), "--port", &port6.to_string()]);
+    let diag = Diag::start(&[
+        "tail",
+        "--json",
+        "--port",
+        &port4.to_string(),
+        "--port",
+        &port6.to_string(),
+    ]);
     let before = tcp_snmp();
 
     // The client: another process, N connections to each listener.
     let client = Command::new(LOADGEN)
-        .args(["connect", &N.to_string(), &format!("127.0.0.1:{port4}"), &format!("[::1]:{port6}")])
+        .args([
+            "connect",
+            &N.to_string(),
+            &format!("127.0.0.1:{port4}"),
+            &format!("[::1]:{port6}"),
+        ])
         .spawn()
         .unwrap();
     let client_pid = client.id();
@@ -72,7 +102,12 @@ fn tail_attributes_every_transition_to_the_owner() {
     thread::sleep(Duration::from_millis(300));
     let after = tcp_snmp();
     let out = diag.stop(libc::SIGINT);
-    assert!(out.status.success(), "diag exit: {} {:?}", out.status, out.stderr);
+    assert!(
+        out.status.success(),
+        "diag exit: {} {:?}",
+        out.status,
+        out.stderr
+    );
 
     let events = out.json();
     let summary = out.stderr.last().unwrap();
@@ -84,14 +119,30 @@ fn tail_attributes_every_transition_to_the_owner() {
         client_side.len() + server_side.len(),
         events.len(),
         "every event is attributed to the client or the listener: {:?}",
-        events.iter().filter(|e| e["pid"] != client_pid && e["pid"] != listener_pid).take(5).collect::<Vec<_>>()
+        events
+            .iter()
+            .filter(|e| e["pid"] != client_pid && e["pid"] != listener_pid)
+            .take(5)
+            .collect::<Vec<_>>()
     );
     for e in &events {
         assert_eq!(e["comm"], "diag-loadgen", "{e}");
     }
 
-    let client_seq = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"];
-    let server_seq = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"];
+    let client_seq = [
+        "CLOSE->SYN_SENT",
+        "SYN_SENT->ESTABLISHED",
+        "ESTABLISHED->FIN_WAIT1",
+        "FIN_WAIT1->FIN_WAIT2",
+        "FIN_WAIT2->CLOSE",
+    ];
+    let server_seq = [
+        "LISTEN->SYN_RECV",
+        "SYN_RECV->ESTABLISHED",
+        "ESTABLISHED->CLOSE_WAIT",
+        "CLOSE_WAIT->LAST_ACK",
+        "LAST_ACK->CLOSE",
+    ];
 
     let mut per_family_side: HashMap<(u64, bool), usize> = HashMap::new();
     let mut listeners_closed = 0;
@@ -107,7 +158,11 @@ fn tail_attributes_every_transition_to_the_owner() {
         let pid = h[0]["pid"].as_u64().unwrap();
         let family = h[0]["family"].as_u64().unwrap();
         let is_client = pid == client_pid as u64;
-        let (expected, listen_port) = if is_client { (&client_seq, "dport") } else { (&server_seq, "sport") };
+        let (expected, listen_port) = if is_client {
+            (&client_seq, "dport")
+        } else {
+            (&server_seq, "sport")
+        };
         assert_eq!(seq, expected.to_vec(), "socket history {h:?}");
         for e in &h {
             assert_eq!(e["pid"], h[0]["pid"], "one owner per socket: {h:?}");
@@ -125,7 +180,11 @@ fn tail_attributes_every_transition_to_the_owner() {
     }
     assert_eq!(listeners_closed, 2);
     for key in [(4, true), (4, false), (6, true), (6, false)] {
-        assert_eq!(per_family_side.get(&key), Some(&N), "connections per (family, client?) {per_family_side:?}");
+        assert_eq!(
+            per_family_side.get(&key),
+            Some(&N),
+            "connections per (family, client?) {per_family_side:?}"
+        );
     }
 
     // The client ports seen on the server side are exactly the ports the
@@ -145,11 +204,25 @@ fn tail_attributes_every_transition_to_the_owner() {
     assert_eq!(client_ports, peer_ports);
 
     // The kernel's own accounting over the same window.
-    let active = events.iter().filter(|e| transition(e) == "CLOSE->SYN_SENT").count() as i64;
-    let passive = events.iter().filter(|e| transition(e) == "LISTEN->SYN_RECV").count() as i64;
+    let active = events
+        .iter()
+        .filter(|e| transition(e) == "CLOSE->SYN_SENT")
+        .count() as i64;
+    let passive = events
+        .iter()
+        .filter(|e| transition(e) == "LISTEN->SYN_RECV")
+        .count() as i64;
     assert_eq!(active, 2 * N as i64);
-    assert_eq!(after["ActiveOpens"] - before["ActiveOpens"], active, "ActiveOpens delta vs diag");
-    assert_eq!(after["PassiveOpens"] - before["PassiveOpens"], passive, "PassiveOpens delta vs diag");
+    assert_eq!(
+        after["ActiveOpens"] - before["ActiveOpens"],
+        active,
+        "ActiveOpens delta vs diag"
+    );
+    assert_eq!(
+        after["PassiveOpens"] - before["PassiveOpens"],
+        passive,
+        "PassiveOpens delta vs diag"
+    );
 }
 
 #[test]
@@ -160,29 +233,69 @@ fn text_output_names_the_process() {
     let _guard = serial();
     // diag first, then the listener: its listen() is seen live this time.
     let diag = Diag::start(&["tail", "--comm", "diag-loadgen"]);
-    let mut listener = Command::new(LOADGEN).args(["listen", "1", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut listener = Command::new(LOADGEN)
+        .args(["listen", "1", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let port: u16 = lines.next().unwrap().unwrap().strip_prefix("PORT ").unwrap().parse().unwrap();
-    let client = Command::new(LOADGEN).args(["connect", "1", &format!("127.0.0.1:{port}")]).spawn().unwrap();
+    let port: u16 = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = Command::new(LOADGEN)
+        .args(["connect", "1", &format!("127.0.0.1:{port}")])
+        .spawn()
+        .unwrap();
     let client_pid = client.id().to_string();
     assert!(client.wait_with_output().unwrap().status.success());
     assert!(listener.wait().unwrap().success());
     thread::sleep(Duration::from_millis(300));
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success());
-    assert!(out.stdout[0].starts_with("TIME"), "header first: {:?}", out.stdout);
+    assert!(
+        out.stdout[0].starts_with("TIME"),
+        "header first: {:?}",
+        out.stdout
+    );
     let rows = &out.stdout[1..];
     // listen, 5 transitions per side, and the listener closing.
     assert_eq!(rows.len(), 12, "{rows:#?}");
     assert!(rows.iter().all(|l| l.contains("diag-loadgen")), "{rows:#?}");
     let listen = rows.iter().find(|l| l.contains("CLOSE -> LISTEN")).unwrap();
     let listener_pid = listener.id().to_string();
-    assert_eq!(listen.split_whitespace().nth(1), Some(listener_pid.as_str()), "{listen}");
-    let syn = rows.iter().find(|l| l.contains("CLOSE -> SYN_SENT")).unwrap();
-    assert_eq!(syn.split_whitespace().nth(1), Some(client_pid.as_str()), "{syn}");
+    assert_eq!(
+        listen.split_whitespace().nth(1),
+        Some(listener_pid.as_str()),
+        "{listen}"
+    );
+    let syn = rows
+        .iter()
+        .find(|l| l.contains("CLOSE -> SYN_SENT"))
+        .unwrap();
+    assert_eq!(
+        syn.split_whitespace().nth(1),
+        Some(client_pid.as_str()),
+        "{syn}"
+    );
     assert!(syn.contains(&format!("127.0.0.1:{port}")), "{syn}");
-    let passive = rows.iter().find(|l| l.contains("LISTEN -> SYN_RECV")).unwrap();
-    assert_eq!(passive.split_whitespace().nth(1), Some(listener_pid.as_str()), "{passive}");
+    let passive = rows
+        .iter()
+        .find(|l| l.contains("LISTEN -> SYN_RECV"))
+        .unwrap();
+    assert_eq!(
+        passive.split_whitespace().nth(1),
+        Some(listener_pid.as_str()),
+        "{passive}"
+    );
     assert!(passive.ends_with("listener"), "{passive}");
-    assert!(out.stderr.last().unwrap().contains("12 shown"), "{:?}", out.stderr);
+    assert!(
+        out.stderr.last().unwrap().contains("12 shown"),
+        "{:?}",
+        out.stderr
+    );
 }

@@ -49,7 +49,10 @@ enum Task {
 const PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "Rust 1.96 with LLVM 22, builds the eBPF crate"),
     ("cargo-web", "its cargo"),
-    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core for bpfel-unknown-none",
+    ),
     ("rust-web-clippy", "clippy for the eBPF crate"),
     ("llvm-22-dev", "LLVM 22, for bpf-linker"),
     ("bpftool", "tests check no programs are left behind"),
@@ -61,7 +64,10 @@ const PACKAGES: &[(&str, &str)] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo() -> OsString {
@@ -74,7 +80,9 @@ fn is_root() -> bool {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{:?} failed ({status})", cmd);
     }
@@ -90,14 +98,21 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(p, _)| !installed(p)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages:");
         for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
             println!("xtask:   {p:<24} {why}");
         }
         if !is_root() {
-            bail!("installing packages needs root: run as root, or `apt-get install {}`", missing.join(" "));
+            bail!(
+                "installing packages needs root: run as root, or `apt-get install {}`",
+                missing.join(" ")
+            );
         }
         run(Command::new("apt-get").args(["update", "-q"]))?;
         run(Command::new("apt-get")
@@ -114,19 +129,30 @@ fn setup() -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
         .unwrap_or(false);
     if !have {
-        println!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (LLVM 22) into {} (about 80 s)", tools.display());
+        println!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (LLVM 22) into {} (about 80 s)",
+            tools.display()
+        );
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![PathBuf::from("/usr/lib/llvm-22/bin")];
         paths.extend(std::env::split_paths(&path));
         run(Command::new(cargo())
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", "llvm-22", "--force", "--root"])
+            .args([
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--force",
+                "--root",
+            ])
             .arg(&tools)
             .env("PATH", std::env::join_paths(paths)?))?;
     }
 
     if is_root() {
-        ensure_mount("tracefs", "/sys/kernel/tracing", |m| m.contains(" /sys/kernel/tracing tracefs "))?;
+        ensure_mount("tracefs", "/sys/kernel/tracing", |m| {
+            m.contains(" /sys/kernel/tracing tracefs ")
+        })?;
         ensure_mount("bpf", "/sys/fs/bpf", |m| m.contains(" /sys/fs/bpf bpf "))?;
     }
     Ok(())
@@ -143,12 +169,22 @@ fn ensure_mount(fstype: &str, at: &str, present: impl Fn(&str) -> bool) -> Resul
 
 fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(root()).args(["build", "--locked", "--package", "diag-user", "--bin", "diag"]);
+    cmd.current_dir(root()).args([
+        "build",
+        "--locked",
+        "--package",
+        "diag-user",
+        "--bin",
+        "diag",
+    ]);
     if release {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    Ok(root().join("target").join(if release { "release" } else { "debug" }).join("diag"))
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("diag"))
 }
 
 /// cargo from Debian, for the eBPF crate's own gates.
@@ -170,29 +206,107 @@ fn debian_cargo(args: &[&str]) -> Command {
 fn test(extra: &[OsString]) -> Result<()> {
     let root = root();
     println!("xtask: fmt");
-    run(Command::new(cargo()).current_dir(&root).args(["fmt", "--all", "--check"]))?;
     run(Command::new(cargo())
         .current_dir(&root)
-        .args(["fmt", "--manifest-path", "diag-ebpf/Cargo.toml", "--check"]))?;
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new(cargo()).current_dir(&root).args([
+        "fmt",
+        "--manifest-path",
+        "diag-ebpf/Cargo.toml",
+        "--check",
+    ]))?;
     println!("xtask: clippy (eBPF crate)");
     let ebpf_target = root.join("target/ebpf-clippy");
-    run(debian_cargo(&["clippy", "--locked", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
-        .arg(&ebpf_target)
-        .args(["--", "-D", "warnings"]))?;
+    run(debian_cargo(&[
+        "clippy",
+        "--locked",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "--target-dir",
+    ])
+    .arg(&ebpf_target)
+    .args(["--", "-D", "warnings"]))?;
     println!("xtask: clippy (host crates)");
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new(cargo()).current_dir(&root).args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let bin = build(false)?;
     println!("xtask: tests");
-    run(Command::new(cargo())
-        .current_dir(&root)
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root)
         .args(["test", "--locked", "--workspace"])
         .args(extra)
-        .env("DIAG_BIN", &bin))
+        .env("DIAG_BIN", &bin);
+    run_tests(cmd)
 }
 
-fn main() -> Result<()> {
+/// Run `cargo test`, passing its output through, and close with one line
+/// of totals over every test binary.
+fn run_tests(mut cmd: Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stderr = child.stderr.take().unwrap();
+    let skips = std::thread::spawn(move || {
+        let mut skipped = 0u64;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("SKIPPED ") {
+                skipped += 1;
+            }
+            eprintln!("{line}");
+        }
+        skipped
+    });
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let skipped = skips.join().unwrap_or(0);
+    println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     setup()?;
     match cli.task {
@@ -207,7 +321,11 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => {
             let bin = build(true)?;
-            let args = if args.is_empty() { vec![OsString::from("tail")] } else { args };
+            let args = if args.is_empty() {
+                vec![OsString::from("tail")]
+            } else {
+                args
+            };
             let err = Command::new(&bin).args(&args).exec();
             bail!("cannot run {}: {err}", bin.display())
         }

@@ -46,7 +46,9 @@ pub fn layout_from(fmt: &Format) -> Result<InetSockSetStateLayout, String> {
 /// diag started, so passive opens on them are attributed from the first
 /// connection. Returns how many were seeded.
 pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
-    let map = ebpf.map_mut("LISTENERS").ok_or_else(|| LoadError::Missing("map LISTENERS".into()))?;
+    let map = ebpf
+        .map_mut("LISTENERS")
+        .ok_or_else(|| LoadError::Missing("map LISTENERS".into()))?;
     let mut map: HashMap<_, u16, SockOwner> =
         HashMap::try_from(map).map_err(|e| LoadError::Load(e.to_string()))?;
     let mut n = 0;
@@ -55,7 +57,13 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
         let b = holder.comm.as_bytes();
         let len = b.len().min(TASK_COMM_LEN - 1);
         comm[..len].copy_from_slice(&b[..len]);
-        let owner = SockOwner { pid: holder.pid, tgid: holder.pid, comm, last_ts_ns: 0, skaddr: 0 };
+        let owner = SockOwner {
+            pid: holder.pid,
+            tgid: holder.pid,
+            comm,
+            last_ts_ns: 0,
+            skaddr: 0,
+        };
         // BPF_NOEXIST: a listener the program saw itself wins.
         if map.insert(port, owner, 1).is_ok() {
             n += 1;

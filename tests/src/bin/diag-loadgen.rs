@@ -43,7 +43,9 @@ fn listen(count: usize, addrs: &[String]) -> std::io::Result<()> {
 
 fn connect(count: usize, targets: &[String]) -> std::io::Result<()> {
     for t in targets {
-        let addr: SocketAddr = t.parse().map_err(|e| std::io::Error::other(format!("{t}: {e}")))?;
+        let addr: SocketAddr = t
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{t}: {e}")))?;
         for _ in 0..count {
             let mut s = TcpStream::connect(addr)?;
             s.write_all(b"x")?;
