@@ -185,27 +185,84 @@ pub fn tcp_snmp() -> HashMap<String, i64> {
         .collect()
 }
 
-/// Ids of loaded BPF programs with one of `names`, from bpftool.
-pub fn bpf_prog_ids(names: &[&str]) -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool (cargo xtask setup installs it)");
-    assert!(out.status.success(), "bpftool prog show failed");
-    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| names.contains(&n)))
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+/// The BPF objects a process holds, from its fds and their fdinfo.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BpfObjects {
+    pub progs: Vec<u64>,
+    pub maps: Vec<u64>,
+    pub links: Vec<u64>,
 }
 
-/// Is a program with this id still loaded?
-pub fn bpf_prog_exists(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
+pub fn bpf_objects_of(pid: u32) -> BpfObjects {
+    let mut o = BpfObjects::default();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return o;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let (list, key) = match target.as_str() {
+            "anon_inode:bpf-prog" => (&mut o.progs, "prog_id:"),
+            "anon_inode:bpf-map" => (&mut o.maps, "map_id:"),
+            "anon_inode:bpf_link" => (&mut o.links, "link_id:"),
+            _ => continue,
+        };
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+    o
+}
+
+/// Is a BPF object (`prog`, `map` or `link`) with this id still in the kernel?
+pub fn bpf_object_exists(kind: &str, id: u64) -> bool {
+    let out = Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .expect("bpftool (cargo xtask setup installs it)");
+    out.success()
+}
+
+/// Wait (up to 5 s: the kernel frees BPF objects after an RCU grace period
+/// or from a work queue) until none of `objects` is left; panic naming what
+/// is still there.
+pub fn assert_released(objects: &BpfObjects, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut left = Vec::new();
+        for (kind, ids) in [
+            ("prog", &objects.progs),
+            ("map", &objects.maps),
+            ("link", &objects.links),
+        ] {
+            left.extend(
+                ids.iter()
+                    .filter(|&&id| bpf_object_exists(kind, id))
+                    .map(|id| format!("{kind} {id}")),
+            );
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in the kernel {after}: {left:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -2,9 +2,9 @@
 
 use std::process::Command;
 
-use diag_tests::{Diag, bpf_prog_exists, bpf_prog_ids, diag_bin, require_root, serial};
-
-const PROGRAMS: &[&str] = &["inet_sock_set_state"];
+use diag_tests::{
+    Diag, assert_released, bpf_object_exists, bpf_objects_of, diag_bin, require_root, serial,
+};
 
 #[test]
 fn check_passes_as_root() {
@@ -100,17 +100,18 @@ fn non_root_is_told_it_needs_root() {
 
 fn leaves_nothing_behind(signal: i32) {
     let _guard = serial();
-    let before = bpf_prog_ids(PROGRAMS);
     let diag = Diag::start(&["tail", "--json"]);
-    let during: Vec<u64> = bpf_prog_ids(PROGRAMS)
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(
-        during.len(),
-        PROGRAMS.len(),
-        "diag's programs are visible while it runs"
+    let held = bpf_objects_of(diag.pid());
+    assert!(
+        !held.progs.is_empty() && !held.links.is_empty() && !held.maps.is_empty(),
+        "{held:?}"
     );
+    for &id in &held.progs {
+        assert!(
+            bpf_object_exists("prog", id),
+            "bpftool sees program {id} while diag runs"
+        );
+    }
     let out = diag.stop(signal);
     assert!(
         out.status.success(),
@@ -123,12 +124,7 @@ fn leaves_nothing_behind(signal: i32) {
         "summary line: {:?}",
         out.stderr
     );
-    for id in during {
-        assert!(
-            !bpf_prog_exists(id),
-            "program {id} still loaded after signal {signal}"
-        );
-    }
+    assert_released(&held, &format!("after signal {signal}"));
 }
 
 #[test]
@@ -143,6 +139,27 @@ fn sigterm_detaches_everything() {
     if require_root("sigterm_detaches_everything") {
         leaves_nothing_behind(libc::SIGTERM);
     }
+}
+
+#[test]
+fn sighup_detaches_everything() {
+    if require_root("sighup_detaches_everything") {
+        leaves_nothing_behind(libc::SIGHUP);
+    }
+}
+
+#[test]
+fn sigkill_leaves_nothing_either() {
+    if !require_root("sigkill_leaves_nothing_either") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&["tail"]);
+    let held = bpf_objects_of(diag.pid());
+    assert!(!held.progs.is_empty());
+    let out = diag.stop(libc::SIGKILL);
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    assert_released(&held, "after SIGKILL");
 }
 
 #[test]

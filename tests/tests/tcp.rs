@@ -299,3 +299,81 @@ fn text_output_names_the_process() {
         out.stderr
     );
 }
+
+/// Parse `N events seen, M shown, D dropped` from diag's summary line.
+fn summary_counts(line: &str) -> (u64, u64, u64) {
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(3)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(nums.len(), 3, "summary: {line}");
+    (nums[0], nums[1], nums[2])
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() {
+    if !require_root("ring_buffer_overflow_is_counted_and_reported") {
+        return;
+    }
+    let _guard = serial();
+    const CONNS: usize = 1500;
+    // 1 MiB holds about 9,300 TCP events; 1,500 connections make 15,000+
+    // while diag is stopped and cannot drain.
+    let diag = Diag::start(&[
+        "tail",
+        "--json",
+        "--ring-mib",
+        "1",
+        "--comm",
+        "diag-loadgen",
+    ]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(diag.pid() as i32, libc::SIGSTOP) };
+    let mut listener = Command::new(LOADGEN)
+        .args(["listen", &CONNS.to_string(), "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let port: u16 = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("PORT ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = Command::new(LOADGEN)
+        .args(["connect", &CONNS.to_string(), &format!("127.0.0.1:{port}")])
+        .status()
+        .unwrap();
+    assert!(client.success());
+    assert!(listener.wait().unwrap().success());
+    unsafe { libc::kill(diag.pid() as i32, libc::SIGCONT) };
+    thread::sleep(Duration::from_millis(1500));
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success());
+    let expected = (CONNS * 10 + 2) as u64;
+    let (seen, shown, dropped) = summary_counts(out.stderr.last().unwrap());
+    assert!(
+        dropped > 0,
+        "a full ring buffer must show drops: {:?}",
+        out.stderr
+    );
+    assert_eq!(shown, out.stdout.len() as u64);
+    assert!(shown < expected, "{shown} of {expected}");
+    assert!(
+        shown + dropped >= expected,
+        "every event is either shown or counted as dropped: {shown} + {dropped} < {expected}"
+    );
+    assert!(seen >= shown);
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("WARNING") && l.contains("dropped")),
+        "drops are reported as they happen: {:?}",
+        out.stderr
+    );
+}
