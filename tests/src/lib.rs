@@ -218,10 +218,9 @@ pub fn bpf_objects_of(pid: u32) -> BpfObjects {
             .lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().parse().ok())
+            && !list.contains(&id)
         {
-            if !list.contains(&id) {
-                list.push(id);
-            }
+            list.push(id);
         }
     }
     o
