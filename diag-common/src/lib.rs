@@ -15,6 +15,9 @@ pub mod user;
 pub const TASK_COMM_LEN: usize = 16;
 
 /// What kind of record follows the header in the ring buffer.
+///
+/// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler.
+/// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -69,6 +72,9 @@ impl EventHeader {
 
 /// Indexes into the kernel's per-CPU `COUNTERS` array: things that went
 /// wrong in the kernel and must be shown to the user.
+///
+/// Slots are grouped by family: 0-9 shared and TCP, 10-19 OOM, 20-31
+/// scheduler.
 pub mod counters {
     /// An event was lost because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
@@ -82,7 +88,7 @@ pub mod counters {
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
     /// Number of slots in `COUNTERS`.
-    pub const LEN: u32 = 8;
+    pub const LEN: u32 = 32;
 }
 
 /// Tunables written into the kernel object's read-only globals at load time.

@@ -1,0 +1,4 @@
+//! The aggregation core: pure Rust, no I/O. Driven by decoded events and
+//! a clock (boot-time ns), so unit tests can drive it without a kernel.
+//! One module per probe family; views, recordings and the Prometheus
+//! exporter read from here.
