@@ -23,6 +23,14 @@ pub const TASK_COMM_LEN: usize = 16;
 pub enum EventKind {
     /// [`tcp::TcpStateEvent`]
     TcpState = 1,
+    /// [`tcp::TcpSockEvent`]: the kernel sent a reset.
+    TcpResetSent = 2,
+    /// [`tcp::TcpSockEvent`]: a reset arrived.
+    TcpResetReceived = 3,
+    /// [`tcp::TcpSockEvent`]: a segment was retransmitted.
+    TcpRetransmit = 4,
+    /// [`tcp::TcpSockEvent`]: a listener retransmitted a SYN-ACK.
+    TcpRetransmitSynack = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -30,6 +38,10 @@ impl TryFrom<u32> for EventKind {
     fn try_from(v: u32) -> Result<Self, u32> {
         match v {
             1 => Ok(EventKind::TcpState),
+            2 => Ok(EventKind::TcpResetSent),
+            3 => Ok(EventKind::TcpResetReceived),
+            4 => Ok(EventKind::TcpRetransmit),
+            5 => Ok(EventKind::TcpRetransmitSynack),
             other => Err(other),
         }
     }

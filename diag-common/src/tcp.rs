@@ -53,6 +53,9 @@ pub mod attribution {
     /// Nothing better known (e.g. a socket older than diag): the task that
     /// happened to be on the CPU, which may not be the owner.
     pub const CURRENT: u8 = 4;
+    /// No socket at all: the kernel answered on its own (e.g. a reset for
+    /// a closed port). pid 0.
+    pub const KERNEL: u8 = 5;
 
     pub fn name(a: u8) -> &'static str {
         match a {
@@ -60,6 +63,7 @@ pub mod attribution {
             SOCKET => "socket",
             LISTENER => "listener",
             CURRENT => "current",
+            KERNEL => "kernel",
             _ => "unknown",
         }
     }
@@ -150,3 +154,73 @@ pub struct SockOwner {
     pub skaddr: u64,
 }
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+
+/// Offset value meaning "this tracepoint has no such field".
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Field offsets of a per-socket TCP tracepoint (`tcp:tcp_send_reset`,
+/// `tcp:tcp_receive_reset`, `tcp:tcp_retransmit_skb`,
+/// `tcp:tcp_retransmit_synack`), from tracefs. Fields a tracepoint lacks
+/// are [`NO_FIELD`]. Where the kernel gives addresses as `struct
+/// sockaddr_in`/`sockaddr_in6` (28 bytes), `sockaddr` is 1 and
+/// `saddr`/`daddr` point at those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSockLayout {
+    pub skaddr: u32,
+    pub state: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    /// `reason` (send_reset) or `err` (retransmit_skb).
+    pub reason: u32,
+    pub sockaddr: u32,
+    /// 1 once user space filled this in.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpSockLayout>() == 48);
+
+impl TcpSockLayout {
+    pub const fn zeroed() -> Self {
+        TcpSockLayout {
+            skaddr: NO_FIELD,
+            state: NO_FIELD,
+            sport: NO_FIELD,
+            dport: NO_FIELD,
+            family: NO_FIELD,
+            saddr: NO_FIELD,
+            daddr: NO_FIELD,
+            saddr_v6: NO_FIELD,
+            daddr_v6: NO_FIELD,
+            reason: NO_FIELD,
+            sockaddr: 0,
+            valid: 0,
+        }
+    }
+}
+
+/// A reset sent or received, or a retransmission, on one socket. The
+/// header names the socket's owner (see [`attribution`]); kind says which.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSockEvent {
+    pub header: EventHeader,
+    /// 0 when there is no socket (a reset for a closed port).
+    pub skaddr: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// The socket's TCP state, 0 when the tracepoint does not say.
+    pub state: u8,
+    pub attribution: u8,
+    /// send_reset: `enum sk_rst_reason`; retransmit: `err`; else 0.
+    pub reason: i32,
+    pub current_tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpSockEvent>() == 96);

@@ -1,6 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
-use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpStateEvent};
+use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent};
 use crate::{EventHeader, EventKind, RingConfig};
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and
@@ -8,17 +8,21 @@ use crate::{EventHeader, EventKind, RingConfig};
 unsafe impl aya::Pod for InetSockSetStateLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
+unsafe impl aya::Pod for TcpSockLayout {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnyEvent {
     TcpState(TcpStateEvent),
+    /// Kinds TcpResetSent, TcpResetReceived, TcpRetransmit, TcpRetransmitSynack.
+    TcpSock(TcpSockEvent),
 }
 
 impl AnyEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
             AnyEvent::TcpState(e) => &e.header,
+            AnyEvent::TcpSock(e) => &e.header,
         }
     }
 }
@@ -80,6 +84,10 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     let header: EventHeader = read(buf, None)?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
         EventKind::TcpState => Ok(AnyEvent::TcpState(read(buf, Some(header.kind))?)),
+        EventKind::TcpResetSent
+        | EventKind::TcpResetReceived
+        | EventKind::TcpRetransmit
+        | EventKind::TcpRetransmitSynack => Ok(AnyEvent::TcpSock(read(buf, Some(header.kind))?)),
     }
 }
 

@@ -17,7 +17,8 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     tcp::{
-        attribution, state, InetSockSetStateLayout, SockOwner, TcpStateEvent, AF_INET, AF_INET6,
+        attribution, state, InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout,
+        TcpStateEvent, AF_INET, AF_INET6, NO_FIELD,
         IPPROTO_TCP,
     },
     EventKind,
@@ -204,4 +205,152 @@ fn addresses(
         daddr[..4].copy_from_slice(&d);
     }
     (saddr, daddr)
+}
+
+// ---------------------------------------------------------------------------
+// Resets and retransmissions: one event per occurrence, attributed to the
+// socket's owner.
+
+#[unsafe(no_mangle)]
+static TCP_SEND_RESET: Global<TcpSockLayout> = Global::new(TcpSockLayout::zeroed());
+#[unsafe(no_mangle)]
+static TCP_RECEIVE_RESET: Global<TcpSockLayout> = Global::new(TcpSockLayout::zeroed());
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_SKB: Global<TcpSockLayout> = Global::new(TcpSockLayout::zeroed());
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_SYNACK: Global<TcpSockLayout> = Global::new(TcpSockLayout::zeroed());
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    match try_sock_event(&ctx, TCP_SEND_RESET.load(), EventKind::TcpResetSent) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    match try_sock_event(&ctx, TCP_RECEIVE_RESET.load(), EventKind::TcpResetReceived) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    match try_sock_event(&ctx, TCP_RETRANSMIT_SKB.load(), EventKind::TcpRetransmit) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    match try_sock_event(
+        &ctx,
+        TCP_RETRANSMIT_SYNACK.load(),
+        EventKind::TcpRetransmitSynack,
+    ) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Family, ports and addresses from a `struct sockaddr_in`/`sockaddr_in6`
+/// copied into a tracepoint record (28 bytes).
+#[inline(always)]
+fn from_sockaddr(b: &[u8; 28]) -> (u16, u16, [u8; 16]) {
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr.copy_from_slice(&b[8..24]);
+    } else {
+        addr[..4].copy_from_slice(&b[4..8]);
+    }
+    (family, port, addr)
+}
+
+#[inline(always)]
+fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) -> Result<u32, u32> {
+    if l.valid == 0 {
+        return Ok(0);
+    }
+    let skaddr: u64 = if l.skaddr != NO_FIELD { field(ctx, l.skaddr)? } else { 0 };
+    let state: u8 = if l.state != NO_FIELD {
+        field::<i32>(ctx, l.state)? as u8
+    } else {
+        0
+    };
+    let reason: i32 = if l.reason != NO_FIELD { field(ctx, l.reason)? } else { 0 };
+    let family: u16;
+    let sport: u16;
+    let dport: u16;
+    let saddr: [u8; 16];
+    let daddr: [u8; 16];
+    if l.sockaddr == 1 {
+        let s: [u8; 28] = field(ctx, l.saddr)?;
+        let d: [u8; 28] = field(ctx, l.daddr)?;
+        let (f, sp, sa) = from_sockaddr(&s);
+        let (_, dp, da) = from_sockaddr(&d);
+        family = f;
+        sport = sp;
+        dport = dp;
+        saddr = sa;
+        daddr = da;
+    } else {
+        family = field(ctx, l.family)?;
+        sport = field(ctx, l.sport)?;
+        dport = field(ctx, l.dport)?;
+        let tp = InetSockSetStateLayout {
+            saddr: l.saddr,
+            daddr: l.daddr,
+            saddr_v6: l.saddr_v6,
+            daddr_v6: l.daddr_v6,
+            ..InetSockSetStateLayout::zeroed()
+        };
+        (saddr, daddr) = addresses(ctx, &tp, family);
+    }
+
+    let mut header = current_header(kind as u32);
+    let current_tgid = header.tgid;
+    let mut how = attribution::CURRENT;
+    if skaddr == 0 {
+        how = attribution::KERNEL;
+        header.pid = 0;
+        header.tgid = 0;
+        header.comm = [0; 16];
+    } else if let Some(o) = unsafe { SOCK_OWNERS.get(&skaddr) } {
+        how = attribution::SOCKET;
+        header.pid = o.pid;
+        header.tgid = o.tgid;
+        header.comm = o.comm;
+    } else if let Some(o) = unsafe { LISTENERS.get(&sport) } {
+        // A listener's SYN-ACK, or a socket we never saw: the listener on
+        // the local port is the best owner there is.
+        how = attribution::LISTENER;
+        header.pid = o.pid;
+        header.tgid = o.tgid;
+        header.comm = o.comm;
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<TcpSockEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).header = header;
+        (*ev).skaddr = skaddr;
+        (*ev).saddr = saddr;
+        (*ev).daddr = daddr;
+        (*ev).sport = sport;
+        (*ev).dport = dport;
+        (*ev).family = family;
+        (*ev).state = state;
+        (*ev).attribution = how;
+        (*ev).reason = reason;
+        (*ev).current_tgid = current_tgid;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
 }

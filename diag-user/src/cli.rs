@@ -40,6 +40,8 @@ impl Default for Command {
 const TAIL_ABOUT: &str = "\
 Live-tail kernel events, one line each, until Ctrl-C or SIGTERM.
 
+Event classes (--events): tcp, reset, retrans.
+
 tcp: every TCP state transition (IPv4 and IPv6), with the process that owns \
 the socket, even when the transition ran in softirq context: the connecting \
 process for active opens, the owner of the listening socket for passive opens, \
@@ -53,14 +55,19 @@ transition of this socket), `listener` (the owner of the listening port), or \
 happened to be on the CPU).
 
 On exit, diag prints how many events it saw and how many the kernel dropped. \
-Drops are also reported as they happen: nothing is lost silently.";
+Drops are also reported as they happen: nothing is lost silently.
+
+reset: a reset sent (with the kernel's reason, e.g. NO_SOCKET for a closed \
+port; such resets belong to no process and show pid 0) or received. \
+retrans: a retransmitted segment, with the socket's state.";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
   diag tail                          every TCP transition on the host
   diag tail --port 5432              connections to or from port 5432
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
-  diag tail --json | jq .            JSON lines, one object per event";
+  diag tail --json | jq .            JSON lines, one object per event
+  diag tail --events reset,retrans   only resets and retransmissions";
 
 const CHECK_ABOUT: &str = "\
 Check that this host can run diag: kernel version, BTF, tracefs (mounted if \
@@ -71,6 +78,10 @@ One line per check, OK or FAIL with a hint. Exits 0 only when diag can run.";
 pub enum EventClass {
     /// TCP state transitions (sock:inet_sock_set_state)
     Tcp,
+    /// TCP resets sent and received (tcp:tcp_send_reset, tcp:tcp_receive_reset)
+    Reset,
+    /// TCP retransmissions, SYN-ACKs included (tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack)
+    Retrans,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

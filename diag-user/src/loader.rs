@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use diag_common::{RingConfig, tcp::InetSockSetStateLayout};
+use diag_common::RingConfig;
 
 use crate::{
     cli::{CheckArgs, ProbeArgs},
@@ -23,7 +23,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 #[derive(Debug, Clone)]
 pub struct Env {
     pub tracefs: PathBuf,
-    pub tcp_layout: InetSockSetStateLayout,
+    pub tcp: probes::tcp::Layouts,
 }
 
 /// The outcome of one check, for `diag check`.
@@ -130,7 +130,7 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
     if let Ok((path, _)) = &mounted {
         lines.push(CheckLine {
             name: "tracepoints",
-            result: probes::tcp::layout(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
+            result: probes::tcp::layouts(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
         });
     }
     let privileged = lines[0].result.is_ok();
@@ -185,12 +185,9 @@ pub fn require(args: &ProbeArgs) -> Result<Env, EnvError> {
     check_kernel()?;
     check_btf(&args.btf)?;
     let (tracefs, _) = tracefs::ensure_mounted(&args.tracefs)?;
-    let tcp_layout = probes::tcp::layout(&tracefs)?;
+    let tcp = probes::tcp::layouts(&tracefs)?;
     check_ringbuf()?;
-    Ok(Env {
-        tracefs,
-        tcp_layout,
-    })
+    Ok(Env { tracefs, tcp })
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
@@ -218,10 +215,15 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
-    let mut ebpf = EbpfLoader::new()
-        .override_global("INET_SOCK_SET_STATE", &env.tcp_layout, true)
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("INET_SOCK_SET_STATE", &env.tcp.state, true)
         .override_global("RING_CONFIG", &ring, true)
-        .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("EVENTS", ring_bytes);
+    for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&env.tcp.sock) {
+        loader.override_global(global, layout, true);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();

@@ -69,6 +69,8 @@ pub struct Field {
 pub struct Format {
     pub name: String,
     pub fields: Vec<Field>,
+    /// The `print fmt:` line, which carries symbol tables.
+    pub print_fmt: String,
 }
 
 impl Format {
@@ -98,8 +100,13 @@ impl Format {
     pub fn parse(text: &str) -> Result<Format, String> {
         let mut name = String::new();
         let mut fields = Vec::new();
+        let mut print_fmt = String::new();
         for line in text.lines() {
             let line = line.trim();
+            if let Some(p) = line.strip_prefix("print fmt:") {
+                print_fmt = p.trim().to_string();
+                continue;
+            }
             if let Some(n) = line.strip_prefix("name:") {
                 name = n.trim().to_string();
                 continue;
@@ -137,7 +144,43 @@ impl Format {
         if fields.is_empty() {
             return Err("no fields".into());
         }
-        Ok(Format { name, fields })
+        Ok(Format {
+            name,
+            fields,
+            print_fmt,
+        })
+    }
+
+    /// The value names the kernel prints for `arg` (e.g. `REC->reason`),
+    /// from `__print_symbolic(arg, { 0, "NAME" }, ...)` in the print format.
+    /// Empty when there is none.
+    pub fn symbols(&self, arg: &str) -> Vec<(i64, String)> {
+        let key = format!("__print_symbolic({arg},");
+        let Some(start) = self.print_fmt.find(&key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut rest = &self.print_fmt[start + key.len()..];
+        loop {
+            rest = rest.trim_start_matches([' ', ',']);
+            let Some(body) = rest.strip_prefix('{') else {
+                break;
+            };
+            let Some(end) = body.find('}') else { break };
+            let (num, name) = body[..end].split_once(',').unwrap_or(("", ""));
+            let name = name.trim().trim_matches('"');
+            match num.trim().parse::<i64>() {
+                Ok(n) if !name.is_empty() => out.push((n, name.to_string())),
+                _ => {}
+            }
+            rest = &body[end + 1..];
+        }
+        out
+    }
+
+    /// A field by name.
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
     }
 
     /// The offset of `field`, checking it has the size diag expects.
@@ -173,7 +216,7 @@ format:
 \tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
 \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
 
-print fmt: \"family=%s\"
+print fmt: \"reason=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }), REC->x
 ";
 
     #[test]
@@ -185,6 +228,14 @@ print fmt: \"family=%s\"
         assert_eq!(f.offset("saddr_v6", 16), Ok(40));
         assert!(f.offset("saddr_v6", 4).unwrap_err().contains("16 bytes"));
         assert!(f.offset("nope", 4).unwrap_err().contains("no field"));
+        assert_eq!(
+            f.symbols("REC->reason"),
+            vec![
+                (0, "NOT_SPECIFIED".to_string()),
+                (1, "NO_SOCKET".to_string())
+            ]
+        );
+        assert!(f.symbols("REC->state").is_empty());
     }
 
     #[test]

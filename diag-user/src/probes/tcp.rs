@@ -5,7 +5,7 @@ use std::path::Path;
 use aya::{Ebpf, maps::HashMap};
 use diag_common::{
     TASK_COMM_LEN,
-    tcp::{InetSockSetStateLayout, SockOwner},
+    tcp::{InetSockSetStateLayout, NO_FIELD, SockOwner, TcpSockLayout},
 };
 
 use crate::{
@@ -14,7 +14,89 @@ use crate::{
     tracefs::Format,
 };
 
-pub const TRACEPOINT_NAMES: &[&str] = &["sock:inet_sock_set_state"];
+pub const TRACEPOINT_NAMES: &[&str] = &[
+    "sock:inet_sock_set_state",
+    "tcp:tcp_send_reset",
+    "tcp:tcp_receive_reset",
+    "tcp:tcp_retransmit_skb",
+    "tcp:tcp_retransmit_synack",
+];
+
+/// The per-socket TCP tracepoints: (tracepoint name in category `tcp`,
+/// the kernel program's global that takes its layout).
+pub const SOCK_TRACEPOINTS: &[(&str, &str)] = &[
+    ("tcp_send_reset", "TCP_SEND_RESET"),
+    ("tcp_receive_reset", "TCP_RECEIVE_RESET"),
+    ("tcp_retransmit_skb", "TCP_RETRANSMIT_SKB"),
+    ("tcp_retransmit_synack", "TCP_RETRANSMIT_SYNACK"),
+];
+
+/// Layouts of every TCP tracepoint diag uses, read from the running kernel.
+#[derive(Debug, Clone)]
+pub struct Layouts {
+    pub state: InetSockSetStateLayout,
+    /// Same order as [`SOCK_TRACEPOINTS`].
+    pub sock: Vec<TcpSockLayout>,
+    /// Names of `enum sk_rst_reason` values, from the kernel's own format.
+    pub rst_reasons: Vec<(i64, String)>,
+}
+
+pub fn layouts(tracefs: &Path) -> Result<Layouts, EnvError> {
+    let state = layout(tracefs)?;
+    let mut sock = Vec::new();
+    let mut rst_reasons = Vec::new();
+    for (name, _) in SOCK_TRACEPOINTS {
+        let fmt = Format::read(tracefs, "tcp", name, "TCP resets and retransmissions")?;
+        if *name == "tcp_send_reset" {
+            rst_reasons = fmt.symbols("REC->reason");
+        }
+        sock.push(
+            sock_layout_from(&fmt).map_err(|why| EnvError::TracepointFormat {
+                name: format!("tcp:{name}"),
+                why,
+            })?,
+        );
+    }
+    Ok(Layouts {
+        state,
+        sock,
+        rst_reasons,
+    })
+}
+
+/// Layout of a per-socket TCP tracepoint. Newer kernels give
+/// `tcp_send_reset` addresses as 28-byte sockaddrs; older ones (and the
+/// other tracepoints) as sport/dport/family/saddr/daddr fields.
+pub fn sock_layout_from(fmt: &Format) -> Result<TcpSockLayout, String> {
+    let opt = |name: &str, size: u32| -> Result<u32, String> {
+        match fmt.field(name) {
+            None => Ok(NO_FIELD),
+            Some(_) => fmt.offset(name, size),
+        }
+    };
+    let mut l = TcpSockLayout::zeroed();
+    l.skaddr = fmt.offset("skaddr", 8)?;
+    l.state = opt("state", 4)?;
+    l.reason = match fmt.field("reason") {
+        Some(_) => fmt.offset("reason", 4)?,
+        None => opt("err", 4)?,
+    };
+    if fmt.field("saddr").is_some_and(|f| f.size == 28) {
+        l.sockaddr = 1;
+        l.saddr = fmt.offset("saddr", 28)?;
+        l.daddr = fmt.offset("daddr", 28)?;
+    } else {
+        l.sport = fmt.offset("sport", 2)?;
+        l.dport = fmt.offset("dport", 2)?;
+        l.family = fmt.offset("family", 2)?;
+        l.saddr = fmt.offset("saddr", 4)?;
+        l.daddr = fmt.offset("daddr", 4)?;
+        l.saddr_v6 = fmt.offset("saddr_v6", 16)?;
+        l.daddr_v6 = fmt.offset("daddr_v6", 16)?;
+    }
+    l.valid = 1;
+    Ok(l)
+}
 
 /// Field offsets of `sock:inet_sock_set_state` on the running kernel.
 pub fn layout(tracefs: &Path) -> Result<InetSockSetStateLayout, EnvError> {
@@ -75,5 +157,66 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
 pub fn attach(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), LoadError> {
     super::attach_tracepoint(ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state")?;
     attached.push(TRACEPOINT_NAMES[0]);
+    for (i, (name, _)) in SOCK_TRACEPOINTS.iter().enumerate() {
+        super::attach_tracepoint(ebpf, name, "tcp", name)?;
+        attached.push(TRACEPOINT_NAMES[i + 1]);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(fields: &[(&str, u32, u32)]) -> Format {
+        Format {
+            name: "t".into(),
+            print_fmt: String::new(),
+            fields: fields
+                .iter()
+                .map(|&(n, o, s)| crate::tracefs::Field {
+                    name: n.into(),
+                    offset: o,
+                    size: s,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn send_reset_with_sockaddrs() {
+        let f = fmt(&[
+            ("skbaddr", 8, 8),
+            ("skaddr", 16, 8),
+            ("state", 24, 4),
+            ("reason", 28, 4),
+            ("saddr", 32, 28),
+            ("daddr", 60, 28),
+        ]);
+        let l = sock_layout_from(&f).unwrap();
+        assert_eq!(
+            (l.skaddr, l.state, l.reason, l.sockaddr, l.saddr, l.daddr),
+            (16, 24, 28, 1, 32, 60)
+        );
+        assert_eq!(l.sport, NO_FIELD);
+    }
+
+    #[test]
+    fn receive_reset_with_fields() {
+        let f = fmt(&[
+            ("skaddr", 8, 8),
+            ("sport", 16, 2),
+            ("dport", 18, 2),
+            ("family", 20, 2),
+            ("saddr", 22, 4),
+            ("daddr", 26, 4),
+            ("saddr_v6", 30, 16),
+            ("daddr_v6", 46, 16),
+        ]);
+        let l = sock_layout_from(&f).unwrap();
+        assert_eq!((l.sport, l.dport, l.family, l.saddr_v6), (16, 18, 20, 30));
+        assert_eq!((l.state, l.reason, l.sockaddr), (NO_FIELD, NO_FIELD, 0));
+        let bad = fmt(&[("skaddr", 8, 4)]);
+        assert!(sock_layout_from(&bad).is_err());
+    }
 }

@@ -6,9 +6,11 @@ use std::{
     process::ExitCode,
 };
 
+use std::collections::HashMap;
+
 use diag_common::{
-    comm_bytes,
-    tcp::{AF_INET6, TcpStateEvent, attribution, state_name},
+    EventKind, comm_bytes,
+    tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
 use tokio::sync::mpsc;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Msg,
-    cli::{Family, TailArgs},
+    cli::{EventClass, Family, TailArgs},
     clock::WallClock,
     loader,
     source::{Health, live::Live},
@@ -25,6 +27,8 @@ use crate::{
 /// Which events `tail` shows.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Empty: every class.
+    pub events: Vec<EventClass>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub ports: Vec<u16>,
@@ -34,6 +38,7 @@ pub struct Filter {
 impl Filter {
     pub fn from_args(a: &TailArgs) -> Self {
         Filter {
+            events: a.events.clone(),
             pids: a.pid.clone(),
             comms: a.comm.clone(),
             ports: a.port.clone(),
@@ -42,6 +47,9 @@ impl Filter {
     }
 
     pub fn matches(&self, ev: &AnyEvent) -> bool {
+        if !self.events.is_empty() && !self.events.contains(&class_of(ev)) {
+            return false;
+        }
         let h = ev.header();
         if !self.pids.is_empty() && !self.pids.iter().any(|&p| p == h.tgid || p == h.pid) {
             return false;
@@ -52,20 +60,67 @@ impl Filter {
                 return false;
             }
         }
-        match ev {
-            AnyEvent::TcpState(t) => {
-                if !self.ports.is_empty()
-                    && !self.ports.iter().any(|&p| p == t.sport || p == t.dport)
-                {
-                    return false;
-                }
-                match self.family {
-                    Some(Family::V4) => t.family != AF_INET6,
-                    Some(Family::V6) => t.family == AF_INET6,
-                    None => true,
-                }
-            }
+        let (family, sport, dport) = match ev {
+            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
+            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
+        };
+        if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
+            return false;
         }
+        match self.family {
+            Some(Family::V4) => family != AF_INET6,
+            Some(Family::V6) => family == AF_INET6,
+            None => true,
+        }
+    }
+}
+
+/// The `--events` class an event belongs to.
+pub fn class_of(ev: &AnyEvent) -> EventClass {
+    match ev {
+        AnyEvent::TcpState(_) => EventClass::Tcp,
+        AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
+            Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
+            _ => EventClass::Retrans,
+        },
+    }
+}
+
+/// Names the kernel gives to numbers in events, read from tracefs at load
+/// time (they change between kernel versions).
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub rst_reasons: HashMap<i64, String>,
+}
+
+impl Names {
+    pub fn rst_reason(&self, r: i32) -> String {
+        self.rst_reasons
+            .get(&i64::from(r))
+            .cloned()
+            .unwrap_or_else(|| r.to_string())
+    }
+}
+
+/// What a per-socket event is, in words: `RST sent (NO_SOCKET)`.
+pub fn sock_event_what(t: &TcpSockEvent, names: &Names) -> String {
+    match EventKind::try_from(t.header.kind) {
+        Ok(EventKind::TcpResetSent) => format!("RST sent ({})", names.rst_reason(t.reason)),
+        Ok(EventKind::TcpResetReceived) => "RST received".into(),
+        Ok(EventKind::TcpRetransmit) => format!("RETRANSMIT in {}", state_name(t.state)),
+        Ok(EventKind::TcpRetransmitSynack) => "SYN-ACK RETRANSMIT".into(),
+        _ => "?".into(),
+    }
+}
+
+/// The JSON `event` name of a per-socket event.
+pub fn sock_event_name(t: &TcpSockEvent) -> &'static str {
+    match EventKind::try_from(t.header.kind) {
+        Ok(EventKind::TcpResetSent) => "tcp_reset_sent",
+        Ok(EventKind::TcpResetReceived) => "tcp_reset_received",
+        Ok(EventKind::TcpRetransmit) => "tcp_retransmit",
+        Ok(EventKind::TcpRetransmitSynack) => "tcp_retransmit_synack",
+        _ => "unknown",
     }
 }
 
@@ -107,9 +162,27 @@ fn comm_string(comm: &[u8; 16]) -> String {
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
 
-pub fn format_text(ev: &AnyEvent, clock: &WallClock) -> String {
+pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
+        AnyEvent::TcpSock(t) => {
+            let h = &t.header;
+            format!(
+                "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {}",
+                clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+                h.tgid,
+                if t.attribution == attribution::KERNEL {
+                    "[kernel]".into()
+                } else {
+                    comm_string(&h.comm)
+                },
+                endpoint(t.family, &t.saddr, t.sport),
+                endpoint(t.family, &t.daddr, t.dport),
+                sock_event_what(t, names),
+                "-",
+                attribution::name(t.attribution),
+            )
+        }
     }
 }
 
@@ -128,8 +201,35 @@ fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
     )
 }
 
-pub fn format_json(ev: &AnyEvent, clock: &WallClock) -> String {
+pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
+        AnyEvent::TcpSock(t) => {
+            let h = &t.header;
+            let mut v = serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": sock_event_name(t),
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "cpu": h.cpu,
+                "family": if t.family == AF_INET6 { 6 } else { 4 },
+                "saddr": address(t.family, &t.saddr),
+                "sport": t.sport,
+                "daddr": address(t.family, &t.daddr),
+                "dport": t.dport,
+                "state": if t.state == 0 { None } else { Some(state_name(t.state)) },
+                "attribution": attribution::name(t.attribution),
+                "current_pid": t.current_tgid,
+                "skaddr": format!("{:#x}", t.skaddr),
+            });
+            match EventKind::try_from(h.kind) {
+                Ok(EventKind::TcpResetSent) => v["reason"] = names.rst_reason(t.reason).into(),
+                Ok(EventKind::TcpRetransmit) => v["err"] = t.reason.into(),
+                _ => {}
+            }
+            v.to_string()
+        }
         AnyEvent::TcpState(t) => {
             let h = &t.header;
             serde_json::json!({
@@ -160,6 +260,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock) -> String {
 /// The tail sink's state: pure, driven by messages.
 pub struct Tail {
     pub filter: Filter,
+    pub names: Names,
     pub json: bool,
     pub clock: WallClock,
     pub seen: u64,
@@ -178,9 +279,9 @@ impl Tail {
                     if self.filter.matches(ev) {
                         self.shown += 1;
                         let line = if self.json {
-                            format_json(ev, &self.clock)
+                            format_json(ev, &self.clock, &self.names)
                         } else {
-                            format_text(ev, &self.clock)
+                            format_text(ev, &self.clock, &self.names)
                         };
                         writeln!(out, "{line}")?;
                     }
@@ -240,6 +341,9 @@ pub async fn shutdown_signal() {
 /// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
+    let names = Names {
+        rst_reasons: env.tcp.rst_reasons.iter().cloned().collect(),
+    };
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -261,6 +365,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
 
         let mut tail = Tail {
             filter: Filter::from_args(&args),
+            names,
             json: args.json,
             clock: WallClock::now(),
             seen: 0,
@@ -386,7 +491,7 @@ mod tests {
     #[test]
     fn text_line() {
         let clock = WallClock::with_offset_ns(0);
-        let line = format_text(&ev(100, "curl", 2, 40000, 443), &clock);
+        let line = format_text(&ev(100, "curl", 2, 40000, 443), &clock, &Names::default());
         assert!(line.contains(" 100 "), "{line}");
         assert!(line.contains("curl"));
         assert!(line.contains("127.0.0.1:40000"));
@@ -394,7 +499,7 @@ mod tests {
         assert!(line.contains("SYN_SENT -> ESTABLISHED"));
         assert!(line.contains("2.50ms"));
         assert!(line.ends_with("socket"));
-        let line6 = format_text(&ev(1, "x", AF_INET6, 80, 51000), &clock);
+        let line6 = format_text(&ev(1, "x", AF_INET6, 80, 51000), &clock, &Names::default());
         assert!(
             line6.contains("[::1]:80") && line6.contains("[::1]:51000"),
             "{line6}"
@@ -404,8 +509,12 @@ mod tests {
     #[test]
     fn json_line() {
         let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
-        let v: serde_json::Value =
-            serde_json::from_str(&format_json(&ev(100, "curl", 2, 40000, 443), &clock)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&format_json(
+            &ev(100, "curl", 2, 40000, 443),
+            &clock,
+            &Names::default(),
+        ))
+        .unwrap();
         assert_eq!(v["pid"], 100);
         assert_eq!(v["tid"], 101);
         assert_eq!(v["comm"], "curl");
@@ -424,6 +533,63 @@ mod tests {
         );
     }
 
+    fn reset(kind: EventKind, reason: i32) -> AnyEvent {
+        let mut header = EventHeader::zeroed();
+        header.kind = kind as u32;
+        AnyEvent::TcpSock(TcpSockEvent {
+            header,
+            skaddr: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 9,
+            dport: 40000,
+            family: 2,
+            state: 0,
+            attribution: attribution::KERNEL,
+            reason,
+            current_tgid: 5,
+        })
+    }
+
+    #[test]
+    fn resets_and_classes() {
+        let names = Names {
+            rst_reasons: [(1, "NO_SOCKET".to_string())].into_iter().collect(),
+        };
+        let clock = WallClock::with_offset_ns(0);
+        let sent = reset(EventKind::TcpResetSent, 1);
+        let line = format_text(&sent, &clock, &names);
+        assert!(
+            line.contains("RST sent (NO_SOCKET)") && line.contains("[kernel]"),
+            "{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&sent, &clock, &names)).unwrap();
+        assert_eq!(v["event"], "tcp_reset_sent");
+        assert_eq!(v["reason"], "NO_SOCKET");
+        assert_eq!(v["pid"], 0);
+        assert_eq!(names.rst_reason(77), "77");
+        let retrans = reset(EventKind::TcpRetransmit, 0);
+        assert_eq!(class_of(&sent), EventClass::Reset);
+        assert_eq!(
+            class_of(&reset(EventKind::TcpResetReceived, 0)),
+            EventClass::Reset
+        );
+        assert_eq!(class_of(&retrans), EventClass::Retrans);
+        let only_tcp = Filter {
+            events: vec![EventClass::Tcp],
+            ..Default::default()
+        };
+        assert!(!only_tcp.matches(&sent));
+        assert!(only_tcp.matches(&ev(1, "a", 2, 1, 2)));
+        let resets = Filter {
+            events: vec![EventClass::Reset],
+            ports: vec![9],
+            ..Default::default()
+        };
+        assert!(resets.matches(&sent) && !resets.matches(&retrans));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(human_ns(0), "-");
@@ -436,6 +602,7 @@ mod tests {
     #[test]
     fn health_warnings_and_summary() {
         let mut t = Tail {
+            names: Names::default(),
             filter: Filter {
                 ports: vec![443],
                 ..Default::default()
