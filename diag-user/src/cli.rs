@@ -26,6 +26,9 @@ pub enum Command {
     /// Live-tail kernel events, one line each, until Ctrl-C (the default)
     #[command(long_about = TAIL_ABOUT, after_help = TAIL_EXAMPLES)]
     Tail(TailArgs),
+    /// Per-process TCP analytics: churn, states, TIME_WAIT/CLOSE_WAIT, port pressure
+    #[command(long_about = CONNS_ABOUT, after_help = CONNS_EXAMPLES)]
+    Conns(ConnsArgs),
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
@@ -68,6 +71,36 @@ Examples:
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
   diag tail --json | jq .            JSON lines, one object per event
   diag tail --events reset,retrans   only resets and retransmissions";
+
+const CONNS_ABOUT: &str = "\
+Per-process TCP connection analytics, from the kernel's state transitions.
+
+For each process: connection opens per second, active (connect) and passive \
+(accept); closes per second; connection lifetime (p50/p99/max); sockets by \
+state (ESTAB, SYN_SENT, SYN_RECV, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, \
+LISTEN); resets sent and received; retransmissions; failed connects.
+
+TIME_WAIT is charged to the process that closed first. CLOSE_WAIT sockets \
+older than --close-wait-threshold are listed as leaks: the process received \
+FIN and never called close(). Ephemeral-port pressure is shown per \
+destination (local address, remote address:port), as a share of \
+net.ipv4.ip_local_port_range, with a forecast of when it runs out. Hints \
+name the patterns (no keepalive, leaks, port exhaustion).
+
+Sockets that existed before diag started are read from the kernel's socket \
+table at start, and the gauges are reconciled with it every --reconcile \
+(corrections are counted and shown), so the numbers are true from the first \
+second and cannot drift.
+
+By default diag watches for one --interval and prints one snapshot; \
+--watch prints one per interval until Ctrl-C (and a last one then).";
+
+const CONNS_EXAMPLES: &str = "\
+Examples:
+  diag conns                        one snapshot after 1 s
+  diag conns --watch --interval 5s  a snapshot every 5 s
+  diag conns --sort time-wait       who holds the most TIME_WAIT sockets
+  diag conns --json | jq .hints     machine-readable";
 
 const CHECK_ABOUT: &str = "\
 Check that this host can run diag: kernel version, BTF, tracefs (mounted if \
@@ -178,6 +211,104 @@ impl Default for ProbeArgs {
     }
 }
 
+/// Columns `diag conns` can sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnsSort {
+    /// Opens plus closes per second
+    Churn,
+    /// Active plus passive opens per second
+    Opens,
+    /// Closes per second
+    Closes,
+    /// ESTABLISHED sockets
+    Estab,
+    /// TIME_WAIT sockets
+    TimeWait,
+    /// CLOSE_WAIT sockets
+    CloseWait,
+    /// Resets sent plus received (total)
+    Resets,
+    /// Retransmissions (total)
+    Retrans,
+    /// Failed connects (total)
+    Failed,
+    /// Process id
+    Pid,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnsArgs {
+    /// Length of one interval: rates are per second over it
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Print a snapshot every interval until Ctrl-C
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Stop after this many snapshots (default: 1, or unlimited with --watch)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Sort processes by
+    #[arg(long, value_enum, default_value = "churn")]
+    pub sort: ConnsSort,
+
+    /// Show at most this many processes (0: all)
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Only this process id (repeatable)
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Only processes with this command name (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+
+    /// A socket in CLOSE_WAIT for longer than this is a leak
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub close_wait_threshold: std::time::Duration,
+
+    /// How often gauges are reconciled with the kernel's socket table
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reconcile: std::time::Duration,
+
+    /// Warn when a destination uses this percentage of the ephemeral ports
+    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
+    pub pressure_warn: f64,
+
+    /// Print JSON (one object per snapshot) instead of tables
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// A duration such as `500ms`, `1s`, `2m`; must be more than zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 500ms, 1s, 2m"))?;
+    if d.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage"))?;
+    if !(0.0..=100.0).contains(&v) || v == 0.0 {
+        return Err(format!(
+            "{v}: the percentage must be above 0 and at most 100"
+        ));
+    }
+    Ok(v)
+}
+
 #[derive(Debug, Clone, Args, Default)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -218,6 +349,41 @@ mod tests {
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "3"]).is_err());
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "0"]).is_err());
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "16"]).is_ok());
+    }
+
+    #[test]
+    fn durations_and_percentages() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(
+            parse_duration("10xs")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(Cli::try_parse_from(["diag", "conns", "--interval", "0"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "conns", "--pressure-warn", "120"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "conns", "--count", "0"]).is_err());
+        let ok = Cli::try_parse_from([
+            "diag",
+            "conns",
+            "--sort",
+            "time-wait",
+            "--pressure-warn",
+            "50%",
+        ])
+        .unwrap();
+        let Some(Command::Conns(c)) = ok.command else {
+            panic!()
+        };
+        assert_eq!(c.sort, ConnsSort::TimeWait);
+        assert_eq!(c.pressure_warn, 50.0);
     }
 
     #[test]

@@ -67,3 +67,64 @@ pub fn listener_owners() -> Vec<(u16, SocketHolder)> {
         .filter_map(|l| holders.get(&l.inode).map(|h| (l.port, h.clone())))
         .collect()
 }
+
+/// The kernel's TCP socket table (IPv4 and IPv6), with the process holding
+/// each socket where one does (TIME_WAIT sockets belong to none).
+pub fn tcp_table() -> Vec<crate::aggregate::tcp::TableRow> {
+    let holders = socket_holders();
+    let mut rows = Vec::new();
+    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
+        for e in table.into_iter().flatten() {
+            let owner = (e.inode != 0)
+                .then(|| holders.get(&e.inode))
+                .flatten()
+                .map(|h| (h.pid, h.comm.clone()));
+            rows.push(crate::aggregate::tcp::TableRow {
+                local: unmap(e.local_address),
+                remote: unmap(e.remote_address),
+                state: tcp_state_number(&e.state),
+                owner,
+            });
+        }
+    }
+    rows
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, as the aggregation keys them.
+fn unmap(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a.ip() {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        _ => a,
+    }
+}
+
+fn tcp_state_number(s: &TcpState) -> u8 {
+    use diag_common::tcp::state;
+    match s {
+        TcpState::Established => state::ESTABLISHED,
+        TcpState::SynSent => state::SYN_SENT,
+        TcpState::SynRecv => state::SYN_RECV,
+        TcpState::FinWait1 => state::FIN_WAIT1,
+        TcpState::FinWait2 => state::FIN_WAIT2,
+        TcpState::TimeWait => state::TIME_WAIT,
+        TcpState::Close => state::CLOSE,
+        TcpState::CloseWait => state::CLOSE_WAIT,
+        TcpState::LastAck => state::LAST_ACK,
+        TcpState::Listen => state::LISTEN,
+        TcpState::Closing => state::CLOSING,
+        TcpState::NewSynRecv => state::NEW_SYN_RECV,
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` (also used for IPv6).
+pub fn local_port_range() -> Option<(u16, u16)> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<u16>());
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}

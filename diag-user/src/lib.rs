@@ -32,5 +32,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or_default() {
         cli::Command::Check(args) => Ok(loader::run_check(&args)),
         cli::Command::Tail(args) => view::tail::run(args),
+        cli::Command::Conns(args) => view::conns::run(args),
     }
 }

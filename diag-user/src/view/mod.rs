@@ -1,3 +1,62 @@
 //! Sinks over the event bus. Formatting is pure; I/O is at the edge.
 
+pub mod conns;
 pub mod tail;
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Msg,
+    source::{Health, live::Live},
+};
+
+/// A running live source: its messages, the token that stops it (also
+/// cancelled by SIGINT, SIGTERM or SIGHUP), and its task, which returns the
+/// final health once it has drained the ring buffer and detached.
+pub struct LiveSession {
+    pub rx: mpsc::Receiver<Msg>,
+    pub cancel: CancellationToken,
+    pub source: JoinHandle<std::io::Result<Health>>,
+    pub attached: Vec<&'static str>,
+}
+
+impl LiveSession {
+    /// Start draining `live` onto a new bus. Call inside a tokio runtime.
+    pub fn start(live: Live) -> LiveSession {
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel::<Msg>(1024);
+        let attached = live.attached().to_vec();
+        let source = tokio::spawn(live.run(tx, cancel.clone()));
+        let sig = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            sig.cancel();
+        });
+        LiveSession {
+            rx,
+            cancel,
+            source,
+            attached,
+        }
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without signal handlers the default action (exit) still applies,
+        // and the kernel releases everything diag loaded.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}

@@ -13,8 +13,6 @@ use diag_common::{
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     Msg,
@@ -22,6 +20,7 @@ use crate::{
     clock::WallClock,
     loader,
     source::{Health, live::Live},
+    view::LiveSession,
 };
 
 /// Which events `tail` shows.
@@ -325,19 +324,6 @@ impl Tail {
     }
 }
 
-/// Resolves on SIGINT, SIGTERM or SIGHUP.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
-
 /// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
@@ -350,18 +336,13 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cancel = CancellationToken::new();
-        let (tx, mut rx) = mpsc::channel::<Msg>(1024);
-        eprintln!(
-            "diag: tracing {}; Ctrl-C to stop",
-            live.attached().join(", ")
-        );
-        let source = tokio::spawn(live.run(tx, cancel.clone()));
-        let sig = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            sig.cancel();
-        });
+        let LiveSession {
+            mut rx,
+            cancel,
+            source,
+            attached,
+        } = LiveSession::start(live);
+        eprintln!("diag: tracing {}; Ctrl-C to stop", attached.join(", "));
 
         let mut tail = Tail {
             filter: Filter::from_args(&args),

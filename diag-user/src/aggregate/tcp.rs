@@ -1,0 +1,1685 @@
+//! TCP connection analytics per process: churn, socket states, TIME_WAIT
+//! and CLOSE_WAIT, ephemeral-port pressure, resets and retransmits.
+//!
+//! Pure: fed decoded events, socket-table rows (read elsewhere from
+//! /proc/net/tcp{,6}) and a clock (boot-time ns). No I/O.
+//!
+//! Sockets are tracked by their kernel address (`skaddr`) from the first
+//! event; sockets that existed before diag are seeded from the socket table
+//! by 4-tuple and adopted by the first event that matches. TIME_WAIT never
+//! shows as a transition (the first closer's socket goes FIN_WAIT2 ->
+//! CLOSE and a timewait socket takes its place), so it is inferred from
+//! that, expires after the kernel's 60 s, and is reconciled against the
+//! socket table periodically.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use diag_common::{
+    EventKind, comm_bytes,
+    tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state},
+    user::AnyEvent,
+};
+use serde::Serialize;
+
+/// How long the kernel keeps a socket in TIME_WAIT (TCP_TIMEWAIT_LEN).
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+/// A connection closed within this is "short-lived" for churn hints.
+pub const SHORT_LIVED_NS: u64 = 50_000_000;
+/// Reconciliation leaves sockets that changed this recently alone.
+pub const RECONCILE_GRACE_NS: u64 = 1_000_000_000;
+/// Bound on per-destination bookkeeping; beyond it, counted as overflow.
+pub const MAX_DESTINATIONS: usize = 16_384;
+
+/// Tunables of the TCP aggregation.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// A socket in CLOSE_WAIT for longer than this is reported as a leak.
+    pub close_wait_threshold_ns: u64,
+    /// `net.ipv4.ip_local_port_range`, inclusive.
+    pub port_range: (u16, u16),
+    /// Warn when a destination uses more than this fraction of the range.
+    pub pressure_warn: f64,
+    /// Hint when a process opens at least this many connections per second
+    /// to one destination, most of them short-lived.
+    pub churn_hint_per_s: f64,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            close_wait_threshold_ns: 10_000_000_000,
+            port_range: (32768, 60999),
+            pressure_warn: 0.70,
+            churn_hint_per_s: 10.0,
+        }
+    }
+}
+
+/// A row of the kernel's socket table (/proc/net/tcp{,6}), with the
+/// process holding it where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRow {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+    pub owner: Option<(u32, String)>,
+}
+
+/// A log2 histogram of nanoseconds: bucket i counts values in [2^i, 2^(i+1)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Log2Hist {
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub max: u64,
+}
+
+impl Log2Hist {
+    pub fn record(&mut self, v: u64) {
+        let b = (64 - v.leading_zeros()).saturating_sub(1) as usize;
+        if self.buckets.len() <= b {
+            self.buckets.resize(b + 1, 0);
+        }
+        self.buckets[b] += 1;
+        self.count += 1;
+        self.max = self.max.max(v);
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1), capped
+    /// at the maximum seen; 0 when empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let upper = if i >= 63 {
+                    u64::MAX
+                } else {
+                    (1u64 << (i + 1)) - 1
+                };
+                return upper.min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// Cumulative counters of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub active_opens: u64,
+    pub passive_opens: u64,
+    pub closes: u64,
+    pub failed_connects: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub retransmits: u64,
+    pub time_waits: u64,
+}
+
+impl Counters {
+    fn minus(&self, o: &Counters) -> Counters {
+        Counters {
+            active_opens: self.active_opens.saturating_sub(o.active_opens),
+            passive_opens: self.passive_opens.saturating_sub(o.passive_opens),
+            closes: self.closes.saturating_sub(o.closes),
+            failed_connects: self.failed_connects.saturating_sub(o.failed_connects),
+            resets_sent: self.resets_sent.saturating_sub(o.resets_sent),
+            resets_received: self.resets_received.saturating_sub(o.resets_received),
+            retransmits: self.retransmits.saturating_sub(o.retransmits),
+            time_waits: self.time_waits.saturating_sub(o.time_waits),
+        }
+    }
+}
+
+/// Per (process, destination) churn within the current interval.
+#[derive(Debug, Clone, Copy, Default)]
+struct DestChurn {
+    opens: u64,
+    short_lived: u64,
+    closed: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Proc {
+    comm: String,
+    counters: Counters,
+    lifetimes: Log2Hist,
+    /// Counters at the last snapshot, for rates.
+    at_snapshot: Counters,
+    /// Per destination (remote endpoint), this interval.
+    churn: HashMap<SocketAddr, DestChurn>,
+    /// Sockets currently attributed to this process.
+    live: u64,
+}
+
+impl Proc {
+    fn new(comm: String) -> Self {
+        Proc {
+            comm,
+            counters: Counters::default(),
+            lifetimes: Log2Hist::default(),
+            at_snapshot: Counters::default(),
+            churn: HashMap::new(),
+            live: 0,
+        }
+    }
+}
+
+/// The process a socket belongs to, as known to diag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone)]
+struct Sock {
+    owner: Option<Owner>,
+    state: u8,
+    local: SocketAddr,
+    remote: SocketAddr,
+    opened_ns: Option<u64>,
+    since_ns: u64,
+    /// True when `since_ns` is only a lower bound (seeded from the table).
+    since_is_lower_bound: bool,
+    active: bool,
+    established: bool,
+    /// The process that closed first (its ESTABLISHED -> FIN_WAIT1).
+    closer: Option<Owner>,
+}
+
+/// A timewait socket: what replaces a closed socket's 4-tuple. Its
+/// substate is TIME_WAIT, or FIN_WAIT2 for an orphan whose peer has not
+/// closed yet (the kernel's table shows which; events cannot).
+#[derive(Debug, Clone)]
+struct TimeWait {
+    owner: Option<Owner>,
+    since_ns: u64,
+    substate: u8,
+}
+
+type FourTuple = (SocketAddr, SocketAddr);
+
+/// Counts per remote endpoint of things that went wrong.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteErrors {
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub retransmits: u64,
+    pub failed_connects: u64,
+}
+
+/// The TCP aggregation core.
+#[derive(Debug, Clone)]
+pub struct TcpAggregate {
+    pub config: TcpConfig,
+    socks: HashMap<u64, Sock>,
+    /// Sockets from the table that no event has claimed yet, by 4-tuple.
+    seeded: HashMap<FourTuple, Sock>,
+    timewait: HashMap<FourTuple, TimeWait>,
+    procs: HashMap<u32, Proc>,
+    remote_errors: HashMap<SocketAddr, RemoteErrors>,
+    /// Resets sent by the kernel for no socket (closed ports).
+    kernel_resets_sent: u64,
+    /// Per-destination bookkeeping refused because of the bound.
+    overflow: u64,
+    /// Port-pressure usage per destination at the last snapshot.
+    last_usage: HashMap<Destination, (u64, u64)>,
+    last_snapshot_ns: Option<u64>,
+    /// Corrections made by reconciliation, cumulative.
+    corrections: Corrections,
+}
+
+/// What reconciliation against the kernel's table changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Corrections {
+    /// TIME_WAIT sockets the kernel has that diag had not inferred.
+    pub time_wait_added: u64,
+    /// TIME_WAIT sockets diag had that the kernel no longer has.
+    pub time_wait_removed: u64,
+    /// Tracked sockets the kernel no longer has (a missed close).
+    pub sockets_removed: u64,
+    /// Tracked sockets whose state differed from the kernel's.
+    pub states_fixed: u64,
+    pub runs: u64,
+}
+
+/// Local address and remote endpoint: one pool of ephemeral ports (a
+/// local port can be reused toward other destinations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Destination {
+    pub local: IpAddr,
+    pub remote: SocketAddr,
+}
+
+/// Socket counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub established: u64,
+    pub syn_sent: u64,
+    pub syn_recv: u64,
+    pub fin_wait1: u64,
+    pub fin_wait2: u64,
+    pub close_wait: u64,
+    pub last_ack: u64,
+    pub closing: u64,
+    pub time_wait: u64,
+    pub listen: u64,
+}
+
+impl StateCounts {
+    fn add(&mut self, s: u8) {
+        match s {
+            state::ESTABLISHED => self.established += 1,
+            state::SYN_SENT => self.syn_sent += 1,
+            state::SYN_RECV => self.syn_recv += 1,
+            state::FIN_WAIT1 => self.fin_wait1 += 1,
+            state::FIN_WAIT2 => self.fin_wait2 += 1,
+            state::CLOSE_WAIT => self.close_wait += 1,
+            state::LAST_ACK => self.last_ack += 1,
+            state::CLOSING => self.closing += 1,
+            state::TIME_WAIT => self.time_wait += 1,
+            state::LISTEN => self.listen += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Per-second rates over the last interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Rates {
+    pub active_opens: f64,
+    pub passive_opens: f64,
+    pub closes: f64,
+    pub failed_connects: f64,
+    pub resets_sent: f64,
+    pub resets_received: f64,
+    pub retransmits: f64,
+}
+
+impl Rates {
+    fn from(d: &Counters, secs: f64) -> Rates {
+        let r = |v: u64| if secs > 0.0 { v as f64 / secs } else { 0.0 };
+        Rates {
+            active_opens: r(d.active_opens),
+            passive_opens: r(d.passive_opens),
+            closes: r(d.closes),
+            failed_connects: r(d.failed_connects),
+            resets_sent: r(d.resets_sent),
+            resets_received: r(d.resets_received),
+            retransmits: r(d.retransmits),
+        }
+    }
+}
+
+/// One process in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcRow {
+    pub pid: u32,
+    pub comm: String,
+    pub totals: Counters,
+    pub rates: Rates,
+    pub states: StateCounts,
+    pub lifetime_p50_ns: u64,
+    pub lifetime_p99_ns: u64,
+    pub lifetime_max_ns: u64,
+    pub leaks: u64,
+}
+
+/// A socket stuck in CLOSE_WAIT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leak {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub age_ns: u64,
+    /// The socket predates diag: its age is at least `age_ns`.
+    pub age_is_lower_bound: bool,
+}
+
+/// Ephemeral-port use toward one destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pressure {
+    pub destination: Destination,
+    pub ports_used: u64,
+    pub in_time_wait: u64,
+    pub range_size: u64,
+    pub ratio: f64,
+    /// Net ports taken per second since the last snapshot.
+    pub growth_per_s: f64,
+    /// At the current growth, seconds until the range is exhausted.
+    pub exhausted_in_s: Option<f64>,
+    pub warning: bool,
+}
+
+/// Everything the views show, at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpSnapshot {
+    pub ts_ns: u64,
+    pub interval_s: f64,
+    pub processes: Vec<ProcRow>,
+    pub totals: Counters,
+    pub rates: Rates,
+    /// Every tracked socket by state, owners known or not.
+    pub states: StateCounts,
+    pub leaks: Vec<Leak>,
+    pub pressure: Vec<Pressure>,
+    pub hints: Vec<String>,
+    pub remote_errors: Vec<(SocketAddr, RemoteErrors)>,
+    pub kernel_resets_sent: u64,
+    pub corrections: Corrections,
+    pub overflow: u64,
+}
+
+fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        let v6 = Ipv6Addr::from(*a);
+        // IPv4-mapped peers of dual-stack sockets show as IPv4, as in ss.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
+}
+
+fn comm_of(c: &[u8; 16]) -> String {
+    String::from_utf8_lossy(comm_bytes(c)).into_owned()
+}
+
+impl TcpAggregate {
+    pub fn new(config: TcpConfig) -> Self {
+        TcpAggregate {
+            config,
+            socks: HashMap::new(),
+            seeded: HashMap::new(),
+            timewait: HashMap::new(),
+            procs: HashMap::new(),
+            remote_errors: HashMap::new(),
+            kernel_resets_sent: 0,
+            overflow: 0,
+            last_usage: HashMap::new(),
+            last_snapshot_ns: None,
+            corrections: Corrections::default(),
+        }
+    }
+
+    /// The process entry for `tgid`, replacing a dead one whose pid was
+    /// reused (a different comm and no live sockets).
+    fn proc_mut(&mut self, tgid: u32, comm: &str) -> &mut Proc {
+        let p = self
+            .procs
+            .entry(tgid)
+            .or_insert_with(|| Proc::new(comm.to_string()));
+        if p.comm != comm {
+            if p.live == 0 {
+                *p = Proc::new(comm.to_string());
+            } else {
+                // exec() changed the name of a live process.
+                p.comm = comm.to_string();
+            }
+        }
+        p
+    }
+
+    fn owner_of(h: &diag_common::EventHeader) -> Owner {
+        Owner {
+            pid: h.tgid,
+            comm: comm_of(&h.comm),
+        }
+    }
+
+    fn set_owner(&mut self, old: &Option<Owner>, new: &Option<Owner>) {
+        if old == new {
+            return;
+        }
+        if let Some(o) = old
+            && let Some(p) = self.procs.get_mut(&o.pid)
+        {
+            p.live = p.live.saturating_sub(1);
+        }
+        if let Some(n) = new {
+            self.proc_mut(n.pid, &n.comm).live += 1;
+        }
+    }
+
+    fn churn_mut(&mut self, pid: u32, remote: SocketAddr) -> Option<&mut DestChurn> {
+        let p = self.procs.get_mut(&pid)?;
+        let n = p.churn.len();
+        if n >= MAX_DESTINATIONS && !p.churn.contains_key(&remote) {
+            self.overflow += 1;
+            return None;
+        }
+        Some(p.churn.entry(remote).or_default())
+    }
+
+    fn remote_errors_mut(&mut self, remote: SocketAddr) -> Option<&mut RemoteErrors> {
+        if self.remote_errors.len() >= MAX_DESTINATIONS && !self.remote_errors.contains_key(&remote)
+        {
+            self.overflow += 1;
+            return None;
+        }
+        Some(self.remote_errors.entry(remote).or_default())
+    }
+
+    /// Feed one event.
+    pub fn on_event(&mut self, ev: &AnyEvent) {
+        match ev {
+            AnyEvent::TcpState(e) => self.on_state(e),
+            AnyEvent::TcpSock(e) => self.on_sock_event(e),
+        }
+    }
+
+    fn on_state(&mut self, e: &TcpStateEvent) {
+        let ts = e.header.ts_ns;
+        let local = SocketAddr::new(ip(e.family, &e.saddr), e.sport);
+        let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
+        let event_owner = Self::owner_of(&e.header);
+        let (old, new) = (e.old_state, e.new_state);
+
+        // Find the socket: by address, or a seeded one by 4-tuple.
+        let mut sock = match self.socks.remove(&e.skaddr) {
+            Some(s)
+                if !(old == state::CLOSE || (old == state::LISTEN && new == state::SYN_RECV)) =>
+            {
+                s
+            }
+            stale => {
+                // A new socket at a reused address, or one never seen.
+                if let Some(s) = stale {
+                    self.set_owner(&s.owner, &None);
+                }
+                match self.seeded.remove(&(local, remote)) {
+                    Some(s) => s,
+                    None => Sock {
+                        owner: None,
+                        state: old,
+                        local,
+                        remote,
+                        opened_ns: None,
+                        since_ns: ts,
+                        since_is_lower_bound: true,
+                        active: false,
+                        established: false,
+                        closer: None,
+                    },
+                }
+            }
+        };
+
+        // Who owns it: the kernel's attribution, unless it had to guess
+        // (the task on the CPU) and the socket table told us better.
+        let owner = if e.attribution == attribution::CURRENT && sock.owner.is_some() {
+            sock.owner.clone()
+        } else {
+            Some(event_owner.clone())
+        };
+        let prev_owner = sock.owner.clone();
+        self.set_owner(&prev_owner, &owner);
+        sock.owner = owner.clone();
+        let owner = owner.expect("set above");
+        // Keep the table's knowledge of the ports current.
+        if e.sport != 0 {
+            sock.local = local;
+        }
+        if e.dport != 0 {
+            sock.remote = remote;
+        }
+
+        match (old, new) {
+            (state::CLOSE, state::SYN_SENT) => {
+                sock.active = true;
+                sock.opened_ns = Some(ts);
+                self.proc_mut(owner.pid, &owner.comm).counters.active_opens += 1;
+                if let Some(c) = self.churn_mut(owner.pid, remote) {
+                    c.opens += 1;
+                }
+            }
+            (state::LISTEN, state::SYN_RECV) => {
+                sock.opened_ns = Some(ts);
+                self.proc_mut(owner.pid, &owner.comm).counters.passive_opens += 1;
+            }
+            (_, state::ESTABLISHED) => sock.established = true,
+            (state::ESTABLISHED, state::FIN_WAIT1) => sock.closer = Some(owner.clone()),
+            _ => {}
+        }
+        sock.state = new;
+        sock.since_ns = ts;
+        // We saw it enter this state: its age in it is exact from now on.
+        sock.since_is_lower_bound = false;
+
+        if new != state::CLOSE {
+            self.socks.insert(e.skaddr, sock);
+            return;
+        }
+
+        // The socket is gone.
+        self.set_owner(&sock.owner, &None);
+        if old == state::LISTEN {
+            return;
+        }
+        let pid = owner.pid;
+        let lifetime = sock.opened_ns.map(|o| ts.saturating_sub(o));
+        let failed = old == state::SYN_SENT && !sock.established;
+        {
+            let p = self.proc_mut(pid, &owner.comm);
+            p.counters.closes += 1;
+            if failed {
+                p.counters.failed_connects += 1;
+            }
+            if let Some(l) = lifetime {
+                p.lifetimes.record(l);
+            }
+        }
+        if failed && let Some(r) = self.remote_errors_mut(sock.remote) {
+            r.failed_connects += 1;
+        }
+        if sock.active
+            && let Some(c) = self.churn_mut(pid, sock.remote)
+        {
+            c.closed += 1;
+            if failed {
+                c.failed += 1;
+            } else if lifetime.is_some_and(|l| l < SHORT_LIVED_NS) {
+                c.short_lived += 1;
+            }
+        }
+        // The first closer's socket becomes a timewait socket.
+        if matches!(old, state::FIN_WAIT2 | state::CLOSING) {
+            let tw_owner = sock.closer.clone().unwrap_or(owner);
+            self.proc_mut(tw_owner.pid, &tw_owner.comm)
+                .counters
+                .time_waits += 1;
+            self.timewait.insert(
+                (sock.local, sock.remote),
+                TimeWait {
+                    owner: Some(tw_owner),
+                    since_ns: ts,
+                    substate: state::TIME_WAIT,
+                },
+            );
+        }
+    }
+
+    fn on_sock_event(&mut self, e: &TcpSockEvent) {
+        let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
+        let kind = EventKind::try_from(e.header.kind);
+        let owner = if e.attribution == attribution::KERNEL {
+            None
+        } else {
+            // Prefer what we know of the socket when the kernel guessed.
+            let known = self.socks.get(&e.skaddr).and_then(|s| s.owner.clone());
+            match (e.attribution, known) {
+                (attribution::CURRENT, Some(k)) => Some(k),
+                _ => Some(Self::owner_of(&e.header)),
+            }
+        };
+        let bump = |c: &mut Counters| match kind {
+            Ok(EventKind::TcpResetSent) => c.resets_sent += 1,
+            Ok(EventKind::TcpResetReceived) => c.resets_received += 1,
+            _ => c.retransmits += 1,
+        };
+        match owner {
+            Some(o) => bump(&mut self.proc_mut(o.pid, &o.comm).counters),
+            None => self.kernel_resets_sent += 1,
+        }
+        if let Some(r) = self.remote_errors_mut(remote) {
+            match kind {
+                Ok(EventKind::TcpResetSent) => r.resets_sent += 1,
+                Ok(EventKind::TcpResetReceived) => r.resets_received += 1,
+                _ => r.retransmits += 1,
+            }
+        }
+    }
+
+    /// Seed with the sockets that exist now (call once at start, after the
+    /// probes are attached). Listening and connected sockets become
+    /// `seeded` until an event claims them; TIME_WAIT rows become timewait
+    /// entries of unknown owner.
+    pub fn seed(&mut self, rows: &[TableRow], now_ns: u64) {
+        for r in rows {
+            let owner = r.owner.as_ref().map(|(pid, comm)| Owner {
+                pid: *pid,
+                comm: comm.clone(),
+            });
+            if r.state == state::TIME_WAIT {
+                self.timewait
+                    .entry((r.local, r.remote))
+                    .or_insert(TimeWait {
+                        owner: None,
+                        since_ns: now_ns,
+                        substate: state::TIME_WAIT,
+                    });
+                continue;
+            }
+            if self
+                .socks
+                .values()
+                .any(|s| s.local == r.local && s.remote == r.remote)
+            {
+                continue;
+            }
+            self.set_owner(&None, &owner);
+            self.seeded.insert(
+                (r.local, r.remote),
+                Sock {
+                    owner,
+                    state: r.state,
+                    local: r.local,
+                    remote: r.remote,
+                    opened_ns: None,
+                    since_ns: now_ns,
+                    since_is_lower_bound: true,
+                    active: false,
+                    established: matches!(
+                        r.state,
+                        state::ESTABLISHED
+                            | state::FIN_WAIT1
+                            | state::FIN_WAIT2
+                            | state::CLOSE_WAIT
+                    ),
+                    closer: None,
+                },
+            );
+        }
+    }
+
+    /// Make the gauges agree with the kernel's table: TIME_WAIT entries
+    /// follow the table (keeping the owners diag inferred), sockets the
+    /// kernel no longer has are dropped, states are fixed. Returns what
+    /// this run changed.
+    pub fn reconcile(&mut self, rows: &[TableRow], now_ns: u64) -> Corrections {
+        // Events for the last moments may still be on their way from the
+        // ring buffer: leave what changed within the grace period alone.
+        let settled = |since: u64| now_ns.saturating_sub(since) >= RECONCILE_GRACE_NS;
+        let mut c = Corrections {
+            runs: 1,
+            ..Default::default()
+        };
+        // Timewait sockets: TIME_WAIT rows, and orphans (no inode, so no
+        // owner) in FIN_WAIT2 that no tracked socket accounts for.
+        let tracked: HashSet<FourTuple> =
+            self.socks.values().map(|s| (s.local, s.remote)).collect();
+        let kernel_tw: HashMap<FourTuple, u8> = rows
+            .iter()
+            .filter(|r| {
+                r.state == state::TIME_WAIT
+                    || (r.state == state::FIN_WAIT2
+                        && r.owner.is_none()
+                        && !tracked.contains(&(r.local, r.remote))
+                        && !self.seeded.contains_key(&(r.local, r.remote)))
+            })
+            .map(|r| ((r.local, r.remote), r.state))
+            .collect();
+        let kernel_socks: HashMap<FourTuple, u8> = rows
+            .iter()
+            .filter(|r| !kernel_tw.contains_key(&(r.local, r.remote)))
+            .map(|r| ((r.local, r.remote), r.state))
+            .collect();
+        let before = self.timewait.len();
+        self.timewait
+            .retain(|k, t| kernel_tw.contains_key(k) || !settled(t.since_ns));
+        c.time_wait_removed = (before - self.timewait.len()) as u64;
+        for (k, &sub) in &kernel_tw {
+            match self.timewait.get_mut(k) {
+                Some(t) => {
+                    if t.substate != sub {
+                        t.substate = sub;
+                        c.states_fixed += 1;
+                    }
+                }
+                None => {
+                    self.timewait.insert(
+                        *k,
+                        TimeWait {
+                            owner: None,
+                            since_ns: now_ns,
+                            substate: sub,
+                        },
+                    );
+                    c.time_wait_added += 1;
+                }
+            }
+        }
+        // Connected and listening sockets. Sockets in transient states (no
+        // local port yet) are left alone.
+        let mut gone = Vec::new();
+        for (addr, s) in self.socks.iter_mut() {
+            if s.local.port() == 0 || !settled(s.since_ns) {
+                continue;
+            }
+            match kernel_socks.get(&(s.local, s.remote)) {
+                None => gone.push(*addr),
+                Some(&k) if k != s.state => {
+                    s.state = k;
+                    c.states_fixed += 1;
+                }
+                _ => {}
+            }
+        }
+        for addr in gone {
+            if let Some(s) = self.socks.remove(&addr) {
+                self.set_owner(&s.owner, &None);
+                c.sockets_removed += 1;
+            }
+        }
+        let seeded_gone: Vec<FourTuple> = self
+            .seeded
+            .keys()
+            .filter(|k| !kernel_socks.contains_key(k))
+            .copied()
+            .collect();
+        for k in seeded_gone {
+            if let Some(s) = self.seeded.remove(&k) {
+                self.set_owner(&s.owner, &None);
+                c.sockets_removed += 1;
+            }
+        }
+        for (k, s) in self.seeded.iter_mut() {
+            if let Some(&st) = kernel_socks.get(k)
+                && st != s.state
+            {
+                s.state = st;
+                c.states_fixed += 1;
+            }
+        }
+        let cu = &mut self.corrections;
+        cu.time_wait_added += c.time_wait_added;
+        cu.time_wait_removed += c.time_wait_removed;
+        cu.sockets_removed += c.sockets_removed;
+        cu.states_fixed += c.states_fixed;
+        cu.runs += 1;
+        c
+    }
+
+    fn expire_time_wait(&mut self, now_ns: u64) {
+        self.timewait
+            .retain(|_, t| now_ns.saturating_sub(t.since_ns) < TIME_WAIT_NS);
+    }
+
+    fn all_socks(&self) -> impl Iterator<Item = &Sock> {
+        self.socks.values().chain(self.seeded.values())
+    }
+
+    /// Take a snapshot: gauges now, rates since the last snapshot. Resets
+    /// the per-interval churn.
+    pub fn snapshot(&mut self, now_ns: u64) -> TcpSnapshot {
+        self.expire_time_wait(now_ns);
+        let secs = self
+            .last_snapshot_ns
+            .map(|t| now_ns.saturating_sub(t) as f64 / 1e9)
+            .unwrap_or(0.0);
+
+        // Gauges per owner.
+        let mut per_pid: HashMap<u32, StateCounts> = HashMap::new();
+        let mut leaks_per_pid: HashMap<u32, u64> = HashMap::new();
+        let mut states = StateCounts::default();
+        let mut leaks = Vec::new();
+        let listening_ports: HashSet<u16> = self
+            .all_socks()
+            .filter(|s| s.state == state::LISTEN)
+            .map(|s| s.local.port())
+            .collect();
+        for s in self.all_socks() {
+            states.add(s.state);
+            if let Some(o) = &s.owner {
+                per_pid.entry(o.pid).or_default().add(s.state);
+            }
+            if s.state == state::CLOSE_WAIT {
+                let age = now_ns.saturating_sub(s.since_ns);
+                if age >= self.config.close_wait_threshold_ns {
+                    if let Some(o) = &s.owner {
+                        *leaks_per_pid.entry(o.pid).or_default() += 1;
+                    }
+                    leaks.push(Leak {
+                        pid: s.owner.as_ref().map(|o| o.pid),
+                        comm: s.owner.as_ref().map(|o| o.comm.clone()),
+                        local: s.local,
+                        remote: s.remote,
+                        age_ns: age,
+                        age_is_lower_bound: s.since_is_lower_bound,
+                    });
+                }
+            }
+        }
+        for t in self.timewait.values() {
+            states.add(t.substate);
+            if let Some(o) = &t.owner {
+                per_pid.entry(o.pid).or_default().add(t.substate);
+            }
+        }
+        leaks.sort_by_key(|l| std::cmp::Reverse(l.age_ns));
+
+        // Ephemeral ports per destination.
+        let (lo, hi) = self.config.port_range;
+        let range_size = u64::from(hi.saturating_sub(lo)) + 1;
+        let ephemeral = |local: &SocketAddr, remote: &SocketAddr| {
+            (lo..=hi).contains(&local.port())
+                && remote.port() != 0
+                && !listening_ports.contains(&local.port())
+        };
+        let mut usage: HashMap<Destination, (u64, u64)> = HashMap::new();
+        for s in self.all_socks() {
+            if s.state != state::LISTEN && ephemeral(&s.local, &s.remote) {
+                usage
+                    .entry(Destination {
+                        local: s.local.ip(),
+                        remote: s.remote,
+                    })
+                    .or_default()
+                    .0 += 1;
+            }
+        }
+        for ((local, remote), t) in &self.timewait {
+            if ephemeral(local, remote) {
+                let u = usage
+                    .entry(Destination {
+                        local: local.ip(),
+                        remote: *remote,
+                    })
+                    .or_default();
+                u.0 += 1;
+                if t.substate == state::TIME_WAIT {
+                    u.1 += 1;
+                }
+            }
+        }
+        let mut pressure: Vec<Pressure> = usage
+            .iter()
+            .map(|(d, &(used, tw))| {
+                let prev = self.last_usage.get(d).map(|p| p.0).unwrap_or(0);
+                let growth = if secs > 0.0 {
+                    (used as f64 - prev as f64) / secs
+                } else {
+                    0.0
+                };
+                let ratio = used as f64 / range_size as f64;
+                let free = range_size.saturating_sub(used) as f64;
+                Pressure {
+                    destination: *d,
+                    ports_used: used,
+                    in_time_wait: tw,
+                    range_size,
+                    ratio,
+                    growth_per_s: growth,
+                    exhausted_in_s: (growth > 0.0).then(|| free / growth),
+                    warning: ratio >= self.config.pressure_warn,
+                }
+            })
+            .collect();
+        pressure.sort_by(|a, b| {
+            b.ports_used
+                .cmp(&a.ports_used)
+                .then(a.destination.cmp(&b.destination))
+        });
+        self.last_usage = usage;
+
+        // Rates, rows and hints.
+        let mut rows = Vec::new();
+        let mut hints = Vec::new();
+        let mut totals = Counters::default();
+        let mut delta_total = Counters::default();
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.sort_unstable();
+        for pid in pids {
+            let p = self.procs.get_mut(&pid).expect("listed");
+            let d = p.counters.minus(&p.at_snapshot);
+            p.at_snapshot = p.counters;
+            for (k, v) in [
+                (&mut totals.active_opens, p.counters.active_opens),
+                (&mut totals.passive_opens, p.counters.passive_opens),
+                (&mut totals.closes, p.counters.closes),
+                (&mut totals.failed_connects, p.counters.failed_connects),
+                (&mut totals.resets_sent, p.counters.resets_sent),
+                (&mut totals.resets_received, p.counters.resets_received),
+                (&mut totals.retransmits, p.counters.retransmits),
+                (&mut totals.time_waits, p.counters.time_waits),
+            ] {
+                *k += v;
+            }
+            for (k, v) in [
+                (&mut delta_total.active_opens, d.active_opens),
+                (&mut delta_total.passive_opens, d.passive_opens),
+                (&mut delta_total.closes, d.closes),
+                (&mut delta_total.failed_connects, d.failed_connects),
+                (&mut delta_total.resets_sent, d.resets_sent),
+                (&mut delta_total.resets_received, d.resets_received),
+                (&mut delta_total.retransmits, d.retransmits),
+            ] {
+                *k += v;
+            }
+            if secs > 0.0 {
+                let mut churn: Vec<(&SocketAddr, &DestChurn)> = p.churn.iter().collect();
+                churn.sort_by(|a, b| b.1.opens.cmp(&a.1.opens).then(a.0.cmp(b.0)));
+                for (dest, c) in churn.into_iter().take(3) {
+                    let per_s = c.opens as f64 / secs;
+                    if per_s < self.config.churn_hint_per_s || c.closed == 0 {
+                        continue;
+                    }
+                    let short = c.short_lived as f64 / c.closed as f64;
+                    let failed = c.failed as f64 / c.closed as f64;
+                    if failed >= 0.5 {
+                        hints.push(format!(
+                            "pid {pid} ({}) fails {:.0} % of {per_s:.0} connects/s to {dest}: is the service down or refusing?",
+                            p.comm,
+                            failed * 100.0
+                        ));
+                    } else if short >= 0.5 {
+                        hints.push(format!(
+                            "pid {pid} ({}) opened {per_s:.0} conns/s to {dest}, {:.0} % closed within {} ms: consider keepalive or a connection pool",
+                            p.comm,
+                            short * 100.0,
+                            SHORT_LIVED_NS / 1_000_000
+                        ));
+                    }
+                }
+            }
+            p.churn.clear();
+            let st = per_pid.get(&pid).copied().unwrap_or_default();
+            let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
+            if idle && p.counters == Counters::default() {
+                continue;
+            }
+            rows.push(ProcRow {
+                pid,
+                comm: p.comm.clone(),
+                totals: p.counters,
+                rates: Rates::from(&d, secs),
+                states: st,
+                lifetime_p50_ns: p.lifetimes.quantile(0.5),
+                lifetime_p99_ns: p.lifetimes.quantile(0.99),
+                lifetime_max_ns: p.lifetimes.max,
+                leaks: leaks_per_pid.get(&pid).copied().unwrap_or(0),
+            });
+        }
+        let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+        for lk in &leaks {
+            if let (Some(pid), Some(comm)) = (lk.pid, &lk.comm) {
+                leak_pids.entry(pid).or_insert((comm.clone(), 0)).1 += 1;
+            }
+        }
+        for (pid, (comm, n)) in leak_pids {
+            hints.push(format!(
+                "pid {pid} ({comm}) has {n} sockets in CLOSE_WAIT for over {:.0} s: it received FIN and never called close()",
+                self.config.close_wait_threshold_ns as f64 / 1e9
+            ));
+        }
+        for pr in pressure.iter().filter(|p| p.warning) {
+            hints.push(format!(
+                "{:.0} % of ephemeral ports from {} to {} are in use ({} in TIME_WAIT): connect() will fail with EADDRNOTAVAIL when they run out",
+                pr.ratio * 100.0,
+                pr.destination.local,
+                pr.destination.remote,
+                pr.in_time_wait
+            ));
+        }
+        let mut remote_errors: Vec<(SocketAddr, RemoteErrors)> =
+            self.remote_errors.iter().map(|(k, v)| (*k, *v)).collect();
+        remote_errors.sort_by(|a, b| {
+            let t = |r: &RemoteErrors| {
+                r.resets_sent + r.resets_received + r.retransmits + r.failed_connects
+            };
+            t(&b.1).cmp(&t(&a.1)).then(a.0.cmp(&b.0))
+        });
+        remote_errors.truncate(20);
+        self.last_snapshot_ns = Some(now_ns);
+        TcpSnapshot {
+            ts_ns: now_ns,
+            interval_s: secs,
+            processes: rows,
+            totals,
+            rates: Rates::from(&delta_total, secs),
+            states,
+            leaks,
+            pressure,
+            hints,
+            remote_errors,
+            kernel_resets_sent: self.kernel_resets_sent,
+            corrections: self.corrections,
+            overflow: self.overflow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diag_common::{EventHeader, tcp::AF_INET};
+
+    const SEC: u64 = 1_000_000_000;
+
+    struct Gen {
+        ts: u64,
+    }
+
+    fn header(kind: EventKind, pid: u32, comm: &str, ts: u64) -> EventHeader {
+        let mut h = EventHeader::zeroed();
+        h.kind = kind as u32;
+        h.pid = pid;
+        h.tgid = pid;
+        h.ts_ns = ts;
+        h.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        h
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut x = [0u8; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    }
+
+    impl Gen {
+        #[allow(clippy::too_many_arguments)]
+        fn st(
+            &mut self,
+            pid: u32,
+            comm: &str,
+            sk: u64,
+            sport: u16,
+            dport: u16,
+            old: u8,
+            new: u8,
+            how: u8,
+        ) -> AnyEvent {
+            self.ts += 1_000_000; // 1 ms apart
+            AnyEvent::TcpState(TcpStateEvent {
+                header: header(EventKind::TcpState, pid, comm, self.ts),
+                skaddr: sk,
+                in_old_state_ns: 0,
+                saddr: v4([127, 0, 0, 1]),
+                daddr: v4([127, 0, 0, 1]),
+                sport,
+                dport,
+                family: AF_INET,
+                old_state: old,
+                new_state: new,
+                attribution: how,
+                _pad: [0; 3],
+                current_tgid: pid,
+            })
+        }
+
+        /// A whole loopback connection: client `c` (port cp) to server `s`
+        /// (port 80); the client closes first.
+        fn connection(&mut self, agg: &mut TcpAggregate, c: u32, s: u32, cp: u16, n: u64) {
+            use state::*;
+            let (csk, ssk) = (0x1000 + n * 2, 0x1001 + n * 2);
+            let evs = [
+                self.st(
+                    c,
+                    "client",
+                    csk,
+                    0,
+                    80,
+                    CLOSE,
+                    SYN_SENT,
+                    attribution::SYSCALL,
+                ),
+                self.st(
+                    c,
+                    "client",
+                    csk,
+                    cp,
+                    80,
+                    SYN_SENT,
+                    ESTABLISHED,
+                    attribution::SOCKET,
+                ),
+                self.st(
+                    s,
+                    "server",
+                    ssk,
+                    80,
+                    cp,
+                    LISTEN,
+                    SYN_RECV,
+                    attribution::LISTENER,
+                ),
+                self.st(
+                    s,
+                    "server",
+                    ssk,
+                    80,
+                    cp,
+                    SYN_RECV,
+                    ESTABLISHED,
+                    attribution::SOCKET,
+                ),
+                self.st(
+                    c,
+                    "client",
+                    csk,
+                    cp,
+                    80,
+                    ESTABLISHED,
+                    FIN_WAIT1,
+                    attribution::SYSCALL,
+                ),
+                self.st(
+                    s,
+                    "server",
+                    ssk,
+                    80,
+                    cp,
+                    ESTABLISHED,
+                    CLOSE_WAIT,
+                    attribution::SOCKET,
+                ),
+                self.st(
+                    c,
+                    "client",
+                    csk,
+                    cp,
+                    80,
+                    FIN_WAIT1,
+                    FIN_WAIT2,
+                    attribution::SOCKET,
+                ),
+                self.st(
+                    s,
+                    "server",
+                    ssk,
+                    80,
+                    cp,
+                    CLOSE_WAIT,
+                    LAST_ACK,
+                    attribution::SYSCALL,
+                ),
+                self.st(
+                    c,
+                    "client",
+                    csk,
+                    cp,
+                    80,
+                    FIN_WAIT2,
+                    CLOSE,
+                    attribution::SOCKET,
+                ),
+                self.st(
+                    s,
+                    "server",
+                    ssk,
+                    80,
+                    cp,
+                    LAST_ACK,
+                    CLOSE,
+                    attribution::SOCKET,
+                ),
+            ];
+            for e in &evs {
+                agg.on_event(e);
+            }
+        }
+    }
+
+    fn row(s: &TcpSnapshot, pid: u32) -> &ProcRow {
+        s.processes
+            .iter()
+            .find(|r| r.pid == pid)
+            .unwrap_or_else(|| panic!("no row for {pid}: {s:#?}"))
+    }
+
+    #[test]
+    fn churn_counts_opens_closes_and_time_wait() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.snapshot(SEC);
+        for n in 0..20 {
+            g.connection(&mut agg, 100, 200, 40000 + n as u16, n);
+        }
+        let s = agg.snapshot(2 * SEC);
+        let c = row(&s, 100);
+        assert_eq!(c.totals.active_opens, 20);
+        assert_eq!(c.totals.passive_opens, 0);
+        assert_eq!(c.totals.closes, 20);
+        assert_eq!(c.totals.time_waits, 20);
+        assert_eq!(
+            c.states.time_wait, 20,
+            "the client closed first: its TIME_WAITs"
+        );
+        assert_eq!(c.states.established, 0);
+        assert!((c.rates.active_opens - 20.0).abs() < 1e-9);
+        // Each connection lived 8 ms (9 events 1 ms apart from SYN_SENT... close).
+        assert!(
+            c.lifetime_p50_ns >= 4_000_000 && c.lifetime_max_ns <= 16_000_000,
+            "{c:?}"
+        );
+        let srv = row(&s, 200);
+        assert_eq!(srv.totals.passive_opens, 20);
+        assert_eq!(srv.totals.closes, 20);
+        assert_eq!(srv.states.time_wait, 0);
+        assert_eq!(s.totals.active_opens, 20);
+        assert!(
+            s.hints
+                .iter()
+                .any(|h| h.contains("pid 100 (client)") && h.contains("keepalive")),
+            "{:?}",
+            s.hints
+        );
+        // TIME_WAIT expires after 60 s.
+        let later = agg.snapshot(2 * SEC + TIME_WAIT_NS);
+        assert_eq!(later.states.time_wait, 0);
+        assert_eq!(row(&later, 100).rates.active_opens, 0.0);
+        assert!(later.hints.is_empty());
+    }
+
+    #[test]
+    fn close_wait_leak_is_reported_after_threshold() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig {
+            close_wait_threshold_ns: 5 * SEC,
+            ..Default::default()
+        });
+        let mut g = Gen { ts: SEC };
+        for (i, sk) in [0x10u64, 0x20, 0x30].iter().enumerate() {
+            let cp = 50000 + i as u16;
+            for e in [
+                g.st(
+                    300,
+                    "server",
+                    *sk,
+                    80,
+                    cp,
+                    LISTEN,
+                    SYN_RECV,
+                    attribution::LISTENER,
+                ),
+                g.st(
+                    300,
+                    "server",
+                    *sk,
+                    80,
+                    cp,
+                    SYN_RECV,
+                    ESTABLISHED,
+                    attribution::SOCKET,
+                ),
+                // The peer closes; softirq on the peer's CPU, but the
+                // socket's owner is remembered.
+                g.st(
+                    300,
+                    "server",
+                    *sk,
+                    80,
+                    cp,
+                    ESTABLISHED,
+                    CLOSE_WAIT,
+                    attribution::SOCKET,
+                ),
+            ] {
+                agg.on_event(&e);
+            }
+        }
+        let early = agg.snapshot(2 * SEC);
+        assert_eq!(row(&early, 300).states.close_wait, 3);
+        assert!(early.leaks.is_empty());
+        let late = agg.snapshot(10 * SEC);
+        assert_eq!(late.leaks.len(), 3);
+        assert_eq!(row(&late, 300).leaks, 3);
+        assert!(
+            late.leaks
+                .iter()
+                .all(|l| l.pid == Some(300) && l.age_ns > 5 * SEC && !l.age_is_lower_bound)
+        );
+        assert!(
+            late.hints
+                .iter()
+                .any(|h| h.contains("3 sockets in CLOSE_WAIT")),
+            "{:?}",
+            late.hints
+        );
+    }
+
+    #[test]
+    fn failed_connects_and_resets() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x50,
+            0,
+            9,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        let mut rst = TcpSockEvent {
+            header: header(EventKind::TcpResetSent, 0, "", g.ts),
+            skaddr: 0,
+            saddr: v4([127, 0, 0, 1]),
+            daddr: v4([127, 0, 0, 1]),
+            sport: 9,
+            dport: 41000,
+            family: AF_INET,
+            state: 0,
+            attribution: attribution::KERNEL,
+            reason: 1,
+            current_tgid: 100,
+        };
+        agg.on_event(&AnyEvent::TcpSock(rst));
+        rst.header = header(EventKind::TcpResetReceived, 100, "client", g.ts);
+        rst.skaddr = 0x50;
+        rst.attribution = attribution::SOCKET;
+        rst.sport = 41000;
+        rst.dport = 9;
+        agg.on_event(&AnyEvent::TcpSock(rst));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x50,
+            41000,
+            9,
+            SYN_SENT,
+            CLOSE,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(2 * SEC);
+        let c = row(&s, 100);
+        assert_eq!(c.totals.failed_connects, 1);
+        assert_eq!(c.totals.resets_received, 1);
+        assert_eq!(c.totals.resets_sent, 0);
+        assert_eq!(s.kernel_resets_sent, 1);
+        let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let e = s.remote_errors.iter().find(|(a, _)| *a == dest).unwrap().1;
+        assert_eq!((e.failed_connects, e.resets_received), (1, 1));
+    }
+
+    #[test]
+    fn seeded_sockets_count_from_the_start_and_fix_guessed_owners() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let r: SocketAddr = "127.0.0.1:45000".parse().unwrap();
+        let rows = vec![
+            TableRow {
+                local: l,
+                remote: "0.0.0.0:0".parse().unwrap(),
+                state: LISTEN,
+                owner: Some((300, "server".into())),
+            },
+            TableRow {
+                local: l,
+                remote: r,
+                state: ESTABLISHED,
+                owner: Some((300, "server".into())),
+            },
+            TableRow {
+                local: r,
+                remote: l,
+                state: ESTABLISHED,
+                owner: Some((100, "client".into())),
+            },
+            TableRow {
+                local: "127.0.0.1:45001".parse().unwrap(),
+                remote: l,
+                state: TIME_WAIT,
+                owner: None,
+            },
+        ];
+        agg.seed(&rows, SEC);
+        let s = agg.snapshot(SEC);
+        assert_eq!(row(&s, 300).states.established, 1);
+        assert_eq!(row(&s, 300).states.listen, 1);
+        assert_eq!(row(&s, 100).states.established, 1);
+        assert_eq!(s.states.time_wait, 1);
+        // The peer's FIN runs in softirq on the client's CPU: the kernel
+        // can only guess (current = client); the table knew the server.
+        let mut g = Gen { ts: 2 * SEC };
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x77,
+            80,
+            45000,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::CURRENT,
+        ));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(row(&s, 300).states.close_wait, 1);
+        assert_eq!(row(&s, 300).states.established, 0);
+        assert_eq!(row(&s, 100).states.close_wait, 0);
+    }
+
+    #[test]
+    fn reconcile_follows_the_kernel_table() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        g.connection(&mut agg, 100, 200, 40001, 1);
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        // The kernel reused one TIME_WAIT early and has one diag never saw.
+        let rows = vec![
+            TableRow {
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: l,
+                state: state::TIME_WAIT,
+                owner: None,
+            },
+            TableRow {
+                local: "127.0.0.1:40999".parse().unwrap(),
+                remote: l,
+                state: state::TIME_WAIT,
+                owner: None,
+            },
+        ];
+        // Within the grace period nothing diag saw is removed.
+        let c = agg.reconcile(&rows, SEC + 100_000_000);
+        assert_eq!((c.time_wait_added, c.time_wait_removed), (1, 0));
+        let c = agg.reconcile(&rows, 3 * SEC);
+        assert_eq!((c.time_wait_added, c.time_wait_removed), (0, 1));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(s.states.time_wait, 2);
+        assert_eq!(
+            row(&s, 100).states.time_wait,
+            1,
+            "the owner inferred for 40000 is kept"
+        );
+        assert_eq!(s.corrections.runs, 2);
+        // A missed close: the kernel no longer has an ESTABLISHED socket.
+        use state::*;
+        g.ts = 3 * SEC;
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x999,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x999,
+            42000,
+            80,
+            SYN_SENT,
+            ESTABLISHED,
+            attribution::SOCKET,
+        ));
+        assert_eq!(agg.snapshot(3 * SEC).states.established, 1);
+        let c = agg.reconcile(&rows, 5 * SEC);
+        assert_eq!(c.sockets_removed, 1);
+        assert_eq!(agg.snapshot(5 * SEC).states.established, 0);
+    }
+
+    #[test]
+    fn orphaned_fin_wait2_is_not_time_wait() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        assert_eq!(row(&agg.snapshot(2 * SEC), 100).states.time_wait, 1);
+        // The peer never closed: the kernel shows the timewait socket as
+        // FIN_WAIT2 (no inode), and one more diag never saw.
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let rows = vec![
+            TableRow {
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: l,
+                state: state::FIN_WAIT2,
+                owner: None,
+            },
+            TableRow {
+                local: "127.0.0.1:40005".parse().unwrap(),
+                remote: l,
+                state: state::FIN_WAIT2,
+                owner: None,
+            },
+        ];
+        let c = agg.reconcile(&rows, 3 * SEC);
+        assert_eq!(
+            (c.states_fixed, c.time_wait_added, c.time_wait_removed),
+            (1, 1, 0)
+        );
+        let s = agg.snapshot(3 * SEC);
+        let r = row(&s, 100);
+        assert_eq!((r.states.time_wait, r.states.fin_wait2), (0, 1));
+        assert_eq!((s.states.time_wait, s.states.fin_wait2), (0, 2));
+        assert_eq!(s.pressure[0].in_time_wait, 0);
+        assert_eq!(s.pressure[0].ports_used, 2);
+    }
+
+    #[test]
+    fn pid_reuse_starts_fresh_and_out_of_order_is_tolerated() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        // pid 100 is reused by another program with no sockets left.
+        agg.on_event(&g.st(
+            100,
+            "other",
+            0x555,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        let s = agg.snapshot(2 * SEC);
+        let r = row(&s, 100);
+        assert_eq!(r.comm, "other");
+        assert_eq!(
+            r.totals.active_opens, 1,
+            "the old process's counts are not inherited"
+        );
+        // A transition for a socket never seen, with a timestamp going back.
+        g.ts = SEC / 2;
+        agg.on_event(&g.st(
+            400,
+            "late",
+            0x666,
+            5000,
+            80,
+            ESTABLISHED,
+            FIN_WAIT1,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            400,
+            "late",
+            0x666,
+            5000,
+            80,
+            FIN_WAIT1,
+            FIN_WAIT2,
+            attribution::SOCKET,
+        ));
+        agg.on_event(&g.st(
+            400,
+            "late",
+            0x666,
+            5000,
+            80,
+            FIN_WAIT2,
+            CLOSE,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(3 * SEC);
+        let r = row(&s, 400);
+        assert_eq!(r.totals.closes, 1);
+        assert_eq!(r.states.time_wait, 1);
+        assert_eq!(r.lifetime_max_ns, 0, "lifetime unknown, not invented");
+    }
+
+    #[test]
+    fn port_pressure_per_destination() {
+        use state::*;
+        let cfg = TcpConfig {
+            port_range: (40000, 40099),
+            ..Default::default()
+        };
+        let mut agg = TcpAggregate::new(cfg);
+        let mut g = Gen { ts: SEC };
+        agg.snapshot(SEC);
+        for n in 0..80u64 {
+            g.connection(&mut agg, 100, 200, 40000 + n as u16, n);
+        }
+        // A connection elsewhere does not count toward 127.0.0.1:80.
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x9999,
+            0,
+            443,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x9999,
+            40090,
+            443,
+            SYN_SENT,
+            ESTABLISHED,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(2 * SEC);
+        let p = &s.pressure[0];
+        assert_eq!(
+            p.destination.remote,
+            "127.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!((p.ports_used, p.in_time_wait, p.range_size), (80, 80, 100));
+        assert!((p.ratio - 0.8).abs() < 1e-9 && p.warning);
+        assert!((p.growth_per_s - 80.0).abs() < 1e-9);
+        assert!((p.exhausted_in_s.unwrap() - 0.25).abs() < 1e-9);
+        assert_eq!(s.pressure[1].ports_used, 1);
+        assert!(
+            s.hints
+                .iter()
+                .any(|h| h.contains("80 % of ephemeral ports")),
+            "{:?}",
+            s.hints
+        );
+    }
+
+    #[test]
+    fn log2_quantiles() {
+        let mut h = Log2Hist::default();
+        assert_eq!(h.quantile(0.5), 0);
+        for v in [1u64, 2, 3, 1000, 1000, 1000, 1_000_000] {
+            h.record(v);
+        }
+        assert_eq!(h.count, 7);
+        assert_eq!(h.quantile(0.5), 1023);
+        assert_eq!(h.quantile(1.0), 1_000_000);
+        assert_eq!(h.max, 1_000_000);
+    }
+}

@@ -1,0 +1,501 @@
+//! `diag conns`: per-process TCP analytics, one snapshot per interval.
+
+use std::{
+    fmt::Write as _,
+    io::{self, IsTerminal, Write},
+    process::ExitCode,
+};
+
+use serde::Serialize;
+
+use crate::{
+    Msg,
+    aggregate::tcp::{ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
+    cli::{ConnsArgs, ConnsSort},
+    clock::{WallClock, boot_ns},
+    enrich, loader,
+    source::{Health, live::Live},
+    view::{LiveSession, tail::human_ns},
+};
+
+/// Order rows by `key`, biggest first (pid: ascending).
+pub fn sort_rows(rows: &mut [ProcRow], key: ConnsSort) {
+    let k = |r: &ProcRow| -> f64 {
+        match key {
+            ConnsSort::Churn => r.rates.active_opens + r.rates.passive_opens + r.rates.closes,
+            ConnsSort::Opens => r.rates.active_opens + r.rates.passive_opens,
+            ConnsSort::Closes => r.rates.closes,
+            ConnsSort::Estab => r.states.established as f64,
+            ConnsSort::TimeWait => r.states.time_wait as f64,
+            ConnsSort::CloseWait => r.states.close_wait as f64,
+            ConnsSort::Resets => (r.totals.resets_sent + r.totals.resets_received) as f64,
+            ConnsSort::Retrans => r.totals.retransmits as f64,
+            ConnsSort::Failed => r.totals.failed_connects as f64,
+            ConnsSort::Pid => -(r.pid as f64),
+        }
+    };
+    rows.sort_by(|a, b| k(b).total_cmp(&k(a)).then(a.pid.cmp(&b.pid)));
+}
+
+/// Which processes to show.
+#[derive(Debug, Clone, Default)]
+pub struct RowFilter {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+}
+
+impl RowFilter {
+    pub fn keeps(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
+        (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
+            && (self.comms.is_empty() || comm.is_some_and(|c| self.comms.iter().any(|x| x == c)))
+    }
+}
+
+/// Apply the filter, sort and cut to `top` rows (0: all).
+pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: usize) {
+    snap.processes
+        .retain(|r| filter.keeps(Some(r.pid), Some(&r.comm)));
+    snap.leaks
+        .retain(|l| filter.keeps(l.pid, l.comm.as_deref()));
+    sort_rows(&mut snap.processes, sort);
+    if top > 0 {
+        snap.processes.truncate(top);
+    }
+}
+
+fn rate(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The snapshot as text tables. Pure.
+pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> String {
+    let mut o = String::new();
+    let s = &snap.states;
+    let r = &snap.rates;
+    let _ = writeln!(
+        o,
+        "diag conns  {}  interval {:.2}s  dropped {}  reconciled {}x ({} corrections)",
+        clock.wall(snap.ts_ns).format("%H:%M:%S"),
+        snap.interval_s,
+        health.ringbuf_full,
+        snap.corrections.runs,
+        snap.corrections.time_wait_added
+            + snap.corrections.time_wait_removed
+            + snap.corrections.sockets_removed
+            + snap.corrections.states_fixed,
+    );
+    let _ = writeln!(
+        o,
+        "TCP  opens {}/s (active {}, passive {})  closes {}/s  failed {}/s  resets in {}/s out {}/s  retrans {}/s",
+        rate(r.active_opens + r.passive_opens),
+        rate(r.active_opens),
+        rate(r.passive_opens),
+        rate(r.closes),
+        rate(r.failed_connects),
+        rate(r.resets_received),
+        rate(r.resets_sent),
+        rate(r.retransmits),
+    );
+    let _ = writeln!(
+        o,
+        "     ESTAB {}  SYN_SENT {}  SYN_RECV {}  FIN_WAIT {}  CLOSE_WAIT {}  LAST_ACK {}  TIME_WAIT {}  LISTEN {}",
+        s.established,
+        s.syn_sent,
+        s.syn_recv,
+        s.fin_wait1 + s.fin_wait2 + s.closing,
+        s.close_wait,
+        s.last_ack,
+        s.time_wait,
+        s.listen
+    );
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}",
+        "PID",
+        "COMM",
+        "CONN/s",
+        "ACC/s",
+        "CLOSE/s",
+        "ESTAB",
+        "TW",
+        "CW",
+        "LEAK",
+        "LIFE-p50",
+        "LIFE-p99",
+        "LIFE-max",
+        "RST-IN",
+        "RSTOUT",
+        "RETRANS",
+        "FAILED"
+    );
+    for p in &snap.processes {
+        let _ = writeln!(
+            o,
+            "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}",
+            p.pid,
+            p.comm,
+            rate(p.rates.active_opens),
+            rate(p.rates.passive_opens),
+            rate(p.rates.closes),
+            p.states.established,
+            p.states.time_wait,
+            p.states.close_wait,
+            if p.leaks > 0 {
+                format!("{}!", p.leaks)
+            } else {
+                "0".into()
+            },
+            human_ns(p.lifetime_p50_ns),
+            human_ns(p.lifetime_p99_ns),
+            human_ns(p.lifetime_max_ns),
+            p.totals.resets_received,
+            p.totals.resets_sent,
+            p.totals.retransmits,
+            p.totals.failed_connects,
+        );
+    }
+    if snap.processes.is_empty() {
+        o.push_str("(no TCP activity seen yet)\n");
+    }
+    if !snap.leaks.is_empty() {
+        let _ = writeln!(o, "\nCLOSE_WAIT leaks ({}):", snap.leaks.len());
+        for l in snap.leaks.iter().take(10) {
+            let who = match (l.pid, &l.comm) {
+                (Some(p), Some(c)) => format!("pid {p} ({c})"),
+                _ => "owner unknown".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  {who:<28} {} <- {}  in CLOSE_WAIT for {}{}",
+                l.local,
+                l.remote,
+                if l.age_is_lower_bound {
+                    "at least "
+                } else {
+                    ""
+                },
+                human_ns(l.age_ns)
+            );
+        }
+        if snap.leaks.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", snap.leaks.len() - 10);
+        }
+    }
+    if let Some(first) = snap.pressure.first() {
+        let _ = writeln!(
+            o,
+            "\nEphemeral ports per destination (range of {} ports):",
+            first.range_size
+        );
+        for p in snap.pressure.iter().take(5) {
+            let eta = match p.exhausted_in_s {
+                Some(s) => format!("  full in {}", human_ns((s * 1e9) as u64)),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "  {} -> {:<24} {:>6} used ({:.1} %), {} in TIME_WAIT, {:+.0}/s{eta}{}",
+                p.destination.local,
+                p.destination.remote.to_string(),
+                p.ports_used,
+                p.ratio * 100.0,
+                p.in_time_wait,
+                p.growth_per_s,
+                if p.warning { "  WARNING" } else { "" }
+            );
+        }
+    }
+    let errs: Vec<_> = snap.remote_errors.iter().take(5).collect();
+    if !errs.is_empty() {
+        let _ = writeln!(o, "\nErrors by remote endpoint:");
+        for (addr, e) in errs {
+            let _ = writeln!(
+                o,
+                "  {:<28} resets in {}  out {}  retrans {}  failed connects {}",
+                addr.to_string(),
+                e.resets_received,
+                e.resets_sent,
+                e.retransmits,
+                e.failed_connects
+            );
+        }
+    }
+    if snap.kernel_resets_sent > 0 {
+        let _ = writeln!(
+            o,
+            "Resets sent by the kernel for no socket (closed ports): {}",
+            snap.kernel_resets_sent
+        );
+    }
+    if !snap.hints.is_empty() {
+        let _ = writeln!(o, "\nHints:");
+        for h in &snap.hints {
+            let _ = writeln!(o, "  {h}");
+        }
+    }
+    if let Some(l) = health.losses() {
+        let _ = writeln!(o, "\nINCOMPLETE: {l}");
+    }
+    o
+}
+
+#[derive(Serialize)]
+struct JsonSnapshot<'a> {
+    time: String,
+    #[serde(rename = "final")]
+    last: bool,
+    health: JsonHealth,
+    #[serde(flatten)]
+    snapshot: &'a TcpSnapshot,
+}
+
+#[derive(Serialize)]
+struct JsonHealth {
+    events: u64,
+    dropped: u64,
+    sock_map_full: u64,
+    decode_errors: u64,
+}
+
+pub fn render_json(snap: &TcpSnapshot, health: &Health, clock: &WallClock, last: bool) -> String {
+    serde_json::to_string(&JsonSnapshot {
+        time: clock
+            .wall(snap.ts_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        last,
+        health: JsonHealth {
+            events: health.received,
+            dropped: health.ringbuf_full,
+            sock_map_full: health.sock_map_full,
+            decode_errors: health.decode_errors,
+        },
+        snapshot: snap,
+    })
+    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+async fn table() -> Vec<crate::aggregate::tcp::TableRow> {
+    tokio::task::spawn_blocking(enrich::tcp_table)
+        .await
+        .unwrap_or_default()
+}
+
+/// `diag conns`.
+pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
+    let env = loader::require(&args.probe)?;
+    let tracer = loader::load(&env, &args.probe)?;
+    let live = Live::new(tracer)?;
+    let config = TcpConfig {
+        close_wait_threshold_ns: args.close_wait_threshold.as_nanos() as u64,
+        port_range: enrich::local_port_range().unwrap_or(TcpConfig::default().port_range),
+        pressure_warn: args.pressure_warn / 100.0,
+        ..TcpConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut session = LiveSession::start(live);
+        let mut agg = TcpAggregate::new(config);
+        agg.seed(&table().await, boot_ns());
+        agg.snapshot(boot_ns());
+        eprintln!(
+            "diag: tracing {}; a snapshot every {}{}",
+            session.attached.join(", "),
+            humantime::format_duration(args.interval),
+            if args.watch { ", Ctrl-C to stop" } else { "" }
+        );
+        let limit = args.count.unwrap_or(if args.watch { u64::MAX } else { 1 });
+        let filter = RowFilter { pids: args.pid.clone(), comms: args.comm.clone() };
+        let clock = WallClock::now();
+        let clear = args.watch && !args.json && io::stdout().is_terminal();
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(start + args.interval, args.interval);
+        let mut reconcile = tokio::time::interval_at(start + args.reconcile, args.reconcile);
+        let mut health = Health::default();
+        let mut printed = 0u64;
+        let print = |snap: &mut TcpSnapshot, health: &Health, last: bool| -> io::Result<()> {
+            select(snap, &filter, args.sort, args.top);
+            let text = if args.json {
+                render_json(snap, health, &clock, last) + "\n"
+            } else if clear {
+                format!("\x1b[2J\x1b[H{}", render_text(snap, health, &clock))
+            } else {
+                render_text(snap, health, &clock) + "\n"
+            };
+            let mut out = io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        };
+        loop {
+            tokio::select! {
+                msg = session.rx.recv() => match msg {
+                    Some(Msg::Events(evs)) => evs.iter().for_each(|e| agg.on_event(e)),
+                    Some(Msg::Health(h)) => {
+                        if h.ringbuf_full > health.ringbuf_full {
+                            eprintln!(
+                                "diag: WARNING: {} events dropped: the ring buffer was full (raise --ring-mib); counts are incomplete",
+                                h.ringbuf_full - health.ringbuf_full
+                            );
+                        }
+                        health = h;
+                    }
+                    None => break,
+                },
+                _ = tick.tick(), if printed < limit => {
+                    let mut snap = agg.snapshot(boot_ns());
+                    printed += 1;
+                    if let Err(e) = print(&mut snap, &health, printed == limit) {
+                        session.cancel.cancel();
+                        if e.kind() != io::ErrorKind::BrokenPipe {
+                            return Err(anyhow::Error::new(e).context("writing to standard output"));
+                        }
+                    }
+                    if printed == limit {
+                        session.cancel.cancel();
+                    }
+                }
+                _ = reconcile.tick() => {
+                    let rows = table().await;
+                    agg.reconcile(&rows, boot_ns());
+                }
+            }
+        }
+        let final_health = session.source.await??;
+        if printed < limit {
+            // Stopped by a signal: one last snapshot with everything drained.
+            let mut snap = agg.snapshot(boot_ns());
+            let _ = print(&mut snap, &final_health, true);
+        }
+        if let Some(l) = final_health.losses() {
+            eprintln!("diag: incomplete: {l}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tcp::{Counters, Rates, StateCounts};
+
+    fn row(pid: u32, comm: &str, opens: f64, tw: u64) -> ProcRow {
+        ProcRow {
+            pid,
+            comm: comm.into(),
+            totals: Counters {
+                active_opens: 7,
+                ..Default::default()
+            },
+            rates: Rates {
+                active_opens: opens,
+                ..Default::default()
+            },
+            states: StateCounts {
+                time_wait: tw,
+                ..Default::default()
+            },
+            lifetime_p50_ns: 1_000_000,
+            lifetime_p99_ns: 8_000_000,
+            lifetime_max_ns: 20_000_000,
+            leaks: 0,
+        }
+    }
+
+    fn snap() -> TcpSnapshot {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut s = agg.snapshot(0);
+        s.processes = vec![
+            row(1, "a", 5.0, 100),
+            row(2, "b", 50.0, 1),
+            row(3, "c", 0.0, 7),
+        ];
+        s.hints = vec!["pid 2 (b) opened 50 conns/s".into()];
+        s
+    }
+
+    #[test]
+    fn sorting_filtering_and_top() {
+        let mut s = snap();
+        select(&mut s, &RowFilter::default(), ConnsSort::Churn, 0);
+        assert_eq!(
+            s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            vec![2, 1, 3]
+        );
+        select(&mut s, &RowFilter::default(), ConnsSort::TimeWait, 2);
+        assert_eq!(
+            s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let mut s = snap();
+        select(
+            &mut s,
+            &RowFilter {
+                comms: vec!["c".into()],
+                ..Default::default()
+            },
+            ConnsSort::Pid,
+            0,
+        );
+        assert_eq!(s.processes.len(), 1);
+        let mut s = snap();
+        select(
+            &mut s,
+            &RowFilter {
+                pids: vec![1, 2],
+                ..Default::default()
+            },
+            ConnsSort::Pid,
+            0,
+        );
+        assert_eq!(
+            s.processes.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn text_has_table_and_hints() {
+        let s = snap();
+        let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
+        assert!(t.contains("PID"), "{t}");
+        let line = t.lines().find(|l| l.starts_with("2 ")).unwrap();
+        assert!(
+            line.contains(" 50 ") && line.contains("1.00ms") && line.contains("20.00ms"),
+            "{line}"
+        );
+        assert!(t.contains("Hints:\n  pid 2 (b) opened 50 conns/s"));
+        assert!(!t.contains("INCOMPLETE"));
+        let lossy = Health {
+            ringbuf_full: 3,
+            ..Default::default()
+        };
+        assert!(
+            render_text(&s, &lossy, &WallClock::with_offset_ns(0))
+                .contains("INCOMPLETE: 3 events dropped")
+        );
+    }
+
+    #[test]
+    fn json_is_one_object() {
+        let s = snap();
+        let j: serde_json::Value = serde_json::from_str(&render_json(
+            &s,
+            &Health::default(),
+            &WallClock::with_offset_ns(0),
+            true,
+        ))
+        .unwrap();
+        assert_eq!(j["final"], true);
+        assert_eq!(j["processes"][1]["pid"], 2);
+        assert_eq!(j["processes"][1]["totals"]["active_opens"], 7);
+        assert_eq!(j["health"]["dropped"], 0);
+    }
+}
