@@ -146,6 +146,29 @@ impl Diag {
         self.child.id()
     }
 
+    /// Wait for diag to exit by itself (one-shot modes) and collect its
+    /// output; panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("diag did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        self.stderr_seen.extend(self.stderr.iter());
+        Output {
+            status,
+            stdout,
+            stderr: self.stderr_seen,
+        }
+    }
+
     /// Send `signal` and collect everything it printed.
     pub fn stop(mut self, signal: i32) -> Output {
         // SAFETY: plain kill(2) on our own child.

@@ -121,6 +121,9 @@ pub struct Counters {
     pub resets_received: u64,
     pub retransmits: u64,
     pub time_waits: u64,
+    /// Connections closed straight from ESTABLISHED or CLOSE_WAIT (a reset
+    /// sent or received, or an abort): the kernel's EstabResets.
+    pub aborts: u64,
 }
 
 impl Counters {
@@ -134,6 +137,7 @@ impl Counters {
             resets_received: self.resets_received.saturating_sub(o.resets_received),
             retransmits: self.retransmits.saturating_sub(o.retransmits),
             time_waits: self.time_waits.saturating_sub(o.time_waits),
+            aborts: self.aborts.saturating_sub(o.aborts),
         }
     }
 }
@@ -577,6 +581,9 @@ impl TcpAggregate {
             if failed {
                 p.counters.failed_connects += 1;
             }
+            if matches!(old, state::ESTABLISHED | state::CLOSE_WAIT) {
+                p.counters.aborts += 1;
+            }
             if let Some(l) = lifetime {
                 p.lifetimes.record(l);
             }
@@ -944,6 +951,7 @@ impl TcpAggregate {
                 (&mut totals.resets_received, p.counters.resets_received),
                 (&mut totals.retransmits, p.counters.retransmits),
                 (&mut totals.time_waits, p.counters.time_waits),
+                (&mut totals.aborts, p.counters.aborts),
             ] {
                 *k += v;
             }

@@ -7,6 +7,21 @@
 //!     Exits when all are done.
 //! diag-loadgen connect COUNT ADDR:PORT...
 //!     For each target, COUNT times: connect, write one byte, close.
+//! diag-loadgen listen-hold COUNT ADDR
+//!     Like listen, but never close accepted sockets (a CLOSE_WAIT leak
+//!     once the peer closes); print `ACCEPTED` and wait to be killed.
+//! diag-loadgen connect-hold COUNT ADDR:PORT
+//!     Open COUNT connections and keep them; print `CONNECTED` and wait.
+//! diag-loadgen try-connect COUNT ADDR:PORT
+//!     COUNT connects that may be refused; print `REFUSED <n>`.
+//! diag-loadgen abort COUNT ADDR:PORT
+//!     COUNT connections closed with a reset (SO_LINGER 0).
+//! diag-loadgen listen-full ADDR
+//!     Listen with backlog 0 and never accept: SYNs beyond the first
+//!     connection are dropped (and retransmitted by the client). Print
+//!     `PORT <n>` and wait to be killed.
+//! diag-loadgen connect-timeout COUNT MILLIS ADDR:PORT
+//!     COUNT concurrent connects, each given up after MILLIS.
 
 use std::{
     io::{Read, Write},
@@ -54,16 +69,129 @@ fn connect(count: usize, targets: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
+fn wait_forever() -> std::io::Result<()> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+fn listen_hold(count: usize, addr: &str) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    println!("PORT {}", l.local_addr()?.port());
+    std::io::stdout().flush()?;
+    let mut held = Vec::new();
+    for _ in 0..count {
+        held.push(l.accept()?.0);
+    }
+    println!("ACCEPTED");
+    std::io::stdout().flush()?;
+    wait_forever()
+}
+
+fn target(t: &str) -> std::io::Result<SocketAddr> {
+    t.parse()
+        .map_err(|e| std::io::Error::other(format!("{t}: {e}")))
+}
+
+fn connect_hold(count: usize, t: &str) -> std::io::Result<()> {
+    let addr = target(t)?;
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<Result<_, _>>()?;
+    println!("CONNECTED {}", held.len());
+    std::io::stdout().flush()?;
+    wait_forever()
+}
+
+fn try_connect(count: usize, t: &str) -> std::io::Result<()> {
+    let addr = target(t)?;
+    let refused = (0..count)
+        .filter(|_| matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused))
+        .count();
+    println!("REFUSED {refused}");
+    Ok(())
+}
+
+fn abort(count: usize, t: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let addr = target(t)?;
+    for _ in 0..count {
+        let s = TcpStream::connect(addr)?;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: valid fd and a properly sized linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop(s); // close() with linger 0 sends a reset
+    }
+    Ok(())
+}
+
+fn listen_full(addr: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind(addr)?;
+    // Listening again just changes the backlog.
+    // SAFETY: valid listening fd.
+    if unsafe { libc::listen(l.as_raw_fd(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    println!("PORT {}", l.local_addr()?.port());
+    std::io::stdout().flush()?;
+    wait_forever()
+}
+
+fn connect_timeout(count: usize, millis: u64, t: &str) -> std::io::Result<()> {
+    let addr = target(t)?;
+    let timeout = std::time::Duration::from_millis(millis);
+    let threads: Vec<_> = (0..count)
+        .map(|_| std::thread::spawn(move || TcpStream::connect_timeout(&addr, timeout).is_ok()))
+        .collect();
+    let ok = threads
+        .into_iter()
+        .filter_map(|t| t.join().ok())
+        .filter(|&ok| ok)
+        .count();
+    println!("CONNECTED {ok}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(mode), Some(count)) = (args.first(), args.get(1).and_then(|c| c.parse().ok())) else {
+    let count = if args.first().map(String::as_str) == Some("listen-full") {
+        Some(0)
+    } else {
+        args.get(1).and_then(|c| c.parse().ok())
+    };
+    let (Some(mode), Some(count)) = (args.first(), count) else {
         eprintln!("usage: diag-loadgen listen|connect COUNT ADDR...");
         return ExitCode::from(2);
     };
     let rest = &args[2..];
+    let first = rest.first().map(String::as_str).unwrap_or("");
     let r = match mode.as_str() {
         "listen" => listen(count, rest),
         "connect" => connect(count, rest),
+        "listen-hold" => listen_hold(count, first),
+        "connect-hold" => connect_hold(count, first),
+        "try-connect" => try_connect(count, first),
+        "abort" => abort(count, first),
+        "listen-full" => listen_full(&args[1]),
+        "connect-timeout" => {
+            let millis = first.parse().unwrap_or(1000);
+            connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
+        }
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);
