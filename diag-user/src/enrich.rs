@@ -128,3 +128,65 @@ pub fn local_port_range() -> Option<(u16, u16)> {
         _ => None,
     }
 }
+
+/// The cgroup a process is in, as one path: the unified (v2) path when it
+/// is set, else the memory controller's (v1), else systemd's. `None` when
+/// the process is gone.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(pick_cgroup(&text))
+}
+
+/// See [`cgroup_of`]; `text` is a /proc/PID/cgroup file.
+pub fn pick_cgroup(text: &str) -> String {
+    let mut unified = None;
+    let mut memory = None;
+    let mut systemd = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        match ctrl {
+            "" => unified = Some(path),
+            "name=systemd" => systemd = Some(path),
+            c if c.split(',').any(|x| x == "memory") => memory = Some(path),
+            _ => {}
+        }
+    }
+    [unified, memory, systemd]
+        .into_iter()
+        .flatten()
+        .find(|p| *p != "/")
+        .unwrap_or("/")
+        .to_string()
+}
+
+/// A container id in a cgroup path: the last 64-hex-digit component (as
+/// docker, containerd and podman name their cgroups), if any.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup
+        .split(['/', '-', '.', ':'])
+        .rev()
+        .find(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|c| c[..12].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths() {
+        let v1 = "9:name=systemd:/\n4:memory:/process_api/7766\n0::/\n";
+        assert_eq!(pick_cgroup(v1), "/process_api/7766");
+        let v2 = "0::/system.slice/nginx.service\n";
+        assert_eq!(pick_cgroup(v2), "/system.slice/nginx.service");
+        assert_eq!(pick_cgroup("0::/\n"), "/");
+        let docker = format!("/system.slice/docker-{}.scope", "ab".repeat(32));
+        assert_eq!(container_id(&docker).as_deref(), Some("abababababab"));
+        assert_eq!(container_id("/user.slice"), None);
+    }
+}

@@ -336,6 +336,8 @@ pub struct ProcRow {
     pub lifetime_p99_ns: u64,
     pub lifetime_max_ns: u64,
     pub leaks: u64,
+    /// Filled in by the edge (procfs), not by the core.
+    pub cgroup: Option<String>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -1008,6 +1010,7 @@ impl TcpAggregate {
                 lifetime_p99_ns: p.lifetimes.quantile(0.99),
                 lifetime_max_ns: p.lifetimes.max,
                 leaks: leaks_per_pid.get(&pid).copied().unwrap_or(0),
+                cgroup: None,
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();

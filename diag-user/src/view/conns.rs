@@ -1,6 +1,7 @@
 //! `diag conns`: per-process TCP analytics, one snapshot per interval.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     io::{self, IsTerminal, Write},
     process::ExitCode,
@@ -117,7 +118,7 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
     o.push('\n');
     let _ = writeln!(
         o,
-        "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}",
+        "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}  CGROUP",
         "PID",
         "COMM",
         "CONN/s",
@@ -133,12 +134,12 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
         "RST-IN",
         "RSTOUT",
         "RETRANS",
-        "FAILED"
+        "FAILED",
     );
     for p in &snap.processes {
         let _ = writeln!(
             o,
-            "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}",
+            "{:<8} {:<16} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>6}  {}",
             p.pid,
             p.comm,
             rate(p.rates.active_opens),
@@ -159,6 +160,7 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
             p.totals.resets_sent,
             p.totals.retransmits,
             p.totals.failed_connects,
+            p.cgroup.as_deref().unwrap_or("-"),
         );
     }
     if snap.processes.is_empty() {
@@ -321,8 +323,16 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
         let mut reconcile = tokio::time::interval_at(start + args.reconcile, args.reconcile);
         let mut health = Health::default();
         let mut printed = 0u64;
-        let print = |snap: &mut TcpSnapshot, health: &Health, last: bool| -> io::Result<()> {
+        // Keyed by pid and comm, so a reused pid is looked up afresh.
+        let mut cgroups: HashMap<(u32, String), Option<String>> = HashMap::new();
+        let mut print = |snap: &mut TcpSnapshot, health: &Health, last: bool| -> io::Result<()> {
             select(snap, &filter, args.sort, args.top);
+            for r in &mut snap.processes {
+                r.cgroup = cgroups
+                    .entry((r.pid, r.comm.clone()))
+                    .or_insert_with(|| enrich::cgroup_of(r.pid))
+                    .clone();
+            }
             let text = if args.json {
                 render_json(snap, health, &clock, last) + "\n"
             } else if clear {
@@ -406,6 +416,7 @@ mod tests {
             lifetime_p99_ns: 8_000_000,
             lifetime_max_ns: 20_000_000,
             leaks: 0,
+            cgroup: Some("/svc".into()),
         }
     }
 
