@@ -19,6 +19,14 @@ pub enum AnyEvent {
 }
 
 impl AnyEvent {
+    /// The event's bytes as the kernel wrote them (for recordings).
+    pub fn to_bytes(&self) -> &[u8] {
+        match self {
+            AnyEvent::TcpState(e) => as_bytes(e),
+            AnyEvent::TcpSock(e) => as_bytes(e),
+        }
+    }
+
     pub fn header(&self) -> &EventHeader {
         match self {
             AnyEvent::TcpState(e) => &e.header,
@@ -129,6 +137,8 @@ mod tests {
     fn round_trip() {
         let e = sample();
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
+        let any = AnyEvent::TcpState(e);
+        assert_eq!(decode(any.to_bytes()), Ok(any));
     }
 
     #[test]

@@ -127,8 +127,18 @@ pub enum Family {
     V6,
 }
 
-#[derive(Debug, Clone, Args)]
+/// `diag tail`: what to show, and how the kernel side is set up.
+#[derive(Debug, Clone, Args, Default)]
 pub struct TailArgs {
+    #[command(flatten)]
+    pub view: TailView,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// What `tail` shows (live or replayed).
+#[derive(Debug, Clone, Args)]
+pub struct TailView {
     /// Print JSON lines instead of text
     #[arg(long)]
     pub json: bool,
@@ -153,21 +163,17 @@ pub struct TailArgs {
     /// Only IPv4 or only IPv6
     #[arg(long, value_enum)]
     pub family: Option<Family>,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
 }
 
-impl Default for TailArgs {
+impl Default for TailView {
     fn default() -> Self {
-        TailArgs {
+        TailView {
             json: false,
             events: vec![EventClass::Tcp],
             pid: vec![],
             comm: vec![],
             port: vec![],
             family: None,
-            probe: ProbeArgs::default(),
         }
     }
 }
@@ -236,8 +242,18 @@ pub enum ConnsSort {
     Pid,
 }
 
+/// `diag conns`: what to show, and how the kernel side is set up.
 #[derive(Debug, Clone, Args)]
 pub struct ConnsArgs {
+    #[command(flatten)]
+    pub view: ConnsView,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// What `conns` shows (live or replayed).
+#[derive(Debug, Clone, Args)]
+pub struct ConnsView {
     /// Length of one interval: rates are per second over it
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub interval: std::time::Duration,
@@ -281,9 +297,6 @@ pub struct ConnsArgs {
     /// Print JSON (one object per snapshot) instead of tables
     #[arg(long)]
     pub json: bool,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
 }
 
 /// A duration such as `500ms`, `1s`, `2m`; must be more than zero.
@@ -382,8 +395,8 @@ mod tests {
         let Some(Command::Conns(c)) = ok.command else {
             panic!()
         };
-        assert_eq!(c.sort, ConnsSort::TimeWait);
-        assert_eq!(c.pressure_warn, 50.0);
+        assert_eq!(c.view.sort, ConnsSort::TimeWait);
+        assert_eq!(c.view.pressure_warn, 50.0);
     }
 
     #[test]
@@ -399,7 +412,7 @@ mod tests {
         let Some(Command::Tail(t)) = ok.command else {
             panic!()
         };
-        assert_eq!(t.port, vec![80, 443]);
-        assert_eq!(t.family, Some(Family::V6));
+        assert_eq!(t.view.port, vec![80, 443]);
+        assert_eq!(t.view.family, Some(Family::V6));
     }
 }

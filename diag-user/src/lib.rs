@@ -10,6 +10,7 @@ pub mod enrich;
 pub mod error;
 pub mod loader;
 pub mod probes;
+pub mod record;
 pub mod source;
 pub mod tracefs;
 pub mod view;
@@ -25,6 +26,14 @@ pub enum Msg {
     Events(Vec<AnyEvent>),
     /// The kernel side's health counters, cumulative since start.
     Health(source::Health),
+    /// The kernel's TCP socket table at a moment: the first one seeds the
+    /// TCP gauges, later ones reconcile them.
+    Table {
+        ts_ns: u64,
+        rows: Vec<aggregate::tcp::TableRow>,
+    },
+    /// Part of a recording could not be read: what and where.
+    Damage(String),
 }
 
 /// Run the parsed command line. `Ok` carries the exit code.

@@ -60,7 +60,7 @@ impl Default for TcpConfig {
 
 /// A row of the kernel's socket table (/proc/net/tcp{,6}), with the
 /// process holding it where known.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TableRow {
     pub local: SocketAddr,
     pub remote: SocketAddr,

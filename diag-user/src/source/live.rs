@@ -116,6 +116,7 @@ impl Drainer {
     }
 
     fn read_health(&mut self) -> Health {
+        self.health.ts_ns = crate::clock::boot_ns();
         self.health.submitted = self.counter(counters::SUBMITTED);
         self.health.ringbuf_full = self.counter(counters::RINGBUF_FULL);
         self.health.sock_map_full = self.counter(counters::SOCK_MAP_FULL);

@@ -5,8 +5,11 @@ pub mod live;
 
 /// diag's own health: what the kernel side counted (cumulative since
 /// start, summed over CPUs) and what user space saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Health {
+    /// When these were read (boot-time ns).
+    #[serde(default)]
+    pub ts_ns: u64,
     /// Events the kernel submitted to the ring buffer.
     pub submitted: u64,
     /// Events lost because the ring buffer was full.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     Msg,
     aggregate::tcp::{ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
-    cli::{ConnsArgs, ConnsSort},
+    cli::{ConnsArgs, ConnsSort, ConnsView},
     clock::{WallClock, boot_ns},
     enrich, loader,
     source::{Health, live::Live},
@@ -283,10 +283,225 @@ pub fn render_json(snap: &TcpSnapshot, health: &Health, clock: &WallClock, last:
     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-async fn table() -> Vec<crate::aggregate::tcp::TableRow> {
-    tokio::task::spawn_blocking(enrich::tcp_table)
-        .await
-        .unwrap_or_default()
+/// How a sink learns the time: from a wall timer (live) or from the
+/// events themselves (replay, at any speed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timebase {
+    Live,
+    Events,
+}
+
+/// The `conns` sink: aggregates what arrives on the bus and prints
+/// snapshots. Shared by live and replay.
+pub struct ConnsSink {
+    view: ConnsView,
+    pub agg: TcpAggregate,
+    clock: WallClock,
+    timebase: Timebase,
+    interval_ns: u64,
+    next_due: Option<u64>,
+    last_ts: u64,
+    seeded: bool,
+    printed: u64,
+    limit: u64,
+    pub health: Health,
+    /// Keyed by pid and comm, so a reused pid is looked up afresh. Live only.
+    cgroups: Option<HashMap<(u32, String), Option<String>>>,
+    clear: bool,
+}
+
+impl ConnsSink {
+    pub fn new(
+        view: ConnsView,
+        port_range: Option<(u16, u16)>,
+        clock: WallClock,
+        timebase: Timebase,
+    ) -> Self {
+        let config = TcpConfig {
+            close_wait_threshold_ns: view.close_wait_threshold.as_nanos() as u64,
+            port_range: port_range.unwrap_or(TcpConfig::default().port_range),
+            pressure_warn: view.pressure_warn / 100.0,
+            ..TcpConfig::default()
+        };
+        let limit = match (view.count, view.watch, timebase) {
+            (Some(n), _, _) => n,
+            (None, true, _) => u64::MAX,
+            (None, false, Timebase::Live) => 1,
+            // A replay without --watch prints one snapshot, at the end.
+            (None, false, Timebase::Events) => 0,
+        };
+        ConnsSink {
+            interval_ns: view.interval.as_nanos() as u64,
+            clear: view.watch
+                && !view.json
+                && timebase == Timebase::Live
+                && io::stdout().is_terminal(),
+            cgroups: (timebase == Timebase::Live).then(HashMap::new),
+            agg: TcpAggregate::new(config),
+            view,
+            clock,
+            timebase,
+            next_due: None,
+            last_ts: 0,
+            seeded: false,
+            printed: 0,
+            limit,
+            health: Health::default(),
+        }
+    }
+
+    /// All snapshots asked for are printed.
+    pub fn done(&self) -> bool {
+        self.limit > 0 && self.printed >= self.limit
+    }
+
+    fn print(&mut self, mut snap: TcpSnapshot, last: bool, out: &mut impl Write) -> io::Result<()> {
+        select(
+            &mut snap,
+            &RowFilter {
+                pids: self.view.pid.clone(),
+                comms: self.view.comm.clone(),
+            },
+            self.view.sort,
+            self.view.top,
+        );
+        if let Some(cache) = &mut self.cgroups {
+            for r in &mut snap.processes {
+                r.cgroup = cache
+                    .entry((r.pid, r.comm.clone()))
+                    .or_insert_with(|| enrich::cgroup_of(r.pid))
+                    .clone();
+            }
+        }
+        let text = if self.view.json {
+            render_json(&snap, &self.health, &self.clock, last) + "\n"
+        } else if self.clear {
+            format!(
+                "\x1b[2J\x1b[H{}",
+                render_text(&snap, &self.health, &self.clock)
+            )
+        } else {
+            render_text(&snap, &self.health, &self.clock) + "\n"
+        };
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    }
+
+    /// A snapshot now (live: boot-time ns; replay: event time).
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        if self.done() {
+            return Ok(());
+        }
+        let snap = self.agg.snapshot(now_ns);
+        self.printed += 1;
+        let last = self.done();
+        self.print(snap, last, out)
+    }
+
+    /// Feed one message from the bus.
+    pub fn on_msg(&mut self, msg: Msg, out: &mut impl Write) -> io::Result<()> {
+        match msg {
+            Msg::Events(evs) => {
+                for e in &evs {
+                    let ts = e.header().ts_ns;
+                    if self.timebase == Timebase::Events {
+                        self.start_clock(ts);
+                        while let Some(due) = self.next_due.filter(|&d| d <= ts && self.limit > 0) {
+                            self.tick(due, out)?;
+                            self.next_due = Some(due + self.interval_ns);
+                        }
+                    }
+                    self.last_ts = self.last_ts.max(ts);
+                    self.agg.on_event(e);
+                }
+            }
+            Msg::Health(h) => {
+                if h.ringbuf_full > self.health.ringbuf_full {
+                    eprintln!(
+                        "diag: WARNING: {} events dropped around {}: the ring buffer was full (raise --ring-mib); counts are incomplete",
+                        h.ringbuf_full - self.health.ringbuf_full,
+                        self.clock.wall(h.ts_ns).format("%H:%M:%S"),
+                    );
+                }
+                self.health = h;
+            }
+            Msg::Table { ts_ns, rows } => {
+                if self.seeded {
+                    self.agg.reconcile(&rows, ts_ns);
+                } else {
+                    self.seeded = true;
+                    self.agg.seed(&rows, ts_ns);
+                    // The baseline for the first interval's rates.
+                    self.agg.snapshot(ts_ns);
+                    self.start_clock(ts_ns);
+                }
+                self.last_ts = self.last_ts.max(ts_ns);
+            }
+            Msg::Damage(what) => eprintln!("diag: {what}"),
+        }
+        Ok(())
+    }
+
+    fn start_clock(&mut self, ts: u64) {
+        if self.next_due.is_none() {
+            self.next_due = Some(ts + self.interval_ns);
+        }
+    }
+
+    /// At the end of the stream: one last snapshot unless all were printed.
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        if !self.done() {
+            let now = if self.timebase == Timebase::Events {
+                self.last_ts
+            } else {
+                now_ns
+            };
+            let snap = self.agg.snapshot(now);
+            self.print(snap, true, out)?;
+        }
+        if let Some(l) = self.health.losses() {
+            eprintln!("diag: incomplete: {l}");
+        }
+        Ok(())
+    }
+}
+
+/// Drive a sink from a live session until it is done or stopped.
+async fn drive_live(
+    session: &mut LiveSession,
+    sink: &mut ConnsSink,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + interval, interval);
+    let mut out = io::stdout();
+    loop {
+        tokio::select! {
+            msg = session.rx.recv() => match msg {
+                Some(m) => sink.on_msg(m, &mut out).or_else(ignore_broken_pipe)?,
+                None => break,
+            },
+            _ = tick.tick(), if !sink.done() => {
+                if let Err(e) = sink.tick(boot_ns(), &mut out) {
+                    session.cancel.cancel();
+                    ignore_broken_pipe(e)?;
+                }
+                if sink.done() {
+                    session.cancel.cancel();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A closed pipe (`diag conns | head`) ends output quietly.
+pub fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 /// `diag conns`.
@@ -294,99 +509,33 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
-    let config = TcpConfig {
-        close_wait_threshold_ns: args.close_wait_threshold.as_nanos() as u64,
-        port_range: enrich::local_port_range().unwrap_or(TcpConfig::default().port_range),
-        pressure_warn: args.pressure_warn / 100.0,
-        ..TcpConfig::default()
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut session = LiveSession::start(live);
-        let mut agg = TcpAggregate::new(config);
-        agg.seed(&table().await, boot_ns());
-        agg.snapshot(boot_ns());
+        let mut session = LiveSession::start(live, Some(args.view.reconcile));
+        let interval = args.view.interval;
         eprintln!(
             "diag: tracing {}; a snapshot every {}{}",
             session.attached.join(", "),
-            humantime::format_duration(args.interval),
-            if args.watch { ", Ctrl-C to stop" } else { "" }
-        );
-        let limit = args.count.unwrap_or(if args.watch { u64::MAX } else { 1 });
-        let filter = RowFilter { pids: args.pid.clone(), comms: args.comm.clone() };
-        let clock = WallClock::now();
-        let clear = args.watch && !args.json && io::stdout().is_terminal();
-        let start = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval_at(start + args.interval, args.interval);
-        let mut reconcile = tokio::time::interval_at(start + args.reconcile, args.reconcile);
-        let mut health = Health::default();
-        let mut printed = 0u64;
-        // Keyed by pid and comm, so a reused pid is looked up afresh.
-        let mut cgroups: HashMap<(u32, String), Option<String>> = HashMap::new();
-        let mut print = |snap: &mut TcpSnapshot, health: &Health, last: bool| -> io::Result<()> {
-            select(snap, &filter, args.sort, args.top);
-            for r in &mut snap.processes {
-                r.cgroup = cgroups
-                    .entry((r.pid, r.comm.clone()))
-                    .or_insert_with(|| enrich::cgroup_of(r.pid))
-                    .clone();
-            }
-            let text = if args.json {
-                render_json(snap, health, &clock, last) + "\n"
-            } else if clear {
-                format!("\x1b[2J\x1b[H{}", render_text(snap, health, &clock))
+            humantime::format_duration(interval),
+            if args.view.watch {
+                ", Ctrl-C to stop"
             } else {
-                render_text(snap, health, &clock) + "\n"
-            };
-            let mut out = io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            out.flush()
-        };
-        loop {
-            tokio::select! {
-                msg = session.rx.recv() => match msg {
-                    Some(Msg::Events(evs)) => evs.iter().for_each(|e| agg.on_event(e)),
-                    Some(Msg::Health(h)) => {
-                        if h.ringbuf_full > health.ringbuf_full {
-                            eprintln!(
-                                "diag: WARNING: {} events dropped: the ring buffer was full (raise --ring-mib); counts are incomplete",
-                                h.ringbuf_full - health.ringbuf_full
-                            );
-                        }
-                        health = h;
-                    }
-                    None => break,
-                },
-                _ = tick.tick(), if printed < limit => {
-                    let mut snap = agg.snapshot(boot_ns());
-                    printed += 1;
-                    if let Err(e) = print(&mut snap, &health, printed == limit) {
-                        session.cancel.cancel();
-                        if e.kind() != io::ErrorKind::BrokenPipe {
-                            return Err(anyhow::Error::new(e).context("writing to standard output"));
-                        }
-                    }
-                    if printed == limit {
-                        session.cancel.cancel();
-                    }
-                }
-                _ = reconcile.tick() => {
-                    let rows = table().await;
-                    agg.reconcile(&rows, boot_ns());
-                }
+                ""
             }
-        }
+        );
+        let mut sink = ConnsSink::new(
+            args.view,
+            enrich::local_port_range(),
+            WallClock::now(),
+            Timebase::Live,
+        );
+        drive_live(&mut session, &mut sink, interval).await?;
         let final_health = session.source.await??;
-        if printed < limit {
-            // Stopped by a signal: one last snapshot with everything drained.
-            let mut snap = agg.snapshot(boot_ns());
-            let _ = print(&mut snap, &final_health, true);
-        }
-        if let Some(l) = final_health.losses() {
-            eprintln!("diag: incomplete: {l}");
-        }
+        sink.health = final_health;
+        sink.finish(boot_ns(), &mut io::stdout())
+            .or_else(ignore_broken_pipe)?;
         Ok(ExitCode::SUCCESS)
     })
 }

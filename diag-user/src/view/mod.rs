@@ -22,11 +22,35 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    /// Start draining `live` onto a new bus. Call inside a tokio runtime.
-    pub fn start(live: Live) -> LiveSession {
+    /// Start draining `live` onto a new bus. With `tables`, the kernel's
+    /// TCP socket table is also put on the bus: once now (after the probes
+    /// were attached, so no socket falls between) and then every `tables`.
+    /// Call inside a tokio runtime.
+    pub fn start(live: Live, tables: Option<std::time::Duration>) -> LiveSession {
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel::<Msg>(1024);
         let attached = live.attached().to_vec();
+        if let Some(every) = tables {
+            let tx = tx.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {
+                            let ts_ns = crate::clock::boot_ns();
+                            let rows = tokio::task::spawn_blocking(crate::enrich::tcp_table)
+                                .await
+                                .unwrap_or_default();
+                            if tx.send(Msg::Table { ts_ns, rows }).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let source = tokio::spawn(live.run(tx, cancel.clone()));
         let sig = cancel.clone();
         tokio::spawn(async move {

@@ -16,7 +16,7 @@ use diag_common::{
 
 use crate::{
     Msg,
-    cli::{EventClass, Family, TailArgs},
+    cli::{EventClass, Family, TailArgs, TailView},
     clock::WallClock,
     loader,
     source::{Health, live::Live},
@@ -35,7 +35,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_args(a: &TailArgs) -> Self {
+    pub fn from_args(a: &TailView) -> Self {
         Filter {
             events: a.events.clone(),
             pids: a.pid.clone(),
@@ -288,6 +288,8 @@ impl Tail {
                 out.flush()?;
                 Ok(None)
             }
+            Msg::Table { .. } => Ok(None),
+            Msg::Damage(what) => Ok(Some(what)),
             Msg::Health(h) => {
                 let before = self.health;
                 self.health = h;
@@ -325,6 +327,61 @@ impl Tail {
 }
 
 /// `diag tail`.
+/// Print what arrives on `rx` until it closes; `cancel` stops the source
+/// when output is no longer wanted (a closed pipe). Returns the sink for
+/// its summary.
+pub async fn drain_to_stdout(
+    mut tail: Tail,
+    rx: &mut tokio::sync::mpsc::Receiver<Msg>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Tail> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut broken_pipe = false;
+    if !tail.json
+        && let Err(e) = writeln!(out, "{TEXT_HEADER}").and_then(|_| out.flush())
+    {
+        broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
+        if !broken_pipe {
+            return Err(anyhow::Error::new(e).context("writing to standard output"));
+        }
+        cancel.cancel();
+    }
+    while let Some(msg) = rx.recv().await {
+        if broken_pipe {
+            continue;
+        }
+        match tail.handle(msg, &mut out) {
+            Ok(Some(warn)) => eprintln!("diag: {warn}"),
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                broken_pipe = true;
+                cancel.cancel();
+            }
+            Err(e) => {
+                cancel.cancel();
+                return Err(anyhow::Error::new(e).context("writing to standard output"));
+            }
+        }
+    }
+    Ok(tail)
+}
+
+impl Tail {
+    pub fn new(view: &TailView, names: Names, clock: WallClock) -> Self {
+        Tail {
+            filter: Filter::from_args(view),
+            names,
+            json: view.json,
+            clock,
+            seen: 0,
+            shown: 0,
+            health: Health::default(),
+        }
+    }
+}
+
+/// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
     let names = Names {
@@ -336,48 +393,14 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let LiveSession {
-            mut rx,
-            cancel,
-            source,
-            attached,
-        } = LiveSession::start(live);
-        eprintln!("diag: tracing {}; Ctrl-C to stop", attached.join(", "));
-
-        let mut tail = Tail {
-            filter: Filter::from_args(&args),
-            names,
-            json: args.json,
-            clock: WallClock::now(),
-            seen: 0,
-            shown: 0,
-            health: Health::default(),
-        };
-        let stdout = io::stdout();
-        let mut out = io::BufWriter::new(stdout.lock());
-        if !args.json {
-            writeln!(out, "{TEXT_HEADER}")?;
-            out.flush()?;
-        }
-        let mut broken_pipe = false;
-        while let Some(msg) = rx.recv().await {
-            if broken_pipe {
-                continue;
-            }
-            match tail.handle(msg, &mut out) {
-                Ok(Some(warn)) => eprintln!("diag: {warn}"),
-                Ok(None) => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    broken_pipe = true;
-                    cancel.cancel();
-                }
-                Err(e) => {
-                    cancel.cancel();
-                    return Err(anyhow::Error::new(e).context("writing to standard output"));
-                }
-            }
-        }
-        source.await??;
+        let mut session = LiveSession::start(live, None);
+        eprintln!(
+            "diag: tracing {}; Ctrl-C to stop",
+            session.attached.join(", ")
+        );
+        let tail = Tail::new(&args.view, names, WallClock::now());
+        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel).await?;
+        session.source.await??;
         eprintln!("diag: {}", tail.summary());
         Ok(ExitCode::SUCCESS)
     })

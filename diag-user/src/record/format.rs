@@ -1,0 +1,572 @@
+//! The recording file format: a file header, then self-delimiting,
+//! checksummed frames. Pure: encoding and parsing work on byte slices.
+//!
+//! ```text
+//! file header (16 bytes): "DIAGREC\0" | version u16 LE | 6 reserved bytes
+//! frame header (16 bytes): sync u32 LE (FRAME_SYNC) | kind u8 | flags u8 |
+//!                          reserved u16 | len u32 LE | crc32 u32 LE
+//! payload (len bytes, zstd-compressed when flags & COMPRESSED)
+//! ```
+//!
+//! The checksum covers the header's kind, flags and length, and the stored
+//! payload. A reader that meets a bad
+//! checksum skips that frame; one that meets garbage searches for the next
+//! sync marker; one that meets the end of a file mid-frame reports how much
+//! is missing. Everything before the damage still reads.
+
+use std::fmt;
+
+pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
+/// The format version this build writes. Readers read every version up to
+/// and including it.
+pub const VERSION: u16 = 1;
+pub const FILE_HEADER_LEN: usize = 16;
+pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
+pub const FRAME_HEADER_LEN: usize = 16;
+/// No frame is bigger than this; a larger length is damage.
+pub const MAX_FRAME: u32 = 64 << 20;
+pub const COMPRESSED: u8 = 1;
+
+/// What a frame holds.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// JSON [`super::RecordingHeader`]: host facts, probes, names.
+    Header = 1,
+    /// Raw kernel events: repeated (u16 LE length, record bytes).
+    Events = 2,
+    /// JSON health counters at a moment (drops, map-full).
+    Health = 3,
+    /// JSON socket table rows at a moment (seed and reconciliation).
+    Table = 4,
+    /// JSON process table at a moment.
+    Procs = 5,
+    /// JSON end marker: the recording was finished cleanly.
+    End = 6,
+}
+
+impl TryFrom<u8> for FrameKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => FrameKind::Header,
+            2 => FrameKind::Events,
+            3 => FrameKind::Health,
+            4 => FrameKind::Table,
+            5 => FrameKind::Procs,
+            6 => FrameKind::End,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The 16-byte file header.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(FILE_MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Why a file cannot be read at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    NotARecording,
+    TooNew(u16),
+    Empty,
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::NotARecording => {
+                write!(f, "this is not a diag recording (no DIAGREC header)")
+            }
+            HeaderError::TooNew(v) => write!(
+                f,
+                "this recording uses format version {v}, newer than this diag reads ({VERSION}): use a newer diag"
+            ),
+            HeaderError::Empty => write!(f, "the file is empty or shorter than a recording header"),
+        }
+    }
+}
+
+/// Check the file header; returns the format version.
+pub fn check_file_header(b: &[u8]) -> Result<u16, HeaderError> {
+    if b.len() < FILE_HEADER_LEN {
+        return Err(if b.len() >= 8 && &b[..8] != FILE_MAGIC {
+            HeaderError::NotARecording
+        } else {
+            HeaderError::Empty
+        });
+    }
+    if &b[..8] != FILE_MAGIC {
+        return Err(HeaderError::NotARecording);
+    }
+    let v = u16::from_le_bytes([b[8], b[9]]);
+    if v == 0 || v > VERSION {
+        return Err(HeaderError::TooNew(v));
+    }
+    Ok(v)
+}
+
+/// Encode one frame. Payloads over 512 bytes are compressed when `compress`.
+pub fn encode_frame(kind: FrameKind, payload: &[u8], compress: bool) -> Vec<u8> {
+    let (flags, stored) = if compress && payload.len() > 512 {
+        match zstd::bulk::compress(payload, 3) {
+            Ok(c) if c.len() < payload.len() => (COMPRESSED, c),
+            _ => (0, payload.to_vec()),
+        }
+    } else {
+        (0, payload.to_vec())
+    };
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + stored.len());
+    out.extend_from_slice(&FRAME_SYNC.to_le_bytes());
+    out.push(kind as u8);
+    out.push(flags);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    let crc = frame_crc(&out[4..12], &stored);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&stored);
+    out
+}
+
+/// The checksum covers the header's kind, flags and length, and the
+/// stored payload.
+fn frame_crc(header_middle: &[u8], stored: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header_middle);
+    h.update(stored);
+    h.finalize()
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+    /// Byte offset of the frame in the file.
+    pub offset: u64,
+}
+
+/// Something wrong in the file, and what the reader did about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// A frame's checksum did not match: the frame was skipped.
+    BadChecksum { offset: u64, len: u32 },
+    /// Bytes that are not a frame were skipped to the next sync marker.
+    Garbage { offset: u64, skipped: u64 },
+    /// A frame whose payload could not be decompressed was skipped.
+    BadPayload { offset: u64, why: String },
+    /// A frame of a kind this build does not know was skipped.
+    UnknownKind { offset: u64, kind: u8 },
+    /// The file ends in the middle of a frame.
+    Truncated { offset: u64, missing: u64 },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::BadChecksum { offset, len } => {
+                write!(
+                    f,
+                    "frame at byte {offset} ({len} bytes) has a bad checksum: skipped"
+                )
+            }
+            Damage::Garbage { offset, skipped } => {
+                write!(
+                    f,
+                    "{skipped} unreadable bytes at byte {offset}: skipped to the next frame"
+                )
+            }
+            Damage::BadPayload { offset, why } => write!(
+                f,
+                "frame at byte {offset} cannot be decoded ({why}): skipped"
+            ),
+            Damage::UnknownKind { offset, kind } => {
+                write!(
+                    f,
+                    "frame at byte {offset} is of unknown kind {kind} (newer diag?): skipped"
+                )
+            }
+            Damage::Truncated { offset, missing } => write!(
+                f,
+                "the file is truncated: the frame at byte {offset} lacks {missing} bytes (diag was killed, or the file was cut)"
+            ),
+        }
+    }
+}
+
+/// One step of parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Frame(Frame),
+    Damage(Damage),
+}
+
+/// Incremental frame parser over a buffer that holds the file from
+/// `base` on (without the file header).
+pub struct Parser {
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    base: u64,
+    pos: usize,
+}
+
+fn find_sync(b: &[u8]) -> Option<usize> {
+    let sync = FRAME_SYNC.to_le_bytes();
+    b.windows(4).position(|w| w == sync)
+}
+
+impl Parser {
+    pub fn new(base: u64) -> Self {
+        Parser {
+            buf: Vec::new(),
+            base,
+            pos: 0,
+        }
+    }
+
+    /// Add the next bytes of the file.
+    pub fn feed(&mut self, more: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(more);
+    }
+
+    /// The next frame or damage, or None when more input is needed.
+    /// Call [`Parser::finish`] at the end of the file.
+    pub fn next_item(&mut self) -> Option<Item> {
+        {
+            let rest = &self.buf[self.pos..];
+            let offset = self.base + self.pos as u64;
+            if rest.len() < 4 {
+                return None;
+            }
+            if rest[..4] != FRAME_SYNC.to_le_bytes() {
+                // Skip to the next sync marker (keep 3 bytes: it may start there).
+                return match find_sync(rest) {
+                    Some(n) => {
+                        self.pos += n;
+                        Some(Item::Damage(Damage::Garbage {
+                            offset,
+                            skipped: n as u64,
+                        }))
+                    }
+                    None => {
+                        let n = rest.len().saturating_sub(3);
+                        if n == 0 {
+                            return None;
+                        }
+                        self.pos += n;
+                        Some(Item::Damage(Damage::Garbage {
+                            offset,
+                            skipped: n as u64,
+                        }))
+                    }
+                };
+            }
+            if rest.len() < FRAME_HEADER_LEN {
+                return None;
+            }
+            let kind = rest[4];
+            let flags = rest[5];
+            let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(rest[12..16].try_into().expect("4 bytes"));
+            if len > MAX_FRAME {
+                // A damaged header: resync past this marker.
+                self.pos += 1;
+                let skipped = find_sync(&self.buf[self.pos..]).map(|n| n + 1);
+                match skipped {
+                    Some(n) => {
+                        self.pos += n - 1;
+                        return Some(Item::Damage(Damage::Garbage {
+                            offset,
+                            skipped: n as u64,
+                        }));
+                    }
+                    None => {
+                        self.pos -= 1;
+                        return None;
+                    }
+                }
+            }
+            let total = FRAME_HEADER_LEN + len as usize;
+            if rest.len() < total {
+                return None;
+            }
+            let stored = &rest[FRAME_HEADER_LEN..total];
+            if frame_crc(&rest[4..12], stored) != crc {
+                // The length may be the damaged part: resync from the next
+                // marker after this header rather than trusting it.
+                let after = &rest[4..];
+                let jump = find_sync(after).map(|n| n + 4).unwrap_or(total).min(total);
+                self.pos += jump;
+                return Some(Item::Damage(Damage::BadChecksum { offset, len }));
+            }
+            self.pos += total;
+            let kind = match FrameKind::try_from(kind) {
+                Ok(k) => k,
+                Err(k) => return Some(Item::Damage(Damage::UnknownKind { offset, kind: k })),
+            };
+            let payload = if flags & COMPRESSED != 0 {
+                match zstd::stream::decode_all(stored) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Some(Item::Damage(Damage::BadPayload {
+                            offset,
+                            why: e.to_string(),
+                        }));
+                    }
+                }
+            } else {
+                stored.to_vec()
+            };
+            Some(Item::Frame(Frame {
+                kind,
+                payload,
+                offset,
+            }))
+        }
+    }
+
+    /// At the end of the file: what is left over is a truncated frame (or
+    /// garbage).
+    pub fn finish(&mut self) -> Option<Damage> {
+        let rest = &self.buf[self.pos..];
+        if rest.is_empty() {
+            return None;
+        }
+        let offset = self.base + self.pos as u64;
+        let d = if rest.len() >= 4 && rest[..4] == FRAME_SYNC.to_le_bytes() {
+            let need = if rest.len() >= FRAME_HEADER_LEN {
+                FRAME_HEADER_LEN as u64
+                    + u64::from(u32::from_le_bytes(rest[8..12].try_into().expect("4")))
+            } else {
+                FRAME_HEADER_LEN as u64
+            };
+            Damage::Truncated {
+                offset,
+                missing: need.saturating_sub(rest.len() as u64),
+            }
+        } else {
+            Damage::Garbage {
+                offset,
+                skipped: rest.len() as u64,
+            }
+        };
+        self.pos = self.buf.len();
+        Some(d)
+    }
+}
+
+/// Parse a whole file held in memory: the version, then frames and damage.
+pub fn parse_all(file: &[u8]) -> Result<(u16, Vec<Item>), HeaderError> {
+    let version = check_file_header(file)?;
+    let mut p = Parser::new(FILE_HEADER_LEN as u64);
+    p.feed(&file[FILE_HEADER_LEN..]);
+    let mut items = Vec::new();
+    while let Some(i) = p.next_item() {
+        items.push(i);
+    }
+    if let Some(d) = p.finish() {
+        items.push(Item::Damage(d));
+    }
+    Ok((version, items))
+}
+
+/// Split an Events payload into records; a malformed tail is reported.
+pub fn split_events(payload: &[u8]) -> (Vec<&[u8]>, Option<String>) {
+    let mut out = Vec::new();
+    let mut p = payload;
+    while !p.is_empty() {
+        if p.len() < 2 {
+            return (out, Some("a dangling byte after the last event".into()));
+        }
+        let n = u16::from_le_bytes([p[0], p[1]]) as usize;
+        if p.len() < 2 + n {
+            return (
+                out,
+                Some(format!(
+                    "an event of {n} bytes with only {} left",
+                    p.len() - 2
+                )),
+            );
+        }
+        out.push(&p[2..2 + n]);
+        p = &p[2 + n..];
+    }
+    (out, None)
+}
+
+/// Append one event record to an Events payload.
+pub fn push_event(payload: &mut Vec<u8>, record: &[u8]) {
+    let n = record.len().min(u16::MAX as usize);
+    payload.extend_from_slice(&(n as u16).to_le_bytes());
+    payload.extend_from_slice(&record[..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_file(frames: &[(FrameKind, Vec<u8>)], compress: bool) -> Vec<u8> {
+        let mut f = file_header().to_vec();
+        for (k, p) in frames {
+            f.extend(encode_frame(*k, p, compress));
+        }
+        f
+    }
+
+    fn frames_of(items: &[Item]) -> Vec<(FrameKind, Vec<u8>)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Frame(f) => Some((f.kind, f.payload.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn damages(items: &[Item]) -> Vec<&Damage> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Damage(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn frames() -> Vec<(FrameKind, Vec<u8>)> {
+        vec![
+            (FrameKind::Header, br#"{"host":"h"}"#.to_vec()),
+            (FrameKind::Events, vec![7u8; 5000]),
+            (FrameKind::Health, b"{}".to_vec()),
+            (FrameKind::Events, (0..3000u32).map(|i| i as u8).collect()),
+            (FrameKind::End, b"{}".to_vec()),
+        ]
+    }
+
+    #[test]
+    fn round_trip_plain_and_compressed() {
+        for compress in [false, true] {
+            let f = sample_file(&frames(), compress);
+            let (v, items) = parse_all(&f).unwrap();
+            assert_eq!(v, VERSION);
+            assert_eq!(frames_of(&items), frames());
+            assert!(damages(&items).is_empty());
+        }
+        // Compression really happens on repetitive payloads.
+        assert!(sample_file(&frames(), true).len() < sample_file(&frames(), false).len() / 2);
+    }
+
+    #[test]
+    fn truncated_file_keeps_everything_before() {
+        let f = sample_file(&frames(), false);
+        let cut = f.len() - 1;
+        let (_, items) = parse_all(&f[..cut]).unwrap();
+        assert_eq!(frames_of(&items), frames()[..4].to_vec());
+        match damages(&items)[..] {
+            [Damage::Truncated { missing, .. }] => assert_eq!(*missing, 1),
+            ref d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_checksum_is_skipped_and_the_rest_reads() {
+        let mut f = sample_file(&frames(), false);
+        // Flip a byte inside the second frame's payload.
+        let second = FILE_HEADER_LEN + FRAME_HEADER_LEN + 12 + FRAME_HEADER_LEN + 100;
+        f[second] ^= 0xff;
+        let (_, items) = parse_all(&f).unwrap();
+        let got = frames_of(&items);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], frames()[0]);
+        assert_eq!(got[1..], frames()[2..]);
+        assert!(matches!(damages(&items)[..], [Damage::BadChecksum { .. }]));
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        assert_eq!(check_file_header(b""), Err(HeaderError::Empty));
+        assert_eq!(
+            check_file_header(b"hello world, not a recording"),
+            Err(HeaderError::NotARecording)
+        );
+        let mut h = file_header();
+        h[8] = 9;
+        assert_eq!(check_file_header(&h), Err(HeaderError::TooNew(9)));
+        assert!(HeaderError::TooNew(9).to_string().contains("newer"));
+    }
+
+    #[test]
+    fn incremental_feeding_matches_whole_parsing() {
+        let f = sample_file(&frames(), true);
+        let mut p = Parser::new(FILE_HEADER_LEN as u64);
+        let mut items = Vec::new();
+        for chunk in f[FILE_HEADER_LEN..].chunks(7) {
+            p.feed(chunk);
+            while let Some(i) = p.next_item() {
+                items.push(i);
+            }
+        }
+        assert_eq!(p.finish(), None);
+        assert_eq!(frames_of(&items), frames());
+    }
+
+    #[test]
+    fn event_payloads() {
+        let mut p = Vec::new();
+        push_event(&mut p, b"abc");
+        push_event(&mut p, b"");
+        push_event(&mut p, &[1; 300]);
+        let (evs, err) = split_events(&p);
+        assert_eq!(evs.len(), 3);
+        assert_eq!(evs[0], b"abc");
+        assert_eq!(evs[2].len(), 300);
+        assert!(err.is_none());
+        let (evs, err) = split_events(&p[..p.len() - 1]);
+        assert_eq!(evs.len(), 2);
+        assert!(err.unwrap().contains("300 bytes"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes never panic the reader.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut f = file_header().to_vec();
+            f.extend(&bytes);
+            let _ = parse_all(&f);
+            let _ = parse_all(&bytes);
+        }
+
+        /// A real file with bytes flipped and a random cut: never panics,
+        /// and every frame it returns is one that was written.
+        #[test]
+        fn mutated_files_read_back_what_survives(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            compress in any::<bool>(),
+        ) {
+            let mut f = sample_file(&frames(), compress);
+            for (i, x) in flips {
+                let at = FILE_HEADER_LEN + i.index(f.len() - FILE_HEADER_LEN);
+                f[at] ^= x | 1;
+            }
+            let end = FILE_HEADER_LEN + cut.index(f.len() - FILE_HEADER_LEN + 1);
+            if let Ok((_, items)) = parse_all(&f[..end]) {
+                for (k, p) in frames_of(&items) {
+                    prop_assert!(frames().contains(&(k, p)));
+                }
+            }
+        }
+    }
+}
