@@ -29,10 +29,45 @@ pub enum Command {
     /// Per-process TCP analytics: churn, states, TIME_WAIT/CLOSE_WAIT, port pressure
     #[command(long_about = CONNS_ABOUT, after_help = CONNS_EXAMPLES)]
     Conns(ConnsArgs),
+    /// Record a session to a file for later review (replay, report, export)
+    #[command(long_about = RECORD_ABOUT, after_help = RECORD_EXAMPLES)]
+    Record(RecordArgs),
+    /// Play a recording through tail or conns (no root needed)
+    #[command(long_about = REPLAY_ABOUT)]
+    Replay(ReplayArgs),
+    /// Review a recording in the USE method's order (text, or --html)
+    Report(ReportArgs),
+    /// Convert a recording to JSON lines or a Chrome/Perfetto trace
+    Export(ExportArgs),
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
 }
+
+const RECORD_ABOUT: &str = "\
+Record every event (TCP transitions, resets, retransmits) to a file, with \
+host facts, the kernel's socket table at the start and every --reconcile, a \
+process table every 10 s, and diag's drop counters each second, so a replay \
+knows what it missed.
+
+The file is a sequence of checksummed frames, zstd-compressed, written at \
+least once a second: if diag is killed (even with SIGKILL) everything up to \
+the last frame reads back. Ctrl-C or SIGTERM finish the file cleanly. Files \
+are created with mode 0600: they name processes, addresses and ports.";
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  diag record -o /var/tmp/incident.diag --duration 10m
+  diag record -o big.diag --max-size 100M --max-files 5   rotate: big.diag.1 ...
+  diag report /var/tmp/incident.diag";
+
+const REPLAY_ABOUT: &str = "\
+Play a recording through the same views as live: `diag replay FILE tail` or \
+`diag replay FILE conns`, with their usual flags. As fast as possible by \
+default, or at --speed N times the recorded pace. --from and --to cut a \
+window (HH:MM[:SS] on the recording's day, or RFC 3339). Damage in the file \
+(truncation, bad checksums) is reported where it is, and the rest still \
+plays. Needs no root.";
 
 impl Default for Command {
     fn default() -> Self {
@@ -299,6 +334,176 @@ pub struct ConnsView {
     pub json: bool,
 }
 
+/// `diag record`.
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    /// The file to write (created with mode 0600)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+
+    /// Stop after this long (default: until Ctrl-C)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Start a new file when this one reaches SIZE (e.g. 100M, 2G); the
+    /// old ones become FILE.1, FILE.2, ...
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Rotated files to keep
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_files: usize,
+
+    /// Write frames uncompressed
+    #[arg(long)]
+    pub no_compress: bool,
+
+    /// How often the kernel's socket table is written
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reconcile: std::time::Duration,
+
+    /// Which events to record (comma separated)
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp,reset,retrans"
+    )]
+    pub events: Vec<EventClass>,
+
+    /// Only events of this process or thread id (repeatable)
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Only events of processes with this command name (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+
+    /// Only connections with this port on either side (repeatable)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Vec<u16>,
+
+    /// Only IPv4 or only IPv6
+    #[arg(long, value_enum)]
+    pub family: Option<Family>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// `diag replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// A recording made by `diag record`
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Pace: N times the recorded speed (1 = as recorded); 0 = as fast as possible
+    #[arg(long, value_name = "N", default_value_t = 0.0, value_parser = parse_speed)]
+    pub speed: f64,
+
+    /// Start of the window (HH:MM[:SS] on the recording's day, or RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+
+    /// End of the window
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+
+    #[command(subcommand)]
+    pub view: ReplayView,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReplayView {
+    /// Events one line each, as `diag tail`
+    Tail(TailView),
+    /// Per-process TCP analytics, as `diag conns`
+    Conns(ConnsView),
+}
+
+/// `diag report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// A recording made by `diag record`
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    /// Also write a self-contained HTML page with plots to OUT
+    #[arg(long, value_name = "OUT")]
+    pub html: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line: events, health, tables
+    Jsonl,
+    /// Chrome trace-event JSON: open it in Perfetto's UI or chrome://tracing
+    ChromeTrace,
+}
+
+/// `diag export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// A recording made by `diag record`
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+
+    /// Where to write (default: standard output)
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// A size such as `100M`, `2G`, `512K` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "`{s}`: unknown unit; write sizes like 512K, 100M, 2G"
+                    ));
+                }
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; write it like 512K, 100M, 2G"))?;
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if v < 64 * 1024 {
+        return Err(format!(
+            "`{s}` is too small: a recording file needs at least 64K"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!(
+            "{s}: the speed must be 0 (as fast as possible) or more"
+        ));
+    }
+    Ok(v)
+}
+
 /// A duration such as `500ms`, `1s`, `2m`; must be more than zero.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s)
@@ -397,6 +602,31 @@ mod tests {
         };
         assert_eq!(c.view.sort, ConnsSort::TimeWait);
         assert_eq!(c.view.pressure_warn, 50.0);
+    }
+
+    #[test]
+    fn sizes_and_record_flags() {
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("10").unwrap_err().contains("too small"));
+        assert!(parse_size("5Q").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        assert!(
+            Cli::try_parse_from(["diag", "record"]).is_err(),
+            "-o is required"
+        );
+        let ok =
+            Cli::try_parse_from(["diag", "record", "-o", "x.diag", "--max-size", "1M"]).unwrap();
+        let Some(Command::Record(r)) = ok.command else {
+            panic!()
+        };
+        assert_eq!(r.max_size, Some(1 << 20));
+        assert!(
+            Cli::try_parse_from(["diag", "replay", "f.diag", "--speed", "-1", "tail"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["diag", "replay", "f.diag", "conns", "--watch"]).is_ok());
+        assert!(Cli::try_parse_from(["diag", "export", "f.diag", "--format", "pdf"]).is_err());
     }
 
     #[test]

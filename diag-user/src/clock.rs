@@ -39,6 +39,18 @@ impl WallClock {
         WallClock { offset_ns }
     }
 
+    /// realtime - boottime, ns.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    /// Boot-time ns of a wall-clock time.
+    pub fn boot_of(&self, wall: DateTime<Local>) -> u64 {
+        let t = i128::from(wall.timestamp()) * 1_000_000_000
+            + i128::from(wall.timestamp_subsec_nanos());
+        (t - self.offset_ns).max(0) as u64
+    }
+
     pub fn wall(&self, boot_ns: u64) -> DateTime<Local> {
         let t = boot_ns as i128 + self.offset_ns;
         let secs = t.div_euclid(1_000_000_000) as i64;

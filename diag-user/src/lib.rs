@@ -42,5 +42,9 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Check(args) => Ok(loader::run_check(&args)),
         cli::Command::Tail(args) => view::tail::run(args),
         cli::Command::Conns(args) => view::conns::run(args),
+        cli::Command::Record(args) => record::run(args),
+        cli::Command::Replay(args) => source::replay::run(args),
+        cli::Command::Report(args) => view::report::run(args),
+        cli::Command::Export(args) => view::export::run(args),
     }
 }

@@ -2,3 +2,229 @@
 //! replayed later through the same views, on any host, without root.
 
 pub mod format;
+pub mod reader;
+pub mod writer;
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Msg,
+    aggregate::tcp::TableRow,
+    cli::RecordArgs,
+    clock::{WallClock, boot_ns},
+    enrich, loader,
+    source::live::Live,
+    view::{LiveSession, tail::Filter},
+};
+
+/// Host facts and what was traced, at the start of every file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordingHeader {
+    pub format_version: u16,
+    pub diag_version: String,
+    pub command_line: Vec<String>,
+    pub hostname: String,
+    pub kernel: String,
+    pub cpus: usize,
+    /// Boot time, seconds since the epoch (/proc/stat btime).
+    pub boot_time_s: Option<u64>,
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME at the start, ns: event times
+    /// (boot-time ns) plus this are wall-clock times.
+    pub clock_offset_ns: i64,
+    pub port_range: Option<(u16, u16)>,
+    pub probes: Vec<String>,
+    /// Names of the kernel's reset reasons.
+    pub rst_reasons: Vec<(i64, String)>,
+    pub started_ts_ns: u64,
+}
+
+impl RecordingHeader {
+    pub fn clock(&self) -> WallClock {
+        WallClock::with_offset_ns(i128::from(self.clock_offset_ns))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableFrame {
+    pub ts_ns: u64,
+    pub rows: Vec<TableRow>,
+}
+
+/// A process in the periodic process-table snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    /// Start time, clock ticks after boot (with pid: a unique identity).
+    pub start_time: u64,
+    pub comm: String,
+    pub cmdline: String,
+    pub cgroup: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcsFrame {
+    pub ts_ns: u64,
+    pub procs: Vec<ProcInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndFrame {
+    pub ts_ns: u64,
+    pub reason: String,
+}
+
+/// Every process now, for naming short-lived processes on replay.
+pub fn process_table() -> ProcsFrame {
+    let ts_ns = boot_ns();
+    let mut procs = Vec::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            let Ok(stat) = p.stat() else { continue };
+            let cmdline = p.cmdline().map(|c| c.join(" ")).unwrap_or_default();
+            let cgroup = enrich::cgroup_of(stat.pid as u32).unwrap_or_default();
+            procs.push(ProcInfo {
+                pid: stat.pid as u32,
+                start_time: stat.starttime,
+                comm: stat.comm,
+                cmdline,
+                cgroup,
+            });
+        }
+    }
+    ProcsFrame { ts_ns, procs }
+}
+
+fn boot_time_s() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The header for a recording started now.
+pub fn header_now(env: &loader::Env, probes: &[&str]) -> RecordingHeader {
+    let clock = WallClock::now();
+    RecordingHeader {
+        format_version: format::VERSION,
+        diag_version: env!("CARGO_PKG_VERSION").to_string(),
+        command_line: std::env::args().collect(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        boot_time_s: boot_time_s(),
+        clock_offset_ns: clock.offset_ns() as i64,
+        port_range: enrich::local_port_range(),
+        probes: probes.iter().map(|p| p.to_string()).collect(),
+        rst_reasons: env.tcp.rst_reasons.clone(),
+        started_ts_ns: boot_ns(),
+    }
+}
+
+/// How often the process table is written.
+const PROCS_EVERY: Duration = Duration::from_secs(10);
+
+/// `diag record`.
+pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let env = loader::require(&args.probe)?;
+    let opts = writer::WriterOptions {
+        compress: !args.no_compress,
+        max_size: args.max_size,
+        max_files: args.max_files,
+    };
+    // Create the file first: a bad path fails before anything is loaded.
+    let mut w = writer::Writer::create(
+        &args.output,
+        header_now(&env, crate::probes::tcp::TRACEPOINT_NAMES),
+        opts,
+    )?;
+    let tracer = loader::load(&env, &args.probe)?;
+    let live = Live::new(tracer)?;
+    let filter = Filter {
+        events: args.events.clone(),
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+        ports: args.port.clone(),
+        family: args.family,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut session = LiveSession::start(live, Some(args.reconcile));
+        eprintln!(
+            "diag: recording {} to {}{}; Ctrl-C to stop",
+            session.attached.join(", "),
+            args.output.display(),
+            args.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
+        );
+        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        tokio::pin!(deadline);
+        let mut procs = tokio::time::interval(PROCS_EVERY);
+        let mut events = 0u64;
+        let mut health = crate::source::Health::default();
+        let mut failure: Option<writer::RecordError> = None;
+        loop {
+            let result = tokio::select! {
+                msg = session.rx.recv() => match msg {
+                    None => break,
+                    Some(_) if failure.is_some() => Ok(()),
+                    Some(Msg::Events(evs)) => {
+                        let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
+                        events += kept.len() as u64;
+                        w.events(&kept)
+                    }
+                    Some(Msg::Health(h)) => {
+                        if h.ringbuf_full > health.ringbuf_full {
+                            eprintln!(
+                                "diag: WARNING: {} events dropped (ring buffer full; raise --ring-mib); the recording notes it",
+                                h.ringbuf_full - health.ringbuf_full
+                            );
+                        }
+                        health = h;
+                        w.health(&h)
+                    }
+                    Some(Msg::Table { ts_ns, rows }) => w.table(ts_ns, &rows),
+                    Some(Msg::Damage(_)) => Ok(()),
+                },
+                _ = procs.tick(), if failure.is_none() => {
+                    let frame = tokio::task::spawn_blocking(process_table).await.unwrap_or(ProcsFrame { ts_ns: boot_ns(), procs: vec![] });
+                    w.procs(&frame)
+                }
+                _ = &mut deadline => {
+                    session.cancel.cancel();
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                session.cancel.cancel();
+                failure = Some(e);
+            }
+        }
+        let final_health = session.source.await??;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        w.health(&final_health)?;
+        let rotations = w.rotations;
+        let bytes = w.finish("stopped")?;
+        eprintln!(
+            "diag: recorded {events} events ({:.1} MiB{}) to {}; {} dropped by the kernel",
+            bytes as f64 / (1024.0 * 1024.0),
+            if rotations > 0 { format!(", {rotations} rotations") } else { String::new() },
+            args.output.display(),
+            final_health.ringbuf_full
+        );
+        if std::io::stderr().is_terminal() {
+            eprintln!("diag: review it with `diag report {}`", args.output.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

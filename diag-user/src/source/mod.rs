@@ -2,6 +2,7 @@
 //! recordings).
 
 pub mod live;
+pub mod replay;
 
 /// diag's own health: what the kernel side counted (cumulative since
 /// start, summed over CPUs) and what user space saw.

@@ -423,6 +423,9 @@ impl ConnsSink {
                         self.clock.wall(h.ts_ns).format("%H:%M:%S"),
                     );
                 }
+                if self.timebase == Timebase::Events {
+                    self.last_ts = self.last_ts.max(h.ts_ns);
+                }
                 self.health = h;
             }
             Msg::Table { ts_ns, rows } => {

@@ -1,6 +1,8 @@
 //! Sinks over the event bus. Formatting is pure; I/O is at the edge.
 
 pub mod conns;
+pub mod export;
+pub mod report;
 pub mod tail;
 
 use tokio::{sync::mpsc, task::JoinHandle};

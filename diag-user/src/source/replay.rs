@@ -1,0 +1,272 @@
+//! The replay source: a recording played onto the same bus as live
+//! events, as fast as possible or paced, within an optional window.
+
+use std::{
+    io,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use chrono::{Local, NaiveTime, TimeZone};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Msg,
+    cli::{ReplayArgs, ReplayView},
+    clock::WallClock,
+    record::{
+        RecordingHeader,
+        reader::{Reader, Record},
+    },
+    view::{
+        conns::{ConnsSink, Timebase, ignore_broken_pipe},
+        tail::{Names, Tail, drain_to_stdout},
+    },
+};
+
+/// A window of event time, in boot-time ns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+impl Window {
+    pub fn contains(&self, ts: u64) -> bool {
+        self.from.is_none_or(|f| ts >= f) && self.to.is_none_or(|t| ts <= t)
+    }
+}
+
+/// A time given on the command line: RFC 3339, or HH:MM[:SS] on the day
+/// the recording started (local time).
+pub fn parse_time(s: &str, header: &RecordingHeader) -> Result<u64, String> {
+    let clock = header.clock();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(clock.boot_of(t.with_timezone(&Local)));
+    }
+    let tod = NaiveTime::parse_from_str(s, "%H:%M:%S")
+        .or_else(|_| NaiveTime::parse_from_str(s, "%H:%M"))
+        .map_err(|_| {
+            format!("`{s}` is not a time: write HH:MM, HH:MM:SS or an RFC 3339 timestamp")
+        })?;
+    let day = clock.wall(header.started_ts_ns).date_naive();
+    let local = Local
+        .from_local_datetime(&day.and_time(tod))
+        .earliest()
+        .ok_or_else(|| format!("`{s}` does not exist on {day} in the local time zone"))?;
+    Ok(clock.boot_of(local))
+}
+
+/// What the replay found, for the closing words.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayStats {
+    pub frames_damaged: usize,
+    pub unknown_events: u64,
+    pub ended_cleanly: bool,
+    pub events: u64,
+}
+
+/// Read `reader` onto `tx` (in a thread: file I/O blocks). `speed` 0 is as
+/// fast as possible.
+pub fn spawn(
+    mut reader: Reader,
+    window: Window,
+    speed: f64,
+    tx: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+) -> std::thread::JoinHandle<ReplayStats> {
+    std::thread::spawn(move || {
+        let mut stats = ReplayStats::default();
+        let started = Instant::now();
+        let mut first_ts: Option<u64> = None;
+        for rec in reader.by_ref() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let msg = match rec {
+                Record::Events(evs) => {
+                    let before = evs.len();
+                    let past_end = evs
+                        .last()
+                        .is_some_and(|e| window.to.is_some_and(|t| e.header().ts_ns > t));
+                    let evs: Vec<_> = evs
+                        .into_iter()
+                        .filter(|e| window.contains(e.header().ts_ns))
+                        .collect();
+                    if evs.is_empty() {
+                        if past_end && before > 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                    if speed > 0.0 {
+                        let ts = evs[0].header().ts_ns;
+                        let t0 = *first_ts.get_or_insert(ts);
+                        let due = Duration::from_nanos(((ts - t0) as f64 / speed) as u64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    stats.events += evs.len() as u64;
+                    Msg::Events(evs)
+                }
+                Record::Health(h) => Msg::Health(h),
+                Record::Table(t) => {
+                    if window.to.is_some_and(|to| t.ts_ns > to) {
+                        continue;
+                    }
+                    Msg::Table {
+                        ts_ns: t.ts_ns,
+                        rows: t.rows,
+                    }
+                }
+                Record::Procs(_) => continue,
+                Record::End(_) => continue,
+                Record::Damage(d) => {
+                    stats.frames_damaged += 1;
+                    Msg::Damage(d)
+                }
+            };
+            if tx.blocking_send(msg).is_err() {
+                break;
+            }
+        }
+        stats.unknown_events = reader.unknown_events;
+        stats.ended_cleanly = reader.ended;
+        if reader.unknown_events > 0 {
+            let _ = tx.blocking_send(Msg::Damage(format!(
+                "{} events of kinds this diag does not know were skipped (recorded by a newer diag?)",
+                reader.unknown_events
+            )));
+        }
+        stats
+    })
+}
+
+/// Open a recording, with the words a user needs when it cannot be.
+pub fn open(path: &Path) -> anyhow::Result<Reader> {
+    Ok(Reader::open(path)?)
+}
+
+/// The closing words about a replayed file.
+pub fn closing_words(stats: &ReplayStats) -> Option<String> {
+    let mut parts = Vec::new();
+    if stats.frames_damaged > 0 {
+        parts.push(format!(
+            "{} damaged parts were skipped (see above)",
+            stats.frames_damaged
+        ));
+    }
+    if !stats.ended_cleanly {
+        parts.push("the recording was not finished cleanly (diag was killed or the file was cut): it ends at its last complete frame".to_string());
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("; "))
+    }
+}
+
+/// `diag replay FILE VIEW`.
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let reader = open(&args.file)?;
+    let header = reader.header.clone();
+    let window = Window {
+        from: args
+            .from
+            .as_deref()
+            .map(|s| parse_time(s, &header))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        to: args
+            .to
+            .as_deref()
+            .map(|s| parse_time(s, &header))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+    };
+    let clock: WallClock = header.clock();
+    let names = Names {
+        rst_reasons: header.rst_reasons.iter().cloned().collect(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel::<Msg>(64);
+        let sig = cancel.clone();
+        tokio::spawn(async move {
+            crate::view::shutdown_signal().await;
+            sig.cancel();
+        });
+        eprintln!(
+            "diag: replaying {} (host {}, kernel {}, recorded {})",
+            args.file.display(),
+            header.hostname,
+            header.kernel,
+            clock
+                .wall(header.started_ts_ns)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+        );
+        let reader_thread = spawn(reader, window, args.speed, tx, cancel.clone());
+        match args.view {
+            ReplayView::Tail(view) => {
+                let tail = Tail::new(&view, names, clock);
+                let tail = drain_to_stdout(tail, &mut rx, &cancel).await?;
+                eprintln!("diag: {}", tail.summary());
+            }
+            ReplayView::Conns(view) => {
+                let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
+                let mut out = io::stdout();
+                while let Some(msg) = rx.recv().await {
+                    if let Err(e) = sink.on_msg(msg, &mut out) {
+                        cancel.cancel();
+                        ignore_broken_pipe(e)?;
+                        break;
+                    }
+                }
+                sink.finish(0, &mut out).or_else(ignore_broken_pipe)?;
+            }
+        }
+        let stats = tokio::task::spawn_blocking(move || reader_thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the replay reader stopped unexpectedly"))?;
+        if let Some(w) = closing_words(&stats) {
+            eprintln!("diag: {w}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_times() {
+        let w = Window {
+            from: Some(10),
+            to: Some(20),
+        };
+        assert!(!w.contains(9) && w.contains(10) && w.contains(20) && !w.contains(21));
+        assert!(Window::default().contains(0));
+        let header = RecordingHeader {
+            clock_offset_ns: 1_700_000_000_000_000_000,
+            started_ts_ns: 5_000_000_000,
+            ..Default::default()
+        };
+        let t = parse_time("2023-11-14T22:13:25Z", &header).unwrap();
+        assert_eq!(t, 5_000_000_000);
+        assert!(
+            parse_time("yesterday", &header)
+                .unwrap_err()
+                .contains("not a time")
+        );
+        let start = header.clock().wall(header.started_ts_ns);
+        let hm = start.format("%H:%M:%S").to_string();
+        assert_eq!(parse_time(&hm, &header).unwrap(), 5_000_000_000);
+    }
+}
