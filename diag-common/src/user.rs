@@ -1,5 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpStateEvent};
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -8,17 +9,22 @@ use crate::{EventHeader, EventKind, RingConfig};
 unsafe impl aya::Pod for InetSockSetStateLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
+unsafe impl aya::Pod for MarkVictimLayout {}
+unsafe impl aya::Pod for MemcgLayout {}
+unsafe impl aya::Pod for VictimTask {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnyEvent {
     TcpState(TcpStateEvent),
+    OomKill(OomKillEvent),
 }
 
 impl AnyEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
             AnyEvent::TcpState(e) => &e.header,
+            AnyEvent::OomKill(e) => &e.header,
         }
     }
 }
@@ -80,6 +86,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     let header: EventHeader = read(buf, None)?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
         EventKind::TcpState => Ok(AnyEvent::TcpState(read(buf, Some(header.kind))?)),
+        EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -146,5 +153,43 @@ mod tests {
         let mut bad = e;
         bad.header.kind = 99;
         assert_eq!(decode(as_bytes(&bad)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn oom_round_trip_and_short() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::OomKill as u32;
+        header.pid = 10;
+        header.tgid = 10;
+        let e = OomKillEvent {
+            header,
+            victim_pid: 11,
+            victim_tgid: 11,
+            victim_comm: *b"memhog\0\0\0\0\0\0\0\0\0\0",
+            victim_uid: 1000,
+            oom_score_adj: -17,
+            constraint: crate::oom::constraint::MEMCG,
+            memcg_how: crate::oom::memcg_how::OOM_LOCK,
+            total_vm_kb: 1,
+            anon_rss_kb: 2,
+            file_rss_kb: 3,
+            shmem_rss_kb: 4,
+            pgtables_kb: 5,
+            victim_memcg_ino: 6,
+            trigger_memcg_ino: 7,
+            oom_memcg_ino: 8,
+            oom_memcg_limit_pages: 9,
+            oom_memcg_usage_pages: 10,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::OomKill(e)));
+        assert_eq!(e.rss_kb(), 9);
+        assert_eq!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort {
+                kind: Some(10),
+                len: 100,
+                need: 152
+            })
+        );
     }
 }

@@ -71,6 +71,8 @@ One line per check, OK or FAIL with a hint. Exits 0 only when diag can run.";
 pub enum EventClass {
     /// TCP state transitions (sock:inet_sock_set_state)
     Tcp,
+    /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
+    Oom,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,7 +92,7 @@ pub struct TailArgs {
     pub json: bool,
 
     /// Which events to show (comma separated)
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,oom")]
     pub events: Vec<EventClass>,
 
     /// Only events of this process id or thread id (repeatable)
@@ -118,7 +120,7 @@ impl Default for TailArgs {
     fn default() -> Self {
         TailArgs {
             json: false,
-            events: vec![EventClass::Tcp],
+            events: vec![EventClass::Tcp, EventClass::Oom],
             pid: vec![],
             comm: vec![],
             port: vec![],

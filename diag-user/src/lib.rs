@@ -3,8 +3,9 @@
 //!
 //! The flow: `source` (live ring buffer) -> [`Msg`] bus -> a sink in `view`.
 
-pub mod cli;
 pub mod aggregate;
+pub mod btf;
+pub mod cli;
 pub mod clock;
 pub mod enrich;
 pub mod error;

@@ -8,10 +8,14 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use diag_common::{RingConfig, tcp::InetSockSetStateLayout};
+use diag_common::{
+    RingConfig,
+    oom::{MarkVictimLayout, MemcgLayout},
+    tcp::InetSockSetStateLayout,
+};
 
 use crate::{
-    cli::{CheckArgs, ProbeArgs},
+    cli::{CheckArgs, EventClass, ProbeArgs},
     error::{EnvError, LoadError, flatten},
     probes, tracefs,
 };
@@ -24,6 +28,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 pub struct Env {
     pub tracefs: PathBuf,
     pub tcp_layout: InetSockSetStateLayout,
+    /// Whether TCP programs are attached (`tcp_layout` is zeroed if not).
+    pub tcp: bool,
+    /// OOM layouts, when OOM events were asked for.
+    pub oom: Option<probes::oom::OomLayouts>,
 }
 
 /// The outcome of one check, for `diag check`.
@@ -132,6 +140,19 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             name: "tracepoints",
             result: probes::tcp::layout(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
         });
+        lines.push(CheckLine {
+            name: "oom",
+            result: probes::oom::layouts(path, &args.btf).map(|(_, memcg)| match memcg {
+                Ok(()) => format!(
+                    "{} (+ tp_btf; memory cgroups from BTF)",
+                    probes::oom::TRACEPOINT_NAMES.join(", ")
+                ),
+                Err(why) => format!(
+                    "{} (kills are reported, but without memory cgroup facts from the kernel: {why})",
+                    probes::oom::TRACEPOINT_NAMES.join(", ")
+                ),
+            }),
+        });
     }
     let privileged = lines[0].result.is_ok();
     if privileged {
@@ -181,15 +202,32 @@ pub fn run_check(args: &CheckArgs) -> ExitCode {
 /// The checks every tracing subcommand runs first: the first failure is
 /// the error the user sees.
 pub fn require(args: &ProbeArgs) -> Result<Env, EnvError> {
+    require_for(args, &[EventClass::Tcp])
+}
+
+/// [`require`] for the given event classes only.
+pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvError> {
     check_privileges()?;
     check_kernel()?;
     check_btf(&args.btf)?;
     let (tracefs, _) = tracefs::ensure_mounted(&args.tracefs)?;
-    let tcp_layout = probes::tcp::layout(&tracefs)?;
+    let tcp = events.contains(&EventClass::Tcp);
+    let tcp_layout = if tcp {
+        probes::tcp::layout(&tracefs)?
+    } else {
+        InetSockSetStateLayout::default()
+    };
+    let oom = if events.contains(&EventClass::Oom) {
+        Some(probes::oom::layouts(&tracefs, &args.btf)?.0)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         tracefs,
         tcp_layout,
+        tcp,
+        oom,
     })
 }
 
@@ -218,8 +256,14 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
+    let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
+        mark_victim: MarkVictimLayout::zeroed(),
+        memcg: MemcgLayout::zeroed(),
+    });
     let mut ebpf = EbpfLoader::new()
         .override_global("INET_SOCK_SET_STATE", &env.tcp_layout, true)
+        .override_global("MARK_VICTIM", &oom.mark_victim, true)
+        .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(OBJECT)
@@ -227,8 +271,13 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut attached = Vec::new();
     // Attach first, then seed: a listener opened in between is seen by the
     // program, and seeding never overwrites what the program recorded.
-    probes::tcp::attach(&mut ebpf, &mut attached)?;
-    probes::tcp::seed_listeners(&mut ebpf)?;
+    if env.tcp {
+        probes::tcp::attach(&mut ebpf, &mut attached)?;
+        probes::tcp::seed_listeners(&mut ebpf)?;
+    }
+    if let Some(oom) = &env.oom {
+        probes::oom::attach(&mut ebpf, oom, &args.btf, &mut attached)?;
+    }
     Ok(Tracer { ebpf, attached })
 }
 

@@ -8,6 +8,7 @@ use std::{
 
 use diag_common::{
     comm_bytes,
+    oom::{OomKillEvent, constraint, memcg_how},
     tcp::{AF_INET6, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
@@ -16,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Msg,
+    aggregate::oom::OomStats,
     cli::{Family, TailArgs},
     clock::WallClock,
+    enrich::oom::{CgroupIndex, OomContext},
     loader,
     source::{Health, live::Live},
 };
@@ -43,16 +46,29 @@ impl Filter {
 
     pub fn matches(&self, ev: &AnyEvent) -> bool {
         let h = ev.header();
-        if !self.pids.is_empty() && !self.pids.iter().any(|&p| p == h.tgid || p == h.pid) {
-            return false;
-        }
-        if !self.comms.is_empty() {
-            let comm = comm_bytes(&h.comm);
-            if !self.comms.iter().any(|c| c.as_bytes() == comm) {
+        let pid_ok = |pid: u32, tgid: u32| self.pids.iter().any(|&p| p == tgid || p == pid);
+        let comm_ok = |comm: &[u8; 16]| {
+            let comm = comm_bytes(comm);
+            self.comms.iter().any(|c| c.as_bytes() == comm)
+        };
+        if let AnyEvent::OomKill(o) = ev {
+            // Victim or trigger; port and family filters are TCP's.
+            if !self.pids.is_empty()
+                && !pid_ok(o.victim_pid, o.victim_process())
+                && !pid_ok(h.pid, h.tgid)
+            {
                 return false;
             }
+            return self.comms.is_empty() || comm_ok(&o.victim_comm) || comm_ok(&h.comm);
+        }
+        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) {
+            return false;
+        }
+        if !self.comms.is_empty() && !comm_ok(&h.comm) {
+            return false;
         }
         match ev {
+            AnyEvent::OomKill(_) => true,
             AnyEvent::TcpState(t) => {
                 if !self.ports.is_empty()
                     && !self.ports.iter().any(|&p| p == t.sport || p == t.dport)
@@ -110,7 +126,129 @@ pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL 
 pub fn format_text(ev: &AnyEvent, clock: &WallClock) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
+        AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
     }
+}
+
+/// A size in KiB in the unit that reads best: 120KiB, 31.9MiB, 1.50GiB.
+pub fn human_kb(kb: u64) -> String {
+    match kb {
+        k if k < 1024 => format!("{k}KiB"),
+        k if k < 1024 * 1024 => format!("{:.1}MiB", k as f64 / 1024.0),
+        k => format!("{:.2}GiB", k as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+fn page_kb() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 / 1024 } else { 4 }
+}
+
+fn or_dash(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+/// One OOM kill on one line: victim, sizes, what ran out of memory,
+/// cgroup, trigger, and who else was big.
+pub fn oom_text(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> String {
+    let h = &o.header;
+    let scope = match o.constraint {
+        constraint::MEMCG => format!(
+            "memcg {} limit {} usage {}",
+            or_dash(&ctx.oom_cgroup),
+            human_kb(o.oom_memcg_limit_pages * page_kb()),
+            human_kb(o.oom_memcg_usage_pages * page_kb())
+        ),
+        c => constraint::name(c).to_string(),
+    };
+    let trigger = if h.pid == o.victim_pid {
+        "itself".to_string()
+    } else {
+        format!(
+            "{} {} cgroup {}",
+            h.tgid,
+            comm_string(&h.comm),
+            or_dash(&ctx.trigger_cgroup)
+        )
+    };
+    let top = if ctx.top.is_empty() {
+        "-".to_string()
+    } else {
+        ctx.top
+            .iter()
+            .map(|c| format!("{} {} {}", c.pid, c.comm, human_kb(c.rss_kb)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{:<16} {:<8} {:<16} OOM-KILL ({scope}) rss {} [anon {} file {} shmem {}] vm {} pgtables {} uid {} adj {} | cgroup {} container {} | trigger {trigger} | top in {}: {top}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        o.victim_process(),
+        comm_string(&o.victim_comm),
+        human_kb(o.rss_kb()),
+        human_kb(o.anon_rss_kb),
+        human_kb(o.file_rss_kb),
+        human_kb(o.shmem_rss_kb),
+        human_kb(o.total_vm_kb),
+        human_kb(o.pgtables_kb),
+        o.victim_uid,
+        o.oom_score_adj,
+        or_dash(&ctx.victim_cgroup),
+        or_dash(&ctx.container_id),
+        if ctx.top_scope.is_empty() {
+            "-"
+        } else {
+            &ctx.top_scope
+        },
+    )
+}
+
+/// One OOM kill as a JSON object.
+pub fn oom_json(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> serde_json::Value {
+    let h = &o.header;
+    let pk = page_kb();
+    let memcg = o.constraint == constraint::MEMCG;
+    serde_json::json!({
+        "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "ts_ns": h.ts_ns,
+        "event": "oom_kill",
+        "pid": o.victim_process(),
+        "tid": o.victim_pid,
+        "comm": comm_string(&o.victim_comm),
+        "uid": o.victim_uid,
+        "cpu": h.cpu,
+        "total_vm_kb": o.total_vm_kb,
+        "rss_kb": o.rss_kb(),
+        "anon_rss_kb": o.anon_rss_kb,
+        "file_rss_kb": o.file_rss_kb,
+        "shmem_rss_kb": o.shmem_rss_kb,
+        "pgtables_kb": o.pgtables_kb,
+        "oom_score_adj": o.oom_score_adj,
+        "constraint": constraint::name(o.constraint),
+        "oom_cgroup": if memcg { ctx.oom_cgroup.clone() } else { None },
+        "oom_cgroup_limit_bytes": if memcg { Some(o.oom_memcg_limit_pages * pk * 1024) } else { None },
+        "oom_cgroup_usage_bytes": if memcg { Some(o.oom_memcg_usage_pages * pk * 1024) } else { None },
+        "cgroup": ctx.victim_cgroup,
+        "container_id": ctx.container_id,
+        "trigger": {
+            "pid": h.tgid,
+            "tid": h.pid,
+            "comm": comm_string(&h.comm),
+            "cgroup": ctx.trigger_cgroup,
+            "is_victim": h.pid == o.victim_pid,
+        },
+        "oom_cgroup_found_by": memcg_how::name(o.memcg_how),
+        "memcg_ino": {
+            "victim": o.victim_memcg_ino,
+            "trigger": o.trigger_memcg_ino,
+            "oom": o.oom_memcg_ino,
+        },
+        "top_scope": ctx.top_scope,
+        "top": ctx.top.iter().map(|c| serde_json::json!({
+            "pid": c.pid, "comm": c.comm, "rss_kb": c.rss_kb,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
@@ -130,6 +268,7 @@ fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
 
 pub fn format_json(ev: &AnyEvent, clock: &WallClock) -> String {
     match ev {
+        AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
         AnyEvent::TcpState(t) => {
             let h = &t.header;
             serde_json::json!({
@@ -165,9 +304,46 @@ pub struct Tail {
     pub seen: u64,
     pub shown: u64,
     pub health: Health,
+    /// OOM kills that passed the filter, waiting for their user-space
+    /// context (cgroup paths, top consumers) before they are shown.
+    pub oom_queue: Vec<OomKillEvent>,
+    /// OOM kill counters.
+    pub oom: OomStats,
 }
 
 impl Tail {
+    pub fn new(filter: Filter, json: bool, clock: WallClock) -> Self {
+        Tail {
+            filter,
+            json,
+            clock,
+            seen: 0,
+            shown: 0,
+            health: Health::default(),
+            oom_queue: Vec::new(),
+            oom: OomStats::default(),
+        }
+    }
+
+    /// Show an OOM kill with what user space learned about it.
+    pub fn show_oom(
+        &mut self,
+        o: &OomKillEvent,
+        ctx: &OomContext,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        self.shown += 1;
+        self.oom
+            .eat(o, ctx.victim_cgroup.as_deref(), ctx.oom_cgroup.as_deref());
+        let line = if self.json {
+            oom_json(o, ctx, &self.clock).to_string()
+        } else {
+            oom_text(o, ctx, &self.clock)
+        };
+        writeln!(out, "{line}")?;
+        out.flush()
+    }
+
     /// Write what `msg` shows; returns a warning for stderr when the
     /// kernel reported new losses.
     pub fn handle(&mut self, msg: Msg, out: &mut impl Write) -> io::Result<Option<String>> {
@@ -175,6 +351,12 @@ impl Tail {
             Msg::Events(evs) => {
                 for ev in &evs {
                     self.seen += 1;
+                    if let AnyEvent::OomKill(o) = ev {
+                        if self.filter.matches(ev) {
+                            self.oom_queue.push(*o);
+                        }
+                        continue;
+                    }
                     if self.filter.matches(ev) {
                         self.shown += 1;
                         let line = if self.json {
@@ -237,9 +419,66 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The OOM enricher: a thread that reads procfs and cgroupfs for each
+/// kill, off the event path, and hands back kills with their context in
+/// the order they came.
+struct Enricher {
+    requests: Option<std::sync::mpsc::SyncSender<OomKillEvent>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Kills waiting for context beyond this are shown without it.
+const ENRICH_QUEUE: usize = 256;
+
+impl Enricher {
+    fn start() -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
+        let (res_tx, res_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || {
+            // Indexed before the first kill, so cgroups removed right after
+            // a kill still resolve.
+            let mut index = CgroupIndex::new();
+            for ev in req_rx {
+                let ctx = crate::enrich::oom::context(&ev, &mut index);
+                if res_tx.send((ev, ctx)).is_err() {
+                    break;
+                }
+            }
+        });
+        (
+            Enricher {
+                requests: Some(req_tx),
+                thread: Some(thread),
+            },
+            res_rx,
+        )
+    }
+
+    /// Queue a kill; false when the queue is full (or the thread gone).
+    fn submit(&self, ev: OomKillEvent) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(ev).is_ok())
+    }
+
+    /// No more kills: the thread finishes the queued ones and stops.
+    fn close(&mut self) {
+        self.requests = None;
+    }
+}
+
+impl Drop for Enricher {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require(&args.probe)?;
+    let env = loader::require_for(&args.probe, &args.events)?;
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -248,6 +487,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+        let (mut enricher, mut enriched) = Enricher::start();
         eprintln!(
             "diag: tracing {}; Ctrl-C to stop",
             live.attached().join(", ")
@@ -259,14 +499,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             sig.cancel();
         });
 
-        let mut tail = Tail {
-            filter: Filter::from_args(&args),
-            json: args.json,
-            clock: WallClock::now(),
-            seen: 0,
-            shown: 0,
-            health: Health::default(),
-        };
+        let mut tail = Tail::new(Filter::from_args(&args), args.json, WallClock::now());
         let stdout = io::stdout();
         let mut out = io::BufWriter::new(stdout.lock());
         if !args.json {
@@ -274,13 +507,43 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             out.flush()?;
         }
         let mut broken_pipe = false;
-        while let Some(msg) = rx.recv().await {
-            if broken_pipe {
-                continue;
-            }
-            match tail.handle(msg, &mut out) {
-                Ok(Some(warn)) => eprintln!("diag: {warn}"),
-                Ok(None) => {}
+        let mut source_open = true;
+        loop {
+            let written = tokio::select! {
+                msg = rx.recv(), if source_open => {
+                    let Some(msg) = msg else {
+                        // The source is done: let the enricher finish.
+                        source_open = false;
+                        enricher.close();
+                        continue;
+                    };
+                    if broken_pipe {
+                        continue;
+                    }
+                    let r = tail.handle(msg, &mut out);
+                    let mut r = r.map(|w| {
+                        if let Some(warn) = w {
+                            eprintln!("diag: {warn}");
+                        }
+                    });
+                    for ev in std::mem::take(&mut tail.oom_queue) {
+                        if !enricher.submit(ev) {
+                            // Never lose a kill: show it with what the kernel said.
+                            r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
+                        }
+                    }
+                    r
+                }
+                done = enriched.recv() => {
+                    let Some((ev, ctx)) = done else { break };
+                    if broken_pipe {
+                        continue;
+                    }
+                    tail.show_oom(&ev, &ctx, &mut out)
+                }
+            };
+            match written {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     broken_pipe = true;
                     cancel.cancel();
@@ -291,6 +554,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        drop(enricher);
         source.await??;
         eprintln!("diag: {}", tail.summary());
         Ok(ExitCode::SUCCESS)
@@ -435,17 +699,14 @@ mod tests {
 
     #[test]
     fn health_warnings_and_summary() {
-        let mut t = Tail {
-            filter: Filter {
+        let mut t = Tail::new(
+            Filter {
                 ports: vec![443],
                 ..Default::default()
             },
-            json: false,
-            clock: WallClock::with_offset_ns(0),
-            seen: 0,
-            shown: 0,
-            health: Health::default(),
-        };
+            false,
+            WallClock::with_offset_ns(0),
+        );
         let mut out = Vec::new();
         t.handle(
             Msg::Events(vec![ev(1, "a", 2, 1, 443), ev(1, "a", 2, 1, 80)]),
