@@ -205,6 +205,22 @@ mod tests {
     }
 
     #[test]
+    fn events_default_to_tcp_and_oom() {
+        let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(t.events, vec![EventClass::Tcp, EventClass::Oom]);
+        assert_eq!(TailArgs::default().events, t.events);
+        let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail", "--events", "oom"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(t.events, vec![EventClass::Oom]);
+    }
+
+    #[test]
     fn ring_size_is_validated() {
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "3"]).is_err());
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "0"]).is_err());

@@ -277,6 +277,13 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     }
     if let Some(oom) = &env.oom {
         probes::oom::attach(&mut ebpf, oom, &args.btf, &mut attached)?;
+        // Parsing the kernel's BTF (for the tp_btf program) took tens of
+        // MiB that are free now: give them back to the system.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
     Ok(Tracer { ebpf, attached })
 }

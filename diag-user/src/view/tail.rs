@@ -748,4 +748,142 @@ mod tests {
         let s = t.summary();
         assert!(s.starts_with("2 events seen, 1 shown, 7 dropped"), "{s}");
     }
+
+    fn oom(victim: u32, trigger: u32) -> OomKillEvent {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::OomKill as u32;
+        header.ts_ns = 2_000_000_000;
+        header.pid = trigger;
+        header.tgid = trigger;
+        header.comm[..5].copy_from_slice(b"alloc");
+        let mut victim_comm = [0u8; 16];
+        victim_comm[..4].copy_from_slice(b"java");
+        OomKillEvent {
+            header,
+            victim_pid: victim + 1,
+            victim_tgid: victim,
+            victim_comm,
+            victim_uid: 1000,
+            oom_score_adj: 300,
+            constraint: constraint::MEMCG,
+            memcg_how: memcg_how::OOM_LOCK,
+            total_vm_kb: 4 << 20,
+            anon_rss_kb: 900 * 1024,
+            file_rss_kb: 100 * 1024,
+            shmem_rss_kb: 0,
+            pgtables_kb: 2048,
+            victim_memcg_ino: 11,
+            trigger_memcg_ino: 12,
+            oom_memcg_ino: 10,
+            oom_memcg_limit_pages: (1 << 30) / (page_kb() * 1024),
+            oom_memcg_usage_pages: (1 << 30) / (page_kb() * 1024),
+        }
+    }
+
+    fn ctx() -> OomContext {
+        OomContext {
+            victim_cgroup: Some("/kubepods/pod1/abc".into()),
+            trigger_cgroup: Some("/kubepods/pod1/def".into()),
+            oom_cgroup: Some("/kubepods/pod1".into()),
+            container_id: Some("0123456789ab".into()),
+            top: vec![crate::enrich::oom::Consumer {
+                pid: 55,
+                comm: "alloc".into(),
+                rss_kb: 20 * 1024,
+            }],
+            top_scope: "/kubepods/pod1".into(),
+        }
+    }
+
+    #[test]
+    fn oom_text_line() {
+        let clock = WallClock::with_offset_ns(0);
+        let line = oom_text(&oom(100, 55), &ctx(), &clock);
+        for want in [
+            " 100 ",
+            "java",
+            "OOM-KILL (memcg /kubepods/pod1 limit 1.00GiB usage 1.00GiB)",
+            "rss 1000.0MiB [anon 900.0MiB file 100.0MiB shmem 0KiB]",
+            "vm 4.00GiB",
+            "pgtables 2.0MiB",
+            "uid 1000 adj 300",
+            "cgroup /kubepods/pod1/abc container 0123456789ab",
+            "trigger 55 alloc cgroup /kubepods/pod1/def",
+            "top in /kubepods/pod1: 55 alloc 20.0MiB",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        let own = oom_text(&oom(55, 56), &OomContext::default(), &clock);
+        assert!(own.contains("trigger itself"), "{own}");
+        assert!(own.contains("cgroup - container -"), "{own}");
+        let mut global = oom(1, 2);
+        global.constraint = constraint::GLOBAL;
+        assert!(oom_text(&global, &ctx(), &clock).contains("OOM-KILL (global)"));
+    }
+
+    #[test]
+    fn oom_json_object() {
+        let clock = WallClock::with_offset_ns(0);
+        let v = oom_json(&oom(100, 55), &ctx(), &clock);
+        assert_eq!(v["event"], "oom_kill");
+        assert_eq!(v["pid"], 100);
+        assert_eq!(v["tid"], 101);
+        assert_eq!(v["comm"], "java");
+        assert_eq!(v["rss_kb"], 1000 * 1024);
+        assert_eq!(v["constraint"], "memcg");
+        assert_eq!(v["oom_cgroup"], "/kubepods/pod1");
+        assert_eq!(v["oom_cgroup_limit_bytes"], 1u64 << 30);
+        assert_eq!(v["oom_cgroup_found_by"], "oom_lock");
+        assert_eq!(v["container_id"], "0123456789ab");
+        assert_eq!(v["trigger"]["pid"], 55);
+        assert_eq!(v["trigger"]["comm"], "alloc");
+        assert_eq!(v["trigger"]["is_victim"], false);
+        assert_eq!(v["top"][0]["pid"], 55);
+        let mut global = oom(1, 2);
+        global.constraint = constraint::GLOBAL;
+        let g = oom_json(&global, &ctx(), &clock);
+        assert!(g["oom_cgroup"].is_null() && g["oom_cgroup_limit_bytes"].is_null());
+    }
+
+    #[test]
+    fn oom_filters_and_queue() {
+        let e = AnyEvent::OomKill(oom(100, 55));
+        let by_victim = Filter {
+            pids: vec![100],
+            ..Default::default()
+        };
+        let by_trigger = Filter {
+            pids: vec![55],
+            ..Default::default()
+        };
+        let other = Filter {
+            pids: vec![7],
+            ..Default::default()
+        };
+        assert!(by_victim.matches(&e) && by_trigger.matches(&e) && !other.matches(&e));
+        let comm = |c: &str| Filter {
+            comms: vec![c.into()],
+            ..Default::default()
+        };
+        assert!(comm("java").matches(&e) && comm("alloc").matches(&e) && !comm("x").matches(&e));
+        let tcp_only = Filter {
+            ports: vec![443],
+            family: Some(Family::V6),
+            ..Default::default()
+        };
+        assert!(tcp_only.matches(&e), "port/family filters are TCP's");
+
+        // OOM kills wait for their context; counters count them when shown.
+        let mut t = Tail::new(Filter::default(), true, WallClock::with_offset_ns(0));
+        let mut out = Vec::new();
+        t.handle(Msg::Events(vec![e, ev(1, "a", 2, 1, 443)]), &mut out)
+            .unwrap();
+        assert_eq!(t.oom_queue.len(), 1);
+        assert_eq!(String::from_utf8(out.clone()).unwrap().lines().count(), 1);
+        let queued = t.oom_queue.remove(0);
+        t.show_oom(&queued, &ctx(), &mut out).unwrap();
+        assert_eq!(t.oom.total, 1);
+        assert_eq!(t.oom.by_cgroup["/kubepods/pod1/abc"].kills, 1);
+        assert_eq!((t.seen, t.shown), (2, 2));
+    }
 }
