@@ -36,8 +36,8 @@ pub struct OomContext {
     pub oom_cgroup: Option<String>,
     /// Container id (12 hex digits) from the victim's cgroup path.
     pub container_id: Option<String>,
-    /// Biggest resident memory users right after the kill, in the OOM
-    /// cgroup (memcg OOM) or system-wide; the victim is usually gone.
+    /// Biggest resident memory users right after the kill, other than the
+    /// victim, in the OOM cgroup (memcg OOM) or system-wide.
     pub top: Vec<Consumer>,
     /// Where the top list comes from: a cgroup path or "system".
     pub top_scope: String,
@@ -281,12 +281,13 @@ pub fn context(ev: &OomKillEvent, index: &mut CgroupIndex) -> OomContext {
     });
     let oom_cgroup = index.path(ev.oom_memcg_ino);
     let container_id = victim_cgroup.as_deref().and_then(container_id);
+    let others = |pids: Vec<u32>| pids.into_iter().filter(move |&p| p != victim_pid);
     let (top, top_scope) = match (&oom_cgroup, index.root()) {
         (Some(cg), Some(root)) if ev.constraint == constraint::MEMCG => {
             let dir = root.join(cg.trim_start_matches('/'));
-            (top_of(cgroup_pids(&dir), TOP_N), cg.clone())
+            (top_of(others(cgroup_pids(&dir)), TOP_N), cg.clone())
         }
-        _ => (top_of(all_pids(), TOP_N), "system".to_string()),
+        _ => (top_of(others(all_pids()), TOP_N), "system".to_string()),
     };
     OomContext {
         victim_cgroup,

@@ -123,6 +123,10 @@ fn comm_string(comm: &[u8; 16]) -> String {
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
 
+/// The header when only OOM kills are shown (their lines are free-form
+/// after the first three columns; with TCP, the TCP header is used).
+pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+
 pub fn format_text(ev: &AnyEvent, clock: &WallClock) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
@@ -503,7 +507,12 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         let stdout = io::stdout();
         let mut out = io::BufWriter::new(stdout.lock());
         if !args.json {
-            writeln!(out, "{TEXT_HEADER}")?;
+            let header = if args.events.contains(&crate::cli::EventClass::Tcp) {
+                TEXT_HEADER
+            } else {
+                OOM_HEADER
+            };
+            writeln!(out, "{header}")?;
             out.flush()?;
         }
         let mut broken_pipe = false;
