@@ -52,12 +52,22 @@ transition of this socket), `listener` (the owner of the listening port), or \
 `current` (unknown, e.g. a socket opened before diag started: the task that \
 happened to be on the CPU).
 
+oom: every OOM kill, the moment it happens, on one line: the victim (pid, \
+command, uid, RSS split into anon/file/shmem, virtual size, page tables, \
+oom_score_adj), whether a memory cgroup hit its limit (which one, its limit \
+and usage) or the whole system ran out (`global`), the victim's cgroup and \
+container id, the trigger (the task whose allocation made the OOM killer run, \
+`itself` when it was the victim), and the biggest other memory users in that \
+cgroup (or system-wide) right after the kill. --pid and --comm match the \
+victim or the trigger; --port and --family apply to TCP events only.
+
 On exit, diag prints how many events it saw and how many the kernel dropped. \
 Drops are also reported as they happen: nothing is lost silently.";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
-  diag tail                          every TCP transition on the host
+  diag tail                          every TCP transition and OOM kill on the host
+  diag tail --events oom             OOM kills only
   diag tail --port 5432              connections to or from port 5432
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
   diag tail --json | jq .            JSON lines, one object per event";
