@@ -218,6 +218,13 @@ fn check_kill(e: &Value, pid: u32, trigger: u32, cg: &MemCgroup) {
     assert_eq!(e["trigger"]["cgroup"], cg.rel.as_str(), "{e}");
     assert_eq!(e["trigger"]["is_victim"], pid == trigger, "{e}");
     assert!(e["container_id"].is_null(), "{e}");
+    // The cgroups were captured in the kernel (as directory inode numbers),
+    // not read from /proc afterwards, where the victim may be gone.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.dir).unwrap());
+    for who in ["victim", "trigger", "oom"] {
+        assert_eq!(e["memcg_ino"][who], ino, "{who}: {e}");
+    }
+    assert_eq!(e["oom_cgroup_found_by"], "oom_lock", "{e}");
     let total_vm = e["total_vm_kb"].as_u64().unwrap();
     assert!(total_vm >= e["rss_kb"].as_u64().unwrap(), "{e}");
     assert!(e["pgtables_kb"].as_u64().unwrap() > 0, "{e}");
@@ -333,6 +340,11 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     assert_eq!(events.len(), 1, "exactly one kill: {events:?}");
     let e = &events[0];
     check_kill(e, hog.id(), small.id(), &cg);
+    let summary = out.stderr.last().unwrap();
+    assert!(
+        summary.ends_with("1 events seen, 1 shown, 0 dropped"),
+        "nothing missing, the victim's note included: {summary}"
+    );
     let anon = e["anon_rss_kb"].as_u64().unwrap();
     assert!(
         (23 * 1024..=25 * 1024).contains(&anon),
