@@ -47,6 +47,11 @@ impl MemCgroup {
             rel: format!("/{name}"),
         };
         cg.write(limit_file, &limit_bytes.to_string());
+        if root == V1_ROOT {
+            // On a host with swap, anonymous memory would be swapped out
+            // instead of hitting the limit: no swapping in this cgroup.
+            cg.write("memory.swappiness", "0");
+        }
         cg
     }
 
