@@ -161,8 +161,8 @@ pub fn oom_text(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> String
         constraint::MEMCG => format!(
             "memcg {} limit {} usage {}",
             or_dash(&ctx.oom_cgroup),
-            human_kb(o.oom_memcg_limit_pages * page_kb()),
-            human_kb(o.oom_memcg_usage_pages * page_kb())
+            human_kb(o.oom_memcg_limit_pages.saturating_mul(page_kb())),
+            human_kb(o.oom_memcg_usage_pages.saturating_mul(page_kb()))
         ),
         c => constraint::name(c).to_string(),
     };
@@ -231,8 +231,8 @@ pub fn oom_json(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> serde_
         "oom_score_adj": o.oom_score_adj,
         "constraint": constraint::name(o.constraint),
         "oom_cgroup": if memcg { ctx.oom_cgroup.clone() } else { None },
-        "oom_cgroup_limit_bytes": if memcg { Some(o.oom_memcg_limit_pages * pk * 1024) } else { None },
-        "oom_cgroup_usage_bytes": if memcg { Some(o.oom_memcg_usage_pages * pk * 1024) } else { None },
+        "oom_cgroup_limit_bytes": if memcg { Some(o.oom_memcg_limit_pages.saturating_mul(pk * 1024)) } else { None },
+        "oom_cgroup_usage_bytes": if memcg { Some(o.oom_memcg_usage_pages.saturating_mul(pk * 1024)) } else { None },
         "cgroup": ctx.victim_cgroup,
         "container_id": ctx.container_id,
         "trigger": {
@@ -822,6 +822,11 @@ mod tests {
         ] {
             assert!(line.contains(want), "{want:?} not in {line}");
         }
+        let mut garbage = oom(1, 2);
+        garbage.oom_memcg_limit_pages = u64::MAX;
+        garbage.anon_rss_kb = u64::MAX;
+        assert!(oom_text(&garbage, &ctx(), &clock).contains("GiB"));
+        assert!(oom_json(&garbage, &ctx(), &clock)["oom_cgroup_limit_bytes"].is_u64());
         let own = oom_text(&oom(55, 56), &OomContext::default(), &clock);
         assert!(own.contains("trigger itself"), "{own}");
         assert!(own.contains("cgroup - container -"), "{own}");
