@@ -91,31 +91,43 @@ pub fn memcg_layout(btf: &Btf) -> Result<MemcgLayout, String> {
 }
 
 /// Attach the victim-task program first (it must run before
-/// `mark_victim`, which reads its note), then `mark_victim`.
+/// `mark_victim`, which reads its note), then `mark_victim`. If the kernel
+/// refuses the `tp_btf` program, kills are still reported, without the
+/// victim's memory cgroup from the kernel (said on stderr now, and counted).
 pub fn attach(
     ebpf: &mut Ebpf,
     layouts: &OomLayouts,
     btf_path: &Path,
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
-    if layouts.memcg.valid != 0 {
-        let btf = AyaBtf::parse_file(btf_path, aya::Endianness::default())
-            .map_err(|e| LoadError::Load(flatten(&e)))?;
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut("oom_victim_task")
-            .ok_or_else(|| LoadError::Missing("program oom_victim_task".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
-        program
-            .load("mark_victim", &btf)
-            .map_err(|e| LoadError::Load(format!("oom_victim_task: {}", flatten(&e))))?;
-        program.attach().map_err(|e| LoadError::Attach {
-            tracepoint: "tp_btf/mark_victim".into(),
-            why: flatten(&e),
-        })?;
+    if layouts.memcg.valid != 0
+        && let Err(e) = attach_victim_task(ebpf, btf_path)
+    {
+        eprintln!(
+            "diag: warning: {e}; OOM kills are still shown, but a victim's memory cgroup \
+             only when it triggered the kill itself or is still in /proc"
+        );
     }
     super::attach_tracepoint(ebpf, "mark_victim", "oom", "mark_victim")?;
     attached.push(TRACEPOINT_NAMES[0]);
+    Ok(())
+}
+
+fn attach_victim_task(ebpf: &mut Ebpf, btf_path: &Path) -> Result<(), LoadError> {
+    let btf = AyaBtf::parse_file(btf_path, aya::Endianness::default())
+        .map_err(|e| LoadError::Load(flatten(&e)))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("oom_victim_task")
+        .ok_or_else(|| LoadError::Missing("program oom_victim_task".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
+    program
+        .load("mark_victim", &btf)
+        .map_err(|e| LoadError::Load(format!("oom_victim_task: {}", flatten(&e))))?;
+    program.attach().map_err(|e| LoadError::Attach {
+        tracepoint: "tp_btf/mark_victim".into(),
+        why: flatten(&e),
+    })?;
     Ok(())
 }
 
