@@ -398,6 +398,32 @@ impl Tail {
         }
     }
 
+    /// OOM kills seen, per cgroup and per command, for the exit summary;
+    /// None when there were none.
+    pub fn oom_summary(&self) -> Option<String> {
+        let s = &self.oom;
+        if s.total == 0 {
+            return None;
+        }
+        let top = |m: &std::collections::BTreeMap<String, crate::aggregate::oom::KillCount>| {
+            let mut v: Vec<_> = m.iter().map(|(k, c)| (c.kills, k.as_str())).collect();
+            v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            v.iter()
+                .take(3)
+                .map(|(n, k)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(format!(
+            "{} OOM kills ({} memcg, {} global); by cgroup: {}; by command: {}",
+            s.total,
+            s.memcg,
+            s.global,
+            top(&s.by_cgroup),
+            top(&s.by_comm)
+        ))
+    }
+
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{} events seen, {} shown, {} dropped",
@@ -565,6 +591,9 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         drop(enricher);
         source.await??;
+        if let Some(oom) = tail.oom_summary() {
+            eprintln!("diag: {oom}");
+        }
         eprintln!("diag: {}", tail.summary());
         Ok(ExitCode::SUCCESS)
     })
@@ -889,6 +918,7 @@ mod tests {
 
         // OOM kills wait for their context; counters count them when shown.
         let mut t = Tail::new(Filter::default(), true, WallClock::with_offset_ns(0));
+        assert_eq!(t.oom_summary(), None);
         let mut out = Vec::new();
         t.handle(Msg::Events(vec![e, ev(1, "a", 2, 1, 443)]), &mut out)
             .unwrap();
@@ -898,6 +928,10 @@ mod tests {
         t.show_oom(&queued, &ctx(), &mut out).unwrap();
         assert_eq!(t.oom.total, 1);
         assert_eq!(t.oom.by_cgroup["/kubepods/pod1/abc"].kills, 1);
+        assert_eq!(
+            t.oom_summary().unwrap(),
+            "1 OOM kills (1 memcg, 0 global); by cgroup: /kubepods/pod1/abc 1; by command: java 1"
+        );
         assert_eq!((t.seen, t.shown), (2, 2));
     }
 }
