@@ -6,6 +6,7 @@
 //! are raw `u32`s decoded with [`TryFrom`], never transmuted.
 #![no_std]
 
+pub mod oom;
 pub mod tcp;
 
 #[cfg(feature = "user")]
@@ -31,6 +32,8 @@ pub enum EventKind {
     TcpRetransmit = 4,
     /// [`tcp::TcpSockEvent`]: a listener retransmitted a SYN-ACK.
     TcpRetransmitSynack = 5,
+    /// [`oom::OomKillEvent`]
+    OomKill = 10,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -42,6 +45,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::TcpResetReceived),
             4 => Ok(EventKind::TcpRetransmit),
             5 => Ok(EventKind::TcpRetransmitSynack),
+            10 => Ok(EventKind::OomKill),
             other => Err(other),
         }
     }
@@ -99,6 +103,12 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
+    /// OOM kills reported without the victim's task facts (tgid, memory
+    /// cgroup): the `tp_btf` program's note was missing or stale.
+    pub const OOM_NO_VICTIM_TASK: u32 = 10;
+    /// A kernel struct read on the OOM path failed (memory cgroup facts
+    /// left unknown).
+    pub const OOM_READ_ERROR: u32 = 11;
     /// Number of slots in `COUNTERS`.
     pub const LEN: u32 = 32;
 }

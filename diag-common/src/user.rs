@@ -1,5 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent};
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -9,6 +10,9 @@ unsafe impl aya::Pod for InetSockSetStateLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
 unsafe impl aya::Pod for TcpSockLayout {}
+unsafe impl aya::Pod for MarkVictimLayout {}
+unsafe impl aya::Pod for MemcgLayout {}
+unsafe impl aya::Pod for VictimTask {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +20,7 @@ pub enum AnyEvent {
     TcpState(TcpStateEvent),
     /// Kinds TcpResetSent, TcpResetReceived, TcpRetransmit, TcpRetransmitSynack.
     TcpSock(TcpSockEvent),
+    OomKill(OomKillEvent),
 }
 
 impl AnyEvent {
@@ -24,6 +29,7 @@ impl AnyEvent {
         match self {
             AnyEvent::TcpState(e) => as_bytes(e),
             AnyEvent::TcpSock(e) => as_bytes(e),
+            AnyEvent::OomKill(e) => as_bytes(e),
         }
     }
 
@@ -31,6 +37,7 @@ impl AnyEvent {
         match self {
             AnyEvent::TcpState(e) => &e.header,
             AnyEvent::TcpSock(e) => &e.header,
+            AnyEvent::OomKill(e) => &e.header,
         }
     }
 }
@@ -96,6 +103,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         | EventKind::TcpResetReceived
         | EventKind::TcpRetransmit
         | EventKind::TcpRetransmitSynack => Ok(AnyEvent::TcpSock(read(buf, Some(header.kind))?)),
+        EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -164,5 +172,43 @@ mod tests {
         let mut bad = e;
         bad.header.kind = 99;
         assert_eq!(decode(as_bytes(&bad)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn oom_round_trip_and_short() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::OomKill as u32;
+        header.pid = 10;
+        header.tgid = 10;
+        let e = OomKillEvent {
+            header,
+            victim_pid: 11,
+            victim_tgid: 11,
+            victim_comm: *b"memhog\0\0\0\0\0\0\0\0\0\0",
+            victim_uid: 1000,
+            oom_score_adj: -17,
+            constraint: crate::oom::constraint::MEMCG,
+            memcg_how: crate::oom::memcg_how::OOM_LOCK,
+            total_vm_kb: 1,
+            anon_rss_kb: 2,
+            file_rss_kb: 3,
+            shmem_rss_kb: 4,
+            pgtables_kb: 5,
+            victim_memcg_ino: 6,
+            trigger_memcg_ino: 7,
+            oom_memcg_ino: 8,
+            oom_memcg_limit_pages: 9,
+            oom_memcg_usage_pages: 10,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::OomKill(e)));
+        assert_eq!(e.rss_kb(), 9);
+        assert_eq!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort {
+                kind: Some(10),
+                len: 100,
+                need: 152
+            })
+        );
     }
 }

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod maps;
+mod oom;
 mod tcp;
 
 #[cfg(not(test))]

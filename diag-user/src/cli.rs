@@ -92,6 +92,15 @@ transition of this socket), `listener` (the owner of the listening port), or \
 `current` (unknown, e.g. a socket opened before diag started: the task that \
 happened to be on the CPU).
 
+oom: every OOM kill, the moment it happens, on one line: the victim (pid, \
+command, uid, RSS split into anon/file/shmem, virtual size, page tables, \
+oom_score_adj), whether a memory cgroup hit its limit (which one, its limit \
+and usage) or the whole system ran out (`global`), the victim's cgroup and \
+container id, the trigger (the task whose allocation made the OOM killer run, \
+`itself` when it was the victim), and the biggest other memory users in that \
+cgroup (or system-wide) right after the kill. --pid and --comm match the \
+victim or the trigger; --port and --family apply to TCP events only.
+
 On exit, diag prints how many events it saw and how many the kernel dropped. \
 Drops are also reported as they happen: nothing is lost silently.
 
@@ -101,7 +110,8 @@ retrans: a retransmitted segment, with the socket's state.";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
-  diag tail                          every TCP transition on the host
+  diag tail                          every TCP transition and OOM kill on the host
+  diag tail --events oom             OOM kills only
   diag tail --port 5432              connections to or from port 5432
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
   diag tail --json | jq .            JSON lines, one object per event
@@ -150,6 +160,8 @@ pub enum EventClass {
     Reset,
     /// TCP retransmissions, SYN-ACKs included (tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack)
     Retrans,
+    /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
+    Oom,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -179,7 +191,7 @@ pub struct TailView {
     pub json: bool,
 
     /// Which events to show (comma separated)
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,oom")]
     pub events: Vec<EventClass>,
 
     /// Only events of this process id or thread id (repeatable)
@@ -204,7 +216,7 @@ impl Default for TailView {
     fn default() -> Self {
         TailView {
             json: false,
-            events: vec![EventClass::Tcp],
+            events: vec![EventClass::Tcp, EventClass::Oom],
             pid: vec![],
             comm: vec![],
             port: vec![],
@@ -560,6 +572,22 @@ mod tests {
         let cli = Cli::try_parse_from(["diag"]).unwrap();
         assert!(cli.command.is_none());
         assert!(matches!(Command::default(), Command::Tail(_)));
+    }
+
+    #[test]
+    fn events_default_to_tcp_and_oom() {
+        let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(t.view.events, vec![EventClass::Tcp, EventClass::Oom]);
+        assert_eq!(TailArgs::default().view.events, t.view.events);
+        let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail", "--events", "oom"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(t.view.events, vec![EventClass::Oom]);
     }
 
     #[test]

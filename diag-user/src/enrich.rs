@@ -1,6 +1,8 @@
 //! What procfs knows and the kernel events lack: which process owns a
 //! socket that existed before diag started.
 
+pub mod oom;
+
 use std::collections::HashMap;
 
 use procfs::{

@@ -4,6 +4,7 @@
 //! The flow: `source` (live ring buffer) -> [`Msg`] bus -> a sink in `view`.
 
 pub mod aggregate;
+pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod enrich;

@@ -8,10 +8,14 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use diag_common::RingConfig;
+use diag_common::{
+    RingConfig,
+    oom::{MarkVictimLayout, MemcgLayout},
+    tcp::{InetSockSetStateLayout, TcpSockLayout},
+};
 
 use crate::{
-    cli::{CheckArgs, ProbeArgs},
+    cli::{CheckArgs, EventClass, ProbeArgs},
     error::{EnvError, LoadError, flatten},
     probes, tracefs,
 };
@@ -23,7 +27,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 #[derive(Debug, Clone)]
 pub struct Env {
     pub tracefs: PathBuf,
-    pub tcp: probes::tcp::Layouts,
+    /// TCP layouts, when TCP events (tcp, reset, retrans) were asked for.
+    pub tcp: Option<probes::tcp::Layouts>,
+    /// OOM layouts, when OOM events were asked for.
+    pub oom: Option<probes::oom::OomLayouts>,
 }
 
 /// The outcome of one check, for `diag check`.
@@ -132,6 +139,19 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             name: "tracepoints",
             result: probes::tcp::layouts(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
         });
+        lines.push(CheckLine {
+            name: "oom",
+            result: probes::oom::layouts(path, &args.btf).map(|(_, memcg)| match memcg {
+                Ok(()) => format!(
+                    "{} (+ tp_btf; memory cgroups from BTF)",
+                    probes::oom::TRACEPOINT_NAMES.join(", ")
+                ),
+                Err(why) => format!(
+                    "{} (kills are reported, but without memory cgroup facts from the kernel: {why})",
+                    probes::oom::TRACEPOINT_NAMES.join(", ")
+                ),
+            }),
+        });
     }
     let privileged = lines[0].result.is_ok();
     if privileged {
@@ -181,13 +201,30 @@ pub fn run_check(args: &CheckArgs) -> ExitCode {
 /// The checks every tracing subcommand runs first: the first failure is
 /// the error the user sees.
 pub fn require(args: &ProbeArgs) -> Result<Env, EnvError> {
+    require_for(args, &[EventClass::Tcp])
+}
+
+/// [`require`] for the given event classes only.
+pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvError> {
     check_privileges()?;
     check_kernel()?;
     check_btf(&args.btf)?;
     let (tracefs, _) = tracefs::ensure_mounted(&args.tracefs)?;
-    let tcp = probes::tcp::layouts(&tracefs)?;
+    let wants_tcp = events
+        .iter()
+        .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
+    let tcp = if wants_tcp {
+        Some(probes::tcp::layouts(&tracefs)?)
+    } else {
+        None
+    };
+    let oom = if events.contains(&EventClass::Oom) {
+        Some(probes::oom::layouts(&tracefs, &args.btf)?.0)
+    } else {
+        None
+    };
     check_ringbuf()?;
-    Ok(Env { tracefs, tcp })
+    Ok(Env { tracefs, tcp, oom })
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
@@ -215,12 +252,24 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
+    let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
+        mark_victim: MarkVictimLayout::zeroed(),
+        memcg: MemcgLayout::zeroed(),
+    });
+    let no_tcp = probes::tcp::Layouts {
+        state: InetSockSetStateLayout::zeroed(),
+        sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
+        rst_reasons: Vec::new(),
+    };
+    let tcp = env.tcp.as_ref().unwrap_or(&no_tcp);
     let mut loader = EbpfLoader::new();
     loader
-        .override_global("INET_SOCK_SET_STATE", &env.tcp.state, true)
+        .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
+        .override_global("MARK_VICTIM", &oom.mark_victim, true)
+        .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
         .map_max_entries("EVENTS", ring_bytes);
-    for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&env.tcp.sock) {
+    for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
         loader.override_global(global, layout, true);
     }
     let mut ebpf = loader
@@ -229,8 +278,20 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut attached = Vec::new();
     // Attach first, then seed: a listener opened in between is seen by the
     // program, and seeding never overwrites what the program recorded.
-    probes::tcp::attach(&mut ebpf, &mut attached)?;
-    probes::tcp::seed_listeners(&mut ebpf)?;
+    if env.tcp.is_some() {
+        probes::tcp::attach(&mut ebpf, &mut attached)?;
+        probes::tcp::seed_listeners(&mut ebpf)?;
+    }
+    if let Some(oom) = &env.oom {
+        probes::oom::attach(&mut ebpf, oom, &args.btf, &mut attached)?;
+        // Parsing the kernel's BTF (for the tp_btf program) took tens of
+        // MiB that are free now: give them back to the system.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
     Ok(Tracer { ebpf, attached })
 }
 

@@ -64,6 +64,7 @@ pub struct Diag {
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    stdout_seen: Vec<String>,
 }
 
 fn pump(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -113,6 +114,7 @@ impl Diag {
             stdout,
             stderr,
             stderr_seen: Vec::new(),
+            stdout_seen: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -160,13 +162,24 @@ impl Diag {
             }
             thread::sleep(Duration::from_millis(20));
         };
-        let stdout: Vec<String> = self.stdout.iter().collect();
+        let mut stdout = std::mem::take(&mut self.stdout_seen);
+        stdout.extend(self.stdout.iter());
         self.stderr_seen.extend(self.stderr.iter());
         Output {
             status,
             stdout,
             stderr: self.stderr_seen,
         }
+    }
+
+    /// Wait up to `timeout` for the next stdout line (kept for [`stop`]'s
+    /// output too).
+    ///
+    /// [`stop`]: Diag::stop
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.stdout.recv_timeout(timeout).ok()?;
+        self.stdout_seen.push(line.clone());
+        Some(line)
     }
 
     /// Send `signal` and collect everything it printed.
@@ -184,7 +197,8 @@ impl Diag {
             }
             thread::sleep(Duration::from_millis(20));
         };
-        let stdout: Vec<String> = self.stdout.iter().collect();
+        let mut stdout = std::mem::take(&mut self.stdout_seen);
+        stdout.extend(self.stdout.iter());
         self.stderr_seen.extend(self.stderr.iter());
         Output {
             status,

@@ -3,4 +3,5 @@
 //! One module per probe family; views, recordings and the Prometheus
 //! exporter read from here.
 
+pub mod oom;
 pub mod tcp;

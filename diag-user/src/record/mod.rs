@@ -104,7 +104,14 @@ fn boot_time_s() -> Option<u64> {
 }
 
 /// The header for a recording started now.
-pub fn header_now(env: &loader::Env, probes: &[&str]) -> RecordingHeader {
+pub fn header_now(env: &loader::Env) -> RecordingHeader {
+    let mut probes: Vec<&str> = Vec::new();
+    if env.tcp.is_some() {
+        probes.extend(crate::probes::tcp::TRACEPOINT_NAMES);
+    }
+    if env.oom.is_some() {
+        probes.extend(crate::probes::oom::TRACEPOINT_NAMES);
+    }
     let clock = WallClock::now();
     RecordingHeader {
         format_version: format::VERSION,
@@ -123,7 +130,11 @@ pub fn header_now(env: &loader::Env, probes: &[&str]) -> RecordingHeader {
         clock_offset_ns: clock.offset_ns() as i64,
         port_range: enrich::local_port_range(),
         probes: probes.iter().map(|p| p.to_string()).collect(),
-        rst_reasons: env.tcp.rst_reasons.clone(),
+        rst_reasons: env
+            .tcp
+            .as_ref()
+            .map(|t| t.rst_reasons.clone())
+            .unwrap_or_default(),
         started_ts_ns: boot_ns(),
     }
 }
@@ -133,18 +144,14 @@ const PROCS_EVERY: Duration = Duration::from_secs(10);
 
 /// `diag record`.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require(&args.probe)?;
+    let env = loader::require_for(&args.probe, &args.events)?;
     let opts = writer::WriterOptions {
         compress: !args.no_compress,
         max_size: args.max_size,
         max_files: args.max_files,
     };
     // Create the file first: a bad path fails before anything is loaded.
-    let mut w = writer::Writer::create(
-        &args.output,
-        header_now(&env, crate::probes::tcp::TRACEPOINT_NAMES),
-        opts,
-    )?;
+    let mut w = writer::Writer::create(&args.output, header_now(&env), opts)?;
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
     let filter = Filter {

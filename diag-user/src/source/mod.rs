@@ -21,6 +21,11 @@ pub struct Health {
     pub listen_map_full: u64,
     /// Tracepoint fields the kernel program failed to read.
     pub read_errors: u64,
+    /// OOM kills reported without the victim's tgid and memory cgroup
+    /// (the tp_btf program's note was missing).
+    pub oom_no_victim_task: u64,
+    /// Kernel struct reads that failed on the OOM path.
+    pub oom_read_errors: u64,
     /// Records received by user space.
     pub received: u64,
     /// Records user space could not decode.
@@ -52,6 +57,18 @@ impl Health {
         }
         if self.read_errors > 0 {
             parts.push(format!("{} tracepoint read errors", self.read_errors));
+        }
+        if self.oom_no_victim_task > 0 {
+            parts.push(format!(
+                "{} OOM kills without the victim's memory cgroup from the kernel",
+                self.oom_no_victim_task
+            ));
+        }
+        if self.oom_read_errors > 0 {
+            parts.push(format!(
+                "{} OOM memory cgroup read errors",
+                self.oom_read_errors
+            ));
         }
         if self.decode_errors > 0 {
             parts.push(format!("{} records not decoded", self.decode_errors));

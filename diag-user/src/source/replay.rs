@@ -215,8 +215,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         match args.view {
             ReplayView::Tail(view) => {
                 let tail = Tail::new(&view, names, clock);
-                let tail = drain_to_stdout(tail, &mut rx, &cancel).await?;
-                eprintln!("diag: {}", tail.summary());
+                let tail = drain_to_stdout(tail, &mut rx, &cancel, false).await?;
+                for line in tail.closing() {
+                    eprintln!("diag: {line}");
+                }
             }
             ReplayView::Conns(view) => {
                 let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);

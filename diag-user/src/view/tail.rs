@@ -10,14 +10,18 @@ use std::collections::HashMap;
 
 use diag_common::{
     EventKind, comm_bytes,
+    oom::{OomKillEvent, constraint, memcg_how},
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
+use tokio::sync::mpsc;
 
 use crate::{
     Msg,
+    aggregate::oom::OomStats,
     cli::{EventClass, Family, TailArgs, TailView},
     clock::WallClock,
+    enrich::oom::{CgroupIndex, OomContext},
     loader,
     source::{Health, live::Live},
     view::LiveSession,
@@ -50,18 +54,31 @@ impl Filter {
             return false;
         }
         let h = ev.header();
-        if !self.pids.is_empty() && !self.pids.iter().any(|&p| p == h.tgid || p == h.pid) {
-            return false;
-        }
-        if !self.comms.is_empty() {
-            let comm = comm_bytes(&h.comm);
-            if !self.comms.iter().any(|c| c.as_bytes() == comm) {
+        let pid_ok = |pid: u32, tgid: u32| self.pids.iter().any(|&p| p == tgid || p == pid);
+        let comm_ok = |comm: &[u8; 16]| {
+            let comm = comm_bytes(comm);
+            self.comms.iter().any(|c| c.as_bytes() == comm)
+        };
+        if let AnyEvent::OomKill(o) = ev {
+            // Victim or trigger; port and family filters are TCP's.
+            if !self.pids.is_empty()
+                && !pid_ok(o.victim_pid, o.victim_process())
+                && !pid_ok(h.pid, h.tgid)
+            {
                 return false;
             }
+            return self.comms.is_empty() || comm_ok(&o.victim_comm) || comm_ok(&h.comm);
+        }
+        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) {
+            return false;
+        }
+        if !self.comms.is_empty() && !comm_ok(&h.comm) {
+            return false;
         }
         let (family, sport, dport) = match ev {
             AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
+            AnyEvent::OomKill(_) => return true,
         };
         if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
             return false;
@@ -78,6 +95,7 @@ impl Filter {
 pub fn class_of(ev: &AnyEvent) -> EventClass {
     match ev {
         AnyEvent::TcpState(_) => EventClass::Tcp,
+        AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
             _ => EventClass::Retrans,
@@ -161,9 +179,135 @@ fn comm_string(comm: &[u8; 16]) -> String {
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
 
+/// The header when only OOM kills are shown (their lines are free-form
+/// after the first three columns; with TCP, the TCP header is used).
+pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+
+/// A size in KiB in the unit that reads best: 120KiB, 31.9MiB, 1.50GiB.
+pub fn human_kb(kb: u64) -> String {
+    match kb {
+        k if k < 1024 => format!("{k}KiB"),
+        k if k < 1024 * 1024 => format!("{:.1}MiB", k as f64 / 1024.0),
+        k => format!("{:.2}GiB", k as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+fn page_kb() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 / 1024 } else { 4 }
+}
+
+fn or_dash(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+/// One OOM kill on one line: victim, sizes, what ran out of memory,
+/// cgroup, trigger, and who else was big.
+pub fn oom_text(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> String {
+    let h = &o.header;
+    let scope = match o.constraint {
+        constraint::MEMCG => format!(
+            "memcg {} limit {} usage {}",
+            or_dash(&ctx.oom_cgroup),
+            human_kb(o.oom_memcg_limit_pages.saturating_mul(page_kb())),
+            human_kb(o.oom_memcg_usage_pages.saturating_mul(page_kb()))
+        ),
+        c => constraint::name(c).to_string(),
+    };
+    let trigger = if h.pid == o.victim_pid {
+        "itself".to_string()
+    } else {
+        format!(
+            "{} {} cgroup {}",
+            h.tgid,
+            comm_string(&h.comm),
+            or_dash(&ctx.trigger_cgroup)
+        )
+    };
+    let top = if ctx.top.is_empty() {
+        "-".to_string()
+    } else {
+        ctx.top
+            .iter()
+            .map(|c| format!("{} {} {}", c.pid, c.comm, human_kb(c.rss_kb)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{:<16} {:<8} {:<16} OOM-KILL ({scope}) rss {} [anon {} file {} shmem {}] vm {} pgtables {} uid {} adj {} | cgroup {} container {} | trigger {trigger} | top in {}: {top}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        o.victim_process(),
+        comm_string(&o.victim_comm),
+        human_kb(o.rss_kb()),
+        human_kb(o.anon_rss_kb),
+        human_kb(o.file_rss_kb),
+        human_kb(o.shmem_rss_kb),
+        human_kb(o.total_vm_kb),
+        human_kb(o.pgtables_kb),
+        o.victim_uid,
+        o.oom_score_adj,
+        or_dash(&ctx.victim_cgroup),
+        or_dash(&ctx.container_id),
+        if ctx.top_scope.is_empty() {
+            "-"
+        } else {
+            &ctx.top_scope
+        },
+    )
+}
+
+/// One OOM kill as a JSON object.
+pub fn oom_json(o: &OomKillEvent, ctx: &OomContext, clock: &WallClock) -> serde_json::Value {
+    let h = &o.header;
+    let pk = page_kb();
+    let memcg = o.constraint == constraint::MEMCG;
+    serde_json::json!({
+        "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "ts_ns": h.ts_ns,
+        "event": "oom_kill",
+        "pid": o.victim_process(),
+        "tid": o.victim_pid,
+        "comm": comm_string(&o.victim_comm),
+        "uid": o.victim_uid,
+        "cpu": h.cpu,
+        "total_vm_kb": o.total_vm_kb,
+        "rss_kb": o.rss_kb(),
+        "anon_rss_kb": o.anon_rss_kb,
+        "file_rss_kb": o.file_rss_kb,
+        "shmem_rss_kb": o.shmem_rss_kb,
+        "pgtables_kb": o.pgtables_kb,
+        "oom_score_adj": o.oom_score_adj,
+        "constraint": constraint::name(o.constraint),
+        "oom_cgroup": if memcg { ctx.oom_cgroup.clone() } else { None },
+        "oom_cgroup_limit_bytes": if memcg { Some(o.oom_memcg_limit_pages.saturating_mul(pk * 1024)) } else { None },
+        "oom_cgroup_usage_bytes": if memcg { Some(o.oom_memcg_usage_pages.saturating_mul(pk * 1024)) } else { None },
+        "cgroup": ctx.victim_cgroup,
+        "container_id": ctx.container_id,
+        "trigger": {
+            "pid": h.tgid,
+            "tid": h.pid,
+            "comm": comm_string(&h.comm),
+            "cgroup": ctx.trigger_cgroup,
+            "is_victim": h.pid == o.victim_pid,
+        },
+        "oom_cgroup_found_by": memcg_how::name(o.memcg_how),
+        "memcg_ino": {
+            "victim": o.victim_memcg_ino,
+            "trigger": o.trigger_memcg_ino,
+            "oom": o.oom_memcg_ino,
+        },
+        "top_scope": ctx.top_scope,
+        "top": ctx.top.iter().map(|c| serde_json::json!({
+            "pid": c.pid, "comm": c.comm, "rss_kb": c.rss_kb,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
+        AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -202,6 +346,7 @@ fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
 
 pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
+        AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             let mut v = serde_json::json!({
@@ -265,9 +410,33 @@ pub struct Tail {
     pub seen: u64,
     pub shown: u64,
     pub health: Health,
+    /// OOM kills that passed the filter, waiting for their user-space
+    /// context (cgroup paths, top consumers) before they are shown.
+    pub oom_queue: Vec<OomKillEvent>,
+    /// OOM kill counters.
+    pub oom: OomStats,
 }
 
 impl Tail {
+    /// Show an OOM kill with what user space learned about it.
+    pub fn show_oom(
+        &mut self,
+        o: &OomKillEvent,
+        ctx: &OomContext,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        self.shown += 1;
+        self.oom
+            .eat(o, ctx.victim_cgroup.as_deref(), ctx.oom_cgroup.as_deref());
+        let line = if self.json {
+            oom_json(o, ctx, &self.clock).to_string()
+        } else {
+            oom_text(o, ctx, &self.clock)
+        };
+        writeln!(out, "{line}")?;
+        out.flush()
+    }
+
     /// Write what `msg` shows; returns a warning for stderr when the
     /// kernel reported new losses.
     pub fn handle(&mut self, msg: Msg, out: &mut impl Write) -> io::Result<Option<String>> {
@@ -275,6 +444,12 @@ impl Tail {
             Msg::Events(evs) => {
                 for ev in &evs {
                     self.seen += 1;
+                    if let AnyEvent::OomKill(o) = ev {
+                        if self.filter.matches(ev) {
+                            self.oom_queue.push(*o);
+                        }
+                        continue;
+                    }
                     if self.filter.matches(ev) {
                         self.shown += 1;
                         let line = if self.json {
@@ -314,6 +489,32 @@ impl Tail {
         }
     }
 
+    /// OOM kills seen, per cgroup and per command, for the exit summary;
+    /// None when there were none.
+    pub fn oom_summary(&self) -> Option<String> {
+        let s = &self.oom;
+        if s.total == 0 {
+            return None;
+        }
+        let top = |m: &std::collections::BTreeMap<String, crate::aggregate::oom::KillCount>| {
+            let mut v: Vec<_> = m.iter().map(|(k, c)| (c.kills, k.as_str())).collect();
+            v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            v.iter()
+                .take(3)
+                .map(|(n, k)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(format!(
+            "{} OOM kills ({} memcg, {} global); by cgroup: {}; by command: {}",
+            s.total,
+            s.memcg,
+            s.global,
+            top(&s.by_cgroup),
+            top(&s.by_comm)
+        ))
+    }
+
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{} events seen, {} shown, {} dropped",
@@ -327,33 +528,138 @@ impl Tail {
 }
 
 /// `diag tail`.
+/// The OOM enricher: a thread that reads procfs and cgroupfs for each
+/// kill, off the event path, and hands back kills with their context in
+/// the order they came.
+struct Enricher {
+    requests: Option<std::sync::mpsc::SyncSender<OomKillEvent>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Kills waiting for context beyond this are shown without it.
+const ENRICH_QUEUE: usize = 256;
+
+impl Enricher {
+    fn start() -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
+        let (res_tx, res_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || {
+            // Indexed before the first kill, so cgroups removed right after
+            // a kill still resolve.
+            let mut index = CgroupIndex::new();
+            for ev in req_rx {
+                let ctx = crate::enrich::oom::context(&ev, &mut index);
+                if res_tx.send((ev, ctx)).is_err() {
+                    break;
+                }
+            }
+        });
+        (
+            Enricher {
+                requests: Some(req_tx),
+                thread: Some(thread),
+            },
+            res_rx,
+        )
+    }
+
+    /// Queue a kill; false when the queue is full (or the thread gone).
+    fn submit(&self, ev: OomKillEvent) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(ev).is_ok())
+    }
+
+    /// No more kills: the thread finishes the queued ones and stops.
+    fn close(&mut self) {
+        self.requests = None;
+    }
+}
+
+impl Drop for Enricher {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Print what arrives on `rx` until it closes; `cancel` stops the source
-/// when output is no longer wanted (a closed pipe). Returns the sink for
-/// its summary.
+/// when output is no longer wanted (a closed pipe). With `enrich` (live
+/// only: it reads this host's procfs), OOM kills are shown once their
+/// context is known, in order; without, at once with what the kernel said.
+/// Returns the sink for its summary.
 pub async fn drain_to_stdout(
     mut tail: Tail,
-    rx: &mut tokio::sync::mpsc::Receiver<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
     cancel: &tokio_util::sync::CancellationToken,
+    enrich: bool,
 ) -> anyhow::Result<Tail> {
+    let (mut enricher, mut enriched) = match enrich {
+        true => {
+            let (e, r) = Enricher::start();
+            (Some(e), Some(r))
+        }
+        false => (None, None),
+    };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut broken_pipe = false;
-    if !tail.json
-        && let Err(e) = writeln!(out, "{TEXT_HEADER}").and_then(|_| out.flush())
-    {
-        broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
-        if !broken_pipe {
-            return Err(anyhow::Error::new(e).context("writing to standard output"));
+    if !tail.json {
+        let tcp =
+            tail.filter.events.is_empty()
+                || tail.filter.events.iter().any(|e| {
+                    matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans)
+                });
+        let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
+        if let Err(e) = writeln!(out, "{header}").and_then(|_| out.flush()) {
+            broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
+            if !broken_pipe {
+                return Err(anyhow::Error::new(e).context("writing to standard output"));
+            }
+            cancel.cancel();
         }
-        cancel.cancel();
     }
-    while let Some(msg) = rx.recv().await {
-        if broken_pipe {
-            continue;
-        }
-        match tail.handle(msg, &mut out) {
-            Ok(Some(warn)) => eprintln!("diag: {warn}"),
-            Ok(None) => {}
+    let mut source_open = true;
+    loop {
+        let written = tokio::select! {
+            msg = rx.recv(), if source_open => {
+                let Some(msg) = msg else {
+                    // The source is done: let the enricher finish.
+                    source_open = false;
+                    match &mut enricher {
+                        Some(e) => e.close(),
+                        None => break,
+                    }
+                    continue;
+                };
+                if broken_pipe {
+                    continue;
+                }
+                let mut r = tail.handle(msg, &mut out).map(|w| {
+                    if let Some(warn) = w {
+                        eprintln!("diag: {warn}");
+                    }
+                });
+                for ev in std::mem::take(&mut tail.oom_queue) {
+                    if !enricher.as_ref().is_some_and(|e| e.submit(ev)) {
+                        // Never lose a kill: show it with what the kernel said.
+                        r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
+                    }
+                }
+                r
+            }
+            done = async { match &mut enriched { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                let Some((ev, ctx)) = done else { break };
+                if broken_pipe {
+                    continue;
+                }
+                tail.show_oom(&ev, &ctx, &mut out)
+            }
+        };
+        match written {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 broken_pipe = true;
                 cancel.cancel();
@@ -364,6 +670,7 @@ pub async fn drain_to_stdout(
             }
         }
     }
+    drop(enricher);
     Ok(tail)
 }
 
@@ -377,15 +684,28 @@ impl Tail {
             seen: 0,
             shown: 0,
             health: Health::default(),
+            oom_queue: Vec::new(),
+            oom: OomStats::default(),
         }
+    }
+
+    /// The closing lines: OOM kills (if any) and the event summary.
+    pub fn closing(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.oom_summary().into_iter().collect();
+        v.push(self.summary());
+        v
     }
 }
 
 /// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require(&args.probe)?;
+    let env = loader::require_for(&args.probe, &args.view.events)?;
     let names = Names {
-        rst_reasons: env.tcp.rst_reasons.iter().cloned().collect(),
+        rst_reasons: env
+            .tcp
+            .as_ref()
+            .map(|t| t.rst_reasons.iter().cloned().collect())
+            .unwrap_or_default(),
     };
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
@@ -399,9 +719,11 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             session.attached.join(", ")
         );
         let tail = Tail::new(&args.view, names, WallClock::now());
-        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel).await?;
+        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel, true).await?;
         session.source.await??;
-        eprintln!("diag: {}", tail.summary());
+        for line in tail.closing() {
+            eprintln!("diag: {line}");
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -607,6 +929,8 @@ mod tests {
     fn health_warnings_and_summary() {
         let mut t = Tail {
             names: Names::default(),
+            oom_queue: Vec::new(),
+            oom: OomStats::default(),
             filter: Filter {
                 ports: vec![443],
                 ..Default::default()
@@ -657,5 +981,158 @@ mod tests {
         assert_eq!(w, None, "only new drops warn");
         let s = t.summary();
         assert!(s.starts_with("2 events seen, 1 shown, 7 dropped"), "{s}");
+    }
+
+    fn oom(victim: u32, trigger: u32) -> OomKillEvent {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::OomKill as u32;
+        header.ts_ns = 2_000_000_000;
+        header.pid = trigger;
+        header.tgid = trigger;
+        header.comm[..5].copy_from_slice(b"alloc");
+        let mut victim_comm = [0u8; 16];
+        victim_comm[..4].copy_from_slice(b"java");
+        OomKillEvent {
+            header,
+            victim_pid: victim + 1,
+            victim_tgid: victim,
+            victim_comm,
+            victim_uid: 1000,
+            oom_score_adj: 300,
+            constraint: constraint::MEMCG,
+            memcg_how: memcg_how::OOM_LOCK,
+            total_vm_kb: 4 << 20,
+            anon_rss_kb: 900 * 1024,
+            file_rss_kb: 100 * 1024,
+            shmem_rss_kb: 0,
+            pgtables_kb: 2048,
+            victim_memcg_ino: 11,
+            trigger_memcg_ino: 12,
+            oom_memcg_ino: 10,
+            oom_memcg_limit_pages: (1 << 30) / (page_kb() * 1024),
+            oom_memcg_usage_pages: (1 << 30) / (page_kb() * 1024),
+        }
+    }
+
+    fn ctx() -> OomContext {
+        OomContext {
+            victim_cgroup: Some("/kubepods/pod1/abc".into()),
+            trigger_cgroup: Some("/kubepods/pod1/def".into()),
+            oom_cgroup: Some("/kubepods/pod1".into()),
+            container_id: Some("0123456789ab".into()),
+            top: vec![crate::enrich::oom::Consumer {
+                pid: 55,
+                comm: "alloc".into(),
+                rss_kb: 20 * 1024,
+            }],
+            top_scope: "/kubepods/pod1".into(),
+        }
+    }
+
+    #[test]
+    fn oom_text_line() {
+        let clock = WallClock::with_offset_ns(0);
+        let line = oom_text(&oom(100, 55), &ctx(), &clock);
+        for want in [
+            " 100 ",
+            "java",
+            "OOM-KILL (memcg /kubepods/pod1 limit 1.00GiB usage 1.00GiB)",
+            "rss 1000.0MiB [anon 900.0MiB file 100.0MiB shmem 0KiB]",
+            "vm 4.00GiB",
+            "pgtables 2.0MiB",
+            "uid 1000 adj 300",
+            "cgroup /kubepods/pod1/abc container 0123456789ab",
+            "trigger 55 alloc cgroup /kubepods/pod1/def",
+            "top in /kubepods/pod1: 55 alloc 20.0MiB",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        let mut garbage = oom(1, 2);
+        garbage.oom_memcg_limit_pages = u64::MAX;
+        garbage.anon_rss_kb = u64::MAX;
+        assert!(oom_text(&garbage, &ctx(), &clock).contains("GiB"));
+        assert!(oom_json(&garbage, &ctx(), &clock)["oom_cgroup_limit_bytes"].is_u64());
+        let own = oom_text(&oom(55, 56), &OomContext::default(), &clock);
+        assert!(own.contains("trigger itself"), "{own}");
+        assert!(own.contains("cgroup - container -"), "{own}");
+        let mut global = oom(1, 2);
+        global.constraint = constraint::GLOBAL;
+        assert!(oom_text(&global, &ctx(), &clock).contains("OOM-KILL (global)"));
+    }
+
+    #[test]
+    fn oom_json_object() {
+        let clock = WallClock::with_offset_ns(0);
+        let v = oom_json(&oom(100, 55), &ctx(), &clock);
+        assert_eq!(v["event"], "oom_kill");
+        assert_eq!(v["pid"], 100);
+        assert_eq!(v["tid"], 101);
+        assert_eq!(v["comm"], "java");
+        assert_eq!(v["rss_kb"], 1000 * 1024);
+        assert_eq!(v["constraint"], "memcg");
+        assert_eq!(v["oom_cgroup"], "/kubepods/pod1");
+        assert_eq!(v["oom_cgroup_limit_bytes"], 1u64 << 30);
+        assert_eq!(v["oom_cgroup_found_by"], "oom_lock");
+        assert_eq!(v["container_id"], "0123456789ab");
+        assert_eq!(v["trigger"]["pid"], 55);
+        assert_eq!(v["trigger"]["comm"], "alloc");
+        assert_eq!(v["trigger"]["is_victim"], false);
+        assert_eq!(v["top"][0]["pid"], 55);
+        let mut global = oom(1, 2);
+        global.constraint = constraint::GLOBAL;
+        let g = oom_json(&global, &ctx(), &clock);
+        assert!(g["oom_cgroup"].is_null() && g["oom_cgroup_limit_bytes"].is_null());
+    }
+
+    #[test]
+    fn oom_filters_and_queue() {
+        let e = AnyEvent::OomKill(oom(100, 55));
+        let by_victim = Filter {
+            pids: vec![100],
+            ..Default::default()
+        };
+        let by_trigger = Filter {
+            pids: vec![55],
+            ..Default::default()
+        };
+        let other = Filter {
+            pids: vec![7],
+            ..Default::default()
+        };
+        assert!(by_victim.matches(&e) && by_trigger.matches(&e) && !other.matches(&e));
+        let comm = |c: &str| Filter {
+            comms: vec![c.into()],
+            ..Default::default()
+        };
+        assert!(comm("java").matches(&e) && comm("alloc").matches(&e) && !comm("x").matches(&e));
+        let tcp_only = Filter {
+            ports: vec![443],
+            family: Some(Family::V6),
+            ..Default::default()
+        };
+        assert!(tcp_only.matches(&e), "port/family filters are TCP's");
+
+        // OOM kills wait for their context; counters count them when shown.
+        let view = TailView {
+            json: true,
+            events: vec![],
+            ..Default::default()
+        };
+        let mut t = Tail::new(&view, Names::default(), WallClock::with_offset_ns(0));
+        assert_eq!(t.oom_summary(), None);
+        let mut out = Vec::new();
+        t.handle(Msg::Events(vec![e, ev(1, "a", 2, 1, 443)]), &mut out)
+            .unwrap();
+        assert_eq!(t.oom_queue.len(), 1);
+        assert_eq!(String::from_utf8(out.clone()).unwrap().lines().count(), 1);
+        let queued = t.oom_queue.remove(0);
+        t.show_oom(&queued, &ctx(), &mut out).unwrap();
+        assert_eq!(t.oom.total, 1);
+        assert_eq!(t.oom.by_cgroup["/kubepods/pod1/abc"].kills, 1);
+        assert_eq!(
+            t.oom_summary().unwrap(),
+            "1 OOM kills (1 memcg, 0 global); by cgroup: /kubepods/pod1/abc 1; by command: java 1"
+        );
+        assert_eq!((t.seen, t.shown), (2, 2));
     }
 }

@@ -22,6 +22,10 @@
 //!     `PORT <n>` and wait to be killed.
 //! diag-loadgen connect-timeout COUNT MILLIS ADDR:PORT
 //!     COUNT concurrent connects, each given up after MILLIS.
+//! diag-loadgen alloc MIB [hold]
+//!     Allocate MIB MiB, touching every page (so it is resident), print
+//!     `ALLOCATED`; with `hold`, then sleep until killed. In a memory
+//!     cgroup with a smaller limit, this is an OOM kill on demand.
 
 use std::{
     io::{Read, Write},
@@ -167,6 +171,29 @@ fn connect_timeout(count: usize, millis: u64, t: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+fn alloc(mib: usize, hold: bool) -> std::io::Result<()> {
+    const MIB: usize = 1 << 20;
+    let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mib);
+    for i in 0..mib {
+        let mut chunk = vec![0u8; MIB];
+        // vec! of zeros may map lazily: write one byte per page.
+        for page in chunk.chunks_mut(4096) {
+            page[0] = (i as u8) | 1;
+        }
+        chunks.push(chunk);
+    }
+    println!("ALLOCATED");
+    std::io::stdout().flush()?;
+    if hold {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    // Keep the memory alive until here.
+    std::hint::black_box(&chunks);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = if args.first().map(String::as_str) == Some("listen-full") {
@@ -175,7 +202,7 @@ fn main() -> ExitCode {
         args.get(1).and_then(|c| c.parse().ok())
     };
     let (Some(mode), Some(count)) = (args.first(), count) else {
-        eprintln!("usage: diag-loadgen listen|connect COUNT ADDR...");
+        eprintln!("usage: diag-loadgen MODE COUNT ARGS... (see the source for the modes)");
         return ExitCode::from(2);
     };
     let rest = &args[2..];
@@ -192,6 +219,7 @@ fn main() -> ExitCode {
             let millis = first.parse().unwrap_or(1000);
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
         }
+        "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);
