@@ -7,6 +7,8 @@ pub mod replay;
 /// diag's own health: what the kernel side counted (cumulative since
 /// start, summed over CPUs) and what user space saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+// Recordings from older builds lack newer counters: they read as zero.
+#[serde(default)]
 pub struct Health {
     /// When these were read (boot-time ns).
     #[serde(default)]

@@ -1,10 +1,332 @@
-//! `diag export`: a recording as JSON lines or a Chrome trace.
+//! `diag export`: a recording as JSON lines (for jq, pandas) or as a
+//! Chrome trace-event file (a timeline in Perfetto's UI).
 
-use std::process::ExitCode;
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{self, Write},
+    process::ExitCode,
+};
 
-use crate::cli::ExportArgs;
+use diag_common::{
+    EventKind, comm_bytes,
+    tcp::{AF_INET6, state, state_name},
+    user::AnyEvent,
+};
+use serde_json::{Value, json};
 
+use crate::{
+    cli::{ExportArgs, ExportFormat},
+    clock::WallClock,
+    enrich::oom::OomContext,
+    record::{RecordingHeader, reader::Record},
+    source::replay::open,
+    view::tail::{Names, endpoint, format_json, oom_text},
+};
+
+/// One JSON line per record. Pure.
+pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String> {
+    match rec {
+        Record::Events(evs) => evs.iter().map(|e| format_json(e, clock, names)).collect(),
+        Record::Health(h) => {
+            vec![json!({"event": "health", "time": time(clock, h.ts_ns), "health": h}).to_string()]
+        }
+        Record::Table(t) => {
+            vec![json!({"event": "socket_table", "time": time(clock, t.ts_ns), "ts_ns": t.ts_ns, "rows": t.rows}).to_string()]
+        }
+        Record::Procs(p) => {
+            vec![json!({"event": "process_table", "time": time(clock, p.ts_ns), "ts_ns": p.ts_ns, "processes": p.procs}).to_string()]
+        }
+        Record::End(e) => vec![
+            json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
+        ],
+        Record::Damage(d) => vec![json!({"event": "damage", "what": d}).to_string()],
+    }
+}
+
+fn time(clock: &WallClock, ts: u64) -> String {
+    clock
+        .wall(ts)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn comm(c: &[u8; 16]) -> String {
+    String::from_utf8_lossy(comm_bytes(c)).into_owned()
+}
+
+/// Builds a Chrome trace: connections as complete ("X") slices on their
+/// owner's track, resets and retransmissions as instant events on it, OOM
+/// kills as global instant events, process names as metadata.
+pub struct ChromeTrace {
+    t0: Option<u64>,
+    events: Vec<Value>,
+    open: HashMap<u64, (u64, u32, String, Vec<String>)>,
+    names: BTreeMap<u32, String>,
+    clock: WallClock,
+}
+
+impl ChromeTrace {
+    pub fn new(clock: WallClock) -> Self {
+        ChromeTrace {
+            t0: None,
+            events: Vec::new(),
+            open: HashMap::new(),
+            names: BTreeMap::new(),
+            clock,
+        }
+    }
+
+    fn us(&mut self, ts: u64) -> f64 {
+        let t0 = *self.t0.get_or_insert(ts);
+        ts.saturating_sub(t0) as f64 / 1000.0
+    }
+
+    pub fn eat(&mut self, e: &AnyEvent) {
+        let h = e.header();
+        let ts = self.us(h.ts_ns);
+        if h.tgid != 0 {
+            self.names.entry(h.tgid).or_insert_with(|| comm(&h.comm));
+        }
+        match e {
+            AnyEvent::TcpState(t) => {
+                let opening = matches!(
+                    (t.old_state, t.new_state),
+                    (state::CLOSE, state::SYN_SENT) | (state::LISTEN, state::SYN_RECV)
+                );
+                if opening {
+                    let kind = if t.new_state == state::SYN_SENT {
+                        "connect"
+                    } else {
+                        "accept"
+                    };
+                    self.open.insert(
+                        t.skaddr,
+                        (
+                            h.ts_ns,
+                            h.tgid,
+                            kind.to_string(),
+                            vec![state_name(t.new_state).into()],
+                        ),
+                    );
+                } else if let Some(o) = self.open.get_mut(&t.skaddr) {
+                    o.3.push(state_name(t.new_state).into());
+                }
+                if t.new_state == state::CLOSE
+                    && let Some((start, pid, kind, states)) = self.open.remove(&t.skaddr)
+                {
+                    let begin = self.us(start);
+                    let family = if t.family == AF_INET6 { "tcp6" } else { "tcp" };
+                    self.events.push(json!({
+                        "name": format!("{kind} {}", endpoint(t.family, &t.daddr, t.dport)),
+                        "cat": family,
+                        "ph": "X",
+                        "ts": begin,
+                        "dur": (ts - begin).max(0.001),
+                        "pid": pid,
+                        "tid": pid,
+                        "args": {
+                            "local": endpoint(t.family, &t.saddr, t.sport),
+                            "remote": endpoint(t.family, &t.daddr, t.dport),
+                            "states": states.join(" > "),
+                        },
+                    }));
+                }
+            }
+            AnyEvent::TcpSock(s) => {
+                let name = match EventKind::try_from(s.header.kind) {
+                    Ok(EventKind::TcpResetSent) => "RST sent",
+                    Ok(EventKind::TcpResetReceived) => "RST received",
+                    Ok(EventKind::TcpRetransmitSynack) => "SYN-ACK retransmit",
+                    _ => "retransmit",
+                };
+                self.events.push(json!({
+                    "name": name, "cat": "tcp", "ph": "i", "s": "t", "ts": ts, "pid": h.tgid, "tid": h.tgid,
+                    "args": {"local": endpoint(s.family, &s.saddr, s.sport), "remote": endpoint(s.family, &s.daddr, s.dport)},
+                }));
+            }
+            AnyEvent::OomKill(o) => {
+                self.names
+                    .entry(o.victim_process())
+                    .or_insert_with(|| comm(&o.victim_comm));
+                self.events.push(json!({
+                    "name": format!("OOM kill {} ({})", o.victim_process(), comm(&o.victim_comm)),
+                    "cat": "oom", "ph": "i", "s": "g", "ts": ts, "pid": o.victim_process(), "tid": o.victim_pid,
+                    "args": {"what": oom_text(o, &OomContext::default(), &self.clock), "rss_kb": o.rss_kb(), "trigger_pid": h.tgid},
+                }));
+            }
+        }
+    }
+
+    /// The finished trace. Connections still open at the end are shown
+    /// up to the last event.
+    pub fn finish(mut self, last_ts: u64) -> Value {
+        let end = self.us(last_ts);
+        let open: Vec<_> = self.open.drain().collect();
+        for (_, (start, pid, kind, states)) in open {
+            let begin = self.us(start);
+            self.events.push(json!({
+                "name": format!("{kind} (still open)"), "cat": "tcp", "ph": "X", "ts": begin, "dur": (end - begin).max(0.001),
+                "pid": pid, "tid": pid, "args": {"states": states.join(" > ")},
+            }));
+        }
+        for (pid, name) in &self.names {
+            self.events.push(json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": format!("{name} ({pid})")}}));
+        }
+        json!({"traceEvents": self.events, "displayTimeUnit": "ms"})
+    }
+}
+
+fn writer(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match &args.output {
+        Some(p) => Box::new(io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?,
+        )),
+        None => Box::new(io::BufWriter::new(io::stdout().lock())),
+    })
+}
+
+fn names_of(h: &RecordingHeader) -> Names {
+    Names {
+        rst_reasons: h.rst_reasons.iter().cloned().collect(),
+    }
+}
+
+/// `diag export FILE --format jsonl|chrome-trace`.
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("diag export is not implemented yet")
+    let reader = open(&args.file)?;
+    let header = reader.header.clone();
+    let clock = header.clock();
+    let names = names_of(&header);
+    let mut out = writer(&args)?;
+    let broken = |e: io::Error| -> anyhow::Result<()> {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(anyhow::Error::new(e).context("writing the export"))
+        }
+    };
+    let mut damage = 0;
+    match args.format {
+        ExportFormat::Jsonl => {
+            let head = json!({"event": "recording", "header": header}).to_string();
+            if let Err(e) = writeln!(out, "{head}") {
+                broken(e)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            for rec in reader {
+                if let Record::Damage(d) = &rec {
+                    damage += 1;
+                    eprintln!("diag: {d}");
+                }
+                for line in jsonl_lines(&rec, &clock, &names) {
+                    if let Err(e) = writeln!(out, "{line}") {
+                        broken(e)?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+        }
+        ExportFormat::ChromeTrace => {
+            let mut trace = ChromeTrace::new(clock);
+            let mut last = header.started_ts_ns;
+            for rec in reader {
+                match rec {
+                    Record::Events(evs) => {
+                        for e in &evs {
+                            last = last.max(e.header().ts_ns);
+                            trace.eat(e);
+                        }
+                    }
+                    Record::Damage(d) => {
+                        damage += 1;
+                        eprintln!("diag: {d}");
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(e) = serde_json::to_writer(&mut out, &trace.finish(last)) {
+                return Err(anyhow::Error::new(e).context("writing the trace"));
+            }
+        }
+    }
+    if let Err(e) = out.flush() {
+        broken(e)?;
+    }
+    if damage > 0 {
+        eprintln!("diag: {damage} damaged parts of the recording were skipped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diag_common::{
+        EventHeader,
+        tcp::{AF_INET, TcpStateEvent, attribution},
+    };
+
+    fn st(ts: u64, old: u8, new: u8) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::TcpState as u32;
+        h.ts_ns = ts;
+        h.tgid = 42;
+        h.pid = 42;
+        h.comm[..3].copy_from_slice(b"api");
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 0, 0, 1]);
+        AnyEvent::TcpState(TcpStateEvent {
+            header: h,
+            skaddr: 9,
+            in_old_state_ns: 0,
+            saddr: a,
+            daddr: a,
+            sport: 40000,
+            dport: 5432,
+            family: AF_INET,
+            old_state: old,
+            new_state: new,
+            attribution: attribution::SYSCALL,
+            _pad: [0; 3],
+            current_tgid: 42,
+        })
+    }
+
+    #[test]
+    fn connections_become_slices() {
+        let mut t = ChromeTrace::new(WallClock::with_offset_ns(0));
+        t.eat(&st(1_000_000, state::CLOSE, state::SYN_SENT));
+        t.eat(&st(1_500_000, state::SYN_SENT, state::ESTABLISHED));
+        t.eat(&st(3_000_000, state::FIN_WAIT2, state::CLOSE));
+        let v = t.finish(3_000_000);
+        let evs = v["traceEvents"].as_array().unwrap();
+        let x = evs.iter().find(|e| e["ph"] == "X").unwrap();
+        assert_eq!(x["pid"], 42);
+        assert_eq!(x["ts"], 0.0);
+        assert_eq!(x["dur"], 2000.0);
+        assert_eq!(x["name"], "connect 10.0.0.1:5432");
+        assert_eq!(x["args"]["states"], "SYN_SENT > ESTABLISHED > CLOSE");
+        assert!(
+            evs.iter()
+                .any(|e| e["ph"] == "M" && e["args"]["name"] == "api (42)")
+        );
+    }
+
+    #[test]
+    fn jsonl_is_one_object_per_line() {
+        let rec = Record::Events(vec![st(1, state::CLOSE, state::SYN_SENT)]);
+        let lines = jsonl_lines(&rec, &WallClock::with_offset_ns(0), &Names::default());
+        assert_eq!(lines.len(), 1);
+        let v: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["event"], "tcp_state");
+        let d = jsonl_lines(
+            &Record::Damage("x".into()),
+            &WallClock::with_offset_ns(0),
+            &Names::default(),
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&d[0]).unwrap()["event"],
+            "damage"
+        );
+    }
 }

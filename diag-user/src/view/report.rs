@@ -1,10 +1,663 @@
-//! `diag report`: a recording reviewed in the USE method's order.
+//! `diag report`: a recording reviewed in the USE method's order: errors,
+//! saturation, then churn, each with times; plain text, and optionally a
+//! self-contained HTML page with plots (inline SVG, no scripts).
 
-use std::process::ExitCode;
+use std::{collections::BTreeSet, fmt::Write as _, process::ExitCode};
 
-use crate::cli::ReportArgs;
+use diag_common::{oom::OomKillEvent, user::AnyEvent};
+use serde::Serialize;
 
+use crate::{
+    aggregate::tcp::{Counters, Log2Hist, Pressure, ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
+    cli::ReportArgs,
+    clock::WallClock,
+    enrich::oom::OomContext,
+    record::{RecordingHeader, reader::Record},
+    source::replay::open,
+    view::tail::{human_ns, oom_text},
+};
+
+/// One point of the timelines (one interval).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Point {
+    pub ts_ns: u64,
+    pub opens_per_s: f64,
+    pub closes_per_s: f64,
+    pub resets_per_s: f64,
+    pub retrans_per_s: f64,
+    pub established: u64,
+    pub time_wait: u64,
+    pub close_wait: u64,
+}
+
+/// Everything the report says, computed from a recording. Pure.
+#[derive(Debug, Clone, Default)]
+pub struct Review {
+    pub header: RecordingHeader,
+    pub first_ts: Option<u64>,
+    pub last_ts: u64,
+    pub events: u64,
+    pub timeline: Vec<Point>,
+    pub oom: Vec<OomKillEvent>,
+    pub last: Option<TcpSnapshot>,
+    /// (when, how many) each time the kernel reported new drops.
+    pub drops: Vec<(u64, u64)>,
+    pub damage: Vec<String>,
+    pub ended: bool,
+    pub tw_peak: (u64, u64),
+    pub cw_peak: (u64, u64),
+    pub pressure_peak: Option<(u64, Pressure)>,
+    pub hints: BTreeSet<String>,
+    pub lifetimes: Log2Hist,
+}
+
+/// Timeline resolution.
+pub const STEP_NS: u64 = 1_000_000_000;
+
+impl Review {
+    /// Fold a recording (its records in order) into a review.
+    pub fn build(
+        header: RecordingHeader,
+        records: impl Iterator<Item = Record>,
+        ended: impl Fn() -> bool,
+    ) -> Review {
+        let config = TcpConfig {
+            port_range: header.port_range.unwrap_or(TcpConfig::default().port_range),
+            ..TcpConfig::default()
+        };
+        let mut agg = TcpAggregate::new(config);
+        let mut r = Review {
+            header,
+            ..Review::default()
+        };
+        let mut seeded = false;
+        let mut next_due: Option<u64> = None;
+        let mut last_drops = 0u64;
+        let mut opened: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        for rec in records {
+            match rec {
+                Record::Events(evs) => {
+                    for e in &evs {
+                        let ts = e.header().ts_ns;
+                        r.first_ts.get_or_insert(ts);
+                        let due = *next_due.get_or_insert(ts + STEP_NS);
+                        if ts >= due {
+                            let mut d = due;
+                            while d <= ts {
+                                r.sample(&mut agg, d);
+                                d += STEP_NS;
+                            }
+                            next_due = Some(d);
+                        }
+                        r.last_ts = r.last_ts.max(ts);
+                        r.events += 1;
+                        match e {
+                            AnyEvent::OomKill(o) => r.oom.push(*o),
+                            AnyEvent::TcpState(t) => {
+                                use diag_common::tcp::state;
+                                if matches!(
+                                    (t.old_state, t.new_state),
+                                    (state::CLOSE, state::SYN_SENT)
+                                        | (state::LISTEN, state::SYN_RECV)
+                                ) {
+                                    opened.insert(t.skaddr, ts);
+                                } else if t.new_state == state::CLOSE
+                                    && let Some(o) = opened.remove(&t.skaddr)
+                                {
+                                    r.lifetimes.record(ts.saturating_sub(o));
+                                }
+                            }
+                            AnyEvent::TcpSock(_) => {}
+                        }
+                        agg.on_event(e);
+                    }
+                }
+                Record::Table(t) => {
+                    if seeded {
+                        agg.reconcile(&t.rows, t.ts_ns);
+                    } else {
+                        seeded = true;
+                        agg.seed(&t.rows, t.ts_ns);
+                        agg.snapshot(t.ts_ns);
+                        r.first_ts.get_or_insert(t.ts_ns);
+                        next_due.get_or_insert(t.ts_ns + STEP_NS);
+                    }
+                    r.last_ts = r.last_ts.max(t.ts_ns);
+                }
+                Record::Health(h) => {
+                    if h.ringbuf_full > last_drops {
+                        r.drops.push((h.ts_ns, h.ringbuf_full - last_drops));
+                        last_drops = h.ringbuf_full;
+                    }
+                    r.last_ts = r.last_ts.max(h.ts_ns);
+                }
+                Record::Procs(_) | Record::End(_) => {}
+                Record::Damage(d) => r.damage.push(d),
+            }
+        }
+        let end = r.last_ts;
+        r.sample(&mut agg, end);
+        r.ended = ended();
+        r
+    }
+
+    fn sample(&mut self, agg: &mut TcpAggregate, ts: u64) {
+        let s = agg.snapshot(ts);
+        let p = Point {
+            ts_ns: ts,
+            opens_per_s: s.rates.active_opens + s.rates.passive_opens,
+            closes_per_s: s.rates.closes,
+            resets_per_s: s.rates.resets_sent + s.rates.resets_received,
+            retrans_per_s: s.rates.retransmits,
+            established: s.states.established,
+            time_wait: s.states.time_wait,
+            close_wait: s.states.close_wait,
+        };
+        if p.time_wait > self.tw_peak.1 {
+            self.tw_peak = (ts, p.time_wait);
+        }
+        if p.close_wait > self.cw_peak.1 {
+            self.cw_peak = (ts, p.close_wait);
+        }
+        if let Some(top) = s.pressure.first()
+            && self
+                .pressure_peak
+                .as_ref()
+                .is_none_or(|(_, best)| top.ratio > best.ratio)
+        {
+            self.pressure_peak = Some((ts, top.clone()));
+        }
+        // Rates over a sliver of time (the last, partial interval) would
+        // make hints shout: only whole intervals give them.
+        if s.interval_s * 1e9 >= STEP_NS as f64 * 0.5 {
+            self.hints.extend(s.hints.iter().cloned());
+        }
+        if s.interval_s > 0.0 {
+            self.timeline.push(p);
+        }
+        self.last = Some(s);
+    }
+
+    fn clock(&self) -> WallClock {
+        self.header.clock()
+    }
+}
+
+fn top_by(rows: &[ProcRow], n: usize, key: impl Fn(&Counters) -> u64) -> Vec<&ProcRow> {
+    let mut v: Vec<&ProcRow> = rows.iter().filter(|r| key(&r.totals) > 0).collect();
+    v.sort_by(|a, b| key(&b.totals).cmp(&key(&a.totals)).then(a.pid.cmp(&b.pid)));
+    v.truncate(n);
+    v
+}
+
+/// The report as text. Pure.
+pub fn render_text(r: &Review, file: &str) -> String {
+    let clock = r.clock();
+    let t = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+    let mut o = String::new();
+    let h = &r.header;
+    let first = r.first_ts.unwrap_or(h.started_ts_ns);
+    let _ = writeln!(o, "diag report: {file}");
+    let _ = writeln!(
+        o,
+        "Host {}, kernel {}, {} CPUs; recorded {} to {} ({}); diag {}",
+        h.hostname,
+        h.kernel,
+        h.cpus,
+        clock.wall(first).format("%Y-%m-%d %H:%M:%S %Z"),
+        t(r.last_ts),
+        human_ns(r.last_ts.saturating_sub(first)),
+        h.diag_version
+    );
+    let _ = writeln!(o, "Events: {}; probes: {}", r.events, h.probes.join(", "));
+    let mut complete = true;
+    for (ts, n) in &r.drops {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "INCOMPLETE: {n} events dropped by the kernel in the second before {} (ring buffer full)",
+            t(*ts)
+        );
+    }
+    for d in &r.damage {
+        complete = false;
+        let _ = writeln!(o, "DAMAGED: {d}");
+    }
+    if !r.ended {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "NOT FINISHED: the recording ends at its last complete frame (diag was killed or the file was cut)"
+        );
+    }
+    if complete {
+        let _ = writeln!(o, "Complete: no events were lost.");
+    }
+
+    let empty = Vec::new();
+    let rows = r.last.as_ref().map(|s| &s.processes).unwrap_or(&empty);
+    let _ = writeln!(o, "\n1. ERRORS");
+    let _ = writeln!(o, "  OOM kills: {}", r.oom.len());
+    for k in &r.oom {
+        let _ = writeln!(o, "    {}", oom_text(k, &OomContext::default(), &clock));
+    }
+    if let Some(s) = &r.last {
+        let tot = &s.totals;
+        let _ = writeln!(
+            o,
+            "  TCP resets: sent {} (+{} by the kernel for closed ports), received {}; retransmits {}; failed connects {}; aborted connections {}",
+            tot.resets_sent,
+            s.kernel_resets_sent,
+            tot.resets_received,
+            tot.retransmits,
+            tot.failed_connects,
+            tot.aborts
+        );
+        for p in top_by(rows, 5, |c| {
+            c.resets_sent + c.resets_received + c.retransmits + c.failed_connects
+        }) {
+            let _ = writeln!(
+                o,
+                "    pid {:<7} {:<16} resets in {} out {}, retransmits {}, failed connects {}",
+                p.pid,
+                p.comm,
+                p.totals.resets_received,
+                p.totals.resets_sent,
+                p.totals.retransmits,
+                p.totals.failed_connects
+            );
+        }
+        for (addr, e) in s.remote_errors.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    remote {:<24} resets in {} out {}, retransmits {}, failed connects {}",
+                addr.to_string(),
+                e.resets_received,
+                e.resets_sent,
+                e.retransmits,
+                e.failed_connects
+            );
+        }
+    }
+
+    let _ = writeln!(o, "\n2. SATURATION");
+    let _ = writeln!(
+        o,
+        "  No scheduler data in this recording (run-queue latency and stalls are not recorded yet)."
+    );
+
+    let _ = writeln!(o, "\n3. CHURN");
+    let _ = writeln!(
+        o,
+        "  Connection lifetimes: {} closed, p50 {}, p99 {}, max {}",
+        r.lifetimes.count,
+        human_ns(r.lifetimes.quantile(0.5)),
+        human_ns(r.lifetimes.quantile(0.99)),
+        human_ns(r.lifetimes.max)
+    );
+    let secs = (r.last_ts.saturating_sub(first) as f64 / 1e9).max(1e-9);
+    let _ = writeln!(o, "  Top churners (connections opened):");
+    for p in top_by(rows, 5, |c| c.active_opens + c.passive_opens) {
+        let _ = writeln!(
+            o,
+            "    pid {:<7} {:<16} opened {} (active {}, passive {}), {:.1}/s; closed {}; TIME_WAIT created {}",
+            p.pid,
+            p.comm,
+            p.totals.active_opens + p.totals.passive_opens,
+            p.totals.active_opens,
+            p.totals.passive_opens,
+            (p.totals.active_opens + p.totals.passive_opens) as f64 / secs,
+            p.totals.closes,
+            p.totals.time_waits
+        );
+    }
+    let _ = writeln!(o, "  TIME_WAIT peak: {} at {}", r.tw_peak.1, t(r.tw_peak.0));
+    let _ = writeln!(
+        o,
+        "  CLOSE_WAIT peak: {} at {}",
+        r.cw_peak.1,
+        t(r.cw_peak.0)
+    );
+    if let Some(s) = &r.last
+        && !s.leaks.is_empty()
+    {
+        let _ = writeln!(o, "  CLOSE_WAIT leaks at the end: {}", s.leaks.len());
+        for l in s.leaks.iter().take(5) {
+            let who = l
+                .pid
+                .map(|p| format!("pid {p} ({})", l.comm.clone().unwrap_or_default()))
+                .unwrap_or("owner unknown".into());
+            let _ = writeln!(
+                o,
+                "    {who} {} <- {} for {}",
+                l.local,
+                l.remote,
+                human_ns(l.age_ns)
+            );
+        }
+    }
+    match &r.pressure_peak {
+        Some((ts, p)) => {
+            let _ = writeln!(
+                o,
+                "  Ephemeral ports, worst destination: {} -> {} {} used ({:.1} % of {}) at {}",
+                p.destination.local,
+                p.destination.remote,
+                p.ports_used,
+                p.ratio * 100.0,
+                p.range_size,
+                t(*ts)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  Ephemeral ports: no outgoing connections seen");
+        }
+    }
+    if !r.hints.is_empty() {
+        let _ = writeln!(o, "  Hints:");
+        for h in &r.hints {
+            let _ = writeln!(o, "    {h}");
+        }
+    }
+    o
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line of a chart: name, colour, (x, y) points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart as inline SVG: x is time, one polyline per series,
+/// vertical markers (OOM kills) in red.
+pub fn svg_chart(
+    title: &str,
+    series: &[Series<'_>],
+    markers: &[(f64, String)],
+    x0: f64,
+    x1: f64,
+) -> String {
+    let (w, h, pad) = (760.0, 220.0, 40.0);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let span = (x1 - x0).max(1e-9);
+    let sx = |x: f64| pad + (x - x0) / span * (w - 2.0 * pad);
+    let sy = |y: f64| h - pad - y / ymax * (h - 2.0 * pad);
+    let mut s = format!(
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">",
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        "<rect x=\"{pad}\" y=\"{pad}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ccc\"/>",
+        w - 2.0 * pad,
+        h - 2.0 * pad
+    );
+    let _ = write!(
+        s,
+        "<text x=\"2\" y=\"{}\" font-size=\"10\">{:.0}</text>",
+        pad + 4.0,
+        ymax
+    );
+    let _ = write!(
+        s,
+        "<text x=\"2\" y=\"{}\" font-size=\"10\">0</text>",
+        h - pad
+    );
+    let _ = write!(
+        s,
+        "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">+0s</text>",
+        h - pad + 14.0
+    );
+    let _ = write!(
+        s,
+        "<text x=\"{}\" y=\"{}\" font-size=\"10\">+{:.0}s</text>",
+        w - pad - 30.0,
+        h - pad + 14.0,
+        span
+    );
+    for (x, label) in markers {
+        let _ = write!(
+            s,
+            "<line class=\"oom\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{pad}\" y2=\"{1}\" stroke=\"red\"><title>{2}</title></line>",
+            sx(*x),
+            h - pad,
+            esc(label)
+        );
+    }
+    for (i, (name, color, pts)) in series.iter().enumerate() {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
+            pad + 10.0 + i as f64 * 130.0,
+            pad - 8.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg></figure>\n");
+    s
+}
+
+/// A histogram of connection lifetimes (log2 buckets) as inline SVG bars.
+pub fn svg_histogram(title: &str, hist: &Log2Hist) -> String {
+    let (w, h, pad) = (760.0, 200.0, 40.0);
+    let n = hist.buckets.len().max(1);
+    let max = hist.buckets.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let bw = (w - 2.0 * pad) / n as f64;
+    let mut s = format!(
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">",
+        esc(title)
+    );
+    for (i, &c) in hist.buckets.iter().enumerate() {
+        let bh = c as f64 / max * (h - 2.0 * pad);
+        let _ = write!(
+            s,
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7\"><title>{} - {}: {c}</title></rect>",
+            pad + i as f64 * bw,
+            h - pad - bh,
+            (bw - 1.0).max(1.0),
+            bh,
+            human_ns(1u64 << i),
+            human_ns((1u64 << (i + 1).min(63)) - 1)
+        );
+    }
+    s.push_str("</svg></figure>\n");
+    s
+}
+
+/// The report as one self-contained HTML page. Pure.
+pub fn render_html(r: &Review, file: &str) -> String {
+    let first = r.first_ts.unwrap_or(r.header.started_ts_ns);
+    let x = |ts: u64| ts.saturating_sub(first) as f64 / 1e9;
+    let x1 = x(r.last_ts).max(1.0);
+    let clock = r.clock();
+    let markers: Vec<(f64, String)> = r
+        .oom
+        .iter()
+        .map(|k| {
+            (
+                x(k.header.ts_ns),
+                oom_text(k, &OomContext::default(), &clock),
+            )
+        })
+        .collect();
+    let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(f64, f64)> {
+        r.timeline.iter().map(|p| (x(p.ts_ns), f(p))).collect()
+    };
+    let mut body = String::new();
+    body.push_str(&svg_chart(
+        "Connection churn (per second)",
+        &[
+            ("opens/s", "#1f77b4", series(&|p| p.opens_per_s)),
+            ("closes/s", "#ff7f0e", series(&|p| p.closes_per_s)),
+        ],
+        &markers,
+        0.0,
+        x1,
+    ));
+    body.push_str(&svg_chart(
+        "Sockets by state",
+        &[
+            ("ESTABLISHED", "#2ca02c", series(&|p| p.established as f64)),
+            ("TIME_WAIT", "#9467bd", series(&|p| p.time_wait as f64)),
+            ("CLOSE_WAIT", "#d62728", series(&|p| p.close_wait as f64)),
+        ],
+        &markers,
+        0.0,
+        x1,
+    ));
+    body.push_str(&svg_chart(
+        "Errors (per second)",
+        &[
+            ("resets/s", "#8c564b", series(&|p| p.resets_per_s)),
+            ("retransmits/s", "#e377c2", series(&|p| p.retrans_per_s)),
+        ],
+        &markers,
+        0.0,
+        x1,
+    ));
+    body.push_str(&svg_histogram(
+        "Connection lifetimes (log2 buckets)",
+        &r.lifetimes,
+    ));
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>diag report: {t}</title>\n<style>body{{font-family:sans-serif;max-width:900px;margin:auto}}pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}figcaption{{font-weight:bold}}</style></head>\n<body><h1>diag report</h1>\n<p>Red vertical lines mark OOM kills; hover for details.</p>\n{body}<h2>Review</h2><pre>{text}</pre></body></html>\n",
+        t = esc(file),
+        text = esc(&render_text(r, file)),
+    )
+}
+
+/// `diag report FILE [--html OUT]`.
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("diag report is not implemented yet")
+    let reader = open(&args.file)?;
+    let header = reader.header.clone();
+    let ended = std::rc::Rc::new(std::cell::Cell::new(false));
+    let flag = ended.clone();
+    let mut reader = reader;
+    let records = std::iter::from_fn(move || {
+        let r = reader.next();
+        flag.set(reader.ended);
+        r
+    });
+    let review = Review::build(header, records, || ended.get());
+    let name = args.file.display().to_string();
+    print!("{}", render_text(&review, &name));
+    if let Some(out) = &args.html {
+        std::fs::write(out, render_html(&review, &name))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+        eprintln!("diag: wrote {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EndFrame;
+    use diag_common::{
+        EventHeader, EventKind,
+        tcp::{AF_INET, TcpStateEvent, attribution, state},
+    };
+
+    fn st(ts: u64, sk: u64, sport: u16, old: u8, new: u8) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::TcpState as u32;
+        h.ts_ns = ts;
+        h.pid = 7;
+        h.tgid = 7;
+        h.comm[..3].copy_from_slice(b"api");
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[127, 0, 0, 1]);
+        AnyEvent::TcpState(TcpStateEvent {
+            header: h,
+            skaddr: sk,
+            in_old_state_ns: 0,
+            saddr: a,
+            daddr: a,
+            sport,
+            dport: 5432,
+            family: AF_INET,
+            old_state: old,
+            new_state: new,
+            attribution: attribution::SYSCALL,
+            _pad: [0; 3],
+            current_tgid: 7,
+        })
+    }
+
+    fn review() -> Review {
+        use state::*;
+        let mut evs = Vec::new();
+        for i in 0..30u64 {
+            let ts = 1_000_000_000 + i * 100_000_000;
+            let sport = 40000 + i as u16;
+            evs.push(st(ts, 0x100 + i, 0, CLOSE, SYN_SENT));
+            evs.push(st(ts + 1_000, 0x100 + i, sport, SYN_SENT, ESTABLISHED));
+            evs.push(st(ts + 2_000, 0x100 + i, sport, ESTABLISHED, FIN_WAIT1));
+            evs.push(st(ts + 3_000, 0x100 + i, sport, FIN_WAIT1, FIN_WAIT2));
+            evs.push(st(ts + 4_000, 0x100 + i, sport, FIN_WAIT2, CLOSE));
+        }
+        let header = RecordingHeader {
+            hostname: "h".into(),
+            cpus: 2,
+            started_ts_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let records = vec![
+            Record::Events(evs),
+            Record::Damage("frame at byte 99 has a bad checksum: skipped".into()),
+            Record::End(EndFrame {
+                ts_ns: 5_000_000_000,
+                reason: "stopped".into(),
+            }),
+        ];
+        Review::build(header, records.into_iter(), || true)
+    }
+
+    #[test]
+    fn review_counts_and_text() {
+        let r = review();
+        assert_eq!(r.events, 150);
+        assert_eq!(r.lifetimes.count, 30);
+        assert_eq!(r.tw_peak.1, 30);
+        assert!(r.timeline.len() >= 2);
+        let text = render_text(&r, "x.diag");
+        for want in [
+            "1. ERRORS",
+            "2. SATURATION",
+            "3. CHURN",
+            "pid 7",
+            "TIME_WAIT peak: 30",
+            "DAMAGED: frame at byte 99",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert!(!text.contains("Complete: no events were lost."));
+    }
+
+    #[test]
+    fn html_has_plots() {
+        let html = render_html(&review(), "x<y>.diag");
+        assert!(html.starts_with("<!doctype html>"));
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert!(html.contains("<polyline") && html.contains("class=\"bar\""));
+        assert!(html.contains("x&lt;y&gt;.diag"));
+        assert!(!html.contains("<script"));
+    }
 }
