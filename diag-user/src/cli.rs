@@ -379,7 +379,7 @@ pub struct RecordArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp,reset,retrans"
+        default_value = "tcp,reset,retrans,oom"
     )]
     pub events: Vec<EventClass>,
 

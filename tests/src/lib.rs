@@ -3,8 +3,10 @@
 
 use std::{
     collections::HashMap,
+    ffi::CString,
     io::{BufRead, BufReader},
-    path::PathBuf,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Mutex, MutexGuard, mpsc},
     thread,
@@ -120,7 +122,7 @@ impl Diag {
         loop {
             match d.stderr.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
-                    let ready = line.contains("tracing");
+                    let ready = line.contains("tracing") || line.starts_with("diag: recording");
                     d.stderr_seen.push(line);
                     if ready {
                         return d;
@@ -300,5 +302,124 @@ pub fn assert_released(objects: &BpfObjects, after: &str) {
             "still in the kernel {after}: {left:?}"
         );
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Memory cgroups for OOM tests.
+
+pub const V1_ROOT: &str = "/sys/fs/cgroup/memory";
+
+/// Where cgroup2 is mounted (/sys/fs/cgroup/unified on hybrid hosts such
+/// as this project's, /sys/fs/cgroup on most current ones).
+pub fn cgroup2_root() -> Option<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+    })
+}
+
+/// A memory cgroup for one test, removed on drop: whatever still runs in
+/// it is killed first (it is ours: only our children were put there).
+pub struct MemCgroup {
+    pub dir: PathBuf,
+    /// The path diag should report, relative to the hierarchy's root.
+    pub rel: String,
+}
+
+impl MemCgroup {
+    pub fn create(root: &str, test: &str, limit_file: &str, limit_bytes: u64) -> MemCgroup {
+        let name = format!("diag-oom-{test}-{}", std::process::id());
+        let dir = Path::new(root).join(&name);
+        if dir.exists() {
+            // Left over from a crashed earlier run of this same test pid.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let cg = MemCgroup {
+            dir,
+            rel: format!("/{name}"),
+        };
+        cg.write(limit_file, &limit_bytes.to_string());
+        if root == V1_ROOT {
+            // On a host with swap, anonymous memory would be swapped out
+            // instead of hitting the limit: no swapping in this cgroup.
+            cg.write("memory.swappiness", "0");
+        }
+        cg
+    }
+
+    pub fn write(&self, file: &str, value: &str) {
+        let p = self.dir.join(file);
+        std::fs::write(&p, value).unwrap_or_else(|e| panic!("{} <- {value}: {e}", p.display()));
+    }
+
+    pub fn procs(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Spawn `LOADGEN ARGS` (the test binary `diag-loadgen`) inside this cgroup: the child moves itself
+    /// in (writing 0 to cgroup.procs means "me") before it execs.
+    pub fn spawn(&self, loadgen: &str, args: &[&str]) -> Child {
+        let procs = CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        let mut cmd = Command::new(loadgen);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls (open, write, close) on data
+        // prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn diag-loadgen in the cgroup")
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for pid in procs {
+                // SAFETY: kill(2); these pids are in our test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("WARNING: could not remove {}", self.dir.display());
     }
 }

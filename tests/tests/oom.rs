@@ -6,137 +6,20 @@
 //! guard), and only processes inside them can be killed.
 
 use std::{
-    ffi::CString,
     io::{BufRead, BufReader},
-    os::unix::process::{CommandExt, ExitStatusExt},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, require_root, serial};
+use diag_tests::{Diag, MemCgroup, V1_ROOT, cgroup2_root, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 const COMM: &str = "diag-loadgen";
 const LIMIT_MIB: u64 = 32;
-
-const V1_ROOT: &str = "/sys/fs/cgroup/memory";
-
-/// Where cgroup2 is mounted (/sys/fs/cgroup/unified on hybrid hosts such
-/// as this project's, /sys/fs/cgroup on most current ones).
-fn cgroup2_root() -> Option<String> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mi.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        right
-            .starts_with("cgroup2 ")
-            .then(|| left.split_whitespace().nth(4).map(str::to_string))?
-    })
-}
-
-/// A memory cgroup for one test, removed on drop: whatever still runs in
-/// it is killed first (it is ours: only our children were put there).
-struct MemCgroup {
-    dir: PathBuf,
-    /// The path diag should report, relative to the hierarchy's root.
-    rel: String,
-}
-
-impl MemCgroup {
-    fn create(root: &str, test: &str, limit_file: &str, limit_bytes: u64) -> MemCgroup {
-        let name = format!("diag-oom-{test}-{}", std::process::id());
-        let dir = Path::new(root).join(&name);
-        if dir.exists() {
-            // Left over from a crashed earlier run of this same test pid.
-            let _ = std::fs::remove_dir(&dir);
-        }
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let cg = MemCgroup {
-            dir,
-            rel: format!("/{name}"),
-        };
-        cg.write(limit_file, &limit_bytes.to_string());
-        if root == V1_ROOT {
-            // On a host with swap, anonymous memory would be swapped out
-            // instead of hitting the limit: no swapping in this cgroup.
-            cg.write("memory.swappiness", "0");
-        }
-        cg
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        let p = self.dir.join(file);
-        std::fs::write(&p, value).unwrap_or_else(|e| panic!("{} <- {value}: {e}", p.display()));
-    }
-
-    fn procs(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
-    /// Spawn `diag-loadgen ARGS` inside this cgroup: the child moves itself
-    /// in (writing 0 to cgroup.procs means "me") before it execs.
-    fn spawn(&self, args: &[&str]) -> Child {
-        let procs = CString::new(
-            self.dir
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        let mut cmd = Command::new(LOADGEN);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (open, write, close) on data
-        // prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn().expect("spawn diag-loadgen in the cgroup")
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let procs = self.procs();
-            if procs.is_empty() {
-                break;
-            }
-            for pid in procs {
-                // SAFETY: kill(2); these pids are in our test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("WARNING: could not remove {}", self.dir.display());
-    }
-}
 
 /// The kernel log from now on, read from /dev/kmsg (one record per read).
 struct Kmsg {
@@ -275,7 +158,7 @@ fn memcg_v1_kill_is_reported_with_victim_trigger_and_cgroup() {
     let mut kmsg = Kmsg::from_now();
     let mut diag = Diag::start(&["tail", "--json", "--events", "oom"]);
 
-    let mut child = cg.spawn(&["alloc", "256"]);
+    let mut child = cg.spawn(LOADGEN, &["alloc", "256"]);
     let pid = child.id();
     wait_killed(&mut child);
     let killed_at = Instant::now();
@@ -338,7 +221,7 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     let diag = Diag::start(&["tail", "--json", "--events", "oom"]);
 
     // A big, idle process: 24 of the 32 MiB, then it just sleeps.
-    let mut hog = cg.spawn(&["alloc", "24", "hold"]);
+    let mut hog = cg.spawn(LOADGEN, &["alloc", "24", "hold"]);
     let mut ready = String::new();
     BufReader::new(hog.stdout.take().unwrap())
         .read_line(&mut ready)
@@ -346,7 +229,7 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     assert_eq!(ready.trim(), "ALLOCATED");
     // A small one whose allocation does not fit: the OOM killer runs in its
     // context and kills the biggest task, the hog.
-    let mut small = cg.spawn(&["alloc", "16"]);
+    let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
     let st = small.wait().unwrap();
     assert!(st.success(), "the allocating child should survive: {st}");
     wait_killed(&mut hog);
@@ -395,7 +278,7 @@ fn five_kills_in_a_row_are_all_reported_in_order() {
     let diag = Diag::start(&["tail", "--json", "--events", "oom"]);
     let mut pids = Vec::new();
     for _ in 0..5 {
-        let mut child = cg.spawn(&["alloc", "256"]);
+        let mut child = cg.spawn(LOADGEN, &["alloc", "256"]);
         pids.push(child.id());
         wait_killed(&mut child);
     }
@@ -465,7 +348,7 @@ fn memcg_v2_kill_is_reported() {
     }
     let mut kmsg = Kmsg::from_now();
     let diag = Diag::start(&["tail", "--json", "--events", "oom"]);
-    let mut child = cg.spawn(&["alloc", "256"]);
+    let mut child = cg.spawn(LOADGEN, &["alloc", "256"]);
     let pid = child.id();
     wait_killed(&mut child);
     thread::sleep(Duration::from_millis(300));
