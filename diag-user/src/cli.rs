@@ -56,7 +56,13 @@ the last frame reads back. Ctrl-C or SIGTERM finish the file cleanly. Files \
 are created with mode 0600: they name processes, addresses and ports.";
 
 const RECORD_EXAMPLES: &str = "\
+Flight recorder: with --trigger, diag keeps the last --before of events in
+memory and writes DIR/diag-DATE-TIME-KIND.diag with --before and --after
+around each incident, keeping at most --max-files of them: it can stay on
+for weeks without filling the disk.
+
 Examples:
+  diag record --trigger oom,reset-storm,port-pressure -o /var/lib/diag --before 5m
   diag record -o /var/tmp/incident.diag --duration 10m
   diag record -o big.diag --max-size 100M --max-files 5   rotate: big.diag.1 ...
   diag report /var/tmp/incident.diag";
@@ -349,9 +355,37 @@ pub struct ConnsView {
 /// `diag record`.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
-    /// The file to write (created with mode 0600)
-    #[arg(short, long, value_name = "FILE")]
+    /// The file to write (created with mode 0600); with --trigger, a
+    /// directory for one file per incident
+    #[arg(short, long, value_name = "FILE|DIR")]
     pub output: std::path::PathBuf,
+
+    /// Flight recorder: keep the last --before in memory and write a file
+    /// only around each of these incidents (comma separated)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KINDS")]
+    pub trigger: Vec<Trigger>,
+
+    /// Flight recorder: how much before an incident to keep
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub before: std::time::Duration,
+
+    /// Flight recorder: how much after an incident to keep
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub after: std::time::Duration,
+
+    /// Flight recorder: resets per second (sent and received) that make a storm
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reset_storm: u64,
+
+    /// Flight recorder: the share of ephemeral ports (percent) toward one
+    /// destination that is a port-pressure incident
+    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
+    pub pressure_warn: f64,
+
+    /// Flight recorder: most events held in memory (the window shortens
+    /// beyond it, and diag says so)
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    pub buffer_events: usize,
 
     /// Stop after this long (default: until Ctrl-C)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -401,6 +435,17 @@ pub struct RecordArgs {
 
     #[command(flatten)]
     pub probe: ProbeArgs,
+}
+
+/// What starts a flight-recorder file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Trigger {
+    /// An OOM kill
+    Oom,
+    /// A destination over --pressure-warn of the ephemeral ports
+    PortPressure,
+    /// More than --reset-storm resets in a second
+    ResetStorm,
 }
 
 /// `diag replay`.

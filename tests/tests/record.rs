@@ -518,3 +518,97 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
         "--max-files 2 keeps two rotated files"
     );
 }
+
+#[test]
+fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
+    if !require_root("flight_recorder_writes_one_file_per_incident_with_what_came_before") {
+        return;
+    }
+    let _guard = serial();
+    let dir = TempDir::new("flight");
+    let out_dir = dir.path("incidents");
+    let d = out_dir.to_str().unwrap();
+    let recorder = Diag::start(&[
+        "record",
+        "--trigger",
+        "oom,reset-storm",
+        "-o",
+        d,
+        "--before",
+        "4s",
+        "--after",
+        "1s",
+        "--reset-storm",
+        "50",
+    ]);
+    // Before the incident: churn that the OOM file must also hold.
+    let mut listener = loadgen(&["listen", "20", "127.0.0.1:0"]);
+    let port = port_of(&mut listener);
+    let client = loadgen(&["connect", "20", &format!("127.0.0.1:{port}")]);
+    let client_pid = client.id();
+    assert!(client.wait_with_output().unwrap().status.success());
+    assert!(listener.wait().unwrap().success());
+    let cg = MemCgroup::create(V1_ROOT, "flight", "memory.limit_in_bytes", 32 << 20);
+    let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
+    let victim_pid = victim.id();
+    let _ = victim.wait();
+    thread::sleep(Duration::from_millis(2000));
+    // A reset storm: connects to a closed port.
+    let storm = loadgen(&["try-connect", "100", &format!("127.0.0.1:{port}")]);
+    assert!(storm.wait_with_output().unwrap().status.success());
+    thread::sleep(Duration::from_millis(2000));
+    let out = recorder.stop(libc::SIGINT);
+    drop(cg);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?} {:?}", out.stderr);
+    let oom_file = files
+        .iter()
+        .find(|f| {
+            f.to_string_lossy()
+                .contains(&format!("oom-{victim_pid}-diag-loadgen"))
+        })
+        .expect("an OOM file");
+    let storm_file = files
+        .iter()
+        .find(|f| f.to_string_lossy().contains("reset-storm"))
+        .expect("a storm file");
+    for f in &files {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let o = oom_file.to_str().unwrap();
+    let kills = diag(&["replay", o, "tail", "--json", "--events", "oom"]);
+    assert!(
+        text(&kills.stdout).contains(&format!("\"pid\":{victim_pid}")),
+        "{}",
+        text(&kills.stdout)
+    );
+    let before = diag(&[
+        "replay",
+        o,
+        "tail",
+        "--json",
+        "--pid",
+        &client_pid.to_string(),
+    ]);
+    assert_eq!(
+        text(&before.stdout).lines().count(),
+        100,
+        "the churn before the kill is in the file"
+    );
+    let s = storm_file.to_str().unwrap();
+    let resets = diag(&["replay", s, "tail", "--json", "--events", "reset"]);
+    assert!(
+        text(&resets.stdout).lines().count() >= 100,
+        "{}",
+        text(&resets.stderr)
+    );
+}

@@ -1,6 +1,7 @@
 //! Recordings: a session's events, health and socket tables in a file,
 //! replayed later through the same views, on any host, without root.
 
+pub mod flight;
 pub mod format;
 pub mod reader;
 pub mod writer;
@@ -145,6 +146,9 @@ const PROCS_EVERY: Duration = Duration::from_secs(10);
 /// `diag record`.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require_for(&args.probe, &args.events)?;
+    if !args.trigger.is_empty() {
+        return run_flight(args, env);
+    }
     let opts = writer::WriterOptions {
         compress: !args.no_compress,
         max_size: args.max_size,
@@ -232,6 +236,130 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         if std::io::stderr().is_terminal() {
             eprintln!("diag: review it with `diag report {}`", args.output.display());
         }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `diag record --trigger KINDS -o DIR`: the flight recorder.
+fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = args.output.clone();
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the directory {}: {e}", dir.display()))?;
+    }
+    let probe_file = dir.join(".diag-write-test");
+    std::fs::write(&probe_file, b"").map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write in {}: {e}; give a directory diag may write to",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe_file);
+    let header = header_now(&env);
+    let opts = writer::WriterOptions {
+        compress: !args.no_compress,
+        max_size: None,
+        max_files: args.max_files,
+    };
+    let tracer = loader::load(&env, &args.probe)?;
+    let live = Live::new(tracer)?;
+    let filter = Filter {
+        events: args.events.clone(),
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+        ports: args.port.clone(),
+        family: args.family,
+    };
+    let tcp = crate::aggregate::tcp::TcpConfig {
+        port_range: header
+            .port_range
+            .unwrap_or(crate::aggregate::tcp::TcpConfig::default().port_range),
+        pressure_warn: args.pressure_warn / 100.0,
+        ..Default::default()
+    };
+    let mut flight = flight::Flight::new(
+        args.trigger.clone(),
+        args.before.as_nanos() as u64,
+        args.after.as_nanos() as u64,
+        args.reset_storm,
+        args.buffer_events,
+        tcp,
+    );
+    let clock = header.clock();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut session = LiveSession::start(live, Some(args.reconcile));
+        let kinds: Vec<String> = args
+            .trigger
+            .iter()
+            .filter_map(|t| clap::ValueEnum::to_possible_value(t).map(|v| v.get_name().to_string()))
+            .collect();
+        eprintln!(
+            "diag: recording {} in memory (the last {}); a file in {} for each incident: {}; Ctrl-C to stop",
+            session.attached.join(", "),
+            humantime::format_duration(args.before),
+            dir.display(),
+            kinds.join(", ")
+        );
+        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        tokio::pin!(deadline);
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        let mut written = 0u64;
+        let mut warned_short = 0u64;
+        let mut write_due = |flight: &mut flight::Flight, force: bool| -> anyhow::Result<()> {
+            let due = if force { flight.armed.clone() } else { flight.due(boot_ns()) };
+            if let Some((t, what)) = due {
+                let path = flight::incident_path(&dir, clock.wall(t), &what, args.max_files);
+                let bytes = flight.write(&path, &header, opts.clone())?;
+                written += 1;
+                eprintln!(
+                    "diag: incident {what} at {}: wrote {} ({:.1} KiB)",
+                    clock.wall(t).format("%H:%M:%S"),
+                    path.display(),
+                    bytes as f64 / 1024.0
+                );
+            }
+            Ok(())
+        };
+        loop {
+            tokio::select! {
+                msg = session.rx.recv() => match msg {
+                    None => break,
+                    Some(Msg::Events(evs)) => flight.events(evs.into_iter().filter(|e| filter.matches(e)).collect()),
+                    Some(Msg::Health(h)) => {
+                        flight.health(h);
+                        if flight.shortened > warned_short {
+                            warned_short = flight.shortened;
+                            eprintln!(
+                                "diag: WARNING: more than {} events in the last {}: the oldest were dropped from memory (raise --buffer-events)",
+                                args.buffer_events,
+                                humantime::format_duration(args.before)
+                            );
+                        }
+                    }
+                    Some(Msg::Table { ts_ns, rows }) => flight.table(TableFrame { ts_ns, rows }),
+                    Some(Msg::Damage(_)) => {}
+                },
+                _ = check.tick() => {
+                    if let Err(e) = write_due(&mut flight, false) {
+                        session.cancel.cancel();
+                        let _ = session.source.await;
+                        return Err(e);
+                    }
+                }
+                _ = &mut deadline => session.cancel.cancel(),
+            }
+        }
+        session.source.await??;
+        // Stopped during an incident's "after": write what there is.
+        write_due(&mut flight, true)?;
+        eprintln!("diag: {written} incident files written to {}", dir.display());
         Ok(ExitCode::SUCCESS)
     })
 }
