@@ -304,7 +304,11 @@ mod tests {
         assert!(f.due(102 * S + S / 2).is_some());
         // More while armed: one incident.
         f.events((0..20).map(|i| reset(101 * S + i)).collect());
-        assert_eq!(f.armed.as_ref().unwrap().0, 100 * S + 9000, "armed by the 10th reset");
+        assert_eq!(
+            f.armed.as_ref().unwrap().0,
+            100 * S + 9000,
+            "armed by the 10th reset"
+        );
         assert_eq!(f.events_held, 30, "the event from 1 s was trimmed");
     }
 

@@ -197,11 +197,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         let (tx, mut rx) = mpsc::channel::<Msg>(64);
-        let sig = cancel.clone();
-        tokio::spawn(async move {
-            crate::view::shutdown_signal().await;
-            sig.cancel();
-        });
+        crate::view::cancel_on_signal(&cancel);
         eprintln!(
             "diag: replaying {} (host {}, kernel {}, recorded {})",
             args.file.display(),

@@ -54,11 +54,7 @@ impl LiveSession {
             });
         }
         let source = tokio::spawn(live.run(tx, cancel.clone()));
-        let sig = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            sig.cancel();
-        });
+        cancel_on_signal(&cancel);
         LiveSession {
             rx,
             cancel,
@@ -68,21 +64,28 @@ impl LiveSession {
     }
 }
 
-/// Resolves on SIGINT, SIGTERM or SIGHUP.
-pub async fn shutdown_signal() {
+/// Cancel `cancel` on SIGINT, SIGTERM or SIGHUP. The handlers are in place
+/// when this returns (before diag says it is ready), so an early signal
+/// still ends diag cleanly. Call inside a tokio runtime.
+pub fn cancel_on_signal(cancel: &CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+    let streams = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
-    ) else {
-        // Without signal handlers the default action (exit) still applies,
-        // and the kernel releases everything diag loaded.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
+    );
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        // Without handlers the default action (exit) still applies, and the
+        // kernel releases everything diag loaded.
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        cancel.cancel();
+    });
 }
