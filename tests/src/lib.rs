@@ -170,7 +170,7 @@ impl Diag {
         Output {
             status,
             stdout,
-            stderr: self.stderr_seen,
+            stderr: std::mem::take(&mut self.stderr_seen),
         }
     }
 
@@ -205,7 +205,27 @@ impl Diag {
         Output {
             status,
             stdout,
-            stderr: self.stderr_seen,
+            stderr: std::mem::take(&mut self.stderr_seen),
+        }
+    }
+}
+
+impl Drop for Diag {
+    /// A test that fails while diag runs must not leave it running (its
+    /// programs would disturb later tests): SIGINT, then SIGKILL.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
