@@ -1,12 +1,18 @@
 //! OOM kills: `oom:mark_victim`.
 //!
 //! Two programs hang on the same tracepoint:
-//! - `oom_victim_task` (`tp_btf`, attached first so it runs first) gets the
-//!   victim's `task_struct` and notes, per CPU, its tgid and memory cgroup;
+//! - `oom_victim_task` (`tp_btf`) gets the victim's `task_struct`: its tgid
+//!   and memory cgroup;
 //! - `mark_victim` (classic tracepoint, field offsets from tracefs) reads
-//!   the record, takes the note if it is fresh and for the same victim,
-//!   works out the trigger's memory cgroup and the cgroup that ran out of
-//!   memory, and submits one [`OomKillEvent`].
+//!   the record, works out the trigger's memory cgroup and the cgroup that
+//!   ran out of memory.
+//!
+//! Which of the two runs first is not ours to choose: the kernel calls a
+//! tracepoint's probes in the order they were registered, and the classic
+//! one (shared by every perf user of the tracepoint, e.g. another diag or
+//! bpftrace) may have been registered before ours. So whichever runs first
+//! leaves its half in a per-CPU slot, and the second one joins both halves
+//! and submits one [`OomKillEvent`].
 //!
 //! `mark_victim` runs in the allocating task's context, so the current task
 //! is the trigger. OOM kills are rare: each submit wakes the reader at once.
@@ -20,7 +26,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_kernel_str,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext, Global,
 };
@@ -47,8 +53,32 @@ static MEMCG_LAYOUT: Global<MemcgLayout> = Global::new(MemcgLayout::zeroed());
 #[map]
 static VICTIM_NOTE: PerCpuArray<VictimTask> = PerCpuArray::with_max_entries(1, 0);
 
-/// A note older than this is from another kill.
+/// The `mark_victim` program's event, when it ran first, per CPU. Its
+/// header's `kind` is 0 once submitted.
+#[map]
+static PENDING_KILL: PerCpuArray<OomKillEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0 is 1 once user space attached `oom_victim_task`: only then may
+/// `mark_victim` leave an event for it to finish.
+#[map]
+static OOM_FLAGS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// A half older than this is from another kill.
 const NOTE_MAX_AGE_NS: u64 = 1_000_000;
+
+/// Submit a finished kill. Rare and urgent: wake the reader now.
+#[inline(always)]
+fn submit_kill(ev: *const OomKillEvent) {
+    let Some(mut entry) = EVENTS.reserve::<OomKillEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: `ev` points at a map value of the right type; `entry` is a
+    // reserved, exclusively owned slot of the same size.
+    unsafe { entry.as_mut_ptr().write(core::ptr::read(ev)) };
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    count(counters::SUBMITTED);
+}
 
 /// Read a kernel value at `base + off`, or None.
 #[inline(always)]
@@ -93,6 +123,23 @@ pub fn oom_victim_task(ctx: BtfTracePointContext) -> i32 {
         tgid: tgid as u32,
         memcg_ino: css_ino(&l, css),
     };
+    // Did `mark_victim` run first and leave this kill for us?
+    if let Some(pk) = PENDING_KILL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; only this CPU touches it while we run.
+        unsafe {
+            let fresh = (*pk).header.kind == EventKind::OomKill as u32
+                && (*pk).victim_pid == note.pid
+                && (*pk).header.ts_ns <= note.ts_ns
+                && note.ts_ns - (*pk).header.ts_ns < NOTE_MAX_AGE_NS;
+            if fresh {
+                (*pk).victim_tgid = note.tgid;
+                (*pk).victim_memcg_ino = note.memcg_ino;
+                submit_kill(pk);
+                (*pk).header.kind = 0;
+                return 0;
+            }
+        }
+    }
     if let Some(p) = VICTIM_NOTE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; only this CPU touches it while we run.
         unsafe { *p = note };
@@ -231,33 +278,40 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     // The tp_btf program's note, if it ran just before for this victim.
     let mut victim_tgid: u32 = 0;
     let mut victim_memcg_ino: u64 = 0;
-    if let Some(n) = VICTIM_NOTE.get_ptr(0) {
+    let mut joined = false;
+    if let Some(n) = VICTIM_NOTE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, written only by this CPU.
         let (ts, pid, tgid, ino) = unsafe { ((*n).ts_ns, (*n).pid, (*n).tgid, (*n).memcg_ino) };
         if pid == victim_pid && ts <= header.ts_ns && header.ts_ns - ts < NOTE_MAX_AGE_NS {
             victim_tgid = tgid;
             victim_memcg_ino = ino;
+            joined = true;
+            // SAFETY: as above; a used note must not join a later kill.
+            unsafe { (*n).pid = 0 };
         }
     }
     let ml = MEMCG_LAYOUT.load();
     let facts = memcg_facts(&ml);
-    if victim_tgid == 0 {
+    let victim_task_attached = OOM_FLAGS.get(0).is_some_and(|v| *v == 1);
+    let mut wait_for_victim_task = false;
+    if !joined {
         if victim_pid == header.pid {
             // The trigger killed itself: same task, same cgroup.
             victim_tgid = header.tgid;
             victim_memcg_ino = facts.trigger_ino;
+        } else if victim_task_attached {
+            // The tp_btf program runs after us this time: it finishes.
+            wait_for_victim_task = true;
         } else if ml.valid != 0 {
             count(counters::OOM_NO_VICTIM_TASK);
         }
     }
 
-    let Some(mut entry) = EVENTS.reserve::<OomKillEvent>(0) else {
-        count(counters::RINGBUF_FULL);
+    let Some(ev) = PENDING_KILL.get_ptr_mut(0) else {
         return Ok(0);
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `entry` is a reserved, exclusively owned slot of the right
-    // size; every field is written before submit.
+    // SAFETY: a per-CPU map value of the right type, only this CPU touches
+    // it while we run; every field is written.
     unsafe {
         (*ev).header = header;
         (*ev).victim_pid = victim_pid;
@@ -278,8 +332,10 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).oom_memcg_limit_pages = facts.limit_pages;
         (*ev).oom_memcg_usage_pages = facts.usage_pages;
     }
-    // Rare and urgent: wake the reader now.
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
-    count(counters::SUBMITTED);
+    if !wait_for_victim_task {
+        submit_kill(ev);
+        // SAFETY: as above.
+        unsafe { (*ev).header.kind = 0 };
+    }
     Ok(0)
 }

@@ -402,3 +402,44 @@ fn without_the_oom_tracepoint_tail_and_check_say_so() {
         "{text}"
     );
 }
+
+/// The kernel calls a tracepoint's probes in registration order, and the
+/// classic probe is shared by every perf user of the tracepoint: with
+/// another tracer attached first, diag's classic program runs before its
+/// tp_btf one. The victim's cgroup must be found either way.
+#[test]
+fn the_victim_cgroup_is_found_whatever_the_probe_order() {
+    if !require_root("the_victim_cgroup_is_found_whatever_the_probe_order") {
+        return;
+    }
+    let _guard = serial();
+    let cg = MemCgroup::create(V1_ROOT, "order", "memory.limit_in_bytes", LIMIT_MIB << 20);
+    // The first diag registers the classic probe; the second one's tp_btf
+    // program then comes after it.
+    let first = Diag::start(&["tail", "--json", "--events", "oom"]);
+    let second = Diag::start(&["tail", "--json", "--events", "oom"]);
+    let mut hog = cg.spawn(LOADGEN, &["alloc", "24", "hold"]);
+    let mut line = String::new();
+    BufReader::new(hog.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let hog_pid = hog.id();
+    let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
+    wait_killed(&mut hog);
+    let _ = small.wait();
+    thread::sleep(Duration::from_millis(300));
+    for (name, d) in [("second", second), ("first", first)] {
+        let out = d.stop(libc::SIGINT);
+        let events = oom_events(&out);
+        assert_eq!(events.len(), 1, "{name}: {events:?}");
+        let e = &events[0];
+        assert_eq!(e["pid"], hog_pid, "{name}: {e}");
+        assert_eq!(
+            e["cgroup"],
+            cg.rel.as_str(),
+            "{name}: the victim's cgroup: {e}"
+        );
+        assert_ne!(e["memcg_ino"]["victim"], 0, "{name}: {e}");
+        assert_eq!(e["trigger"]["is_victim"], false, "{name}: {e}");
+    }
+}

@@ -101,7 +101,8 @@ pub fn attach(
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
     if layouts.memcg.valid != 0
-        && let Err(e) = attach_victim_task(ebpf, btf_path)
+        && let Err(e) =
+            attach_victim_task(ebpf, btf_path).and_then(|()| mark_victim_task_attached(ebpf))
     {
         eprintln!(
             "diag: warning: {e}; OOM kills are still shown, but a victim's memory cgroup \
@@ -111,6 +112,18 @@ pub fn attach(
     super::attach_tracepoint(ebpf, "mark_victim", "oom", "mark_victim")?;
     attached.push(TRACEPOINT_NAMES[0]);
     Ok(())
+}
+
+/// Tell `mark_victim` that `oom_victim_task` runs too, so when the kernel
+/// calls the classic program first it leaves the kill for the other one to
+/// finish (see diag-ebpf/src/oom.rs).
+fn mark_victim_task_attached(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let map = ebpf
+        .map_mut("OOM_FLAGS")
+        .ok_or_else(|| LoadError::Missing("map OOM_FLAGS".into()))?;
+    let mut flags: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| LoadError::Load(flatten(&e)))?;
+    flags.set(0, 1, 0).map_err(|e| LoadError::Load(flatten(&e)))
 }
 
 fn attach_victim_task(ebpf: &mut Ebpf, btf_path: &Path) -> Result<(), LoadError> {
