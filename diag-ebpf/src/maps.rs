@@ -8,6 +8,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
     Global,
 };
 use diag_common::{counters, EventHeader, RingConfig};
@@ -59,4 +60,15 @@ pub fn current_header(kind: u32) -> EventHeader {
         tgid: (pid_tgid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
+}
+
+/// A field of a classic tracepoint's record at `offset` (from its tracefs
+/// `format`); a failed read is counted.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| {
+        count(counters::READ_ERROR);
+        0
+    })
 }

@@ -39,7 +39,7 @@ use diag_common::{
     EventKind, TASK_COMM_LEN,
 };
 
-use crate::maps::{count, current_header, EVENTS};
+use crate::maps::{count, current_header, field, EVENTS};
 
 /// Field offsets of `oom:mark_victim` from tracefs.
 #[unsafe(no_mangle)]
@@ -152,15 +152,6 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     match try_mark_victim(&ctx) {
         Ok(v) | Err(v) => v,
     }
-}
-
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
-    // SAFETY: the offset comes from the tracepoint's own format file.
-    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| {
-        count(counters::READ_ERROR);
-        0
-    })
 }
 
 /// The string of a `__data_loc char[]` field: `(len << 16) | offset`.

@@ -23,7 +23,7 @@ use diag_common::{
     EventKind,
 };
 
-use crate::maps::{count, current_header, submit_flags, EVENTS};
+use crate::maps::{count, current_header, field, submit_flags, EVENTS};
 
 /// Field offsets from tracefs, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -44,15 +44,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     match try_inet_sock_set_state(&ctx) {
         Ok(v) | Err(v) => v,
     }
-}
-
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
-    // SAFETY: the offset comes from the tracepoint's own format file.
-    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| {
-        count(counters::READ_ERROR);
-        0
-    })
 }
 
 /// Transitions that only happen inside the owner's own system call.

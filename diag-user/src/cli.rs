@@ -200,7 +200,15 @@ pub struct TailView {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,oom")]
     pub events: Vec<EventClass>,
 
-    /// Only events of this process id or thread id (repeatable)
+    #[command(flatten)]
+    pub only: Only,
+}
+
+/// Which events to keep, beyond their class: shared by tail and record.
+#[derive(Debug, Clone, Args, Default)]
+pub struct Only {
+    /// Only events of this process id or thread id (repeatable; for OOM
+    /// kills, the victim or the trigger)
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
@@ -223,10 +231,7 @@ impl Default for TailView {
         TailView {
             json: false,
             events: vec![EventClass::Tcp, EventClass::Oom],
-            pid: vec![],
-            comm: vec![],
-            port: vec![],
-            family: None,
+            only: Only::default(),
         }
     }
 }
@@ -417,21 +422,8 @@ pub struct RecordArgs {
     )]
     pub events: Vec<EventClass>,
 
-    /// Only events of this process or thread id (repeatable)
-    #[arg(long, value_name = "PID")]
-    pub pid: Vec<u32>,
-
-    /// Only events of processes with this command name (repeatable)
-    #[arg(long, value_name = "NAME")]
-    pub comm: Vec<String>,
-
-    /// Only connections with this port on either side (repeatable)
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Vec<u16>,
-
-    /// Only IPv4 or only IPv6
-    #[arg(long, value_enum)]
-    pub family: Option<Family>,
+    #[command(flatten)]
+    pub only: Only,
 
     #[command(flatten)]
     pub probe: ProbeArgs,
@@ -715,7 +707,7 @@ mod tests {
         let Some(Command::Tail(t)) = ok.command else {
             panic!()
         };
-        assert_eq!(t.view.port, vec![80, 443]);
-        assert_eq!(t.view.family, Some(Family::V6));
+        assert_eq!(t.view.only.port, vec![80, 443]);
+        assert_eq!(t.view.only.family, Some(Family::V6));
     }
 }

@@ -185,28 +185,10 @@ impl Diag {
     }
 
     /// Send `signal` and collect everything it printed.
-    pub fn stop(mut self, signal: i32) -> Output {
+    pub fn stop(self, signal: i32) -> Output {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("diag did not exit within 20 s of signal {signal}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let mut stdout = std::mem::take(&mut self.stdout_seen);
-        stdout.extend(self.stdout.iter());
-        self.stderr_seen.extend(self.stderr.iter());
-        Output {
-            status,
-            stdout,
-            stderr: std::mem::take(&mut self.stderr_seen),
-        }
+        self.wait_exit(Duration::from_secs(20))
     }
 }
 

@@ -158,13 +158,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut w = writer::Writer::create(&args.output, header_now(&env), opts)?;
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
-    let filter = Filter {
-        events: args.events.clone(),
-        pids: args.pid.clone(),
-        comms: args.comm.clone(),
-        ports: args.port.clone(),
-        family: args.family,
-    };
+    let filter = Filter::new(&args.events, &args.only);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -267,13 +261,7 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
     };
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
-    let filter = Filter {
-        events: args.events.clone(),
-        pids: args.pid.clone(),
-        comms: args.comm.clone(),
-        ports: args.port.clone(),
-        family: args.family,
-    };
+    let filter = Filter::new(&args.events, &args.only);
     let tcp = crate::aggregate::tcp::TcpConfig {
         port_range: header
             .port_range

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::{
     Msg,
     aggregate::oom::OomStats,
-    cli::{EventClass, Family, TailArgs, TailView},
+    cli::{EventClass, Family, Only, TailArgs, TailView},
     clock::WallClock,
     enrich::oom::{CgroupIndex, OomContext},
     loader,
@@ -40,12 +40,16 @@ pub struct Filter {
 
 impl Filter {
     pub fn from_args(a: &TailView) -> Self {
+        Filter::new(&a.events, &a.only)
+    }
+
+    pub fn new(events: &[EventClass], only: &Only) -> Self {
         Filter {
-            events: a.events.clone(),
-            pids: a.pid.clone(),
-            comms: a.comm.clone(),
-            ports: a.port.clone(),
-            family: a.family,
+            events: events.to_vec(),
+            pids: only.pid.clone(),
+            comms: only.comm.clone(),
+            ports: only.port.clone(),
+            family: only.family,
         }
     }
 
@@ -344,29 +348,59 @@ fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
     )
 }
 
+/// The fields every TCP event has, as JSON.
+#[allow(clippy::too_many_arguments)]
+fn tcp_json(
+    event: &str,
+    h: &diag_common::EventHeader,
+    clock: &WallClock,
+    family: u16,
+    (saddr, sport): (&[u8; 16], u16),
+    (daddr, dport): (&[u8; 16], u16),
+    how: u8,
+    current_tgid: u32,
+    skaddr: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "ts_ns": h.ts_ns,
+        "event": event,
+        "pid": h.tgid,
+        "tid": h.pid,
+        "comm": comm_string(&h.comm),
+        "cpu": h.cpu,
+        "family": if family == AF_INET6 { 6 } else { 4 },
+        "saddr": address(family, saddr),
+        "sport": sport,
+        "daddr": address(family, daddr),
+        "dport": dport,
+        "attribution": attribution::name(how),
+        "current_pid": current_tgid,
+        "skaddr": format!("{skaddr:#x}"),
+    })
+}
+
 pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
-            let mut v = serde_json::json!({
-                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "ts_ns": h.ts_ns,
-                "event": sock_event_name(t),
-                "pid": h.tgid,
-                "tid": h.pid,
-                "comm": comm_string(&h.comm),
-                "cpu": h.cpu,
-                "family": if t.family == AF_INET6 { 6 } else { 4 },
-                "saddr": address(t.family, &t.saddr),
-                "sport": t.sport,
-                "daddr": address(t.family, &t.daddr),
-                "dport": t.dport,
-                "state": if t.state == 0 { None } else { Some(state_name(t.state)) },
-                "attribution": attribution::name(t.attribution),
-                "current_pid": t.current_tgid,
-                "skaddr": format!("{:#x}", t.skaddr),
-            });
+            let mut v = tcp_json(
+                sock_event_name(t),
+                h,
+                clock,
+                t.family,
+                (&t.saddr, t.sport),
+                (&t.daddr, t.dport),
+                t.attribution,
+                t.current_tgid,
+                t.skaddr,
+            );
+            v["state"] = if t.state == 0 {
+                serde_json::Value::Null
+            } else {
+                state_name(t.state).into()
+            };
             match EventKind::try_from(h.kind) {
                 Ok(EventKind::TcpResetSent) => v["reason"] = names.rst_reason(t.reason).into(),
                 Ok(EventKind::TcpRetransmit) => v["err"] = t.reason.into(),
@@ -375,28 +409,25 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             v.to_string()
         }
         AnyEvent::TcpState(t) => {
-            let h = &t.header;
-            serde_json::json!({
-                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "ts_ns": h.ts_ns,
-                "event": "tcp_state",
-                "pid": h.tgid,
-                "tid": h.pid,
-                "comm": comm_string(&h.comm),
-                "cpu": h.cpu,
-                "family": if t.family == AF_INET6 { 6 } else { 4 },
-                "saddr": address(t.family, &t.saddr),
-                "sport": t.sport,
-                "daddr": address(t.family, &t.daddr),
-                "dport": t.dport,
-                "old_state": state_name(t.old_state),
-                "new_state": state_name(t.new_state),
-                "in_old_state_ns": if t.in_old_state_ns == 0 { None } else { Some(t.in_old_state_ns) },
-                "attribution": attribution::name(t.attribution),
-                "current_pid": t.current_tgid,
-                "skaddr": format!("{:#x}", t.skaddr),
-            })
-            .to_string()
+            let mut v = tcp_json(
+                "tcp_state",
+                &t.header,
+                clock,
+                t.family,
+                (&t.saddr, t.sport),
+                (&t.daddr, t.dport),
+                t.attribution,
+                t.current_tgid,
+                t.skaddr,
+            );
+            v["old_state"] = state_name(t.old_state).into();
+            v["new_state"] = state_name(t.new_state).into();
+            v["in_old_state_ns"] = if t.in_old_state_ns == 0 {
+                serde_json::Value::Null
+            } else {
+                t.in_old_state_ns.into()
+            };
+            v.to_string()
         }
     }
 }
