@@ -42,6 +42,9 @@ pub enum Command {
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
+    /// The user-space pipeline's ceiling, without a kernel (for `cargo xtask bench`)
+    #[command(hide = true)]
+    BenchPipeline(crate::selftest::BenchPipelineArgs),
 }
 
 const RECORD_ABOUT: &str = "\

@@ -177,11 +177,53 @@ impl Proc {
     }
 }
 
+/// A command name as the kernel keeps it (at most 15 bytes), stored
+/// inline: the aggregation holds one per socket, so no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn new(s: &str) -> Self {
+        let mut c = [0u8; 16];
+        let n = s.len().min(15);
+        c[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(c)
+    }
+
+    pub fn from_kernel(c: &[u8; 16]) -> Self {
+        let mut out = *c;
+        out[15] = 0;
+        Comm(out)
+    }
+
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(comm_bytes(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
 /// The process a socket belongs to, as known to diag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 #[derive(Debug, Clone)]
@@ -399,10 +441,6 @@ fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
     }
 }
 
-fn comm_of(c: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(c)).into_owned()
-}
-
 impl TcpAggregate {
     pub fn new(config: TcpConfig) -> Self {
         TcpAggregate {
@@ -422,7 +460,9 @@ impl TcpAggregate {
 
     /// The process entry for `tgid`, replacing a dead one whose pid was
     /// reused (a different comm and no live sockets).
-    fn proc_mut(&mut self, tgid: u32, comm: &str) -> &mut Proc {
+    fn proc_mut(&mut self, tgid: u32, comm: Comm) -> &mut Proc {
+        let comm = comm.as_str();
+        let comm: &str = &comm;
         let p = self
             .procs
             .entry(tgid)
@@ -441,7 +481,7 @@ impl TcpAggregate {
     fn owner_of(h: &diag_common::EventHeader) -> Owner {
         Owner {
             pid: h.tgid,
-            comm: comm_of(&h.comm),
+            comm: Comm::from_kernel(&h.comm),
         }
     }
 
@@ -455,7 +495,7 @@ impl TcpAggregate {
             p.live = p.live.saturating_sub(1);
         }
         if let Some(n) = new {
-            self.proc_mut(n.pid, &n.comm).live += 1;
+            self.proc_mut(n.pid, n.comm).live += 1;
         }
     }
 
@@ -527,13 +567,13 @@ impl TcpAggregate {
         // Who owns it: the kernel's attribution, unless it had to guess
         // (the task on the CPU) and the socket table told us better.
         let owner = if e.attribution == attribution::CURRENT && sock.owner.is_some() {
-            sock.owner.clone()
+            sock.owner
         } else {
-            Some(event_owner.clone())
+            Some(event_owner)
         };
-        let prev_owner = sock.owner.clone();
+        let prev_owner = sock.owner;
         self.set_owner(&prev_owner, &owner);
-        sock.owner = owner.clone();
+        sock.owner = owner;
         let owner = owner.expect("set above");
         // Keep the table's knowledge of the ports current.
         if e.sport != 0 {
@@ -547,17 +587,17 @@ impl TcpAggregate {
             (state::CLOSE, state::SYN_SENT) => {
                 sock.active = true;
                 sock.opened_ns = Some(ts);
-                self.proc_mut(owner.pid, &owner.comm).counters.active_opens += 1;
+                self.proc_mut(owner.pid, owner.comm).counters.active_opens += 1;
                 if let Some(c) = self.churn_mut(owner.pid, remote) {
                     c.opens += 1;
                 }
             }
             (state::LISTEN, state::SYN_RECV) => {
                 sock.opened_ns = Some(ts);
-                self.proc_mut(owner.pid, &owner.comm).counters.passive_opens += 1;
+                self.proc_mut(owner.pid, owner.comm).counters.passive_opens += 1;
             }
             (_, state::ESTABLISHED) => sock.established = true,
-            (state::ESTABLISHED, state::FIN_WAIT1) => sock.closer = Some(owner.clone()),
+            (state::ESTABLISHED, state::FIN_WAIT1) => sock.closer = Some(owner),
             _ => {}
         }
         sock.state = new;
@@ -579,7 +619,7 @@ impl TcpAggregate {
         let lifetime = sock.opened_ns.map(|o| ts.saturating_sub(o));
         let failed = old == state::SYN_SENT && !sock.established;
         {
-            let p = self.proc_mut(pid, &owner.comm);
+            let p = self.proc_mut(pid, owner.comm);
             p.counters.closes += 1;
             if failed {
                 p.counters.failed_connects += 1;
@@ -606,8 +646,8 @@ impl TcpAggregate {
         }
         // The first closer's socket becomes a timewait socket.
         if matches!(old, state::FIN_WAIT2 | state::CLOSING) {
-            let tw_owner = sock.closer.clone().unwrap_or(owner);
-            self.proc_mut(tw_owner.pid, &tw_owner.comm)
+            let tw_owner = sock.closer.unwrap_or(owner);
+            self.proc_mut(tw_owner.pid, tw_owner.comm)
                 .counters
                 .time_waits += 1;
             self.timewait.insert(
@@ -628,7 +668,7 @@ impl TcpAggregate {
             None
         } else {
             // Prefer what we know of the socket when the kernel guessed.
-            let known = self.socks.get(&e.skaddr).and_then(|s| s.owner.clone());
+            let known = self.socks.get(&e.skaddr).and_then(|s| s.owner);
             match (e.attribution, known) {
                 (attribution::CURRENT, Some(k)) => Some(k),
                 _ => Some(Self::owner_of(&e.header)),
@@ -640,7 +680,7 @@ impl TcpAggregate {
             _ => c.retransmits += 1,
         };
         match owner {
-            Some(o) => bump(&mut self.proc_mut(o.pid, &o.comm).counters),
+            Some(o) => bump(&mut self.proc_mut(o.pid, o.comm).counters),
             None => self.kernel_resets_sent += 1,
         }
         if let Some(r) = self.remote_errors_mut(remote) {
@@ -660,7 +700,7 @@ impl TcpAggregate {
         for r in rows {
             let owner = r.owner.as_ref().map(|(pid, comm)| Owner {
                 pid: *pid,
-                comm: comm.clone(),
+                comm: Comm::new(comm),
             });
             if r.state == state::TIME_WAIT {
                 self.timewait
@@ -853,7 +893,7 @@ impl TcpAggregate {
                     }
                     leaks.push(Leak {
                         pid: s.owner.as_ref().map(|o| o.pid),
-                        comm: s.owner.as_ref().map(|o| o.comm.clone()),
+                        comm: s.owner.as_ref().map(|o| o.comm.to_string()),
                         local: s.local,
                         remote: s.remote,
                         age_ns: age,
