@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_tcp;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "diag's project tasks")]
 struct Cli {
@@ -43,7 +45,23 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Measure what diag costs and how far it goes, against baselines run
+    /// in the same invocation; writes target/bench/report.{json,md}
+    Bench {
+        /// Rounds of each measurement (medians are compared)
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Connections per churn run
+        #[arg(long, default_value_t = 20000)]
+        conns: u64,
+    },
 }
+
+/// Debian packages the bench needs beyond the tests'.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("bpftrace", "the peer tracer the bench compares against"),
+    ("linux-perf", "perf bench sched pipe"),
+];
 
 /// Debian packages the build and the tests need.
 const PACKAGES: &[(&str, &str)] = &[
@@ -98,14 +116,20 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_packages(PACKAGES)?;
+    setup_tools()
+}
+
+/// Install the packages of `packages` that are missing, saying which and why.
+fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(p, _)| !installed(p))
         .map(|(p, _)| *p)
         .collect();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages:");
-        for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        for (p, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {
             println!("xtask:   {p:<24} {why}");
         }
         if !is_root() {
@@ -120,7 +144,11 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
 
+/// bpf-linker in .tools, and the mounts.
+fn setup_tools() -> Result<()> {
     let tools = root().join(".tools");
     let linker = tools.join("bin/bpf-linker");
     let have = Command::new(&linker)
@@ -330,5 +358,66 @@ fn real_main() -> Result<()> {
             bail!("cannot run {}: {err}", bin.display())
         }
         Task::Test { args } => test(&args),
+        Task::Bench { reps, conns } => bench(reps, conns),
     }
+}
+
+fn bench(reps: usize, conns: u64) -> Result<()> {
+    install_packages(BENCH_PACKAGES)?;
+    let root = root();
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "diag-user",
+            "--bin",
+            "diag",
+            "-p",
+            "diag-tests",
+        ])
+        .args(["--bin", "diag-loadgen"]))?;
+    let diag = root.join("target/release/diag");
+    let loadgen = root.join("target/release/diag-loadgen");
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let tcp = bench_tcp::tcp_overhead(&diag, &loadgen, &dir, reps, conns)?;
+    let pipeline = bench_tcp::pipeline(&diag, &loadgen, &dir)?;
+    let startup = bench_tcp::startup(&diag, reps)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = String::from_utf8_lossy(
+        &Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d")
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let md = format!(
+        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --reps {reps}`.\n\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
+        kernel.trim(),
+        tcp.markdown,
+        pipeline.markdown,
+        startup.markdown
+    );
+    let json = serde_json::json!({
+        "date": date, "kernel": kernel.trim(), "cpus": cpus, "reps": reps,
+        "tcp_overhead": tcp.json, "pipeline": pipeline.json, "startup": startup.json,
+    });
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join("report.md"), &md)?;
+    println!("\n{md}");
+    println!(
+        "xtask: wrote {} and {}",
+        dir.join("report.json").display(),
+        dir.join("report.md").display()
+    );
+    Ok(())
 }
