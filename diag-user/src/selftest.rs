@@ -58,7 +58,8 @@ pub fn synthetic(i: u64, procs: u32, sockets: u64) -> TcpStateEvent {
     header.tgid = pid;
     header.comm[..6].copy_from_slice(b"worker");
     let mut saddr = [0u8; 16];
-    saddr[..4].copy_from_slice(&[10, 0, (sock >> 8) as u8, sock as u8]);
+    // A host has few addresses; its clients talk to a few servers.
+    saddr[..4].copy_from_slice(&[10, 0, 0, (sock % 4) as u8]);
     let mut daddr = [0u8; 16];
     daddr[..4].copy_from_slice(&[10, 1, 0, (conn % 16) as u8]);
     TcpStateEvent {
@@ -123,6 +124,10 @@ pub fn run(args: BenchPipelineArgs) -> anyhow::Result<ExitCode> {
         if batch.len() == 4096 || i + 1 == n {
             for ev in &batch {
                 agg.on_event(ev);
+            }
+            // A snapshot every interval, as the views take them.
+            if i % 262_144 < 4096 {
+                agg.snapshot(1_000_000_000 + i * 1_000);
             }
             if let Some(w) = &mut writer {
                 w.events(&batch)?;

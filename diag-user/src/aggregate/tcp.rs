@@ -1035,7 +1035,8 @@ impl TcpAggregate {
                     }
                 }
             }
-            p.churn.clear();
+            // Freed, not cleared: thousands of idle processes keep no capacity.
+            p.churn = HashMap::new();
             let st = per_pid.get(&pid).copied().unwrap_or_default();
             let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
             if idle && p.counters == Counters::default() {
