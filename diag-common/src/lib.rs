@@ -6,6 +6,7 @@
 //! are raw `u32`s decoded with [`TryFrom`], never transmuted.
 #![no_std]
 
+pub mod sched;
 pub mod tcp;
 
 #[cfg(feature = "user")]
@@ -23,6 +24,8 @@ pub const TASK_COMM_LEN: usize = 16;
 pub enum EventKind {
     /// [`tcp::TcpStateEvent`]
     TcpState = 1,
+    /// [`sched::StallEvent`]
+    Stall = 20,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -30,6 +33,7 @@ impl TryFrom<u32> for EventKind {
     fn try_from(v: u32) -> Result<Self, u32> {
         match v {
             1 => Ok(EventKind::TcpState),
+            20 => Ok(EventKind::Stall),
             other => Err(other),
         }
     }
@@ -87,6 +91,15 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
+    /// Scheduler: a thread could not be tracked (`SCHED_TASKS` full); its
+    /// waits and sleeps are missing until an entry frees up.
+    pub const SCHED_TASK_MAP_FULL: u32 = 20;
+    /// Scheduler: a process could not be tracked (`SCHED_PROCS` full).
+    pub const SCHED_PROC_MAP_FULL: u32 = 21;
+    /// Scheduler: a `task_struct` field could not be read.
+    pub const SCHED_READ_ERROR: u32 = 22;
+    /// Scheduler: stall events submitted.
+    pub const SCHED_STALLS: u32 = 23;
     /// Number of slots in `COUNTERS`.
     pub const LEN: u32 = 32;
 }

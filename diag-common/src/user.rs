@@ -1,5 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpStateEvent};
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -8,17 +9,23 @@ use crate::{EventHeader, EventKind, RingConfig};
 unsafe impl aya::Pod for InetSockSetStateLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
+unsafe impl aya::Pod for SchedConfig {}
+unsafe impl aya::Pod for TaskState {}
+unsafe impl aya::Pod for ProcStats {}
+unsafe impl aya::Pod for OnCpu {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnyEvent {
     TcpState(TcpStateEvent),
+    Stall(StallEvent),
 }
 
 impl AnyEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
             AnyEvent::TcpState(e) => &e.header,
+            AnyEvent::Stall(e) => &e.header,
         }
     }
 }
@@ -80,6 +87,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     let header: EventHeader = read(buf, None)?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
         EventKind::TcpState => Ok(AnyEvent::TcpState(read(buf, Some(header.kind))?)),
+        EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -121,6 +129,30 @@ mod tests {
     fn round_trip() {
         let e = sample();
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
+    }
+
+    #[test]
+    fn stall_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::Stall as u32;
+        header.pid = 11;
+        header.tgid = 10;
+        let e = StallEvent {
+            header,
+            wait_ns: 12_000_000,
+            villain_pid: 21,
+            villain_tgid: 20,
+            villain_comm: *b"hog\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::Stall(e)));
+        assert_eq!(
+            decode(&as_bytes(&e)[..60]),
+            Err(DecodeError::TooShort {
+                kind: Some(20),
+                len: 60,
+                need: 72
+            })
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Command {
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
+    /// Per-process run-queue latency, blocked time, CPU time, and the
+    /// delay processes cause each other, every interval
+    #[command(long_about = RUNQ_ABOUT, after_help = RUNQ_EXAMPLES)]
+    Runq(RunqArgs),
 }
 
 impl Default for Command {
@@ -71,6 +75,9 @@ One line per check, OK or FAIL with a hint. Exits 0 only when diag can run.";
 pub enum EventClass {
     /// TCP state transitions (sock:inet_sock_set_state)
     Tcp,
+    /// Run-queue waits longer than --stall-threshold, with the task that
+    /// held the CPU (scheduler tracepoints)
+    Stall,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +117,11 @@ pub struct TailArgs {
     #[arg(long, value_enum)]
     pub family: Option<Family>,
 
+    /// With `--events stall`: report run-queue waits at least this long
+    /// (e.g. 10ms, 500us, 1s)
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub stall_threshold: std::time::Duration,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
@@ -123,6 +135,7 @@ impl Default for TailArgs {
             comm: vec![],
             port: vec![],
             family: None,
+            stall_threshold: std::time::Duration::from_millis(10),
             probe: ProbeArgs::default(),
         }
     }
@@ -167,10 +180,135 @@ impl Default for ProbeArgs {
     }
 }
 
+const RUNQ_ABOUT: &str = "\
+Per-process scheduler statistics, every --interval: how long each process \
+waited for a CPU (run-queue latency: p50, p99, max, and WAIT%, the wait as a \
+share of the interval summed over threads, so it can exceed 100 like top's \
+%CPU), its CPU time, its time blocked in uninterruptible sleep (D, usually \
+I/O) and in voluntary sleep (S), and the delay it suffered and caused.
+
+A wait starts when a thread is woken (sched_wakeup, sched_wakeup_new) or \
+preempted while runnable, and ends when it is switched in (sched_switch). \
+The kernel aggregates waits into per-process log2 histograms: user space \
+never sees one event per context switch. p50/p99 are read from the \
+histogram (accurate to a factor of 2); MAX is the upper bound of the highest \
+bucket used in the interval, capped by the longest wait seen.
+
+CAUSED approximates \"delay caused to others\": each wait is charged, whole, \
+to the task that was on the CPU just before the waiter got it. R and B in \
+the header are the host's runnable and blocked task counts (vmstat's r and \
+b, from /proc/stat).
+
+Full kernel maps are counted and reported: nothing is lost silently.";
+
+const RUNQ_EXAMPLES: &str = "\
+Examples:
+  diag runq                        a table every second, worst waiters first
+  diag runq --count 1 --interval 5s   one 5-second table, then exit
+  diag runq --sort caused          the processes that delay others most
+  diag runq --hist --pid 1234      run-queue latency histogram of one process
+  diag runq --json | jq .          one JSON object per interval";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum RunqSort {
+    /// Run-queue wait (delay suffered)
+    #[default]
+    Wait,
+    /// 99th percentile run-queue latency
+    P99,
+    /// Longest run-queue wait
+    Max,
+    /// CPU time
+    Cpu,
+    /// Uninterruptible sleep (D)
+    Blocked,
+    /// Voluntary sleep (S)
+    Sleep,
+    /// Delay caused to others
+    Caused,
+    /// Process id
+    Pid,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunqArgs {
+    /// Length of each interval (e.g. 1s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: std::time::Duration,
+
+    /// Stop after this many intervals (1: one-shot); default: until Ctrl-C
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Sort the table by
+    #[arg(long, value_enum, default_value = "wait")]
+    pub sort: RunqSort,
+
+    /// Only these processes (repeatable); with --hist, their histogram
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Print a log2 histogram of run-queue latency (whole host, or --pid)
+    #[arg(long)]
+    pub hist: bool,
+
+    /// Rows in the text table (0: all)
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+
+    /// Count waits at least this long as stalls (STALLS column)
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub stall_threshold: std::time::Duration,
+
+    /// Print one JSON object per interval instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
 #[derive(Debug, Clone, Args, Default)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
+}
+
+/// A duration with a unit: `500us`, `10ms`, `1s`, `1.5s`, `250ns`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 10ms, 500us or 1s"))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write e.g. 10ms, 500us or 1s"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        other => {
+            return Err(format!(
+                "`{other}` in `{s}` is not a unit diag knows: use ns, us, ms, s or m"
+            ));
+        }
+    };
+    let secs = v * scale;
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("`{s}` is too long"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: the duration must be greater than zero"));
+    }
+    Ok(d)
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -207,6 +345,53 @@ mod tests {
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "3"]).is_err());
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "0"]).is_err());
         assert!(Cli::try_parse_from(["diag", "tail", "--ring-mib", "16"]).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10xs").unwrap_err().contains("not a unit"));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("1e99s").is_err());
+        for bad in ["0", "0ms", "10xs", "-1s"] {
+            assert!(
+                Cli::try_parse_from(["diag", "tail", "--stall-threshold", bad]).is_err(),
+                "{bad}"
+            );
+            assert!(
+                Cli::try_parse_from(["diag", "runq", "--interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let ok = Cli::try_parse_from([
+            "diag",
+            "runq",
+            "--interval",
+            "200ms",
+            "--count",
+            "3",
+            "--sort",
+            "caused",
+        ])
+        .unwrap();
+        let Some(Command::Runq(r)) = ok.command else {
+            panic!()
+        };
+        assert_eq!(r.interval, Duration::from_millis(200));
+        assert_eq!(r.count, Some(3));
+        assert_eq!(r.sort, RunqSort::Caused);
+        assert_eq!(r.stall_threshold, Duration::from_millis(10));
+        assert!(Cli::try_parse_from(["diag", "runq", "--count", "0"]).is_err());
+        let t = Cli::try_parse_from(["diag", "tail", "--events", "tcp,stall"]).unwrap();
+        let Some(Command::Tail(t)) = t.command else {
+            panic!()
+        };
+        assert_eq!(t.events, vec![EventClass::Tcp, EventClass::Stall]);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! The flow: `source` (live ring buffer) -> [`Msg`] bus -> a sink in `view`.
 
-pub mod cli;
 pub mod aggregate;
+pub mod btf;
+pub mod cli;
 pub mod clock;
 pub mod enrich;
 pub mod error;
@@ -32,5 +33,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or_default() {
         cli::Command::Check(args) => Ok(loader::run_check(&args)),
         cli::Command::Tail(args) => view::tail::run(args),
+        cli::Command::Runq(args) => view::runq::run(args),
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use diag_common::{RingConfig, tcp::InetSockSetStateLayout};
+use diag_common::{RingConfig, sched::SchedConfig, tcp::InetSockSetStateLayout};
 
 use crate::{
     cli::{CheckArgs, ProbeArgs},
@@ -133,6 +133,11 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             result: probes::tcp::layout(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
         });
     }
+    lines.push(CheckLine {
+        name: "scheduler",
+        result: probes::sched::layout(&args.btf, 0)
+            .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup".into()),
+    });
     let privileged = lines[0].result.is_ok();
     if privileged {
         lines.push(CheckLine {
@@ -210,25 +215,66 @@ fn raise_memlock() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
 }
 
+/// Which probe families a command needs. Programs of the others are not
+/// loaded, so users do not pay for what they do not look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Families {
+    pub tcp: bool,
+    /// The scheduler's configuration (task_struct offsets, threshold).
+    pub sched: Option<SchedConfig>,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            tcp: true,
+            sched: None,
+        }
+    }
+}
+
 /// Load the embedded object with the layouts learned from this kernel and
-/// attach the programs.
+/// attach the TCP programs.
 pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
+    load_families(env, args, &Families::default())
+}
+
+/// Load the embedded object and attach the programs of `families`.
+pub fn load_families(
+    env: &Env,
+    args: &ProbeArgs,
+    families: &Families,
+) -> Result<Tracer, LoadError> {
     raise_memlock();
     let ring_bytes = args.ring_mib * 1024 * 1024;
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
-    let mut ebpf = EbpfLoader::new()
+    let sched = families.sched.unwrap_or(SchedConfig::zeroed());
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("INET_SOCK_SET_STATE", &env.tcp_layout, true)
         .override_global("RING_CONFIG", &ring, true)
-        .map_max_entries("EVENTS", ring_bytes)
+        .override_global("SCHED_CONFIG", &sched, true)
+        .map_max_entries("EVENTS", ring_bytes);
+    if families.sched.is_none() {
+        for (map, _) in probes::sched::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();
-    // Attach first, then seed: a listener opened in between is seen by the
-    // program, and seeding never overwrites what the program recorded.
-    probes::tcp::attach(&mut ebpf, &mut attached)?;
-    probes::tcp::seed_listeners(&mut ebpf)?;
+    if families.tcp {
+        // Attach first, then seed: a listener opened in between is seen by
+        // the program, and seeding never overwrites what it recorded.
+        probes::tcp::attach(&mut ebpf, &mut attached)?;
+        probes::tcp::seed_listeners(&mut ebpf)?;
+    }
+    if families.sched.is_some() {
+        probes::sched::attach(&mut ebpf, &args.btf, &mut attached)?;
+    }
     Ok(Tracer { ebpf, attached })
 }
 

@@ -2,3 +2,6 @@
 //! a clock (boot-time ns), so unit tests can drive it without a kernel.
 //! One module per probe family; views, recordings and the Prometheus
 //! exporter read from here.
+
+pub mod histogram;
+pub mod sched;

@@ -1,5 +1,6 @@
 //! One module per probe family: its tracepoints, layouts and attach code.
 
+pub mod sched;
 pub mod tcp;
 
 use aya::{Ebpf, programs::TracePoint};

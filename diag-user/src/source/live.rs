@@ -121,6 +121,9 @@ impl Drainer {
         self.health.sock_map_full = self.counter(counters::SOCK_MAP_FULL);
         self.health.listen_map_full = self.counter(counters::LISTEN_MAP_FULL);
         self.health.read_errors = self.counter(counters::READ_ERROR);
+        self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);
+        self.health.sched_proc_map_full = self.counter(counters::SCHED_PROC_MAP_FULL);
+        self.health.sched_read_errors = self.counter(counters::SCHED_READ_ERROR);
         self.health
     }
 

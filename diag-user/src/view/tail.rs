@@ -8,6 +8,7 @@ use std::{
 
 use diag_common::{
     comm_bytes,
+    sched::StallEvent,
     tcp::{AF_INET6, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
@@ -16,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Msg,
-    cli::{Family, TailArgs},
+    cli::{EventClass, Family, TailArgs},
     clock::WallClock,
-    loader,
+    loader, probes,
     source::{Health, live::Live},
 };
 
@@ -43,7 +44,17 @@ impl Filter {
 
     pub fn matches(&self, ev: &AnyEvent) -> bool {
         let h = ev.header();
-        if !self.pids.is_empty() && !self.pids.iter().any(|&p| p == h.tgid || p == h.pid) {
+        // A stall also matches its villain's pid.
+        let villain = match ev {
+            AnyEvent::Stall(s) => [s.villain_tgid, s.villain_pid],
+            _ => [h.tgid, h.pid],
+        };
+        if !self.pids.is_empty()
+            && !self
+                .pids
+                .iter()
+                .any(|&p| p == h.tgid || p == h.pid || villain.contains(&p))
+        {
             return false;
         }
         if !self.comms.is_empty() {
@@ -65,6 +76,7 @@ impl Filter {
                     None => true,
                 }
             }
+            AnyEvent::Stall(_) => true,
         }
     }
 }
@@ -110,7 +122,32 @@ pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL 
 pub fn format_text(ev: &AnyEvent, clock: &WallClock) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
+        AnyEvent::Stall(s) => stall_text(s, clock),
     }
+}
+
+fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
+    let h = &s.header;
+    let villain = if s.villain_pid == 0 {
+        "the CPU was idle".to_string()
+    } else {
+        format!(
+            "ran: {} {} (tid {})",
+            s.villain_tgid,
+            comm_string(&s.villain_comm),
+            s.villain_pid
+        )
+    };
+    format!(
+        "{:<16} {:<8} {:<16} STALL waited {} for CPU {} (tid {}); before it {}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        human_ns(s.wait_ns),
+        h.cpu,
+        h.pid,
+        villain,
+    )
 }
 
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
@@ -151,6 +188,23 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock) -> String {
                 "attribution": attribution::name(t.attribution),
                 "current_pid": t.current_tgid,
                 "skaddr": format!("{:#x}", t.skaddr),
+            })
+            .to_string()
+        }
+        AnyEvent::Stall(s) => {
+            let h = &s.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "stall",
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "cpu": h.cpu,
+                "wait_ns": s.wait_ns,
+                "villain_pid": s.villain_tgid,
+                "villain_tid": s.villain_pid,
+                "villain_comm": comm_string(&s.villain_comm),
             })
             .to_string()
         }
@@ -240,7 +294,17 @@ pub async fn shutdown_signal() {
 /// `diag tail`.
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
-    let tracer = loader::load(&env, &args.probe)?;
+    let sched = if args.events.contains(&EventClass::Stall) {
+        let threshold = u64::try_from(args.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::sched::layout(&args.probe.btf, threshold)?)
+    } else {
+        None
+    };
+    let families = loader::Families {
+        tcp: args.events.contains(&EventClass::Tcp),
+        sched,
+    };
+    let tracer = loader::load_families(&env, &args.probe, &families)?;
     let live = Live::new(tracer)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -269,7 +333,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         };
         let stdout = io::stdout();
         let mut out = io::BufWriter::new(stdout.lock());
-        if !args.json {
+        if !args.json && args.events.contains(&EventClass::Tcp) {
             writeln!(out, "{TEXT_HEADER}")?;
             out.flush()?;
         }
@@ -422,6 +486,51 @@ mod tests {
                 .unwrap()
                 .starts_with("2023-11-14T22:13:21.5")
         );
+    }
+
+    #[test]
+    fn stall_lines() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::Stall as u32;
+        header.tgid = 300;
+        header.pid = 301;
+        header.cpu = 1;
+        header.comm[..6].copy_from_slice(b"victim");
+        let mut villain_comm = [0u8; 16];
+        villain_comm[..3].copy_from_slice(b"hog");
+        let s = AnyEvent::Stall(StallEvent {
+            header,
+            wait_ns: 12_500_000,
+            villain_pid: 401,
+            villain_tgid: 400,
+            villain_comm,
+        });
+        let clock = WallClock::with_offset_ns(0);
+        let line = format_text(&s, &clock);
+        assert!(
+            line.contains("victim") && line.contains("12.50ms"),
+            "{line}"
+        );
+        assert!(
+            line.contains("CPU 1") && line.contains("400 hog (tid 401)"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&format_json(&s, &clock)).unwrap();
+        assert_eq!(v["event"], "stall");
+        assert_eq!(v["pid"], 300);
+        assert_eq!(v["wait_ns"], 12_500_000);
+        assert_eq!(v["villain_pid"], 400);
+        assert_eq!(v["villain_comm"], "hog");
+        let by_villain = Filter {
+            pids: vec![400],
+            ..Default::default()
+        };
+        assert!(by_villain.matches(&s));
+        let other = Filter {
+            pids: vec![7],
+            ..Default::default()
+        };
+        assert!(!other.matches(&s));
     }
 
     #[test]
