@@ -277,6 +277,9 @@ pub struct CheckArgs {
 /// A duration with a unit: `500us`, `10ms`, `1s`, `1.5s`, `250ns`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b == b'0') {
+        return Ok(std::time::Duration::ZERO);
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{s}` has no unit: write e.g. 10ms, 500us or 1s"))?;
