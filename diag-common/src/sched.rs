@@ -122,10 +122,14 @@ impl SchedConfig {
     }
 }
 
-/// Per thread (map `SCHED_TASKS`, keyed by thread id). Removed when the
-/// thread exits.
+/// Per thread (map `SCHED_TASKS`, keyed by thread id): what it is doing
+/// since when, and its counters since diag started (same meaning as in
+/// [`ProcStats`]). Only the CPU that holds the thread's run-queue lock
+/// writes it, so the hot path needs neither atomics nor a per-process
+/// lookup. When the thread exits, its counters are added to its
+/// process's [`ProcStats`] and the entry is removed.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskState {
     /// Boot-time ns when the thread entered `state`.
     pub ts_ns: u64,
@@ -133,17 +137,46 @@ pub struct TaskState {
     pub state: u32,
     /// Process id of the thread.
     pub tgid: u32,
-    /// Run-queue wait of this thread since diag started, ns.
     pub runq_ns: u64,
-    /// Number of run-queue waits of this thread.
     pub runq_count: u64,
+    pub runq_max_ns: u64,
+    pub cpu_ns: u64,
+    pub blocked_ns: u64,
+    pub sleep_ns: u64,
+    pub caused_ns: u64,
+    pub caused_count: u64,
+    pub stalls: u64,
+    /// Run-queue latency histogram, see [`hist_slot`].
+    pub hist: [u32; HIST_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<TaskState>() == 32);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 216);
 
-/// Per process (map `SCHED_PROCS`, keyed by tgid): cumulative since diag
-/// started. The kernel only adds; user space diffs two readings (a reset
-/// from user space would race with the kernel and lose counts) and
-/// deletes the entries of processes that are gone once it has read them.
+impl TaskState {
+    pub const fn zeroed() -> Self {
+        TaskState {
+            ts_ns: 0,
+            state: 0,
+            tgid: 0,
+            runq_ns: 0,
+            runq_count: 0,
+            runq_max_ns: 0,
+            cpu_ns: 0,
+            blocked_ns: 0,
+            sleep_ns: 0,
+            caused_ns: 0,
+            caused_count: 0,
+            stalls: 0,
+            hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// Per process (map `SCHED_PROCS`, keyed by tgid): the counters of its
+/// threads that have exited, since diag started. A process's totals are
+/// this plus its live threads' [`TaskState`]s. The kernel only adds; user
+/// space diffs two readings (a reset from user space would race with the
+/// kernel and lose counts) and deletes the entries of processes that are
+/// gone once it has read them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStats {

@@ -2,19 +2,22 @@
 //! arguments: cheaper than plain tracepoints, and they carry the
 //! `task_struct`s, so the next task's process id is at hand).
 //!
-//! Per thread (`SCHED_TASKS`): what it is doing since when. Per process
-//! (`SCHED_PROCS`): cumulative run-queue wait with a log2 histogram, CPU
-//! time, D and S sleep, and the wait it caused others. Only waits longer
-//! than the stall threshold travel as events.
+//! The hot path (every switch and wakeup) touches only per-thread state
+//! (`SCHED_TASKS`) and a per-CPU slot: one hash lookup per wakeup, two per
+//! switch, no atomics (a thread's entry is only written under its
+//! run-queue lock), and `task_struct` fields read with plain loads (the
+//! verifier checks them against BTF: the offsets are constants of the
+//! frozen read-only `SCHED_CONFIG`). When a thread exits, its counters
+//! are added to its process's entry in `SCHED_PROCS` (atomically: threads
+//! of one process may exit on two CPUs at once).
 //!
 //! - `sched_wakeup`/`sched_wakeup_new`: the thread becomes runnable; the
 //!   sleep that ends here is charged (D or S).
 //! - `sched_switch`: prev leaves the CPU (runnable if preempted, else
-//!   asleep); next gets it, ending its run-queue wait, which is charged to
-//!   next's process and, as "caused", to prev's process.
-//! - `sched_process_exit` (and a switch-out in TASK_DEAD): forget the thread.
-//!
-//! Counters are added with atomic adds: two CPUs may update one process.
+//!   asleep) and is charged its CPU time; next gets the CPU, ending its
+//!   run-queue wait, charged to next and, as "caused", to prev.
+//! - `sched_process_exit`, and the final switch-out in TASK_DEAD: fold the
+//!   thread into its process and forget it.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -48,7 +51,7 @@ static SCHED_CONFIG: Global<SchedConfig> = Global::new(SchedConfig::zeroed());
 #[map]
 static SCHED_TASKS: HashMap<u32, TaskState> = HashMap::with_max_entries(65_536, 0);
 
-/// Per process, keyed by tgid.
+/// Per process, keyed by tgid: its exited threads.
 #[map]
 static SCHED_PROCS: HashMap<u32, ProcStats> = HashMap::with_max_entries(16_384, 0);
 
@@ -56,9 +59,11 @@ static SCHED_PROCS: HashMap<u32, ProcStats> = HashMap::with_max_entries(16_384, 
 #[map]
 static SCHED_ONCPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 
-/// A zeroed `ProcStats` to insert from (too big for the BPF stack).
+/// Zeroed values to insert from (too big for the BPF stack).
 #[map]
 static SCHED_PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCHED_TASK_TEMPLATE: PerCpuArray<TaskState> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn add(p: *mut u64, v: u64) {
@@ -73,41 +78,58 @@ fn add(p: *mut u64, v: u64) {
     };
 }
 
+/// A u32 field of a task, by a plain load. `task` is a BTF pointer from
+/// the tracepoint's arguments and `offset` a constant of the frozen
+/// config, so the verifier checks the access against BTF and turns it
+/// into a fault-safe load.
+#[inline(always)]
+fn task_u32(task: *const u8, offset: u32) -> u32 {
+    // SAFETY: see above; a bad address reads as 0 instead of faulting.
+    unsafe { core::ptr::read_volatile(task.add(offset as usize) as *const u32) }
+}
+
 /// (pid, tgid) of a task.
 #[inline(always)]
-fn ids(task: *const u8, c: &SchedConfig) -> Result<(u32, u32), u32> {
-    // SAFETY: offsets come from the running kernel's BTF; the helper
-    // checks the address.
-    let r = unsafe {
-        if c.task_tgid == c.task_pid + 4 {
-            bpf_probe_read_kernel(task.add(c.task_pid as usize) as *const u64)
-                .map(|v| (v as u32, (v >> 32) as u32))
-        } else {
-            match (
-                bpf_probe_read_kernel(task.add(c.task_pid as usize) as *const u32),
-                bpf_probe_read_kernel(task.add(c.task_tgid as usize) as *const u32),
-            ) {
-                (Ok(p), Ok(t)) => Ok((p, t)),
-                _ => Err(0),
-            }
-        }
-    };
-    r.map_err(|_| {
-        count(counters::SCHED_READ_ERROR);
-        0
-    })
+fn ids(task: *const u8, c: &SchedConfig) -> (u32, u32) {
+    (task_u32(task, c.task_pid), task_u32(task, c.task_tgid))
 }
 
 #[inline(always)]
 fn comm_of(task: *const u8, c: &SchedConfig) -> [u8; TASK_COMM_LEN] {
-    // SAFETY: as in `ids`.
+    // SAFETY: the offset comes from the running kernel's BTF; the helper
+    // checks the address.
     unsafe { bpf_probe_read_kernel(task.add(c.task_comm as usize) as *const [u8; TASK_COMM_LEN]) }
-        .unwrap_or([0; TASK_COMM_LEN])
+        .unwrap_or_else(|_| {
+            count(counters::SCHED_READ_ERROR);
+            [0; TASK_COMM_LEN]
+        })
 }
 
-/// The process's stats, created if absent (`comm` is only read then).
+/// The thread's state, created (zeroed, with `tgid`) if absent.
 #[inline(always)]
-fn proc_stats(tgid: u32, comm: impl FnOnce() -> [u8; TASK_COMM_LEN]) -> Option<*mut ProcStats> {
+fn task_entry(pid: u32, tgid: u32) -> Option<*mut TaskState> {
+    if let Some(t) = SCHED_TASKS.get_ptr_mut(pid) {
+        return Some(t);
+    }
+    let t = SCHED_TASK_TEMPLATE.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch value, only this program on this CPU uses it.
+    unsafe {
+        *t = TaskState::zeroed();
+        (*t).tgid = tgid;
+        // By reference: a copy of the value would crowd the BPF stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let inserted = SCHED_TASKS.insert(pid, &*t, BPF_ANY as u64);
+        if inserted.is_err() {
+            count(counters::SCHED_TASK_MAP_FULL);
+            return None;
+        }
+    }
+    SCHED_TASKS.get_ptr_mut(pid)
+}
+
+/// The process's stats, created if absent.
+#[inline(always)]
+fn proc_stats(tgid: u32) -> Option<*mut ProcStats> {
     if let Some(p) = SCHED_PROCS.get_ptr_mut(tgid) {
         return Some(p);
     }
@@ -115,8 +137,7 @@ fn proc_stats(tgid: u32, comm: impl FnOnce() -> [u8; TASK_COMM_LEN]) -> Option<*
     // SAFETY: per-CPU scratch value, only this program on this CPU uses it.
     unsafe {
         *t = ProcStats::zeroed();
-        (*t).comm = comm();
-        // By reference: a copy of the value would not fit on the BPF stack.
+        (*t).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
         #[allow(clippy::needless_borrows_for_generic_args)]
         let inserted = SCHED_PROCS.insert(tgid, &*t, BPF_NOEXIST as u64);
         if inserted.is_err() && SCHED_PROCS.get_ptr_mut(tgid).is_none() {
@@ -125,6 +146,44 @@ fn proc_stats(tgid: u32, comm: impl FnOnce() -> [u8; TASK_COMM_LEN]) -> Option<*
         }
     }
     SCHED_PROCS.get_ptr_mut(tgid)
+}
+
+/// Add a thread's counters to its process and zero them. Runs in the
+/// exiting thread itself (current), so `comm` is its own.
+#[inline(always)]
+fn fold(t: *mut TaskState) {
+    // SAFETY: `t` is a map value pointer, valid while we run.
+    unsafe {
+        let Some(p) = proc_stats((*t).tgid) else {
+            return;
+        };
+        add(&raw mut (*p).runq_ns, (*t).runq_ns);
+        add(&raw mut (*p).runq_count, (*t).runq_count);
+        add(&raw mut (*p).cpu_ns, (*t).cpu_ns);
+        add(&raw mut (*p).blocked_ns, (*t).blocked_ns);
+        add(&raw mut (*p).sleep_ns, (*t).sleep_ns);
+        add(&raw mut (*p).caused_ns, (*t).caused_ns);
+        add(&raw mut (*p).caused_count, (*t).caused_count);
+        add(&raw mut (*p).stalls, (*t).stalls);
+        if (*t).runq_max_ns > (*p).runq_max_ns {
+            (*p).runq_max_ns = (*t).runq_max_ns;
+        }
+        let mut i = 0;
+        while i < HIST_SLOTS {
+            let n = (*t).hist[i];
+            if n != 0 {
+                add(&raw mut (*p).hist[i], u64::from(n));
+            }
+            i += 1;
+        }
+        let ts = (*t).ts_ns;
+        let state = (*t).state;
+        let tgid = (*t).tgid;
+        *t = TaskState::zeroed();
+        (*t).ts_ns = ts;
+        (*t).state = state;
+        (*t).tgid = tgid;
+    }
 }
 
 #[btf_tracepoint(function = "sched_switch")]
@@ -148,7 +207,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let prev_ids = bpf_get_current_pid_tgid();
     let prev_pid = prev_ids as u32;
     let prev_tgid = (prev_ids >> 32) as u32;
-    let (next_pid, next_tgid) = ids(next, &c)?;
+    let (next_pid, next_tgid) = ids(next, &c);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
@@ -166,42 +225,6 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         }
     }
 
-    // prev leaves the CPU.
-    if prev_pid != 0 {
-        if prev_state & task_state::DEAD != 0 {
-            let _ = SCHED_TASKS.remove(prev_pid);
-        } else {
-            let state = if preempt != 0 || prev_state == task_state::RUNNING {
-                run_state::RUNQ
-            } else if prev_state & task_state::UNINTERRUPTIBLE != 0
-                && prev_state & task_state::NOLOAD == 0
-            {
-                run_state::BLOCKED
-            } else {
-                run_state::SLEEP
-            };
-            match SCHED_TASKS.get_ptr_mut(prev_pid) {
-                // SAFETY: map value pointer, valid while we run.
-                Some(t) => unsafe {
-                    (*t).ts_ns = now;
-                    (*t).state = state;
-                },
-                None => {
-                    let t = TaskState {
-                        ts_ns: now,
-                        state,
-                        tgid: prev_tgid,
-                        runq_ns: 0,
-                        runq_count: 0,
-                    };
-                    if SCHED_TASKS.insert(prev_pid, t, BPF_ANY as u64).is_err() {
-                        count(counters::SCHED_TASK_MAP_FULL);
-                    }
-                }
-            }
-        }
-    }
-
     // next gets the CPU: its run-queue wait ends.
     let mut wait: u64 = 0;
     if next_pid != 0 {
@@ -212,6 +235,14 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
                     wait = now - (*t).ts_ns;
                     (*t).runq_ns += wait;
                     (*t).runq_count += 1;
+                    let slot = hist_slot(wait) & (HIST_SLOTS - 1);
+                    (*t).hist[slot] += 1;
+                    if wait > (*t).runq_max_ns {
+                        (*t).runq_max_ns = wait;
+                    }
+                    if wait >= c.stall_threshold_ns {
+                        (*t).stalls += 1;
+                    }
                 }
                 (*t).state = run_state::ON_CPU;
                 (*t).ts_ns = now;
@@ -219,43 +250,39 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         }
         // No entry: a thread diag has not seen wake up; nothing to charge.
     }
-    if wait != 0 {
-        let stall = wait >= c.stall_threshold_ns;
-        if let Some(p) = proc_stats(next_tgid, || comm_of(next, &c)) {
-            // SAFETY: map value pointer; fields are updated atomically or
-            // (the maximum) with a benign race.
-            unsafe {
-                add(&raw mut (*p).runq_ns, wait);
-                add(&raw mut (*p).runq_count, 1);
-                let slot = hist_slot(wait) & (HIST_SLOTS - 1);
-                add(&raw mut (*p).hist[slot], 1);
-                if wait > (*p).runq_max_ns {
-                    (*p).runq_max_ns = wait;
-                }
-                if stall {
-                    add(&raw mut (*p).stalls, 1);
-                }
-            }
-        }
-        if stall {
-            stall_event(
-                next, next_pid, next_tgid, prev_pid, prev_tgid, wait, now, &c,
-            );
-        }
+    if wait != 0 && wait >= c.stall_threshold_ns {
+        stall_event(
+            next, next_pid, next_tgid, prev_pid, prev_tgid, wait, now, &c,
+        );
     }
 
-    // Charge prev: its CPU time, and the wait it caused next.
-    if prev_pid != 0 && (cpu_ns != 0 || wait != 0) {
-        if let Some(p) = proc_stats(prev_tgid, || bpf_get_current_comm().unwrap_or([0; 16])) {
-            // SAFETY: map value pointer.
-            unsafe {
-                if cpu_ns != 0 {
-                    add(&raw mut (*p).cpu_ns, cpu_ns);
-                }
-                if wait != 0 {
-                    add(&raw mut (*p).caused_ns, wait);
-                    add(&raw mut (*p).caused_count, 1);
-                }
+    // prev leaves the CPU: its CPU time, the wait it caused next, and
+    // what it is going to do.
+    if prev_pid != 0 {
+        let Some(t) = task_entry(prev_pid, prev_tgid) else {
+            return Ok(0);
+        };
+        // SAFETY: map value pointer, valid while we run.
+        unsafe {
+            (*t).cpu_ns += cpu_ns;
+            if wait != 0 {
+                (*t).caused_ns += wait;
+                (*t).caused_count += 1;
+            }
+            if prev_state & task_state::DEAD != 0 {
+                fold(t);
+                let _ = SCHED_TASKS.remove(prev_pid);
+            } else {
+                (*t).state = if preempt != 0 || prev_state == task_state::RUNNING {
+                    run_state::RUNQ
+                } else if prev_state & task_state::UNINTERRUPTIBLE != 0
+                    && prev_state & task_state::NOLOAD == 0
+                {
+                    run_state::BLOCKED
+                } else {
+                    run_state::SLEEP
+                };
+                (*t).ts_ns = now;
             }
         }
     }
@@ -322,52 +349,36 @@ fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let p: *const u8 = ctx.arg(0);
-    let (pid, tgid) = ids(p, &c)?;
+    let (pid, tgid) = ids(p, &c);
     if pid == 0 {
         return Ok(0);
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let mut slept: u64 = 0;
-    let mut was: u32 = run_state::ON_CPU;
-    match SCHED_TASKS.get_ptr_mut(pid) {
-        // SAFETY: map value pointer, valid while we run.
-        Some(t) => unsafe {
-            was = (*t).state;
-            if was == run_state::SLEEP || was == run_state::BLOCKED {
-                if now > (*t).ts_ns {
-                    slept = now - (*t).ts_ns;
-                }
-                (*t).state = run_state::RUNQ;
-                (*t).ts_ns = now;
-            }
-            // RUNQ: already waiting, the wait started earlier. ON_CPU:
-            // running (e.g. it woke itself); its switch-out will tell.
-        },
-        None => {
-            let t = TaskState {
-                ts_ns: now,
-                state: run_state::RUNQ,
-                tgid,
-                runq_ns: 0,
-                runq_count: 0,
-            };
-            if SCHED_TASKS.insert(pid, t, BPF_ANY as u64).is_err() {
-                count(counters::SCHED_TASK_MAP_FULL);
-            }
-        }
-    }
-    if slept != 0 {
-        if let Some(s) = proc_stats(tgid, || comm_of(p, &c)) {
-            // SAFETY: map value pointer.
-            unsafe {
-                if was == run_state::BLOCKED {
-                    add(&raw mut (*s).blocked_ns, slept);
+    let Some(t) = task_entry(pid, tgid) else {
+        return Ok(0);
+    };
+    // SAFETY: map value pointer, valid while we run.
+    unsafe {
+        let state = (*t).state;
+        if state == run_state::SLEEP || state == run_state::BLOCKED {
+            if now > (*t).ts_ns {
+                let slept = now - (*t).ts_ns;
+                if state == run_state::BLOCKED {
+                    (*t).blocked_ns += slept;
                 } else {
-                    add(&raw mut (*s).sleep_ns, slept);
+                    (*t).sleep_ns += slept;
                 }
             }
+            (*t).state = run_state::RUNQ;
+            (*t).ts_ns = now;
+        } else if state == run_state::ON_CPU && (*t).ts_ns == 0 {
+            // A new entry (zeroed): the thread starts waiting now.
+            (*t).state = run_state::RUNQ;
+            (*t).ts_ns = now;
         }
+        // RUNQ: already waiting, the wait started earlier. ON_CPU:
+        // running (e.g. it woke itself); its switch-out will tell.
     }
     Ok(0)
 }
@@ -378,9 +389,13 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     if c.valid == 0 {
         return 0;
     }
-    // sched_process_exit(task_struct *p, bool group_dead): p is current.
-    let pid = bpf_get_current_pid_tgid() as u32;
     let _ = ctx;
-    let _ = SCHED_TASKS.remove(pid);
+    // sched_process_exit(task_struct *p, bool group_dead): p is current.
+    // Fold what the thread did so far; the entry stays for its last
+    // switches and goes at the final switch-out (TASK_DEAD).
+    let pid = bpf_get_current_pid_tgid() as u32;
+    if let Some(t) = SCHED_TASKS.get_ptr_mut(pid) {
+        fold(t);
+    }
     0
 }

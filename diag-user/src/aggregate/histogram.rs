@@ -38,6 +38,15 @@ impl Log2Hist {
         out
     }
 
+    /// Like [`Log2Hist::since`], but a bucket that went down adds nothing.
+    pub fn since_saturating(&self, before: &Log2Hist) -> Log2Hist {
+        let mut out = Log2Hist::default();
+        for (i, o) in out.counts.iter_mut().enumerate() {
+            *o = self.counts[i].saturating_sub(before.counts[i]);
+        }
+        out
+    }
+
     pub fn merge(&mut self, other: &Log2Hist) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;

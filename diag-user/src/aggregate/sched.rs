@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 
-use diag_common::{comm_bytes, sched::ProcStats};
+use diag_common::{
+    comm_bytes,
+    sched::{ProcStats, TaskState},
+};
 use serde::Serialize;
 
 use super::histogram::Log2Hist;
@@ -45,6 +48,56 @@ impl From<&ProcStats> for ProcCounters {
             hist: Log2Hist::from_counts(s.hist),
         }
     }
+}
+
+impl ProcCounters {
+    /// Add a live thread's counters.
+    pub fn add_thread(&mut self, t: &TaskState) {
+        self.runq_ns += t.runq_ns;
+        self.runq_count += t.runq_count;
+        self.runq_max_ns = self.runq_max_ns.max(t.runq_max_ns);
+        self.cpu_ns += t.cpu_ns;
+        self.blocked_ns += t.blocked_ns;
+        self.sleep_ns += t.sleep_ns;
+        self.caused_ns += t.caused_ns;
+        self.caused_count += t.caused_count;
+        self.stalls += t.stalls;
+        for (a, b) in self.hist.counts.iter_mut().zip(t.hist.iter()) {
+            *a += u64::from(*b);
+        }
+    }
+
+    /// Counter-wise maximum: the high-water mark of two readings.
+    fn high_water(&mut self, other: &ProcCounters) {
+        self.runq_ns = self.runq_ns.max(other.runq_ns);
+        self.runq_count = self.runq_count.max(other.runq_count);
+        self.runq_max_ns = self.runq_max_ns.max(other.runq_max_ns);
+        self.cpu_ns = self.cpu_ns.max(other.cpu_ns);
+        self.blocked_ns = self.blocked_ns.max(other.blocked_ns);
+        self.sleep_ns = self.sleep_ns.max(other.sleep_ns);
+        self.caused_ns = self.caused_ns.max(other.caused_ns);
+        self.caused_count = self.caused_count.max(other.caused_count);
+        self.stalls = self.stalls.max(other.stalls);
+        for (a, b) in self.hist.counts.iter_mut().zip(other.hist.counts.iter()) {
+            *a = (*a).max(*b);
+        }
+    }
+}
+
+/// Per-process cumulative counters from one kernel reading: exited
+/// threads (`procs`) plus live ones (`tasks`: thread id, state).
+pub fn combine(
+    procs: &HashMap<u32, ProcStats>,
+    tasks: &[(u32, TaskState)],
+) -> HashMap<u32, ProcCounters> {
+    let mut out: HashMap<u32, ProcCounters> = procs
+        .iter()
+        .map(|(&pid, s)| (pid, ProcCounters::from(s)))
+        .collect();
+    for (_, t) in tasks {
+        out.entry(t.tgid).or_default().add_thread(t);
+    }
+    out
 }
 
 /// One process over one interval.
@@ -110,8 +163,10 @@ pub enum SortKey {
 }
 
 fn delta(now: u64, before: u64) -> u64 {
-    // A counter that went down was recreated (pid reuse): count from zero.
-    if now >= before { now - before } else { now }
+    // Counters of a live process only grow; a lower reading is a thread
+    // caught between its exit and the process entry (see
+    // `SchedMaps::read`): no progress, and the high-water mark stays.
+    now.saturating_sub(before)
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -151,9 +206,10 @@ impl SchedAgg {
         let zero = ProcCounters::default();
         let mut processes = Vec::new();
         let mut hist = Log2Hist::default();
-        for (&pid, now) in &reading {
+        let mut reading = reading;
+        for (&pid, now) in reading.iter_mut() {
             let before = self.prev.get(&pid).unwrap_or(&zero);
-            let h = now.hist.since(&before.hist);
+            let h = now.hist.since_saturating(&before.hist);
             let max_ns = h.max_bound().map(|b| b.min(now.runq_max_ns.max(1)));
             // Interpolated quantiles never exceed the maximum.
             let cap = |q: Option<u64>| q.map(|v| max_ns.map_or(v, |m| v.min(m)));
@@ -175,6 +231,7 @@ impl SchedAgg {
                 stalls: delta(now.stalls, before.stalls),
                 hist: h,
             };
+            now.high_water(before);
             let active = p.runq_ns + p.cpu_ns + p.blocked_ns + p.sleep_ns + p.caused_ns > 0;
             if !active {
                 continue;
@@ -282,6 +339,46 @@ mod tests {
         assert_eq!(v.max_ns, Some(20_000_000));
         assert_eq!(i2.runq_ns, 20_000_000);
         assert_eq!(agg.total_runq_ns(10), 23_000_000);
+    }
+
+    #[test]
+    fn a_dip_is_no_progress() {
+        let mut agg = SchedAgg::new();
+        let mut r1 = HashMap::new();
+        r1.insert(10, counters("a", &[5, 5], 100));
+        agg.update(1, 0, r1);
+        // A thread exited between the two map reads: lower for a moment.
+        let mut r2 = HashMap::new();
+        r2.insert(10, counters("a", &[5], 50));
+        let i2 = agg.update(2, 0, r2);
+        assert!(i2.processes.is_empty(), "{:?}", i2.processes);
+        let mut r3 = HashMap::new();
+        r3.insert(10, counters("a", &[5, 5, 5], 150));
+        let i3 = agg.update(3, 0, r3);
+        assert_eq!(i3.processes[0].runq_ns, 5_000_000);
+        assert_eq!(i3.processes[0].cpu_ns, 50);
+        assert_eq!(agg.total_runq_ns(10), 15_000_000);
+    }
+
+    #[test]
+    fn combines_exited_and_live_threads() {
+        let mut procs = HashMap::new();
+        let mut p = ProcStats::zeroed();
+        p.runq_ns = 100;
+        p.comm[..4].copy_from_slice(b"dead");
+        procs.insert(7, p);
+        let mut t1 = TaskState::zeroed();
+        t1.tgid = 7;
+        t1.runq_ns = 10;
+        t1.hist[3] = 2;
+        let mut t2 = TaskState::zeroed();
+        t2.tgid = 8;
+        t2.cpu_ns = 5;
+        let c = combine(&procs, &[(70, t1), (80, t2)]);
+        assert_eq!(c[&7].runq_ns, 110);
+        assert_eq!(c[&7].comm, "dead");
+        assert_eq!(c[&7].hist.counts[3], 2);
+        assert_eq!(c[&8].cpu_ns, 5);
     }
 
     #[test]

@@ -98,15 +98,6 @@ pub struct SchedMaps {
     tasks: HashMap<MapData, u32, TaskState>,
 }
 
-/// One thread, as the kernel last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThreadSample {
-    pub tid: u32,
-    pub tgid: u32,
-    pub runq_ns: u64,
-    pub runq_count: u64,
-}
-
 impl SchedMaps {
     /// Take the maps out of the loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<SchedMaps, LoadError> {
@@ -121,24 +112,15 @@ impl SchedMaps {
         Ok(SchedMaps { procs, tasks })
     }
 
-    /// Every process's cumulative counters. Entries that vanish while we
-    /// iterate are skipped.
-    pub fn procs(&self) -> StdHashMap<u32, ProcStats> {
-        self.procs.iter().filter_map(Result::ok).collect()
-    }
-
-    /// Every tracked thread's cumulative run-queue wait.
-    pub fn threads(&self) -> Vec<ThreadSample> {
-        self.tasks
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(tid, t)| ThreadSample {
-                tid,
-                tgid: t.tgid,
-                runq_ns: t.runq_ns,
-                runq_count: t.runq_count,
-            })
-            .collect()
+    /// One reading: the exited threads of each process (`SCHED_PROCS`),
+    /// then every live thread (`SCHED_TASKS`), in that order: a thread
+    /// that exits in between is then missing from both for this reading
+    /// (the aggregate treats the dip as no progress), never counted twice.
+    /// Entries that vanish while we iterate are skipped.
+    pub fn read(&self) -> (StdHashMap<u32, ProcStats>, Vec<(u32, TaskState)>) {
+        let procs = self.procs.iter().filter_map(Result::ok).collect();
+        let tasks = self.tasks.iter().filter_map(Result::ok).collect();
+        (procs, tasks)
     }
 
     /// Forget processes that are gone (after their last reading).

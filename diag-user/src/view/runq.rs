@@ -16,7 +16,7 @@ use diag_common::counters;
 use crate::{
     aggregate::{
         histogram::Log2Hist,
-        sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, sort},
+        sched::{Interval, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
     cli::{RunqArgs, RunqSort},
     clock::{self, WallClock},
@@ -237,18 +237,17 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             }
             // Read the kernel's cumulative counters.
             let now_ns = clock::boot_ns();
-            let raw = maps.procs();
-            let mut reading = HashMap::with_capacity(raw.len());
-            for (pid, s) in &raw {
-                let mut c = ProcCounters::from(s);
-                // The process's name (the kernel's is the first thread seen).
-                let name = comms
-                    .entry(*pid)
-                    .or_insert_with(|| proc_comm(*pid).unwrap_or_default());
-                if !name.is_empty() {
+            let (procs, tasks) = maps.read();
+            let mut reading = combine(&procs, &tasks);
+            for (pid, c) in reading.iter_mut() {
+                // The process's name from /proc (the kernel's entry holds
+                // an exiting thread's); kept once the process is gone.
+                if let Some(name) = proc_comm(*pid) {
+                    comms.insert(*pid, name);
+                }
+                if let Some(name) = comms.get(pid).filter(|n| !n.is_empty()) {
                     c.comm = name.clone();
                 }
-                reading.insert(*pid, c);
             }
             let mut iv = agg.update(now_ns, start_ns, reading);
             // Processes seen gone at the previous reading have now been
@@ -258,7 +257,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             for p in &gone_last_time {
                 comms.remove(p);
             }
-            gone_last_time = raw.keys().copied().filter(|&p| !exists(p)).collect();
+            gone_last_time = procs.keys().copied().filter(|&p| !exists(p)).collect();
 
             if !pids.is_empty() {
                 iv.processes.retain(|p| pids.contains(&p.pid));
@@ -291,15 +290,17 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
                 let threads: Vec<serde_json::Value> = if pids.is_empty() {
                     Vec::new()
                 } else {
-                    maps.threads()
-                        .into_iter()
-                        .filter(|t| pids.contains(&t.tgid))
-                        .map(|t| {
+                    tasks
+                        .iter()
+                        .filter(|(_, t)| pids.contains(&t.tgid))
+                        .map(|(tid, t)| {
                             serde_json::json!({
                                 "pid": t.tgid,
-                                "tid": t.tid,
+                                "tid": tid,
                                 "runq_ns_since_start": t.runq_ns,
                                 "runq_count_since_start": t.runq_count,
+                                "runq_max_ns_since_start": t.runq_max_ns,
+                                "cpu_ns_since_start": t.cpu_ns,
                             })
                         })
                         .collect()
@@ -370,6 +371,7 @@ pub fn new_losses(before: &Health, now: &Health) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::sched::ProcCounters;
 
     #[test]
     fn proc_stat() {
