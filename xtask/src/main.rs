@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "diag's project tasks")]
 struct Cli {
@@ -42,6 +44,17 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Set up (plus linux-perf and bpftrace), build diag (release) and
+    /// measure the scheduler probes' overhead against no tracer and
+    /// bpftrace; writes target/bench/report.{json,md}
+    Bench {
+        /// Interleaved rounds of (baseline, diag, bpftrace)
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// perf bench sched pipe operations per run
+        #[arg(long, default_value_t = 300_000)]
+        loops: u64,
     },
 }
 
@@ -98,14 +111,19 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[(&'static str, &'static str)]) -> Result<()> {
+    let all: Vec<(&str, &str)> = PACKAGES.iter().chain(extra).copied().collect();
+    let missing: Vec<&str> = all
         .iter()
         .filter(|(p, _)| !installed(p))
         .map(|(p, _)| *p)
         .collect();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages:");
-        for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        for (p, why) in all.iter().filter(|(p, _)| missing.contains(p)) {
             println!("xtask:   {p:<24} {why}");
         }
         if !is_root() {
@@ -308,7 +326,11 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    setup()?;
+    if matches!(cli.task, Task::Bench { .. }) {
+        setup_with(bench::PACKAGES)?;
+    } else {
+        setup()?;
+    }
     match cli.task {
         Task::Setup => {
             println!("xtask: everything is in place");
@@ -330,5 +352,15 @@ fn real_main() -> Result<()> {
             bail!("cannot run {}: {err}", bin.display())
         }
         Task::Test { args } => test(&args),
+        Task::Bench { rounds, loops } => {
+            if !is_root() {
+                bail!("the bench loads BPF programs: run it as root");
+            }
+            if rounds == 0 || loops == 0 {
+                bail!("--rounds and --loops must be at least 1");
+            }
+            let bin = build(true)?;
+            bench::run(&bin, &root(), rounds, loops)
+        }
     }
 }
