@@ -201,12 +201,10 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     // sched_switch(bool preempt, task_struct *prev, task_struct *next,
     //              unsigned int prev_state)
     let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    // The tracepoint runs before the switch: current is still prev.
-    let prev_ids = bpf_get_current_pid_tgid();
-    let prev_pid = prev_ids as u32;
-    let prev_tgid = (prev_ids >> 32) as u32;
+    let (prev_pid, prev_tgid) = ids(prev, &c);
     let (next_pid, next_tgid) = ids(next, &c);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };

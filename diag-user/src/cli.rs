@@ -264,6 +264,11 @@ pub struct RunqArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Attach the scheduler programs but let them return at once: the
+    /// cost of the attachment alone (for `cargo xtask bench`)
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 }

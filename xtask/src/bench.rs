@@ -5,7 +5,9 @@
 //! two wakeups and two context switches, the worst case for a scheduler
 //! tracer. It runs with no tracer, with `diag runq` attached (output to
 //! /dev/null), and with a bpftrace runqlat-style script (the peer: tracepoint
-//! probes, a per-pid hash map and a histogram), interleaved and repeated.
+//! probes, a per-pid hash map and a histogram), and with diag's programs
+//! attached but returning at once (the floor: what attaching to these
+//! tracepoints costs before any work), interleaved and repeated.
 //! Ratios compare medians. Writes `target/bench/report.json` and
 //! `target/bench/report.md`.
 
@@ -50,6 +52,9 @@ tracepoint:sched:sched_switch
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tracer {
     None,
+    /// diag's programs attached, returning at once: the floor any
+    /// tracer on these tracepoints pays here.
+    Empty,
     Diag,
     Bpftrace,
 }
@@ -58,6 +63,7 @@ impl Tracer {
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "baseline (no tracer)",
+            Tracer::Empty => "empty programs (floor)",
             Tracer::Diag => "diag runq",
             Tracer::Bpftrace => "bpftrace runqlat",
         }
@@ -65,6 +71,7 @@ impl Tracer {
     fn key(self) -> &'static str {
         match self {
             Tracer::None => "baseline",
+            Tracer::Empty => "empty_programs",
             Tracer::Diag => "diag",
             Tracer::Bpftrace => "bpftrace",
         }
@@ -83,6 +90,11 @@ impl Running {
             Tracer::Diag => {
                 let mut c = Command::new(diag);
                 c.args(["runq", "--interval", "1s"]);
+                (c, "tracing", true)
+            }
+            Tracer::Empty => {
+                let mut c = Command::new(diag);
+                c.args(["runq", "--interval", "1s", "--empty-programs"]);
                 (c, "tracing", true)
             }
             Tracer::Bpftrace => {
@@ -223,7 +235,7 @@ pub fn run(diag: &Path, root: &Path, reps: usize, loops: u64) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("runqlat.bt");
     std::fs::write(&script, BPFTRACE_RUNQLAT)?;
-    let tracers = [Tracer::None, Tracer::Diag, Tracer::Bpftrace];
+    let tracers = [Tracer::None, Tracer::Diag, Tracer::Bpftrace, Tracer::Empty];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     println!(
         "xtask: bench: `taskset -c {cpu} perf bench sched pipe -l {loops}`, {reps} rounds of {}",
@@ -292,6 +304,7 @@ pub fn run(diag: &Path, root: &Path, reps: usize, loops: u64) -> Result<()> {
         0.0
     };
     let diag_loss = 1.0 - medians[1] / medians[0].max(1.0);
+    let floor_loss = 1.0 - medians[3] / medians[0].max(1.0);
     let bpftrace_loss = 1.0 - medians[2] / medians[0].max(1.0);
     let cost_ratio = if bpftrace_loss > 0.0 {
         diag_loss / bpftrace_loss
@@ -301,18 +314,21 @@ pub fn run(diag: &Path, root: &Path, reps: usize, loops: u64) -> Result<()> {
     md.push_str(&format!(
         "\nWorkload: `taskset -c {cpu} perf bench sched pipe -l {loops}`, {reps} interleaved rounds, medians compared.\n\
          diag throughput / bpftrace throughput: {diag_vs_bpftrace:.3}; diag's loss is {:.0} % of bpftrace's.\n\
-         Target: at most 5 % loss; diag: {:.1} % ({}).\n",
+         Target: at most 5 % loss; diag: {:.1} % ({}). Empty programs on the same tracepoints (the \
+         attachment alone, before any work) cost {:.1} % here.\n",
         cost_ratio * 100.0,
         diag_loss * 100.0,
-        if diag_loss <= 0.05 { "met" } else { "over target" }
+        if diag_loss <= 0.05 { "met" } else { "over target" },
+        floor_loss * 100.0
     ));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let json = format!(
-        "{{\n  \"workload\": \"taskset -c {cpu} perf bench sched pipe -l {loops}\",\n  \"rounds\": {reps},\n  \"kernel\": \"{}\",\n  \"cpus\": {ncpu},\n  \"results\": {{\n{}\n  }},\n  \"diag_over_bpftrace_throughput\": {diag_vs_bpftrace:.4},\n  \"diag_loss_pct\": {:.2},\n  \"bpftrace_loss_pct\": {:.2},\n  \"target_loss_pct\": 5.0,\n  \"target_met\": {}\n}}\n",
+        "{{\n  \"workload\": \"taskset -c {cpu} perf bench sched pipe -l {loops}\",\n  \"rounds\": {reps},\n  \"kernel\": \"{}\",\n  \"cpus\": {ncpu},\n  \"results\": {{\n{}\n  }},\n  \"diag_over_bpftrace_throughput\": {diag_vs_bpftrace:.4},\n  \"diag_loss_pct\": {:.2},\n  \"bpftrace_loss_pct\": {:.2},\n  \"empty_programs_loss_pct\": {:.2},\n  \"target_loss_pct\": 5.0,\n  \"target_met\": {}\n}}\n",
         kernel.trim(),
         json_rows.join(",\n"),
         diag_loss * 100.0,
         bpftrace_loss * 100.0,
+        floor_loss * 100.0,
         diag_loss <= 0.05
     );
     std::fs::write(dir.join("report.json"), &json)?;

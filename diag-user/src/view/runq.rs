@@ -191,7 +191,10 @@ impl Counters {
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
     let threshold = u64::try_from(args.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
-    let cfg = probes::sched::layout(&args.probe.btf, threshold)?;
+    let mut cfg = probes::sched::layout(&args.probe.btf, threshold)?;
+    if args.empty_programs {
+        cfg.valid = 0;
+    }
     let families = loader::Families {
         tcp: false,
         sched: Some(cfg),

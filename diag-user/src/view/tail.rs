@@ -257,6 +257,13 @@ impl Tail {
                 if new_map > 0 {
                     warn.push(format!("{new_map} sockets not tracked: owner map full"));
                 }
+                let new_sched = (h.sched_task_map_full + h.sched_proc_map_full)
+                    .saturating_sub(before.sched_task_map_full + before.sched_proc_map_full);
+                if new_sched > 0 {
+                    warn.push(format!(
+                        "{new_sched} scheduler updates not tracked: task or process map full"
+                    ));
+                }
                 Ok(if warn.is_empty() {
                     None
                 } else {
