@@ -207,6 +207,7 @@ Examples:
   diag runq --count 1 --interval 5s   one 5-second table, then exit
   diag runq --sort caused          the processes that delay others most
   diag runq --hist --pid 1234      run-queue latency histogram of one process
+  diag runq --pid 1234 --threads   and a row per thread
   diag runq --json | jq .          one JSON object per interval";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -251,6 +252,10 @@ pub struct RunqArgs {
     /// Print a log2 histogram of run-queue latency (whole host, or --pid)
     #[arg(long)]
     pub hist: bool,
+
+    /// With --pid: also a row per thread (JSON output always has them)
+    #[arg(long, requires = "pid")]
+    pub threads: bool,
 
     /// Rows in the text table (0: all)
     #[arg(long, value_name = "N", default_value_t = 20)]

@@ -244,7 +244,11 @@ impl SchedAgg {
                 ..p
             });
         }
-        self.prev = reading;
+        // Merge, not replace: a process missing from one reading (its last
+        // thread exited between the two map reads) keeps its high-water
+        // mark, so its counters are not counted again when it reappears.
+        // Entries go only through `forget`/`keep_only`.
+        self.prev.extend(reading);
         self.prev_ns = Some(now_ns);
         let runq_ns = processes.iter().map(|p| p.runq_ns).sum();
         let runq_count = processes.iter().map(|p| p.runq_count).sum();
@@ -265,6 +269,11 @@ impl SchedAgg {
         for p in pids {
             self.prev.remove(p);
         }
+    }
+
+    /// Forget every key not in `keys` (threads that are gone).
+    pub fn keep_only(&mut self, keys: &std::collections::HashSet<u32>) {
+        self.prev.retain(|k, _| keys.contains(k));
     }
 
     /// Total run-queue wait of `pid` since the first reading, ns.
@@ -358,6 +367,26 @@ mod tests {
         assert_eq!(i3.processes[0].runq_ns, 5_000_000);
         assert_eq!(i3.processes[0].cpu_ns, 50);
         assert_eq!(agg.total_runq_ns(10), 15_000_000);
+    }
+
+    #[test]
+    fn a_process_missing_from_one_reading_is_not_counted_twice() {
+        let mut agg = SchedAgg::new();
+        let mut r1 = HashMap::new();
+        r1.insert(10, counters("a", &[5, 5], 100));
+        agg.update(1, 0, r1);
+        // Its only thread exited between the two map reads: absent.
+        agg.update(2, 0, HashMap::new());
+        let mut r3 = HashMap::new();
+        r3.insert(10, counters("a", &[5, 5, 5], 100));
+        let i3 = agg.update(3, 0, r3);
+        assert_eq!(i3.processes[0].runq_ns, 5_000_000);
+        assert_eq!(agg.total_runq_ns(10), 15_000_000);
+        // Threads that are gone are dropped with keep_only.
+        agg.keep_only(&std::collections::HashSet::new());
+        let mut r4 = HashMap::new();
+        r4.insert(10, counters("a", &[1], 0));
+        assert_eq!(agg.update(4, 0, r4).processes[0].runq_ns, 1_000_000);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use diag_common::counters;
 use crate::{
     aggregate::{
         histogram::Log2Hist,
-        sched::{Interval, ProcInterval, SchedAgg, SortKey, combine, sort},
+        sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
     cli::{RunqArgs, RunqSort},
     clock::{self, WallClock},
@@ -89,6 +89,7 @@ pub fn format_text(
     clock: &WallClock,
     limit: usize,
     hist: Option<(&str, &Log2Hist)>,
+    threads: &[(u32, ProcInterval)],
 ) -> String {
     let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
     let mut out = format!(
@@ -119,6 +120,15 @@ pub fn format_text(
             iv.processes.len() - shown
         ));
     }
+    if !threads.is_empty() {
+        out.push_str("\nthreads (TID instead of PID):\n");
+        out.push_str(&TABLE_HEADER.replacen("PID ", "TID ", 1));
+        out.push('\n');
+        for (_, t) in threads {
+            out.push_str(&row(t));
+            out.push('\n');
+        }
+    }
     if let Some((what, h)) = hist {
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
         out.push_str(&h.render(40));
@@ -131,7 +141,7 @@ pub fn format_json(
     host: &HostState,
     clock: &WallClock,
     hist: Option<(&str, &Log2Hist)>,
-    threads: &[serde_json::Value],
+    threads: &[(u32, ProcInterval)],
 ) -> String {
     let mut v = serde_json::json!({
         "time": clock.wall(iv.end_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -153,13 +163,28 @@ pub fn format_json(
         });
     }
     if !threads.is_empty() {
-        v["threads"] = serde_json::Value::Array(threads.to_vec());
+        let rows = threads
+            .iter()
+            .map(|(tgid, t)| {
+                let mut r = serde_json::to_value(t).unwrap_or_default();
+                r["tid"] = t.pid.into();
+                r["pid"] = (*tgid).into();
+                r
+            })
+            .collect();
+        v["threads"] = serde_json::Value::Array(rows);
     }
     v.to_string()
 }
 
 fn proc_comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string())
 }
@@ -220,6 +245,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let key = sort_key(args.sort);
     let pids: HashSet<u32> = args.pid.iter().copied().collect();
     let mut agg = SchedAgg::new();
+    let mut thread_agg = SchedAgg::new();
     let mut gone_last_time: Vec<u32> = Vec::new();
     let mut health = Health::default();
     let mut comms: HashMap<u32, String> = HashMap::new();
@@ -289,28 +315,36 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
                 None
             };
             let hist = hist_of.as_ref().map(|(w, h)| (w.as_str(), h));
+            // Per thread, for the --pid processes: the same statistics.
+            let mut threads = Vec::new();
+            if !pids.is_empty() {
+                let mut tgid_of = HashMap::new();
+                let reading: HashMap<u32, ProcCounters> = tasks
+                    .iter()
+                    .filter(|(_, t)| pids.contains(&t.tgid))
+                    .map(|(tid, t)| {
+                        tgid_of.insert(*tid, t.tgid);
+                        let mut c = ProcCounters::default();
+                        c.add_thread(t);
+                        c.comm = thread_comm(t.tgid, *tid).unwrap_or_default();
+                        (*tid, c)
+                    })
+                    .collect();
+                let keys: HashSet<u32> = reading.keys().copied().collect();
+                let mut tiv = thread_agg.update(now_ns, start_ns, reading);
+                thread_agg.keep_only(&keys);
+                sort(&mut tiv.processes, key);
+                threads = tiv
+                    .processes
+                    .into_iter()
+                    .map(|row| (tgid_of.get(&row.pid).copied().unwrap_or(0), row))
+                    .collect();
+            }
             let text = if args.json {
-                let threads: Vec<serde_json::Value> = if pids.is_empty() {
-                    Vec::new()
-                } else {
-                    tasks
-                        .iter()
-                        .filter(|(_, t)| pids.contains(&t.tgid))
-                        .map(|(tid, t)| {
-                            serde_json::json!({
-                                "pid": t.tgid,
-                                "tid": tid,
-                                "runq_ns_since_start": t.runq_ns,
-                                "runq_count_since_start": t.runq_count,
-                                "runq_max_ns_since_start": t.runq_max_ns,
-                                "cpu_ns_since_start": t.cpu_ns,
-                            })
-                        })
-                        .collect()
-                };
                 format_json(&iv, &host, &clock, hist, &threads) + "\n"
             } else {
-                format_text(&iv, &host, &clock, args.limit, hist) + "\n"
+                let shown: &[(u32, ProcInterval)] = if args.threads { &threads } else { &[] };
+                format_text(&iv, &host, &clock, args.limit, hist, shown) + "\n"
             };
             match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
                 Ok(()) => {}
@@ -374,7 +408,6 @@ pub fn new_losses(before: &Health, now: &Health) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::sched::ProcCounters;
 
     #[test]
     fn proc_stat() {
@@ -406,7 +439,16 @@ mod tests {
             procs_blocked: Some(1),
         };
         let clock = WallClock::with_offset_ns(0);
-        let text = format_text(&iv, &host, &clock, 20, Some(("all processes", &iv.hist)));
+        let threads = vec![(42, iv.processes[0].clone())];
+        let text = format_text(
+            &iv,
+            &host,
+            &clock,
+            20,
+            Some(("all processes", &iv.hist)),
+            &threads,
+        );
+        assert!(text.contains("threads (TID"), "{text}");
         assert!(text.contains("R 3  B 1"), "{text}");
         let line = text.lines().find(|l| l.starts_with("42 ")).unwrap();
         assert!(line.contains("victim") && line.contains("3.0"), "{line}");
@@ -416,7 +458,8 @@ mod tests {
         );
         assert!(text.contains("distribution"));
         let v: serde_json::Value =
-            serde_json::from_str(&format_json(&iv, &host, &clock, None, &[])).unwrap();
+            serde_json::from_str(&format_json(&iv, &host, &clock, None, &threads)).unwrap();
+        assert_eq!(v["threads"][0]["tid"], 42);
         assert_eq!(v["procs_blocked"], 1);
         assert_eq!(v["processes"][0]["pid"], 42);
         assert_eq!(v["processes"][0]["runq_ns"], 30_000_000);
