@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, diag_bin, require_root, serial};
+use diag_tests::{Diag, bpf_objects_of, diag_bin, require_root, serial};
 use serde_json::Value;
 
 const CPUHOG: &str = env!("CARGO_BIN_EXE_diag-cpuhog");
@@ -274,4 +274,83 @@ fn bad_durations_are_clear_errors() {
     assert!(seen[0].contains("greater than zero"), "{}", seen[0]);
     assert!(seen[1].contains("not a unit"), "{}", seen[1]);
     assert!(seen[2].contains("greater than zero"), "{}", seen[2]);
+}
+
+/// The keys (u32, little-endian) of the map named `name` held by `pid`.
+fn map_keys(pid: u32, name: &str) -> Vec<u32> {
+    for id in bpf_objects_of(pid).maps {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if info["name"] != name {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let entries: Value = serde_json::from_slice(&dump.stdout).unwrap();
+        return entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let b: Vec<u8> = e["key"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16)
+                            .unwrap()
+                    })
+                    .collect();
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .collect();
+    }
+    panic!("diag ({pid}) holds no map named {name}");
+}
+
+#[test]
+fn exited_threads_and_processes_leave_no_kernel_state() {
+    if !require_root("exited_threads_and_processes_leave_no_kernel_state") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&["runq", "--json", "--interval", "200ms"]);
+    let load = Load::start(&["threads", "500"]);
+    let pid = load.pid;
+    load.finish();
+    settle(200);
+    let tasks = map_keys(diag.pid(), "SCHED_TASKS");
+    let procs = map_keys(diag.pid(), "SCHED_PROCS");
+    let live_threads = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_dir(e.path().join("task")).ok())
+        .map(|d| d.count())
+        .sum::<usize>();
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    eprintln!(
+        "{} thread entries for {live_threads} live threads, {} process entries",
+        tasks.len(),
+        procs.len()
+    );
+    assert!(
+        tasks.len() <= live_threads + 16,
+        "{} thread entries, {live_threads} live threads: exited threads leak",
+        tasks.len()
+    );
+    assert!(
+        !procs.contains(&pid),
+        "the exited process's entry was not deleted"
+    );
+    // Its 500 threads were all counted before they went.
+    let intervals = out.json();
+    let cpu = sum_field(&intervals, pid, "cpu_ns");
+    let waits = sum_field(&intervals, pid, "sleep_ns");
+    assert!(cpu > 0 && waits > 0, "cpu {cpu}, sleep {waits}");
 }

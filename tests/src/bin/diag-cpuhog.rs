@@ -8,6 +8,8 @@
 //! diag-cpuhog victim SECS [CPU] [idle]
 //!     Sleep 1 ms, work about 50 us, repeat for SECS seconds; `idle` runs it
 //!     under SCHED_IDLE so that any busy task on its CPU makes it wait.
+//! diag-cpuhog threads N
+//!     Start N short-lived threads (each sleeps 1 ms), 50 at a time.
 //! diag-cpuhog fsync SECS DIR
 //!     Write 4 KiB and fsync a file in DIR, repeatedly (uninterruptible
 //!     sleep, D state, while the disk works).
@@ -87,6 +89,27 @@ fn victim(secs: f64, cpu: Option<usize>, idle: bool) -> std::io::Result<u64> {
     Ok(own_schedstat().1)
 }
 
+fn threads(n: usize) -> std::io::Result<u64> {
+    let mut total = 0;
+    for batch in (0..n).collect::<Vec<_>>().chunks(50) {
+        let handles: Vec<_> = batch
+            .iter()
+            .map(|_| {
+                std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    own_schedstat().1
+                })
+            })
+            .collect();
+        for h in handles {
+            total += h
+                .join()
+                .map_err(|_| std::io::Error::other("thread panicked"))?;
+        }
+    }
+    Ok(total + own_schedstat().1)
+}
+
 fn fsync_loop(secs: f64, dir: &str) -> std::io::Result<u64> {
     let path = std::path::Path::new(dir).join(format!("diag-cpuhog-{}", std::process::id()));
     let mut f = std::fs::File::create(&path)?;
@@ -116,12 +139,13 @@ fn main() -> ExitCode {
             None => Err(std::io::Error::other("hog THREADS SECS [CPU]")),
         },
         (Some("victim"), Some(secs)) => victim(secs, cpu(2), args.iter().any(|a| a == "idle")),
+        (Some("threads"), Some(n)) => threads(n as usize),
         (Some("fsync"), Some(secs)) => match args.get(2) {
             Some(dir) => fsync_loop(secs, dir),
             None => Err(std::io::Error::other("fsync SECS DIR")),
         },
         _ => Err(std::io::Error::other(
-            "usage: diag-cpuhog hog THREADS SECS [CPU] | victim SECS [CPU] [idle] | fsync SECS DIR",
+            "usage: diag-cpuhog hog THREADS SECS [CPU] | victim SECS [CPU] [idle] | threads N | fsync SECS DIR",
         )),
     };
     match r {
