@@ -189,10 +189,11 @@ I/O) and in voluntary sleep (S), and the delay it suffered and caused.
 
 A wait starts when a thread is woken (sched_wakeup, sched_wakeup_new) or \
 preempted while runnable, and ends when it is switched in (sched_switch). \
-The kernel aggregates waits into per-process log2 histograms: user space \
-never sees one event per context switch. p50/p99 are read from the \
+The kernel aggregates waits into per-thread log2 histograms, summed per \
+process by diag: user space never sees one event per context switch. p50/p99 are read from the \
 histogram (accurate to a factor of 2); MAX is the upper bound of the highest \
-bucket used in the interval, capped by the longest wait seen.
+bucket used in the interval, capped by the longest wait seen. D and S \
+time are charged when the sleep ends.
 
 CAUSED approximates \"delay caused to others\": each wait is charged, whole, \
 to the task that was on the CPU just before the waiter got it. R and B in \
