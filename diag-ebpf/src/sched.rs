@@ -193,6 +193,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
+#[inline(always)]
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let c = SCHED_CONFIG.load();
     if c.valid == 0 {
@@ -341,6 +342,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
 }
 
 /// sched_wakeup(task_struct *p), sched_wakeup_new(task_struct *p).
+#[inline(always)]
 fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let c = SCHED_CONFIG.load();
     if c.valid == 0 {
