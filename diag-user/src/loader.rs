@@ -258,7 +258,7 @@ pub fn load_families(
         .override_global("SCHED_CONFIG", &sched, true)
         .map_max_entries("EVENTS", ring_bytes);
     if families.sched.is_none() {
-        for (map, _) in probes::sched::MAPS {
+        for map in probes::sched::MAPS {
             loader.map_max_entries(map, 1);
         }
     }

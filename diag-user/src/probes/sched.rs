@@ -34,7 +34,7 @@ pub const TRACEPOINT_NAMES: &[&str] = &[
 
 /// Maps that only the scheduler programs use: shrunk to one entry when
 /// they are not attached, so TCP-only users do not pay their memory.
-pub const MAPS: &[(&str, u32)] = &[("SCHED_TASKS", 65_536), ("SCHED_PROCS", 16_384)];
+pub const MAPS: &[&str] = &["SCHED_TASKS", "SCHED_PROCS"];
 
 /// The `task_struct` offsets on the running kernel, from its BTF.
 pub fn layout(btf_path: &Path, stall_threshold_ns: u64) -> Result<SchedConfig, EnvError> {
