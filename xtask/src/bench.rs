@@ -158,11 +158,14 @@ impl Running {
     fn stop(mut self) -> Result<()> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while self.child.try_wait()?.is_none() {
             if Instant::now() > deadline {
+                // Its programs go with it; the measurement is already taken.
+                println!("xtask:   (tracer did not stop within 60 s of SIGINT: killed)");
                 let _ = self.child.kill();
-                bail!("tracer did not stop within 20 s of SIGINT");
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
