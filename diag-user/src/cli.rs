@@ -192,8 +192,9 @@ preempted while runnable, and ends when it is switched in (sched_switch). \
 The kernel aggregates waits into per-thread log2 histograms, summed per \
 process by diag: user space never sees one event per context switch. p50/p99 are read from the \
 histogram (accurate to a factor of 2); MAX is the upper bound of the highest \
-bucket used in the interval, capped by the longest wait seen. D and S \
-time are charged when the sleep ends.
+bucket used in the interval, capped by the longest wait seen. Waits, \
+sleeps and runs still going on count for the part already elapsed, so a \
+process stuck in D shows up every interval, not once when it wakes.
 
 CAUSED approximates \"delay caused to others\": each wait is charged, whole, \
 to the task that was on the CPU just before the waiter got it. R and B in \

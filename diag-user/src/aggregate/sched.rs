@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use diag_common::{
     comm_bytes,
-    sched::{ProcStats, TaskState},
+    sched::{ProcStats, TaskState, run_state},
 };
 use serde::Serialize;
 
@@ -51,8 +51,24 @@ impl From<&ProcStats> for ProcCounters {
 }
 
 impl ProcCounters {
-    /// Add a live thread's counters.
-    pub fn add_thread(&mut self, t: &TaskState) {
+    /// Add a live thread's counters, as of `now_ns` (boot time): the kernel
+    /// charges a wait, a sleep or a run when it ends, so the part of the
+    /// current one that has elapsed is added here. When it ends, the
+    /// kernel's counter grows by the whole and this part drops to zero:
+    /// the sum stays continuous, and a thread stuck in D for a minute
+    /// shows up every interval, not once at the end.
+    pub fn add_thread(&mut self, t: &TaskState, now_ns: u64) {
+        let ongoing = if t.ts_ns != 0 {
+            now_ns.saturating_sub(t.ts_ns)
+        } else {
+            0
+        };
+        match t.state {
+            run_state::RUNQ => self.runq_ns += ongoing,
+            run_state::BLOCKED => self.blocked_ns += ongoing,
+            run_state::SLEEP => self.sleep_ns += ongoing,
+            _ => self.cpu_ns += ongoing,
+        }
         self.runq_ns += t.runq_ns;
         self.runq_count += t.runq_count;
         self.runq_max_ns = self.runq_max_ns.max(t.runq_max_ns);
@@ -89,13 +105,14 @@ impl ProcCounters {
 pub fn combine(
     procs: &HashMap<u32, ProcStats>,
     tasks: &[(u32, TaskState)],
+    now_ns: u64,
 ) -> HashMap<u32, ProcCounters> {
     let mut out: HashMap<u32, ProcCounters> = procs
         .iter()
         .map(|(&pid, s)| (pid, ProcCounters::from(s)))
         .collect();
     for (_, t) in tasks {
-        out.entry(t.tgid).or_default().add_thread(t);
+        out.entry(t.tgid).or_default().add_thread(t, now_ns);
     }
     out
 }
@@ -232,7 +249,9 @@ impl SchedAgg {
                 hist: h,
             };
             now.high_water(before);
-            let active = p.runq_ns + p.cpu_ns + p.blocked_ns + p.sleep_ns + p.caused_ns > 0;
+            // Voluntary sleep alone does not make a row: idle daemons
+            // sleep all the time.
+            let active = p.runq_ns + p.cpu_ns + p.blocked_ns + p.caused_ns > 0;
             if !active {
                 continue;
             }
@@ -403,11 +422,36 @@ mod tests {
         let mut t2 = TaskState::zeroed();
         t2.tgid = 8;
         t2.cpu_ns = 5;
-        let c = combine(&procs, &[(70, t1), (80, t2)]);
+        let c = combine(&procs, &[(70, t1), (80, t2)], 1_000);
         assert_eq!(c[&7].runq_ns, 110);
         assert_eq!(c[&7].comm, "dead");
         assert_eq!(c[&7].hist.counts[3], 2);
         assert_eq!(c[&8].cpu_ns, 5);
+    }
+
+    #[test]
+    fn ongoing_sleeps_and_waits_count_as_they_go() {
+        let mut t = TaskState::zeroed();
+        t.tgid = 7;
+        t.state = run_state::BLOCKED;
+        t.ts_ns = 1_000;
+        t.blocked_ns = 50;
+        let procs = HashMap::new();
+        let mut agg = SchedAgg::new();
+        let i1 = agg.update(2_000, 0, combine(&procs, &[(70, t)], 2_000));
+        assert_eq!(i1.processes[0].blocked_ns, 1_050);
+        let i2 = agg.update(3_000, 0, combine(&procs, &[(70, t)], 3_000));
+        assert_eq!(i2.processes[0].blocked_ns, 1_000, "still blocked");
+        // It wakes at 3500: the kernel charges 2500; now it waits.
+        t.blocked_ns += 2_500;
+        t.state = run_state::RUNQ;
+        t.ts_ns = 3_500;
+        let i3 = agg.update(4_000, 0, combine(&procs, &[(70, t)], 4_000));
+        assert_eq!(i3.processes[0].blocked_ns, 500);
+        assert_eq!(i3.processes[0].runq_ns, 500);
+        // A fresh entry (ts 0) adds nothing.
+        let c = combine(&procs, &[(80, TaskState::zeroed())], 9_000);
+        assert_eq!(c[&0].cpu_ns, 0);
     }
 
     #[test]

@@ -267,7 +267,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             // Read the kernel's cumulative counters.
             let now_ns = clock::boot_ns();
             let (procs, tasks) = maps.read();
-            let mut reading = combine(&procs, &tasks);
+            let mut reading = combine(&procs, &tasks, now_ns);
             for (pid, c) in reading.iter_mut() {
                 // The process's name from /proc (the kernel's entry holds
                 // an exiting thread's); kept once the process is gone.
@@ -325,7 +325,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
                     .map(|(tid, t)| {
                         tgid_of.insert(*tid, t.tgid);
                         let mut c = ProcCounters::default();
-                        c.add_thread(t);
+                        c.add_thread(t, now_ns);
                         c.comm = thread_comm(t.tgid, *tid).unwrap_or_default();
                         (*tid, c)
                     })
