@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod oom;
+pub mod sched;
 pub mod tcp;
 
 #[cfg(feature = "user")]
@@ -34,6 +35,8 @@ pub enum EventKind {
     TcpRetransmitSynack = 5,
     /// [`oom::OomKillEvent`]
     OomKill = 10,
+    /// [`sched::StallEvent`]
+    Stall = 20,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -46,6 +49,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(EventKind::TcpRetransmit),
             5 => Ok(EventKind::TcpRetransmitSynack),
             10 => Ok(EventKind::OomKill),
+            20 => Ok(EventKind::Stall),
             other => Err(other),
         }
     }
@@ -109,6 +113,15 @@ pub mod counters {
     /// A kernel struct read on the OOM path failed (memory cgroup facts
     /// left unknown).
     pub const OOM_READ_ERROR: u32 = 11;
+    /// Scheduler: a thread could not be tracked (`SCHED_TASKS` full); its
+    /// waits and sleeps are missing until an entry frees up.
+    pub const SCHED_TASK_MAP_FULL: u32 = 20;
+    /// Scheduler: a process could not be tracked (`SCHED_PROCS` full).
+    pub const SCHED_PROC_MAP_FULL: u32 = 21;
+    /// Scheduler: a `task_struct` field could not be read.
+    pub const SCHED_READ_ERROR: u32 = 22;
+    /// Scheduler: stall events submitted.
+    pub const SCHED_STALLS: u32 = 23;
     /// Number of slots in `COUNTERS`.
     pub const LEN: u32 = 32;
 }

@@ -1,6 +1,7 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
+use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent};
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -13,6 +14,10 @@ unsafe impl aya::Pod for TcpSockLayout {}
 unsafe impl aya::Pod for MarkVictimLayout {}
 unsafe impl aya::Pod for MemcgLayout {}
 unsafe impl aya::Pod for VictimTask {}
+unsafe impl aya::Pod for SchedConfig {}
+unsafe impl aya::Pod for TaskState {}
+unsafe impl aya::Pod for ProcStats {}
+unsafe impl aya::Pod for OnCpu {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +26,7 @@ pub enum AnyEvent {
     /// Kinds TcpResetSent, TcpResetReceived, TcpRetransmit, TcpRetransmitSynack.
     TcpSock(TcpSockEvent),
     OomKill(OomKillEvent),
+    Stall(StallEvent),
 }
 
 impl AnyEvent {
@@ -30,6 +36,7 @@ impl AnyEvent {
             AnyEvent::TcpState(e) => as_bytes(e),
             AnyEvent::TcpSock(e) => as_bytes(e),
             AnyEvent::OomKill(e) => as_bytes(e),
+            AnyEvent::Stall(e) => as_bytes(e),
         }
     }
 
@@ -38,6 +45,7 @@ impl AnyEvent {
             AnyEvent::TcpState(e) => &e.header,
             AnyEvent::TcpSock(e) => &e.header,
             AnyEvent::OomKill(e) => &e.header,
+            AnyEvent::Stall(e) => &e.header,
         }
     }
 }
@@ -104,6 +112,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         | EventKind::TcpRetransmit
         | EventKind::TcpRetransmitSynack => Ok(AnyEvent::TcpSock(read(buf, Some(header.kind))?)),
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
+        EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -147,6 +156,30 @@ mod tests {
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
         let any = AnyEvent::TcpState(e);
         assert_eq!(decode(any.to_bytes()), Ok(any));
+    }
+
+    #[test]
+    fn stall_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::Stall as u32;
+        header.pid = 11;
+        header.tgid = 10;
+        let e = StallEvent {
+            header,
+            wait_ns: 12_000_000,
+            villain_pid: 21,
+            villain_tgid: 20,
+            villain_comm: *b"hog\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::Stall(e)));
+        assert_eq!(
+            decode(&as_bytes(&e)[..60]),
+            Err(DecodeError::TooShort {
+                kind: Some(20),
+                len: 60,
+                need: 72
+            })
+        );
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! `try_*` functions that return `Result<u32, u32>`.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (see sched.rs); the crate is built with
+// RUSTC_BOOTSTRAP=1 already, for aya-ebpf.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod oom;
+mod sched;
 mod tcp;
 
 #[cfg(not(test))]

@@ -31,6 +31,8 @@ struct Member {
     type_id: u32,
     /// Offset in bits.
     bit_offset: u32,
+    /// Bits of a bitfield member, 0 for a whole one.
+    bitfield_size: u32,
 }
 
 /// One type, compact: names are offsets into the string section, members
@@ -46,6 +48,13 @@ struct Type {
     /// First member (structs, unions) or enumerator (enums).
     first: u32,
     vlen: u32,
+}
+
+/// Where a member is: byte offset and size, both in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: u32,
 }
 
 /// Parsed BTF.
@@ -146,6 +155,7 @@ impl Btf {
                             name_off: u32_at(types_bytes, o)?,
                             type_id: u32_at(types_bytes, o + 4)?,
                             bit_offset: if kflag { m_off & 0xff_ffff } else { m_off },
+                            bitfield_size: if kflag { m_off >> 24 } else { 0 },
                         });
                         o += 12;
                     }
@@ -259,6 +269,47 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Size in bytes of type `id`, following typedefs and qualifiers.
+    pub fn size_of(&self, id: u32) -> Option<u32> {
+        let t = self.resolve(id)?;
+        match t.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                Some(t.size_or_type)
+            }
+            KIND_PTR => Some(8),
+            KIND_ARRAY => self.size_of(t.size_or_type).map(|s| s * t.nelems),
+            _ => None,
+        }
+    }
+
+    /// Byte offset and size of `member` in `struct strct` (anonymous
+    /// members searched too, as C does).
+    pub fn member(&self, strct: &str, member: &str) -> Result<Field, String> {
+        let t = self.find_struct(strct)?;
+        if self
+            .members_of(t)
+            .iter()
+            .any(|m| m.bitfield_size != 0 && self.name(m.name_off) == member.as_bytes())
+        {
+            return Err(format!(
+                "struct {strct} has no member {member} that is not a bitfield"
+            ));
+        }
+        let (bits, ty) = self
+            .member_bits(t, member, 0)
+            .ok_or_else(|| format!("struct {strct} has no member {member}"))?;
+        if !bits.is_multiple_of(8) {
+            return Err(format!("{strct}.{member} is a bitfield"));
+        }
+        let size = self
+            .size_of(ty)
+            .ok_or_else(|| format!("{strct}.{member} has no size"))?;
+        Ok(Field {
+            offset: bits / 8,
+            size,
+        })
+    }
+
     /// Element count of an array member (e.g. `css_set.subsys`).
     pub fn array_len(&self, strct: &str, member: &str) -> Result<u32, String> {
         let t = self.find_struct(strct)?;
@@ -283,7 +334,7 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A tiny BTF blob: `struct s { int a; struct { long b; }; int c[3]; }`
@@ -374,5 +425,196 @@ mod tests {
         let mut b = blob();
         b[24 + 7] = 30; // an unknown kind in the first type's info
         assert!(Btf::parse(&b).is_err());
+    }
+
+    // Scheduler layouts: a task_struct built with the same encoder the
+    // scheduler tests use.
+
+    /// Build a BTF blob from (kind, name, info-vlen, size_or_type, extra words).
+    pub(crate) struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        pub(crate) fn new() -> Self {
+            Builder {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn raw(
+            &mut self,
+            name: &str,
+            kind: u32,
+            vlen: u32,
+            kflag: bool,
+            st: u32,
+            extra: &[u32],
+        ) -> u32 {
+            let n = self.s(name);
+            let info = (kind << 24) | vlen | if kflag { 1 << 31 } else { 0 };
+            for w in [n, info, st].iter().chain(extra) {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        pub(crate) fn int(&mut self, name: &str, size: u32) -> u32 {
+            self.raw(name, KIND_INT, 0, false, size, &[size * 8])
+        }
+        pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.raw(name, KIND_TYPEDEF, 0, false, to, &[])
+        }
+        pub(crate) fn array(&mut self, elem: u32, index: u32, len: u32) -> u32 {
+            self.raw("", KIND_ARRAY, 0, false, 0, &[elem, index, len])
+        }
+        pub(crate) fn func_proto(&mut self, params: &[u32]) -> u32 {
+            let mut extra = Vec::new();
+            for p in params {
+                extra.extend([0, *p]);
+            }
+            self.raw("", KIND_FUNC_PROTO, params.len() as u32, false, 0, &extra)
+        }
+        /// members: (name, type, bit offset, bitfield size)
+        pub(crate) fn strukt(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
+            let kflag = members.iter().any(|m| m.3 != 0);
+            let mut extra = Vec::new();
+            for (mname, ty, off, bits) in members {
+                let n = self.s(mname);
+                let o = if kflag { (bits << 24) | off } else { *off };
+                extra.extend([n, *ty, o]);
+            }
+            self.raw(name, kind, members.len() as u32, kflag, size, &extra)
+        }
+        pub(crate) fn build(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_le_bytes());
+            out.push(1); // version
+            out.push(0); // flags
+            for w in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature `task_struct`: `__state`, then an anonymous struct
+    /// (as randstruct builds make) holding pid and tgid, a bitfield, comm.
+    pub(crate) fn task_btf() -> Vec<u8> {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let uint = b.int("unsigned int", 4);
+        let pid_t = b.typedef("pid_t", int);
+        let ch = b.int("char", 1);
+        let comm = b.array(ch, int, 16);
+        b.func_proto(&[int, uint]);
+        let anon = b.strukt(
+            KIND_STRUCT,
+            "",
+            8,
+            &[("pid", pid_t, 0, 0), ("tgid", pid_t, 32, 0)],
+        );
+        let u = b.strukt(KIND_UNION, "", 8, &[("", anon, 0, 0), ("both", int, 0, 0)]);
+        b.strukt(
+            KIND_STRUCT,
+            "task_struct",
+            3264,
+            &[
+                ("__state", uint, 192, 0),
+                ("flag", uint, 224, 1),
+                ("", u, 10112, 0),
+                ("comm", comm, 14016, 0),
+            ],
+        );
+        b.build()
+    }
+
+    #[test]
+    fn finds_task_struct_members() {
+        let btf = Btf::parse(&task_btf()).unwrap();
+        assert_eq!(
+            btf.member("task_struct", "__state"),
+            Ok(Field {
+                offset: 24,
+                size: 4
+            })
+        );
+        assert_eq!(
+            btf.member("task_struct", "pid"),
+            Ok(Field {
+                offset: 1264,
+                size: 4
+            })
+        );
+        assert_eq!(
+            btf.member("task_struct", "tgid"),
+            Ok(Field {
+                offset: 1268,
+                size: 4
+            })
+        );
+        assert_eq!(
+            btf.member("task_struct", "comm"),
+            Ok(Field {
+                offset: 1752,
+                size: 16
+            })
+        );
+        assert!(
+            btf.member("task_struct", "flag")
+                .unwrap_err()
+                .contains("no member")
+        );
+        assert!(
+            btf.member("task_struct", "nope")
+                .unwrap_err()
+                .contains("no member")
+        );
+        assert!(
+            btf.member("sock", "x")
+                .unwrap_err()
+                .contains("no struct sock")
+        );
+    }
+
+    #[test]
+    fn reads_the_running_kernel() {
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("no kernel BTF here; skipped");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let pid = btf.member("task_struct", "pid").unwrap();
+        let tgid = btf.member("task_struct", "tgid").unwrap();
+        let comm = btf.member("task_struct", "comm").unwrap();
+        assert_eq!((pid.size, tgid.size, comm.size), (4, 4, 16));
+        assert!(pid.offset > 0 && comm.offset > 0);
     }
 }

@@ -42,6 +42,10 @@ pub enum Command {
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
+    /// Per-process run-queue latency, blocked time, CPU time, and the
+    /// delay processes cause each other, every interval
+    #[command(long_about = RUNQ_ABOUT, after_help = RUNQ_EXAMPLES)]
+    Runq(RunqArgs),
     /// The user-space pipeline's ceiling, without a kernel (for `cargo xtask bench`)
     #[command(hide = true)]
     BenchPipeline(crate::selftest::BenchPipelineArgs),
@@ -171,6 +175,9 @@ pub enum EventClass {
     Retrans,
     /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
     Oom,
+    /// Run-queue waits longer than --stall-threshold, with the task that
+    /// held the CPU (scheduler tracepoints)
+    Stall,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -266,6 +273,11 @@ pub struct ProbeArgs {
         hide_env_values = true
     )]
     pub tracefs: std::path::PathBuf,
+
+    /// Scheduler: a run-queue wait at least this long is a stall (stall
+    /// events, STALLS column), e.g. 10ms, 500us, 1s
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub stall_threshold: std::time::Duration,
 }
 
 impl Default for ProbeArgs {
@@ -274,6 +286,7 @@ impl Default for ProbeArgs {
             ring_mib: 4,
             btf: "/sys/kernel/btf/vmlinux".into(),
             tracefs: "/sys/kernel/tracing".into(),
+            stall_threshold: std::time::Duration::from_millis(10),
         }
     }
 }
@@ -316,7 +329,7 @@ pub struct ConnsArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ConnsView {
     /// Length of one interval: rates are per second over it
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: std::time::Duration,
 
     /// Print a snapshot every interval until Ctrl-C
@@ -344,11 +357,11 @@ pub struct ConnsView {
     pub comm: Vec<String>,
 
     /// A socket in CLOSE_WAIT for longer than this is a leak
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub close_wait_threshold: std::time::Duration,
 
     /// How often gauges are reconciled with the kernel's socket table
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub reconcile: std::time::Duration,
 
     /// Warn when a destination uses this percentage of the ephemeral ports
@@ -374,11 +387,11 @@ pub struct RecordArgs {
     pub trigger: Vec<Trigger>,
 
     /// Flight recorder: how much before an incident to keep
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_positive_duration)]
     pub before: std::time::Duration,
 
     /// Flight recorder: how much after an incident to keep
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub after: std::time::Duration,
 
     /// Flight recorder: resets per second (sent and received) that make a storm
@@ -396,7 +409,7 @@ pub struct RecordArgs {
     pub buffer_events: usize,
 
     /// Stop after this long (default: until Ctrl-C)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub duration: Option<std::time::Duration>,
 
     /// Start a new file when this one reaches SIZE (e.g. 100M, 2G); the
@@ -413,7 +426,7 @@ pub struct RecordArgs {
     pub no_compress: bool,
 
     /// How often the kernel's socket table is written
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub reconcile: std::time::Duration,
 
     /// Which events to record (comma separated)
@@ -556,12 +569,42 @@ fn parse_speed(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// A duration such as `500ms`, `1s`, `2m`; must be more than zero.
+/// A duration with a unit: `500us`, `10ms`, `1s`, `1.5s`, `250ns`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 500ms, 1s, 2m"))?;
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b == b'0') {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 10ms, 500us or 1s"))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write e.g. 10ms, 500us or 1s"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        other => {
+            return Err(format!(
+                "`{other}` in `{s}` is not a unit diag knows: use ns, us, ms, s or m"
+            ));
+        }
+    };
+    let secs = v * scale;
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("`{s}` is too long"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err("the duration must be more than zero".into());
+        return Err(format!("`{s}`: the duration must be greater than zero"));
     }
     Ok(d)
 }
@@ -577,6 +620,102 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         ));
     }
     Ok(v)
+}
+
+const RUNQ_ABOUT: &str = "\
+Per-process scheduler statistics, every --interval: how long each process \
+waited for a CPU (run-queue latency: p50, p99, max, and WAIT%, the wait as a \
+share of the interval summed over threads, so it can exceed 100 like top's \
+%CPU), its CPU time, its time blocked in uninterruptible sleep (D, usually \
+I/O) and in voluntary sleep (S), and the delay it suffered and caused.
+
+A wait starts when a thread is woken (sched_wakeup, sched_wakeup_new) or \
+preempted while runnable, and ends when it is switched in (sched_switch). \
+The kernel aggregates waits into per-thread log2 histograms, summed per \
+process by diag: user space never sees one event per context switch. p50/p99 are read from the \
+histogram (accurate to a factor of 2); MAX is the upper bound of the highest \
+bucket used in the interval, capped by the longest wait seen. Waits, \
+sleeps and runs still going on count for the part already elapsed, so a \
+process stuck in D shows up every interval, not once when it wakes.
+
+CAUSED approximates \"delay caused to others\": each wait is charged, whole, \
+to the task that was on the CPU just before the waiter got it. R and B in \
+the header are the host's runnable and blocked task counts (vmstat's r and \
+b, from /proc/stat).
+
+Full kernel maps are counted and reported: nothing is lost silently.";
+
+const RUNQ_EXAMPLES: &str = "\
+Examples:
+  diag runq                        a table every second, worst waiters first
+  diag runq --count 1 --interval 5s   one 5-second table, then exit
+  diag runq --sort caused          the processes that delay others most
+  diag runq --hist --pid 1234      run-queue latency histogram of one process
+  diag runq --pid 1234 --threads   and a row per thread
+  diag runq --json | jq .          one JSON object per interval";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum RunqSort {
+    /// Run-queue wait (delay suffered)
+    #[default]
+    Wait,
+    /// 99th percentile run-queue latency
+    P99,
+    /// Longest run-queue wait
+    Max,
+    /// CPU time
+    Cpu,
+    /// Uninterruptible sleep (D)
+    Blocked,
+    /// Voluntary sleep (S)
+    Sleep,
+    /// Delay caused to others
+    Caused,
+    /// Process id
+    Pid,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunqArgs {
+    /// Length of each interval (e.g. 1s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: std::time::Duration,
+
+    /// Stop after this many intervals (1: one-shot); default: until Ctrl-C
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Sort the table by
+    #[arg(long, value_enum, default_value = "wait")]
+    pub sort: RunqSort,
+
+    /// Only these processes (repeatable); with --hist, their histogram
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Print a log2 histogram of run-queue latency (whole host, or --pid)
+    #[arg(long)]
+    pub hist: bool,
+
+    /// With --pid: also a row per thread (JSON output always has them)
+    #[arg(long, requires = "pid")]
+    pub threads: bool,
+
+    /// Rows in the text table (0: all)
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+
+    /// Print one JSON object per interval instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Attach the scheduler programs but let them return at once: the
+    /// cost of the attachment alone (for `cargo xtask bench`)
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 }
 
 #[derive(Debug, Clone, Args, Default)]
@@ -639,21 +778,8 @@ mod tests {
 
     #[test]
     fn durations_and_percentages() {
-        assert_eq!(
-            parse_duration("500ms"),
-            Ok(std::time::Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_duration("2m"),
-            Ok(std::time::Duration::from_secs(120))
-        );
-        assert!(parse_duration("0s").is_err());
-        assert!(
-            parse_duration("10xs")
-                .unwrap_err()
-                .contains("not a duration")
-        );
         assert!(Cli::try_parse_from(["diag", "conns", "--interval", "0"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "conns", "--interval", "10xs"]).is_err());
         assert!(Cli::try_parse_from(["diag", "conns", "--pressure-warn", "120"]).is_err());
         assert!(Cli::try_parse_from(["diag", "conns", "--count", "0"]).is_err());
         let ok = Cli::try_parse_from([
@@ -663,6 +789,8 @@ mod tests {
             "time-wait",
             "--pressure-warn",
             "50%",
+            "--interval",
+            "2m",
         ])
         .unwrap();
         let Some(Command::Conns(c)) = ok.command else {
@@ -670,6 +798,54 @@ mod tests {
         };
         assert_eq!(c.view.sort, ConnsSort::TimeWait);
         assert_eq!(c.view.pressure_warn, 50.0);
+        assert_eq!(c.view.interval, std::time::Duration::from_secs(120));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10xs").unwrap_err().contains("not a unit"));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("1e99s").is_err());
+        for bad in ["0", "0ms", "10xs", "-1s"] {
+            assert!(
+                Cli::try_parse_from(["diag", "tail", "--stall-threshold", bad]).is_err(),
+                "{bad}"
+            );
+            assert!(
+                Cli::try_parse_from(["diag", "runq", "--interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let ok = Cli::try_parse_from([
+            "diag",
+            "runq",
+            "--interval",
+            "200ms",
+            "--count",
+            "3",
+            "--sort",
+            "caused",
+        ])
+        .unwrap();
+        let Some(Command::Runq(r)) = ok.command else {
+            panic!()
+        };
+        assert_eq!(r.interval, Duration::from_millis(200));
+        assert_eq!(r.count, Some(3));
+        assert_eq!(r.sort, RunqSort::Caused);
+        assert_eq!(r.probe.stall_threshold, Duration::from_millis(10));
+        assert!(Cli::try_parse_from(["diag", "runq", "--count", "0"]).is_err());
+        let t = Cli::try_parse_from(["diag", "tail", "--events", "tcp,stall"]).unwrap();
+        let Some(Command::Tail(t)) = t.command else {
+            panic!()
+        };
+        assert_eq!(t.view.events, vec![EventClass::Tcp, EventClass::Stall]);
     }
 
     #[test]

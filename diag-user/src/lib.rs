@@ -49,5 +49,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Report(args) => view::report::run(args),
         cli::Command::Export(args) => view::export::run(args),
         cli::Command::BenchPipeline(args) => selftest::run(args),
+        cli::Command::Runq(args) => view::runq::run(args),
     }
 }

@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfLoader};
 use diag_common::{
     RingConfig,
     oom::{MarkVictimLayout, MemcgLayout},
+    sched::SchedConfig,
     tcp::{InetSockSetStateLayout, TcpSockLayout},
 };
 
@@ -31,6 +32,9 @@ pub struct Env {
     pub tcp: Option<probes::tcp::Layouts>,
     /// OOM layouts, when OOM events were asked for.
     pub oom: Option<probes::oom::OomLayouts>,
+    /// The scheduler's configuration (task_struct offsets, stall
+    /// threshold), when stalls or run-queue latency were asked for.
+    pub sched: Option<SchedConfig>,
 }
 
 /// The outcome of one check, for `diag check`.
@@ -153,6 +157,11 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             }),
         });
     }
+    lines.push(CheckLine {
+        name: "scheduler",
+        result: probes::sched::layout(&args.btf, 0)
+            .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup".into()),
+    });
     let privileged = lines[0].result.is_ok();
     if privileged {
         lines.push(CheckLine {
@@ -223,8 +232,19 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let sched = if events.contains(&EventClass::Stall) {
+        let threshold = u64::try_from(args.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::sched::layout(&args.btf, threshold)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
-    Ok(Env { tracefs, tcp, oom })
+    Ok(Env {
+        tracefs,
+        tcp,
+        oom,
+        sched,
+    })
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
@@ -245,13 +265,15 @@ fn raise_memlock() {
 }
 
 /// Load the embedded object with the layouts learned from this kernel and
-/// attach the programs.
+/// attach the programs of the families `env` has. Programs and maps of the
+/// others stay out of the kernel: users pay only for what they look at.
 pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     raise_memlock();
     let ring_bytes = args.ring_mib * 1024 * 1024;
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
+    let sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -268,9 +290,16 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
+        .override_global("SCHED_CONFIG", &sched, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
         loader.override_global(global, layout, true);
+    }
+    if env.sched.is_none() {
+        // Unused maps take no memory.
+        for map in probes::sched::MAPS {
+            loader.map_max_entries(map, 1);
+        }
     }
     let mut ebpf = loader
         .load(OBJECT)
@@ -291,6 +320,9 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         unsafe {
             libc::malloc_trim(0);
         }
+    }
+    if env.sched.is_some() {
+        probes::sched::attach(&mut ebpf, &args.btf, &mut attached)?;
     }
     Ok(Tracer { ebpf, attached })
 }

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod bench_tcp;
 
 #[derive(Parser)]
@@ -46,22 +47,20 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Measure what diag costs and how far it goes, against baselines run
-    /// in the same invocation; writes target/bench/report.{json,md}
+    /// in the same invocation (installs linux-perf and bpftrace; builds
+    /// release); writes target/bench/report.{json,md}
     Bench {
-        /// Rounds of each measurement (medians are compared)
+        /// Interleaved rounds of each measurement (medians are compared)
         #[arg(long, default_value_t = 5)]
-        reps: usize,
-        /// Connections per churn run
+        rounds: usize,
+        /// perf bench sched pipe operations per run
+        #[arg(long, default_value_t = 300_000)]
+        loops: u64,
+        /// Connections per TCP churn run
         #[arg(long, default_value_t = 20000)]
         conns: u64,
     },
 }
-
-/// Debian packages the bench needs beyond the tests'.
-const BENCH_PACKAGES: &[(&str, &str)] = &[
-    ("bpftrace", "the peer tracer the bench compares against"),
-    ("linux-perf", "perf bench sched pipe"),
-];
 
 /// Debian packages the build and the tests need.
 const PACKAGES: &[(&str, &str)] = &[
@@ -336,7 +335,11 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    setup()?;
+    if matches!(cli.task, Task::Bench { .. }) {
+        setup_with(bench::PACKAGES)?;
+    } else {
+        setup()?;
+    }
     match cli.task {
         Task::Setup => {
             println!("xtask: everything is in place");
@@ -358,12 +361,24 @@ fn real_main() -> Result<()> {
             bail!("cannot run {}: {err}", bin.display())
         }
         Task::Test { args } => test(&args),
-        Task::Bench { reps, conns } => bench(reps, conns),
+        Task::Bench {
+            rounds,
+            loops,
+            conns,
+        } => {
+            if !is_root() {
+                bail!("the bench loads BPF programs: run it as root");
+            }
+            if rounds == 0 || loops == 0 || conns == 0 {
+                bail!("--rounds, --loops and --conns must be at least 1");
+            }
+            run_bench(rounds, loops, conns)
+        }
     }
 }
 
-fn bench(reps: usize, conns: u64) -> Result<()> {
-    install_packages(BENCH_PACKAGES)?;
+fn run_bench(reps: usize, loops: u64, conns: u64) -> Result<()> {
+    install_packages(bench::PACKAGES)?;
     let root = root();
     run(Command::new(cargo())
         .current_dir(&root)
@@ -383,6 +398,7 @@ fn bench(reps: usize, conns: u64) -> Result<()> {
     let loadgen = root.join("target/release/diag-loadgen");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    let (sched_md, sched_json) = bench::sched_overhead(&diag, &root, reps, loops)?;
     let tcp = bench_tcp::tcp_overhead(&diag, &loadgen, &dir, reps, conns)?;
     let pipeline = bench_tcp::pipeline(&diag, &loadgen, &dir)?;
     let startup = bench_tcp::startup(&diag, reps)?;
@@ -398,14 +414,16 @@ fn bench(reps: usize, conns: u64) -> Result<()> {
     .to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let md = format!(
-        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --reps {reps}`.\n\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
+        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --reps {reps}`.\n\n### Scheduler overhead\n\n{}\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
         kernel.trim(),
+        sched_md,
         tcp.markdown,
         pipeline.markdown,
         startup.markdown
     );
     let json = serde_json::json!({
         "date": date, "kernel": kernel.trim(), "cpus": cpus, "reps": reps,
+        "sched_overhead": sched_json,
         "tcp_overhead": tcp.json, "pipeline": pipeline.json, "startup": startup.json,
     });
     std::fs::write(

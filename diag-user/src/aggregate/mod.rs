@@ -3,5 +3,7 @@
 //! One module per probe family; views, recordings and the Prometheus
 //! exporter read from here.
 
+pub mod histogram;
 pub mod oom;
+pub mod sched;
 pub mod tcp;

@@ -523,7 +523,7 @@ impl TcpAggregate {
         match ev {
             AnyEvent::TcpState(e) => self.on_state(e),
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
-            AnyEvent::OomKill(_) => {}
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
     }
 

@@ -124,6 +124,9 @@ impl Drainer {
         self.health.read_errors = self.counter(counters::READ_ERROR);
         self.health.oom_no_victim_task = self.counter(counters::OOM_NO_VICTIM_TASK);
         self.health.oom_read_errors = self.counter(counters::OOM_READ_ERROR);
+        self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);
+        self.health.sched_proc_map_full = self.counter(counters::SCHED_PROC_MAP_FULL);
+        self.health.sched_read_errors = self.counter(counters::SCHED_READ_ERROR);
         self.health
     }
 

@@ -28,6 +28,12 @@ pub struct Health {
     pub oom_no_victim_task: u64,
     /// Kernel struct reads that failed on the OOM path.
     pub oom_read_errors: u64,
+    /// Scheduler: threads not tracked (task map full).
+    pub sched_task_map_full: u64,
+    /// Scheduler: processes not tracked (process map full).
+    pub sched_proc_map_full: u64,
+    /// Scheduler: task_struct fields the kernel program failed to read.
+    pub sched_read_errors: u64,
     /// Records received by user space.
     pub received: u64,
     /// Records user space could not decode.
@@ -70,6 +76,24 @@ impl Health {
             parts.push(format!(
                 "{} OOM memory cgroup read errors",
                 self.oom_read_errors
+            ));
+        }
+        if self.sched_task_map_full > 0 {
+            parts.push(format!(
+                "{} thread switches not tracked (scheduler task map full)",
+                self.sched_task_map_full
+            ));
+        }
+        if self.sched_proc_map_full > 0 {
+            parts.push(format!(
+                "{} scheduler updates lost (process map full)",
+                self.sched_proc_map_full
+            ));
+        }
+        if self.sched_read_errors > 0 {
+            parts.push(format!(
+                "{} task_struct read errors",
+                self.sched_read_errors
             ));
         }
         if self.decode_errors > 0 {

@@ -143,6 +143,18 @@ impl ChromeTrace {
                     "args": {"local": endpoint(s.family, &s.saddr, s.sport), "remote": endpoint(s.family, &s.daddr, s.dport)},
                 }));
             }
+            AnyEvent::Stall(st) => {
+                // The wait ended now: a slice on the waiting thread's track.
+                let dur = st.wait_ns as f64 / 1000.0;
+                self.names
+                    .entry(st.villain_tgid)
+                    .or_insert_with(|| comm(&st.villain_comm));
+                self.events.push(json!({
+                    "name": format!("waiting for a CPU (ran: {} {})", st.villain_tgid, comm(&st.villain_comm)),
+                    "cat": "stall", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"cpu": h.cpu, "wait_ns": st.wait_ns, "villain_pid": st.villain_tgid, "villain_tid": st.villain_pid},
+                }));
+            }
             AnyEvent::OomKill(o) => {
                 self.names
                     .entry(o.victim_process())

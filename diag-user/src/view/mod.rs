@@ -3,6 +3,7 @@
 pub mod conns;
 pub mod export;
 pub mod report;
+pub mod runq;
 pub mod tail;
 
 use tokio::{sync::mpsc, task::JoinHandle};

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, fmt::Write as _, process::ExitCode};
 
-use diag_common::{oom::OomKillEvent, user::AnyEvent};
+use diag_common::{oom::OomKillEvent, sched::StallEvent, user::AnyEvent};
 use serde::Serialize;
 
 use crate::{
@@ -39,6 +39,8 @@ pub struct Review {
     pub events: u64,
     pub timeline: Vec<Point>,
     pub oom: Vec<OomKillEvent>,
+    /// Run-queue waits over the stall threshold.
+    pub stalls: Vec<StallEvent>,
     pub last: Option<TcpSnapshot>,
     /// (when, how many) each time the kernel reported new drops.
     pub drops: Vec<(u64, u64)>,
@@ -108,6 +110,7 @@ impl Review {
                                 }
                             }
                             AnyEvent::TcpSock(_) => {}
+                            AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);
                     }
@@ -281,10 +284,56 @@ pub fn render_text(r: &Review, file: &str) -> String {
     }
 
     let _ = writeln!(o, "\n2. SATURATION");
-    let _ = writeln!(
-        o,
-        "  No scheduler data in this recording (run-queue latency and stalls are not recorded yet)."
-    );
+    if r.stalls.is_empty() {
+        let _ = writeln!(
+            o,
+            "  No stalls recorded (record with --events ...,stall to capture run-queue waits over --stall-threshold)."
+        );
+    } else {
+        let comm = |c: &[u8; 16]| String::from_utf8_lossy(diag_common::comm_bytes(c)).into_owned();
+        let _ = writeln!(
+            o,
+            "  Stalls (run-queue waits over the threshold): {}",
+            r.stalls.len()
+        );
+        let mut worst: Vec<&StallEvent> = r.stalls.iter().collect();
+        worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+        for st in worst.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    {}  pid {} ({}) waited {} for CPU {}; {} ({}) held it",
+                t(st.header.ts_ns),
+                st.header.tgid,
+                comm(&st.header.comm),
+                human_ns(st.wait_ns),
+                st.header.cpu,
+                st.villain_tgid,
+                comm(&st.villain_comm)
+            );
+        }
+        let mut villains: std::collections::BTreeMap<(u32, String), (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for st in &r.stalls {
+            let v = villains
+                .entry((st.villain_tgid, comm(&st.villain_comm)))
+                .or_default();
+            v.0 += 1;
+            v.1 += st.wait_ns;
+        }
+        let mut v: Vec<_> = villains.into_iter().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1.1));
+        let _ = writeln!(
+            o,
+            "  Who held the CPU meanwhile (villains, by delay caused):"
+        );
+        for ((pid, c), (n, ns)) in v.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    pid {pid:<7} {c:<16} {n} stalls, {} of waiting caused",
+                human_ns(*ns)
+            );
+        }
+    }
 
     let _ = writeln!(o, "\n3. CHURN");
     let _ = writeln!(

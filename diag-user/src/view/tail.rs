@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use diag_common::{
     EventKind, comm_bytes,
     oom::{OomKillEvent, constraint, memcg_how},
+    sched::StallEvent,
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
@@ -73,7 +74,12 @@ impl Filter {
             }
             return self.comms.is_empty() || comm_ok(&o.victim_comm) || comm_ok(&h.comm);
         }
-        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) {
+        // A stall also matches its villain's pid.
+        let villain_ok = match ev {
+            AnyEvent::Stall(st) => pid_ok(st.villain_pid, st.villain_tgid),
+            _ => false,
+        };
+        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
             return false;
         }
         if !self.comms.is_empty() && !comm_ok(&h.comm) {
@@ -82,7 +88,7 @@ impl Filter {
         let (family, sport, dport) = match ev {
             AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
-            AnyEvent::OomKill(_) => return true,
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) => return true,
         };
         if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
             return false;
@@ -100,6 +106,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
     match ev {
         AnyEvent::TcpState(_) => EventClass::Tcp,
         AnyEvent::OomKill(_) => EventClass::Oom,
+        AnyEvent::Stall(_) => EventClass::Stall,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
             _ => EventClass::Retrans,
@@ -312,6 +319,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
+        AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -331,6 +339,30 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             )
         }
     }
+}
+
+fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
+    let h = &s.header;
+    let villain = if s.villain_pid == 0 {
+        "the CPU was idle".to_string()
+    } else {
+        format!(
+            "ran: {} {} (tid {})",
+            s.villain_tgid,
+            comm_string(&s.villain_comm),
+            s.villain_pid
+        )
+    };
+    format!(
+        "{:<16} {:<8} {:<16} STALL waited {} for CPU {} (tid {}); before it {}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        human_ns(s.wait_ns),
+        h.cpu,
+        h.pid,
+        villain,
+    )
 }
 
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
@@ -383,6 +415,23 @@ fn tcp_json(
 pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
+        AnyEvent::Stall(s) => {
+            let h = &s.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "stall",
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "cpu": h.cpu,
+                "wait_ns": s.wait_ns,
+                "villain_pid": s.villain_tgid,
+                "villain_tid": s.villain_pid,
+                "villain_comm": comm_string(&s.villain_comm),
+            })
+            .to_string()
+        }
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             let mut v = tcp_json(
@@ -945,6 +994,52 @@ mod tests {
             ..Default::default()
         };
         assert!(resets.matches(&sent) && !resets.matches(&retrans));
+    }
+
+    #[test]
+    fn stall_lines() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::Stall as u32;
+        header.tgid = 300;
+        header.pid = 301;
+        header.cpu = 1;
+        header.comm[..6].copy_from_slice(b"victim");
+        let mut villain_comm = [0u8; 16];
+        villain_comm[..3].copy_from_slice(b"hog");
+        let s = AnyEvent::Stall(StallEvent {
+            header,
+            wait_ns: 12_500_000,
+            villain_pid: 401,
+            villain_tgid: 400,
+            villain_comm,
+        });
+        let clock = WallClock::with_offset_ns(0);
+        let line = format_text(&s, &clock, &Names::default());
+        assert!(
+            line.contains("victim") && line.contains("12.50ms"),
+            "{line}"
+        );
+        assert!(
+            line.contains("CPU 1") && line.contains("400 hog (tid 401)"),
+            "{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&s, &clock, &Names::default())).unwrap();
+        assert_eq!(v["event"], "stall");
+        assert_eq!(v["pid"], 300);
+        assert_eq!(v["wait_ns"], 12_500_000);
+        assert_eq!(v["villain_pid"], 400);
+        assert_eq!(v["villain_comm"], "hog");
+        let by_villain = Filter {
+            pids: vec![400],
+            ..Default::default()
+        };
+        assert!(by_villain.matches(&s));
+        let other = Filter {
+            pids: vec![7],
+            ..Default::default()
+        };
+        assert!(!other.matches(&s));
     }
 
     #[test]

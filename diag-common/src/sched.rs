@@ -1,0 +1,278 @@
+//! The scheduler: run-queue latency, blocked time, CPU time, stalls
+//! (`tp_btf` programs on `sched_switch`, `sched_wakeup`, `sched_wakeup_new`,
+//! `sched_process_exit`).
+//!
+//! Per-switch data never travels as events: the kernel aggregates it per
+//! process ([`ProcStats`], map `SCHED_PROCS`) and per thread ([`TaskState`],
+//! map `SCHED_TASKS`); only waits longer than a threshold are sent, as
+//! [`StallEvent`]s.
+
+use crate::{EventHeader, TASK_COMM_LEN};
+
+/// Number of log2 buckets in a run-queue latency histogram.
+///
+/// Bucket 0 holds waits under 1 µs; bucket `k >= 1` holds waits in
+/// `[2^(k-1), 2^k)` µs; the last bucket also holds everything longer.
+pub const HIST_SLOTS: usize = 32;
+
+/// The histogram bucket of a wait of `ns` nanoseconds. Loop-free (the
+/// kernel program uses it on every context switch).
+#[inline(always)]
+pub fn hist_slot(ns: u64) -> usize {
+    let us = ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    // floor(log2(us)) by binary search over the bit positions.
+    let mut v = us;
+    let mut r: u64 = 0;
+    let mut s: u64 = ((v > 0xFFFF_FFFF) as u64) << 5;
+    v >>= s;
+    r |= s;
+    s = ((v > 0xFFFF) as u64) << 4;
+    v >>= s;
+    r |= s;
+    s = ((v > 0xFF) as u64) << 3;
+    v >>= s;
+    r |= s;
+    s = ((v > 0xF) as u64) << 2;
+    v >>= s;
+    r |= s;
+    s = ((v > 0x3) as u64) << 1;
+    v >>= s;
+    r |= s;
+    r |= v >> 1;
+    let slot = r + 1;
+    if slot >= HIST_SLOTS as u64 {
+        HIST_SLOTS - 1
+    } else {
+        slot as usize
+    }
+}
+
+/// Lower bound of histogram bucket `slot`, in ns.
+pub const fn slot_low_ns(slot: usize) -> u64 {
+    if slot == 0 {
+        0
+    } else {
+        (1u64 << (slot - 1)) * 1000
+    }
+}
+
+/// Upper bound (exclusive) of histogram bucket `slot`, in ns.
+pub const fn slot_high_ns(slot: usize) -> u64 {
+    (1u64 << slot) * 1000
+}
+
+/// Bits of a task's `__state` (`include/linux/sched.h`). These values are
+/// part of the scheduler's ABI towards tracing tools (they are printed by
+/// `sched_switch` and have not changed since Linux 4.14); struct layouts,
+/// by contrast, always come from the running kernel's BTF.
+pub mod task_state {
+    pub const RUNNING: u64 = 0x0000;
+    pub const INTERRUPTIBLE: u64 = 0x0001;
+    pub const UNINTERRUPTIBLE: u64 = 0x0002;
+    pub const DEAD: u64 = 0x0080;
+    /// With UNINTERRUPTIBLE: `TASK_IDLE`, an idle kernel thread, not
+    /// counted as blocked (like the load average does).
+    pub const NOLOAD: u64 = 0x0400;
+}
+
+/// What a thread is doing, as the kernel program last saw it
+/// ([`TaskState::state`]).
+pub mod run_state {
+    /// On a CPU.
+    pub const ON_CPU: u32 = 0;
+    /// Runnable, waiting on a run queue (woken, or preempted).
+    pub const RUNQ: u32 = 1;
+    /// Voluntary sleep (S: interruptible, idle).
+    pub const SLEEP: u32 = 2;
+    /// Uninterruptible sleep (D), usually I/O.
+    pub const BLOCKED: u32 = 3;
+}
+
+/// Offsets into `struct task_struct`, resolved by user space from the
+/// kernel's BTF at load time, and the tunables: the read-only global
+/// `SCHED_CONFIG` of the kernel object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedConfig {
+    /// Offset of `task_struct.pid` (the thread id).
+    pub task_pid: u32,
+    /// Offset of `task_struct.tgid` (the process id).
+    pub task_tgid: u32,
+    /// Offset of `task_struct.comm`.
+    pub task_comm: u32,
+    /// 1 once user space filled this in; the programs do nothing otherwise.
+    pub valid: u32,
+    /// A run-queue wait at least this long is sent as a [`StallEvent`].
+    pub stall_threshold_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SchedConfig>() == 24);
+
+impl SchedConfig {
+    pub const fn zeroed() -> Self {
+        SchedConfig {
+            task_pid: 0,
+            task_tgid: 0,
+            task_comm: 0,
+            valid: 0,
+            stall_threshold_ns: 0,
+        }
+    }
+}
+
+/// Per thread (map `SCHED_TASKS`, keyed by thread id): what it is doing
+/// since when, and its counters since diag started (same meaning as in
+/// [`ProcStats`]). Only the CPU that holds the thread's run-queue lock
+/// writes it, so the hot path needs neither atomics nor a per-process
+/// lookup. When the thread exits, its counters are added to its
+/// process's [`ProcStats`] and the entry is removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// Boot-time ns when the thread entered `state`.
+    pub ts_ns: u64,
+    /// One of [`run_state`].
+    pub state: u32,
+    /// Process id of the thread.
+    pub tgid: u32,
+    pub runq_ns: u64,
+    pub runq_count: u64,
+    pub runq_max_ns: u64,
+    pub cpu_ns: u64,
+    pub blocked_ns: u64,
+    pub sleep_ns: u64,
+    pub caused_ns: u64,
+    pub caused_count: u64,
+    pub stalls: u64,
+    /// Run-queue latency histogram, see [`hist_slot`].
+    pub hist: [u32; HIST_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<TaskState>() == 216);
+
+impl TaskState {
+    pub const fn zeroed() -> Self {
+        TaskState {
+            ts_ns: 0,
+            state: 0,
+            tgid: 0,
+            runq_ns: 0,
+            runq_count: 0,
+            runq_max_ns: 0,
+            cpu_ns: 0,
+            blocked_ns: 0,
+            sleep_ns: 0,
+            caused_ns: 0,
+            caused_count: 0,
+            stalls: 0,
+            hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// Per process (map `SCHED_PROCS`, keyed by tgid): the counters of its
+/// threads that have exited, since diag started. A process's totals are
+/// this plus its live threads' [`TaskState`]s. The kernel only adds; user
+/// space diffs two readings (a reset from user space would race with the
+/// kernel and lose counts) and deletes the entries of processes that are
+/// gone once it has read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Total run-queue wait, ns (the kernel's `run_delay` of schedstat).
+    pub runq_ns: u64,
+    /// Number of run-queue waits.
+    pub runq_count: u64,
+    /// Longest single wait, ns (since diag started).
+    pub runq_max_ns: u64,
+    /// Time on a CPU, ns.
+    pub cpu_ns: u64,
+    /// Time in uninterruptible sleep (D), ns; charged at wakeup.
+    pub blocked_ns: u64,
+    /// Time in voluntary sleep (S), ns; charged at wakeup.
+    pub sleep_ns: u64,
+    /// Run-queue wait of other tasks that ended when this process left the
+    /// CPU ("delay caused to others"), ns. An approximation: the whole wait
+    /// is charged to the task that ran just before the waiter got the CPU.
+    pub caused_ns: u64,
+    /// Waits charged in `caused_ns`.
+    pub caused_count: u64,
+    /// Waits of this process longer than the stall threshold.
+    pub stalls: u64,
+    /// `comm` of the thread that created the entry (may be a thread name).
+    pub comm: [u8; TASK_COMM_LEN],
+    /// Run-queue latency histogram, see [`hist_slot`].
+    pub hist: [u64; HIST_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<ProcStats>() == 344);
+
+impl ProcStats {
+    pub const fn zeroed() -> Self {
+        ProcStats {
+            runq_ns: 0,
+            runq_count: 0,
+            runq_max_ns: 0,
+            cpu_ns: 0,
+            blocked_ns: 0,
+            sleep_ns: 0,
+            caused_ns: 0,
+            caused_count: 0,
+            stalls: 0,
+            comm: [0; TASK_COMM_LEN],
+            hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+/// Per CPU (map `SCHED_ONCPU`): who got the CPU and when, for CPU time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnCpu {
+    pub since_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<OnCpu>() == 16);
+
+/// A run-queue wait longer than the threshold. The header names the
+/// waiting task (the victim) and the CPU it finally ran on; `villain_*`
+/// is the task that was on that CPU when the wait ended (`sched_switch`'s
+/// prev): the likely culprit, not necessarily the only one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallEvent {
+    pub header: EventHeader,
+    /// How long the victim waited for a CPU, ns.
+    pub wait_ns: u64,
+    /// Thread id of the task that held the CPU (0: the CPU was idle).
+    pub villain_pid: u32,
+    /// Its process id.
+    pub villain_tgid: u32,
+    pub villain_comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<StallEvent>() == 72);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots() {
+        assert_eq!(hist_slot(0), 0);
+        assert_eq!(hist_slot(999), 0);
+        assert_eq!(hist_slot(1_000), 1);
+        assert_eq!(hist_slot(1_999), 1);
+        assert_eq!(hist_slot(2_000), 2);
+        assert_eq!(hist_slot(3_999), 2);
+        assert_eq!(hist_slot(4_000), 3);
+        assert_eq!(hist_slot(1_000_000), 10); // 1000 us in [512, 1024)
+        assert_eq!(hist_slot(u64::MAX), HIST_SLOTS - 1);
+        for us in 1..100_000u64 {
+            let s = hist_slot(us * 1000);
+            let expect = (64 - us.leading_zeros()) as usize;
+            assert_eq!(s, expect.min(HIST_SLOTS - 1), "{us}");
+            assert!(slot_low_ns(s) <= us * 1000 && us * 1000 < slot_high_ns(s));
+        }
+    }
+}

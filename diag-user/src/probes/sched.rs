@@ -1,0 +1,153 @@
+//! The scheduler: `tp_btf` programs on `sched_switch`, `sched_wakeup`,
+//! `sched_wakeup_new` and `sched_process_exit`, and the maps they fill.
+
+use std::{collections::HashMap as StdHashMap, path::Path};
+
+use aya::{
+    Btf, Ebpf, Endianness,
+    maps::{HashMap, MapData},
+    programs::BtfTracePoint,
+};
+use diag_common::sched::{ProcStats, SchedConfig, TaskState};
+
+use crate::{
+    btf,
+    error::{EnvError, LoadError, flatten},
+};
+
+/// The raw tracepoints, in attach order (wakeups before switches, so a
+/// switch never waits for a wakeup that was not traced).
+pub const TRACEPOINTS: &[&str] = &[
+    "sched_process_exit",
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_switch",
+];
+
+/// For messages: what is attached.
+pub const TRACEPOINT_NAMES: &[&str] = &[
+    "tp_btf:sched_process_exit",
+    "tp_btf:sched_wakeup",
+    "tp_btf:sched_wakeup_new",
+    "tp_btf:sched_switch",
+];
+
+/// Maps that only the scheduler programs use: shrunk to one entry when
+/// they are not attached, so TCP-only users do not pay their memory.
+pub const MAPS: &[&str] = &["SCHED_TASKS", "SCHED_PROCS"];
+
+/// The `task_struct` offsets on the running kernel, from its BTF.
+pub fn layout(btf_path: &Path, stall_threshold_ns: u64) -> Result<SchedConfig, EnvError> {
+    let bad = |why: String| EnvError::TracepointFormat {
+        name: "task_struct (kernel BTF)".into(),
+        why,
+    };
+    let btf = btf::Btf::from_file(btf_path).map_err(bad)?;
+    layout_from(&btf, stall_threshold_ns).map_err(bad)
+}
+
+pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfig, String> {
+    let field = |name: &str, size: u32| -> Result<u32, String> {
+        let f = btf.member("task_struct", name)?;
+        if f.size != size {
+            return Err(format!(
+                "task_struct.{name} is {} bytes, diag expects {size}",
+                f.size
+            ));
+        }
+        Ok(f.offset)
+    };
+    Ok(SchedConfig {
+        task_pid: field("pid", 4)?,
+        task_tgid: field("tgid", 4)?,
+        task_comm: field("comm", diag_common::TASK_COMM_LEN as u32)?,
+        valid: 1,
+        stall_threshold_ns,
+    })
+}
+
+/// Load and attach the scheduler programs.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf_path: &Path,
+    attached: &mut Vec<&'static str>,
+) -> Result<(), LoadError> {
+    let btf = Btf::parse_file(btf_path, Endianness::default())
+        .map_err(|e| LoadError::Load(format!("{}: {}", btf_path.display(), flatten(&e))))?;
+    for (tp, name) in TRACEPOINTS.iter().zip(TRACEPOINT_NAMES) {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(tp)
+            .ok_or_else(|| LoadError::Missing(format!("program {tp}")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
+        program
+            .load(tp, &btf)
+            .map_err(|e| LoadError::Load(format!("{tp}: {}", flatten(&e))))?;
+        program.attach().map_err(|e| LoadError::Attach {
+            tracepoint: name.to_string(),
+            why: flatten(&e),
+        })?;
+        attached.push(name);
+    }
+    Ok(())
+}
+
+/// Handles on the scheduler maps, for readers (`diag runq`).
+pub struct SchedMaps {
+    procs: HashMap<MapData, u32, ProcStats>,
+    tasks: HashMap<MapData, u32, TaskState>,
+}
+
+impl SchedMaps {
+    /// Take the maps out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<SchedMaps, LoadError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| LoadError::Missing(format!("map {name}")))
+        };
+        let procs =
+            HashMap::try_from(take("SCHED_PROCS")?).map_err(|e| LoadError::Load(e.to_string()))?;
+        let tasks =
+            HashMap::try_from(take("SCHED_TASKS")?).map_err(|e| LoadError::Load(e.to_string()))?;
+        Ok(SchedMaps { procs, tasks })
+    }
+
+    /// One reading: the exited threads of each process (`SCHED_PROCS`),
+    /// then every live thread (`SCHED_TASKS`), in that order: a thread
+    /// that exits in between is then missing from both for this reading
+    /// (the aggregate treats the dip as no progress), never counted twice.
+    /// Entries that vanish while we iterate are skipped.
+    pub fn read(&self) -> (StdHashMap<u32, ProcStats>, Vec<(u32, TaskState)>) {
+        let procs = self.procs.iter().filter_map(Result::ok).collect();
+        let tasks = self.tasks.iter().filter_map(Result::ok).collect();
+        (procs, tasks)
+    }
+
+    /// Forget processes that are gone (after their last reading).
+    pub fn forget(&mut self, tgids: &[u32]) {
+        for t in tgids {
+            let _ = self.procs.remove(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_from_btf() {
+        let b = btf::Btf::parse(&btf::tests::task_btf()).unwrap();
+        let c = layout_from(&b, 10_000_000).unwrap();
+        assert_eq!(
+            c,
+            SchedConfig {
+                task_pid: 1264,
+                task_tgid: 1268,
+                task_comm: 1752,
+                valid: 1,
+                stall_threshold_ns: 10_000_000
+            }
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! The scheduler: real CPU contention from helper processes with known
+//! pids (more busy threads than CPUs, a sleeping-and-waking victim, a hog
+//! and a victim pinned to one CPU, an fsync loop), checked against the
+//! kernel's own accounting (`/proc/<pid>/task/*/schedstat` run_delay).
+//!
+//! Every workload is bounded to a few seconds.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use diag_tests::{Diag, bpf_objects_of, diag_bin, require_root, serial};
+use serde_json::Value;
+
+const CPUHOG: &str = env!("CARGO_BIN_EXE_diag-cpuhog");
+
+/// A running diag-cpuhog.
+struct Load {
+    child: Child,
+    pid: u32,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Load {
+    fn start(args: &[&str]) -> Load {
+        let mut child = Command::new(CPUHOG)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn diag-cpuhog");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let pid = first.strip_prefix("PID ").unwrap().parse().unwrap();
+        Load { child, pid, lines }
+    }
+
+    /// Wait for the end; the kernel's run-queue wait of all its threads.
+    fn finish(mut self) -> u64 {
+        let mut delay = None;
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(v) = line.strip_prefix("RUN_DELAY_NS ") {
+                delay = Some(v.parse().unwrap());
+            }
+        }
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "diag-cpuhog failed: {st}");
+        delay.expect("RUN_DELAY_NS line")
+    }
+}
+
+/// Sum a field of one process over every interval diag printed.
+fn sum_field(intervals: &[Value], pid: u32, field: &str) -> u64 {
+    intervals
+        .iter()
+        .flat_map(|iv| iv["processes"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["pid"] == pid)
+        .map(|p| p[field].as_u64().unwrap())
+        .sum()
+}
+
+/// Let diag read the exited processes' last counters (one interval after
+/// they are gone, plus one).
+fn settle(interval_ms: u64) {
+    thread::sleep(Duration::from_millis(3 * interval_ms + 200));
+}
+
+fn within(ours: u64, kernel: u64, tolerance: f64) -> bool {
+    let diff = (ours as f64 - kernel as f64).abs();
+    diff <= kernel as f64 * tolerance
+}
+
+#[test]
+fn runq_latency_agrees_with_schedstat() {
+    if !require_root("runq_latency_agrees_with_schedstat") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
+    // Three busy threads on a two-CPU machine, and a victim that sleeps
+    // 1 ms and wakes, for 3 s.
+    let threads = (std::thread::available_parallelism().map_or(2, |n| n.get()) + 1).to_string();
+    // The victim outlives the hog a little, so that its own exit (after
+    // it read its schedstat) does not wait behind the hog.
+    let hog = Load::start(&["hog", &threads, "3"]);
+    let victim = Load::start(&["victim", "3.3"]);
+    let (hog_pid, victim_pid) = (hog.pid, victim.pid);
+    let hog_kernel = hog.finish();
+    let victim_kernel = victim.finish();
+    settle(250);
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let intervals = out.json();
+    assert!(intervals.len() >= 10, "{} intervals", intervals.len());
+
+    let hog_ours = sum_field(&intervals, hog_pid, "runq_ns");
+    let victim_ours = sum_field(&intervals, victim_pid, "runq_ns");
+    let victim_waits = sum_field(&intervals, victim_pid, "runq_count");
+    eprintln!(
+        "run-queue wait: hog diag {hog_ours} ns vs schedstat {hog_kernel} ns; \
+         victim diag {victim_ours} ns ({victim_waits} waits) vs schedstat {victim_kernel} ns"
+    );
+    assert!(
+        victim_ours > 0 && victim_waits > 0,
+        "victim's wait not reported"
+    );
+    assert!(hog_kernel > 100_000_000, "no contention? {hog_kernel}");
+    assert!(
+        within(hog_ours, hog_kernel, 0.10),
+        "hog: diag {hog_ours} vs schedstat {hog_kernel}"
+    );
+    // The victim's waits are short (tens of us) and mostly end with a
+    // wakeup preemption, for which the kernel skips the run-queue clock
+    // update in the following __schedule (rq_clock_skip_update() in
+    // wakeup_preempt()): schedstat then misses the few microseconds from
+    // the interrupt to the switch, which diag, timing both tracepoints,
+    // sees. Measured here: about 5 us per wait. So: within 10 %, plus at
+    // most 10 us per wait above.
+    let slack = victim_waits * 10_000;
+    assert!(
+        victim_ours as f64 >= victim_kernel as f64 * 0.9
+            && victim_ours as f64 <= victim_kernel as f64 * 1.1 + slack as f64,
+        "victim: diag {victim_ours} vs schedstat {victim_kernel} ({victim_waits} waits)"
+    );
+    // The hog ran: CPU time about threads x 3 s, capped by the CPUs.
+    let cpu = sum_field(&intervals, hog_pid, "cpu_ns");
+    assert!(cpu > 2_000_000_000, "hog cpu {cpu}");
+    // Its threads delayed others (and each other).
+    assert!(sum_field(&intervals, hog_pid, "caused_ns") > 0);
+    // p99 and max are reported for the victim in some interval.
+    assert!(intervals.iter().any(|iv| {
+        iv["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == victim_pid && p["p99_ns"].as_u64().unwrap_or(0) > 0)
+    }));
+    // vmstat-like counts are there.
+    assert!(intervals[0]["procs_running"].as_u64().is_some());
+}
+
+#[test]
+fn pinned_hog_causes_stalls_named_after_it() {
+    if !require_root("pinned_hog_causes_stalls_named_after_it") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&[
+        "tail",
+        "--events",
+        "stall",
+        "--json",
+        "--stall-threshold",
+        "5ms",
+    ]);
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    let hog = Load::start(&["hog", "1", "2", &cpu]);
+    let victim = Load::start(&["victim", "2", &cpu, "idle"]);
+    let (hog_pid, victim_pid) = (hog.pid, victim.pid);
+    hog.finish();
+    victim.finish();
+    thread::sleep(Duration::from_millis(200));
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let events = out.json();
+    let stalls: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "stall" && e["pid"] == victim_pid)
+        .collect();
+    assert!(!stalls.is_empty(), "no stall of the victim: {events:?}");
+    for s in &stalls {
+        assert!(s["wait_ns"].as_u64().unwrap() >= 5_000_000, "{s}");
+        assert_eq!(s["cpu"].as_u64().unwrap().to_string(), cpu, "{s}");
+    }
+    let by_hog = stalls
+        .iter()
+        .filter(|s| s["villain_pid"] == hog_pid)
+        .count();
+    let mut villains: Vec<String> = stalls
+        .iter()
+        .map(|s| format!("{} {}", s["villain_pid"], s["villain_comm"]))
+        .collect();
+    villains.sort();
+    villains.dedup();
+    eprintln!(
+        "{} stalls of the victim, {by_hog} behind the hog ({hog_pid}); villains: {villains:?}",
+        stalls.len()
+    );
+    // On a shared machine other tasks also run on that CPU and delay the
+    // (SCHED_IDLE) victim; the hog must be among those named.
+    assert!(by_hog > 0, "no stall names the hog ({hog_pid}): {stalls:?}");
+    assert!(stalls.iter().any(|s| s["villain_comm"] == "diag-cpuhog"));
+}
+
+#[test]
+fn fsync_loop_shows_blocked_time() {
+    if !require_root("fsync_loop_shows_blocked_time") {
+        return;
+    }
+    let _guard = serial();
+    // A directory on a real disk (tmpfs would not block).
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().unwrap();
+    let diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
+    let load = Load::start(&["fsync", "2", dir]);
+    let pid = load.pid;
+    load.finish();
+    settle(250);
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let intervals = out.json();
+    let blocked = sum_field(&intervals, pid, "blocked_ns");
+    eprintln!("fsync loop: {blocked} ns blocked (D)");
+    assert!(blocked > 0, "no D-state time for the fsync loop");
+    // The summary has the vmstat-like counts.
+    assert!(
+        intervals
+            .iter()
+            .all(|iv| iv["procs_blocked"].as_u64().is_some())
+    );
+}
+
+#[test]
+fn runq_one_shot_text_and_histogram() {
+    if !require_root("runq_one_shot_text_and_histogram") {
+        return;
+    }
+    let _guard = serial();
+    let out = Command::new(diag_bin())
+        .args(["runq", "--count", "1", "--interval", "300ms", "--hist"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("RUNQ-P99") && text.contains("CAUSED"),
+        "{text}"
+    );
+    assert!(text.contains("distribution"), "{text}");
+}
+
+#[test]
+fn plain_tail_does_not_attach_the_scheduler() {
+    if !require_root("plain_tail_does_not_attach_the_scheduler") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&["tail", "--json"]);
+    let out = diag.stop(libc::SIGINT);
+    let tracing = out.stderr.iter().find(|l| l.contains("tracing")).unwrap();
+    assert!(!tracing.contains("sched"), "{tracing}");
+    let both = Diag::start(&["tail", "--json", "--events", "tcp,stall"]);
+    let out = both.stop(libc::SIGINT);
+    let tracing = out.stderr.iter().find(|l| l.contains("tracing")).unwrap();
+    assert!(
+        tracing.contains("sched_switch") && tracing.contains("inet_sock_set_state"),
+        "{tracing}"
+    );
+}
+
+#[test]
+fn bad_durations_are_clear_errors() {
+    let mut seen = Vec::new();
+    for args in [
+        &["runq", "--interval", "0"][..],
+        &["runq", "--stall-threshold", "10xs"],
+        &["tail", "--stall-threshold", "0ms"],
+        &["runq", "--count", "0"],
+    ] {
+        let out = Command::new(diag_bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+        seen.push(err);
+    }
+    assert!(seen[0].contains("greater than zero"), "{}", seen[0]);
+    assert!(seen[1].contains("not a unit"), "{}", seen[1]);
+    assert!(seen[2].contains("greater than zero"), "{}", seen[2]);
+}
+
+/// The keys (u32, little-endian) of the map named `name` held by `pid`.
+fn map_keys(pid: u32, name: &str) -> Vec<u32> {
+    for id in bpf_objects_of(pid).maps {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if info["name"] != name {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let entries: Value = serde_json::from_slice(&dump.stdout).unwrap();
+        return entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let b: Vec<u8> = e["key"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        u8::from_str_radix(x.as_str().unwrap().trim_start_matches("0x"), 16)
+                            .unwrap()
+                    })
+                    .collect();
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .collect();
+    }
+    panic!("diag ({pid}) holds no map named {name}");
+}
+
+#[test]
+fn exited_threads_and_processes_leave_no_kernel_state() {
+    if !require_root("exited_threads_and_processes_leave_no_kernel_state") {
+        return;
+    }
+    let _guard = serial();
+    let diag = Diag::start(&["runq", "--json", "--interval", "200ms"]);
+    let load = Load::start(&["threads", "500"]);
+    let pid = load.pid;
+    load.finish();
+    settle(200);
+    let tasks = map_keys(diag.pid(), "SCHED_TASKS");
+    let procs = map_keys(diag.pid(), "SCHED_PROCS");
+    let live_threads = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_dir(e.path().join("task")).ok())
+        .map(|d| d.count())
+        .sum::<usize>();
+    let out = diag.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    eprintln!(
+        "{} thread entries for {live_threads} live threads, {} process entries",
+        tasks.len(),
+        procs.len()
+    );
+    assert!(
+        tasks.len() <= live_threads + 16,
+        "{} thread entries, {live_threads} live threads: exited threads leak",
+        tasks.len()
+    );
+    assert!(
+        !procs.contains(&pid),
+        "the exited process's entry was not deleted"
+    );
+    // Its 500 threads were all counted before they went.
+    let intervals = out.json();
+    let cpu = sum_field(&intervals, pid, "cpu_ns");
+    let waits = sum_field(&intervals, pid, "sleep_ns");
+    assert!(cpu > 0 && waits > 0, "cpu {cpu}, sleep {waits}");
+}
