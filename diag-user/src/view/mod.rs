@@ -4,6 +4,7 @@ pub mod conns;
 pub mod export;
 pub mod report;
 pub mod tail;
+pub mod top;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
