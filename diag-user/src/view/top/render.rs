@@ -8,7 +8,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TRow, Table, TableState},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TRow, Table, TableState, Wrap},
 };
 use serde::Serialize;
 
@@ -185,8 +185,18 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
         } else {
             0.0
         };
+        let swap = if h.swap_total_kb == 0 {
+            "swap none".to_string()
+        } else {
+            format!(
+                "swap {:.0}% in {} out {} pg/s",
+                h.swap_used_kb as f64 * 100.0 / h.swap_total_kb as f64,
+                rate(h.swap_in_per_s),
+                rate(h.swap_out_per_s)
+            )
+        };
         v.push(format!(
-            "CPU {} (us {:.0} sy {:.0} io {:.0} st {:.0}) x{}  MEM {:.0}% of {}  swap {}/{} in {} out {}/s",
+            "CPU {} us {:.0} sy {:.0} io {:.0} st {:.0} ({} cpus)  MEM {:.0}% of {}  {swap}",
             h.cpu_pct.map_or("-".into(), |c| format!("{c:.1}%")),
             h.user_pct,
             h.system_pct,
@@ -195,24 +205,11 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
             h.cpus,
             mem_pct,
             human_kb(h.mem_total_kb),
-            human_kb(h.swap_used_kb),
-            human_kb(h.swap_total_kb),
-            rate(h.swap_in_per_s),
-            rate(h.swap_out_per_s),
         ));
     }
     let t = &m.tcp;
-    let ports = match &t.worst_pressure {
-        Some(p) => format!(
-            "  ports {:.0}%{} to {}",
-            p.ratio * 100.0,
-            if p.warning { "!" } else { "" },
-            p.destination.remote
-        ),
-        None => String::new(),
-    };
     v.push(format!(
-        "TCP open {}/s close {}/s ESTAB {} TW {} CW {} RST {}/s RETX {}/s{ports}",
+        "TCP open {}/s close {}/s  ESTAB {} TW {} CW {}  RST {}/s RETX {}/s",
         rate(t.opens_per_s),
         rate(t.closes_per_s),
         t.established,
@@ -221,15 +218,24 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
         rate(t.resets_per_s),
         rate(t.retransmits_per_s),
     ));
+    let ports = match &t.worst_pressure {
+        Some(p) => format!(
+            "ports {:.0}% used{} to {}",
+            p.ratio * 100.0,
+            if p.warning { " (WARNING)" } else { "" },
+            p.destination.remote
+        ),
+        None => "ports -".into(),
+    };
+    v.push(format!("OOM kills {}  {ports}", m.oom_kills));
     let d = &m.diag;
     let bpf = match d.bpf_cpu_pct {
-        Some(p) => format!("bpf {p:.2}% cpu"),
-        None if st.host_known => "bpf cpu -".to_string(),
+        Some(p) => format!("  bpf {p:.2}% cpu"),
+        None if st.host_known => "  bpf cpu -".to_string(),
         None => String::new(),
     };
     v.push(format!(
-        "OOM kills {}  diag: {} ev/s dropped {} map-full {} {bpf}",
-        m.oom_kills,
+        "diag: {} ev/s dropped {} map-full {}{bpf}",
         rate(d.events_per_s),
         d.dropped,
         d.map_full,
@@ -280,10 +286,11 @@ pub fn draw(f: &mut Frame, st: &TopState) {
     let head_lines: Vec<Line> = header
         .into_iter()
         .map(|l| {
-            let style = if l.contains("PAUSED") || l.contains("dropped 0 ") {
-                Style::new()
-            } else if l.starts_with("OOM") {
-                Style::new().fg(Color::Yellow)
+            let warn = (l.starts_with("OOM") && !l.starts_with("OOM kills 0 "))
+                || l.contains("(WARNING)")
+                || (l.starts_with("diag:") && !l.contains("dropped 0 map-full 0"));
+            let style = if warn {
+                Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD)
             } else {
                 Style::new()
             };
@@ -486,14 +493,10 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
     if st.detail_peers.is_empty() {
         v.push("Connections: none held now".into());
     } else {
+        v.push(format!("Connections by peer ({}):", st.detail_peers.len()));
         v.push(format!(
-            "Connections by peer ({}):  {:>6} {:>6} {:>6} {:>6} {:>6}",
-            st.detail_peers.len(),
-            "ESTAB",
-            "TW",
-            "CW",
-            "other",
-            "total"
+            "  {:<34} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "PEER", "ESTAB", "TW", "CW", "other", "total"
         ));
         for p in st.detail_peers.iter().take(50) {
             let peer = match (p.remote_port, p.local_port) {
@@ -541,7 +544,7 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
 fn draw_detail(f: &mut Frame, area: Rect, st: &TopState, pid: u32) {
     let lines: Vec<Line> = detail_lines(st, pid).into_iter().map(Line::from).collect();
     f.render_widget(
-        Paragraph::new(lines).block(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
             Block::new()
                 .borders(Borders::TOP)
                 .title(format!(" process {pid} (Esc: back) ")),

@@ -131,16 +131,20 @@ fn header_shows_host_tcp_oom_and_diag_health() {
     assert!(all.contains("load 2.50 1.25 0.50"), "{all}");
     assert!(all.contains("tasks run 4 blocked 2"), "{all}");
     assert!(all.contains("CPU 73.5%"), "{all}");
-    assert!(all.contains("MEM 75% of 4.00GiB"), "{all}");
+    assert!(all.contains("MEM 75% of 4.00GiB  swap none"), "{all}");
     assert!(
-        all.contains("TCP open 250/s close 240/s ESTAB 12 TW 340 CW 5"),
+        all.contains("TCP open 250/s close 240/s  ESTAB 12 TW 340 CW 5  RST 3.0/s"),
         "{all}"
     );
-    assert!(all.contains("OOM kills 1"), "{all}");
+    assert!(all.contains("OOM kills 1  ports -"), "{all}");
     assert!(
-        all.contains("1200 ev/s dropped 0 map-full 0 bpf 0.42% cpu"),
+        all.contains("diag: 1200 ev/s dropped 0 map-full 0  bpf 0.42% cpu"),
         "{all}"
     );
+    // Every header line fits in 80 columns.
+    for l in render::header_lines(&state()) {
+        assert!(l.chars().count() <= 80, "{l}");
+    }
 }
 
 #[test]
