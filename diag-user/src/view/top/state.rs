@@ -372,7 +372,7 @@ pub struct TopState {
     pub host_known: bool,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
-    health_prev: Option<(u64, Health)>,
+    events_per_s: f64,
     seeded: bool,
     next_due: Option<u64>,
     last_ts: u64,
@@ -409,7 +409,7 @@ impl TopState {
             host_known: timebase == Timebase::Live,
             host_prev: None,
             host_now: None,
-            health_prev: None,
+            events_per_s: 0.0,
             seeded: false,
             next_due: None,
             last_ts: 0,
@@ -477,9 +477,11 @@ impl TopState {
                 if self.timebase == Timebase::Events {
                     self.last_ts = self.last_ts.max(h.ts_ns);
                 }
-                // The first reading is the baseline for events/s.
-                if self.health_prev.is_none() {
-                    self.health_prev = Some((h.ts_ns, h));
+                // Events/s between the two latest readings (about a second
+                // apart, whatever the interval).
+                if h.ts_ns > self.health.ts_ns && self.health.ts_ns > 0 {
+                    self.events_per_s = h.received.saturating_sub(self.health.received) as f64
+                        / ((h.ts_ns - self.health.ts_ns) as f64 / 1e9);
                 }
                 self.health = h;
             }
@@ -646,7 +648,7 @@ impl TopState {
         (Some(v), cpu)
     }
 
-    fn diag_view(&mut self, now_ns: u64) -> DiagView {
+    fn diag_view(&self) -> DiagView {
         let h = self.health;
         let mut d = DiagView {
             dropped: h.ringbuf_full,
@@ -654,13 +656,7 @@ impl TopState {
             decode_errors: h.decode_errors,
             ..Default::default()
         };
-        if let Some((t, prev)) = self.health_prev {
-            let secs = now_ns.saturating_sub(t) as f64 / 1e9;
-            if secs > 0.0 {
-                d.events_per_s = h.received.saturating_sub(prev.received) as f64 / secs;
-            }
-        }
-        self.health_prev = Some((now_ns, h));
+        d.events_per_s = self.events_per_s;
         if let Some(now) = &self.host_now
             && let Some(bpf) = now.bpf
         {
@@ -684,7 +680,7 @@ impl TopState {
     pub fn tick(&mut self, now_ns: u64) {
         self.ticks += 1;
         let snap = self.agg.snapshot(now_ns);
-        let diag = self.diag_view(now_ns);
+        let diag = self.diag_view();
         let (host, cpu) = self.host_view();
         let host_known = host.is_some();
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
@@ -1108,5 +1104,100 @@ mod tests {
             s.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Action::Quit
         );
+    }
+
+    #[test]
+    fn events_feed_rows_and_the_event_pane() {
+        use diag_common::{EventHeader, EventKind, tcp::state as tcp_state};
+        const SEC: u64 = 1_000_000_000;
+        let mut s = TopState::new(
+            TopConfig {
+                tcp: TcpConfig {
+                    close_wait_threshold_ns: 2 * SEC,
+                    ..TcpConfig::default()
+                },
+                ..TopConfig::default()
+            },
+            WallClock::with_offset_ns(0),
+            Timebase::Live,
+        );
+        let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        // A process holding three sockets in CLOSE_WAIT, seen in the table.
+        let rows = (0..3)
+            .map(|i| crate::aggregate::tcp::TableRow {
+                local: a(8080),
+                remote: a(40000 + i),
+                state: tcp_state::CLOSE_WAIT,
+                owner: Some((42, "leaker".into())),
+            })
+            .collect();
+        s.on_msg(Msg::Table { ts_ns: SEC, rows }, &mut |_| {});
+        s.on_host(sample(1, 0, vec![proc_cpu(42, "leaker", 0)]));
+        s.tick(2 * SEC);
+        assert!(s.events.is_empty(), "not a leak yet: {:?}", s.events);
+        // An OOM kill in a memory cgroup the edge resolved.
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::OomKill as u32;
+        header.ts_ns = 3 * SEC;
+        header.pid = 77;
+        header.tgid = 77;
+        let mut victim_comm = [0u8; 16];
+        victim_comm[..4].copy_from_slice(b"hogs");
+        let oom = OomKillEvent {
+            header,
+            victim_pid: 77,
+            victim_tgid: 77,
+            victim_comm,
+            victim_uid: 0,
+            oom_score_adj: 0,
+            constraint: constraint::MEMCG,
+            memcg_how: 0,
+            total_vm_kb: 0,
+            anon_rss_kb: 2048,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 0,
+            victim_memcg_ino: 9,
+            trigger_memcg_ino: 9,
+            oom_memcg_ino: 9,
+            oom_memcg_limit_pages: 8,
+            oom_memcg_usage_pages: 8,
+        };
+        s.memcg_paths.insert(9, "/jobs/batch".into());
+        s.on_msg(Msg::Events(vec![AnyEvent::OomKill(oom)]), &mut |_| {});
+        s.on_host(sample(4, 0, vec![proc_cpu(42, "leaker", 0)]));
+        s.tick(4 * SEC);
+        let leaker = s.model.rows.iter().find(|r| r.pid == 42).unwrap();
+        let t = leaker.tcp.unwrap();
+        assert_eq!((t.close_wait, t.leaks), (3, 3), "{leaker:?}");
+        let victim = s.model.rows.iter().find(|r| r.pid == 77).unwrap();
+        assert_eq!(victim.oom_kills, 1);
+        assert!(!victim.alive);
+        assert_eq!(victim.cgroup.as_deref(), Some("/jobs/batch"));
+        assert_eq!(s.model.oom_kills, 1);
+        let kinds: Vec<NotableKind> = s.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![NotableKind::CloseWaitLeak, NotableKind::OomKill],
+            "newest first"
+        );
+        assert!(
+            s.events[1]
+                .text
+                .contains("pid 77 (hogs) killed, rss 2.0MiB: memcg /jobs/batch")
+        );
+        assert!(
+            s.events[0]
+                .text
+                .contains("pid 42 (leaker) has 3 sockets in CLOSE_WAIT")
+        );
+        // Reported once, not every interval.
+        s.tick(5 * SEC);
+        assert_eq!(s.events.len(), 2);
+        // Sorting by CLOSE_WAIT puts the leaker first, by OOM kills the victim.
+        s.ui.sort = SortKey::CloseWait;
+        assert_eq!(s.visible_rows()[0].pid, 42);
+        s.ui.sort = SortKey::Oom;
+        assert_eq!(s.visible_rows()[0].pid, 77);
     }
 }
