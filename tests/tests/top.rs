@@ -428,19 +428,67 @@ fn the_screen_during_an_incident() {
     tmux.send(&["Escape"]);
     thread::sleep(Duration::from_millis(300));
     tmux.send(&["q"]);
-    let s = tmux.wait_for("the shell again", Duration::from_secs(20), |s| {
-        !s.contains("PID ") && s.trim_end().ends_with("READY$")
-    });
-    assert!(!s.contains("\u{1b}"), "{s}");
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "0",
-        "left the alternate screen"
-    );
-    assert_eq!(tmux.display("#{pane_current_command}"), "bash");
+    tmux.assert_restored("q");
     assert_eq!(
         bpf_stats_enabled(),
         stats_before,
         "BPF statistics are back as they were"
     );
+
+    // Ctrl-C, and a panic, restore it too.
+    for (how, env) in [
+        ("Ctrl-C", ""),
+        ("a panic", "DIAG_TOP_PANIC_FOR_TEST=1 RUST_BACKTRACE=0 "),
+    ] {
+        tmux.type_text(&format!("clear; {env}{cmd}"));
+        tmux.send(&["Enter"]);
+        if env.is_empty() {
+            tmux.wait_for("the top screen", Duration::from_secs(30), |s| {
+                s.starts_with("diag top ") && s.contains("PID ")
+            });
+            tmux.send(&["C-c"]);
+        } else {
+            // The panic message stays readable, above the prompt.
+            tmux.wait_for("the panic message", Duration::from_secs(30), |s| {
+                let lines: Vec<&str> = s.trim_end().lines().collect();
+                lines.last() == Some(&"READY$")
+                    && lines.iter().any(|l| l.contains("deliberate panic"))
+            });
+        }
+        tmux.assert_restored(how);
+    }
+}
+
+impl Tmux {
+    /// diag is gone and the terminal is as it was: the shell's prompt on
+    /// the normal screen, raw mode off.
+    #[track_caller]
+    fn assert_restored(&self, how: &str) {
+        let s = self.wait_for(
+            &format!("the shell again after {how}"),
+            Duration::from_secs(30),
+            |s| !s.contains("PID ") && s.trim_end().ends_with("READY$"),
+        );
+        assert!(!s.contains('\u{1b}'), "{s}");
+        assert_eq!(
+            self.display("#{alternate_on}"),
+            "0",
+            "left the alternate screen after {how}"
+        );
+        assert_eq!(
+            self.display("#{pane_current_command}"),
+            "bash",
+            "after {how}"
+        );
+        self.type_text("clear; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'");
+        self.send(&["Enter"]);
+        let s = self.wait_for("stty", Duration::from_secs(10), |s| {
+            s.lines()
+                .any(|l| l.trim().ends_with("icanon") && !l.contains("grep"))
+        });
+        assert!(
+            s.lines().any(|l| l.trim() == "icanon"),
+            "canonical mode (raw mode off) after {how}:\n{s}"
+        );
+    }
 }

@@ -105,9 +105,16 @@ struct TerminalGuard {
     terminal: Terminal<CrosstermBackend<io::Stdout>>,
 }
 
+/// The screen is ours: set while the alternate screen is up.
+static SCREEN_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Give the terminal back, once (leaving the alternate screen twice would
+/// move the cursor back over what was printed in between, e.g. a panic).
 fn restore_terminal() {
-    let _ = terminal::disable_raw_mode();
-    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+    if SCREEN_TAKEN.swap(false, Ordering::SeqCst) {
+        let _ = terminal::disable_raw_mode();
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+    }
 }
 
 impl TerminalGuard {
@@ -117,7 +124,11 @@ impl TerminalGuard {
             restore_terminal();
             previous(info);
         }));
-        terminal::enable_raw_mode()?;
+        SCREEN_TAKEN.store(true, Ordering::SeqCst);
+        if let Err(e) = terminal::enable_raw_mode() {
+            restore_terminal();
+            return Err(e);
+        }
         let mut stdout = io::stdout();
         if let Err(e) = execute!(stdout, EnterAlternateScreen, cursor::Hide) {
             restore_terminal();
@@ -199,10 +210,15 @@ async fn drive_tui(
     let mut tick = tokio::time::interval_at(start + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = true;
+    // For the tests: a panic with the screen up must give the terminal back.
+    let panic_for_test = std::env::var_os("DIAG_TOP_PANIC_FOR_TEST").is_some();
     loop {
         if dirty {
             guard.terminal.draw(|f| render::draw(f, st))?;
             dirty = false;
+            if panic_for_test {
+                panic!("DIAG_TOP_PANIC_FOR_TEST is set: a deliberate panic");
+            }
         }
         tokio::select! {
             _ = session.cancel.cancelled() => break,
