@@ -316,6 +316,9 @@ pub struct Ui {
     pub editing_filter: bool,
     /// Index of the highlighted row among the visible ones.
     pub cursor: usize,
+    /// The process the user moved the cursor to: the cursor follows it
+    /// when rows are re-sorted or refreshed.
+    pub selected_pid: Option<u32>,
     pub paused: bool,
     pub help: bool,
     /// The process whose detail is shown.
@@ -330,6 +333,7 @@ impl Default for Ui {
             filter: String::new(),
             editing_filter: false,
             cursor: 0,
+            selected_pid: None,
             paused: false,
             help: false,
             detail: None,
@@ -791,6 +795,22 @@ impl TopState {
         } else {
             self.model = model;
             self.refresh_detail();
+            self.follow_selection();
+        }
+    }
+
+    /// Put the cursor on the selected process, wherever it is now (or keep
+    /// it within the rows when that process is not shown).
+    fn follow_selection(&mut self) {
+        let rows = self.visible_rows();
+        let at = self
+            .ui
+            .selected_pid
+            .and_then(|pid| rows.iter().position(|r| r.pid == pid));
+        let n = rows.len();
+        match at {
+            Some(i) => self.ui.cursor = i,
+            None => self.ui.cursor = self.ui.cursor.min(n.saturating_sub(1)),
         }
     }
 
@@ -909,6 +929,7 @@ impl TopState {
         if !paused && let Some(m) = self.pending.take() {
             self.model = m;
             self.refresh_detail();
+            self.follow_selection();
         }
     }
 
@@ -931,7 +952,7 @@ impl TopState {
                 KeyCode::Char(c) if !ctrl && self.ui.filter.len() < 64 => self.ui.filter.push(c),
                 _ => {}
             }
-            self.ui.cursor = 0;
+            self.follow_selection();
             return Action::None;
         }
         if self.ui.help {
@@ -962,12 +983,25 @@ impl TopState {
                     self.detail_peers = self.agg.connections_of(pid);
                 }
             }
-            KeyCode::Up => self.ui.cursor = self.ui.cursor.saturating_sub(1),
-            KeyCode::Down => self.ui.cursor = (self.ui.cursor + 1).min(n.saturating_sub(1)),
-            KeyCode::PageUp => self.ui.cursor = self.ui.cursor.saturating_sub(10),
-            KeyCode::PageDown => self.ui.cursor = (self.ui.cursor + 10).min(n.saturating_sub(1)),
-            KeyCode::Home => self.ui.cursor = 0,
-            KeyCode::End => self.ui.cursor = n.saturating_sub(1),
+            KeyCode::Up
+            | KeyCode::Down
+            | KeyCode::PageUp
+            | KeyCode::PageDown
+            | KeyCode::Home
+            | KeyCode::End => {
+                let last = n.saturating_sub(1);
+                let c = self.ui.cursor;
+                self.ui.cursor = match k.code {
+                    KeyCode::Up => c.saturating_sub(1),
+                    KeyCode::Down => (c + 1).min(last),
+                    KeyCode::PageUp => c.saturating_sub(10),
+                    KeyCode::PageDown => (c + 10).min(last),
+                    KeyCode::Home => 0,
+                    _ => last,
+                };
+                self.ui.selected_pid = self.selected().map(|r| r.pid);
+                return Action::None;
+            }
             KeyCode::Char('i') => self.ui.reverse = !self.ui.reverse,
             KeyCode::Char('<') | KeyCode::Char('>') => {
                 let i = SortKey::ALL
@@ -989,6 +1023,7 @@ impl TopState {
             }
             _ => {}
         }
+        self.follow_selection();
         Action::None
     }
 }
@@ -1063,6 +1098,54 @@ mod tests {
         assert_eq!((h.running, h.blocked), (3, 1));
         let vis: Vec<u32> = s.visible_rows().iter().map(|r| r.pid).collect();
         assert_eq!(vis, vec![10, 11]);
+    }
+
+    #[test]
+    fn the_cursor_follows_the_selected_process() {
+        let mut s = TopState::new(
+            TopConfig::default(),
+            WallClock::with_offset_ns(0),
+            Timebase::Live,
+        );
+        s.on_host(sample(
+            1,
+            0,
+            vec![
+                proc_cpu(1, "a", 0),
+                proc_cpu(2, "b", 0),
+                proc_cpu(3, "c", 0),
+            ],
+        ));
+        s.tick(1_000_000_000);
+        s.on_host(sample(
+            2,
+            0,
+            vec![
+                proc_cpu(1, "a", 50),
+                proc_cpu(2, "b", 20),
+                proc_cpu(3, "c", 10),
+            ],
+        ));
+        s.tick(2_000_000_000);
+        let down = KeyEvent::new(KeyCode::Down, KeyModifiers::NONE);
+        s.on_key(down);
+        assert_eq!(s.selected().map(|r| r.pid), Some(2));
+        // Now 2 uses the least CPU: the cursor moves with it.
+        s.on_host(sample(
+            3,
+            0,
+            vec![
+                proc_cpu(1, "a", 100),
+                proc_cpu(2, "b", 21),
+                proc_cpu(3, "c", 60),
+            ],
+        ));
+        s.tick(3_000_000_000);
+        assert_eq!(s.ui.cursor, 2);
+        assert_eq!(s.selected().map(|r| r.pid), Some(2));
+        // And when sorted by pid.
+        s.on_key(KeyEvent::new(KeyCode::Char('n'), KeyModifiers::NONE));
+        assert_eq!(s.selected().map(|r| r.pid), Some(2));
     }
 
     #[test]
