@@ -492,3 +492,64 @@ impl Tmux {
         );
     }
 }
+
+#[test]
+fn replay_of_a_recording_through_top() {
+    if !require_root("replay_of_a_recording_through_top") {
+        return;
+    }
+    let _guard = serial();
+    let dir = std::env::temp_dir().join(format!("diag-top-replay-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join("incident.diag");
+    let mut churn = Gen::spawn(&["churn", "10"]);
+    churn.port();
+    let pid = churn.pid();
+    let rec = Command::new(diag_bin())
+        .args(["record", "-o", file.to_str().unwrap(), "--duration", "3s"])
+        .output()
+        .unwrap();
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    drop(churn);
+
+    let out = Command::new(diag_bin())
+        .args(["replay", file.to_str().unwrap(), "top", "--batch", "--json"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        snaps.len() >= 2,
+        "a snapshot per second of the recording: {snaps:?}"
+    );
+    assert!(
+        snaps.iter().all(|s| s["host"].is_null()),
+        "no host numbers in a recording"
+    );
+    let busiest = snaps
+        .iter()
+        .filter_map(|s| {
+            s["processes"]
+                .as_array()?
+                .iter()
+                .find(|r| r["pid"] == pid)
+                .and_then(|r| r["tcp"]["opens_per_s"].as_f64())
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        busiest > 50.0,
+        "the churner's opens/s in the replay: {busiest}"
+    );
+}

@@ -195,12 +195,15 @@ impl Drop for Input {
     }
 }
 
-/// The interactive screen, until `q`, Ctrl-C or a signal.
+/// The interactive screen, until `q`, Ctrl-C or a signal. Live (`host`
+/// given): a frame every interval with procfs numbers. Replay: the
+/// events' time drives the frames, and the screen stays after the end of
+/// the recording until `q`.
 async fn drive_tui(
-    session: &mut LiveSession,
+    rx: &mut mpsc::Receiver<Msg>,
+    cancel: &tokio_util::sync::CancellationToken,
     st: &mut TopState,
-    reader: &mut HostReader,
-    index: &mut CgroupIndex,
+    mut host: Option<(&mut HostReader, &mut CgroupIndex)>,
 ) -> anyhow::Result<()> {
     let mut guard = TerminalGuard::enter()
         .map_err(|e| anyhow::anyhow!("cannot set up the terminal ({e}); try --batch"))?;
@@ -209,6 +212,8 @@ async fn drive_tui(
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(start + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let live = host.is_some();
+    let mut source_open = true;
     let mut dirty = true;
     // For the tests: a panic with the screen up must give the terminal back.
     let panic_for_test = std::env::var_os("DIAG_TOP_PANIC_FOR_TEST").is_some();
@@ -221,18 +226,30 @@ async fn drive_tui(
             }
         }
         tokio::select! {
-            _ = session.cancel.cancelled() => break,
-            msg = session.rx.recv() => match msg {
+            _ = cancel.cancelled() => break,
+            msg = rx.recv(), if source_open => match msg {
                 Some(m) => {
-                    learn_memcgs(index, &m, st);
-                    st.on_msg(m, &mut |_| {});
+                    if let Some((_, index)) = host.as_mut() {
+                        learn_memcgs(index, &m, st);
+                    }
+                    let mut ticked = false;
+                    st.on_msg(m, &mut |_| ticked = true);
+                    dirty |= ticked;
                 }
-                None => break,
+                None if live => break,
+                None => {
+                    // The end of the recording: its last part, then browse.
+                    source_open = false;
+                    st.tick(st.last_ts());
+                    dirty = true;
+                }
             },
-            _ = tick.tick() => {
-                st.on_host(reader.sample());
-                st.tick(boot_ns());
-                dirty = true;
+            _ = tick.tick(), if live => {
+                if let Some((reader, _)) = host.as_mut() {
+                    st.on_host(reader.sample());
+                    st.tick(boot_ns());
+                    dirty = true;
+                }
             }
             ev = input.rx.recv() => match ev {
                 Some(Event::Key(k)) if k.kind != KeyEventKind::Release => {
@@ -251,6 +268,7 @@ async fn drive_tui(
             },
         }
     }
+    cancel.cancel();
     drop(input);
     drop(guard);
     Ok(())
@@ -344,7 +362,13 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         let r = if batch {
             drive_batch(&mut session, &mut st, &mut reader, &mut index, &args.view).await
         } else {
-            drive_tui(&mut session, &mut st, &mut reader, &mut index).await
+            drive_tui(
+                &mut session.rx,
+                &session.cancel,
+                &mut st,
+                Some((&mut reader, &mut index)),
+            )
+            .await
         };
         session.cancel.cancel();
         // Drain and detach whatever happens above.
@@ -362,8 +386,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `diag replay FILE top`: snapshots of the recording, every --interval of
-/// its time with --batch (up to --count), else one at its end.
+/// `diag replay FILE top`: on a terminal, the screen (paced by --speed;
+/// it stays after the end until `q`). Otherwise snapshots of the
+/// recording, every --interval of its time with --batch (up to --count),
+/// else one at its end.
 pub async fn replay(
     view: &TopView,
     port_range: Option<(u16, u16)>,
@@ -372,6 +398,9 @@ pub async fn replay(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let mut st = new_state(view, port_range, clock, Timebase::Events);
+    if !is_batch(view) {
+        return drive_tui(rx, cancel, &mut st, None).await;
+    }
     let limit = match (view.once, view.count, view.batch) {
         (true, _, _) => 1,
         (false, Some(n), _) => n,

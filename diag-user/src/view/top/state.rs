@@ -395,6 +395,14 @@ fn comm_of(c: &[u8; 16]) -> String {
 
 impl TopState {
     pub fn new(config: TopConfig, clock: WallClock, timebase: Timebase) -> Self {
+        let ui = Ui {
+            // A recording has no CPU numbers.
+            sort: match timebase {
+                Timebase::Live => SortKey::Cpu,
+                Timebase::Events => SortKey::Opens,
+            },
+            ..Ui::default()
+        };
         TopState {
             agg: TcpAggregate::new(config.tcp.clone()),
             config,
@@ -405,7 +413,7 @@ impl TopState {
             model: Model::default(),
             pending: None,
             events: VecDeque::new(),
-            ui: Ui::default(),
+            ui,
             detail_peers: Vec::new(),
             sched: HashMap::new(),
             runq_hist: HashMap::new(),
@@ -483,7 +491,8 @@ impl TopState {
                 }
                 // Events/s between the two latest readings (about a second
                 // apart, whatever the interval).
-                if h.ts_ns > self.health.ts_ns && self.health.ts_ns > 0 {
+                // (A last reading right after a stop comes sooner: skipped.)
+                if h.ts_ns >= self.health.ts_ns + 500_000_000 && self.health.ts_ns > 0 {
                     self.events_per_s = h.received.saturating_sub(self.health.received) as f64
                         / ((h.ts_ns - self.health.ts_ns) as f64 / 1e9);
                 }
