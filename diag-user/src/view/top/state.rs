@@ -738,7 +738,10 @@ impl TopState {
         }
         for (k, c) in &self.oom.by_victim {
             if let Some(r) = rows.get_mut(&k.pid) {
-                r.oom_kills += c.kills;
+                // Still exiting; a different name is a reused pid.
+                if r.comm == k.comm {
+                    r.oom_kills += c.kills;
+                }
             } else if let Some((_, r)) = self.last_seen.get(&k.pid) {
                 let mut r = r.clone();
                 r.oom_kills = c.kills;
