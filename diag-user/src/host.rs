@@ -213,7 +213,7 @@ pub struct HostSample {
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostReader {
     cgroups: HashMap<(u32, u64), Option<String>>,
     hz: u64,
@@ -221,6 +221,12 @@ pub struct HostReader {
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
+}
+
+impl Default for HostReader {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HostReader {

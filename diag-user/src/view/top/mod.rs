@@ -99,6 +99,27 @@ fn learn_memcgs(index: &mut CgroupIndex, msg: &Msg, st: &mut TopState) {
     }
 }
 
+/// A procfs sample, read off the runtime's thread (thousands of files on
+/// a busy host) so the live source keeps draining meanwhile.
+async fn sample(reader: &mut HostReader) -> crate::host::HostSample {
+    let mut r = std::mem::take(reader);
+    match tokio::task::spawn_blocking(move || {
+        let s = r.sample();
+        (r, s)
+    })
+    .await
+    {
+        Ok((r, s)) => {
+            *reader = r;
+            s
+        }
+        Err(_) => {
+            *reader = HostReader::new();
+            crate::host::HostSample::default()
+        }
+    }
+}
+
 /// Puts the terminal in raw mode on the alternate screen, and back when
 /// dropped, on panic too.
 struct TerminalGuard {
@@ -246,7 +267,7 @@ async fn drive_tui(
             },
             _ = tick.tick(), if live => {
                 if let Some((reader, _)) = host.as_mut() {
-                    st.on_host(reader.sample());
+                    st.on_host(sample(reader).await);
                     st.tick(boot_ns());
                     dirty = true;
                 }
@@ -302,7 +323,7 @@ async fn drive_batch(
                 None => break,
             },
             _ = tick.tick() => {
-                st.on_host(reader.sample());
+                st.on_host(sample(reader).await);
                 st.tick(boot_ns());
                 printed += 1;
                 if let Err(e) = print_snapshot(st, view.json, &mut out) {
