@@ -259,6 +259,7 @@ fn batch_once_shows_a_churning_process() {
         return;
     }
     let _guard = serial();
+    let stats_before = bpf_stats_enabled();
     let mut churn = Gen::spawn(&["churn", "15"]);
     churn.port();
     let pid = churn.pid();
@@ -302,6 +303,13 @@ fn batch_once_shows_a_churning_process() {
     assert!(s["host"]["cpu_pct"].as_f64().is_some(), "{s}");
     assert!(s["host"]["loadavg"]["one"].as_f64().is_some(), "{s}");
     assert!(s["diag"]["bpf_programs"].as_u64().unwrap() > 0, "{s}");
+    // The kernel counted the run time of diag's programs while it ran.
+    assert!(s["diag"]["bpf_cpu_pct"].as_f64().is_some(), "{s}");
+    assert_eq!(
+        bpf_stats_enabled(),
+        stats_before,
+        "statistics switched back"
+    );
 
     // --count N: N snapshots.
     let out = Diag::start(&["top", "-b", "-n", "2", "--interval", "300ms", "--json"])
