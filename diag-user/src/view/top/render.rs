@@ -512,6 +512,20 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
             ));
         }
     }
+    let tag = format!("pid {pid} (");
+    let hints: Vec<&String> = st
+        .model
+        .hints
+        .iter()
+        .filter(|h| h.starts_with(&tag))
+        .collect();
+    if !hints.is_empty() {
+        v.push(String::new());
+        v.push("Hints:".into());
+        for h in hints {
+            v.push(format!("  {h}"));
+        }
+    }
     v.push(String::new());
     let evs: Vec<&Notable> = st.events_of(pid).take(10).collect();
     if evs.is_empty() {

@@ -219,8 +219,11 @@ fn detail_view_of_the_selected_process() {
     let mut st = state();
     st.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
     st.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    st.model.hints = vec!["pid 300 (leaker) has 5 sockets in CLOSE_WAIT for over 10 s".into()];
     st.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     assert_eq!(st.ui.detail, Some(300));
+    let lines = render::detail_lines(&st, 300);
+    assert!(lines.iter().any(|l| l == "Hints:"), "{lines:?}");
     let all = draw(&st, 80, 24).join("\n");
     assert!(all.contains("process 300"), "{all}");
     assert!(all.contains("pid 300 (leaker)"), "{all}");
