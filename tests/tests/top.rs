@@ -415,8 +415,14 @@ fn the_screen_during_an_incident() {
         eprintln!("the_screen_during_an_incident: no cgroup v1 memory hierarchy, OOM part skipped");
     }
 
-    // Details of the churner: its connections by peer.
-    tmux.send(&["o"]);
+    // Details of the churner (filtered by its pid: other tests on this
+    // host may run loadgens too): its connections by peer.
+    tmux.send(&["/"]);
+    tmux.type_text(&churn_pid.to_string());
+    tmux.send(&["Enter"]);
+    tmux.wait_for("only the churner", Duration::from_secs(10), |s| {
+        row(s, churn_pid).is_some() && row(s, spin_pid).is_none()
+    });
     tmux.send(&["Home"]);
     thread::sleep(Duration::from_millis(300));
     tmux.send(&["Enter"]);

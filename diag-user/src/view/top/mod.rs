@@ -378,7 +378,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             Timebase::Live,
         );
         let mut reader = HostReader::new();
-        // The baseline for the first interval's CPU numbers.
+        // The baselines for the first interval's rates and CPU numbers.
+        st.start(boot_ns());
         st.on_host(reader.sample());
         let r = if batch {
             drive_batch(&mut session, &mut st, &mut reader, &mut index, &args.view).await

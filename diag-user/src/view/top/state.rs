@@ -378,6 +378,7 @@ pub struct TopState {
     host_now: Option<HostSample>,
     events_per_s: f64,
     seeded: bool,
+    baselined: bool,
     next_due: Option<u64>,
     last_ts: u64,
     /// Last activity of each pid seen (boot ns), and its last known row.
@@ -423,6 +424,7 @@ impl TopState {
             host_now: None,
             events_per_s: 0.0,
             seeded: false,
+            baselined: false,
             next_due: None,
             last_ts: 0,
             last_seen: HashMap::new(),
@@ -504,8 +506,14 @@ impl TopState {
                 } else {
                     self.seeded = true;
                     self.agg.seed(&rows, ts_ns);
-                    // The baseline for the first interval's rates.
-                    self.agg.snapshot(ts_ns);
+                    // The baseline for the first interval's rates, unless
+                    // taken at the start (the table can take a while to
+                    // read on a busy host: events counted meanwhile belong
+                    // to the first interval).
+                    if !self.baselined {
+                        self.agg.snapshot(ts_ns);
+                        self.baselined = true;
+                    }
                     self.start_clock(ts_ns);
                 }
                 self.last_ts = self.last_ts.max(ts_ns);
@@ -521,6 +529,13 @@ impl TopState {
         if self.next_due.is_none() {
             self.next_due = Some(ts + self.config.interval_ns);
         }
+    }
+
+    /// Live: the baseline for the first interval's rates, taken when the
+    /// probes are attached (before any event).
+    pub fn start(&mut self, now_ns: u64) {
+        self.agg.snapshot(now_ns);
+        self.baselined = true;
     }
 
     /// The last event time seen (replay: where the end is).
