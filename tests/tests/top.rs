@@ -356,7 +356,7 @@ fn the_screen_during_an_incident() {
         Duration::from_secs(20),
         |s| {
             row(s, churn_pid).is_some_and(|r| num(&r[OPENS]) > 0.0)
-                && row(s, spin_pid).is_some_and(|r| num(&r[CPU]) > 30.0)
+                && row(s, spin_pid).is_some_and(|r| num(&r[CPU]) > 15.0)
         },
     );
     assert!(s.contains("filter 'diag-loadgen'"), "{s}");
