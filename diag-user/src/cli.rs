@@ -378,6 +378,33 @@ pub struct ConnsView {
     pub json: bool,
 }
 
+/// Columns `diag top` can sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    /// CPU %
+    Cpu,
+    /// Connection opens per second
+    Opens,
+    /// Connection closes per second
+    Closes,
+    /// ESTABLISHED sockets
+    Estab,
+    /// TIME_WAIT sockets
+    TimeWait,
+    /// CLOSE_WAIT sockets
+    CloseWait,
+    /// Resets sent plus received
+    Resets,
+    /// Retransmissions
+    Retrans,
+    /// OOM kills
+    Oom,
+    /// Process id
+    Pid,
+    /// Command name
+    Name,
+}
+
 /// `diag top`: what to show, and how the kernel side is set up.
 #[derive(Debug, Clone, Args)]
 pub struct TopArgs {
@@ -410,6 +437,16 @@ pub struct TopView {
     /// Print snapshots as JSON, one object per line (implies --batch)
     #[arg(long)]
     pub json: bool,
+
+    /// Sort processes by (keys change it on the screen; default: cpu, or
+    /// opens for a replay)
+    #[arg(long, value_enum)]
+    pub sort: Option<TopSort>,
+
+    /// Only processes whose name contains TEXT, or with this pid (`/` on
+    /// the screen)
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
 
     /// A socket in CLOSE_WAIT for longer than this is a leak
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -748,6 +785,8 @@ mod tests {
         assert!(Cli::try_parse_from(["diag", "top", "--once", "--count", "2"]).is_err());
         assert!(Cli::try_parse_from(["diag", "top", "--count", "0"]).is_err());
         assert!(Cli::try_parse_from(["diag", "top", "-b", "-n", "3", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["diag", "top", "--sort", "close-wait"]).is_ok());
+        assert!(Cli::try_parse_from(["diag", "top", "--sort", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["diag", "replay", "f.diag", "top", "--json"]).is_ok());
     }
 

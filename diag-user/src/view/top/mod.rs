@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::{
     Msg,
     aggregate::tcp::TcpConfig,
-    cli::{EventClass, TopArgs, TopView},
+    cli::{EventClass, TopArgs, TopSort, TopView},
     clock::{WallClock, boot_ns},
     enrich::{self, oom::CgroupIndex},
     host::{BpfStats, HostReader},
@@ -44,7 +44,7 @@ use crate::{
         conns::{Timebase, ignore_broken_pipe},
     },
 };
-use state::{Action, TopConfig, TopState};
+use state::{Action, SortKey, TopConfig, TopState};
 
 /// The state for `view`.
 pub fn new_state(
@@ -63,7 +63,31 @@ pub fn new_state(
         },
         ..TopConfig::default()
     };
-    TopState::new(config, clock, timebase)
+    let mut st = TopState::new(config, clock, timebase);
+    if let Some(sort) = view.sort {
+        st.ui.sort = sort_key(sort);
+    }
+    if let Some(f) = &view.filter {
+        st.ui.filter = f.clone();
+    }
+    st
+}
+
+/// The table column of a `--sort` value.
+pub fn sort_key(s: TopSort) -> SortKey {
+    match s {
+        TopSort::Cpu => SortKey::Cpu,
+        TopSort::Opens => SortKey::Opens,
+        TopSort::Closes => SortKey::Closes,
+        TopSort::Estab => SortKey::Estab,
+        TopSort::TimeWait => SortKey::TimeWait,
+        TopSort::CloseWait => SortKey::CloseWait,
+        TopSort::Resets => SortKey::Resets,
+        TopSort::Retrans => SortKey::Retrans,
+        TopSort::Oom => SortKey::Oom,
+        TopSort::Pid => SortKey::Pid,
+        TopSort::Name => SortKey::Comm,
+    }
 }
 
 /// Batch mode writes snapshots; the terminal is left alone.
