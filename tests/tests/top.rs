@@ -57,12 +57,15 @@ impl Drop for Gen {
 /// a plain shell; killed on drop, whatever happened.
 struct Tmux {
     socket: String,
+    /// The server's socket file, removed on drop.
+    socket_path: Option<String>,
 }
 
 impl Tmux {
     fn start() -> Tmux {
-        let t = Tmux {
+        let mut t = Tmux {
             socket: format!("diag-top-test-{}", std::process::id()),
+            socket_path: None,
         };
         let st = t
             .cmd()
@@ -71,6 +74,7 @@ impl Tmux {
             .status()
             .expect("tmux (cargo xtask setup installs it)");
         assert!(st.success(), "tmux new-session failed");
+        t.socket_path = Some(t.display("#{socket_path}")).filter(|p| !p.is_empty());
         // The window keeps its size without a client attached.
         let _ = t
             .cmd()
@@ -146,6 +150,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").status();
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
