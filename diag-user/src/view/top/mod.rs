@@ -61,6 +61,7 @@ pub fn new_state(
             pressure_warn: view.pressure_warn / 100.0,
             ..TcpConfig::default()
         },
+        self_pid: (timebase == Timebase::Live).then(std::process::id),
         ..TopConfig::default()
     };
     let mut st = TopState::new(config, clock, timebase);

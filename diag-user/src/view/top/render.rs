@@ -229,11 +229,14 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
     };
     v.push(format!("OOM kills {}  {ports}", m.oom_kills));
     let d = &m.diag;
-    let bpf = match d.bpf_cpu_pct {
+    let mut bpf = match d.bpf_cpu_pct {
         Some(p) => format!("  bpf {p:.2}% cpu"),
         None if st.host_known => "  bpf cpu -".to_string(),
         None => String::new(),
     };
+    if let Some(p) = d.self_cpu_pct {
+        let _ = write!(bpf, ", user {p:.1}%");
+    }
     v.push(format!(
         "diag: {} ev/s dropped {} map-full {}{bpf}",
         rate(d.events_per_s),

@@ -39,6 +39,8 @@ pub struct TopConfig {
     pub tcp: TcpConfig,
     /// Resets per second (sent plus received) of one process that make a burst.
     pub reset_burst_per_s: f64,
+    /// diag's own pid (live), for what watching costs in user space.
+    pub self_pid: Option<u32>,
 }
 
 impl Default for TopConfig {
@@ -47,6 +49,7 @@ impl Default for TopConfig {
             interval_ns: 1_000_000_000,
             tcp: TcpConfig::default(),
             reset_burst_per_s: 10.0,
+            self_pid: None,
         }
     }
 }
@@ -142,6 +145,8 @@ pub struct DiagView {
     /// CPU used by diag's BPF programs, % of one CPU (None: statistics off).
     pub bpf_cpu_pct: Option<f64>,
     pub bpf_programs: u32,
+    /// CPU used by diag itself in user space, % of one CPU.
+    pub self_cpu_pct: Option<f64>,
 }
 
 /// What kind of notable event.
@@ -376,9 +381,11 @@ pub struct TopState {
     pub host_known: bool,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
-    events_per_s: f64,
+    events_since_tick: u64,
+    last_tick_ns: Option<u64>,
     seeded: bool,
     baselined: bool,
+    baseline_ns: Option<u64>,
     next_due: Option<u64>,
     last_ts: u64,
     /// Last activity of each pid seen (boot ns), and its last known row.
@@ -422,9 +429,11 @@ impl TopState {
             host_known: timebase == Timebase::Live,
             host_prev: None,
             host_now: None,
-            events_per_s: 0.0,
+            events_since_tick: 0,
+            last_tick_ns: None,
             seeded: false,
             baselined: false,
+            baseline_ns: None,
             next_due: None,
             last_ts: 0,
             last_seen: HashMap::new(),
@@ -463,6 +472,7 @@ impl TopState {
                         }
                     }
                     self.last_ts = self.last_ts.max(ts);
+                    self.events_since_tick += 1;
                     self.on_event(e);
                 }
             }
@@ -491,13 +501,6 @@ impl TopState {
                 if self.timebase == Timebase::Events {
                     self.last_ts = self.last_ts.max(h.ts_ns);
                 }
-                // Events/s between the two latest readings (about a second
-                // apart, whatever the interval).
-                // (A last reading right after a stop comes sooner: skipped.)
-                if h.ts_ns >= self.health.ts_ns + 500_000_000 && self.health.ts_ns > 0 {
-                    self.events_per_s = h.received.saturating_sub(self.health.received) as f64
-                        / ((h.ts_ns - self.health.ts_ns) as f64 / 1e9);
-                }
                 self.health = h;
             }
             Msg::Table { ts_ns, rows } => {
@@ -513,6 +516,9 @@ impl TopState {
                     if !self.baselined {
                         self.agg.snapshot(ts_ns);
                         self.baselined = true;
+                        self.baseline_ns = Some(ts_ns);
+                        // Events before the baseline are not in its rates.
+                        self.events_since_tick = 0;
                     }
                     self.start_clock(ts_ns);
                 }
@@ -536,6 +542,7 @@ impl TopState {
     pub fn start(&mut self, now_ns: u64) {
         self.agg.snapshot(now_ns);
         self.baselined = true;
+        self.baseline_ns = Some(now_ns);
     }
 
     /// The last event time seen (replay: where the end is).
@@ -684,7 +691,6 @@ impl TopState {
             decode_errors: h.decode_errors,
             ..Default::default()
         };
-        d.events_per_s = self.events_per_s;
         if let Some(now) = &self.host_now
             && let Some(bpf) = now.bpf
         {
@@ -794,6 +800,20 @@ impl TopState {
         self.last_seen.retain(|pid, (t, _)| {
             rows.contains_key(pid) || now_ns.saturating_sub(*t) < GONE_LINGER_NS
         });
+        let mut diag = diag;
+        // Events that reached user space, per second since the last frame.
+        if let Some(t0) = self.last_tick_ns.or(self.baseline_ns)
+            && now_ns > t0
+        {
+            diag.events_per_s = self.events_since_tick as f64 / ((now_ns - t0) as f64 / 1e9);
+        }
+        self.events_since_tick = 0;
+        self.last_tick_ns = Some(now_ns);
+        diag.self_cpu_pct = self
+            .config
+            .self_pid
+            .and_then(|p| rows.get(&p))
+            .and_then(|r| r.cpu_pct);
         let rows: Vec<Row> = rows.into_values().collect();
         self.detect(&snap, &rows, now_ns);
 

@@ -83,6 +83,7 @@ fn state() -> TopState {
             decode_errors: 0,
             bpf_cpu_pct: Some(0.42),
             bpf_programs: 8,
+            self_cpu_pct: Some(2.5),
         },
         rows: vec![
             row(100, "churner", 20.0, 250.0, 0, 0),
@@ -138,7 +139,7 @@ fn header_shows_host_tcp_oom_and_diag_health() {
     );
     assert!(all.contains("OOM kills 1  ports -"), "{all}");
     assert!(
-        all.contains("diag: 1200 ev/s dropped 0 map-full 0  bpf 0.42% cpu"),
+        all.contains("diag: 1200 ev/s dropped 0 map-full 0  bpf 0.42% cpu, user 2.5%"),
         "{all}"
     );
     // Every header line fits in 80 columns.
