@@ -480,6 +480,46 @@ fn the_screen_during_an_incident() {
     }
 }
 
+#[test]
+fn top_exits_when_its_terminal_disappears() {
+    if !require_root("top_exits_when_its_terminal_disappears") {
+        return;
+    }
+    let _guard = serial();
+    let tmux = Tmux::start();
+    tmux.type_text(&format!("{} top", diag_bin().display()));
+    tmux.send(&["Enter"]);
+    tmux.wait_for("the top screen", Duration::from_secs(30), |s| {
+        s.starts_with("diag top ") && s.contains("PID ")
+    });
+    let shell = tmux.display("#{pane_pid}");
+    let children =
+        std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
+    let pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child of the shell {shell}"));
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .starts_with("diag"),
+        "pid {pid} is diag"
+    );
+    // The terminal goes away (as when an ssh session drops).
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let left = Path::new(&format!("/proc/{pid}")).exists();
+    if left {
+        // SAFETY: kill(2) of the diag this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(!left, "diag top kept running after its terminal was gone");
+}
+
 impl Tmux {
     /// diag is gone and the terminal is as it was: the shell's prompt on
     /// the normal screen, raw mode off.

@@ -196,11 +196,13 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Reads the keyboard in a thread (crossterm blocks) until stopped.
+/// Reads the keyboard in a thread (crossterm blocks) until stopped. The
+/// thread is never joined: when the terminal is gone (a closed ssh session,
+/// a killed tmux), crossterm's read can spin without returning, and diag
+/// must still exit (the thread ends with the process).
 struct Input {
     rx: mpsc::UnboundedReceiver<Event>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Input {
@@ -208,7 +210,7 @@ impl Input {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match event::poll(Duration::from_millis(100)) {
                     Ok(true) => match event::read() {
@@ -224,20 +226,13 @@ impl Input {
                 }
             }
         });
-        Input {
-            rx,
-            stop,
-            thread: Some(thread),
-        }
+        Input { rx, stop }
     }
 }
 
 impl Drop for Input {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
