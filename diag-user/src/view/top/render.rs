@@ -413,7 +413,8 @@ fn draw_table(f: &mut Frame, area: Rect, st: &TopState) {
                 if i == CGROUP {
                     text = tail_of(&text, cg_w);
                 } else if i == 1 && !r.alive {
-                    text = format!("[{text}]");
+                    let keep = (c.width as usize).saturating_sub(2);
+                    text = format!("[{}]", text.chars().take(keep).collect::<String>());
                 }
                 let text = if c.right {
                     format!("{text:>w$}", w = c.width as usize)
