@@ -29,6 +29,9 @@ pub enum Command {
     /// Per-process TCP analytics: churn, states, TIME_WAIT/CLOSE_WAIT, port pressure
     #[command(long_about = CONNS_ABOUT, after_help = CONNS_EXAMPLES)]
     Conns(ConnsArgs),
+    /// The live USE view of the host, per process, like top (q quits, ? helps)
+    #[command(long_about = TOP_ABOUT, after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Record a session to a file for later review (replay, report, export)
     #[command(long_about = RECORD_ABOUT, after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
@@ -75,8 +78,8 @@ Examples:
   diag report /var/tmp/incident.diag";
 
 const REPLAY_ABOUT: &str = "\
-Play a recording through the same views as live: `diag replay FILE tail` or \
-`diag replay FILE conns`, with their usual flags. As fast as possible by \
+Play a recording through the same views as live: `diag replay FILE tail`, \
+`diag replay FILE conns` or `diag replay FILE top`, with their usual flags. As fast as possible by \
 default, or at --speed N times the recorded pace. --from and --to cut a \
 window (HH:MM[:SS] on the recording's day, or RFC 3339). Damage in the file \
 (truncation, bad checksums) is reported where it is, and the rest still \
@@ -159,6 +162,35 @@ Examples:
   diag conns --watch --interval 5s  a snapshot every 5 s
   diag conns --sort time-wait       who holds the most TIME_WAIT sockets
   diag conns --json | jq .hints     machine-readable";
+
+const TOP_ABOUT: &str = "\
+One screen that answers \"who is suffering and who is causing it\" during an \
+incident, refreshed every --interval.
+
+The header: load averages, runnable and blocked tasks, CPU use, memory and \
+swapping, TCP totals (opens/s, closes/s, ESTABLISHED, TIME_WAIT, CLOSE_WAIT, \
+resets/s, retransmits/s), the worst ephemeral-port pressure, OOM kills since \
+start, and diag's own health: events/s, drops, map-full counts, and the CPU \
+its BPF programs use (BPF run-time statistics are switched on while top runs).
+
+One row per process: CPU %, connection opens/s and closes/s, ESTABLISHED, \
+TIME_WAIT and CLOSE_WAIT sockets (CW! marks leaks), resets, retransmits, OOM \
+kills, cgroup. Below, the latest notable events: OOM kills, CLOSE_WAIT leaks, \
+reset bursts, port pressure, drops.
+
+Keys: ? help, q quit, / filter, p or space pause, < > or a column's letter \
+sort (c CPU, o opens, t TIME_WAIT, w CLOSE_WAIT, r resets, ...), arrows and \
+Enter show a process's connections by peer and its events.
+
+When standard output is not a terminal, or with --batch, --once or --json, \
+top prints plain snapshots instead, like `top -b`.";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  diag top                              the interactive screen
+  diag top --once                       one snapshot after one interval
+  diag top --batch --count 5 --interval 2s > top.txt
+  diag top --once --json | jq '.processes[0]'";
 
 const CHECK_ABOUT: &str = "\
 Check that this host can run diag: kernel version, BTF, tracefs (mounted if \
@@ -373,6 +405,89 @@ pub struct ConnsView {
     pub json: bool,
 }
 
+/// Columns `diag top` can sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    /// CPU %
+    Cpu,
+    /// Connection opens per second
+    Opens,
+    /// Connection closes per second
+    Closes,
+    /// ESTABLISHED sockets
+    Estab,
+    /// TIME_WAIT sockets
+    TimeWait,
+    /// CLOSE_WAIT sockets
+    CloseWait,
+    /// Resets sent plus received
+    Resets,
+    /// Retransmissions
+    Retrans,
+    /// OOM kills
+    Oom,
+    /// Process id
+    Pid,
+    /// Command name
+    Name,
+}
+
+/// `diag top`: what to show, and how the kernel side is set up.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub view: TopView,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// What `top` shows (live or replayed).
+#[derive(Debug, Clone, Args)]
+pub struct TopView {
+    /// Refresh every DURATION: rates are per second over it
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// Print plain snapshots instead of the interactive screen (the default
+    /// when standard output is not a terminal)
+    #[arg(short, long)]
+    pub batch: bool,
+
+    /// One snapshot after one interval, then exit (implies --batch)
+    #[arg(long, conflicts_with = "count")]
+    pub once: bool,
+
+    /// With --batch: stop after N snapshots (default: until Ctrl-C)
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Print snapshots as JSON, one object per line (implies --batch)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Sort processes by (keys change it on the screen; default: cpu, or
+    /// opens for a replay)
+    #[arg(long, value_enum)]
+    pub sort: Option<TopSort>,
+
+    /// Only processes whose name contains TEXT, or with this pid (`/` on
+    /// the screen)
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+
+    /// A socket in CLOSE_WAIT for longer than this is a leak
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub close_wait_threshold: std::time::Duration,
+
+    /// How often TCP gauges are reconciled with the kernel's socket table
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reconcile: std::time::Duration,
+
+    /// Warn when a destination uses this percentage of the ephemeral ports
+    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
+    pub pressure_warn: f64,
+}
+
 /// `diag record`.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
@@ -485,6 +600,9 @@ pub enum ReplayView {
     Tail(TailView),
     /// Per-process TCP analytics, as `diag conns`
     Conns(ConnsView),
+    /// The per-process view of `diag top`, as text or JSON snapshots (no
+    /// host numbers: they are not recorded)
+    Top(TopView),
 }
 
 /// `diag report`.
@@ -871,6 +989,21 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["diag", "replay", "f.diag", "conns", "--watch"]).is_ok());
         assert!(Cli::try_parse_from(["diag", "export", "f.diag", "--format", "pdf"]).is_err());
+    }
+
+    #[test]
+    fn top_flags() {
+        let Some(Command::Top(t)) = Cli::try_parse_from(["diag", "top"]).unwrap().command else {
+            panic!()
+        };
+        assert!(!t.view.batch && !t.view.once && t.view.count.is_none());
+        assert_eq!(t.view.interval, std::time::Duration::from_secs(1));
+        assert!(Cli::try_parse_from(["diag", "top", "--once", "--count", "2"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "top", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "top", "-b", "-n", "3", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["diag", "top", "--sort", "close-wait"]).is_ok());
+        assert!(Cli::try_parse_from(["diag", "top", "--sort", "bogus"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "replay", "f.diag", "top", "--json"]).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod enrich;
 pub mod error;
+pub mod host;
 pub mod loader;
 pub mod probes;
 pub mod record;
@@ -44,6 +45,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Check(args) => Ok(loader::run_check(&args)),
         cli::Command::Tail(args) => view::tail::run(args),
         cli::Command::Conns(args) => view::conns::run(args),
+        cli::Command::Top(args) => view::top::run(args),
         cli::Command::Record(args) => record::run(args),
         cli::Command::Replay(args) => source::replay::run(args),
         cli::Command::Report(args) => view::report::run(args),

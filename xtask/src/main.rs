@@ -76,6 +76,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss, for tests"),
     ("util-linux", "setpriv, for the non-root test"),
     ("procps", "ps, for tests"),
+    ("tmux", "a terminal for the `diag top` screen tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1104,6 +1104,74 @@ impl TcpAggregate {
     }
 }
 
+/// One process's sockets toward one peer: outbound connections by remote
+/// endpoint, inbound ones by remote address and local (listening) port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerConns {
+    pub remote_ip: IpAddr,
+    /// Outbound: the remote port. Inbound: None (clients use many ports).
+    pub remote_port: Option<u16>,
+    /// Inbound: the local port they came to.
+    pub local_port: Option<u16>,
+    pub states: StateCounts,
+    pub total: u64,
+}
+
+impl TcpAggregate {
+    /// The sockets process `pid` holds now (TIME_WAIT: those it closed
+    /// first), grouped by peer, most first. Listening sockets are left out.
+    pub fn connections_of(&self, pid: u32) -> Vec<PeerConns> {
+        let listening: HashSet<u16> = self
+            .all_socks()
+            .filter(|s| s.state == state::LISTEN)
+            .map(|s| s.local.port())
+            .collect();
+        let mut groups: BTreeMap<(IpAddr, Option<u16>, Option<u16>), StateCounts> = BTreeMap::new();
+        let mut add = |local: &SocketAddr, remote: &SocketAddr, st: u8| {
+            let key = if listening.contains(&local.port()) {
+                (remote.ip(), None, Some(local.port()))
+            } else {
+                (remote.ip(), Some(remote.port()), None)
+            };
+            groups.entry(key).or_default().add(st);
+        };
+        for s in self.all_socks() {
+            if s.state != state::LISTEN && s.owner.as_ref().is_some_and(|o| o.pid == pid) {
+                add(&s.local, &s.remote, s.state);
+            }
+        }
+        for ((local, remote), t) in &self.timewait {
+            if t.owner.as_ref().is_some_and(|o| o.pid == pid) {
+                add(local, remote, t.substate);
+            }
+        }
+        let mut out: Vec<PeerConns> = groups
+            .into_iter()
+            .map(|((remote_ip, remote_port, local_port), states)| {
+                let c = &states;
+                let total = c.established
+                    + c.syn_sent
+                    + c.syn_recv
+                    + c.fin_wait1
+                    + c.fin_wait2
+                    + c.close_wait
+                    + c.last_ack
+                    + c.closing
+                    + c.time_wait;
+                PeerConns {
+                    remote_ip,
+                    remote_port,
+                    local_port,
+                    states,
+                    total,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.total));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1324,6 +1392,22 @@ mod tests {
         assert_eq!(later.states.time_wait, 0);
         assert_eq!(row(&later, 100).rates.active_opens, 0.0);
         assert!(later.hints.is_empty());
+    }
+
+    #[test]
+    fn connections_of_groups_by_peer() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        for n in 0..3 {
+            g.connection(&mut agg, 100, 200, 40000 + n as u16, n);
+        }
+        let c = agg.connections_of(100);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].remote_port, Some(80));
+        assert_eq!(c[0].states.time_wait, 3);
+        assert_eq!(c[0].total, 3);
+        assert!(agg.connections_of(200).is_empty(), "the server holds none");
+        assert!(agg.connections_of(999).is_empty());
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
                 sink.finish(0, &mut out).or_else(ignore_broken_pipe)?;
             }
+            ReplayView::Top(view) => {
+                crate::view::top::replay(&view, header.port_range, clock, &mut rx, &cancel).await?;
+            }
         }
         let stats = tokio::task::spawn_blocking(move || reader_thread.join())
             .await?

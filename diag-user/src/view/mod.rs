@@ -5,6 +5,7 @@ pub mod export;
 pub mod report;
 pub mod runq;
 pub mod tail;
+pub mod top;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;

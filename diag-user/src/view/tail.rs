@@ -203,7 +203,7 @@ pub fn human_kb(kb: u64) -> String {
     }
 }
 
-fn page_kb() -> u64 {
+pub fn page_kb() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as u64 / 1024 } else { 4 }

@@ -26,6 +26,12 @@
 //!     Allocate MIB MiB, touching every page (so it is resident), print
 //!     `ALLOCATED`; with `hold`, then sleep until killed. In a memory
 //!     cgroup with a smaller limit, this is an OOM kill on demand.
+//! diag-loadgen churn SECONDS
+//!     One process that is both ends: listen on 127.0.0.1 (print `PORT
+//!     <n>`), then connect, write one byte and close, about 200 times a
+//!     second for SECONDS, accepting each (read to EOF, close).
+//! diag-loadgen spin SECONDS
+//!     Burn one CPU for SECONDS (print `SPINNING`).
 
 use std::{
     io::{Read, Write},
@@ -194,6 +200,41 @@ fn alloc(mib: usize, hold: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+fn churn(secs: u64) -> std::io::Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    println!("PORT {}", addr.port());
+    std::io::stdout().flush()?;
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 64];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(b"x")?;
+        drop(s);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn spin(secs: u64) -> std::io::Result<()> {
+    println!("SPINNING");
+    std::io::stdout().flush()?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut x = 0u64;
+    while std::time::Instant::now() < end {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = if args.first().map(String::as_str) == Some("listen-full") {
@@ -220,6 +261,8 @@ fn main() -> ExitCode {
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
         }
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
+        "churn" => churn(count as u64),
+        "spin" => spin(count as u64),
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);

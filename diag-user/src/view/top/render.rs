@@ -1,0 +1,728 @@
+//! Drawing `diag top`: pure functions of [`TopState`] — a ratatui frame
+//! for the terminal, plain text and JSON for batch mode.
+
+use std::fmt::Write as _;
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TRow, Table, TableState, Wrap},
+};
+use serde::Serialize;
+
+use super::state::{Model, Notable, Row, SortKey, TopState};
+use crate::view::tail::{human_kb, human_ns};
+
+/// A rate per second in few characters: 0, 3.5, 120, 12k.
+pub fn rate(v: f64) -> String {
+    if v <= 0.0 {
+        "0".into()
+    } else if v < 10.0 {
+        format!("{v:.1}")
+    } else if v < 10_000.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{:.0}k", v / 1000.0)
+    }
+}
+
+fn count(v: u64) -> String {
+    if v < 100_000 {
+        v.to_string()
+    } else {
+        format!("{}k", v / 1000)
+    }
+}
+
+/// A table column.
+#[derive(Debug, Clone, Copy)]
+pub struct Col {
+    pub title: &'static str,
+    pub width: u16,
+    pub right: bool,
+    pub sort: Option<SortKey>,
+    pub sched: bool,
+}
+
+const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>) -> Col {
+    Col {
+        title,
+        width,
+        right,
+        sort,
+        sched: false,
+    }
+}
+
+/// Every column, in order; CGROUP last (it takes what is left).
+pub const COLUMNS: [Col; 15] = [
+    col("PID", 7, false, Some(SortKey::Pid)),
+    col("COMM", 13, false, Some(SortKey::Comm)),
+    col("CPU%", 5, true, Some(SortKey::Cpu)),
+    col("OPN/s", 5, true, Some(SortKey::Opens)),
+    col("CLS/s", 5, true, Some(SortKey::Closes)),
+    col("ESTAB", 5, true, Some(SortKey::Estab)),
+    col("TW", 5, true, Some(SortKey::TimeWait)),
+    col("CW", 4, true, Some(SortKey::CloseWait)),
+    col("RST", 4, true, Some(SortKey::Resets)),
+    col("RETX", 4, true, Some(SortKey::Retrans)),
+    col("OOM", 3, true, Some(SortKey::Oom)),
+    Col {
+        sched: true,
+        ..col("RQ-p99", 7, true, Some(SortKey::RunqP99))
+    },
+    Col {
+        sched: true,
+        ..col("WAIT%", 5, true, Some(SortKey::WaitPct))
+    },
+    Col {
+        sched: true,
+        ..col("BLOCKED", 7, true, Some(SortKey::Blocked))
+    },
+    col("CGROUP", 6, false, None),
+];
+
+const CGROUP: usize = COLUMNS.len() - 1;
+
+/// The text of one cell.
+pub fn cell(i: usize, r: &Row) -> String {
+    let t = r.tcp;
+    let s = r.sched;
+    let dash = || "-".to_string();
+    match i {
+        0 => r.pid.to_string(),
+        1 => r.comm.clone(),
+        2 => r.cpu_pct.map_or_else(dash, |c| format!("{c:.1}")),
+        3 => t.map_or_else(dash, |t| rate(t.opens_per_s)),
+        4 => t.map_or_else(dash, |t| rate(t.closes_per_s)),
+        5 => t.map_or_else(dash, |t| count(t.established)),
+        6 => t.map_or_else(dash, |t| count(t.time_wait)),
+        7 => t.map_or_else(dash, |t| {
+            if t.leaks > 0 {
+                format!("{}!", count(t.close_wait))
+            } else {
+                count(t.close_wait)
+            }
+        }),
+        8 => t.map_or_else(dash, |t| count(t.resets)),
+        9 => t.map_or_else(dash, |t| count(t.retransmits)),
+        10 => {
+            if r.oom_kills > 0 {
+                r.oom_kills.to_string()
+            } else {
+                dash()
+            }
+        }
+        11 => s.map_or_else(dash, |s| human_ns(s.runq_p99_ns)),
+        12 => s.map_or_else(dash, |s| format!("{:.1}", s.wait_pct)),
+        13 => s.map_or_else(dash, |s| human_ns(s.blocked_ns)),
+        _ => r.cgroup.clone().unwrap_or_else(dash),
+    }
+}
+
+/// The columns that fit in `width`: all but the scheduler ones and CGROUP
+/// always; then the scheduler columns when they fit (first when some row
+/// has scheduler numbers); CGROUP with what is left.
+pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
+    let base: Vec<usize> = (0..CGROUP).filter(|&i| !COLUMNS[i].sched).collect();
+    let used = |cols: &[usize]| -> u16 { cols.iter().map(|&i| COLUMNS[i].width + 1).sum() };
+    let mut cols = base;
+    let sched: Vec<usize> = (0..CGROUP).filter(|&i| COLUMNS[i].sched).collect();
+    let sched_w: u16 = sched.iter().map(|&i| COLUMNS[i].width + 1).sum();
+    let cg_min = COLUMNS[CGROUP].width + 4;
+    let room = width.saturating_sub(used(&cols));
+    if room >= sched_w + if any_sched { 0 } else { cg_min } {
+        cols.extend(&sched);
+    }
+    if width.saturating_sub(used(&cols)) >= COLUMNS[CGROUP].width {
+        cols.push(CGROUP);
+    }
+    cols
+}
+
+/// The last `max` characters of a path, marked when cut.
+fn tail_of(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max || max < 2 {
+        return s.to_string();
+    }
+    let keep: String = s.chars().skip(n - (max - 1)).collect();
+    format!("…{keep}")
+}
+
+/// The header lines (shared by the terminal and text output).
+pub fn header_lines(st: &TopState) -> Vec<String> {
+    let m = &st.model;
+    let mut v = Vec::new();
+    let when = if m.ts_ns == 0 {
+        "--:--:--".to_string()
+    } else {
+        st.clock.wall(m.ts_ns).format("%H:%M:%S").to_string()
+    };
+    let every = format!("{:.3}", st.config.interval_ns as f64 / 1e9);
+    let every = every.trim_end_matches('0').trim_end_matches('.');
+    let mut l1 = format!("diag top {when} every {every}s");
+    match &m.host {
+        Some(h) => {
+            if let Some(l) = h.loadavg {
+                let _ = write!(l1, "  load {:.2} {:.2} {:.2}", l.one, l.five, l.fifteen);
+            }
+            let _ = write!(l1, "  tasks run {} blocked {}", h.running, h.blocked);
+        }
+        None if st.host_known => l1.push_str("  (first sample in one interval)"),
+        None => l1.push_str("  host: not recorded"),
+    }
+    if st.ui.paused {
+        l1.push_str("  PAUSED");
+    }
+    v.push(l1);
+    if let Some(h) = &m.host {
+        let used = h.mem_total_kb.saturating_sub(h.mem_available_kb);
+        let mem_pct = if h.mem_total_kb > 0 {
+            used as f64 * 100.0 / h.mem_total_kb as f64
+        } else {
+            0.0
+        };
+        let swap = if h.swap_total_kb == 0 {
+            "swap none".to_string()
+        } else {
+            format!(
+                "swap {:.0}% in {} out {} pg/s",
+                h.swap_used_kb as f64 * 100.0 / h.swap_total_kb as f64,
+                rate(h.swap_in_per_s),
+                rate(h.swap_out_per_s)
+            )
+        };
+        v.push(format!(
+            "CPU {} us {:.0} sy {:.0} io {:.0} st {:.0} ({} cpus)  MEM {:.0}% of {}  {swap}",
+            h.cpu_pct.map_or("-".into(), |c| format!("{c:.1}%")),
+            h.user_pct,
+            h.system_pct,
+            h.iowait_pct,
+            h.steal_pct,
+            h.cpus,
+            mem_pct,
+            human_kb(h.mem_total_kb),
+        ));
+    }
+    let t = &m.tcp;
+    v.push(format!(
+        "TCP open {}/s close {}/s  ESTAB {} TW {} CW {}  RST {}/s RETX {}/s",
+        rate(t.opens_per_s),
+        rate(t.closes_per_s),
+        t.established,
+        t.time_wait,
+        t.close_wait,
+        rate(t.resets_per_s),
+        rate(t.retransmits_per_s),
+    ));
+    let ports = match &t.worst_pressure {
+        Some(p) => format!(
+            "ports {:.0}% used{} to {}",
+            p.ratio * 100.0,
+            if p.warning { " (WARNING)" } else { "" },
+            p.destination.remote
+        ),
+        None => "ports -".into(),
+    };
+    v.push(format!("OOM kills {}  {ports}", m.oom_kills));
+    let d = &m.diag;
+    let mut bpf = match d.bpf_cpu_pct {
+        Some(p) => format!("  bpf {p:.2}% cpu"),
+        None if st.host_known => "  bpf cpu -".to_string(),
+        None => String::new(),
+    };
+    if let Some(p) = d.self_cpu_pct {
+        let _ = write!(bpf, ", user {p:.1}%");
+    }
+    v.push(format!(
+        "diag: {} ev/s dropped {} map-full {}{bpf}",
+        rate(d.events_per_s),
+        d.dropped,
+        d.map_full,
+    ));
+    v
+}
+
+fn notable_line(st: &TopState, e: &Notable) -> String {
+    format!(
+        "{} {:<6} {}",
+        st.clock.wall(e.ts_ns).format("%H:%M:%S"),
+        e.kind.label(),
+        e.text
+    )
+}
+
+fn cell_style(i: usize, r: &Row) -> Style {
+    match i {
+        7 if r.tcp.is_some_and(|t| t.leaks > 0) => {
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+        }
+        10 if r.oom_kills > 0 => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        2 if r.cpu_pct.is_some_and(|c| c >= 80.0) => Style::new().fg(Color::Yellow),
+        _ => Style::new(),
+    }
+}
+
+/// Draw the whole screen.
+pub fn draw(f: &mut Frame, st: &TopState) {
+    let area = f.area();
+    let header = header_lines(st);
+    let header_h = (header.len() as u16).min(area.height);
+    let events_h = if area.height >= 20 {
+        6
+    } else if area.height >= 14 {
+        3
+    } else {
+        0
+    };
+    let footer_h = u16::from(area.height > header_h + 2);
+    let [head, body, events, footer] = Layout::vertical([
+        Constraint::Length(header_h),
+        Constraint::Min(1),
+        Constraint::Length(events_h),
+        Constraint::Length(footer_h),
+    ])
+    .areas(area);
+    let head_lines: Vec<Line> = header
+        .into_iter()
+        .map(|l| {
+            let warn = (l.starts_with("OOM") && !l.starts_with("OOM kills 0 "))
+                || l.contains("(WARNING)")
+                || (l.starts_with("diag:") && !l.contains("dropped 0 map-full 0"));
+            let style = if warn {
+                Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD)
+            } else {
+                Style::new()
+            };
+            Line::styled(l, style)
+        })
+        .collect();
+    f.render_widget(Paragraph::new(head_lines), head);
+    match st.ui.detail {
+        Some(pid) => draw_detail(f, body, st, pid),
+        None => draw_table(f, body, st),
+    }
+    if events_h > 0 {
+        let lines: Vec<Line> = st
+            .events
+            .iter()
+            .take(events_h.saturating_sub(1) as usize)
+            .map(|e| {
+                let style = match e.kind {
+                    super::state::NotableKind::OomKill => Style::new().fg(Color::Red),
+                    super::state::NotableKind::Drops => Style::new().fg(Color::Yellow),
+                    _ => Style::new(),
+                };
+                Line::styled(notable_line(st, e), style)
+            })
+            .collect();
+        let lines = if lines.is_empty() {
+            vec![Line::from("(nothing notable yet)")]
+        } else {
+            lines
+        };
+        f.render_widget(
+            Paragraph::new(lines).block(
+                Block::new()
+                    .borders(Borders::TOP)
+                    .title(" events, newest first "),
+            ),
+            events,
+        );
+    }
+    if footer_h > 0 {
+        let text = if st.ui.editing_filter {
+            format!(
+                "filter (name or pid, Enter keeps, Esc clears): {}_",
+                st.ui.filter
+            )
+        } else {
+            let mut s = String::new();
+            if !st.ui.filter.is_empty() {
+                let _ = write!(s, "filter '{}'  ", st.ui.filter);
+            }
+            let _ = write!(
+                s,
+                "sort {}{} | q quit ? help / filter p pause Enter details < > sort",
+                st.ui.sort.name(),
+                if st.ui.reverse { " (inverted)" } else { "" }
+            );
+            s
+        };
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                text,
+                Style::new().add_modifier(Modifier::REVERSED),
+            )),
+            footer,
+        );
+    }
+    if st.ui.help {
+        draw_help(f, area);
+    }
+}
+
+fn draw_table(f: &mut Frame, area: Rect, st: &TopState) {
+    let rows = st.visible_rows();
+    let any_sched = rows.iter().any(|r| r.sched.is_some());
+    let cols = fit_columns(area.width, any_sched);
+    let fixed: u16 = cols
+        .iter()
+        .filter(|&&i| i != CGROUP)
+        .map(|&i| COLUMNS[i].width + 1)
+        .sum();
+    let cg_w = area.width.saturating_sub(fixed) as usize;
+    let widths: Vec<Constraint> = cols
+        .iter()
+        .map(|&i| {
+            if i == CGROUP {
+                Constraint::Min(COLUMNS[i].width)
+            } else {
+                Constraint::Length(COLUMNS[i].width)
+            }
+        })
+        .collect();
+    let header = TRow::new(cols.iter().map(|&i| {
+        let c = COLUMNS[i];
+        let title = if c.sort == Some(st.ui.sort) {
+            format!("{}{}", c.title, if st.ui.reverse { "^" } else { "v" })
+        } else {
+            c.title.to_string()
+        };
+        let text = if c.right {
+            format!("{title:>w$}", w = c.width as usize)
+        } else {
+            title
+        };
+        let style = if c.sort == Some(st.ui.sort) {
+            Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)
+        } else {
+            Style::new().add_modifier(Modifier::BOLD)
+        };
+        Cell::from(text).style(style)
+    }));
+    let body: Vec<TRow> = rows
+        .iter()
+        .map(|r| {
+            TRow::new(cols.iter().map(|&i| {
+                let c = COLUMNS[i];
+                let mut text = cell(i, r);
+                if i == CGROUP {
+                    text = tail_of(&text, cg_w);
+                } else if i == 1 && !r.alive {
+                    let keep = (c.width as usize).saturating_sub(2);
+                    text = format!("[{}]", text.chars().take(keep).collect::<String>());
+                }
+                let text = if c.right {
+                    format!("{text:>w$}", w = c.width as usize)
+                } else {
+                    text
+                };
+                Cell::from(text).style(cell_style(i, r))
+            }))
+        })
+        .collect();
+    let empty = body.is_empty();
+    let table = Table::new(body, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut ts = TableState::default();
+    if !empty {
+        ts.select(Some(st.ui.cursor.min(rows.len() - 1)));
+    }
+    f.render_stateful_widget(table, area, &mut ts);
+    if empty && area.height > 1 {
+        let msg = if st.ui.filter.is_empty() {
+            "(no processes yet: the first numbers come after one interval)"
+        } else {
+            "(no process matches the filter; Esc clears it)"
+        };
+        f.render_widget(
+            Paragraph::new(msg),
+            Rect {
+                y: area.y + 1,
+                height: 1,
+                ..area
+            },
+        );
+    }
+}
+
+/// The detail lines of one process (shared with text output).
+pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    let row = st.detail_row();
+    match row {
+        Some(r) => {
+            v.push(format!(
+                "pid {} ({}){}  cgroup {}  CPU {}",
+                r.pid,
+                r.comm,
+                if r.alive { "" } else { " [gone]" },
+                r.cgroup.as_deref().unwrap_or("-"),
+                r.cpu_pct.map_or("-".into(), |c| format!("{c:.1}%")),
+            ));
+            match r.tcp {
+                Some(t) => v.push(format!(
+                    "TCP opens {}/s closes {}/s  ESTAB {} TIME_WAIT {} CLOSE_WAIT {} (leaked {})  resets {} ({}/s)  retransmits {} ({}/s)",
+                    rate(t.opens_per_s),
+                    rate(t.closes_per_s),
+                    t.established,
+                    t.time_wait,
+                    t.close_wait,
+                    t.leaks,
+                    t.resets,
+                    rate(t.resets_per_s),
+                    t.retransmits,
+                    rate(t.retransmits_per_s)
+                )),
+                None => v.push("TCP: no activity seen".into()),
+            }
+            v.push(format!(
+                "OOM kills {}  run queue p99 {}  waiting for CPU {}  blocked {}",
+                r.oom_kills,
+                r.sched.map_or("-".into(), |s| human_ns(s.runq_p99_ns)),
+                r.sched
+                    .map_or("-".into(), |s| format!("{:.1}%", s.wait_pct)),
+                r.sched.map_or("-".into(), |s| human_ns(s.blocked_ns)),
+            ));
+        }
+        None => v.push(format!("pid {pid}: no longer on screen")),
+    }
+    v.push(String::new());
+    if st.detail_peers.is_empty() {
+        v.push("Connections: none held now".into());
+    } else {
+        v.push(format!("Connections by peer ({}):", st.detail_peers.len()));
+        v.push(format!(
+            "  {:<34} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "PEER", "ESTAB", "TW", "CW", "other", "total"
+        ));
+        for p in st.detail_peers.iter().take(50) {
+            let peer = match (p.remote_port, p.local_port) {
+                (Some(rp), _) => format!("-> {}", std::net::SocketAddr::new(p.remote_ip, rp)),
+                (None, Some(lp)) => format!("<- {} to :{lp}", p.remote_ip),
+                (None, None) => format!("{}", p.remote_ip),
+            };
+            let s = &p.states;
+            let other = p.total - s.established - s.time_wait - s.close_wait;
+            v.push(format!(
+                "  {peer:<34} {:>6} {:>6} {:>6} {:>6} {:>6}",
+                s.established, s.time_wait, s.close_wait, other, p.total
+            ));
+        }
+    }
+    let tag = format!("pid {pid} (");
+    let hints: Vec<&String> = st
+        .model
+        .hints
+        .iter()
+        .filter(|h| h.starts_with(&tag))
+        .collect();
+    if !hints.is_empty() {
+        v.push(String::new());
+        v.push("Hints:".into());
+        for h in hints {
+            v.push(format!("  {h}"));
+        }
+    }
+    v.push(String::new());
+    let evs: Vec<&Notable> = st.events_of(pid).take(10).collect();
+    if evs.is_empty() {
+        v.push("Recent events: none".into());
+    } else {
+        v.push("Recent events:".into());
+        for e in evs {
+            v.push(format!("  {}", notable_line(st, e)));
+        }
+    }
+    v.push(String::new());
+    match st.runq_hist.get(&pid) {
+        Some(h) if h.count > 0 => {
+            v.push(format!("Run-queue latency ({} samples):", h.count));
+            let max = h.buckets.iter().copied().max().unwrap_or(1).max(1);
+            for (i, &n) in h.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let bar = "#".repeat(((n * 30).div_ceil(max)) as usize);
+                v.push(format!(
+                    "  {:>9} .. {:>9} {n:>8} {bar}",
+                    human_ns(1u64 << i),
+                    human_ns((1u64 << (i + 1)) - 1)
+                ));
+            }
+        }
+        _ => v.push("Run-queue latency: - (needs the scheduler probes)".into()),
+    }
+    v
+}
+
+fn draw_detail(f: &mut Frame, area: Rect, st: &TopState, pid: u32) {
+    let lines: Vec<Line> = detail_lines(st, pid).into_iter().map(Line::from).collect();
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::new()
+                .borders(Borders::TOP)
+                .title(format!(" process {pid} (Esc: back) ")),
+        ),
+        area,
+    );
+}
+
+/// The help text.
+pub fn help_lines() -> Vec<String> {
+    let mut v = vec![
+        "diag top: who is suffering, who is causing it".to_string(),
+        String::new(),
+        "q Ctrl-C   quit".into(),
+        "? h        this help (any key closes it)".into(),
+        "p space    pause / resume the screen".into(),
+        "/          filter by name or pid (Enter keeps, Esc clears)".into(),
+        "Up Down PgUp PgDn Home End   move".into(),
+        "Enter      details of a process; Esc back".into(),
+        "< >        sort by the previous / next column".into(),
+        "i          invert the order".into(),
+        String::new(),
+        "Sort by:".into(),
+    ];
+    let keys: Vec<String> = SortKey::ALL
+        .iter()
+        .map(|s| format!("{} {}", s.key(), s.name()))
+        .collect();
+    for pair in keys.chunks(2) {
+        v.push(format!(
+            "  {:<30}{}",
+            pair[0],
+            pair.get(1).map(String::as_str).unwrap_or("")
+        ));
+    }
+    v.push(String::new());
+    v.push("CW! marks CLOSE_WAIT leaks; [name]: the process is gone".into());
+    v
+}
+
+fn draw_help(f: &mut Frame, area: Rect) {
+    let lines = help_lines();
+    let w =
+        (lines.iter().map(|l| l.chars().count()).max().unwrap_or(20) as u16 + 4).min(area.width);
+    let h = (lines.len() as u16 + 2).min(area.height);
+    let r = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines.into_iter().map(Line::from).collect::<Vec<_>>()).block(
+            Block::bordered().title(Span::styled(
+                " help ",
+                Style::new().add_modifier(Modifier::BOLD),
+            )),
+        ),
+        r,
+    );
+}
+
+/// One snapshot as plain text, like `top -b`: header, every row with every
+/// column, the latest events.
+pub fn render_text(st: &TopState) -> String {
+    let mut o = String::new();
+    for l in header_lines(st) {
+        o.push_str(&l);
+        o.push('\n');
+    }
+    o.push('\n');
+    let line = |o: &mut String, cells: Vec<(String, &Col)>| {
+        let mut s = String::new();
+        for (i, (text, c)) in cells.iter().enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            if c.right {
+                let _ = write!(s, "{text:>w$}", w = c.width as usize);
+            } else if i + 1 == cells.len() {
+                s.push_str(text);
+            } else {
+                let cut: String = text.chars().take(c.width as usize).collect();
+                let _ = write!(s, "{cut:<w$}", w = c.width as usize);
+            }
+        }
+        o.push_str(s.trim_end());
+        o.push('\n');
+    };
+    line(
+        &mut o,
+        COLUMNS.iter().map(|c| (c.title.to_string(), c)).collect(),
+    );
+    for r in st.visible_rows() {
+        line(
+            &mut o,
+            COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (cell(i, r), c))
+                .collect(),
+        );
+    }
+    if !st.events.is_empty() {
+        o.push_str("\nEvents, newest first:\n");
+        for e in st.events.iter().take(20) {
+            o.push_str("  ");
+            o.push_str(&notable_line(st, e));
+            o.push('\n');
+        }
+    }
+    if !st.model.hints.is_empty() {
+        o.push_str("\nHints:\n");
+        for h in &st.model.hints {
+            let _ = writeln!(o, "  {h}");
+        }
+    }
+    o
+}
+
+#[derive(Serialize)]
+struct JsonSnapshot<'a> {
+    time: String,
+    #[serde(flatten)]
+    model: JsonModel<'a>,
+    events: Vec<&'a Notable>,
+}
+
+#[derive(Serialize)]
+struct JsonModel<'a> {
+    ts_ns: u64,
+    interval_s: f64,
+    host: &'a Option<super::state::HostView>,
+    tcp: &'a super::state::TcpTotals,
+    oom_kills: u64,
+    diag: &'a super::state::DiagView,
+    processes: Vec<&'a Row>,
+    hints: &'a [String],
+}
+
+/// One snapshot as one JSON object.
+pub fn render_json(st: &TopState) -> String {
+    let m: &Model = &st.model;
+    serde_json::to_string(&JsonSnapshot {
+        time: st
+            .clock
+            .wall(m.ts_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        model: JsonModel {
+            ts_ns: m.ts_ns,
+            interval_s: m.interval_s,
+            host: &m.host,
+            tcp: &m.tcp,
+            oom_kills: m.oom_kills,
+            diag: &m.diag,
+            processes: st.visible_rows(),
+            hints: &m.hints,
+        },
+        events: st.events.iter().collect(),
+    })
+    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
