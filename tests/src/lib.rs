@@ -146,6 +146,29 @@ impl Diag {
         self.child.id()
     }
 
+    /// Wait (up to 60 s) for diag to exit by itself (e.g. `--count`) and
+    /// collect everything it printed.
+    pub fn stop_when_done(mut self) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("diag did not exit by itself within 60 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        self.stderr_seen.extend(self.stderr.iter());
+        Output {
+            status,
+            stdout,
+            stderr: self.stderr_seen,
+        }
+    }
+
     /// Send `signal` and collect everything it printed.
     pub fn stop(mut self, signal: i32) -> Output {
         // SAFETY: plain kill(2) on our own child.
