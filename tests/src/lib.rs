@@ -150,6 +150,12 @@ impl Diag {
         self.child.id()
     }
 
+    /// Wait (up to 60 s) for diag to exit by itself (e.g. `--count`) and
+    /// collect everything it printed.
+    pub fn stop_when_done(self) -> Output {
+        self.wait_exit(Duration::from_secs(60))
+    }
+
     /// Wait for diag to exit by itself (one-shot modes) and collect its
     /// output; panics after `timeout`.
     pub fn wait_exit(mut self, timeout: Duration) -> Output {
