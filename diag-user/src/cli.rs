@@ -435,6 +435,10 @@ pub enum TopSort {
 /// `diag top`: what to show, and how the kernel side is set up.
 #[derive(Debug, Clone, Args)]
 pub struct TopArgs {
+    /// Leave out the scheduler probes (run-queue latency, WAIT%, blocked
+    /// time): they fire on every context switch and cost the most
+    #[arg(long)]
+    pub no_sched: bool,
     #[command(flatten)]
     pub view: TopView,
     #[command(flatten)]
@@ -445,7 +449,7 @@ pub struct TopArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TopView {
     /// Refresh every DURATION: rates are per second over it
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: std::time::Duration,
 
     /// Print plain snapshots instead of the interactive screen (the default
@@ -476,11 +480,11 @@ pub struct TopView {
     pub filter: Option<String>,
 
     /// A socket in CLOSE_WAIT for longer than this is a leak
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub close_wait_threshold: std::time::Duration,
 
     /// How often TCP gauges are reconciled with the kernel's socket table
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub reconcile: std::time::Duration,
 
     /// Warn when a destination uses this percentage of the ephemeral ports

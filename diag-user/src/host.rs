@@ -210,6 +210,9 @@ pub struct HostSample {
     pub bpf: Option<BpfRun>,
     /// Clock ticks per second (USER_HZ).
     pub hz: u64,
+    /// Scheduler numbers per process over the last interval, when the
+    /// scheduler programs are attached.
+    pub sched: Option<Vec<crate::aggregate::sched::ProcInterval>>,
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
@@ -217,6 +220,49 @@ pub struct HostSample {
 pub struct HostReader {
     cgroups: HashMap<(u32, u64), Option<String>>,
     hz: u64,
+    /// The scheduler's kernel maps, read with each sample.
+    pub sched: Option<SchedFeed>,
+}
+
+/// Reads the scheduler's kernel maps each interval, as `diag runq` does.
+pub struct SchedFeed {
+    maps: crate::probes::sched::SchedMaps,
+    agg: crate::aggregate::sched::SchedAgg,
+    start_ns: u64,
+    gone_last_time: Vec<u32>,
+}
+
+impl std::fmt::Debug for SchedFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SchedFeed")
+    }
+}
+
+impl SchedFeed {
+    pub fn new(maps: crate::probes::sched::SchedMaps) -> Self {
+        SchedFeed {
+            maps,
+            agg: crate::aggregate::sched::SchedAgg::new(),
+            start_ns: crate::clock::boot_ns(),
+            gone_last_time: Vec::new(),
+        }
+    }
+
+    /// The processes' numbers since the last reading.
+    pub fn read(&mut self, now_ns: u64) -> Vec<crate::aggregate::sched::ProcInterval> {
+        let (procs, tasks) = self.maps.read();
+        let reading = crate::aggregate::sched::combine(&procs, &tasks, now_ns);
+        let iv = self.agg.update(now_ns, self.start_ns, reading);
+        // Processes seen gone last time were read once more: forget them.
+        self.maps.forget(&self.gone_last_time);
+        self.agg.forget(&self.gone_last_time);
+        self.gone_last_time = procs
+            .keys()
+            .copied()
+            .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        iv.processes
+    }
 }
 
 fn read(path: &str) -> Option<String> {
@@ -236,6 +282,7 @@ impl HostReader {
         HostReader {
             cgroups: HashMap::new(),
             hz: if hz > 0 { hz as u64 } else { 100 },
+            sched: None,
         }
     }
 
@@ -279,6 +326,7 @@ impl HostReader {
             procs,
             bpf: own_bpf_run(),
             hz: self.hz,
+            sched: self.sched.as_mut().map(|f| f.read(ts_ns)),
         }
     }
 }

@@ -4,16 +4,14 @@
 //! from processes with known pids.
 
 use std::{
-    ffi::CString,
     io::{BufRead, BufReader, Lines},
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdout, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, diag_bin, require_root, serial};
+use diag_tests::{Diag, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 
@@ -182,77 +180,6 @@ const CPU: usize = 2;
 const OPENS: usize = 3;
 const CW: usize = 7;
 
-/// A memory cgroup (v1) with a small limit, removed on drop.
-struct MemCgroup {
-    dir: PathBuf,
-}
-
-const V1_ROOT: &str = "/sys/fs/cgroup/memory";
-
-impl MemCgroup {
-    fn create(limit_bytes: u64) -> Option<MemCgroup> {
-        if !Path::new(V1_ROOT).join("memory.limit_in_bytes").exists() {
-            return None;
-        }
-        let dir = Path::new(V1_ROOT).join(format!("diag-top-{}", std::process::id()));
-        let _ = std::fs::remove_dir(&dir);
-        std::fs::create_dir(&dir).ok()?;
-        let cg = MemCgroup { dir };
-        std::fs::write(
-            cg.dir.join("memory.limit_in_bytes"),
-            limit_bytes.to_string(),
-        )
-        .ok()?;
-        let _ = std::fs::write(cg.dir.join("memory.swappiness"), "0");
-        Some(cg)
-    }
-
-    /// `diag-loadgen ARGS` moved into this cgroup before it execs.
-    fn spawn(&self, args: &[&str]) -> Child {
-        let procs = CString::new(
-            self.dir
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        let mut cmd = Command::new(LOADGEN);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls on data prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn().expect("spawn diag-loadgen in the cgroup")
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: kill(2) of our own children in our test cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 fn bpf_stats_enabled() -> String {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
         .unwrap_or_default()
@@ -410,8 +337,12 @@ fn the_screen_during_an_incident() {
     );
 
     // A memory cgroup OOM kill.
-    if let Some(cg) = MemCgroup::create(32 << 20) {
-        let mut victim = cg.spawn(&["alloc", "256"]);
+    if std::path::Path::new(V1_ROOT)
+        .join("memory.limit_in_bytes")
+        .exists()
+    {
+        let cg = MemCgroup::create(V1_ROOT, "top", "memory.limit_in_bytes", 32 << 20);
+        let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
         let victim_pid = victim.id();
         let _ = victim.wait();
         tmux.wait_for("the OOM kill", Duration::from_secs(20), |s| {
@@ -613,4 +544,64 @@ fn replay_of_a_recording_through_top() {
         busiest > 50.0,
         "the churner's opens/s in the replay: {busiest}"
     );
+}
+
+#[test]
+fn batch_shows_run_queue_latency_next_to_cpu() {
+    if !require_root("batch_shows_run_queue_latency_next_to_cpu") {
+        return;
+    }
+    let _guard = serial();
+    // More spinners than CPUs: each one waits for a CPU part of the time.
+    let spinners: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(LOADGEN)
+                .args(["spin", "6"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = spinners.iter().map(Child::id).collect();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(diag_bin())
+            .args(["top", "--batch", "--once", "--json", "--interval", "2s"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let snap = run(&[]);
+    let rows = snap["processes"].as_array().unwrap();
+    let spinning: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| pids.contains(&(r["pid"].as_u64().unwrap() as u32)))
+        .collect();
+    assert!(!spinning.is_empty(), "the spinners are listed");
+    for r in &spinning {
+        assert!(r["cpu_pct"].as_f64().unwrap() > 10.0, "{r}");
+        assert!(
+            r["sched"]["wait_pct"].as_f64().unwrap() > 0.0,
+            "waiting for a CPU: {r}"
+        );
+        assert!(r["sched"]["runq_p99_ns"].as_u64().unwrap() > 0, "{r}");
+    }
+    // Without the scheduler probes, the columns are empty.
+    let snap = run(&["--no-sched"]);
+    assert!(
+        snap["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["sched"].is_null())
+    );
+    for mut s in spinners {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }

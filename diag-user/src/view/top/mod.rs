@@ -363,8 +363,20 @@ async fn drive_batch(
 /// `diag top`.
 pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let batch = is_batch(&args.view);
-    let env = loader::require_for(&args.probe, &[EventClass::Tcp, EventClass::Oom])?;
-    let tracer = loader::load(&env, &args.probe)?;
+    // Run-queue latency and blocked time come from the scheduler probes,
+    // unless --no-sched leaves them (and their cost) out.
+    let mut classes = vec![EventClass::Tcp, EventClass::Oom];
+    if !args.no_sched {
+        classes.push(EventClass::Stall);
+    }
+    let env = loader::require_for(&args.probe, &classes)?;
+    let mut tracer = loader::load(&env, &args.probe)?;
+    let sched_feed = match env.sched {
+        Some(_) => Some(crate::host::SchedFeed::new(
+            crate::probes::sched::SchedMaps::take(&mut tracer.ebpf)?,
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     // While top runs, the kernel counts the run time of BPF programs.
     let bpf_stats = BpfStats::enable();
@@ -398,6 +410,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             Timebase::Live,
         );
         let mut reader = HostReader::new();
+        reader.sched = sched_feed;
         // The baselines for the first interval's rates and CPU numbers.
         st.start(boot_ns());
         st.on_host(reader.sample());

@@ -610,7 +610,31 @@ impl TopState {
     }
 
     /// A new procfs sample of the host (live only).
-    pub fn on_host(&mut self, s: HostSample) {
+    pub fn on_host(&mut self, mut s: HostSample) {
+        if let Some(procs) = s.sched.take() {
+            // The scheduler's view of this interval replaces the last one.
+            self.sched.clear();
+            self.runq_hist.clear();
+            for p in procs {
+                let cols = SchedCols {
+                    runq_p99_ns: p.p99_ns.unwrap_or(0),
+                    wait_pct: p.wait_pct,
+                    blocked_ns: p.blocked_ns,
+                };
+                let mut hist = Log2Hist::default();
+                for (i, &n) in p.hist.counts.iter().enumerate() {
+                    if n > 0 {
+                        if hist.buckets.len() <= i {
+                            hist.buckets.resize(i + 1, 0);
+                        }
+                        hist.buckets[i] += n;
+                        hist.count += n;
+                        hist.max = hist.max.max((1u64 << (i + 1).min(63)) - 1);
+                    }
+                }
+                self.set_sched(p.pid, cols, Some(hist));
+            }
+        }
         self.host_known = true;
         self.host_prev = self.host_now.take();
         self.host_now = Some(s);
