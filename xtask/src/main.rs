@@ -336,11 +336,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.task, Task::Bench { .. }) {
-        setup_with(bench::PACKAGES)?;
-    } else {
-        setup()?;
-    }
+    setup()?;
     match cli.task {
         Task::Setup => {
             println!("xtask: everything is in place");
