@@ -12,6 +12,7 @@ pub mod error;
 pub mod loader;
 pub mod probes;
 pub mod record;
+pub mod serve;
 pub mod source;
 pub mod tracefs;
 pub mod view;
@@ -47,5 +48,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Replay(args) => source::replay::run(args),
         cli::Command::Report(args) => view::report::run(args),
         cli::Command::Export(args) => view::export::run(args),
+        cli::Command::Serve(args) => serve::run(args),
     }
 }
