@@ -59,6 +59,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss, for tests"),
     ("util-linux", "setpriv, for the non-root test"),
     ("procps", "ps, for tests"),
+    (
+        "prometheus",
+        "a real Prometheus server and promtool, for the serve tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
