@@ -821,3 +821,77 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
 }
+
+#[test]
+fn serve_and_record_at_once() {
+    if !require_root("serve_and_record_at_once") {
+        return;
+    }
+    let _guard = serial();
+    const N: usize = 20;
+    let file = std::env::temp_dir().join(format!("diag-serve-rec-{}.diag", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _cleanup = Remove(file.clone());
+    let port = free_port();
+    let diag = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--record",
+        file.to_str().unwrap(),
+    ]);
+    let mut listener = Gen::spawn(&["listen", &N.to_string(), "127.0.0.1:0"]);
+    let target = format!("127.0.0.1:{}", listener.port());
+    let connector = run_ok(&["connect", &N.to_string(), &target]).to_string();
+    listener.wait();
+    scrape_until(port, Duration::from_secs(10), |s| {
+        let got = value(s, "diag_tcp_closes_total", &[("pid", &connector)]);
+        (got == Some(N as f64))
+            .then_some(())
+            .ok_or(format!("connector closes {got:?}"))
+    });
+    let out = diag.stop(libc::SIGTERM);
+    assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
+    assert!(
+        out.stderr.iter().any(|l| l.contains("recorded")),
+        "{:?}",
+        out.stderr
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The recording replays with the same counts.
+    let replay = Command::new(diag_tests::diag_bin())
+        .args([
+            "replay",
+            file.to_str().unwrap(),
+            "conns",
+            "--json",
+            "--top",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let text = String::from_utf8_lossy(&replay.stdout);
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let row = last["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"].to_string() == connector)
+        .unwrap_or_else(|| panic!("no row for {connector}: {last}"))
+        .clone();
+    assert_eq!(row["totals"]["active_opens"], N as u64, "{row}");
+    assert_eq!(row["totals"]["closes"], N as u64, "{row}");
+}
