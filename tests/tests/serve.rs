@@ -889,7 +889,7 @@ fn serve_and_record_at_once() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["pid"].to_string() == connector)
+        .find(|r| r["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(connector.as_str()))
         .unwrap_or_else(|| panic!("no row for {connector}: {last}"))
         .clone();
     assert_eq!(row["totals"]["active_opens"], N as u64, "{row}");
