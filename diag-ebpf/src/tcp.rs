@@ -18,8 +18,7 @@ use diag_common::{
     counters,
     tcp::{
         attribution, state, InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout,
-        TcpStateEvent, AF_INET, AF_INET6, NO_FIELD,
-        IPPROTO_TCP,
+        TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP, NO_FIELD,
     },
     EventKind,
 };
@@ -272,13 +271,21 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
     if l.valid == 0 {
         return Ok(0);
     }
-    let skaddr: u64 = if l.skaddr != NO_FIELD { field(ctx, l.skaddr)? } else { 0 };
+    let skaddr: u64 = if l.skaddr != NO_FIELD {
+        field(ctx, l.skaddr)?
+    } else {
+        0
+    };
     let state: u8 = if l.state != NO_FIELD {
         field::<i32>(ctx, l.state)? as u8
     } else {
         0
     };
-    let reason: i32 = if l.reason != NO_FIELD { field(ctx, l.reason)? } else { 0 };
+    let reason: i32 = if l.reason != NO_FIELD {
+        field(ctx, l.reason)?
+    } else {
+        0
+    };
     let family: u16;
     let sport: u16;
     let dport: u16;
