@@ -323,12 +323,12 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
         header.pid = 0;
         header.tgid = 0;
         header.comm = [0; 16];
-    } else if let Some(o) = unsafe { SOCK_OWNERS.get(&skaddr) } {
+    } else if let Some(o) = unsafe { SOCK_OWNERS.get(skaddr) } {
         how = attribution::SOCKET;
         header.pid = o.pid;
         header.tgid = o.tgid;
         header.comm = o.comm;
-    } else if let Some(o) = unsafe { LISTENERS.get(&sport) } {
+    } else if let Some(o) = unsafe { LISTENERS.get(sport) } {
         // A listener's SYN-ACK, or a socket we never saw: the listener on
         // the local port is the best owner there is.
         how = attribution::LISTENER;

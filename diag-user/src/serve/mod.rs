@@ -331,10 +331,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let final_health = session.source.await??;
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("diag: the HTTP server failed: {e}"),
-            Err(e) => eprintln!("diag: the HTTP server stopped: {e}"),
+        // In-flight scrapes may finish; a client holding a connection
+        // open does not keep diag from exiting.
+        match tokio::time::timeout(Duration::from_secs(2), server).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(e))) => eprintln!("diag: the HTTP server failed: {e}"),
+            Ok(Err(e)) => eprintln!("diag: the HTTP server stopped: {e}"),
         }
         if let Some(e) = failure {
             return Err(e.into());
