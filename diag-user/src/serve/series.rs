@@ -361,13 +361,17 @@ impl Series {
             })
             .collect();
         idle.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
-        let mut idle = idle.into_iter();
-        for (k, _) in candidates {
+        let mut idle = idle.into_iter().peekable();
+        for (k, score) in candidates {
             if self.bounds.top == 0 {
                 break;
             }
             if self.members.len() >= self.bounds.top {
-                let Some((out, _, _)) = idle.next() else {
+                // An exited member makes room; a running one only for a
+                // newcomer busier now than it ever was.
+                let Some((out, _, _)) =
+                    idle.next_if(|(_, running, all_time)| !running || score > *all_time)
+                else {
                     break;
                 };
                 // Its series goes; what it does from now on is `other`.
@@ -395,7 +399,7 @@ impl Series {
         // Sockets no process is known for.
         let rest = sub_states(host_states, &owned_states);
         let rest_leaks = host_leaks.saturating_sub(owned_leaks);
-        if sockets(&rest) > 0 || rest_leaks > 0 {
+        if sockets(&rest) + rest.time_wait > 0 || rest_leaks > 0 {
             let v = self
                 .values
                 .entry(SeriesKey::Other {
@@ -558,6 +562,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_idle_running_process_keeps_its_series_against_small_newcomers() {
+        let mut s = Series::new(bounds(1));
+        let mut f = Fake::default();
+        s.update(&[row(1, 500, 0)], &StateCounts::default(), 0, 0, &mut f);
+        // 1 is idle now; 2 does a little: not enough to take the place.
+        s.update(
+            &[row(1, 500, 0), row(2, 3, 0)],
+            &StateCounts::default(),
+            0,
+            1,
+            &mut f,
+        );
+        assert!(proc_value(&s, 1).is_some() && proc_value(&s, 2).is_none());
+        // 3 does more now than 1 ever did: it takes the place.
+        s.update(
+            &[row(1, 500, 0), row(2, 3, 0), row(3, 600, 0)],
+            &StateCounts::default(),
+            0,
+            2,
+            &mut f,
+        );
+        assert!(proc_value(&s, 1).is_none() && proc_value(&s, 3).is_some());
+        // Unowned TIME-WAIT sockets are `other` in `unknown`.
+        let host = StateCounts {
+            time_wait: 7,
+            ..Default::default()
+        };
+        s.update(&[row(3, 600, 0)], &host, 0, 3, &mut f);
+        let unowned = s.values[&SeriesKey::Other {
+            cgroup: UNKNOWN.into(),
+        }];
+        assert_eq!(unowned.states.time_wait, 7);
     }
 
     #[test]
