@@ -52,6 +52,9 @@ pub enum Command {
     /// The user-space pipeline's ceiling, without a kernel (for `cargo xtask bench`)
     #[command(hide = true)]
     BenchPipeline(crate::selftest::BenchPipelineArgs),
+    /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills) over HTTP
+    #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
 }
 
 const RECORD_ABOUT: &str = "\
@@ -840,6 +843,85 @@ pub struct RunqArgs {
     pub probe: ProbeArgs,
 }
 
+const SERVE_ABOUT: &str = "\
+Serve diag's aggregates as Prometheus metrics, for a fleet: /metrics in the \
+Prometheus text format, /healthz (200 while the probes are attached and \
+events flow, 503 otherwise). Runs until Ctrl-C or SIGTERM.
+
+Metrics (counters end in _total): diag_tcp_opens_total{direction=active|passive}, \
+diag_tcp_closes_total, diag_tcp_failed_connects_total, \
+diag_tcp_resets_total{direction=sent|received}, diag_tcp_retransmits_total, \
+diag_tcp_sockets{state}, diag_tcp_close_wait_leaks, all with the labels \
+pid, comm and cgroup; diag_tcp_ephemeral_ports_usage_ratio{local,remote}; \
+diag_oom_kills_total{cgroup,constraint}; and diag's own health: \
+diag_events_total, diag_events_dropped_total, diag_map_full_total{map}.
+
+Cardinality is bounded: only the --top busiest processes get series of \
+their own; everything else is summed per cgroup into series with \
+pid=\"other\", comm=\"other\": every increase is counted in exactly one \
+series, so sum(rate(...)) is the host's rate. At most --max-cgroups cgroup values are used; more become \
+cgroup=\"other\". A process that exited keeps its series for --exit-grace.
+
+The address is loopback by default: the metrics name processes and \
+cgroups. Binding another address is your choice (diag notes it). \
+With --record FILE, everything is also recorded as by `diag record`.";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  diag serve                              http://127.0.0.1:9464/metrics
+  diag serve --listen 0.0.0.0:9464 --top 20
+  diag serve --record /var/tmp/diag.rec   serve and record at once
+  curl -s localhost:9464/metrics | grep diag_tcp_opens_total
+
+Prometheus scrape config (prometheus.yml):
+  scrape_configs:
+    - job_name: diag
+      scrape_interval: 15s
+      static_configs:
+        - targets: ['localhost:9464']
+
+PromQL:
+  topk(5, sum by (comm) (rate(diag_tcp_opens_total[5m])))   churn by process
+  sum by (instance, comm) (diag_tcp_close_wait_leaks) > 0    CLOSE_WAIT leaks
+  sum by (instance, cgroup) (increase(diag_oom_kills_total[1h])) > 0   OOM kills";
+
+/// `diag serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve on (a non-loopback address exposes
+    /// process names to the network)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Processes with series of their own, the busiest (the rest is summed
+    /// per cgroup as pid="other"); 0: none
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub top: u64,
+
+    /// Most distinct cgroup label values (more become cgroup="other")
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_cgroups: u64,
+
+    /// How long an exited process keeps its series
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub exit_grace: std::time::Duration,
+
+    /// A socket in CLOSE_WAIT for longer than this is a leak
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub close_wait_threshold: std::time::Duration,
+
+    /// How often gauges are reconciled with the kernel's socket table
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub reconcile: std::time::Duration,
+
+    /// Also record everything to FILE (as `diag record -o FILE`)
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
 #[derive(Debug, Clone, Args, Default)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -1008,6 +1090,25 @@ mod tests {
         assert!(Cli::try_parse_from(["diag", "top", "--sort", "close-wait"]).is_ok());
         assert!(Cli::try_parse_from(["diag", "top", "--sort", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["diag", "replay", "f.diag", "top", "--json"]).is_ok());
+    }
+
+    #[test]
+    fn serve_flags() {
+        let Some(Command::Serve(s)) = Cli::try_parse_from(["diag", "serve"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(s.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!((s.top, s.max_cgroups), (50, 100));
+        assert!(s.record.is_none());
+        assert!(Cli::try_parse_from(["diag", "serve", "--listen", "localhost"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "serve", "--listen", "1.2.3.4:99999"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "serve", "--top", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "serve", "--max-cgroups", "0"]).is_err());
+        assert!(Cli::try_parse_from(["diag", "serve", "--exit-grace", "0s"]).is_err());
+        assert!(
+            Cli::try_parse_from(["diag", "serve", "--listen", "[::1]:9000", "--top", "0"]).is_ok()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod probes;
 pub mod record;
 pub mod selftest;
+pub mod serve;
 pub mod source;
 pub mod tracefs;
 pub mod view;
@@ -52,5 +53,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Export(args) => view::export::run(args),
         cli::Command::BenchPipeline(args) => selftest::run(args),
         cli::Command::Runq(args) => view::runq::run(args),
+        cli::Command::Serve(args) => serve::run(args),
     }
 }

@@ -77,6 +77,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv, for the non-root test"),
     ("procps", "ps, for tests"),
     ("tmux", "a terminal for the `diag top` screen tests"),
+    (
+        "prometheus",
+        "a real Prometheus server and promtool, for the serve tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

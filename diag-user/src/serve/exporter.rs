@@ -1,0 +1,285 @@
+//! The exporter's state and its rendering: pure (no kernel, no socket),
+//! driven by aggregate snapshots, OOM kills and health counters.
+
+use prometheus_client::{encoding::prometheus_text, registry::Registry};
+
+use super::{
+    families::Families,
+    oom::{OomMetrics, constraint_label},
+    own::OwnMetrics,
+    series::{Bounds, ProcessInfo},
+    tcp::TcpMetrics,
+};
+use crate::{aggregate::tcp::TcpSnapshot, source::Health};
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// `/healthz` fails when the live source has sent no health counters for
+/// this long: the event pipeline is stuck (or gone).
+pub const STALE_NS: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    pub tcp: TcpMetrics,
+    pub oom: OomMetrics,
+    pub own: OwnMetrics,
+}
+
+impl Exporter {
+    pub fn new(bounds: Bounds, probes_attached: usize) -> Self {
+        Exporter {
+            tcp: TcpMetrics::new(bounds),
+            oom: OomMetrics::default(),
+            own: OwnMetrics {
+                probes_attached,
+                top: bounds.top,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Take in a TCP snapshot of every process.
+    pub fn update_tcp(&mut self, snap: &TcpSnapshot, info: &mut impl ProcessInfo) {
+        self.tcp.update(snap, info);
+        self.own.process_series = self.tcp.series.process_series();
+    }
+
+    /// Count an OOM kill of [`diag_common::oom::constraint`] `constraint`;
+    /// `victim_cgroup` is the victim's memory cgroup path when known.
+    pub fn on_oom(&mut self, constraint: u8, victim_cgroup: Option<String>) {
+        let cg = self.tcp.series.cgroup_label(victim_cgroup);
+        self.oom.eat(cg, constraint_label(constraint));
+    }
+
+    pub fn on_health(&mut self, h: Health) {
+        self.own.health = h;
+    }
+
+    /// Every family, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut reg = Registry::default();
+        let families: [&dyn Families; 3] = [&self.tcp, &self.oom, &self.own];
+        for f in families {
+            f.register(&mut reg);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &reg);
+        out
+    }
+}
+
+/// Whether diag is healthy for `/healthz`: probes attached, and health
+/// counters from the live source within [`STALE_NS`]. `Err` says why not.
+pub fn health_check(
+    probes_attached: usize,
+    last_health_ns: Option<u64>,
+    stopping: bool,
+    now_ns: u64,
+) -> Result<(), String> {
+    if stopping {
+        return Err("diag is stopping".into());
+    }
+    if probes_attached == 0 {
+        return Err("no kernel probes are attached".into());
+    }
+    match last_health_ns {
+        None => Err("the live source has not reported yet".into()),
+        Some(t) if now_ns.saturating_sub(t) > STALE_NS => Err(format!(
+            "the live source last reported {:.1} s ago: the event pipeline is stuck",
+            now_ns.saturating_sub(t) as f64 / 1e9
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tcp::{Counters, ProcRow, Rates, StateCounts, TcpAggregate, TcpConfig};
+    use std::collections::BTreeMap;
+
+    struct Fake;
+    impl ProcessInfo for Fake {
+        fn cgroup_of(&mut self, pid: u32) -> Option<String> {
+            Some(if pid == 7 { "/svc/a" } else { "/svc/b" }.into())
+        }
+        fn alive(&mut self, _: u32, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn row(pid: u32, comm: &str, c: Counters, s: StateCounts, leaks: u64) -> ProcRow {
+        ProcRow {
+            pid,
+            comm: comm.into(),
+            totals: c,
+            rates: Rates::default(),
+            states: s,
+            lifetime_p50_ns: 0,
+            lifetime_p99_ns: 0,
+            lifetime_max_ns: 0,
+            leaks,
+            cgroup: None,
+        }
+    }
+
+    fn snapshot(rows: Vec<ProcRow>) -> TcpSnapshot {
+        let mut s = TcpAggregate::new(TcpConfig::default()).snapshot(1);
+        for r in &rows {
+            s.states.established += r.states.established;
+            s.states.close_wait += r.states.close_wait;
+        }
+        s.processes = rows;
+        s
+    }
+
+    /// A strict reader of the text format: every sample line is
+    /// `name{labels} value`, every family has HELP and TYPE first.
+    fn parse(text: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().unwrap().to_string();
+                let ty = it.next().unwrap();
+                assert!(["counter", "gauge"].contains(&ty), "{line}");
+                if ty == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                typed.insert(name);
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "{line}");
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(typed.contains(name), "no TYPE for {line}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            assert!(out.insert(series.to_string(), v).is_none(), "dup {line}");
+        }
+        out
+    }
+
+    #[test]
+    fn renders_conventional_families() {
+        let mut e = Exporter::new(Bounds::default(), 6);
+        let c = Counters {
+            active_opens: 5,
+            passive_opens: 2,
+            closes: 6,
+            resets_sent: 1,
+            retransmits: 3,
+            ..Default::default()
+        };
+        let s = StateCounts {
+            established: 2,
+            close_wait: 1,
+            ..Default::default()
+        };
+        e.update_tcp(&snapshot(vec![row(7, "api", c, s, 1)]), &mut Fake);
+        e.on_health(Health {
+            received: 40,
+            ringbuf_full: 2,
+            ..Default::default()
+        });
+        let m = parse(&e.render());
+        let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        assert_eq!(
+            m[&format!("diag_tcp_opens_total{{{p},direction=\"active\"}}")],
+            5.0
+        );
+        assert_eq!(
+            m[&format!("diag_tcp_opens_total{{{p},direction=\"passive\"}}")],
+            2.0
+        );
+        assert_eq!(m[&format!("diag_tcp_closes_total{{{p}}}")], 6.0);
+        assert_eq!(
+            m[&format!("diag_tcp_resets_total{{{p},direction=\"sent\"}}")],
+            1.0
+        );
+        assert_eq!(m[&format!("diag_tcp_retransmits_total{{{p}}}")], 3.0);
+        assert_eq!(m[&format!("diag_tcp_sockets{{{p},state=\"ESTAB\"}}")], 2.0);
+        assert_eq!(
+            m[&format!("diag_tcp_sockets{{{p},state=\"CLOSE-WAIT\"}}")],
+            1.0
+        );
+        assert!(!m.contains_key(&format!("diag_tcp_sockets{{{p},state=\"LISTEN\"}}")));
+        assert_eq!(m[&format!("diag_tcp_close_wait_leaks{{{p}}}")], 1.0);
+        assert_eq!(m["diag_events_total"], 40.0);
+        assert_eq!(m["diag_events_dropped_total"], 2.0);
+        assert_eq!(m["diag_probes_attached"], 6.0);
+        assert_eq!(m["diag_exporter_process_series"], 1.0);
+        assert_eq!(m["diag_exporter_process_series_limit"], 50.0);
+    }
+
+    #[test]
+    fn other_series_and_oom_kills() {
+        let mut e = Exporter::new(
+            Bounds {
+                top: 1,
+                ..Bounds::default()
+            },
+            1,
+        );
+        let c = |n| Counters {
+            active_opens: n,
+            ..Default::default()
+        };
+        e.update_tcp(
+            &snapshot(vec![
+                row(7, "api", c(9), StateCounts::default(), 0),
+                row(8, "cron", c(1), StateCounts::default(), 0),
+                row(9, "cron", c(2), StateCounts::default(), 0),
+            ]),
+            &mut Fake,
+        );
+        let memcg = diag_common::oom::constraint::MEMCG;
+        e.on_oom(memcg, Some("/svc/a".into()));
+        e.on_oom(memcg, None);
+        let m = parse(&e.render());
+        assert_eq!(
+            m[r#"diag_tcp_opens_total{pid="7",comm="api",cgroup="/svc/a",direction="active"}"#],
+            9.0
+        );
+        assert_eq!(
+            m[r#"diag_tcp_opens_total{pid="other",comm="other",cgroup="/svc/b",direction="active"}"#],
+            3.0
+        );
+        assert_eq!(
+            m[r#"diag_oom_kills_total{cgroup="/svc/a",constraint="memcg"}"#],
+            1.0
+        );
+        assert_eq!(
+            m[r#"diag_oom_kills_total{cgroup="unknown",constraint="memcg"}"#],
+            1.0
+        );
+        let per_process = m
+            .keys()
+            .filter(|k| k.starts_with("diag_tcp_closes_total{") && !k.contains("pid=\"other\""))
+            .count();
+        assert_eq!(per_process, 1);
+    }
+
+    #[test]
+    fn health() {
+        let s = 1_000_000_000;
+        assert!(health_check(3, Some(10 * s), false, 12 * s).is_ok());
+        assert!(
+            health_check(3, Some(10 * s), false, 16 * s)
+                .unwrap_err()
+                .contains("stuck")
+        );
+        assert!(health_check(0, Some(10 * s), false, 10 * s).is_err());
+        assert!(health_check(3, None, false, 10 * s).is_err());
+        assert!(health_check(3, Some(10 * s), true, 10 * s).is_err());
+    }
+}

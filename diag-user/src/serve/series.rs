@@ -1,0 +1,680 @@
+//! Bounded per-process series: which processes get series of their own,
+//! and where everything else is counted. Pure.
+//!
+//! Every process diag has seen is a key (pid, comm): pids are reused, so
+//! the command name is part of it. Each update, the increase of a key's
+//! counters since the last update is credited to exactly one series: its
+//! own when it is one of the (at most `top`) selected processes, else the
+//! `other` series of its cgroup. So every series only ever goes up,
+//! `sum(rate(...))` over the series is exactly the host's rate, and the
+//! number of per-process series never exceeds `top`. (A dropped series'
+//! count leaves the exposition with it: Prometheus has already stored it.)
+//!
+//! A process gets a series of its own when there is room, or by taking the
+//! place of a selected process that was idle for the last interval and is
+//! less active overall. A selected process that has exited keeps its
+//! series for `grace` (so the last increase is scraped), then it is
+//! dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::aggregate::tcp::{Counters, ProcRow, StateCounts};
+
+/// The label value for anything not resolved or not selected.
+pub const OTHER: &str = "other";
+/// The cgroup label when the process's cgroup could not be read (it had
+/// exited before diag looked).
+pub const UNKNOWN: &str = "unknown";
+
+/// What the bounding needs from the host (procfs at the edge, a fake in
+/// tests).
+pub trait ProcessInfo {
+    /// The cgroup path of a running process.
+    fn cgroup_of(&mut self, pid: u32) -> Option<String>;
+    /// Whether the process (pid with this comm) still runs.
+    fn alive(&mut self, pid: u32, comm: &str) -> bool;
+}
+
+/// Which series a process's numbers go to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SeriesKey {
+    /// A selected process.
+    Process {
+        pid: u32,
+        comm: String,
+        cgroup: String,
+    },
+    /// Everything else in a cgroup.
+    Other { cgroup: String },
+}
+
+impl SeriesKey {
+    /// The label set: `pid`, `comm`, `cgroup` (pid and comm are `other`
+    /// for the rest of a cgroup).
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        match self {
+            SeriesKey::Process { pid, comm, cgroup } => vec![
+                ("pid", pid.to_string()),
+                ("comm", comm.clone()),
+                ("cgroup", cgroup.clone()),
+            ],
+            SeriesKey::Other { cgroup } => vec![
+                ("pid", OTHER.to_string()),
+                ("comm", OTHER.to_string()),
+                ("cgroup", cgroup.clone()),
+            ],
+        }
+    }
+}
+
+/// Bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Most processes with series of their own.
+    pub top: usize,
+    /// Most distinct cgroup label values; more are counted as `other`.
+    pub cgroups: usize,
+    /// How long an exited process keeps its series, ns.
+    pub grace_ns: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            top: 50,
+            cgroups: 100,
+            grace_ns: 60_000_000_000,
+        }
+    }
+}
+
+type Key = (u32, String);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Counters already credited.
+    credited: Counters,
+    cgroup: String,
+    /// Opens, closes, resets, retransmits: all-time, for ranking.
+    activity: u64,
+    /// Found exited: never selected again.
+    gone: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    /// When it was first seen gone, ns.
+    exited_at: Option<u64>,
+}
+
+/// One series' numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesValues {
+    pub counters: Counters,
+    pub states: StateCounts,
+    pub leaks: u64,
+}
+
+/// The state behind the bounded series.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    pub bounds: Bounds,
+    seen: HashMap<Key, Seen>,
+    members: BTreeMap<Key, Member>,
+    cgroups: BTreeSet<String>,
+    /// Counters per series, cumulative; gauges as of the last update.
+    pub values: BTreeMap<SeriesKey, SeriesValues>,
+    /// What dropped series had counted.
+    retired: Counters,
+}
+
+fn activity(c: &Counters) -> u64 {
+    c.active_opens + c.passive_opens + c.closes + c.resets_sent + c.resets_received + c.retransmits
+}
+
+fn add(a: &mut Counters, d: &Counters) {
+    a.active_opens += d.active_opens;
+    a.passive_opens += d.passive_opens;
+    a.closes += d.closes;
+    a.failed_connects += d.failed_connects;
+    a.resets_sent += d.resets_sent;
+    a.resets_received += d.resets_received;
+    a.retransmits += d.retransmits;
+    a.time_waits += d.time_waits;
+    a.aborts += d.aborts;
+}
+
+fn add_states(a: &mut StateCounts, d: &StateCounts) {
+    a.established += d.established;
+    a.syn_sent += d.syn_sent;
+    a.syn_recv += d.syn_recv;
+    a.fin_wait1 += d.fin_wait1;
+    a.fin_wait2 += d.fin_wait2;
+    a.close_wait += d.close_wait;
+    a.last_ack += d.last_ack;
+    a.closing += d.closing;
+    a.time_wait += d.time_wait;
+    a.listen += d.listen;
+}
+
+fn sub_states(a: &StateCounts, d: &StateCounts) -> StateCounts {
+    StateCounts {
+        established: a.established.saturating_sub(d.established),
+        syn_sent: a.syn_sent.saturating_sub(d.syn_sent),
+        syn_recv: a.syn_recv.saturating_sub(d.syn_recv),
+        fin_wait1: a.fin_wait1.saturating_sub(d.fin_wait1),
+        fin_wait2: a.fin_wait2.saturating_sub(d.fin_wait2),
+        close_wait: a.close_wait.saturating_sub(d.close_wait),
+        last_ack: a.last_ack.saturating_sub(d.last_ack),
+        closing: a.closing.saturating_sub(d.closing),
+        time_wait: a.time_wait.saturating_sub(d.time_wait),
+        listen: a.listen.saturating_sub(d.listen),
+    }
+}
+
+/// `now - before`, or None when any counter went down (a new process
+/// behind a reused key: count it from zero).
+fn delta(now: &Counters, before: &Counters) -> Option<Counters> {
+    let pairs = [
+        (now.active_opens, before.active_opens),
+        (now.passive_opens, before.passive_opens),
+        (now.closes, before.closes),
+        (now.failed_connects, before.failed_connects),
+        (now.resets_sent, before.resets_sent),
+        (now.resets_received, before.resets_received),
+        (now.retransmits, before.retransmits),
+        (now.time_waits, before.time_waits),
+        (now.aborts, before.aborts),
+    ];
+    if pairs.iter().any(|(n, b)| n < b) {
+        return None;
+    }
+    Some(Counters {
+        active_opens: now.active_opens - before.active_opens,
+        passive_opens: now.passive_opens - before.passive_opens,
+        closes: now.closes - before.closes,
+        failed_connects: now.failed_connects - before.failed_connects,
+        resets_sent: now.resets_sent - before.resets_sent,
+        resets_received: now.resets_received - before.resets_received,
+        retransmits: now.retransmits - before.retransmits,
+        time_waits: now.time_waits - before.time_waits,
+        aborts: now.aborts - before.aborts,
+    })
+}
+
+/// Sockets a process holds, TIME-WAIT (which outlives it) left out.
+fn sockets(s: &StateCounts) -> u64 {
+    s.established
+        + s.syn_sent
+        + s.syn_recv
+        + s.fin_wait1
+        + s.fin_wait2
+        + s.close_wait
+        + s.last_ack
+        + s.closing
+        + s.listen
+}
+
+impl Series {
+    pub fn new(bounds: Bounds) -> Self {
+        Series {
+            bounds,
+            ..Default::default()
+        }
+    }
+
+    /// A cgroup label value within the bound (first come, first kept).
+    pub fn cgroup_label(&mut self, cgroup: Option<String>) -> String {
+        let Some(cg) = cgroup.filter(|c| !c.is_empty()) else {
+            return UNKNOWN.to_string();
+        };
+        if self.cgroups.contains(&cg) {
+            return cg;
+        }
+        if self.cgroups.len() < self.bounds.cgroups {
+            self.cgroups.insert(cg.clone());
+            return cg;
+        }
+        OTHER.to_string()
+    }
+
+    /// Processes with series of their own now.
+    pub fn process_series(&self) -> usize {
+        self.members.len()
+    }
+
+    fn key_of(&self, k: &Key) -> SeriesKey {
+        let cgroup = self
+            .seen
+            .get(k)
+            .map(|s| s.cgroup.clone())
+            .unwrap_or_else(|| UNKNOWN.to_string());
+        if self.members.contains_key(k) {
+            SeriesKey::Process {
+                pid: k.0,
+                comm: k.1.clone(),
+                cgroup,
+            }
+        } else {
+            SeriesKey::Other { cgroup }
+        }
+    }
+
+    /// Take in a snapshot's process rows (all processes the aggregate
+    /// knows), and the host-wide socket counts and leak count (which
+    /// include sockets of unknown owner). `now_ns` is the snapshot time.
+    pub fn update(
+        &mut self,
+        rows: &[ProcRow],
+        host_states: &StateCounts,
+        host_leaks: u64,
+        now_ns: u64,
+        info: &mut impl ProcessInfo,
+    ) {
+        // Increases since the last update, per key.
+        let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let key = (r.pid, r.comm.clone());
+            let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
+                Some(Some(d)) => d,
+                Some(None) => {
+                    // Counters went down: a new process behind the same key.
+                    self.seen.remove(&key);
+                    r.totals
+                }
+                None => r.totals,
+            };
+            if !self.seen.contains_key(&key) {
+                let cg = info.cgroup_of(r.pid);
+                let cgroup = self.cgroup_label(cg);
+                self.seen.insert(
+                    key.clone(),
+                    Seen {
+                        credited: Counters::default(),
+                        cgroup,
+                        activity: 0,
+                        gone: false,
+                    },
+                );
+            }
+            let s = self.seen.get_mut(&key).expect("inserted above");
+            s.credited = r.totals;
+            s.activity += activity(&d);
+            deltas.push((key, d, r));
+        }
+
+        // Exited members: dropped after the grace period.
+        let present: BTreeSet<&Key> = deltas.iter().map(|(k, _, _)| k).collect();
+        let mut expired = Vec::new();
+        for (k, m) in self.members.iter_mut() {
+            let alive = present.contains(k) && info.alive(k.0, &k.1);
+            if alive {
+                m.exited_at = None;
+            } else {
+                if let Some(s) = self.seen.get_mut(k) {
+                    s.gone = true;
+                }
+                let at = *m.exited_at.get_or_insert(now_ns);
+                if now_ns.saturating_sub(at) >= self.bounds.grace_ns {
+                    expired.push(k.clone());
+                }
+            }
+        }
+        for k in expired {
+            self.retire(&k);
+        }
+
+        // Newcomers: the busiest first, into free places or the places of
+        // idle members.
+        let busy: BTreeSet<&Key> = deltas
+            .iter()
+            .filter(|(_, d, r)| activity(d) > 0 || sockets(&r.states) > 0)
+            .map(|(k, _, _)| k)
+            .collect();
+        let mut candidates: Vec<(&Key, u64)> = Vec::new();
+        for (k, d, r) in &deltas {
+            if self.members.contains_key(k) || (activity(d) == 0 && sockets(&r.states) == 0) {
+                continue;
+            }
+            let Some(seen) = self.seen.get_mut(k) else {
+                continue;
+            };
+            if seen.gone {
+                // Its series was dropped when it exited: what it still
+                // does (late events) is `other`.
+                continue;
+            }
+            candidates.push((k, activity(d) + sockets(&r.states)));
+        }
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        // Idle members, least active (all time) first: exited ones first.
+        let mut idle: Vec<(Key, bool, u64)> = self
+            .members
+            .iter()
+            .filter(|(k, _)| !busy.contains(k))
+            .map(|(k, m)| {
+                (
+                    k.clone(),
+                    m.exited_at.is_none(),
+                    self.seen.get(k).map(|s| s.activity).unwrap_or(0),
+                )
+            })
+            .collect();
+        idle.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let mut idle = idle.into_iter().peekable();
+        for (k, score) in candidates {
+            if self.bounds.top == 0 {
+                break;
+            }
+            if self.members.len() >= self.bounds.top {
+                // An exited member makes room; a running one only for a
+                // newcomer busier now than it ever was.
+                let Some((out, _, _)) =
+                    idle.next_if(|(_, running, all_time)| !running || score > *all_time)
+                else {
+                    break;
+                };
+                // Its series goes; what it does from now on is `other`.
+                self.retire(&out);
+            }
+            self.members.insert(k.clone(), Member { exited_at: None });
+        }
+
+        // Credit the increases; gauges afresh.
+        for v in self.values.values_mut() {
+            v.states = StateCounts::default();
+            v.leaks = 0;
+        }
+        let mut owned_states = StateCounts::default();
+        let mut owned_leaks = 0;
+        for (k, d, r) in &deltas {
+            let sk = self.key_of(k);
+            let v = self.values.entry(sk).or_default();
+            add(&mut v.counters, d);
+            add_states(&mut v.states, &r.states);
+            v.leaks += r.leaks;
+            add_states(&mut owned_states, &r.states);
+            owned_leaks += r.leaks;
+        }
+        // Sockets no process is known for.
+        let rest = sub_states(host_states, &owned_states);
+        let rest_leaks = host_leaks.saturating_sub(owned_leaks);
+        if sockets(&rest) + rest.time_wait > 0 || rest_leaks > 0 {
+            let v = self
+                .values
+                .entry(SeriesKey::Other {
+                    cgroup: UNKNOWN.to_string(),
+                })
+                .or_default();
+            add_states(&mut v.states, &rest);
+            v.leaks += rest_leaks;
+        }
+        // Keys the aggregate no longer reports are forgotten.
+        if self.seen.len() > rows.len() {
+            self.seen.retain(|k, _| present.contains(k));
+        }
+    }
+
+    fn retire(&mut self, k: &Key) {
+        let sk = self.key_of(k);
+        self.members.remove(k);
+        if let Some(v) = self.values.remove(&sk) {
+            add(&mut self.retired, &v.counters);
+        }
+    }
+
+    /// The sum over all series, dropped ones included (for checks).
+    pub fn total(&self) -> Counters {
+        let mut t = self.retired;
+        for v in self.values.values() {
+            add(&mut t, &v.counters);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tcp::Rates;
+
+    #[derive(Default)]
+    struct Fake {
+        dead: BTreeSet<u32>,
+    }
+
+    impl ProcessInfo for Fake {
+        fn cgroup_of(&mut self, pid: u32) -> Option<String> {
+            (!self.dead.contains(&pid)).then(|| format!("/cg{}", pid % 3))
+        }
+        fn alive(&mut self, pid: u32, _comm: &str) -> bool {
+            !self.dead.contains(&pid)
+        }
+    }
+
+    fn row(pid: u32, opens: u64, estab: u64) -> ProcRow {
+        ProcRow {
+            pid,
+            comm: format!("p{pid}"),
+            totals: Counters {
+                active_opens: opens,
+                closes: opens,
+                ..Default::default()
+            },
+            rates: Rates::default(),
+            states: StateCounts {
+                established: estab,
+                ..Default::default()
+            },
+            lifetime_p50_ns: 0,
+            lifetime_p99_ns: 0,
+            lifetime_max_ns: 0,
+            leaks: 0,
+            cgroup: None,
+        }
+    }
+
+    fn bounds(top: usize) -> Bounds {
+        Bounds {
+            top,
+            cgroups: 10,
+            grace_ns: 10,
+        }
+    }
+
+    fn proc_value(s: &Series, pid: u32) -> Option<SeriesValues> {
+        s.values
+            .iter()
+            .find(|(k, _)| matches!(k, SeriesKey::Process { pid: p, .. } if *p == pid))
+            .map(|(_, v)| *v)
+    }
+
+    fn other(s: &Series, cg: &str) -> Counters {
+        s.values
+            .get(&SeriesKey::Other { cgroup: cg.into() })
+            .map(|v| v.counters)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn room_for_all_means_exact_per_process_totals() {
+        let mut s = Series::new(bounds(5));
+        let mut f = Fake::default();
+        let host = StateCounts {
+            established: 4,
+            ..Default::default()
+        };
+        s.update(&[row(1, 4, 1), row(2, 7, 2)], &host, 0, 0, &mut f);
+        assert_eq!(proc_value(&s, 1).unwrap().counters.active_opens, 4);
+        assert_eq!(proc_value(&s, 2).unwrap().states.established, 2);
+        s.update(&[row(1, 10, 1), row(2, 7, 2)], &host, 0, 1, &mut f);
+        assert_eq!(proc_value(&s, 1).unwrap().counters.active_opens, 10);
+        assert_eq!(s.total().active_opens, 17);
+        assert_eq!(s.process_series(), 2);
+        // Labels: the cgroup is read once, when the process is first seen.
+        let (k, _) = s.values.iter().next().unwrap();
+        assert_eq!(
+            k.labels(),
+            vec![
+                ("pid", "1".to_string()),
+                ("comm", "p1".into()),
+                ("cgroup", "/cg1".into())
+            ]
+        );
+        // The one socket without a known owner is `other` in `unknown`.
+        let unowned = s
+            .values
+            .get(&SeriesKey::Other {
+                cgroup: UNKNOWN.into(),
+            })
+            .unwrap();
+        assert_eq!(unowned.states.established, 1);
+    }
+
+    #[test]
+    fn beyond_top_goes_to_other_per_cgroup_and_sums_stay_exact() {
+        let mut s = Series::new(bounds(2));
+        let mut f = Fake::default();
+        let rows: Vec<ProcRow> = (1..=6).map(|p| row(p, p as u64, 0)).collect();
+        s.update(&rows, &StateCounts::default(), 0, 0, &mut f);
+        assert_eq!(s.process_series(), 2);
+        // The two busiest got series.
+        assert!(proc_value(&s, 6).is_some() && proc_value(&s, 5).is_some());
+        // 1 and 4 are in /cg1, 2 in /cg2, 3 in /cg0.
+        assert_eq!(other(&s, "/cg1").active_opens, 1 + 4);
+        assert_eq!(other(&s, "/cg2").active_opens, 2);
+        assert_eq!(other(&s, "/cg0").active_opens, 3);
+        assert_eq!(s.total().active_opens, 21);
+        // 1 becomes the busiest: it takes the place of an idle member; the
+        // increase is credited from then on, so nothing goes down.
+        let before = s.values.clone();
+        let mut rows2 = rows.clone();
+        rows2[0] = row(1, 101, 0);
+        s.update(&rows2, &StateCounts::default(), 0, 1, &mut f);
+        assert_eq!(s.process_series(), 2);
+        assert_eq!(proc_value(&s, 1).unwrap().counters.active_opens, 100);
+        assert_eq!(s.total().active_opens, 121);
+        for (k, v) in &before {
+            if let Some(now) = s.values.get(k) {
+                assert!(
+                    now.counters.active_opens >= v.counters.active_opens,
+                    "{k:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_running_process_keeps_its_series_against_small_newcomers() {
+        let mut s = Series::new(bounds(1));
+        let mut f = Fake::default();
+        s.update(&[row(1, 500, 0)], &StateCounts::default(), 0, 0, &mut f);
+        // 1 is idle now; 2 does a little: not enough to take the place.
+        s.update(
+            &[row(1, 500, 0), row(2, 3, 0)],
+            &StateCounts::default(),
+            0,
+            1,
+            &mut f,
+        );
+        assert!(proc_value(&s, 1).is_some() && proc_value(&s, 2).is_none());
+        // 3 does more now than 1 ever did: it takes the place.
+        s.update(
+            &[row(1, 500, 0), row(2, 3, 0), row(3, 600, 0)],
+            &StateCounts::default(),
+            0,
+            2,
+            &mut f,
+        );
+        assert!(proc_value(&s, 1).is_none() && proc_value(&s, 3).is_some());
+        // Unowned TIME-WAIT sockets are `other` in `unknown`.
+        let host = StateCounts {
+            time_wait: 7,
+            ..Default::default()
+        };
+        s.update(&[row(3, 600, 0)], &host, 0, 3, &mut f);
+        let unowned = s.values[&SeriesKey::Other {
+            cgroup: UNKNOWN.into(),
+        }];
+        assert_eq!(unowned.states.time_wait, 7);
+    }
+
+    #[test]
+    fn busy_members_are_not_displaced() {
+        let mut s = Series::new(bounds(1));
+        let mut f = Fake::default();
+        s.update(&[row(1, 5, 0)], &StateCounts::default(), 0, 0, &mut f);
+        s.update(
+            &[row(1, 6, 0), row(2, 50, 0)],
+            &StateCounts::default(),
+            0,
+            1,
+            &mut f,
+        );
+        assert!(proc_value(&s, 1).is_some());
+        assert!(proc_value(&s, 2).is_none());
+        assert_eq!(other(&s, "/cg2").active_opens, 50);
+    }
+
+    #[test]
+    fn exited_processes_are_dropped_after_the_grace_period() {
+        let mut s = Series::new(bounds(3));
+        let mut f = Fake::default();
+        s.update(&[row(1, 5, 0)], &StateCounts::default(), 0, 0, &mut f);
+        f.dead.insert(1);
+        s.update(&[row(1, 5, 0)], &StateCounts::default(), 0, 5, &mut f);
+        assert!(proc_value(&s, 1).is_some(), "within the grace period");
+        s.update(&[row(1, 5, 0)], &StateCounts::default(), 0, 15, &mut f);
+        assert!(proc_value(&s, 1).is_none(), "after it");
+        assert_eq!(s.process_series(), 0);
+        // A reused pid with the same name counting from zero is new.
+        f.dead.clear();
+        s.update(&[row(1, 2, 0)], &StateCounts::default(), 0, 20, &mut f);
+        assert_eq!(proc_value(&s, 1).unwrap().counters.active_opens, 2);
+    }
+
+    #[test]
+    fn many_short_lived_processes_stay_within_the_bound() {
+        let mut s = Series::new(bounds(20));
+        let mut f = Fake::default();
+        let mut rows = Vec::new();
+        for i in 0..500u32 {
+            let pid = 1000 + i;
+            rows.push(row(pid, 1, 0));
+            s.update(&rows, &StateCounts::default(), 0, u64::from(i), &mut f);
+            f.dead.insert(pid);
+            assert!(s.process_series() <= 20);
+            let procs = s
+                .values
+                .keys()
+                .filter(|k| matches!(k, SeriesKey::Process { .. }))
+                .count();
+            assert!(procs <= 20, "{procs}");
+        }
+        assert_eq!(s.total().active_opens, 500);
+        // Series: at most 20 processes plus one `other` per cgroup.
+        assert!(s.values.len() <= 20 + 4, "{}", s.values.len());
+    }
+
+    #[test]
+    fn cgroup_labels_are_bounded() {
+        let mut s = Series::new(Bounds {
+            cgroups: 2,
+            ..bounds(5)
+        });
+        assert_eq!(s.cgroup_label(Some("/a".into())), "/a");
+        assert_eq!(s.cgroup_label(Some("/b".into())), "/b");
+        assert_eq!(s.cgroup_label(Some("/c".into())), OTHER);
+        assert_eq!(s.cgroup_label(Some("/a".into())), "/a");
+        assert_eq!(s.cgroup_label(None), UNKNOWN);
+    }
+
+    #[test]
+    fn top_zero_means_only_other() {
+        let mut s = Series::new(bounds(0));
+        let mut f = Fake::default();
+        s.update(&[row(1, 5, 0)], &StateCounts::default(), 0, 0, &mut f);
+        assert_eq!(s.process_series(), 0);
+        assert_eq!(other(&s, "/cg1").active_opens, 5);
+    }
+}

@@ -1,0 +1,197 @@
+//! TCP families: per-process (bounded) counters and socket gauges,
+//! ephemeral-port pressure per destination, and the aggregate's own
+//! bookkeeping.
+
+use prometheus_client::registry::Registry;
+
+use super::{
+    families::{Families, Labels, counter, counters, g, gauges, gauges_f64},
+    series::{Bounds, ProcessInfo, Series},
+};
+use crate::aggregate::tcp::{Corrections, Pressure, StateCounts, TcpSnapshot};
+
+/// Destinations with port-pressure series (the most used ones).
+pub const TOP_DESTINATIONS: usize = 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct TcpMetrics {
+    pub series: Series,
+    pressure: Vec<Pressure>,
+    kernel_resets_sent: u64,
+    corrections: Corrections,
+}
+
+/// The state names, as `ss` shows them.
+pub const STATES: [&str; 10] = [
+    "ESTAB",
+    "SYN-SENT",
+    "SYN-RECV",
+    "FIN-WAIT-1",
+    "FIN-WAIT-2",
+    "CLOSE-WAIT",
+    "LAST-ACK",
+    "CLOSING",
+    "TIME-WAIT",
+    "LISTEN",
+];
+
+fn by_state(s: &StateCounts) -> [u64; 10] {
+    [
+        s.established,
+        s.syn_sent,
+        s.syn_recv,
+        s.fin_wait1,
+        s.fin_wait2,
+        s.close_wait,
+        s.last_ack,
+        s.closing,
+        s.time_wait,
+        s.listen,
+    ]
+}
+
+fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
+    l.push((k, v.to_string()));
+    l
+}
+
+impl TcpMetrics {
+    pub fn new(bounds: Bounds) -> Self {
+        TcpMetrics {
+            series: Series::new(bounds),
+            ..Default::default()
+        }
+    }
+
+    /// Take in a snapshot (of every process: unfiltered, uncut).
+    pub fn update(&mut self, snap: &TcpSnapshot, info: &mut impl ProcessInfo) {
+        self.series.update(
+            &snap.processes,
+            &snap.states,
+            snap.leaks.len() as u64,
+            snap.ts_ns,
+            info,
+        );
+        self.pressure = snap
+            .pressure
+            .iter()
+            .take(TOP_DESTINATIONS)
+            .cloned()
+            .collect();
+        self.kernel_resets_sent = snap.kernel_resets_sent;
+        self.corrections = snap.corrections;
+    }
+}
+
+impl Families for TcpMetrics {
+    fn register(&self, reg: &mut Registry) {
+        let mut opens = Vec::new();
+        let mut closes = Vec::new();
+        let mut failed = Vec::new();
+        let mut resets = Vec::new();
+        let mut retrans = Vec::new();
+        let mut socks = Vec::new();
+        let mut leaks = Vec::new();
+        for (k, v) in &self.series.values {
+            let l = k.labels();
+            let c = &v.counters;
+            opens.push((with(l.clone(), "direction", "active"), c.active_opens));
+            opens.push((with(l.clone(), "direction", "passive"), c.passive_opens));
+            closes.push((l.clone(), c.closes));
+            failed.push((l.clone(), c.failed_connects));
+            resets.push((with(l.clone(), "direction", "sent"), c.resets_sent));
+            resets.push((with(l.clone(), "direction", "received"), c.resets_received));
+            retrans.push((l.clone(), c.retransmits));
+            for (name, n) in STATES.iter().zip(by_state(&v.states)) {
+                if n > 0 {
+                    socks.push((with(l.clone(), "state", name), g(n)));
+                }
+            }
+            leaks.push((l, g(v.leaks)));
+        }
+        counters(
+            reg,
+            "diag_tcp_opens",
+            "TCP connections opened: direction=active (connect) or passive (accept)",
+            &opens,
+        );
+        counters(reg, "diag_tcp_closes", "TCP connections closed", &closes);
+        counters(
+            reg,
+            "diag_tcp_failed_connects",
+            "Connects that never reached ESTABLISHED",
+            &failed,
+        );
+        counters(
+            reg,
+            "diag_tcp_resets",
+            "TCP resets: direction=sent or received",
+            &resets,
+        );
+        counters(
+            reg,
+            "diag_tcp_retransmits",
+            "TCP segments retransmitted (SYN-ACKs included)",
+            &retrans,
+        );
+        gauges(
+            reg,
+            "diag_tcp_sockets",
+            "TCP sockets by state (states with no socket are absent); TIME-WAIT is charged to the process that closed first",
+            &socks,
+        );
+        gauges(
+            reg,
+            "diag_tcp_close_wait_leaks",
+            "Sockets in CLOSE_WAIT for longer than --close-wait-threshold: the process received FIN and never called close()",
+            &leaks,
+        );
+        let dest = |p: &Pressure| -> Labels {
+            vec![
+                ("local", p.destination.local.to_string()),
+                ("remote", p.destination.remote.to_string()),
+            ]
+        };
+        gauges_f64(
+            reg,
+            "diag_tcp_ephemeral_ports_usage_ratio",
+            "Share of net.ipv4.ip_local_port_range in use toward one destination (local address, remote address:port); 1 means connect() fails",
+            &self
+                .pressure
+                .iter()
+                .map(|p| (dest(p), p.ratio))
+                .collect::<Vec<_>>(),
+        );
+        gauges(
+            reg,
+            "diag_tcp_ephemeral_ports_used",
+            "Ephemeral ports in use toward one destination, TIME-WAIT included",
+            &self
+                .pressure
+                .iter()
+                .map(|p| (dest(p), g(p.ports_used)))
+                .collect::<Vec<_>>(),
+        );
+        counter(
+            reg,
+            "diag_tcp_kernel_resets_sent",
+            "Resets the kernel sent for no socket (e.g. to a closed port)",
+            self.kernel_resets_sent,
+        );
+        let c = &self.corrections;
+        counters(
+            reg,
+            "diag_tcp_reconcile_corrections",
+            "Corrections made when diag's socket states were reconciled with the kernel's table",
+            &[
+                (vec![("kind", "time_wait_added".into())], c.time_wait_added),
+                (
+                    vec![("kind", "time_wait_removed".into())],
+                    c.time_wait_removed,
+                ),
+                (vec![("kind", "socket_removed".into())], c.sockets_removed),
+                (vec![("kind", "state_fixed".into())], c.states_fixed),
+            ],
+        );
+    }
+}
