@@ -103,6 +103,45 @@ impl Bg {
 }
 
 /// Connections per second of `conns` loopback connect / 1-byte write /
+/// close cycles from one process to a listener in another, both pinned to
+/// CPU `cpu` (cross-CPU wakeups in this VM would drown the difference).
+/// The server closes first, so TIME_WAIT sockets pile up on its port, not
+/// in the client's ephemeral port space (which would slow later rounds).
+pub fn churn_pinned(loadgen: &Path, conns: u64, cpu: usize) -> Result<f64> {
+    let cpu = cpu.to_string();
+    let mut listener = Command::new("taskset")
+        .args(["-c", &cpu])
+        .arg(loadgen)
+        .args(["listen-close", &conns.to_string(), "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start diag-loadgen under taskset")?;
+    let mut line = String::new();
+    BufReader::new(listener.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .context("no port from diag-loadgen")?
+        .to_string();
+    let t = Instant::now();
+    let st = Command::new("taskset")
+        .args(["-c", &cpu])
+        .arg(loadgen)
+        .args([
+            "connect-eof",
+            &conns.to_string(),
+            &format!("127.0.0.1:{port}"),
+        ])
+        .status()?;
+    let secs = t.elapsed().as_secs_f64();
+    listener.wait()?;
+    if !st.success() {
+        bail!("the churn client failed ({st})");
+    }
+    Ok(conns as f64 / secs)
+}
+
+/// Connections per second of `conns` loopback connect / 1-byte write /
 /// close cycles from one process to a listener in another.
 pub fn churn(loadgen: &Path, conns: u64) -> Result<f64> {
     let mut listener = Command::new(loadgen)
@@ -195,14 +234,16 @@ pub fn tcp_overhead(
 ) -> Result<Section> {
     let tracers = [Tcp::None, Tcp::Tail, Tcp::Record, Tcp::Bpftrace];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = if ncpu > 1 { 1 } else { 0 };
     println!(
-        "xtask: bench: loopback churn, {conns} connections (connect, 1-byte write, close), {reps} rounds"
+        "xtask: bench: loopback churn pinned to CPU {cpu}, {conns} connections (connect, 1-byte write, the server closes), {reps} rounds"
     );
     for rep in 0..reps {
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let bg = tracers[i].start(diag, dir)?;
-            let r = churn(loadgen, conns);
+            let r = churn_pinned(loadgen, conns, cpu);
             if let Some(b) = bg {
                 b.stop()?;
             }
@@ -235,7 +276,7 @@ pub fn tcp_overhead(
     }
     let tail_cost = 1.0 - stats(&results[1]).1 / base.max(1.0);
     md.push_str(&format!(
-        "\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}).\n",
+        "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}).\n",
         tail_cost * 100.0,
         if tail_cost <= 0.03 {
             "met"

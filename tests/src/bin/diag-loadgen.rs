@@ -22,6 +22,8 @@
 //!     `PORT <n>` and wait to be killed.
 //! diag-loadgen connect-timeout COUNT MILLIS ADDR:PORT
 //!     COUNT concurrent connects, each given up after MILLIS.
+//! diag-loadgen listen-close COUNT ADDR / connect-eof COUNT ADDR:PORT
+//!     The server reads a byte and closes first; the client waits for it.
 //! diag-loadgen alloc MIB [hold]
 //!     Allocate MIB MiB, touching every page (so it is resident), print
 //!     `ALLOCATED`; with `hold`, then sleep until killed. In a memory
@@ -177,6 +179,33 @@ fn connect_timeout(count: usize, millis: u64, t: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Accept COUNT connections; read one byte from each and close it first
+/// (the TIME_WAIT lands here, on the listening port, not on the client's
+/// ephemeral ports: a steady workload for benchmarks).
+fn listen_close(count: usize, addr: &str) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    println!("PORT {}", l.local_addr()?.port());
+    std::io::stdout().flush()?;
+    let mut b = [0u8; 1];
+    for _ in 0..count {
+        let (mut s, _) = l.accept()?;
+        let _ = s.read(&mut b)?;
+    }
+    Ok(())
+}
+
+/// COUNT times: connect, write one byte, wait for the server's close.
+fn connect_eof(count: usize, t: &str) -> std::io::Result<()> {
+    let addr = target(t)?;
+    let mut buf = [0u8; 16];
+    for _ in 0..count {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(b"x")?;
+        while s.read(&mut buf)? > 0 {}
+    }
+    Ok(())
+}
+
 fn alloc(mib: usize, hold: bool) -> std::io::Result<()> {
     const MIB: usize = 1 << 20;
     let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mib);
@@ -260,6 +289,8 @@ fn main() -> ExitCode {
             let millis = first.parse().unwrap_or(1000);
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
         }
+        "listen-close" => listen_close(count, first),
+        "connect-eof" => connect_eof(count, first),
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
         "churn" => churn(count as u64),
         "spin" => spin(count as u64),
