@@ -28,6 +28,9 @@ use serde::Serialize;
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
 /// A connection closed within this is "short-lived" for churn hints.
 pub const SHORT_LIVED_NS: u64 = 50_000_000;
+/// Snapshots in a row a process may stay idle (no sockets, no activity)
+/// before it is forgotten: 10 minutes at one a second.
+pub const FORGET_AFTER_IDLE_SNAPSHOTS: u32 = 600;
 /// Reconciliation leaves sockets that changed this recently alone.
 pub const RECONCILE_GRACE_NS: u64 = 1_000_000_000;
 /// Bound on per-destination bookkeeping; beyond it, counted as overflow.
@@ -162,6 +165,8 @@ struct Proc {
     churn: HashMap<SocketAddr, DestChurn>,
     /// Sockets currently attributed to this process.
     live: u64,
+    /// Snapshots in a row with no activity and no sockets.
+    idle_snapshots: u32,
 }
 
 impl Proc {
@@ -173,6 +178,7 @@ impl Proc {
             at_snapshot: Counters::default(),
             churn: HashMap::new(),
             live: 0,
+            idle_snapshots: 0,
         }
     }
 }
@@ -1039,6 +1045,11 @@ impl TcpAggregate {
             p.churn = HashMap::new();
             let st = per_pid.get(&pid).copied().unwrap_or_default();
             let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
+            p.idle_snapshots = if idle {
+                p.idle_snapshots.saturating_add(1)
+            } else {
+                0
+            };
             if idle && p.counters == Counters::default() {
                 continue;
             }
@@ -1085,6 +1096,10 @@ impl TcpAggregate {
             t(&b.1).cmp(&t(&a.1)).then(a.0.cmp(&b.0))
         });
         remote_errors.truncate(20);
+        // A process with no sockets and nothing new for a long while is
+        // forgotten, so memory does not grow with every pid ever seen.
+        self.procs
+            .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
         self.last_snapshot_ns = Some(now_ns);
         TcpSnapshot {
             ts_ns: now_ns,
@@ -1804,6 +1819,29 @@ mod tests {
                 .any(|h| h.contains("80 % of ephemeral ports")),
             "{:?}",
             s.hints
+        );
+    }
+
+    #[test]
+    fn idle_dead_processes_are_forgotten() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        let mut t = 2 * SEC;
+        for _ in 0..FORGET_AFTER_IDLE_SNAPSHOTS - 1 {
+            agg.snapshot(t);
+            t += SEC;
+        }
+        // Still there (the client holds a TIME_WAIT, counted in its row).
+        assert!(agg.procs.contains_key(&100) && agg.procs.contains_key(&200));
+        for _ in 0..80 {
+            agg.snapshot(t);
+            t += SEC;
+        }
+        assert!(
+            agg.procs.is_empty(),
+            "gone after 10 idle minutes: {:?}",
+            agg.procs.keys().collect::<Vec<_>>()
         );
     }
 
