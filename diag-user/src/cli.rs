@@ -853,7 +853,10 @@ diag_tcp_closes_total, diag_tcp_failed_connects_total, \
 diag_tcp_resets_total{direction=sent|received}, diag_tcp_retransmits_total, \
 diag_tcp_sockets{state}, diag_tcp_close_wait_leaks, all with the labels \
 pid, comm and cgroup; diag_tcp_ephemeral_ports_usage_ratio{local,remote}; \
-diag_oom_kills_total{cgroup,constraint}; and diag's own health: \
+diag_oom_kills_total{cgroup,constraint}; per cgroup, the run-queue latency \
+histogram diag_runq_latency_seconds and diag_runq_wait_seconds_total, \
+diag_blocked_seconds_total, diag_cpu_seconds_total, diag_stalls_total (unless \
+--no-sched); and diag's own health: \
 diag_events_total, diag_events_dropped_total, diag_map_full_total{map}.
 
 Cardinality is bounded: only the --top busiest processes get series of \
@@ -883,7 +886,8 @@ Prometheus scrape config (prometheus.yml):
 PromQL:
   topk(5, sum by (comm) (rate(diag_tcp_opens_total[5m])))   churn by process
   sum by (instance, comm) (diag_tcp_close_wait_leaks) > 0    CLOSE_WAIT leaks
-  sum by (instance, cgroup) (increase(diag_oom_kills_total[1h])) > 0   OOM kills";
+  sum by (instance, cgroup) (increase(diag_oom_kills_total[1h])) > 0   OOM kills
+  histogram_quantile(0.99, sum by (le, cgroup) (rate(diag_runq_latency_seconds_bucket[5m])))   run-queue p99";
 
 /// `diag serve`.
 #[derive(Debug, Clone, Args)]
@@ -917,6 +921,11 @@ pub struct ServeArgs {
     /// Also record everything to FILE (as `diag record -o FILE`)
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
+
+    /// Leave out the scheduler probes (run-queue latency, blocked and CPU
+    /// time per cgroup): they fire on every context switch and cost the most
+    #[arg(long)]
+    pub no_sched: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,

@@ -122,8 +122,16 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
             }
         };
         assert!(valid_name(name), "{line}");
-        assert!(typed.contains_key(name), "no TYPE before {line}");
-        assert!(helped.contains(name), "no HELP before {line}");
+        // A histogram's samples carry suffixes on its declared name.
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suf| {
+                name.strip_suffix(suf)
+                    .filter(|b| typed.get(*b).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        assert!(typed.contains_key(base), "no TYPE before {line}");
+        assert!(helped.contains(base), "no HELP before {line}");
         let value: f64 = rest
             .split(' ')
             .next()
@@ -513,6 +521,29 @@ fn metrics_count_loadgen_churn_and_an_oom_kill_exactly() {
         value(&m, "diag_map_full_total", &[("map", "sock")]),
         Some(0.0)
     );
+    // The scheduler: run-queue waits happened on this host, as a histogram
+    // whose +Inf bucket is its count, and CPU time was spent.
+    let waits: f64 = m
+        .iter()
+        .filter(|x| x.name == "diag_runq_latency_seconds_count")
+        .map(|x| x.value)
+        .sum();
+    let inf: f64 = m
+        .iter()
+        .filter(|x| {
+            x.name == "diag_runq_latency_seconds_bucket"
+                && x.labels.get("le").map(String::as_str) == Some("+Inf")
+        })
+        .map(|x| x.value)
+        .sum();
+    assert!(waits > 0.0, "run-queue waits are counted");
+    assert_eq!(waits, inf, "the +Inf bucket holds every wait");
+    let cpu: f64 = m
+        .iter()
+        .filter(|x| x.name == "diag_cpu_seconds_total")
+        .map(|x| x.value)
+        .sum();
+    assert!(cpu > 0.0, "CPU time is counted");
     promtool_check(port);
 
     let out = diag.stop(libc::SIGTERM);
@@ -723,6 +754,10 @@ fn a_prometheus_server_scrapes_diag_and_answers_promql() {
     assert!(!churn.is_empty(), "churn by process: {churn:?}");
     prom.query(r#"sum by (instance, comm) (diag_tcp_close_wait_leaks) > 0"#);
     prom.query(r#"sum by (instance, cgroup) (increase(diag_oom_kills_total[1h])) > 0"#);
+    let p99 = prom.query(
+        r#"histogram_quantile(0.99, sum by (le, cgroup) (rate(diag_runq_latency_seconds_bucket[1m])))"#,
+    );
+    assert!(!p99.is_empty(), "run-queue p99 by cgroup: {p99:?}");
     assert_eq!(prom.scalar("diag_events_dropped_total"), Some(0.0));
     drop(prom);
     let out = diag.stop(libc::SIGTERM);

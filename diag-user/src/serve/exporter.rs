@@ -7,6 +7,7 @@ use super::{
     families::Families,
     oom::{OomMetrics, constraint_label},
     own::OwnMetrics,
+    sched::SchedMetrics,
     series::{Bounds, ProcessInfo},
     tcp::TcpMetrics,
 };
@@ -24,6 +25,7 @@ pub struct Exporter {
     pub tcp: TcpMetrics,
     pub oom: OomMetrics,
     pub own: OwnMetrics,
+    pub sched: SchedMetrics,
 }
 
 impl Exporter {
@@ -31,6 +33,7 @@ impl Exporter {
         Exporter {
             tcp: TcpMetrics::new(bounds),
             oom: OomMetrics::default(),
+            sched: SchedMetrics::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -52,6 +55,18 @@ impl Exporter {
         self.oom.eat(cg, constraint_label(constraint));
     }
 
+    /// Take in the scheduler's numbers for one interval, per process.
+    pub fn update_sched(
+        &mut self,
+        procs: &[crate::aggregate::sched::ProcInterval],
+        info: &mut impl ProcessInfo,
+    ) {
+        for p in procs {
+            let cg = self.tcp.series.cgroup_label(info.cgroup_of(p.pid));
+            self.sched.eat(cg, p);
+        }
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -59,7 +74,7 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 3] = [&self.tcp, &self.oom, &self.own];
+        let families: [&dyn Families; 4] = [&self.tcp, &self.oom, &self.sched, &self.own];
         for f in families {
             f.register(&mut reg);
         }

@@ -11,6 +11,7 @@ pub mod exporter;
 pub mod families;
 pub mod oom;
 pub mod own;
+pub mod sched;
 pub mod series;
 pub mod tcp;
 
@@ -134,12 +135,15 @@ fn victim_cgroup(ev: &OomKillEvent, index: &mut enrich::oom::CgroupIndex) -> Opt
 
 /// `diag serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let classes = [
+    let mut classes = vec![
         EventClass::Tcp,
         EventClass::Reset,
         EventClass::Retrans,
         EventClass::Oom,
     ];
+    if !args.no_sched {
+        classes.push(EventClass::Stall);
+    }
     let env = loader::require_for(&args.probe, &classes)?;
     // Bind and create the recording first: a port in use or a bad path
     // fails before anything is loaded into the kernel.
@@ -158,7 +162,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )?),
         None => None,
     };
-    let tracer = loader::load(&env, &args.probe)?;
+    let mut tracer = loader::load(&env, &args.probe)?;
+    let mut sched_feed = match env.sched {
+        Some(_) => Some(crate::host::SchedFeed::new(
+            crate::probes::sched::SchedMaps::take(&mut tracer.ebpf)?,
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -312,6 +322,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
                 _ = update.tick() => {
                     exporter.update_tcp(&agg.snapshot(boot_ns()), &mut Procfs);
+                    if let Some(feed) = &mut sched_feed {
+                        exporter.update_sched(&feed.read(boot_ns()), &mut Procfs);
+                    }
                     Ok(())
                 }
                 _ = procs.tick(), if rec.is_some() && failure.is_none() => {
