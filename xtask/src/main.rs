@@ -415,7 +415,7 @@ fn run_bench(reps: usize, loops: u64, conns: u64) -> Result<()> {
     .to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let md = format!(
-        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --reps {reps}`.\n\n### Scheduler overhead\n\n{}\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
+        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --rounds {reps}`.\n\n### Scheduler overhead\n\n{}\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
         kernel.trim(),
         sched_md,
         tcp.markdown,
