@@ -35,6 +35,44 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[0], median, s[n - 1])
 }
 
+/// Entries in the kernel map `name` held by process `pid` (through its
+/// fds' fdinfo and bpftool), or None.
+pub fn map_entries(pid: u32, name: &str) -> Option<usize> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let is_map = std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .ok()?;
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .map(|v| v.trim().to_string())
+        else {
+            continue;
+        };
+        let show = Command::new("bpftool")
+            .args(["map", "show", "id", &id, "--json"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&show.stdout).ok()?;
+        if v["name"] == name {
+            let dump = Command::new("bpftool")
+                .args(["map", "dump", "id", &id, "--json"])
+                .output()
+                .ok()?;
+            let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).ok()?;
+            return entries.as_array().map(Vec::len);
+        }
+    }
+    None
+}
+
 /// A tracer in the background, ready once it printed `marker`.
 pub struct Bg(Child);
 
@@ -85,6 +123,10 @@ impl Bg {
         std::thread::spawn(move || for _ in rx {});
         std::thread::sleep(Duration::from_millis(300));
         Ok(Bg(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     pub fn stop(mut self) -> Result<()> {
@@ -234,6 +276,9 @@ pub fn tcp_overhead(
 ) -> Result<Section> {
     let tracers = [Tcp::None, Tcp::Tail, Tcp::Record, Tcp::Bpftrace];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
+    // entries of `diag tail` before and after each round's churn.
+    let mut occupancy: Vec<(usize, usize)> = Vec::new();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if ncpu > 1 { 1 } else { 0 };
     println!(
@@ -243,8 +288,15 @@ pub fn tcp_overhead(
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let bg = tracers[i].start(diag, dir)?;
+            let before = bg
+                .as_ref()
+                .filter(|_| tracers[i] == Tcp::Tail)
+                .and_then(|b| map_entries(b.pid(), "SOCK_OWNERS"));
             let r = churn_pinned(loadgen, conns, cpu);
             if let Some(b) = bg {
+                if let (Some(before), Some(after)) = (before, map_entries(b.pid(), "SOCK_OWNERS")) {
+                    occupancy.push((before, after));
+                }
                 b.stop()?;
             }
             let r = r?;
