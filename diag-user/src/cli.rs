@@ -29,32 +29,32 @@ pub enum Command {
     /// Per-process TCP analytics: churn, states, TIME_WAIT/CLOSE_WAIT, port pressure
     #[command(long_about = CONNS_ABOUT, after_help = CONNS_EXAMPLES)]
     Conns(ConnsArgs),
+    /// Per-process run-queue latency, blocked time, CPU time, and the
+    /// delay processes cause each other, every interval
+    #[command(long_about = RUNQ_ABOUT, after_help = RUNQ_EXAMPLES)]
+    Runq(RunqArgs),
     /// The live USE view of the host, per process, like top (q quits, ? helps)
     #[command(long_about = TOP_ABOUT, after_help = TOP_EXAMPLES)]
     Top(TopArgs),
     /// Record a session to a file for later review (replay, report, export)
     #[command(long_about = RECORD_ABOUT, after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
-    /// Play a recording through tail or conns (no root needed)
+    /// Play a recording through tail, conns or top (no root needed)
     #[command(long_about = REPLAY_ABOUT)]
     Replay(ReplayArgs),
     /// Review a recording in the USE method's order (text, or --html)
     Report(ReportArgs),
     /// Convert a recording to JSON lines or a Chrome/Perfetto trace
     Export(ExportArgs),
+    /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills, run queues) over HTTP
+    #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
-    /// Per-process run-queue latency, blocked time, CPU time, and the
-    /// delay processes cause each other, every interval
-    #[command(long_about = RUNQ_ABOUT, after_help = RUNQ_EXAMPLES)]
-    Runq(RunqArgs),
     /// The user-space pipeline's ceiling, without a kernel (for `cargo xtask bench`)
     #[command(hide = true)]
     BenchPipeline(crate::selftest::BenchPipelineArgs),
-    /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills) over HTTP
-    #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
-    Serve(ServeArgs),
 }
 
 const RECORD_ABOUT: &str = "\
