@@ -23,6 +23,23 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Say that `test` is skipped and why: on stderr, and in the file named by
+/// `DIAG_SKIP_LOG` (set by `cargo xtask test`, which counts them: cargo
+/// hides the output of tests that pass).
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os("DIAG_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
 /// True when the test may go on. Without root: in CI (CI=true) a loud
 /// failure, elsewhere a skip with the reason printed.
 pub fn require_root(test: &str) -> bool {
@@ -35,7 +52,10 @@ pub fn require_root(test: &str) -> bool {
             "{test}: needs root to load BPF programs, and CI must run it (run the tests as root)"
         );
     }
-    eprintln!("SKIPPED {test}: needs root to load BPF programs (run `cargo xtask test` as root)");
+    skipped(
+        test,
+        "needs root to load BPF programs (run `cargo xtask test` as root)",
+    );
     false
 }
 

@@ -323,16 +323,19 @@ fn memcg_v2_kill_is_reported() {
         return;
     }
     let Some(v2_root) = cgroup2_root() else {
-        eprintln!("SKIPPED memcg_v2_kill_is_reported: cgroup2 is not mounted");
+        diag_tests::skipped("memcg_v2_kill_is_reported", "cgroup2 is not mounted");
         return;
     };
     let controllers =
         std::fs::read_to_string(Path::new(&v2_root).join("cgroup.controllers")).unwrap_or_default();
     if !controllers.split_whitespace().any(|c| c == "memory") {
-        eprintln!(
-            "SKIPPED memcg_v2_kill_is_reported: the memory controller is not available in the \
-             cgroup2 hierarchy at {v2_root} (controllers: `{}`; it is bound to cgroup v1 here)",
-            controllers.trim()
+        diag_tests::skipped(
+            "memcg_v2_kill_is_reported",
+            &format!(
+                "the memory controller is not available in the cgroup2 hierarchy at {v2_root} \
+                 (controllers: `{}`; it is bound to cgroup v1 here)",
+                controllers.trim()
+            ),
         );
         return;
     }

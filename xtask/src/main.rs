@@ -271,17 +271,20 @@ fn test(extra: &[OsString]) -> Result<()> {
     ]))?;
     let bin = build(false)?;
     println!("xtask: tests");
+    let skip_log = root.join("target/skipped-tests.txt");
+    let _ = std::fs::remove_file(&skip_log);
     let mut cmd = Command::new(cargo());
     cmd.current_dir(&root)
         .args(["test", "--locked", "--workspace"])
         .args(extra)
-        .env("DIAG_BIN", &bin);
-    run_tests(cmd)
+        .env("DIAG_BIN", &bin)
+        .env("DIAG_SKIP_LOG", &skip_log);
+    run_tests(cmd, &skip_log)
 }
 
 /// Run `cargo test`, passing its output through, and close with one line
 /// of totals over every test binary.
-fn run_tests(mut cmd: Command) -> Result<()> {
+fn run_tests(mut cmd: Command, skip_log: &Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -320,7 +323,20 @@ fn run_tests(mut cmd: Command) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    let skipped = skips.join().unwrap_or(0);
+    // Skips seen on stderr (tests that failed show their output) or logged
+    // by the tests themselves (cargo hides a passing test's output).
+    let seen = skips.join().unwrap_or(0);
+    let logged: Vec<String> = std::fs::read_to_string(skip_log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for l in &logged {
+        println!("xtask: skipped: {l}");
+    }
+    let skipped = seen.max(logged.len() as u64);
+    // A skipped test returned early and counted as passed.
+    let passed = passed.saturating_sub(skipped);
     println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
     if !status.success() {
         bail!("cargo test failed ({status})");
