@@ -44,11 +44,12 @@ pub fn map_entries(pid: u32, name: &str) -> Option<usize> {
         if !is_map {
             continue;
         }
-        let info = std::fs::read_to_string(format!(
+        let Ok(info) = std::fs::read_to_string(format!(
             "/proc/{pid}/fdinfo/{}",
             fd.file_name().to_string_lossy()
-        ))
-        .ok()?;
+        )) else {
+            continue;
+        };
         let Some(id) = info
             .lines()
             .find_map(|l| l.strip_prefix("map_id:"))
@@ -56,11 +57,13 @@ pub fn map_entries(pid: u32, name: &str) -> Option<usize> {
         else {
             continue;
         };
-        let show = Command::new("bpftool")
+        let Ok(show) = Command::new("bpftool")
             .args(["map", "show", "id", &id, "--json"])
             .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&show.stdout).ok()?;
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
         if v["name"] == name {
             let dump = Command::new("bpftool")
                 .args(["map", "dump", "id", &id, "--json"])
