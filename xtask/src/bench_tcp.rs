@@ -339,6 +339,18 @@ pub fn tcp_overhead(
             "over target"
         }
     ));
+    if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
+        md.push_str(&format!(
+            "Kernel state: `SOCK_OWNERS` held {} entries before and {} after {conns} connections (the worst of {} rounds): per-socket state goes with the sockets.\n",
+            worst.0,
+            worst.1,
+            occupancy.len()
+        ));
+        json.insert(
+            "sock_owners_before_after".into(),
+            serde_json::json!(occupancy),
+        );
+    }
     Ok(Section {
         markdown: md,
         json: serde_json::Value::Object(json),
@@ -483,5 +495,22 @@ mod tests {
         assert_eq!(stats(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
         assert_eq!(stats(&[4.0, 1.0, 2.0, 3.0]).1, 2.5);
         assert_eq!(stats(&[]), (0.0, 0.0, 0.0));
+    }
+}
+
+#[cfg(test)]
+mod probe_map {
+    #[test]
+    #[ignore = "needs root and a built diag"]
+    fn sock_owners_is_found() {
+        let mut c = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/release/diag"
+        ));
+        c.args(["tail", "--events", "tcp,reset,retrans"]);
+        let bg = super::Bg::start(c, "tracing", true).unwrap();
+        let n = super::map_entries(bg.pid(), "SOCK_OWNERS");
+        bg.stop().unwrap();
+        assert!(n.is_some(), "{n:?}");
     }
 }
