@@ -13,6 +13,10 @@ pub mod tcp;
 #[cfg(feature = "user")]
 pub mod user;
 
+/// How many bytes of a classic tracepoint's record the kernel programs copy
+/// at once; the fields diag reads must end within them.
+pub const RECORD_MAX: usize = 96;
+
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const TASK_COMM_LEN: usize = 16;
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
-    Global,
+    EbpfContext, Global,
 };
 use diag_common::{counters, EventHeader, RingConfig};
 
@@ -71,4 +71,54 @@ pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
         count(counters::READ_ERROR);
         0
     })
+}
+
+/// Per-CPU room for one tracepoint record (the BPF stack is too small to
+/// hold it next to an event).
+#[map]
+static RECORD: PerCpuArray<[u8; diag_common::RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The first bytes of a classic tracepoint's record, copied with one
+/// helper call, so that each field after that is a plain load instead of a
+/// helper call of its own. User space checks that the fields it asks for
+/// end within [`diag_common::RECORD_MAX`].
+pub struct Record {
+    buf: *const [u8; diag_common::RECORD_MAX],
+}
+
+impl Record {
+    #[inline(always)]
+    pub fn copy(ctx: &TracePointContext) -> Result<Record, u32> {
+        let Some(buf) = RECORD.get_ptr_mut(0) else {
+            return Err(0);
+        };
+        // SAFETY: `buf` is this CPU's slot of the map, of the right size;
+        // the helper checks the kernel memory it reads.
+        let rc = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                buf.cast(),
+                diag_common::RECORD_MAX as u32,
+                ctx.as_ptr() as *const core::ffi::c_void,
+            )
+        };
+        if rc != 0 {
+            count(counters::READ_ERROR);
+            return Err(0);
+        }
+        Ok(Record { buf })
+    }
+
+    /// The field at `offset` (bounds-checked: a bad offset is counted).
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, offset: u32) -> Result<T, u32> {
+        let off = offset as usize;
+        if off + core::mem::size_of::<T>() > diag_common::RECORD_MAX {
+            count(counters::READ_ERROR);
+            return Err(0);
+        }
+        // SAFETY: in bounds (checked above) of this CPU's slot, which only
+        // this program touches while it runs; any bit pattern is a valid T
+        // for the integer and byte-array fields read here.
+        Ok(unsafe { core::ptr::read_unaligned(self.buf.cast::<u8>().add(off).cast::<T>()) })
+    }
 }

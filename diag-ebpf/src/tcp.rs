@@ -23,7 +23,7 @@ use diag_common::{
     EventKind,
 };
 
-use crate::maps::{count, current_header, field, submit_flags, EVENTS};
+use crate::maps::{count, current_header, field, submit_flags, Record, EVENTS};
 
 /// Field offsets from tracefs, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -64,15 +64,17 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     if l.valid == 0 {
         return Ok(0);
     }
-    let protocol: u16 = field(ctx, l.protocol)?;
+    // One copy of the record, then plain loads.
+    let rec = Record::copy(ctx)?;
+    let protocol: u16 = rec.get(l.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    let skaddr: u64 = field(ctx, l.skaddr)?;
-    let old = field::<i32>(ctx, l.oldstate)? as u8;
-    let new = field::<i32>(ctx, l.newstate)? as u8;
-    let sport: u16 = field(ctx, l.sport)?;
-    let family: u16 = field(ctx, l.family)?;
+    let skaddr: u64 = rec.get(l.skaddr)?;
+    let old = rec.get::<i32>(l.oldstate)? as u8;
+    let new = rec.get::<i32>(l.newstate)? as u8;
+    let sport: u16 = rec.get(l.sport)?;
+    let family: u16 = rec.get(l.family)?;
 
     let mut header = current_header(EventKind::TcpState as u32);
     let now = header.ts_ns;
@@ -158,11 +160,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).header = header;
         (*ev).skaddr = skaddr;
         (*ev).in_old_state_ns = in_old_state_ns;
-        let (saddr, daddr) = addresses(ctx, &l, family);
+        let (saddr, daddr) = record_addresses(&rec, &l, family);
         (*ev).saddr = saddr;
         (*ev).daddr = daddr;
         (*ev).sport = sport;
-        (*ev).dport = field(ctx, l.dport).unwrap_or(0);
+        (*ev).dport = rec.get(l.dport).unwrap_or(0);
         (*ev).family = family;
         (*ev).old_state = old;
         (*ev).new_state = new;
@@ -174,6 +176,23 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     entry.submit(flags);
     count(counters::SUBMITTED);
     Ok(0)
+}
+
+/// Local and remote address from a copied record, IPv4 in the first 4 bytes.
+#[inline(always)]
+fn record_addresses(rec: &Record, l: &InetSockSetStateLayout, family: u16) -> ([u8; 16], [u8; 16]) {
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET6 {
+        saddr = rec.get(l.saddr_v6).unwrap_or([0; 16]);
+        daddr = rec.get(l.daddr_v6).unwrap_or([0; 16]);
+    } else if family == AF_INET {
+        let s: [u8; 4] = rec.get(l.saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = rec.get(l.daddr).unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    }
+    (saddr, daddr)
 }
 
 /// Local and remote address, IPv4 in the first 4 bytes.

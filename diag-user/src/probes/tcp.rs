@@ -108,6 +108,20 @@ pub fn layout(tracefs: &Path) -> Result<InetSockSetStateLayout, EnvError> {
 }
 
 pub fn layout_from(fmt: &Format) -> Result<InetSockSetStateLayout, String> {
+    // The kernel program copies the first RECORD_MAX bytes of the record
+    // at once: every field it reads must end within them.
+    let end = fmt
+        .fields
+        .iter()
+        .map(|f| f.offset + f.size)
+        .max()
+        .unwrap_or(0);
+    if end as usize > diag_common::RECORD_MAX {
+        return Err(format!(
+            "the record is {end} bytes; diag reads the first {}",
+            diag_common::RECORD_MAX
+        ));
+    }
     Ok(InetSockSetStateLayout {
         skaddr: fmt.offset("skaddr", 8)?,
         oldstate: fmt.offset("oldstate", 4)?,
