@@ -5,17 +5,16 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     io::{BufRead, BufReader, Lines, Read, Write},
     net::TcpStream,
-    os::unix::process::{CommandExt, ExitStatusExt},
-    path::{Path, PathBuf},
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, require_root, serial};
+use diag_tests::{Diag, MemCgroup, V1_ROOT, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -265,107 +264,7 @@ fn run_ok(args: &[&str]) -> u32 {
     pid
 }
 
-const V1_ROOT: &str = "/sys/fs/cgroup/memory";
 const LIMIT_MIB: u64 = 32;
-
-/// A memory cgroup for one test, removed on drop (whatever still runs in
-/// it, our children only, is killed first). As in tests/oom.rs.
-struct MemCgroup {
-    dir: PathBuf,
-    rel: String,
-}
-
-impl MemCgroup {
-    fn create(test: &str) -> MemCgroup {
-        assert!(
-            Path::new(V1_ROOT).exists(),
-            "{V1_ROOT}: this test needs the cgroup v1 memory controller"
-        );
-        let name = format!("diag-serve-{test}-{}", std::process::id());
-        let dir = Path::new(V1_ROOT).join(&name);
-        if dir.exists() {
-            let _ = std::fs::remove_dir(&dir);
-        }
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let cg = MemCgroup {
-            dir,
-            rel: format!("/{name}"),
-        };
-        cg.write("memory.limit_in_bytes", &(LIMIT_MIB << 20).to_string());
-        cg.write("memory.swappiness", "0");
-        cg
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        let p = self.dir.join(file);
-        std::fs::write(&p, value).unwrap_or_else(|e| panic!("{} <- {value}: {e}", p.display()));
-    }
-
-    fn procs(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
-    /// `diag-loadgen ARGS` inside this cgroup (it moves itself in before exec).
-    fn spawn(&self, args: &[&str]) -> Child {
-        let procs = CString::new(
-            self.dir
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        let mut cmd = Command::new(LOADGEN);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (open, write, close) on data
-        // prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn().expect("spawn diag-loadgen in the cgroup")
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let procs = self.procs();
-            if procs.is_empty() {
-                break;
-            }
-            for pid in procs {
-                // SAFETY: kill(2); these pids are in our test cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("WARNING: could not remove {}", self.dir.display());
-    }
-}
 
 /// `promtool check metrics` on a scrape, when promtool is installed
 /// (`cargo xtask setup` installs it with the prometheus package).
@@ -485,8 +384,13 @@ fn metrics_count_loadgen_churn_and_an_oom_kill_exactly() {
     assert!(!cg.is_empty(), "cgroup label");
 
     // An OOM kill in a memory cgroup of our own.
-    let memcg = MemCgroup::create("metrics");
-    let mut child = memcg.spawn(&["alloc", "256"]);
+    let memcg = MemCgroup::create(
+        V1_ROOT,
+        "serve-metrics",
+        "memory.limit_in_bytes",
+        LIMIT_MIB << 20,
+    );
+    let mut child = memcg.spawn(LOADGEN, &["alloc", "256"]);
     let st = child.wait().unwrap();
     assert_eq!(
         st.signal(),

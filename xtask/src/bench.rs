@@ -10,15 +10,11 @@
 //! tracepoints costs before any work), interleaved and repeated.
 //! Ratios compare medians; the results go into the bench report.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
+
+use crate::bench_tcp::Bg;
 
 /// What `bench` needs beyond the build: (package, why).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -77,99 +73,28 @@ impl Tracer {
     }
 }
 
-/// A tracer running in the background.
-struct Running {
-    child: Child,
-}
-
-impl Running {
-    fn start(t: Tracer, diag: &Path, script: &Path) -> Result<Option<Running>> {
-        let (mut cmd, marker, from_stderr) = match t {
-            Tracer::None => return Ok(None),
-            Tracer::Diag => {
-                let mut c = Command::new(diag);
-                c.args(["runq", "--interval", "1s"]);
-                (c, "tracing", true)
-            }
-            Tracer::Empty => {
-                let mut c = Command::new(diag);
-                c.args(["runq", "--interval", "1s", "--empty-programs"]);
-                (c, "tracing", true)
-            }
-            Tracer::Bpftrace => {
-                let mut c = Command::new("bpftrace");
-                c.arg(script);
-                (c, "Attaching", false)
-            }
-        };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(if from_stderr {
-                Stdio::null()
-            } else {
-                Stdio::piped()
-            })
-            .stderr(if from_stderr {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .with_context(|| format!("cannot start {}", t.name()))?;
-        let (tx, rx) = mpsc::channel();
-        let out: Box<dyn std::io::Read + Send> = if from_stderr {
-            Box::new(child.stderr.take().unwrap())
-        } else {
-            Box::new(child.stdout.take().unwrap())
-        };
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) if line.contains(marker) => break,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(st) = child.try_wait()? {
-                        bail!("{} exited before it was ready ({st})", t.name());
-                    }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        bail!("{} did not get ready within 60 s", t.name());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let st = child.wait()?;
-                    bail!("{} exited before it was ready ({st})", t.name());
-                }
-            }
+/// Start tracer `t` in the background, ready (None: no tracer).
+fn start(t: Tracer, diag: &Path, script: &Path) -> Result<Option<Bg>> {
+    let (mut cmd, marker, from_stderr) = match t {
+        Tracer::None => return Ok(None),
+        Tracer::Diag => {
+            let mut c = Command::new(diag);
+            c.args(["runq", "--interval", "1s"]);
+            (c, "tracing", true)
         }
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in rx {});
-        // Let it settle (diag's first map reads, bpftrace's start-up).
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(Some(Running { child }))
-    }
-
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                // Its programs go with it; the measurement is already taken.
-                println!("xtask:   (tracer did not stop within 60 s of SIGINT: killed)");
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        Tracer::Empty => {
+            let mut c = Command::new(diag);
+            c.args(["runq", "--interval", "1s", "--empty-programs"]);
+            (c, "tracing", true)
         }
-        Ok(())
-    }
+        Tracer::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.arg(script);
+            (c, "Attaching", false)
+        }
+    };
+    cmd.stdin(std::process::Stdio::null());
+    Bg::start(cmd, marker, from_stderr).map(Some)
 }
 
 /// ops/sec from `perf bench sched pipe` output.
@@ -254,7 +179,7 @@ pub fn sched_overhead(
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let t = tracers[i];
-            let running = Running::start(t, diag, &script)?;
+            let running = start(t, diag, &script)?;
             let r = run_workload(loops, cpu);
             if let Some(r) = running {
                 r.stop()?;
