@@ -10,15 +10,17 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use diag_common::sched::{HIST_SLOTS, slot_high_ns};
+
 use super::families::{Families, Labels, counters};
-use crate::aggregate::sched::ProcInterval;
+use crate::aggregate::{histogram::Log2Hist, sched::ProcInterval};
 
 /// One cgroup's scheduler totals since diag started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupSched {
-    /// Waits per log2 bucket: bucket i holds waits in [2^i, 2^(i+1)) ns.
-    pub buckets: Vec<u64>,
-    pub waits: u64,
+    /// Waits per bucket of the kernel's histogram (see
+    /// `diag_common::sched::hist_slot`).
+    pub hist: Log2Hist,
     pub wait_ns: u64,
     pub blocked_ns: u64,
     pub cpu_ns: u64,
@@ -35,15 +37,7 @@ impl SchedMetrics {
     /// bounded).
     pub fn eat(&mut self, cgroup: String, p: &ProcInterval) {
         let c = self.by_cgroup.entry(cgroup).or_default();
-        for (i, &n) in p.hist.counts.iter().enumerate() {
-            if n > 0 {
-                if c.buckets.len() <= i {
-                    c.buckets.resize(i + 1, 0);
-                }
-                c.buckets[i] += n;
-                c.waits += n;
-            }
-        }
+        c.hist.merge(&p.hist);
         c.wait_ns += p.runq_ns;
         c.blocked_ns += p.blocked_ns;
         c.cpu_ns += p.cpu_ns;
@@ -73,15 +67,21 @@ impl EncodeMetric for Known {
     }
 }
 
-/// `le` bounds in seconds and per-bucket counts, ending with +Inf.
-pub fn buckets_seconds(buckets: &[u64]) -> Vec<(f64, u64)> {
-    let mut v: Vec<(f64, u64)> = buckets
+/// `le` bounds in seconds (the kernel buckets' upper bounds) and
+/// per-bucket counts; the last bucket is open-ended, so it is +Inf.
+pub fn buckets_seconds(h: &Log2Hist) -> Vec<(f64, u64)> {
+    h.counts
         .iter()
         .enumerate()
-        .map(|(i, &n)| ((1u64 << (i + 1).min(63)) as f64 / 1e9, n))
-        .collect();
-    v.push((f64::INFINITY, 0));
-    v
+        .map(|(i, &n)| {
+            let le = if i == HIST_SLOTS - 1 {
+                f64::INFINITY
+            } else {
+                slot_high_ns(i) as f64 / 1e9
+            };
+            (le, n)
+        })
+        .collect()
 }
 
 fn secs(ns: u64) -> f64 {
@@ -95,7 +95,7 @@ impl Families for SchedMetrics {
         for (cg, c) in &self.by_cgroup {
             let h = hist.get_or_create(&label(cg));
             *h.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                (secs(c.wait_ns), c.waits, buckets_seconds(&c.buckets));
+                (secs(c.wait_ns), c.hist.total(), buckets_seconds(&c.hist));
         }
         reg.register(
             "diag_runq_latency_seconds",
@@ -147,7 +147,6 @@ impl Families for SchedMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::histogram::Log2Hist;
 
     fn interval(counts: &[(usize, u64)]) -> ProcInterval {
         let mut hist = Log2Hist::default();
@@ -181,7 +180,12 @@ mod tests {
         m.eat("/svc".into(), &interval(&[(10, 1)]));
         let c = &m.by_cgroup["/svc"];
         assert_eq!(
-            (c.waits, c.buckets[10], c.buckets[20], c.stalls),
+            (
+                c.hist.total(),
+                c.hist.counts[10],
+                c.hist.counts[20],
+                c.stalls
+            ),
             (5, 4, 1, 4)
         );
         let mut reg = Registry::default();
@@ -200,11 +204,14 @@ mod tests {
             text.contains("diag_runq_latency_seconds_bucket{le=\"+Inf\",cgroup=\"/svc\"} 5"),
             "{text}"
         );
-        // 2^11 ns = 2.048 us: the 4 waits of bucket 10 are at or below it.
-        assert!(
-            text.contains("diag_runq_latency_seconds_bucket{le=\"0.000002048\",cgroup=\"/svc\"} 4"),
-            "{text}"
-        );
+        // Bucket 10 holds waits of [512, 1024) us: all 4 are at or below
+        // le=1.024 ms, still 4 at 0.524288 s, and the wait of bucket 20,
+        // [0.52, 1.05) s, makes 5 at le=1.048576 s.
+        for (le, n) in [("0.001024", 4), ("0.524288", 4), ("1.048576", 5)] {
+            let want =
+                format!("diag_runq_latency_seconds_bucket{{le=\"{le}\",cgroup=\"/svc\"}} {n}");
+            assert!(text.contains(&want), "{want}: {text}");
+        }
         assert!(
             text.contains("diag_blocked_seconds_total{cgroup=\"/svc\"} 1.0"),
             "{text}"

@@ -542,15 +542,16 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
     }
     v.push(String::new());
     match st.runq_hist.get(&pid) {
-        Some(h) if h.count > 0 => {
-            v.push(format!("Run-queue latency ({} samples):", h.count));
-            let max = h.buckets.iter().copied().max().unwrap_or(1).max(1);
-            for (i, &n) in h.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+        Some(h) if h.total() > 0 => {
+            use diag_common::sched::{slot_high_ns, slot_low_ns};
+            v.push(format!("Run-queue latency ({} samples):", h.total()));
+            let max = h.counts.iter().copied().max().unwrap_or(1).max(1);
+            for (i, &n) in h.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
                 let bar = "#".repeat(((n * 30).div_ceil(max)) as usize);
                 v.push(format!(
                     "  {:>9} .. {:>9} {n:>8} {bar}",
-                    human_ns(1u64 << i),
-                    human_ns((1u64 << (i + 1)) - 1)
+                    human_ns(slot_low_ns(i)),
+                    human_ns(slot_high_ns(i) - 1)
                 ));
             }
         }

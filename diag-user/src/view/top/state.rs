@@ -16,7 +16,7 @@ use crate::{
     Msg,
     aggregate::{
         oom::OomStats,
-        tcp::{Log2Hist, PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
+        tcp::{PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
     },
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
@@ -374,7 +374,7 @@ pub struct TopState {
     /// Scheduler numbers per pid, from the scheduler module.
     pub sched: HashMap<u32, SchedCols>,
     /// Run-queue latency histograms per pid, from the scheduler module.
-    pub runq_hist: HashMap<u32, Log2Hist>,
+    pub runq_hist: HashMap<u32, crate::aggregate::histogram::Log2Hist>,
     /// Memory cgroup paths by directory inode, learned by the edge.
     pub memcg_paths: HashMap<u64, String>,
     /// Whether the host part is known at all (live: procfs; replay: no).
@@ -621,18 +621,7 @@ impl TopState {
                     wait_pct: p.wait_pct,
                     blocked_ns: p.blocked_ns,
                 };
-                let mut hist = Log2Hist::default();
-                for (i, &n) in p.hist.counts.iter().enumerate() {
-                    if n > 0 {
-                        if hist.buckets.len() <= i {
-                            hist.buckets.resize(i + 1, 0);
-                        }
-                        hist.buckets[i] += n;
-                        hist.count += n;
-                        hist.max = hist.max.max((1u64 << (i + 1).min(63)) - 1);
-                    }
-                }
-                self.set_sched(p.pid, cols, Some(hist));
+                self.set_sched(p.pid, cols, Some(p.hist));
             }
         }
         self.host_known = true;
@@ -641,7 +630,12 @@ impl TopState {
     }
 
     /// Scheduler numbers for a process (for the scheduler module).
-    pub fn set_sched(&mut self, pid: u32, cols: SchedCols, hist: Option<Log2Hist>) {
+    pub fn set_sched(
+        &mut self,
+        pid: u32,
+        cols: SchedCols,
+        hist: Option<crate::aggregate::histogram::Log2Hist>,
+    ) {
         self.sched.insert(pid, cols);
         if let Some(h) = hist {
             self.runq_hist.insert(pid, h);
