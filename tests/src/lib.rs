@@ -238,6 +238,54 @@ impl Drop for Diag {
     }
 }
 
+/// A `diag-loadgen` child (the test binary; pass its path) whose stdout
+/// lines the test reads; killed on drop, whatever happened.
+pub struct Gen {
+    child: Child,
+    out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Gen {
+    pub fn spawn(loadgen: &str, args: &[&str]) -> Gen {
+        let mut child = Command::new(loadgen)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn diag-loadgen");
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        Gen { child, out }
+    }
+
+    /// Its next line of output.
+    pub fn line(&mut self) -> String {
+        self.out.next().expect("loadgen output").unwrap()
+    }
+
+    /// The port of its `PORT <n>` line (listener modes print it first).
+    pub fn port(&mut self) -> u16 {
+        let l = self.line();
+        l.strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("not a port line: {l}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for it to exit, which it must do successfully.
+    pub fn wait(&mut self) {
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Gen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `Tcp:` counters of /proc/net/snmp (shared by IPv4 and IPv6).
 pub fn tcp_snmp() -> HashMap<String, i64> {
     let text = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");

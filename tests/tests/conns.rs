@@ -2,53 +2,15 @@
 //! accounting: `ss` for socket states, /proc/net/snmp for counters.
 
 use std::{
-    io::{BufRead, BufReader, Lines},
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use diag_tests::{Diag, require_root, serial, tcp_snmp};
+use diag_tests::{Diag, Gen, require_root, serial, tcp_snmp};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// A loadgen child whose stdout lines we read.
-struct Gen {
-    child: Child,
-    out: Lines<BufReader<ChildStdout>>,
-}
-
-impl Gen {
-    fn spawn(args: &[&str]) -> Gen {
-        let mut child = Command::new(LOADGEN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        Gen { child, out }
-    }
-    fn line(&mut self) -> String {
-        self.out.next().expect("loadgen output").unwrap()
-    }
-    fn port(&mut self) -> u16 {
-        self.line().strip_prefix("PORT ").unwrap().parse().unwrap()
-    }
-    fn pid(&self) -> u64 {
-        u64::from(self.child.id())
-    }
-    fn wait(mut self) {
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for Gen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(LOADGEN).args(args).output().unwrap();
@@ -84,7 +46,8 @@ fn last_snapshot(out: &diag_tests::Output) -> Value {
     last
 }
 
-fn proc_row(snap: &Value, pid: u64) -> Value {
+fn proc_row(snap: &Value, pid: impl Into<u64>) -> Value {
+    let pid: u64 = pid.into();
     snap["processes"]
         .as_array()
         .unwrap()
@@ -121,7 +84,7 @@ fn churn_time_wait_resets_agree_with_ss_and_snmp() {
     ]);
 
     // Churn: N connections, the client closes first (its TIME_WAIT).
-    let mut listener = Gen::spawn(&["listen", &N.to_string(), "127.0.0.1:0"]);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
     let port = listener.port();
     let listener_pid = listener.pid();
     let client = Command::new(LOADGEN)
@@ -134,7 +97,7 @@ fn churn_time_wait_resets_agree_with_ss_and_snmp() {
 
     // A refused connect (a reset for no socket, received by the client)
     // and two aborted connections (resets sent from ESTABLISHED).
-    let mut closed = Gen::spawn(&["listen-hold", "2", "127.0.0.1:0"]);
+    let mut closed = Gen::spawn(LOADGEN, &["listen-hold", "2", "127.0.0.1:0"]);
     let abort_port = closed.port();
     let prober = Command::new(LOADGEN)
         .args(["try-connect", "1", &format!("127.0.0.1:{port}")])
@@ -225,7 +188,7 @@ fn close_wait_leak_is_reported_with_owner_and_age() {
         "--top",
         "0",
     ]);
-    let mut server = Gen::spawn(&["listen-hold", &K.to_string(), "127.0.0.1:0"]);
+    let mut server = Gen::spawn(LOADGEN, &["listen-hold", &K.to_string(), "127.0.0.1:0"]);
     let port = server.port();
     run(&["connect", &K.to_string(), &format!("127.0.0.1:{port}")]);
     assert_eq!(server.line(), "ACCEPTED");
@@ -271,9 +234,12 @@ fn sockets_older_than_diag_are_counted_from_the_start() {
     }
     let _guard = serial();
     const K: usize = 3;
-    let mut server = Gen::spawn(&["listen-hold", &K.to_string(), "127.0.0.1:0"]);
+    let mut server = Gen::spawn(LOADGEN, &["listen-hold", &K.to_string(), "127.0.0.1:0"]);
     let port = server.port();
-    let mut client = Gen::spawn(&["connect-hold", &K.to_string(), &format!("127.0.0.1:{port}")]);
+    let mut client = Gen::spawn(
+        LOADGEN,
+        &["connect-hold", &K.to_string(), &format!("127.0.0.1:{port}")],
+    );
     assert_eq!(client.line(), format!("CONNECTED {K}"));
     assert_eq!(server.line(), "ACCEPTED");
     let diag = Diag::start(&["conns", "--json", "--interval", "1s", "--top", "0"]);
@@ -294,7 +260,7 @@ fn syn_retransmits_are_counted_like_the_kernel() {
         return;
     }
     let _guard = serial();
-    let mut full = Gen::spawn(&["listen-full", "127.0.0.1:0"]);
+    let mut full = Gen::spawn(LOADGEN, &["listen-full", "127.0.0.1:0"]);
     let port = full.port();
     let before = tcp_snmp();
     let diag = Diag::start(&["conns", "--json", "--watch", "--top", "0"]);

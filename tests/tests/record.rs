@@ -2,7 +2,6 @@
 //! what diag showed live; kill the recorder; damage the file; fill the disk.
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -10,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
+use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -42,14 +41,6 @@ fn diag(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn port_of(child: &mut std::process::Child) -> u16 {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim().strip_prefix("PORT ").unwrap().parse().unwrap()
 }
 
 fn loadgen(args: &[&str]) -> std::process::Child {
@@ -109,14 +100,14 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     ]);
 
     // Churn, a CLOSE_WAIT leak and a memcg OOM kill.
-    let mut listener = loadgen(&["listen", &N.to_string(), "127.0.0.1:0"]);
-    let port = port_of(&mut listener);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
+    let port = listener.port();
     let client = loadgen(&["connect", &N.to_string(), &format!("127.0.0.1:{port}")]);
     let client_pid = client.id();
     assert!(client.wait_with_output().unwrap().status.success());
-    assert!(listener.wait().unwrap().success());
-    let mut leaker = loadgen(&["listen-hold", &K.to_string(), "127.0.0.1:0"]);
-    let leak_port = port_of(&mut leaker);
+    listener.wait();
+    let mut leaker = Gen::spawn(LOADGEN, &["listen-hold", &K.to_string(), "127.0.0.1:0"]);
+    let leak_port = leaker.port();
     assert!(
         loadgen(&["connect", &K.to_string(), &format!("127.0.0.1:{leak_port}")])
             .wait()
@@ -131,8 +122,6 @@ fn replay_without_root_reproduces_the_live_aggregates() {
 
     let live_out = live.stop(libc::SIGINT);
     let rec_out = recorder.stop(libc::SIGINT);
-    let _ = leaker.kill();
-    let _ = leaker.wait();
     drop(cg);
     assert!(
         live_out.status.success() && rec_out.status.success(),
@@ -170,7 +159,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     assert!(replayed.status.success(), "{}", text(&replayed.stderr));
     let live_snap = live_out.json().last().unwrap().clone();
     let replay_snap = last_json(&replayed.stdout);
-    for pid in [client_pid, leaker.id()] {
+    for pid in [client_pid, leaker.pid()] {
         let (l, r) = (row(&live_snap, pid), row(&replay_snap, pid));
         for k in [
             "active_opens",
@@ -195,7 +184,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
         row(&replay_snap, client_pid)["totals"]["active_opens"],
         N as u64
     );
-    assert_eq!(row(&replay_snap, leaker.id())["leaks"], K as u64);
+    assert_eq!(row(&replay_snap, leaker.pid())["leaks"], K as u64);
 
     // The OOM kill replays too.
     let oom = as_nobody(&["replay", c, "tail", "--json", "--events", "oom"]);
@@ -274,12 +263,12 @@ fn sigkill_leaves_everything_but_the_last_second() {
     let file = dir.path("killed.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f]);
-    let mut listener = loadgen(&["listen", &N.to_string(), "127.0.0.1:0"]);
-    let port = port_of(&mut listener);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
+    let port = listener.port();
     let client = loadgen(&["connect", &N.to_string(), &format!("127.0.0.1:{port}")]);
     let client_pid = client.id();
     assert!(client.wait_with_output().unwrap().status.success());
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     // Frames are written at least once a second.
     thread::sleep(Duration::from_millis(2500));
     let out = recorder.stop(libc::SIGKILL);
@@ -352,15 +341,15 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
     let file = dir.path("good.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
-    let mut listener = loadgen(&["listen", "50", "127.0.0.1:0"]);
-    let port = port_of(&mut listener);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", "50", "127.0.0.1:0"]);
+    let port = listener.port();
     assert!(
         loadgen(&["connect", "50", &format!("127.0.0.1:{port}")])
             .wait()
             .unwrap()
             .success()
     );
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     thread::sleep(Duration::from_millis(1200));
     assert!(recorder.stop(libc::SIGINT).status.success());
     let good = std::fs::read(&file).unwrap();
@@ -448,15 +437,15 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
     // A little first, written within a second; then enough to fill it.
     for n in ["20", "1500"] {
-        let mut listener = loadgen(&["listen", n, "127.0.0.1:0"]);
-        let port = port_of(&mut listener);
+        let mut listener = Gen::spawn(LOADGEN, &["listen", n, "127.0.0.1:0"]);
+        let port = listener.port();
         assert!(
             loadgen(&["connect", n, &format!("127.0.0.1:{port}")])
                 .wait()
                 .unwrap()
                 .success()
         );
-        assert!(listener.wait().unwrap().success());
+        listener.wait();
         thread::sleep(Duration::from_millis(1500));
     }
     let out = recorder.wait_exit(Duration::from_secs(15));
@@ -491,15 +480,15 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
         "--max-files",
         "2",
     ]);
-    let mut listener = loadgen(&["listen", "1500", "127.0.0.1:0"]);
-    let port = port_of(&mut listener);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", "1500", "127.0.0.1:0"]);
+    let port = listener.port();
     assert!(
         loadgen(&["connect", "1500", &format!("127.0.0.1:{port}")])
             .wait()
             .unwrap()
             .success()
     );
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     thread::sleep(Duration::from_millis(1500));
     let out = recorder.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
@@ -542,12 +531,12 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
         "50",
     ]);
     // Before the incident: churn that the OOM file must also hold.
-    let mut listener = loadgen(&["listen", "20", "127.0.0.1:0"]);
-    let port = port_of(&mut listener);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", "20", "127.0.0.1:0"]);
+    let port = listener.port();
     let client = loadgen(&["connect", "20", &format!("127.0.0.1:{port}")]);
     let client_pid = client.id();
     assert!(client.wait_with_output().unwrap().status.success());
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     let cg = MemCgroup::create(V1_ROOT, "flight", "memory.limit_in_bytes", 32 << 20);
     let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
     let victim_pid = victim.id();

@@ -5,16 +5,16 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Lines, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     os::unix::process::ExitStatusExt,
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, MemCgroup, V1_ROOT, require_root, serial};
+use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -218,41 +218,6 @@ fn scrape_until(
     }
 }
 
-/// A loadgen child whose stdout lines we read; killed on drop.
-struct Gen {
-    child: Child,
-    out: Lines<BufReader<ChildStdout>>,
-}
-
-impl Gen {
-    fn spawn(args: &[&str]) -> Gen {
-        let mut child = Command::new(LOADGEN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        Gen { child, out }
-    }
-    fn port(&mut self) -> u16 {
-        let l = self.out.next().expect("loadgen output").unwrap();
-        l.strip_prefix("PORT ").unwrap().parse().unwrap()
-    }
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-    fn wait(&mut self) {
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for Gen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn run_ok(args: &[&str]) -> u32 {
     let mut c = Command::new(LOADGEN)
         .args(args)
@@ -318,12 +283,12 @@ fn metrics_count_loadgen_churn_and_an_oom_kill_exactly() {
         thread::sleep(Duration::from_millis(100));
     }
 
-    let mut listener = Gen::spawn(&["listen", &N.to_string(), "127.0.0.1:0"]);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
     let lport = listener.port();
     let target = format!("127.0.0.1:{lport}");
     let connector = run_ok(&["connect", &N.to_string(), &target]).to_string();
     listener.wait();
-    let lpid = listener.pid();
+    let lpid = listener.pid().to_string();
 
     // Every count is exact for the test's own processes.
     let n = N as f64;
@@ -622,9 +587,9 @@ fn a_prometheus_server_scrapes_diag_and_answers_promql() {
     let prom = Prometheus::start(port);
     prom.wait_for(r#"up{job="diag"}"#, 1.0, Duration::from_secs(20));
 
-    let mut listener = Gen::spawn(&["listen", &N.to_string(), "127.0.0.1:0"]);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
     let target = format!("127.0.0.1:{}", listener.port());
-    let lpid = listener.pid();
+    let lpid = listener.pid().to_string();
     // The listener (a LISTEN socket) has its series before it accepts, so
     // Prometheus sees its counter go up.
     let passive = format!(r#"diag_tcp_opens_total{{pid="{lpid}",direction="passive"}}"#);
@@ -695,7 +660,7 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
             .collect();
         pids.len()
     };
-    let mut listener = Gen::spawn(&["listen", &PROCS.to_string(), "127.0.0.1:0"]);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &PROCS.to_string(), "127.0.0.1:0"]);
     let target = format!("127.0.0.1:{}", listener.port());
     // Scrape all along while the processes come and go.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -725,7 +690,7 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         );
     }
     listener.wait();
-    let lpid = listener.pid();
+    let lpid = listener.pid().to_string();
     // Every connect is counted: the listener (one busy process) exactly,
     // the connectors in their own series or `other`.
     let m = scrape_until(port, Duration::from_secs(10), |s| {
@@ -785,7 +750,7 @@ fn serve_and_record_at_once() {
         "--record",
         file.to_str().unwrap(),
     ]);
-    let mut listener = Gen::spawn(&["listen", &N.to_string(), "127.0.0.1:0"]);
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
     let target = format!("127.0.0.1:{}", listener.port());
     let connector = run_ok(&["connect", &N.to_string(), &target]).to_string();
     listener.wait();

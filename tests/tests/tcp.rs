@@ -2,15 +2,9 @@
 //! with known pids, checked transition by transition and against the
 //! kernel's own counters (/proc/net/snmp).
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{collections::HashMap, process::Command, thread, time::Duration};
 
-use diag_tests::{Diag, require_root, serial, tcp_snmp};
+use diag_tests::{Diag, Gen, require_root, serial, tcp_snmp};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -49,29 +43,13 @@ fn tail_attributes_every_transition_to_the_owner() {
     let _guard = serial();
 
     // The listener, owned by one process: one IPv4 and one IPv6 socket.
-    let mut listener = Command::new(LOADGEN)
-        .args(["listen", &N.to_string(), "127.0.0.1:0", "[::1]:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let port4: u16 = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let port6: u16 = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let listener_pid = listener.id();
+    let mut listener = Gen::spawn(
+        LOADGEN,
+        &["listen", &N.to_string(), "127.0.0.1:0", "[::1]:0"],
+    );
+    let port4: u16 = listener.port();
+    let port6: u16 = listener.port();
+    let listener_pid = listener.pid();
 
     let diag = Diag::start(&[
         "tail",
@@ -96,7 +74,7 @@ fn tail_attributes_every_transition_to_the_owner() {
     let client_pid = client.id();
     let st = client.wait_with_output().unwrap().status;
     assert!(st.success(), "client failed: {st}");
-    assert!(listener.wait().unwrap().success(), "listener failed");
+    listener.wait();
     // The last ACKs are processed right away on loopback; give the ring
     // buffer a drain tick or two.
     thread::sleep(Duration::from_millis(300));
@@ -233,27 +211,15 @@ fn text_output_names_the_process() {
     let _guard = serial();
     // diag first, then the listener: its listen() is seen live this time.
     let diag = Diag::start(&["tail", "--comm", "diag-loadgen"]);
-    let mut listener = Command::new(LOADGEN)
-        .args(["listen", "1", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let port: u16 = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut listener = Gen::spawn(LOADGEN, &["listen", "1", "127.0.0.1:0"]);
+    let port: u16 = listener.port();
     let client = Command::new(LOADGEN)
         .args(["connect", "1", &format!("127.0.0.1:{port}")])
         .spawn()
         .unwrap();
     let client_pid = client.id().to_string();
     assert!(client.wait_with_output().unwrap().status.success());
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     thread::sleep(Duration::from_millis(300));
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success());
@@ -267,7 +233,7 @@ fn text_output_names_the_process() {
     assert_eq!(rows.len(), 12, "{rows:#?}");
     assert!(rows.iter().all(|l| l.contains("diag-loadgen")), "{rows:#?}");
     let listen = rows.iter().find(|l| l.contains("CLOSE -> LISTEN")).unwrap();
-    let listener_pid = listener.id().to_string();
+    let listener_pid = listener.pid().to_string();
     assert_eq!(
         listen.split_whitespace().nth(1),
         Some(listener_pid.as_str()),
@@ -331,26 +297,14 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     ]);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(diag.pid() as i32, libc::SIGSTOP) };
-    let mut listener = Command::new(LOADGEN)
-        .args(["listen", &CONNS.to_string(), "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
-    let port: u16 = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("PORT ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut listener = Gen::spawn(LOADGEN, &["listen", &CONNS.to_string(), "127.0.0.1:0"]);
+    let port: u16 = listener.port();
     let client = Command::new(LOADGEN)
         .args(["connect", &CONNS.to_string(), &format!("127.0.0.1:{port}")])
         .status()
         .unwrap();
     assert!(client.success());
-    assert!(listener.wait().unwrap().success());
+    listener.wait();
     unsafe { libc::kill(diag.pid() as i32, libc::SIGCONT) };
     thread::sleep(Duration::from_millis(1500));
     let out = diag.stop(libc::SIGINT);

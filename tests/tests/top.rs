@@ -4,52 +4,15 @@
 //! from processes with known pids.
 
 use std::{
-    io::{BufRead, BufReader, Lines},
     path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
+use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// A loadgen child whose stdout lines we read; killed on drop.
-struct Gen {
-    child: Child,
-    out: Lines<BufReader<ChildStdout>>,
-}
-
-impl Gen {
-    fn spawn(args: &[&str]) -> Gen {
-        Gen::from(Command::new(LOADGEN).args(args))
-    }
-    fn from(cmd: &mut Command) -> Gen {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn loadgen");
-        let out = BufReader::new(child.stdout.take().unwrap()).lines();
-        Gen { child, out }
-    }
-    fn line(&mut self) -> String {
-        self.out.next().expect("loadgen output").unwrap()
-    }
-    fn port(&mut self) -> u16 {
-        let l = self.line();
-        l.strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("not a port line: {l}"))
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Gen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A tmux server of our own (its own socket) with one 80x24 window running
 /// a plain shell; killed on drop, whatever happened.
@@ -194,7 +157,7 @@ fn batch_once_shows_a_churning_process() {
     }
     let _guard = serial();
     let stats_before = bpf_stats_enabled();
-    let mut churn = Gen::spawn(&["churn", "15"]);
+    let mut churn = Gen::spawn(LOADGEN, &["churn", "15"]);
     churn.port();
     let pid = churn.pid();
 
@@ -259,9 +222,9 @@ fn the_screen_during_an_incident() {
     }
     let _guard = serial();
     let stats_before = bpf_stats_enabled();
-    let mut churn = Gen::spawn(&["churn", "90"]);
+    let mut churn = Gen::spawn(LOADGEN, &["churn", "90"]);
     churn.port();
-    let mut spin = Gen::spawn(&["spin", "90"]);
+    let mut spin = Gen::spawn(LOADGEN, &["spin", "90"]);
     assert_eq!(spin.line(), "SPINNING");
     let (churn_pid, spin_pid) = (churn.pid(), spin.pid());
 
@@ -313,9 +276,12 @@ fn the_screen_during_an_incident() {
     });
 
     // A CLOSE_WAIT leak: the peer closes, the listener never does.
-    let mut holder = Gen::spawn(&["listen-hold", "3", "127.0.0.1:0"]);
+    let mut holder = Gen::spawn(LOADGEN, &["listen-hold", "3", "127.0.0.1:0"]);
     let port = holder.port();
-    let mut conn = Gen::spawn(&["connect-hold", "3", &format!("127.0.0.1:{port}")]);
+    let mut conn = Gen::spawn(
+        LOADGEN,
+        &["connect-hold", "3", &format!("127.0.0.1:{port}")],
+    );
     assert!(conn.line().starts_with("CONNECTED"));
     assert_eq!(holder.line(), "ACCEPTED");
     drop(conn);
@@ -494,7 +460,7 @@ fn replay_of_a_recording_through_top() {
     let dir = std::env::temp_dir().join(format!("diag-top-replay-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let file = dir.join("incident.diag");
-    let mut churn = Gen::spawn(&["churn", "10"]);
+    let mut churn = Gen::spawn(LOADGEN, &["churn", "10"]);
     churn.port();
     let pid = churn.pid();
     let rec = Command::new(diag_bin())
