@@ -98,6 +98,18 @@ fn wait_killed(child: &mut Child) {
     );
 }
 
+/// A big, idle process in `cg`: 24 of the 32 MiB, then it just sleeps.
+/// Returns once it holds the memory.
+fn spawn_hog(cg: &MemCgroup) -> Child {
+    let mut hog = cg.spawn(LOADGEN, &["alloc", "24", "hold"]);
+    let mut ready = String::new();
+    BufReader::new(hog.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ALLOCATED");
+    hog
+}
+
 /// Check one reported kill of `pid` in `cg`, killed by its own allocation.
 fn check_kill(e: &Value, pid: u32, trigger: u32, cg: &MemCgroup) {
     assert_eq!(e["pid"], pid, "{e}");
@@ -220,13 +232,7 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     let mut kmsg = Kmsg::from_now();
     let diag = Diag::start(&["tail", "--json", "--events", "oom"]);
 
-    // A big, idle process: 24 of the 32 MiB, then it just sleeps.
-    let mut hog = cg.spawn(LOADGEN, &["alloc", "24", "hold"]);
-    let mut ready = String::new();
-    BufReader::new(hog.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ALLOCATED");
+    let mut hog = spawn_hog(&cg);
     // A small one whose allocation does not fit: the OOM killer runs in its
     // context and kills the biggest task, the hog.
     let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
@@ -421,11 +427,7 @@ fn the_victim_cgroup_is_found_whatever_the_probe_order() {
     // program then comes after it.
     let first = Diag::start(&["tail", "--json", "--events", "oom"]);
     let second = Diag::start(&["tail", "--json", "--events", "oom"]);
-    let mut hog = cg.spawn(LOADGEN, &["alloc", "24", "hold"]);
-    let mut line = String::new();
-    BufReader::new(hog.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut hog = spawn_hog(&cg);
     let hog_pid = hog.id();
     let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
     wait_killed(&mut hog);
