@@ -1358,6 +1358,17 @@ mod tests {
         }
     }
 
+    /// Some hint of `s` contains every one of `needles`.
+    fn assert_hint(s: &TcpSnapshot, needles: &[&str]) {
+        assert!(
+            s.hints
+                .iter()
+                .any(|h| needles.iter().all(|n| h.contains(n))),
+            "{needles:?} not in {:?}",
+            s.hints
+        );
+    }
+
     fn row(s: &TcpSnapshot, pid: u32) -> &ProcRow {
         s.processes
             .iter()
@@ -1395,13 +1406,7 @@ mod tests {
         assert_eq!(srv.totals.closes, 20);
         assert_eq!(srv.states.time_wait, 0);
         assert_eq!(s.totals.active_opens, 20);
-        assert!(
-            s.hints
-                .iter()
-                .any(|h| h.contains("pid 100 (client)") && h.contains("keepalive")),
-            "{:?}",
-            s.hints
-        );
+        assert_hint(&s, &["pid 100 (client)", "keepalive"]);
         // TIME_WAIT expires after 60 s.
         let later = agg.snapshot(2 * SEC + TIME_WAIT_NS);
         assert_eq!(later.states.time_wait, 0);
@@ -1483,13 +1488,7 @@ mod tests {
                 .iter()
                 .all(|l| l.pid == Some(300) && l.age_ns > 5 * SEC && !l.age_is_lower_bound)
         );
-        assert!(
-            late.hints
-                .iter()
-                .any(|h| h.contains("3 sockets in CLOSE_WAIT")),
-            "{:?}",
-            late.hints
-        );
+        assert_hint(&late, &["3 sockets in CLOSE_WAIT"]);
     }
 
     #[test]
@@ -1813,13 +1812,7 @@ mod tests {
         assert!((p.growth_per_s - 80.0).abs() < 1e-9);
         assert!((p.exhausted_in_s.unwrap() - 0.25).abs() < 1e-9);
         assert_eq!(s.pressure[1].ports_used, 1);
-        assert!(
-            s.hints
-                .iter()
-                .any(|h| h.contains("80 % of ephemeral ports")),
-            "{:?}",
-            s.hints
-        );
+        assert_hint(&s, &["80 % of ephemeral ports"]);
     }
 
     #[test]
