@@ -286,6 +286,35 @@ impl Drop for Gen {
     }
 }
 
+/// `n` IPv4 loopback connections between two diag-loadgen processes: a
+/// listener on an ephemeral port and a client that connects, both of which
+/// must exit successfully. The client closes first (its side ends in
+/// TIME_WAIT).
+pub fn loopback_churn(loadgen: &str, n: usize) -> Churn {
+    let mut listener = Gen::spawn(loadgen, &["listen", &n.to_string(), "127.0.0.1:0"]);
+    let port = listener.port();
+    let mut client = Command::new(loadgen)
+        .args(["connect", &n.to_string(), &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn diag-loadgen");
+    let client_pid = client.id();
+    assert!(client.wait().unwrap().success(), "the client failed");
+    listener.wait();
+    Churn {
+        listener: listener.pid(),
+        client: client_pid,
+        port,
+    }
+}
+
+/// What [`loopback_churn`] did: its two processes and the listening port.
+pub struct Churn {
+    pub listener: u32,
+    pub client: u32,
+    pub port: u16,
+}
+
 /// The `Tcp:` counters of /proc/net/snmp (shared by IPv4 and IPv6).
 pub fn tcp_snmp() -> HashMap<String, i64> {
     let text = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");

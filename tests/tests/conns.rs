@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, Gen, require_root, serial, tcp_snmp};
+use diag_tests::{Diag, Gen, loopback_churn, require_root, serial, tcp_snmp};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -84,16 +84,8 @@ fn churn_time_wait_resets_agree_with_ss_and_snmp() {
     ]);
 
     // Churn: N connections, the client closes first (its TIME_WAIT).
-    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
-    let port = listener.port();
-    let listener_pid = listener.pid();
-    let client = Command::new(LOADGEN)
-        .args(["connect", &N.to_string(), &format!("127.0.0.1:{port}")])
-        .spawn()
-        .unwrap();
-    let client_pid = u64::from(client.id());
-    assert!(client.wait_with_output().unwrap().status.success());
-    listener.wait();
+    let churn = loopback_churn(LOADGEN, N);
+    let (port, listener_pid, client_pid) = (churn.port, churn.listener, u64::from(churn.client));
 
     // A refused connect (a reset for no socket, received by the client)
     // and two aborted connections (resets sent from ESTABLISHED).

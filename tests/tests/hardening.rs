@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, Gen, bpf_objects_of, diag_bin, require_root, serial};
+use diag_tests::{Diag, bpf_objects_of, diag_bin, loopback_churn, require_root, serial};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 
@@ -157,16 +157,7 @@ fn per_socket_kernel_state_goes_away_with_the_sockets() {
         "nobody-matches",
     ]);
     let before = map_entries(diag.pid(), "SOCK_OWNERS");
-    let mut listener = Gen::spawn(LOADGEN, &["listen", "500", "127.0.0.1:0"]);
-    let port = listener.port();
-    assert!(
-        Command::new(LOADGEN)
-            .args(["connect", "500", &format!("127.0.0.1:{port}")])
-            .status()
-            .unwrap()
-            .success()
-    );
-    listener.wait();
+    loopback_churn(LOADGEN, 500);
     thread::sleep(Duration::from_millis(200));
     let after = map_entries(diag.pid(), "SOCK_OWNERS");
     let out = diag.stop(libc::SIGINT);

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, diag_bin, require_root, serial};
+use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, diag_bin, loopback_churn, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -100,12 +100,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     ]);
 
     // Churn, a CLOSE_WAIT leak and a memcg OOM kill.
-    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
-    let port = listener.port();
-    let client = loadgen(&["connect", &N.to_string(), &format!("127.0.0.1:{port}")]);
-    let client_pid = client.id();
-    assert!(client.wait_with_output().unwrap().status.success());
-    listener.wait();
+    let client_pid = loopback_churn(LOADGEN, N).client;
     let mut leaker = Gen::spawn(LOADGEN, &["listen-hold", &K.to_string(), "127.0.0.1:0"]);
     let leak_port = leaker.port();
     assert!(
@@ -263,12 +258,7 @@ fn sigkill_leaves_everything_but_the_last_second() {
     let file = dir.path("killed.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f]);
-    let mut listener = Gen::spawn(LOADGEN, &["listen", &N.to_string(), "127.0.0.1:0"]);
-    let port = listener.port();
-    let client = loadgen(&["connect", &N.to_string(), &format!("127.0.0.1:{port}")]);
-    let client_pid = client.id();
-    assert!(client.wait_with_output().unwrap().status.success());
-    listener.wait();
+    let client_pid = loopback_churn(LOADGEN, N).client;
     // Frames are written at least once a second.
     thread::sleep(Duration::from_millis(2500));
     let out = recorder.stop(libc::SIGKILL);
@@ -341,15 +331,7 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
     let file = dir.path("good.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
-    let mut listener = Gen::spawn(LOADGEN, &["listen", "50", "127.0.0.1:0"]);
-    let port = listener.port();
-    assert!(
-        loadgen(&["connect", "50", &format!("127.0.0.1:{port}")])
-            .wait()
-            .unwrap()
-            .success()
-    );
-    listener.wait();
+    loopback_churn(LOADGEN, 50);
     thread::sleep(Duration::from_millis(1200));
     assert!(recorder.stop(libc::SIGINT).status.success());
     let good = std::fs::read(&file).unwrap();
@@ -436,16 +418,8 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
     // A little first, written within a second; then enough to fill it.
-    for n in ["20", "1500"] {
-        let mut listener = Gen::spawn(LOADGEN, &["listen", n, "127.0.0.1:0"]);
-        let port = listener.port();
-        assert!(
-            loadgen(&["connect", n, &format!("127.0.0.1:{port}")])
-                .wait()
-                .unwrap()
-                .success()
-        );
-        listener.wait();
+    for n in [20, 1500] {
+        loopback_churn(LOADGEN, n);
         thread::sleep(Duration::from_millis(1500));
     }
     let out = recorder.wait_exit(Duration::from_secs(15));
@@ -480,15 +454,7 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
         "--max-files",
         "2",
     ]);
-    let mut listener = Gen::spawn(LOADGEN, &["listen", "1500", "127.0.0.1:0"]);
-    let port = listener.port();
-    assert!(
-        loadgen(&["connect", "1500", &format!("127.0.0.1:{port}")])
-            .wait()
-            .unwrap()
-            .success()
-    );
-    listener.wait();
+    loopback_churn(LOADGEN, 1500);
     thread::sleep(Duration::from_millis(1500));
     let out = recorder.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
@@ -531,12 +497,8 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
         "50",
     ]);
     // Before the incident: churn that the OOM file must also hold.
-    let mut listener = Gen::spawn(LOADGEN, &["listen", "20", "127.0.0.1:0"]);
-    let port = listener.port();
-    let client = loadgen(&["connect", "20", &format!("127.0.0.1:{port}")]);
-    let client_pid = client.id();
-    assert!(client.wait_with_output().unwrap().status.success());
-    listener.wait();
+    let churn = loopback_churn(LOADGEN, 20);
+    let (port, client_pid) = (churn.port, churn.client);
     let cg = MemCgroup::create(V1_ROOT, "flight", "memory.limit_in_bytes", 32 << 20);
     let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
     let victim_pid = victim.id();

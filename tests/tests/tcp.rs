@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, process::Command, thread, time::Duration};
 
-use diag_tests::{Diag, Gen, require_root, serial, tcp_snmp};
+use diag_tests::{Diag, Gen, loopback_churn, require_root, serial, tcp_snmp};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -211,15 +211,8 @@ fn text_output_names_the_process() {
     let _guard = serial();
     // diag first, then the listener: its listen() is seen live this time.
     let diag = Diag::start(&["tail", "--comm", "diag-loadgen"]);
-    let mut listener = Gen::spawn(LOADGEN, &["listen", "1", "127.0.0.1:0"]);
-    let port: u16 = listener.port();
-    let client = Command::new(LOADGEN)
-        .args(["connect", "1", &format!("127.0.0.1:{port}")])
-        .spawn()
-        .unwrap();
-    let client_pid = client.id().to_string();
-    assert!(client.wait_with_output().unwrap().status.success());
-    listener.wait();
+    let churn = loopback_churn(LOADGEN, 1);
+    let (port, client_pid) = (churn.port, churn.client.to_string());
     thread::sleep(Duration::from_millis(300));
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success());
@@ -233,7 +226,7 @@ fn text_output_names_the_process() {
     assert_eq!(rows.len(), 12, "{rows:#?}");
     assert!(rows.iter().all(|l| l.contains("diag-loadgen")), "{rows:#?}");
     let listen = rows.iter().find(|l| l.contains("CLOSE -> LISTEN")).unwrap();
-    let listener_pid = listener.pid().to_string();
+    let listener_pid = churn.listener.to_string();
     assert_eq!(
         listen.split_whitespace().nth(1),
         Some(listener_pid.as_str()),
@@ -297,14 +290,7 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     ]);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(diag.pid() as i32, libc::SIGSTOP) };
-    let mut listener = Gen::spawn(LOADGEN, &["listen", &CONNS.to_string(), "127.0.0.1:0"]);
-    let port: u16 = listener.port();
-    let client = Command::new(LOADGEN)
-        .args(["connect", &CONNS.to_string(), &format!("127.0.0.1:{port}")])
-        .status()
-        .unwrap();
-    assert!(client.success());
-    listener.wait();
+    loopback_churn(LOADGEN, CONNS);
     unsafe { libc::kill(diag.pid() as i32, libc::SIGCONT) };
     thread::sleep(Duration::from_millis(1500));
     let out = diag.stop(libc::SIGINT);
