@@ -161,7 +161,7 @@ pub fn sched_overhead(
     root: &Path,
     reps: usize,
     loops: u64,
-) -> Result<(String, serde_json::Value)> {
+) -> Result<crate::bench_tcp::Section> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if ncpu > 1 { 1 } else { 0 };
     let dir = root.join("target/bench");
@@ -265,7 +265,7 @@ pub fn sched_overhead(
         diag_loss <= 0.05
     );
     let json: serde_json::Value = serde_json::from_str(&json)?;
-    Ok((md, json))
+    Ok(crate::bench_tcp::Section { markdown: md, json })
 }
 
 #[cfg(test)]

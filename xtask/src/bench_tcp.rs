@@ -481,6 +481,85 @@ pub fn startup(diag: &Path, reps: usize) -> Result<Section> {
     })
 }
 
+/// Kernel maps whose occupancy the soak follows.
+const SOAK_MAPS: &[&str] = &["SOCK_OWNERS", "LISTENERS", "SCHED_TASKS", "SCHED_PROCS"];
+
+/// Occupancy of [`SOAK_MAPS`] in the maps of process `pid`.
+fn occupancy(pid: u32) -> Vec<Option<usize>> {
+    SOAK_MAPS.iter().map(|m| map_entries(pid, m)).collect()
+}
+
+/// A long run: `diag tail` with every probe attached while processes come
+/// and go and connections churn for `secs` seconds; kernel map occupancy
+/// before, at its highest, and after (per-socket and per-task state must
+/// go with the sockets and tasks, so long runs never fill the maps).
+pub fn soak(diag: &Path, loadgen: &Path, secs: u64) -> Result<Section> {
+    println!(
+        "xtask: bench: soak, {secs} s of connection and process churn under `diag tail` (all probes)"
+    );
+    let mut c = Command::new(diag);
+    c.args(["tail", "--events", "tcp,reset,retrans,oom,stall"]);
+    let bg = Bg::start(c, "tracing", true)?;
+    let before = occupancy(bg.pid());
+    let mut peak = before.clone();
+    let start = Instant::now();
+    let mut next_sample = start;
+    let (mut conns, mut procs) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(secs) {
+        // Two fresh processes (listener and client) per batch.
+        churn(loadgen, 1000)?;
+        conns += 1000;
+        procs += 2;
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(30);
+            let now = occupancy(bg.pid());
+            for (p, n) in peak.iter_mut().zip(&now) {
+                *p = (*p).max(*n);
+            }
+            println!(
+                "xtask:   {:>4} s: {conns} connections, {procs} processes; {}",
+                start.elapsed().as_secs(),
+                SOAK_MAPS
+                    .iter()
+                    .zip(&now)
+                    .map(|(m, n)| format!("{m} {}", n.map_or("?".into(), |n| n.to_string())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let secs_run = start.elapsed().as_secs_f64();
+    // Let TIME_WAIT sockets expire (60 s) so their entries can go too.
+    std::thread::sleep(Duration::from_secs(65));
+    let after = occupancy(bg.pid());
+    bg.stop()?;
+    let show = |n: &Option<usize>| n.map_or("?".to_string(), |n| n.to_string());
+    let mut md = String::from("| map | before | highest | after |\n|---|---:|---:|---:|\n");
+    let mut json = serde_json::Map::new();
+    for (i, m) in SOAK_MAPS.iter().enumerate() {
+        md.push_str(&format!(
+            "| `{m}` | {} | {} | {} |\n",
+            show(&before[i]),
+            show(&peak[i]),
+            show(&after[i])
+        ));
+        json.insert(
+            (*m).into(),
+            serde_json::json!({"before": before[i], "highest": peak[i], "after": after[i]}),
+        );
+    }
+    md.push_str(&format!(
+        "\n`diag tail --events tcp,reset,retrans,oom,stall` for {secs_run:.0} s while {conns} loopback connections and {procs} short-lived processes came and went; \"after\" is 65 s after the churn stopped (TIME_WAIT expired).\n"
+    ));
+    json.insert("seconds".into(), serde_json::json!(secs_run));
+    json.insert("connections".into(), serde_json::json!(conns));
+    json.insert("processes".into(), serde_json::json!(procs));
+    Ok(Section {
+        markdown: md,
+        json: serde_json::Value::Object(json),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,30 @@ enum Task {
         /// Connections per TCP churn run
         #[arg(long, default_value_t = 20000)]
         conns: u64,
+        /// Run only these parts (comma-separated); the report then holds
+        /// only them
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Part>,
+        /// How long the soak part churns connections while `diag tail`
+        /// runs, in seconds (map occupancy is compared before and after)
+        #[arg(long, default_value_t = 600)]
+        soak_secs: u64,
     },
+}
+
+/// The parts of `cargo xtask bench`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Part {
+    /// Scheduler probes: `perf bench sched pipe` with and without tracers
+    Sched,
+    /// TCP probes: loopback churn with and without tracers
+    Tcp,
+    /// User-space pipeline ceiling, real events while recording, memory
+    Pipeline,
+    /// Launch to probes attached
+    Startup,
+    /// Long connection and process churn: kernel map occupancy before and after
+    Soak,
 }
 
 /// Debian packages the build and the tests need.
@@ -382,19 +405,22 @@ fn real_main() -> Result<()> {
             rounds,
             loops,
             conns,
+            only,
+            soak_secs,
         } => {
             if !is_root() {
                 bail!("the bench loads BPF programs: run it as root");
             }
-            if rounds == 0 || loops == 0 || conns == 0 {
-                bail!("--rounds, --loops and --conns must be at least 1");
+            if rounds == 0 || loops == 0 || conns == 0 || soak_secs == 0 {
+                bail!("--rounds, --loops, --conns and --soak-secs must be at least 1");
             }
-            run_bench(rounds, loops, conns)
+            run_bench(rounds, loops, conns, &only, soak_secs)
         }
     }
 }
 
-fn run_bench(reps: usize, loops: u64, conns: u64) -> Result<()> {
+fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64) -> Result<()> {
+    let wanted = |p: Part| only.is_empty() || only.contains(&p);
     install_packages(bench::PACKAGES)?;
     let root = root();
     run(Command::new(cargo())
@@ -415,10 +441,27 @@ fn run_bench(reps: usize, loops: u64, conns: u64) -> Result<()> {
     let loadgen = root.join("target/release/diag-loadgen");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let (sched_md, sched_json) = bench::sched_overhead(&diag, &root, reps, loops)?;
-    let tcp = bench_tcp::tcp_overhead(&diag, &loadgen, &dir, reps, conns)?;
-    let pipeline = bench_tcp::pipeline(&diag, &loadgen, &dir)?;
-    let startup = bench_tcp::startup(&diag, reps)?;
+    let mut parts: Vec<(&str, &str, bench_tcp::Section)> = Vec::new();
+    if wanted(Part::Sched) {
+        let s = bench::sched_overhead(&diag, &root, reps, loops)?;
+        parts.push(("Scheduler overhead", "sched_overhead", s));
+    }
+    if wanted(Part::Tcp) {
+        let s = bench_tcp::tcp_overhead(&diag, &loadgen, &dir, reps, conns)?;
+        parts.push(("TCP overhead", "tcp_overhead", s));
+    }
+    if wanted(Part::Pipeline) {
+        let s = bench_tcp::pipeline(&diag, &loadgen, &dir)?;
+        parts.push(("Pipeline throughput and memory", "pipeline", s));
+    }
+    if wanted(Part::Startup) {
+        let s = bench_tcp::startup(&diag, reps)?;
+        parts.push(("Start-up", "startup", s));
+    }
+    if wanted(Part::Soak) {
+        let s = bench_tcp::soak(&diag, &loadgen, soak_secs)?;
+        parts.push(("Long run: kernel map occupancy", "soak", s));
+    }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = String::from_utf8_lossy(
         &Command::new("date")
@@ -430,19 +473,26 @@ fn run_bench(reps: usize, loops: u64, conns: u64) -> Result<()> {
     .trim()
     .to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let md = format!(
-        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench --rounds {reps}`.\n\n### Scheduler overhead\n\n{}\n### TCP overhead\n\n{}\n### Pipeline throughput and memory\n\n{}\n### Start-up\n\n{}",
-        kernel.trim(),
-        sched_md,
-        tcp.markdown,
-        pipeline.markdown,
-        startup.markdown
+    let args = if only.is_empty() {
+        format!("--rounds {reps}")
+    } else {
+        let parts: Vec<String> = only
+            .iter()
+            .map(|p| format!("{p:?}").to_lowercase())
+            .collect();
+        format!("--rounds {reps} --only {}", parts.join(","))
+    };
+    let mut md = format!(
+        "Measured {date} on Linux {}, {cpus} CPUs, by `cargo xtask bench {args}`.\n",
+        kernel.trim()
     );
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "date": date, "kernel": kernel.trim(), "cpus": cpus, "reps": reps,
-        "sched_overhead": sched_json,
-        "tcp_overhead": tcp.json, "pipeline": pipeline.json, "startup": startup.json,
     });
+    for (title, key, section) in parts {
+        md.push_str(&format!("\n### {title}\n\n{}", section.markdown));
+        json[key] = section.json;
+    }
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,
