@@ -1,5 +1,5 @@
 //! The scheduler: run-queue latency, blocked time, CPU time, stalls
-//! (`tp_btf` programs on `sched_switch`, `sched_wakeup`, `sched_wakeup_new`,
+//! (`tp_btf` programs on `sched_switch`, `sched_wakeup_new`,
 //! `sched_process_exit`).
 //!
 //! Per-switch data never travels as events: the kernel aggregates it per
@@ -78,12 +78,12 @@ pub mod task_state {
     pub const NOLOAD: u64 = 0x0400;
 }
 
-/// What a thread is doing, as the kernel program last saw it
-/// ([`TaskState::state`]).
+/// Why a thread left the CPU, as the kernel program last saw it
+/// ([`TaskState::state`]): what its time off the CPU since then is,
+/// apart from the run-queue wait that ends it.
 pub mod run_state {
-    /// On a CPU.
-    pub const ON_CPU: u32 = 0;
-    /// Runnable, waiting on a run queue (woken, or preempted).
+    /// Runnable (preempted, or new): all of its time off the CPU is
+    /// run-queue wait.
     pub const RUNQ: u32 = 1;
     /// Voluntary sleep (S: interruptible, idle).
     pub const SLEEP: u32 = 2;
@@ -107,8 +107,20 @@ pub struct SchedConfig {
     pub valid: u32,
     /// A run-queue wait at least this long is sent as a [`StallEvent`].
     pub stall_threshold_ns: u64,
+    /// Offset of `task_struct.sched_info.run_delay`: the kernel's own
+    /// total run-queue wait of the thread (what `/proc/PID/schedstat`
+    /// shows), ns.
+    pub task_run_delay: u32,
+    /// Offset of `task_struct.se.sum_exec_runtime`: the kernel's own
+    /// total CPU time of the thread, ns.
+    pub task_exec_runtime: u32,
+    /// 1: add exited threads' counters to `SCHED_PROCS` (for views that
+    /// read and then clear it); 0: drop them (views that only want stall
+    /// events, so the map never fills).
+    pub keep_procs: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SchedConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<SchedConfig>() == 40);
 
 impl SchedConfig {
     pub const fn zeroed() -> Self {
@@ -118,45 +130,45 @@ impl SchedConfig {
             task_comm: 0,
             valid: 0,
             stall_threshold_ns: 0,
+            task_run_delay: 0,
+            task_exec_runtime: 0,
+            keep_procs: 0,
+            _pad: 0,
         }
     }
 }
 
-/// Per thread (map `SCHED_TASKS`, keyed by thread id): what it is doing
-/// since when, and its counters since diag started (same meaning as in
-/// [`ProcStats`]). Only the CPU that holds the thread's run-queue lock
-/// writes it, so the hot path needs neither atomics nor a per-process
-/// lookup. When the thread exits, its counters are added to its
-/// process's [`ProcStats`] and the entry is removed.
+/// The cumulative scheduler counters of a thread ([`TaskState`]) or of a
+/// process's exited threads ([`ProcStats`]), since diag started.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskState {
-    /// Boot-time ns when the thread entered `state`.
-    pub ts_ns: u64,
-    /// One of [`run_state`].
-    pub state: u32,
-    /// Process id of the thread.
-    pub tgid: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedCounters {
+    /// Total run-queue wait, ns (the kernel's `run_delay` of schedstat).
     pub runq_ns: u64,
+    /// Number of run-queue waits.
     pub runq_count: u64,
+    /// Longest single wait, ns (since diag started).
     pub runq_max_ns: u64,
+    /// Time on a CPU, ns (the kernel's `sum_exec_runtime`).
     pub cpu_ns: u64,
+    /// Time in uninterruptible sleep (D), ns.
     pub blocked_ns: u64,
+    /// Time in voluntary sleep (S), ns.
     pub sleep_ns: u64,
+    /// Run-queue wait of other tasks that ended when this one left the
+    /// CPU ("delay caused to others"), ns. An approximation: the whole wait
+    /// is charged to the task that ran just before the waiter got the CPU.
     pub caused_ns: u64,
+    /// Waits charged in `caused_ns`.
     pub caused_count: u64,
+    /// Waits longer than the stall threshold.
     pub stalls: u64,
-    /// Run-queue latency histogram, see [`hist_slot`].
-    pub hist: [u32; HIST_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<TaskState>() == 216);
+const _: () = assert!(core::mem::size_of::<SchedCounters>() == 72);
 
-impl TaskState {
+impl SchedCounters {
     pub const fn zeroed() -> Self {
-        TaskState {
-            ts_ns: 0,
-            state: 0,
-            tgid: 0,
+        SchedCounters {
             runq_ns: 0,
             runq_count: 0,
             runq_max_ns: 0,
@@ -166,6 +178,71 @@ impl TaskState {
             caused_ns: 0,
             caused_count: 0,
             stalls: 0,
+        }
+    }
+
+    /// Add `o`'s counters (the longest wait is the larger one).
+    pub fn add(&mut self, o: &SchedCounters) {
+        self.runq_ns += o.runq_ns;
+        self.runq_count += o.runq_count;
+        self.runq_max_ns = self.runq_max_ns.max(o.runq_max_ns);
+        self.cpu_ns += o.cpu_ns;
+        self.blocked_ns += o.blocked_ns;
+        self.sleep_ns += o.sleep_ns;
+        self.caused_ns += o.caused_ns;
+        self.caused_count += o.caused_count;
+        self.stalls += o.stalls;
+    }
+
+    /// Counter-wise maximum.
+    pub fn high_water(&mut self, o: &SchedCounters) {
+        self.runq_ns = self.runq_ns.max(o.runq_ns);
+        self.runq_count = self.runq_count.max(o.runq_count);
+        self.runq_max_ns = self.runq_max_ns.max(o.runq_max_ns);
+        self.cpu_ns = self.cpu_ns.max(o.cpu_ns);
+        self.blocked_ns = self.blocked_ns.max(o.blocked_ns);
+        self.sleep_ns = self.sleep_ns.max(o.sleep_ns);
+        self.caused_ns = self.caused_ns.max(o.caused_ns);
+        self.caused_count = self.caused_count.max(o.caused_count);
+        self.stalls = self.stalls.max(o.stalls);
+    }
+}
+
+/// Per thread (map `SCHED_TASKS`, keyed by thread id): why it last left
+/// the CPU and when, the kernel's own totals for it then, and its counters
+/// since diag started. Written only at the thread's own switch-outs (and
+/// its creation and exit), so the hot path needs no atomics; `caused_*`,
+/// which other threads' switch-outs add to, is added atomically. When the
+/// thread exits, its counters are added to its process's [`ProcStats`] and
+/// the entry is removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// Boot-time ns when the thread last left the CPU (or was created).
+    pub ts_ns: u64,
+    /// One of [`run_state`].
+    pub state: u32,
+    /// Process id of the thread.
+    pub tgid: u32,
+    /// The kernel's `sched_info.run_delay` of the thread at `ts_ns`.
+    pub run_delay_ns: u64,
+    /// The kernel's `se.sum_exec_runtime` of the thread at `ts_ns`.
+    pub exec_ns: u64,
+    pub counters: SchedCounters,
+    /// Run-queue latency histogram, see [`hist_slot`].
+    pub hist: [u32; HIST_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<TaskState>() == 232);
+
+impl TaskState {
+    pub const fn zeroed() -> Self {
+        TaskState {
+            ts_ns: 0,
+            state: 0,
+            tgid: 0,
+            run_delay_ns: 0,
+            exec_ns: 0,
+            counters: SchedCounters::zeroed(),
             hist: [0; HIST_SLOTS],
         }
     }
@@ -180,26 +257,7 @@ impl TaskState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStats {
-    /// Total run-queue wait, ns (the kernel's `run_delay` of schedstat).
-    pub runq_ns: u64,
-    /// Number of run-queue waits.
-    pub runq_count: u64,
-    /// Longest single wait, ns (since diag started).
-    pub runq_max_ns: u64,
-    /// Time on a CPU, ns.
-    pub cpu_ns: u64,
-    /// Time in uninterruptible sleep (D), ns; charged at wakeup.
-    pub blocked_ns: u64,
-    /// Time in voluntary sleep (S), ns; charged at wakeup.
-    pub sleep_ns: u64,
-    /// Run-queue wait of other tasks that ended when this process left the
-    /// CPU ("delay caused to others"), ns. An approximation: the whole wait
-    /// is charged to the task that ran just before the waiter got the CPU.
-    pub caused_ns: u64,
-    /// Waits charged in `caused_ns`.
-    pub caused_count: u64,
-    /// Waits of this process longer than the stall threshold.
-    pub stalls: u64,
+    pub counters: SchedCounters,
     /// `comm` of the thread that created the entry (may be a thread name).
     pub comm: [u8; TASK_COMM_LEN],
     /// Run-queue latency histogram, see [`hist_slot`].
@@ -210,35 +268,36 @@ const _: () = assert!(core::mem::size_of::<ProcStats>() == 344);
 impl ProcStats {
     pub const fn zeroed() -> Self {
         ProcStats {
-            runq_ns: 0,
-            runq_count: 0,
-            runq_max_ns: 0,
-            cpu_ns: 0,
-            blocked_ns: 0,
-            sleep_ns: 0,
-            caused_ns: 0,
-            caused_count: 0,
-            stalls: 0,
+            counters: SchedCounters::zeroed(),
             comm: [0; TASK_COMM_LEN],
             hist: [0; HIST_SLOTS],
         }
     }
 }
 
-/// Per CPU (map `SCHED_ONCPU`): who got the CPU and when, for CPU time.
+/// Per CPU (map `SCHED_ONCPU`): who got the CPU and when, and who had it
+/// before (the task its wait is charged to).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OnCpu {
+    /// Boot-time ns when `pid` got the CPU.
     pub since_ns: u64,
     pub pid: u32,
     pub tgid: u32,
+    /// The task that left the CPU then (0: the CPU was idle).
+    pub prev_pid: u32,
+    pub prev_tgid: u32,
+    pub prev_comm: [u8; TASK_COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<OnCpu>() == 16);
+const _: () = assert!(core::mem::size_of::<OnCpu>() == 40);
 
 /// A run-queue wait longer than the threshold. The header names the
-/// waiting task (the victim) and the CPU it finally ran on; `villain_*`
-/// is the task that was on that CPU when the wait ended (`sched_switch`'s
-/// prev): the likely culprit, not necessarily the only one.
+/// waiting task (the victim), the CPU it finally ran on and when it got
+/// it; `villain_*` is the task that left that CPU then (`sched_switch`'s
+/// prev): the likely culprit, not necessarily the only one. The wait is
+/// the kernel's own (`sched_info.run_delay`), so the event is sent when
+/// the victim leaves the CPU again: its header time can be earlier than
+/// that of events sent before it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StallEvent {

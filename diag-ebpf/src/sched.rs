@@ -1,21 +1,29 @@
 //! The scheduler, from `tp_btf` programs (raw tracepoints with typed
 //! arguments: cheaper than plain tracepoints, and they carry the
-//! `task_struct`s, so the next task's process id is at hand).
+//! `task_struct`s).
 //!
-//! The hot path (every switch and wakeup) touches only per-thread state
-//! (`SCHED_TASKS`) and a per-CPU slot: one hash lookup per wakeup, two per
-//! switch, no atomics (a thread's entry is only written under its
-//! run-queue lock), and `task_struct` fields read with plain loads (the
-//! verifier checks them against BTF: the offsets are constants of the
-//! frozen read-only `SCHED_CONFIG`). When a thread exits, its counters
-//! are added to its process's entry in `SCHED_PROCS` (atomically: threads
-//! of one process may exit on two CPUs at once).
+//! The kernel already keeps, per thread, its total run-queue wait
+//! (`sched_info.run_delay`, what `/proc/PID/schedstat` shows) and its CPU
+//! time (`se.sum_exec_runtime`). So the hot path is one program on
+//! `sched_switch` that, when a thread leaves the CPU, reads both with
+//! plain loads (offsets from BTF, constants of the frozen `SCHED_CONFIG`)
+//! and compares them with what they were when it last left: the
+//! difference is the one wait that ended its time off the CPU and the CPU
+//! time it just had; the rest of that time off the CPU was sleep (S) or
+//! blocked (D), as it said when it left. No program runs on wakeups.
 //!
-//! - `sched_wakeup`/`sched_wakeup_new`: the thread becomes runnable; the
-//!   sleep that ends here is charged (D or S).
-//! - `sched_switch`: prev leaves the CPU (runnable if preempted, else
-//!   asleep) and is charged its CPU time; next gets the CPU, ending its
-//!   run-queue wait, charged to next and, as "caused", to prev.
+//! Per switch: one hash lookup (prev's `SCHED_TASKS` entry), a second one
+//! to charge the wait to the task that held the CPU before (only when
+//! there was a wait), and the per-CPU `SCHED_ONCPU` slot, no atomics
+//! except for that charge (a thread's own entry is only written at its own
+//! switch-outs). When a thread exits, its counters are added to its
+//! process's entry in `SCHED_PROCS` (if user space reads it; atomically:
+//! threads of one process may exit on two CPUs at once).
+//!
+//! - `sched_switch`: prev leaves the CPU: it is charged as above; next
+//!   gets it, noted per CPU with prev as the task its wait is charged to.
+//! - `sched_wakeup_new`: a new thread, whose kernel totals start at zero:
+//!   its first wait is counted too.
 //! - `sched_process_exit`, and the final switch-out in TASK_DEAD: fold the
 //!   thread into its process and forget it.
 
@@ -23,7 +31,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_ktime_get_boot_ns,
     },
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
@@ -33,8 +41,8 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     sched::{
-        hist_slot, run_state, task_state, OnCpu, ProcStats, SchedConfig, StallEvent, TaskState,
-        HIST_SLOTS,
+        hist_slot, run_state, task_state, OnCpu, ProcStats, SchedConfig, SchedCounters, StallEvent,
+        TaskState, HIST_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -55,7 +63,7 @@ static SCHED_TASKS: HashMap<u32, TaskState> = HashMap::with_max_entries(65_536, 
 #[map]
 static SCHED_PROCS: HashMap<u32, ProcStats> = HashMap::with_max_entries(16_384, 0);
 
-/// Who is on each CPU since when, for CPU time.
+/// Who is on each CPU since when, and who had it before.
 #[map]
 static SCHED_ONCPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 
@@ -94,37 +102,22 @@ fn ids(task: *const u8, c: &SchedConfig) -> (u32, u32) {
     (task_u32(task, c.task_pid), task_u32(task, c.task_tgid))
 }
 
+/// A task's `comm`, by two plain loads (see [`task_u32`]).
 #[inline(always)]
 fn comm_of(task: *const u8, c: &SchedConfig) -> [u8; TASK_COMM_LEN] {
-    // SAFETY: the offset comes from the running kernel's BTF; the helper
-    // checks the address.
-    unsafe { bpf_probe_read_kernel(task.add(c.task_comm as usize) as *const [u8; TASK_COMM_LEN]) }
-        .unwrap_or_else(|_| {
-            count(counters::SCHED_READ_ERROR);
-            [0; TASK_COMM_LEN]
-        })
+    let lo = task_u64(task, c.task_comm).to_ne_bytes();
+    let hi = task_u64(task, c.task_comm + 8).to_ne_bytes();
+    let mut comm = [0u8; TASK_COMM_LEN];
+    comm[..8].copy_from_slice(&lo);
+    comm[8..].copy_from_slice(&hi);
+    comm
 }
 
-/// The thread's state, created (zeroed, with `tgid`) if absent.
+/// A u64 field of a task, by a plain load (see [`task_u32`]).
 #[inline(always)]
-fn task_entry(pid: u32, tgid: u32) -> Option<*mut TaskState> {
-    if let Some(t) = SCHED_TASKS.get_ptr_mut(pid) {
-        return Some(t);
-    }
-    let t = SCHED_TASK_TEMPLATE.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch value, only this program on this CPU uses it.
-    unsafe {
-        *t = TaskState::zeroed();
-        (*t).tgid = tgid;
-        // By reference: a copy of the value would crowd the BPF stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        let inserted = SCHED_TASKS.insert(pid, &*t, BPF_ANY as u64);
-        if inserted.is_err() {
-            count(counters::SCHED_TASK_MAP_FULL);
-            return None;
-        }
-    }
-    SCHED_TASKS.get_ptr_mut(pid)
+fn task_u64(task: *const u8, offset: u32) -> u64 {
+    // SAFETY: as for `task_u32`.
+    unsafe { core::ptr::read_volatile(task.add(offset as usize) as *const u64) }
 }
 
 /// The process's stats, created if absent.
@@ -138,6 +131,7 @@ fn proc_stats(tgid: u32) -> Option<*mut ProcStats> {
     unsafe {
         *t = ProcStats::zeroed();
         (*t).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        // By reference: a copy of the value would crowd the BPF stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
         let inserted = SCHED_PROCS.insert(tgid, &*t, BPF_NOEXIST as u64);
         if inserted.is_err() && SCHED_PROCS.get_ptr_mut(tgid).is_none() {
@@ -148,41 +142,76 @@ fn proc_stats(tgid: u32) -> Option<*mut ProcStats> {
     SCHED_PROCS.get_ptr_mut(tgid)
 }
 
-/// Add a thread's counters to its process and zero them. Runs in the
-/// exiting thread itself (current), so `comm` is its own.
+/// Add a thread's counters to its process (when user space reads
+/// processes) and zero them. Runs in the exiting thread itself (current),
+/// so `comm` is its own.
 #[inline(always)]
-fn fold(t: *mut TaskState) {
+fn fold(t: *mut TaskState, c: &SchedConfig) {
     // SAFETY: `t` is a map value pointer, valid while we run.
     unsafe {
-        let Some(p) = proc_stats((*t).tgid) else {
-            return;
+        let p = if c.keep_procs != 0 {
+            proc_stats((*t).tgid)
+        } else {
+            None
         };
-        add(&raw mut (*p).runq_ns, (*t).runq_ns);
-        add(&raw mut (*p).runq_count, (*t).runq_count);
-        add(&raw mut (*p).cpu_ns, (*t).cpu_ns);
-        add(&raw mut (*p).blocked_ns, (*t).blocked_ns);
-        add(&raw mut (*p).sleep_ns, (*t).sleep_ns);
-        add(&raw mut (*p).caused_ns, (*t).caused_ns);
-        add(&raw mut (*p).caused_count, (*t).caused_count);
-        add(&raw mut (*p).stalls, (*t).stalls);
-        if (*t).runq_max_ns > (*p).runq_max_ns {
-            (*p).runq_max_ns = (*t).runq_max_ns;
-        }
-        let mut i = 0;
-        while i < HIST_SLOTS {
-            let n = (*t).hist[i];
-            if n != 0 {
-                add(&raw mut (*p).hist[i], u64::from(n));
+        if let Some(p) = p {
+            let (pc, tc) = (&raw mut (*p).counters, &raw const (*t).counters);
+            add(&raw mut (*pc).runq_ns, (*tc).runq_ns);
+            add(&raw mut (*pc).runq_count, (*tc).runq_count);
+            add(&raw mut (*pc).cpu_ns, (*tc).cpu_ns);
+            add(&raw mut (*pc).blocked_ns, (*tc).blocked_ns);
+            add(&raw mut (*pc).sleep_ns, (*tc).sleep_ns);
+            add(&raw mut (*pc).caused_ns, (*tc).caused_ns);
+            add(&raw mut (*pc).caused_count, (*tc).caused_count);
+            add(&raw mut (*pc).stalls, (*tc).stalls);
+            if (*tc).runq_max_ns > (*pc).runq_max_ns {
+                (*pc).runq_max_ns = (*tc).runq_max_ns;
             }
-            i += 1;
+            let mut i = 0;
+            while i < HIST_SLOTS {
+                let n = (*t).hist[i];
+                if n != 0 {
+                    add(&raw mut (*p).hist[i], u64::from(n));
+                }
+                i += 1;
+            }
         }
-        let ts = (*t).ts_ns;
-        let state = (*t).state;
-        let tgid = (*t).tgid;
+        (*t).counters = SchedCounters::zeroed();
+        (*t).hist = [0; HIST_SLOTS];
+    }
+}
+
+/// A fresh entry for a thread: its kernel totals now, nothing charged.
+#[inline(always)]
+fn new_entry(task: *const u8, pid: u32, tgid: u32, state: u32, now: u64, c: &SchedConfig) {
+    let Some(t) = SCHED_TASK_TEMPLATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value, only this program on this CPU uses it.
+    unsafe {
         *t = TaskState::zeroed();
-        (*t).ts_ns = ts;
-        (*t).state = state;
         (*t).tgid = tgid;
+        (*t).state = state;
+        (*t).ts_ns = now;
+        (*t).run_delay_ns = task_u64(task, c.task_run_delay);
+        (*t).exec_ns = task_u64(task, c.task_exec_runtime);
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        if SCHED_TASKS.insert(pid, &*t, BPF_ANY as u64).is_err() {
+            count(counters::SCHED_TASK_MAP_FULL);
+        }
+    }
+}
+
+/// What leaving the CPU with `prev_state` makes of a thread's time off it.
+#[inline(always)]
+fn leaving_state(preempt: u64, prev_state: u64) -> u32 {
+    if preempt != 0 || prev_state == task_state::RUNNING {
+        run_state::RUNQ
+    } else if prev_state & task_state::UNINTERRUPTIBLE != 0 && prev_state & task_state::NOLOAD == 0
+    {
+        run_state::BLOCKED
+    } else {
+        run_state::SLEEP
     }
 }
 
@@ -206,120 +235,126 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
     let (prev_pid, prev_tgid) = ids(prev, &c);
-    let (next_pid, next_tgid) = ids(next, &c);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-
-    // CPU time of prev.
-    let mut cpu_ns: u64 = 0;
-    if let Some(oc) = SCHED_ONCPU.get_ptr_mut(0) {
-        // SAFETY: per-CPU value; the scheduler does not nest on a CPU.
-        unsafe {
-            if (*oc).pid == prev_pid && (*oc).since_ns != 0 && now > (*oc).since_ns {
-                cpu_ns = now - (*oc).since_ns;
-            }
-            (*oc).since_ns = now;
-            (*oc).pid = next_pid;
-            (*oc).tgid = next_tgid;
-        }
-    }
-
-    // next gets the CPU: its run-queue wait ends.
-    let mut wait: u64 = 0;
-    if next_pid != 0 {
-        if let Some(t) = SCHED_TASKS.get_ptr_mut(next_pid) {
-            // SAFETY: map value pointer, valid while we run.
-            unsafe {
-                if (*t).state == run_state::RUNQ && now > (*t).ts_ns {
-                    wait = now - (*t).ts_ns;
-                    (*t).runq_ns += wait;
-                    (*t).runq_count += 1;
-                    let slot = hist_slot(wait) & (HIST_SLOTS - 1);
-                    (*t).hist[slot] += 1;
-                    if wait > (*t).runq_max_ns {
-                        (*t).runq_max_ns = wait;
-                    }
-                    if wait >= c.stall_threshold_ns {
-                        (*t).stalls += 1;
-                    }
-                }
-                (*t).state = run_state::ON_CPU;
-                (*t).ts_ns = now;
-            }
-        }
-        // No entry: a thread diag has not seen wake up; nothing to charge.
-    }
-    if wait != 0 && wait >= c.stall_threshold_ns {
-        stall_event(
-            next, next_pid, next_tgid, prev_pid, prev_tgid, wait, now, &c,
-        );
-    }
-
-    // prev leaves the CPU: its CPU time, the wait it caused next, and
-    // what it is going to do.
+    let oc = SCHED_ONCPU.get_ptr_mut(0).ok_or(0u32)?;
     if prev_pid != 0 {
-        let Some(t) = task_entry(prev_pid, prev_tgid) else {
-            return Ok(0);
-        };
-        // SAFETY: map value pointer, valid while we run.
-        unsafe {
-            (*t).cpu_ns += cpu_ns;
-            if wait != 0 {
-                (*t).caused_ns += wait;
-                (*t).caused_count += 1;
-            }
-            if prev_state & task_state::DEAD != 0 {
-                fold(t);
-                let _ = SCHED_TASKS.remove(prev_pid);
-            } else {
-                (*t).state = if preempt != 0 || prev_state == task_state::RUNNING {
-                    run_state::RUNQ
-                } else if prev_state & task_state::UNINTERRUPTIBLE != 0
-                    && prev_state & task_state::NOLOAD == 0
-                {
-                    run_state::BLOCKED
-                } else {
-                    run_state::SLEEP
-                };
-                (*t).ts_ns = now;
-            }
-        }
+        switch_out(prev, prev_pid, prev_tgid, preempt, prev_state, now, oc, &c);
+    }
+    // next gets the CPU; prev is the one its wait is charged to.
+    let (next_pid, next_tgid) = ids(next, &c);
+    // SAFETY: per-CPU value; the scheduler does not nest on a CPU.
+    unsafe {
+        (*oc).since_ns = now;
+        (*oc).pid = next_pid;
+        (*oc).tgid = next_tgid;
+        (*oc).prev_pid = prev_pid;
+        (*oc).prev_tgid = prev_tgid;
+        // For a stall event of next's.
+        (*oc).prev_comm = comm_of(prev, &c);
     }
     Ok(0)
 }
 
+/// prev leaves the CPU: charge what it did since it last left.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn stall_event(
-    next: *const u8,
-    next_pid: u32,
-    next_tgid: u32,
-    prev_pid: u32,
-    prev_tgid: u32,
-    wait: u64,
+fn switch_out(
+    prev: *const u8,
+    pid: u32,
+    tgid: u32,
+    preempt: u64,
+    prev_state: u64,
     now: u64,
+    oc: *mut OnCpu,
     c: &SchedConfig,
 ) {
+    let dead = prev_state & task_state::DEAD != 0;
+    let Some(t) = SCHED_TASKS.get_ptr_mut(pid) else {
+        // A thread diag has not seen leave the CPU yet: from now on.
+        if !dead {
+            new_entry(prev, pid, tgid, leaving_state(preempt, prev_state), now, c);
+        }
+        return;
+    };
+    let run_delay = task_u64(prev, c.task_run_delay);
+    let exec = task_u64(prev, c.task_exec_runtime);
+    // SAFETY: map value pointer, valid while we run; `oc` is this CPU's
+    // slot, which only the switch on this CPU writes.
+    unsafe {
+        let wait = run_delay.saturating_sub((*t).run_delay_ns);
+        let cpu = exec.saturating_sub((*t).exec_ns);
+        let off = now
+            .saturating_sub((*t).ts_ns)
+            .saturating_sub(wait)
+            .saturating_sub(cpu);
+        let k = &raw mut (*t).counters;
+        if (*t).state == run_state::BLOCKED {
+            (*k).blocked_ns += off;
+        } else if (*t).state == run_state::SLEEP {
+            (*k).sleep_ns += off;
+        }
+        (*k).cpu_ns += cpu;
+        (*k).runq_ns += wait;
+        (*k).runq_count += 1;
+        let slot = hist_slot(wait) & (HIST_SLOTS - 1);
+        (*t).hist[slot] += 1;
+        if wait > (*k).runq_max_ns {
+            (*k).runq_max_ns = wait;
+        }
+        // The task that had this CPU before prev got it.
+        let on_this_cpu = (*oc).pid == pid;
+        if wait != 0 && on_this_cpu && (*oc).prev_pid != 0 {
+            if let Some(v) = SCHED_TASKS.get_ptr_mut((*oc).prev_pid) {
+                add(&raw mut (*v).counters.caused_ns, wait);
+                add(&raw mut (*v).counters.caused_count, 1);
+            }
+        }
+        if wait >= c.stall_threshold_ns {
+            (*k).stalls += 1;
+            stall_event(pid, tgid, wait, now, oc, on_this_cpu);
+        }
+        (*t).run_delay_ns = run_delay;
+        (*t).exec_ns = exec;
+        (*t).ts_ns = now;
+        (*t).state = leaving_state(preempt, prev_state);
+        if dead {
+            fold(t, c);
+            let _ = SCHED_TASKS.remove(pid);
+        }
+    }
+}
+
+/// A stall of the current task (prev), which is leaving the CPU after a
+/// long wait for it; the villain is the task it took the CPU from.
+#[inline(always)]
+fn stall_event(pid: u32, tgid: u32, wait: u64, now: u64, oc: *const OnCpu, on_this_cpu: bool) {
     let Some(mut entry) = EVENTS.reserve::<StallEvent>(0) else {
         count(counters::RINGBUF_FULL);
         return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of the right size; every
-    // field is written before submit.
+    // field is written before submit. `oc` is this CPU's slot.
     unsafe {
         (*ev).header = EventHeader {
             kind: EventKind::Stall as u32,
             cpu: bpf_get_smp_processor_id(),
-            ts_ns: now,
-            pid: next_pid,
-            tgid: next_tgid,
-            comm: comm_of(next, c),
+            ts_ns: if on_this_cpu { (*oc).since_ns } else { now },
+            pid,
+            tgid,
+            comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
         };
         (*ev).wait_ns = wait;
-        (*ev).villain_pid = prev_pid;
-        (*ev).villain_tgid = prev_tgid;
-        (*ev).villain_comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        if on_this_cpu {
+            (*ev).villain_pid = (*oc).prev_pid;
+            (*ev).villain_tgid = (*oc).prev_tgid;
+            (*ev).villain_comm = (*oc).prev_comm;
+        } else {
+            (*ev).villain_pid = 0;
+            (*ev).villain_tgid = 0;
+            (*ev).villain_comm = [0; TASK_COMM_LEN];
+        }
     }
     let flags = submit_flags();
     entry.submit(flags);
@@ -327,60 +362,21 @@ fn stall_event(
     count(counters::SCHED_STALLS);
 }
 
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    match try_wakeup(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
+/// sched_wakeup_new(task_struct *p): a new thread, first queued now.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    match try_wakeup(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-/// sched_wakeup(task_struct *p), sched_wakeup_new(task_struct *p).
-#[inline(always)]
-fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let c = SCHED_CONFIG.load();
     if c.valid == 0 {
-        return Ok(0);
+        return 0;
     }
     let p: *const u8 = ctx.arg(0);
     let (pid, tgid) = ids(p, &c);
-    if pid == 0 {
-        return Ok(0);
+    if pid != 0 {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        new_entry(p, pid, tgid, run_state::RUNQ, now, &c);
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let Some(t) = task_entry(pid, tgid) else {
-        return Ok(0);
-    };
-    // SAFETY: map value pointer, valid while we run.
-    unsafe {
-        let state = (*t).state;
-        if state == run_state::SLEEP || state == run_state::BLOCKED {
-            if now > (*t).ts_ns {
-                let slept = now - (*t).ts_ns;
-                if state == run_state::BLOCKED {
-                    (*t).blocked_ns += slept;
-                } else {
-                    (*t).sleep_ns += slept;
-                }
-            }
-            (*t).state = run_state::RUNQ;
-            (*t).ts_ns = now;
-        } else if state == run_state::ON_CPU && (*t).ts_ns == 0 {
-            // A new entry (zeroed): the thread starts waiting now.
-            (*t).state = run_state::RUNQ;
-            (*t).ts_ns = now;
-        }
-        // RUNQ: already waiting, the wait started earlier. ON_CPU:
-        // running (e.g. it woke itself); its switch-out will tell.
-    }
-    Ok(0)
+    0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -390,12 +386,12 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let _ = ctx;
-    // sched_process_exit(task_struct *p, bool group_dead): p is current.
-    // Fold what the thread did so far; the entry stays for its last
-    // switches and goes at the final switch-out (TASK_DEAD).
+    // sched_process_exit(task_struct *p, ...): p is current. Fold what the
+    // thread did so far; the entry stays for its last switches and goes
+    // at the final switch-out (TASK_DEAD).
     let pid = bpf_get_current_pid_tgid() as u32;
     if let Some(t) = SCHED_TASKS.get_ptr_mut(pid) {
-        fold(t);
+        fold(t, &c);
     }
     0
 }

@@ -541,6 +541,22 @@ pub(crate) mod tests {
             &[("pid", pid_t, 0, 0), ("tgid", pid_t, 32, 0)],
         );
         let u = b.strukt(KIND_UNION, "", 8, &[("", anon, 0, 0), ("both", int, 0, 0)]);
+        let u64t = b.int("long long unsigned int", 8);
+        let si = b.strukt(
+            KIND_STRUCT,
+            "sched_info",
+            48,
+            &[("pcount", u64t, 0, 0), ("run_delay", u64t, 64, 0)],
+        );
+        let se = b.strukt(
+            KIND_STRUCT,
+            "sched_entity",
+            32,
+            &[
+                ("exec_start", u64t, 0, 0),
+                ("sum_exec_runtime", u64t, 128, 0),
+            ],
+        );
         b.strukt(
             KIND_STRUCT,
             "task_struct",
@@ -548,6 +564,8 @@ pub(crate) mod tests {
             &[
                 ("__state", uint, 192, 0),
                 ("flag", uint, 224, 1),
+                ("se", se, 1024, 0),
+                ("sched_info", si, 8192, 0),
                 ("", u, 10112, 0),
                 ("comm", comm, 14016, 0),
             ],

@@ -754,9 +754,11 @@ share of the interval summed over threads, so it can exceed 100 like top's \
 %CPU), its CPU time, its time blocked in uninterruptible sleep (D, usually \
 I/O) and in voluntary sleep (S), and the delay it suffered and caused.
 
-A wait starts when a thread is woken (sched_wakeup, sched_wakeup_new) or \
-preempted while runnable, and ends when it is switched in (sched_switch). \
-The kernel aggregates waits into per-thread log2 histograms, summed per \
+Waits and CPU time are the kernel's own per-thread accounting (what \
+/proc/PID/schedstat shows), read at sched_switch when a thread leaves the \
+CPU: the wait that ended its time off the CPU and the run it just had are \
+exact; the rest of its time off the CPU is sleep (S) or blocked (D), as it \
+said when it left. The kernel aggregates waits into per-thread log2 histograms, summed per \
 process by diag: user space never sees one event per context switch. p50/p99 are read from the \
 histogram (accurate to a factor of 2); MAX is the upper bound of the highest \
 bucket used in the interval, capped by the longest wait seen. Waits, \

@@ -250,13 +250,14 @@ impl SchedFeed {
 
     /// The processes' numbers since the last reading.
     pub fn read(&mut self, now_ns: u64) -> Vec<crate::aggregate::sched::ProcInterval> {
-        let (procs, tasks) = self.maps.read();
-        let reading = crate::aggregate::sched::combine(&procs, &tasks, now_ns);
+        let r = self.maps.read();
+        let reading = crate::aggregate::sched::combine(&r, now_ns);
         let iv = self.agg.update(now_ns, self.start_ns, reading);
         // Processes seen gone last time were read once more: forget them.
         self.maps.forget(&self.gone_last_time);
         self.agg.forget(&self.gone_last_time);
-        self.gone_last_time = procs
+        self.gone_last_time = r
+            .procs
             .keys()
             .copied()
             .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())

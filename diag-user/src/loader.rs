@@ -37,6 +37,17 @@ pub struct Env {
     pub sched: Option<SchedConfig>,
 }
 
+impl Env {
+    /// This view reads the per-process map of exited threads (and clears
+    /// it): have the kernel fill it. Others leave it out, so that it never
+    /// fills up with processes nobody reads.
+    pub fn keep_sched_procs(&mut self) {
+        if let Some(c) = self.sched.as_mut() {
+            c.keep_procs = 1;
+        }
+    }
+}
+
 /// The outcome of one check, for `diag check`.
 pub struct CheckLine {
     pub name: &'static str,
@@ -160,7 +171,7 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
     lines.push(CheckLine {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
-            .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup".into()),
+            .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup_new".into()),
     });
     let privileged = lines[0].result.is_ok();
     if privileged {
@@ -300,6 +311,8 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         for map in probes::sched::MAPS {
             loader.map_max_entries(map, 1);
         }
+    } else if sched.keep_procs == 0 {
+        loader.map_max_entries(probes::sched::PROCS_MAP, 1);
     }
     let mut ebpf = loader
         .load(OBJECT)

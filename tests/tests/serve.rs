@@ -390,29 +390,25 @@ fn metrics_count_loadgen_churn_and_an_oom_kill_exactly() {
         value(&m, "diag_map_full_total", &[("map", "sock")]),
         Some(0.0)
     );
-    // The scheduler: run-queue waits happened on this host, as a histogram
-    // whose +Inf bucket is its count, and CPU time was spent.
-    let waits: f64 = m
-        .iter()
-        .filter(|x| x.name == "diag_runq_latency_seconds_count")
-        .map(|x| x.value)
-        .sum();
-    let inf: f64 = m
-        .iter()
-        .filter(|x| {
-            x.name == "diag_runq_latency_seconds_bucket"
-                && x.labels.get("le").map(String::as_str) == Some("+Inf")
-        })
-        .map(|x| x.value)
-        .sum();
-    assert!(waits > 0.0, "run-queue waits are counted");
+    // The scheduler: run-queue waits happen on this host (counted when a
+    // thread leaves the CPU, so give it a reading or two), as a histogram
+    // whose +Inf bucket is its count, and CPU time is spent.
+    let sum = |s: &[Sample], pick: &dyn Fn(&Sample) -> bool| -> f64 {
+        s.iter().filter(|x| pick(x)).map(|x| x.value).sum()
+    };
+    let m = scrape_until(port, Duration::from_secs(10), |s| {
+        let waits = sum(s, &|x| x.name == "diag_runq_latency_seconds_count");
+        let cpu = sum(s, &|x| x.name == "diag_cpu_seconds_total");
+        (waits > 0.0 && cpu > 0.0)
+            .then_some(())
+            .ok_or(format!("run-queue waits {waits}, CPU seconds {cpu}"))
+    });
+    let waits = sum(&m, &|x| x.name == "diag_runq_latency_seconds_count");
+    let inf = sum(&m, &|x| {
+        x.name == "diag_runq_latency_seconds_bucket"
+            && x.labels.get("le").map(String::as_str) == Some("+Inf")
+    });
     assert_eq!(waits, inf, "the +Inf bucket holds every wait");
-    let cpu: f64 = m
-        .iter()
-        .filter(|x| x.name == "diag_cpu_seconds_total")
-        .map(|x| x.value)
-        .sum();
-    assert!(cpu > 0.0, "CPU time is counted");
     promtool_check(port);
 
     let out = diag.stop(libc::SIGTERM);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use diag_common::{
     comm_bytes,
-    sched::{ProcStats, TaskState, run_state},
+    sched::{ProcStats, SchedCounters, TaskState, run_state},
 };
 use serde::Serialize;
 
@@ -20,15 +20,7 @@ use super::histogram::Log2Hist;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProcCounters {
     pub comm: String,
-    pub runq_ns: u64,
-    pub runq_count: u64,
-    pub runq_max_ns: u64,
-    pub cpu_ns: u64,
-    pub blocked_ns: u64,
-    pub sleep_ns: u64,
-    pub caused_ns: u64,
-    pub caused_count: u64,
-    pub stalls: u64,
+    pub c: SchedCounters,
     pub hist: Log2Hist,
 }
 
@@ -36,48 +28,44 @@ impl From<&ProcStats> for ProcCounters {
     fn from(s: &ProcStats) -> Self {
         ProcCounters {
             comm: String::from_utf8_lossy(comm_bytes(&s.comm)).into_owned(),
-            runq_ns: s.runq_ns,
-            runq_count: s.runq_count,
-            runq_max_ns: s.runq_max_ns,
-            cpu_ns: s.cpu_ns,
-            blocked_ns: s.blocked_ns,
-            sleep_ns: s.sleep_ns,
-            caused_ns: s.caused_ns,
-            caused_count: s.caused_count,
-            stalls: s.stalls,
+            c: s.counters,
             hist: Log2Hist::from_counts(s.hist),
         }
     }
 }
 
 impl ProcCounters {
-    /// Add a live thread's counters, as of `now_ns` (boot time): the kernel
-    /// charges a wait, a sleep or a run when it ends, so the part of the
-    /// current one that has elapsed is added here. When it ends, the
-    /// kernel's counter grows by the whole and this part drops to zero:
-    /// the sum stays continuous, and a thread stuck in D for a minute
-    /// shows up every interval, not once at the end.
-    pub fn add_thread(&mut self, t: &TaskState, now_ns: u64) {
-        let ongoing = if t.ts_ns != 0 {
-            now_ns.saturating_sub(t.ts_ns)
+    /// Add a live thread's counters, as of `now_ns` (boot time).
+    /// `on_cpu_since` is when it got the CPU it is on, if it is on one.
+    ///
+    /// The kernel charges a thread's time off the CPU (its sleep and the
+    /// wait that ends it) and its run when it next leaves the CPU, so the
+    /// part of the current ones that has elapsed is added here: time off
+    /// the CPU as the thread said when it left (asleep, blocked, or
+    /// runnable), and its run so far. When the kernel charges them, this
+    /// part drops to zero: the sum stays continuous (up to the wait that
+    /// ends a sleep, which moves from sleep to the run queue then), and a
+    /// thread stuck in D for a minute shows up every interval, not once
+    /// at the end.
+    pub fn add_thread(&mut self, t: &TaskState, on_cpu_since: Option<u64>, now_ns: u64) {
+        let (off_until, running) = match on_cpu_since {
+            Some(since) if since >= t.ts_ns && since <= now_ns => (since, now_ns - since),
+            _ => (now_ns, 0),
+        };
+        let off = if t.ts_ns != 0 {
+            off_until.saturating_sub(t.ts_ns)
         } else {
             0
         };
+        let c = &mut self.c;
         match t.state {
-            run_state::RUNQ => self.runq_ns += ongoing,
-            run_state::BLOCKED => self.blocked_ns += ongoing,
-            run_state::SLEEP => self.sleep_ns += ongoing,
-            _ => self.cpu_ns += ongoing,
+            run_state::RUNQ => c.runq_ns += off,
+            run_state::BLOCKED => c.blocked_ns += off,
+            run_state::SLEEP => c.sleep_ns += off,
+            _ => {}
         }
-        self.runq_ns += t.runq_ns;
-        self.runq_count += t.runq_count;
-        self.runq_max_ns = self.runq_max_ns.max(t.runq_max_ns);
-        self.cpu_ns += t.cpu_ns;
-        self.blocked_ns += t.blocked_ns;
-        self.sleep_ns += t.sleep_ns;
-        self.caused_ns += t.caused_ns;
-        self.caused_count += t.caused_count;
-        self.stalls += t.stalls;
+        c.cpu_ns += running;
+        c.add(&t.counters);
         for (a, b) in self.hist.counts.iter_mut().zip(t.hist.iter()) {
             *a += u64::from(*b);
         }
@@ -85,34 +73,46 @@ impl ProcCounters {
 
     /// Counter-wise maximum: the high-water mark of two readings.
     fn high_water(&mut self, other: &ProcCounters) {
-        self.runq_ns = self.runq_ns.max(other.runq_ns);
-        self.runq_count = self.runq_count.max(other.runq_count);
-        self.runq_max_ns = self.runq_max_ns.max(other.runq_max_ns);
-        self.cpu_ns = self.cpu_ns.max(other.cpu_ns);
-        self.blocked_ns = self.blocked_ns.max(other.blocked_ns);
-        self.sleep_ns = self.sleep_ns.max(other.sleep_ns);
-        self.caused_ns = self.caused_ns.max(other.caused_ns);
-        self.caused_count = self.caused_count.max(other.caused_count);
-        self.stalls = self.stalls.max(other.stalls);
+        self.c.high_water(&other.c);
         for (a, b) in self.hist.counts.iter_mut().zip(other.hist.counts.iter()) {
             *a = (*a).max(*b);
         }
     }
 }
 
+/// One reading of the kernel's scheduler maps.
+#[derive(Debug, Default, Clone)]
+pub struct Reading {
+    /// Exited threads, per process.
+    pub procs: HashMap<u32, ProcStats>,
+    /// Live threads: thread id, state.
+    pub tasks: Vec<(u32, TaskState)>,
+    /// Threads on a CPU: thread id, since when (boot ns).
+    pub on_cpu: HashMap<u32, u64>,
+}
+
+impl Reading {
+    /// Counters of one live thread as of `now_ns` (see
+    /// [`ProcCounters::add_thread`]).
+    pub fn thread(&self, tid: u32, t: &TaskState, now_ns: u64) -> ProcCounters {
+        let mut c = ProcCounters::default();
+        c.add_thread(t, self.on_cpu.get(&tid).copied(), now_ns);
+        c
+    }
+}
+
 /// Per-process cumulative counters from one kernel reading: exited
-/// threads (`procs`) plus live ones (`tasks`: thread id, state).
-pub fn combine(
-    procs: &HashMap<u32, ProcStats>,
-    tasks: &[(u32, TaskState)],
-    now_ns: u64,
-) -> HashMap<u32, ProcCounters> {
-    let mut out: HashMap<u32, ProcCounters> = procs
+/// threads plus live ones.
+pub fn combine(r: &Reading, now_ns: u64) -> HashMap<u32, ProcCounters> {
+    let mut out: HashMap<u32, ProcCounters> = r
+        .procs
         .iter()
         .map(|(&pid, s)| (pid, ProcCounters::from(s)))
         .collect();
-    for (_, t) in tasks {
-        out.entry(t.tgid).or_default().add_thread(t, now_ns);
+    for (tid, t) in &r.tasks {
+        out.entry(t.tgid)
+            .or_default()
+            .add_thread(t, r.on_cpu.get(tid).copied(), now_ns);
     }
     out
 }
@@ -136,9 +136,9 @@ pub struct ProcInterval {
     pub wait_pct: f64,
     pub cpu_ns: u64,
     pub cpu_pct: f64,
-    /// Uninterruptible sleep (D), ns, charged when the sleep ends.
+    /// Uninterruptible sleep (D), ns, as it goes.
     pub blocked_ns: u64,
-    /// Voluntary sleep (S), ns, charged when the sleep ends.
+    /// Voluntary sleep (S), ns, as it goes.
     pub sleep_ns: u64,
     /// Run-queue wait of others that ended when this process gave up a CPU.
     pub caused_ns: u64,
@@ -227,25 +227,25 @@ impl SchedAgg {
         for (&pid, now) in reading.iter_mut() {
             let before = self.prev.get(&pid).unwrap_or(&zero);
             let h = now.hist.since_saturating(&before.hist);
-            let max_ns = h.max_bound().map(|b| b.min(now.runq_max_ns.max(1)));
+            let max_ns = h.max_bound().map(|b| b.min(now.c.runq_max_ns.max(1)));
             // Interpolated quantiles never exceed the maximum.
             let cap = |q: Option<u64>| q.map(|v| max_ns.map_or(v, |m| v.min(m)));
             let p = ProcInterval {
                 pid,
                 comm: now.comm.clone(),
-                runq_ns: delta(now.runq_ns, before.runq_ns),
-                runq_count: delta(now.runq_count, before.runq_count),
+                runq_ns: delta(now.c.runq_ns, before.c.runq_ns),
+                runq_count: delta(now.c.runq_count, before.c.runq_count),
                 p50_ns: cap(h.quantile(0.50)),
                 p99_ns: cap(h.quantile(0.99)),
                 max_ns,
                 wait_pct: 0.0,
-                cpu_ns: delta(now.cpu_ns, before.cpu_ns),
+                cpu_ns: delta(now.c.cpu_ns, before.c.cpu_ns),
                 cpu_pct: 0.0,
-                blocked_ns: delta(now.blocked_ns, before.blocked_ns),
-                sleep_ns: delta(now.sleep_ns, before.sleep_ns),
-                caused_ns: delta(now.caused_ns, before.caused_ns),
-                caused_count: delta(now.caused_count, before.caused_count),
-                stalls: delta(now.stalls, before.stalls),
+                blocked_ns: delta(now.c.blocked_ns, before.c.blocked_ns),
+                sleep_ns: delta(now.c.sleep_ns, before.c.sleep_ns),
+                caused_ns: delta(now.c.caused_ns, before.c.caused_ns),
+                caused_count: delta(now.c.caused_count, before.c.caused_count),
+                stalls: delta(now.c.stalls, before.c.stalls),
                 hist: h,
             };
             now.high_water(before);
@@ -329,14 +329,14 @@ mod tests {
     fn counters(comm: &str, runq_ms: &[u64], cpu_ns: u64) -> ProcCounters {
         let mut c = ProcCounters {
             comm: comm.into(),
-            cpu_ns,
             ..Default::default()
         };
+        c.c.cpu_ns = cpu_ns;
         for ms in runq_ms {
             let ns = ms * 1_000_000;
-            c.runq_ns += ns;
-            c.runq_count += 1;
-            c.runq_max_ns = c.runq_max_ns.max(ns);
+            c.c.runq_ns += ns;
+            c.c.runq_count += 1;
+            c.c.runq_max_ns = c.c.runq_max_ns.max(ns);
             c.hist.record(ns);
         }
         c
@@ -408,50 +408,75 @@ mod tests {
         assert_eq!(agg.update(4, 0, r4).processes[0].runq_ns, 1_000_000);
     }
 
+    fn reading(procs: HashMap<u32, ProcStats>, tasks: &[(u32, TaskState)]) -> Reading {
+        Reading {
+            procs,
+            tasks: tasks.to_vec(),
+            on_cpu: HashMap::new(),
+        }
+    }
+
     #[test]
     fn combines_exited_and_live_threads() {
         let mut procs = HashMap::new();
         let mut p = ProcStats::zeroed();
-        p.runq_ns = 100;
+        p.counters.runq_ns = 100;
         p.comm[..4].copy_from_slice(b"dead");
         procs.insert(7, p);
         let mut t1 = TaskState::zeroed();
         t1.tgid = 7;
-        t1.runq_ns = 10;
+        t1.counters.runq_ns = 10;
         t1.hist[3] = 2;
         let mut t2 = TaskState::zeroed();
         t2.tgid = 8;
-        t2.cpu_ns = 5;
-        let c = combine(&procs, &[(70, t1), (80, t2)], 1_000);
-        assert_eq!(c[&7].runq_ns, 110);
+        t2.counters.cpu_ns = 5;
+        let c = combine(&reading(procs, &[(70, t1), (80, t2)]), 1_000);
+        assert_eq!(c[&7].c.runq_ns, 110);
         assert_eq!(c[&7].comm, "dead");
         assert_eq!(c[&7].hist.counts[3], 2);
-        assert_eq!(c[&8].cpu_ns, 5);
+        assert_eq!(c[&8].c.cpu_ns, 5);
     }
 
     #[test]
-    fn ongoing_sleeps_and_waits_count_as_they_go() {
+    fn ongoing_sleeps_waits_and_runs_count_as_they_go() {
         let mut t = TaskState::zeroed();
         t.tgid = 7;
         t.state = run_state::BLOCKED;
         t.ts_ns = 1_000;
-        t.blocked_ns = 50;
-        let procs = HashMap::new();
+        t.counters.blocked_ns = 50;
+        let mut r = reading(HashMap::new(), &[(70, t)]);
         let mut agg = SchedAgg::new();
-        let i1 = agg.update(2_000, 0, combine(&procs, &[(70, t)], 2_000));
+        let i1 = agg.update(2_000, 0, combine(&r, 2_000));
         assert_eq!(i1.processes[0].blocked_ns, 1_050);
-        let i2 = agg.update(3_000, 0, combine(&procs, &[(70, t)], 3_000));
+        let i2 = agg.update(3_000, 0, combine(&r, 3_000));
         assert_eq!(i2.processes[0].blocked_ns, 1_000, "still blocked");
-        // It wakes at 3500: the kernel charges 2500; now it waits.
-        t.blocked_ns += 2_500;
-        t.state = run_state::RUNQ;
-        t.ts_ns = 3_500;
-        let i3 = agg.update(4_000, 0, combine(&procs, &[(70, t)], 4_000));
+        // It woke, and got a CPU at 3500: off the CPU until then, running
+        // since.
+        r.on_cpu.insert(70, 3_500);
+        let i3 = agg.update(4_000, 0, combine(&r, 4_000));
         assert_eq!(i3.processes[0].blocked_ns, 500);
-        assert_eq!(i3.processes[0].runq_ns, 500);
+        assert_eq!(i3.processes[0].cpu_ns, 500);
+        // It leaves the CPU at 4200, preempted: the kernel charged 2400
+        // blocked, 100 waiting and 200 running; since then it waits.
+        let mut t2 = t;
+        t2.counters.blocked_ns += 2_400;
+        t2.counters.runq_ns += 100;
+        t2.counters.runq_count += 1;
+        t2.counters.cpu_ns += 200;
+        t2.state = run_state::RUNQ;
+        t2.ts_ns = 4_200;
+        let r = reading(HashMap::new(), &[(70, t2)]);
+        let i4 = agg.update(5_000, 0, combine(&r, 5_000));
+        let p = &i4.processes[0];
+        // The 100 of waiting moved from blocked to the run queue.
+        assert_eq!((p.blocked_ns, p.cpu_ns, p.runq_count), (0, 0, 1));
+        assert_eq!(p.runq_ns, 100 + 800);
         // A fresh entry (ts 0) adds nothing.
-        let c = combine(&procs, &[(80, TaskState::zeroed())], 9_000);
-        assert_eq!(c[&0].cpu_ns, 0);
+        let c = combine(
+            &reading(HashMap::new(), &[(80, TaskState::zeroed())]),
+            9_000,
+        );
+        assert_eq!(c[&0].c.cpu_ns, 0);
     }
 
     #[test]

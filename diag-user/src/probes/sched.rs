@@ -1,40 +1,39 @@
-//! The scheduler: `tp_btf` programs on `sched_switch`, `sched_wakeup`,
-//! `sched_wakeup_new` and `sched_process_exit`, and the maps they fill.
+//! The scheduler: `tp_btf` programs on `sched_switch`, `sched_wakeup_new`
+//! and `sched_process_exit`, and the maps they fill.
 
-use std::{collections::HashMap as StdHashMap, path::Path};
+use std::path::Path;
 
 use aya::{
     Btf, Ebpf, Endianness,
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::BtfTracePoint,
 };
-use diag_common::sched::{ProcStats, SchedConfig, TaskState};
+use diag_common::sched::{OnCpu, ProcStats, SchedConfig, TaskState};
 
 use crate::{
+    aggregate::sched::Reading,
     btf,
     error::{EnvError, LoadError, flatten},
 };
 
-/// The raw tracepoints, in attach order (wakeups before switches, so a
-/// switch never waits for a wakeup that was not traced).
-pub const TRACEPOINTS: &[&str] = &[
-    "sched_process_exit",
-    "sched_wakeup",
-    "sched_wakeup_new",
-    "sched_switch",
-];
+/// The raw tracepoints, in attach order (new threads before switches, so
+/// a new thread's first switch-out finds its entry).
+pub const TRACEPOINTS: &[&str] = &["sched_process_exit", "sched_wakeup_new", "sched_switch"];
 
 /// For messages: what is attached.
 pub const TRACEPOINT_NAMES: &[&str] = &[
     "tp_btf:sched_process_exit",
-    "tp_btf:sched_wakeup",
     "tp_btf:sched_wakeup_new",
     "tp_btf:sched_switch",
 ];
 
 /// Maps that only the scheduler programs use: shrunk to one entry when
 /// they are not attached, so TCP-only users do not pay their memory.
-pub const MAPS: &[&str] = &["SCHED_TASKS", "SCHED_PROCS"];
+pub const MAPS: &[&str] = &["SCHED_TASKS", PROCS_MAP];
+
+/// Exited threads per process: only for views that read and clear it
+/// (`SchedConfig::keep_procs`).
+pub const PROCS_MAP: &str = "SCHED_PROCS";
 
 /// The `task_struct` offsets on the running kernel, from its BTF.
 pub fn layout(btf_path: &Path, stall_threshold_ns: u64) -> Result<SchedConfig, EnvError> {
@@ -47,15 +46,24 @@ pub fn layout(btf_path: &Path, stall_threshold_ns: u64) -> Result<SchedConfig, E
 }
 
 pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfig, String> {
-    let field = |name: &str, size: u32| -> Result<u32, String> {
-        let f = btf.member("task_struct", name)?;
+    let member = |strct: &str, name: &str, size: u32| -> Result<u32, String> {
+        let f = btf.member(strct, name)?;
         if f.size != size {
             return Err(format!(
-                "task_struct.{name} is {} bytes, diag expects {size}",
+                "{strct}.{name} is {} bytes, diag expects {size}",
                 f.size
             ));
         }
         Ok(f.offset)
+    };
+    let field = |name: &str, size: u32| member("task_struct", name, size);
+    // The kernel's own per-thread totals (CONFIG_SCHED_INFO, which
+    // schedstats and delay accounting select: /proc/PID/schedstat).
+    let nested = |outer: &str, ty: &str, name: &str| -> Result<u32, String> {
+        let o = btf.member("task_struct", outer).map_err(|e| {
+            format!("{e} (the kernel lacks CONFIG_SCHED_INFO: diag's scheduler probes need it)")
+        })?;
+        Ok(o.offset + member(ty, name, 8)?)
     };
     Ok(SchedConfig {
         task_pid: field("pid", 4)?,
@@ -63,6 +71,10 @@ pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfi
         task_comm: field("comm", diag_common::TASK_COMM_LEN as u32)?,
         valid: 1,
         stall_threshold_ns,
+        task_run_delay: nested("sched_info", "sched_info", "run_delay")?,
+        task_exec_runtime: nested("se", "sched_entity", "sum_exec_runtime")?,
+        keep_procs: 0,
+        _pad: 0,
     })
 }
 
@@ -96,6 +108,7 @@ pub fn attach(
 pub struct SchedMaps {
     procs: HashMap<MapData, u32, ProcStats>,
     tasks: HashMap<MapData, u32, TaskState>,
+    on_cpu: PerCpuArray<MapData, OnCpu>,
 }
 
 impl SchedMaps {
@@ -109,18 +122,40 @@ impl SchedMaps {
             HashMap::try_from(take("SCHED_PROCS")?).map_err(|e| LoadError::Load(e.to_string()))?;
         let tasks =
             HashMap::try_from(take("SCHED_TASKS")?).map_err(|e| LoadError::Load(e.to_string()))?;
-        Ok(SchedMaps { procs, tasks })
+        let on_cpu = PerCpuArray::try_from(take("SCHED_ONCPU")?)
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        Ok(SchedMaps {
+            procs,
+            tasks,
+            on_cpu,
+        })
     }
 
     /// One reading: the exited threads of each process (`SCHED_PROCS`),
     /// then every live thread (`SCHED_TASKS`), in that order: a thread
     /// that exits in between is then missing from both for this reading
     /// (the aggregate treats the dip as no progress), never counted twice.
-    /// Entries that vanish while we iterate are skipped.
-    pub fn read(&self) -> (StdHashMap<u32, ProcStats>, Vec<(u32, TaskState)>) {
+    /// Entries that vanish while we iterate are skipped. Last, which
+    /// thread is on each CPU since when.
+    pub fn read(&self) -> Reading {
         let procs = self.procs.iter().filter_map(Result::ok).collect();
         let tasks = self.tasks.iter().filter_map(Result::ok).collect();
-        (procs, tasks)
+        let on_cpu = self
+            .on_cpu
+            .get(&0, 0)
+            .map(|per_cpu| {
+                per_cpu
+                    .iter()
+                    .filter(|o| o.pid != 0 && o.since_ns != 0)
+                    .map(|o| (o.pid, o.since_ns))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Reading {
+            procs,
+            tasks,
+            on_cpu,
+        }
     }
 
     /// Forget processes that are gone (after their last reading).
@@ -146,7 +181,11 @@ mod tests {
                 task_tgid: 1268,
                 task_comm: 1752,
                 valid: 1,
-                stall_threshold_ns: 10_000_000
+                stall_threshold_ns: 10_000_000,
+                task_run_delay: 1032,
+                task_exec_runtime: 144,
+                keep_procs: 0,
+                _pad: 0,
             }
         );
     }

@@ -144,7 +144,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_sched {
         classes.push(EventClass::Stall);
     }
-    let env = loader::require_for(&args.probe, &classes)?;
+    let mut env = loader::require_for(&args.probe, &classes)?;
+    env.keep_sched_procs();
     // Bind and create the recording first: a port in use or a bad path
     // fails before anything is loaded into the kernel.
     let listener =

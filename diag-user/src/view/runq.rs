@@ -215,6 +215,7 @@ impl Counters {
 /// `diag runq`.
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let mut env = loader::require_for(&args.probe, &[crate::cli::EventClass::Stall])?;
+    env.keep_sched_procs();
     if args.empty_programs
         && let Some(cfg) = env.sched.as_mut()
     {
@@ -264,8 +265,8 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             }
             // Read the kernel's cumulative counters.
             let now_ns = clock::boot_ns();
-            let (procs, tasks) = maps.read();
-            let mut reading = combine(&procs, &tasks, now_ns);
+            let r = maps.read();
+            let mut reading = combine(&r, now_ns);
             for (pid, c) in reading.iter_mut() {
                 // The process's name from /proc (the kernel's entry holds
                 // an exiting thread's); kept once the process is gone.
@@ -284,7 +285,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             for p in &gone_last_time {
                 comms.remove(p);
             }
-            gone_last_time = procs.keys().copied().filter(|&p| !exists(p)).collect();
+            gone_last_time = r.procs.keys().copied().filter(|&p| !exists(p)).collect();
 
             if !pids.is_empty() {
                 iv.processes.retain(|p| pids.contains(&p.pid));
@@ -317,13 +318,13 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             let mut threads = Vec::new();
             if !pids.is_empty() {
                 let mut tgid_of = HashMap::new();
-                let reading: HashMap<u32, ProcCounters> = tasks
+                let reading: HashMap<u32, ProcCounters> = r
+                    .tasks
                     .iter()
                     .filter(|(_, t)| pids.contains(&t.tgid))
                     .map(|(tid, t)| {
                         tgid_of.insert(*tid, t.tgid);
-                        let mut c = ProcCounters::default();
-                        c.add_thread(t, now_ns);
+                        let mut c = r.thread(*tid, t, now_ns);
                         c.comm = thread_comm(t.tgid, *tid).unwrap_or_default();
                         (*tid, c)
                     })
@@ -406,6 +407,7 @@ pub fn new_losses(before: &Health, now: &Health) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diag_common::sched::SchedCounters;
 
     #[test]
     fn proc_stat() {
@@ -420,11 +422,14 @@ mod tests {
         let mut r = HashMap::new();
         let mut c = ProcCounters {
             comm: "victim".into(),
-            runq_ns: 30_000_000,
-            runq_count: 3,
-            runq_max_ns: 20_000_000,
-            cpu_ns: 100_000_000,
-            blocked_ns: 5_000_000,
+            c: SchedCounters {
+                runq_ns: 30_000_000,
+                runq_count: 3,
+                runq_max_ns: 20_000_000,
+                cpu_ns: 100_000_000,
+                blocked_ns: 5_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         };
         c.hist.record(5_000_000);

@@ -1,6 +1,7 @@
 //! CPU contention for diag's scheduler tests, bounded in time. Every mode
-//! prints `PID <pid>` first and, at the end, `RUN_DELAY_NS <n>`: the
-//! kernel's own run-queue wait (schedstat's second field) summed over all
+//! prints `PID <pid>` first and, at the end, `RUN_DELAY_NS <n>`,
+//! `CPU_NS <n>` and `SLICES <n>`: the kernel's own run-queue wait, CPU time
+//! and number of times on a CPU (schedstat's three fields) summed over all
 //! of its threads, each read by the thread itself just before it exits.
 //!
 //! diag-cpuhog hog THREADS SECS [CPU]
@@ -20,13 +21,33 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// schedstat of the calling thread: (on-CPU ns, run-queue wait ns).
-fn own_schedstat() -> (u64, u64) {
+/// schedstat of threads: on-CPU ns, run-queue wait ns, times on a CPU.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stat {
+    cpu_ns: u64,
+    delay_ns: u64,
+    slices: u64,
+}
+
+impl std::ops::AddAssign for Stat {
+    fn add_assign(&mut self, o: Stat) {
+        self.cpu_ns += o.cpu_ns;
+        self.delay_ns += o.delay_ns;
+        self.slices += o.slices;
+    }
+}
+
+/// schedstat of the calling thread.
+fn own_schedstat() -> Stat {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     let mut f = text
         .split_whitespace()
         .map(|v| v.parse::<u64>().unwrap_or(0));
-    (f.next().unwrap_or(0), f.next().unwrap_or(0))
+    Stat {
+        cpu_ns: f.next().unwrap_or(0),
+        delay_ns: f.next().unwrap_or(0),
+        slices: f.next().unwrap_or(0),
+    }
 }
 
 fn pin(cpu: Option<usize>) -> std::io::Result<()> {
@@ -51,7 +72,7 @@ fn spin_until(deadline: Instant) {
     }
 }
 
-fn hog(threads: usize, secs: f64, cpu: Option<usize>) -> std::io::Result<u64> {
+fn hog(threads: usize, secs: f64, cpu: Option<usize>) -> std::io::Result<Stat> {
     pin(cpu)?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let handles: Vec<_> = (0..threads)
@@ -59,20 +80,21 @@ fn hog(threads: usize, secs: f64, cpu: Option<usize>) -> std::io::Result<u64> {
             std::thread::spawn(move || {
                 let _ = pin(cpu);
                 spin_until(deadline);
-                own_schedstat().1
+                own_schedstat()
             })
         })
         .collect();
-    let mut total = 0;
+    let mut total = Stat::default();
     for h in handles {
         total += h
             .join()
             .map_err(|_| std::io::Error::other("thread panicked"))?;
     }
-    Ok(total + own_schedstat().1)
+    total += own_schedstat();
+    Ok(total)
 }
 
-fn victim(secs: f64, cpu: Option<usize>, idle: bool) -> std::io::Result<u64> {
+fn victim(secs: f64, cpu: Option<usize>, idle: bool) -> std::io::Result<Stat> {
     pin(cpu)?;
     if idle {
         let p = libc::sched_param { sched_priority: 0 };
@@ -86,18 +108,18 @@ fn victim(secs: f64, cpu: Option<usize>, idle: bool) -> std::io::Result<u64> {
         std::thread::sleep(Duration::from_millis(1));
         spin_until(Instant::now() + Duration::from_micros(50));
     }
-    Ok(own_schedstat().1)
+    Ok(own_schedstat())
 }
 
-fn threads(n: usize) -> std::io::Result<u64> {
-    let mut total = 0;
+fn threads(n: usize) -> std::io::Result<Stat> {
+    let mut total = Stat::default();
     for batch in (0..n).collect::<Vec<_>>().chunks(50) {
         let handles: Vec<_> = batch
             .iter()
             .map(|_| {
                 std::thread::spawn(|| {
                     std::thread::sleep(Duration::from_millis(1));
-                    own_schedstat().1
+                    own_schedstat()
                 })
             })
             .collect();
@@ -107,10 +129,11 @@ fn threads(n: usize) -> std::io::Result<u64> {
                 .map_err(|_| std::io::Error::other("thread panicked"))?;
         }
     }
-    Ok(total + own_schedstat().1)
+    total += own_schedstat();
+    Ok(total)
 }
 
-fn fsync_loop(secs: f64, dir: &str) -> std::io::Result<u64> {
+fn fsync_loop(secs: f64, dir: &str) -> std::io::Result<Stat> {
     let path = std::path::Path::new(dir).join(format!("diag-cpuhog-{}", std::process::id()));
     let mut f = std::fs::File::create(&path)?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -124,7 +147,7 @@ fn fsync_loop(secs: f64, dir: &str) -> std::io::Result<u64> {
     drop(f);
     let _ = std::fs::remove_file(&path);
     eprintln!("diag-cpuhog: {n} fsyncs");
-    Ok(own_schedstat().1)
+    Ok(own_schedstat())
 }
 
 fn main() -> ExitCode {
@@ -149,8 +172,10 @@ fn main() -> ExitCode {
         )),
     };
     match r {
-        Ok(delay) => {
-            println!("RUN_DELAY_NS {delay}");
+        Ok(st) => {
+            println!("RUN_DELAY_NS {}", st.delay_ns);
+            println!("CPU_NS {}", st.cpu_ns);
+            println!("SLICES {}", st.slices);
             ExitCode::SUCCESS
         }
         Err(e) => {

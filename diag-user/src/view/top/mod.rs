@@ -369,7 +369,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !args.no_sched {
         classes.push(EventClass::Stall);
     }
-    let env = loader::require_for(&args.probe, &classes)?;
+    let mut env = loader::require_for(&args.probe, &classes)?;
+    env.keep_sched_procs();
     let mut tracer = loader::load(&env, &args.probe)?;
     let sched_feed = match env.sched {
         Some(_) => Some(crate::host::SchedFeed::new(
