@@ -9,6 +9,10 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_boot_ns,
+    },
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
@@ -20,7 +24,7 @@ use diag_common::{
         attribution, state, InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout,
         TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP, NO_FIELD,
     },
-    EventKind,
+    EventHeader, EventKind, TASK_COMM_LEN,
 };
 
 use crate::maps::{count, current_header, field, submit_flags, Record, EVENTS};
@@ -76,51 +80,61 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     let sport: u16 = rec.get(l.sport)?;
     let family: u16 = rec.get(l.family)?;
 
-    let mut header = current_header(EventKind::TcpState as u32);
-    let now = header.ts_ns;
-    let current_tgid = header.tgid;
-    let current = SockOwner {
-        pid: header.pid,
-        tgid: header.tgid,
-        comm: header.comm,
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let current_pid = pid_tgid as u32;
+    let current_tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+
+    // The socket's entry, looked up once and then updated in place (no
+    // new map element per transition).
+    let known = SOCK_OWNERS.get_ptr_mut(skaddr);
+    let passive_open = old == state::LISTEN && new == state::SYN_RECV;
+    let mut in_old_state_ns: u64 = 0;
+    let mut owner = SockOwner {
+        pid: current_pid,
+        tgid: current_tgid,
+        comm: [0; TASK_COMM_LEN],
         last_ts_ns: now,
         skaddr,
     };
-
-    // Look the socket up once; copy out what we need at once (a concurrent
-    // delete can at worst give us a stale copy). Plain values, no Option of
-    // a struct: the verifier wants every register initialised on every path.
-    let mut known = false;
-    let mut known_owner = current;
-    let mut in_old_state_ns: u64 = 0;
-    if let Some(k) = unsafe { SOCK_OWNERS.get(skaddr) } {
-        known = true;
-        known_owner = *k;
-        if k.last_ts_ns <= now {
-            in_old_state_ns = now - k.last_ts_ns;
-        }
-    }
-    let passive_open = old == state::LISTEN && new == state::SYN_RECV;
-    if passive_open {
-        // A new child socket: any entry is a stale one from a freed socket.
-        in_old_state_ns = 0;
-    }
-    let (owner, how) = if in_owner_syscall(old, new) {
-        (current, attribution::SYSCALL)
+    let how = if in_owner_syscall(old, new) {
+        attribution::SYSCALL
     } else if passive_open {
-        // The owner is whoever owns the listener on this port.
+        // A new child socket (any entry is a stale one from a freed
+        // socket): its owner is whoever owns the listener on this port.
         match unsafe { LISTENERS.get(sport) } {
-            Some(o) => (*o, attribution::LISTENER),
-            None => (current, attribution::CURRENT),
+            Some(o) => {
+                owner.pid = o.pid;
+                owner.tgid = o.tgid;
+                owner.comm = o.comm;
+                attribution::LISTENER
+            }
+            None => attribution::CURRENT,
         }
-    } else if known {
-        (known_owner, attribution::SOCKET)
+    } else if let Some(k) = known {
+        // SAFETY: a map value pointer, valid while we run; a concurrent
+        // delete can at worst give us a stale copy.
+        unsafe {
+            owner.pid = (*k).pid;
+            owner.tgid = (*k).tgid;
+            owner.comm = (*k).comm;
+            if (*k).last_ts_ns <= now {
+                in_old_state_ns = now - (*k).last_ts_ns;
+            }
+        }
+        attribution::SOCKET
     } else {
-        (current, attribution::CURRENT)
+        attribution::CURRENT
     };
+    if how == attribution::SYSCALL || how == attribution::CURRENT {
+        owner.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    }
 
     if new == state::CLOSE {
-        let _ = SOCK_OWNERS.remove(skaddr);
+        if known.is_some() {
+            let _ = SOCK_OWNERS.remove(skaddr);
+        }
         if old == state::LISTEN {
             if let Some(o) = unsafe { LISTENERS.get(sport) } {
                 if o.skaddr == skaddr {
@@ -129,25 +143,30 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
             }
         }
     } else {
-        let remembered = SockOwner {
-            last_ts_ns: now,
-            skaddr,
-            ..owner
-        };
-        if SOCK_OWNERS
-            .insert(skaddr, remembered, BPF_ANY as u64)
-            .is_err()
-        {
-            count(counters::SOCK_MAP_FULL);
+        match known {
+            // SAFETY: as above; a socket's transitions are serialised by
+            // its lock, so nobody else writes this entry meanwhile.
+            Some(k) => unsafe { *k = owner },
+            None => {
+                if SOCK_OWNERS.insert(skaddr, owner, BPF_ANY as u64).is_err() {
+                    count(counters::SOCK_MAP_FULL);
+                }
+            }
         }
-        if new == state::LISTEN && LISTENERS.insert(sport, remembered, BPF_ANY as u64).is_err() {
+        if new == state::LISTEN && LISTENERS.insert(sport, owner, BPF_ANY as u64).is_err() {
             count(counters::LISTEN_MAP_FULL);
         }
     }
 
-    header.pid = owner.pid;
-    header.tgid = owner.tgid;
-    header.comm = owner.comm;
+    let header = EventHeader {
+        kind: EventKind::TcpState as u32,
+        // SAFETY: helper without arguments.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: now,
+        pid: owner.pid,
+        tgid: owner.tgid,
+        comm: owner.comm,
+    };
 
     let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
         count(counters::RINGBUF_FULL);

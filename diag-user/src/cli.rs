@@ -313,6 +313,11 @@ pub struct ProbeArgs {
     /// events, STALLS column), e.g. 10ms, 500us, 1s
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub stall_threshold: std::time::Duration,
+
+    /// Attach the TCP and scheduler programs but let them return at once:
+    /// the cost of the attachment alone (for `cargo xtask bench`)
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
 }
 
 impl Default for ProbeArgs {
@@ -322,6 +327,7 @@ impl Default for ProbeArgs {
             btf: "/sys/kernel/btf/vmlinux".into(),
             tracefs: "/sys/kernel/tracing".into(),
             stall_threshold: std::time::Duration::from_millis(10),
+            empty_programs: false,
         }
     }
 }
@@ -835,11 +841,6 @@ pub struct RunqArgs {
     /// Print one JSON object per interval instead of a table
     #[arg(long)]
     pub json: bool,
-
-    /// Attach the scheduler programs but let them return at once: the
-    /// cost of the attachment alone (for `cargo xtask bench`)
-    #[arg(long, hide = true)]
-    pub empty_programs: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,

@@ -284,7 +284,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let ring = RingConfig {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
-    let sched = env.sched.unwrap_or(SchedConfig::zeroed());
+    let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -294,7 +294,15 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
     };
-    let tcp = env.tcp.as_ref().unwrap_or(&no_tcp);
+    let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
+    if args.empty_programs {
+        // The programs see no layout and return at once.
+        sched.valid = 0;
+        tcp.state.valid = 0;
+        for l in &mut tcp.sock {
+            l.valid = 0;
+        }
+    }
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)

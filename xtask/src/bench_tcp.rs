@@ -214,6 +214,7 @@ enum Tcp {
     Tail,
     Record,
     Bpftrace,
+    Empty,
 }
 
 impl Tcp {
@@ -223,6 +224,7 @@ impl Tcp {
             Tcp::Tail => "diag tail > /dev/null",
             Tcp::Record => "diag record",
             Tcp::Bpftrace => "bpftrace tcpstates",
+            Tcp::Empty => "empty programs (floor)",
         }
     }
     fn key(self) -> &'static str {
@@ -231,6 +233,7 @@ impl Tcp {
             Tcp::Tail => "diag_tail",
             Tcp::Record => "diag_record",
             Tcp::Bpftrace => "bpftrace",
+            Tcp::Empty => "empty_programs",
         }
     }
     fn start(self, diag: &Path, dir: &Path) -> Result<Option<Bg>> {
@@ -239,6 +242,11 @@ impl Tcp {
             Tcp::Tail => {
                 let mut c = Command::new(diag);
                 c.args(["tail", "--events", "tcp,reset,retrans"]);
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::Empty => {
+                let mut c = Command::new(diag);
+                c.args(["tail", "--events", "tcp,reset,retrans", "--empty-programs"]);
                 Bg::start(c, "tracing", true)?
             }
             Tcp::Record => {
@@ -272,7 +280,7 @@ pub fn tcp_overhead(
     reps: usize,
     conns: u64,
 ) -> Result<Section> {
-    let tracers = [Tcp::None, Tcp::Tail, Tcp::Record, Tcp::Bpftrace];
+    let tracers = [Tcp::None, Tcp::Tail, Tcp::Record, Tcp::Bpftrace, Tcp::Empty];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
     // entries of `diag tail` before and after each round's churn.
@@ -325,14 +333,16 @@ pub fn tcp_overhead(
         );
     }
     let tail_cost = 1.0 - stats(&results[1]).1 / base.max(1.0);
+    let floor_cost = 1.0 - stats(&results[4]).1 / base.max(1.0);
     md.push_str(&format!(
-        "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}).\n",
+        "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}). Empty programs on the same tracepoints (the attachment alone) cost {:.1} % here.\n",
         tail_cost * 100.0,
         if tail_cost <= 0.03 {
             "met"
         } else {
             "over target"
-        }
+        },
+        floor_cost * 100.0
     ));
     if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
         md.push_str(&format!(

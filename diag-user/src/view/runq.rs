@@ -216,11 +216,6 @@ impl Counters {
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let mut env = loader::require_for(&args.probe, &[crate::cli::EventClass::Stall])?;
     env.keep_sched_procs();
-    if args.empty_programs
-        && let Some(cfg) = env.sched.as_mut()
-    {
-        cfg.valid = 0;
-    }
     let mut tracer = loader::load(&env, &args.probe)?;
     let start_ns = clock::boot_ns();
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
