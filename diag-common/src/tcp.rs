@@ -110,6 +110,56 @@ impl InetSockSetStateLayout {
     }
 }
 
+/// Byte offsets into `struct sock`, read by user space from the kernel's
+/// BTF, for the `tp_btf` program on `inet_sock_set_state` (which gets the
+/// socket itself, not a record: the same facts the tracepoint's record
+/// holds, read where it reads them, without the record being built).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockBtfLayout {
+    /// `sk_protocol` (u16).
+    pub protocol: u32,
+    /// `__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `__sk_common.skc_num`: the local port, host order (u16).
+    pub num: u32,
+    /// `__sk_common.skc_dport`: the remote port, network order (u16).
+    pub dport: u32,
+    /// `__sk_common.skc_rcv_saddr` (IPv4, 4 bytes).
+    pub saddr: u32,
+    /// `__sk_common.skc_daddr` (IPv4, 4 bytes).
+    pub daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub saddr_v6: u32,
+    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    pub daddr_v6: u32,
+    /// `inet_sock.inet_sport`: the local port, network order (u16); what
+    /// the tracepoint's record shows, still set when `skc_num` was cleared
+    /// (on the way to CLOSE). Past the end of `struct sock`, so read by a
+    /// helper, only then.
+    pub inet_sport: u32,
+    /// 1 once user space filled this in; the program does nothing otherwise.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockBtfLayout>() == 40);
+
+impl SockBtfLayout {
+    pub const fn zeroed() -> Self {
+        SockBtfLayout {
+            protocol: 0,
+            family: 0,
+            num: 0,
+            dport: 0,
+            saddr: 0,
+            daddr: 0,
+            saddr_v6: 0,
+            daddr_v6: 0,
+            inet_sport: 0,
+            valid: 0,
+        }
+    }
+}
+
 /// One TCP state transition. The header's pid/tgid/comm are the socket's
 /// owner as far as the kernel program could tell (see [`attribution`]).
 #[repr(C)]

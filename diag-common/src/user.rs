@@ -2,12 +2,15 @@
 
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
-use crate::tcp::{InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent};
+use crate::tcp::{
+    InetSockSetStateLayout, SockBtfLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent,
+};
 use crate::{EventHeader, EventKind, RingConfig};
 
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and
 // byte arrays, with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for InetSockSetStateLayout {}
+unsafe impl aya::Pod for SockBtfLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
 unsafe impl aya::Pod for TcpSockLayout {}

@@ -11,18 +11,18 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_boot_ns,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
 use diag_common::{
     counters,
     tcp::{
-        attribution, state, InetSockSetStateLayout, SockOwner, TcpSockEvent, TcpSockLayout,
-        TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP, NO_FIELD,
+        attribution, state, InetSockSetStateLayout, SockBtfLayout, SockOwner, TcpSockEvent,
+        TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP, NO_FIELD,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -63,6 +63,18 @@ fn in_owner_syscall(old: u8, new: u8) -> bool {
     )
 }
 
+/// One transition, as both programs read it.
+struct Transition {
+    skaddr: u64,
+    old: u8,
+    new: u8,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = INET_SOCK_SET_STATE.load();
     if l.valid == 0 {
@@ -74,12 +86,116 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    let skaddr: u64 = rec.get(l.skaddr)?;
-    let old = rec.get::<i32>(l.oldstate)? as u8;
-    let new = rec.get::<i32>(l.newstate)? as u8;
-    let sport: u16 = rec.get(l.sport)?;
     let family: u16 = rec.get(l.family)?;
+    let (saddr, daddr) = record_addresses(&rec, &l, family);
+    let t = Transition {
+        skaddr: rec.get(l.skaddr)?,
+        old: rec.get::<i32>(l.oldstate)? as u8,
+        new: rec.get::<i32>(l.newstate)? as u8,
+        sport: rec.get(l.sport)?,
+        dport: rec.get(l.dport).unwrap_or(0),
+        family,
+        saddr,
+        daddr,
+    };
+    on_transition(&t)
+}
 
+/// `struct sock` offsets from BTF, written by user space at load time.
+#[unsafe(no_mangle)]
+static SOCK_BTF: Global<SockBtfLayout> = Global::new(SockBtfLayout::zeroed());
+
+/// The same transitions from the raw tracepoint: its arguments are the
+/// socket and the two states, and the socket's fields are read with plain
+/// loads (the verifier checks them against BTF; the offsets are constants
+/// of the frozen `SOCK_BTF`). No record is built or copied.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let l = SOCK_BTF.load();
+    if l.valid == 0 {
+        return 0;
+    }
+    // inet_sock_set_state(const struct sock *sk, const int oldstate,
+    //                     const int newstate)
+    let sk: *const u8 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    if sk_u16(sk, l.protocol) != IPPROTO_TCP {
+        return 0;
+    }
+    let family = sk_u16(sk, l.family);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET6 {
+        saddr = sk_16_bytes(sk, l.saddr_v6);
+        daddr = sk_16_bytes(sk, l.daddr_v6);
+    } else if family == AF_INET {
+        saddr[..4].copy_from_slice(&sk_u32(sk, l.saddr).to_ne_bytes());
+        daddr[..4].copy_from_slice(&sk_u32(sk, l.daddr).to_ne_bytes());
+    }
+    let t = Transition {
+        skaddr: sk as u64,
+        old: old as u8,
+        new: new as u8,
+        sport: local_port(sk, &l),
+        dport: u16::from_be(sk_u16(sk, l.dport)),
+        family,
+        saddr,
+        daddr,
+    };
+    match on_transition(&t) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// The local port: `skc_num`, or once that is cleared (the socket left
+/// its port on the way to CLOSE), `inet_sport`, as the tracepoint shows.
+#[inline(always)]
+fn local_port(sk: *const u8, l: &SockBtfLayout) -> u16 {
+    let num = sk_u16(sk, l.num);
+    if num != 0 {
+        return num;
+    }
+    // SAFETY: the offset is from BTF (`struct inet_sock`, which starts
+    // with the `struct sock`); the helper checks the address.
+    let sport = unsafe { bpf_probe_read_kernel(sk.add(l.inet_sport as usize) as *const u16) };
+    u16::from_be(sport.unwrap_or(0))
+}
+
+/// Plain loads from a BTF `struct sock` pointer at an offset from BTF: the
+/// verifier checks them and makes them fault-safe.
+#[inline(always)]
+fn sk_u16(sk: *const u8, offset: u32) -> u16 {
+    // SAFETY: see above.
+    unsafe { core::ptr::read_volatile(sk.add(offset as usize) as *const u16) }
+}
+
+#[inline(always)]
+fn sk_u32(sk: *const u8, offset: u32) -> u32 {
+    // SAFETY: see `sk_u16`.
+    unsafe { core::ptr::read_volatile(sk.add(offset as usize) as *const u32) }
+}
+
+#[inline(always)]
+fn sk_16_bytes(sk: *const u8, offset: u32) -> [u8; 16] {
+    // SAFETY: see `sk_u16`; two 8-byte loads inside a 16-byte member.
+    let (lo, hi) = unsafe {
+        (
+            core::ptr::read_volatile(sk.add(offset as usize) as *const u64),
+            core::ptr::read_volatile(sk.add(offset as usize + 8) as *const u64),
+        )
+    };
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&lo.to_ne_bytes());
+    b[8..].copy_from_slice(&hi.to_ne_bytes());
+    b
+}
+
+/// Attribute a transition to the socket's owner, remember the owner, and
+/// send the event.
+#[inline(always)]
+fn on_transition(t: &Transition) -> Result<u32, u32> {
+    let (skaddr, old, new, sport) = (t.skaddr, t.old, t.new, t.sport);
     let pid_tgid = bpf_get_current_pid_tgid();
     let current_pid = pid_tgid as u32;
     let current_tgid = (pid_tgid >> 32) as u32;
@@ -179,12 +295,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).header = header;
         (*ev).skaddr = skaddr;
         (*ev).in_old_state_ns = in_old_state_ns;
-        let (saddr, daddr) = record_addresses(&rec, &l, family);
-        (*ev).saddr = saddr;
-        (*ev).daddr = daddr;
+        (*ev).saddr = t.saddr;
+        (*ev).daddr = t.daddr;
         (*ev).sport = sport;
-        (*ev).dport = rec.get(l.dport).unwrap_or(0);
-        (*ev).family = family;
+        (*ev).dport = t.dport;
+        (*ev).family = t.family;
         (*ev).old_state = old;
         (*ev).new_state = new;
         (*ev).attribution = how;

@@ -314,6 +314,12 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub stall_threshold: std::time::Duration,
 
+    /// TCP state changes from the classic tracepoint (a record built for
+    /// each), not the raw one with `struct sock` offsets from BTF (the
+    /// default when the kernel's BTF has them)
+    #[arg(long, hide = true)]
+    pub classic_tcp: bool,
+
     /// Attach the TCP and scheduler programs but let them return at once:
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
@@ -327,6 +333,7 @@ impl Default for ProbeArgs {
             btf: "/sys/kernel/btf/vmlinux".into(),
             tracefs: "/sys/kernel/tracing".into(),
             stall_threshold: std::time::Duration::from_millis(10),
+            classic_tcp: false,
             empty_programs: false,
         }
     }

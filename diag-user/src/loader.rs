@@ -7,12 +7,12 @@ use std::{
     process::ExitCode,
 };
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{Btf as AyaBtf, Ebpf, EbpfLoader};
 use diag_common::{
     RingConfig,
     oom::{MarkVictimLayout, MemcgLayout},
     sched::SchedConfig,
-    tcp::{InetSockSetStateLayout, TcpSockLayout},
+    tcp::{InetSockSetStateLayout, SockBtfLayout, TcpSockLayout},
 };
 
 use crate::{
@@ -152,7 +152,13 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
     if let Ok((path, _)) = &mounted {
         lines.push(CheckLine {
             name: "tracepoints",
-            result: probes::tcp::layouts(path).map(|_| probes::tcp::TRACEPOINT_NAMES.join(", ")),
+            result: probes::tcp::layouts(path, &args.btf).map(|l| {
+                let names = probes::tcp::TRACEPOINT_NAMES.join(", ");
+                match l.state_btf {
+                    Ok(_) => format!("{names} (state changes by tp_btf, struct sock from BTF)"),
+                    Err(why) => format!("{names} (state changes by the classic tracepoint: {why})"),
+                }
+            }),
         });
         lines.push(CheckLine {
             name: "oom",
@@ -234,7 +240,11 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         .iter()
         .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
     let tcp = if wants_tcp {
-        Some(probes::tcp::layouts(&tracefs)?)
+        let mut l = probes::tcp::layouts(&tracefs, &args.btf)?;
+        if args.classic_tcp {
+            l.state_btf = Err("--classic-tcp".into());
+        }
+        Some(l)
     } else {
         None
     };
@@ -291,6 +301,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     });
     let no_tcp = probes::tcp::Layouts {
         state: InetSockSetStateLayout::zeroed(),
+        state_btf: Err("no TCP probes".into()),
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
     };
@@ -303,9 +314,14 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             l.valid = 0;
         }
     }
+    let sock_btf = match &tcp.state_btf {
+        Ok(l) if !args.empty_programs => *l,
+        _ => SockBtfLayout::zeroed(),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
+        .override_global("SOCK_BTF", &sock_btf, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
@@ -326,24 +342,40 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();
+    // The kernel's BTF for the tp_btf programs, parsed once for all of them.
+    let wants_btf = env.sched.is_some()
+        || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
+        || env.tcp.as_ref().is_some_and(|t| t.state_btf.is_ok());
+    let kernel_btf = if wants_btf {
+        AyaBtf::parse_file(&args.btf, aya::Endianness::default())
+            .map_err(|e| LoadError::Load(format!("{}: {}", args.btf.display(), flatten(&e))))
+    } else {
+        Err(LoadError::Load("the kernel's BTF is not needed".into()))
+    };
     // Attach first, then seed: a listener opened in between is seen by the
     // program, and seeding never overwrites what the program recorded.
-    if env.tcp.is_some() {
-        probes::tcp::attach(&mut ebpf, &mut attached)?;
+    if let Some(tcp) = &env.tcp {
+        probes::tcp::attach(&mut ebpf, tcp, kernel_btf.as_ref().ok(), &mut attached)?;
         probes::tcp::seed_listeners(&mut ebpf)?;
     }
     if let Some(oom) = &env.oom {
-        probes::oom::attach(&mut ebpf, oom, &args.btf, &mut attached)?;
-        // Parsing the kernel's BTF (for the tp_btf program) took tens of
-        // MiB that are free now: give them back to the system.
+        probes::oom::attach(&mut ebpf, oom, kernel_btf.as_ref(), &mut attached)?;
+    }
+    if env.sched.is_some() {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::sched::attach(&mut ebpf, btf, &mut attached)?;
+    }
+    if wants_btf {
+        // Parsing the kernel's BTF took tens of MiB that are free now: give
+        // them back to the system.
+        drop(kernel_btf);
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim has no preconditions.
         unsafe {
             libc::malloc_trim(0);
         }
-    }
-    if env.sched.is_some() {
-        probes::sched::attach(&mut ebpf, &args.btf, &mut attached)?;
     }
     Ok(Tracer { ebpf, attached })
 }

@@ -40,6 +40,20 @@ fn tail_attributes_every_transition_to_the_owner() {
     if !require_root("tail_attributes_every_transition_to_the_owner") {
         return;
     }
+    attributes_every_transition(&[], "tp_btf:inet_sock_set_state");
+}
+
+/// The same facts from the classic tracepoint (the fallback when the
+/// kernel's BTF lacks what the raw one needs).
+#[test]
+fn classic_tracepoint_attributes_every_transition_too() {
+    if !require_root("classic_tracepoint_attributes_every_transition_too") {
+        return;
+    }
+    attributes_every_transition(&["--classic-tcp"], "sock:inet_sock_set_state");
+}
+
+fn attributes_every_transition(extra: &[&str], program: &str) {
     let _guard = serial();
 
     // The listener, owned by one process: one IPv4 and one IPv6 socket.
@@ -51,14 +65,17 @@ fn tail_attributes_every_transition_to_the_owner() {
     let port6: u16 = listener.port();
     let listener_pid = listener.pid();
 
-    let diag = Diag::start(&[
-        "tail",
-        "--json",
-        "--port",
-        &port4.to_string(),
-        "--port",
-        &port6.to_string(),
-    ]);
+    let mut args = vec![
+        "tail".to_string(),
+        "--json".into(),
+        "--port".into(),
+        port4.to_string(),
+        "--port".into(),
+        port6.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let diag = Diag::start(&args);
     let before = tcp_snmp();
 
     // The client: another process, N connections to each listener.
@@ -87,6 +104,11 @@ fn tail_attributes_every_transition_to_the_owner() {
         out.stderr
     );
 
+    assert!(
+        out.stderr[0].contains(program),
+        "{program} is attached: {}",
+        out.stderr[0]
+    );
     let events = out.json();
     let summary = out.stderr.last().unwrap();
     assert!(summary.contains("0 dropped"), "{summary}");

@@ -97,12 +97,14 @@ pub fn memcg_layout(btf: &Btf) -> Result<MemcgLayout, String> {
 pub fn attach(
     ebpf: &mut Ebpf,
     layouts: &OomLayouts,
-    btf_path: &Path,
+    btf: Result<&AyaBtf, &LoadError>,
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
     if layouts.memcg.valid != 0
-        && let Err(e) =
-            attach_victim_task(ebpf, btf_path).and_then(|()| mark_victim_task_attached(ebpf))
+        && let Err(e) = btf
+            .map_err(|e| LoadError::Load(e.to_string()))
+            .and_then(|btf| attach_victim_task(ebpf, btf))
+            .and_then(|()| mark_victim_task_attached(ebpf))
     {
         eprintln!(
             "diag: warning: {e}; OOM kills are still shown, but a victim's memory cgroup \
@@ -126,16 +128,14 @@ fn mark_victim_task_attached(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     flags.set(0, 1, 0).map_err(|e| LoadError::Load(flatten(&e)))
 }
 
-fn attach_victim_task(ebpf: &mut Ebpf, btf_path: &Path) -> Result<(), LoadError> {
-    let btf = AyaBtf::parse_file(btf_path, aya::Endianness::default())
-        .map_err(|e| LoadError::Load(flatten(&e)))?;
+fn attach_victim_task(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), LoadError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut("oom_victim_task")
         .ok_or_else(|| LoadError::Missing("program oom_victim_task".into()))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
     program
-        .load("mark_victim", &btf)
+        .load("mark_victim", btf)
         .map_err(|e| LoadError::Load(format!("oom_victim_task: {}", flatten(&e))))?;
     program.attach().map_err(|e| LoadError::Attach {
         tracepoint: "tp_btf/mark_victim".into(),

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use aya::{
-    Btf, Ebpf, Endianness,
+    Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
     programs::BtfTracePoint,
 };
@@ -81,11 +81,9 @@ pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfi
 /// Load and attach the scheduler programs.
 pub fn attach(
     ebpf: &mut Ebpf,
-    btf_path: &Path,
+    btf: &Btf,
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
-    let btf = Btf::parse_file(btf_path, Endianness::default())
-        .map_err(|e| LoadError::Load(format!("{}: {}", btf_path.display(), flatten(&e))))?;
     for (tp, name) in TRACEPOINTS.iter().zip(TRACEPOINT_NAMES) {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(tp)
@@ -93,7 +91,7 @@ pub fn attach(
             .try_into()
             .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
         program
-            .load(tp, &btf)
+            .load(tp, btf)
             .map_err(|e| LoadError::Load(format!("{tp}: {}", flatten(&e))))?;
         program.attach().map_err(|e| LoadError::Attach {
             tracepoint: name.to_string(),

@@ -1,16 +1,20 @@
-//! TCP state transitions: `sock:inet_sock_set_state`.
+//! TCP state transitions (`inet_sock_set_state`: the raw tracepoint with
+//! `struct sock` offsets from BTF when the kernel's BTF has them, else the
+//! classic tracepoint with field offsets from tracefs), resets and
+//! retransmissions (classic tracepoints).
 
 use std::path::Path;
 
-use aya::{Ebpf, maps::HashMap};
+use aya::{Btf as AyaBtf, Ebpf, maps::HashMap, programs::BtfTracePoint};
 use diag_common::{
     TASK_COMM_LEN,
-    tcp::{InetSockSetStateLayout, NO_FIELD, SockOwner, TcpSockLayout},
+    tcp::{InetSockSetStateLayout, NO_FIELD, SockBtfLayout, SockOwner, TcpSockLayout},
 };
 
 use crate::{
+    btf::Btf,
     enrich,
-    error::{EnvError, LoadError},
+    error::{EnvError, LoadError, flatten},
     tracefs::Format,
 };
 
@@ -35,14 +39,17 @@ pub const SOCK_TRACEPOINTS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct Layouts {
     pub state: InetSockSetStateLayout,
+    /// `struct sock` offsets for the raw tracepoint, or why not.
+    pub state_btf: Result<SockBtfLayout, String>,
     /// Same order as [`SOCK_TRACEPOINTS`].
     pub sock: Vec<TcpSockLayout>,
     /// Names of `enum sk_rst_reason` values, from the kernel's own format.
     pub rst_reasons: Vec<(i64, String)>,
 }
 
-pub fn layouts(tracefs: &Path) -> Result<Layouts, EnvError> {
+pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
     let state = layout(tracefs)?;
+    let state_btf = Btf::from_file(btf).and_then(|b| sock_btf_layout(&b));
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
     for (name, _) in SOCK_TRACEPOINTS {
@@ -59,6 +66,7 @@ pub fn layouts(tracefs: &Path) -> Result<Layouts, EnvError> {
     }
     Ok(Layouts {
         state,
+        state_btf,
         sock,
         rst_reasons,
     })
@@ -96,6 +104,34 @@ pub fn sock_layout_from(fmt: &Format) -> Result<TcpSockLayout, String> {
     }
     l.valid = 1;
     Ok(l)
+}
+
+/// `struct sock` offsets on the running kernel, from its BTF.
+pub fn sock_btf_layout(btf: &Btf) -> Result<SockBtfLayout, String> {
+    let sized = |strct: &str, name: &str, size: u32| -> Result<u32, String> {
+        let f = btf.member(strct, name)?;
+        if f.size != size {
+            return Err(format!(
+                "{strct}.{name} is {} bytes, diag expects {size}",
+                f.size
+            ));
+        }
+        Ok(f.offset)
+    };
+    let common = btf.member("sock", "__sk_common")?.offset;
+    let c = |name: &str, size: u32| sized("sock_common", name, size).map(|o| common + o);
+    Ok(SockBtfLayout {
+        protocol: sized("sock", "sk_protocol", 2)?,
+        family: c("skc_family", 2)?,
+        num: c("skc_num", 2)?,
+        dport: c("skc_dport", 2)?,
+        saddr: c("skc_rcv_saddr", 4)?,
+        daddr: c("skc_daddr", 4)?,
+        saddr_v6: c("skc_v6_rcv_saddr", 16)?,
+        daddr_v6: c("skc_v6_daddr", 16)?,
+        inet_sport: sized("inet_sock", "inet_sport", 2)?,
+        valid: 1,
+    })
 }
 
 /// Field offsets of `sock:inet_sock_set_state` on the running kernel.
@@ -168,9 +204,34 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
     Ok(n)
 }
 
-pub fn attach(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), LoadError> {
-    super::attach_tracepoint(ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state")?;
-    attached.push(TRACEPOINT_NAMES[0]);
+/// For messages: the raw tracepoint, when it is the one attached.
+pub const STATE_BTF_NAME: &str = "tp_btf:inet_sock_set_state";
+
+/// Attach the programs: for state changes the raw tracepoint when its
+/// layout and the kernel's BTF are at hand (no record is built for it, so
+/// it costs less), else the classic one.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    layouts: &Layouts,
+    btf: Option<&AyaBtf>,
+    attached: &mut Vec<&'static str>,
+) -> Result<(), LoadError> {
+    let raw = match (&layouts.state_btf, btf) {
+        (Ok(_), Some(btf)) => match attach_state_btf(ebpf, btf) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("diag: note: {e}; using the classic tracepoint sock:inet_sock_set_state");
+                false
+            }
+        },
+        _ => false,
+    };
+    if raw {
+        attached.push(STATE_BTF_NAME);
+    } else {
+        super::attach_tracepoint(ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state")?;
+        attached.push(TRACEPOINT_NAMES[0]);
+    }
     for (i, (name, _)) in SOCK_TRACEPOINTS.iter().enumerate() {
         super::attach_tracepoint(ebpf, name, "tcp", name)?;
         attached.push(TRACEPOINT_NAMES[i + 1]);
@@ -178,9 +239,101 @@ pub fn attach(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), L
     Ok(())
 }
 
+fn attach_state_btf(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), LoadError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("inet_sock_set_state_btf")
+        .ok_or_else(|| LoadError::Missing("program inet_sock_set_state_btf".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
+    program
+        .load("inet_sock_set_state", btf)
+        .map_err(|e| LoadError::Load(format!("inet_sock_set_state_btf: {}", flatten(&e))))?;
+    program.attach().map_err(|e| LoadError::Attach {
+        tracepoint: STATE_BTF_NAME.into(),
+        why: flatten(&e),
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `struct sock` like the kernel's: the addresses and ports in
+    /// anonymous unions of `sock_common`, `inet_sport` past the end of
+    /// `struct sock` in `inet_sock`.
+    fn sock_btf() -> Vec<u8> {
+        use crate::btf::tests::Builder;
+        use crate::btf::{KIND_STRUCT, KIND_UNION};
+        let mut b = Builder::new();
+        let u16t = b.int("unsigned short", 2);
+        let u32t = b.int("unsigned int", 4);
+        let u8t = b.int("unsigned char", 1);
+        let in6 = b.array(u8t, u32t, 16);
+        let in6_addr = b.strukt(KIND_STRUCT, "in6_addr", 16, &[("s6_addr", in6, 0, 0)]);
+        let pair = b.strukt(
+            KIND_STRUCT,
+            "",
+            8,
+            &[("skc_daddr", u32t, 0, 0), ("skc_rcv_saddr", u32t, 32, 0)],
+        );
+        let addrpair = b.strukt(KIND_UNION, "", 8, &[("", pair, 0, 0)]);
+        let ports = b.strukt(
+            KIND_STRUCT,
+            "",
+            4,
+            &[("skc_dport", u16t, 0, 0), ("skc_num", u16t, 16, 0)],
+        );
+        let portpair = b.strukt(KIND_UNION, "", 4, &[("", ports, 0, 0)]);
+        let common = b.strukt(
+            KIND_STRUCT,
+            "sock_common",
+            136,
+            &[
+                ("", addrpair, 0, 0),
+                ("", portpair, 96, 0),
+                ("skc_family", u16t, 128, 0),
+                ("skc_v6_daddr", in6_addr, 448, 0),
+                ("skc_v6_rcv_saddr", in6_addr, 576, 0),
+            ],
+        );
+        let sock = b.strukt(
+            KIND_STRUCT,
+            "sock",
+            760,
+            &[
+                ("__sk_common", common, 0, 0),
+                ("sk_protocol", u16t, 4112, 0),
+            ],
+        );
+        b.strukt(
+            KIND_STRUCT,
+            "inet_sock",
+            976,
+            &[("sk", sock, 0, 0), ("inet_sport", u16t, 6224, 0)],
+        );
+        b.build()
+    }
+
+    #[test]
+    fn sock_offsets_from_btf() {
+        let btf = Btf::parse(&sock_btf()).unwrap();
+        assert_eq!(
+            sock_btf_layout(&btf),
+            Ok(SockBtfLayout {
+                protocol: 514,
+                family: 16,
+                num: 14,
+                dport: 12,
+                saddr: 4,
+                daddr: 0,
+                saddr_v6: 72,
+                daddr_v6: 56,
+                inet_sport: 778,
+                valid: 1,
+            })
+        );
+    }
 
     fn fmt(fields: &[(&str, u32, u32)]) -> Format {
         Format {
