@@ -38,6 +38,9 @@ pub enum Msg {
     },
     /// Part of a recording could not be read: what and where.
     Damage(String),
+    /// From a recording: what user space learned about an OOM kill when it
+    /// was recorded (live, the views read it themselves).
+    OomContext(record::OomContextFrame),
 }
 
 /// Run the parsed command line. `Ok` carries the exit code.

@@ -117,6 +117,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
 
     let live_out = live.stop(libc::SIGINT);
     let rec_out = recorder.stop(libc::SIGINT);
+    let cg_path = cg.rel.clone();
     drop(cg);
     assert!(
         live_out.status.success() && rec_out.status.success(),
@@ -190,6 +191,11 @@ fn replay_without_root_reproduces_the_live_aggregates() {
         .collect();
     assert_eq!(kills.len(), 1, "{kills:?}");
     assert_eq!(kills[0]["pid"], victim_pid);
+    // With what user space learned when it was recorded (the cgroup is
+    // gone now, and this is another "host").
+    assert_eq!(kills[0]["oom_cgroup"], cg_path.as_str(), "{}", kills[0]);
+    assert_eq!(kills[0]["cgroup"], cg_path.as_str(), "{}", kills[0]);
+    assert_eq!(kills[0]["top_scope"], cg_path.as_str(), "{}", kills[0]);
 
     // The report and the exports.
     let html = dir.path("report.html");
@@ -199,6 +205,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     for want in [
         "1. ERRORS",
         "OOM kills: 1",
+        &format!("memcg {cg_path} "),
         "2. SATURATION",
         "3. CHURN",
         "Complete: no events were lost.",
@@ -222,6 +229,12 @@ fn replay_without_root_reproduces_the_live_aggregates() {
         lines
             .iter()
             .any(|l| l["event"] == "oom_kill" && l["pid"] == victim_pid)
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "oom_context"
+            && l["tid"] == victim_pid
+            && l["context"]["oom_cgroup"] == cg_path.as_str()),
+        "the kill's context is exported"
     );
     assert_eq!(
         lines
@@ -509,6 +522,7 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
     assert!(storm.wait_with_output().unwrap().status.success());
     thread::sleep(Duration::from_millis(2000));
     let out = recorder.stop(libc::SIGINT);
+    let cg_path = cg.rel.clone();
     drop(cg);
     assert!(out.status.success(), "{:?}", out.stderr);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
@@ -539,6 +553,12 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
     let kills = diag(&["replay", o, "tail", "--json", "--events", "oom"]);
     assert!(
         text(&kills.stdout).contains(&format!("\"pid\":{victim_pid}")),
+        "{}",
+        text(&kills.stdout)
+    );
+    // The incident file keeps what user space learned about the kill.
+    assert!(
+        text(&kills.stdout).contains(&format!("\"oom_cgroup\":\"{cg_path}\"")),
         "{}",
         text(&kills.stdout)
     );

@@ -11,6 +11,8 @@ use std::{
 };
 
 use diag_common::oom::{OomKillEvent, constraint};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 /// At most this many cgroup directories are indexed.
 const MAX_CGROUP_DIRS: usize = 20_000;
@@ -20,15 +22,17 @@ const MAX_PROCS: usize = 20_000;
 pub const TOP_N: usize = 5;
 
 /// A process and its resident memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consumer {
     pub pid: u32,
     pub comm: String,
     pub rss_kb: u64,
 }
 
-/// What user space adds to an [`OomKillEvent`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What user space adds to an [`OomKillEvent`] (recordings keep it, in a
+/// frame of its own after the kill's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OomContext {
     /// Memory cgroup paths, relative to the memory hierarchy's root.
     pub victim_cgroup: Option<String>,
@@ -296,6 +300,63 @@ pub fn context(ev: &OomKillEvent, index: &mut CgroupIndex) -> OomContext {
         container_id,
         top,
         top_scope,
+    }
+}
+
+/// The OOM enricher: a thread that reads procfs and cgroupfs for each
+/// kill, off the event path, and hands back kills with their context in
+/// the order they came.
+pub struct Enricher {
+    requests: Option<std::sync::mpsc::SyncSender<OomKillEvent>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Kills waiting for context beyond this are shown without it.
+const ENRICH_QUEUE: usize = 256;
+
+impl Enricher {
+    pub fn start() -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
+        let (res_tx, res_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || {
+            // Indexed before the first kill, so cgroups removed right after
+            // a kill still resolve.
+            let mut index = CgroupIndex::new();
+            for ev in req_rx {
+                let ctx = context(&ev, &mut index);
+                if res_tx.send((ev, ctx)).is_err() {
+                    break;
+                }
+            }
+        });
+        (
+            Enricher {
+                requests: Some(req_tx),
+                thread: Some(thread),
+            },
+            res_rx,
+        )
+    }
+
+    /// Queue a kill; false when the queue is full (or the thread gone).
+    pub fn submit(&self, ev: OomKillEvent) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(ev).is_ok())
+    }
+
+    /// No more kills: the thread finishes the queued ones and stops.
+    pub fn close(&mut self) {
+        self.requests = None;
+    }
+}
+
+impl Drop for Enricher {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

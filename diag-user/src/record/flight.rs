@@ -10,7 +10,7 @@ use std::{
 use diag_common::{EventKind, user::AnyEvent};
 
 use super::{
-    RecordingHeader, TableFrame,
+    OomContextFrame, RecordingHeader, TableFrame,
     writer::{RecordError, Writer, WriterOptions},
 };
 use crate::{
@@ -25,6 +25,7 @@ enum Kept {
     Events(Vec<AnyEvent>),
     Health(Health),
     Table(TableFrame),
+    OomContext(OomContextFrame),
 }
 
 /// Detects incidents and keeps the window. Pure but for [`Flight::write`].
@@ -132,6 +133,11 @@ impl Flight {
         self.trim(h.ts_ns);
     }
 
+    /// An OOM kill's user-space context (it follows the kill closely).
+    pub fn oom_context(&mut self, c: OomContextFrame) {
+        self.buf.push_back((c.ts_ns, Kept::OomContext(c)));
+    }
+
     pub fn table(&mut self, t: TableFrame) {
         if self.triggers.contains(&Trigger::PortPressure) {
             if self.next_sample == 0 {
@@ -166,7 +172,7 @@ impl Flight {
                     }
                 }
                 Kept::Table(t) => self.base_table = Some(t),
-                Kept::Health(_) => {}
+                Kept::Health(_) | Kept::OomContext(_) => {}
             }
         }
     }
@@ -209,6 +215,8 @@ impl Flight {
                     w.events(&evs)?;
                 }
                 Kept::Health(h) if *ts >= from => w.health(h)?,
+                Kept::OomContext(c) if *ts >= from => w.oom_context(c)?,
+                Kept::OomContext(_) => {}
                 Kept::Table(tb) => w.table(tb.ts_ns, &tb.rows)?,
                 Kept::Health(_) => {}
             }

@@ -43,6 +43,8 @@ pub enum FrameKind {
     Procs = 5,
     /// JSON end marker: the recording was finished cleanly.
     End = 6,
+    /// JSON [`super::OomContextFrame`]: an OOM kill's user-space context.
+    OomContext = 7,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -55,6 +57,7 @@ impl TryFrom<u8> for FrameKind {
             4 => FrameKind::Table,
             5 => FrameKind::Procs,
             6 => FrameKind::End,
+            7 => FrameKind::OomContext,
             other => return Err(other),
         })
     }

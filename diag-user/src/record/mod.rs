@@ -8,6 +8,7 @@ pub mod writer;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
+use diag_common::{oom::OomKillEvent, user::AnyEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -70,10 +71,27 @@ pub struct ProcsFrame {
     pub procs: Vec<ProcInfo>,
 }
 
+/// What user space learned about an OOM kill (cgroup paths, top memory
+/// users), for the kill whose header has this time and thread id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomContextFrame {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub ctx: enrich::oom::OomContext,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndFrame {
     pub ts_ns: u64,
     pub reason: String,
+}
+
+fn oom_context_frame(ev: &OomKillEvent, ctx: enrich::oom::OomContext) -> OomContextFrame {
+    OomContextFrame {
+        ts_ns: ev.header.ts_ns,
+        tid: ev.header.pid,
+        ctx,
+    }
 }
 
 /// Every process now, for naming short-lived processes on replay.
@@ -176,6 +194,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         let mut events = 0u64;
         let mut health = crate::source::Health::default();
         let mut failure: Option<writer::RecordError> = None;
+        // What user space learns about each OOM kill (cgroup paths, top
+        // memory users) is recorded too, in a frame after the kill's.
+        let (mut enricher, mut enriched) = enrich::oom::Enricher::start();
+        let mut enricher_open = true;
         loop {
             let result = tokio::select! {
                 msg = session.rx.recv() => match msg {
@@ -184,6 +206,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                     Some(Msg::Events(evs)) => {
                         let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
                         events += kept.len() as u64;
+                        for e in &kept {
+                            if let AnyEvent::OomKill(o) = e {
+                                // A full queue: the kill is recorded without context.
+                                let _ = enricher.submit(*o);
+                            }
+                        }
                         w.events(&kept)
                     }
                     Some(Msg::Health(h)) => {
@@ -197,7 +225,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                         w.health(&h)
                     }
                     Some(Msg::Table { ts_ns, rows }) => w.table(ts_ns, &rows),
-                    Some(Msg::Damage(_)) => Ok(()),
+                    Some(Msg::Damage(_) | Msg::OomContext(_)) => Ok(()),
+                },
+                done = enriched.recv(), if enricher_open => match done {
+                    Some((ev, ctx)) if failure.is_none() => w.oom_context(&oom_context_frame(&ev, ctx)),
+                    Some(_) => Ok(()),
+                    None => {
+                        enricher_open = false;
+                        Ok(())
+                    }
                 },
                 _ = procs.tick(), if failure.is_none() => {
                     let frame = tokio::task::spawn_blocking(process_table).await.unwrap_or(ProcsFrame { ts_ns: boot_ns(), procs: vec![] });
@@ -216,6 +252,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         let final_health = session.source.await??;
         if let Some(e) = failure {
             return Err(e.into());
+        }
+        // The kills' contexts still being read: wait for them.
+        enricher.close();
+        while let Some((ev, ctx)) = enriched.recv().await {
+            w.oom_context(&oom_context_frame(&ev, ctx))?;
         }
         w.health(&final_health)?;
         let rotations = w.rotations;
@@ -298,6 +339,8 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut check = tokio::time::interval(Duration::from_millis(250));
+        let (enricher, mut enriched) = enrich::oom::Enricher::start();
+        let mut enricher_open = true;
         let mut written = 0u64;
         let mut warned_short = 0u64;
         let mut write_due = |flight: &mut flight::Flight, force: bool| -> anyhow::Result<()> {
@@ -319,7 +362,15 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 msg = session.rx.recv() => match msg {
                     None => break,
-                    Some(Msg::Events(evs)) => flight.events(evs.into_iter().filter(|e| filter.matches(e)).collect()),
+                    Some(Msg::Events(evs)) => {
+                        let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
+                        for e in &kept {
+                            if let AnyEvent::OomKill(o) = e {
+                                let _ = enricher.submit(*o);
+                            }
+                        }
+                        flight.events(kept)
+                    }
                     Some(Msg::Health(h)) => {
                         flight.health(h);
                         if flight.shortened > warned_short {
@@ -332,7 +383,11 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Some(Msg::Table { ts_ns, rows }) => flight.table(TableFrame { ts_ns, rows }),
-                    Some(Msg::Damage(_)) => {}
+                    Some(Msg::Damage(_) | Msg::OomContext(_)) => {}
+                },
+                done = enriched.recv(), if enricher_open => match done {
+                    Some((ev, ctx)) => flight.oom_context(oom_context_frame(&ev, ctx)),
+                    None => enricher_open = false,
                 },
                 _ = check.tick() => {
                     if let Err(e) = write_due(&mut flight, false) {

@@ -11,7 +11,7 @@ use diag_common::user::{AnyEvent, decode};
 use thiserror::Error;
 
 use super::{
-    EndFrame, ProcsFrame, RecordingHeader, TableFrame,
+    EndFrame, OomContextFrame, ProcsFrame, RecordingHeader, TableFrame,
     format::{
         Damage, FILE_HEADER_LEN, Frame, FrameKind, HeaderError, Item, Parser, check_file_header,
         split_events,
@@ -44,6 +44,7 @@ pub enum Record {
     Health(Health),
     Table(TableFrame),
     Procs(ProcsFrame),
+    OomContext(OomContextFrame),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -187,6 +188,9 @@ impl Reader {
             FrameKind::Procs => serde_json::from_slice(&f.payload)
                 .map(Record::Procs)
                 .unwrap_or_else(|e| bad("process", e)),
+            FrameKind::OomContext => serde_json::from_slice(&f.payload)
+                .map(Record::OomContext)
+                .unwrap_or_else(|e| bad("OOM context", e)),
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)

@@ -227,6 +227,13 @@ impl Writer {
         self.write_frame(FrameKind::Procs, &payload)
     }
 
+    /// An OOM kill's user-space context, after the kill's events.
+    pub fn oom_context(&mut self, frame: &super::OomContextFrame) -> Result<(), RecordError> {
+        self.flush()?;
+        let payload = serde_json::to_vec(frame).expect("serializes");
+        self.write_frame(FrameKind::OomContext, &payload)
+    }
+
     /// Rotated file `n` (1 = the newest).
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();

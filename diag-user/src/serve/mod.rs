@@ -295,6 +295,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                             _ => Ok(()),
                         }
                     }
+                    Some(Msg::OomContext(_)) => Ok(()),
                     Some(Msg::Damage(what)) => {
                         eprintln!("diag: {what}");
                         Ok(())

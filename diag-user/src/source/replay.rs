@@ -22,7 +22,7 @@ use crate::{
     },
     view::{
         conns::{ConnsSink, Timebase, ignore_broken_pipe},
-        tail::{Names, Tail, drain_to_stdout},
+        tail::{Names, OomFacts, Tail, drain_to_stdout},
     },
 };
 
@@ -123,6 +123,7 @@ pub fn spawn(
                     }
                 }
                 Record::Procs(_) => continue,
+                Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(_) => continue,
                 Record::Damage(d) => {
                     stats.frames_damaged += 1;
@@ -211,7 +212,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         match args.view {
             ReplayView::Tail(view) => {
                 let tail = Tail::new(&view, names, clock);
-                let tail = drain_to_stdout(tail, &mut rx, &cancel, false).await?;
+                let tail = drain_to_stdout(tail, &mut rx, &cancel, OomFacts::Recorded).await?;
                 for line in tail.closing() {
                     eprintln!("diag: {line}");
                 }

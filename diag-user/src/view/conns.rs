@@ -441,6 +441,7 @@ impl ConnsSink {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Damage(what) => eprintln!("diag: {what}"),
+            Msg::OomContext(_) => {}
         }
         Ok(())
     }

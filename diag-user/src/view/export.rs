@@ -36,6 +36,16 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
         Record::Procs(p) => {
             vec![json!({"event": "process_table", "time": time(clock, p.ts_ns), "ts_ns": p.ts_ns, "processes": p.procs}).to_string()]
         }
+        Record::OomContext(c) => vec![
+            json!({
+                "event": "oom_context",
+                "time": time(clock, c.ts_ns),
+                "ts_ns": c.ts_ns,
+                "tid": c.tid,
+                "context": c.ctx,
+            })
+            .to_string(),
+        ],
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],

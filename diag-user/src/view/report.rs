@@ -39,6 +39,9 @@ pub struct Review {
     pub events: u64,
     pub timeline: Vec<Point>,
     pub oom: Vec<OomKillEvent>,
+    /// What user space learned about each kill when it was recorded, by
+    /// the kill's (time, thread id).
+    pub oom_context: std::collections::HashMap<(u64, u32), OomContext>,
     /// Run-queue waits over the stall threshold.
     pub stalls: Vec<StallEvent>,
     pub last: Option<TcpSnapshot>,
@@ -57,6 +60,14 @@ pub struct Review {
 pub const STEP_NS: u64 = 1_000_000_000;
 
 impl Review {
+    /// The recorded context of kill `k` (empty when none was recorded).
+    pub fn context_of(&self, k: &OomKillEvent) -> &OomContext {
+        static NONE: std::sync::OnceLock<OomContext> = std::sync::OnceLock::new();
+        self.oom_context
+            .get(&(k.header.ts_ns, k.header.pid))
+            .unwrap_or_else(|| NONE.get_or_init(OomContext::default))
+    }
+
     /// Fold a recording (its records in order) into a review.
     pub fn build(
         header: RecordingHeader,
@@ -133,6 +144,9 @@ impl Review {
                         last_drops = h.ringbuf_full;
                     }
                     r.last_ts = r.last_ts.max(h.ts_ns);
+                }
+                Record::OomContext(c) => {
+                    r.oom_context.insert((c.ts_ns, c.tid), c.ctx);
                 }
                 Record::Procs(_) | Record::End(_) => {}
                 Record::Damage(d) => r.damage.push(d),
@@ -242,7 +256,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
     let _ = writeln!(o, "\n1. ERRORS");
     let _ = writeln!(o, "  OOM kills: {}", r.oom.len());
     for k in &r.oom {
-        let _ = writeln!(o, "    {}", oom_text(k, &OomContext::default(), &clock));
+        let _ = writeln!(o, "    {}", oom_text(k, r.context_of(k), &clock));
     }
     if let Some(s) = &r.last {
         let tot = &s.totals;
@@ -539,12 +553,7 @@ pub fn render_html(r: &Review, file: &str) -> String {
     let markers: Vec<(f64, String)> = r
         .oom
         .iter()
-        .map(|k| {
-            (
-                x(k.header.ts_ns),
-                oom_text(k, &OomContext::default(), &clock),
-            )
-        })
+        .map(|k| (x(k.header.ts_ns), oom_text(k, r.context_of(k), &clock)))
         .collect();
     let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(f64, f64)> {
         r.timeline.iter().map(|p| (x(p.ts_ns), f(p))).collect()

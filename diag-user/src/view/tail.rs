@@ -22,7 +22,7 @@ use crate::{
     aggregate::oom::OomStats,
     cli::{EventClass, Family, Only, TailArgs, TailView},
     clock::WallClock,
-    enrich::oom::{CgroupIndex, OomContext},
+    enrich::oom::{Enricher, OomContext},
     loader,
     source::{Health, live::Live},
     view::LiveSession,
@@ -543,7 +543,7 @@ impl Tail {
                 out.flush()?;
                 Ok(None)
             }
-            Msg::Table { .. } => Ok(None),
+            Msg::Table { .. } | Msg::OomContext(_) => Ok(None),
             Msg::Damage(what) => Ok(Some(what)),
             Msg::Health(h) => {
                 let before = self.health;
@@ -608,81 +608,38 @@ impl Tail {
 }
 
 /// `diag tail`.
-/// The OOM enricher: a thread that reads procfs and cgroupfs for each
-/// kill, off the event path, and hands back kills with their context in
-/// the order they came.
-struct Enricher {
-    requests: Option<std::sync::mpsc::SyncSender<OomKillEvent>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Kills waiting for context beyond this are shown without it.
-const ENRICH_QUEUE: usize = 256;
-
-impl Enricher {
-    fn start() -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
-        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
-        let (res_tx, res_rx) = mpsc::unbounded_channel();
-        let thread = std::thread::spawn(move || {
-            // Indexed before the first kill, so cgroups removed right after
-            // a kill still resolve.
-            let mut index = CgroupIndex::new();
-            for ev in req_rx {
-                let ctx = crate::enrich::oom::context(&ev, &mut index);
-                if res_tx.send((ev, ctx)).is_err() {
-                    break;
-                }
-            }
-        });
-        (
-            Enricher {
-                requests: Some(req_tx),
-                thread: Some(thread),
-            },
-            res_rx,
-        )
-    }
-
-    /// Queue a kill; false when the queue is full (or the thread gone).
-    fn submit(&self, ev: OomKillEvent) -> bool {
-        self.requests
-            .as_ref()
-            .is_some_and(|tx| tx.try_send(ev).is_ok())
-    }
-
-    /// No more kills: the thread finishes the queued ones and stops.
-    fn close(&mut self) {
-        self.requests = None;
-    }
-}
-
-impl Drop for Enricher {
-    fn drop(&mut self) {
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Where the user-space context of an OOM kill (cgroup paths, top memory
+/// users) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomFacts {
+    /// This host's procfs and cgroupfs, read off the event path.
+    Live,
+    /// The recording's context frames: each kill waits for its own (they
+    /// follow it closely), and is shown without one at the end.
+    Recorded,
+    /// None: kills are shown at once with what the kernel said.
+    KernelOnly,
 }
 
 /// Print what arrives on `rx` until it closes; `cancel` stops the source
-/// when output is no longer wanted (a closed pipe). With `enrich` (live
-/// only: it reads this host's procfs), OOM kills are shown once their
-/// context is known, in order; without, at once with what the kernel said.
-/// Returns the sink for its summary.
+/// when output is no longer wanted (a closed pipe). OOM kills are shown
+/// once their context is known (see [`OomFacts`]), in order. Returns the
+/// sink for its summary.
 pub async fn drain_to_stdout(
     mut tail: Tail,
     rx: &mut mpsc::Receiver<Msg>,
     cancel: &tokio_util::sync::CancellationToken,
-    enrich: bool,
+    facts: OomFacts,
 ) -> anyhow::Result<Tail> {
-    let (mut enricher, mut enriched) = match enrich {
-        true => {
+    let (mut enricher, mut enriched) = match facts {
+        OomFacts::Live => {
             let (e, r) = Enricher::start();
             (Some(e), Some(r))
         }
-        false => (None, None),
+        _ => (None, None),
     };
+    // Recorded kills waiting for their context frame.
+    let mut held: std::collections::VecDeque<OomKillEvent> = Default::default();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut broken_pipe = false;
@@ -705,30 +662,58 @@ pub async fn drain_to_stdout(
     loop {
         let written = tokio::select! {
             msg = rx.recv(), if source_open => {
-                let Some(msg) = msg else {
-                    // The source is done: let the enricher finish.
+                match msg {
+                None => {
+                    // The source is done: kills still without context are
+                    // shown with what the kernel said; let the enricher
+                    // finish.
                     source_open = false;
+                    let mut r = Ok(());
+                    while let Some(ev) = held.pop_front() {
+                        if !broken_pipe {
+                            r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
+                        }
+                    }
                     match &mut enricher {
                         Some(e) => e.close(),
-                        None => break,
+                        None => {
+                            if let Err(e) = r && e.kind() != io::ErrorKind::BrokenPipe {
+                                return Err(anyhow::Error::new(e).context("writing to standard output"));
+                            }
+                            break;
+                        }
                     }
-                    continue;
-                };
-                if broken_pipe {
-                    continue;
+                    r
                 }
-                let mut r = tail.handle(msg, &mut out).map(|w| {
-                    if let Some(warn) = w {
-                        eprintln!("diag: {warn}");
+                Some(_) if broken_pipe => continue,
+                Some(msg) => {
+                    let mut r = match msg {
+                        Msg::OomContext(f) => {
+                            match held.iter().position(|k| k.header.ts_ns == f.ts_ns && k.header.pid == f.tid) {
+                                Some(i) => {
+                                    let k = held.remove(i).expect("found");
+                                    tail.show_oom(&k, &f.ctx, &mut out)
+                                }
+                                None => Ok(()),
+                            }
+                        }
+                        msg => tail.handle(msg, &mut out).map(|w| {
+                            if let Some(warn) = w {
+                                eprintln!("diag: {warn}");
+                            }
+                        }),
+                    };
+                    for ev in std::mem::take(&mut tail.oom_queue) {
+                        if facts == OomFacts::Recorded {
+                            held.push_back(ev);
+                        } else if !enricher.as_ref().is_some_and(|e| e.submit(ev)) {
+                            // Never lose a kill: show it with what the kernel said.
+                            r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
+                        }
                     }
-                });
-                for ev in std::mem::take(&mut tail.oom_queue) {
-                    if !enricher.as_ref().is_some_and(|e| e.submit(ev)) {
-                        // Never lose a kill: show it with what the kernel said.
-                        r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
-                    }
+                    r
                 }
-                r
+                }
             }
             done = async { match &mut enriched { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                 let Some((ev, ctx)) = done else { break };
@@ -799,7 +784,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             session.attached.join(", ")
         );
         let tail = Tail::new(&args.view, names, WallClock::now());
-        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel, true).await?;
+        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel, OomFacts::Live).await?;
         session.source.await??;
         for line in tail.closing() {
             eprintln!("diag: {line}");

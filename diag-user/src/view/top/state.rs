@@ -528,6 +528,7 @@ impl TopState {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what);
             }
+            Msg::OomContext(_) => {}
         }
     }
 
