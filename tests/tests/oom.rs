@@ -430,14 +430,26 @@ fn the_victim_cgroup_is_found_whatever_the_probe_order() {
     let mut hog = spawn_hog(&cg);
     let hog_pid = hog.id();
     let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
+    let small_pid = small.id();
     wait_killed(&mut hog);
     let _ = small.wait();
     thread::sleep(Duration::from_millis(300));
+    let mut counts = Vec::new();
     for (name, d) in [("second", second), ("first", first)] {
         let out = d.stop(libc::SIGINT);
         let events = oom_events(&out);
+        // Now and then the kernel kills the small one too, when it asks
+        // for more before the hog's memory is freed: a second, real kill.
+        assert!(
+            events
+                .iter()
+                .all(|e| e["pid"] == hog_pid || e["pid"] == small_pid),
+            "{name}: {events:?}"
+        );
+        counts.push(events.len());
+        let events: Vec<&Value> = events.iter().filter(|e| e["pid"] == hog_pid).collect();
         assert_eq!(events.len(), 1, "{name}: {events:?}");
-        let e = &events[0];
+        let e = events[0];
         assert_eq!(e["pid"], hog_pid, "{name}: {e}");
         assert_eq!(
             e["cgroup"],
@@ -447,4 +459,5 @@ fn the_victim_cgroup_is_found_whatever_the_probe_order() {
         assert_ne!(e["memcg_ino"]["victim"], 0, "{name}: {e}");
         assert_eq!(e["trigger"]["is_victim"], false, "{name}: {e}");
     }
+    assert_eq!(counts[0], counts[1], "both see every kill");
 }
