@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfLoader};
 use diag_common::{
     RingConfig,
     oom::{MarkVictimLayout, MemcgLayout},
+    proc::ProcConfig,
     sched::SchedConfig,
     tcp::{InetSockSetStateLayout, TcpSockLayout},
 };
@@ -35,6 +36,10 @@ pub struct Env {
     /// The scheduler's configuration (task_struct offsets, stall
     /// threshold), when stalls or run-queue latency were asked for.
     pub sched: Option<SchedConfig>,
+    /// task_struct offsets for process exits, when TCP events, stalls or
+    /// exits were asked for: aggregates then tell a process from a later
+    /// one with the same pid.
+    pub proc: Option<ProcConfig>,
 }
 
 /// The outcome of one check, for `diag check`.
@@ -158,6 +163,24 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
         });
     }
     lines.push(CheckLine {
+        name: "exits",
+        result: probes::proc::config(&args.btf).map(|c| {
+            format!(
+                "tp_btf sched_process_exit; a process ends {}; start time from task_struct.{}",
+                if c.has_group_dead == 1 {
+                    "with its last thread (group_dead)"
+                } else {
+                    "with its group leader"
+                },
+                if c.start_is_boottime == 1 {
+                    "start_boottime"
+                } else {
+                    "start_time"
+                }
+            )
+        }),
+    });
+    lines.push(CheckLine {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
             .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup".into()),
@@ -238,12 +261,18 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let proc = if EventClass::with_exits(events).contains(&EventClass::Exit) {
+        Some(probes::proc::config(&args.btf)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         tracefs,
         tcp,
         oom,
         sched,
+        proc,
     })
 }
 
@@ -274,6 +303,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
     let sched = env.sched.unwrap_or(SchedConfig::zeroed());
+    let proc = env.proc.unwrap_or(ProcConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -291,6 +321,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
+        .override_global("PROC_CONFIG", &proc, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
         loader.override_global(global, layout, true);
@@ -307,6 +338,11 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut attached = Vec::new();
     // Attach first, then seed: a listener opened in between is seen by the
     // program, and seeding never overwrites what the program recorded.
+    // Process exits first: a ProcExit then precedes, in the one ring
+    // buffer, every event of a later process with the same pid.
+    if env.proc.is_some() {
+        probes::proc::attach(&mut ebpf, &args.btf, &mut attached)?;
+    }
     if env.tcp.is_some() {
         probes::tcp::attach(&mut ebpf, &mut attached)?;
         probes::tcp::seed_listeners(&mut ebpf)?;

@@ -529,7 +529,7 @@ impl TcpAggregate {
         match ev {
             AnyEvent::TcpState(e) => self.on_state(e),
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => {}
         }
     }
 

@@ -109,7 +109,7 @@ impl Review {
                                     r.lifetimes.record(ts.saturating_sub(o));
                                 }
                             }
-                            AnyEvent::TcpSock(_) => {}
+                            AnyEvent::TcpSock(_) | AnyEvent::ProcExit(_) => {}
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);

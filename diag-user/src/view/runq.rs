@@ -215,6 +215,9 @@ impl Counters {
 /// `diag runq`.
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let mut env = loader::require_for(&args.probe, &[crate::cli::EventClass::Stall])?;
+    // runq reads the scheduler's maps, never the ring buffer: process
+    // exit events would only fill it.
+    env.proc = None;
     if args.empty_programs
         && let Some(cfg) = env.sched.as_mut()
     {
