@@ -17,8 +17,8 @@
 //! buffer keeps the order), and the next process with that pid starts a
 //! new life from zero. The old one is kept, marked exited, until it has
 //! been idle for [`FORGET_AFTER_IDLE_SNAPSHOTS`]; sockets it still held
-//! stay its own. Sources without exit events (recordings made before
-//! diag had them) fall back to a guess: a different name and no sockets.
+//! stay its own. Recordings made before diag traced exits fall back to a
+//! guess ([`TcpConfig::guess_pid_reuse`]): a new name and no sockets.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -57,6 +57,11 @@ pub struct TcpConfig {
     /// Hint when a process opens at least this many connections per second
     /// to one destination, most of them short-lived.
     pub churn_hint_per_s: f64,
+    /// The source has no process exits (a recording made before diag
+    /// traced them): guess pid reuse from a new name on a pid with no
+    /// sockets left, until an exit arrives. Live sources and newer
+    /// recordings report exits, so nothing is guessed.
+    pub guess_pid_reuse: bool,
 }
 
 impl Default for TcpConfig {
@@ -66,6 +71,7 @@ impl Default for TcpConfig {
             port_range: (32768, 60999),
             pressure_warn: 0.70,
             churn_hint_per_s: 10.0,
+            guess_pid_reuse: false,
         }
     }
 }
@@ -537,7 +543,7 @@ impl TcpAggregate {
         let pid = h.tgid;
         let comm = Comm::from_kernel(&h.comm);
         let mut life = self.life_of(pid);
-        if !self.exits_seen {
+        if self.config.guess_pid_reuse && !self.exits_seen {
             // No exit events from this source: guess that the pid was
             // reused when the name changed and no socket is left.
             if let Some(p) = self.procs.get_mut(&(pid, life))
@@ -1864,7 +1870,11 @@ mod tests {
     #[test]
     fn pid_reuse_starts_fresh_and_out_of_order_is_tolerated() {
         use state::*;
-        let mut agg = TcpAggregate::new(TcpConfig::default());
+        // A recording without exits: reuse is guessed.
+        let mut agg = TcpAggregate::new(TcpConfig {
+            guess_pid_reuse: true,
+            ..Default::default()
+        });
         let mut g = Gen { ts: SEC };
         g.connection(&mut agg, 100, 200, 40000, 0);
         // pid 100 is reused by another program with no sockets left.
@@ -2075,6 +2085,68 @@ mod tests {
         }
         let left: Vec<_> = agg.procs.keys().filter(|k| k.0 == 100).copied().collect();
         assert_eq!(left, vec![(100, 1)], "only the running one is left");
+    }
+
+    #[test]
+    fn live_sources_never_guess_reuse_from_names() {
+        use state::*;
+        // Live (exits traced), before any exit arrived: a softirq
+        // transition of someone else's old socket, charged to whatever
+        // ran (pid 100 before its exec, under its parent's thread name),
+        // then pid 100 connects under its own name. One process.
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::CURRENT,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            CLOSE_WAIT,
+            CLOSE,
+            attribution::CURRENT,
+        ));
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        g.connection(&mut agg, 100, 200, 40001, 1);
+        let s = agg.snapshot(2 * SEC);
+        let rows: Vec<&ProcRow> = s.processes.iter().filter(|r| r.pid == 100).collect();
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(
+            (
+                rows[0].comm.as_str(),
+                rows[0].totals.active_opens,
+                rows[0].totals.closes
+            ),
+            ("client", 2, 3)
+        );
+        // The same from a recording without exits: guessed apart.
+        let mut agg = TcpAggregate::new(TcpConfig {
+            guess_pid_reuse: true,
+            ..Default::default()
+        });
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            CLOSE_WAIT,
+            CLOSE,
+            attribution::CURRENT,
+        ));
+        g.connection(&mut agg, 100, 200, 40002, 2);
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(s.processes.iter().filter(|r| r.pid == 100).count(), 2);
     }
 
     #[test]

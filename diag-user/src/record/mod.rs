@@ -45,6 +45,14 @@ impl RecordingHeader {
     pub fn clock(&self) -> WallClock {
         WallClock::with_offset_ns(i128::from(self.clock_offset_ns))
     }
+
+    /// The recording has process exits (made by a diag that traced them
+    /// with TCP events): aggregates need not guess pid reuse.
+    pub fn has_exits(&self) -> bool {
+        self.probes
+            .iter()
+            .any(|p| p == crate::probes::proc::TRACEPOINT_NAME)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

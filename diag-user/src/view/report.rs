@@ -65,6 +65,7 @@ impl Review {
     ) -> Review {
         let config = TcpConfig {
             port_range: header.port_range.unwrap_or(TcpConfig::default().port_range),
+            guess_pid_reuse: !header.has_exits(),
             ..TcpConfig::default()
         };
         let mut agg = TcpAggregate::new(config);
