@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod oom;
+pub mod proc;
 pub mod sched;
 pub mod tcp;
 
@@ -22,7 +23,8 @@ pub const TASK_COMM_LEN: usize = 16;
 
 /// What kind of record follows the header in the ring buffer.
 ///
-/// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler.
+/// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler,
+/// 30-39 process lifetimes.
 /// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum EventKind {
     OomKill = 10,
     /// [`sched::StallEvent`]
     Stall = 20,
+    /// [`proc::ProcExitEvent`]: a whole process ended.
+    ProcExit = 30,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -54,6 +58,7 @@ impl TryFrom<u32> for EventKind {
             5 => Ok(EventKind::TcpRetransmitSynack),
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
+            30 => Ok(EventKind::ProcExit),
             other => Err(other),
         }
     }

@@ -1,6 +1,7 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
+use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
     InetSockSetStateLayout, SockBtfLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent,
@@ -21,6 +22,7 @@ unsafe impl aya::Pod for SchedConfig {}
 unsafe impl aya::Pod for TaskState {}
 unsafe impl aya::Pod for ProcStats {}
 unsafe impl aya::Pod for OnCpu {}
+unsafe impl aya::Pod for ProcConfig {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,7 @@ pub enum AnyEvent {
     TcpSock(TcpSockEvent),
     OomKill(OomKillEvent),
     Stall(StallEvent),
+    ProcExit(ProcExitEvent),
 }
 
 impl AnyEvent {
@@ -40,6 +43,7 @@ impl AnyEvent {
             AnyEvent::TcpSock(e) => as_bytes(e),
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
+            AnyEvent::ProcExit(e) => as_bytes(e),
         }
     }
 
@@ -49,6 +53,7 @@ impl AnyEvent {
             AnyEvent::TcpSock(e) => &e.header,
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
+            AnyEvent::ProcExit(e) => &e.header,
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         | EventKind::TcpRetransmitSynack => Ok(AnyEvent::TcpSock(read(buf, Some(header.kind))?)),
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
+        EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -180,6 +186,39 @@ mod tests {
             Err(DecodeError::TooShort {
                 kind: Some(20),
                 len: 60,
+                need: 72
+            })
+        );
+    }
+
+    #[test]
+    fn proc_exit_round_trip_and_fields() {
+        use crate::proc::exit_flags;
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::ProcExit as u32;
+        header.pid = 12;
+        header.tgid = 10;
+        let mut e = ProcExitEvent {
+            header,
+            start_ns: 123_456_789,
+            exit_code: 3 << 8,
+            flags: exit_flags::GROUP_DEAD | exit_flags::START_BOOTTIME,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::ProcExit(e)));
+        assert_eq!(AnyEvent::ProcExit(e).header().tgid, 10);
+        assert_eq!((e.exit_status(), e.signal()), (Some(3), None));
+        assert_eq!(e.start_boottime_ns(), Some(123_456_789));
+        e.exit_code = 9; // SIGKILL
+        assert_eq!((e.exit_status(), e.signal()), (None, Some(9)));
+        e.flags |= exit_flags::NO_START | exit_flags::NO_EXIT_CODE;
+        assert_eq!((e.exit_status(), e.signal()), (None, None));
+        assert_eq!(e.start_boottime_ns(), None);
+        assert_eq!(
+            decode(&as_bytes(&e)[..71]),
+            Err(DecodeError::TooShort {
+                kind: Some(30),
+                len: 71,
                 need: 72
             })
         );

@@ -9,6 +9,7 @@
 
 mod maps;
 mod oom;
+mod proc;
 mod sched;
 mod tcp;
 

@@ -323,6 +323,28 @@ impl Btf {
         Ok(t.nelems)
     }
 
+    /// How many arguments the raw tracepoint `name` passes to a `tp_btf`
+    /// program (from the kernel's `btf_trace_<name>` typedef, a pointer to
+    /// a function whose first parameter is the tracepoint's data, not an
+    /// argument).
+    pub fn tp_btf_args(&self, name: &str) -> Result<u32, String> {
+        let typedef = format!("btf_trace_{name}");
+        let t = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == typedef.as_bytes())
+            .ok_or_else(|| format!("no tracepoint {name} in the kernel's BTF"))?;
+        let ptr = self
+            .resolve(t.size_or_type)
+            .filter(|p| p.kind == KIND_PTR)
+            .ok_or_else(|| format!("{typedef} is not a function pointer"))?;
+        let proto = self
+            .resolve(ptr.size_or_type)
+            .filter(|p| p.kind == KIND_FUNC_PROTO && p.vlen >= 1)
+            .ok_or_else(|| format!("{typedef} is not a function pointer"))?;
+        Ok(proto.vlen - 1)
+    }
+
     /// Value of an enumerator, e.g. `memory_cgrp_id`.
     pub fn enum_value(&self, name: &str) -> Result<i64, String> {
         self.values
@@ -477,6 +499,9 @@ pub(crate) mod tests {
         pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
             self.raw(name, KIND_TYPEDEF, 0, false, to, &[])
         }
+        pub(crate) fn ptr(&mut self, to: u32) -> u32 {
+            self.raw("", KIND_PTR, 0, false, to, &[])
+        }
         pub(crate) fn array(&mut self, elem: u32, index: u32, len: u32) -> u32 {
             self.raw("", KIND_ARRAY, 0, false, 0, &[elem, index, len])
         }
@@ -622,6 +647,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn counts_tracepoint_arguments() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let vptr = b.ptr(0);
+        let two = b.func_proto(&[vptr, int, int]);
+        let p2 = b.ptr(two);
+        b.typedef("btf_trace_two", p2);
+        let none = b.func_proto(&[vptr]);
+        let p0 = b.ptr(none);
+        b.typedef("btf_trace_none", p0);
+        b.typedef("btf_trace_bad", int);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(btf.tp_btf_args("two"), Ok(2));
+        assert_eq!(btf.tp_btf_args("none"), Ok(0));
+        assert!(
+            btf.tp_btf_args("bad")
+                .unwrap_err()
+                .contains("not a function")
+        );
+        assert!(
+            btf.tp_btf_args("nope")
+                .unwrap_err()
+                .contains("no tracepoint")
+        );
+    }
+
+    #[test]
     fn reads_the_running_kernel() {
         let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
         if !path.exists() {
@@ -634,5 +686,8 @@ pub(crate) mod tests {
         let comm = btf.member("task_struct", "comm").unwrap();
         assert_eq!((pid.size, tgid.size, comm.size), (4, 4, 16));
         assert!(pid.offset > 0 && comm.offset > 0);
+        // sched_process_exit(p) or, on newer kernels, (p, group_dead).
+        let n = btf.tp_btf_args("sched_process_exit").unwrap();
+        assert!(n == 1 || n == 2, "{n}");
     }
 }

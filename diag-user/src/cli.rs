@@ -213,6 +213,29 @@ pub enum EventClass {
     /// Run-queue waits longer than --stall-threshold, with the task that
     /// held the CPU (scheduler tracepoints)
     Stall,
+    /// Processes that ended: pid, name, start time, exit status
+    /// (tp_btf sched_process_exit; always traced with tcp and stall, so
+    /// a reused pid is never taken for the process that had it)
+    Exit,
+}
+
+impl EventClass {
+    /// `events` and the process exits that come with them: TCP events and
+    /// stalls are per process, and exits tell a process from a later one
+    /// with the same pid (so recordings keep them too).
+    pub fn with_exits(events: &[EventClass]) -> Vec<EventClass> {
+        let mut v = events.to_vec();
+        let per_process = events.iter().any(|e| {
+            matches!(
+                e,
+                EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Stall
+            )
+        });
+        if per_process && !v.contains(&EventClass::Exit) {
+            v.push(EventClass::Exit);
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

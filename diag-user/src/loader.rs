@@ -11,6 +11,7 @@ use aya::{Btf as AyaBtf, Ebpf, EbpfLoader};
 use diag_common::{
     RingConfig,
     oom::{MarkVictimLayout, MemcgLayout},
+    proc::ProcConfig,
     sched::SchedConfig,
     tcp::{InetSockSetStateLayout, SockBtfLayout, TcpSockLayout},
 };
@@ -35,6 +36,10 @@ pub struct Env {
     /// The scheduler's configuration (task_struct offsets, stall
     /// threshold), when stalls or run-queue latency were asked for.
     pub sched: Option<SchedConfig>,
+    /// task_struct offsets for process exits, when TCP events, stalls or
+    /// exits were asked for: aggregates then tell a process from a later
+    /// one with the same pid.
+    pub proc: Option<ProcConfig>,
 }
 
 impl Env {
@@ -175,6 +180,24 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
         });
     }
     lines.push(CheckLine {
+        name: "exits",
+        result: probes::proc::config(&args.btf).map(|c| {
+            format!(
+                "tp_btf sched_process_exit; a process ends {}; start time from task_struct.{}",
+                if c.has_group_dead == 1 {
+                    "with its last thread (group_dead)"
+                } else {
+                    "with its group leader"
+                },
+                if c.start_is_boottime == 1 {
+                    "start_boottime"
+                } else {
+                    "start_time"
+                }
+            )
+        }),
+    });
+    lines.push(CheckLine {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
             .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup_new".into()),
@@ -259,12 +282,18 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let proc = if EventClass::with_exits(events).contains(&EventClass::Exit) {
+        Some(probes::proc::config(&args.btf)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         tracefs,
         tcp,
         oom,
         sched,
+        proc,
     })
 }
 
@@ -295,6 +324,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         wakeup_bytes: u64::from(ring_bytes / 4),
     };
     let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
+    let mut proc = env.proc.unwrap_or(ProcConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -309,6 +339,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     if args.empty_programs {
         // The programs see no layout and return at once.
         sched.valid = 0;
+        proc.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -326,6 +357,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
+        .override_global("PROC_CONFIG", &proc, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
         loader.override_global(global, layout, true);
@@ -344,6 +376,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut attached = Vec::new();
     // The kernel's BTF for the tp_btf programs, parsed once for all of them.
     let wants_btf = env.sched.is_some()
+        || env.proc.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env.tcp.as_ref().is_some_and(|t| t.state_btf.is_ok());
     let kernel_btf = if wants_btf {
@@ -354,6 +387,14 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     };
     // Attach first, then seed: a listener opened in between is seen by the
     // program, and seeding never overwrites what the program recorded.
+    // Process exits first: a ProcExit then precedes, in the one ring
+    // buffer, every event of a later process with the same pid.
+    if env.proc.is_some() {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::proc::attach(&mut ebpf, btf, &mut attached)?;
+    }
     if let Some(tcp) = &env.tcp {
         probes::tcp::attach(&mut ebpf, tcp, kernel_btf.as_ref().ok(), &mut attached)?;
         probes::tcp::seed_listeners(&mut ebpf)?;

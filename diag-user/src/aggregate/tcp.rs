@@ -11,6 +11,14 @@
 //! CLOSE and a timewait socket takes its place), so it is inferred from
 //! that, expires after the kernel's 60 s, and is reconciled against the
 //! socket table periodically.
+//!
+//! Processes are keyed by pid and *life*: the kernel reports the end of
+//! every process (`ProcExit`, before its pid can be reused: the one ring
+//! buffer keeps the order), and the next process with that pid starts a
+//! new life from zero. The old one is kept, marked exited, until it has
+//! been idle for [`FORGET_AFTER_IDLE_SNAPSHOTS`]; sockets it still held
+//! stay its own. Recordings made before diag traced exits fall back to a
+//! guess ([`TcpConfig::guess_pid_reuse`]): a new name and no sockets.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -18,7 +26,8 @@ use std::{
 };
 
 use diag_common::{
-    EventKind, comm_bytes,
+    EventHeader, EventKind, comm_bytes,
+    proc::ProcExitEvent,
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state},
     user::AnyEvent,
 };
@@ -48,6 +57,11 @@ pub struct TcpConfig {
     /// Hint when a process opens at least this many connections per second
     /// to one destination, most of them short-lived.
     pub churn_hint_per_s: f64,
+    /// The source has no process exits (a recording made before diag
+    /// traced them): guess pid reuse from a new name on a pid with no
+    /// sockets left, until an exit arrives. Live sources and newer
+    /// recordings report exits, so nothing is guessed.
+    pub guess_pid_reuse: bool,
 }
 
 impl Default for TcpConfig {
@@ -57,6 +71,7 @@ impl Default for TcpConfig {
             port_range: (32768, 60999),
             pressure_warn: 0.70,
             churn_hint_per_s: 10.0,
+            guess_pid_reuse: false,
         }
     }
 }
@@ -167,6 +182,8 @@ struct Proc {
     live: u64,
     /// Snapshots in a row with no activity and no sockets.
     idle_snapshots: u32,
+    /// The kernel reported its end.
+    exited: Option<ExitInfo>,
 }
 
 impl Proc {
@@ -179,9 +196,24 @@ impl Proc {
             churn: HashMap::new(),
             live: 0,
             idle_snapshots: 0,
+            exited: None,
         }
     }
 }
+
+/// What is known of the end of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// When it ended (or was found replaced), boot-time ns.
+    pub ts_ns: u64,
+    /// When it started, boot-time ns (as /proc/PID/stat's starttime),
+    /// when the kernel said.
+    pub start_ns: Option<u64>,
+}
+
+/// A process: its pid and which life of that pid (0 for the first diag
+/// saw, more for later processes that reused the pid).
+type ProcKey = (u32, u32);
 
 /// A command name as the kernel keeps it (at most 15 bytes), stored
 /// inline: the aggregation holds one per socket, so no allocation.
@@ -230,6 +262,14 @@ impl Serialize for Comm {
 pub struct Owner {
     pub pid: u32,
     pub comm: Comm,
+    /// Which life of `pid` (see [`TcpAggregate`]).
+    pub life: u32,
+}
+
+impl Owner {
+    fn key(&self) -> ProcKey {
+        (self.pid, self.life)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +317,11 @@ pub struct TcpAggregate {
     /// Sockets from the table that no event has claimed yet, by 4-tuple.
     seeded: HashMap<FourTuple, Sock>,
     timewait: HashMap<FourTuple, TimeWait>,
-    procs: HashMap<u32, Proc>,
+    procs: HashMap<ProcKey, Proc>,
+    /// The current life of pids that had a process end (absent: 0).
+    lives: HashMap<u32, u32>,
+    /// The source reports process exits: reuse is known, not guessed.
+    exits_seen: bool,
     remote_errors: HashMap<SocketAddr, RemoteErrors>,
     /// Resets sent by the kernel for no socket (closed ports).
     kernel_resets_sent: u64,
@@ -377,6 +421,13 @@ impl Rates {
 pub struct ProcRow {
     pub pid: u32,
     pub comm: String,
+    /// The process has ended; its pid may belong to another process by
+    /// now, with a row of its own.
+    pub exited: bool,
+    /// Which life of `pid` (0: the first diag saw): rows of one pid are
+    /// different processes.
+    #[serde(skip)]
+    pub life: u32,
     pub totals: Counters,
     pub rates: Rates,
     pub states: StateCounts,
@@ -455,6 +506,8 @@ impl TcpAggregate {
             seeded: HashMap::new(),
             timewait: HashMap::new(),
             procs: HashMap::new(),
+            lives: HashMap::new(),
+            exits_seen: false,
             remote_errors: HashMap::new(),
             kernel_resets_sent: 0,
             overflow: 0,
@@ -464,31 +517,101 @@ impl TcpAggregate {
         }
     }
 
-    /// The process entry for `tgid`, replacing a dead one whose pid was
-    /// reused (a different comm and no live sockets).
-    fn proc_mut(&mut self, tgid: u32, comm: Comm) -> &mut Proc {
-        let comm = comm.as_str();
+    /// The current life of `pid`.
+    fn life_of(&self, pid: u32) -> u32 {
+        self.lives.get(&pid).copied().unwrap_or(0)
+    }
+
+    /// The process entry of `owner` (created if new; renamed by exec).
+    fn proc_mut(&mut self, owner: Owner) -> &mut Proc {
+        let comm = owner.comm.as_str();
         let comm: &str = &comm;
         let p = self
             .procs
-            .entry(tgid)
+            .entry(owner.key())
             .or_insert_with(|| Proc::new(comm.to_string()));
         if p.comm != comm {
-            if p.live == 0 {
-                *p = Proc::new(comm.to_string());
-            } else {
-                // exec() changed the name of a live process.
-                p.comm = comm.to_string();
-            }
+            p.comm = comm.to_string();
         }
         p
     }
 
-    fn owner_of(h: &diag_common::EventHeader) -> Owner {
-        Owner {
-            pid: h.tgid,
-            comm: Comm::from_kernel(&h.comm),
+    /// The process an event's header names, for a socket diag does not
+    /// know yet. `opening`: the event starts something (a connect, a
+    /// listen, an accepted connection), which only a running process does.
+    fn owner_for(&mut self, h: &EventHeader, opening: bool) -> Owner {
+        let pid = h.tgid;
+        let comm = Comm::from_kernel(&h.comm);
+        let mut life = self.life_of(pid);
+        if self.config.guess_pid_reuse && !self.exits_seen {
+            // No exit events from this source: guess that the pid was
+            // reused when the name changed and no socket is left.
+            if let Some(p) = self.procs.get_mut(&(pid, life))
+                && p.live == 0
+                && p.comm != *comm.as_str()
+            {
+                p.exited = Some(ExitInfo {
+                    ts_ns: h.ts_ns,
+                    start_ns: None,
+                });
+                life += 1;
+                self.lives.insert(pid, life);
+            }
+        } else if !opening
+            && life > 0
+            && !self.procs.contains_key(&(pid, life))
+            && self
+                .procs
+                .get(&(pid, life - 1))
+                .is_some_and(|p| p.exited.is_some() && p.comm == *comm.as_str())
+        {
+            // The process that has just ended, closing what it held: the
+            // kernel closes an exiting process's files after reporting its
+            // exit (and its pid is not free before that).
+            life -= 1;
         }
+        Owner { pid, comm, life }
+    }
+
+    /// A known socket's owner for an event about it: the kernel had to
+    /// guess (the task on the CPU), or named the same pid (the socket's
+    /// process, whose name may have changed), or another process.
+    fn owner_of_known(&mut self, known: Owner, h: &EventHeader, how: u8) -> Owner {
+        if how == attribution::CURRENT {
+            known
+        } else if known.pid == h.tgid {
+            // The socket keeps its process's life: an exited process's
+            // sockets stay its own, a later process with the pid never
+            // takes them over.
+            Owner {
+                comm: Comm::from_kernel(&h.comm),
+                ..known
+            }
+        } else {
+            self.owner_for(h, false)
+        }
+    }
+
+    /// A process ended: the next one with its pid starts a new life.
+    fn on_exit(&mut self, e: &ProcExitEvent) {
+        self.exits_seen = true;
+        let pid = e.header.tgid;
+        let life = self.life_of(pid);
+        match self.procs.get_mut(&(pid, life)) {
+            Some(p) => {
+                p.exited = Some(ExitInfo {
+                    ts_ns: e.header.ts_ns,
+                    start_ns: e.start_boottime_ns(),
+                });
+            }
+            // A pid diag knows nothing of: nothing to keep apart.
+            None if !self.lives.contains_key(&pid) => return,
+            // A later process with the pid that made no connections: skip
+            // a number, so the life before it is no longer taken for the
+            // one that has just ended.
+            None => {}
+        }
+        self.lives.insert(pid, life + 1);
     }
 
     fn set_owner(&mut self, old: &Option<Owner>, new: &Option<Owner>) {
@@ -496,17 +619,17 @@ impl TcpAggregate {
             return;
         }
         if let Some(o) = old
-            && let Some(p) = self.procs.get_mut(&o.pid)
+            && let Some(p) = self.procs.get_mut(&o.key())
         {
             p.live = p.live.saturating_sub(1);
         }
         if let Some(n) = new {
-            self.proc_mut(n.pid, n.comm).live += 1;
+            self.proc_mut(*n).live += 1;
         }
     }
 
-    fn churn_mut(&mut self, pid: u32, remote: SocketAddr) -> Option<&mut DestChurn> {
-        let p = self.procs.get_mut(&pid)?;
+    fn churn_mut(&mut self, key: ProcKey, remote: SocketAddr) -> Option<&mut DestChurn> {
+        let p = self.procs.get_mut(&key)?;
         let n = p.churn.len();
         if n >= MAX_DESTINATIONS && !p.churn.contains_key(&remote) {
             self.overflow += 1;
@@ -529,6 +652,7 @@ impl TcpAggregate {
         match ev {
             AnyEvent::TcpState(e) => self.on_state(e),
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
+            AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
     }
@@ -537,7 +661,6 @@ impl TcpAggregate {
         let ts = e.header.ts_ns;
         let local = SocketAddr::new(ip(e.family, &e.saddr), e.sport);
         let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
-        let event_owner = Self::owner_of(&e.header);
         let (old, new) = (e.old_state, e.new_state);
 
         // Find the socket: by address, or a seeded one by 4-tuple.
@@ -572,15 +695,17 @@ impl TcpAggregate {
 
         // Who owns it: the kernel's attribution, unless it had to guess
         // (the task on the CPU) and the socket table told us better.
-        let owner = if e.attribution == attribution::CURRENT && sock.owner.is_some() {
-            sock.owner
-        } else {
-            Some(event_owner)
+        let opening = matches!(
+            (old, new),
+            (state::CLOSE, _) | (state::LISTEN, state::SYN_RECV)
+        );
+        let owner = match sock.owner {
+            Some(known) => self.owner_of_known(known, &e.header, e.attribution),
+            None => self.owner_for(&e.header, opening),
         };
         let prev_owner = sock.owner;
-        self.set_owner(&prev_owner, &owner);
-        sock.owner = owner;
-        let owner = owner.expect("set above");
+        self.set_owner(&prev_owner, &Some(owner));
+        sock.owner = Some(owner);
         // Keep the table's knowledge of the ports current.
         if e.sport != 0 {
             sock.local = local;
@@ -593,14 +718,14 @@ impl TcpAggregate {
             (state::CLOSE, state::SYN_SENT) => {
                 sock.active = true;
                 sock.opened_ns = Some(ts);
-                self.proc_mut(owner.pid, owner.comm).counters.active_opens += 1;
-                if let Some(c) = self.churn_mut(owner.pid, remote) {
+                self.proc_mut(owner).counters.active_opens += 1;
+                if let Some(c) = self.churn_mut(owner.key(), remote) {
                     c.opens += 1;
                 }
             }
             (state::LISTEN, state::SYN_RECV) => {
                 sock.opened_ns = Some(ts);
-                self.proc_mut(owner.pid, owner.comm).counters.passive_opens += 1;
+                self.proc_mut(owner).counters.passive_opens += 1;
             }
             (_, state::ESTABLISHED) => sock.established = true,
             (state::ESTABLISHED, state::FIN_WAIT1) => sock.closer = Some(owner),
@@ -621,11 +746,10 @@ impl TcpAggregate {
         if old == state::LISTEN {
             return;
         }
-        let pid = owner.pid;
         let lifetime = sock.opened_ns.map(|o| ts.saturating_sub(o));
         let failed = old == state::SYN_SENT && !sock.established;
         {
-            let p = self.proc_mut(pid, owner.comm);
+            let p = self.proc_mut(owner);
             p.counters.closes += 1;
             if failed {
                 p.counters.failed_connects += 1;
@@ -641,7 +765,7 @@ impl TcpAggregate {
             r.failed_connects += 1;
         }
         if sock.active
-            && let Some(c) = self.churn_mut(pid, sock.remote)
+            && let Some(c) = self.churn_mut(owner.key(), sock.remote)
         {
             c.closed += 1;
             if failed {
@@ -653,9 +777,7 @@ impl TcpAggregate {
         // The first closer's socket becomes a timewait socket.
         if matches!(old, state::FIN_WAIT2 | state::CLOSING) {
             let tw_owner = sock.closer.unwrap_or(owner);
-            self.proc_mut(tw_owner.pid, tw_owner.comm)
-                .counters
-                .time_waits += 1;
+            self.proc_mut(tw_owner).counters.time_waits += 1;
             self.timewait.insert(
                 (sock.local, sock.remote),
                 TimeWait {
@@ -675,10 +797,10 @@ impl TcpAggregate {
         } else {
             // Prefer what we know of the socket when the kernel guessed.
             let known = self.socks.get(&e.skaddr).and_then(|s| s.owner);
-            match (e.attribution, known) {
-                (attribution::CURRENT, Some(k)) => Some(k),
-                _ => Some(Self::owner_of(&e.header)),
-            }
+            Some(match known {
+                Some(k) => self.owner_of_known(k, &e.header, e.attribution),
+                None => self.owner_for(&e.header, false),
+            })
         };
         let bump = |c: &mut Counters| match kind {
             Ok(EventKind::TcpResetSent) => c.resets_sent += 1,
@@ -686,7 +808,7 @@ impl TcpAggregate {
             _ => c.retransmits += 1,
         };
         match owner {
-            Some(o) => bump(&mut self.proc_mut(o.pid, o.comm).counters),
+            Some(o) => bump(&mut self.proc_mut(o).counters),
             None => self.kernel_resets_sent += 1,
         }
         if let Some(r) = self.remote_errors_mut(remote) {
@@ -707,6 +829,7 @@ impl TcpAggregate {
             let owner = r.owner.as_ref().map(|(pid, comm)| Owner {
                 pid: *pid,
                 comm: Comm::new(comm),
+                life: self.life_of(*pid),
             });
             if r.state == state::TIME_WAIT {
                 self.timewait
@@ -877,8 +1000,8 @@ impl TcpAggregate {
             .unwrap_or(0.0);
 
         // Gauges per owner.
-        let mut per_pid: HashMap<u32, StateCounts> = HashMap::new();
-        let mut leaks_per_pid: HashMap<u32, u64> = HashMap::new();
+        let mut per_pid: HashMap<ProcKey, StateCounts> = HashMap::new();
+        let mut leaks_per_pid: HashMap<ProcKey, u64> = HashMap::new();
         let mut states = StateCounts::default();
         let mut leaks = Vec::new();
         let listening_ports: HashSet<u16> = self
@@ -889,13 +1012,13 @@ impl TcpAggregate {
         for s in self.all_socks() {
             states.add(s.state);
             if let Some(o) = &s.owner {
-                per_pid.entry(o.pid).or_default().add(s.state);
+                per_pid.entry(o.key()).or_default().add(s.state);
             }
             if s.state == state::CLOSE_WAIT {
                 let age = now_ns.saturating_sub(s.since_ns);
                 if age >= self.config.close_wait_threshold_ns {
                     if let Some(o) = &s.owner {
-                        *leaks_per_pid.entry(o.pid).or_default() += 1;
+                        *leaks_per_pid.entry(o.key()).or_default() += 1;
                     }
                     leaks.push(Leak {
                         pid: s.owner.as_ref().map(|o| o.pid),
@@ -911,7 +1034,7 @@ impl TcpAggregate {
         for t in self.timewait.values() {
             states.add(t.substate);
             if let Some(o) = &t.owner {
-                per_pid.entry(o.pid).or_default().add(t.substate);
+                per_pid.entry(o.key()).or_default().add(t.substate);
             }
         }
         leaks.sort_by_key(|l| std::cmp::Reverse(l.age_ns));
@@ -985,10 +1108,13 @@ impl TcpAggregate {
         let mut hints = Vec::new();
         let mut totals = Counters::default();
         let mut delta_total = Counters::default();
-        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let p = self.procs.get_mut(&pid).expect("listed");
+        // By pid, then life: an exited process before the one that took
+        // its pid.
+        let mut keys: Vec<ProcKey> = self.procs.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let pid = key.0;
+            let p = self.procs.get_mut(&key).expect("listed");
             let d = p.counters.minus(&p.at_snapshot);
             p.at_snapshot = p.counters;
             for (k, v) in [
@@ -1043,7 +1169,7 @@ impl TcpAggregate {
             }
             // Freed, not cleared: thousands of idle processes keep no capacity.
             p.churn = HashMap::new();
-            let st = per_pid.get(&pid).copied().unwrap_or_default();
+            let st = per_pid.get(&key).copied().unwrap_or_default();
             let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
             p.idle_snapshots = if idle {
                 p.idle_snapshots.saturating_add(1)
@@ -1056,13 +1182,15 @@ impl TcpAggregate {
             rows.push(ProcRow {
                 pid,
                 comm: p.comm.clone(),
+                exited: p.exited.is_some(),
+                life: key.1,
                 totals: p.counters,
                 rates: Rates::from(&d, secs),
                 states: st,
                 lifetime_p50_ns: p.lifetimes.quantile(0.5),
                 lifetime_p99_ns: p.lifetimes.quantile(0.99),
                 lifetime_max_ns: p.lifetimes.max,
-                leaks: leaks_per_pid.get(&pid).copied().unwrap_or(0),
+                leaks: leaks_per_pid.get(&key).copied().unwrap_or(0),
                 cgroup: None,
             });
         }
@@ -1100,6 +1228,11 @@ impl TcpAggregate {
         // forgotten, so memory does not grow with every pid ever seen.
         self.procs
             .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
+        if !self.lives.is_empty() {
+            // Pids with nothing left start from life 0 again.
+            let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
+            self.lives.retain(|pid, _| known.contains(pid));
+        }
         self.last_snapshot_ns = Some(now_ns);
         TcpSnapshot {
             ts_ns: now_ns,
@@ -1135,7 +1268,16 @@ pub struct PeerConns {
 impl TcpAggregate {
     /// The sockets process `pid` holds now (TIME_WAIT: those it closed
     /// first), grouped by peer, most first. Listening sockets are left out.
+    /// Of several processes that had the pid, the latest.
     pub fn connections_of(&self, pid: u32) -> Vec<PeerConns> {
+        let life = self
+            .procs
+            .keys()
+            .filter(|k| k.0 == pid)
+            .map(|k| k.1)
+            .max()
+            .unwrap_or_else(|| self.life_of(pid));
+        let key = (pid, life);
         let listening: HashSet<u16> = self
             .all_socks()
             .filter(|s| s.state == state::LISTEN)
@@ -1151,12 +1293,12 @@ impl TcpAggregate {
             groups.entry(key).or_default().add(st);
         };
         for s in self.all_socks() {
-            if s.state != state::LISTEN && s.owner.as_ref().is_some_and(|o| o.pid == pid) {
+            if s.state != state::LISTEN && s.owner.as_ref().is_some_and(|o| o.key() == key) {
                 add(&s.local, &s.remote, s.state);
             }
         }
         for ((local, remote), t) in &self.timewait {
-            if t.owner.as_ref().is_some_and(|o| o.pid == pid) {
+            if t.owner.as_ref().is_some_and(|o| o.key() == key) {
                 add(local, remote, t.substate);
             }
         }
@@ -1374,6 +1516,27 @@ mod tests {
             .iter()
             .find(|r| r.pid == pid)
             .unwrap_or_else(|| panic!("no row for {pid}: {s:#?}"))
+    }
+
+    /// The last row of `pid`: its latest life.
+    fn current(s: &TcpSnapshot, pid: u32) -> &ProcRow {
+        s.processes
+            .iter()
+            .rfind(|r| r.pid == pid)
+            .unwrap_or_else(|| panic!("no row for {pid}: {s:#?}"))
+    }
+
+    fn exit(pid: u32, comm: &str, ts: u64) -> AnyEvent {
+        use diag_common::proc::{ProcExitEvent, exit_flags};
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        AnyEvent::ProcExit(ProcExitEvent {
+            header: header(EventKind::ProcExit, pid, comm, ts),
+            start_ns: 5,
+            exit_code: 0,
+            flags: exit_flags::GROUP_DEAD | exit_flags::START_BOOTTIME,
+            comm: c,
+        })
     }
 
     #[test]
@@ -1707,7 +1870,11 @@ mod tests {
     #[test]
     fn pid_reuse_starts_fresh_and_out_of_order_is_tolerated() {
         use state::*;
-        let mut agg = TcpAggregate::new(TcpConfig::default());
+        // A recording without exits: reuse is guessed.
+        let mut agg = TcpAggregate::new(TcpConfig {
+            guess_pid_reuse: true,
+            ..Default::default()
+        });
         let mut g = Gen { ts: SEC };
         g.connection(&mut agg, 100, 200, 40000, 0);
         // pid 100 is reused by another program with no sockets left.
@@ -1722,12 +1889,16 @@ mod tests {
             attribution::SYSCALL,
         ));
         let s = agg.snapshot(2 * SEC);
-        let r = row(&s, 100);
+        let r = current(&s, 100);
         assert_eq!(r.comm, "other");
         assert_eq!(
             r.totals.active_opens, 1,
             "the old process's counts are not inherited"
         );
+        assert_eq!(r.states.time_wait, 0, "nor its TIME_WAIT");
+        let old = row(&s, 100);
+        assert_eq!((old.comm.as_str(), old.exited), ("client", true));
+        assert_eq!((old.totals.active_opens, old.states.time_wait), (1, 1));
         // A transition for a socket never seen, with a timestamp going back.
         g.ts = SEC / 2;
         agg.on_event(&g.st(
@@ -1765,6 +1936,267 @@ mod tests {
         assert_eq!(r.totals.closes, 1);
         assert_eq!(r.states.time_wait, 1);
         assert_eq!(r.lifetime_max_ns, 0, "lifetime unknown, not invented");
+    }
+
+    #[test]
+    fn a_reused_pid_after_an_exit_is_a_new_process() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        // pid 100 ("client") makes a connection (left in TIME_WAIT) and
+        // holds another one open; it ends.
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        for (old, new, how, sport) in [
+            (CLOSE, SYN_SENT, attribution::SYSCALL, 0),
+            (SYN_SENT, ESTABLISHED, attribution::SOCKET, 40001),
+        ] {
+            agg.on_event(&g.st(100, "client", 0x500, sport, 80, old, new, how));
+        }
+        agg.on_event(&exit(100, "client", g.ts + 1));
+        // After its exit the kernel closes its files, in its context: a
+        // socket diag never saw goes to it, not to a new process.
+        g.ts += 10;
+        for (old, new) in [(ESTABLISHED, FIN_WAIT1), (FIN_WAIT1, CLOSE)] {
+            agg.on_event(&g.st(
+                100,
+                "client",
+                0x777,
+                41000,
+                81,
+                old,
+                new,
+                attribution::SYSCALL,
+            ));
+        }
+        // A new process gets pid 100, with the same name, and connects.
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x600,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x600,
+            40002,
+            80,
+            SYN_SENT,
+            ESTABLISHED,
+            attribution::SOCKET,
+        ));
+        // The old process's open socket gets the peer's FIN later (softirq:
+        // the kernel names the socket's owner, pid 100).
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x500,
+            40001,
+            80,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(2 * SEC);
+        let rows: Vec<&ProcRow> = s.processes.iter().filter(|r| r.pid == 100).collect();
+        assert_eq!(rows.len(), 2, "two processes had pid 100: {rows:#?}");
+        let (old, new) = (rows[0], rows[1]);
+        assert!(old.exited && !new.exited);
+        assert_eq!(
+            (
+                old.totals.active_opens,
+                old.totals.closes,
+                old.totals.aborts
+            ),
+            (2, 2, 0),
+            "the old one keeps all it did, its last close included"
+        );
+        assert_eq!(
+            (
+                old.states.time_wait,
+                old.states.close_wait,
+                old.states.established
+            ),
+            (1, 1, 0),
+            "and its sockets"
+        );
+        assert_eq!(
+            (
+                new.totals.active_opens,
+                new.totals.closes,
+                new.totals.time_waits
+            ),
+            (1, 0, 0),
+            "the new one starts from zero"
+        );
+        assert_eq!(
+            (
+                new.states.established,
+                new.states.time_wait,
+                new.states.close_wait
+            ),
+            (1, 0, 0)
+        );
+        assert_eq!(
+            (s.totals.active_opens, s.totals.passive_opens),
+            (3, 1),
+            "totals count both processes, each once"
+        );
+        // Its details are the new process's.
+        let conns = agg.connections_of(100);
+        assert_eq!(conns.len(), 1);
+        assert_eq!((conns[0].states.established, conns[0].total), (1, 1));
+        // The old one goes once idle for long enough; the new one stays.
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x500,
+            40001,
+            80,
+            CLOSE_WAIT,
+            LAST_ACK,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x500,
+            40001,
+            80,
+            LAST_ACK,
+            CLOSE,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(
+            row(&s, 100).totals.closes,
+            3,
+            "the late close is the old one's"
+        );
+        assert_eq!(current(&s, 100).totals.closes, 0);
+        let mut t = 70 * SEC; // TIME_WAIT expired
+        for _ in 0..FORGET_AFTER_IDLE_SNAPSHOTS + 1 {
+            agg.snapshot(t);
+            t += SEC;
+        }
+        let left: Vec<_> = agg.procs.keys().filter(|k| k.0 == 100).copied().collect();
+        assert_eq!(left, vec![(100, 1)], "only the running one is left");
+    }
+
+    #[test]
+    fn live_sources_never_guess_reuse_from_names() {
+        use state::*;
+        // Live (exits traced), before any exit arrived: a softirq
+        // transition of someone else's old socket, charged to whatever
+        // ran (pid 100 before its exec, under its parent's thread name),
+        // then pid 100 connects under its own name. One process.
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::CURRENT,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            CLOSE_WAIT,
+            CLOSE,
+            attribution::CURRENT,
+        ));
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        g.connection(&mut agg, 100, 200, 40001, 1);
+        let s = agg.snapshot(2 * SEC);
+        let rows: Vec<&ProcRow> = s.processes.iter().filter(|r| r.pid == 100).collect();
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(
+            (
+                rows[0].comm.as_str(),
+                rows[0].totals.active_opens,
+                rows[0].totals.closes
+            ),
+            ("client", 2, 3)
+        );
+        // The same from a recording without exits: guessed apart.
+        let mut agg = TcpAggregate::new(TcpConfig {
+            guess_pid_reuse: true,
+            ..Default::default()
+        });
+        agg.on_event(&g.st(
+            100,
+            "test-thread",
+            0x999,
+            8080,
+            5555,
+            CLOSE_WAIT,
+            CLOSE,
+            attribution::CURRENT,
+        ));
+        g.connection(&mut agg, 100, 200, 40002, 2);
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(s.processes.iter().filter(|r| r.pid == 100).count(), 2);
+    }
+
+    #[test]
+    fn exits_of_unknown_pids_leave_nothing_and_exec_is_not_reuse() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        for pid in 1..1000 {
+            agg.on_event(&exit(pid, "sh", SEC));
+        }
+        assert!(agg.procs.is_empty() && agg.lives.is_empty());
+        // With exits known, a new name without an exit is exec(), the
+        // same process: no split.
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        agg.on_event(&g.st(
+            100,
+            "python3",
+            0x555,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        let s = agg.snapshot(2 * SEC);
+        let rows: Vec<&ProcRow> = s.processes.iter().filter(|r| r.pid == 100).collect();
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(
+            (rows[0].comm.as_str(), rows[0].totals.active_opens),
+            ("python3", 2)
+        );
+        // A pid whose process ended, then another that made no connection
+        // ended too: a third one's first events are its own, not the first's.
+        agg.on_event(&exit(100, "python3", 3 * SEC));
+        agg.on_event(&exit(100, "sh", 4 * SEC));
+        agg.on_event(&g.st(
+            100,
+            "python3",
+            0x888,
+            42000,
+            80,
+            ESTABLISHED,
+            FIN_WAIT1,
+            attribution::SYSCALL,
+        ));
+        let s = agg.snapshot(5 * SEC);
+        let rows: Vec<&ProcRow> = s.processes.iter().filter(|r| r.pid == 100).collect();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        assert!(rows[0].exited && !rows[1].exited);
+        assert_eq!(rows[1].life, 2);
     }
 
     #[test]
@@ -1826,7 +2258,7 @@ mod tests {
             t += SEC;
         }
         // Still there (the client holds a TIME_WAIT, counted in its row).
-        assert!(agg.procs.contains_key(&100) && agg.procs.contains_key(&200));
+        assert!(agg.procs.contains_key(&(100, 0)) && agg.procs.contains_key(&(200, 0)));
         for _ in 0..80 {
             agg.snapshot(t);
             t += SEC;

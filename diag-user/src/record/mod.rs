@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Msg,
     aggregate::tcp::TableRow,
-    cli::RecordArgs,
+    cli::{EventClass, RecordArgs},
     clock::{WallClock, boot_ns},
     enrich, loader,
     source::live::Live,
@@ -45,6 +45,14 @@ pub struct RecordingHeader {
 impl RecordingHeader {
     pub fn clock(&self) -> WallClock {
         WallClock::with_offset_ns(i128::from(self.clock_offset_ns))
+    }
+
+    /// The recording has process exits (made by a diag that traced them
+    /// with TCP events): aggregates need not guess pid reuse.
+    pub fn has_exits(&self) -> bool {
+        self.probes
+            .iter()
+            .any(|p| p == crate::probes::proc::TRACEPOINT_NAME)
     }
 }
 
@@ -131,6 +139,9 @@ pub fn header_now(env: &loader::Env) -> RecordingHeader {
     if env.oom.is_some() {
         probes.extend(crate::probes::oom::TRACEPOINT_NAMES);
     }
+    if env.proc.is_some() {
+        probes.push(crate::probes::proc::TRACEPOINT_NAME);
+    }
     let clock = WallClock::now();
     RecordingHeader {
         format_version: format::VERSION,
@@ -176,7 +187,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut w = writer::Writer::create(&args.output, header_now(&env), opts)?;
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
-    let filter = Filter::new(&args.events, &args.only);
+    let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -302,7 +313,7 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
     };
     let tracer = loader::load(&env, &args.probe)?;
     let live = Live::new(tracer)?;
-    let filter = Filter::new(&args.events, &args.only);
+    let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
     let tcp = crate::aggregate::tcp::TcpConfig {
         port_range: header
             .port_range
@@ -405,4 +416,58 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
         eprintln!("diag: {written} incident files written to {}", dir.display());
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use diag_common::{
+        EventHeader, EventKind,
+        proc::{ProcExitEvent, exit_flags},
+        user::AnyEvent,
+    };
+
+    use super::{
+        RecordingHeader,
+        reader::{Reader, Record},
+        writer::{Writer, WriterOptions},
+    };
+
+    #[test]
+    fn exits_are_recorded_and_unknown_kinds_are_skipped_and_counted() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::ProcExit as u32;
+        header.pid = 4242;
+        header.tgid = 4242;
+        header.ts_ns = 9_000;
+        let exit = AnyEvent::ProcExit(ProcExitEvent {
+            header,
+            start_ns: 1_000,
+            exit_code: 3 << 8,
+            flags: exit_flags::GROUP_DEAD | exit_flags::START_BOOTTIME,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+        });
+        // An event of a kind this build does not know, as an older diag
+        // sees a ProcExit: written the same way, by its raw bytes.
+        let mut newer = exit;
+        if let AnyEvent::ProcExit(e) = &mut newer {
+            e.header.kind = 99;
+        }
+        let path = std::env::temp_dir().join(format!("diag-proc-{}.diag", std::process::id()));
+        let mut w =
+            Writer::create(&path, RecordingHeader::default(), WriterOptions::default()).unwrap();
+        w.events(&[exit, newer, exit]).unwrap();
+        w.finish("test").unwrap();
+        let mut r = Reader::open(&path).unwrap();
+        let mut events = Vec::new();
+        for rec in r.by_ref() {
+            match rec {
+                Record::Events(e) => events.extend(e),
+                Record::Damage(d) => panic!("{d}"),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(events, vec![exit, exit]);
+        assert_eq!(r.unknown_events, 1);
+    }
 }

@@ -129,6 +129,8 @@ mod tests {
         ProcRow {
             pid,
             comm: comm.into(),
+            exited: false,
+            life: 0,
             totals: c,
             rates: Rates::default(),
             states: s,

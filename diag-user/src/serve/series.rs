@@ -88,7 +88,9 @@ impl Default for Bounds {
     }
 }
 
-type Key = (u32, String);
+/// pid, comm and which life of the pid (the aggregate's: a process that
+/// ended and a later one with its pid are two keys).
+type Key = (u32, String, u32);
 
 #[derive(Debug, Clone)]
 struct Seen {
@@ -274,7 +276,7 @@ impl Series {
         // Increases since the last update, per key.
         let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
         for r in rows {
-            let key = (r.pid, r.comm.clone());
+            let key = (r.pid, r.comm.clone(), r.life);
             let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
                 Some(Some(d)) => d,
                 Some(None) => {
@@ -305,9 +307,14 @@ impl Series {
 
         // Exited members: dropped after the grace period.
         let present: BTreeSet<&Key> = deltas.iter().map(|(k, _, _)| k).collect();
+        let ended: BTreeSet<&Key> = deltas
+            .iter()
+            .filter(|(_, _, r)| r.exited)
+            .map(|(k, _, _)| k)
+            .collect();
         let mut expired = Vec::new();
         for (k, m) in self.members.iter_mut() {
-            let alive = present.contains(k) && info.alive(k.0, &k.1);
+            let alive = present.contains(k) && !ended.contains(k) && info.alive(k.0, &k.1);
             if alive {
                 m.exited_at = None;
             } else {
@@ -456,6 +463,8 @@ mod tests {
         ProcRow {
             pid,
             comm: format!("p{pid}"),
+            exited: false,
+            life: 0,
             totals: Counters {
                 active_opens: opens,
                 closes: opens,

@@ -219,6 +219,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
             ReplayView::Conns(view) => {
                 let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
+                sink.agg.config.guess_pid_reuse = !header.has_exits();
                 let mut out = io::stdout();
                 while let Some(msg) = rx.recv().await {
                     if let Err(e) = sink.on_msg(msg, &mut out) {
@@ -230,7 +231,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 sink.finish(0, &mut out).or_else(ignore_broken_pipe)?;
             }
             ReplayView::Top(view) => {
-                crate::view::top::replay(&view, header.port_range, clock, &mut rx, &cancel).await?;
+                let guess = !header.has_exits();
+                crate::view::top::replay(&view, header.port_range, guess, clock, &mut rx, &cancel)
+                    .await?;
             }
         }
         let stats = tokio::task::spawn_blocking(move || reader_thread.join())

@@ -553,6 +553,8 @@ mod tests {
         ProcRow {
             pid,
             comm: comm.into(),
+            exited: false,
+            life: 0,
             totals: Counters {
                 active_opens: 7,
                 ..Default::default()

@@ -165,6 +165,14 @@ impl ChromeTrace {
                     "args": {"cpu": h.cpu, "wait_ns": st.wait_ns, "villain_pid": st.villain_tgid, "villain_tid": st.villain_pid},
                 }));
             }
+            AnyEvent::ProcExit(x) => {
+                self.names.entry(h.tgid).or_insert_with(|| comm(&x.comm));
+                self.events.push(json!({
+                    "name": format!("exit {} ({})", h.tgid, comm(&x.comm)),
+                    "cat": "proc", "ph": "i", "s": "p", "ts": ts, "pid": h.tgid, "tid": h.pid,
+                    "args": {"exit_status": x.exit_status(), "signal": x.signal(), "start_ns": x.start_boottime_ns()},
+                }));
+            }
             AnyEvent::OomKill(o) => {
                 self.names
                     .entry(o.victim_process())

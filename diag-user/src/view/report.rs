@@ -76,6 +76,7 @@ impl Review {
     ) -> Review {
         let config = TcpConfig {
             port_range: header.port_range.unwrap_or(TcpConfig::default().port_range),
+            guess_pid_reuse: !header.has_exits(),
             ..TcpConfig::default()
         };
         let mut agg = TcpAggregate::new(config);
@@ -120,7 +121,7 @@ impl Review {
                                     r.lifetimes.record(ts.saturating_sub(o));
                                 }
                             }
-                            AnyEvent::TcpSock(_) => {}
+                            AnyEvent::TcpSock(_) | AnyEvent::ProcExit(_) => {}
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);

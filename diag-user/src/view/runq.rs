@@ -216,6 +216,9 @@ impl Counters {
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let mut env = loader::require_for(&args.probe, &[crate::cli::EventClass::Stall])?;
     env.keep_sched_procs();
+    // runq reads the scheduler's maps, never the ring buffer: process
+    // exit events would only fill it.
+    env.proc = None;
     let mut tracer = loader::load(&env, &args.probe)?;
     let start_ns = clock::boot_ns();
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use diag_common::{
     EventKind, comm_bytes,
     oom::{OomKillEvent, constraint, memcg_how},
+    proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
@@ -82,13 +83,18 @@ impl Filter {
         if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
             return false;
         }
-        if !self.comms.is_empty() && !comm_ok(&h.comm) {
+        // An exit also matches its process's name (the leader's).
+        let leader_ok = match ev {
+            AnyEvent::ProcExit(x) => comm_ok(&x.comm),
+            _ => false,
+        };
+        if !self.comms.is_empty() && !comm_ok(&h.comm) && !leader_ok {
             return false;
         }
         let (family, sport, dport) = match ev {
             AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) => return true,
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
         };
         if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
             return false;
@@ -107,6 +113,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::TcpState(_) => EventClass::Tcp,
         AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::Stall(_) => EventClass::Stall,
+        AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
             _ => EventClass::Retrans,
@@ -320,6 +327,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
+        AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -339,6 +347,47 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             )
         }
     }
+}
+
+/// How a process ended: `exit 3`, `killed by signal 9`, or unknown.
+fn exit_how(x: &ProcExitEvent) -> String {
+    match (x.exit_status(), x.signal()) {
+        (Some(s), _) => format!("exit {s}"),
+        (None, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            if x.exit_code & 0x80 != 0 {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        ),
+        (None, None) => "exit status unknown".into(),
+    }
+}
+
+/// How long it ran, when its start time is on the events' clock.
+fn exit_ran_ns(x: &ProcExitEvent) -> Option<u64> {
+    x.start_boottime_ns()
+        .map(|s| x.header.ts_ns.saturating_sub(s))
+}
+
+fn exit_text(x: &ProcExitEvent, clock: &WallClock) -> String {
+    let h = &x.header;
+    let ran = exit_ran_ns(x)
+        .map(|r| format!(" after {}", human_ns(r)))
+        .unwrap_or_default();
+    let last = if h.pid != h.tgid {
+        format!("; last thread {} ({})", h.pid, comm_string(&h.comm))
+    } else {
+        String::new()
+    };
+    format!(
+        "{:<16} {:<8} {:<16} EXIT {}{ran}{last}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&x.comm),
+        exit_how(x),
+    )
 }
 
 fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
@@ -414,6 +463,25 @@ fn tcp_json(
 
 pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
     match ev {
+        AnyEvent::ProcExit(x) => {
+            let h = &x.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "exit",
+                "pid": h.tgid,
+                "comm": comm_string(&x.comm),
+                "tid": h.pid,
+                "thread_comm": comm_string(&h.comm),
+                "start_ns": (x.flags & exit_flags::NO_START == 0).then_some(x.start_ns),
+                "start_clock": if x.flags & exit_flags::START_BOOTTIME != 0 { "boottime" } else { "monotonic" },
+                "ran_ns": exit_ran_ns(x),
+                "exit_status": x.exit_status(),
+                "signal": x.signal(),
+                "group_dead": x.flags & exit_flags::GROUP_DEAD != 0,
+            })
+            .to_string()
+        }
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
         AnyEvent::Stall(s) => {
             let h = &s.header;
@@ -1245,5 +1313,78 @@ mod tests {
             "1 OOM kills (1 memcg, 0 global); by cgroup: /kubepods/pod1/abc 1; by command: java 1"
         );
         assert_eq!((t.seen, t.shown), (2, 2));
+    }
+
+    fn proc_exit(pid: u32, tid: u32, comm: &str, thread: &str, code: u32) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::ProcExit as u32;
+        h.pid = tid;
+        h.tgid = pid;
+        h.ts_ns = 3_500_000_000;
+        h.comm[..thread.len()].copy_from_slice(thread.as_bytes());
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        AnyEvent::ProcExit(ProcExitEvent {
+            header: h,
+            start_ns: 1_000_000_000,
+            exit_code: code,
+            flags: exit_flags::GROUP_DEAD | exit_flags::START_BOOTTIME,
+            comm: c,
+        })
+    }
+
+    #[test]
+    fn exits_show_only_when_asked_for() {
+        let e = proc_exit(700, 703, "server", "worker-3", 2 << 8);
+        assert_eq!(class_of(&e), EventClass::Exit);
+        let default = Filter::from_args(&TailView::default());
+        assert!(!default.matches(&e), "not in plain tail");
+        let exits = Filter::new(&[EventClass::Exit], &Only::default());
+        assert!(exits.matches(&e));
+        let by_name = |c: &str| {
+            Filter::new(
+                &[EventClass::Exit],
+                &Only {
+                    comm: vec![c.into()],
+                    ..Default::default()
+                },
+            )
+        };
+        assert!(by_name("server").matches(&e), "the process's name");
+        assert!(by_name("worker-3").matches(&e), "the last thread's name");
+        assert!(!by_name("other").matches(&e));
+        let clock = WallClock::with_offset_ns(0);
+        let text = format_text(&e, &clock, &Names::default());
+        assert!(
+            text.ends_with(
+                "700      server           EXIT exit 2 after 2.50s; last thread 703 (worker-3)"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&e, &clock, &Names::default())).unwrap();
+        assert_eq!(
+            (
+                &v["event"],
+                &v["pid"],
+                &v["tid"],
+                &v["comm"],
+                &v["exit_status"],
+                &v["ran_ns"]
+            ),
+            (
+                &"exit".into(),
+                &700.into(),
+                &703.into(),
+                &"server".into(),
+                &2.into(),
+                &2_500_000_000u64.into()
+            )
+        );
+        let killed = proc_exit(800, 800, "hog", "hog", 9);
+        assert!(
+            format_text(&killed, &clock, &Names::default())
+                .ends_with("800      hog              EXIT killed by signal 9 after 2.50s")
+        );
     }
 }

@@ -449,11 +449,13 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
 pub async fn replay(
     view: &TopView,
     port_range: Option<(u16, u16)>,
+    guess_pid_reuse: bool,
     clock: WallClock,
     rx: &mut mpsc::Receiver<Msg>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let mut st = new_state(view, port_range, clock, Timebase::Events);
+    st.agg.config.guess_pid_reuse = guess_pid_reuse;
     if !is_batch(view) {
         return drive_tui(rx, cancel, &mut st, None).await;
     }

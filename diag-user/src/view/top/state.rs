@@ -752,7 +752,14 @@ impl TopState {
                 },
             );
         }
-        for p in &snap.processes {
+        // Running processes first: a process that has exited shows only
+        // when nothing else has its pid now (else its numbers would be
+        // taken for the new process's).
+        let (running, exited): (Vec<_>, Vec<_>) = snap.processes.iter().partition(|p| !p.exited);
+        for p in running.into_iter().chain(exited.into_iter().rev()) {
+            if p.exited && rows.contains_key(&p.pid) {
+                continue;
+            }
             let r = rows.entry(p.pid).or_insert_with(|| Row {
                 pid: p.pid,
                 comm: p.comm.clone(),
