@@ -282,6 +282,19 @@ impl Btf {
         }
     }
 
+    /// Byte offset of `member` in `struct strct`, which must be `size`
+    /// bytes (what the kernel program reads there).
+    pub fn sized_member(&self, strct: &str, member: &str, size: u32) -> Result<u32, String> {
+        let f = self.member(strct, member)?;
+        if f.size != size {
+            return Err(format!(
+                "{strct}.{member} is {} bytes, diag expects {size}",
+                f.size
+            ));
+        }
+        Ok(f.offset)
+    }
+
     /// Byte offset and size of `member` in `struct strct` (anonymous
     /// members searched too, as C does).
     pub fn member(&self, strct: &str, member: &str) -> Result<Field, String> {

@@ -33,16 +33,7 @@ pub fn config(btf_path: &Path) -> Result<ProcConfig, EnvError> {
 }
 
 pub fn config_from(btf: &Btf) -> Result<ProcConfig, String> {
-    let field = |name: &str, size: u32| -> Result<u32, String> {
-        let f = btf.member("task_struct", name)?;
-        if f.size != size {
-            return Err(format!(
-                "task_struct.{name} is {} bytes, diag expects {size}",
-                f.size
-            ));
-        }
-        Ok(f.offset)
-    };
+    let field = |name: &str, size: u32| btf.sized_member("task_struct", name, size);
     // start_boottime (Linux 5.5 and later) is what /proc/PID/stat shows,
     // on the clock of event timestamps; start_time before that.
     let (task_start, start_is_boottime) = match field("start_boottime", 8) {

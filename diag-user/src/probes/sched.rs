@@ -46,24 +46,14 @@ pub fn layout(btf_path: &Path, stall_threshold_ns: u64) -> Result<SchedConfig, E
 }
 
 pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfig, String> {
-    let member = |strct: &str, name: &str, size: u32| -> Result<u32, String> {
-        let f = btf.member(strct, name)?;
-        if f.size != size {
-            return Err(format!(
-                "{strct}.{name} is {} bytes, diag expects {size}",
-                f.size
-            ));
-        }
-        Ok(f.offset)
-    };
-    let field = |name: &str, size: u32| member("task_struct", name, size);
+    let field = |name: &str, size: u32| btf.sized_member("task_struct", name, size);
     // The kernel's own per-thread totals (CONFIG_SCHED_INFO, which
     // schedstats and delay accounting select: /proc/PID/schedstat).
     let nested = |outer: &str, ty: &str, name: &str| -> Result<u32, String> {
         let o = btf.member("task_struct", outer).map_err(|e| {
             format!("{e} (the kernel lacks CONFIG_SCHED_INFO: diag's scheduler probes need it)")
         })?;
-        Ok(o.offset + member(ty, name, 8)?)
+        Ok(o.offset + btf.sized_member(ty, name, 8)?)
     };
     Ok(SchedConfig {
         task_pid: field("pid", 4)?,

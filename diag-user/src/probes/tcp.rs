@@ -108,16 +108,7 @@ pub fn sock_layout_from(fmt: &Format) -> Result<TcpSockLayout, String> {
 
 /// `struct sock` offsets on the running kernel, from its BTF.
 pub fn sock_btf_layout(btf: &Btf) -> Result<SockBtfLayout, String> {
-    let sized = |strct: &str, name: &str, size: u32| -> Result<u32, String> {
-        let f = btf.member(strct, name)?;
-        if f.size != size {
-            return Err(format!(
-                "{strct}.{name} is {} bytes, diag expects {size}",
-                f.size
-            ));
-        }
-        Ok(f.offset)
-    };
+    let sized = |strct: &str, name: &str, size: u32| btf.sized_member(strct, name, size);
     let common = btf.member("sock", "__sk_common")?.offset;
     let c = |name: &str, size: u32| sized("sock_common", name, size).map(|o| common + o);
     Ok(SockBtfLayout {
