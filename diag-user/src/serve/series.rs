@@ -351,6 +351,13 @@ impl Series {
                 // does (late events) is `other`.
                 continue;
             }
+            if self.members.keys().any(|m| m.0 == k.0 && m.1 == k.1) {
+                // An earlier process with this pid and name still has its
+                // series (it exited, and waits out the grace period): one
+                // series per pid and name at a time; this one's counts go
+                // to `other` until then.
+                continue;
+            }
             candidates.push((k, activity(d) + sockets(&r.states)));
         }
         candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -503,6 +510,34 @@ mod tests {
             .get(&SeriesKey::Other { cgroup: cg.into() })
             .map(|v| v.counters)
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_later_life_of_a_pid_waits_for_the_earlier_series_to_go() {
+        let mut s = Series::new(bounds(5));
+        let mut f = Fake::default();
+        let host = StateCounts::default();
+        s.update(&[row(1, 4, 0)], &host, 0, 0, &mut f);
+        // Pid 1 exits; a later process with its pid and name closes one.
+        f.dead.insert(1);
+        let mut old = row(1, 4, 0);
+        old.exited = true;
+        let mut new = row(1, 0, 0);
+        new.life = 1;
+        new.totals.closes = 1;
+        s.update(&[old.clone(), new.clone()], &host, 0, 1, &mut f);
+        let pid1 = s
+            .values
+            .keys()
+            .filter(|k| matches!(k, SeriesKey::Process { pid: 1, .. }))
+            .count();
+        assert_eq!(pid1, 1, "one series for pid 1: {:?}", s.values.keys());
+        assert_eq!(proc_value(&s, 1).unwrap().counters.active_opens, 4);
+        assert_eq!(
+            other(&s, UNKNOWN).closes,
+            1,
+            "the later one's close is not lost"
+        );
     }
 
     #[test]
