@@ -122,3 +122,26 @@ impl Record {
         Ok(unsafe { core::ptr::read_unaligned(self.buf.cast::<u8>().add(off).cast::<T>()) })
     }
 }
+
+/// A field of a kernel struct by a plain load: `base` is a BTF pointer
+/// from a `tp_btf` program's arguments (a `task_struct`, a `sock`) and
+/// `offset` a constant of a frozen config global (from the running
+/// kernel's BTF), so the verifier checks the access against BTF and makes
+/// it fault-safe (a bad address reads as 0).
+#[inline(always)]
+pub fn btf_load<T: Copy>(base: *const u8, offset: u32) -> T {
+    // SAFETY: see above.
+    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
+}
+
+/// A 16-byte field (a `comm`, an IPv6 address) by two 8-byte plain loads
+/// inside it (see [`btf_load`]).
+#[inline(always)]
+pub fn btf_load_16(base: *const u8, offset: u32) -> [u8; 16] {
+    let lo: u64 = btf_load(base, offset);
+    let hi: u64 = btf_load(base, offset + 8);
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&lo.to_ne_bytes());
+    b[8..].copy_from_slice(&hi.to_ne_bytes());
+    b
+}

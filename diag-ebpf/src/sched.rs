@@ -47,7 +47,7 @@ use diag_common::{
     EventHeader, EventKind, TASK_COMM_LEN,
 };
 
-use crate::maps::{count, submit_flags, EVENTS};
+use crate::maps::{btf_load, btf_load_16, count, submit_flags, EVENTS};
 
 /// task_struct offsets from BTF and the stall threshold, written by user
 /// space at load time.
@@ -86,38 +86,10 @@ fn add(p: *mut u64, v: u64) {
     };
 }
 
-/// A u32 field of a task, by a plain load. `task` is a BTF pointer from
-/// the tracepoint's arguments and `offset` a constant of the frozen
-/// config, so the verifier checks the access against BTF and turns it
-/// into a fault-safe load.
-#[inline(always)]
-fn task_u32(task: *const u8, offset: u32) -> u32 {
-    // SAFETY: see above; a bad address reads as 0 instead of faulting.
-    unsafe { core::ptr::read_volatile(task.add(offset as usize) as *const u32) }
-}
-
 /// (pid, tgid) of a task.
 #[inline(always)]
 fn ids(task: *const u8, c: &SchedConfig) -> (u32, u32) {
-    (task_u32(task, c.task_pid), task_u32(task, c.task_tgid))
-}
-
-/// A task's `comm`, by two plain loads (see [`task_u32`]).
-#[inline(always)]
-fn comm_of(task: *const u8, c: &SchedConfig) -> [u8; TASK_COMM_LEN] {
-    let lo = task_u64(task, c.task_comm).to_ne_bytes();
-    let hi = task_u64(task, c.task_comm + 8).to_ne_bytes();
-    let mut comm = [0u8; TASK_COMM_LEN];
-    comm[..8].copy_from_slice(&lo);
-    comm[8..].copy_from_slice(&hi);
-    comm
-}
-
-/// A u64 field of a task, by a plain load (see [`task_u32`]).
-#[inline(always)]
-fn task_u64(task: *const u8, offset: u32) -> u64 {
-    // SAFETY: as for `task_u32`.
-    unsafe { core::ptr::read_volatile(task.add(offset as usize) as *const u64) }
+    (btf_load(task, c.task_pid), btf_load(task, c.task_tgid))
 }
 
 /// The process's stats, created if absent.
@@ -193,8 +165,8 @@ fn new_entry(task: *const u8, pid: u32, tgid: u32, state: u32, now: u64, c: &Sch
         (*t).tgid = tgid;
         (*t).state = state;
         (*t).ts_ns = now;
-        (*t).run_delay_ns = task_u64(task, c.task_run_delay);
-        (*t).exec_ns = task_u64(task, c.task_exec_runtime);
+        (*t).run_delay_ns = btf_load::<u64>(task, c.task_run_delay);
+        (*t).exec_ns = btf_load::<u64>(task, c.task_exec_runtime);
         #[allow(clippy::needless_borrows_for_generic_args)]
         if SCHED_TASKS.insert(pid, &*t, BPF_ANY as u64).is_err() {
             count(counters::SCHED_TASK_MAP_FULL);
@@ -251,7 +223,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         (*oc).prev_pid = prev_pid;
         (*oc).prev_tgid = prev_tgid;
         // For a stall event of next's.
-        (*oc).prev_comm = comm_of(prev, &c);
+        (*oc).prev_comm = btf_load_16(prev, c.task_comm);
     }
     Ok(0)
 }
@@ -277,8 +249,8 @@ fn switch_out(
         }
         return;
     };
-    let run_delay = task_u64(prev, c.task_run_delay);
-    let exec = task_u64(prev, c.task_exec_runtime);
+    let run_delay = btf_load::<u64>(prev, c.task_run_delay);
+    let exec = btf_load::<u64>(prev, c.task_exec_runtime);
     // SAFETY: map value pointer, valid while we run; `oc` is this CPU's
     // slot, which only the switch on this CPU writes.
     unsafe {

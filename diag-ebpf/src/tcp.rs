@@ -27,7 +27,9 @@ use diag_common::{
     EventHeader, EventKind, TASK_COMM_LEN,
 };
 
-use crate::maps::{count, current_header, field, submit_flags, Record, EVENTS};
+use crate::maps::{
+    btf_load, btf_load_16, count, current_header, field, submit_flags, Record, EVENTS,
+};
 
 /// Field offsets from tracefs, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -120,25 +122,25 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
-    if sk_u16(sk, l.protocol) != IPPROTO_TCP {
+    if btf_load::<u16>(sk, l.protocol) != IPPROTO_TCP {
         return 0;
     }
-    let family = sk_u16(sk, l.family);
+    let family = btf_load::<u16>(sk, l.family);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET6 {
-        saddr = sk_16_bytes(sk, l.saddr_v6);
-        daddr = sk_16_bytes(sk, l.daddr_v6);
+        saddr = btf_load_16(sk, l.saddr_v6);
+        daddr = btf_load_16(sk, l.daddr_v6);
     } else if family == AF_INET {
-        saddr[..4].copy_from_slice(&sk_u32(sk, l.saddr).to_ne_bytes());
-        daddr[..4].copy_from_slice(&sk_u32(sk, l.daddr).to_ne_bytes());
+        saddr[..4].copy_from_slice(&btf_load::<u32>(sk, l.saddr).to_ne_bytes());
+        daddr[..4].copy_from_slice(&btf_load::<u32>(sk, l.daddr).to_ne_bytes());
     }
     let t = Transition {
         skaddr: sk as u64,
         old: old as u8,
         new: new as u8,
         sport: local_port(sk, &l),
-        dport: u16::from_be(sk_u16(sk, l.dport)),
+        dport: u16::from_be(btf_load::<u16>(sk, l.dport)),
         family,
         saddr,
         daddr,
@@ -152,7 +154,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
 /// its port on the way to CLOSE), `inet_sport`, as the tracepoint shows.
 #[inline(always)]
 fn local_port(sk: *const u8, l: &SockBtfLayout) -> u16 {
-    let num = sk_u16(sk, l.num);
+    let num = btf_load::<u16>(sk, l.num);
     if num != 0 {
         return num;
     }
@@ -160,35 +162,6 @@ fn local_port(sk: *const u8, l: &SockBtfLayout) -> u16 {
     // with the `struct sock`); the helper checks the address.
     let sport = unsafe { bpf_probe_read_kernel(sk.add(l.inet_sport as usize) as *const u16) };
     u16::from_be(sport.unwrap_or(0))
-}
-
-/// Plain loads from a BTF `struct sock` pointer at an offset from BTF: the
-/// verifier checks them and makes them fault-safe.
-#[inline(always)]
-fn sk_u16(sk: *const u8, offset: u32) -> u16 {
-    // SAFETY: see above.
-    unsafe { core::ptr::read_volatile(sk.add(offset as usize) as *const u16) }
-}
-
-#[inline(always)]
-fn sk_u32(sk: *const u8, offset: u32) -> u32 {
-    // SAFETY: see `sk_u16`.
-    unsafe { core::ptr::read_volatile(sk.add(offset as usize) as *const u32) }
-}
-
-#[inline(always)]
-fn sk_16_bytes(sk: *const u8, offset: u32) -> [u8; 16] {
-    // SAFETY: see `sk_u16`; two 8-byte loads inside a 16-byte member.
-    let (lo, hi) = unsafe {
-        (
-            core::ptr::read_volatile(sk.add(offset as usize) as *const u64),
-            core::ptr::read_volatile(sk.add(offset as usize + 8) as *const u64),
-        )
-    };
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&lo.to_ne_bytes());
-    b[8..].copy_from_slice(&hi.to_ne_bytes());
-    b
 }
 
 /// Attribute a transition to the socket's owner, remember the owner, and
