@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use aya::{Btf as AyaBtf, Ebpf, programs::BtfTracePoint};
+use aya::{Btf as AyaBtf, Ebpf};
 use diag_common::oom::{MarkVictimLayout, MemcgLayout, NO_FIELD};
 
 use crate::{
@@ -129,19 +129,13 @@ fn mark_victim_task_attached(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 }
 
 fn attach_victim_task(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), LoadError> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut("oom_victim_task")
-        .ok_or_else(|| LoadError::Missing("program oom_victim_task".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
-    program
-        .load("mark_victim", btf)
-        .map_err(|e| LoadError::Load(format!("oom_victim_task: {}", flatten(&e))))?;
-    program.attach().map_err(|e| LoadError::Attach {
-        tracepoint: "tp_btf/mark_victim".into(),
-        why: flatten(&e),
-    })?;
-    Ok(())
+    super::attach_tp_btf(
+        ebpf,
+        "oom_victim_task",
+        "mark_victim",
+        btf,
+        "tp_btf/mark_victim",
+    )
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use aya::{Btf as AyaBtf, Ebpf, programs::BtfTracePoint};
+use aya::{Btf as AyaBtf, Ebpf};
 use diag_common::{proc::ProcConfig, tcp::NO_FIELD};
 
 use crate::{
     btf::Btf,
-    error::{EnvError, LoadError, flatten},
+    error::{EnvError, LoadError},
 };
 
 /// The raw tracepoint.
@@ -59,18 +59,7 @@ pub fn attach(
     btf: &AyaBtf,
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| LoadError::Missing(format!("program {PROGRAM}")))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
-    program
-        .load(TRACEPOINT, btf)
-        .map_err(|e| LoadError::Load(format!("{PROGRAM}: {}", flatten(&e))))?;
-    program.attach().map_err(|e| LoadError::Attach {
-        tracepoint: TRACEPOINT_NAME.to_string(),
-        why: flatten(&e),
-    })?;
+    super::attach_tp_btf(ebpf, PROGRAM, TRACEPOINT, btf, TRACEPOINT_NAME)?;
     attached.push(TRACEPOINT_NAME);
     Ok(())
 }

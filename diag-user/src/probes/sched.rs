@@ -6,14 +6,13 @@ use std::path::Path;
 use aya::{
     Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::BtfTracePoint,
 };
 use diag_common::sched::{OnCpu, ProcStats, SchedConfig, TaskState};
 
 use crate::{
     aggregate::sched::Reading,
     btf,
-    error::{EnvError, LoadError, flatten},
+    error::{EnvError, LoadError},
 };
 
 /// The raw tracepoints, in attach order (new threads before switches, so
@@ -75,18 +74,7 @@ pub fn attach(
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
     for (tp, name) in TRACEPOINTS.iter().zip(TRACEPOINT_NAMES) {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(tp)
-            .ok_or_else(|| LoadError::Missing(format!("program {tp}")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
-        program
-            .load(tp, btf)
-            .map_err(|e| LoadError::Load(format!("{tp}: {}", flatten(&e))))?;
-        program.attach().map_err(|e| LoadError::Attach {
-            tracepoint: name.to_string(),
-            why: flatten(&e),
-        })?;
+        super::attach_tp_btf(ebpf, tp, tp, btf, name)?;
         attached.push(name);
     }
     Ok(())

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use aya::{Btf as AyaBtf, Ebpf, maps::HashMap, programs::BtfTracePoint};
+use aya::{Btf as AyaBtf, Ebpf, maps::HashMap};
 use diag_common::{
     TASK_COMM_LEN,
     tcp::{InetSockSetStateLayout, NO_FIELD, SockBtfLayout, SockOwner, TcpSockLayout},
@@ -14,7 +14,7 @@ use diag_common::{
 use crate::{
     btf::Btf,
     enrich,
-    error::{EnvError, LoadError, flatten},
+    error::{EnvError, LoadError},
     tracefs::Format,
 };
 
@@ -231,19 +231,13 @@ pub fn attach(
 }
 
 fn attach_state_btf(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), LoadError> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut("inet_sock_set_state_btf")
-        .ok_or_else(|| LoadError::Missing("program inet_sock_set_state_btf".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| LoadError::Load(flatten(&e)))?;
-    program
-        .load("inet_sock_set_state", btf)
-        .map_err(|e| LoadError::Load(format!("inet_sock_set_state_btf: {}", flatten(&e))))?;
-    program.attach().map_err(|e| LoadError::Attach {
-        tracepoint: STATE_BTF_NAME.into(),
-        why: flatten(&e),
-    })?;
-    Ok(())
+    super::attach_tp_btf(
+        ebpf,
+        "inet_sock_set_state_btf",
+        "inet_sock_set_state",
+        btf,
+        STATE_BTF_NAME,
+    )
 }
 
 #[cfg(test)]
