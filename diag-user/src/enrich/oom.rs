@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use diag_common::oom::{OomKillEvent, constraint};
+use diag_common::{
+    oom::{OomKillEvent, constraint},
+    user::AnyEvent,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -315,9 +318,20 @@ pub struct Enricher {
 const ENRICH_QUEUE: usize = 256;
 
 impl Enricher {
-    pub fn start() -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
-        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
+    /// Start the thread, if `enabled` (OOM kills are traced): otherwise
+    /// nothing is indexed, every kill is refused and the receiver closes.
+    pub fn start(enabled: bool) -> (Self, mpsc::UnboundedReceiver<(OomKillEvent, OomContext)>) {
         let (res_tx, res_rx) = mpsc::unbounded_channel();
+        if !enabled {
+            return (
+                Enricher {
+                    requests: None,
+                    thread: None,
+                },
+                res_rx,
+            );
+        }
+        let (req_tx, req_rx) = std::sync::mpsc::sync_channel::<OomKillEvent>(ENRICH_QUEUE);
         let thread = std::thread::spawn(move || {
             // Indexed before the first kill, so cgroups removed right after
             // a kill still resolve.
@@ -343,6 +357,16 @@ impl Enricher {
         self.requests
             .as_ref()
             .is_some_and(|tx| tx.try_send(ev).is_ok())
+    }
+
+    /// Queue every OOM kill among `evs`; a kill the full queue refuses
+    /// goes without context.
+    pub fn submit_kills(&self, evs: &[AnyEvent]) {
+        for e in evs {
+            if let AnyEvent::OomKill(o) = e {
+                let _ = self.submit(*o);
+            }
+        }
     }
 
     /// No more kills: the thread finishes the queued ones and stops.

@@ -8,7 +8,7 @@ pub mod writer;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
-use diag_common::{oom::OomKillEvent, user::AnyEvent};
+use diag_common::oom::OomKillEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -207,7 +207,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         let mut failure: Option<writer::RecordError> = None;
         // What user space learns about each OOM kill (cgroup paths, top
         // memory users) is recorded too, in a frame after the kill's.
-        let (mut enricher, mut enriched) = enrich::oom::Enricher::start();
+        let (mut enricher, mut enriched) =
+            enrich::oom::Enricher::start(args.events.contains(&EventClass::Oom));
         let mut enricher_open = true;
         loop {
             let result = tokio::select! {
@@ -217,12 +218,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                     Some(Msg::Events(evs)) => {
                         let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
                         events += kept.len() as u64;
-                        for e in &kept {
-                            if let AnyEvent::OomKill(o) = e {
-                                // A full queue: the kill is recorded without context.
-                                let _ = enricher.submit(*o);
-                            }
-                        }
+                        enricher.submit_kills(&kept);
                         w.events(&kept)
                     }
                     Some(Msg::Health(h)) => {
@@ -350,7 +346,8 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
         let mut check = tokio::time::interval(Duration::from_millis(250));
-        let (enricher, mut enriched) = enrich::oom::Enricher::start();
+        let (enricher, mut enriched) =
+            enrich::oom::Enricher::start(args.events.contains(&EventClass::Oom));
         let mut enricher_open = true;
         let mut written = 0u64;
         let mut warned_short = 0u64;
@@ -375,11 +372,7 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
                     None => break,
                     Some(Msg::Events(evs)) => {
                         let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
-                        for e in &kept {
-                            if let AnyEvent::OomKill(o) = e {
-                                let _ = enricher.submit(*o);
-                            }
-                        }
+                        enricher.submit_kills(&kept);
                         flight.events(kept)
                     }
                     Some(Msg::Health(h)) => {

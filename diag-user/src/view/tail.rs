@@ -701,7 +701,9 @@ pub async fn drain_to_stdout(
 ) -> anyhow::Result<Tail> {
     let (mut enricher, mut enriched) = match facts {
         OomFacts::Live => {
-            let (e, r) = Enricher::start();
+            let shows_oom =
+                tail.filter.events.is_empty() || tail.filter.events.contains(&EventClass::Oom);
+            let (e, r) = Enricher::start(shows_oom);
             (Some(e), Some(r))
         }
         _ => (None, None),
