@@ -162,25 +162,20 @@ pub fn churn_pinned(loadgen: &Path, conns: u64, cpu: usize) -> Result<f64> {
 /// overflows (an unpaced client gets ahead of `accept`, and a dropped SYN
 /// costs a 1 s retransmission).
 pub fn churn_server_closes(loadgen: &Path, conns: u64, cpu: Option<usize>) -> Result<f64> {
-    let pinned = |c: &mut Command| {
-        if let Some(cpu) = cpu {
+    // diag-loadgen, under `taskset -c CPU` when pinned.
+    let loadgen_cmd = || match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
             c.args(["-c", &cpu.to_string()]).arg(loadgen);
+            c
         }
+        None => Command::new(loadgen),
     };
-    let program = |c: Option<usize>| {
-        if c.is_some() {
-            Path::new("taskset")
-        } else {
-            loadgen
-        }
-    };
-    let mut cmd = Command::new(program(cpu));
-    pinned(&mut cmd);
-    let mut listener = cmd
+    let mut listener = loadgen_cmd()
         .args(["listen-close", &conns.to_string(), "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
-        .context("cannot start diag-loadgen under taskset")?;
+        .context("cannot start diag-loadgen")?;
     let mut line = String::new();
     BufReader::new(listener.stdout.as_mut().expect("piped")).read_line(&mut line)?;
     let port = line
@@ -189,9 +184,7 @@ pub fn churn_server_closes(loadgen: &Path, conns: u64, cpu: Option<usize>) -> Re
         .context("no port from diag-loadgen")?
         .to_string();
     let t = Instant::now();
-    let mut cmd = Command::new(program(cpu));
-    pinned(&mut cmd);
-    let st = cmd
+    let st = loadgen_cmd()
         .args([
             "connect-eof",
             &conns.to_string(),
