@@ -699,11 +699,12 @@ pub async fn drain_to_stdout(
     cancel: &tokio_util::sync::CancellationToken,
     facts: OomFacts,
 ) -> anyhow::Result<Tail> {
+    // Without OOM kills to show there is nothing to enrich (and no
+    // enricher: its closed channel would end the loop).
+    let shows_oom = tail.filter.events.is_empty() || tail.filter.events.contains(&EventClass::Oom);
     let (mut enricher, mut enriched) = match facts {
-        OomFacts::Live => {
-            let shows_oom =
-                tail.filter.events.is_empty() || tail.filter.events.contains(&EventClass::Oom);
-            let (e, r) = Enricher::start(shows_oom);
+        OomFacts::Live if shows_oom => {
+            let (e, r) = Enricher::start(true);
             (Some(e), Some(r))
         }
         _ => (None, None),
