@@ -17,6 +17,11 @@ Without a subcommand, diag runs `diag tail`.";
 #[derive(Debug, Parser)]
 #[command(name = "diag", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
+    /// More of diag's own messages (-v debug, -vv trace); RUST_LOG
+    /// (e.g. RUST_LOG=diag_user=debug) sets them per module
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -54,7 +59,7 @@ pub enum Command {
     Check(CheckArgs),
     /// The user-space pipeline's ceiling, without a kernel (for `cargo xtask bench`)
     #[command(hide = true)]
-    BenchPipeline(crate::selftest::BenchPipelineArgs),
+    BenchPipeline(BenchPipelineArgs),
 }
 
 const RECORD_ABOUT: &str = "\
@@ -427,21 +432,47 @@ pub struct ConnsView {
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
 
-    /// A socket in CLOSE_WAIT for longer than this is a leak
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
-    pub close_wait_threshold: std::time::Duration,
-
-    /// How often gauges are reconciled with the kernel's socket table
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
-    pub reconcile: std::time::Duration,
-
-    /// Warn when a destination uses this percentage of the ephemeral ports
-    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
-    pub pressure_warn: f64,
+    #[command(flatten)]
+    pub tcp: TcpArgs,
 
     /// Print JSON (one object per snapshot) instead of tables
     #[arg(long)]
     pub json: bool,
+}
+
+/// `diag bench-pipeline`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchPipelineArgs {
+    /// Events to push through
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Distinct processes making connections
+    #[arg(long, default_value_t = 10_000)]
+    pub procs: u32,
+    /// Sockets open at once (each lives through 5 transitions)
+    #[arg(long, default_value_t = 100_000)]
+    pub sockets: u64,
+    /// Also write a recording here (compressed, as `diag record` does)
+    #[arg(long)]
+    pub record: Option<std::path::PathBuf>,
+}
+
+/// The TCP flags `conns`, `top`, `serve` and `record` share.
+#[derive(Debug, Clone, Args)]
+pub struct TcpArgs {
+    /// A socket in CLOSE_WAIT for longer than this is a leak
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub close_wait_threshold: std::time::Duration,
+
+    /// How often the TCP gauges are reconciled with the kernel's socket
+    /// table (recordings: how often it is written)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub reconcile: std::time::Duration,
+
+    /// Warn when a destination uses this percentage of the ephemeral ports
+    /// (the flight recorder: a port-pressure incident)
+    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
+    pub pressure_warn: f64,
 }
 
 /// Columns `diag top` can sort by.
@@ -518,17 +549,8 @@ pub struct TopView {
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
 
-    /// A socket in CLOSE_WAIT for longer than this is a leak
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
-    pub close_wait_threshold: std::time::Duration,
-
-    /// How often TCP gauges are reconciled with the kernel's socket table
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
-    pub reconcile: std::time::Duration,
-
-    /// Warn when a destination uses this percentage of the ephemeral ports
-    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
-    pub pressure_warn: f64,
+    #[command(flatten)]
+    pub tcp: TcpArgs,
 }
 
 /// `diag record`.
@@ -556,11 +578,6 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub reset_storm: u64,
 
-    /// Flight recorder: the share of ephemeral ports (percent) toward one
-    /// destination that is a port-pressure incident
-    #[arg(long, value_name = "PERCENT", default_value_t = 70.0, value_parser = parse_percent)]
-    pub pressure_warn: f64,
-
     /// Flight recorder: most events held in memory (the window shortens
     /// beyond it, and diag says so)
     #[arg(long, value_name = "N", default_value_t = 2_000_000)]
@@ -583,9 +600,8 @@ pub struct RecordArgs {
     #[arg(long)]
     pub no_compress: bool,
 
-    /// How often the kernel's socket table is written
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
-    pub reconcile: std::time::Duration,
+    #[command(flatten)]
+    pub tcp: TcpArgs,
 
     /// Which events to record (comma separated)
     #[arg(
@@ -943,13 +959,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub exit_grace: std::time::Duration,
 
-    /// A socket in CLOSE_WAIT for longer than this is a leak
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
-    pub close_wait_threshold: std::time::Duration,
-
-    /// How often gauges are reconciled with the kernel's socket table
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
-    pub reconcile: std::time::Duration,
+    #[command(flatten)]
+    pub tcp: TcpArgs,
 
     /// Also record everything to FILE (as `diag record -o FILE`)
     #[arg(long, value_name = "FILE")]
@@ -1043,7 +1054,7 @@ mod tests {
             panic!()
         };
         assert_eq!(c.view.sort, ConnsSort::TimeWait);
-        assert_eq!(c.view.pressure_warn, 50.0);
+        assert_eq!(c.view.tcp.pressure_warn, 50.0);
         assert_eq!(c.view.interval, std::time::Duration::from_secs(120));
     }
 

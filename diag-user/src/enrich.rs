@@ -25,7 +25,7 @@ pub fn socket_holders() -> HashMap<u64, SocketHolder> {
     };
     for p in procs.flatten() {
         let Ok(fds) = p.fd() else { continue };
-        let comm = p.stat().map(|s| s.comm).unwrap_or_default();
+        let comm = crate::text::owned(p.stat().map(|s| s.comm).unwrap_or_default());
         for fd in fds.flatten() {
             if let FDTarget::Socket(inode) = fd.target {
                 map.entry(inode).or_insert_with(|| SocketHolder {
@@ -136,7 +136,7 @@ pub fn local_port_range() -> Option<(u16, u16)> {
 /// the process is gone.
 pub fn cgroup_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    Some(pick_cgroup(&text))
+    Some(crate::text::owned(pick_cgroup(&text)))
 }
 
 /// See [`cgroup_of`]; `text` is a /proc/PID/cgroup file.

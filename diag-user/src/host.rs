@@ -160,7 +160,7 @@ pub fn parse_pid_stat(text: &str) -> Option<ProcCpu> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let pid = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
+    let comm = crate::text::printable(text.get(open + 1..close)?).into_owned();
     // Fields after the comm, numbered from 3 (state) as in proc(5).
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());

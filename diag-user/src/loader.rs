@@ -2,10 +2,7 @@
 //! Detaching is dropping the [`Tracer`]: diag pins nothing, so when it
 //! exits (or is killed) the kernel releases every program and map.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::path::{Path, PathBuf};
 
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader};
 use diag_common::{
@@ -17,7 +14,7 @@ use diag_common::{
 };
 
 use crate::{
-    cli::{CheckArgs, EventClass, ProbeArgs},
+    cli::{EventClass, ProbeArgs},
     error::{EnvError, LoadError, flatten},
     probes, tracefs,
 };
@@ -222,28 +219,6 @@ fn clone_env_error(e: &EnvError) -> EnvError {
             name: "tracefs".into(),
             why: other.to_string(),
         },
-    }
-}
-
-/// `diag check`.
-pub fn run_check(args: &CheckArgs) -> ExitCode {
-    let lines = check_all(&args.probe);
-    let mut ok = true;
-    for l in &lines {
-        match &l.result {
-            Ok(detail) => println!("OK    {:<12} {detail}", l.name),
-            Err(e) => {
-                ok = false;
-                println!("FAIL  {:<12} {e}", l.name);
-            }
-        }
-    }
-    if ok {
-        println!("diag can run on this host.");
-        ExitCode::SUCCESS
-    } else {
-        println!("diag cannot run on this host until the failures above are fixed.");
-        ExitCode::FAILURE
     }
 }
 

@@ -1,4 +1,5 @@
-//! `diag`: parse the command line and hand over to the library.
+//! `diag`: parse the command line, set up logging, hand over to the
+//! command layer.
 
 use std::process::ExitCode;
 
@@ -6,6 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = diag_user::cli::Cli::parse();
+    diag_user::logging::init(cli.verbose);
     match diag_user::run(cli) {
         Ok(code) => code,
         Err(err) => {

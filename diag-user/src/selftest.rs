@@ -5,9 +5,8 @@
 //! the recording writer. Prints one JSON object: events per second and
 //! peak RSS. `cargo xtask bench` runs it.
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
-use clap::Args;
 use diag_common::{
     EventHeader, EventKind,
     tcp::{AF_INET, TcpStateEvent, attribution, state},
@@ -22,21 +21,7 @@ use crate::{
     },
 };
 
-#[derive(Debug, Clone, Args)]
-pub struct BenchPipelineArgs {
-    /// Events to push through
-    #[arg(long, default_value_t = 2_000_000)]
-    pub events: u64,
-    /// Distinct processes making connections
-    #[arg(long, default_value_t = 10_000)]
-    pub procs: u32,
-    /// Sockets open at once (each lives through 5 transitions)
-    #[arg(long, default_value_t = 100_000)]
-    pub sockets: u64,
-    /// Also write a recording here (compressed, as `diag record` does)
-    #[arg(long)]
-    pub record: Option<PathBuf>,
-}
+pub use crate::cli::BenchPipelineArgs;
 
 /// The i-th synthetic event: socket `i / 5 % sockets`, owned by process
 /// `sock % procs`, going through an active open and close.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use diag_common::{comm_bytes, oom::OomKillEvent, oom::constraint};
+use diag_common::{oom::OomKillEvent, oom::constraint};
 
 /// A process as OOM counters know it: pids are reused, so the command
 /// name is part of the key.
@@ -56,7 +56,7 @@ pub struct OomStats {
 }
 
 fn comm(c: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(c)).into_owned()
+    crate::text::comm(c)
 }
 
 impl OomStats {

@@ -8,10 +8,7 @@
 
 use std::collections::HashMap;
 
-use diag_common::{
-    comm_bytes,
-    sched::{ProcStats, SchedCounters, TaskState, run_state},
-};
+use diag_common::sched::{ProcStats, SchedCounters, TaskState, run_state};
 use serde::Serialize;
 
 use super::histogram::Log2Hist;
@@ -27,7 +24,7 @@ pub struct ProcCounters {
 impl From<&ProcStats> for ProcCounters {
     fn from(s: &ProcStats) -> Self {
         ProcCounters {
-            comm: String::from_utf8_lossy(comm_bytes(&s.comm)).into_owned(),
+            comm: crate::text::comm(&s.comm),
             c: s.counters,
             hist: Log2Hist::from_counts(s.hist),
         }

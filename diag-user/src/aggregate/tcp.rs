@@ -26,7 +26,7 @@ use std::{
 };
 
 use diag_common::{
-    EventHeader, EventKind, comm_bytes,
+    EventHeader, EventKind,
     proc::ProcExitEvent,
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state},
     user::AnyEvent,
@@ -235,7 +235,7 @@ impl Comm {
     }
 
     pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(comm_bytes(&self.0))
+        std::borrow::Cow::Owned(crate::text::comm(&self.0))
     }
 }
 
@@ -313,6 +313,8 @@ pub struct RemoteErrors {
 #[derive(Debug, Clone)]
 pub struct TcpAggregate {
     pub config: TcpConfig,
+    /// Socket tables seen ([`TcpAggregate::on_table`]).
+    tables_seen: u64,
     socks: HashMap<u64, Sock>,
     /// Sockets from the table that no event has claimed yet, by 4-tuple.
     seeded: HashMap<FourTuple, Sock>,
@@ -504,6 +506,7 @@ impl TcpAggregate {
             config,
             socks: HashMap::new(),
             seeded: HashMap::new(),
+            tables_seen: 0,
             timewait: HashMap::new(),
             procs: HashMap::new(),
             lives: HashMap::new(),
@@ -817,6 +820,19 @@ impl TcpAggregate {
                 Ok(EventKind::TcpResetReceived) => r.resets_received += 1,
                 _ => r.retransmits += 1,
             }
+        }
+    }
+
+    /// A socket table from the source: the first seeds the gauges, later
+    /// ones reconcile them. Returns the corrections (None: it seeded).
+    pub fn on_table(&mut self, rows: &[TableRow], now_ns: u64) -> Option<Corrections> {
+        if self.tables_seen == 0 {
+            self.tables_seen = 1;
+            self.seed(rows, now_ns);
+            None
+        } else {
+            self.tables_seen += 1;
+            Some(self.reconcile(rows, now_ns))
         }
     }
 
@@ -1326,6 +1342,21 @@ impl TcpAggregate {
             .collect();
         out.sort_by_key(|p| std::cmp::Reverse(p.total));
         out
+    }
+}
+
+impl TcpConfig {
+    /// The settings the TCP flags give, with this host's (or the
+    /// recording's) ephemeral port range.
+    pub fn from_args(args: &crate::cli::TcpArgs, port_range: Option<(u16, u16)>) -> TcpConfig {
+        let d = TcpConfig::default();
+        TcpConfig {
+            close_wait_threshold_ns: u64::try_from(args.close_wait_threshold.as_nanos())
+                .unwrap_or(u64::MAX),
+            port_range: port_range.unwrap_or(d.port_range),
+            pressure_warn: args.pressure_warn / 100.0,
+            ..d
+        }
     }
 }
 

@@ -6,19 +6,13 @@ pub mod format;
 pub mod reader;
 pub mod writer;
 
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
-
-use diag_common::oom::OomKillEvent;
 use serde::{Deserialize, Serialize};
 
+pub use crate::bus::{OomContextFrame, ProcInfo, ProcsFrame};
 use crate::{
-    Msg,
     aggregate::tcp::TableRow,
-    cli::{EventClass, RecordArgs},
     clock::{WallClock, boot_ns},
     enrich, loader,
-    source::live::Live,
-    view::{LiveSession, tail::Filter},
 };
 
 /// Host facts and what was traced, at the start of every file.
@@ -62,65 +56,10 @@ pub struct TableFrame {
     pub rows: Vec<TableRow>,
 }
 
-/// A process in the periodic process-table snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcInfo {
-    pub pid: u32,
-    /// Start time, clock ticks after boot (with pid: a unique identity).
-    pub start_time: u64,
-    pub comm: String,
-    pub cmdline: String,
-    pub cgroup: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcsFrame {
-    pub ts_ns: u64,
-    pub procs: Vec<ProcInfo>,
-}
-
-/// What user space learned about an OOM kill (cgroup paths, top memory
-/// users), for the kill whose header has this time and thread id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OomContextFrame {
-    pub ts_ns: u64,
-    pub tid: u32,
-    pub ctx: enrich::oom::OomContext,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndFrame {
     pub ts_ns: u64,
     pub reason: String,
-}
-
-fn oom_context_frame(ev: &OomKillEvent, ctx: enrich::oom::OomContext) -> OomContextFrame {
-    OomContextFrame {
-        ts_ns: ev.header.ts_ns,
-        tid: ev.header.pid,
-        ctx,
-    }
-}
-
-/// Every process now, for naming short-lived processes on replay.
-pub fn process_table() -> ProcsFrame {
-    let ts_ns = boot_ns();
-    let mut procs = Vec::new();
-    if let Ok(all) = procfs::process::all_processes() {
-        for p in all.flatten() {
-            let Ok(stat) = p.stat() else { continue };
-            let cmdline = p.cmdline().map(|c| c.join(" ")).unwrap_or_default();
-            let cgroup = enrich::cgroup_of(stat.pid as u32).unwrap_or_default();
-            procs.push(ProcInfo {
-                pid: stat.pid as u32,
-                start_time: stat.starttime,
-                comm: stat.comm,
-                cmdline,
-                cgroup,
-            });
-        }
-    }
-    ProcsFrame { ts_ns, procs }
 }
 
 fn boot_time_s() -> Option<u64> {
@@ -169,128 +108,15 @@ pub fn header_now(env: &loader::Env) -> RecordingHeader {
     }
 }
 
-/// How often the process table is written.
-const PROCS_EVERY: Duration = Duration::from_secs(10);
-
-/// `diag record`.
-pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require_for(&args.probe, &args.events)?;
-    if !args.trigger.is_empty() {
-        return run_flight(args, env);
-    }
-    let opts = writer::WriterOptions {
-        compress: !args.no_compress,
-        max_size: args.max_size,
-        max_files: args.max_files,
-    };
-    // Create the file first: a bad path fails before anything is loaded.
-    let mut w = writer::Writer::create(&args.output, header_now(&env), opts)?;
-    let tracer = loader::load(&env, &args.probe)?;
-    let live = Live::new(tracer)?;
-    let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let mut session = LiveSession::start(live, Some(args.reconcile));
-        eprintln!(
-            "diag: recording {} to {}{}; Ctrl-C to stop",
-            session.attached.join(", "),
-            args.output.display(),
-            args.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
-        );
-        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
-        tokio::pin!(deadline);
-        let mut procs = tokio::time::interval(PROCS_EVERY);
-        let mut events = 0u64;
-        let mut health = crate::source::Health::default();
-        let mut failure: Option<writer::RecordError> = None;
-        // What user space learns about each OOM kill (cgroup paths, top
-        // memory users) is recorded too, in a frame after the kill's.
-        let (mut enricher, mut enriched) =
-            enrich::oom::Enricher::start(args.events.contains(&EventClass::Oom));
-        let mut enricher_open = true;
-        loop {
-            let result = tokio::select! {
-                msg = session.rx.recv() => match msg {
-                    None => break,
-                    Some(_) if failure.is_some() => Ok(()),
-                    Some(Msg::Events(evs)) => {
-                        let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
-                        events += kept.len() as u64;
-                        enricher.submit_kills(&kept);
-                        w.events(&kept)
-                    }
-                    Some(Msg::Health(h)) => {
-                        if h.ringbuf_full > health.ringbuf_full {
-                            eprintln!(
-                                "diag: WARNING: {} events dropped (ring buffer full; raise --ring-mib); the recording notes it",
-                                h.ringbuf_full - health.ringbuf_full
-                            );
-                        }
-                        health = h;
-                        w.health(&h)
-                    }
-                    Some(Msg::Table { ts_ns, rows }) => w.table(ts_ns, &rows),
-                    Some(Msg::Damage(_) | Msg::OomContext(_)) => Ok(()),
-                },
-                done = enriched.recv(), if enricher_open => match done {
-                    Some((ev, ctx)) if failure.is_none() => w.oom_context(&oom_context_frame(&ev, ctx)),
-                    Some(_) => Ok(()),
-                    None => {
-                        enricher_open = false;
-                        Ok(())
-                    }
-                },
-                _ = procs.tick(), if failure.is_none() => {
-                    let frame = tokio::task::spawn_blocking(process_table).await.unwrap_or(ProcsFrame { ts_ns: boot_ns(), procs: vec![] });
-                    w.procs(&frame)
-                }
-                _ = &mut deadline => {
-                    session.cancel.cancel();
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                session.cancel.cancel();
-                failure = Some(e);
-            }
-        }
-        let final_health = session.source.await??;
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        // The kills' contexts still being read: wait for them.
-        enricher.close();
-        while let Some((ev, ctx)) = enriched.recv().await {
-            w.oom_context(&oom_context_frame(&ev, ctx))?;
-        }
-        w.health(&final_health)?;
-        let rotations = w.rotations;
-        let bytes = w.finish("stopped")?;
-        eprintln!(
-            "diag: recorded {events} events ({:.1} MiB{}) to {}; {} dropped by the kernel",
-            bytes as f64 / (1024.0 * 1024.0),
-            if rotations > 0 { format!(", {rotations} rotations") } else { String::new() },
-            args.output.display(),
-            final_health.ringbuf_full
-        );
-        if std::io::stderr().is_terminal() {
-            eprintln!("diag: review it with `diag report {}`", args.output.display());
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// `diag record --trigger KINDS -o DIR`: the flight recorder.
-fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
+/// Make `dir` ready for incident files (created 0700 if missing), or say
+/// why it cannot be.
+pub fn prepare_incident_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = args.output.clone();
     if !dir.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .map_err(|e| anyhow::anyhow!("cannot create the directory {}: {e}", dir.display()))?;
     }
     let probe_file = dir.join(".diag-write-test");
@@ -301,115 +127,11 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
         )
     })?;
     let _ = std::fs::remove_file(&probe_file);
-    let header = header_now(&env);
-    let opts = writer::WriterOptions {
-        compress: !args.no_compress,
-        max_size: None,
-        max_files: args.max_files,
-    };
-    let tracer = loader::load(&env, &args.probe)?;
-    let live = Live::new(tracer)?;
-    let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
-    let tcp = crate::aggregate::tcp::TcpConfig {
-        port_range: header
-            .port_range
-            .unwrap_or(crate::aggregate::tcp::TcpConfig::default().port_range),
-        pressure_warn: args.pressure_warn / 100.0,
-        ..Default::default()
-    };
-    let mut flight = flight::Flight::new(
-        args.trigger.clone(),
-        args.before.as_nanos() as u64,
-        args.after.as_nanos() as u64,
-        args.reset_storm,
-        args.buffer_events,
-        tcp,
-    );
-    let clock = header.clock();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let mut session = LiveSession::start(live, Some(args.reconcile));
-        let kinds: Vec<String> = args
-            .trigger
-            .iter()
-            .filter_map(|t| clap::ValueEnum::to_possible_value(t).map(|v| v.get_name().to_string()))
-            .collect();
-        eprintln!(
-            "diag: recording {} in memory (the last {}); a file in {} for each incident: {}; Ctrl-C to stop",
-            session.attached.join(", "),
-            humantime::format_duration(args.before),
-            dir.display(),
-            kinds.join(", ")
-        );
-        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
-        tokio::pin!(deadline);
-        let mut check = tokio::time::interval(Duration::from_millis(250));
-        let (enricher, mut enriched) =
-            enrich::oom::Enricher::start(args.events.contains(&EventClass::Oom));
-        let mut enricher_open = true;
-        let mut written = 0u64;
-        let mut warned_short = 0u64;
-        let mut write_due = |flight: &mut flight::Flight, force: bool| -> anyhow::Result<()> {
-            let due = if force { flight.armed.clone() } else { flight.due(boot_ns()) };
-            if let Some((t, what)) = due {
-                let path = flight::incident_path(&dir, clock.wall(t), &what, args.max_files);
-                let bytes = flight.write(&path, &header, opts.clone())?;
-                written += 1;
-                eprintln!(
-                    "diag: incident {what} at {}: wrote {} ({:.1} KiB)",
-                    clock.wall(t).format("%H:%M:%S"),
-                    path.display(),
-                    bytes as f64 / 1024.0
-                );
-            }
-            Ok(())
-        };
-        loop {
-            tokio::select! {
-                msg = session.rx.recv() => match msg {
-                    None => break,
-                    Some(Msg::Events(evs)) => {
-                        let kept: Vec<_> = evs.into_iter().filter(|e| filter.matches(e)).collect();
-                        enricher.submit_kills(&kept);
-                        flight.events(kept)
-                    }
-                    Some(Msg::Health(h)) => {
-                        flight.health(h);
-                        if flight.shortened > warned_short {
-                            warned_short = flight.shortened;
-                            eprintln!(
-                                "diag: WARNING: more than {} events in the last {}: the oldest were dropped from memory (raise --buffer-events)",
-                                args.buffer_events,
-                                humantime::format_duration(args.before)
-                            );
-                        }
-                    }
-                    Some(Msg::Table { ts_ns, rows }) => flight.table(TableFrame { ts_ns, rows }),
-                    Some(Msg::Damage(_) | Msg::OomContext(_)) => {}
-                },
-                done = enriched.recv(), if enricher_open => match done {
-                    Some((ev, ctx)) => flight.oom_context(oom_context_frame(&ev, ctx)),
-                    None => enricher_open = false,
-                },
-                _ = check.tick() => {
-                    if let Err(e) = write_due(&mut flight, false) {
-                        session.cancel.cancel();
-                        let _ = session.source.await;
-                        return Err(e);
-                    }
-                }
-                _ = &mut deadline => session.cancel.cancel(),
-            }
-        }
-        session.source.await??;
-        // Stopped during an incident's "after": write what there is.
-        write_due(&mut flight, true)?;
-        eprintln!("diag: {written} incident files written to {}", dir.display());
-        Ok(ExitCode::SUCCESS)
-    })
+    Ok(())
 }
+
+/// How often the process table is written.
+pub const PROCS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

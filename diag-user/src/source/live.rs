@@ -12,7 +12,15 @@ use diag_common::{counters, user::decode};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Msg, error::LoadError, loader::Tracer, source::Health};
+use crate::{
+    bus::{End, Msg, OomContextFrame, ProcInfo, ProcsFrame},
+    clock::boot_ns,
+    enrich::{self, oom::Enricher},
+    error::LoadError,
+    host::{HostReader, SchedFeed},
+    loader::Tracer,
+    source::{Health, Source, cancel_on_signal},
+};
 
 /// How often the ring buffer is drained without a wakeup.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -62,6 +70,7 @@ impl Live {
         self,
         tx: mpsc::Sender<Msg>,
         cancel: CancellationToken,
+        mut enricher: Option<Enricher>,
     ) -> std::io::Result<Health> {
         let Live {
             tracer,
@@ -80,11 +89,11 @@ impl Live {
                 _ = cancel.cancelled() => break,
                 guard = afd.readable_mut() => {
                     let mut guard = guard?;
-                    if !me.drain(guard.get_inner_mut(), &tx).await { break; }
+                    if !me.drain(guard.get_inner_mut(), &tx, &enricher).await { break; }
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
-                    if !me.drain(afd.get_mut(), &tx).await { break; }
+                    if !me.drain(afd.get_mut(), &tx, &enricher).await { break; }
                 }
                 _ = health_tick.tick() => {
                     let h = me.read_health();
@@ -93,9 +102,13 @@ impl Live {
             }
         }
         // Whatever the kernel wrote before we stopped is still shown.
-        me.drain(afd.get_mut(), &tx).await;
+        me.drain(afd.get_mut(), &tx, &enricher).await;
         let h = me.read_health();
         let _ = tx.send(Msg::Health(h)).await;
+        // The enricher finishes the kills it has, then its results end.
+        if let Some(e) = &mut enricher {
+            e.close();
+        }
         drop(afd);
         drop(tracer);
         Ok(h)
@@ -131,7 +144,12 @@ impl Drainer {
     }
 
     /// Returns false when the receiver is gone.
-    async fn drain(&mut self, ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Msg>) -> bool {
+    async fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        tx: &mpsc::Sender<Msg>,
+        enricher: &Option<Enricher>,
+    ) -> bool {
         loop {
             let mut batch = Vec::new();
             while batch.len() < BATCH {
@@ -146,12 +164,198 @@ impl Drainer {
                 return true;
             }
             let full = batch.len() == BATCH;
+            // Every OOM kill gets its context: from the enricher, or
+            // (its queue full) at once, empty, so no sink waits for it.
+            let refused: Vec<OomContextFrame> = match enricher {
+                Some(en) => batch
+                    .iter()
+                    .filter_map(|e| match e {
+                        diag_common::user::AnyEvent::OomKill(o) if !en.submit(*o) => {
+                            Some(OomContextFrame::of(o, Default::default()))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
             if tx.send(Msg::Events(batch)).await.is_err() {
                 return false;
+            }
+            for f in refused {
+                if tx.send(Msg::OomContext(f)).await.is_err() {
+                    return false;
+                }
             }
             if !full {
                 return true;
             }
         }
     }
+}
+
+/// What the live source puts on the bus besides the ring buffer's events
+/// and health, each read off the event path on its own schedule.
+#[derive(Default)]
+pub struct Feeds {
+    /// The kernel's TCP socket table: once at start (after the probes
+    /// were attached, so no socket falls between), then this often.
+    pub tables: Option<Duration>,
+    /// The process table, this often (recordings).
+    pub procs: Option<Duration>,
+    /// A procfs sample of the host this often, the first at once (top).
+    pub host: Option<(Duration, HostReader)>,
+    /// The scheduler's per-process numbers this often (serve).
+    pub sched: Option<(Duration, SchedFeed)>,
+    /// Read each OOM kill's context (cgroup paths, top memory users) and
+    /// send it after the kill.
+    pub oom_context: bool,
+}
+
+/// Start draining `live`, and the pollers of `feeds`, onto a new bus.
+/// Signal handlers are in place when this returns. Call inside a tokio
+/// runtime.
+pub fn start(live: Live, feeds: Feeds) -> Source {
+    let cancel = CancellationToken::new();
+    let (tx, rx) = mpsc::channel::<Msg>(1024);
+    let attached = live.attached().to_vec();
+    if let Some(every) = feeds.tables {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            || (),
+            |()| {
+                let rows = enrich::tcp_table();
+                (
+                    (),
+                    Msg::Table {
+                        ts_ns: boot_ns(),
+                        rows,
+                    },
+                )
+            },
+        );
+    }
+    if let Some(every) = feeds.procs {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            || (),
+            |()| ((), Msg::Procs(process_table())),
+        );
+    }
+    if let Some((every, reader)) = feeds.host {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || reader,
+            |mut r: HostReader| {
+                let s = r.sample();
+                (r, Msg::Host(Box::new(s)))
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.sched {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: SchedFeed| {
+                let ts_ns = boot_ns();
+                let procs = f.read(ts_ns);
+                (f, Msg::Sched { ts_ns, procs })
+            },
+        );
+    }
+    let enricher = if feeds.oom_context {
+        let (e, mut results) = Enricher::start(true);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some((ev, ctx)) = results.recv().await {
+                if tx
+                    .send(Msg::OomContext(OomContextFrame::of(&ev, ctx)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Some(e)
+    } else {
+        None
+    };
+    let task = tokio::spawn(live.run(tx, cancel.clone(), enricher));
+    cancel_on_signal(&cancel);
+    Source {
+        rx,
+        cancel,
+        done: Box::pin(async move {
+            let health = task.await??;
+            Ok(End {
+                health,
+                replay: None,
+            })
+        }),
+        attached,
+    }
+}
+
+/// Every `every` (the first at once), until `cancel`: run `read` on the
+/// blocking pool (procfs reads can take a while on a busy host, and the
+/// ring buffer keeps draining meanwhile) and send its message. `read`
+/// gets back the state it returned the last time.
+fn poll<S: Send + 'static>(
+    tx: &mpsc::Sender<Msg>,
+    cancel: &CancellationToken,
+    every: Duration,
+    init: impl FnOnce() -> S + Send + 'static,
+    read: fn(S) -> (S, Msg),
+) {
+    let tx = tx.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut state = Some(init());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    let Some(s) = state.take() else { break };
+                    let Ok((s, msg)) = tokio::task::spawn_blocking(move || read(s)).await else {
+                        break;
+                    };
+                    state = Some(s);
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Every process now, for naming short-lived processes on replay.
+pub fn process_table() -> ProcsFrame {
+    let ts_ns = boot_ns();
+    let mut procs = Vec::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            let Ok(stat) = p.stat() else { continue };
+            let cmdline = crate::text::owned(p.cmdline().map(|c| c.join(" ")).unwrap_or_default());
+            let cgroup = enrich::cgroup_of(stat.pid as u32).unwrap_or_default();
+            procs.push(ProcInfo {
+                pid: stat.pid as u32,
+                start_time: stat.starttime,
+                comm: crate::text::owned(stat.comm),
+                cmdline,
+                cgroup,
+            });
+        }
+    }
+    ProcsFrame { ts_ns, procs }
 }

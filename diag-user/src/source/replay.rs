@@ -2,9 +2,7 @@
 //! events, as fast as possible or paced, within an optional window.
 
 use std::{
-    io,
     path::Path,
-    process::ExitCode,
     time::{Duration, Instant},
 };
 
@@ -13,17 +11,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Msg,
-    cli::{ReplayArgs, ReplayView},
-    clock::WallClock,
+    bus::{End, Msg, ReplayStats},
     record::{
         RecordingHeader,
         reader::{Reader, Record},
     },
-    view::{
-        conns::{ConnsSink, Timebase, ignore_broken_pipe},
-        tail::{Names, OomFacts, Tail, drain_to_stdout},
-    },
+    source::{Health, Source, cancel_on_signal},
 };
 
 /// A window of event time, in boot-time ns.
@@ -59,30 +52,59 @@ pub fn parse_time(s: &str, header: &RecordingHeader) -> Result<u64, String> {
     Ok(clock.boot_of(local))
 }
 
-/// What the replay found, for the closing words.
-#[derive(Debug, Default, Clone)]
-pub struct ReplayStats {
-    pub frames_damaged: usize,
-    pub unknown_events: u64,
-    pub ended_cleanly: bool,
-    pub events: u64,
+/// Play `reader` onto a new bus (in a thread: file I/O blocks). `speed`
+/// 0 is as fast as possible; paced waits end at once on Ctrl-C.
+pub fn start(reader: Reader, window: Window, speed: f64) -> Source {
+    let cancel = CancellationToken::new();
+    let (tx, rx) = mpsc::channel::<Msg>(64);
+    cancel_on_signal(&cancel);
+    let thread = play(reader, window, speed, tx, cancel.clone());
+    Source {
+        rx,
+        cancel,
+        done: Box::pin(async move {
+            let stats = tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the replay reader stopped unexpectedly"))?;
+            Ok(End {
+                health: stats.1,
+                replay: Some(stats.0),
+            })
+        }),
+        attached: Vec::new(),
+    }
 }
 
-/// Read `reader` onto `tx` (in a thread: file I/O blocks). `speed` 0 is as
-/// fast as possible.
-pub fn spawn(
+/// Sleep `wait`, in slices, unless `cancel` fires; false when it did.
+fn paced_wait(wait: Duration, cancel: &CancellationToken) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn play(
     mut reader: Reader,
     window: Window,
     speed: f64,
     tx: mpsc::Sender<Msg>,
     cancel: CancellationToken,
-) -> std::thread::JoinHandle<ReplayStats> {
+) -> std::thread::JoinHandle<(ReplayStats, Health)> {
     std::thread::spawn(move || {
         let mut stats = ReplayStats::default();
+        let mut health = Health::default();
         let started = Instant::now();
         let mut first_ts: Option<u64> = None;
         for rec in reader.by_ref() {
             if cancel.is_cancelled() {
+                stats.stopped_early = true;
                 break;
             }
             let msg = match rec {
@@ -104,15 +126,23 @@ pub fn spawn(
                     if speed > 0.0 {
                         let ts = evs[0].header().ts_ns;
                         let t0 = *first_ts.get_or_insert(ts);
-                        let due = Duration::from_nanos(((ts - t0) as f64 / speed) as u64);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
+                        let due = Duration::from_secs_f64(
+                            (ts.saturating_sub(t0) as f64 / speed / 1e9).min(1e9),
+                        );
+                        if let Some(wait) = due.checked_sub(started.elapsed())
+                            && !paced_wait(wait, &cancel)
+                        {
+                            stats.stopped_early = true;
+                            break;
                         }
                     }
                     stats.events += evs.len() as u64;
                     Msg::Events(evs)
                 }
-                Record::Health(h) => Msg::Health(h),
+                Record::Health(h) => {
+                    health = h;
+                    Msg::Health(h)
+                }
                 Record::Table(t) => {
                     if window.to.is_some_and(|to| t.ts_ns > to) {
                         continue;
@@ -131,6 +161,7 @@ pub fn spawn(
                 }
             };
             if tx.blocking_send(msg).is_err() {
+                stats.stopped_early = true;
                 break;
             }
         }
@@ -142,7 +173,7 @@ pub fn spawn(
                 reader.unknown_events
             )));
         }
-        stats
+        (stats, health)
     })
 }
 
@@ -160,7 +191,9 @@ pub fn closing_words(stats: &ReplayStats) -> Option<String> {
             stats.frames_damaged
         ));
     }
-    if !stats.ended_cleanly {
+    if stats.stopped_early {
+        parts.push("stopped before the end of the recording".to_string());
+    } else if !stats.ended_cleanly {
         parts.push("the recording was not finished cleanly (diag was killed or the file was cut): it ends at its last complete frame".to_string());
     }
     if parts.is_empty() {
@@ -170,80 +203,32 @@ pub fn closing_words(stats: &ReplayStats) -> Option<String> {
     }
 }
 
-/// `diag replay FILE VIEW`.
-pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let reader = open(&args.file)?;
-    let header = reader.header.clone();
-    let window = Window {
-        from: args
-            .from
-            .as_deref()
-            .map(|s| parse_time(s, &header))
+/// The window `--from`/`--to` give, checked.
+pub fn window(
+    from: Option<&str>,
+    to: Option<&str>,
+    header: &RecordingHeader,
+) -> anyhow::Result<Window> {
+    let w = Window {
+        from: from
+            .map(|s| parse_time(s, header))
             .transpose()
             .map_err(anyhow::Error::msg)?,
-        to: args
-            .to
-            .as_deref()
-            .map(|s| parse_time(s, &header))
+        to: to
+            .map(|s| parse_time(s, header))
             .transpose()
             .map_err(anyhow::Error::msg)?,
     };
-    let clock: WallClock = header.clock();
-    let names = Names {
-        rst_reasons: header.rst_reasons.iter().cloned().collect(),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let cancel = CancellationToken::new();
-        let (tx, mut rx) = mpsc::channel::<Msg>(64);
-        crate::view::cancel_on_signal(&cancel);
-        eprintln!(
-            "diag: replaying {} (host {}, kernel {}, recorded {})",
-            args.file.display(),
-            header.hostname,
-            header.kernel,
-            clock
-                .wall(header.started_ts_ns)
-                .format("%Y-%m-%d %H:%M:%S %Z")
+    if let (Some(f), Some(t)) = (w.from, w.to)
+        && f > t
+    {
+        anyhow::bail!(
+            "--from {} is later than --to {}: nothing to replay",
+            from.unwrap_or_default(),
+            to.unwrap_or_default()
         );
-        let reader_thread = spawn(reader, window, args.speed, tx, cancel.clone());
-        match args.view {
-            ReplayView::Tail(view) => {
-                let tail = Tail::new(&view, names, clock);
-                let tail = drain_to_stdout(tail, &mut rx, &cancel, OomFacts::Recorded).await?;
-                for line in tail.closing() {
-                    eprintln!("diag: {line}");
-                }
-            }
-            ReplayView::Conns(view) => {
-                let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
-                sink.agg.config.guess_pid_reuse = !header.has_exits();
-                let mut out = io::stdout();
-                while let Some(msg) = rx.recv().await {
-                    if let Err(e) = sink.on_msg(msg, &mut out) {
-                        cancel.cancel();
-                        ignore_broken_pipe(e)?;
-                        break;
-                    }
-                }
-                sink.finish(0, &mut out).or_else(ignore_broken_pipe)?;
-            }
-            ReplayView::Top(view) => {
-                let guess = !header.has_exits();
-                crate::view::top::replay(&view, header.port_range, guess, clock, &mut rx, &cancel)
-                    .await?;
-            }
-        }
-        let stats = tokio::task::spawn_blocking(move || reader_thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the replay reader stopped unexpectedly"))?;
-        if let Some(w) = closing_words(&stats) {
-            eprintln!("diag: {w}");
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    }
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -4,19 +4,19 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     io::{self, IsTerminal, Write},
-    process::ExitCode,
 };
 
 use serde::Serialize;
 
 use crate::{
-    Msg,
-    aggregate::tcp::{ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
-    cli::{ConnsArgs, ConnsSort, ConnsView},
-    clock::{WallClock, boot_ns},
-    enrich, loader,
-    source::{Health, live::Live},
-    view::{LiveSession, tail::human_ns},
+    aggregate::tcp::{ProcRow, TcpAggregate, TcpSnapshot},
+    bus::{End, Msg},
+    cli::{ConnsSort, ConnsView},
+    clock::WallClock,
+    enrich,
+    sink::{Flow, Sink},
+    source::Health,
+    view::{out::Output, tail::human_ns},
 };
 
 /// Order rows by `key`, biggest first (pid: ascending).
@@ -301,7 +301,6 @@ pub struct ConnsSink {
     interval_ns: u64,
     next_due: Option<u64>,
     last_ts: u64,
-    seeded: bool,
     printed: u64,
     limit: u64,
     pub health: Health,
@@ -317,12 +316,7 @@ impl ConnsSink {
         clock: WallClock,
         timebase: Timebase,
     ) -> Self {
-        let config = TcpConfig {
-            close_wait_threshold_ns: view.close_wait_threshold.as_nanos() as u64,
-            port_range: port_range.unwrap_or(TcpConfig::default().port_range),
-            pressure_warn: view.pressure_warn / 100.0,
-            ..TcpConfig::default()
-        };
+        let config = crate::aggregate::tcp::TcpConfig::from_args(&view.tcp, port_range);
         let limit = match (view.count, view.watch, timebase) {
             (Some(n), _, _) => n,
             (None, true, _) => u64::MAX,
@@ -343,7 +337,6 @@ impl ConnsSink {
             timebase,
             next_due: None,
             last_ts: 0,
-            seeded: false,
             printed: 0,
             limit,
             health: Health::default(),
@@ -399,10 +392,10 @@ impl ConnsSink {
     }
 
     /// Feed one message from the bus.
-    pub fn on_msg(&mut self, msg: Msg, out: &mut impl Write) -> io::Result<()> {
+    pub fn on_msg(&mut self, msg: &Msg, out: &mut impl Write) -> io::Result<()> {
         match msg {
             Msg::Events(evs) => {
-                for e in &evs {
+                for e in evs {
                     let ts = e.header().ts_ns;
                     if self.timebase == Timebase::Events {
                         self.start_clock(ts);
@@ -416,37 +409,35 @@ impl ConnsSink {
                 }
             }
             Msg::Health(h) => {
-                if h.ringbuf_full > self.health.ringbuf_full {
-                    eprintln!(
-                        "diag: WARNING: {} events dropped around {}: the ring buffer was full (raise --ring-mib); counts are incomplete",
-                        h.ringbuf_full - self.health.ringbuf_full,
+                let new = crate::bus::new_losses(&self.health, h);
+                if !new.is_empty() {
+                    tracing::warn!(
+                        "WARNING: {} around {}; counts are incomplete",
+                        new.join("; "),
                         self.clock.wall(h.ts_ns).format("%H:%M:%S"),
                     );
                 }
                 if self.timebase == Timebase::Events {
                     self.last_ts = self.last_ts.max(h.ts_ns);
                 }
-                self.health = h;
+                self.health = *h;
             }
             Msg::Table { ts_ns, rows } => {
-                if self.seeded {
-                    self.agg.reconcile(&rows, ts_ns);
-                } else {
-                    self.seeded = true;
-                    self.agg.seed(&rows, ts_ns);
+                let ts_ns = *ts_ns;
+                if self.agg.on_table(rows, ts_ns).is_none() {
                     // The baseline for the first interval's rates.
                     self.agg.snapshot(ts_ns);
                     self.start_clock(ts_ns);
                 }
                 self.last_ts = self.last_ts.max(ts_ns);
             }
-            Msg::Damage(what) => eprintln!("diag: {what}"),
-            Msg::OomContext(_) => {}
+            Msg::Damage(what) => tracing::warn!("{what}"),
+            _ => {}
         }
         Ok(())
     }
 
-    fn start_clock(&mut self, ts: u64) {
+    pub fn start_clock(&mut self, ts: u64) {
         if self.next_due.is_none() {
             self.next_due = Some(ts + self.interval_ns);
         }
@@ -470,35 +461,6 @@ impl ConnsSink {
     }
 }
 
-/// Drive a sink from a live session until it is done or stopped.
-async fn drive_live(
-    session: &mut LiveSession,
-    sink: &mut ConnsSink,
-    interval: std::time::Duration,
-) -> anyhow::Result<()> {
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + interval, interval);
-    let mut out = io::stdout();
-    loop {
-        tokio::select! {
-            msg = session.rx.recv() => match msg {
-                Some(m) => sink.on_msg(m, &mut out).or_else(ignore_broken_pipe)?,
-                None => break,
-            },
-            _ = tick.tick(), if !sink.done() => {
-                if let Err(e) = sink.tick(boot_ns(), &mut out) {
-                    session.cancel.cancel();
-                    ignore_broken_pipe(e)?;
-                }
-                if sink.done() {
-                    session.cancel.cancel();
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A closed pipe (`diag conns | head`) ends output quietly.
 pub fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::BrokenPipe {
@@ -508,45 +470,75 @@ pub fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
     }
 }
 
-/// `diag conns`.
-pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require(&args.probe)?;
-    let tracer = loader::load(&env, &args.probe)?;
-    let live = Live::new(tracer)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let mut session = LiveSession::start(live, Some(args.view.reconcile));
-        let interval = args.view.interval;
-        eprintln!(
-            "diag: tracing {}; a snapshot every {}{}",
-            session.attached.join(", "),
-            humantime::format_duration(interval),
-            if args.view.watch {
-                ", Ctrl-C to stop"
-            } else {
-                ""
-            }
-        );
-        let mut sink = ConnsSink::new(
-            args.view,
-            enrich::local_port_range(),
-            WallClock::now(),
-            Timebase::Live,
-        );
-        drive_live(&mut session, &mut sink, interval).await?;
-        let final_health = session.source.await??;
-        sink.health = final_health;
-        sink.finish(boot_ns(), &mut io::stdout())
-            .or_else(ignore_broken_pipe)?;
-        Ok(ExitCode::SUCCESS)
-    })
+/// What a write means for the loop: a closed pipe is done, any other
+/// error fails.
+pub fn flow_of(r: io::Result<()>) -> anyhow::Result<Flow> {
+    match r {
+        Ok(()) => Ok(Flow::More),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Done),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// [`ConnsSink`] on the bus, printing to standard output.
+pub struct ConnsOut {
+    pub sink: ConnsSink,
+    pub out: Output,
+}
+
+impl ConnsOut {
+    /// Live: the first snapshot is due one interval from `now_ns`.
+    pub fn new(mut sink: ConnsSink, now_ns: Option<u64>) -> Self {
+        if let Some(now) = now_ns {
+            sink.start_clock(now);
+        }
+        ConnsOut {
+            sink,
+            out: Output::stdout(),
+        }
+    }
+}
+
+impl Sink for ConnsOut {
+    fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
+        let r = self.sink.on_msg(msg, &mut self.out);
+        match flow_of(r)? {
+            Flow::More if self.sink.done() => Ok(Flow::Done),
+            f => Ok(f),
+        }
+    }
+
+    fn due(&self) -> Option<u64> {
+        match self.sink.timebase {
+            Timebase::Live if !self.sink.done() => self.sink.next_due,
+            _ => None,
+        }
+    }
+
+    fn on_tick(&mut self, now_ns: u64) -> anyhow::Result<Flow> {
+        self.sink.next_due = Some(now_ns + self.sink.interval_ns);
+        let r = self.sink.tick(now_ns, &mut self.out);
+        match flow_of(r)? {
+            Flow::More if self.sink.done() => Ok(Flow::Done),
+            f => Ok(f),
+        }
+    }
+
+    fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
+        if self.sink.timebase == Timebase::Live {
+            self.sink.health = end.health;
+        }
+        let r = self.sink.finish(crate::clock::boot_ns(), &mut self.out);
+        flow_of(r)?;
+        self.out.close(std::time::Duration::from_secs(1));
+        Ok(Flow::Done)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::tcp::TcpConfig;
     use crate::aggregate::tcp::{Counters, Rates, StateCounts};
 
     fn row(pid: u32, comm: &str, opens: f64, tw: u64) -> ProcRow {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use diag_common::{
-    EventKind, comm_bytes,
+    EventKind,
     tcp::{AF_INET6, state, state_name},
     user::AnyEvent,
 };
@@ -60,7 +60,7 @@ fn time(clock: &WallClock, ts: u64) -> String {
 }
 
 fn comm(c: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(c)).into_owned()
+    crate::text::comm(c)
 }
 
 /// Builds a Chrome trace: connections as complete ("X") slices on their

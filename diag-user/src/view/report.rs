@@ -305,7 +305,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
             "  No stalls recorded (record with --events ...,stall to capture run-queue waits over --stall-threshold)."
         );
     } else {
-        let comm = |c: &[u8; 16]| String::from_utf8_lossy(diag_common::comm_bytes(c)).into_owned();
+        let comm = crate::text::comm;
         let _ = writeln!(
             o,
             "  Stalls (run-queue waits over the threshold): {}",

@@ -3,123 +3,30 @@
 use std::{
     io::{self, Write},
     net::{Ipv4Addr, Ipv6Addr},
-    process::ExitCode,
 };
 
 use std::collections::HashMap;
 
 use diag_common::{
-    EventKind, comm_bytes,
+    EventKind,
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
     tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
     user::AnyEvent,
 };
-use tokio::sync::mpsc;
 
+pub use crate::aggregate::filter::{Filter, class_of};
 use crate::{
-    Msg,
     aggregate::oom::OomStats,
-    cli::{EventClass, Family, Only, TailArgs, TailView},
+    bus::{End, Msg, new_losses},
+    cli::{EventClass, TailView},
     clock::WallClock,
-    enrich::oom::{Enricher, OomContext},
-    loader,
-    source::{Health, live::Live},
-    view::LiveSession,
+    enrich::oom::OomContext,
+    sink::{Flow, Sink},
+    source::Health,
+    view::out::Output,
 };
-
-/// Which events `tail` shows.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Empty: every class.
-    pub events: Vec<EventClass>,
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    pub ports: Vec<u16>,
-    pub family: Option<Family>,
-}
-
-impl Filter {
-    pub fn from_args(a: &TailView) -> Self {
-        Filter::new(&a.events, &a.only)
-    }
-
-    pub fn new(events: &[EventClass], only: &Only) -> Self {
-        Filter {
-            events: events.to_vec(),
-            pids: only.pid.clone(),
-            comms: only.comm.clone(),
-            ports: only.port.clone(),
-            family: only.family,
-        }
-    }
-
-    pub fn matches(&self, ev: &AnyEvent) -> bool {
-        if !self.events.is_empty() && !self.events.contains(&class_of(ev)) {
-            return false;
-        }
-        let h = ev.header();
-        let pid_ok = |pid: u32, tgid: u32| self.pids.iter().any(|&p| p == tgid || p == pid);
-        let comm_ok = |comm: &[u8; 16]| {
-            let comm = comm_bytes(comm);
-            self.comms.iter().any(|c| c.as_bytes() == comm)
-        };
-        if let AnyEvent::OomKill(o) = ev {
-            // Victim or trigger; port and family filters are TCP's.
-            if !self.pids.is_empty()
-                && !pid_ok(o.victim_pid, o.victim_process())
-                && !pid_ok(h.pid, h.tgid)
-            {
-                return false;
-            }
-            return self.comms.is_empty() || comm_ok(&o.victim_comm) || comm_ok(&h.comm);
-        }
-        // A stall also matches its villain's pid.
-        let villain_ok = match ev {
-            AnyEvent::Stall(st) => pid_ok(st.villain_pid, st.villain_tgid),
-            _ => false,
-        };
-        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
-            return false;
-        }
-        // An exit also matches its process's name (the leader's).
-        let leader_ok = match ev {
-            AnyEvent::ProcExit(x) => comm_ok(&x.comm),
-            _ => false,
-        };
-        if !self.comms.is_empty() && !comm_ok(&h.comm) && !leader_ok {
-            return false;
-        }
-        let (family, sport, dport) = match ev {
-            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
-            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
-        };
-        if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
-            return false;
-        }
-        match self.family {
-            Some(Family::V4) => family != AF_INET6,
-            Some(Family::V6) => family == AF_INET6,
-            None => true,
-        }
-    }
-}
-
-/// The `--events` class an event belongs to.
-pub fn class_of(ev: &AnyEvent) -> EventClass {
-    match ev {
-        AnyEvent::TcpState(_) => EventClass::Tcp,
-        AnyEvent::OomKill(_) => EventClass::Oom,
-        AnyEvent::Stall(_) => EventClass::Stall,
-        AnyEvent::ProcExit(_) => EventClass::Exit,
-        AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
-            Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
-            _ => EventClass::Retrans,
-        },
-    }
-}
 
 /// Names the kernel gives to numbers in events, read from tracefs at load
 /// time (they change between kernel versions).
@@ -129,6 +36,24 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names this kernel uses (read from tracefs by the loader).
+    pub fn of_env(env: &crate::loader::Env) -> Self {
+        Names {
+            rst_reasons: env
+                .tcp
+                .as_ref()
+                .map(|t| t.rst_reasons.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The names recorded in a recording's header.
+    pub fn of_header(h: &crate::record::RecordingHeader) -> Self {
+        Names {
+            rst_reasons: h.rst_reasons.iter().cloned().collect(),
+        }
+    }
+
     pub fn rst_reason(&self, r: i32) -> String {
         self.rst_reasons
             .get(&i64::from(r))
@@ -192,7 +117,7 @@ pub fn human_ns(ns: u64) -> String {
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(comm)).into_owned()
+    crate::text::comm(comm)
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
@@ -587,10 +512,10 @@ impl Tail {
 
     /// Write what `msg` shows; returns a warning for stderr when the
     /// kernel reported new losses.
-    pub fn handle(&mut self, msg: Msg, out: &mut impl Write) -> io::Result<Option<String>> {
+    pub fn handle(&mut self, msg: &Msg, out: &mut impl Write) -> io::Result<Option<String>> {
         match msg {
             Msg::Events(evs) => {
-                for ev in &evs {
+                for ev in evs {
                     self.seen += 1;
                     if let AnyEvent::OomKill(o) = ev {
                         if self.filter.matches(ev) {
@@ -611,29 +536,13 @@ impl Tail {
                 out.flush()?;
                 Ok(None)
             }
-            Msg::Table { .. } | Msg::OomContext(_) => Ok(None),
-            Msg::Damage(what) => Ok(Some(what)),
+            Msg::Damage(what) => Ok(Some(what.clone())),
             Msg::Health(h) => {
-                let before = self.health;
-                self.health = h;
-                let new_drops = h.ringbuf_full.saturating_sub(before.ringbuf_full);
-                let new_map = (h.sock_map_full + h.listen_map_full)
-                    .saturating_sub(before.sock_map_full + before.listen_map_full);
-                let mut warn = Vec::new();
-                if new_drops > 0 {
-                    warn.push(format!(
-                        "{new_drops} events dropped: the ring buffer was full (raise --ring-mib)"
-                    ));
-                }
-                if new_map > 0 {
-                    warn.push(format!("{new_map} sockets not tracked: owner map full"));
-                }
-                Ok(if warn.is_empty() {
-                    None
-                } else {
-                    Some(format!("WARNING: {}", warn.join("; ")))
-                })
+                let warn = new_losses(&self.health, h);
+                self.health = *h;
+                Ok((!warn.is_empty()).then(|| format!("WARNING: {}", warn.join("; "))))
             }
+            _ => Ok(None),
         }
     }
 
@@ -675,141 +584,6 @@ impl Tail {
     }
 }
 
-/// `diag tail`.
-/// Where the user-space context of an OOM kill (cgroup paths, top memory
-/// users) comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OomFacts {
-    /// This host's procfs and cgroupfs, read off the event path.
-    Live,
-    /// The recording's context frames: each kill waits for its own (they
-    /// follow it closely), and is shown without one at the end.
-    Recorded,
-    /// None: kills are shown at once with what the kernel said.
-    KernelOnly,
-}
-
-/// Print what arrives on `rx` until it closes; `cancel` stops the source
-/// when output is no longer wanted (a closed pipe). OOM kills are shown
-/// once their context is known (see [`OomFacts`]), in order. Returns the
-/// sink for its summary.
-pub async fn drain_to_stdout(
-    mut tail: Tail,
-    rx: &mut mpsc::Receiver<Msg>,
-    cancel: &tokio_util::sync::CancellationToken,
-    facts: OomFacts,
-) -> anyhow::Result<Tail> {
-    // Without OOM kills to show there is nothing to enrich (and no
-    // enricher: its closed channel would end the loop).
-    let shows_oom = tail.filter.events.is_empty() || tail.filter.events.contains(&EventClass::Oom);
-    let (mut enricher, mut enriched) = match facts {
-        OomFacts::Live if shows_oom => {
-            let (e, r) = Enricher::start(true);
-            (Some(e), Some(r))
-        }
-        _ => (None, None),
-    };
-    // Recorded kills waiting for their context frame.
-    let mut held: std::collections::VecDeque<OomKillEvent> = Default::default();
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let mut broken_pipe = false;
-    if !tail.json {
-        let tcp =
-            tail.filter.events.is_empty()
-                || tail.filter.events.iter().any(|e| {
-                    matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans)
-                });
-        let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
-        if let Err(e) = writeln!(out, "{header}").and_then(|_| out.flush()) {
-            broken_pipe = e.kind() == io::ErrorKind::BrokenPipe;
-            if !broken_pipe {
-                return Err(anyhow::Error::new(e).context("writing to standard output"));
-            }
-            cancel.cancel();
-        }
-    }
-    let mut source_open = true;
-    loop {
-        let written = tokio::select! {
-            msg = rx.recv(), if source_open => {
-                match msg {
-                None => {
-                    // The source is done: kills still without context are
-                    // shown with what the kernel said; let the enricher
-                    // finish.
-                    source_open = false;
-                    let mut r = Ok(());
-                    while let Some(ev) = held.pop_front() {
-                        if !broken_pipe {
-                            r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
-                        }
-                    }
-                    match &mut enricher {
-                        Some(e) => e.close(),
-                        None => {
-                            if let Err(e) = r && e.kind() != io::ErrorKind::BrokenPipe {
-                                return Err(anyhow::Error::new(e).context("writing to standard output"));
-                            }
-                            break;
-                        }
-                    }
-                    r
-                }
-                Some(_) if broken_pipe => continue,
-                Some(msg) => {
-                    let mut r = match msg {
-                        Msg::OomContext(f) => {
-                            match held.iter().position(|k| k.header.ts_ns == f.ts_ns && k.header.pid == f.tid) {
-                                Some(i) => {
-                                    let k = held.remove(i).expect("found");
-                                    tail.show_oom(&k, &f.ctx, &mut out)
-                                }
-                                None => Ok(()),
-                            }
-                        }
-                        msg => tail.handle(msg, &mut out).map(|w| {
-                            if let Some(warn) = w {
-                                eprintln!("diag: {warn}");
-                            }
-                        }),
-                    };
-                    for ev in std::mem::take(&mut tail.oom_queue) {
-                        if facts == OomFacts::Recorded {
-                            held.push_back(ev);
-                        } else if !enricher.as_ref().is_some_and(|e| e.submit(ev)) {
-                            // Never lose a kill: show it with what the kernel said.
-                            r = r.and_then(|()| tail.show_oom(&ev, &OomContext::default(), &mut out));
-                        }
-                    }
-                    r
-                }
-                }
-            }
-            done = async { match &mut enriched { Some(r) => r.recv().await, None => std::future::pending().await } } => {
-                let Some((ev, ctx)) = done else { break };
-                if broken_pipe {
-                    continue;
-                }
-                tail.show_oom(&ev, &ctx, &mut out)
-            }
-        };
-        match written {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                broken_pipe = true;
-                cancel.cancel();
-            }
-            Err(e) => {
-                cancel.cancel();
-                return Err(anyhow::Error::new(e).context("writing to standard output"));
-            }
-        }
-    }
-    drop(enricher);
-    Ok(tail)
-}
-
 impl Tail {
     pub fn new(view: &TailView, names: Names, clock: WallClock) -> Self {
         Tail {
@@ -833,40 +607,97 @@ impl Tail {
     }
 }
 
-/// `diag tail`.
-pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require_for(&args.probe, &args.view.events)?;
-    let names = Names {
-        rst_reasons: env
-            .tcp
-            .as_ref()
-            .map(|t| t.rst_reasons.iter().cloned().collect())
-            .unwrap_or_default(),
-    };
-    let tracer = loader::load(&env, &args.probe)?;
-    let live = Live::new(tracer)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let mut session = LiveSession::start(live, None);
-        eprintln!(
-            "diag: tracing {}; Ctrl-C to stop",
-            session.attached.join(", ")
-        );
-        let tail = Tail::new(&args.view, names, WallClock::now());
-        let tail = drain_to_stdout(tail, &mut session.rx, &session.cancel, OomFacts::Live).await?;
-        session.source.await??;
-        for line in tail.closing() {
+/// The tail sink: lines to standard output (never blocking the loop),
+/// warnings and the closing summary to standard error. OOM kills wait
+/// for their context (it follows each kill closely, live and in
+/// recordings); kills still waiting at the end are shown with what the
+/// kernel said.
+pub struct TailSink {
+    pub tail: Tail,
+    out: Output,
+    held: std::collections::VecDeque<OomKillEvent>,
+}
+
+impl TailSink {
+    pub fn new(tail: Tail, out: Output) -> Self {
+        TailSink {
+            tail,
+            out,
+            held: Default::default(),
+        }
+    }
+
+    /// The column header, for text output.
+    pub fn header(&mut self) -> anyhow::Result<Flow> {
+        if self.tail.json {
+            return Ok(Flow::More);
+        }
+        let f = &self.tail.filter;
+        let tcp = f.events.is_empty()
+            || f.events
+                .iter()
+                .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
+        let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
+        let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
+        written(r)
+    }
+
+    fn show_held(&mut self) -> io::Result<()> {
+        while let Some(ev) = self.held.pop_front() {
+            self.tail
+                .show_oom(&ev, &OomContext::default(), &mut self.out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A closed pipe (`diag tail | head`) ends output quietly.
+fn written(r: io::Result<()>) -> anyhow::Result<Flow> {
+    match r {
+        Ok(()) => Ok(Flow::More),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Done),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+impl Sink for TailSink {
+    fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
+        let r = match msg {
+            Msg::OomContext(f) => match self.held.iter().position(|k| f.is_for(k)) {
+                Some(i) => {
+                    let k = self.held.remove(i).expect("found");
+                    self.tail.show_oom(&k, &f.ctx, &mut self.out)
+                }
+                None => Ok(()),
+            },
+            msg => self.tail.handle(msg, &mut self.out).map(|w| {
+                if let Some(warn) = w {
+                    tracing::warn!("{warn}");
+                }
+            }),
+        };
+        self.held.extend(self.tail.oom_queue.drain(..));
+        written(r)
+    }
+
+    fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
+        let r = self.show_held();
+        self.out.close(std::time::Duration::from_secs(1));
+        self.tail.health = end.health;
+        for line in self.tail.closing() {
             eprintln!("diag: {line}");
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        if let Some(l) = self.out.losses() {
+            eprintln!("diag: WARNING: {l}");
+        }
+        written(r).map(|_| Flow::Done)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Family, Only};
     use diag_common::{EventHeader, EventKind, tcp::state};
 
     fn ev(tgid: u32, comm: &str, family: u16, sport: u16, dport: u16) -> AnyEvent {
@@ -1125,14 +956,14 @@ mod tests {
         };
         let mut out = Vec::new();
         t.handle(
-            Msg::Events(vec![ev(1, "a", 2, 1, 443), ev(1, "a", 2, 1, 80)]),
+            &Msg::Events(vec![ev(1, "a", 2, 1, 443), ev(1, "a", 2, 1, 80)]),
             &mut out,
         )
         .unwrap();
         assert_eq!(String::from_utf8(out.clone()).unwrap().lines().count(), 1);
         assert_eq!(
             t.handle(
-                Msg::Health(Health {
+                &Msg::Health(Health {
                     ringbuf_full: 0,
                     ..Default::default()
                 }),
@@ -1143,7 +974,7 @@ mod tests {
         );
         let w = t
             .handle(
-                Msg::Health(Health {
+                &Msg::Health(Health {
                     ringbuf_full: 7,
                     ..Default::default()
                 }),
@@ -1153,7 +984,7 @@ mod tests {
         assert!(w.unwrap().contains("7 events dropped"));
         let w = t
             .handle(
-                Msg::Health(Health {
+                &Msg::Health(Health {
                     ringbuf_full: 7,
                     ..Default::default()
                 }),
@@ -1303,7 +1134,7 @@ mod tests {
         let mut t = Tail::new(&view, Names::default(), WallClock::with_offset_ns(0));
         assert_eq!(t.oom_summary(), None);
         let mut out = Vec::new();
-        t.handle(Msg::Events(vec![e, ev(1, "a", 2, 1, 443)]), &mut out)
+        t.handle(&Msg::Events(vec![e, ev(1, "a", 2, 1, 443)]), &mut out)
             .unwrap();
         assert_eq!(t.oom_queue.len(), 1);
         assert_eq!(String::from_utf8(out.clone()).unwrap().lines().count(), 1);

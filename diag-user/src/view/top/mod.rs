@@ -9,7 +9,6 @@ pub mod state;
 
 use std::{
     io::{self, IsTerminal, Write},
-    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use diag_common::user::AnyEvent;
 use ratatui::{
     Terminal,
     backend::CrosstermBackend,
@@ -31,17 +29,13 @@ use ratatui::{
 use tokio::sync::mpsc;
 
 use crate::{
-    Msg,
-    aggregate::tcp::TcpConfig,
-    cli::{EventClass, TopArgs, TopSort, TopView},
+    bus::{End, Msg},
+    cli::{TopSort, TopView},
     clock::{WallClock, boot_ns},
-    enrich::{self, oom::CgroupIndex},
-    host::{BpfStats, HostReader},
-    loader,
-    source::live::Live,
+    sink::{Flow, Sink},
     view::{
-        LiveSession,
-        conns::{Timebase, ignore_broken_pipe},
+        conns::{Timebase, flow_of},
+        out::Output,
     },
 };
 use state::{Action, SortKey, TopConfig, TopState};
@@ -55,12 +49,7 @@ pub fn new_state(
 ) -> TopState {
     let config = TopConfig {
         interval_ns: view.interval.as_nanos() as u64,
-        tcp: TcpConfig {
-            close_wait_threshold_ns: view.close_wait_threshold.as_nanos() as u64,
-            port_range: port_range.unwrap_or(TcpConfig::default().port_range),
-            pressure_warn: view.pressure_warn / 100.0,
-            ..TcpConfig::default()
-        },
+        tcp: crate::aggregate::tcp::TcpConfig::from_args(&view.tcp, port_range),
         self_pid: (timebase == Timebase::Live).then(std::process::id),
         ..TopConfig::default()
     };
@@ -104,45 +93,6 @@ pub fn print_snapshot(st: &TopState, json: bool, out: &mut impl Write) -> io::Re
         writeln!(out, "{}", render::render_text(st))?;
     }
     out.flush()
-}
-
-/// Tell the state the memory cgroup paths of the OOM kills in `msg`
-/// (procfs: the kernel reports them as directory inode numbers).
-fn learn_memcgs(index: &mut CgroupIndex, msg: &Msg, st: &mut TopState) {
-    let Msg::Events(evs) = msg else { return };
-    for e in evs {
-        if let AnyEvent::OomKill(o) = e {
-            for ino in [o.victim_memcg_ino, o.oom_memcg_ino] {
-                if ino != 0
-                    && !st.memcg_paths.contains_key(&ino)
-                    && let Some(p) = index.path(ino)
-                {
-                    st.memcg_paths.insert(ino, p);
-                }
-            }
-        }
-    }
-}
-
-/// A procfs sample, read off the runtime's thread (thousands of files on
-/// a busy host) so the live source keeps draining meanwhile.
-async fn sample(reader: &mut HostReader) -> crate::host::HostSample {
-    let mut r = std::mem::take(reader);
-    match tokio::task::spawn_blocking(move || {
-        let s = r.sample();
-        (r, s)
-    })
-    .await
-    {
-        Ok((r, s)) => {
-            *reader = r;
-            s
-        }
-        Err(_) => {
-            *reader = HostReader::new();
-            crate::host::HostSample::default()
-        }
-    }
 }
 
 /// Puts the terminal in raw mode on the alternate screen, and back when
@@ -201,12 +151,11 @@ impl Drop for TerminalGuard {
 /// a killed tmux), crossterm's read can spin without returning, and diag
 /// must still exit (the thread ends with the process).
 struct Input {
-    rx: mpsc::UnboundedReceiver<Event>,
     stop: Arc<AtomicBool>,
 }
 
 impl Input {
-    fn start() -> Input {
+    fn start() -> (Input, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -226,7 +175,7 @@ impl Input {
                 }
             }
         });
-        Input { rx, stop }
+        (Input { stop }, rx)
     }
 }
 
@@ -236,263 +185,193 @@ impl Drop for Input {
     }
 }
 
-/// The interactive screen, until `q`, Ctrl-C or a signal. Live (`host`
-/// given): a frame every interval with procfs numbers. Replay: the
-/// events' time drives the frames, and the screen stays after the end of
-/// the recording until `q`.
-async fn drive_tui(
-    rx: &mut mpsc::Receiver<Msg>,
-    cancel: &tokio_util::sync::CancellationToken,
-    st: &mut TopState,
-    mut host: Option<(&mut HostReader, &mut CgroupIndex)>,
-) -> anyhow::Result<()> {
-    let mut guard = TerminalGuard::enter()
-        .map_err(|e| anyhow::anyhow!("cannot set up the terminal ({e}); try --batch"))?;
-    let mut input = Input::start();
-    let interval = Duration::from_nanos(st.config.interval_ns);
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let live = host.is_some();
-    let mut source_open = true;
-    let mut dirty = true;
-    // For the tests: a panic with the screen up must give the terminal back.
-    let panic_for_test = std::env::var_os("DIAG_TOP_PANIC_FOR_TEST").is_some();
-    loop {
-        if dirty {
-            guard.terminal.draw(|f| render::draw(f, st))?;
-            dirty = false;
-            if panic_for_test {
-                panic!("DIAG_TOP_PANIC_FOR_TEST is set: a deliberate panic");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = rx.recv(), if source_open => match msg {
-                Some(m) => {
-                    if let Some((_, index)) = host.as_mut() {
-                        learn_memcgs(index, &m, st);
-                    }
-                    let mut ticked = false;
-                    st.on_msg(m, &mut |_| ticked = true);
-                    dirty |= ticked;
-                }
-                None if live => break,
-                None => {
-                    // The end of the recording: its last part, then browse.
-                    source_open = false;
-                    st.tick(st.last_ts());
-                    dirty = true;
-                }
-            },
-            _ = tick.tick(), if live => {
-                if let Some((reader, _)) = host.as_mut() {
-                    st.on_host(sample(reader).await);
-                    st.tick(boot_ns());
-                    dirty = true;
-                }
-            }
-            ev = input.rx.recv() => match ev {
-                Some(Event::Key(k)) if k.kind != KeyEventKind::Release => {
-                    if st.on_key(k) == Action::Quit {
-                        break;
-                    }
-                    dirty = true;
-                }
-                Some(Event::Resize(..)) => {
-                    guard.terminal.autoresize()?;
-                    dirty = true;
-                }
-                Some(_) => {}
-                // The keyboard is gone (the terminal closed).
-                None => break,
-            },
-        }
-    }
-    cancel.cancel();
-    drop(input);
-    drop(guard);
-    Ok(())
+/// Where `top`'s frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frames {
+    /// Live: a frame with each host sample (every interval; the first is
+    /// the baseline).
+    Host,
+    /// Replay: the events' time drives the frames.
+    Events,
 }
 
-/// Snapshots to stdout, like `top -b`.
-async fn drive_batch(
-    session: &mut LiveSession,
-    st: &mut TopState,
-    reader: &mut HostReader,
-    index: &mut CgroupIndex,
-    view: &TopView,
-) -> anyhow::Result<()> {
-    let limit = if view.once {
-        1
-    } else {
-        view.count.unwrap_or(u64::MAX)
-    };
-    let interval = view.interval;
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(start + interval, interval);
-    let mut printed = 0;
-    let mut out = io::stdout();
-    loop {
-        tokio::select! {
-            msg = session.rx.recv() => match msg {
-                Some(m) => {
-                    learn_memcgs(index, &m, st);
-                    st.on_msg(m, &mut |_| {});
-                }
-                None => break,
-            },
-            _ = tick.tick() => {
-                st.on_host(sample(reader).await);
+/// Fold `msg` into `st`. Live, a host sample is a new frame: returns
+/// whether there is a new frame to show (replay: the events' time made
+/// one).
+fn feed(st: &mut TopState, frames: Frames, msg: &Msg, on_frame: &mut dyn FnMut(&TopState)) {
+    match (frames, msg) {
+        (Frames::Host, Msg::Host(s)) => {
+            let first = !st.host_sampled();
+            st.on_host((**s).clone());
+            if !first {
                 st.tick(boot_ns());
-                printed += 1;
-                if let Err(e) = print_snapshot(st, view.json, &mut out) {
-                    session.cancel.cancel();
-                    ignore_broken_pipe(e)?;
-                    break;
-                }
-                if printed >= limit {
-                    break;
-                }
+                on_frame(st);
             }
         }
+        _ => st.on_msg(msg, on_frame),
     }
-    Ok(())
 }
 
-/// `diag top`.
-pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
-    let batch = is_batch(&args.view);
-    // Run-queue latency and blocked time come from the scheduler probes,
-    // unless --no-sched leaves them (and their cost) out.
-    let mut classes = vec![EventClass::Tcp, EventClass::Oom];
-    if !args.no_sched {
-        classes.push(EventClass::Stall);
-    }
-    let mut env = loader::require_for(&args.probe, &classes)?;
-    env.keep_sched_procs();
-    let mut tracer = loader::load(&env, &args.probe)?;
-    let sched_feed = match env.sched {
-        Some(_) => Some(crate::host::SchedFeed::new(
-            crate::probes::sched::SchedMaps::take(&mut tracer.ebpf)?,
-        )),
-        None => None,
-    };
-    let live = Live::new(tracer)?;
-    // While top runs, the kernel counts the run time of BPF programs.
-    let bpf_stats = BpfStats::enable();
-    let mut index = CgroupIndex::new();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(async {
-        let mut session = LiveSession::start(live, Some(args.view.reconcile));
-        eprintln!(
-            "diag: tracing {}; {}",
-            session.attached.join(", "),
-            if batch {
-                format!(
-                    "a snapshot every {}",
-                    humantime::format_duration(args.view.interval)
-                )
-            } else {
-                "q quits, ? helps".to_string()
-            }
-        );
-        if !bpf_stats.enabled {
-            eprintln!(
-                "diag: BPF run-time statistics could not be switched on: diag's own CPU use is not shown"
-            );
-        }
-        let mut st = new_state(
-            &args.view,
-            enrich::local_port_range(),
-            WallClock::now(),
-            Timebase::Live,
-        );
-        let mut reader = HostReader::new();
-        reader.sched = sched_feed;
-        // The baselines for the first interval's rates and CPU numbers.
-        st.start(boot_ns());
-        st.on_host(reader.sample());
-        let r = if batch {
-            drive_batch(&mut session, &mut st, &mut reader, &mut index, &args.view).await
-        } else {
-            drive_tui(
-                &mut session.rx,
-                &session.cancel,
-                &mut st,
-                Some((&mut reader, &mut index)),
-            )
-            .await
+/// The interactive screen, until `q`, Ctrl-C or a signal. A replay's
+/// screen stays after the end of the recording, for browsing, until `q`.
+pub struct TopTui {
+    pub st: TopState,
+    frames: Frames,
+    guard: TerminalGuard,
+    /// Keeps the keyboard thread; the drive loop gets its events.
+    _input: Input,
+    panic_for_test: bool,
+}
+
+impl TopTui {
+    /// Take the terminal; the keyboard's events are for [`crate::sink::drive`].
+    pub fn start(
+        st: TopState,
+        frames: Frames,
+    ) -> anyhow::Result<(TopTui, mpsc::UnboundedReceiver<Event>)> {
+        let guard = TerminalGuard::enter()
+            .map_err(|e| anyhow::anyhow!("cannot set up the terminal ({e}); try --batch"))?;
+        let (input, rx) = Input::start();
+        let mut tui = TopTui {
+            st,
+            frames,
+            guard,
+            _input: input,
+            // For the tests: a panic with the screen up must give the
+            // terminal back.
+            panic_for_test: std::env::var_os("DIAG_TOP_PANIC_FOR_TEST").is_some(),
         };
-        session.cancel.cancel();
-        // Drain and detach whatever happens above.
-        while session.rx.recv().await.is_some() {}
-        let health = session.source.await;
-        r?;
-        let health = health??;
-        if let Some(l) = health.losses() {
-            eprintln!("diag: incomplete: {l}");
+        tui.draw()?;
+        Ok((tui, rx))
+    }
+
+    fn draw(&mut self) -> anyhow::Result<()> {
+        let st = &self.st;
+        self.guard.terminal.draw(|f| render::draw(f, st))?;
+        if self.panic_for_test {
+            panic!("DIAG_TOP_PANIC_FOR_TEST is set: a deliberate panic");
         }
-        Ok::<_, anyhow::Error>(())
-    });
-    drop(bpf_stats);
-    result?;
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    }
 }
 
-/// `diag replay FILE top`: on a terminal, the screen (paced by --speed;
-/// it stays after the end until `q`). Otherwise snapshots of the
-/// recording, every --interval of its time with --batch (up to --count),
-/// else one at its end.
-pub async fn replay(
-    view: &TopView,
-    port_range: Option<(u16, u16)>,
-    guess_pid_reuse: bool,
-    clock: WallClock,
-    rx: &mut mpsc::Receiver<Msg>,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let mut st = new_state(view, port_range, clock, Timebase::Events);
-    st.agg.config.guess_pid_reuse = guess_pid_reuse;
-    if !is_batch(view) {
-        return drive_tui(rx, cancel, &mut st, None).await;
+impl Sink for TopTui {
+    fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
+        let mut framed = false;
+        feed(&mut self.st, self.frames, msg, &mut |_| framed = true);
+        if framed {
+            self.draw()?;
+        }
+        Ok(Flow::More)
     }
-    let limit = match (view.once, view.count, view.batch) {
-        (true, _, _) => 1,
-        (false, Some(n), _) => n,
-        (false, None, true) => u64::MAX,
-        // Only the final snapshot.
-        (false, None, false) => 0,
-    };
-    let mut out = io::stdout();
-    let mut printed = 0u64;
-    let mut failed: Option<io::Error> = None;
-    while let Some(msg) = rx.recv().await {
-        st.on_msg(msg, &mut |s| {
-            if printed < limit && failed.is_none() {
-                printed += 1;
-                if let Err(e) = print_snapshot(s, view.json, &mut out) {
-                    failed = Some(e);
+
+    fn on_input(&mut self, ev: &Event) -> anyhow::Result<Flow> {
+        match ev {
+            Event::Key(k) if k.kind != KeyEventKind::Release => {
+                if self.st.on_key(*k) == Action::Quit {
+                    return Ok(Flow::Done);
                 }
+            }
+            Event::Resize(..) => {
+                self.guard.terminal.autoresize()?;
+            }
+            _ => return Ok(Flow::More),
+        }
+        self.draw()?;
+        Ok(Flow::More)
+    }
+
+    fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
+        match self.frames {
+            Frames::Host => {
+                restore_terminal();
+                report_losses(&end.health);
+                Ok(Flow::Done)
+            }
+            Frames::Events => {
+                // The end of the recording: its last part, then browse.
+                let last = self.st.last_ts();
+                self.st.flush_oom(last, true);
+                self.st.tick(last);
+                self.draw()?;
+                Ok(Flow::More)
+            }
+        }
+    }
+}
+
+fn report_losses(h: &crate::source::Health) {
+    if let Some(l) = h.losses() {
+        tracing::warn!("incomplete: {l}");
+    }
+}
+
+/// Snapshots to standard output, like `top -b`. Live: one per interval
+/// up to --count (--once: one). Replay: every --interval of its time with
+/// --batch (up to --count), else one at its end.
+pub struct TopBatch {
+    pub st: TopState,
+    frames: Frames,
+    json: bool,
+    limit: u64,
+    printed: u64,
+    out: Output,
+}
+
+impl TopBatch {
+    pub fn new(st: TopState, frames: Frames, view: &TopView) -> Self {
+        let limit = match (frames, view.once, view.count, view.batch) {
+            (_, true, _, _) => 1,
+            (_, false, Some(n), _) => n,
+            (Frames::Host, false, None, _) | (Frames::Events, false, None, true) => u64::MAX,
+            // A replay without --batch: only the final snapshot.
+            (Frames::Events, false, None, false) => 0,
+        };
+        TopBatch {
+            st,
+            frames,
+            json: view.json,
+            limit,
+            printed: 0,
+            out: Output::stdout(),
+        }
+    }
+}
+
+impl Sink for TopBatch {
+    fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
+        let (limit, json) = (self.limit, self.json);
+        let (printed, out) = (&mut self.printed, &mut self.out);
+        let mut failed = None;
+        feed(&mut self.st, self.frames, msg, &mut |s| {
+            if *printed < limit && failed.is_none() {
+                *printed += 1;
+                failed = print_snapshot(s, json, out).err();
             }
         });
-        if failed.is_some() || (limit > 0 && printed >= limit) {
-            cancel.cancel();
-            break;
+        if let Some(e) = failed {
+            return flow_of(Err(e));
         }
+        Ok(if self.limit > 0 && self.printed >= self.limit {
+            Flow::Done
+        } else {
+            Flow::More
+        })
     }
-    if let Some(e) = failed {
-        ignore_broken_pipe(e)?;
-        return Ok(());
+
+    fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
+        if self.frames == Frames::Events && self.printed < self.limit.max(1) {
+            let last = self.st.last_ts();
+            self.st.flush_oom(last, true);
+            self.st.tick(last);
+            flow_of(print_snapshot(&self.st, self.json, &mut self.out))?;
+        }
+        self.out.close(Duration::from_secs(1));
+        if self.frames == Frames::Host {
+            report_losses(&end.health);
+        }
+        Ok(Flow::Done)
     }
-    if printed < limit.max(1) {
-        let end = st.last_ts();
-        st.tick(end);
-        print_snapshot(&st, view.json, &mut out).or_else(ignore_broken_pipe)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

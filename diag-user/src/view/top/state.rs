@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use diag_common::{
-    comm_bytes,
     oom::{OomKillEvent, constraint},
     user::AnyEvent,
 };
@@ -13,11 +12,11 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde::Serialize;
 
 use crate::{
-    Msg,
     aggregate::{
         oom::OomStats,
         tcp::{PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
     },
+    bus::Msg,
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
     source::Health,
@@ -375,15 +374,17 @@ pub struct TopState {
     pub sched: HashMap<u32, SchedCols>,
     /// Run-queue latency histograms per pid, from the scheduler module.
     pub runq_hist: HashMap<u32, crate::aggregate::histogram::Log2Hist>,
-    /// Memory cgroup paths by directory inode, learned by the edge.
+    /// Memory cgroup paths by directory inode, from the OOM kills'
+    /// contexts.
     pub memcg_paths: HashMap<u64, String>,
+    /// OOM kills waiting for their context (their cgroups' paths).
+    pending_oom: Vec<OomKillEvent>,
     /// Whether the host part is known at all (live: procfs; replay: no).
     pub host_known: bool,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
     events_since_tick: u64,
     last_tick_ns: Option<u64>,
-    seeded: bool,
     baselined: bool,
     baseline_ns: Option<u64>,
     next_due: Option<u64>,
@@ -398,7 +399,7 @@ pub struct TopState {
 }
 
 fn comm_of(c: &[u8; 16]) -> String {
-    String::from_utf8_lossy(comm_bytes(c)).into_owned()
+    crate::text::comm(c)
 }
 
 impl TopState {
@@ -426,12 +427,12 @@ impl TopState {
             sched: HashMap::new(),
             runq_hist: HashMap::new(),
             memcg_paths: HashMap::new(),
+            pending_oom: Vec::new(),
             host_known: timebase == Timebase::Live,
             host_prev: None,
             host_now: None,
             events_since_tick: 0,
             last_tick_ns: None,
-            seeded: false,
             baselined: false,
             baseline_ns: None,
             next_due: None,
@@ -458,10 +459,10 @@ impl TopState {
     /// Feed one message from the bus. With [`Timebase::Events`], the
     /// events' own time drives the ticks: `on_tick` sees the state after
     /// each one.
-    pub fn on_msg(&mut self, msg: Msg, on_tick: &mut dyn FnMut(&TopState)) {
+    pub fn on_msg(&mut self, msg: &Msg, on_tick: &mut dyn FnMut(&TopState)) {
         match msg {
             Msg::Events(evs) => {
-                for e in &evs {
+                for e in evs {
                     let ts = e.header().ts_ns;
                     if self.timebase == Timebase::Events {
                         self.start_clock(ts);
@@ -501,14 +502,11 @@ impl TopState {
                 if self.timebase == Timebase::Events {
                     self.last_ts = self.last_ts.max(h.ts_ns);
                 }
-                self.health = h;
+                self.health = *h;
             }
             Msg::Table { ts_ns, rows } => {
-                if self.seeded {
-                    self.agg.reconcile(&rows, ts_ns);
-                } else {
-                    self.seeded = true;
-                    self.agg.seed(&rows, ts_ns);
+                let ts_ns = *ts_ns;
+                if self.agg.on_table(rows, ts_ns).is_none() {
                     // The baseline for the first interval's rates, unless
                     // taken at the start (the table can take a while to
                     // read on a busy host: events counted meanwhile belong
@@ -526,9 +524,36 @@ impl TopState {
             }
             Msg::Damage(what) => {
                 let ts = self.last_ts;
-                self.notable(ts, NotableKind::Damage, None, what);
+                self.notable(ts, NotableKind::Damage, None, what.clone());
             }
-            Msg::OomContext(_) => {}
+            Msg::OomContext(f) => {
+                if let Some(i) = self.pending_oom.iter().position(|k| f.is_for(k)) {
+                    let o = self.pending_oom.remove(i);
+                    for (ino, path) in [
+                        (o.victim_memcg_ino, &f.ctx.victim_cgroup),
+                        (o.oom_memcg_ino, &f.ctx.oom_cgroup),
+                    ] {
+                        if let (true, Some(p)) = (ino != 0, path) {
+                            self.memcg_paths.insert(ino, p.clone());
+                        }
+                    }
+                    self.on_oom(&o);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// OOM kills still waiting for their context at `now_ns` (over 5 s, or
+    /// every one with `all`) are shown with what the kernel said.
+    pub fn flush_oom(&mut self, now_ns: u64, all: bool) {
+        let (late, wait): (Vec<_>, Vec<_>) = self
+            .pending_oom
+            .drain(..)
+            .partition(|k| all || k.header.ts_ns.saturating_add(5_000_000_000) <= now_ns);
+        self.pending_oom = wait;
+        for o in late {
+            self.on_oom(&o);
         }
     }
 
@@ -546,6 +571,11 @@ impl TopState {
         self.baseline_ns = Some(now_ns);
     }
 
+    /// A host sample has been taken (live: the first is the baseline).
+    pub fn host_sampled(&self) -> bool {
+        self.host_now.is_some()
+    }
+
     /// The last event time seen (replay: where the end is).
     pub fn last_ts(&self) -> u64 {
         self.last_ts
@@ -553,7 +583,16 @@ impl TopState {
 
     fn on_event(&mut self, e: &AnyEvent) {
         match e {
-            AnyEvent::OomKill(o) => self.on_oom(o),
+            // Shown once the context names its cgroups, unless they are
+            // known already.
+            AnyEvent::OomKill(o) => {
+                let known = |ino: u64| ino == 0 || self.memcg_paths.contains_key(&ino);
+                if known(o.victim_memcg_ino) && known(o.oom_memcg_ino) {
+                    self.on_oom(o)
+                } else {
+                    self.pending_oom.push(*o)
+                }
+            }
             _ => self.agg.on_event(e),
         }
     }
@@ -731,6 +770,7 @@ impl TopState {
     /// A new frame at `now_ns` (boot-time ns; replay: event time): rates
     /// over the interval since the last one, notable events detected.
     pub fn tick(&mut self, now_ns: u64) {
+        self.flush_oom(now_ns, false);
         self.ticks += 1;
         let snap = self.agg.snapshot(now_ns);
         let diag = self.diag_view();
@@ -1287,7 +1327,7 @@ mod tests {
                 owner: Some((42, "leaker".into())),
             })
             .collect();
-        s.on_msg(Msg::Table { ts_ns: SEC, rows }, &mut |_| {});
+        s.on_msg(&Msg::Table { ts_ns: SEC, rows }, &mut |_| {});
         s.on_host(sample(1, 0, vec![proc_cpu(42, "leaker", 0)]));
         s.tick(2 * SEC);
         assert!(s.events.is_empty(), "not a leak yet: {:?}", s.events);
@@ -1320,7 +1360,7 @@ mod tests {
             oom_memcg_usage_pages: 8,
         };
         s.memcg_paths.insert(9, "/jobs/batch".into());
-        s.on_msg(Msg::Events(vec![AnyEvent::OomKill(oom)]), &mut |_| {});
+        s.on_msg(&Msg::Events(vec![AnyEvent::OomKill(oom)]), &mut |_| {});
         s.on_host(sample(4, 0, vec![proc_cpu(42, "leaker", 0)]));
         s.tick(4 * SEC);
         let leaker = s.model.rows.iter().find(|r| r.pid == 42).unwrap();

@@ -1,0 +1,98 @@
+//! Which events a view shows or a recording keeps: by class, process,
+//! port and address family. Pure.
+
+use diag_common::{EventKind, comm_bytes, tcp::AF_INET6, user::AnyEvent};
+
+use crate::cli::{EventClass, Family, Only, TailView};
+
+/// Which events `tail` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Empty: every class.
+    pub events: Vec<EventClass>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub ports: Vec<u16>,
+    pub family: Option<Family>,
+}
+
+impl Filter {
+    pub fn from_args(a: &TailView) -> Self {
+        Filter::new(&a.events, &a.only)
+    }
+
+    pub fn new(events: &[EventClass], only: &Only) -> Self {
+        Filter {
+            events: events.to_vec(),
+            pids: only.pid.clone(),
+            comms: only.comm.clone(),
+            ports: only.port.clone(),
+            family: only.family,
+        }
+    }
+
+    pub fn matches(&self, ev: &AnyEvent) -> bool {
+        if !self.events.is_empty() && !self.events.contains(&class_of(ev)) {
+            return false;
+        }
+        let h = ev.header();
+        let pid_ok = |pid: u32, tgid: u32| self.pids.iter().any(|&p| p == tgid || p == pid);
+        let comm_ok = |comm: &[u8; 16]| {
+            let comm = comm_bytes(comm);
+            self.comms.iter().any(|c| c.as_bytes() == comm)
+        };
+        if let AnyEvent::OomKill(o) = ev {
+            // Victim or trigger; port and family filters are TCP's.
+            if !self.pids.is_empty()
+                && !pid_ok(o.victim_pid, o.victim_process())
+                && !pid_ok(h.pid, h.tgid)
+            {
+                return false;
+            }
+            return self.comms.is_empty() || comm_ok(&o.victim_comm) || comm_ok(&h.comm);
+        }
+        // A stall also matches its villain's pid.
+        let villain_ok = match ev {
+            AnyEvent::Stall(st) => pid_ok(st.villain_pid, st.villain_tgid),
+            _ => false,
+        };
+        if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
+            return false;
+        }
+        // An exit also matches its process's name (the leader's).
+        let leader_ok = match ev {
+            AnyEvent::ProcExit(x) => comm_ok(&x.comm),
+            _ => false,
+        };
+        if !self.comms.is_empty() && !comm_ok(&h.comm) && !leader_ok {
+            return false;
+        }
+        let (family, sport, dport) = match ev {
+            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
+            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
+        };
+        if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
+            return false;
+        }
+        match self.family {
+            Some(Family::V4) => family != AF_INET6,
+            Some(Family::V6) => family == AF_INET6,
+            None => true,
+        }
+    }
+}
+
+/// The class (`--events` value) of an event.
+pub fn class_of(ev: &AnyEvent) -> EventClass {
+    match ev {
+        AnyEvent::TcpState(_) => EventClass::Tcp,
+        AnyEvent::OomKill(_) => EventClass::Oom,
+        AnyEvent::Stall(_) => EventClass::Stall,
+        AnyEvent::ProcExit(_) => EventClass::Exit,
+        AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
+            Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
+            _ => EventClass::Retrans,
+        },
+    }
+}

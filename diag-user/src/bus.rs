@@ -1,0 +1,226 @@
+//! The message bus between sources (live ring buffer, recordings) and
+//! sinks (the views, the recorder, the exporter): what travels on it.
+//!
+//! Everything a sink needs arrives here, so a sink never reads the kernel
+//! or procfs itself, and the same sink works live and on a recording.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{aggregate::tcp::TableRow, enrich::oom::OomContext, host::HostSample};
+
+/// What travels on the bus from a source to its sinks.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Decoded events, in ring-buffer order.
+    Events(Vec<diag_common::user::AnyEvent>),
+    /// The kernel side's health counters, cumulative since start.
+    Health(Health),
+    /// The kernel's TCP socket table at a moment: the first one seeds the
+    /// TCP gauges, later ones reconcile them.
+    Table { ts_ns: u64, rows: Vec<TableRow> },
+    /// Part of a recording could not be read: what and where.
+    Damage(String),
+    /// What user space learned about an OOM kill (live: read right after
+    /// the kill by the source's enricher; replay: the recorded frame). It
+    /// follows its kill closely; every kill gets one while OOM context is
+    /// gathered.
+    OomContext(OomContextFrame),
+    /// Every process now (live, for recordings: names short-lived
+    /// processes on replay).
+    Procs(ProcsFrame),
+    /// A procfs sample of the host (live `top`), with the scheduler's
+    /// per-process numbers when its programs are attached.
+    Host(Box<HostSample>),
+    /// The scheduler's per-process numbers over the last interval, read
+    /// from its kernel maps (live `serve`).
+    Sched {
+        ts_ns: u64,
+        procs: Vec<crate::aggregate::sched::ProcInterval>,
+    },
+}
+
+/// What user space learned about an OOM kill (cgroup paths, top memory
+/// users), for the kill whose header has this time and thread id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomContextFrame {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub ctx: OomContext,
+}
+
+impl OomContextFrame {
+    /// The context of `ev`.
+    pub fn of(ev: &diag_common::oom::OomKillEvent, ctx: OomContext) -> Self {
+        OomContextFrame {
+            ts_ns: ev.header.ts_ns,
+            tid: ev.header.pid,
+            ctx,
+        }
+    }
+
+    /// This is the context of `ev`.
+    pub fn is_for(&self, ev: &diag_common::oom::OomKillEvent) -> bool {
+        ev.header.ts_ns == self.ts_ns && ev.header.pid == self.tid
+    }
+}
+
+/// How a source ended: its last health reading and, for a recording, what
+/// the reader found.
+#[derive(Debug, Clone, Default)]
+pub struct End {
+    pub health: Health,
+    pub replay: Option<ReplayStats>,
+}
+
+/// What a replay found, for the closing words.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayStats {
+    pub frames_damaged: usize,
+    pub unknown_events: u64,
+    pub ended_cleanly: bool,
+    /// The replay was stopped (Ctrl-C, or no sink wanted more) before the
+    /// end of the file.
+    pub stopped_early: bool,
+    pub events: u64,
+}
+
+/// A process in the periodic process-table snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    /// Start time, clock ticks after boot (with pid: a unique identity).
+    pub start_time: u64,
+    pub comm: String,
+    pub cmdline: String,
+    pub cgroup: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcsFrame {
+    pub ts_ns: u64,
+    pub procs: Vec<ProcInfo>,
+}
+
+/// diag's own health: what the kernel side counted (cumulative since
+/// start, summed over CPUs) and what user space saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+// Recordings from older builds lack newer counters: they read as zero.
+#[serde(default)]
+pub struct Health {
+    /// When these were read (boot-time ns).
+    #[serde(default)]
+    pub ts_ns: u64,
+    /// Events the kernel submitted to the ring buffer.
+    pub submitted: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Sockets whose owner could not be remembered (owner map full).
+    pub sock_map_full: u64,
+    /// Listening sockets that could not be remembered (map full).
+    pub listen_map_full: u64,
+    /// Tracepoint fields the kernel program failed to read.
+    pub read_errors: u64,
+    /// OOM kills reported without the victim's tgid and memory cgroup
+    /// (the tp_btf program's note was missing).
+    pub oom_no_victim_task: u64,
+    /// Kernel struct reads that failed on the OOM path.
+    pub oom_read_errors: u64,
+    /// Scheduler: threads not tracked (task map full).
+    pub sched_task_map_full: u64,
+    /// Scheduler: processes not tracked (process map full).
+    pub sched_proc_map_full: u64,
+    /// Scheduler: task_struct fields the kernel program failed to read.
+    pub sched_read_errors: u64,
+    /// Records received by user space.
+    pub received: u64,
+    /// Records user space could not decode.
+    pub decode_errors: u64,
+}
+
+impl Health {
+    /// Everything that makes the output incomplete, in one sentence, or
+    /// None when nothing was lost.
+    pub fn losses(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.ringbuf_full > 0 {
+            parts.push(format!(
+                "{} events dropped (ring buffer full: raise --ring-mib)",
+                self.ringbuf_full
+            ));
+        }
+        if self.sock_map_full > 0 {
+            parts.push(format!(
+                "{} socket owners not tracked (map full)",
+                self.sock_map_full
+            ));
+        }
+        if self.listen_map_full > 0 {
+            parts.push(format!(
+                "{} listeners not tracked (map full)",
+                self.listen_map_full
+            ));
+        }
+        if self.read_errors > 0 {
+            parts.push(format!("{} tracepoint read errors", self.read_errors));
+        }
+        if self.oom_no_victim_task > 0 {
+            parts.push(format!(
+                "{} OOM kills without the victim's memory cgroup from the kernel",
+                self.oom_no_victim_task
+            ));
+        }
+        if self.oom_read_errors > 0 {
+            parts.push(format!(
+                "{} OOM memory cgroup read errors",
+                self.oom_read_errors
+            ));
+        }
+        if self.sched_task_map_full > 0 {
+            parts.push(format!(
+                "{} thread switches not tracked (scheduler task map full)",
+                self.sched_task_map_full
+            ));
+        }
+        if self.sched_proc_map_full > 0 {
+            parts.push(format!(
+                "{} scheduler updates lost (process map full)",
+                self.sched_proc_map_full
+            ));
+        }
+        if self.sched_read_errors > 0 {
+            parts.push(format!(
+                "{} task_struct read errors",
+                self.sched_read_errors
+            ));
+        }
+        if self.decode_errors > 0 {
+            parts.push(format!("{} records not decoded", self.decode_errors));
+        }
+        if parts.is_empty() {
+            None
+        } else {
+            Some(parts.join(", "))
+        }
+    }
+}
+
+/// What is new in `now` since `before`: the losses to warn about as they
+/// happen, one clause each (empty when nothing new was lost).
+pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
+    let mut v = Vec::new();
+    let drops = now.ringbuf_full.saturating_sub(before.ringbuf_full);
+    if drops > 0 {
+        v.push(format!(
+            "{drops} events dropped: the ring buffer was full (raise --ring-mib)"
+        ));
+    }
+    let socks = now.sock_map_full.saturating_sub(before.sock_map_full);
+    if socks > 0 {
+        v.push(format!("{socks} socket owners not tracked (map full)"));
+    }
+    let listeners = now.listen_map_full.saturating_sub(before.listen_map_full);
+    if listeners > 0 {
+        v.push(format!("{listeners} listeners not tracked (map full)"));
+    }
+    v
+}

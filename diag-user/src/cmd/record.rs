@@ -1,0 +1,112 @@
+//! `diag record`: the live source with socket and process tables and OOM
+//! context, into a recorder sink (a file) or a flight-recorder sink (a
+//! file per incident).
+
+use std::process::ExitCode;
+
+use crate::{
+    aggregate::filter::Filter,
+    cli::{EventClass, RecordArgs},
+    loader,
+    record::{self, PROCS_EVERY, flight, writer},
+    recorder::{FlightSink, Recorder},
+    sink::{Sink, drive},
+    source::{
+        Source,
+        live::{self, Feeds, Live},
+    },
+};
+
+pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let env = loader::require_for(&args.probe, &args.events)?;
+    let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
+    let header = record::header_now(&env);
+    let feeds = Feeds {
+        tables: Some(args.tcp.reconcile),
+        procs: args.trigger.is_empty().then_some(PROCS_EVERY),
+        // What user space learns about each OOM kill (cgroup paths, top
+        // memory users) is recorded too, in a frame after the kill's.
+        oom_context: args.events.contains(&EventClass::Oom),
+        ..Feeds::default()
+    };
+    let mut sink: Box<dyn Sink> = if args.trigger.is_empty() {
+        // Create the file first: a bad path fails before anything is loaded.
+        let opts = writer::WriterOptions {
+            compress: !args.no_compress,
+            max_size: args.max_size,
+            max_files: args.max_files,
+        };
+        let w = writer::Writer::create(&args.output, header, opts)?;
+        Box::new(Recorder::new(w, filter, args.output.display().to_string()))
+    } else {
+        record::prepare_incident_dir(&args.output)?;
+        let tcp = crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, header.port_range);
+        let flight = flight::Flight::new(
+            args.trigger.clone(),
+            args.before.as_nanos() as u64,
+            args.after.as_nanos() as u64,
+            args.reset_storm,
+            args.buffer_events,
+            tcp,
+        );
+        let opts = writer::WriterOptions {
+            compress: !args.no_compress,
+            max_size: None,
+            max_files: args.max_files,
+        };
+        Box::new(FlightSink::new(
+            flight,
+            filter,
+            args.output.clone(),
+            header,
+            opts,
+            args.max_files,
+            args.buffer_events,
+            args.before,
+        ))
+    };
+    let live = Live::new(loader::load(&env, &args.probe)?)?;
+    super::runtime()?.block_on(async move {
+        let source = live::start(live, feeds);
+        stop_after(&source, args.duration);
+        let until = args
+            .duration
+            .map(|d| format!(" for {}", humantime::format_duration(d)))
+            .unwrap_or_default();
+        if args.trigger.is_empty() {
+            tracing::info!(
+                "recording {} to {}{until}; Ctrl-C to stop",
+                source.attached.join(", "),
+                args.output.display(),
+            );
+        } else {
+            let kinds: Vec<String> = args
+                .trigger
+                .iter()
+                .filter_map(|t| {
+                    clap::ValueEnum::to_possible_value(t).map(|v| v.get_name().to_string())
+                })
+                .collect();
+            tracing::info!(
+                "recording {} in memory (the last {}); a file in {} for each incident: {}{until}; Ctrl-C to stop",
+                source.attached.join(", "),
+                humantime::format_duration(args.before),
+                args.output.display(),
+                kinds.join(", ")
+            );
+        }
+        drive(source, &mut [sink.as_mut()], None).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Stop `source` after `duration`, if given.
+pub(crate) fn stop_after(source: &Source, duration: Option<std::time::Duration>) {
+    if let Some(d) = duration {
+        let cancel = source.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            cancel.cancel();
+        });
+    }
+}

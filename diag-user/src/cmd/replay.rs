@@ -1,0 +1,66 @@
+//! `diag replay FILE VIEW`: a recording as the source, the view's sink.
+
+use std::process::ExitCode;
+
+use crate::{
+    cli::{ReplayArgs, ReplayView},
+    sink::drive,
+    source::replay::{self, closing_words},
+    view::{
+        conns::{ConnsOut, ConnsSink, Timebase},
+        out::Output,
+        tail::{Names, Tail, TailSink},
+        top::{Frames, TopBatch, TopTui, is_batch, new_state},
+    },
+};
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let reader = replay::open(&args.file)?;
+    let header = reader.header.clone();
+    let window = replay::window(args.from.as_deref(), args.to.as_deref(), &header)?;
+    let clock = header.clock();
+    // Recordings from before process exits were traced: guess pid reuse.
+    let guess_pid_reuse = !header.has_exits();
+    super::runtime()?.block_on(async move {
+        tracing::info!(
+            "replaying {} (host {}, kernel {}, recorded {})",
+            args.file.display(),
+            header.hostname,
+            header.kernel,
+            clock
+                .wall(header.started_ts_ns)
+                .format("%Y-%m-%d %H:%M:%S %Z")
+        );
+        let source = replay::start(reader, window, args.speed);
+        let end = match args.view {
+            ReplayView::Tail(view) => {
+                let tail = Tail::new(&view, Names::of_header(&header), clock);
+                let mut sink = TailSink::new(tail, Output::stdout());
+                sink.header()?;
+                drive(source, &mut [&mut sink], None).await?
+            }
+            ReplayView::Conns(view) => {
+                let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
+                sink.agg.config.guess_pid_reuse = guess_pid_reuse;
+                let mut sink = ConnsOut::new(sink, None);
+                drive(source, &mut [&mut sink], None).await?
+            }
+            ReplayView::Top(view) => {
+                let mut st = new_state(&view, header.port_range, clock, Timebase::Events);
+                st.agg.config.guess_pid_reuse = guess_pid_reuse;
+                if is_batch(&view) {
+                    let mut sink = TopBatch::new(st, Frames::Events, &view);
+                    drive(source, &mut [&mut sink], None).await?
+                } else {
+                    let (mut sink, keys) = TopTui::start(st, Frames::Events)?;
+                    let _logs = crate::logging::hold_while_screen_is_up();
+                    drive(source, &mut [&mut sink], Some(keys)).await?
+                }
+            }
+        };
+        if let Some(w) = end.replay.as_ref().and_then(closing_words) {
+            tracing::info!("{w}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,38 @@
+//! `diag tail`: the live source, one tail sink.
+
+use std::process::ExitCode;
+
+use crate::{
+    cli::{EventClass, TailArgs},
+    clock::WallClock,
+    loader,
+    sink::drive,
+    source::live::{self, Feeds, Live},
+    view::{
+        out::Output,
+        tail::{Names, Tail, TailSink},
+    },
+};
+
+pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let env = loader::require_for(&args.probe, &args.view.events)?;
+    let names = Names::of_env(&env);
+    let live = Live::new(loader::load(&env, &args.probe)?)?;
+    let events = &args.view.events;
+    let oom_context = events.is_empty() || events.contains(&EventClass::Oom);
+    super::runtime()?.block_on(async move {
+        let source = live::start(
+            live,
+            Feeds {
+                oom_context,
+                ..Feeds::default()
+            },
+        );
+        tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
+        let tail = Tail::new(&args.view, names, WallClock::now());
+        let mut sink = TailSink::new(tail, Output::stdout());
+        sink.header()?;
+        drive(source, &mut [&mut sink], None).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
