@@ -37,6 +37,27 @@ pub enum Msg {
         ts_ns: u64,
         procs: Vec<crate::aggregate::sched::ProcInterval>,
     },
+    /// A raw reading of the scheduler's kernel maps, with the names and
+    /// host counts that go with it (`runq`).
+    Runq(Box<RunqReading>),
+}
+
+/// What `runq` needs of one reading of the scheduler's maps.
+#[derive(Debug, Clone, Default)]
+pub struct RunqReading {
+    pub ts_ns: u64,
+    pub reading: crate::aggregate::sched::Reading,
+    /// Processes gone since the reading before, read once more after
+    /// their last switch: forget them after this one.
+    pub gone: Vec<u32>,
+    /// Process names from /proc (the kernel's entry holds an exiting
+    /// thread's), for the processes in the reading that still exist.
+    pub comms: std::collections::HashMap<u32, String>,
+    /// Thread names, for the threads of the processes asked about.
+    pub thread_comms: std::collections::HashMap<u32, String>,
+    /// vmstat's r and b, from /proc/stat.
+    pub procs_running: Option<u64>,
+    pub procs_blocked: Option<u64>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory
@@ -221,6 +242,28 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
     let listeners = now.listen_map_full.saturating_sub(before.listen_map_full);
     if listeners > 0 {
         v.push(format!("{listeners} listeners not tracked (map full)"));
+    }
+    let t = now
+        .sched_task_map_full
+        .saturating_sub(before.sched_task_map_full);
+    if t > 0 {
+        v.push(format!(
+            "{t} thread updates not tracked: the scheduler task map is full"
+        ));
+    }
+    let p = now
+        .sched_proc_map_full
+        .saturating_sub(before.sched_proc_map_full);
+    if p > 0 {
+        v.push(format!(
+            "{p} process updates lost: the scheduler process map is full"
+        ));
+    }
+    let r = now
+        .sched_read_errors
+        .saturating_sub(before.sched_read_errors);
+    if r > 0 {
+        v.push(format!("{r} task_struct reads failed"));
     }
     v
 }

@@ -196,6 +196,16 @@ pub fn parse_prog_fdinfo(text: &str) -> (u64, u64) {
     (t, c)
 }
 
+/// vmstat's `r` and `b`: runnable and blocked (D) tasks, from /proc/stat.
+pub fn parse_proc_stat(text: &str) -> (Option<u64>, Option<u64>) {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    (get("procs_running "), get("procs_blocked "))
+}
+
 /// Everything read from procfs at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostSample {

@@ -106,8 +106,8 @@ pub fn attach(
             .and_then(|btf| attach_victim_task(ebpf, btf))
             .and_then(|()| mark_victim_task_attached(ebpf))
     {
-        eprintln!(
-            "diag: warning: {e}; OOM kills are still shown, but a victim's memory cgroup \
+        tracing::warn!(
+            "warning: {e}; OOM kills are still shown, but a victim's memory cgroup \
              only when it triggered the kill itself or is still in /proc"
         );
     }

@@ -211,7 +211,7 @@ pub fn attach(
         (Ok(_), Some(btf)) => match attach_state_btf(ebpf, btf) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("diag: note: {e}; using the classic tracepoint sock:inet_sock_set_state");
+                tracing::info!("note: {e}; using the classic tracepoint sock:inet_sock_set_state");
                 false
             }
         },

@@ -160,7 +160,7 @@ impl Sink for ExporterSink {
             }
             Msg::Sched { procs, .. } => s.exporter.update_sched(procs, &mut Procfs),
             Msg::Damage(what) => tracing::warn!("{what}"),
-            Msg::Procs(_) | Msg::Host(_) => {}
+            Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) => {}
         }
         Ok(Flow::More)
     }

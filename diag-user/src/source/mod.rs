@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod replay;
+pub mod sched;
 
 use std::{future::Future, pin::Pin};
 

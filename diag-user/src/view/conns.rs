@@ -455,7 +455,7 @@ impl ConnsSink {
             self.print(snap, true, out)?;
         }
         if let Some(l) = self.health.losses() {
-            eprintln!("diag: incomplete: {l}");
+            tracing::warn!("incomplete: {l}");
         }
         Ok(())
     }

@@ -1,29 +1,23 @@
 //! `diag runq`: a per-process table of run-queue latency, CPU time,
 //! blocked time and delay suffered/caused, every interval.
 //!
-//! Formatting only: `cmd::runq` reads the kernel maps and the clock and
-//! feeds the pure core (`aggregate::sched`); this prints what it returns.
+//! The sink: readings of the scheduler's maps (from `source::sched`) fed
+//! to the pure core (`aggregate::sched`), a table printed for each.
+
+use std::collections::{HashMap, HashSet};
 
 use crate::{
     aggregate::{
         histogram::Log2Hist,
-        sched::{Interval, ProcInterval, SortKey},
+        sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
-    cli::RunqSort,
+    bus::{End, Msg, RunqReading, new_losses},
+    cli::{RunqArgs, RunqSort},
     clock::WallClock,
+    sink::{Flow, Sink},
     source::Health,
-    view::tail::human_ns,
+    view::{conns::flow_of, out::Output, tail::human_ns},
 };
-
-/// vmstat's `r` and `b`: runnable and blocked (D) tasks, from /proc/stat.
-pub fn parse_proc_stat(text: &str) -> (Option<u64>, Option<u64>) {
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    (get("procs_running "), get("procs_blocked "))
-}
 
 pub fn sort_key(s: RunqSort) -> SortKey {
     match s {
@@ -165,35 +159,153 @@ pub fn format_json(
     v.to_string()
 }
 
-/// A warning for what was lost since the last reading, if anything.
-pub fn new_losses(before: &Health, now: &Health) -> Option<String> {
-    let mut w = Vec::new();
-    let t = now
-        .sched_task_map_full
-        .saturating_sub(before.sched_task_map_full);
-    if t > 0 {
-        w.push(format!(
-            "{t} thread updates not tracked: the scheduler task map is full"
-        ));
+/// `diag runq`'s table, one per reading.
+pub struct RunqSink {
+    args: RunqArgs,
+    key: SortKey,
+    pids: HashSet<u32>,
+    clock: WallClock,
+    start_ns: u64,
+    agg: SchedAgg,
+    thread_agg: SchedAgg,
+    /// Process names, kept once the process is gone (until forgotten).
+    comms: HashMap<u32, String>,
+    health: Health,
+    printed: u64,
+    out: Output,
+}
+
+impl RunqSink {
+    pub fn new(args: RunqArgs, clock: WallClock, start_ns: u64, out: Output) -> Self {
+        RunqSink {
+            key: sort_key(args.sort),
+            pids: args.pid.iter().copied().collect(),
+            args,
+            clock,
+            start_ns,
+            agg: SchedAgg::new(),
+            thread_agg: SchedAgg::new(),
+            comms: HashMap::new(),
+            health: Health::default(),
+            printed: 0,
+            out,
+        }
     }
-    let p = now
-        .sched_proc_map_full
-        .saturating_sub(before.sched_proc_map_full);
-    if p > 0 {
-        w.push(format!(
-            "{p} process updates lost: the scheduler process map is full"
-        ));
+
+    fn on_reading(&mut self, r: &RunqReading) -> String {
+        let now_ns = r.ts_ns;
+        let mut reading = combine(&r.reading, now_ns);
+        self.comms
+            .extend(r.comms.iter().map(|(p, n)| (*p, n.clone())));
+        for (pid, c) in reading.iter_mut() {
+            if let Some(name) = self.comms.get(pid).filter(|n| !n.is_empty()) {
+                c.comm = name.clone();
+            }
+        }
+        let mut iv = self.agg.update(now_ns, self.start_ns, reading);
+        // Processes seen gone at the previous reading have now been read
+        // once more after their last switch: drop their entries.
+        self.agg.forget(&r.gone);
+        for p in &r.gone {
+            self.comms.remove(p);
+        }
+        if !self.pids.is_empty() {
+            iv.processes.retain(|p| self.pids.contains(&p.pid));
+        }
+        sort(&mut iv.processes, self.key);
+        let host = HostState {
+            procs_running: r.procs_running,
+            procs_blocked: r.procs_blocked,
+        };
+        let hist_of = if self.args.hist {
+            if self.pids.is_empty() {
+                Some(("all processes".to_string(), iv.hist))
+            } else {
+                let mut h = Log2Hist::default();
+                for p in &iv.processes {
+                    h.merge(&p.hist);
+                }
+                let list: Vec<String> = self.args.pid.iter().map(|p| p.to_string()).collect();
+                Some((format!("pid {}", list.join(", ")), h))
+            }
+        } else {
+            None
+        };
+        let hist = hist_of.as_ref().map(|(w, h)| (w.as_str(), h));
+        // Per thread, for the --pid processes: the same statistics.
+        let mut threads = Vec::new();
+        if !self.pids.is_empty() {
+            let mut tgid_of = HashMap::new();
+            let reading: HashMap<u32, ProcCounters> = r
+                .reading
+                .tasks
+                .iter()
+                .filter(|(_, t)| self.pids.contains(&t.tgid))
+                .map(|(tid, t)| {
+                    tgid_of.insert(*tid, t.tgid);
+                    let mut c = r.reading.thread(*tid, t, now_ns);
+                    c.comm = r.thread_comms.get(tid).cloned().unwrap_or_default();
+                    (*tid, c)
+                })
+                .collect();
+            let keys: HashSet<u32> = reading.keys().copied().collect();
+            let mut tiv = self.thread_agg.update(now_ns, self.start_ns, reading);
+            self.thread_agg.keep_only(&keys);
+            sort(&mut tiv.processes, self.key);
+            threads = tiv
+                .processes
+                .into_iter()
+                .map(|row| (tgid_of.get(&row.pid).copied().unwrap_or(0), row))
+                .collect();
+        }
+        if self.args.json {
+            format_json(&iv, &host, &self.clock, hist, &threads) + "\n"
+        } else {
+            let shown: &[(u32, ProcInterval)] = if self.args.threads { &threads } else { &[] };
+            format_text(&iv, &host, &self.clock, self.args.limit, hist, shown) + "\n"
+        }
     }
-    let r = now
-        .sched_read_errors
-        .saturating_sub(before.sched_read_errors);
-    if r > 0 {
-        w.push(format!("{r} task_struct reads failed"));
+}
+
+impl Sink for RunqSink {
+    fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
+        match msg {
+            Msg::Runq(r) => {
+                let text = self.on_reading(r);
+                use std::io::Write;
+                if flow_of(
+                    self.out
+                        .write_all(text.as_bytes())
+                        .and_then(|_| self.out.flush()),
+                )? == Flow::Done
+                {
+                    return Ok(Flow::Done);
+                }
+                self.printed += 1;
+                if self.args.count.is_some_and(|c| self.printed >= c) {
+                    return Ok(Flow::Done);
+                }
+            }
+            Msg::Health(h) => {
+                let new = new_losses(&self.health, h);
+                if !new.is_empty() {
+                    tracing::warn!("WARNING: {}", new.join("; "));
+                }
+                self.health = *h;
+            }
+            _ => {}
+        }
+        Ok(Flow::More)
     }
-    if w.is_empty() {
-        None
-    } else {
-        Some(w.join("; "))
+
+    fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
+        self.out.close(std::time::Duration::from_secs(1));
+        let mut summary = format!("{} intervals", self.printed);
+        if let Some(l) = end.health.losses() {
+            summary.push_str(&format!(" ({l})"));
+        }
+        tracing::info!("{summary}");
+        Ok(Flow::Done)
     }
 }
 
@@ -207,8 +319,8 @@ mod tests {
     #[test]
     fn proc_stat() {
         let text = "cpu  1 2 3\nprocs_running 3\nprocs_blocked 1\nsoftirq 0\n";
-        assert_eq!(parse_proc_stat(text), (Some(3), Some(1)));
-        assert_eq!(parse_proc_stat("garbage"), (None, None));
+        assert_eq!(crate::host::parse_proc_stat(text), (Some(3), Some(1)));
+        assert_eq!(crate::host::parse_proc_stat("garbage"), (None, None));
     }
 
     #[test]
@@ -272,7 +384,7 @@ mod tests {
             sched_task_map_full: 5,
             ..Default::default()
         };
-        assert!(new_losses(&a, &b).unwrap().contains("5 thread updates"));
-        assert_eq!(new_losses(&b, &b), None);
+        assert!(new_losses(&a, &b).join("; ").contains("5 thread updates"));
+        assert!(new_losses(&b, &b).is_empty());
     }
 }

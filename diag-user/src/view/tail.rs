@@ -685,10 +685,10 @@ impl Sink for TailSink {
         self.out.close(std::time::Duration::from_secs(1));
         self.tail.health = end.health;
         for line in self.tail.closing() {
-            eprintln!("diag: {line}");
+            tracing::info!("{line}");
         }
         if let Some(l) = self.out.losses() {
-            eprintln!("diag: WARNING: {l}");
+            tracing::warn!("WARNING: {l}");
         }
         written(r).map(|_| Flow::Done)
     }

@@ -1,0 +1,139 @@
+//! The scheduler source (`runq`): no ring buffer, only the scheduler's
+//! kernel maps, read every interval with the names and host counts that
+//! go with them.
+
+use std::{collections::HashSet, time::Duration};
+
+use aya::maps::{MapData, PerCpuArray};
+use diag_common::counters;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bus::{End, Msg, RunqReading},
+    clock::boot_ns,
+    error::LoadError,
+    host::parse_proc_stat,
+    loader::Tracer,
+    probes::sched::SchedMaps,
+    source::{Health, Source, cancel_on_signal},
+};
+
+/// The kernel side's counters that concern the scheduler programs.
+struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    fn get(&self, slot: u32) -> u64 {
+        self.0.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            ts_ns: boot_ns(),
+            submitted: self.get(counters::SUBMITTED),
+            ringbuf_full: self.get(counters::RINGBUF_FULL),
+            sched_task_map_full: self.get(counters::SCHED_TASK_MAP_FULL),
+            sched_proc_map_full: self.get(counters::SCHED_PROC_MAP_FULL),
+            sched_read_errors: self.get(counters::SCHED_READ_ERROR),
+            ..Health::default()
+        }
+    }
+}
+
+fn read_comm(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| crate::text::printable(s.trim_end()).into_owned())
+}
+
+fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Read the maps of `tracer` every `every` (the first one interval from
+/// now) onto a new bus; thread names for the processes in `threads_of`.
+pub fn start(
+    mut tracer: Tracer,
+    every: Duration,
+    threads_of: HashSet<u32>,
+) -> Result<Source, LoadError> {
+    let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
+    let counters = tracer
+        .ebpf
+        .take_map("COUNTERS")
+        .ok_or_else(|| LoadError::Missing("map COUNTERS".into()))?;
+    let counters =
+        Counters(PerCpuArray::try_from(counters).map_err(|e| LoadError::Load(e.to_string()))?);
+    let attached = tracer.attached.clone();
+    let cancel = CancellationToken::new();
+    let (tx, rx) = mpsc::channel::<Msg>(16);
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gone: Vec<u32> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let ts_ns = boot_ns();
+            let reading = maps.read();
+            // Gone at the previous reading: read once more since, now
+            // forgotten in the kernel; the sink forgets them too.
+            maps.forget(&gone);
+            let mut r = RunqReading {
+                ts_ns,
+                gone: std::mem::take(&mut gone),
+                ..RunqReading::default()
+            };
+            for &pid in reading
+                .procs
+                .keys()
+                .chain(reading.tasks.iter().map(|(_, t)| &t.tgid))
+            {
+                if let std::collections::hash_map::Entry::Vacant(e) = r.comms.entry(pid)
+                    && let Some(name) = read_comm(&format!("/proc/{pid}/comm"))
+                {
+                    e.insert(name);
+                }
+            }
+            for (tid, t) in &reading.tasks {
+                if threads_of.contains(&t.tgid)
+                    && let Some(name) = read_comm(&format!("/proc/{}/task/{tid}/comm", t.tgid))
+                {
+                    r.thread_comms.insert(*tid, name);
+                }
+            }
+            gone = reading
+                .procs
+                .keys()
+                .copied()
+                .filter(|&p| !exists(p))
+                .collect();
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            (r.procs_running, r.procs_blocked) = parse_proc_stat(&stat);
+            r.reading = reading;
+            if tx.send(Msg::Runq(Box::new(r))).await.is_err()
+                || tx.send(Msg::Health(counters.health())).await.is_err()
+            {
+                break;
+            }
+        }
+        let h = counters.health();
+        drop(tracer);
+        h
+    });
+    cancel_on_signal(&cancel);
+    Ok(Source {
+        rx,
+        cancel,
+        done: Box::pin(async move {
+            Ok(End {
+                health: task.await?,
+                replay: None,
+            })
+        }),
+        attached,
+    })
+}
