@@ -15,8 +15,8 @@ use super::{
 };
 use crate::{
     aggregate::tcp::{TcpAggregate, TcpConfig},
+    bus::Health,
     cli::Trigger,
-    source::Health,
 };
 
 /// What is kept in memory, in order.

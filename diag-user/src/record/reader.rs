@@ -17,7 +17,7 @@ use super::{
         split_events,
     },
 };
-use crate::source::Health;
+use crate::bus::Health;
 
 #[derive(Debug, Error)]
 pub enum ReadError {

@@ -16,7 +16,7 @@ use super::{
     RecordingHeader,
     format::{FrameKind, encode_frame, file_header, push_event},
 };
-use crate::{aggregate::tcp::TableRow, source::Health};
+use crate::{aggregate::tcp::TableRow, bus::Health};
 
 #[derive(Debug, Error)]
 pub enum RecordError {

@@ -11,7 +11,7 @@ use super::{
     series::{Bounds, ProcessInfo},
     tcp::TcpMetrics,
 };
-use crate::{aggregate::tcp::TcpSnapshot, source::Health};
+use crate::{aggregate::tcp::TcpSnapshot, bus::Health};
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;

@@ -3,7 +3,7 @@
 use prometheus_client::registry::Registry;
 
 use super::families::{Families, counter, counters, gauge};
-use crate::source::Health;
+use crate::bus::Health;
 
 #[derive(Debug, Clone, Default)]
 pub struct OwnMetrics {

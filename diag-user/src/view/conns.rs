@@ -10,12 +10,12 @@ use serde::Serialize;
 
 use crate::{
     aggregate::tcp::{ProcRow, TcpAggregate, TcpSnapshot},
+    bus::Health,
     bus::{End, Msg},
     cli::{ConnsSort, ConnsView},
     clock::WallClock,
     enrich,
     sink::{Flow, Sink},
-    source::Health,
     view::{out::Output, tail::human_ns},
 };
 

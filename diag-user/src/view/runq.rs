@@ -11,11 +11,11 @@ use crate::{
         histogram::Log2Hist,
         sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
+    bus::Health,
     bus::{End, Msg, RunqReading, new_losses},
     cli::{RunqArgs, RunqSort},
     clock::WallClock,
     sink::{Flow, Sink},
-    source::Health,
     view::{conns::flow_of, out::Output, tail::human_ns},
 };
 

@@ -19,12 +19,12 @@ use diag_common::{
 pub use crate::aggregate::filter::{Filter, class_of};
 use crate::{
     aggregate::oom::OomStats,
+    bus::Health,
     bus::{End, Msg, new_losses},
     cli::{EventClass, TailView},
     clock::WallClock,
     enrich::oom::OomContext,
     sink::{Flow, Sink},
-    source::Health,
     view::out::Output,
 };
 

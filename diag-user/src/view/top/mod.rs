@@ -300,7 +300,7 @@ impl Sink for TopTui {
     }
 }
 
-fn report_losses(h: &crate::source::Health) {
+fn report_losses(h: &crate::bus::Health) {
     if let Some(l) = h.losses() {
         tracing::warn!("incomplete: {l}");
     }

@@ -16,10 +16,10 @@ use crate::{
         oom::OomStats,
         tcp::{PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
     },
+    bus::Health,
     bus::Msg,
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
-    source::Health,
     view::{
         conns::Timebase,
         tail::{human_kb, page_kb},
