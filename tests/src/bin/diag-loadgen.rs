@@ -34,6 +34,8 @@
 //!     second for SECONDS, accepting each (read to EOF, close).
 //! diag-loadgen spin SECONDS
 //!     Burn one CPU for SECONDS (print `SPINNING`).
+//!
+//! With `DIAG_LOADGEN_COMM=NAME` in the environment, it runs as NAME.
 
 use std::{
     io::{Read, Write},
@@ -264,7 +266,23 @@ fn spin(secs: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `DIAG_LOADGEN_COMM`: the name to run under (any bytes a process may
+/// give itself, escape sequences included).
+fn set_comm_from_env() {
+    if let Some(name) = std::env::var_os("DIAG_LOADGEN_COMM") {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [0u8; 16];
+        let b = name.as_bytes();
+        let n = b.len().min(15);
+        buf[..n].copy_from_slice(&b[..n]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes; `buf` is one.
+        unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+    }
+}
+
 fn main() -> ExitCode {
+    set_comm_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = if args.first().map(String::as_str) == Some("listen-full") {
         Some(0)

@@ -1,0 +1,288 @@
+//! Hostile input and unlucky operators, on the loop's side: a reader that
+//! never reads, processes that name themselves with terminal escapes, a
+//! paced replay stopped with Ctrl-C, flags that contradict each other.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use diag_tests::{diag_bin, loopback_churn, require_root, serial, tcp_snmp};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("diag-hostile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `diag` child whose stderr is read in the background; killed on drop.
+struct Running {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Start `diag ARGS` with `stdout` and wait for its ready line.
+    fn start(args: &[&str], stdout: Stdio) -> Running {
+        let mut child = Command::new(diag_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Running {
+            child,
+            stderr,
+            seen: Vec::new(),
+        };
+        r.wait_for(
+            |l| {
+                l.contains("tracing") || l.contains("replaying") || l.starts_with("diag: recording")
+            },
+            30,
+        );
+        r
+    }
+
+    fn wait_for(&mut self, want: impl Fn(&str) -> bool, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                let ok = want(&l);
+                self.seen.push(l);
+                if ok {
+                    return;
+                }
+            }
+        }
+        panic!("diag never said what was expected: {:?}", self.seen);
+    }
+
+    /// Send `sig`; the exit must follow within `secs`. Returns stderr.
+    fn stop(mut self, sig: i32, secs: u64) -> Vec<String> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "diag failed ({st}): {:?}", self.seen);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "diag did not exit within {secs} s of signal {sig}: {:?}",
+                self.seen
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.seen.extend(self.stderr.iter());
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `N events seen, N shown, N dropped` from tail's summary.
+fn summary_counts(stderr: &[String]) -> (u64, u64, u64) {
+    let l = stderr
+        .iter()
+        .find(|l| l.contains("events seen"))
+        .unwrap_or_else(|| panic!("no summary: {stderr:?}"));
+    let nums: Vec<u64> = l
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+/// Issue 15, item 4: with standard output blocked (a reader that never
+/// reads), diag keeps draining the ring buffer and counting, names the
+/// lines the reader missed, and still ends at once on SIGTERM.
+#[test]
+fn blocked_stdout_costs_lines_not_events_or_signals() {
+    if !require_root("blocked_stdout_costs_lines_not_events_or_signals") {
+        return;
+    }
+    let _g = serial();
+    // A pipe nobody reads: its 64 KiB fill after a few hundred lines.
+    let mut d = Running::start(&["tail"], Stdio::piped());
+    let held_pipe = d.child.stdout.take();
+    let before = tcp_snmp();
+    loopback_churn(LOADGEN, 20_000);
+    let opens = tcp_snmp()["ActiveOpens"] - before["ActiveOpens"];
+    // Every open is at least two transitions (CLOSE -> SYN_SENT ->
+    // ESTABLISHED); let diag drain them.
+    thread::sleep(Duration::from_millis(500));
+    let stderr = d.stop(libc::SIGTERM, 10);
+    drop(held_pipe);
+    let (seen, _shown, dropped) = summary_counts(&stderr);
+    assert!(
+        seen + dropped >= 2 * opens as u64,
+        "{seen} seen + {dropped} dropped for {opens} opens: {stderr:?}"
+    );
+    assert_eq!(dropped, 0, "the ring buffer overflowed: {stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("lines not written: standard output was blocked")),
+        "the lost lines are not named: {stderr:?}"
+    );
+}
+
+/// Issue 15, item 9: a process named with terminal escapes gets them
+/// shown, not obeyed: live `tail`, and `replay` (tail, conns, top) and
+/// `report` of a recording, as a user without root would run them.
+#[test]
+fn escapes_in_process_names_are_shown_not_obeyed() {
+    if !require_root("escapes_in_process_names_are_shown_not_obeyed") {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new("escapes");
+    let file = dir.path("escapes.diag");
+    let evil = "\u{1b}]0;PWNED\u{7}\u{1b}[2J";
+    let tail_out = dir.path("tail.out");
+    let tail = Running::start(
+        &["tail"],
+        Stdio::from(std::fs::File::create(&tail_out).unwrap()),
+    );
+    let rec = Running::start(&["record", "-o", file.to_str().unwrap()], Stdio::null());
+    let mut listener = Command::new(LOADGEN)
+        .args(["listen", "3", "127.0.0.1:0"])
+        .env("DIAG_LOADGEN_COMM", evil)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let port = out.next().unwrap().unwrap();
+    let port = port.strip_prefix("PORT ").unwrap();
+    let st = Command::new(LOADGEN)
+        .args(["connect", "3", &format!("127.0.0.1:{port}")])
+        .env("DIAG_LOADGEN_COMM", evil)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(listener.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(300));
+    rec.stop(libc::SIGINT, 10);
+    tail.stop(libc::SIGINT, 10);
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let shown = "\\x1b]0;PWNED";
+    let live = std::fs::read_to_string(&tail_out).unwrap();
+    let check = |what: &str, text: &str| {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{what} printed a raw escape: {text:?}"
+        );
+        // top's column is narrower than the escaped name.
+        assert!(
+            what.contains("top") || text.contains(shown),
+            "{what} does not show the name: {text}"
+        );
+    };
+    check("live tail", &live);
+    let f = file.to_str().unwrap();
+    for args in [
+        vec!["replay", f, "tail"],
+        vec!["replay", f, "conns", "--top", "0"],
+        vec!["replay", f, "top", "--batch"],
+        vec!["report", f],
+    ] {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(diag_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        check(&args.join(" "), &String::from_utf8_lossy(&o.stdout));
+    }
+}
+
+/// Issue 15, items 10 and 13: a paced replay waiting for its next event
+/// ends at once on Ctrl-C and says it stopped early (not that the file
+/// was cut); `--from` later than `--to` is refused.
+#[test]
+fn paced_replay_stops_at_once_and_says_why() {
+    if !require_root("paced_replay_stops_at_once_and_says_why") {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new("paced");
+    let file = dir.path("paced.diag");
+    let f = file.to_str().unwrap().to_string();
+    let rec = Running::start(&["record", "-o", &f], Stdio::null());
+    loopback_churn(LOADGEN, 5);
+    thread::sleep(Duration::from_millis(1500));
+    loopback_churn(LOADGEN, 5);
+    thread::sleep(Duration::from_millis(300));
+    rec.stop(libc::SIGINT, 10);
+
+    // At 0.001x the second burst is due in over 20 minutes.
+    let replay = Running::start(&["replay", &f, "--speed", "0.001", "tail"], Stdio::null());
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let stderr = replay.stop(libc::SIGINT, 3);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        stderr.iter().any(|l| l.contains("stopped before the end")),
+        "{stderr:?}"
+    );
+    assert!(
+        !stderr.iter().any(|l| l.contains("not finished cleanly")),
+        "a clean file was called damaged: {stderr:?}"
+    );
+
+    let o = Command::new(diag_bin())
+        .args(["replay", &f, "--from", "23:59", "--to", "00:01", "tail"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("later than --to"), "{err}");
+}
