@@ -18,6 +18,14 @@ pub enum EnvError {
         "tracefs is not mounted and could not be mounted at {path} ({why}): mount it with `mount -t tracefs tracefs {path}`"
     )]
     Tracefs { path: String, why: String },
+    #[error(
+        "{path} is not tracefs, and diag mounts tracefs only on the kernel's own empty mount point /sys/kernel/tracing ({why}): mount tracefs there yourself (`mount -t tracefs tracefs {path}`) or leave out --tracefs and DIAG_TRACEFS"
+    )]
+    TracefsRefused { path: String, why: String },
+    #[error(
+        "tracefs at {path} is mounted but not readable for this user (mode {mode:o}): run diag as root"
+    )]
+    TracefsUnreadable { path: String, mode: u32 },
     #[error("tracepoint {name} is missing from this kernel ({why}): diag cannot trace {what} here")]
     MissingTracepoint {
         name: String,

@@ -26,6 +26,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 #[derive(Debug, Clone)]
 pub struct Env {
     pub tracefs: PathBuf,
+    /// tracefs as diag mounted it (None: it was there): unmounted when
+    /// the last copy of the environment is gone, at exit.
+    pub tracefs_mount: Option<std::sync::Arc<tracefs::Mounted>>,
     /// TCP layouts, when TCP events (tcp, reset, retrans) were asked for.
     pub tcp: Option<probes::tcp::Layouts>,
     /// OOM layouts, when OOM events were asked for.
@@ -143,8 +146,11 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
     ];
     let mounted = tracefs::ensure_mounted(&args.tracefs);
     let tracefs_line = match &mounted {
-        Ok((p, true)) => Ok(format!("{} (diag mounted it)", p.display())),
-        Ok((p, false)) => Ok(p.display().to_string()),
+        Ok((p, Some(_))) => Ok(format!(
+            "{} (diag mounted it, and unmounts it)",
+            p.display()
+        )),
+        Ok((p, None)) => Ok(p.display().to_string()),
         Err(e) => Err(clone_env_error(e)),
     };
     lines.push(CheckLine {
@@ -215,6 +221,14 @@ fn clone_env_error(e: &EnvError) -> EnvError {
             path: path.clone(),
             why: why.clone(),
         },
+        EnvError::TracefsRefused { path, why } => EnvError::TracefsRefused {
+            path: path.clone(),
+            why: why.clone(),
+        },
+        EnvError::TracefsUnreadable { path, mode } => EnvError::TracefsUnreadable {
+            path: path.clone(),
+            mode: *mode,
+        },
         other => EnvError::TracepointFormat {
             name: "tracefs".into(),
             why: other.to_string(),
@@ -233,7 +247,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     check_privileges()?;
     check_kernel()?;
     check_btf(&args.btf)?;
-    let (tracefs, _) = tracefs::ensure_mounted(&args.tracefs)?;
+    let (tracefs, tracefs_mount) = tracefs::ensure_mounted(&args.tracefs)?;
     let wants_tcp = events
         .iter()
         .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
@@ -265,6 +279,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     check_ringbuf()?;
     Ok(Env {
         tracefs,
+        tracefs_mount,
         tcp,
         oom,
         sched,

@@ -5,25 +5,84 @@ use std::path::{Path, PathBuf};
 
 use crate::error::EnvError;
 
-/// Other places tracefs is commonly found.
-const FALLBACKS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where the kernel has tracefs: the one mount point diag mounts on.
+pub const STANDARD: &str = "/sys/kernel/tracing";
+/// Where older set-ups have it (debugfs), looked at but never mounted on.
+const FALLBACKS: &[&str] = &[STANDARD, "/sys/kernel/debug/tracing"];
 
-/// Find tracefs, mounting it at `preferred` if it is nowhere. Returns the
-/// mount point and whether diag mounted it.
-pub fn ensure_mounted(preferred: &Path) -> Result<(PathBuf, bool), EnvError> {
-    if preferred.join("events").is_dir() {
-        return Ok((preferred.to_path_buf(), false));
-    }
-    if preferred == Path::new("/sys/kernel/tracing") {
-        for f in FALLBACKS {
-            if Path::new(f).join("events").is_dir() {
-                return Ok((PathBuf::from(f), false));
-            }
+/// tracefs, mounted by diag: unmounted (lazily, so a busy mount does not
+/// block the exit) when dropped.
+#[derive(Debug)]
+pub struct Mounted {
+    path: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        if let Ok(target) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Tracefs is readable at `p` (`events` is a directory there); an error
+/// says why not when something is there but unreadable.
+fn present(p: &Path) -> Result<bool, EnvError> {
+    match std::fs::metadata(p.join("events")) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0);
+            Err(EnvError::TracefsUnreadable {
+                path: p.display().to_string(),
+                mode,
+            })
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Find tracefs at `preferred` (or, for the standard path, the usual
+/// places). Only the kernel's own mount point, when it is an empty
+/// directory, is mounted on: any other path is refused, so a mistyped
+/// `--tracefs /proc` can never hide a directory. Returns the mount point
+/// and, when diag mounted it, the guard that unmounts it.
+pub fn ensure_mounted(
+    preferred: &Path,
+) -> Result<(PathBuf, Option<std::sync::Arc<Mounted>>), EnvError> {
+    if present(preferred)? {
+        return Ok((preferred.to_path_buf(), None));
+    }
+    if preferred != Path::new(STANDARD) {
+        return Err(EnvError::TracefsRefused {
+            path: preferred.display().to_string(),
+            why: "it has no events directory".into(),
+        });
+    }
+    for f in FALLBACKS {
+        if present(Path::new(f))? {
+            return Ok((PathBuf::from(f), None));
+        }
+    }
+    let empty = std::fs::read_dir(preferred)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if !empty {
+        return Err(EnvError::TracefsRefused {
+            path: preferred.display().to_string(),
+            why: "it is not an empty directory".into(),
+        });
+    }
     mount(preferred)?;
-    if preferred.join("events").is_dir() {
-        Ok((preferred.to_path_buf(), true))
+    let guard = std::sync::Arc::new(Mounted {
+        path: preferred.to_path_buf(),
+    });
+    if present(preferred)? {
+        Ok((preferred.to_path_buf(), Some(guard)))
     } else {
         Err(EnvError::Tracefs {
             path: preferred.display().to_string(),
