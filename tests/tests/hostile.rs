@@ -286,3 +286,102 @@ fn paced_replay_stops_at_once_and_says_why() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("later than --to"), "{err}");
 }
+
+/// One HTTP/1.0 GET; the status line, or None when the server did not
+/// answer (refused, closed, timed out).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.lines().next().map(str::to_string)
+}
+
+/// Issue 15, item 11: idle and half-sent requests are timed out and the
+/// connections bounded, so with few file descriptors and hundreds of
+/// idle clients `/healthz` still answers.
+#[test]
+fn serve_outlasts_idle_clients() {
+    if !require_root("serve_outlasts_idle_clients") {
+        return;
+    }
+    let _g = serial();
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(diag_bin())
+        .args(["serve", "--no-sched", "--listen", &listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut d = Running {
+        child,
+        stderr: rx,
+        seen: Vec::new(),
+    };
+    d.wait_for(|l| l.contains("serving metrics"), 30);
+    // Healthy once the first health reading is in.
+    let ok = |l: &Option<String>| l.as_deref().is_some_and(|l| l.contains(" 200 "));
+    let t = Instant::now();
+    while !ok(&http_get(port, "/healthz")) {
+        assert!(t.elapsed() < Duration::from_secs(10), "never healthy");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // 336 clients that send half a request and wait.
+    let mut idle = Vec::new();
+    for _ in 0..336 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            idle.push(s);
+        }
+    }
+    let t = Instant::now();
+    let mut answered = None;
+    while t.elapsed() < Duration::from_secs(15) {
+        answered = http_get(port, "/healthz");
+        if ok(&answered) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ok(&answered),
+        "/healthz did not answer within 15 s of 336 idle clients ({answered:?}): {:?}",
+        d.seen
+    );
+    // The half-sent requests were closed by the server.
+    let first = &mut idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let r = first.read(&mut buf);
+    assert!(
+        r.is_ok() || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle client was kept open: {r:?}"
+    );
+    drop(idle);
+    let stderr = d.stop(libc::SIGTERM, 10);
+    assert!(
+        stderr.iter().any(|l| l.contains("HTTP connections open")),
+        "the refused connections are not named: {stderr:?}"
+    );
+}

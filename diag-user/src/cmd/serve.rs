@@ -12,7 +12,7 @@ use crate::{
     probes::sched::SchedMaps,
     record::{self, PROCS_EVERY, writer},
     recorder::Recorder,
-    serve::{ExporterSink, bind_error, series::Bounds},
+    serve::{ExporterSink, bind_error, series::Bounds, serve_bounded},
     sink::{Sink, drive},
     source::live::{self, Feeds, Live},
 };
@@ -82,12 +82,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut exporter =
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
         let app = exporter.router();
-        let stop = source.cancel.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));
         if !args.listen.ip().is_loopback() {
             tracing::warn!(
                 "note: {} is not a loopback address: other hosts can read these metrics, which name processes and cgroups",
@@ -108,10 +103,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             sinks.push(r);
         }
         let r = drive(source, &mut sinks, None).await;
-        // In-flight scrapes may finish; a client holding a connection
-        // open does not keep diag from exiting.
+        // The server stops with the source; a client holding a
+        // connection open does not keep diag from exiting.
         match tokio::time::timeout(Duration::from_secs(2), server).await {
-            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Ok(_))) | Err(_) => {}
             Ok(Ok(Err(e))) => tracing::warn!("the HTTP server failed: {e}"),
             Ok(Err(e)) => tracing::warn!("the HTTP server stopped: {e}"),
         }

@@ -229,3 +229,68 @@ async fn healthz(State(state): State<Shared>) -> axum::response::Response {
 async fn index() -> &'static str {
     "diag: metrics at /metrics, health at /healthz\n"
 }
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lives (a scraper that keeps its connection
+/// reconnects; an idle one is closed).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed at once (and counted), so
+/// idle clients can never take the file descriptors `/healthz` needs.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Serve `app` on `listener` until `stop`, with the bounds above.
+/// Returns how many connections were refused at the limit.
+pub async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<u64> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused = 0u64;
+    let mut last_warned: Option<std::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            // Out of file descriptors and the like: wait, then go on.
+            Err(e) => {
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "WARNING: {MAX_CONNECTIONS} HTTP connections open: new ones are closed ({refused} so far)"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let svc = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                _ = stop.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+    Ok(refused)
+}
