@@ -580,7 +580,8 @@ pub struct RecordArgs {
 
     /// Flight recorder: most events held in memory (the window shortens
     /// beyond it, and diag says so)
-    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    #[arg(long, value_name = "N", default_value_t = 2_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub buffer_events: usize,
 
     /// Stop after this long (default: until Ctrl-C)
@@ -765,10 +766,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ms" => 1e-3,
         "s" => 1.0,
         "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
         other => {
-            return Err(format!(
-                "`{other}` in `{s}` is not a unit diag knows: use ns, us, ms, s or m"
-            ));
+            // Compound durations: 1h30m, 2m 30s.
+            return humantime::parse_duration(t).map_err(|_| {
+                format!(
+                    "`{other}` in `{s}` is not a unit diag knows: use ns, us, ms, s, m, h or d (or e.g. 1h30m)"
+                )
+            });
         }
     };
     let secs = v * scale;
@@ -1179,5 +1185,33 @@ mod tests {
         };
         assert_eq!(t.view.only.port, vec![80, 443]);
         assert_eq!(t.view.only.family, Some(Family::V6));
+    }
+
+    #[test]
+    fn durations_people_write() {
+        let d = |s| parse_duration(s).unwrap().as_secs();
+        assert_eq!(d("1h"), 3600);
+        assert_eq!(d("2d"), 172_800);
+        assert_eq!(d("1h30m"), 5400);
+        assert_eq!(d("90s"), 90);
+        assert!(
+            parse_duration("3 fortnights")
+                .unwrap_err()
+                .contains("h or d")
+        );
+        assert!(Cli::try_parse_from(["diag", "record", "-o", "x", "--duration", "1h"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "diag",
+                "record",
+                "-o",
+                "x",
+                "--trigger",
+                "oom",
+                "--buffer-events",
+                "0"
+            ])
+            .is_err()
+        );
     }
 }

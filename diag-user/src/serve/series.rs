@@ -287,7 +287,13 @@ impl Series {
                 None => r.totals,
             };
             if !self.seen.contains_key(&key) {
-                let cg = info.cgroup_of(r.pid);
+                // An exited process's pid may be another's by now: its
+                // cgroup is not read (it would be the other's).
+                let cg = if r.exited {
+                    None
+                } else {
+                    info.cgroup_of(r.pid)
+                };
                 let cgroup = self.cgroup_label(cg);
                 self.seen.insert(
                     key.clone(),
@@ -538,6 +544,24 @@ mod tests {
             1,
             "the later one's close is not lost"
         );
+    }
+
+    /// Issue 15, item 8: a process first seen after it exited does not
+    /// get the cgroup of the process that has its pid now.
+    #[test]
+    fn an_exited_process_never_gets_the_cgroup_of_its_pids_next_owner() {
+        let mut s = Series::new(bounds(5));
+        // The fake host answers for pid 4 (another process now has it).
+        let mut f = Fake::default();
+        let mut gone = row(4, 3, 0);
+        gone.exited = true;
+        s.update(&[gone], &StateCounts::default(), 0, 0, &mut f);
+        let (k, _) = s
+            .values
+            .iter()
+            .find(|(k, _)| matches!(k, SeriesKey::Process { pid: 4, .. }))
+            .unwrap();
+        assert_eq!(k.labels()[2], ("cgroup", UNKNOWN.to_string()));
     }
 
     #[test]

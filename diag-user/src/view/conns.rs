@@ -304,8 +304,9 @@ pub struct ConnsSink {
     printed: u64,
     limit: u64,
     pub health: Health,
-    /// Keyed by pid and comm, so a reused pid is looked up afresh. Live only.
-    cgroups: Option<HashMap<(u32, String), Option<String>>>,
+    /// Keyed by pid, comm and life, so a reused pid is looked up afresh.
+    /// Live only.
+    cgroups: Option<HashMap<(u32, String, u32), Option<String>>>,
     clear: bool,
 }
 
@@ -360,9 +361,18 @@ impl ConnsSink {
         );
         if let Some(cache) = &mut self.cgroups {
             for r in &mut snap.processes {
+                // An exited process's pid may be another's by now: its
+                // cgroup is known only if it was read while it ran.
+                let exited = r.exited;
                 r.cgroup = cache
-                    .entry((r.pid, r.comm.clone()))
-                    .or_insert_with(|| enrich::cgroup_of(r.pid))
+                    .entry((r.pid, r.comm.clone(), r.life))
+                    .or_insert_with(|| {
+                        if exited {
+                            None
+                        } else {
+                            enrich::cgroup_of(r.pid)
+                        }
+                    })
                     .clone();
             }
         }
