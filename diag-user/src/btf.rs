@@ -368,6 +368,35 @@ impl Btf {
     }
 }
 
+/// The running kernel's BTF, for tests that read it. Where there is none:
+/// in CI (`CI=true`) a loud failure, elsewhere a skip, said on stderr and
+/// in the skip log `cargo xtask test` counts.
+#[cfg(test)]
+pub(crate) fn running_kernel_btf(test: &str) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from("/sys/kernel/btf/vmlinux");
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "{test}: no kernel BTF at {}, and CI must run it",
+            path.display()
+        );
+    }
+    eprintln!("SKIPPED {test}: no kernel BTF here");
+    if let Some(log) = std::env::var_os("DIAG_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: no kernel BTF here");
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -688,12 +717,10 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_the_running_kernel() {
-        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            eprintln!("no kernel BTF here; skipped");
+        let Some(path) = running_kernel_btf("btf::reads_the_running_kernel") else {
             return;
-        }
-        let btf = Btf::from_file(path).unwrap();
+        };
+        let btf = Btf::from_file(&path).unwrap();
         let pid = btf.member("task_struct", "pid").unwrap();
         let tgid = btf.member("task_struct", "tgid").unwrap();
         let comm = btf.member("task_struct", "comm").unwrap();

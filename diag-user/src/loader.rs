@@ -103,7 +103,11 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 }
 
 fn check_kernel() -> Result<String, EnvError> {
-    let release = kernel_release();
+    kernel_supported(kernel_release())
+}
+
+/// A kernel `release` diag runs on (5.8 and later: the BPF ring buffer).
+fn kernel_supported(release: String) -> Result<String, EnvError> {
     match parse_release(&release) {
         Some(v) if v >= (5, 8) => Ok(release),
         _ => Err(EnvError::KernelTooOld(release)),
@@ -420,6 +424,14 @@ mod tests {
         assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(parse_release("5.4.0"), Some((5, 4)));
         assert_eq!(parse_release("garbage"), None);
-        assert!((5, 4) < (5, 8) && (6, 1) >= (5, 8));
+        let ok = |r: &str| kernel_supported(r.to_string()).is_ok();
+        assert!(ok("5.8.0") && ok("5.10.0-21-amd64") && ok("6.1.0") && ok("6.18.44-fc-v657"));
+        assert!(!ok("5.4.0-150-generic") && !ok("4.19.0") && !ok("garbage"));
+        assert!(
+            kernel_supported("5.7.19".into())
+                .unwrap_err()
+                .to_string()
+                .contains("5.7.19")
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, bpf_objects_of, diag_bin, loopback_churn, require_root, serial};
+use diag_tests::{Diag, Gen, bpf_objects_of, diag_bin, loopback_churn, require_root, serial};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 
@@ -128,15 +128,21 @@ fn map_entries(pid: u32, name: &str) -> usize {
             .args(["map", "show", "id", &id.to_string(), "--json"])
             .output()
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        assert!(show.status.success(), "bpftool map show failed: {show:?}");
+        let v: serde_json::Value = serde_json::from_slice(&show.stdout)
+            .unwrap_or_else(|e| panic!("bpftool map show: {e}: {show:?}"));
         if v["name"] == name {
             let dump = Command::new("bpftool")
                 .args(["map", "dump", "id", &id.to_string(), "--json"])
                 .output()
                 .unwrap();
-            let entries: serde_json::Value =
-                serde_json::from_slice(&dump.stdout).unwrap_or_default();
-            return entries.as_array().map_or(0, Vec::len);
+            assert!(dump.status.success(), "bpftool map dump failed: {dump:?}");
+            let entries: serde_json::Value = serde_json::from_slice(&dump.stdout)
+                .unwrap_or_else(|e| panic!("bpftool map dump: {e}: {dump:?}"));
+            return entries
+                .as_array()
+                .unwrap_or_else(|| panic!("bpftool map dump is not a list: {entries}"))
+                .len();
         }
     }
     panic!("no map {name} held by diag");
@@ -157,9 +163,32 @@ fn per_socket_kernel_state_goes_away_with_the_sockets() {
         "nobody-matches",
     ]);
     let before = map_entries(diag.pid(), "SOCK_OWNERS");
+    // While 50 connections are held, their owners are in the map (so the
+    // count below measures the map, not a bpftool that shows nothing).
+    {
+        let mut server = Gen::spawn(LOADGEN, &["listen-hold", "50", "127.0.0.1:0"]);
+        let port = server.port();
+        let mut client = Gen::spawn(
+            LOADGEN,
+            &["connect-hold", "50", &format!("127.0.0.1:{port}")],
+        );
+        assert!(client.line().starts_with("CONNECTED"));
+        assert!(server.line().starts_with("ACCEPTED"));
+        let held = map_entries(diag.pid(), "SOCK_OWNERS");
+        assert!(
+            held >= before + 50,
+            "50 open connections, but SOCK_OWNERS went from {before} to {held}"
+        );
+    }
     loopback_churn(LOADGEN, 500);
-    thread::sleep(Duration::from_millis(200));
-    let after = map_entries(diag.pid(), "SOCK_OWNERS");
+    // The last closes reach the kernel program at once; give the map a
+    // few seconds to be back (the held sockets' FIN handshakes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = map_entries(diag.pid(), "SOCK_OWNERS");
+    while after > before + 5 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        after = map_entries(diag.pid(), "SOCK_OWNERS");
+    }
     let out = diag.stop(libc::SIGINT);
     assert!(out.status.success());
     // 1,000 sockets came and went; what is left are sockets of other

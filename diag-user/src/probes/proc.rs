@@ -137,12 +137,10 @@ mod tests {
 
     #[test]
     fn running_kernel() {
-        let path = Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            eprintln!("no kernel BTF here; skipped");
+        let Some(path) = crate::btf::running_kernel_btf("probes::proc::running_kernel") else {
             return;
-        }
-        let c = config(path).unwrap();
+        };
+        let c = config(&path).unwrap();
         assert_eq!(c.valid, 1);
         assert_ne!(c.task_exit_code, NO_FIELD);
         assert!(c.task_group_leader > 0 && c.task_start > 0 && c.task_comm > 0);
