@@ -10,7 +10,6 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::Path,
     process::{Child, Command},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -239,7 +238,7 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     let st = small.wait().unwrap();
     assert!(st.success(), "the allocating child should survive: {st}");
     wait_killed(&mut hog);
-    thread::sleep(Duration::from_millis(200));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     assert!(
         out.status.success(),
@@ -288,7 +287,7 @@ fn five_kills_in_a_row_are_all_reported_in_order() {
         pids.push(child.id());
         wait_killed(&mut child);
     }
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     assert!(
         out.status.success(),
@@ -360,7 +359,7 @@ fn memcg_v2_kill_is_reported() {
     let mut child = cg.spawn(LOADGEN, &["alloc", "256"]);
     let pid = child.id();
     wait_killed(&mut child);
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     let events = oom_events(&out);
     assert_eq!(events.len(), 1, "exactly one kill: {events:?}");
@@ -433,7 +432,7 @@ fn the_victim_cgroup_is_found_whatever_the_probe_order() {
     let small_pid = small.id();
     wait_killed(&mut hog);
     let _ = small.wait();
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let mut counts = Vec::new();
     for (name, d) in [("second", second), ("first", first)] {
         let out = d.stop(libc::SIGINT);

@@ -3,7 +3,7 @@
 //! with the same pid is never taken for it. Checked against /proc while
 //! the process runs, and against what the test did to it.
 
-use std::{process::Command, thread, time::Duration};
+use std::process::Command;
 
 use diag_tests::{Diag, Gen, require_root, serial};
 use serde_json::Value;
@@ -56,7 +56,7 @@ fn a_process_that_connected_is_reported_once_when_it_ends() {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     drop(client); // reaps it
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     assert!(
         out.status.success(),
@@ -115,7 +115,7 @@ fn a_process_is_reported_once_when_its_last_thread_ends() {
     let pid = child.id();
     let st = child.wait_with_output().unwrap().status;
     assert!(st.success(), "{st}");
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     assert!(
         out.status.success(),
@@ -145,7 +145,7 @@ fn plain_tail_does_not_show_exits() {
     let diag = Diag::start(&["tail", "--json"]);
     let st = Command::new("true").status().unwrap();
     assert!(st.success());
-    thread::sleep(Duration::from_millis(300));
+    // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
     assert!(out.status.success());
     assert!(
