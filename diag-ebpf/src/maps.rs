@@ -27,6 +27,18 @@ pub static RING_CONFIG: Global<RingConfig> = Global::new(RingConfig {
     wakeup_bytes: 1 << 20,
 });
 
+/// Non-zero: the programs say why they skip or lose an event, through
+/// aya-log (`diag --kernel-log`). Off by default: a log record costs a
+/// ring-buffer write of its own.
+#[unsafe(no_mangle)]
+pub static KERNEL_LOG: Global<u32> = Global::new(0);
+
+/// Whether kernel-side diagnostics are on.
+#[inline(always)]
+pub fn log_on() -> bool {
+    KERNEL_LOG.load() != 0
+}
+
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(slot) {

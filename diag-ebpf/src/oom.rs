@@ -295,6 +295,13 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
             wait_for_victim_task = true;
         } else if ml.valid != 0 {
             count(counters::OOM_NO_VICTIM_TASK);
+            if crate::maps::log_on() {
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "OOM kill of pid {}: no note from the victim's task, so its memory cgroup is not known in the kernel",
+                    victim_pid
+                );
+            }
         }
     }
 

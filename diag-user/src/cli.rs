@@ -348,6 +348,12 @@ pub struct ProbeArgs {
     #[arg(long, hide = true)]
     pub classic_tcp: bool,
 
+    /// Show why the kernel programs skip or lose an event (a full ring
+    /// buffer, an OOM kill without its task's note...), as warnings among
+    /// diag's own messages (aya-log; off by default: each costs a write)
+    #[arg(long)]
+    pub kernel_log: bool,
+
     /// Attach the TCP and scheduler programs but let them return at once:
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
@@ -363,6 +369,7 @@ impl Default for ProbeArgs {
             stall_threshold: std::time::Duration::from_millis(10),
             classic_tcp: false,
             empty_programs: false,
+            kernel_log: false,
         }
     }
 }

@@ -296,6 +296,8 @@ pub struct Tracer {
     pub ebpf: Ebpf,
     /// `category:name` of every attached tracepoint.
     pub attached: Vec<&'static str>,
+    /// The kernel programs' own log (`--kernel-log`).
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 fn raise_memlock() {
@@ -343,6 +345,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         Ok(l) if !args.empty_programs => *l,
         _ => SockBtfLayout::zeroed(),
     };
+    let kernel_log = u32::from(args.kernel_log);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
@@ -352,6 +355,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
         .override_global("PROC_CONFIG", &proc, true)
+        .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
         loader.override_global(global, layout, true);
@@ -412,7 +416,20 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             libc::malloc_trim(0);
         }
     }
-    Ok(Tracer { ebpf, attached })
+    // Kernel-side diagnostics, when asked for: read by the live source.
+    let logger =
+        if args.kernel_log {
+            Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| {
+                LoadError::Load(format!("the kernel programs' log: {}", flatten(&e)))
+            })?)
+        } else {
+            None
+        };
+    Ok(Tracer {
+        ebpf,
+        attached,
+        logger,
+    })
 }
 
 #[cfg(test)]

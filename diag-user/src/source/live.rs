@@ -73,10 +73,37 @@ impl Live {
         mut enricher: Option<Enricher>,
     ) -> std::io::Result<Health> {
         let Live {
-            tracer,
+            mut tracer,
             ring,
             drainer: mut me,
         } = self;
+        // The kernel programs' own log, when asked for: records become
+        // diag's warnings (through `log` into `tracing`).
+        if let Some(logger) = tracer.logger.take() {
+            let cancel = cancel.clone();
+            // SAFETY: the logger owns its ring buffer's fd and keeps it
+            // open, unchanged, for as long as the AsyncFd (which owns the
+            // logger) lives.
+            match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            {
+                Ok(mut logger) => {
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                guard = logger.readable_mut() => {
+                                    let Ok(mut guard) = guard else { break };
+                                    guard.get_inner_mut().flush();
+                                    guard.clear_ready();
+                                }
+                            }
+                        }
+                        logger.get_mut().flush();
+                    });
+                }
+                Err(e) => tracing::warn!("cannot read the kernel programs' log: {e}"),
+            }
+        }
         // SAFETY: the ring buffer owns its fd and keeps it open, unchanged,
         // for as long as the AsyncFd (which owns the ring buffer) lives.
         let mut afd =

@@ -35,6 +35,9 @@
 //! diag-loadgen spin SECONDS
 //!     Burn one CPU for SECONDS (print `SPINNING`).
 //!
+//! diag-loadgen forks COUNT
+//!     Fork COUNT children that exit at once, one after another.
+//!
 //! With `DIAG_LOADGEN_COMM=NAME` in the environment, it runs as NAME.
 
 use std::{
@@ -281,6 +284,22 @@ fn set_comm_from_env() {
     }
 }
 
+fn forks(count: usize) -> std::io::Result<()> {
+    for _ in 0..count {
+        // SAFETY: the child only calls _exit.
+        match unsafe { libc::fork() } {
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => unsafe { libc::_exit(0) },
+            pid => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     set_comm_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -312,6 +331,7 @@ fn main() -> ExitCode {
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
         "churn" => churn(count as u64),
         "spin" => spin(count as u64),
+        "forks" => forks(count),
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);
