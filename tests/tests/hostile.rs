@@ -385,3 +385,30 @@ fn serve_outlasts_idle_clients() {
         "the refused connections are not named: {stderr:?}"
     );
 }
+
+/// Issue 15, item 13: `export` of a recording without its end frame (the
+/// recorder was killed) says so, as `replay` does.
+#[test]
+fn export_says_when_the_recording_was_cut() {
+    if !require_root("export_says_when_the_recording_was_cut") {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new("cut");
+    let file = dir.path("cut.diag");
+    let f = file.to_str().unwrap().to_string();
+    let mut rec = Running::start(&["record", "-o", &f], Stdio::null());
+    loopback_churn(LOADGEN, 3);
+    // Frames are written at least once a second.
+    thread::sleep(Duration::from_millis(1500));
+    rec.child.kill().unwrap();
+    rec.child.wait().unwrap();
+    let o = Command::new(diag_bin())
+        .args(["export", &f, "--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not finished cleanly"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).is_empty());
+}

@@ -223,7 +223,7 @@ fn names_of(h: &RecordingHeader) -> Names {
 
 /// `diag export FILE --format jsonl|chrome-trace`.
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let reader = open(&args.file)?;
+    let mut reader = open(&args.file)?;
     let header = reader.header.clone();
     let clock = header.clock();
     let names = names_of(&header);
@@ -243,7 +243,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 broken(e)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            for rec in reader {
+            for rec in reader.by_ref() {
                 if let Record::Damage(d) = &rec {
                     damage += 1;
                     eprintln!("diag: {d}");
@@ -259,7 +259,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         ExportFormat::ChromeTrace => {
             let mut trace = ChromeTrace::new(clock);
             let mut last = header.started_ts_ns;
-            for rec in reader {
+            for rec in reader.by_ref() {
                 match rec {
                     Record::Events(evs) => {
                         for e in &evs {
@@ -283,7 +283,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         broken(e)?;
     }
     if damage > 0 {
-        eprintln!("diag: {damage} damaged parts of the recording were skipped");
+        tracing::warn!("{damage} damaged parts of the recording were skipped");
+    }
+    if !reader.ended {
+        tracing::warn!(
+            "the recording was not finished cleanly (diag was killed or the file was cut): the export ends at its last complete frame"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -215,6 +215,8 @@ pub fn render_text(r: &Review, file: &str) -> String {
     let mut o = String::new();
     let h = &r.header;
     let first = r.first_ts.unwrap_or(h.started_ts_ns);
+    // A recording without events ends where it starts, not at boot.
+    let last = r.last_ts.max(first);
     let _ = writeln!(o, "diag report: {file}");
     let _ = writeln!(
         o,
@@ -223,8 +225,8 @@ pub fn render_text(r: &Review, file: &str) -> String {
         h.kernel,
         h.cpus,
         clock.wall(first).format("%Y-%m-%d %H:%M:%S %Z"),
-        t(r.last_ts),
-        human_ns(r.last_ts.saturating_sub(first)),
+        t(last),
+        human_ns(last - first),
         h.diag_version
     );
     let _ = writeln!(o, "Events: {}; probes: {}", r.events, h.probes.join(", "));
@@ -375,13 +377,16 @@ pub fn render_text(r: &Review, file: &str) -> String {
             p.totals.time_waits
         );
     }
-    let _ = writeln!(o, "  TIME_WAIT peak: {} at {}", r.tw_peak.1, t(r.tw_peak.0));
-    let _ = writeln!(
-        o,
-        "  CLOSE_WAIT peak: {} at {}",
-        r.cw_peak.1,
-        t(r.cw_peak.0)
-    );
+    // A peak of 0 has no moment.
+    let peak = |(ts, n): (u64, u64)| {
+        if n == 0 {
+            "0".to_string()
+        } else {
+            format!("{n} at {}", t(ts))
+        }
+    };
+    let _ = writeln!(o, "  TIME_WAIT peak: {}", peak(r.tw_peak));
+    let _ = writeln!(o, "  CLOSE_WAIT peak: {}", peak(r.cw_peak));
     if let Some(s) = &r.last
         && !s.leaks.is_empty()
     {
@@ -718,5 +723,27 @@ mod tests {
         assert!(html.contains("<polyline") && html.contains("class=\"bar\""));
         assert!(html.contains("x&lt;y&gt;.diag"));
         assert!(!html.contains("<script"));
+    }
+
+    /// Issue 15, item 13: a recording without events ends where it starts
+    /// (not at boot), and a peak of nothing has no moment.
+    #[test]
+    fn an_empty_recording_tells_no_lies() {
+        let header = RecordingHeader {
+            clock_offset_ns: 1_700_000_000_000_000_000,
+            started_ts_ns: 5_000_000_000,
+            ..Default::default()
+        };
+        let r = Review::build(header, std::iter::empty(), || true);
+        let text = render_text(&r, "empty.diag");
+        assert!(!text.contains("peak: 0 at"), "{text}");
+        assert!(text.contains("CLOSE_WAIT peak: 0\n"), "{text}");
+        let line = text.lines().find(|l| l.contains("recorded")).unwrap();
+        let times: Vec<&str> = line
+            .split([' ', ';', '('])
+            .filter(|w| w.len() == 8 && w.as_bytes()[2] == b':')
+            .collect();
+        assert_eq!(times.len(), 2, "{line}");
+        assert_eq!(times[0], times[1], "{line}");
     }
 }
