@@ -3,6 +3,7 @@
 
 pub mod flight;
 pub mod format;
+pub mod outfile;
 pub mod reader;
 pub mod writer;
 
