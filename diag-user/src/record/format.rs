@@ -505,6 +505,45 @@ pub fn push_event(payload: &mut Vec<u8>, record: &[u8]) {
     payload.extend_from_slice(&record[..n]);
 }
 
+/// Hostile inputs for tests.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use super::*;
+
+    /// A zstd frame that expands to `bytes` zeros: RLE blocks of 128 KiB,
+    /// 4 stored bytes each (made by hand: compressing that much would take
+    /// the test as long as the bomb takes a reader).
+    pub fn zstd_bomb(bytes: u64) -> Vec<u8> {
+        const BLOCK: u64 = 128 << 10;
+        // Magic, a descriptor without content size, a 128 KiB window.
+        let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(BLOCK);
+            left -= n;
+            let last = u32::from(left == 0);
+            let h = ((n as u32) << 3) | (1 << 1) | last;
+            z.extend_from_slice(&h.to_le_bytes()[..3]);
+            z.push(0);
+        }
+        z
+    }
+
+    /// A frame with a valid checksum around any stored bytes and flags.
+    pub fn raw_frame(kind: u8, flags: u8, stored: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&FRAME_SYNC.to_le_bytes());
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        let crc = frame_crc(&out[4..12], stored);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(stored);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,6 +652,84 @@ mod tests {
         }
         assert_eq!(p.finish(), None);
         assert_eq!(frames_of(&items), frames());
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_not_expanded() {
+        // 4 GiB of zeros in 128 KiB of stored bytes: refused at the bound,
+        // at once, without the memory.
+        let bomb = hostile::zstd_bomb(4 << 30);
+        assert!(bomb.len() < 140 << 10);
+        let mut f = file_header().to_vec();
+        f.extend(hostile::raw_frame(FrameKind::Header as u8, 0, b"{}"));
+        f.extend(hostile::raw_frame(
+            FrameKind::Events as u8,
+            COMPRESSED,
+            &bomb,
+        ));
+        f.extend(hostile::raw_frame(FrameKind::End as u8, 0, b"{}"));
+        let t = std::time::Instant::now();
+        let (_, items) = parse_all(&f).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(frames_of(&items).len(), 2);
+        match damages(&items)[..] {
+            [Damage::BadPayload { why, .. }] => assert!(why.contains("expands past"), "{why}"),
+            ref d => panic!("{d:?}"),
+        }
+        // Under MAX_PAYLOAD but over the ratio: refused too; ordinary
+        // compressed data expands.
+        assert!(decompress(&hostile::zstd_bomb(1 << 20)).is_err());
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i * 7919).to_le_bytes())
+            .collect();
+        let c = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(decompress(&c).unwrap(), data);
+        // The writer never makes such a frame: it stores it as it is.
+        let zeros = vec![0u8; 4 << 20];
+        let frame = encode_frame(FrameKind::Events, &zeros, true);
+        let (_, items) = parse_all(&[&file_header()[..], &frame].concat()).unwrap();
+        assert_eq!(frames_of(&items), vec![(FrameKind::Events, zeros)]);
+    }
+
+    #[test]
+    fn a_damaged_length_past_the_end_costs_one_frame() {
+        let clean = sample_file(&frames(), true);
+        let second = FILE_HEADER_LEN + FRAME_HEADER_LEN + 12;
+        for bit in [20u32, 24, 25, 30] {
+            let mut f = clean.clone();
+            let len = u32::from_le_bytes(f[second + 8..second + 12].try_into().unwrap());
+            f[second + 8..second + 12].copy_from_slice(&(len ^ (1 << bit)).to_le_bytes());
+            let (_, items) = parse_all(&f).unwrap();
+            let got = frames_of(&items);
+            assert_eq!(got.len(), 4, "bit {bit}: {:?}", damages(&items));
+            assert_eq!(got[0], frames()[0]);
+            assert_eq!(got[1..], frames()[2..]);
+            assert!(
+                !damages(&items)
+                    .iter()
+                    .any(|d| matches!(d, Damage::Truncated { .. })),
+                "bit {bit}: not called a truncation: {:?}",
+                damages(&items)
+            );
+            // The same streamed in chunks, as the reader does.
+            let mut p = Parser::new(FILE_HEADER_LEN as u64);
+            let mut n = 0;
+            for chunk in f[FILE_HEADER_LEN..].chunks(1000) {
+                p.feed(chunk);
+                while let Some(i) = p.next_item() {
+                    n += usize::from(matches!(i, Item::Frame(_)));
+                }
+            }
+            loop {
+                while let Some(i) = p.next_item() {
+                    n += usize::from(matches!(i, Item::Frame(_)));
+                }
+                if p.finish().is_none() {
+                    break;
+                }
+            }
+            assert_eq!(n, 4, "bit {bit} streamed");
+        }
     }
 
     #[test]

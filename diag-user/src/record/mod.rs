@@ -295,7 +295,7 @@ fn run_flight(args: RecordArgs, env: loader::Env) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot create the directory {}: {e}", dir.display()))?;
     }
     let probe_file = dir.join(".diag-write-test");
-    std::fs::write(&probe_file, b"").map_err(|e| {
+    outfile::create_private(&probe_file, outfile::Lock::None).map_err(|e| {
         anyhow::anyhow!(
             "cannot write in {}: {e}; give a directory diag may write to",
             dir.display()

@@ -90,6 +90,10 @@ pub const MAX_JUMP_NS: u64 = 10 * 60 * 1_000_000_000;
 /// header is made before anything is traced).
 pub const BEFORE_START_NS: u64 = 60 * 1_000_000_000;
 
+/// No time read is later than this (a hundred years after boot): what is
+/// is damage, and every time handed on leaves room for arithmetic.
+pub const MAX_TS_NS: u64 = 100 * 365 * 86_400 * 1_000_000_000;
+
 /// How far into a file whose first 16 bytes are damaged a readable Header
 /// frame is looked for before saying it is not a recording.
 const RECOVER_SCAN: u64 = 4 << 20;
@@ -136,6 +140,9 @@ impl TimeCheck {
     fn check(&mut self, ts: u64) -> Verdict {
         if ts < self.lo {
             return Verdict::Early;
+        }
+        if ts > MAX_TS_NS {
+            return Verdict::Far(ts - self.latest.unwrap_or(self.lo).min(ts));
         }
         match self.latest {
             Some(l) if ts > l.saturating_add(MAX_JUMP_NS) => Verdict::Far(ts - l),
@@ -280,10 +287,7 @@ impl Reader {
         let mut first = true;
         let mut others = false;
         let mut why = None;
-        loop {
-            let Some(item) = self.next_item()? else {
-                break;
-            };
+        while let Some(item) = self.next_item()? {
             match item {
                 Item::Frame(f) if f.kind == FrameKind::Header => {
                     match serde_json::from_slice(&f.payload) {
@@ -335,7 +339,7 @@ impl Reader {
     fn timed(&mut self, what: &str, offset: u64, ts: u64, health: bool) -> Option<String> {
         match self.clock.check(ts) {
             Verdict::Ok => None,
-            Verdict::Far(by) if health && self.clock.confirm_jump(ts) => {
+            Verdict::Far(by) if health && ts <= MAX_TS_NS && self.clock.confirm_jump(ts) => {
                 self.queue.push_back(Record::Damage(format!(
                     "{}: the recording's clock jumps forward by {} at byte {offset} (was the host suspended?): read on from there",
                     self.path.display(),
@@ -421,12 +425,12 @@ impl Reader {
                 f.offset
             ))
         };
-        fn json<T: serde::de::DeserializeOwned>(f: &Frame, what: &str) -> Result<T, Record> {
+        fn json<T: serde::de::DeserializeOwned>(f: &Frame, what: &str) -> Result<T, String> {
             serde_json::from_slice(&f.payload).map_err(|e| {
-                Record::Damage(format!(
+                format!(
                     "{what} frame at byte {} is unreadable ({e}): skipped",
                     f.offset
-                ))
+                )
             })
         }
         let rec = match f.kind {
@@ -447,14 +451,14 @@ impl Reader {
                     None => Record::Health(h),
                     Some(d) => Record::Damage(d),
                 },
-                Err(d) => d,
+                Err(d) => Record::Damage(d),
             },
             FrameKind::Table => match json::<TableFrame>(&f, "table") {
                 Ok(t) => match self.timed("table", f.offset, t.ts_ns, false) {
                     None => Record::Table(t),
                     Some(d) => Record::Damage(d),
                 },
-                Err(d) => d,
+                Err(d) => Record::Damage(d),
             },
             FrameKind::Procs => serde_json::from_slice(&f.payload)
                 .map(Record::Procs)
@@ -464,7 +468,7 @@ impl Reader {
                     None => Record::OomContext(c),
                     Some(d) => Record::Damage(d),
                 },
-                Err(d) => d,
+                Err(d) => Record::Damage(d),
             },
             FrameKind::End => {
                 self.ended = true;
@@ -516,6 +520,412 @@ impl Iterator for Reader {
                     )));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{
+        format::{self, COMPRESSED, encode_frame, file_header, hostile, push_event},
+        writer::{Writer, WriterOptions},
+    };
+    use diag_common::{
+        EventHeader, EventKind,
+        tcp::{AF_INET, TcpStateEvent, attribution, state},
+    };
+    use proptest::prelude::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn ev(ts: u64, sk: u64) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::TcpState as u32;
+        h.ts_ns = ts;
+        h.pid = 7;
+        h.tgid = 7;
+        AnyEvent::TcpState(TcpStateEvent {
+            header: h,
+            skaddr: sk,
+            in_old_state_ns: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 1,
+            dport: 2,
+            family: AF_INET,
+            old_state: state::CLOSE,
+            new_state: state::SYN_SENT,
+            attribution: attribution::SYSCALL,
+            _pad: [0; 3],
+            current_tgid: 7,
+        })
+    }
+
+    fn header_at(ts: u64) -> RecordingHeader {
+        RecordingHeader {
+            hostname: "h".into(),
+            started_ts_ns: ts,
+            command_line: vec!["diag".into(), "record".into()],
+            ..Default::default()
+        }
+    }
+
+    fn events_payload(evs: &[AnyEvent]) -> Vec<u8> {
+        let mut p = Vec::new();
+        for e in evs {
+            push_event(&mut p, e.to_bytes());
+        }
+        p
+    }
+
+    fn health(ts: u64) -> Vec<u8> {
+        serde_json::to_vec(&Health {
+            ts_ns: ts,
+            ..Health::default()
+        })
+        .unwrap()
+    }
+
+    /// A temporary file, removed on drop.
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn tmp_file(name: &str, bytes: &[u8]) -> Tmp {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "diag-reader-{name}-{}-{}.diag",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&p, bytes).unwrap();
+        Tmp(p)
+    }
+
+    fn file_of(frames: &[(FrameKind, Vec<u8>)]) -> Vec<u8> {
+        let mut f = file_header().to_vec();
+        for (k, p) in frames {
+            f.extend(encode_frame(*k, p, true));
+        }
+        f
+    }
+
+    /// Every record of a file: events, and the damage words.
+    fn read_all(path: &Path) -> (Reader, Vec<AnyEvent>, Vec<String>) {
+        let mut r = Reader::open(path).unwrap();
+        let (mut evs, mut dmg) = (Vec::new(), Vec::new());
+        for rec in r.by_ref() {
+            match rec {
+                Record::Events(e) => {
+                    assert!(e.len() <= EVENTS_PER_RECORD);
+                    evs.extend(e)
+                }
+                Record::Damage(d) => dmg.push(d),
+                _ => {}
+            }
+        }
+        (r, evs, dmg)
+    }
+
+    #[test]
+    fn impossible_times_are_damage_and_not_handed_on() {
+        let start = 100 * S;
+        let f = file_of(&[
+            (
+                FrameKind::Header,
+                serde_json::to_vec(&header_at(start)).unwrap(),
+            ),
+            (
+                FrameKind::Events,
+                events_payload(&[ev(start + S, 1), ev(1 << 63, 2), ev(start + 2 * S, 3)]),
+            ),
+            (FrameKind::Events, events_payload(&[ev(S, 4)])),
+            (FrameKind::Health, health(u64::MAX)),
+            (FrameKind::Health, health(start + 3 * S)),
+            (FrameKind::End, b"{\"ts_ns\":0,\"reason\":\"x\"}".to_vec()),
+        ]);
+        let t = tmp_file("far", &f);
+        let (r, evs, dmg) = read_all(&t.0);
+        assert_eq!(
+            evs.iter().map(|e| e.header().ts_ns).collect::<Vec<_>>(),
+            vec![start + S, start + 2 * S]
+        );
+        assert_eq!(r.out_of_time, 3, "{dmg:?}");
+        assert!(dmg.iter().any(|d| d.contains("impossibly late")), "{dmg:?}");
+        assert!(
+            dmg.iter()
+                .any(|d| d.contains("before the recording started")),
+            "{dmg:?}"
+        );
+        assert!(dmg.iter().any(|d| d.contains("health frame")), "{dmg:?}");
+        assert!(r.ended);
+    }
+
+    #[test]
+    fn a_suspended_host_resumes_at_its_second_health_frame() {
+        let start = 100 * S;
+        let resume = start + 7200 * S;
+        let f = file_of(&[
+            (
+                FrameKind::Header,
+                serde_json::to_vec(&header_at(start)).unwrap(),
+            ),
+            (FrameKind::Events, events_payload(&[ev(start + S, 1)])),
+            (FrameKind::Health, health(start + S)),
+            (FrameKind::Health, health(resume)),
+            (FrameKind::Health, health(resume + S)),
+            (FrameKind::Events, events_payload(&[ev(resume + S + 1, 2)])),
+        ]);
+        let t = tmp_file("suspend", &f);
+        let (_, evs, dmg) = read_all(&t.0);
+        assert_eq!(evs.len(), 2, "{dmg:?}");
+        assert!(
+            dmg.iter().any(|d| d.contains("clock jumps forward by 2h")),
+            "{dmg:?}"
+        );
+    }
+
+    fn written(name: &str, n: u64) -> (Tmp, Vec<u8>) {
+        let p =
+            std::env::temp_dir().join(format!("diag-reader-w-{name}-{}.diag", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let mut w = Writer::create(&p, header_at(S), WriterOptions::default()).unwrap();
+        let evs: Vec<AnyEvent> = (0..n).map(|i| ev(2 * S + i * 1000, i)).collect();
+        w.events(&evs).unwrap();
+        w.finish("test").unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        (Tmp(p), bytes)
+    }
+
+    #[test]
+    fn the_writer_keeps_to_the_bounds_and_writes_the_header_twice() {
+        let (_t, bytes) = written("bounds", 40_000);
+        let (_, items) = format::parse_all(&bytes).unwrap();
+        let frames: Vec<&Frame> = items
+            .iter()
+            .map(|i| match i {
+                Item::Frame(f) => f,
+                Item::Damage(d) => panic!("{d}"),
+            })
+            .collect();
+        assert_eq!(frames[0].kind, FrameKind::Header);
+        assert_eq!(frames[1].kind, FrameKind::Header);
+        assert_eq!(frames[0].payload, frames[1].payload);
+        let ev_frames: Vec<_> = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Events)
+            .collect();
+        assert!(ev_frames.len() >= 2);
+        for f in ev_frames {
+            assert!(f.payload.len() <= format::MAX_EVENTS_PAYLOAD);
+        }
+    }
+
+    #[test]
+    fn a_damaged_header_frame_is_read_from_its_copy() {
+        let (_t, good) = written("hdr", 20_000);
+        let (_, all, _) = read_all(&_t.0);
+        assert_eq!(all.len(), 20_000);
+        // Every byte of the first header frame, and of its copy.
+        let first_len = u32::from_le_bytes(
+            good[FILE_HEADER_LEN + 8..FILE_HEADER_LEN + 12]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        let copy_at = FILE_HEADER_LEN + 16 + first_len;
+        let copy_len =
+            u32::from_le_bytes(good[copy_at + 8..copy_at + 12].try_into().unwrap()) as usize;
+        for at in (FILE_HEADER_LEN..copy_at + 16 + copy_len).step_by(3) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            let t = tmp_file("hdrflip", &bad);
+            let (r, evs, dmg) = read_all(&t.0);
+            assert_eq!(r.header, header_at(S), "flip at {at}");
+            assert_eq!(evs.len(), 20_000, "flip at {at}: {dmg:?}");
+            assert!(!dmg.is_empty(), "flip at {at} is reported");
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_header_is_forgiven_when_frames_are_intact() {
+        let (_t, good) = written("magic", 100);
+        for at in [0usize, 3, 7, 9] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            let t = tmp_file("magicflip", &bad);
+            let (r, evs, dmg) = read_all(&t.0);
+            assert_eq!(evs.len(), 100, "flip at {at}");
+            assert_eq!(r.header, header_at(S));
+            assert!(dmg[0].contains("first 16 bytes are damaged"), "{dmg:?}");
+        }
+        // A newer version stays a newer version; other files stay foreign.
+        let mut newer = good.clone();
+        newer[8] = 2;
+        let t = tmp_file("newer", &newer);
+        assert!(matches!(
+            Reader::open(&t.0),
+            Err(ReadError::Header {
+                what: HeaderError::TooNew(2),
+                ..
+            })
+        ));
+        let t = tmp_file("foreign", b"hello, I am not a recording at all, no");
+        assert!(matches!(
+            Reader::open(&t.0),
+            Err(ReadError::Header {
+                what: HeaderError::NotARecording,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_version_1_file_without_header_copies_still_reads_when_its_header_is_damaged() {
+        let f = file_of(&[
+            (
+                FrameKind::Header,
+                serde_json::to_vec(&header_at(S)).unwrap(),
+            ),
+            (
+                FrameKind::Events,
+                events_payload(&[ev(2 * S, 1), ev(3 * S, 2)]),
+            ),
+        ]);
+        let mut bad = f.clone();
+        bad[FILE_HEADER_LEN + 20] ^= 1;
+        let t = tmp_file("v1", &bad);
+        let (r, evs, dmg) = read_all(&t.0);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(r.header, RecordingHeader::default());
+        assert!(
+            dmg.iter().any(|d| d.contains("no readable header frame")),
+            "{dmg:?}"
+        );
+    }
+
+    /// One frame of a hostile file, valid checksum, hostile contents.
+    fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
+        let ts = prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            Just(1u64 << 63),
+            0u64..1_000 * S,
+            any::<u64>(),
+        ];
+        let kind = prop_oneof![1u8..=7, any::<u8>()];
+        prop_oneof![
+            // Events with any times, including impossible ones.
+            proptest::collection::vec((ts.clone(), any::<u64>()), 0..50).prop_map(|evs| {
+                let evs: Vec<AnyEvent> = evs.into_iter().map(|(t, sk)| ev(t, sk)).collect();
+                hostile::raw_frame(FrameKind::Events as u8, 0, &events_payload(&evs))
+            }),
+            // Bad JSON, wrong types, random bytes, of any kind.
+            (kind.clone(), proptest::collection::vec(any::<u8>(), 0..200))
+                .prop_map(|(k, b)| hostile::raw_frame(k, 0, &b)),
+            (kind.clone(), "[ -~]{0,80}").prop_map(|(k, s)| hostile::raw_frame(k, 0, s.as_bytes())),
+            // Timed JSON frames at any time.
+            (ts.clone(), 3u8..=4).prop_map(|(t, k)| {
+                let body = if k == 3 {
+                    health(t)
+                } else {
+                    format!("{{\"ts_ns\":{t},\"rows\":[]}}").into_bytes()
+                };
+                hostile::raw_frame(k, 0, &body)
+            }),
+            // Decompression bombs and compressed garbage.
+            (kind.clone(), 0u64..(1 << 34)).prop_map(|(k, n)| hostile::raw_frame(
+                k,
+                COMPRESSED,
+                &hostile::zstd_bomb(n)
+            )),
+            (kind.clone(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(k, b)| hostile::raw_frame(k, COMPRESSED, &b)),
+            // A header whose length runs far past the end.
+            (kind, any::<u32>()).prop_map(|(k, len)| {
+                let mut f = hostile::raw_frame(k, 0, b"{}");
+                f[8..12].copy_from_slice(&len.to_le_bytes());
+                f
+            }),
+            // A real header.
+            Just(hostile::raw_frame(
+                FrameKind::Header as u8,
+                0,
+                &serde_json::to_vec(&header_at(S)).unwrap()
+            )),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Whole files with the frame structure and hostile contents:
+        /// never a panic; what is handed on is bounded (events per record,
+        /// times within the rules), and reading is quick.
+        #[test]
+        fn hostile_files_are_read_within_bounds(
+            frames in proptest::collection::vec(hostile_frame(), 0..12),
+            good_header in any::<bool>(),
+        ) {
+            let mut f = file_header().to_vec();
+            if good_header {
+                f.extend(hostile::raw_frame(
+                    FrameKind::Header as u8,
+                    0,
+                    &serde_json::to_vec(&header_at(S)).unwrap(),
+                ));
+            }
+            for fr in &frames {
+                f.extend(fr);
+            }
+            let t = tmp_file("fuzz", &f);
+            let started = std::time::Instant::now();
+            if let Ok(mut r) = Reader::open(&t.0) {
+                let lo = r.header.started_ts_ns.saturating_sub(BEFORE_START_NS);
+                let mut expanded = 0usize;
+                let mut latest: Option<u64> = None;
+                let mut records = Vec::new();
+                for rec in r.by_ref() {
+                    let timed = match &rec {
+                        Record::Health(h) => Some(h.ts_ns),
+                        Record::Table(t) => Some(t.ts_ns),
+                        Record::OomContext(c) => Some(c.ts_ns),
+                        _ => None,
+                    };
+                    if let Some(ts) = timed {
+                        prop_assert!(ts <= MAX_TS_NS);
+                        latest = Some(latest.map_or(ts, |l| l.max(ts)));
+                    }
+                    if let Record::Events(evs) = &rec {
+                        prop_assert!(evs.len() <= EVENTS_PER_RECORD);
+                        expanded += evs.len() * std::mem::size_of::<AnyEvent>();
+                        for e in evs {
+                            let ts = e.header().ts_ns;
+                            prop_assert!(ts >= lo && ts <= MAX_TS_NS);
+                            if let Some(l) = latest {
+                                prop_assert!(ts <= l + MAX_JUMP_NS, "{ts} after {l}");
+                            }
+                            latest = Some(latest.map_or(ts, |l| l.max(ts)));
+                        }
+                    }
+                    records.push(rec);
+                }
+                // Decoded events are bounded by what the file can expand to.
+                prop_assert!(expanded <= f.len() * format::MAX_RATIO * 4);
+                // The report over the same records: small, and no panic.
+                let review = crate::view::report::Review::build(
+                    r.header.clone(),
+                    records.into_iter(),
+                    || false,
+                );
+                prop_assert!(review.timeline.len() <= 3 * review.events as usize + 8);
+                let _ = crate::view::report::render_text(&review, "fuzz");
+            }
+            prop_assert!(started.elapsed() < std::time::Duration::from_secs(10));
         }
     }
 }
