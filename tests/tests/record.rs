@@ -461,10 +461,11 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
         assert!(check_damaged(&v));
         let out = diag(&["replay", v.to_str().unwrap(), "tail", "--json"]);
         let err = text(&out.stderr);
-        assert_eq!(
-            text(&out.stdout).lines().count(),
-            all - lost,
-            "bit {bit} of the length at {at}: only that frame is lost: {err}"
+        // (tail shows no process exits: they may be part of the frame.)
+        let n = text(&out.stdout).lines().count();
+        assert!(
+            n >= all.saturating_sub(lost) && n <= all,
+            "bit {bit} of the length at {at}: {n} of {all} read, only that frame ({lost} events) may be lost: {err}"
         );
         assert!(
             !err.contains("truncated") && !err.contains("not finished"),

@@ -196,8 +196,9 @@ pub enum Damage {
     UnknownKind { offset: u64, kind: u8 },
     /// The file ends in the middle of a frame.
     Truncated { offset: u64, missing: u64 },
-    /// A frame's length runs past the end of the file but another frame
-    /// starts later: the length was damaged; skipped to that frame.
+    /// A frame's length runs past the end of the file (or over
+    /// [`MAX_FRAME`]) but another frame starts later: the length was
+    /// damaged; skipped to that frame.
     BadLength { offset: u64, len: u32, skipped: u64 },
 }
 
@@ -236,7 +237,7 @@ impl fmt::Display for Damage {
                 skipped,
             } => write!(
                 f,
-                "frame at byte {offset} has a damaged length ({len} bytes, past the end of the file): skipped {skipped} bytes to the next frame"
+                "frame at byte {offset} has a damaged length ({len} bytes, past the end of the file or over the largest frame): skipped {skipped} bytes to the next frame"
             ),
         }
     }
@@ -333,8 +334,9 @@ impl Parser {
                 match skipped {
                     Some(n) => {
                         self.pos += n - 1;
-                        return Some(Item::Damage(Damage::Garbage {
+                        return Some(Item::Damage(Damage::BadLength {
                             offset,
+                            len,
                             skipped: n as u64,
                         }));
                     }
