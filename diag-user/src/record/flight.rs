@@ -202,7 +202,15 @@ impl Flight {
             },
         )?;
         if let Some(b) = &self.base_table {
-            w.table(b.ts_ns, &b.rows)?;
+            // A table from long before the window (a long --reconcile) is
+            // written as of the window's start: a reader takes a jump of
+            // more than MAX_JUMP_NS for damage.
+            let ts = if b.ts_ns < from.saturating_sub(super::reader::MAX_JUMP_NS / 2) {
+                from
+            } else {
+                b.ts_ns
+            };
+            w.table(ts, &b.rows)?;
         }
         for (ts, kept) in &self.buf {
             match kept {

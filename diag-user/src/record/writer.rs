@@ -175,7 +175,7 @@ impl Writer {
         for e in evs {
             let bytes = e.to_bytes();
             if self.pending.len() + 2 + bytes.len() > MAX_EVENTS_PAYLOAD {
-                self.flush_events_only()?;
+                self.flush()?;
             }
             push_event(&mut self.pending, bytes);
         }
