@@ -528,3 +528,75 @@ impl Drop for MemCgroup {
         eprintln!("WARNING: could not remove {}", self.dir.display());
     }
 }
+
+/// What a bounded run of `diag` did (see [`diag_bounded`]).
+pub struct Bounded {
+    /// None when it was killed for running past its time.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Run `diag ARGS` as an unprivileged user would: as user nobody when we
+/// are root (setpriv), with its address space limited to `max_as` bytes
+/// (prlimit) and killed after `timeout`, so that a regression that eats
+/// memory or never ends is a failure, not a hung test run. At most 1 MiB
+/// of each output is kept.
+pub fn diag_bounded(args: &[&str], max_as: u64, timeout: Duration) -> Bounded {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--as={max_as}")).arg("--");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .arg(diag_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn prlimit diag");
+    fn keep(mut r: impl std::io::Read + Send + 'static) -> thread::JoinHandle<String> {
+        thread::spawn(move || {
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < 1 << 20 {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    }
+    let out = keep(child.stdout.take().unwrap());
+    let err = keep(child.stderr.take().unwrap());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    Bounded {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed,
+    }
+}

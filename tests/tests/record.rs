@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, diag_bin, loopback_churn, require_root, serial};
+use diag_tests::{
+    Diag, Gen, MemCgroup, V1_ROOT, diag_bin, diag_bounded, loopback_churn, require_root, serial,
+};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -310,8 +312,13 @@ impl Lcg {
     }
 }
 
-fn check_damaged(path: &Path) {
+/// Replay, replay as a table and report a damaged file: no panic, JSON
+/// lines stay JSON, and either one sentence saying why it cannot be read
+/// (exit 1) or a replay that says what was damaged (exit 0). Returns
+/// whether every command read it.
+fn check_damaged(path: &Path) -> bool {
     let p = path.to_str().unwrap();
+    let mut read = true;
     for args in [
         vec!["replay", p, "tail", "--json"],
         vec!["replay", p, "conns", "--json"],
@@ -327,11 +334,58 @@ fn check_damaged(path: &Path) {
                         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
                     }
                 }
+                if args[0] == "report" {
+                    let o = text(&out.stdout);
+                    assert!(
+                        o.contains("DAMAGED: ") || o.contains("NOT FINISHED"),
+                        "{args:?}: the report says nothing of the damage:\n{o}"
+                    );
+                    assert!(!o.contains("Complete: no events were lost."), "{o}");
+                } else {
+                    assert!(
+                        ["skipped", "truncated", "damaged", "not finished cleanly"]
+                            .iter()
+                            .any(|w| err.contains(w)),
+                        "{args:?}: the damage is not reported: {err}"
+                    );
+                }
             }
-            Some(1) => assert_eq!(err.lines().count(), 1, "unreadable: one sentence: {err}"),
+            Some(1) => {
+                read = false;
+                assert_eq!(err.lines().count(), 1, "unreadable: one sentence: {err}")
+            }
             other => panic!("{args:?}: exit {other:?}: {err}"),
         }
     }
+    read
+}
+
+/// The frames of a recording: (offset, kind, stored length).
+fn frames_of(file: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut out = Vec::new();
+    let mut at = 16;
+    while at + 16 <= file.len() {
+        assert_eq!(
+            file[at..at + 4],
+            FRAME_SYNC.to_le_bytes(),
+            "a frame at {at}"
+        );
+        let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push((at, file[at + 4], len));
+        at += 16 + len;
+    }
+    out
+}
+
+/// Events in an uncompressed Events frame's payload.
+fn events_in(payload: &[u8]) -> usize {
+    let (mut n, mut p) = (0, payload);
+    while p.len() >= 2 {
+        let len = u16::from_le_bytes([p[0], p[1]]) as usize;
+        p = &p[(2 + len).min(p.len())..];
+        n += 1;
+    }
+    n
 }
 
 #[test]
@@ -374,8 +428,63 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
         let at = 16 + rng.next(bad.len() - 16);
         bad[at] ^= 0x5a;
         std::fs::write(&v, &bad).unwrap();
-        check_damaged(&v);
+        assert!(
+            check_damaged(&v),
+            "one damaged byte (at {at}) never loses the file"
+        );
     }
+    // Anywhere in the header frame (or its copy): the file still reads,
+    // all of it.
+    let frames = frames_of(&good);
+    assert_eq!(
+        (frames[0].1, frames[1].1),
+        (1, 1),
+        "the header, then its copy"
+    );
+    for _ in 0..6 {
+        let mut bad = good.clone();
+        let at = 16 + rng.next(frames[1].0 + 16 + frames[1].2 - 16);
+        bad[at] ^= 1 << rng.next(8);
+        std::fs::write(&v, &bad).unwrap();
+        assert!(check_damaged(&v), "a flip at {at} in the header frames");
+        let out = diag(&["replay", v.to_str().unwrap(), "tail", "--json"]);
+        assert_eq!(text(&out.stdout).lines().count(), all, "flip at {at}");
+    }
+    // A flipped bit in a frame's length costs that frame, not what comes
+    // after it (the length runs past the end of the file: not a truncation).
+    let (at, _, len) = *frames.iter().find(|f| f.1 == 2).expect("an events frame");
+    let lost = events_in(&good[at + 16..at + 16 + len]);
+    for bit in [20, 23, 27] {
+        let mut bad = good.clone();
+        bad[at + 8 + bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(&v, &bad).unwrap();
+        assert!(check_damaged(&v));
+        let out = diag(&["replay", v.to_str().unwrap(), "tail", "--json"]);
+        let err = text(&out.stderr);
+        // (tail shows no process exits: they may be part of the frame.)
+        let n = text(&out.stdout).lines().count();
+        assert!(
+            n >= all.saturating_sub(lost) && n <= all,
+            "bit {bit} of the length at {at}: {n} of {all} read, only that frame ({lost} events) may be lost: {err}"
+        );
+        assert!(
+            !err.contains("truncated") && !err.contains("not finished"),
+            "{err}"
+        );
+        assert!(err.contains("damaged length"), "{err}");
+    }
+    // A damaged magic, with intact frames after it: read, and said.
+    let mut bad = good.clone();
+    bad[2] ^= 0x20;
+    std::fs::write(&v, &bad).unwrap();
+    let out = diag(&["replay", v.to_str().unwrap(), "tail", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), all);
+    assert!(
+        text(&out.stderr).contains("first 16 bytes are damaged"),
+        "{}",
+        text(&out.stderr)
+    );
     // Garbage and foreign files are one clear sentence.
     std::fs::write(&v, b"hello, I am not a recording at all").unwrap();
     let out = diag(&["replay", v.to_str().unwrap(), "tail"]);
@@ -582,4 +691,344 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
         "{}",
         text(&resets.stderr)
     );
+}
+
+// Recordings made by hand, as a hostile user would: the format's frames
+// with valid checksums around whatever contents.
+
+const FRAME_SYNC: u32 = 0xD1A6_F4A3;
+const COMPRESSED: u8 = 1;
+const S: u64 = 1_000_000_000;
+
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut c = !0u32;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn frame(kind: u8, flags: u8, stored: &[u8]) -> Vec<u8> {
+    let mut f = FRAME_SYNC.to_le_bytes().to_vec();
+    f.extend([kind, flags, 0, 0]);
+    f.extend((stored.len() as u32).to_le_bytes());
+    let crc = crc32(&[&f[4..12], stored]);
+    f.extend(crc.to_le_bytes());
+    f.extend(stored);
+    f
+}
+
+fn header_json(started_ts_ns: u64, command_line: &[&str]) -> Vec<u8> {
+    serde_json::json!({
+        "format_version": 1, "diag_version": "0", "command_line": command_line,
+        "hostname": "hostile", "kernel": "6", "cpus": 1, "boot_time_s": null,
+        "clock_offset_ns": 1_700_000_000_000_000_000i64, "port_range": [32768, 60999],
+        "probes": [], "rst_reasons": [], "started_ts_ns": started_ts_ns,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// An Events payload of TCP state events (CLOSE -> SYN_SENT) at these times.
+fn tcp_events(times: &[u64]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (i, ts) in times.iter().enumerate() {
+        let mut e = [0u8; 104];
+        e[0..4].copy_from_slice(&1u32.to_le_bytes());
+        e[8..16].copy_from_slice(&ts.to_le_bytes());
+        e[16..20].copy_from_slice(&7u32.to_le_bytes());
+        e[20..24].copy_from_slice(&7u32.to_le_bytes());
+        e[24..28].copy_from_slice(b"evil");
+        e[40..48].copy_from_slice(&(0x1000 + i as u64).to_le_bytes());
+        e[92] = 2; // AF_INET
+        e[95] = 2; // SYN_SENT
+        p.extend((e.len() as u16).to_le_bytes());
+        p.extend(e);
+    }
+    p
+}
+
+/// A zstd frame of `bytes` zeros in RLE blocks of 128 KiB (4 bytes each).
+fn zstd_bomb(bytes: u64) -> Vec<u8> {
+    let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(128 << 10);
+        left -= n;
+        let h = ((n as u32) << 3) | 2 | u32::from(left == 0);
+        z.extend(&h.to_le_bytes()[..3]);
+        z.push(0);
+    }
+    z
+}
+
+fn recording(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = b"DIAGREC\0\x01\0\0\0\0\0\0\0".to_vec();
+    for fr in frames {
+        f.extend(fr);
+    }
+    f
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Item 2 and 3 of issue 15: a 130 KB file that expands to 4 GiB, and a
+/// 1 KB file whose second event is at 2^63 ns, read as nobody with 1 GiB of
+/// address space: every command ends within seconds and says what was
+/// damaged.
+#[test]
+fn hostile_recordings_cost_bounded_memory_and_time_without_root() {
+    let dir = TempDir::new("hostile");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hdr = frame(1, 0, &header_json(S, &["diag", "record"]));
+    let end = frame(6, 0, br#"{"ts_ns":3000000000,"reason":"stopped"}"#);
+    let bomb = recording(&[
+        hdr.clone(),
+        frame(2, 0, &tcp_events(&[S + 1])),
+        frame(2, COMPRESSED, &zstd_bomb(4 * GIB)),
+        end.clone(),
+    ]);
+    assert!(bomb.len() < 140 << 10, "{}", bomb.len());
+    let far = recording(&[
+        hdr.clone(),
+        frame(2, 0, &tcp_events(&[2 * S, 1 << 63])),
+        end.clone(),
+    ]);
+    assert!(far.len() < 1024, "{}", far.len());
+    for (name, bytes, damage) in [
+        ("bomb.diag", &bomb, "expands past"),
+        ("far.diag", &far, "impossibly late"),
+    ] {
+        let path = dir.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        let p = path.to_str().unwrap();
+        for args in [
+            vec!["report", p],
+            vec!["replay", p, "tail", "--json"],
+            vec!["replay", p, "top", "--batch"],
+            vec!["replay", p, "conns", "--watch"],
+            vec!["replay", p, "conns", "--json"],
+            vec!["export", p, "--format", "jsonl"],
+            vec!["export", p, "--format", "chrome-trace"],
+        ] {
+            let out = diag_bounded(&args, GIB, Duration::from_secs(60));
+            assert!(
+                out.status.is_some(),
+                "{args:?} did not end within 60 s: {}",
+                out.stderr
+            );
+            assert!(
+                out.status.unwrap().success(),
+                "{args:?}: {:?} in {:?}: {}",
+                out.status,
+                out.elapsed,
+                out.stderr
+            );
+            assert!(
+                out.elapsed < Duration::from_secs(20),
+                "{args:?} took {:?}",
+                out.elapsed
+            );
+            let said = format!("{}{}", out.stdout, out.stderr);
+            assert!(said.contains(damage), "{args:?} says nothing of it: {said}");
+            if args[0] == "replay" && args[2] == "tail" {
+                assert_eq!(
+                    out.stdout.lines().count(),
+                    1,
+                    "the good event: {}",
+                    out.stdout
+                );
+            }
+        }
+    }
+}
+
+/// Item 5 of issue 15: as root, in a directory anyone may write to, a
+/// symlink or a device at the output path is refused and left as it was;
+/// outputs are created 0600.
+#[test]
+fn outputs_never_follow_symlinks_nor_touch_devices() {
+    if !require_root("outputs_never_follow_symlinks_nor_touch_devices") {
+        return;
+    }
+    let _guard = serial();
+    let dir = TempDir::new("outputs");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let target = dir.path("precious");
+    std::fs::write(&target, b"precious").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let dev = dir.path("null");
+    assert!(
+        Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(&dev)
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let theirs = dir.path("theirs.diag");
+    std::fs::write(&theirs, b"nobody's").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let rec = dir.path("in.diag");
+    std::fs::write(
+        &rec,
+        recording(&[
+            frame(1, 0, &header_json(S, &["diag", "record"])),
+            frame(2, 0, &tcp_events(&[2 * S])),
+        ]),
+    )
+    .unwrap();
+    let r = rec.to_str().unwrap();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    for (out, why) in [
+        (&link, "symbolic link"),
+        (&dev, "character device"),
+        (&theirs, "belongs to uid 65534"),
+    ] {
+        let o = out.to_str().unwrap();
+        for args in [
+            vec!["record", "-o", o, "--duration", "1s"],
+            vec!["export", r, "--format", "jsonl", "-o", o],
+            vec!["report", r, "--html", o],
+        ] {
+            let res = diag(&args);
+            let err = text(&res.stderr);
+            assert_eq!(res.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains(why) && err.contains(o), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    assert_eq!(mode(&target), 0o644);
+    assert_eq!(mode(&dev), 0o666);
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"nobody's");
+    // New outputs are private.
+    let (json, html) = (dir.path("out.jsonl"), dir.path("out.html"));
+    let o = diag(&[
+        "export",
+        r,
+        "--format",
+        "jsonl",
+        "-o",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = diag(&["report", r, "--html", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(mode(&json), 0o600);
+    assert_eq!(mode(&html), 0o600);
+}
+
+/// Item 6 of issue 15: a second `diag record` on a file being recorded is
+/// refused, naming the file and the other diag, and the first recording
+/// stays whole.
+#[test]
+fn a_second_recorder_on_the_same_file_is_refused() {
+    if !require_root("a_second_recorder_on_the_same_file_is_refused") {
+        return;
+    }
+    let _guard = serial();
+    let dir = TempDir::new("twice");
+    let file = dir.path("one.diag");
+    let f = file.to_str().unwrap();
+    let first = Diag::start(&["record", "-o", f]);
+    let second = Command::new(diag_bin())
+        .args(["record", "-o", f, "--duration", "3s"])
+        .output()
+        .unwrap();
+    let err = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(f) && err.contains(&format!("another diag (pid {})", first.pid())),
+        "{err}"
+    );
+    let churn = loopback_churn(LOADGEN, 20);
+    thread::sleep(Duration::from_millis(1200));
+    let out = first.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let replay = diag(&[
+        "replay",
+        f,
+        "tail",
+        "--json",
+        "--pid",
+        &churn.client.to_string(),
+    ]);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert_eq!(text(&replay.stdout).lines().count(), 100);
+    assert!(!text(&replay.stderr).contains("damaged"));
+}
+
+/// Item 12 of issue 15: `--max-files 1` removes the flight recorder's own
+/// older incident files, and nothing else in the directory.
+#[test]
+fn flight_recorder_rotation_removes_only_its_own_files() {
+    if !require_root("flight_recorder_rotation_removes_only_its_own_files") {
+        return;
+    }
+    let _guard = serial();
+    let dir = TempDir::new("flight-rot");
+    let out_dir = dir.path("incidents");
+    std::fs::create_dir(&out_dir).unwrap();
+    let tiny = |cmd: &[&str]| {
+        recording(&[
+            frame(1, 0, &header_json(S, cmd)),
+            frame(2, 0, &tcp_events(&[2 * S])),
+            frame(6, 0, br#"{"ts_ns":3000000000,"reason":"incident"}"#),
+        ])
+    };
+    let foreign = out_dir.join("diag-zzz.diag");
+    std::fs::write(&foreign, b"another user's").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let by_hand = out_dir.join("diag-20200101-000000-by-hand.diag");
+    std::fs::write(&by_hand, tiny(&["diag", "record", "-o", "x"])).unwrap();
+    let nobodys = out_dir.join("diag-20200101-000001-oom-1-x.diag");
+    std::fs::write(&nobodys, tiny(&["diag", "record", "--trigger", "oom"])).unwrap();
+    std::os::unix::fs::chown(&nobodys, Some(65534), Some(65534)).unwrap();
+    let ours = out_dir.join("diag-20200101-000002-reset-storm.diag");
+    std::fs::write(&ours, tiny(&["diag", "record", "--trigger", "reset-storm"])).unwrap();
+    let recorder = Diag::start(&[
+        "record",
+        "--trigger",
+        "reset-storm",
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--before",
+        "2s",
+        "--after",
+        "500ms",
+        "--reset-storm",
+        "20",
+        "--max-files",
+        "1",
+    ]);
+    let port = loopback_churn(LOADGEN, 2).port;
+    let storm = loadgen(&["try-connect", "50", &format!("127.0.0.1:{port}")]);
+    assert!(storm.wait_with_output().unwrap().status.success());
+    thread::sleep(Duration::from_millis(1500));
+    let out = recorder.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    for p in [&foreign, &by_hand, &nobodys] {
+        assert!(p.exists(), "{} was removed: {:?}", p.display(), out.stderr);
+    }
+    assert!(
+        !ours.exists(),
+        "our own older incident file is rotated away"
+    );
+    let written: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("reset-storm") && *p != ours)
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?} {:?}", out.stderr);
 }

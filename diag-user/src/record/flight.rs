@@ -202,7 +202,15 @@ impl Flight {
             },
         )?;
         if let Some(b) = &self.base_table {
-            w.table(b.ts_ns, &b.rows)?;
+            // A table from long before the window (a long --reconcile) is
+            // written as of the window's start: a reader takes a jump of
+            // more than MAX_JUMP_NS for damage.
+            let ts = if b.ts_ns < from.saturating_sub(super::reader::MAX_JUMP_NS / 2) {
+                from
+            } else {
+                b.ts_ns
+            };
+            w.table(ts, &b.rows)?;
         }
         for (ts, kept) in &self.buf {
             match kept {
@@ -225,8 +233,59 @@ impl Flight {
     }
 }
 
-/// `DIR/diag-YYYYmmdd-HHMMSS-WHAT.diag`, and the oldest such files removed
-/// beyond `keep`.
+/// Whether `name` is `diag-YYYYmmdd-HHMMSS-WHAT.diag` (WHAT of letters,
+/// digits, `-` and `_`), as [`incident_path`] makes them.
+fn incident_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("diag-")
+        .and_then(|r| r.strip_suffix(".diag"))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() > 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+}
+
+/// Whether `path` is an incident file the flight recorder wrote (in this
+/// session or an earlier one): its name has the incident pattern, it is a
+/// regular file of ours with one link, and it is a diag recording whose
+/// header says it was made by `diag record --trigger`. Nothing else in
+/// the directory is ever removed: not another user's files, not
+/// recordings made by hand, not files that merely look like ours.
+fn written_by_flight(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if !incident_name(name) {
+        return false;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != me || meta.nlink() != 1 {
+        return false;
+    }
+    super::reader::Reader::open(path).is_ok_and(|r| {
+        r.header
+            .command_line
+            .iter()
+            .any(|a| a == "--trigger" || a.starts_with("--trigger="))
+    })
+}
+
+/// `DIR/diag-YYYYmmdd-HHMMSS-WHAT.diag`, and the oldest incident files
+/// the flight recorder wrote there removed beyond `keep` (see
+/// [`written_by_flight`]: no other file is touched).
 pub fn incident_path(
     dir: &Path,
     when: chrono::DateTime<chrono::Local>,
@@ -248,12 +307,7 @@ pub fn incident_path(
         let mut old: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().is_some_and(|n| {
-                    n.to_string_lossy().starts_with("diag-")
-                        && n.to_string_lossy().ends_with(".diag")
-                })
-            })
+            .filter(|p| written_by_flight(p))
             .collect();
         old.sort();
         while old.len() >= keep.max(1) {
@@ -318,6 +372,62 @@ mod tests {
             "armed by the 10th reset"
         );
         assert_eq!(f.events_held, 30, "the event from 1 s was trimmed");
+    }
+
+    #[test]
+    fn rotation_removes_only_the_flight_recorders_own_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("diag-flight-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let flight_header = RecordingHeader {
+            command_line: ["diag", "record", "--trigger", "oom", "-o", "d"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        };
+        let write = |name: &str, header: &RecordingHeader| {
+            let p = dir.join(name);
+            Writer::create(&p, header.clone(), WriterOptions::default())
+                .unwrap()
+                .finish("incident")
+                .unwrap();
+            p
+        };
+        // Ours, from an earlier session: removed when over --max-files.
+        let old = write("diag-20200101-000000-oom-1-a.diag", &flight_header);
+        // Not ours: a name that only looks alike, a recording made by
+        // hand with the incident pattern, a symlink, plain data.
+        let alike = dir.join("diag-zzz.diag");
+        std::fs::write(&alike, b"someone else's").unwrap();
+        let by_hand = write("diag-20200101-000001-x.diag", &RecordingHeader::default());
+        let data = dir.join("diag-20200101-000002-y.diag");
+        std::fs::write(&data, b"DIAGREC\0 not really").unwrap();
+        let link = dir.join("diag-20200101-000003-z.diag");
+        std::os::unix::fs::symlink(&old, &link).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let other_user = if unsafe { libc::geteuid() } == 0 {
+            let p = write("diag-20200101-000004-oom-2-b.diag", &flight_header);
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+            Some(p)
+        } else {
+            None
+        };
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        let new = incident_path(&dir, chrono::Local::now(), "oom-3-c", 1);
+        assert!(!old.exists(), "our old incident file is rotated away");
+        for p in [&alike, &by_hand, &data, &link] {
+            assert!(
+                std::fs::symlink_metadata(p).is_ok(),
+                "{} is kept",
+                p.display()
+            );
+        }
+        if let Some(p) = other_user {
+            assert!(p.exists(), "another user's incident file is kept");
+        }
+        assert!(!new.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,10 +9,23 @@
 //! ```
 //!
 //! The checksum covers the header's kind, flags and length, and the stored
-//! payload. A reader that meets a bad
-//! checksum skips that frame; one that meets garbage searches for the next
-//! sync marker; one that meets the end of a file mid-frame reports how much
-//! is missing. Everything before the damage still reads.
+//! payload. A reader that meets a bad checksum skips that frame and goes on
+//! at the next sync marker (the length may be the damaged part); one that
+//! meets garbage searches for the next sync marker; a length that runs past
+//! the end of the file is a damaged length when a frame starts later, and
+//! a truncation (how much is missing is reported) when none does.
+//! Everything before and after the damage still reads.
+//!
+//! Bounds a reader can rely on, whatever the file holds (the writer keeps
+//! to them; a frame beyond them is damage): a stored frame is at most
+//! [`MAX_FRAME`] bytes, its payload at most [`MAX_PAYLOAD`] bytes once
+//! decompressed and at most [`MAX_RATIO`] times its stored size, an Events
+//! payload at most [`MAX_EVENTS_PAYLOAD`] bytes.
+//!
+//! The Header frame comes first and again as the second frame, and every
+//! [`HEADER_EVERY`] of recording, so that one damaged frame never leaves a
+//! file without its header (readers of format version 1 skip the copies,
+//! so the layout and the version are unchanged).
 
 use std::fmt;
 
@@ -25,6 +38,21 @@ pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
 pub const FRAME_HEADER_LEN: usize = 16;
 /// No frame is bigger than this; a larger length is damage.
 pub const MAX_FRAME: u32 = 64 << 20;
+/// No payload is bigger than this once decompressed; a frame that expands
+/// further is damage (and is never expanded further).
+pub const MAX_PAYLOAD: usize = 64 << 20;
+/// A compressed payload expands to at most this many times its stored
+/// size. zstd can make 4 stored bytes of 128 KiB of zeros; diag's real
+/// frames compress about 10 times (events) to 20 times (socket tables).
+/// The writer stores a payload that would compress better uncompressed.
+/// With it, what a file can expand to is bounded by its size.
+pub const MAX_RATIO: usize = 1024;
+/// The writer's Events frames hold at most this many payload bytes.
+pub const MAX_EVENTS_PAYLOAD: usize = 1 << 20;
+/// The largest zstd window a reader accepts (2^26 = [`MAX_PAYLOAD`]).
+pub const WINDOW_LOG_MAX: u32 = 26;
+/// The Header frame is written again this often (and as the second frame).
+pub const HEADER_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 pub const COMPRESSED: u8 = 1;
 
 /// What a frame holds.
@@ -117,7 +145,9 @@ pub fn check_file_header(b: &[u8]) -> Result<u16, HeaderError> {
 pub fn encode_frame(kind: FrameKind, payload: &[u8], compress: bool) -> Vec<u8> {
     let (flags, stored) = if compress && payload.len() > 512 {
         match zstd::bulk::compress(payload, 3) {
-            Ok(c) if c.len() < payload.len() => (COMPRESSED, c),
+            Ok(c) if c.len() < payload.len() && c.len() * MAX_RATIO >= payload.len() => {
+                (COMPRESSED, c)
+            }
             _ => (0, payload.to_vec()),
         }
     } else {
@@ -166,6 +196,10 @@ pub enum Damage {
     UnknownKind { offset: u64, kind: u8 },
     /// The file ends in the middle of a frame.
     Truncated { offset: u64, missing: u64 },
+    /// A frame's length runs past the end of the file (or over
+    /// [`MAX_FRAME`]) but another frame starts later: the length was
+    /// damaged; skipped to that frame.
+    BadLength { offset: u64, len: u32, skipped: u64 },
 }
 
 impl fmt::Display for Damage {
@@ -196,6 +230,14 @@ impl fmt::Display for Damage {
             Damage::Truncated { offset, missing } => write!(
                 f,
                 "the file is truncated: the frame at byte {offset} lacks {missing} bytes (diag was killed, or the file was cut)"
+            ),
+            Damage::BadLength {
+                offset,
+                len,
+                skipped,
+            } => write!(
+                f,
+                "frame at byte {offset} has a damaged length ({len} bytes, past the end of the file or over the largest frame): skipped {skipped} bytes to the next frame"
             ),
         }
     }
@@ -229,6 +271,11 @@ impl Parser {
             base,
             pos: 0,
         }
+    }
+
+    /// The file offset parsing has reached.
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
     }
 
     /// Add the next bytes of the file.
@@ -287,8 +334,9 @@ impl Parser {
                 match skipped {
                     Some(n) => {
                         self.pos += n - 1;
-                        return Some(Item::Damage(Damage::Garbage {
+                        return Some(Item::Damage(Damage::BadLength {
                             offset,
+                            len,
                             skipped: n as u64,
                         }));
                     }
@@ -317,14 +365,9 @@ impl Parser {
                 Err(k) => return Some(Item::Damage(Damage::UnknownKind { offset, kind: k })),
             };
             let payload = if flags & COMPRESSED != 0 {
-                match zstd::stream::decode_all(stored) {
+                match decompress(stored) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return Some(Item::Damage(Damage::BadPayload {
-                            offset,
-                            why: e.to_string(),
-                        }));
-                    }
+                    Err(why) => return Some(Item::Damage(Damage::BadPayload { offset, why })),
                 }
             } else {
                 stored.to_vec()
@@ -338,13 +381,28 @@ impl Parser {
     }
 
     /// At the end of the file: what is left over is a truncated frame (or
-    /// garbage).
+    /// garbage), or a frame with a damaged length when another frame starts
+    /// after its header: then the parser goes on there, and
+    /// [`Parser::next_item`] has more to give (call both until both say
+    /// None).
     pub fn finish(&mut self) -> Option<Damage> {
         let rest = &self.buf[self.pos..];
         if rest.is_empty() {
             return None;
         }
         let offset = self.base + self.pos as u64;
+        if rest.len() >= FRAME_HEADER_LEN
+            && rest[..4] == FRAME_SYNC.to_le_bytes()
+            && let Some(n) = find_sync(&rest[4..])
+        {
+            let len = u32::from_le_bytes(rest[8..12].try_into().expect("4"));
+            self.pos += n + 4;
+            return Some(Damage::BadLength {
+                offset,
+                len,
+                skipped: n as u64 + 4,
+            });
+        }
         let d = if rest.len() >= 4 && rest[..4] == FRAME_SYNC.to_le_bytes() {
             let need = if rest.len() >= FRAME_HEADER_LEN {
                 FRAME_HEADER_LEN as u64
@@ -367,41 +425,77 @@ impl Parser {
     }
 }
 
+/// Decompress a stored payload, expanding it no further than the format's
+/// bounds ([`MAX_PAYLOAD`], [`MAX_RATIO`] times the stored size).
+pub fn decompress(stored: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let limit = MAX_PAYLOAD.min(stored.len().saturating_mul(MAX_RATIO));
+    let mut d = zstd::stream::read::Decoder::with_buffer(stored).map_err(|e| e.to_string())?;
+    d.window_log_max(WINDOW_LOG_MAX)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    d.take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() > limit {
+        return Err(format!(
+            "it expands past {limit} bytes, more than a diag frame can ({} stored bytes)",
+            stored.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// Parse a whole file held in memory: the version, then frames and damage.
 pub fn parse_all(file: &[u8]) -> Result<(u16, Vec<Item>), HeaderError> {
     let version = check_file_header(file)?;
     let mut p = Parser::new(FILE_HEADER_LEN as u64);
     p.feed(&file[FILE_HEADER_LEN..]);
     let mut items = Vec::new();
-    while let Some(i) = p.next_item() {
-        items.push(i);
-    }
-    if let Some(d) = p.finish() {
-        items.push(Item::Damage(d));
+    loop {
+        while let Some(i) = p.next_item() {
+            items.push(i);
+        }
+        match p.finish() {
+            Some(d) => items.push(Item::Damage(d)),
+            None => break,
+        }
     }
     Ok((version, items))
+}
+
+/// The event record at `*pos` of an Events payload (advancing `pos`), None
+/// at the end, or what is wrong with a malformed tail (then `pos` is at the
+/// end).
+pub fn next_event<'a>(payload: &'a [u8], pos: &mut usize) -> Option<Result<&'a [u8], String>> {
+    let p = &payload[(*pos).min(payload.len())..];
+    if p.is_empty() {
+        return None;
+    }
+    *pos = payload.len();
+    if p.len() < 2 {
+        return Some(Err("a dangling byte after the last event".into()));
+    }
+    let n = u16::from_le_bytes([p[0], p[1]]) as usize;
+    if p.len() < 2 + n {
+        return Some(Err(format!(
+            "an event of {n} bytes with only {} left",
+            p.len() - 2
+        )));
+    }
+    *pos = payload.len() - p.len() + 2 + n;
+    Some(Ok(&p[2..2 + n]))
 }
 
 /// Split an Events payload into records; a malformed tail is reported.
 pub fn split_events(payload: &[u8]) -> (Vec<&[u8]>, Option<String>) {
     let mut out = Vec::new();
-    let mut p = payload;
-    while !p.is_empty() {
-        if p.len() < 2 {
-            return (out, Some("a dangling byte after the last event".into()));
+    let mut pos = 0;
+    while let Some(r) = next_event(payload, &mut pos) {
+        match r {
+            Ok(rec) => out.push(rec),
+            Err(e) => return (out, Some(e)),
         }
-        let n = u16::from_le_bytes([p[0], p[1]]) as usize;
-        if p.len() < 2 + n {
-            return (
-                out,
-                Some(format!(
-                    "an event of {n} bytes with only {} left",
-                    p.len() - 2
-                )),
-            );
-        }
-        out.push(&p[2..2 + n]);
-        p = &p[2 + n..];
     }
     (out, None)
 }
@@ -411,6 +505,45 @@ pub fn push_event(payload: &mut Vec<u8>, record: &[u8]) {
     let n = record.len().min(u16::MAX as usize);
     payload.extend_from_slice(&(n as u16).to_le_bytes());
     payload.extend_from_slice(&record[..n]);
+}
+
+/// Hostile inputs for tests.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use super::*;
+
+    /// A zstd frame that expands to `bytes` zeros: RLE blocks of 128 KiB,
+    /// 4 stored bytes each (made by hand: compressing that much would take
+    /// the test as long as the bomb takes a reader).
+    pub fn zstd_bomb(bytes: u64) -> Vec<u8> {
+        const BLOCK: u64 = 128 << 10;
+        // Magic, a descriptor without content size, a 128 KiB window.
+        let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(BLOCK);
+            left -= n;
+            let last = u32::from(left == 0);
+            let h = ((n as u32) << 3) | (1 << 1) | last;
+            z.extend_from_slice(&h.to_le_bytes()[..3]);
+            z.push(0);
+        }
+        z
+    }
+
+    /// A frame with a valid checksum around any stored bytes and flags.
+    pub fn raw_frame(kind: u8, flags: u8, stored: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&FRAME_SYNC.to_le_bytes());
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        let crc = frame_crc(&out[4..12], stored);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(stored);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -521,6 +654,84 @@ mod tests {
         }
         assert_eq!(p.finish(), None);
         assert_eq!(frames_of(&items), frames());
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_not_expanded() {
+        // 4 GiB of zeros in 128 KiB of stored bytes: refused at the bound,
+        // at once, without the memory.
+        let bomb = hostile::zstd_bomb(4 << 30);
+        assert!(bomb.len() < 140 << 10);
+        let mut f = file_header().to_vec();
+        f.extend(hostile::raw_frame(FrameKind::Header as u8, 0, b"{}"));
+        f.extend(hostile::raw_frame(
+            FrameKind::Events as u8,
+            COMPRESSED,
+            &bomb,
+        ));
+        f.extend(hostile::raw_frame(FrameKind::End as u8, 0, b"{}"));
+        let t = std::time::Instant::now();
+        let (_, items) = parse_all(&f).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(frames_of(&items).len(), 2);
+        match damages(&items)[..] {
+            [Damage::BadPayload { why, .. }] => assert!(why.contains("expands past"), "{why}"),
+            ref d => panic!("{d:?}"),
+        }
+        // Under MAX_PAYLOAD but over the ratio: refused too; ordinary
+        // compressed data expands.
+        assert!(decompress(&hostile::zstd_bomb(1 << 20)).is_err());
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i * 7919).to_le_bytes())
+            .collect();
+        let c = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(decompress(&c).unwrap(), data);
+        // The writer never makes such a frame: it stores it as it is.
+        let zeros = vec![0u8; 4 << 20];
+        let frame = encode_frame(FrameKind::Events, &zeros, true);
+        let (_, items) = parse_all(&[&file_header()[..], &frame].concat()).unwrap();
+        assert_eq!(frames_of(&items), vec![(FrameKind::Events, zeros)]);
+    }
+
+    #[test]
+    fn a_damaged_length_past_the_end_costs_one_frame() {
+        let clean = sample_file(&frames(), true);
+        let second = FILE_HEADER_LEN + FRAME_HEADER_LEN + 12;
+        for bit in [20u32, 24, 25, 30] {
+            let mut f = clean.clone();
+            let len = u32::from_le_bytes(f[second + 8..second + 12].try_into().unwrap());
+            f[second + 8..second + 12].copy_from_slice(&(len ^ (1 << bit)).to_le_bytes());
+            let (_, items) = parse_all(&f).unwrap();
+            let got = frames_of(&items);
+            assert_eq!(got.len(), 4, "bit {bit}: {:?}", damages(&items));
+            assert_eq!(got[0], frames()[0]);
+            assert_eq!(got[1..], frames()[2..]);
+            assert!(
+                !damages(&items)
+                    .iter()
+                    .any(|d| matches!(d, Damage::Truncated { .. })),
+                "bit {bit}: not called a truncation: {:?}",
+                damages(&items)
+            );
+            // The same streamed in chunks, as the reader does.
+            let mut p = Parser::new(FILE_HEADER_LEN as u64);
+            let mut n = 0;
+            for chunk in f[FILE_HEADER_LEN..].chunks(1000) {
+                p.feed(chunk);
+                while let Some(i) = p.next_item() {
+                    n += usize::from(matches!(i, Item::Frame(_)));
+                }
+            }
+            loop {
+                while let Some(i) = p.next_item() {
+                    n += usize::from(matches!(i, Item::Frame(_)));
+                }
+                if p.finish().is_none() {
+                    break;
+                }
+            }
+            assert_eq!(n, 4, "bit {bit} streamed");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod flight;
 pub mod format;
+pub mod outfile;
 pub mod reader;
 pub mod writer;
 
@@ -120,7 +121,7 @@ pub fn prepare_incident_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot create the directory {}: {e}", dir.display()))?;
     }
     let probe_file = dir.join(".diag-write-test");
-    std::fs::write(&probe_file, b"").map_err(|e| {
+    outfile::create_private(&probe_file, outfile::Lock::None).map_err(|e| {
         anyhow::anyhow!(
             "cannot write in {}: {e}; give a directory diag may write to",
             dir.display()

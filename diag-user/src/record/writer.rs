@@ -2,9 +2,8 @@
 //! mode 0600, size-based rotation to numbered files.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -14,7 +13,10 @@ use thiserror::Error;
 
 use super::{
     RecordingHeader,
-    format::{FrameKind, encode_frame, file_header, push_event},
+    format::{
+        FrameKind, HEADER_EVERY, MAX_EVENTS_PAYLOAD, MAX_PAYLOAD, encode_frame, file_header,
+        push_event,
+    },
 };
 use crate::{aggregate::tcp::TableRow, bus::Health};
 
@@ -64,9 +66,6 @@ impl Default for WriterOptions {
     }
 }
 
-/// Flush buffered events once this many bytes are waiting.
-const EVENT_FLUSH_BYTES: usize = 1 << 20;
-
 pub struct Writer {
     path: PathBuf,
     file: File,
@@ -76,6 +75,8 @@ pub struct Writer {
     /// Buffered events, written as one frame by `flush`.
     pending: Vec<u8>,
     last_sync: Instant,
+    /// When the Header frame was last written (it is repeated).
+    last_header: Instant,
     /// The newest socket table, repeated at the start of a rotated file so
     /// that each file stands on its own.
     last_table: Option<(u64, Vec<TableRow>)>,
@@ -85,21 +86,12 @@ pub struct Writer {
 }
 
 fn create_file(path: &Path) -> Result<File, RecordError> {
-    let err = |source| RecordError::Create {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    // An existing file keeps its old mode through open(): fix it.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    Ok(file)
+    super::outfile::create_private(path, super::outfile::Lock::Exclusive).map_err(|source| {
+        RecordError::Create {
+            path: path.display().to_string(),
+            source,
+        }
+    })
 }
 
 impl Writer {
@@ -117,6 +109,7 @@ impl Writer {
             header,
             pending: Vec::new(),
             last_sync: Instant::now(),
+            last_header: Instant::now(),
             last_table: None,
             total_bytes: 0,
             rotations: 0,
@@ -127,8 +120,9 @@ impl Writer {
 
     fn start_file(&mut self) -> Result<(), RecordError> {
         self.write_raw(&file_header())?;
-        let header = serde_json::to_vec(&self.header).expect("header serializes");
-        self.write_frame(FrameKind::Header, &header)?;
+        // Twice: one damaged frame never leaves the file without it.
+        self.write_header()?;
+        self.write_header()?;
         if let Some((ts_ns, rows)) = self.last_table.clone() {
             self.write_table_frame(ts_ns, &rows)?;
         }
@@ -157,28 +151,43 @@ impl Writer {
         Ok(())
     }
 
+    fn write_header(&mut self) -> Result<(), RecordError> {
+        let header = serde_json::to_vec(&self.header).expect("header serializes");
+        self.last_header = Instant::now();
+        self.write_frame(FrameKind::Header, &header)
+    }
+
     fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), RecordError> {
+        // The writer keeps to the bound readers rely on; a JSON frame
+        // beyond it (a socket table of millions of sockets) is not written.
+        if payload.len() > MAX_PAYLOAD {
+            warn_oversized(kind, payload.len());
+            return Ok(());
+        }
         let frame = encode_frame(kind, payload, self.opts.compress);
         self.write_raw(&frame)
     }
 
-    /// Queue events; they are written as one frame by [`Writer::flush`]
-    /// (at least once a second) or when enough are waiting.
+    /// Queue events; they are written in frames of at most
+    /// [`MAX_EVENTS_PAYLOAD`] bytes by [`Writer::flush`] (at least once a
+    /// second) or when a frame is full.
     pub fn events(&mut self, evs: &[AnyEvent]) -> Result<(), RecordError> {
         for e in evs {
-            push_event(&mut self.pending, e.to_bytes());
-        }
-        if self.pending.len() >= EVENT_FLUSH_BYTES {
-            self.flush()?;
+            let bytes = e.to_bytes();
+            if self.pending.len() + 2 + bytes.len() > MAX_EVENTS_PAYLOAD {
+                self.flush()?;
+            }
+            push_event(&mut self.pending, bytes);
         }
         Ok(())
     }
 
-    /// Write queued events, sync to disk once a second, rotate if due.
+    /// Write queued events, a copy of the header when one is due, sync to
+    /// disk once a second, rotate if due.
     pub fn flush(&mut self) -> Result<(), RecordError> {
-        if !self.pending.is_empty() {
-            let payload = std::mem::take(&mut self.pending);
-            self.write_frame(FrameKind::Events, &payload)?;
+        self.flush_events_only()?;
+        if self.last_header.elapsed() >= HEADER_EVERY {
+            self.write_header()?;
         }
         if self.last_sync.elapsed().as_millis() >= 1000 {
             self.sync()?;
@@ -205,12 +214,25 @@ impl Writer {
     }
 
     fn write_table_frame(&mut self, ts_ns: u64, rows: &[TableRow]) -> Result<(), RecordError> {
-        let payload = serde_json::to_vec(&super::TableFrame {
-            ts_ns,
-            rows: rows.to_vec(),
-        })
-        .expect("serializes");
-        self.write_frame(FrameKind::Table, &payload)
+        let mut rows = rows;
+        loop {
+            let payload = serde_json::to_vec(&super::TableFrame {
+                ts_ns,
+                rows: rows.to_vec(),
+            })
+            .expect("serializes");
+            if payload.len() <= MAX_PAYLOAD || rows.is_empty() {
+                return self.write_frame(FrameKind::Table, &payload);
+            }
+            // Over the frame bound (about 700,000 sockets): as many rows
+            // as fit.
+            eprintln!(
+                "diag: WARNING: the socket table of {} rows is over the format's frame bound: the recording keeps part of it",
+                rows.len()
+            );
+            let keep = rows.len() as u128 * MAX_PAYLOAD as u128 / payload.len() as u128;
+            rows = &rows[..(keep as usize * 9 / 10).min(rows.len() - 1)];
+        }
     }
 
     pub fn table(&mut self, ts_ns: u64, rows: &[TableRow]) -> Result<(), RecordError> {
@@ -278,6 +300,7 @@ impl Writer {
     }
 
     fn flush_events_only(&mut self) -> Result<(), RecordError> {
+        debug_assert!(self.pending.len() <= MAX_EVENTS_PAYLOAD);
         if !self.pending.is_empty() {
             let payload = std::mem::take(&mut self.pending);
             self.write_frame(FrameKind::Events, &payload)?;
@@ -294,4 +317,10 @@ impl Writer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+fn warn_oversized(kind: FrameKind, len: usize) {
+    eprintln!(
+        "diag: WARNING: a {kind:?} frame of {len} bytes is over the format's bound ({MAX_PAYLOAD} bytes): not recorded"
+    );
 }

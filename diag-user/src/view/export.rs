@@ -208,7 +208,7 @@ impl ChromeTrace {
 fn writer(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
     Ok(match &args.output {
         Some(p) => Box::new(io::BufWriter::new(
-            std::fs::File::create(p)
+            crate::record::outfile::create_private(p, crate::record::outfile::Lock::None)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?,
         )),
         None => Box::new(io::BufWriter::new(io::stdout().lock())),

@@ -94,14 +94,9 @@ impl Review {
                     for e in &evs {
                         let ts = e.header().ts_ns;
                         r.first_ts.get_or_insert(ts);
-                        let due = *next_due.get_or_insert(ts + STEP_NS);
+                        let due = *next_due.get_or_insert(ts.saturating_add(STEP_NS));
                         if ts >= due {
-                            let mut d = due;
-                            while d <= ts {
-                                r.sample(&mut agg, d);
-                                d += STEP_NS;
-                            }
-                            next_due = Some(d);
+                            next_due = Some(r.catch_up(&mut agg, due, ts));
                         }
                         r.last_ts = r.last_ts.max(ts);
                         r.events += 1;
@@ -135,7 +130,7 @@ impl Review {
                         agg.seed(&t.rows, t.ts_ns);
                         agg.snapshot(t.ts_ns);
                         r.first_ts.get_or_insert(t.ts_ns);
-                        next_due.get_or_insert(t.ts_ns + STEP_NS);
+                        next_due.get_or_insert(t.ts_ns.saturating_add(STEP_NS));
                     }
                     r.last_ts = r.last_ts.max(t.ts_ns);
                 }
@@ -157,6 +152,28 @@ impl Review {
         r.sample(&mut agg, end);
         r.ended = ended();
         r
+    }
+
+    /// Samples from `due` up to `ts`; returns the next due time. An idle
+    /// gap costs three samples (its first second, which ends the rates,
+    /// and its end), not one per second: the timeline is sized by what
+    /// was read, not by the span between two times.
+    fn catch_up(&mut self, agg: &mut TcpAggregate, due: u64, ts: u64) -> u64 {
+        let mut d = due;
+        for _ in 0..2 {
+            if d > ts {
+                return d;
+            }
+            self.sample(agg, d);
+            d = d.saturating_add(STEP_NS);
+        }
+        if d <= ts {
+            // The last step boundary at or before ts.
+            let last = d + (ts - d) / STEP_NS * STEP_NS;
+            self.sample(agg, last);
+            d = last.saturating_add(STEP_NS);
+        }
+        d
     }
 
     fn sample(&mut self, agg: &mut TcpAggregate, ts: u64) {
@@ -623,7 +640,10 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let name = args.file.display().to_string();
     print!("{}", render_text(&review, &name));
     if let Some(out) = &args.html {
-        std::fs::write(out, render_html(&review, &name))
+        crate::record::outfile::create_private(out, crate::record::outfile::Lock::None)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, render_html(&review, &name).as_bytes())
+            })
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
         eprintln!("diag: wrote {}", out.display());
     }
@@ -713,6 +733,36 @@ mod tests {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
         assert!(!text.contains("Complete: no events were lost."));
+    }
+
+    #[test]
+    fn the_timeline_is_sized_by_what_was_read_not_by_the_span() {
+        use state::*;
+        // Two events eleven days apart: a handful of points, not a
+        // million (and no time spent stepping through the gap).
+        let header = RecordingHeader {
+            started_ts_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let records = vec![Record::Events(vec![
+            st(1_000_000_000, 1, 0, CLOSE, SYN_SENT),
+            st(
+                1_000_000_000 + 1_000_000 * STEP_NS,
+                1,
+                9,
+                SYN_SENT,
+                ESTABLISHED,
+            ),
+            st(u64::MAX - 1, 2, 0, CLOSE, SYN_SENT),
+        ])];
+        let t = std::time::Instant::now();
+        let r = Review::build(header, records.into_iter(), || true);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(r.timeline.len() <= 8, "{}", r.timeline.len());
+        // An idle gap still reads as idle: the rates end one step after
+        // the last events, and the gap's end is a point.
+        assert_eq!(r.timeline[1].opens_per_s, 0.0);
+        let _ = render_html(&r, "x");
     }
 
     #[test]
