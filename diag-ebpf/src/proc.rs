@@ -99,7 +99,11 @@ fn try_proc_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let Some(mut entry) = EVENTS.reserve::<ProcExitEvent>(0) else {
         count(counters::RINGBUF_FULL);
         if crate::maps::log_on() {
-            aya_log_ebpf::warn!(ctx, "ring buffer full: the exit of process {} was dropped", tgid);
+            aya_log_ebpf::warn!(
+                ctx,
+                "ring buffer full: the exit of process {} was dropped",
+                tgid
+            );
         }
         return Ok(0);
     };
