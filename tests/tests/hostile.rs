@@ -144,7 +144,9 @@ fn blocked_stdout_costs_lines_not_events_or_signals() {
     }
     let _g = serial();
     // A pipe nobody reads: its 64 KiB fill after a few hundred lines.
-    let mut d = Running::start(&["tail"], Stdio::piped());
+    // A ring buffer with room for a busy moment on a loaded machine: the
+    // test is about the output, not the ring.
+    let mut d = Running::start(&["tail", "--ring-mib", "16"], Stdio::piped());
     let held_pipe = d.child.stdout.take();
     let before = tcp_snmp();
     loopback_churn(LOADGEN, 20_000);

@@ -336,7 +336,9 @@ fn the_screen_during_an_incident() {
             && s.contains("Connections by peer")
     });
     tmux.send(&["Escape"]);
-    thread::sleep(Duration::from_millis(300));
+    tmux.wait_for("the detail closed", Duration::from_secs(5), |s| {
+        !s.contains("Connections by peer")
+    });
 
     // Help, then quit: the shell is back, off the alternate screen.
     tmux.send(&["?"]);
@@ -344,7 +346,9 @@ fn the_screen_during_an_incident() {
         s.contains("who is suffering")
     });
     tmux.send(&["Escape"]);
-    thread::sleep(Duration::from_millis(300));
+    tmux.wait_for("the help closed", Duration::from_secs(5), |s| {
+        !s.contains("who is suffering")
+    });
     tmux.send(&["q"]);
     tmux.assert_restored("q");
     assert_eq!(
