@@ -473,6 +473,11 @@ impl MemCgroup {
     /// Spawn `LOADGEN ARGS` (the test binary `diag-loadgen`) inside this cgroup: the child moves itself
     /// in (writing 0 to cgroup.procs means "me") before it execs.
     pub fn spawn(&self, loadgen: &str, args: &[&str]) -> Child {
+        self.spawn_with_env(loadgen, args, &[])
+    }
+
+    /// [`MemCgroup::spawn`] with environment variables set for the child.
+    pub fn spawn_with_env(&self, loadgen: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
         let procs = CString::new(
             self.dir
                 .join("cgroup.procs")
@@ -481,7 +486,10 @@ impl MemCgroup {
         )
         .unwrap();
         let mut cmd = Command::new(loadgen);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         // SAFETY: only async-signal-safe calls (open, write, close) on data
         // prepared before the fork.
         unsafe {

@@ -414,3 +414,107 @@ fn export_says_when_the_recording_was_cut() {
     assert!(err.contains("not finished cleanly"), "{err}");
     assert!(!String::from_utf8_lossy(&o.stdout).is_empty());
 }
+
+/// The `cgroup` label of the first series of `metric` for `pid` and
+/// `comm` in a scrape, if there is one.
+fn cgroup_label(scrape: &str, metric: &str, pid: u32, comm: &str) -> Option<String> {
+    let want = format!("pid=\"{pid}\"");
+    let want_comm = format!("comm=\"{comm}\"");
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(&want) && l.contains(&want_comm))
+        .find_map(|l| {
+            let at = l.find("cgroup=\"")? + 8;
+            Some(l[at..at + l[at..].find('"')?].to_string())
+        })
+}
+
+/// A whole scrape of `/metrics`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
+
+/// Issue 15, item 8: a process in memory cgroup A that connected and
+/// exited at once, whose pid then goes to a process in cgroup B, is never
+/// labelled with B (the kernel's ns_last_pid makes the reuse happen).
+#[test]
+fn a_reused_pid_never_lends_its_cgroup() {
+    if !require_root("a_reused_pid_never_lends_its_cgroup") {
+        return;
+    }
+    let _g = serial();
+    use diag_tests::{MemCgroup, V1_ROOT};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Running::start(
+        &[
+            "serve",
+            "--no-sched",
+            "--listen",
+            &listen,
+            "--exit-grace",
+            "3600s",
+        ],
+        Stdio::null(),
+    );
+    let a = MemCgroup::create(V1_ROOT, "reuse-a", "memory.limit_in_bytes", 1 << 30);
+    let b = MemCgroup::create(V1_ROOT, "reuse-b", "memory.limit_in_bytes", 1 << 30);
+    let mut listener = Command::new(LOADGEN)
+        .args(["listen", "1", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let lport = lines.next().unwrap().unwrap();
+    let target = format!("127.0.0.1:{}", lport.strip_prefix("PORT ").unwrap());
+    let mut conn = a.spawn_with_env(
+        LOADGEN,
+        &["connect", "1", &target],
+        &[("DIAG_LOADGEN_COMM", "procA")],
+    );
+    let pid_a = conn.id();
+    assert!(conn.wait().unwrap().success());
+    assert!(listener.wait().unwrap().success());
+    // Hand pid_a to a process in B: the next pid is ns_last_pid + 1 (a
+    // few tries, other processes fork too).
+    let mut holder = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid_a - 1).to_string()).unwrap();
+        let mut c = b.spawn_with_env(LOADGEN, &["spin", "5"], &[("DIAG_LOADGEN_COMM", "procA")]);
+        if c.id() == pid_a {
+            holder = Some(c);
+            break;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut holder = holder.expect("pid reuse could not be arranged in 50 tries");
+    // The series of the exited procA appears within a couple of updates.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let label = loop {
+        if let Some(l) = cgroup_label(&scrape(port), "diag_tcp_opens_total", pid_a, "procA") {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no series for pid {pid_a}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    d.stop(libc::SIGTERM, 10);
+    assert_ne!(
+        label, b.rel,
+        "the exited process got its pid's next owner's cgroup"
+    );
+    assert!(label == a.rel || label == "unknown", "{label}");
+}
