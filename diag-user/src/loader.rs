@@ -334,6 +334,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         state_btf: Err("no TCP probes".into()),
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
+        owner: Err("no TCP probes".into()),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -349,10 +350,15 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         Ok(l) if !args.empty_programs => *l,
         _ => SockBtfLayout::zeroed(),
     };
+    let owner_layout = match &tcp.owner {
+        Ok(l) if !args.empty_programs => *l,
+        _ => diag_common::tcp::OwnerLayout::zeroed(),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
         .override_global("SOCK_BTF", &sock_btf, true)
+        .override_global("OWNER_LAYOUT", &owner_layout, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)

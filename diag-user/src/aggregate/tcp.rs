@@ -83,7 +83,16 @@ pub struct TableRow {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
+    /// The (lowest-pid) process holding the socket.
     pub owner: Option<(u32, String)>,
+    /// The socket's network namespace inode (0: unknown, as in recordings
+    /// made before diag read it).
+    #[serde(default)]
+    pub netns: u32,
+    /// Other processes holding the socket too (a listener shared by
+    /// pre-fork workers, a connection inherited by a child).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
 
 /// A log2 histogram of nanoseconds: bucket i counts values in [2^i, 2^(i+1)).
@@ -275,6 +284,13 @@ impl Owner {
 #[derive(Debug, Clone)]
 struct Sock {
     owner: Option<Owner>,
+    /// The owner was set by reconciliation (the kernel's attribution was
+    /// stale, e.g. a socket passed to another process): only a fresh
+    /// attribution (the holder's own system call, an accept) replaces it.
+    owner_fixed: bool,
+    /// When an event last changed the owner.
+    owner_ts: u64,
+    netns: u32,
     state: u8,
     local: SocketAddr,
     remote: SocketAddr,
@@ -298,7 +314,9 @@ struct TimeWait {
     substate: u8,
 }
 
-type FourTuple = (SocketAddr, SocketAddr);
+/// A socket's network namespace, local and remote endpoint: unique among
+/// the kernel's sockets.
+type FourTuple = (u32, SocketAddr, SocketAddr);
 
 /// Counts per remote endpoint of things that went wrong.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -332,6 +350,10 @@ pub struct TcpAggregate {
     last_snapshot_ns: Option<u64>,
     /// Corrections made by reconciliation, cumulative.
     corrections: Corrections,
+    /// Sockets whose owner disagreed with the processes holding them at
+    /// the last reconciliation, with the holder then: corrected when the
+    /// next one agrees (an event on its way may still fix it).
+    owner_suspects: HashMap<FourTuple, u32>,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -345,7 +367,18 @@ pub struct Corrections {
     pub sockets_removed: u64,
     /// Tracked sockets whose state differed from the kernel's.
     pub states_fixed: u64,
+    /// Tracked sockets whose owner was not among the processes holding
+    /// them (/proc/PID/fd), given to the holder.
+    #[serde(default)]
+    pub owners_fixed: u64,
     pub runs: u64,
+}
+
+impl Corrections {
+    /// Corrections of socket states and TIME_WAIT entries (owners apart).
+    pub fn state_total(&self) -> u64 {
+        self.time_wait_added + self.time_wait_removed + self.sockets_removed + self.states_fixed
+    }
 }
 
 /// Local address and remote endpoint: one pool of ephemeral ports (a
@@ -514,6 +547,7 @@ impl TcpAggregate {
             last_usage: HashMap::new(),
             last_snapshot_ns: None,
             corrections: Corrections::default(),
+            owner_suspects: HashMap::new(),
         }
     }
 
@@ -575,9 +609,13 @@ impl TcpAggregate {
 
     /// A known socket's owner for an event about it: the kernel had to
     /// guess (the task on the CPU), or named the same pid (the socket's
-    /// process, whose name may have changed), or another process.
-    fn owner_of_known(&mut self, known: Owner, h: &EventHeader, how: u8) -> Owner {
-        if how == attribution::CURRENT {
+    /// process, whose name may have changed), or another process. `fixed`:
+    /// reconciliation set the owner, which only a fresh attribution (the
+    /// holder's own system call) overrides.
+    fn owner_of_known(&mut self, known: Owner, h: &EventHeader, how: u8, fixed: bool) -> Owner {
+        if how == attribution::CURRENT
+            || (fixed && how != attribution::SYSCALL && known.pid != h.tgid)
+        {
             known
         } else if known.pid == h.tgid {
             // The socket keeps its process's life: an exited process's
@@ -651,6 +689,9 @@ impl TcpAggregate {
     pub fn on_event(&mut self, ev: &AnyEvent) {
         match ev {
             AnyEvent::TcpState(e) => self.on_state(e),
+            AnyEvent::TcpSock(e) if e.header.kind == EventKind::TcpAccepted as u32 => {
+                self.on_accepted(e)
+            }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
@@ -675,10 +716,13 @@ impl TcpAggregate {
                 if let Some(s) = stale {
                     self.set_owner(&s.owner, &None);
                 }
-                match self.seeded.remove(&(local, remote)) {
+                match self.seeded.remove(&(e.netns, local, remote)) {
                     Some(s) => s,
                     None => Sock {
                         owner: None,
+                        owner_fixed: false,
+                        owner_ts: ts,
+                        netns: e.netns,
                         state: old,
                         local,
                         remote,
@@ -700,11 +744,15 @@ impl TcpAggregate {
             (state::CLOSE, _) | (state::LISTEN, state::SYN_RECV)
         );
         let owner = match sock.owner {
-            Some(known) => self.owner_of_known(known, &e.header, e.attribution),
+            Some(known) => self.owner_of_known(known, &e.header, e.attribution, sock.owner_fixed),
             None => self.owner_for(&e.header, opening),
         };
         let prev_owner = sock.owner;
         self.set_owner(&prev_owner, &Some(owner));
+        if prev_owner != Some(owner) {
+            sock.owner_fixed = false;
+            sock.owner_ts = ts;
+        }
         sock.owner = Some(owner);
         // Keep the table's knowledge of the ports current.
         if e.sport != 0 {
@@ -779,7 +827,7 @@ impl TcpAggregate {
             let tw_owner = sock.closer.unwrap_or(owner);
             self.proc_mut(tw_owner).counters.time_waits += 1;
             self.timewait.insert(
-                (sock.local, sock.remote),
+                (sock.netns, sock.local, sock.remote),
                 TimeWait {
                     owner: Some(tw_owner),
                     since_ns: ts,
@@ -796,9 +844,12 @@ impl TcpAggregate {
             None
         } else {
             // Prefer what we know of the socket when the kernel guessed.
-            let known = self.socks.get(&e.skaddr).and_then(|s| s.owner);
+            let known = self
+                .socks
+                .get(&e.skaddr)
+                .and_then(|s| s.owner.map(|o| (o, s.owner_fixed)));
             Some(match known {
-                Some(k) => self.owner_of_known(k, &e.header, e.attribution),
+                Some((k, fixed)) => self.owner_of_known(k, &e.header, e.attribution, fixed),
                 None => self.owner_for(&e.header, false),
             })
         };
@@ -820,6 +871,70 @@ impl TcpAggregate {
         }
     }
 
+    /// A process accepted a connection that the kernel had attributed to
+    /// another (the listener's owner): the socket, and its passive open,
+    /// are the accepter's from now on.
+    fn on_accepted(&mut self, e: &TcpSockEvent) {
+        let ts = e.header.ts_ns;
+        let local = SocketAddr::new(ip(e.family, &e.saddr), e.sport);
+        let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
+        let owner = self.owner_for(&e.header, true);
+        let mut sock = match self.socks.remove(&e.skaddr) {
+            Some(s) => s,
+            None => match self.seeded.remove(&(e.netns, local, remote)) {
+                Some(s) => s,
+                // A connection diag never saw open (older than diag, not
+                // in the table read at the start).
+                None => Sock {
+                    owner: None,
+                    owner_fixed: false,
+                    owner_ts: ts,
+                    netns: e.netns,
+                    state: e.state,
+                    local,
+                    remote,
+                    opened_ns: None,
+                    since_ns: ts,
+                    since_is_lower_bound: true,
+                    active: false,
+                    established: matches!(e.state, state::ESTABLISHED | state::CLOSE_WAIT),
+                    closer: None,
+                },
+            },
+        };
+        let prev = sock.owner;
+        if prev.map(|p| p.key()) != Some(owner.key())
+            && let Some(opened) = sock.opened_ns
+            && !sock.active
+        {
+            // The passive open moves to the accepter. When an earlier
+            // snapshot already counted it, it moves in the baseline too, so
+            // no rate goes negative or counts it twice.
+            let counted = self.last_snapshot_ns.is_some_and(|t| opened <= t);
+            if let Some(p) = prev
+                && let Some(pp) = self.procs.get_mut(&p.key())
+            {
+                pp.counters.passive_opens = pp.counters.passive_opens.saturating_sub(1);
+                if counted {
+                    pp.at_snapshot.passive_opens = pp.at_snapshot.passive_opens.saturating_sub(1);
+                }
+            }
+            let np = self.proc_mut(owner);
+            np.counters.passive_opens += 1;
+            if counted {
+                np.at_snapshot.passive_opens += 1;
+            }
+        }
+        self.set_owner(&prev, &Some(owner));
+        sock.owner = Some(owner);
+        sock.owner_fixed = false;
+        sock.owner_ts = ts;
+        if e.state != 0 && e.state != sock.state && sock.since_is_lower_bound {
+            sock.state = e.state;
+        }
+        self.socks.insert(e.skaddr, sock);
+    }
+
     /// Seed with the sockets that exist now (call once at start, after the
     /// probes are attached). Listening and connected sockets become
     /// `seeded` until an event claims them; TIME_WAIT rows become timewait
@@ -833,7 +948,7 @@ impl TcpAggregate {
             });
             if r.state == state::TIME_WAIT {
                 self.timewait
-                    .entry((r.local, r.remote))
+                    .entry((r.netns, r.local, r.remote))
                     .or_insert(TimeWait {
                         owner: None,
                         since_ns: now_ns,
@@ -844,15 +959,18 @@ impl TcpAggregate {
             if self
                 .socks
                 .values()
-                .any(|s| s.local == r.local && s.remote == r.remote)
+                .any(|s| s.netns == r.netns && s.local == r.local && s.remote == r.remote)
             {
                 continue;
             }
             self.set_owner(&None, &owner);
             self.seeded.insert(
-                (r.local, r.remote),
+                (r.netns, r.local, r.remote),
                 Sock {
                     owner,
+                    owner_fixed: false,
+                    owner_ts: now_ns,
+                    netns: r.netns,
                     state: r.state,
                     local: r.local,
                     remote: r.remote,
@@ -887,27 +1005,35 @@ impl TcpAggregate {
         };
         // Timewait sockets: TIME_WAIT rows, and orphans (no inode, so no
         // owner) in FIN_WAIT2 that no tracked socket accounts for.
-        let tracked: HashSet<FourTuple> =
-            self.socks.values().map(|s| (s.local, s.remote)).collect();
+        // Only the network namespaces the table shows are checked (a
+        // namespace whose processes are gone cannot be read).
+        let covered: HashSet<u32> = rows.iter().map(|r| r.netns).collect();
+        let tracked: HashSet<FourTuple> = self
+            .socks
+            .values()
+            .map(|s| (s.netns, s.local, s.remote))
+            .collect();
+        let key = |r: &TableRow| (r.netns, r.local, r.remote);
         let kernel_tw: HashMap<FourTuple, u8> = rows
             .iter()
             .filter(|r| {
                 r.state == state::TIME_WAIT
                     || (r.state == state::FIN_WAIT2
                         && r.owner.is_none()
-                        && !tracked.contains(&(r.local, r.remote))
-                        && !self.seeded.contains_key(&(r.local, r.remote)))
+                        && !tracked.contains(&key(r))
+                        && !self.seeded.contains_key(&key(r)))
             })
-            .map(|r| ((r.local, r.remote), r.state))
+            .map(|r| (key(r), r.state))
             .collect();
-        let kernel_socks: HashMap<FourTuple, u8> = rows
+        let kernel_socks: HashMap<FourTuple, &TableRow> = rows
             .iter()
-            .filter(|r| !kernel_tw.contains_key(&(r.local, r.remote)))
-            .map(|r| ((r.local, r.remote), r.state))
+            .filter(|r| !kernel_tw.contains_key(&key(r)))
+            .map(|r| (key(r), r))
             .collect();
         let before = self.timewait.len();
-        self.timewait
-            .retain(|k, t| kernel_tw.contains_key(k) || !settled(t.since_ns));
+        self.timewait.retain(|k, t| {
+            kernel_tw.contains_key(k) || !settled(t.since_ns) || !covered.contains(&k.0)
+        });
         c.time_wait_removed = (before - self.timewait.len()) as u64;
         for (k, &sub) in &kernel_tw {
             match self.timewait.get_mut(k) {
@@ -933,17 +1059,25 @@ impl TcpAggregate {
         // Connected and listening sockets. Sockets in transient states (no
         // local port yet) are left alone.
         let mut gone = Vec::new();
+        let mut owners: Vec<(FourTuple, u32, String)> = Vec::new();
         for (addr, s) in self.socks.iter_mut() {
-            if s.local.port() == 0 || !settled(s.since_ns) {
+            if s.local.port() == 0 || !settled(s.since_ns) || !covered.contains(&s.netns) {
                 continue;
             }
-            match kernel_socks.get(&(s.local, s.remote)) {
+            let k = (s.netns, s.local, s.remote);
+            match kernel_socks.get(&k) {
                 None => gone.push(*addr),
-                Some(&k) if k != s.state => {
-                    s.state = k;
-                    c.states_fixed += 1;
+                Some(r) => {
+                    if r.state != s.state {
+                        s.state = r.state;
+                        c.states_fixed += 1;
+                    }
+                    if settled(s.owner_ts)
+                        && let Some(h) = wrong_owner(s, r)
+                    {
+                        owners.push((k, h.0, h.1));
+                    }
                 }
-                _ => {}
             }
         }
         for addr in gone {
@@ -965,18 +1099,56 @@ impl TcpAggregate {
             }
         }
         for (k, s) in self.seeded.iter_mut() {
-            if let Some(&st) = kernel_socks.get(k)
-                && st != s.state
-            {
-                s.state = st;
-                c.states_fixed += 1;
+            if let Some(r) = kernel_socks.get(k) {
+                if r.state != s.state {
+                    s.state = r.state;
+                    c.states_fixed += 1;
+                }
+                if let Some(h) = wrong_owner(s, r) {
+                    owners.push((*k, h.0, h.1));
+                }
             }
         }
+        // Owners: a socket none of whose holders is its owner goes to its
+        // (lowest-pid) holder, once two reconciliations in a row agree.
+        let mut suspects = HashMap::new();
+        let by_tuple: HashMap<FourTuple, u64> = self
+            .socks
+            .iter()
+            .map(|(a, s)| ((s.netns, s.local, s.remote), *a))
+            .collect();
+        for (k, pid, comm) in owners {
+            if self.owner_suspects.get(&k) != Some(&pid) {
+                suspects.insert(k, pid);
+                continue;
+            }
+            let new = Owner {
+                pid,
+                comm: Comm::new(&comm),
+                life: self.life_of(pid),
+            };
+            let old = match by_tuple.get(&k).and_then(|a| self.socks.get_mut(a)) {
+                Some(s) => s.owner.replace(new),
+                None => match self.seeded.get_mut(&k) {
+                    Some(s) => s.owner.replace(new),
+                    None => continue,
+                },
+            };
+            if let Some(s) = by_tuple.get(&k).and_then(|a| self.socks.get_mut(a)) {
+                s.owner_fixed = true;
+            } else if let Some(s) = self.seeded.get_mut(&k) {
+                s.owner_fixed = true;
+            }
+            self.set_owner(&old, &Some(new));
+            c.owners_fixed += 1;
+        }
+        self.owner_suspects = suspects;
         let cu = &mut self.corrections;
         cu.time_wait_added += c.time_wait_added;
         cu.time_wait_removed += c.time_wait_removed;
         cu.sockets_removed += c.sockets_removed;
         cu.states_fixed += c.states_fixed;
+        cu.owners_fixed += c.owners_fixed;
         cu.runs += 1;
         c
     }
@@ -1059,7 +1231,7 @@ impl TcpAggregate {
                     .0 += 1;
             }
         }
-        for ((local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in &self.timewait {
             if ephemeral(local, remote) {
                 let u = usage
                     .entry(Destination {
@@ -1252,6 +1424,17 @@ impl TcpAggregate {
     }
 }
 
+/// The holder a socket should have when its owner is none of the
+/// processes holding it (`row`, from /proc/PID/fd); None when it is one of
+/// them, or nobody holds it (closed, orphaned).
+fn wrong_owner(s: &Sock, row: &TableRow) -> Option<(u32, String)> {
+    let (first, comm) = row.owner.as_ref()?;
+    match &s.owner {
+        Some(o) if o.pid == *first || row.holders.contains(&o.pid) => None,
+        _ => Some((*first, comm.clone())),
+    }
+}
+
 /// One process's sockets toward one peer: outbound connections by remote
 /// endpoint, inbound ones by remote address and local (listening) port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1297,7 +1480,7 @@ impl TcpAggregate {
                 add(&s.local, &s.remote, s.state);
             }
         }
-        for ((local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in &self.timewait {
             if t.owner.as_ref().is_some_and(|o| o.key() == key) {
                 add(local, remote, t.substate);
             }
@@ -1384,6 +1567,8 @@ mod tests {
                 attribution: how,
                 _pad: [0; 3],
                 current_tgid: pid,
+                netns: 0,
+                _pad2: 0,
             })
         }
 
@@ -1681,6 +1866,8 @@ mod tests {
             attribution: attribution::KERNEL,
             reason: 1,
             current_tgid: 100,
+            netns: 0,
+            _pad: 0,
         };
         agg.on_event(&AnyEvent::TcpSock(rst));
         rst.header = header(EventKind::TcpResetReceived, 100, "client", g.ts);
@@ -1722,24 +1909,32 @@ mod tests {
                 remote: "0.0.0.0:0".parse().unwrap(),
                 state: LISTEN,
                 owner: Some((300, "server".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: l,
                 remote: r,
                 state: ESTABLISHED,
                 owner: Some((300, "server".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: r,
                 remote: l,
                 state: ESTABLISHED,
                 owner: Some((100, "client".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:45001".parse().unwrap(),
                 remote: l,
                 state: TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         agg.seed(&rows, SEC);
@@ -1781,12 +1976,16 @@ mod tests {
                 remote: l,
                 state: state::TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:40999".parse().unwrap(),
                 remote: l,
                 state: state::TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         // Within the grace period nothing diag saw is removed.
@@ -1846,12 +2045,16 @@ mod tests {
                 remote: l,
                 state: state::FIN_WAIT2,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:40005".parse().unwrap(),
                 remote: l,
                 state: state::FIN_WAIT2,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         let c = agg.reconcile(&rows, 3 * SEC);

@@ -38,6 +38,8 @@ pub struct Filter {
     pub comms: Vec<String>,
     pub ports: Vec<u16>,
     pub family: Option<Family>,
+    /// Network namespace inodes; empty: all.
+    pub netns: Vec<u32>,
 }
 
 impl Filter {
@@ -52,6 +54,7 @@ impl Filter {
             comms: only.comm.clone(),
             ports: only.port.clone(),
             family: only.family,
+            netns: only.netns.clone(),
         }
     }
 
@@ -91,11 +94,14 @@ impl Filter {
         if !self.comms.is_empty() && !comm_ok(&h.comm) && !leader_ok {
             return false;
         }
-        let (family, sport, dport) = match ev {
-            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
-            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
+        let (family, sport, dport, netns) = match ev {
+            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport, t.netns),
+            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
         };
+        if !self.netns.is_empty() && !self.netns.contains(&netns) {
+            return false;
+        }
         if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
             return false;
         }
@@ -116,6 +122,8 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
+            // A change of owner, shown with the state changes.
+            Ok(EventKind::TcpAccepted) => EventClass::Tcp,
             _ => EventClass::Retrans,
         },
     }
@@ -144,6 +152,10 @@ pub fn sock_event_what(t: &TcpSockEvent, names: &Names) -> String {
         Ok(EventKind::TcpResetReceived) => "RST received".into(),
         Ok(EventKind::TcpRetransmit) => format!("RETRANSMIT in {}", state_name(t.state)),
         Ok(EventKind::TcpRetransmitSynack) => "SYN-ACK RETRANSMIT".into(),
+        Ok(EventKind::TcpAccepted) if t.reason > 0 => {
+            format!("ACCEPTED in {} (was {})", state_name(t.state), t.reason)
+        }
+        Ok(EventKind::TcpAccepted) => format!("ACCEPTED in {}", state_name(t.state)),
         _ => "?".into(),
     }
 }
@@ -155,6 +167,7 @@ pub fn sock_event_name(t: &TcpSockEvent) -> &'static str {
         Ok(EventKind::TcpResetReceived) => "tcp_reset_received",
         Ok(EventKind::TcpRetransmit) => "tcp_retransmit",
         Ok(EventKind::TcpRetransmitSynack) => "tcp_retransmit_synack",
+        Ok(EventKind::TcpAccepted) => "tcp_accepted",
         _ => "unknown",
     }
 }
@@ -441,6 +454,7 @@ fn tcp_json(
     how: u8,
     current_tgid: u32,
     skaddr: u64,
+    netns: u32,
 ) -> serde_json::Value {
     serde_json::json!({
         "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -458,6 +472,7 @@ fn tcp_json(
         "attribution": attribution::name(how),
         "current_pid": current_tgid,
         "skaddr": format!("{skaddr:#x}"),
+        "netns": netns,
     })
 }
 
@@ -512,6 +527,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 t.attribution,
                 t.current_tgid,
                 t.skaddr,
+                t.netns,
             );
             v["state"] = if t.state == 0 {
                 serde_json::Value::Null
@@ -521,6 +537,9 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             match EventKind::try_from(h.kind) {
                 Ok(EventKind::TcpResetSent) => v["reason"] = names.rst_reason(t.reason).into(),
                 Ok(EventKind::TcpRetransmit) => v["err"] = t.reason.into(),
+                Ok(EventKind::TcpAccepted) => {
+                    v["previous_pid"] = (t.reason > 0).then_some(t.reason).into();
+                }
                 _ => {}
             }
             v.to_string()
@@ -536,6 +555,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 t.attribution,
                 t.current_tgid,
                 t.skaddr,
+                t.netns,
             );
             v["old_state"] = state_name(t.old_state).into();
             v["new_state"] = state_name(t.new_state).into();
@@ -899,6 +919,8 @@ mod tests {
             attribution: attribution::SOCKET,
             _pad: [0; 3],
             current_tgid: 99,
+            netns: 0,
+            _pad2: 0,
         })
     }
 
@@ -1010,6 +1032,8 @@ mod tests {
             attribution: attribution::KERNEL,
             reason,
             current_tgid: 5,
+            netns: 0,
+            _pad: 0,
         })
     }
 

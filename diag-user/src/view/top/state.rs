@@ -147,6 +147,9 @@ pub struct DiagView {
     pub bpf_programs: u32,
     /// CPU used by diag itself in user space, % of one CPU.
     pub self_cpu_pct: Option<f64>,
+    /// Sockets given to another owner by reconciliation (their holder in
+    /// /proc/PID/fd), since the start.
+    pub owners_fixed: u64,
 }
 
 /// What kind of notable event.
@@ -733,7 +736,8 @@ impl TopState {
     pub fn tick(&mut self, now_ns: u64) {
         self.ticks += 1;
         let snap = self.agg.snapshot(now_ns);
-        let diag = self.diag_view();
+        let mut diag = self.diag_view();
+        diag.owners_fixed = snap.corrections.owners_fixed;
         let (host, cpu) = self.host_view();
         let host_known = host.is_some();
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
@@ -1285,6 +1289,8 @@ mod tests {
                 remote: a(40000 + i),
                 state: tcp_state::CLOSE_WAIT,
                 owner: Some((42, "leaker".into())),
+                netns: 0,
+                holders: vec![],
             })
             .collect();
         s.on_msg(Msg::Table { ts_ns: SEC, rows }, &mut |_| {});
