@@ -4,8 +4,8 @@ use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
-    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner,
-    TCP_SOCK_EVENT_V1_LEN, TCP_STATE_EVENT_V1_LEN, TcpSockEvent, TcpSockLayout, TcpStateEvent,
+    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpSockEvent,
+    TcpSockLayout, TcpStateEvent, TCP_SOCK_EVENT_V1_LEN, TCP_STATE_EVENT_V1_LEN,
 };
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -132,11 +132,7 @@ fn read_grown<T: Copy>(buf: &[u8], kind: u32, old_len: usize) -> Result<T, Decod
     // copy `buf.len() < size_of::<T>()` bytes into it.
     unsafe {
         let mut v: T = core::mem::zeroed();
-        core::ptr::copy_nonoverlapping(
-            buf.as_ptr(),
-            (&mut v as *mut T).cast::<u8>(),
-            buf.len(),
-        );
+        core::ptr::copy_nonoverlapping(buf.as_ptr(), (&mut v as *mut T).cast::<u8>(), buf.len());
         Ok(v)
     }
 }

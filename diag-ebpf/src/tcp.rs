@@ -257,6 +257,15 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         _ => owner.netns = netns_of(skaddr),
     }
     let how = if in_owner_syscall(old, new) {
+        // Still the process that accepted it: later events say so.
+        if let Some(k) = known {
+            // SAFETY: as above.
+            unsafe {
+                if !fresh && (*k).tgid == current_tgid {
+                    owner.how = (*k).how;
+                }
+            }
+        }
         attribution::SYSCALL
     } else if passive_open {
         // A new child socket: until a process accepts it, its owner is

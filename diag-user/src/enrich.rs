@@ -52,7 +52,11 @@ pub fn holders() -> Holders {
     for p in procs.flatten() {
         let Ok(fds) = p.fd() else { continue };
         let pid = p.pid as u32;
-        if let Some(ns) = ns_inode(&std::path::Path::new("/proc").join(pid.to_string()).join("ns/net")) {
+        if let Some(ns) = ns_inode(
+            &std::path::Path::new("/proc")
+                .join(pid.to_string())
+                .join("ns/net"),
+        ) {
             h.namespaces.entry(ns).or_insert(pid);
         }
         let mut comm = None;

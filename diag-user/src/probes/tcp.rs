@@ -59,12 +59,15 @@ pub const ACCEPT_TRACEPOINTS: &[&str] = &["sys_exit_accept4", "sys_exit_accept"]
 pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
     let state = layout(tracefs)?;
     let parsed = Btf::from_file(btf);
-    let state_btf = parsed.as_ref().map_err(Clone::clone).and_then(sock_btf_layout);
+    let state_btf = parsed
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(sock_btf_layout);
     let owner = parsed.and_then(|b| {
         let mut ret = None;
         for name in ACCEPT_TRACEPOINTS {
-            let fmt = Format::read(tracefs, "syscalls", name, "accept()")
-                .map_err(|e| e.to_string())?;
+            let fmt =
+                Format::read(tracefs, "syscalls", name, "accept()").map_err(|e| e.to_string())?;
             let off = fmt.offset("ret", 8)?;
             if ret.is_some_and(|r| r != off) {
                 return Err("sys_exit_accept and sys_exit_accept4 differ".to_string());
