@@ -14,8 +14,8 @@
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
@@ -95,11 +95,11 @@ fn listener_of(netns: u32, family: u16, addr: &[u8; 16], port: u16) -> Option<So
         addr: *addr,
     };
     // SAFETY: map lookups; values are copied out at once.
-    if let Some(o) = unsafe { LISTENERS.get(&key) } {
+    if let Some(o) = unsafe { LISTENERS.get(key) } {
         return Some(*o);
     }
     key.addr = [0; 16];
-    unsafe { LISTENERS.get(&key) }.copied()
+    unsafe { LISTENERS.get(key) }.copied()
 }
 
 #[tracepoint]
@@ -316,9 +316,9 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
                 family: t.family,
                 addr: t.saddr,
             };
-            if let Some(o) = unsafe { LISTENERS.get(&key) } {
+            if let Some(o) = unsafe { LISTENERS.get(key) } {
                 if o.skaddr == skaddr {
-                    let _ = LISTENERS.remove(&key);
+                    let _ = LISTENERS.remove(key);
                 }
             }
         }
@@ -340,7 +340,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
                 family: t.family,
                 addr: t.saddr,
             };
-            if LISTENERS.insert(&key, &owner, BPF_ANY as u64).is_err() {
+            if LISTENERS.insert(key, owner, BPF_ANY as u64).is_err() {
                 count(counters::LISTEN_MAP_FULL);
             }
         }
@@ -542,7 +542,7 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
         header.pid = 0;
         header.tgid = 0;
         header.comm = [0; 16];
-    } else if let Some(o) = unsafe { SOCK_OWNERS.get(&skaddr) } {
+    } else if let Some(o) = unsafe { SOCK_OWNERS.get(skaddr) } {
         how = if o.how != 0 {
             o.how
         } else {
@@ -618,15 +618,18 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if fd < 0 {
         return Ok(0);
     }
+    // The task and its fd table by plain loads from BTF pointers (the
+    // verifier checks the constant offsets against BTF and makes the loads
+    // fault-safe); the fd array and what it points to by helper.
     // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = kread(task + l.task_files as u64)?;
-    let fdt: u64 = kread(files + l.files_fdt as u64)?;
-    let max_fds: u32 = kread(fdt + l.fdt_max_fds as u64)?;
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+    let files = btf_load::<u64>(task, l.task_files) as *const u8;
+    let fdt = btf_load::<u64>(files, l.files_fdt) as *const u8;
+    let max_fds: u32 = btf_load(fdt, l.fdt_max_fds);
     if fd as u64 >= max_fds as u64 {
         return Ok(0);
     }
-    let fds: u64 = kread(fdt + l.fdt_fd as u64)?;
+    let fds: u64 = btf_load(fdt, l.fdt_fd);
     let file: u64 = kread(fds + (fd as u64) * 8)?;
     if file == 0 {
         return Ok(0);
@@ -641,8 +644,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let tgid = (pid_tgid >> 32) as u32;
     let prev_tgid: u32;
     let netns: u32;
-    let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-    match SOCK_OWNERS.get_ptr_mut(&sk) {
+    match SOCK_OWNERS.get_ptr_mut(sk) {
         Some(k) => {
             // SAFETY: a map value pointer, valid while we run.
             unsafe {
@@ -651,6 +653,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
                     (*k).how = attribution::ACCEPTED;
                     return Ok(0);
                 }
+                let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
                 prev_tgid = (*k).tgid;
                 netns = (*k).netns;
                 (*k).pid = pid;
@@ -669,6 +672,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
             }
             prev_tgid = 0;
             netns = netns_of(sk);
+            let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
             let owner = SockOwner {
                 pid,
                 tgid,
@@ -679,7 +683,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
                 how: attribution::ACCEPTED,
                 _pad: [0; 3],
             };
-            if SOCK_OWNERS.insert(&sk, &owner, BPF_ANY as u64).is_err() {
+            if SOCK_OWNERS.insert(sk, owner, BPF_ANY as u64).is_err() {
                 count(counters::SOCK_MAP_FULL);
             }
         }

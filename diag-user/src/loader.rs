@@ -159,9 +159,22 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             name: "tracepoints",
             result: probes::tcp::layouts(path, &args.btf).map(|l| {
                 let names = probes::tcp::TRACEPOINT_NAMES.join(", ");
+                let owners = match &l.owner {
+                    Ok(_) => format!(
+                        "; owners: {} (accepted fd -> socket, network namespaces, from BTF)",
+                        probes::tcp::ACCEPT_NAMES.join(", ")
+                    ),
+                    Err(why) => format!(
+                        "; no accept probe ({why}): passive opens stay with the listener's owner"
+                    ),
+                };
                 match l.state_btf {
-                    Ok(_) => format!("{names} (state changes by tp_btf, struct sock from BTF)"),
-                    Err(why) => format!("{names} (state changes by the classic tracepoint: {why})"),
+                    Ok(_) => {
+                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}")
+                    }
+                    Err(why) => {
+                        format!("{names} (state changes by the classic tracepoint: {why}){owners}")
+                    }
                 }
             }),
         });

@@ -1089,7 +1089,7 @@ impl TcpAggregate {
         let seeded_gone: Vec<FourTuple> = self
             .seeded
             .keys()
-            .filter(|k| !kernel_socks.contains_key(k))
+            .filter(|k| covered.contains(&k.0) && !kernel_socks.contains_key(k))
             .copied()
             .collect();
         for k in seeded_gone {
@@ -1960,6 +1960,234 @@ mod tests {
         assert_eq!(row(&s, 300).states.close_wait, 1);
         assert_eq!(row(&s, 300).states.established, 0);
         assert_eq!(row(&s, 100).states.close_wait, 0);
+    }
+
+    fn accepted(
+        g: &mut Gen,
+        pid: u32,
+        sk: u64,
+        sport: u16,
+        dport: u16,
+        st: u8,
+        was: u32,
+    ) -> AnyEvent {
+        g.ts += 1_000_000;
+        AnyEvent::TcpSock(TcpSockEvent {
+            header: header(EventKind::TcpAccepted, pid, "worker", g.ts),
+            skaddr: sk,
+            saddr: v4([127, 0, 0, 1]),
+            daddr: v4([127, 0, 0, 1]),
+            sport,
+            dport,
+            family: AF_INET,
+            state: st,
+            attribution: attribution::ACCEPTED,
+            reason: was as i32,
+            current_tgid: pid,
+            netns: 0,
+            _pad: 0,
+        })
+    }
+
+    #[test]
+    fn an_accept_moves_the_socket_and_its_passive_open_to_the_worker() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        let listen = g.st(
+            10,
+            "master",
+            0x10,
+            80,
+            0,
+            CLOSE,
+            LISTEN,
+            attribution::SYSCALL,
+        );
+        agg.on_event(&listen);
+        // Two connections, opened under the listener's owner.
+        for (sk, cp) in [(0x20, 40000), (0x21, 40001)] {
+            agg.on_event(&g.st(
+                10,
+                "master",
+                sk,
+                80,
+                cp,
+                LISTEN,
+                SYN_RECV,
+                attribution::LISTENER,
+            ));
+            agg.on_event(&g.st(
+                10,
+                "master",
+                sk,
+                80,
+                cp,
+                SYN_RECV,
+                ESTABLISHED,
+                attribution::LISTENER,
+            ));
+        }
+        // The first is accepted before a snapshot, the second after one.
+        agg.on_event(&accepted(&mut g, 11, 0x20, 80, 40000, ESTABLISHED, 10));
+        let s = agg.snapshot(2 * SEC);
+        assert_eq!(row(&s, 10).totals.passive_opens, 1);
+        assert_eq!(row(&s, 11).totals.passive_opens, 1);
+        assert_eq!(row(&s, 11).states.established, 1);
+        g.ts = 2 * SEC;
+        agg.on_event(&accepted(&mut g, 12, 0x21, 80, 40001, ESTABLISHED, 10));
+        // The peer closes: the kernel names the accepter.
+        agg.on_event(&g.st(
+            12,
+            "worker",
+            0x21,
+            80,
+            40001,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::ACCEPTED,
+        ));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(row(&s, 10).totals.passive_opens, 0);
+        assert_eq!(row(&s, 10).states.established, 0);
+        assert_eq!(row(&s, 10).states.listen, 1);
+        assert_eq!(row(&s, 12).totals.passive_opens, 1);
+        assert_eq!(row(&s, 12).states.close_wait, 1);
+        // The move happened in a counted interval: no rate for anyone.
+        assert_eq!(row(&s, 10).rates.passive_opens, 0.0);
+        assert_eq!(row(&s, 12).rates.passive_opens, 0.0);
+        assert_eq!(s.totals.passive_opens, 2);
+    }
+
+    #[test]
+    fn reconcile_gives_sockets_to_their_holders_and_keeps_them() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x10,
+            80,
+            0,
+            CLOSE,
+            LISTEN,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            LISTEN,
+            SYN_RECV,
+            attribution::LISTENER,
+        ));
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            SYN_RECV,
+            ESTABLISHED,
+            attribution::LISTENER,
+        ));
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let r: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let rows = |holder: u32, others: Vec<u32>| {
+            vec![
+                TableRow {
+                    local: l,
+                    remote: "127.0.0.1:0".parse().unwrap(),
+                    state: LISTEN,
+                    owner: Some((10, "server".into())),
+                    netns: 0,
+                    holders: vec![20],
+                },
+                TableRow {
+                    local: l,
+                    remote: r,
+                    state: ESTABLISHED,
+                    owner: Some((holder, "holder".into())),
+                    netns: 0,
+                    holders: others,
+                },
+            ]
+        };
+        // Held by the owner too: nothing to correct.
+        assert_eq!(agg.reconcile(&rows(5, vec![10]), 3 * SEC).owners_fixed, 0);
+        // Passed to 20 (SCM_RIGHTS): corrected once two runs agree.
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 4 * SEC).owners_fixed, 0);
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 5 * SEC).owners_fixed, 1);
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 6 * SEC).owners_fixed, 0);
+        // The kernel still remembers the old owner: its events no longer
+        // take the socket back; the holder's own close() does name it.
+        g.ts = 6 * SEC;
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::ACCEPTED,
+        ));
+        let s = agg.snapshot(7 * SEC);
+        assert_eq!(row(&s, 20).states.close_wait, 1);
+        assert_eq!(row(&s, 10).states.close_wait, 0);
+        assert_eq!(s.corrections.owners_fixed, 1);
+        agg.on_event(&g.st(
+            20,
+            "holder",
+            0x20,
+            80,
+            40000,
+            CLOSE_WAIT,
+            LAST_ACK,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            20,
+            "holder",
+            0x20,
+            80,
+            40000,
+            LAST_ACK,
+            CLOSE,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(8 * SEC);
+        assert_eq!(row(&s, 20).totals.closes, 1);
+        assert_eq!(s.corrections.state_total(), 0);
+    }
+
+    #[test]
+    fn namespaces_keep_equal_four_tuples_apart() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let l: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let r: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let row_in = |netns: u32, pid: u32| TableRow {
+            local: l,
+            remote: r,
+            state: ESTABLISHED,
+            owner: Some((pid, "server".into())),
+            netns,
+            holders: vec![],
+        };
+        agg.seed(&[row_in(1, 100), row_in(2, 200)], SEC);
+        let s = agg.snapshot(SEC);
+        assert_eq!(row(&s, 100).states.established, 1);
+        assert_eq!(row(&s, 200).states.established, 1);
+        // Only namespace 1 is in the table now: namespace 2's socket is
+        // not taken for gone.
+        let c = agg.reconcile(&[row_in(1, 100)], 3 * SEC);
+        assert_eq!((c.sockets_removed, c.owners_fixed), (0, 0));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(row(&s, 200).states.established, 1);
     }
 
     #[test]

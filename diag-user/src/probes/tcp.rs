@@ -434,6 +434,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn owner_offsets_from_the_running_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("no kernel BTF here; skipped");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let sock = sock_btf_layout(&btf).unwrap();
+        let l = owner_layout(&btf, Some(16)).unwrap();
+        assert_eq!((l.valid, l.net_valid, l.ret), (1, 1, 16));
+        // The same struct sock fields as the state-change program's.
+        assert_eq!(
+            (l.sk_family, l.sk_num, l.sk_dport, l.sk_saddr_v6),
+            (sock.family, sock.num, sock.dport, sock.saddr_v6)
+        );
+        assert!(l.task_files > 0 && l.fdt_fd > 0 && l.socket_sk > 0 && l.net_inum > 0);
+        assert_eq!(owner_layout(&btf, None).unwrap().valid, 0);
+    }
+
     fn fmt(fields: &[(&str, u32, u32)]) -> Format {
         Format {
             name: "t".into(),

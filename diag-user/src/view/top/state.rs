@@ -736,8 +736,10 @@ impl TopState {
     pub fn tick(&mut self, now_ns: u64) {
         self.ticks += 1;
         let snap = self.agg.snapshot(now_ns);
-        let mut diag = self.diag_view();
-        diag.owners_fixed = snap.corrections.owners_fixed;
+        let diag = DiagView {
+            owners_fixed: snap.corrections.owners_fixed,
+            ..self.diag_view()
+        };
         let (host, cpu) = self.host_view();
         let host_known = host.is_some();
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
