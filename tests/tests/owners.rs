@@ -154,6 +154,9 @@ fn prefork_workers_own_their_connections_and_close_wait_leaks() {
     const W: usize = 2;
     const K: usize = 10;
     let conns = conns_watch();
+    let rec = std::env::temp_dir().join(format!("diag-owners-{}.diag", std::process::id()));
+    let _ = std::fs::remove_file(&rec);
+    let recorder = Diag::start(&["record", "-o", rec.to_str().unwrap(), "--reconcile", "1s"]);
     let mut server = Gen::spawn(
         LOADGEN,
         &[
@@ -187,6 +190,49 @@ fn prefork_workers_own_their_connections_and_close_wait_leaks() {
     let ss = ss_per_pid("close-wait", port);
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
+    assert!(recorder.stop(libc::SIGINT).status.success());
+
+    // The recording replays the same owners (the accept events decode).
+    let replay = |args: &[&str]| {
+        let o = Command::new(diag_tests::diag_bin())
+            .arg("replay")
+            .arg(&rec)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let replayed = replay(&["tail", "--json", "--port", &port.to_string()]);
+    let accepts: Vec<Value> = replayed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "tcp_accepted")
+        .collect();
+    assert_eq!(accepts.len(), W * K);
+    assert!(
+        accepts
+            .iter()
+            .all(|e| e["netns"].as_u64() == Some(netns_of(parent)))
+    );
+    let replayed = replay(&[
+        "conns",
+        "--json",
+        "--close-wait-threshold",
+        "1s",
+        "--top",
+        "0",
+    ]);
+    let snap: Value = serde_json::from_str(replayed.lines().last().unwrap()).unwrap();
+    for &w in &workers {
+        assert_eq!(
+            get(&snap, w, "states", "close_wait"),
+            K as i64,
+            "replayed worker {w}"
+        );
+    }
+    assert_eq!(get(&snap, parent, "totals", "passive_opens"), 0);
+    let _ = std::fs::remove_file(&rec);
 
     // ss: K per worker, none for the parent.
     for w in &workers {
@@ -451,7 +497,10 @@ struct Netns(String);
 
 impl Netns {
     fn create(name: &str) -> Option<Netns> {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", name])
             .status()
