@@ -311,6 +311,22 @@ fn prefork_workers_own_their_connections_and_close_wait_leaks() {
     drop(server);
 }
 
+/// The body of `GET path` from 127.0.0.1:`port`.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or(out)
+}
+
 /// A free loopback port (bound and released at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -721,11 +737,27 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
     assert_eq!(client.line(), format!("CONNECTED {K}"));
     assert_eq!(server.line(), "ACCEPTED");
     let conns = conns_watch();
+    let metrics_port = free_port();
+    let serve = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--reconcile",
+        "1s",
+    ]);
     assert_eq!(server.line(), "PASSED");
     thread::sleep(Duration::from_millis(4000));
     let ss = ss_per_pid("established", port);
     let out = conns.stop(libc::SIGINT);
+    let metrics = http_get(metrics_port, "/metrics");
+    drop(serve);
     drop(client);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("diag_tcp_reconcile_corrections_total{{kind=\"owner\"}} {K}")),
+        "{metrics}"
+    );
     assert_eq!(ss.get(&holder).copied(), Some(K), "{ss:?}");
     assert_eq!(ss.get(&parent), None);
     let snap = last_snapshot(&out);
