@@ -1038,6 +1038,39 @@ mod tests {
     }
 
     #[test]
+    fn accepts_and_namespaces() {
+        let names = Names::default();
+        let clock = WallClock::with_offset_ns(0);
+        let AnyEvent::TcpSock(mut t) = reset(EventKind::TcpAccepted, 1234) else {
+            unreachable!()
+        };
+        t.header.tgid = 77;
+        t.header.comm = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
+        t.attribution = attribution::ACCEPTED;
+        t.state = diag_common::tcp::state::ESTABLISHED;
+        t.netns = 4026531840;
+        let acc = AnyEvent::TcpSock(t);
+        let line = format_text(&acc, &clock, &names);
+        assert!(
+            line.contains("ACCEPTED in ESTABLISHED (was 1234)") && line.ends_with("accepted"),
+            "{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&acc, &clock, &names)).unwrap();
+        assert_eq!(v["event"], "tcp_accepted");
+        assert_eq!(v["pid"], 77);
+        assert_eq!(v["previous_pid"], 1234);
+        assert_eq!(v["netns"], 4026531840u64);
+        assert_eq!(class_of(&acc), EventClass::Tcp);
+        let mine = Filter {
+            netns: vec![4026531840],
+            ..Default::default()
+        };
+        assert!(mine.matches(&acc));
+        assert!(!mine.matches(&ev(1, "a", 2, 1, 2)), "netns 0 is another");
+    }
+
+    #[test]
     fn resets_and_classes() {
         let names = Names {
             rst_reasons: [(1, "NO_SOCKET".to_string())].into_iter().collect(),
