@@ -160,6 +160,9 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             result: probes::tcp::layouts(path, &args.btf).map(|l| {
                 let names = probes::tcp::TRACEPOINT_NAMES.join(", ");
                 let owners = match &l.owner {
+                    Ok(o) if o.valid == 0 => {
+                        "; no accept probe (no syscalls:sys_exit_accept4): passive opens stay with the listener's owner".to_string()
+                    }
                     Ok(_) => format!(
                         "; owners: {} (accepted fd -> socket, network namespaces, from BTF)",
                         probes::tcp::ACCEPT_NAMES.join(", ")

@@ -63,19 +63,11 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         .as_ref()
         .map_err(Clone::clone)
         .and_then(sock_btf_layout);
-    let owner = parsed.and_then(|b| {
-        let mut ret = None;
-        for name in ACCEPT_TRACEPOINTS {
-            let fmt =
-                Format::read(tracefs, "syscalls", name, "accept()").map_err(|e| e.to_string())?;
-            let off = fmt.offset("ret", 8)?;
-            if ret.is_some_and(|r| r != off) {
-                return Err("sys_exit_accept and sys_exit_accept4 differ".to_string());
-            }
-            ret = Some(off);
-        }
-        owner_layout(&b, ret)
-    });
+    // Without the syscall tracepoints (a kernel without
+    // CONFIG_FTRACE_SYSCALLS) namespaces are still read; only the accept
+    // program stays out.
+    let ret = accept_ret(tracefs);
+    let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
     for (name, _) in SOCK_TRACEPOINTS {
@@ -97,6 +89,21 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         rst_reasons,
         owner,
     })
+}
+
+/// The offset of `ret` in `syscalls:sys_exit_accept4` and
+/// `sys_exit_accept` (one program runs on both, so they must agree).
+fn accept_ret(tracefs: &Path) -> Result<u32, String> {
+    let mut ret = None;
+    for name in ACCEPT_TRACEPOINTS {
+        let fmt = Format::read(tracefs, "syscalls", name, "accept()").map_err(|e| e.to_string())?;
+        let off = fmt.offset("ret", 8)?;
+        if ret.is_some_and(|r| r != off) {
+            return Err("sys_exit_accept and sys_exit_accept4 differ".to_string());
+        }
+        ret = Some(off);
+    }
+    ret.ok_or_else(|| "no accept tracepoints".to_string())
 }
 
 /// Offsets for following an accepted fd to its socket and a socket to its
@@ -309,7 +316,9 @@ pub fn attach(
     }
     match &layouts.owner {
         Ok(l) if l.valid != 0 => attach_accept(ebpf, attached)?,
-        Ok(_) => {}
+        Ok(_) => eprintln!(
+            "diag: note: passive opens stay with the listener's owner (no syscalls:sys_exit_accept4 tracepoint)"
+        ),
         Err(why) => eprintln!(
             "diag: note: passive opens stay with the listener's owner (no accept probe: {why})"
         ),
