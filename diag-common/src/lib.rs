@@ -39,6 +39,10 @@ pub enum EventKind {
     TcpRetransmit = 4,
     /// [`tcp::TcpSockEvent`]: a listener retransmitted a SYN-ACK.
     TcpRetransmitSynack = 5,
+    /// [`tcp::TcpSockEvent`]: a process accepted a connection that was
+    /// attributed to another (the listener's owner): the socket is its own
+    /// from now on.
+    TcpAccepted = 6,
     /// [`oom::OomKillEvent`]
     OomKill = 10,
     /// [`sched::StallEvent`]
@@ -56,6 +60,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::TcpResetReceived),
             4 => Ok(EventKind::TcpRetransmit),
             5 => Ok(EventKind::TcpRetransmitSynack),
+            6 => Ok(EventKind::TcpAccepted),
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
@@ -116,6 +121,7 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
+
     /// OOM kills reported without the victim's task facts (tgid, memory
     /// cgroup): the `tp_btf` program's note was missing or stale.
     pub const OOM_NO_VICTIM_TASK: u32 = 10;

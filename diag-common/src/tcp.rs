@@ -56,6 +56,9 @@ pub mod attribution {
     /// No socket at all: the kernel answered on its own (e.g. a reset for
     /// a closed port). pid 0.
     pub const KERNEL: u8 = 5;
+    /// The process that accepted the connection (learned in its own
+    /// accept()/accept4() call), remembered for the socket since.
+    pub const ACCEPTED: u8 = 6;
 
     pub fn name(a: u8) -> &'static str {
         match a {
@@ -64,6 +67,7 @@ pub mod attribution {
             LISTENER => "listener",
             CURRENT => "current",
             KERNEL => "kernel",
+            ACCEPTED => "accepted",
             _ => "unknown",
         }
     }
@@ -187,23 +191,132 @@ pub struct TcpStateEvent {
     pub _pad: [u8; 3],
     /// tgid of the task that was on the CPU when the transition ran.
     pub current_tgid: u32,
+    /// Inode of the socket's network namespace (as `readlink
+    /// /proc/PID/ns/net` shows it), 0 when unknown (recordings made before
+    /// diag read it).
+    pub netns: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpStateEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<TcpStateEvent>() == 112);
+/// Size of a [`TcpStateEvent`] before `netns` was added: recordings hold
+/// such records, which decode with `netns` 0.
+pub const TCP_STATE_EVENT_V1_LEN: usize = 104;
 
 /// What the kernel remembers per socket (map `SOCK_OWNERS`, keyed by skaddr)
-/// and per listening port (map `LISTENERS`).
+/// and per listening socket (map `LISTENERS`, keyed by [`ListenKey`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOwner {
     pub pid: u32,
     pub tgid: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    /// Boot-time ns of the last transition (for `in_old_state_ns`).
+    /// Boot-time ns of the last transition (for `in_old_state_ns`); 0
+    /// when unknown (an entry made at accept() for a socket older than
+    /// diag).
     pub last_ts_ns: u64,
     /// skaddr of the listening socket (LISTENERS only).
     pub skaddr: u64,
+    /// The socket's network namespace inode, 0 when unknown.
+    pub netns: u32,
+    /// How the owner was learned, for the socket's later events: 0 (an
+    /// earlier transition: [`attribution::SOCKET`]),
+    /// [`attribution::LISTENER`] (a passive open, not accepted yet) or
+    /// [`attribution::ACCEPTED`].
+    pub how: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
+
+/// Key of map `LISTENERS`: a listening socket by network namespace,
+/// family, local address (all zeros for a wildcard bind) and port, so
+/// listeners on the same port in other namespaces or on other addresses
+/// never collide. A passive open looks up its own local address first,
+/// then the wildcard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub family: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 24);
+
+/// Offsets for following an accept()'s new file descriptor to its socket
+/// and for reading a socket's network namespace: `ret` from the tracefs
+/// format of `syscalls:sys_exit_accept4` (and `sys_exit_accept`), the rest
+/// from the kernel's BTF. Read with `bpf_probe_read_kernel`, so they work
+/// from classic tracepoints too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerLayout {
+    /// `sys_exit_accept4`'s `ret` (the new fd, or -errno; 8 bytes).
+    pub ret: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `file.private_data` (a socket's `struct socket *`).
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_net.net` (`struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `sock.__sk_common.skc_family` (u16).
+    pub sk_family: u32,
+    /// `sock.__sk_common.skc_state` (u8).
+    pub sk_state: u32,
+    /// `skc_num` (u16, host order), `skc_dport` (u16, network order).
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    /// `skc_rcv_saddr`, `skc_daddr` (IPv4), `skc_v6_rcv_saddr`,
+    /// `skc_v6_daddr` (16 bytes).
+    pub sk_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_saddr_v6: u32,
+    pub sk_daddr_v6: u32,
+    /// 1 when the namespace offsets are filled in.
+    pub net_valid: u32,
+    /// 1 when the accept program may run (everything filled in).
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 80);
+
+impl OwnerLayout {
+    pub const fn zeroed() -> Self {
+        OwnerLayout {
+            ret: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdt_fd: 0,
+            fdt_max_fds: 0,
+            file_private_data: 0,
+            socket_sk: 0,
+            sk_net: 0,
+            net_inum: 0,
+            sk_protocol: 0,
+            sk_family: 0,
+            sk_state: 0,
+            sk_num: 0,
+            sk_dport: 0,
+            sk_saddr: 0,
+            sk_daddr: 0,
+            sk_saddr_v6: 0,
+            sk_daddr_v6: 0,
+            net_valid: 0,
+            valid: 0,
+        }
+    }
+}
 
 /// Offset value meaning "this tracepoint has no such field".
 pub const NO_FIELD: u32 = u32::MAX;
@@ -253,8 +366,10 @@ impl TcpSockLayout {
     }
 }
 
-/// A reset sent or received, or a retransmission, on one socket. The
-/// header names the socket's owner (see [`attribution`]); kind says which.
+/// A reset sent or received, or a retransmission, on one socket; or
+/// (kind `TcpAccepted`) a connection accepted by a process other than the
+/// one it was attributed to. The header names the socket's owner (see
+/// [`attribution`]; for an accept, the accepting task); kind says which.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSockEvent {
@@ -269,8 +384,15 @@ pub struct TcpSockEvent {
     /// The socket's TCP state, 0 when the tracepoint does not say.
     pub state: u8,
     pub attribution: u8,
-    /// send_reset: `enum sk_rst_reason`; retransmit: `err`; else 0.
+    /// send_reset: `enum sk_rst_reason`; retransmit: `err`; accepted:
+    /// the tgid the socket was attributed to before (0: none); else 0.
     pub reason: i32,
     pub current_tgid: u32,
+    /// The socket's network namespace inode, 0 when unknown (no socket,
+    /// or a recording made before diag read it).
+    pub netns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSockEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<TcpSockEvent>() == 104);
+/// Size of a [`TcpSockEvent`] before `netns` was added (old recordings).
+pub const TCP_SOCK_EVENT_V1_LEN: usize = 96;

@@ -4,7 +4,8 @@ use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
-    InetSockSetStateLayout, SockBtfLayout, SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent,
+    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpSockEvent,
+    TcpSockLayout, TcpStateEvent, TCP_SOCK_EVENT_V1_LEN, TCP_STATE_EVENT_V1_LEN,
 };
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -14,6 +15,8 @@ unsafe impl aya::Pod for InetSockSetStateLayout {}
 unsafe impl aya::Pod for SockBtfLayout {}
 unsafe impl aya::Pod for RingConfig {}
 unsafe impl aya::Pod for SockOwner {}
+unsafe impl aya::Pod for ListenKey {}
+unsafe impl aya::Pod for OwnerLayout {}
 unsafe impl aya::Pod for TcpSockLayout {}
 unsafe impl aya::Pod for MarkVictimLayout {}
 unsafe impl aya::Pod for MemcgLayout {}
@@ -110,15 +113,48 @@ fn read<T: Copy>(buf: &[u8], kind: Option<u32>) -> Result<T, DecodeError> {
     Ok(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
+/// Like [`read`], but a record of at least `old_len` bytes (the size the
+/// type had before fields were added at its end) reads with the missing
+/// fields zero: recordings of older versions stay readable.
+fn read_grown<T: Copy>(buf: &[u8], kind: u32, old_len: usize) -> Result<T, DecodeError> {
+    let need = core::mem::size_of::<T>();
+    if buf.len() >= need || buf.len() < old_len {
+        return read(buf, Some(kind)).map_err(|e| match e {
+            DecodeError::TooShort { kind, len, .. } if len < old_len => DecodeError::TooShort {
+                kind,
+                len,
+                need: old_len,
+            },
+            e => e,
+        });
+    }
+    // SAFETY: T is a plain-old-data repr(C) type (all zeros is valid); we
+    // copy `buf.len() < size_of::<T>()` bytes into it.
+    unsafe {
+        let mut v: T = core::mem::zeroed();
+        core::ptr::copy_nonoverlapping(buf.as_ptr(), (&mut v as *mut T).cast::<u8>(), buf.len());
+        Ok(v)
+    }
+}
+
 /// Decode one ring-buffer record.
 pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     let header: EventHeader = read(buf, None)?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
-        EventKind::TcpState => Ok(AnyEvent::TcpState(read(buf, Some(header.kind))?)),
+        EventKind::TcpState => Ok(AnyEvent::TcpState(read_grown(
+            buf,
+            header.kind,
+            TCP_STATE_EVENT_V1_LEN,
+        )?)),
         EventKind::TcpResetSent
         | EventKind::TcpResetReceived
         | EventKind::TcpRetransmit
-        | EventKind::TcpRetransmitSynack => Ok(AnyEvent::TcpSock(read(buf, Some(header.kind))?)),
+        | EventKind::TcpRetransmitSynack
+        | EventKind::TcpAccepted => Ok(AnyEvent::TcpSock(read_grown(
+            buf,
+            header.kind,
+            TCP_SOCK_EVENT_V1_LEN,
+        )?)),
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
@@ -156,6 +192,8 @@ mod tests {
             attribution: 1,
             _pad: [0; 3],
             current_tgid: 7,
+            netns: 4026531840,
+            _pad2: 0,
         }
     }
 
@@ -244,6 +282,11 @@ mod tests {
                 need: 104
             })
         );
+        // A record of the size before `netns` (an old recording) decodes
+        // with netns 0.
+        let mut old = e;
+        old.netns = 0;
+        assert_eq!(decode(&b[..104]), Ok(AnyEvent::TcpState(old)));
         let mut bad = e;
         bad.header.kind = 99;
         assert_eq!(decode(as_bytes(&bad)), Err(DecodeError::UnknownKind(99)));

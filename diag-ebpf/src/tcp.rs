@@ -5,7 +5,11 @@
 //! whoever was interrupted. So the owner is learned where it is certain
 //! (inside connect/listen/close/shutdown, which run in the owner's own
 //! system call), remembered per socket in `SOCK_OWNERS`, and, for passive
-//! opens, taken from the listening socket's owner in `LISTENERS`.
+//! opens, taken from the listening socket's owner in `LISTENERS` (keyed by
+//! network namespace, address and port) until a process accepts the
+//! connection: `sys_exit_accept4`/`sys_exit_accept` run in the accepting
+//! task, follow the new file descriptor to its socket and make the socket
+//! that task's.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -21,8 +25,9 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     tcp::{
-        attribution, state, InetSockSetStateLayout, SockBtfLayout, SockOwner, TcpSockEvent,
-        TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP, NO_FIELD,
+        attribution, state, InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout,
+        SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP,
+        NO_FIELD,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -41,9 +46,61 @@ static INET_SOCK_SET_STATE: Global<InetSockSetStateLayout> =
 #[map]
 static SOCK_OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(262_144, 0);
 
-/// Owner of each listening socket, keyed by local port.
+/// Owner of each listening socket, keyed by network namespace, family,
+/// local address and port.
 #[map]
-static LISTENERS: HashMap<u16, SockOwner> = HashMap::with_max_entries(16_384, 0);
+static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(16_384, 0);
+
+/// Offsets for the accept program and for network namespaces (BTF and
+/// tracefs), written by user space at load time.
+#[unsafe(no_mangle)]
+static OWNER_LAYOUT: Global<OwnerLayout> = Global::new(OwnerLayout::zeroed());
+
+/// A kernel value at `addr` by helper (fault-safe); a failed read is
+/// counted.
+#[inline(always)]
+fn kread<T>(addr: u64) -> Result<T, u32> {
+    // SAFETY: the helper checks the address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| {
+        count(counters::READ_ERROR);
+        0
+    })
+}
+
+/// The inode of a socket's network namespace
+/// (`sk->__sk_common.skc_net.net->ns.inum`), 0 when unknown.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    let l = OWNER_LAYOUT.load();
+    if l.net_valid == 0 || sk == 0 {
+        return 0;
+    }
+    let Ok(net) = kread::<u64>(sk + l.sk_net as u64) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    kread::<u32>(net + l.net_inum as u64).unwrap_or(0)
+}
+
+/// The owner of the listener a connection to (`netns`, `family`, `addr`,
+/// `port`) came to: one bound to that address, else a wildcard one.
+#[inline(always)]
+fn listener_of(netns: u32, family: u16, addr: &[u8; 16], port: u16) -> Option<SockOwner> {
+    let mut key = ListenKey {
+        netns,
+        port,
+        family,
+        addr: *addr,
+    };
+    // SAFETY: map lookups; values are copied out at once.
+    if let Some(o) = unsafe { LISTENERS.get(key) } {
+        return Some(*o);
+    }
+    key.addr = [0; 16];
+    unsafe { LISTENERS.get(key) }.copied()
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -180,23 +237,45 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
     let known = SOCK_OWNERS.get_ptr_mut(skaddr);
     let passive_open = old == state::LISTEN && new == state::SYN_RECV;
     let mut in_old_state_ns: u64 = 0;
+    // A new socket (CLOSE -> ..., or a passive open's child) has no
+    // entry of its own yet: any entry at its address is a stale one.
+    let fresh = old == state::CLOSE || passive_open;
     let mut owner = SockOwner {
         pid: current_pid,
         tgid: current_tgid,
         comm: [0; TASK_COMM_LEN],
         last_ts_ns: now,
         skaddr,
+        netns: 0,
+        how: 0,
+        _pad: [0; 3],
     };
+    // The namespace never changes: read once, then remembered.
+    match known {
+        // SAFETY: a map value pointer, valid while we run.
+        Some(k) if !fresh => owner.netns = unsafe { (*k).netns },
+        _ => owner.netns = netns_of(skaddr),
+    }
     let how = if in_owner_syscall(old, new) {
+        // Still the process that accepted it: later events say so.
+        if let Some(k) = known {
+            // SAFETY: as above.
+            unsafe {
+                if !fresh && (*k).tgid == current_tgid {
+                    owner.how = (*k).how;
+                }
+            }
+        }
         attribution::SYSCALL
     } else if passive_open {
-        // A new child socket (any entry is a stale one from a freed
-        // socket): its owner is whoever owns the listener on this port.
-        match unsafe { LISTENERS.get(sport) } {
+        // A new child socket: until a process accepts it, its owner is
+        // whoever owns the listener it came to.
+        match listener_of(owner.netns, t.family, &t.saddr, sport) {
             Some(o) => {
                 owner.pid = o.pid;
                 owner.tgid = o.tgid;
                 owner.comm = o.comm;
+                owner.how = attribution::LISTENER;
                 attribution::LISTENER
             }
             None => attribution::CURRENT,
@@ -208,11 +287,17 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
             owner.pid = (*k).pid;
             owner.tgid = (*k).tgid;
             owner.comm = (*k).comm;
-            if (*k).last_ts_ns <= now {
-                in_old_state_ns = now - (*k).last_ts_ns;
+            owner.how = (*k).how;
+            let last = (*k).last_ts_ns;
+            if last != 0 && last <= now {
+                in_old_state_ns = now - last;
             }
         }
-        attribution::SOCKET
+        if owner.how != 0 {
+            owner.how
+        } else {
+            attribution::SOCKET
+        }
     } else {
         attribution::CURRENT
     };
@@ -225,9 +310,15 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
             let _ = SOCK_OWNERS.remove(skaddr);
         }
         if old == state::LISTEN {
-            if let Some(o) = unsafe { LISTENERS.get(sport) } {
+            let key = ListenKey {
+                netns: owner.netns,
+                port: sport,
+                family: t.family,
+                addr: t.saddr,
+            };
+            if let Some(o) = unsafe { LISTENERS.get(key) } {
                 if o.skaddr == skaddr {
-                    let _ = LISTENERS.remove(sport);
+                    let _ = LISTENERS.remove(key);
                 }
             }
         }
@@ -242,8 +333,16 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
                 }
             }
         }
-        if new == state::LISTEN && LISTENERS.insert(sport, owner, BPF_ANY as u64).is_err() {
-            count(counters::LISTEN_MAP_FULL);
+        if new == state::LISTEN {
+            let key = ListenKey {
+                netns: owner.netns,
+                port: sport,
+                family: t.family,
+                addr: t.saddr,
+            };
+            if LISTENERS.insert(key, owner, BPF_ANY as u64).is_err() {
+                count(counters::LISTEN_MAP_FULL);
+            }
         }
     }
 
@@ -278,6 +377,8 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         (*ev).attribution = how;
         (*ev)._pad = [0; 3];
         (*ev).current_tgid = current_tgid;
+        (*ev).netns = owner.netns;
+        (*ev)._pad2 = 0;
     }
     let flags = submit_flags();
     entry.submit(flags);
@@ -435,23 +536,32 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
     let mut header = current_header(kind as u32);
     let current_tgid = header.tgid;
     let mut how = attribution::CURRENT;
+    let mut netns = 0;
     if skaddr == 0 {
         how = attribution::KERNEL;
         header.pid = 0;
         header.tgid = 0;
         header.comm = [0; 16];
     } else if let Some(o) = unsafe { SOCK_OWNERS.get(skaddr) } {
-        how = attribution::SOCKET;
+        how = if o.how != 0 {
+            o.how
+        } else {
+            attribution::SOCKET
+        };
         header.pid = o.pid;
         header.tgid = o.tgid;
         header.comm = o.comm;
-    } else if let Some(o) = unsafe { LISTENERS.get(sport) } {
-        // A listener's SYN-ACK, or a socket we never saw: the listener on
-        // the local port is the best owner there is.
-        how = attribution::LISTENER;
-        header.pid = o.pid;
-        header.tgid = o.tgid;
-        header.comm = o.comm;
+        netns = o.netns;
+    } else {
+        netns = netns_of(skaddr);
+        if let Some(o) = listener_of(netns, family, &saddr, sport) {
+            // A listener's SYN-ACK, or a socket we never saw: the listener
+            // it belongs to is the best owner there is.
+            how = attribution::LISTENER;
+            header.pid = o.pid;
+            header.tgid = o.tgid;
+            header.comm = o.comm;
+        }
     }
 
     let Some(mut entry) = EVENTS.reserve::<TcpSockEvent>(0) else {
@@ -472,6 +582,154 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
         (*ev).attribution = how;
         (*ev).reason = reason;
         (*ev).current_tgid = current_tgid;
+        (*ev).netns = netns;
+        (*ev)._pad = 0;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// accept(): the process that holds a passively opened connection.
+
+/// `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept` (one program,
+/// attached to both): in the accepting task, after the new file descriptor
+/// was installed.
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_accept(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Follow the returned fd to its socket (`current->files->fdt->fd[fd]->
+/// private_data->sk`) and make the socket the accepting task's. Only when
+/// that changes its process (a pre-fork worker accepting from its parent's
+/// listener) is an event sent: a server that accepts its own connections
+/// costs the walk and a map lookup, nothing in the ring buffer.
+fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    let l = OWNER_LAYOUT.load();
+    if l.valid == 0 {
+        return Ok(0);
+    }
+    let fd: i64 = field(ctx, l.ret)?;
+    if fd < 0 {
+        return Ok(0);
+    }
+    // The task and its fd table by plain loads from BTF pointers (the
+    // verifier checks the constant offsets against BTF and makes the loads
+    // fault-safe); the fd array and what it points to by helper.
+    // SAFETY: helper without arguments.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+    let files = btf_load::<u64>(task, l.task_files) as *const u8;
+    let fdt = btf_load::<u64>(files, l.files_fdt) as *const u8;
+    let max_fds: u32 = btf_load(fdt, l.fdt_max_fds);
+    if fd as u64 >= max_fds as u64 {
+        return Ok(0);
+    }
+    let fds: u64 = btf_load(fdt, l.fdt_fd);
+    let file: u64 = kread(fds + (fd as u64) * 8)?;
+    if file == 0 {
+        return Ok(0);
+    }
+    let socket: u64 = kread(file + l.file_private_data as u64)?;
+    let sk: u64 = kread(socket + l.socket_sk as u64)?;
+    if sk == 0 {
+        return Ok(0);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let prev_tgid: u32;
+    let netns: u32;
+    match SOCK_OWNERS.get_ptr_mut(sk) {
+        Some(k) => {
+            // SAFETY: a map value pointer, valid while we run.
+            unsafe {
+                if (*k).tgid == tgid {
+                    // The listener's process accepted it itself.
+                    (*k).how = attribution::ACCEPTED;
+                    return Ok(0);
+                }
+                let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+                prev_tgid = (*k).tgid;
+                netns = (*k).netns;
+                (*k).pid = pid;
+                (*k).tgid = tgid;
+                (*k).comm = comm;
+                (*k).how = attribution::ACCEPTED;
+            }
+        }
+        None => {
+            // Not a socket diag tracks: not TCP (a unix socket), or a
+            // connection older than diag.
+            let protocol: u16 = kread(sk + l.sk_protocol as u64)?;
+            let family: u16 = kread(sk + l.sk_family as u64)?;
+            if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+                return Ok(0);
+            }
+            prev_tgid = 0;
+            netns = netns_of(sk);
+            let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+            let owner = SockOwner {
+                pid,
+                tgid,
+                comm,
+                last_ts_ns: 0,
+                skaddr: 0,
+                netns,
+                how: attribution::ACCEPTED,
+                _pad: [0; 3],
+            };
+            if SOCK_OWNERS.insert(sk, owner, BPF_ANY as u64).is_err() {
+                count(counters::SOCK_MAP_FULL);
+            }
+        }
+    }
+    accepted_event(&l, sk, netns, prev_tgid)
+}
+
+/// Tell user space that socket `sk` is the current task's now.
+#[inline(always)]
+fn accepted_event(l: &OwnerLayout, sk: u64, netns: u32, prev_tgid: u32) -> Result<u32, u32> {
+    let family: u16 = kread(sk + l.sk_family as u64)?;
+    let st: u8 = kread(sk + l.sk_state as u64).unwrap_or(0);
+    let sport: u16 = kread(sk + l.sk_num as u64).unwrap_or(0);
+    let dport: u16 = u16::from_be(kread(sk + l.sk_dport as u64).unwrap_or(0));
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET6 {
+        saddr = kread(sk + l.sk_saddr_v6 as u64).unwrap_or([0; 16]);
+        daddr = kread(sk + l.sk_daddr_v6 as u64).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = kread(sk + l.sk_saddr as u64).unwrap_or([0; 4]);
+        let d: [u8; 4] = kread(sk + l.sk_daddr as u64).unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    }
+    let header = current_header(EventKind::TcpAccepted as u32);
+    let Some(mut entry) = EVENTS.reserve::<TcpSockEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).current_tgid = header.tgid;
+        (*ev).header = header;
+        (*ev).skaddr = sk;
+        (*ev).saddr = saddr;
+        (*ev).daddr = daddr;
+        (*ev).sport = sport;
+        (*ev).dport = dport;
+        (*ev).family = family;
+        (*ev).state = st;
+        (*ev).attribution = attribution::ACCEPTED;
+        (*ev).reason = prev_tgid as i32;
+        (*ev).netns = netns;
+        (*ev)._pad = 0;
     }
     let flags = submit_flags();
     entry.submit(flags);

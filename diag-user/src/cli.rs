@@ -297,6 +297,11 @@ pub struct Only {
     /// Only IPv4 or only IPv6
     #[arg(long, value_enum)]
     pub family: Option<Family>,
+
+    /// Only TCP events of sockets in this network namespace (its inode, as
+    /// `readlink /proc/PID/ns/net` shows it; repeatable)
+    #[arg(long, value_name = "INODE")]
+    pub netns: Vec<u32>,
 }
 
 impl Default for TailView {

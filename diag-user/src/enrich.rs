@@ -3,7 +3,7 @@
 
 pub mod oom;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use procfs::{
     net::TcpState,
@@ -17,77 +17,149 @@ pub struct SocketHolder {
     pub comm: String,
 }
 
-/// Socket inode -> the (first, lowest-pid) process holding it.
-pub fn socket_holders() -> HashMap<u64, SocketHolder> {
-    let mut map = HashMap::new();
+/// What one scan of /proc/PID/fd finds: every process holding each socket
+/// inode (lowest pid first), and one process in each network namespace
+/// (by namespace inode) whose /proc/PID/net/tcp shows that namespace.
+#[derive(Debug, Default)]
+pub struct Holders {
+    pub sockets: HashMap<u64, Vec<SocketHolder>>,
+    pub namespaces: BTreeMap<u32, u32>,
+    /// diag's own network namespace.
+    pub own_netns: u32,
+}
+
+/// The inode of a network namespace link (`net:[4026531840]`).
+fn ns_inode(link: &std::path::Path) -> Option<u32> {
+    let target = std::fs::read_link(link).ok()?;
+    let s = target.to_str()?;
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// diag's own network namespace inode, 0 when unknown.
+pub fn own_netns() -> u32 {
+    ns_inode(std::path::Path::new("/proc/self/ns/net")).unwrap_or(0)
+}
+
+/// One pass over /proc: socket holders and network namespaces.
+pub fn holders() -> Holders {
+    let mut h = Holders {
+        own_netns: own_netns(),
+        ..Default::default()
+    };
     let Ok(procs) = all_processes() else {
-        return map;
+        return h;
     };
     for p in procs.flatten() {
         let Ok(fds) = p.fd() else { continue };
-        let comm = crate::text::owned(p.stat().map(|s| s.comm).unwrap_or_default());
+        let pid = p.pid as u32;
+        if let Some(ns) = ns_inode(
+            &std::path::Path::new("/proc")
+                .join(pid.to_string())
+                .join("ns/net"),
+        ) {
+            h.namespaces.entry(ns).or_insert(pid);
+        }
+        let mut comm = None;
         for fd in fds.flatten() {
             if let FDTarget::Socket(inode) = fd.target {
-                map.entry(inode).or_insert_with(|| SocketHolder {
-                    pid: p.pid as u32,
-                    comm: comm.clone(),
-                });
+                let comm = comm
+                    .get_or_insert_with(|| {
+                        crate::text::owned(p.stat().map(|s| s.comm).unwrap_or_default())
+                    })
+                    .clone();
+                let v = h.sockets.entry(inode).or_default();
+                // A process holding one socket twice counts once.
+                if v.last().is_none_or(|x: &SocketHolder| x.pid != pid) {
+                    v.push(SocketHolder { pid, comm });
+                }
             }
         }
     }
-    map
+    h
 }
 
-/// A TCP socket in LISTEN state: local port and socket inode.
+/// A TCP socket in LISTEN state: network namespace, local address and
+/// port, socket inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listening {
-    pub port: u16,
+    pub netns: u32,
+    pub local: std::net::SocketAddr,
     pub inode: u64,
 }
 
-/// Every listening TCP socket (IPv4 and IPv6) in diag's network namespace.
-pub fn listening_sockets() -> Vec<Listening> {
+/// The TCP tables (IPv4 and IPv6) of every network namespace in `h`
+/// (diag's own from /proc/net, the others through one of their processes),
+/// with each row's namespace.
+fn tables(h: &Holders) -> Vec<(u32, procfs::net::TcpNetEntry)> {
     let mut out = Vec::new();
-    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
-        for e in table.into_iter().flatten() {
-            if e.state == TcpState::Listen {
-                out.push(Listening {
-                    port: e.local_address.port(),
-                    inode: e.inode,
-                });
-            }
+    for e in [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        out.push((h.own_netns, e));
+    }
+    for (&ns, &pid) in &h.namespaces {
+        if ns == h.own_netns {
+            continue;
+        }
+        let Ok(p) = procfs::process::Process::new(pid as i32) else {
+            continue;
+        };
+        for e in [p.tcp(), p.tcp6()].into_iter().flatten().flatten() {
+            out.push((ns, e));
         }
     }
     out
 }
 
-/// Listening ports with their owners, for seeding the kernel's listener map.
-pub fn listener_owners() -> Vec<(u16, SocketHolder)> {
-    let holders = socket_holders();
-    listening_sockets()
+fn listening_in(h: &Holders) -> Vec<Listening> {
+    tables(h)
         .into_iter()
-        .filter_map(|l| holders.get(&l.inode).map(|h| (l.port, h.clone())))
+        .filter(|(_, e)| e.state == TcpState::Listen)
+        .map(|(netns, e)| Listening {
+            netns,
+            local: e.local_address,
+            inode: e.inode,
+        })
         .collect()
 }
 
-/// The kernel's TCP socket table (IPv4 and IPv6), with the process holding
-/// each socket where one does (TIME_WAIT sockets belong to none).
+/// Listening sockets in every network namespace with their owners (the
+/// lowest pid holding them), for seeding the kernel's listener map.
+pub fn listener_owners() -> Vec<(Listening, SocketHolder)> {
+    let h = holders();
+    listening_in(&h)
+        .into_iter()
+        .filter_map(|l| {
+            h.sockets
+                .get(&l.inode)
+                .and_then(|v| v.first())
+                .map(|o| (l, o.clone()))
+        })
+        .collect()
+}
+
+/// The kernel's TCP socket table (IPv4 and IPv6) in every network
+/// namespace a process is in, with the processes holding each socket where
+/// any do (TIME_WAIT sockets belong to none). One scan of /proc.
 pub fn tcp_table() -> Vec<crate::aggregate::tcp::TableRow> {
-    let holders = socket_holders();
+    let h = holders();
     let mut rows = Vec::new();
-    for table in [procfs::net::tcp(), procfs::net::tcp6()] {
-        for e in table.into_iter().flatten() {
-            let owner = (e.inode != 0)
-                .then(|| holders.get(&e.inode))
-                .flatten()
-                .map(|h| (h.pid, h.comm.clone()));
-            rows.push(crate::aggregate::tcp::TableRow {
-                local: unmap(e.local_address),
-                remote: unmap(e.remote_address),
-                state: tcp_state_number(&e.state),
-                owner,
-            });
-        }
+    for (netns, e) in tables(&h) {
+        let held = (e.inode != 0)
+            .then(|| h.sockets.get(&e.inode))
+            .flatten()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        rows.push(crate::aggregate::tcp::TableRow {
+            local: unmap(e.local_address),
+            remote: unmap(e.remote_address),
+            state: tcp_state_number(&e.state),
+            owner: held.first().map(|o| (o.pid, o.comm.clone())),
+            netns,
+            holders: held.iter().skip(1).map(|o| o.pid).collect(),
+        });
     }
     rows
 }

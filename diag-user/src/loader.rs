@@ -166,9 +166,25 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             name: "tracepoints",
             result: probes::tcp::layouts(path, &args.btf).map(|l| {
                 let names = probes::tcp::TRACEPOINT_NAMES.join(", ");
+                let owners = match &l.owner {
+                    Ok(o) if o.valid == 0 => {
+                        "; no accept probe (no syscalls:sys_exit_accept4): passive opens stay with the listener's owner".to_string()
+                    }
+                    Ok(_) => format!(
+                        "; owners: {} (accepted fd -> socket, network namespaces, from BTF)",
+                        probes::tcp::ACCEPT_NAMES.join(", ")
+                    ),
+                    Err(why) => format!(
+                        "; no accept probe ({why}): passive opens stay with the listener's owner"
+                    ),
+                };
                 match l.state_btf {
-                    Ok(_) => format!("{names} (state changes by tp_btf, struct sock from BTF)"),
-                    Err(why) => format!("{names} (state changes by the classic tracepoint: {why})"),
+                    Ok(_) => {
+                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}")
+                    }
+                    Err(why) => {
+                        format!("{names} (state changes by the classic tracepoint: {why}){owners}")
+                    }
                 }
             }),
         });
@@ -330,6 +346,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         state_btf: Err("no TCP probes".into()),
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
+        owner: Err("no TCP probes".into()),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -346,10 +363,15 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         _ => SockBtfLayout::zeroed(),
     };
     let kernel_log = u32::from(args.kernel_log);
+    let owner_layout = match &tcp.owner {
+        Ok(l) if !args.empty_programs => *l,
+        _ => diag_common::tcp::OwnerLayout::zeroed(),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
         .override_global("SOCK_BTF", &sock_btf, true)
+        .override_global("OWNER_LAYOUT", &owner_layout, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)

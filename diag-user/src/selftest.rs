@@ -65,6 +65,8 @@ pub fn synthetic(i: u64, procs: u32, sockets: u64) -> TcpStateEvent {
         attribution: attribution::SYSCALL,
         _pad: [0; 3],
         current_tgid: pid,
+        netns: 0,
+        _pad2: 0,
     }
 }
 

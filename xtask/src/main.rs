@@ -99,6 +99,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss, for tests"),
     ("util-linux", "setpriv, for the non-root test"),
     ("procps", "ps, for tests"),
+    (
+        "nginx-light",
+        "a real pre-fork server (master + workers), for the owner tests",
+    ),
+    ("apache2-utils", "ab, the HTTP load for the nginx test"),
     ("tmux", "a terminal for the `diag top` screen tests"),
     (
         "prometheus",

@@ -14,6 +14,8 @@ pub struct Filter {
     pub comms: Vec<String>,
     pub ports: Vec<u16>,
     pub family: Option<Family>,
+    /// Network namespace inodes; empty: all.
+    pub netns: Vec<u32>,
 }
 
 impl Filter {
@@ -28,6 +30,7 @@ impl Filter {
             comms: only.comm.clone(),
             ports: only.port.clone(),
             family: only.family,
+            netns: only.netns.clone(),
         }
     }
 
@@ -67,11 +70,14 @@ impl Filter {
         if !self.comms.is_empty() && !comm_ok(&h.comm) && !leader_ok {
             return false;
         }
-        let (family, sport, dport) = match ev {
-            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport),
-            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport),
+        let (family, sport, dport, netns) = match ev {
+            AnyEvent::TcpState(t) => (t.family, t.sport, t.dport, t.netns),
+            AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
         };
+        if !self.netns.is_empty() && !self.netns.contains(&netns) {
+            return false;
+        }
         if !self.ports.is_empty() && !self.ports.iter().any(|&p| p == sport || p == dport) {
             return false;
         }
@@ -92,6 +98,8 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
+            // A change of owner, shown with the state changes.
+            Ok(EventKind::TcpAccepted) => EventClass::Tcp,
             _ => EventClass::Retrans,
         },
     }

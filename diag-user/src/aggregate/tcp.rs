@@ -83,7 +83,16 @@ pub struct TableRow {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
+    /// The (lowest-pid) process holding the socket.
     pub owner: Option<(u32, String)>,
+    /// The socket's network namespace inode (0: unknown, as in recordings
+    /// made before diag read it).
+    #[serde(default)]
+    pub netns: u32,
+    /// Other processes holding the socket too (a listener shared by
+    /// pre-fork workers, a connection inherited by a child).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
 
 /// A log2 histogram of nanoseconds: bucket i counts values in [2^i, 2^(i+1)).
@@ -275,6 +284,13 @@ impl Owner {
 #[derive(Debug, Clone)]
 struct Sock {
     owner: Option<Owner>,
+    /// The owner was set by reconciliation (the kernel's attribution was
+    /// stale, e.g. a socket passed to another process): only a fresh
+    /// attribution (the holder's own system call, an accept) replaces it.
+    owner_fixed: bool,
+    /// When an event last changed the owner.
+    owner_ts: u64,
+    netns: u32,
     state: u8,
     local: SocketAddr,
     remote: SocketAddr,
@@ -298,7 +314,9 @@ struct TimeWait {
     substate: u8,
 }
 
-type FourTuple = (SocketAddr, SocketAddr);
+/// A socket's network namespace, local and remote endpoint: unique among
+/// the kernel's sockets.
+type FourTuple = (u32, SocketAddr, SocketAddr);
 
 /// Counts per remote endpoint of things that went wrong.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -334,6 +352,10 @@ pub struct TcpAggregate {
     last_snapshot_ns: Option<u64>,
     /// Corrections made by reconciliation, cumulative.
     corrections: Corrections,
+    /// Sockets whose owner disagreed with the processes holding them at
+    /// the last reconciliation, with the holder then: corrected when the
+    /// next one agrees (an event on its way may still fix it).
+    owner_suspects: HashMap<FourTuple, u32>,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -347,7 +369,18 @@ pub struct Corrections {
     pub sockets_removed: u64,
     /// Tracked sockets whose state differed from the kernel's.
     pub states_fixed: u64,
+    /// Tracked sockets whose owner was not among the processes holding
+    /// them (/proc/PID/fd), given to the holder.
+    #[serde(default)]
+    pub owners_fixed: u64,
     pub runs: u64,
+}
+
+impl Corrections {
+    /// Corrections of socket states and TIME_WAIT entries (owners apart).
+    pub fn state_total(&self) -> u64 {
+        self.time_wait_added + self.time_wait_removed + self.sockets_removed + self.states_fixed
+    }
 }
 
 /// Local address and remote endpoint: one pool of ephemeral ports (a
@@ -517,6 +550,7 @@ impl TcpAggregate {
             last_usage: HashMap::new(),
             last_snapshot_ns: None,
             corrections: Corrections::default(),
+            owner_suspects: HashMap::new(),
         }
     }
 
@@ -578,9 +612,13 @@ impl TcpAggregate {
 
     /// A known socket's owner for an event about it: the kernel had to
     /// guess (the task on the CPU), or named the same pid (the socket's
-    /// process, whose name may have changed), or another process.
-    fn owner_of_known(&mut self, known: Owner, h: &EventHeader, how: u8) -> Owner {
-        if how == attribution::CURRENT {
+    /// process, whose name may have changed), or another process. `fixed`:
+    /// reconciliation set the owner, which only a fresh attribution (the
+    /// holder's own system call) overrides.
+    fn owner_of_known(&mut self, known: Owner, h: &EventHeader, how: u8, fixed: bool) -> Owner {
+        if how == attribution::CURRENT
+            || (fixed && how != attribution::SYSCALL && known.pid != h.tgid)
+        {
             known
         } else if known.pid == h.tgid {
             // The socket keeps its process's life: an exited process's
@@ -654,6 +692,9 @@ impl TcpAggregate {
     pub fn on_event(&mut self, ev: &AnyEvent) {
         match ev {
             AnyEvent::TcpState(e) => self.on_state(e),
+            AnyEvent::TcpSock(e) if e.header.kind == EventKind::TcpAccepted as u32 => {
+                self.on_accepted(e)
+            }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
@@ -678,10 +719,13 @@ impl TcpAggregate {
                 if let Some(s) = stale {
                     self.set_owner(&s.owner, &None);
                 }
-                match self.seeded.remove(&(local, remote)) {
+                match self.seeded.remove(&(e.netns, local, remote)) {
                     Some(s) => s,
                     None => Sock {
                         owner: None,
+                        owner_fixed: false,
+                        owner_ts: ts,
+                        netns: e.netns,
                         state: old,
                         local,
                         remote,
@@ -703,11 +747,15 @@ impl TcpAggregate {
             (state::CLOSE, _) | (state::LISTEN, state::SYN_RECV)
         );
         let owner = match sock.owner {
-            Some(known) => self.owner_of_known(known, &e.header, e.attribution),
+            Some(known) => self.owner_of_known(known, &e.header, e.attribution, sock.owner_fixed),
             None => self.owner_for(&e.header, opening),
         };
         let prev_owner = sock.owner;
         self.set_owner(&prev_owner, &Some(owner));
+        if prev_owner != Some(owner) {
+            sock.owner_fixed = false;
+            sock.owner_ts = ts;
+        }
         sock.owner = Some(owner);
         // Keep the table's knowledge of the ports current.
         if e.sport != 0 {
@@ -782,7 +830,7 @@ impl TcpAggregate {
             let tw_owner = sock.closer.unwrap_or(owner);
             self.proc_mut(tw_owner).counters.time_waits += 1;
             self.timewait.insert(
-                (sock.local, sock.remote),
+                (sock.netns, sock.local, sock.remote),
                 TimeWait {
                     owner: Some(tw_owner),
                     since_ns: ts,
@@ -799,9 +847,12 @@ impl TcpAggregate {
             None
         } else {
             // Prefer what we know of the socket when the kernel guessed.
-            let known = self.socks.get(&e.skaddr).and_then(|s| s.owner);
+            let known = self
+                .socks
+                .get(&e.skaddr)
+                .and_then(|s| s.owner.map(|o| (o, s.owner_fixed)));
             Some(match known {
-                Some(k) => self.owner_of_known(k, &e.header, e.attribution),
+                Some((k, fixed)) => self.owner_of_known(k, &e.header, e.attribution, fixed),
                 None => self.owner_for(&e.header, false),
             })
         };
@@ -836,6 +887,70 @@ impl TcpAggregate {
         }
     }
 
+    /// A process accepted a connection that the kernel had attributed to
+    /// another (the listener's owner): the socket, and its passive open,
+    /// are the accepter's from now on.
+    fn on_accepted(&mut self, e: &TcpSockEvent) {
+        let ts = e.header.ts_ns;
+        let local = SocketAddr::new(ip(e.family, &e.saddr), e.sport);
+        let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
+        let owner = self.owner_for(&e.header, true);
+        let mut sock = match self.socks.remove(&e.skaddr) {
+            Some(s) => s,
+            None => match self.seeded.remove(&(e.netns, local, remote)) {
+                Some(s) => s,
+                // A connection diag never saw open (older than diag, not
+                // in the table read at the start).
+                None => Sock {
+                    owner: None,
+                    owner_fixed: false,
+                    owner_ts: ts,
+                    netns: e.netns,
+                    state: e.state,
+                    local,
+                    remote,
+                    opened_ns: None,
+                    since_ns: ts,
+                    since_is_lower_bound: true,
+                    active: false,
+                    established: matches!(e.state, state::ESTABLISHED | state::CLOSE_WAIT),
+                    closer: None,
+                },
+            },
+        };
+        let prev = sock.owner;
+        if prev.map(|p| p.key()) != Some(owner.key())
+            && let Some(opened) = sock.opened_ns
+            && !sock.active
+        {
+            // The passive open moves to the accepter. When an earlier
+            // snapshot already counted it, it moves in the baseline too, so
+            // no rate goes negative or counts it twice.
+            let counted = self.last_snapshot_ns.is_some_and(|t| opened <= t);
+            if let Some(p) = prev
+                && let Some(pp) = self.procs.get_mut(&p.key())
+            {
+                pp.counters.passive_opens = pp.counters.passive_opens.saturating_sub(1);
+                if counted {
+                    pp.at_snapshot.passive_opens = pp.at_snapshot.passive_opens.saturating_sub(1);
+                }
+            }
+            let np = self.proc_mut(owner);
+            np.counters.passive_opens += 1;
+            if counted {
+                np.at_snapshot.passive_opens += 1;
+            }
+        }
+        self.set_owner(&prev, &Some(owner));
+        sock.owner = Some(owner);
+        sock.owner_fixed = false;
+        sock.owner_ts = ts;
+        if e.state != 0 && e.state != sock.state && sock.since_is_lower_bound {
+            sock.state = e.state;
+        }
+        self.socks.insert(e.skaddr, sock);
+    }
+
     /// Seed with the sockets that exist now (call once at start, after the
     /// probes are attached). Listening and connected sockets become
     /// `seeded` until an event claims them; TIME_WAIT rows become timewait
@@ -849,7 +964,7 @@ impl TcpAggregate {
             });
             if r.state == state::TIME_WAIT {
                 self.timewait
-                    .entry((r.local, r.remote))
+                    .entry((r.netns, r.local, r.remote))
                     .or_insert(TimeWait {
                         owner: None,
                         since_ns: now_ns,
@@ -860,15 +975,18 @@ impl TcpAggregate {
             if self
                 .socks
                 .values()
-                .any(|s| s.local == r.local && s.remote == r.remote)
+                .any(|s| s.netns == r.netns && s.local == r.local && s.remote == r.remote)
             {
                 continue;
             }
             self.set_owner(&None, &owner);
             self.seeded.insert(
-                (r.local, r.remote),
+                (r.netns, r.local, r.remote),
                 Sock {
                     owner,
+                    owner_fixed: false,
+                    owner_ts: now_ns,
+                    netns: r.netns,
                     state: r.state,
                     local: r.local,
                     remote: r.remote,
@@ -903,27 +1021,35 @@ impl TcpAggregate {
         };
         // Timewait sockets: TIME_WAIT rows, and orphans (no inode, so no
         // owner) in FIN_WAIT2 that no tracked socket accounts for.
-        let tracked: HashSet<FourTuple> =
-            self.socks.values().map(|s| (s.local, s.remote)).collect();
+        // Only the network namespaces the table shows are checked (a
+        // namespace whose processes are gone cannot be read).
+        let covered: HashSet<u32> = rows.iter().map(|r| r.netns).collect();
+        let tracked: HashSet<FourTuple> = self
+            .socks
+            .values()
+            .map(|s| (s.netns, s.local, s.remote))
+            .collect();
+        let key = |r: &TableRow| (r.netns, r.local, r.remote);
         let kernel_tw: HashMap<FourTuple, u8> = rows
             .iter()
             .filter(|r| {
                 r.state == state::TIME_WAIT
                     || (r.state == state::FIN_WAIT2
                         && r.owner.is_none()
-                        && !tracked.contains(&(r.local, r.remote))
-                        && !self.seeded.contains_key(&(r.local, r.remote)))
+                        && !tracked.contains(&key(r))
+                        && !self.seeded.contains_key(&key(r)))
             })
-            .map(|r| ((r.local, r.remote), r.state))
+            .map(|r| (key(r), r.state))
             .collect();
-        let kernel_socks: HashMap<FourTuple, u8> = rows
+        let kernel_socks: HashMap<FourTuple, &TableRow> = rows
             .iter()
-            .filter(|r| !kernel_tw.contains_key(&(r.local, r.remote)))
-            .map(|r| ((r.local, r.remote), r.state))
+            .filter(|r| !kernel_tw.contains_key(&key(r)))
+            .map(|r| (key(r), r))
             .collect();
         let before = self.timewait.len();
-        self.timewait
-            .retain(|k, t| kernel_tw.contains_key(k) || !settled(t.since_ns));
+        self.timewait.retain(|k, t| {
+            kernel_tw.contains_key(k) || !settled(t.since_ns) || !covered.contains(&k.0)
+        });
         c.time_wait_removed = (before - self.timewait.len()) as u64;
         for (k, &sub) in &kernel_tw {
             match self.timewait.get_mut(k) {
@@ -949,17 +1075,25 @@ impl TcpAggregate {
         // Connected and listening sockets. Sockets in transient states (no
         // local port yet) are left alone.
         let mut gone = Vec::new();
+        let mut owners: Vec<(FourTuple, u32, String)> = Vec::new();
         for (addr, s) in self.socks.iter_mut() {
-            if s.local.port() == 0 || !settled(s.since_ns) {
+            if s.local.port() == 0 || !settled(s.since_ns) || !covered.contains(&s.netns) {
                 continue;
             }
-            match kernel_socks.get(&(s.local, s.remote)) {
+            let k = (s.netns, s.local, s.remote);
+            match kernel_socks.get(&k) {
                 None => gone.push(*addr),
-                Some(&k) if k != s.state => {
-                    s.state = k;
-                    c.states_fixed += 1;
+                Some(r) => {
+                    if r.state != s.state {
+                        s.state = r.state;
+                        c.states_fixed += 1;
+                    }
+                    if settled(s.owner_ts)
+                        && let Some(h) = wrong_owner(s, r)
+                    {
+                        owners.push((k, h.0, h.1));
+                    }
                 }
-                _ => {}
             }
         }
         for addr in gone {
@@ -971,7 +1105,7 @@ impl TcpAggregate {
         let seeded_gone: Vec<FourTuple> = self
             .seeded
             .keys()
-            .filter(|k| !kernel_socks.contains_key(k))
+            .filter(|k| covered.contains(&k.0) && !kernel_socks.contains_key(k))
             .copied()
             .collect();
         for k in seeded_gone {
@@ -981,18 +1115,56 @@ impl TcpAggregate {
             }
         }
         for (k, s) in self.seeded.iter_mut() {
-            if let Some(&st) = kernel_socks.get(k)
-                && st != s.state
-            {
-                s.state = st;
-                c.states_fixed += 1;
+            if let Some(r) = kernel_socks.get(k) {
+                if r.state != s.state {
+                    s.state = r.state;
+                    c.states_fixed += 1;
+                }
+                if let Some(h) = wrong_owner(s, r) {
+                    owners.push((*k, h.0, h.1));
+                }
             }
         }
+        // Owners: a socket none of whose holders is its owner goes to its
+        // (lowest-pid) holder, once two reconciliations in a row agree.
+        let mut suspects = HashMap::new();
+        let by_tuple: HashMap<FourTuple, u64> = self
+            .socks
+            .iter()
+            .map(|(a, s)| ((s.netns, s.local, s.remote), *a))
+            .collect();
+        for (k, pid, comm) in owners {
+            if self.owner_suspects.get(&k) != Some(&pid) {
+                suspects.insert(k, pid);
+                continue;
+            }
+            let new = Owner {
+                pid,
+                comm: Comm::new(&comm),
+                life: self.life_of(pid),
+            };
+            let old = match by_tuple.get(&k).and_then(|a| self.socks.get_mut(a)) {
+                Some(s) => s.owner.replace(new),
+                None => match self.seeded.get_mut(&k) {
+                    Some(s) => s.owner.replace(new),
+                    None => continue,
+                },
+            };
+            if let Some(s) = by_tuple.get(&k).and_then(|a| self.socks.get_mut(a)) {
+                s.owner_fixed = true;
+            } else if let Some(s) = self.seeded.get_mut(&k) {
+                s.owner_fixed = true;
+            }
+            self.set_owner(&old, &Some(new));
+            c.owners_fixed += 1;
+        }
+        self.owner_suspects = suspects;
         let cu = &mut self.corrections;
         cu.time_wait_added += c.time_wait_added;
         cu.time_wait_removed += c.time_wait_removed;
         cu.sockets_removed += c.sockets_removed;
         cu.states_fixed += c.states_fixed;
+        cu.owners_fixed += c.owners_fixed;
         cu.runs += 1;
         c
     }
@@ -1075,7 +1247,7 @@ impl TcpAggregate {
                     .0 += 1;
             }
         }
-        for ((local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in &self.timewait {
             if ephemeral(local, remote) {
                 let u = usage
                     .entry(Destination {
@@ -1268,6 +1440,17 @@ impl TcpAggregate {
     }
 }
 
+/// The holder a socket should have when its owner is none of the
+/// processes holding it (`row`, from /proc/PID/fd); None when it is one of
+/// them, or nobody holds it (closed, orphaned).
+fn wrong_owner(s: &Sock, row: &TableRow) -> Option<(u32, String)> {
+    let (first, comm) = row.owner.as_ref()?;
+    match &s.owner {
+        Some(o) if o.pid == *first || row.holders.contains(&o.pid) => None,
+        _ => Some((*first, comm.clone())),
+    }
+}
+
 /// One process's sockets toward one peer: outbound connections by remote
 /// endpoint, inbound ones by remote address and local (listening) port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1313,7 +1496,7 @@ impl TcpAggregate {
                 add(&s.local, &s.remote, s.state);
             }
         }
-        for ((local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in &self.timewait {
             if t.owner.as_ref().is_some_and(|o| o.key() == key) {
                 add(local, remote, t.substate);
             }
@@ -1415,6 +1598,8 @@ mod tests {
                 attribution: how,
                 _pad: [0; 3],
                 current_tgid: pid,
+                netns: 0,
+                _pad2: 0,
             })
         }
 
@@ -1712,6 +1897,8 @@ mod tests {
             attribution: attribution::KERNEL,
             reason: 1,
             current_tgid: 100,
+            netns: 0,
+            _pad: 0,
         };
         agg.on_event(&AnyEvent::TcpSock(rst));
         rst.header = header(EventKind::TcpResetReceived, 100, "client", g.ts);
@@ -1753,24 +1940,32 @@ mod tests {
                 remote: "0.0.0.0:0".parse().unwrap(),
                 state: LISTEN,
                 owner: Some((300, "server".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: l,
                 remote: r,
                 state: ESTABLISHED,
                 owner: Some((300, "server".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: r,
                 remote: l,
                 state: ESTABLISHED,
                 owner: Some((100, "client".into())),
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:45001".parse().unwrap(),
                 remote: l,
                 state: TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         agg.seed(&rows, SEC);
@@ -1798,6 +1993,234 @@ mod tests {
         assert_eq!(row(&s, 100).states.close_wait, 0);
     }
 
+    fn accepted(
+        g: &mut Gen,
+        pid: u32,
+        sk: u64,
+        sport: u16,
+        dport: u16,
+        st: u8,
+        was: u32,
+    ) -> AnyEvent {
+        g.ts += 1_000_000;
+        AnyEvent::TcpSock(TcpSockEvent {
+            header: header(EventKind::TcpAccepted, pid, "worker", g.ts),
+            skaddr: sk,
+            saddr: v4([127, 0, 0, 1]),
+            daddr: v4([127, 0, 0, 1]),
+            sport,
+            dport,
+            family: AF_INET,
+            state: st,
+            attribution: attribution::ACCEPTED,
+            reason: was as i32,
+            current_tgid: pid,
+            netns: 0,
+            _pad: 0,
+        })
+    }
+
+    #[test]
+    fn an_accept_moves_the_socket_and_its_passive_open_to_the_worker() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        let listen = g.st(
+            10,
+            "master",
+            0x10,
+            80,
+            0,
+            CLOSE,
+            LISTEN,
+            attribution::SYSCALL,
+        );
+        agg.on_event(&listen);
+        // Two connections, opened under the listener's owner.
+        for (sk, cp) in [(0x20, 40000), (0x21, 40001)] {
+            agg.on_event(&g.st(
+                10,
+                "master",
+                sk,
+                80,
+                cp,
+                LISTEN,
+                SYN_RECV,
+                attribution::LISTENER,
+            ));
+            agg.on_event(&g.st(
+                10,
+                "master",
+                sk,
+                80,
+                cp,
+                SYN_RECV,
+                ESTABLISHED,
+                attribution::LISTENER,
+            ));
+        }
+        // The first is accepted before a snapshot, the second after one.
+        agg.on_event(&accepted(&mut g, 11, 0x20, 80, 40000, ESTABLISHED, 10));
+        let s = agg.snapshot(2 * SEC);
+        assert_eq!(row(&s, 10).totals.passive_opens, 1);
+        assert_eq!(row(&s, 11).totals.passive_opens, 1);
+        assert_eq!(row(&s, 11).states.established, 1);
+        g.ts = 2 * SEC;
+        agg.on_event(&accepted(&mut g, 12, 0x21, 80, 40001, ESTABLISHED, 10));
+        // The peer closes: the kernel names the accepter.
+        agg.on_event(&g.st(
+            12,
+            "worker",
+            0x21,
+            80,
+            40001,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::ACCEPTED,
+        ));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(row(&s, 10).totals.passive_opens, 0);
+        assert_eq!(row(&s, 10).states.established, 0);
+        assert_eq!(row(&s, 10).states.listen, 1);
+        assert_eq!(row(&s, 12).totals.passive_opens, 1);
+        assert_eq!(row(&s, 12).states.close_wait, 1);
+        // The move happened in a counted interval: no rate for anyone.
+        assert_eq!(row(&s, 10).rates.passive_opens, 0.0);
+        assert_eq!(row(&s, 12).rates.passive_opens, 0.0);
+        assert_eq!(s.totals.passive_opens, 2);
+    }
+
+    #[test]
+    fn reconcile_gives_sockets_to_their_holders_and_keeps_them() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x10,
+            80,
+            0,
+            CLOSE,
+            LISTEN,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            LISTEN,
+            SYN_RECV,
+            attribution::LISTENER,
+        ));
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            SYN_RECV,
+            ESTABLISHED,
+            attribution::LISTENER,
+        ));
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let r: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let rows = |holder: u32, others: Vec<u32>| {
+            vec![
+                TableRow {
+                    local: l,
+                    remote: "127.0.0.1:0".parse().unwrap(),
+                    state: LISTEN,
+                    owner: Some((10, "server".into())),
+                    netns: 0,
+                    holders: vec![20],
+                },
+                TableRow {
+                    local: l,
+                    remote: r,
+                    state: ESTABLISHED,
+                    owner: Some((holder, "holder".into())),
+                    netns: 0,
+                    holders: others,
+                },
+            ]
+        };
+        // Held by the owner too: nothing to correct.
+        assert_eq!(agg.reconcile(&rows(5, vec![10]), 3 * SEC).owners_fixed, 0);
+        // Passed to 20 (SCM_RIGHTS): corrected once two runs agree.
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 4 * SEC).owners_fixed, 0);
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 5 * SEC).owners_fixed, 1);
+        assert_eq!(agg.reconcile(&rows(20, vec![]), 6 * SEC).owners_fixed, 0);
+        // The kernel still remembers the old owner: its events no longer
+        // take the socket back; the holder's own close() does name it.
+        g.ts = 6 * SEC;
+        agg.on_event(&g.st(
+            10,
+            "server",
+            0x20,
+            80,
+            40000,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            attribution::ACCEPTED,
+        ));
+        let s = agg.snapshot(7 * SEC);
+        assert_eq!(row(&s, 20).states.close_wait, 1);
+        assert_eq!(row(&s, 10).states.close_wait, 0);
+        assert_eq!(s.corrections.owners_fixed, 1);
+        agg.on_event(&g.st(
+            20,
+            "holder",
+            0x20,
+            80,
+            40000,
+            CLOSE_WAIT,
+            LAST_ACK,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            20,
+            "holder",
+            0x20,
+            80,
+            40000,
+            LAST_ACK,
+            CLOSE,
+            attribution::SOCKET,
+        ));
+        let s = agg.snapshot(8 * SEC);
+        assert_eq!(row(&s, 20).totals.closes, 1);
+        assert_eq!(s.corrections.state_total(), 0);
+    }
+
+    #[test]
+    fn namespaces_keep_equal_four_tuples_apart() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let l: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let r: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let row_in = |netns: u32, pid: u32| TableRow {
+            local: l,
+            remote: r,
+            state: ESTABLISHED,
+            owner: Some((pid, "server".into())),
+            netns,
+            holders: vec![],
+        };
+        agg.seed(&[row_in(1, 100), row_in(2, 200)], SEC);
+        let s = agg.snapshot(SEC);
+        assert_eq!(row(&s, 100).states.established, 1);
+        assert_eq!(row(&s, 200).states.established, 1);
+        // Only namespace 1 is in the table now: namespace 2's socket is
+        // not taken for gone.
+        let c = agg.reconcile(&[row_in(1, 100)], 3 * SEC);
+        assert_eq!((c.sockets_removed, c.owners_fixed), (0, 0));
+        let s = agg.snapshot(3 * SEC);
+        assert_eq!(row(&s, 200).states.established, 1);
+    }
+
     #[test]
     fn reconcile_follows_the_kernel_table() {
         let mut agg = TcpAggregate::new(TcpConfig::default());
@@ -1812,12 +2235,16 @@ mod tests {
                 remote: l,
                 state: state::TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:40999".parse().unwrap(),
                 remote: l,
                 state: state::TIME_WAIT,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         // Within the grace period nothing diag saw is removed.
@@ -1877,12 +2304,16 @@ mod tests {
                 remote: l,
                 state: state::FIN_WAIT2,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
             TableRow {
                 local: "127.0.0.1:40005".parse().unwrap(),
                 remote: l,
                 state: state::FIN_WAIT2,
                 owner: None,
+                netns: 0,
+                holders: vec![],
             },
         ];
         let c = agg.reconcile(&rows, 3 * SEC);

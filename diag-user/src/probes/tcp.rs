@@ -8,7 +8,10 @@ use std::path::Path;
 use aya::{Btf as AyaBtf, Ebpf, maps::HashMap};
 use diag_common::{
     TASK_COMM_LEN,
-    tcp::{InetSockSetStateLayout, NO_FIELD, SockBtfLayout, SockOwner, TcpSockLayout},
+    tcp::{
+        InetSockSetStateLayout, ListenKey, NO_FIELD, OwnerLayout, SockBtfLayout, SockOwner,
+        TcpSockLayout,
+    },
 };
 
 use crate::{
@@ -45,11 +48,26 @@ pub struct Layouts {
     pub sock: Vec<TcpSockLayout>,
     /// Names of `enum sk_rst_reason` values, from the kernel's own format.
     pub rst_reasons: Vec<(i64, String)>,
+    /// Offsets for the accept program and network namespaces, or why not
+    /// (then passive opens stay with the listener's owner, namespaces 0).
+    pub owner: Result<OwnerLayout, String>,
 }
+
+/// The accept tracepoints (category `syscalls`): one program on both.
+pub const ACCEPT_TRACEPOINTS: &[&str] = &["sys_exit_accept4", "sys_exit_accept"];
 
 pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
     let state = layout(tracefs)?;
-    let state_btf = Btf::from_file(btf).and_then(|b| sock_btf_layout(&b));
+    let parsed = Btf::from_file(btf);
+    let state_btf = parsed
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(sock_btf_layout);
+    // Without the syscall tracepoints (a kernel without
+    // CONFIG_FTRACE_SYSCALLS) namespaces are still read; only the accept
+    // program stays out.
+    let ret = accept_ret(tracefs);
+    let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
     for (name, _) in SOCK_TRACEPOINTS {
@@ -69,7 +87,58 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         state_btf,
         sock,
         rst_reasons,
+        owner,
     })
+}
+
+/// The offset of `ret` in `syscalls:sys_exit_accept4` and
+/// `sys_exit_accept` (one program runs on both, so they must agree).
+fn accept_ret(tracefs: &Path) -> Result<u32, String> {
+    let mut ret = None;
+    for name in ACCEPT_TRACEPOINTS {
+        let fmt = Format::read(tracefs, "syscalls", name, "accept()").map_err(|e| e.to_string())?;
+        let off = fmt.offset("ret", 8)?;
+        if ret.is_some_and(|r| r != off) {
+            return Err("sys_exit_accept and sys_exit_accept4 differ".to_string());
+        }
+        ret = Some(off);
+    }
+    ret.ok_or_else(|| "no accept tracepoints".to_string())
+}
+
+/// Offsets for following an accepted fd to its socket and a socket to its
+/// network namespace, from BTF; `ret` is the accept tracepoints' return
+/// value field (None: namespaces only, no accept program).
+pub fn owner_layout(btf: &Btf, ret: Option<u32>) -> Result<OwnerLayout, String> {
+    let sized = |strct: &str, name: &str, size: u32| btf.sized_member(strct, name, size);
+    let common = btf.member("sock", "__sk_common")?.offset;
+    let c = |name: &str, size: u32| sized("sock_common", name, size).map(|o| common + o);
+    let mut l = OwnerLayout {
+        ret: ret.unwrap_or(0),
+        task_files: sized("task_struct", "files", 8)?,
+        files_fdt: sized("files_struct", "fdt", 8)?,
+        fdt_fd: sized("fdtable", "fd", 8)?,
+        fdt_max_fds: sized("fdtable", "max_fds", 4)?,
+        file_private_data: sized("file", "private_data", 8)?,
+        socket_sk: sized("socket", "sk", 8)?,
+        sk_net: common + btf.offset("sock_common", "skc_net.net")?,
+        net_inum: btf.offset("net", "ns.inum")?,
+        sk_protocol: sized("sock", "sk_protocol", 2)?,
+        sk_family: c("skc_family", 2)?,
+        sk_state: c("skc_state", 1)?,
+        sk_num: c("skc_num", 2)?,
+        sk_dport: c("skc_dport", 2)?,
+        sk_saddr: c("skc_rcv_saddr", 4)?,
+        sk_daddr: c("skc_daddr", 4)?,
+        sk_saddr_v6: c("skc_v6_rcv_saddr", 16)?,
+        sk_daddr_v6: c("skc_v6_daddr", 16)?,
+        net_valid: 1,
+        valid: 0,
+    };
+    if ret.is_some() {
+        l.valid = 1;
+    }
+    Ok(l)
 }
 
 /// Layout of a per-socket TCP tracepoint. Newer kernels give
@@ -166,16 +235,17 @@ pub fn layout_from(fmt: &Format) -> Result<InetSockSetStateLayout, String> {
 }
 
 /// Tell the kernel program who owns the sockets that were listening before
-/// diag started, so passive opens on them are attributed from the first
-/// connection. Returns how many were seeded.
+/// diag started (in every network namespace a process is in), so passive
+/// opens on them are attributed from the first connection. Returns how
+/// many were seeded.
 pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
     let map = ebpf
         .map_mut("LISTENERS")
         .ok_or_else(|| LoadError::Missing("map LISTENERS".into()))?;
-    let mut map: HashMap<_, u16, SockOwner> =
+    let mut map: HashMap<_, ListenKey, SockOwner> =
         HashMap::try_from(map).map_err(|e| LoadError::Load(e.to_string()))?;
     let mut n = 0;
-    for (port, holder) in enrich::listener_owners() {
+    for (l, holder) in enrich::listener_owners() {
         let mut comm = [0u8; TASK_COMM_LEN];
         let b = holder.comm.as_bytes();
         let len = b.len().min(TASK_COMM_LEN - 1);
@@ -186,9 +256,26 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
             comm,
             last_ts_ns: 0,
             skaddr: 0,
+            netns: l.netns,
+            how: 0,
+            _pad: [0; 3],
+        };
+        let (family, addr) = match l.local.ip() {
+            std::net::IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (diag_common::tcp::AF_INET, b)
+            }
+            std::net::IpAddr::V6(a) => (diag_common::tcp::AF_INET6, a.octets()),
+        };
+        let key = ListenKey {
+            netns: l.netns,
+            port: l.local.port(),
+            family,
+            addr,
         };
         // BPF_NOEXIST: a listener the program saw itself wins.
-        if map.insert(port, owner, 1).is_ok() {
+        if map.insert(key, owner, 1).is_ok() {
             n += 1;
         }
     }
@@ -227,8 +314,44 @@ pub fn attach(
         super::attach_tracepoint(ebpf, name, "tcp", name)?;
         attached.push(TRACEPOINT_NAMES[i + 1]);
     }
+    match &layouts.owner {
+        Ok(l) if l.valid != 0 => attach_accept(ebpf, attached)?,
+        Ok(_) => eprintln!(
+            "diag: note: passive opens stay with the listener's owner (no syscalls:sys_exit_accept4 tracepoint)"
+        ),
+        Err(why) => eprintln!(
+            "diag: note: passive opens stay with the listener's owner (no accept probe: {why})"
+        ),
+    }
     Ok(())
 }
+
+/// The accept program, on `sys_exit_accept4` and `sys_exit_accept`.
+fn attach_accept(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), LoadError> {
+    use aya::programs::TracePoint;
+    let prog = "sys_exit_accept";
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::Missing(format!("program {prog}")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| LoadError::Load(e.to_string()))?;
+    program
+        .load()
+        .map_err(|e| LoadError::Load(format!("{prog}: {}", crate::error::flatten(&e))))?;
+    for (name, shown) in ACCEPT_TRACEPOINTS.iter().zip(ACCEPT_NAMES) {
+        program
+            .attach("syscalls", name)
+            .map_err(|e| LoadError::Attach {
+                tracepoint: shown.to_string(),
+                why: crate::error::flatten(&e),
+            })?;
+        attached.push(shown);
+    }
+    Ok(())
+}
+
+/// [`ACCEPT_TRACEPOINTS`] as `category:name`.
+pub const ACCEPT_NAMES: &[&str] = &["syscalls:sys_exit_accept4", "syscalls:sys_exit_accept"];
 
 fn attach_state_btf(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), LoadError> {
     super::attach_tp_btf(
@@ -318,6 +441,26 @@ mod tests {
                 valid: 1,
             })
         );
+    }
+
+    #[test]
+    fn owner_offsets_from_the_running_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("no kernel BTF here; skipped");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let sock = sock_btf_layout(&btf).unwrap();
+        let l = owner_layout(&btf, Some(16)).unwrap();
+        assert_eq!((l.valid, l.net_valid, l.ret), (1, 1, 16));
+        // The same struct sock fields as the state-change program's.
+        assert_eq!(
+            (l.sk_family, l.sk_num, l.sk_dport, l.sk_saddr_v6),
+            (sock.family, sock.num, sock.dport, sock.saddr_v6)
+        );
+        assert!(l.task_files > 0 && l.fdt_fd > 0 && l.socket_sk > 0 && l.net_inum > 0);
+        assert_eq!(owner_layout(&btf, None).unwrap().valid, 0);
     }
 
     fn fmt(fields: &[(&str, u32, u32)]) -> Format {

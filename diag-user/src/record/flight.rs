@@ -341,6 +341,8 @@ mod tests {
             attribution: attribution::SOCKET,
             reason: 0,
             current_tgid: 0,
+            netns: 0,
+            _pad: 0,
         })
     }
 

@@ -182,7 +182,7 @@ impl Families for TcpMetrics {
         counters(
             reg,
             "diag_tcp_reconcile_corrections",
-            "Corrections made when diag's socket states were reconciled with the kernel's table",
+            "Corrections made when diag's socket states and owners were reconciled with the kernel's table and /proc/PID/fd",
             &[
                 (vec![("kind", "time_wait_added".into())], c.time_wait_added),
                 (
@@ -191,6 +191,7 @@ impl Families for TcpMetrics {
                 ),
                 (vec![("kind", "socket_removed".into())], c.sockets_removed),
                 (vec![("kind", "state_fixed".into())], c.states_fixed),
+                (vec![("kind", "owner".into())], c.owners_fixed),
             ],
         );
     }

@@ -81,15 +81,13 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
     let r = &snap.rates;
     let _ = writeln!(
         o,
-        "diag conns  {}  interval {:.2}s  dropped {}  reconciled {}x ({} corrections)",
+        "diag conns  {}  interval {:.2}s  dropped {}  reconciled {}x ({} corrections, {} owners)",
         clock.wall(snap.ts_ns).format("%H:%M:%S"),
         snap.interval_s,
         health.ringbuf_full,
         snap.corrections.runs,
-        snap.corrections.time_wait_added
-            + snap.corrections.time_wait_removed
-            + snap.corrections.sockets_removed
-            + snap.corrections.states_fixed,
+        snap.corrections.state_total(),
+        snap.corrections.owners_fixed,
     );
     let _ = writeln!(
         o,

@@ -146,6 +146,7 @@ impl ChromeTrace {
                     Ok(EventKind::TcpResetSent) => "RST sent",
                     Ok(EventKind::TcpResetReceived) => "RST received",
                     Ok(EventKind::TcpRetransmitSynack) => "SYN-ACK retransmit",
+                    Ok(EventKind::TcpAccepted) => "accepted",
                     _ => "retransmit",
                 };
                 self.events.push(json!({
@@ -324,6 +325,8 @@ mod tests {
             attribution: attribution::SYSCALL,
             _pad: [0; 3],
             current_tgid: 42,
+            netns: 0,
+            _pad2: 0,
         })
     }
 

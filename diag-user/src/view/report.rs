@@ -682,6 +682,8 @@ mod tests {
             attribution: attribution::SYSCALL,
             _pad: [0; 3],
             current_tgid: 7,
+            netns: 0,
+            _pad2: 0,
         })
     }
 

@@ -69,6 +69,10 @@ pub fn sock_event_what(t: &TcpSockEvent, names: &Names) -> String {
         Ok(EventKind::TcpResetReceived) => "RST received".into(),
         Ok(EventKind::TcpRetransmit) => format!("RETRANSMIT in {}", state_name(t.state)),
         Ok(EventKind::TcpRetransmitSynack) => "SYN-ACK RETRANSMIT".into(),
+        Ok(EventKind::TcpAccepted) if t.reason > 0 => {
+            format!("ACCEPTED in {} (was {})", state_name(t.state), t.reason)
+        }
+        Ok(EventKind::TcpAccepted) => format!("ACCEPTED in {}", state_name(t.state)),
         _ => "?".into(),
     }
 }
@@ -80,6 +84,7 @@ pub fn sock_event_name(t: &TcpSockEvent) -> &'static str {
         Ok(EventKind::TcpResetReceived) => "tcp_reset_received",
         Ok(EventKind::TcpRetransmit) => "tcp_retransmit",
         Ok(EventKind::TcpRetransmitSynack) => "tcp_retransmit_synack",
+        Ok(EventKind::TcpAccepted) => "tcp_accepted",
         _ => "unknown",
     }
 }
@@ -366,6 +371,7 @@ fn tcp_json(
     how: u8,
     current_tgid: u32,
     skaddr: u64,
+    netns: u32,
 ) -> serde_json::Value {
     serde_json::json!({
         "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -383,6 +389,7 @@ fn tcp_json(
         "attribution": attribution::name(how),
         "current_pid": current_tgid,
         "skaddr": format!("{skaddr:#x}"),
+        "netns": netns,
     })
 }
 
@@ -437,6 +444,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 t.attribution,
                 t.current_tgid,
                 t.skaddr,
+                t.netns,
             );
             v["state"] = if t.state == 0 {
                 serde_json::Value::Null
@@ -446,6 +454,9 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             match EventKind::try_from(h.kind) {
                 Ok(EventKind::TcpResetSent) => v["reason"] = names.rst_reason(t.reason).into(),
                 Ok(EventKind::TcpRetransmit) => v["err"] = t.reason.into(),
+                Ok(EventKind::TcpAccepted) => {
+                    v["previous_pid"] = (t.reason > 0).then_some(t.reason).into();
+                }
                 _ => {}
             }
             v.to_string()
@@ -461,6 +472,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 t.attribution,
                 t.current_tgid,
                 t.skaddr,
+                t.netns,
             );
             v["old_state"] = state_name(t.old_state).into();
             v["new_state"] = state_name(t.new_state).into();
@@ -730,6 +742,8 @@ mod tests {
             attribution: attribution::SOCKET,
             _pad: [0; 3],
             current_tgid: 99,
+            netns: 0,
+            _pad2: 0,
         })
     }
 
@@ -841,7 +855,42 @@ mod tests {
             attribution: attribution::KERNEL,
             reason,
             current_tgid: 5,
+            netns: 0,
+            _pad: 0,
         })
+    }
+
+    #[test]
+    fn accepts_and_namespaces() {
+        let names = Names::default();
+        let clock = WallClock::with_offset_ns(0);
+        let AnyEvent::TcpSock(mut t) = reset(EventKind::TcpAccepted, 1234) else {
+            unreachable!()
+        };
+        t.header.tgid = 77;
+        t.header.comm = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
+        t.attribution = attribution::ACCEPTED;
+        t.state = diag_common::tcp::state::ESTABLISHED;
+        t.netns = 4026531840;
+        let acc = AnyEvent::TcpSock(t);
+        let line = format_text(&acc, &clock, &names);
+        assert!(
+            line.contains("ACCEPTED in ESTABLISHED (was 1234)") && line.ends_with("accepted"),
+            "{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&acc, &clock, &names)).unwrap();
+        assert_eq!(v["event"], "tcp_accepted");
+        assert_eq!(v["pid"], 77);
+        assert_eq!(v["previous_pid"], 1234);
+        assert_eq!(v["netns"], 4026531840u64);
+        assert_eq!(class_of(&acc), EventClass::Tcp);
+        let mine = Filter {
+            netns: vec![4026531840],
+            ..Default::default()
+        };
+        assert!(mine.matches(&acc));
+        assert!(!mine.matches(&ev(1, "a", 2, 1, 2)), "netns 0 is another");
     }
 
     #[test]

@@ -34,6 +34,24 @@
 //!     second for SECONDS, accepting each (read to EOF, close).
 //! diag-loadgen spin SECONDS
 //!     Burn one CPU for SECONDS (print `SPINNING`).
+//! diag-loadgen prefork WORKERS COUNT ADDR [hold]
+//!     A pre-fork server: the parent listens (prints `PORT <n>`), forks
+//!     WORKERS workers (prints `WORKER <pid>` for each) and accepts
+//!     nothing; each worker accepts COUNT connections, reads each to EOF
+//!     and closes it, or with `hold` never closes them (a CLOSE_WAIT leak
+//!     once the peer closes). A worker prints `DONE <pid>` after its
+//!     COUNT accepts. The parent waits for its workers (killed with it).
+//! diag-loadgen accept-fork COUNT ADDR HOLD_MS
+//!     Accept-then-fork (as postgres): the parent accepts COUNT
+//!     connections; for each it forks a child (prints `CHILD <pid>`) that
+//!     holds the connection, and closes its own copy. A child reads to
+//!     EOF, waits HOLD_MS, then closes. The parent exits when all children
+//!     have.
+//! diag-loadgen pass-fds COUNT ADDR [DELAY_MS]
+//!     SCM_RIGHTS: the parent forks a holder (prints `HOLDER <pid>`, then
+//!     `PORT <n>`), accepts COUNT connections (prints `ACCEPTED`), waits
+//!     DELAY_MS, passes each to the holder over a unix socket and closes
+//!     its own copy (prints `PASSED`); the holder keeps them until killed.
 //!
 //! diag-loadgen forks COUNT
 //!     Fork COUNT children that exit at once, one after another.
@@ -300,6 +318,191 @@ fn forks(count: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// fork(2): Some(child pid) in the parent, None in the child.
+fn fork() -> std::io::Result<Option<i32>> {
+    // SAFETY: this program is single-threaded where it forks.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Kill the forked children when the parent goes (tests kill the parent).
+fn die_with_parent() {
+    // SAFETY: prctl with an integer signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+fn wait_children() {
+    loop {
+        // SAFETY: wait(2) with a null status pointer.
+        if unsafe { libc::wait(std::ptr::null_mut()) } < 0 {
+            break;
+        }
+    }
+}
+
+fn prefork(workers: usize, count: usize, addr: &str, hold: bool) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    say(&format!("PORT {}", l.local_addr()?.port()));
+    let mut pids = Vec::new();
+    for _ in 0..workers {
+        match fork()? {
+            Some(pid) => pids.push(pid),
+            None => {
+                die_with_parent();
+                let me = std::process::id();
+                let mut held = Vec::new();
+                for _ in 0..count {
+                    let (mut s, _) = l.accept()?;
+                    if hold {
+                        held.push(s);
+                    } else {
+                        let mut buf = [0u8; 64];
+                        while s.read(&mut buf)? > 0 {}
+                    }
+                }
+                say(&format!("DONE {me}"));
+                if hold {
+                    wait_forever()?;
+                }
+                std::process::exit(0);
+            }
+        }
+    }
+    for pid in pids {
+        say(&format!("WORKER {pid}"));
+    }
+    wait_children();
+    Ok(())
+}
+
+fn accept_fork(count: usize, addr: &str, hold_ms: u64) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    say(&format!("PORT {}", l.local_addr()?.port()));
+    for _ in 0..count {
+        let (mut s, _) = l.accept()?;
+        match fork()? {
+            Some(pid) => {
+                say(&format!("CHILD {pid}"));
+                drop(s);
+            }
+            None => {
+                die_with_parent();
+                drop(l);
+                let mut buf = [0u8; 64];
+                while s.read(&mut buf)? > 0 {}
+                std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+                drop(s);
+                std::process::exit(0);
+            }
+        }
+    }
+    wait_children();
+    Ok(())
+}
+
+/// Send `fd` over the unix socket `via` (SCM_RIGHTS).
+fn send_fd(via: i32, fd: i32) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the
+    // call, and the control buffer is large enough for one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(via, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receive one fd sent with [`send_fd`].
+fn recv_fd(via: i32) -> std::io::Result<i32> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: as in send_fd.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in send_fd; the kernel fills the control buffer.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        if libc::recvmsg(via, &mut msg, 0) <= 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Err(std::io::Error::other("no fd received"));
+        }
+        Ok(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()))
+    }
+}
+
+fn pass_fds(count: usize, addr: &str, delay_ms: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pair = [0i32; 2];
+    // SAFETY: socketpair into a 2-element array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let l = TcpListener::bind(addr)?;
+    match fork()? {
+        None => {
+            die_with_parent();
+            drop(l);
+            let mut held = Vec::new();
+            for _ in 0..count {
+                held.push(recv_fd(pair[1])?);
+            }
+            wait_forever()
+        }
+        Some(holder) => {
+            say(&format!("HOLDER {holder}"));
+            say(&format!("PORT {}", l.local_addr()?.port()));
+            let accepted: Vec<TcpStream> = (0..count)
+                .map(|_| l.accept().map(|(s, _)| s))
+                .collect::<Result<_, _>>()?;
+            say("ACCEPTED");
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            for s in accepted {
+                send_fd(pair[0], s.as_raw_fd())?;
+                drop(s);
+            }
+            say("PASSED");
+            wait_forever()
+        }
+    }
+}
+
 fn main() -> ExitCode {
     set_comm_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -332,6 +535,22 @@ fn main() -> ExitCode {
         "churn" => churn(count as u64),
         "spin" => spin(count as u64),
         "forks" => forks(count),
+        "prefork" => prefork(
+            count,
+            rest.first().and_then(|c| c.parse().ok()).unwrap_or(1),
+            rest.get(1).map(String::as_str).unwrap_or(""),
+            rest.get(2).is_some_and(|h| h == "hold"),
+        ),
+        "accept-fork" => accept_fork(
+            count,
+            first,
+            rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
+        ),
+        "pass-fds" => pass_fds(
+            count,
+            first,
+            rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
+        ),
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);

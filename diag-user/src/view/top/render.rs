@@ -237,8 +237,13 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
     if let Some(p) = d.self_cpu_pct {
         let _ = write!(bpf, ", user {p:.1}%");
     }
+    let owners = if d.owners_fixed > 0 {
+        format!("  owners fixed {}", d.owners_fixed)
+    } else {
+        String::new()
+    };
     v.push(format!(
-        "diag: {} ev/s dropped {} map-full {}{bpf}",
+        "diag: {} ev/s dropped {} map-full {}{owners}{bpf}",
         rate(d.events_per_s),
         d.dropped,
         d.map_full,

@@ -146,6 +146,9 @@ pub struct DiagView {
     pub bpf_programs: u32,
     /// CPU used by diag itself in user space, % of one CPU.
     pub self_cpu_pct: Option<f64>,
+    /// Sockets given to another owner by reconciliation (their holder in
+    /// /proc/PID/fd), since the start.
+    pub owners_fixed: u64,
 }
 
 /// What kind of notable event.
@@ -773,7 +776,10 @@ impl TopState {
         self.flush_oom(now_ns, false);
         self.ticks += 1;
         let snap = self.agg.snapshot(now_ns);
-        let diag = self.diag_view();
+        let diag = DiagView {
+            owners_fixed: snap.corrections.owners_fixed,
+            ..self.diag_view()
+        };
         let (host, cpu) = self.host_view();
         let host_known = host.is_some();
         let mut rows: BTreeMap<u32, Row> = BTreeMap::new();
@@ -1325,6 +1331,8 @@ mod tests {
                 remote: a(40000 + i),
                 state: tcp_state::CLOSE_WAIT,
                 owner: Some((42, "leaker".into())),
+                netns: 0,
+                holders: vec![],
             })
             .collect();
         s.on_msg(&Msg::Table { ts_ns: SEC, rows }, &mut |_| {});

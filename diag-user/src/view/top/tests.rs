@@ -84,6 +84,7 @@ fn state() -> TopState {
             bpf_cpu_pct: Some(0.42),
             bpf_programs: 8,
             self_cpu_pct: Some(2.5),
+            owners_fixed: 0,
         },
         rows: vec![
             row(100, "churner", 20.0, 250.0, 0, 0),

@@ -1,0 +1,767 @@
+//! Who owns a connection: the process that holds it. Pre-fork servers
+//! (a made-up one and a real nginx), accept-then-fork, sockets passed with
+//! SCM_RIGHTS and listeners on the same port in two network namespaces,
+//! checked against `ss -tnp`, /proc/PID/ns/net and /proc/net/snmp.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use diag_tests::{Diag, Gen, Output, require_root, serial, skipped, tcp_snmp};
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// True when `tool` runs; else in CI a loud failure, elsewhere a skip.
+fn require_tool(test: &str, tool: &str, package: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs {tool} (Debian's {package}; `cargo xtask setup` installs it)");
+    }
+    skipped(
+        test,
+        &format!("needs {tool} (apt-get install {package}, or cargo xtask setup)"),
+    );
+    false
+}
+
+/// Per pid, the sockets `ss -tnp` shows in `state` with local port `port`.
+fn ss_per_pid(state: &str, port: u16) -> HashMap<u32, usize> {
+    let filter = format!("( sport = :{port} )");
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", state, &filter])
+        .output()
+        .expect("ss (iproute2)");
+    let mut per = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut pids: Vec<u32> = line
+            .split("pid=")
+            .skip(1)
+            .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for p in pids {
+            *per.entry(p).or_default() += 1;
+        }
+    }
+    per
+}
+
+fn netns_of(pid: u32) -> u64 {
+    let l = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns/net");
+    let s = l.to_string_lossy();
+    s.trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
+fn last_snapshot(out: &Output) -> Value {
+    let snaps = out.json();
+    let last = snaps
+        .last()
+        .unwrap_or_else(|| panic!("no snapshot: {:?}", out.stderr))
+        .clone();
+    assert_eq!(last["final"], true, "{last}");
+    last
+}
+
+fn row(snap: &Value, pid: u32) -> Option<Value> {
+    snap["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == u64::from(pid))
+        .cloned()
+}
+
+#[track_caller]
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// A counter or gauge of a process row, 0 when it has no row.
+fn get(snap: &Value, pid: u32, group: &str, field: &str) -> i64 {
+    row(snap, pid).map(|r| n(&r[group][field])).unwrap_or(0)
+}
+
+fn owners_fixed(snap: &Value) -> i64 {
+    n(&snap["corrections"]["owners_fixed"])
+}
+
+/// Events of a tail on `port` (local side), by (event, new state or
+/// "", pid).
+fn tail_events(out: &Output) -> Vec<Value> {
+    out.json()
+}
+
+fn is_transition(e: &Value, old: &str, new: &str) -> bool {
+    e["event"] == "tcp_state" && e["old_state"] == old && e["new_state"] == new
+}
+
+fn conns_watch() -> Diag {
+    Diag::start(&[
+        "conns",
+        "--json",
+        "--watch",
+        "--interval",
+        "1s",
+        "--reconcile",
+        "1s",
+        "--close-wait-threshold",
+        "1s",
+        "--top",
+        "0",
+    ])
+}
+
+/// Read `want` lines starting with `prefix` from `g`, returning the pids
+/// they name (other lines are skipped).
+fn pids_from(g: &mut Gen, prefix: &str, want: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let l = g.line();
+        if let Some(p) = l.strip_prefix(prefix) {
+            out.push(p.trim().parse().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn prefork_workers_own_their_connections_and_close_wait_leaks() {
+    let test = "prefork_workers_own_their_connections_and_close_wait_leaks";
+    if !require_root(test) {
+        return;
+    }
+    let _guard = serial();
+    const W: usize = 2;
+    const K: usize = 10;
+    let conns = conns_watch();
+    let rec = std::env::temp_dir().join(format!("diag-owners-{}.diag", std::process::id()));
+    let _ = std::fs::remove_file(&rec);
+    let recorder = Diag::start(&["record", "-o", rec.to_str().unwrap(), "--reconcile", "1s"]);
+    let mut server = Gen::spawn(
+        LOADGEN,
+        &[
+            "prefork",
+            &W.to_string(),
+            &K.to_string(),
+            "127.0.0.1:0",
+            "hold",
+        ],
+    );
+    let port = server.port();
+    let tail = Diag::start(&["tail", "--json", "--port", &port.to_string()]);
+    let parent = server.pid();
+    let workers = pids_from(&mut server, "WORKER ", W);
+    // Every worker accepts K and holds them; then the client goes: K
+    // sockets in CLOSE_WAIT per worker, nobody closes them.
+    let mut client = Gen::spawn(
+        LOADGEN,
+        &[
+            "connect-hold",
+            &(W * K).to_string(),
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    assert_eq!(client.line(), format!("CONNECTED {}", W * K));
+    let done = pids_from(&mut server, "DONE ", W);
+    assert_eq!(done.len(), W);
+    drop(client);
+    // Several reconcile rounds.
+    thread::sleep(Duration::from_millis(3500));
+    let ss = ss_per_pid("close-wait", port);
+    let tail_out = tail.stop(libc::SIGINT);
+    let out = conns.stop(libc::SIGINT);
+    assert!(recorder.stop(libc::SIGINT).status.success());
+
+    // The recording replays the same owners (the accept events decode).
+    let replay = |args: &[&str]| {
+        let o = Command::new(diag_tests::diag_bin())
+            .arg("replay")
+            .arg(&rec)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let replayed = replay(&["tail", "--json", "--port", &port.to_string()]);
+    let accepts: Vec<Value> = replayed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "tcp_accepted")
+        .collect();
+    assert_eq!(accepts.len(), W * K);
+    assert!(
+        accepts
+            .iter()
+            .all(|e| e["netns"].as_u64() == Some(netns_of(parent)))
+    );
+    let replayed = replay(&[
+        "conns",
+        "--json",
+        "--close-wait-threshold",
+        "1s",
+        "--top",
+        "0",
+    ]);
+    let snap: Value = serde_json::from_str(replayed.lines().last().unwrap()).unwrap();
+    for &w in &workers {
+        assert_eq!(
+            get(&snap, w, "states", "close_wait"),
+            K as i64,
+            "replayed worker {w}"
+        );
+    }
+    assert_eq!(get(&snap, parent, "totals", "passive_opens"), 0);
+    let _ = std::fs::remove_file(&rec);
+
+    // ss: K per worker, none for the parent.
+    for w in &workers {
+        assert_eq!(ss.get(w).copied(), Some(K), "ss per pid: {ss:?}");
+    }
+    assert_eq!(ss.get(&parent), None, "{ss:?}");
+
+    // tail: K accepts and K ESTABLISHED -> CLOSE_WAIT per worker.
+    let evs = tail_events(&tail_out);
+    for &w in &workers {
+        let accepted = evs
+            .iter()
+            .filter(|e| e["event"] == "tcp_accepted" && e["pid"] == w)
+            .count();
+        assert_eq!(accepted, K, "accepts by worker {w}");
+        let cw: Vec<&Value> = evs
+            .iter()
+            .filter(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT") && e["pid"] == w)
+            .collect();
+        assert_eq!(cw.len(), K, "CLOSE_WAIT of worker {w}");
+        assert!(cw.iter().all(|e| e["attribution"] == "accepted"), "{cw:?}");
+    }
+    assert!(
+        evs.iter()
+            .filter(|e| e["event"] == "tcp_accepted")
+            .all(|e| e["previous_pid"] == parent),
+        "accepted from the parent's listener"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT") && e["pid"] == parent),
+        "no CLOSE_WAIT charged to the parent"
+    );
+    // Passive opens name the listener's owner until the accept.
+    let syn_recv: Vec<&Value> = evs
+        .iter()
+        .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
+        .collect();
+    assert_eq!(syn_recv.len(), W * K);
+    assert!(
+        syn_recv
+            .iter()
+            .all(|e| e["attribution"] == "listener" && e["pid"] == parent)
+    );
+
+    // conns (started before): the workers, as ss says; nothing corrected.
+    let snap = last_snapshot(&out);
+    assert_eq!(snap["health"]["dropped"], 0);
+    for &w in &workers {
+        assert_eq!(
+            get(&snap, w, "states", "close_wait"),
+            K as i64,
+            "worker {w}"
+        );
+        assert_eq!(get(&snap, w, "totals", "passive_opens"), K as i64);
+        assert_eq!(n(&row(&snap, w).unwrap()["leaks"]), K as i64);
+    }
+    assert_eq!(get(&snap, parent, "states", "close_wait"), 0);
+    assert_eq!(get(&snap, parent, "totals", "passive_opens"), 0);
+    assert_eq!(get(&snap, parent, "states", "listen"), 1);
+    assert_eq!(owners_fixed(&snap), 0, "steady state: no owner corrections");
+    assert!(n(&snap["corrections"]["runs"]) >= 2);
+
+    // conns started after the traffic: the same owners from /proc.
+    let after = Diag::start(&["conns", "--json", "--interval", "1s", "--top", "0"]);
+    let out = after.wait_exit(Duration::from_secs(20));
+    let snap = last_snapshot(&out);
+    for &w in &workers {
+        assert_eq!(
+            get(&snap, w, "states", "close_wait"),
+            K as i64,
+            "worker {w}"
+        );
+    }
+    assert_eq!(get(&snap, parent, "states", "close_wait"), 0);
+    drop(server);
+}
+
+/// The body of `GET path` from 127.0.0.1:`port`.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or(out)
+}
+
+/// A free loopback port (bound and released at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let after = st.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(p);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// A real nginx, stopped (SIGQUIT, then SIGKILL) on drop.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(port: u16) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("diag-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "master_process on;\nworker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  keepalive_timeout 0;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        Nginx { child, dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn nginx_workers_own_the_passive_opens() {
+    let test = "nginx_workers_own_the_passive_opens";
+    if !require_root(test)
+        || !require_tool(test, "nginx", "nginx-light")
+        || !require_tool(test, "ab", "apache2-utils")
+    {
+        return;
+    }
+    let _guard = serial();
+    const REQUESTS: i64 = 600;
+    let port = free_port();
+    let conns = conns_watch();
+    let tail = Diag::start(&["tail", "--json", "--port", &port.to_string()]);
+    let nginx = Nginx::start(port);
+    let master = nginx.pid();
+    // Ready: listening, with both workers (no connection to find out).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let workers = loop {
+        let listening = Command::new("ss")
+            .args(["-Htln", &format!("( sport = :{port} )")])
+            .output()
+            .unwrap();
+        let w = children_of(master);
+        if !listening.stdout.is_empty() && w.len() == 2 {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "nginx did not start: {w:?}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let before = tcp_snmp();
+    let ab = Command::new("ab")
+        .args(["-q", "-n", &REQUESTS.to_string(), "-c", "4"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("ab");
+    assert!(ab.success());
+    thread::sleep(Duration::from_millis(300));
+    let after = tcp_snmp();
+    let tail_out = tail.stop(libc::SIGINT);
+    let out = conns.stop(libc::SIGINT);
+    drop(nginx);
+
+    let passive = after["PassiveOpens"] - before["PassiveOpens"];
+    assert!(passive >= REQUESTS, "PassiveOpens {passive}");
+    let snap = last_snapshot(&out);
+    assert_eq!(snap["health"]["dropped"], 0);
+    let per_worker: Vec<i64> = workers
+        .iter()
+        .map(|&w| get(&snap, w, "totals", "passive_opens"))
+        .collect();
+    assert_eq!(
+        per_worker.iter().sum::<i64>(),
+        passive,
+        "workers {workers:?}: {per_worker:?}"
+    );
+    assert_eq!(
+        get(&snap, master, "totals", "passive_opens"),
+        0,
+        "the master"
+    );
+    assert_eq!(owners_fixed(&snap), 0, "steady state: no owner corrections");
+
+    // The events, by attribution (the figures the README quotes).
+    let evs = tail_events(&tail_out);
+    let mut by_attr: HashMap<String, usize> = HashMap::new();
+    for e in &evs {
+        *by_attr
+            .entry(format!(
+                "{}/{}",
+                e["event"].as_str().unwrap(),
+                e["attribution"].as_str().unwrap()
+            ))
+            .or_default() += 1;
+    }
+    eprintln!("nginx: events by kind/attribution: {by_attr:?}");
+    let accepted = evs.iter().filter(|e| e["event"] == "tcp_accepted").count() as i64;
+    assert_eq!(accepted, passive, "one accept event per connection");
+    // The master's: its listener, and each connection until a worker
+    // accepted it (the handshake).
+    let masters: Vec<&Value> = evs.iter().filter(|e| e["pid"] == master).collect();
+    for e in &masters {
+        let before_accept = (is_transition(e, "LISTEN", "SYN_RECV")
+            || is_transition(e, "SYN_RECV", "ESTABLISHED"))
+            && e["attribution"] == "listener";
+        let listener = is_transition(e, "CLOSE", "LISTEN") || is_transition(e, "LISTEN", "CLOSE");
+        assert!(
+            before_accept || listener,
+            "the master's after an accept: {e}"
+        );
+    }
+    assert_eq!(
+        masters
+            .iter()
+            .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
+            .count() as i64,
+        passive
+    );
+}
+
+/// A network namespace made for a test, removed on drop (even on failure).
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> Option<Netns> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let ns = Netns(name.to_string());
+        let up = Command::new("ip")
+            .args(["-n", name, "link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success());
+        up.then_some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn same_port_listeners_in_two_network_namespaces_stay_apart() {
+    let test = "same_port_listeners_in_two_network_namespaces_stay_apart";
+    if !require_root(test) {
+        return;
+    }
+    let _guard = serial();
+    let (Some(a), Some(b)) = (Netns::create("diag-own-a"), Netns::create("diag-own-b")) else {
+        if in_ci() {
+            panic!("{test}: `ip netns add` failed");
+        }
+        skipped(test, "cannot create network namespaces (ip netns add)");
+        return;
+    };
+    const K: usize = 8;
+    const PORT: u16 = 18080;
+    let conns = conns_watch();
+    let tail = Diag::start(&["tail", "--json", "--port", &PORT.to_string()]);
+    let addr = format!("127.0.0.1:{PORT}");
+    let listen = |ns: &Netns| {
+        let mut g = Gen::spawn(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                LOADGEN,
+                "listen-hold",
+                &K.to_string(),
+                &addr,
+            ],
+        );
+        assert_eq!(g.port(), PORT);
+        g
+    };
+    let mut la = listen(&a);
+    let mut lb = listen(&b);
+    let (ia, ib) = (netns_of(la.pid()), netns_of(lb.pid()));
+    assert_ne!(ia, ib);
+    let filtered = Diag::start(&["tail", "--json", "--netns", &ia.to_string()]);
+    // Clients in both namespaces at once.
+    let clients: Vec<_> = [&a, &b]
+        .iter()
+        .map(|ns| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    LOADGEN,
+                    "connect",
+                    &K.to_string(),
+                    &addr,
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(la.line(), "ACCEPTED");
+    assert_eq!(lb.line(), "ACCEPTED");
+    thread::sleep(Duration::from_millis(3500));
+    let tail_out = tail.stop(libc::SIGINT);
+    let filtered_out = filtered.stop(libc::SIGINT);
+    let out = conns.stop(libc::SIGINT);
+
+    let evs = tail_events(&tail_out);
+    let listener_of = |ns: u64| if ns == ia { la.pid() } else { lb.pid() };
+    let syn_recv: Vec<&Value> = evs
+        .iter()
+        .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
+        .collect();
+    assert_eq!(syn_recv.len(), 2 * K);
+    for e in &syn_recv {
+        let ns = e["netns"].as_u64().unwrap();
+        assert!(ns == ia || ns == ib, "{e}");
+        assert_eq!(e["pid"], listener_of(ns), "{e}");
+        assert_eq!(e["attribution"], "listener");
+    }
+    for (ns, pid) in [(ia, la.pid()), (ib, lb.pid())] {
+        let cw = evs
+            .iter()
+            .filter(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT") && e["netns"] == ns)
+            .collect::<Vec<_>>();
+        assert_eq!(cw.len(), K);
+        assert!(cw.iter().all(|e| e["pid"] == pid), "{cw:?}");
+    }
+    // --netns: only the first namespace's events.
+    let f = filtered_out.json();
+    assert!(!f.is_empty());
+    assert!(f.iter().all(|e| e["netns"] == ia), "{f:?}");
+    assert_eq!(
+        f.iter()
+            .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
+            .count(),
+        K
+    );
+
+    // conns: each listener its own, reconciled with its namespace's table.
+    let snap = last_snapshot(&out);
+    for pid in [la.pid(), lb.pid()] {
+        assert_eq!(
+            get(&snap, pid, "totals", "passive_opens"),
+            K as i64,
+            "pid {pid}"
+        );
+        assert_eq!(
+            get(&snap, pid, "states", "close_wait"),
+            K as i64,
+            "pid {pid}"
+        );
+    }
+    assert_eq!(n(&snap["corrections"]["sockets_removed"]), 0);
+    assert_eq!(owners_fixed(&snap), 0);
+    drop((la, lb, a, b));
+}
+
+#[test]
+fn accept_then_fork_the_child_holds_and_closes() {
+    let test = "accept_then_fork_the_child_holds_and_closes";
+    if !require_root(test) {
+        return;
+    }
+    let _guard = serial();
+    const K: usize = 3;
+    let conns = conns_watch();
+    let mut server = Gen::spawn(
+        LOADGEN,
+        &["accept-fork", &K.to_string(), "127.0.0.1:0", "1500"],
+    );
+    let port = server.port();
+    let tail = Diag::start(&["tail", "--json", "--port", &port.to_string()]);
+    let parent = server.pid();
+    let mut client = Gen::spawn(
+        LOADGEN,
+        &["connect-hold", &K.to_string(), &format!("127.0.0.1:{port}")],
+    );
+    assert_eq!(client.line(), format!("CONNECTED {K}"));
+    let children = pids_from(&mut server, "CHILD ", K);
+    // Reconciliation finds each connection in its child's fds.
+    thread::sleep(Duration::from_millis(3500));
+    let ss = ss_per_pid("established", port);
+    for c in &children {
+        assert_eq!(ss.get(c).copied(), Some(1), "{ss:?}");
+    }
+    // The client goes; each child sees EOF, waits, closes.
+    drop(client);
+    server.wait();
+    thread::sleep(Duration::from_millis(1500));
+    let tail_out = tail.stop(libc::SIGINT);
+    let out = conns.stop(libc::SIGINT);
+
+    // tail: the close (CLOSE_WAIT -> LAST_ACK, in close()) is the child's.
+    let evs = tail_events(&tail_out);
+    for &c in &children {
+        let closes = evs
+            .iter()
+            .filter(|e| is_transition(e, "CLOSE_WAIT", "LAST_ACK") && e["pid"] == c)
+            .count();
+        assert_eq!(closes, 1, "child {c}");
+    }
+    let snap = last_snapshot(&out);
+    for &c in &children {
+        assert_eq!(get(&snap, c, "totals", "closes"), 1, "child {c}");
+    }
+    assert_eq!(get(&snap, parent, "totals", "closes"), 0);
+    assert_eq!(
+        owners_fixed(&snap),
+        K as i64,
+        "each connection moved to its child by reconciliation"
+    );
+}
+
+#[test]
+fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
+    let test = "sockets_passed_with_scm_rights_are_corrected_to_the_holder";
+    if !require_root(test) {
+        return;
+    }
+    let _guard = serial();
+    const K: usize = 3;
+    // The sockets exist before diag starts; they change hands after.
+    let mut server = Gen::spawn(
+        LOADGEN,
+        &["pass-fds", &K.to_string(), "127.0.0.1:0", "2500"],
+    );
+    let holder = pids_from(&mut server, "HOLDER ", 1)[0];
+    let port = server.port();
+    let parent = server.pid();
+    let mut client = Gen::spawn(
+        LOADGEN,
+        &["connect-hold", &K.to_string(), &format!("127.0.0.1:{port}")],
+    );
+    assert_eq!(client.line(), format!("CONNECTED {K}"));
+    assert_eq!(server.line(), "ACCEPTED");
+    let conns = conns_watch();
+    let metrics_port = free_port();
+    let serve = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--reconcile",
+        "1s",
+    ]);
+    assert_eq!(server.line(), "PASSED");
+    thread::sleep(Duration::from_millis(4000));
+    let ss = ss_per_pid("established", port);
+    let out = conns.stop(libc::SIGINT);
+    let metrics = http_get(metrics_port, "/metrics");
+    drop(serve);
+    drop(client);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("diag_tcp_reconcile_corrections_total{{kind=\"owner\"}} {K}")),
+        "{metrics}"
+    );
+    assert_eq!(ss.get(&holder).copied(), Some(K), "{ss:?}");
+    assert_eq!(ss.get(&parent), None);
+    let snap = last_snapshot(&out);
+    assert_eq!(get(&snap, holder, "states", "established"), K as i64);
+    assert_eq!(get(&snap, parent, "states", "established"), 0);
+    assert_eq!(owners_fixed(&snap), K as i64);
+}
