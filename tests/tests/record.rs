@@ -471,7 +471,18 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
             !err.contains("truncated") && !err.contains("not finished"),
             "{err}"
         );
-        assert!(err.contains("damaged length"), "{err}");
+        // A length that runs past the end of the file is known to be
+        // damaged; one that still lands inside it (a big recording) is
+        // found by the frame's checksum. Either way: skipped, and said.
+        let past_end = at + 16 + (len ^ (1 << bit)) > good.len();
+        if past_end {
+            assert!(err.contains("damaged length"), "{err}");
+        } else {
+            assert!(
+                err.contains("damaged length") || err.contains("bad checksum"),
+                "{err}"
+            );
+        }
     }
     // A damaged magic, with intact frames after it: read, and said.
     let mut bad = good.clone();

@@ -56,7 +56,8 @@ pub fn parse_time(s: &str, header: &RecordingHeader) -> Result<u64, String> {
 /// 0 is as fast as possible; paced waits end at once on Ctrl-C.
 pub fn start(reader: Reader, window: Window, speed: f64) -> Source {
     let cancel = CancellationToken::new();
-    let (tx, rx) = mpsc::channel::<Msg>(64);
+    // Few messages in flight: one socket table can be tens of MiB.
+    let (tx, rx) = mpsc::channel::<Msg>(4);
     cancel_on_signal(&cancel);
     let thread = play(reader, window, speed, tx, cancel.clone());
     Source {

@@ -407,9 +407,13 @@ impl ConnsSink {
                     let ts = e.header().ts_ns;
                     if self.timebase == Timebase::Events {
                         self.start_clock(ts);
-                        while let Some(due) = self.next_due.filter(|&d| d <= ts && self.limit > 0) {
-                            self.tick(due, out)?;
-                            self.next_due = Some(due + self.interval_ns);
+                        // Through a gap of many intervals: the snapshot
+                        // due, one at the gap's last boundary, then on (a
+                        // forged file can hold many long gaps).
+                        for due in catch_up(&mut self.next_due, ts, self.interval_ns) {
+                            if self.limit > 0 {
+                                self.tick(due, out)?;
+                            }
                         }
                     }
                     self.last_ts = self.last_ts.max(ts);
@@ -466,6 +470,25 @@ impl ConnsSink {
             tracing::warn!("incomplete: {l}");
         }
         Ok(())
+    }
+}
+
+/// The interval boundaries to show when event time reaches `ts`, with
+/// the next one due at `next` (advanced past `ts`): none, the one due, or
+/// the one due and the last boundary before `ts` (a gap of many intervals
+/// costs two snapshots, not one per interval).
+pub fn catch_up(next: &mut Option<u64>, ts: u64, interval_ns: u64) -> Vec<u64> {
+    let Some(due) = next.filter(|&d| d <= ts) else {
+        return Vec::new();
+    };
+    let interval = interval_ns.max(1);
+    let behind = (ts - due) / interval;
+    let last = due.saturating_add(behind.saturating_mul(interval));
+    *next = Some(last.saturating_add(interval));
+    if behind == 0 {
+        vec![due]
+    } else {
+        vec![due, last]
     }
 }
 
@@ -547,6 +570,18 @@ impl Sink for ConnsOut {
 mod tests {
     use super::*;
     use crate::aggregate::tcp::TcpConfig;
+
+    #[test]
+    fn a_long_gap_costs_two_snapshots() {
+        let mut next = Some(10);
+        assert_eq!(catch_up(&mut next, 5, 10), Vec::<u64>::new());
+        assert_eq!(catch_up(&mut next, 12, 10), vec![10]);
+        assert_eq!(next, Some(20));
+        assert_eq!(catch_up(&mut next, 10_000_005, 10), vec![20, 10_000_000]);
+        assert_eq!(next, Some(10_000_010));
+        let mut far = Some(1);
+        assert_eq!(catch_up(&mut far, u64::MAX, 1_000_000_000).len(), 2);
+    }
     use crate::aggregate::tcp::{Counters, Rates, StateCounts};
 
     fn row(pid: u32, comm: &str, opens: f64, tw: u64) -> ProcRow {

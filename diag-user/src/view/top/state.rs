@@ -469,10 +469,12 @@ impl TopState {
                     let ts = e.header().ts_ns;
                     if self.timebase == Timebase::Events {
                         self.start_clock(ts);
-                        while let Some(due) = self.next_due.filter(|&d| d <= ts) {
+                        // Through a gap: the frame due and one at the
+                        // gap's last boundary, not one per interval.
+                        let interval = self.config.interval_ns;
+                        for due in crate::view::conns::catch_up(&mut self.next_due, ts, interval) {
                             self.tick(due);
                             on_tick(self);
-                            self.next_due = Some(due + self.config.interval_ns);
                         }
                     }
                     self.last_ts = self.last_ts.max(ts);
