@@ -45,11 +45,7 @@ impl Sink for Recorder {
     fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
         match msg {
             Msg::Events(evs) => {
-                let kept: Vec<_> = evs
-                    .iter()
-                    .filter(|e| self.filter.matches(e))
-                    .copied()
-                    .collect();
+                let kept = kept(&self.filter, evs);
                 self.events += kept.len() as u64;
                 self.writer().events(&kept)?;
             }
@@ -109,6 +105,11 @@ pub struct FlightSink {
     pub written: u64,
 }
 
+/// The events of `evs` that `filter` keeps.
+fn kept(filter: &Filter, evs: &[diag_common::user::AnyEvent]) -> Vec<diag_common::user::AnyEvent> {
+    evs.iter().filter(|e| filter.matches(e)).copied().collect()
+}
+
 /// How often the flight recorder looks for an incident to write.
 const CHECK_EVERY_NS: u64 = 250_000_000;
 
@@ -165,11 +166,7 @@ impl Sink for FlightSink {
     fn on_msg(&mut self, msg: &Msg) -> anyhow::Result<Flow> {
         match msg {
             Msg::Events(evs) => {
-                let kept: Vec<_> = evs
-                    .iter()
-                    .filter(|e| self.filter.matches(e))
-                    .copied()
-                    .collect();
+                let kept = kept(&self.filter, evs);
                 self.flight.events(kept)
             }
             Msg::Health(h) => {

@@ -4,37 +4,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{diag_bin, loopback_churn, require_root, serial, tcp_snmp};
+use diag_tests::{TempDir, diag_bin, loopback_churn, require_root, serial, tcp_snmp};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("diag-hostile-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A `diag` child whose stderr is read in the background; killed on drop.
 struct Running {

@@ -10,32 +10,12 @@ use std::{
 };
 
 use diag_tests::{
-    Diag, Gen, MemCgroup, V1_ROOT, diag_bin, diag_bounded, loopback_churn, require_root, serial,
+    Diag, Gen, MemCgroup, TempDir, V1_ROOT, diag_bin, diag_bounded, loopback_churn, require_root,
+    serial,
 };
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("diag-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn diag(args: &[&str]) -> Output {
     Command::new(diag_bin()).args(args).output().unwrap()
