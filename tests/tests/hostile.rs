@@ -267,6 +267,15 @@ fn paced_replay_stops_at_once_and_says_why() {
     assert!(err.contains("later than --to"), "{err}");
 }
 
+/// A loopback port nobody listens on (just now).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One HTTP/1.0 GET; the status line, or None when the server did not
 /// answer (refused, closed, timed out).
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -290,11 +299,7 @@ fn serve_outlasts_idle_clients() {
     }
     let _g = serial();
     use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new("prlimit")
         .arg("--nofile=256:256")
@@ -429,11 +434,7 @@ fn a_reused_pid_never_lends_its_cgroup() {
     }
     let _g = serial();
     use diag_tests::{MemCgroup, V1_ROOT};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let d = Running::start(
         &[
