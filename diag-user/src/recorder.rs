@@ -97,7 +97,6 @@ pub struct FlightSink {
     dir: PathBuf,
     header: RecordingHeader,
     opts: WriterOptions,
-    max_files: usize,
     buffer_events: usize,
     before: std::time::Duration,
     next_check: u64,
@@ -114,14 +113,12 @@ fn kept(filter: &Filter, evs: &[diag_common::user::AnyEvent]) -> Vec<diag_common
 const CHECK_EVERY_NS: u64 = 250_000_000;
 
 impl FlightSink {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         flight: Flight,
         filter: Filter,
         dir: PathBuf,
         header: RecordingHeader,
         opts: WriterOptions,
-        max_files: usize,
         buffer_events: usize,
         before: std::time::Duration,
     ) -> Self {
@@ -131,7 +128,6 @@ impl FlightSink {
             dir,
             header,
             opts,
-            max_files,
             buffer_events,
             before,
             next_check: boot_ns() + CHECK_EVERY_NS,
@@ -148,7 +144,7 @@ impl FlightSink {
         };
         if let Some((t, what)) = due {
             let clock = self.header.clock();
-            let path = incident_path(&self.dir, clock.wall(t), &what, self.max_files);
+            let path = incident_path(&self.dir, clock.wall(t), &what, self.opts.max_files);
             let bytes = self.flight.write(&path, &self.header, self.opts.clone())?;
             self.written += 1;
             tracing::info!(

@@ -60,7 +60,6 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             args.output.clone(),
             header,
             opts,
-            args.max_files,
             args.buffer_events,
             args.before,
         ))

@@ -16,7 +16,10 @@ use crate::{
     clock::WallClock,
     enrich,
     sink::{Flow, Sink},
-    view::{out::Output, tail::human_ns},
+    view::{
+        out::{Output, flow_of},
+        tail::human_ns,
+    },
 };
 
 /// Order rows by `key`, biggest first (pid: ascending).
@@ -489,25 +492,6 @@ pub fn catch_up(next: &mut Option<u64>, ts: u64, interval_ns: u64) -> Vec<u64> {
         vec![due]
     } else {
         vec![due, last]
-    }
-}
-
-/// A closed pipe (`diag conns | head`) ends output quietly.
-pub fn ignore_broken_pipe(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e)
-    }
-}
-
-/// What a write means for the loop: a closed pipe is done, any other
-/// error fails.
-pub fn flow_of(r: io::Result<()>) -> anyhow::Result<Flow> {
-    match r {
-        Ok(()) => Ok(Flow::More),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Done),
-        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
 

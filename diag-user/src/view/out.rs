@@ -15,6 +15,16 @@ use std::{
     time::Duration,
 };
 
+/// What a write means for the loop: a closed pipe (`diag tail | head`)
+/// ends output quietly, any other error fails.
+pub fn flow_of(r: io::Result<()>) -> anyhow::Result<crate::sink::Flow> {
+    match r {
+        Ok(()) => Ok(crate::sink::Flow::More),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(crate::sink::Flow::Done),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
 /// At most this many bytes wait for the reader; more are dropped.
 pub const MAX_QUEUED: usize = 8 << 20;
 

@@ -16,7 +16,10 @@ use crate::{
     cli::{RunqArgs, RunqSort},
     clock::WallClock,
     sink::{Flow, Sink},
-    view::{conns::flow_of, out::Output, tail::human_ns},
+    view::{
+        out::{Output, flow_of},
+        tail::human_ns,
+    },
 };
 
 pub fn sort_key(s: RunqSort) -> SortKey {

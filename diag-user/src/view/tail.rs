@@ -25,7 +25,7 @@ use crate::{
     clock::WallClock,
     enrich::oom::OomContext,
     sink::{Flow, Sink},
-    view::out::Output,
+    view::out::{Output, flow_of},
 };
 
 /// Names the kernel gives to numbers in events, read from tracefs at load
@@ -651,7 +651,7 @@ impl TailSink {
                 .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
         let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
-        written(r)
+        flow_of(r)
     }
 
     fn show_held(&mut self) -> io::Result<()> {
@@ -660,15 +660,6 @@ impl TailSink {
                 .show_oom(&ev, &OomContext::default(), &mut self.out)?;
         }
         Ok(())
-    }
-}
-
-/// A closed pipe (`diag tail | head`) ends output quietly.
-fn written(r: io::Result<()>) -> anyhow::Result<Flow> {
-    match r {
-        Ok(()) => Ok(Flow::More),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Done),
-        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
 
@@ -689,7 +680,7 @@ impl Sink for TailSink {
             }),
         };
         self.held.extend(self.tail.oom_queue.drain(..));
-        written(r)
+        flow_of(r)
     }
 
     fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
@@ -702,7 +693,7 @@ impl Sink for TailSink {
         if let Some(l) = self.out.losses() {
             tracing::warn!("WARNING: {l}");
         }
-        written(r).map(|_| Flow::Done)
+        flow_of(r).map(|_| Flow::Done)
     }
 }
 

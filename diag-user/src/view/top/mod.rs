@@ -34,8 +34,8 @@ use crate::{
     clock::{WallClock, boot_ns},
     sink::{Flow, Sink},
     view::{
-        conns::{Timebase, flow_of},
-        out::Output,
+        conns::Timebase,
+        out::{Output, flow_of},
     },
 };
 use state::{Action, SortKey, TopConfig, TopState};
