@@ -128,7 +128,9 @@ pub struct ProcsFrame {
 // Recordings from older builds lack newer counters: they read as zero.
 #[serde(default)]
 pub struct Health {
-    /// When these were read (boot-time ns).
+    /// When these were read (boot-time ns). Live: the ring buffer was
+    /// drained after this time and before the reading was sent, so every
+    /// event the kernel submitted before it is on the bus ahead of it.
     #[serde(default)]
     pub ts_ns: u64,
     /// Events the kernel submitted to the ring buffer.

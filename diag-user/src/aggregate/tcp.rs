@@ -459,6 +459,9 @@ pub struct ProcRow {
     /// The process has ended; its pid may belong to another process by
     /// now, with a row of its own.
     pub exited: bool,
+    /// When it ended (boot-time ns), if it has.
+    #[serde(skip)]
+    pub exited_ns: Option<u64>,
     /// Which life of `pid` (0: the first diag saw): rows of one pid are
     /// different processes.
     #[serde(skip)]
@@ -1371,6 +1374,7 @@ impl TcpAggregate {
                 pid,
                 comm: p.comm.clone(),
                 exited: p.exited.is_some(),
+                exited_ns: p.exited.as_ref().map(|x| x.ts_ns),
                 life: key.1,
                 totals: p.counters,
                 rates: Rates::from(&d, secs),

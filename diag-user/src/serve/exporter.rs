@@ -130,6 +130,7 @@ mod tests {
             pid,
             comm: comm.into(),
             exited: false,
+            exited_ns: None,
             life: 0,
             totals: c,
             rates: Rates::default(),

@@ -42,8 +42,19 @@ use series::{Bounds, ProcessInfo};
 /// How often the TCP aggregate is snapshotted when nobody scrapes (so
 /// series of exited processes age out, and rates stay short-term).
 const UPDATE_EVERY: Duration = Duration::from_secs(1);
-/// procfs, for the bounded series.
-struct Procfs;
+/// procfs, for the bounded series. `drained_to_ns`: the last health
+/// reading's time (the live source drains the ring buffer just before it).
+struct Procfs {
+    drained_to_ns: u64,
+}
+
+impl Procfs {
+    fn at(last_health_ns: Option<u64>) -> Self {
+        Procfs {
+            drained_to_ns: last_health_ns.unwrap_or(0),
+        }
+    }
+}
 
 impl ProcessInfo for Procfs {
     fn cgroup_of(&mut self, pid: u32) -> Option<String> {
@@ -52,6 +63,12 @@ impl ProcessInfo for Procfs {
     fn alive(&mut self, pid: u32, _comm: &str) -> bool {
         // Threads may carry other names than the process: the pid decides.
         std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+    fn now_ns(&mut self) -> u64 {
+        boot_ns()
+    }
+    fn drained_to_ns(&self) -> u64 {
+        self.drained_to_ns
     }
 }
 
@@ -158,7 +175,9 @@ impl Sink for ExporterSink {
             Msg::Table { ts_ns, rows } => {
                 s.agg.on_table(rows, *ts_ns);
             }
-            Msg::Sched { procs, .. } => s.exporter.update_sched(procs, &mut Procfs),
+            Msg::Sched { procs, .. } => s
+                .exporter
+                .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) => {}
         }
@@ -175,7 +194,8 @@ impl Sink for ExporterSink {
         self.next_update = now_ns + UPDATE_EVERY.as_nanos() as u64;
         let mut s = lock(&self.state);
         let s = &mut *s;
-        s.exporter.update_tcp(&s.agg.snapshot(now_ns), &mut Procfs);
+        s.exporter
+            .update_tcp(&s.agg.snapshot(now_ns), &mut Procfs::at(s.last_health_ns));
         Ok(Flow::More)
     }
 
@@ -199,8 +219,10 @@ async fn metrics(State(state): State<Shared>) -> axum::response::Response {
     let text = {
         let mut s = lock(&state);
         let s = &mut *s;
-        s.exporter
-            .update_tcp(&s.agg.snapshot(boot_ns()), &mut Procfs);
+        s.exporter.update_tcp(
+            &s.agg.snapshot(boot_ns()),
+            &mut Procfs::at(s.last_health_ns),
+        );
         s.exporter.render()
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()

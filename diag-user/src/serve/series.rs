@@ -33,6 +33,19 @@ pub trait ProcessInfo {
     fn cgroup_of(&mut self, pid: u32) -> Option<String>;
     /// Whether the process (pid with this comm) still runs.
     fn alive(&mut self, pid: u32, comm: &str) -> bool;
+    /// The time now (boot-time ns), taken after a [`Self::cgroup_of`].
+    fn now_ns(&mut self) -> u64 {
+        0
+    }
+    /// Every event the kernel submitted before this time (boot-time ns)
+    /// has been taken in: the exit of a process that ended before it is
+    /// known. A cgroup read is only trusted once this passes the read, so
+    /// a process that ended (and whose pid went to another) just before
+    /// the read, with its exit still in the ring buffer, never gets the
+    /// next owner's cgroup.
+    fn drained_to_ns(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// Which series a process's numbers go to.
@@ -128,6 +141,9 @@ pub struct Series {
     pub values: BTreeMap<SeriesKey, SeriesValues>,
     /// What dropped series had counted.
     retired: Counters,
+    /// cgroup reads waiting for the events before them to be taken in:
+    /// the read and when it was made.
+    pending: HashMap<Key, (Option<String>, u64)>,
 }
 
 fn activity(c: &Counters) -> u64 {
@@ -240,6 +256,34 @@ impl Series {
         OTHER.to_string()
     }
 
+    /// The cgroup of a row's process: Some(None) when it cannot be known
+    /// (the process ended before it was read: its pid may be another's),
+    /// None while the read waits for the events before it.
+    fn checked_cgroup(
+        &mut self,
+        key: &Key,
+        r: &ProcRow,
+        info: &mut impl ProcessInfo,
+    ) -> Option<Option<String>> {
+        let (cg, read_ns) = match self.pending.remove(key) {
+            Some(p) => p,
+            // Its exit is known: the pid may be another's by now.
+            None if r.exited => return Some(None),
+            None => {
+                let cg = info.cgroup_of(r.pid);
+                (cg, info.now_ns())
+            }
+        };
+        if info.drained_to_ns() < read_ns {
+            self.pending.insert(key.clone(), (cg, read_ns));
+            return None;
+        }
+        match r.exited_ns {
+            Some(ended) if ended <= read_ns => Some(None),
+            _ => Some(cg),
+        }
+    }
+
     /// Processes with series of their own now.
     pub fn process_series(&self) -> usize {
         self.members.len()
@@ -287,12 +331,10 @@ impl Series {
                 None => r.totals,
             };
             if !self.seen.contains_key(&key) {
-                // An exited process's pid may be another's by now: its
-                // cgroup is not read (it would be the other's).
-                let cg = if r.exited {
-                    None
-                } else {
-                    info.cgroup_of(r.pid)
+                let Some(cg) = self.checked_cgroup(&key, r, info) else {
+                    // Not known yet: the row waits (its counts are
+                    // credited in full once it is).
+                    continue;
                 };
                 let cgroup = self.cgroup_label(cg);
                 self.seen.insert(
@@ -310,6 +352,12 @@ impl Series {
             s.activity += activity(&d);
             deltas.push((key, d, r));
         }
+
+        let rows_now: BTreeSet<Key> = rows
+            .iter()
+            .map(|r| (r.pid, r.comm.clone(), r.life))
+            .collect();
+        self.pending.retain(|k, _| rows_now.contains(k));
 
         // Exited members: dropped after the grace period.
         let present: BTreeSet<&Key> = deltas.iter().map(|(k, _, _)| k).collect();
@@ -477,6 +525,7 @@ mod tests {
             pid,
             comm: format!("p{pid}"),
             exited: false,
+            exited_ns: None,
             life: 0,
             totals: Counters {
                 active_opens: opens,
@@ -562,6 +611,75 @@ mod tests {
             .find(|(k, _)| matches!(k, SeriesKey::Process { pid: 4, .. }))
             .unwrap();
         assert_eq!(k.labels()[2], ("cgroup", UNKNOWN.to_string()));
+    }
+
+    /// A host whose ring buffer has been taken in up to `drained`, with
+    /// the clock at `now`.
+    struct Lagging {
+        cgroup: &'static str,
+        now: u64,
+        drained: u64,
+    }
+
+    impl ProcessInfo for Lagging {
+        fn cgroup_of(&mut self, _: u32) -> Option<String> {
+            Some(self.cgroup.into())
+        }
+        fn alive(&mut self, _: u32, _: &str) -> bool {
+            true
+        }
+        fn now_ns(&mut self) -> u64 {
+            self.now
+        }
+        fn drained_to_ns(&self) -> u64 {
+            self.drained
+        }
+    }
+
+    fn cgroup_of_pid(s: &Series, pid: u32) -> Option<String> {
+        s.values.keys().find_map(|k| match k {
+            SeriesKey::Process { pid: p, cgroup, .. } if *p == pid => Some(cgroup.clone()),
+            _ => None,
+        })
+    }
+
+    /// Issue 15, item 8, the race CI found: the process ended and its pid
+    /// went to a process in another cgroup while its exit was still in the
+    /// ring buffer. The read (the other's cgroup) waits until the events
+    /// before it are in; the exit then shows the read came too late.
+    #[test]
+    fn a_cgroup_read_waits_for_the_exit_still_in_the_ring_buffer() {
+        let mut s = Series::new(bounds(5));
+        let host = StateCounts::default();
+        let mut f = Lagging {
+            cgroup: "/next-owner",
+            now: 100,
+            drained: 90,
+        };
+        s.update(&[row(4, 3, 0)], &host, 0, 100, &mut f);
+        assert_eq!(cgroup_of_pid(&s, 4), None, "no series before the barrier");
+        // The next drain brings its exit, from before the read.
+        f.drained = 200;
+        let mut ended = row(4, 3, 0);
+        ended.exited = true;
+        ended.exited_ns = Some(95);
+        s.update(&[ended], &host, 0, 200, &mut f);
+        assert_eq!(cgroup_of_pid(&s, 4).as_deref(), Some(UNKNOWN));
+        assert_eq!(proc_value(&s, 4).unwrap().counters.active_opens, 3);
+
+        // A process that ends after the read keeps what was read.
+        let mut f = Lagging {
+            cgroup: "/svc",
+            now: 300,
+            drained: 250,
+        };
+        s.update(&[row(5, 2, 0)], &host, 0, 300, &mut f);
+        f.drained = 400;
+        let mut later = row(5, 2, 0);
+        later.exited = true;
+        later.exited_ns = Some(350);
+        s.update(&[later], &host, 0, 400, &mut f);
+        assert_eq!(cgroup_of_pid(&s, 5).as_deref(), Some("/svc"));
     }
 
     #[test]

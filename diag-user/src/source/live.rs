@@ -123,14 +123,20 @@ impl Live {
                     if !me.drain(afd.get_mut(), &tx, &enricher).await { break; }
                 }
                 _ = health_tick.tick() => {
-                    let h = me.read_health();
+                    // A barrier: every event submitted before the reading's
+                    // time is on the bus before it (serve trusts a cgroup
+                    // read only once a reading has passed it).
+                    let at = crate::clock::boot_ns();
+                    if !me.drain(afd.get_mut(), &tx, &enricher).await { break; }
+                    let h = me.read_health(at);
                     if tx.send(Msg::Health(h)).await.is_err() { break; }
                 }
             }
         }
         // Whatever the kernel wrote before we stopped is still shown.
+        let at = crate::clock::boot_ns();
         me.drain(afd.get_mut(), &tx, &enricher).await;
-        let h = me.read_health();
+        let h = me.read_health(at);
         let _ = tx.send(Msg::Health(h)).await;
         // The enricher finishes the kills it has, then its results end.
         if let Some(e) = &mut enricher {
@@ -155,8 +161,10 @@ impl Drainer {
             .unwrap_or(0)
     }
 
-    fn read_health(&mut self) -> Health {
-        self.health.ts_ns = crate::clock::boot_ns();
+    /// The counters now; `at` is the reading's time, taken before the
+    /// drain that precedes it.
+    fn read_health(&mut self, at: u64) -> Health {
+        self.health.ts_ns = at;
         self.health.submitted = self.counter(counters::SUBMITTED);
         self.health.ringbuf_full = self.counter(counters::RINGBUF_FULL);
         self.health.sock_map_full = self.counter(counters::SOCK_MAP_FULL);

@@ -573,6 +573,7 @@ mod tests {
             pid,
             comm: comm.into(),
             exited: false,
+            exited_ns: None,
             life: 0,
             totals: Counters {
                 active_opens: 7,
