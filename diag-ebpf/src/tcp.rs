@@ -6,10 +6,13 @@
 //! (inside connect/listen/close/shutdown, which run in the owner's own
 //! system call), remembered per socket in `SOCK_OWNERS`, and, for passive
 //! opens, taken from the listening socket's owner in `LISTENERS` (keyed by
-//! network namespace, address and port) until a process accepts the
-//! connection: `sys_exit_accept4`/`sys_exit_accept` run in the accepting
-//! task, follow the new file descriptor to its socket and make the socket
-//! that task's.
+//! network namespace, address and port) until a process takes the
+//! connection: its first read or write (`sock_recv_length`,
+//! `sock_send_length`, tp_btf: they run in the reading or writing task)
+//! makes the socket that task's. Optionally (`--accept-probe`, it slows
+//! every system call on the host) `sys_exit_accept4`/`sys_exit_accept`
+//! do the same at accept(), following the new file descriptor to its
+//! socket.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -639,6 +642,50 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if sk == 0 {
         return Ok(0);
     }
+    take_socket(&l, sk)
+}
+
+// ---------------------------------------------------------------------------
+// Reads and writes: the process that uses a connection holds it.
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)` (tp_btf): every
+/// read from a socket, in the reading task.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length_btf(ctx: BtfTracePointContext) -> u32 {
+    holder_io(&ctx)
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)` (tp_btf): every
+/// write to a socket, in the writing task.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> u32 {
+    holder_io(&ctx)
+}
+
+/// A TCP socket read or written by the current task is its own: a
+/// pre-fork worker's first read of a connection from its parent's
+/// listener, a forked backend's, a receiver of a passed descriptor. Other
+/// sockets (unix, UDP) cost one load. The same process again costs a map
+/// lookup and nothing in the ring buffer.
+#[inline(always)]
+fn holder_io(ctx: &BtfTracePointContext) -> u32 {
+    let l = OWNER_LAYOUT.load();
+    if l.net_valid == 0 {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() || btf_load::<u16>(sk, l.sk_protocol) != IPPROTO_TCP {
+        return 0;
+    }
+    match take_socket(&l, sk as u64) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Make socket `sk` the current task's (it accepted, read or wrote it),
+/// with an event when that changes its process.
+#[inline(always)]
+fn take_socket(l: &OwnerLayout, sk: u64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
@@ -649,8 +696,11 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
             // SAFETY: a map value pointer, valid while we run.
             unsafe {
                 if (*k).tgid == tgid {
-                    // The listener's process accepted it itself.
-                    (*k).how = attribution::ACCEPTED;
+                    // The listener's process took it itself (written only
+                    // the first time).
+                    if (*k).how == attribution::LISTENER {
+                        (*k).how = attribution::ACCEPTED;
+                    }
                     return Ok(0);
                 }
                 let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
@@ -668,6 +718,12 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
             let protocol: u16 = kread(sk + l.sk_protocol as u64)?;
             let family: u16 = kread(sk + l.sk_family as u64)?;
             if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+                return Ok(0);
+            }
+            // A closed socket (a read after a reset) gets no entry: no
+            // transition would ever remove it.
+            let st: u8 = kread(sk + l.sk_state as u64)?;
+            if st == state::CLOSE || st == state::LISTEN {
                 return Ok(0);
             }
             prev_tgid = 0;
@@ -688,7 +744,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
             }
         }
     }
-    accepted_event(&l, sk, netns, prev_tgid)
+    accepted_event(l, sk, netns, prev_tgid)
 }
 
 /// Tell user space that socket `sk` is the current task's now.

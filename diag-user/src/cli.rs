@@ -359,6 +359,14 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub kernel_log: bool,
 
+    /// Also learn who holds a passively opened connection in accept()
+    /// itself (syscalls:sys_exit_accept4), not only at its first read or
+    /// write: exact for workers that accept and never read or write, but
+    /// any system-call tracepoint slows every system call on the host
+    /// (see the README's bench table)
+    #[arg(long)]
+    pub accept_probe: bool,
+
     /// Attach the TCP and scheduler programs but let them return at once:
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
@@ -375,6 +383,7 @@ impl Default for ProbeArgs {
             classic_tcp: false,
             empty_programs: false,
             kernel_log: false,
+            accept_probe: false,
         }
     }
 }

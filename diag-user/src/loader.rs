@@ -166,16 +166,20 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             name: "tracepoints",
             result: probes::tcp::layouts(path, &args.btf).map(|l| {
                 let names = probes::tcp::TRACEPOINT_NAMES.join(", ");
+                let holders: Vec<&str> =
+                    probes::tcp::HOLDER_PROGRAMS.iter().map(|p| p.2).collect();
                 let owners = match &l.owner {
-                    Ok(o) if o.valid == 0 => {
-                        "; no accept probe (no syscalls:sys_exit_accept4): passive opens stay with the listener's owner".to_string()
-                    }
-                    Ok(_) => format!(
-                        "; owners: {} (accepted fd -> socket, network namespaces, from BTF)",
-                        probes::tcp::ACCEPT_NAMES.join(", ")
+                    Ok(o) => format!(
+                        "; owners: {} (reads and writes; network namespaces, from BTF){}",
+                        holders.join(", "),
+                        if o.valid == 0 {
+                            "; no syscalls:sys_exit_accept4 for --accept-probe"
+                        } else {
+                            ""
+                        }
                     ),
                     Err(why) => format!(
-                        "; no accept probe ({why}): passive opens stay with the listener's owner"
+                        "; no owner probes ({why}): connections stay with the listener's owner until reconciled"
                     ),
                 };
                 match l.state_btf {
@@ -398,7 +402,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let wants_btf = env.sched.is_some()
         || env.proc.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
-        || env.tcp.as_ref().is_some_and(|t| t.state_btf.is_ok());
+        || env
+            .tcp
+            .as_ref()
+            .is_some_and(|t| t.state_btf.is_ok() || t.owner.is_ok());
     let kernel_btf = if wants_btf {
         AyaBtf::parse_file(&args.btf, aya::Endianness::default())
             .map_err(|e| LoadError::Load(format!("{}: {}", args.btf.display(), flatten(&e))))
@@ -416,7 +423,13 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         probes::proc::attach(&mut ebpf, btf, &mut attached)?;
     }
     if let Some(tcp) = &env.tcp {
-        probes::tcp::attach(&mut ebpf, tcp, kernel_btf.as_ref().ok(), &mut attached)?;
+        probes::tcp::attach(
+            &mut ebpf,
+            tcp,
+            kernel_btf.as_ref().ok(),
+            args.accept_probe,
+            &mut attached,
+        )?;
         probes::tcp::seed_listeners(&mut ebpf)?;
     }
     if let Some(oom) = &env.oom {

@@ -206,6 +206,7 @@ enum Tcp {
     Record,
     Bpftrace,
     Empty,
+    AcceptProbe,
 }
 
 impl Tcp {
@@ -216,6 +217,7 @@ impl Tcp {
             Tcp::Record => "diag record",
             Tcp::Bpftrace => "bpftrace tcpstates",
             Tcp::Empty => "empty programs (floor)",
+            Tcp::AcceptProbe => "diag tail --accept-probe",
         }
     }
     fn key(self) -> &'static str {
@@ -225,6 +227,7 @@ impl Tcp {
             Tcp::Record => "diag_record",
             Tcp::Bpftrace => "bpftrace",
             Tcp::Empty => "empty_programs",
+            Tcp::AcceptProbe => "diag_tail_accept_probe",
         }
     }
     fn start(self, diag: &Path, dir: &Path) -> Result<Option<Bg>> {
@@ -238,6 +241,11 @@ impl Tcp {
             Tcp::Empty => {
                 let mut c = Command::new(diag);
                 c.args(["tail", "--events", "tcp,reset,retrans", "--empty-programs"]);
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::AcceptProbe => {
+                let mut c = Command::new(diag);
+                c.args(["tail", "--events", "tcp,reset,retrans", "--accept-probe"]);
                 Bg::start(c, "tracing", true)?
             }
             Tcp::Record => {
@@ -271,7 +279,14 @@ pub fn tcp_overhead(
     reps: usize,
     conns: u64,
 ) -> Result<Section> {
-    let tracers = [Tcp::None, Tcp::Tail, Tcp::Record, Tcp::Bpftrace, Tcp::Empty];
+    let tracers = [
+        Tcp::None,
+        Tcp::Tail,
+        Tcp::Record,
+        Tcp::Bpftrace,
+        Tcp::Empty,
+        Tcp::AcceptProbe,
+    ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
     // entries of `diag tail` before and after each round's churn.
@@ -325,15 +340,17 @@ pub fn tcp_overhead(
     }
     let tail_cost = 1.0 - stats(&results[1]).1 / base.max(1.0);
     let floor_cost = 1.0 - stats(&results[4]).1 / base.max(1.0);
+    let accept_cost = 1.0 - stats(&results[5]).1 / base.max(1.0);
     md.push_str(&format!(
-        "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}). Empty programs on the same tracepoints (the attachment alone) cost {:.1} % here.\n",
+        "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}). Empty programs on the same tracepoints (the attachment alone) cost {:.1} % here. `--accept-probe` (owners at accept(): a system-call tracepoint, which slows every system call on the host) costs {:.1} %.\n",
         tail_cost * 100.0,
         if tail_cost <= 0.03 {
             "met"
         } else {
             "over target"
         },
-        floor_cost * 100.0
+        floor_cost * 100.0,
+        accept_cost * 100.0
     ));
     if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
         md.push_str(&format!(

@@ -292,6 +292,7 @@ pub fn attach(
     ebpf: &mut Ebpf,
     layouts: &Layouts,
     btf: Option<&AyaBtf>,
+    accept_probe: bool,
     attached: &mut Vec<&'static str>,
 ) -> Result<(), LoadError> {
     let raw = match (&layouts.state_btf, btf) {
@@ -314,17 +315,60 @@ pub fn attach(
         super::attach_tracepoint(ebpf, name, "tcp", name)?;
         attached.push(TRACEPOINT_NAMES[i + 1]);
     }
-    match &layouts.owner {
-        Ok(l) if l.valid != 0 => attach_accept(ebpf, attached)?,
-        Ok(_) => eprintln!(
-            "diag: note: passive opens stay with the listener's owner (no syscalls:sys_exit_accept4 tracepoint)"
+    match (&layouts.owner, btf) {
+        (Ok(_), Some(btf)) => {
+            if let Err(e) = attach_holders(ebpf, btf, attached) {
+                eprintln!(
+                    "diag: note: connections stay with the listener's owner until reconciled ({e})"
+                );
+            }
+        }
+        (Ok(_), None) => eprintln!(
+            "diag: note: connections stay with the listener's owner until reconciled (no kernel BTF for the read/write probes)"
         ),
-        Err(why) => eprintln!(
-            "diag: note: passive opens stay with the listener's owner (no accept probe: {why})"
+        (Err(why), _) => eprintln!(
+            "diag: note: connections stay with the listener's owner until reconciled ({why})"
         ),
+    }
+    if accept_probe {
+        match &layouts.owner {
+            Ok(l) if l.valid != 0 => attach_accept(ebpf, attached)?,
+            Ok(_) => eprintln!(
+                "diag: note: --accept-probe: this kernel has no syscalls:sys_exit_accept4 tracepoint"
+            ),
+            Err(why) => eprintln!("diag: note: --accept-probe: cannot follow accept() ({why})"),
+        }
     }
     Ok(())
 }
+
+/// The read and write programs: tp_btf on `sock_recv_length` and
+/// `sock_send_length`.
+fn attach_holders(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    attached: &mut Vec<&'static str>,
+) -> Result<(), LoadError> {
+    for (prog, tp, shown) in HOLDER_PROGRAMS {
+        super::attach_tp_btf(ebpf, prog, tp, btf, shown)?;
+        attached.push(shown);
+    }
+    Ok(())
+}
+
+/// (program, tracepoint, shown name) of the read and write programs.
+pub const HOLDER_PROGRAMS: &[(&str, &str, &str)] = &[
+    (
+        "sock_recv_length_btf",
+        "sock_recv_length",
+        "sock:sock_recv_length (tp_btf)",
+    ),
+    (
+        "sock_send_length_btf",
+        "sock_send_length",
+        "sock:sock_send_length (tp_btf)",
+    ),
+];
 
 /// The accept program, on `sys_exit_accept4` and `sys_exit_accept`.
 fn attach_accept(ebpf: &mut Ebpf, attached: &mut Vec<&'static str>) -> Result<(), LoadError> {

@@ -34,12 +34,13 @@
 //!     second for SECONDS, accepting each (read to EOF, close).
 //! diag-loadgen spin SECONDS
 //!     Burn one CPU for SECONDS (print `SPINNING`).
-//! diag-loadgen prefork WORKERS COUNT ADDR [hold]
+//! diag-loadgen prefork WORKERS COUNT ADDR [hold|hold-silent]
 //!     A pre-fork server: the parent listens (prints `PORT <n>`), forks
 //!     WORKERS workers (prints `WORKER <pid>` for each) and accepts
 //!     nothing; each worker accepts COUNT connections, reads each to EOF
-//!     and closes it, or with `hold` never closes them (a CLOSE_WAIT leak
-//!     once the peer closes). A worker prints `DONE <pid>` after its
+//!     and closes it, or with `hold` tries one non-blocking read of each
+//!     and never closes them (a CLOSE_WAIT leak once the peer closes); `hold-silent`
+//!     holds them without a read or write. A worker prints `DONE <pid>` after its
 //!     COUNT accepts. The parent waits for its workers (killed with it).
 //! diag-loadgen accept-fork COUNT ADDR HOLD_MS
 //!     Accept-then-fork (as postgres): the parent accepts COUNT
@@ -349,7 +350,12 @@ fn wait_children() {
     }
 }
 
-fn prefork(workers: usize, count: usize, addr: &str, hold: bool) -> std::io::Result<()> {
+/// `mode`: "" reads each connection to its end; "hold" tries one
+/// non-blocking read of each (as an event loop does: nothing has come)
+/// and holds it; "hold-silent" holds it untouched.
+fn prefork(workers: usize, count: usize, addr: &str, mode: &str) -> std::io::Result<()> {
+    let hold = mode.starts_with("hold");
+    let greet = mode == "hold";
     let l = TcpListener::bind(addr)?;
     say(&format!("PORT {}", l.local_addr()?.port()));
     let mut pids = Vec::new();
@@ -363,6 +369,15 @@ fn prefork(workers: usize, count: usize, addr: &str, hold: bool) -> std::io::Res
                 for _ in 0..count {
                     let (mut s, _) = l.accept()?;
                     if hold {
+                        if greet {
+                            // An event loop's first try: nothing yet.
+                            s.set_nonblocking(true)?;
+                            let mut buf = [0u8; 64];
+                            match s.read(&mut buf) {
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                other => return Err(std::io::Error::other(format!("{other:?}"))),
+                            }
+                        }
                         held.push(s);
                     } else {
                         let mut buf = [0u8; 64];
@@ -539,7 +554,7 @@ fn main() -> ExitCode {
             count,
             rest.first().and_then(|c| c.parse().ok()).unwrap_or(1),
             rest.get(1).map(String::as_str).unwrap_or(""),
-            rest.get(2).is_some_and(|h| h == "hold"),
+            rest.get(2).map(String::as_str).unwrap_or(""),
         ),
         "accept-fork" => accept_fork(
             count,
