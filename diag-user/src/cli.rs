@@ -388,6 +388,16 @@ impl Default for ProbeArgs {
     }
 }
 
+/// What `diag conns --group` sums by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnsGroup {
+    /// The container id in the cgroup path (docker, containerd, podman);
+    /// processes outside a container by their cgroup
+    Container,
+    /// The cgroup path
+    Cgroup,
+}
+
 /// Columns `diag conns` can sort by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ConnsSort {
@@ -452,6 +462,18 @@ pub struct ConnsView {
     /// Only processes with this command name (repeatable)
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
+
+    /// Only processes in this cgroup (a path prefix as /proc/PID/cgroup
+    /// shows it, e.g. /system.slice/nginx.service) or container (an id
+    /// prefix, as `docker ps` shows it); repeatable. Live only
+    #[arg(long, value_name = "PATH|ID")]
+    pub cgroup: Vec<String>,
+
+    /// Also sum the processes per container (processes outside one per
+    /// cgroup) or per cgroup, in a table above the processes ("groups" in
+    /// JSON). Live only
+    #[arg(long, value_enum, value_name = "BY")]
+    pub group: Option<ConnsGroup>,
 
     #[command(flatten)]
     pub tcp: TcpArgs,

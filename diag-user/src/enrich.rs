@@ -238,6 +238,15 @@ pub fn pick_cgroup(text: &str) -> String {
         .to_string()
 }
 
+/// The inode of a running process's network namespace (what
+/// `readlink /proc/PID/ns/net` shows as `net:[INODE]`).
+pub fn netns_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// A container id in a cgroup path: the last 64-hex-digit component (as
 /// docker, containerd and podman name their cgroups), if any.
 pub fn container_id(cgroup: &str) -> Option<String> {

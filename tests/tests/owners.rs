@@ -802,3 +802,141 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
     assert_eq!(get(&snap, parent, "states", "established"), 0);
     assert_eq!(owners_fixed(&snap), K as i64);
 }
+
+/// Two "containers": memory cgroups named as docker names them (a 64-hex
+/// id), each with its own network namespace, each running a pre-fork
+/// server and a client that holds K connections. `diag conns --group
+/// container` sums each container's processes, every row carries its
+/// cgroup, container id and network namespace (checked against
+/// /proc/PID/ns/net and the cgroup diag was given), `--cgroup ID` keeps
+/// one container's, and the sums match `ss` in each namespace.
+#[test]
+fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
+    use diag_tests::{MemCgroup, V1_ROOT};
+    use std::io::{BufRead, BufReader};
+    let test = "containers_are_told_apart_by_cgroup_netns_and_container_id";
+    if !require_root(test) {
+        return;
+    }
+    let _guard = serial();
+    let (Some(na), Some(nb)) = (Netns::create("diag-ctr-a"), Netns::create("diag-ctr-b")) else {
+        if in_ci() {
+            panic!("{test}: `ip netns add` failed");
+        }
+        skipped(test, "cannot create network namespaces (ip netns add)");
+        return;
+    };
+    if !std::path::Path::new(V1_ROOT).exists() {
+        if in_ci() {
+            panic!("{test}: no cgroup v1 memory hierarchy at {V1_ROOT}");
+        }
+        skipped(test, "no cgroup v1 memory hierarchy");
+        return;
+    }
+    const K: usize = 6;
+    let parent = MemCgroup::create(V1_ROOT, "ctr", "memory.limit_in_bytes", 1 << 30);
+    let container = |id: &str| {
+        let dir = parent.dir.join(id);
+        std::fs::create_dir(&dir).unwrap();
+        MemCgroup {
+            dir,
+            rel: format!("{}/{id}", parent.rel),
+        }
+    };
+    let (ida, idb) = ("a1".repeat(32), "b2".repeat(32));
+    let (ca, cb) = (container(&ida), container(&idb));
+    let grouped = conns_watch(&["--group", "container"]);
+    let filtered = conns_watch(&["--cgroup", &ida[..12]]);
+
+    // (server, client, server pid, worker pid, client pid)
+    let start = |cg: &MemCgroup, ns: &Netns| {
+        let k = K.to_string();
+        let mut server = cg.spawn_with_env(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                LOADGEN,
+                "prefork",
+                "1",
+                &k,
+                "127.0.0.1:0",
+                "hold",
+            ],
+            &[],
+        );
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let mut next = || lines.next().unwrap().unwrap();
+        let port = next().strip_prefix("PORT ").unwrap().to_string();
+        let worker: u32 = next().strip_prefix("WORKER ").unwrap().parse().unwrap();
+        let mut client = cg.spawn_with_env(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                LOADGEN,
+                "connect-hold",
+                &k,
+                &format!("127.0.0.1:{port}"),
+            ],
+            &[],
+        );
+        let mut cl = BufReader::new(client.stdout.take().unwrap()).lines();
+        assert_eq!(cl.next().unwrap().unwrap(), format!("CONNECTED {K}"));
+        assert_eq!(next(), format!("DONE {worker}"));
+        let (sp, cp) = (server.id(), client.id());
+        (server, client, sp, worker, cp)
+    };
+    let a = start(&ca, &na);
+    let b = start(&cb, &nb);
+    let established = |ns: &Netns| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ss", "-tnH", "state", "established"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().count() as i64
+    };
+    let (ss_a, ss_b) = (established(&na), established(&nb));
+    thread::sleep(Duration::from_millis(2500));
+    let out = grouped.stop(libc::SIGINT);
+    let only_a = filtered.stop(libc::SIGINT);
+
+    let snap = last_snapshot(&out);
+    let groups = snap["groups"].as_array().expect("groups with --group");
+    for (id, pids, ss, cg) in [
+        (&ida, [a.2, a.3, a.4], ss_a, &ca),
+        (&idb, [b.2, b.3, b.4], ss_b, &cb),
+    ] {
+        let g = groups
+            .iter()
+            .find(|g| g["group"] == id[..12])
+            .unwrap_or_else(|| panic!("no group {}: {groups:?}", &id[..12]));
+        assert_eq!(n(&g["processes"]), 3, "{g}");
+        assert_eq!(n(&g["totals"]["passive_opens"]), K as i64, "{g}");
+        assert_eq!(n(&g["totals"]["active_opens"]), K as i64, "{g}");
+        assert_eq!(ss, 2 * K as i64, "ss in the namespace");
+        assert_eq!(n(&g["states"]["established"]), ss, "{g}");
+        assert_eq!(n(&g["states"]["listen"]), 1, "{g}");
+        for pid in pids {
+            let r = row(&snap, pid).unwrap_or_else(|| panic!("no row for {pid}"));
+            assert_eq!(r["container"], id[..12], "{r}");
+            assert_eq!(r["cgroup"], cg.rel, "{r}");
+            assert_eq!(r["netns"].as_u64(), Some(netns_of(pid)), "{r}");
+        }
+    }
+    assert_ne!(netns_of(a.2), netns_of(b.2));
+    // The worker, not the server's parent, holds the connections.
+    assert_eq!(get(&snap, a.3, "totals", "passive_opens"), K as i64);
+    assert_eq!(get(&snap, a.2, "totals", "passive_opens"), 0);
+
+    let snap = last_snapshot(&only_a);
+    let rows = snap["processes"].as_array().unwrap();
+    let pids: Vec<u64> = rows.iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    for pid in [a.2, a.3, a.4] {
+        assert!(pids.contains(&u64::from(pid)), "{pid} in {pids:?}");
+    }
+    assert!(rows.iter().all(|r| r["container"] == ida[..12]), "{rows:?}");
+    drop((a, b));
+}

@@ -7,4 +7,5 @@ pub mod filter;
 pub mod histogram;
 pub mod oom;
 pub mod sched;
+pub mod sums;
 pub mod tcp;

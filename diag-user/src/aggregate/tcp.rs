@@ -475,6 +475,12 @@ pub struct ProcRow {
     pub leaks: u64,
     /// Filled in by the edge (procfs), not by the core.
     pub cgroup: Option<String>,
+    /// The container id in `cgroup` (12 hex digits), if any; edge-filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The process's network namespace inode; edge-filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -1384,6 +1390,8 @@ impl TcpAggregate {
                 lifetime_max_ns: p.lifetimes.max,
                 leaks: leaks_per_pid.get(&key).copied().unwrap_or(0),
                 cgroup: None,
+                container: None,
+                netns: None,
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();

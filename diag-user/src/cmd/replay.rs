@@ -40,6 +40,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 drive(source, &mut [&mut sink], None).await?
             }
             ReplayView::Conns(view) => {
+                if !view.cgroup.is_empty() || view.group.is_some() {
+                    anyhow::bail!(
+                        "--cgroup and --group read where processes run from /proc, which a recording does not keep for TCP processes: use them with a live `diag conns`"
+                    );
+                }
                 let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
                 sink.agg.config.guess_pid_reuse = guess_pid_reuse;
                 let mut sink = ConnsOut::new(sink, None);

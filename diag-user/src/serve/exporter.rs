@@ -140,6 +140,8 @@ mod tests {
             lifetime_max_ns: 0,
             leaks,
             cgroup: None,
+            container: None,
+            netns: None,
         }
     }
 

@@ -150,31 +150,6 @@ fn activity(c: &Counters) -> u64 {
     c.active_opens + c.passive_opens + c.closes + c.resets_sent + c.resets_received + c.retransmits
 }
 
-fn add(a: &mut Counters, d: &Counters) {
-    a.active_opens += d.active_opens;
-    a.passive_opens += d.passive_opens;
-    a.closes += d.closes;
-    a.failed_connects += d.failed_connects;
-    a.resets_sent += d.resets_sent;
-    a.resets_received += d.resets_received;
-    a.retransmits += d.retransmits;
-    a.time_waits += d.time_waits;
-    a.aborts += d.aborts;
-}
-
-fn add_states(a: &mut StateCounts, d: &StateCounts) {
-    a.established += d.established;
-    a.syn_sent += d.syn_sent;
-    a.syn_recv += d.syn_recv;
-    a.fin_wait1 += d.fin_wait1;
-    a.fin_wait2 += d.fin_wait2;
-    a.close_wait += d.close_wait;
-    a.last_ack += d.last_ack;
-    a.closing += d.closing;
-    a.time_wait += d.time_wait;
-    a.listen += d.listen;
-}
-
 fn sub_states(a: &StateCounts, d: &StateCounts) -> StateCounts {
     StateCounts {
         established: a.established.saturating_sub(d.established),
@@ -458,10 +433,10 @@ impl Series {
         for (k, d, r) in &deltas {
             let sk = self.key_of(k);
             let v = self.values.entry(sk).or_default();
-            add(&mut v.counters, d);
-            add_states(&mut v.states, &r.states);
+            v.counters += d;
+            v.states += &r.states;
             v.leaks += r.leaks;
-            add_states(&mut owned_states, &r.states);
+            owned_states += &r.states;
             owned_leaks += r.leaks;
         }
         // Sockets no process is known for.
@@ -474,7 +449,7 @@ impl Series {
                     cgroup: UNKNOWN.to_string(),
                 })
                 .or_default();
-            add_states(&mut v.states, &rest);
+            v.states += &rest;
             v.leaks += rest_leaks;
         }
         // Keys the aggregate no longer reports are forgotten.
@@ -487,7 +462,7 @@ impl Series {
         let sk = self.key_of(k);
         self.members.remove(k);
         if let Some(v) = self.values.remove(&sk) {
-            add(&mut self.retired, &v.counters);
+            self.retired += &v.counters;
         }
     }
 
@@ -495,7 +470,7 @@ impl Series {
     pub fn total(&self) -> Counters {
         let mut t = self.retired;
         for v in self.values.values() {
-            add(&mut t, &v.counters);
+            t += &v.counters;
         }
         t
     }
@@ -542,6 +517,8 @@ mod tests {
             lifetime_max_ns: 0,
             leaks: 0,
             cgroup: None,
+            container: None,
+            netns: None,
         }
     }
 

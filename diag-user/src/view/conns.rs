@@ -9,10 +9,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    aggregate::tcp::{ProcRow, TcpAggregate, TcpSnapshot},
+    aggregate::tcp::{Counters, ProcRow, Rates, StateCounts, TcpAggregate, TcpSnapshot},
     bus::Health,
     bus::{End, Msg},
-    cli::{ConnsSort, ConnsView},
+    cli::{ConnsGroup, ConnsSort, ConnsView},
     clock::WallClock,
     enrich,
     sink::{Flow, Sink},
@@ -46,6 +46,8 @@ pub fn sort_rows(rows: &mut [ProcRow], key: ConnsSort) {
 pub struct RowFilter {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    /// cgroup path prefixes or container id prefixes; empty: all.
+    pub cgroups: Vec<String>,
 }
 
 impl RowFilter {
@@ -53,18 +55,85 @@ impl RowFilter {
         (self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p)))
             && (self.comms.is_empty() || comm.is_some_and(|c| self.comms.iter().any(|x| x == c)))
     }
+
+    /// A row's cgroup path or container id starts with one of the wanted
+    /// ones (a path prefix ends at a `/`: `/a` keeps `/a/b`, not `/ab`).
+    pub fn keeps_cgroup(&self, cgroup: Option<&str>, container: Option<&str>) -> bool {
+        self.cgroups.is_empty()
+            || self.cgroups.iter().any(|want| {
+                let path = cgroup.is_some_and(|c| {
+                    c == want
+                        || c.strip_prefix(want.trim_end_matches('/'))
+                            .is_some_and(|rest| rest.starts_with('/'))
+                });
+                path || (!want.starts_with('/')
+                    && container.is_some_and(|id| id.starts_with(want.as_str())))
+            })
+    }
 }
 
 /// Apply the filter, sort and cut to `top` rows (0: all).
 pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: usize) {
-    snap.processes
-        .retain(|r| filter.keeps(Some(r.pid), Some(&r.comm)));
-    snap.leaks
-        .retain(|l| filter.keeps(l.pid, l.comm.as_deref()));
+    snap.processes.retain(|r| {
+        filter.keeps(Some(r.pid), Some(&r.comm))
+            && filter.keeps_cgroup(r.cgroup.as_deref(), r.container.as_deref())
+    });
+    let kept: std::collections::HashSet<u32> = snap.processes.iter().map(|r| r.pid).collect();
+    snap.leaks.retain(|l| {
+        filter.keeps(l.pid, l.comm.as_deref())
+            && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
+    });
     sort_rows(&mut snap.processes, sort);
     if top > 0 {
         snap.processes.truncate(top);
     }
+}
+
+/// One container's (or cgroup's) processes summed, for `--group`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupRow {
+    /// The container id, or the cgroup path ("-": unknown).
+    pub group: String,
+    /// The cgroup path of its first process.
+    pub cgroup: Option<String>,
+    pub processes: usize,
+    pub rates: Rates,
+    pub totals: Counters,
+    pub states: StateCounts,
+    pub leaks: u64,
+}
+
+/// Sum rows per container (`ConnsGroup::Container`; processes outside any
+/// container per cgroup) or per cgroup, busiest (opens and closes per
+/// second) first.
+pub fn group_rows(rows: &[ProcRow], by: ConnsGroup) -> Vec<GroupRow> {
+    let mut groups: Vec<GroupRow> = Vec::new();
+    for r in rows {
+        let key = match (by, &r.container, &r.cgroup) {
+            (ConnsGroup::Container, Some(id), _) => id.clone(),
+            (_, _, Some(cg)) => cg.clone(),
+            _ => "-".to_string(),
+        };
+        let g = match groups.iter().position(|g| g.group == key) {
+            Some(i) => &mut groups[i],
+            None => {
+                groups.push(GroupRow {
+                    group: key,
+                    cgroup: r.cgroup.clone(),
+                    ..Default::default()
+                });
+                groups.last_mut().expect("pushed")
+            }
+        };
+        g.processes += 1;
+        g.rates += &r.rates;
+        g.totals += &r.totals;
+        g.states += &r.states;
+        g.leaks += r.leaks;
+    }
+    let churn = |g: &GroupRow| g.rates.active_opens + g.rates.passive_opens + g.rates.closes;
+    groups.sort_by(|a, b| churn(b).total_cmp(&churn(a)).then(a.group.cmp(&b.group)));
+    groups
 }
 
 fn rate(v: f64) -> String {
@@ -255,8 +324,76 @@ struct JsonSnapshot<'a> {
     #[serde(rename = "final")]
     last: bool,
     health: JsonHealth,
+    /// With `--group`: the rows summed per container or cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<&'a [GroupRow]>,
     #[serde(flatten)]
     snapshot: &'a TcpSnapshot,
+}
+
+/// Where a process runs, read from procfs while it runs.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    cgroup: Option<String>,
+    container: Option<String>,
+    netns: Option<u64>,
+}
+
+impl Placement {
+    fn of(pid: u32) -> Placement {
+        let cgroup = enrich::cgroup_of(pid);
+        Placement {
+            container: cgroup.as_deref().and_then(enrich::container_id),
+            netns: enrich::netns_of(pid),
+            cgroup,
+        }
+    }
+}
+
+/// The `--group` table. Pure.
+pub fn render_groups(groups: &[GroupRow], by: Option<ConnsGroup>) -> String {
+    let mut o = String::new();
+    let title = match by {
+        Some(ConnsGroup::Container) => "CONTAINER (or CGROUP)",
+        _ => "CGROUP",
+    };
+    let _ = writeln!(
+        o,
+        "{:<40} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>6} {:>6} {:>7} {:>6}",
+        title,
+        "PROCS",
+        "CONN/s",
+        "ACC/s",
+        "CLOSE/s",
+        "ESTAB",
+        "TW",
+        "CW",
+        "LEAK",
+        "RST-IN",
+        "RSTOUT",
+        "RETRANS",
+        "FAILED",
+    );
+    for g in groups {
+        let _ = writeln!(
+            o,
+            "{:<40} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>4} {:>6} {:>6} {:>7} {:>6}",
+            g.group,
+            g.processes,
+            rate(g.rates.active_opens),
+            rate(g.rates.passive_opens),
+            rate(g.rates.closes),
+            g.states.established,
+            g.states.time_wait,
+            g.states.close_wait,
+            g.leaks,
+            g.totals.resets_received,
+            g.totals.resets_sent,
+            g.totals.retransmits,
+            g.totals.failed_connects,
+        );
+    }
+    o
 }
 
 #[derive(Serialize)]
@@ -267,8 +404,15 @@ struct JsonHealth {
     decode_errors: u64,
 }
 
-pub fn render_json(snap: &TcpSnapshot, health: &Health, clock: &WallClock, last: bool) -> String {
+pub fn render_json(
+    snap: &TcpSnapshot,
+    groups: Option<&[GroupRow]>,
+    health: &Health,
+    clock: &WallClock,
+    last: bool,
+) -> String {
     serde_json::to_string(&JsonSnapshot {
+        groups,
         time: clock
             .wall(snap.ts_ns)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -305,9 +449,10 @@ pub struct ConnsSink {
     printed: u64,
     limit: u64,
     pub health: Health,
-    /// Keyed by pid, comm and life, so a reused pid is looked up afresh.
+    /// Where each process runs (cgroup, container, network namespace),
+    /// keyed by pid, comm and life, so a reused pid is looked up afresh.
     /// Live only.
-    cgroups: Option<HashMap<(u32, String, u32), Option<String>>>,
+    cgroups: Option<HashMap<(u32, String, u32), Placement>>,
     clear: bool,
 }
 
@@ -351,41 +496,48 @@ impl ConnsSink {
     }
 
     fn print(&mut self, mut snap: TcpSnapshot, last: bool, out: &mut impl Write) -> io::Result<()> {
+        if let Some(cache) = &mut self.cgroups {
+            for r in &mut snap.processes {
+                // An exited process's pid may be another's by now: where
+                // it ran is known only if it was read while it ran.
+                let exited = r.exited;
+                let p = cache
+                    .entry((r.pid, r.comm.clone(), r.life))
+                    .or_insert_with(|| {
+                        if exited {
+                            Placement::default()
+                        } else {
+                            Placement::of(r.pid)
+                        }
+                    });
+                r.cgroup = p.cgroup.clone();
+                r.container = p.container.clone();
+                r.netns = p.netns;
+            }
+        }
         select(
             &mut snap,
             &RowFilter {
                 pids: self.view.pid.clone(),
                 comms: self.view.comm.clone(),
+                cgroups: self.view.cgroup.clone(),
             },
             self.view.sort,
             self.view.top,
         );
-        if let Some(cache) = &mut self.cgroups {
-            for r in &mut snap.processes {
-                // An exited process's pid may be another's by now: its
-                // cgroup is known only if it was read while it ran.
-                let exited = r.exited;
-                r.cgroup = cache
-                    .entry((r.pid, r.comm.clone(), r.life))
-                    .or_insert_with(|| {
-                        if exited {
-                            None
-                        } else {
-                            enrich::cgroup_of(r.pid)
-                        }
-                    })
-                    .clone();
-            }
-        }
+        let groups = self.view.group.map(|by| group_rows(&snap.processes, by));
         let text = if self.view.json {
-            render_json(&snap, &self.health, &self.clock, last) + "\n"
-        } else if self.clear {
-            format!(
-                "\x1b[2J\x1b[H{}",
-                render_text(&snap, &self.health, &self.clock)
-            )
+            render_json(&snap, groups.as_deref(), &self.health, &self.clock, last) + "\n"
         } else {
-            render_text(&snap, &self.health, &self.clock) + "\n"
+            let mut t = render_text(&snap, &self.health, &self.clock);
+            if let Some(g) = &groups {
+                t = render_groups(g, self.view.group) + "\n" + &t;
+            }
+            if self.clear {
+                format!("\x1b[2J\x1b[H{t}")
+            } else {
+                t + "\n"
+            }
         };
         out.write_all(text.as_bytes())?;
         out.flush()
@@ -592,6 +744,8 @@ mod tests {
             lifetime_max_ns: 20_000_000,
             leaks: 0,
             cgroup: Some("/svc".into()),
+            container: None,
+            netns: None,
         }
     }
 
@@ -648,6 +802,39 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_filter_and_groups() {
+        let f = RowFilter {
+            cgroups: vec!["/svc".into(), "abcdef".into()],
+            ..Default::default()
+        };
+        assert!(f.keeps_cgroup(Some("/svc"), None));
+        assert!(f.keeps_cgroup(Some("/svc/a"), None));
+        assert!(!f.keeps_cgroup(Some("/svcx"), None));
+        assert!(f.keeps_cgroup(Some("/docker/x"), Some("abcdef123456")));
+        assert!(!f.keeps_cgroup(None, None));
+        assert!(RowFilter::default().keeps_cgroup(None, None));
+
+        let mut a = row(1, "web", 2.0, 1);
+        a.container = Some("abcdef123456".into());
+        let mut b = row(2, "web", 3.0, 2);
+        b.container = Some("abcdef123456".into());
+        let mut c = row(3, "cron", 1.0, 0);
+        c.cgroup = Some("/system.slice/cron.service".into());
+        let g = group_rows(&[a, b, c.clone()], ConnsGroup::Container);
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[0].group.as_str(), g[0].processes, g[0].states.time_wait),
+            ("abcdef123456", 2, 3)
+        );
+        assert_eq!(g[0].rates.active_opens, 5.0);
+        assert_eq!(g[0].totals.active_opens, 14);
+        assert_eq!(g[1].group, "/system.slice/cron.service");
+        let by_cg = group_rows(&[c], ConnsGroup::Cgroup);
+        assert_eq!(by_cg[0].group, "/system.slice/cron.service");
+        assert!(render_groups(&g, Some(ConnsGroup::Container)).contains("abcdef123456"));
+    }
+
+    #[test]
     fn text_has_table_and_hints() {
         let s = snap();
         let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
@@ -674,6 +861,7 @@ mod tests {
         let s = snap();
         let j: serde_json::Value = serde_json::from_str(&render_json(
             &s,
+            None,
             &Health::default(),
             &WallClock::with_offset_ns(0),
             true,
