@@ -14,7 +14,7 @@ use crate::{
     enrich::oom::OomContext,
     record::{RecordingHeader, reader::Record},
     source::replay::open,
-    view::tail::{human_ns, oom_text},
+    view::{fmt::human_ns, tail::oom_text},
 };
 
 /// One point of the timelines (one interval).

@@ -20,10 +20,8 @@ use crate::{
     bus::Msg,
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
-    view::{
-        conns::Timebase,
-        tail::{human_kb, page_kb},
-    },
+    sys::page_kb,
+    view::{conns::Timebase, fmt::human_kb},
 };
 
 /// Notable events kept for the event pane.
