@@ -16,8 +16,7 @@ use crate::{
         oom::OomStats,
         tcp::{PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
     },
-    bus::Health,
-    bus::Msg,
+    bus::{Health, Msg, new_losses},
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
     sys::page_kb,
@@ -481,25 +480,14 @@ impl TopState {
                 }
             }
             Msg::Health(h) => {
-                let new_drops = h.ringbuf_full.saturating_sub(self.health.ringbuf_full);
-                let new_map = (h.sock_map_full + h.listen_map_full)
-                    .saturating_sub(self.health.sock_map_full + self.health.listen_map_full);
-                if new_drops > 0 {
+                // One line per loss in the event pane, in the words every
+                // sink uses.
+                for loss in new_losses(&self.health, h) {
                     self.notable(
                         h.ts_ns,
                         NotableKind::Drops,
                         None,
-                        format!(
-                            "{new_drops} events dropped: the ring buffer was full (raise --ring-mib); counts are incomplete"
-                        ),
-                    );
-                }
-                if new_map > 0 {
-                    self.notable(
-                        h.ts_ns,
-                        NotableKind::Drops,
-                        None,
-                        format!("{new_map} sockets not tracked: owner map full"),
+                        format!("{loss}; counts are incomplete"),
                     );
                 }
                 if self.timebase == Timebase::Events {
