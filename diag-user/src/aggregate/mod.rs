@@ -6,5 +6,6 @@
 pub mod filter;
 pub mod histogram;
 pub mod oom;
+pub mod process;
 pub mod sched;
 pub mod tcp;
