@@ -1109,10 +1109,37 @@ impl TcpAggregate {
         self.socks.values().chain(self.seeded.values())
     }
 
-    /// Take a snapshot: gauges now, rates since the last snapshot. Resets
-    /// the per-interval churn.
+    /// Take a snapshot and close the interval: [`TcpAggregate::peek`],
+    /// then [`TcpAggregate::advance`].
     pub fn snapshot(&mut self, now_ns: u64) -> TcpSnapshot {
-        self.expire_time_wait(now_ns);
+        let (snap, closing) = self.look(now_ns);
+        self.close_interval(now_ns, closing);
+        snap
+    }
+
+    /// Look without moving anything: gauges at `now_ns`, rates since the
+    /// last [`TcpAggregate::advance`] (a scrape that only reads).
+    pub fn peek(&self, now_ns: u64) -> TcpSnapshot {
+        self.look(now_ns).0
+    }
+
+    /// Close the interval at `now_ns`: expire TIME_WAIT, move the rate
+    /// baselines there, reset the per-interval churn, and count idle
+    /// processes toward being forgotten.
+    pub fn advance(&mut self, now_ns: u64) {
+        let (_, closing) = self.look(now_ns);
+        self.close_interval(now_ns, closing);
+    }
+
+    /// The timewait sockets not yet expired at `now_ns`.
+    fn timewait_at(&self, now_ns: u64) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
+        self.timewait
+            .iter()
+            .filter(move |(_, t)| now_ns.saturating_sub(t.since_ns) < TIME_WAIT_NS)
+    }
+
+    /// The snapshot at `now_ns`, and what closing the interval there needs.
+    fn look(&self, now_ns: u64) -> (TcpSnapshot, Closing) {
         let secs = self
             .last_snapshot_ns
             .map(|t| now_ns.saturating_sub(t) as f64 / 1e9)
@@ -1150,7 +1177,7 @@ impl TcpAggregate {
                 }
             }
         }
-        for t in self.timewait.values() {
+        for (_, t) in self.timewait_at(now_ns) {
             states.add(t.substate);
             if let Some(o) = &t.owner {
                 per_pid.entry(o.key()).or_default().add(t.substate);
@@ -1178,7 +1205,7 @@ impl TcpAggregate {
                     .0 += 1;
             }
         }
-        for ((_, local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in self.timewait_at(now_ns) {
             if ephemeral(local, remote) {
                 let u = usage
                     .entry(Destination {
@@ -1220,22 +1247,21 @@ impl TcpAggregate {
                 .cmp(&a.ports_used)
                 .then(a.destination.cmp(&b.destination))
         });
-        self.last_usage = usage;
 
         // Rates, rows and hints.
         let mut rows = Vec::new();
         let mut hints = Vec::new();
         let mut totals = Counters::default();
         let mut delta_total = Counters::default();
+        let mut idle_procs = HashSet::new();
         // By pid, then life: an exited process before the one that took
         // its pid.
         let mut keys: Vec<ProcKey> = self.procs.keys().copied().collect();
         keys.sort_unstable();
         for key in keys {
             let pid = key.0;
-            let p = self.procs.get_mut(&key).expect("listed");
+            let p = &self.procs[&key];
             let d = p.counters.minus(&p.at_snapshot);
-            p.at_snapshot = p.counters;
             for (k, v) in [
                 (&mut totals.active_opens, p.counters.active_opens),
                 (&mut totals.passive_opens, p.counters.passive_opens),
@@ -1286,15 +1312,11 @@ impl TcpAggregate {
                     }
                 }
             }
-            // Freed, not cleared: thousands of idle processes keep no capacity.
-            p.churn = HashMap::new();
             let st = per_pid.get(&key).copied().unwrap_or_default();
             let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
-            p.idle_snapshots = if idle {
-                p.idle_snapshots.saturating_add(1)
-            } else {
-                0
-            };
+            if idle {
+                idle_procs.insert(key);
+            }
             if idle && p.counters == Counters::default() {
                 continue;
             }
@@ -1344,17 +1366,7 @@ impl TcpAggregate {
             t(&b.1).cmp(&t(&a.1)).then(a.0.cmp(&b.0))
         });
         remote_errors.truncate(20);
-        // A process with no sockets and nothing new for a long while is
-        // forgotten, so memory does not grow with every pid ever seen.
-        self.procs
-            .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
-        if !self.lives.is_empty() {
-            // Pids with nothing left start from life 0 again.
-            let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
-            self.lives.retain(|pid| known.contains(&pid));
-        }
-        self.last_snapshot_ns = Some(now_ns);
-        TcpSnapshot {
+        let snap = TcpSnapshot {
             ts_ns: now_ns,
             interval_s: secs,
             processes: rows,
@@ -1368,8 +1380,46 @@ impl TcpAggregate {
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
             overflow: self.overflow,
-        }
+        };
+        let closing = Closing {
+            usage,
+            idle: idle_procs,
+        };
+        (snap, closing)
     }
+
+    fn close_interval(&mut self, now_ns: u64, closing: Closing) {
+        self.expire_time_wait(now_ns);
+        for (key, p) in &mut self.procs {
+            p.at_snapshot = p.counters;
+            // Freed, not cleared: thousands of idle processes keep no capacity.
+            p.churn = HashMap::new();
+            p.idle_snapshots = if closing.idle.contains(key) {
+                p.idle_snapshots.saturating_add(1)
+            } else {
+                0
+            };
+        }
+        // A process with no sockets and nothing new for a long while is
+        // forgotten, so memory does not grow with every pid ever seen.
+        self.procs
+            .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
+        if !self.lives.is_empty() {
+            // Pids with nothing left start from life 0 again.
+            let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
+            self.lives.retain(|pid| known.contains(&pid));
+        }
+        self.last_usage = closing.usage;
+        self.last_snapshot_ns = Some(now_ns);
+    }
+}
+
+/// What closing an interval needs of the look at its end.
+struct Closing {
+    /// Port usage per destination: the next interval's growth is from it.
+    usage: HashMap<Destination, (u64, u64)>,
+    /// Processes with no sockets and nothing new in the interval.
+    idle: HashSet<ProcKey>,
 }
 
 /// The holder a socket should have when its owner is none of the
@@ -1723,6 +1773,31 @@ mod tests {
         assert_eq!(later.states.time_wait, 0);
         assert_eq!(row(&later, 100).rates.active_opens, 0.0);
         assert!(later.hints.is_empty());
+    }
+
+    #[test]
+    fn peeking_moves_nothing() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.advance(SEC);
+        for n in 0..20 {
+            g.connection(&mut agg, 100, 200, 40000 + n as u16, n);
+        }
+        let mut untouched = agg.clone();
+        // Peeks (scrapes) between the ticks, TIME_WAIT expiry included.
+        let p = agg.peek(2 * SEC);
+        assert_eq!(p, agg.peek(2 * SEC));
+        assert!((row(&p, 100).rates.active_opens - 20.0).abs() < 1e-9);
+        assert_hint(&p, &["pid 100 (client)", "keepalive"]);
+        assert_eq!(agg.peek(2 * SEC + TIME_WAIT_NS).states.time_wait, 0);
+        // The tick sees what it would have without them.
+        let s = agg.snapshot(2 * SEC);
+        assert_eq!(s, p);
+        assert_eq!(s, untouched.snapshot(2 * SEC));
+        assert_eq!(
+            agg.peek(2 * SEC + TIME_WAIT_NS),
+            agg.snapshot(2 * SEC + TIME_WAIT_NS)
+        );
     }
 
     #[test]
