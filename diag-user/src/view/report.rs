@@ -128,7 +128,7 @@ impl Review {
                     } else {
                         seeded = true;
                         agg.seed(&t.rows, t.ts_ns);
-                        agg.snapshot(t.ts_ns);
+                        agg.advance(t.ts_ns);
                         r.first_ts.get_or_insert(t.ts_ns);
                         next_due.get_or_insert(t.ts_ns.saturating_add(STEP_NS));
                     }

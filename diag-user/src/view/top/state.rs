@@ -503,7 +503,7 @@ impl TopState {
                     // read on a busy host: events counted meanwhile belong
                     // to the first interval).
                     if !self.baselined {
-                        self.agg.snapshot(ts_ns);
+                        self.agg.advance(ts_ns);
                         self.baselined = true;
                         self.baseline_ns = Some(ts_ns);
                         // Events before the baseline are not in its rates.
@@ -557,7 +557,7 @@ impl TopState {
     /// Live: the baseline for the first interval's rates, taken when the
     /// probes are attached (before any event).
     pub fn start(&mut self, now_ns: u64) {
-        self.agg.snapshot(now_ns);
+        self.agg.advance(now_ns);
         self.baselined = true;
         self.baseline_ns = Some(now_ns);
     }
