@@ -25,6 +25,7 @@ pub mod selftest;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod sys;
 pub mod text;
 pub mod tracefs;
 pub mod view;

@@ -6,6 +6,7 @@
 pub mod filter;
 pub mod histogram;
 pub mod oom;
+pub mod process;
 pub mod sched;
 pub mod sums;
 pub mod tcp;

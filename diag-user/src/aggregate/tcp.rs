@@ -12,13 +12,11 @@
 //! that, expires after the kernel's 60 s, and is reconciled against the
 //! socket table periodically.
 //!
-//! Processes are keyed by pid and *life*: the kernel reports the end of
-//! every process (`ProcExit`, before its pid can be reused: the one ring
-//! buffer keeps the order), and the next process with that pid starts a
-//! new life from zero. The old one is kept, marked exited, until it has
-//! been idle for [`FORGET_AFTER_IDLE_SNAPSHOTS`]; sockets it still held
-//! stay its own. Recordings made before diag traced exits fall back to a
-//! guess ([`TcpConfig::guess_pid_reuse`]): a new name and no sockets.
+//! Processes are keyed by pid and *life* ([`super::process`]): a process
+//! that ended is kept, marked exited, until it has been idle for
+//! [`FORGET_AFTER_IDLE_SNAPSHOTS`]; sockets it still held stay its own.
+//! Recordings made before diag traced exits fall back to a guess
+//! ([`TcpConfig::guess_pid_reuse`]): a new name and no sockets.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -32,6 +30,8 @@ use diag_common::{
     user::AnyEvent,
 };
 use serde::Serialize;
+
+use super::process::{Comm, ExitInfo, Kept, Lives, ProcKey};
 
 /// How long the kernel keeps a socket in TIME_WAIT (TCP_TIMEWAIT_LEN).
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -210,68 +210,12 @@ impl Proc {
     }
 }
 
-/// What is known of the end of a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ExitInfo {
-    /// When it ended (or was found replaced), boot-time ns.
-    pub ts_ns: u64,
-    /// When it started, boot-time ns (as /proc/PID/stat's starttime),
-    /// when the kernel said.
-    pub start_ns: Option<u64>,
-}
-
-/// A process: its pid and which life of that pid (0 for the first diag
-/// saw, more for later processes that reused the pid).
-type ProcKey = (u32, u32);
-
-/// A command name as the kernel keeps it (at most 15 bytes), stored
-/// inline: the aggregation holds one per socket, so no allocation.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Comm([u8; 16]);
-
-impl Comm {
-    pub fn new(s: &str) -> Self {
-        let mut c = [0u8; 16];
-        let n = s.len().min(15);
-        c[..n].copy_from_slice(&s.as_bytes()[..n]);
-        Comm(c)
-    }
-
-    pub fn from_kernel(c: &[u8; 16]) -> Self {
-        let mut out = *c;
-        out[15] = 0;
-        Comm(out)
-    }
-
-    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
-        std::borrow::Cow::Owned(crate::text::comm(&self.0))
-    }
-}
-
-impl std::fmt::Debug for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
-
-impl std::fmt::Display for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.as_str())
-    }
-}
-
-impl Serialize for Comm {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.as_str())
-    }
-}
-
 /// The process a socket belongs to, as known to diag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Owner {
     pub pid: u32,
     pub comm: Comm,
-    /// Which life of `pid` (see [`TcpAggregate`]).
+    /// Which life of `pid` (see [`super::process`]).
     pub life: u32,
 }
 
@@ -338,10 +282,8 @@ pub struct TcpAggregate {
     seeded: HashMap<FourTuple, Sock>,
     timewait: HashMap<FourTuple, TimeWait>,
     procs: HashMap<ProcKey, Proc>,
-    /// The current life of pids that had a process end (absent: 0).
-    lives: HashMap<u32, u32>,
-    /// The source reports process exits: reuse is known, not guessed.
-    exits_seen: bool,
+    /// The current life of every pid.
+    lives: Lives,
     remote_errors: HashMap<SocketAddr, RemoteErrors>,
     /// Resets sent by the kernel for no socket (closed ports).
     kernel_resets_sent: u64,
@@ -551,8 +493,7 @@ impl TcpAggregate {
             tables_seen: 0,
             timewait: HashMap::new(),
             procs: HashMap::new(),
-            lives: HashMap::new(),
-            exits_seen: false,
+            lives: Lives::new(),
             remote_errors: HashMap::new(),
             kernel_resets_sent: 0,
             overflow: 0,
@@ -565,7 +506,7 @@ impl TcpAggregate {
 
     /// The current life of `pid`.
     fn life_of(&self, pid: u32) -> u32 {
-        self.lives.get(&pid).copied().unwrap_or(0)
+        self.lives.life_of(pid)
     }
 
     /// The process entry of `owner` (created if new; renamed by exec).
@@ -588,35 +529,30 @@ impl TcpAggregate {
     fn owner_for(&mut self, h: &EventHeader, opening: bool) -> Owner {
         let pid = h.tgid;
         let comm = Comm::from_kernel(&h.comm);
-        let mut life = self.life_of(pid);
-        if self.config.guess_pid_reuse && !self.exits_seen {
-            // No exit events from this source: guess that the pid was
-            // reused when the name changed and no socket is left.
-            if let Some(p) = self.procs.get_mut(&(pid, life))
-                && p.live == 0
-                && p.comm != *comm.as_str()
-            {
-                p.exited = Some(ExitInfo {
-                    ts_ns: h.ts_ns,
-                    start_ns: None,
-                });
-                life += 1;
-                self.lives.insert(pid, life);
-            }
-        } else if !opening
-            && life > 0
-            && !self.procs.contains_key(&(pid, life))
-            && self
-                .procs
-                .get(&(pid, life - 1))
-                .is_some_and(|p| p.exited.is_some() && p.comm == *comm.as_str())
+        let name = comm.as_str();
+        let procs = &self.procs;
+        let r = self
+            .lives
+            .resolve(pid, opening, self.config.guess_pid_reuse, |key| {
+                procs.get(&key).map(|p| Kept {
+                    same_name: p.comm == *name,
+                    holds: p.live > 0,
+                    exited: p.exited.is_some(),
+                })
+            });
+        if let Some(ended) = r.guessed_end
+            && let Some(p) = self.procs.get_mut(&(pid, ended))
         {
-            // The process that has just ended, closing what it held: the
-            // kernel closes an exiting process's files after reporting its
-            // exit (and its pid is not free before that).
-            life -= 1;
+            p.exited = Some(ExitInfo {
+                ts_ns: h.ts_ns,
+                start_ns: None,
+            });
         }
-        Owner { pid, comm, life }
+        Owner {
+            pid,
+            comm,
+            life: r.life,
+        }
     }
 
     /// A known socket's owner for an event about it: the kernel had to
@@ -644,24 +580,16 @@ impl TcpAggregate {
 
     /// A process ended: the next one with its pid starts a new life.
     fn on_exit(&mut self, e: &ProcExitEvent) {
-        self.exits_seen = true;
         let pid = e.header.tgid;
-        let life = self.life_of(pid);
-        match self.procs.get_mut(&(pid, life)) {
-            Some(p) => {
-                p.exited = Some(ExitInfo {
-                    ts_ns: e.header.ts_ns,
-                    start_ns: e.start_boottime_ns(),
-                });
-            }
-            // A pid diag knows nothing of: nothing to keep apart.
-            None if !self.lives.contains_key(&pid) => return,
-            // A later process with the pid that made no connections: skip
-            // a number, so the life before it is no longer taken for the
-            // one that has just ended.
-            None => {}
+        let p = self.procs.get_mut(&(pid, self.lives.life_of(pid)));
+        let kept = p.is_some();
+        if let Some(p) = p {
+            p.exited = Some(ExitInfo {
+                ts_ns: e.header.ts_ns,
+                start_ns: e.start_boottime_ns(),
+            });
         }
-        self.lives.insert(pid, life + 1);
+        self.lives.on_exit(pid, kept);
     }
 
     fn set_owner(&mut self, old: &Option<Owner>, new: &Option<Owner>) {
@@ -1187,10 +1115,37 @@ impl TcpAggregate {
         self.socks.values().chain(self.seeded.values())
     }
 
-    /// Take a snapshot: gauges now, rates since the last snapshot. Resets
-    /// the per-interval churn.
+    /// Take a snapshot and close the interval: [`TcpAggregate::peek`],
+    /// then [`TcpAggregate::advance`].
     pub fn snapshot(&mut self, now_ns: u64) -> TcpSnapshot {
-        self.expire_time_wait(now_ns);
+        let (snap, closing) = self.look(now_ns);
+        self.close_interval(now_ns, closing);
+        snap
+    }
+
+    /// Look without moving anything: gauges at `now_ns`, rates since the
+    /// last [`TcpAggregate::advance`] (a scrape that only reads).
+    pub fn peek(&self, now_ns: u64) -> TcpSnapshot {
+        self.look(now_ns).0
+    }
+
+    /// Close the interval at `now_ns`: expire TIME_WAIT, move the rate
+    /// baselines there, reset the per-interval churn, and count idle
+    /// processes toward being forgotten.
+    pub fn advance(&mut self, now_ns: u64) {
+        let (_, closing) = self.look(now_ns);
+        self.close_interval(now_ns, closing);
+    }
+
+    /// The timewait sockets not yet expired at `now_ns`.
+    fn timewait_at(&self, now_ns: u64) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
+        self.timewait
+            .iter()
+            .filter(move |(_, t)| now_ns.saturating_sub(t.since_ns) < TIME_WAIT_NS)
+    }
+
+    /// The snapshot at `now_ns`, and what closing the interval there needs.
+    fn look(&self, now_ns: u64) -> (TcpSnapshot, Closing) {
         let secs = self
             .last_snapshot_ns
             .map(|t| now_ns.saturating_sub(t) as f64 / 1e9)
@@ -1228,7 +1183,7 @@ impl TcpAggregate {
                 }
             }
         }
-        for t in self.timewait.values() {
+        for (_, t) in self.timewait_at(now_ns) {
             states.add(t.substate);
             if let Some(o) = &t.owner {
                 per_pid.entry(o.key()).or_default().add(t.substate);
@@ -1256,7 +1211,7 @@ impl TcpAggregate {
                     .0 += 1;
             }
         }
-        for ((_, local, remote), t) in &self.timewait {
+        for ((_, local, remote), t) in self.timewait_at(now_ns) {
             if ephemeral(local, remote) {
                 let u = usage
                     .entry(Destination {
@@ -1298,22 +1253,21 @@ impl TcpAggregate {
                 .cmp(&a.ports_used)
                 .then(a.destination.cmp(&b.destination))
         });
-        self.last_usage = usage;
 
         // Rates, rows and hints.
         let mut rows = Vec::new();
         let mut hints = Vec::new();
         let mut totals = Counters::default();
         let mut delta_total = Counters::default();
+        let mut idle_procs = HashSet::new();
         // By pid, then life: an exited process before the one that took
         // its pid.
         let mut keys: Vec<ProcKey> = self.procs.keys().copied().collect();
         keys.sort_unstable();
         for key in keys {
             let pid = key.0;
-            let p = self.procs.get_mut(&key).expect("listed");
+            let p = &self.procs[&key];
             let d = p.counters.minus(&p.at_snapshot);
-            p.at_snapshot = p.counters;
             for (k, v) in [
                 (&mut totals.active_opens, p.counters.active_opens),
                 (&mut totals.passive_opens, p.counters.passive_opens),
@@ -1364,15 +1318,11 @@ impl TcpAggregate {
                     }
                 }
             }
-            // Freed, not cleared: thousands of idle processes keep no capacity.
-            p.churn = HashMap::new();
             let st = per_pid.get(&key).copied().unwrap_or_default();
             let idle = d == Counters::default() && st == StateCounts::default() && p.live == 0;
-            p.idle_snapshots = if idle {
-                p.idle_snapshots.saturating_add(1)
-            } else {
-                0
-            };
+            if idle {
+                idle_procs.insert(key);
+            }
             if idle && p.counters == Counters::default() {
                 continue;
             }
@@ -1424,17 +1374,7 @@ impl TcpAggregate {
             t(&b.1).cmp(&t(&a.1)).then(a.0.cmp(&b.0))
         });
         remote_errors.truncate(20);
-        // A process with no sockets and nothing new for a long while is
-        // forgotten, so memory does not grow with every pid ever seen.
-        self.procs
-            .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
-        if !self.lives.is_empty() {
-            // Pids with nothing left start from life 0 again.
-            let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
-            self.lives.retain(|pid, _| known.contains(pid));
-        }
-        self.last_snapshot_ns = Some(now_ns);
-        TcpSnapshot {
+        let snap = TcpSnapshot {
             ts_ns: now_ns,
             interval_s: secs,
             processes: rows,
@@ -1448,8 +1388,46 @@ impl TcpAggregate {
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
             overflow: self.overflow,
-        }
+        };
+        let closing = Closing {
+            usage,
+            idle: idle_procs,
+        };
+        (snap, closing)
     }
+
+    fn close_interval(&mut self, now_ns: u64, closing: Closing) {
+        self.expire_time_wait(now_ns);
+        for (key, p) in &mut self.procs {
+            p.at_snapshot = p.counters;
+            // Freed, not cleared: thousands of idle processes keep no capacity.
+            p.churn = HashMap::new();
+            p.idle_snapshots = if closing.idle.contains(key) {
+                p.idle_snapshots.saturating_add(1)
+            } else {
+                0
+            };
+        }
+        // A process with no sockets and nothing new for a long while is
+        // forgotten, so memory does not grow with every pid ever seen.
+        self.procs
+            .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
+        if !self.lives.is_empty() {
+            // Pids with nothing left start from life 0 again.
+            let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
+            self.lives.retain(|pid| known.contains(&pid));
+        }
+        self.last_usage = closing.usage;
+        self.last_snapshot_ns = Some(now_ns);
+    }
+}
+
+/// What closing an interval needs of the look at its end.
+struct Closing {
+    /// Port usage per destination: the next interval's growth is from it.
+    usage: HashMap<Destination, (u64, u64)>,
+    /// Processes with no sockets and nothing new in the interval.
+    idle: HashSet<ProcKey>,
 }
 
 /// The holder a socket should have when its owner is none of the
@@ -1803,6 +1781,31 @@ mod tests {
         assert_eq!(later.states.time_wait, 0);
         assert_eq!(row(&later, 100).rates.active_opens, 0.0);
         assert!(later.hints.is_empty());
+    }
+
+    #[test]
+    fn peeking_moves_nothing() {
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        agg.advance(SEC);
+        for n in 0..20 {
+            g.connection(&mut agg, 100, 200, 40000 + n as u16, n);
+        }
+        let mut untouched = agg.clone();
+        // Peeks (scrapes) between the ticks, TIME_WAIT expiry included.
+        let p = agg.peek(2 * SEC);
+        assert_eq!(p, agg.peek(2 * SEC));
+        assert!((row(&p, 100).rates.active_opens - 20.0).abs() < 1e-9);
+        assert_hint(&p, &["pid 100 (client)", "keepalive"]);
+        assert_eq!(agg.peek(2 * SEC + TIME_WAIT_NS).states.time_wait, 0);
+        // The tick sees what it would have without them.
+        let s = agg.snapshot(2 * SEC);
+        assert_eq!(s, p);
+        assert_eq!(s, untouched.snapshot(2 * SEC));
+        assert_eq!(
+            agg.peek(2 * SEC + TIME_WAIT_NS),
+            agg.snapshot(2 * SEC + TIME_WAIT_NS)
+        );
     }
 
     #[test]

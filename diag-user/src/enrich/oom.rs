@@ -191,12 +191,6 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     })
 }
 
-fn page_kb() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 / 1024 } else { 4 }
-}
-
 /// Resident set size in KiB from `/proc/PID/statm` text.
 pub fn statm_rss_kb(statm: &str, page_kb: u64) -> Option<u64> {
     statm
@@ -218,7 +212,7 @@ fn consumer(pid: u32, page_kb: u64) -> Option<Consumer> {
 
 /// The `n` biggest of `pids` by RSS (kernel threads, with no RSS, left out).
 pub fn top_of(pids: impl IntoIterator<Item = u32>, n: usize) -> Vec<Consumer> {
-    let pk = page_kb();
+    let pk = crate::sys::page_kb();
     let mut all: Vec<Consumer> = pids
         .into_iter()
         .take(MAX_PROCS)

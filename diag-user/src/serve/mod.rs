@@ -219,10 +219,10 @@ async fn metrics(State(state): State<Shared>) -> axum::response::Response {
     let text = {
         let mut s = lock(&state);
         let s = &mut *s;
-        s.exporter.update_tcp(
-            &s.agg.snapshot(boot_ns()),
-            &mut Procfs::at(s.last_health_ns),
-        );
+        // A look: the tick moves the rate baselines and ages processes,
+        // however often Prometheus scrapes.
+        s.exporter
+            .update_tcp(&s.agg.peek(boot_ns()), &mut Procfs::at(s.last_health_ns));
         s.exporter.render()
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()

@@ -17,8 +17,8 @@ use crate::{
     enrich,
     sink::{Flow, Sink},
     view::{
+        fmt::human_ns,
         out::{Output, flow_of},
-        tail::human_ns,
     },
 };
 
@@ -593,7 +593,7 @@ impl ConnsSink {
                 let ts_ns = *ts_ns;
                 if self.agg.on_table(rows, ts_ns).is_none() {
                     // The baseline for the first interval's rates.
-                    self.agg.snapshot(ts_ns);
+                    self.agg.advance(ts_ns);
                     self.start_clock(ts_ns);
                 }
                 self.last_ts = self.last_ts.max(ts_ns);

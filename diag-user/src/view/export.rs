@@ -20,7 +20,10 @@ use crate::{
     enrich::oom::OomContext,
     record::{RecordingHeader, reader::Record},
     source::replay::open,
-    view::tail::{Names, endpoint, format_json, oom_text},
+    view::{
+        fmt::endpoint,
+        tail::{Names, format_json, oom_text},
+    },
 };
 
 /// One JSON line per record. Pure.

@@ -2,6 +2,7 @@
 
 pub mod conns;
 pub mod export;
+pub mod fmt;
 pub mod out;
 pub mod report;
 pub mod runq;

@@ -14,7 +14,7 @@ use crate::{
     enrich::oom::OomContext,
     record::{RecordingHeader, reader::Record},
     source::replay::open,
-    view::tail::{human_ns, oom_text},
+    view::{fmt::human_ns, tail::oom_text},
 };
 
 /// One point of the timelines (one interval).
@@ -128,7 +128,7 @@ impl Review {
                     } else {
                         seeded = true;
                         agg.seed(&t.rows, t.ts_ns);
-                        agg.snapshot(t.ts_ns);
+                        agg.advance(t.ts_ns);
                         r.first_ts.get_or_insert(t.ts_ns);
                         next_due.get_or_insert(t.ts_ns.saturating_add(STEP_NS));
                     }

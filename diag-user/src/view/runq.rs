@@ -17,8 +17,8 @@ use crate::{
     clock::WallClock,
     sink::{Flow, Sink},
     view::{
+        fmt::human_ns,
         out::{Output, flow_of},
-        tail::human_ns,
     },
 };
 

@@ -1,9 +1,6 @@
 //! `diag tail`: one line per event, text or JSON.
 
-use std::{
-    io::{self, Write},
-    net::{Ipv4Addr, Ipv6Addr},
-};
+use std::io::{self, Write};
 
 use std::collections::HashMap;
 
@@ -25,7 +22,11 @@ use crate::{
     clock::WallClock,
     enrich::oom::OomContext,
     sink::{Flow, Sink},
-    view::out::{Output, flow_of},
+    sys::page_kb,
+    view::{
+        fmt::{address, endpoint, human_kb, human_ns},
+        out::{Output, flow_of},
+    },
 };
 
 /// Names the kernel gives to numbers in events, read from tracefs at load
@@ -89,38 +90,6 @@ pub fn sock_event_name(t: &TcpSockEvent) -> &'static str {
     }
 }
 
-/// An address and port as people write them: `1.2.3.4:80`, `[::1]:80`.
-pub fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
-    if family == AF_INET6 {
-        format!("[{}]:{port}", Ipv6Addr::from(*addr))
-    } else {
-        format!(
-            "{}:{port}",
-            Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])
-        )
-    }
-}
-
-/// Just the address.
-pub fn address(family: u16, addr: &[u8; 16]) -> String {
-    if family == AF_INET6 {
-        Ipv6Addr::from(*addr).to_string()
-    } else {
-        Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
-    }
-}
-
-/// A duration in the unit that reads best: 850ns, 12.3us, 4.56ms, 1.23s.
-pub fn human_ns(ns: u64) -> String {
-    match ns {
-        0 => "-".into(),
-        n if n < 1_000 => format!("{n}ns"),
-        n if n < 1_000_000 => format!("{:.1}us", n as f64 / 1e3),
-        n if n < 1_000_000_000 => format!("{:.2}ms", n as f64 / 1e6),
-        n => format!("{:.2}s", n as f64 / 1e9),
-    }
-}
-
 fn comm_string(comm: &[u8; 16]) -> String {
     crate::text::comm(comm)
 }
@@ -130,21 +99,6 @@ pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL 
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
-
-/// A size in KiB in the unit that reads best: 120KiB, 31.9MiB, 1.50GiB.
-pub fn human_kb(kb: u64) -> String {
-    match kb {
-        k if k < 1024 => format!("{k}KiB"),
-        k if k < 1024 * 1024 => format!("{:.1}MiB", k as f64 / 1024.0),
-        k => format!("{:.2}GiB", k as f64 / (1024.0 * 1024.0)),
-    }
-}
-
-pub fn page_kb() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 / 1024 } else { 4 }
-}
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -967,15 +921,6 @@ mod tests {
             ..Default::default()
         };
         assert!(!other.matches(&s));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_ns(0), "-");
-        assert_eq!(human_ns(850), "850ns");
-        assert_eq!(human_ns(12_300), "12.3us");
-        assert_eq!(human_ns(4_560_000), "4.56ms");
-        assert_eq!(human_ns(1_230_000_000), "1.23s");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ratatui::{
 use serde::Serialize;
 
 use super::state::{Model, Notable, Row, SortKey, TopState};
-use crate::view::tail::{human_kb, human_ns};
+use crate::view::fmt::{human_kb, human_ns};
 
 /// A rate per second in few characters: 0, 3.5, 120, 12k.
 pub fn rate(v: f64) -> String {

@@ -16,14 +16,11 @@ use crate::{
         oom::OomStats,
         tcp::{PeerConns, Pressure, TcpAggregate, TcpConfig, TcpSnapshot},
     },
-    bus::Health,
-    bus::Msg,
+    bus::{Health, Msg, new_losses},
     clock::WallClock,
     host::{HostSample, LoadAvg, ProcCpu},
-    view::{
-        conns::Timebase,
-        tail::{human_kb, page_kb},
-    },
+    sys::page_kb,
+    view::{conns::Timebase, fmt::human_kb},
 };
 
 /// Notable events kept for the event pane.
@@ -483,25 +480,14 @@ impl TopState {
                 }
             }
             Msg::Health(h) => {
-                let new_drops = h.ringbuf_full.saturating_sub(self.health.ringbuf_full);
-                let new_map = (h.sock_map_full + h.listen_map_full)
-                    .saturating_sub(self.health.sock_map_full + self.health.listen_map_full);
-                if new_drops > 0 {
+                // One line per loss in the event pane, in the words every
+                // sink uses.
+                for loss in new_losses(&self.health, h) {
                     self.notable(
                         h.ts_ns,
                         NotableKind::Drops,
                         None,
-                        format!(
-                            "{new_drops} events dropped: the ring buffer was full (raise --ring-mib); counts are incomplete"
-                        ),
-                    );
-                }
-                if new_map > 0 {
-                    self.notable(
-                        h.ts_ns,
-                        NotableKind::Drops,
-                        None,
-                        format!("{new_map} sockets not tracked: owner map full"),
+                        format!("{loss}; counts are incomplete"),
                     );
                 }
                 if self.timebase == Timebase::Events {
@@ -517,7 +503,7 @@ impl TopState {
                     // read on a busy host: events counted meanwhile belong
                     // to the first interval).
                     if !self.baselined {
-                        self.agg.snapshot(ts_ns);
+                        self.agg.advance(ts_ns);
                         self.baselined = true;
                         self.baseline_ns = Some(ts_ns);
                         // Events before the baseline are not in its rates.
@@ -571,7 +557,7 @@ impl TopState {
     /// Live: the baseline for the first interval's rates, taken when the
     /// probes are attached (before any event).
     pub fn start(&mut self, now_ns: u64) {
-        self.agg.snapshot(now_ns);
+        self.agg.advance(now_ns);
         self.baselined = true;
         self.baseline_ns = Some(now_ns);
     }

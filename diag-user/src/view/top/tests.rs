@@ -282,3 +282,36 @@ fn text_and_json_snapshots() {
     assert_eq!(j["diag"]["bpf_cpu_pct"], 0.42);
     assert_eq!(j["events"][0]["kind"], "close_wait_leak");
 }
+
+#[test]
+fn new_losses_become_events_in_the_common_words() {
+    use crate::bus::{Health, Msg};
+    let mut st = TopState::new(
+        TopConfig::default(),
+        WallClock::with_offset_ns(0),
+        Timebase::Live,
+    );
+    let h = Health {
+        ts_ns: 1_000,
+        ringbuf_full: 7,
+        listen_map_full: 2,
+        ..Health::default()
+    };
+    st.on_msg(&Msg::Health(h), &mut |_| {});
+    let texts: Vec<&str> = st.events.iter().map(|n| n.text.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(st.events.iter().all(|n| n.kind == NotableKind::Drops));
+    assert!(
+        texts.contains(
+            &"7 events dropped: the ring buffer was full (raise --ring-mib); counts are incomplete"
+        ),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&"2 listeners not tracked (map full); counts are incomplete"),
+        "{texts:?}"
+    );
+    // The same reading again: nothing new.
+    st.on_msg(&Msg::Health(h), &mut |_| {});
+    assert_eq!(st.events.len(), 2);
+}
