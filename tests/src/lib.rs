@@ -210,6 +210,43 @@ impl Diag {
         Some(line)
     }
 
+    /// Read stdout lines until one satisfies `cond` (it is returned),
+    /// panicking with `what` after `timeout`. Every line read is kept for
+    /// [`stop`]'s output.
+    ///
+    /// [`stop`]: Diag::stop
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(l) if cond(&l) => return l,
+                Some(_) => {}
+                None => panic!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    }
+
+    /// [`wait_line`] for `--json` snapshots: the first one `cond` accepts.
+    ///
+    /// [`wait_line`]: Diag::wait_line
+    pub fn wait_json(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let l = self.wait_line(timeout, what, |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| cond(&v))
+        });
+        serde_json::from_str(&l).expect("checked above")
+    }
+
     /// Send `signal` and collect everything it printed.
     pub fn stop(self, signal: i32) -> Output {
         // SAFETY: plain kill(2) on our own child.
@@ -607,6 +644,37 @@ pub fn diag_bounded(args: &[&str], max_as: u64, timeout: Duration) -> Bounded {
         stderr: err.join().unwrap_or_default(),
         elapsed,
     }
+}
+
+/// Wait until `cond` holds (polled every 50 ms), panicking with `what`
+/// after `timeout`: a test waits for the condition, never a fixed time.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The events of a recording so far, as `diag replay FILE tail --json
+/// ARGS` prints them (a recording still being written reads up to its
+/// last whole frame).
+pub fn recorded(file: &Path, args: &[&str]) -> Vec<Value> {
+    let o = Command::new(diag_bin())
+        .arg("replay")
+        .arg(file)
+        .args(["tail", "--json"])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run diag replay");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// A scratch directory for one test, removed on drop.

@@ -3,7 +3,6 @@
 
 use std::{
     process::{Command, Stdio},
-    thread,
     time::Duration,
 };
 
@@ -106,7 +105,6 @@ fn churn_time_wait_resets_agree_with_ss_and_snmp() {
     let aborter_pid = u64::from(aborter.id());
     assert!(aborter.wait_with_output().unwrap().status.success());
     assert_eq!(closed.line(), "ACCEPTED");
-    thread::sleep(Duration::from_millis(300));
 
     let tw_ss = ss_count("time-wait", port);
     let out = diag.stop(libc::SIGINT);

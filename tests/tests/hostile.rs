@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_tests::{TempDir, diag_bin, loopback_churn, require_root, serial, tcp_snmp};
+use diag_tests::{
+    TempDir, diag_bin, loopback_churn, recorded, require_root, serial, tcp_snmp, wait_until,
+};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 
@@ -130,8 +132,7 @@ fn blocked_stdout_costs_lines_not_events_or_signals() {
     loopback_churn(LOADGEN, 20_000);
     let opens = tcp_snmp()["ActiveOpens"] - before["ActiveOpens"];
     // Every open is at least two transitions (CLOSE -> SYN_SENT ->
-    // ESTABLISHED); let diag drain them.
-    thread::sleep(Duration::from_millis(500));
+    // ESTABLISHED); diag drains the ring buffer when it stops.
     let stderr = d.stop(libc::SIGTERM, 10);
     drop(held_pipe);
     let (seen, _shown, dropped) = summary_counts(&stderr);
@@ -182,7 +183,7 @@ fn escapes_in_process_names_are_shown_not_obeyed() {
         .unwrap();
     assert!(st.success());
     assert!(listener.wait().unwrap().success());
-    thread::sleep(Duration::from_millis(300));
+    // Both drain what the kernel wrote when they stop.
     rec.stop(libc::SIGINT, 10);
     tail.stop(libc::SIGINT, 10);
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -238,14 +239,24 @@ fn paced_replay_stops_at_once_and_says_why() {
     let f = file.to_str().unwrap().to_string();
     let rec = Running::start(&["record", "-o", &f], Stdio::null());
     loopback_churn(LOADGEN, 5);
-    thread::sleep(Duration::from_millis(1500));
+    // The second burst a frame later than the first (frames are written
+    // within a second).
+    wait_until(Duration::from_secs(15), "the first burst on disk", || {
+        recorded(&file, &[]).len() >= 25
+    });
     loopback_churn(LOADGEN, 5);
-    thread::sleep(Duration::from_millis(300));
     rec.stop(libc::SIGINT, 10);
 
     // At 0.001x the second burst is due in over 20 minutes.
-    let replay = Running::start(&["replay", &f, "--speed", "0.001", "tail"], Stdio::null());
-    thread::sleep(Duration::from_millis(300));
+    let mut replay = Running::start(
+        &["replay", &f, "--speed", "0.001", "tail", "--json"],
+        Stdio::piped(),
+    );
+    // The first burst shown: the replay is waiting for the second.
+    let mut shown = BufReader::new(replay.child.stdout.take().unwrap()).lines();
+    for _ in 0..25 {
+        shown.next().unwrap().unwrap();
+    }
     let t = Instant::now();
     let stderr = replay.stop(libc::SIGINT, 3);
     assert!(t.elapsed() < Duration::from_secs(3));
@@ -385,7 +396,9 @@ fn export_says_when_the_recording_was_cut() {
     let mut rec = Running::start(&["record", "-o", &f], Stdio::null());
     loopback_churn(LOADGEN, 3);
     // Frames are written at least once a second.
-    thread::sleep(Duration::from_millis(1500));
+    wait_until(Duration::from_secs(15), "the churn on disk", || {
+        recorded(&file, &[]).len() >= 15
+    });
     rec.child.kill().unwrap();
     rec.child.wait().unwrap();
     let o = Command::new(diag_bin())

@@ -172,7 +172,7 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     let _guard = serial();
     const W: usize = 2;
     const K: usize = 10;
-    let conns = conns_watch(extra);
+    let mut conns = conns_watch(extra);
     let rec = std::env::temp_dir().join(format!("diag-owners-{}.diag", std::process::id()));
     let _ = std::fs::remove_file(&rec);
     let rec_path = rec.to_str().unwrap().to_string();
@@ -210,8 +210,13 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     let done = pids_from(&mut server, "DONE ", W);
     assert_eq!(done.len(), W);
     drop(client);
-    // Several reconcile rounds.
-    thread::sleep(Duration::from_millis(3500));
+    // Several reconcile rounds, and the leaks past their threshold.
+    conns.wait_json(Duration::from_secs(20), "reconciled leaks", |v| {
+        n(&v["corrections"]["runs"]) >= 2
+            && workers
+                .iter()
+                .all(|&w| row(v, w).is_some_and(|r| n(&r["leaks"]) == K as i64))
+    });
     let ss = ss_per_pid("close-wait", port);
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
@@ -472,7 +477,6 @@ fn nginx_workers_own_the_passive_opens() {
         .status()
         .expect("ab");
     assert!(ab.success());
-    thread::sleep(Duration::from_millis(300));
     let after = tcp_snmp();
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
@@ -592,7 +596,7 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     };
     const K: usize = 8;
     const PORT: u16 = 18080;
-    let conns = conns_watch(&[]);
+    let mut conns = conns_watch(&[]);
     let tail = Diag::start(&["tail", "--json", "--port", &PORT.to_string()]);
     let addr = format!("127.0.0.1:{PORT}");
     let listen = |ns: &Netns| {
@@ -639,7 +643,14 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     }
     assert_eq!(la.line(), "ACCEPTED");
     assert_eq!(lb.line(), "ACCEPTED");
-    thread::sleep(Duration::from_millis(3500));
+    // Reconciled with each namespace's table, CLOSE_WAIT everywhere.
+    let (pa, pb) = (la.pid(), lb.pid());
+    conns.wait_json(Duration::from_secs(20), "reconciled namespaces", |v| {
+        n(&v["corrections"]["runs"]) >= 2
+            && [pa, pb]
+                .iter()
+                .all(|&p| row(v, p).is_some_and(|r| n(&r["states"]["close_wait"]) == K as i64))
+    });
     let tail_out = tail.stop(libc::SIGINT);
     let filtered_out = filtered.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
@@ -703,7 +714,7 @@ fn accept_then_fork_the_child_holds_and_closes() {
     }
     let _guard = serial();
     const K: usize = 3;
-    let conns = conns_watch(&[]);
+    let mut conns = conns_watch(&[]);
     let mut server = Gen::spawn(
         LOADGEN,
         &["accept-fork", &K.to_string(), "127.0.0.1:0", "1500"],
@@ -718,7 +729,11 @@ fn accept_then_fork_the_child_holds_and_closes() {
     assert_eq!(client.line(), format!("CONNECTED {K}"));
     let children = pids_from(&mut server, "CHILD ", K);
     // Reconciliation finds each connection in its child's fds.
-    thread::sleep(Duration::from_millis(3500));
+    conns.wait_json(
+        Duration::from_secs(20),
+        "owners moved to the children",
+        |v| owners_fixed(v) == K as i64,
+    );
     let ss = ss_per_pid("established", port);
     for c in &children {
         assert_eq!(ss.get(c).copied(), Some(1), "{ss:?}");
@@ -726,7 +741,7 @@ fn accept_then_fork_the_child_holds_and_closes() {
     // The client goes; each child sees EOF, waits, closes.
     drop(client);
     server.wait();
-    thread::sleep(Duration::from_millis(1500));
+    // Both drain what the kernel wrote when they stop.
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
 
@@ -773,7 +788,7 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
     );
     assert_eq!(client.line(), format!("CONNECTED {K}"));
     assert_eq!(server.line(), "ACCEPTED");
-    let conns = conns_watch(&[]);
+    let mut conns = conns_watch(&[]);
     let metrics_port = free_port();
     let serve = Diag::start(&[
         "serve",
@@ -783,7 +798,15 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
         "1s",
     ]);
     assert_eq!(server.line(), "PASSED");
-    thread::sleep(Duration::from_millis(4000));
+    let corrected = format!("diag_tcp_reconcile_corrections_total{{kind=\"owner\"}} {K}");
+    conns.wait_json(Duration::from_secs(20), "owners moved to the holder", |v| {
+        owners_fixed(v) == K as i64
+    });
+    diag_tests::wait_until(Duration::from_secs(20), "serve's owner corrections", || {
+        http_get(metrics_port, "/metrics")
+            .lines()
+            .any(|l| l == corrected)
+    });
     let ss = ss_per_pid("established", port);
     let out = conns.stop(libc::SIGINT);
     let metrics = http_get(metrics_port, "/metrics");
@@ -899,7 +922,7 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
         String::from_utf8_lossy(&o.stdout).lines().count() as i64
     };
     let (ss_a, ss_b) = (established(&na), established(&nb));
-    thread::sleep(Duration::from_millis(2500));
+    // The final snapshots (taken at the stop) read where each runs.
     let out = grouped.stop(libc::SIGINT);
     let only_a = filtered.stop(libc::SIGINT);
 

@@ -5,13 +5,12 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    thread,
     time::Duration,
 };
 
 use diag_tests::{
-    Diag, Gen, MemCgroup, TempDir, V1_ROOT, diag_bin, diag_bounded, loopback_churn, require_root,
-    serial,
+    Diag, Gen, MemCgroup, TempDir, V1_ROOT, diag_bin, diag_bounded, loopback_churn, recorded,
+    require_root, serial, wait_until,
 };
 use serde_json::Value;
 
@@ -19,6 +18,28 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
 
 fn diag(args: &[&str]) -> Output {
     Command::new(diag_bin()).args(args).output().unwrap()
+}
+
+/// A recording's frames so far as `diag export --format jsonl` prints
+/// them (one still being written reads up to its last whole frame).
+fn exported(file: &str) -> Vec<Value> {
+    text(&diag(&["export", file, "--format", "jsonl"]).stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Wait until the recording holds the context of the kill of `tid`.
+fn wait_oom_context(file: &str, tid: u32) {
+    wait_until(
+        Duration::from_secs(15),
+        "the OOM kill's context in the recording",
+        || {
+            exported(file)
+                .iter()
+                .any(|l| l["event"] == "oom_context" && l["tid"] == tid)
+        },
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -71,7 +92,7 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     let file = dir.path("session.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--reconcile", "1s"]);
-    let live = Diag::start(&[
+    let mut live = Diag::start(&[
         "conns",
         "--json",
         "--watch",
@@ -95,7 +116,11 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
     let victim_pid = victim.id();
     let _ = victim.wait();
-    thread::sleep(Duration::from_millis(2200));
+    // The kill's context recorded; the leak past its threshold live.
+    wait_oom_context(f, victim_pid);
+    live.wait_json(Duration::from_secs(15), "the CLOSE_WAIT leak", |v| {
+        v["leaks"].as_array().is_some_and(|l| l.len() >= K)
+    });
 
     let live_out = live.stop(libc::SIGINT);
     let rec_out = recorder.stop(libc::SIGINT);
@@ -254,8 +279,13 @@ fn sigkill_leaves_everything_but_the_last_second() {
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f]);
     let client_pid = loopback_churn(LOADGEN, N).client;
-    // Frames are written at least once a second.
-    thread::sleep(Duration::from_millis(2500));
+    // Frames are written at least once a second: the churn on disk.
+    let pid = client_pid.to_string();
+    wait_until(
+        Duration::from_secs(15),
+        "the churn in the recording",
+        || recorded(&file, &["--pid", &pid]).len() == 5 * N,
+    );
     let out = recorder.stop(libc::SIGKILL);
     assert_eq!(out.status.code(), None);
     let replay = diag(&[
@@ -379,7 +409,12 @@ fn damaged_recordings_read_up_to_the_damage_and_never_panic() {
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
     loopback_churn(LOADGEN, 50);
-    thread::sleep(Duration::from_millis(1200));
+    // The churn in a frame of its own, before the last frames of the stop.
+    wait_until(
+        Duration::from_secs(15),
+        "the churn in the recording",
+        || recorded(&file, &[]).len() >= 500,
+    );
     assert!(recorder.stop(libc::SIGINT).status.success());
     let good = std::fs::read(&file).unwrap();
     let full = diag(&["replay", f, "tail", "--json"]);
@@ -530,11 +565,13 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
     let file = mnt.join("full.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
-    // A little first, written within a second; then enough to fill it.
-    for n in [20, 1500] {
-        loopback_churn(LOADGEN, n);
-        thread::sleep(Duration::from_millis(1500));
-    }
+    // A little first, on disk within a second; then enough to fill it
+    // (diag then exits by itself).
+    loopback_churn(LOADGEN, 20);
+    wait_until(Duration::from_secs(15), "the first churn on disk", || {
+        recorded(&file, &[]).len() >= 100
+    });
+    loopback_churn(LOADGEN, 1500);
     let out = recorder.wait_exit(Duration::from_secs(15));
     assert_eq!(out.status.code(), Some(1), "{:?}", out.stderr);
     let err = out.stderr.last().unwrap();
@@ -568,7 +605,8 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
         "2",
     ]);
     loopback_churn(LOADGEN, 1500);
-    thread::sleep(Duration::from_millis(1500));
+    let second = dir.path("rot.diag.2");
+    wait_until(Duration::from_secs(15), "two rotations", || second.exists());
     let out = recorder.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
     assert!(
@@ -616,11 +654,23 @@ fn flight_recorder_writes_one_file_per_incident_with_what_came_before() {
     let mut victim = cg.spawn(LOADGEN, &["alloc", "256"]);
     let victim_pid = victim.id();
     let _ = victim.wait();
-    thread::sleep(Duration::from_millis(2000));
+    // The OOM incident written (its --after passed) before the next one.
+    let incident = |what: &str, events: &str, enough: &dyn Fn(&[Value]) -> bool| {
+        wait_until(Duration::from_secs(20), what, || {
+            std::fs::read_dir(&out_dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(what))
+                .any(|p| enough(&recorded(&p, &["--events", events])))
+        });
+    };
+    let oom_name = format!("oom-{victim_pid}-diag-loadgen");
+    incident(&oom_name, "oom", &|evs| !evs.is_empty());
     // A reset storm: connects to a closed port.
     let storm = loadgen(&["try-connect", "100", &format!("127.0.0.1:{port}")]);
     assert!(storm.wait_with_output().unwrap().status.success());
-    thread::sleep(Duration::from_millis(2000));
+    incident("reset-storm", "reset", &|evs| evs.len() >= 100);
     let out = recorder.stop(libc::SIGINT);
     let cg_path = cg.rel.clone();
     drop(cg);
@@ -943,7 +993,12 @@ fn a_second_recorder_on_the_same_file_is_refused() {
         "{err}"
     );
     let churn = loopback_churn(LOADGEN, 20);
-    thread::sleep(Duration::from_millis(1200));
+    let pid = churn.client.to_string();
+    wait_until(
+        Duration::from_secs(15),
+        "the churn in the recording",
+        || recorded(&file, &["--pid", &pid]).len() == 100,
+    );
     let out = first.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
     let replay = diag(&[
@@ -1005,7 +1060,14 @@ fn flight_recorder_rotation_removes_only_its_own_files() {
     let port = loopback_churn(LOADGEN, 2).port;
     let storm = loadgen(&["try-connect", "50", &format!("127.0.0.1:{port}")]);
     assert!(storm.wait_with_output().unwrap().status.success());
-    thread::sleep(Duration::from_millis(1500));
+    wait_until(Duration::from_secs(20), "the storm's incident file", || {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("reset-storm") && *p != ours)
+            .any(|p| recorded(&p, &["--events", "reset"]).len() >= 20)
+    });
     let out = recorder.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
     for p in [&foreign, &by_hand, &nobodys] {

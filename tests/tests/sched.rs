@@ -8,7 +8,6 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    thread,
     time::Duration,
 };
 
@@ -85,10 +84,16 @@ fn sum_field(intervals: &[Value], pid: u32, field: &str) -> u64 {
         .sum()
 }
 
-/// Let diag read the exited processes' last counters (one interval after
-/// they are gone, plus one).
-fn settle(interval_ms: u64) {
-    thread::sleep(Duration::from_millis(3 * interval_ms + 200));
+/// Let diag read the exited processes' last counters: three more
+/// intervals printed (one after they are gone, plus margin).
+fn settle(diag: &mut Diag) {
+    for i in 0..3 {
+        diag.wait_line(
+            Duration::from_secs(10),
+            &format!("interval {} after the load", i + 1),
+            |_| true,
+        );
+    }
 }
 
 fn within(ours: u64, kernel: u64, tolerance: f64) -> bool {
@@ -102,7 +107,7 @@ fn runq_latency_agrees_with_schedstat() {
         return;
     }
     let _guard = serial();
-    let diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
+    let mut diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
     // Three busy threads on a two-CPU machine, and a victim that sleeps
     // 1 ms and wakes, for 3 s.
     let threads = (std::thread::available_parallelism().map_or(2, |n| n.get()) + 1).to_string();
@@ -114,7 +119,7 @@ fn runq_latency_agrees_with_schedstat() {
     let hog_kernel = hog.finish();
     let victim_stat = victim.finish_all();
     let victim_kernel = victim_stat.delay_ns;
-    settle(250);
+    settle(&mut diag);
     let out = diag.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
     let intervals = out.json();
@@ -234,11 +239,11 @@ fn fsync_loop_shows_blocked_time() {
     // A directory on a real disk (tmpfs would not block).
     let dir = std::env::temp_dir();
     let dir = dir.to_str().unwrap();
-    let diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
+    let mut diag = Diag::start(&["runq", "--json", "--interval", "250ms"]);
     let load = Load::start(&["fsync", "2", dir]);
     let pid = load.pid;
     load.finish();
-    settle(250);
+    settle(&mut diag);
     let out = diag.stop(libc::SIGINT);
     assert!(out.status.success(), "{:?}", out.stderr);
     let intervals = out.json();
@@ -358,11 +363,11 @@ fn exited_threads_and_processes_leave_no_kernel_state() {
         return;
     }
     let _guard = serial();
-    let diag = Diag::start(&["runq", "--json", "--interval", "200ms"]);
+    let mut diag = Diag::start(&["runq", "--json", "--interval", "200ms"]);
     let load = Load::start(&["threads", "500"]);
     let pid = load.pid;
     load.finish();
-    settle(200);
+    settle(&mut diag);
     let tasks = map_keys(diag.pid(), "SCHED_TASKS");
     let procs = map_keys(diag.pid(), "SCHED_PROCS");
     let live_threads = std::fs::read_dir("/proc")

@@ -327,8 +327,8 @@ fn the_screen_during_an_incident() {
     tmux.wait_for("only the churner", Duration::from_secs(10), |s| {
         row(s, churn_pid).is_some() && row(s, spin_pid).is_none()
     });
+    // Keys are read in order: Home, then Enter on the first row.
     tmux.send(&["Home"]);
-    thread::sleep(Duration::from_millis(300));
     tmux.send(&["Enter"]);
     tmux.wait_for("the churner's detail", Duration::from_secs(10), |s| {
         s.contains(&format!("process {churn_pid}"))
