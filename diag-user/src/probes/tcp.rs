@@ -315,28 +315,23 @@ pub fn attach(
         super::attach_tracepoint(ebpf, name, "tcp", name)?;
         attached.push(TRACEPOINT_NAMES[i + 1]);
     }
-    match (&layouts.owner, btf) {
-        (Ok(_), Some(btf)) => {
-            if let Err(e) = attach_holders(ebpf, btf, attached) {
-                eprintln!(
-                    "diag: note: connections stay with the listener's owner until reconciled ({e})"
-                );
-            }
-        }
-        (Ok(_), None) => eprintln!(
-            "diag: note: connections stay with the listener's owner until reconciled (no kernel BTF for the read/write probes)"
-        ),
-        (Err(why), _) => eprintln!(
-            "diag: note: connections stay with the listener's owner until reconciled ({why})"
-        ),
+    let missing = match (&layouts.owner, btf) {
+        (Ok(_), Some(btf)) => attach_holders(ebpf, btf, attached)
+            .err()
+            .map(|e| e.to_string()),
+        (Ok(_), None) => Some("no kernel BTF for the read/write probes".to_string()),
+        (Err(why), _) => Some(why.clone()),
+    };
+    if let Some(why) = missing {
+        tracing::warn!("note: connections stay with the listener's owner until reconciled ({why})");
     }
     if accept_probe {
         match &layouts.owner {
             Ok(l) if l.valid != 0 => attach_accept(ebpf, attached)?,
-            Ok(_) => eprintln!(
-                "diag: note: --accept-probe: this kernel has no syscalls:sys_exit_accept4 tracepoint"
+            Ok(_) => tracing::warn!(
+                "note: --accept-probe: this kernel has no syscalls:sys_exit_accept4 tracepoint"
             ),
-            Err(why) => eprintln!("diag: note: --accept-probe: cannot follow accept() ({why})"),
+            Err(why) => tracing::warn!("note: --accept-probe: cannot follow accept() ({why})"),
         }
     }
     Ok(())
