@@ -870,6 +870,7 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
     let (ca, cb) = (container(&ida), container(&idb));
     let grouped = conns_watch(&["--group", "container"]);
     let filtered = conns_watch(&["--cgroup", &ida[..12]]);
+    let tail_a = Diag::start(&["tail", "--json", "--cgroup", &ida[..12]]);
 
     // (server, client, server pid, worker pid, client pid)
     let start = |cg: &MemCgroup, ns: &Netns| {
@@ -925,6 +926,7 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
     // The final snapshots (taken at the stop) read where each runs.
     let out = grouped.stop(libc::SIGINT);
     let only_a = filtered.stop(libc::SIGINT);
+    let tail_out = tail_a.stop(libc::SIGINT);
 
     let snap = last_snapshot(&out);
     let groups = snap["groups"].as_array().expect("groups with --group");
@@ -961,5 +963,26 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
         assert!(pids.contains(&u64::from(pid)), "{pid} in {pids:?}");
     }
     assert!(rows.iter().all(|r| r["container"] == ida[..12]), "{rows:?}");
+
+    // tail --cgroup: container A's events only, each saying where it ran.
+    let evs = tail_events(&tail_out);
+    assert!(
+        evs.iter().all(|e| e["container"] == ida[..12]
+            && e["cgroup"] == ca.rel
+            && e["netns"].as_u64() == Some(netns_of(a.2))),
+        "{evs:?}"
+    );
+    let named = |pid: u32| evs.iter().filter(|e| e["pid"] == pid).count();
+    // The client's K connects; the worker's K taken from the listener.
+    assert!(named(a.4) >= 2 * K, "the client's events");
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["event"] == "tcp_accepted" && e["pid"] == a.3)
+            .count(),
+        K
+    );
+    for pid in [b.2, b.3, b.4] {
+        assert_eq!(named(pid), 0, "container B's {pid}");
+    }
     drop((a, b));
 }

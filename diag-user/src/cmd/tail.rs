@@ -29,7 +29,9 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             },
         );
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
-        let tail = Tail::new(&args.view, names, WallClock::now());
+        let mut tail = Tail::new(&args.view, names, WallClock::now());
+        // Live: where each process runs, for JSON lines and --cgroup.
+        tail.placements = Some(Default::default());
         let mut sink = TailSink::new(tail, Output::stdout());
         sink.header()?;
         drive(source, &mut [&mut sink], None).await?;

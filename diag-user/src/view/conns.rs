@@ -14,7 +14,6 @@ use crate::{
     bus::{End, Msg},
     cli::{ConnsGroup, ConnsSort, ConnsView},
     clock::WallClock,
-    enrich,
     sink::{Flow, Sink},
     view::{
         fmt::human_ns,
@@ -56,19 +55,9 @@ impl RowFilter {
             && (self.comms.is_empty() || comm.is_some_and(|c| self.comms.iter().any(|x| x == c)))
     }
 
-    /// A row's cgroup path or container id starts with one of the wanted
-    /// ones (a path prefix ends at a `/`: `/a` keeps `/a/b`, not `/ab`).
+    /// A row's cgroup path or container id is one of the wanted ones.
     pub fn keeps_cgroup(&self, cgroup: Option<&str>, container: Option<&str>) -> bool {
-        self.cgroups.is_empty()
-            || self.cgroups.iter().any(|want| {
-                let path = cgroup.is_some_and(|c| {
-                    c == want
-                        || c.strip_prefix(want.trim_end_matches('/'))
-                            .is_some_and(|rest| rest.starts_with('/'))
-                });
-                path || (!want.starts_with('/')
-                    && container.is_some_and(|id| id.starts_with(want.as_str())))
-            })
+        crate::aggregate::filter::cgroup_matches(&self.cgroups, cgroup, container)
     }
 }
 
@@ -331,25 +320,6 @@ struct JsonSnapshot<'a> {
     snapshot: &'a TcpSnapshot,
 }
 
-/// Where a process runs, read from procfs while it runs.
-#[derive(Debug, Clone, Default)]
-struct Placement {
-    cgroup: Option<String>,
-    container: Option<String>,
-    netns: Option<u64>,
-}
-
-impl Placement {
-    fn of(pid: u32) -> Placement {
-        let cgroup = enrich::cgroup_of(pid);
-        Placement {
-            container: cgroup.as_deref().and_then(enrich::container_id),
-            netns: enrich::netns_of(pid),
-            cgroup,
-        }
-    }
-}
-
 /// The `--group` table. Pure.
 pub fn render_groups(groups: &[GroupRow], by: Option<ConnsGroup>) -> String {
     let mut o = String::new();
@@ -452,7 +422,7 @@ pub struct ConnsSink {
     /// Where each process runs (cgroup, container, network namespace),
     /// keyed by pid, comm and life, so a reused pid is looked up afresh.
     /// Live only.
-    cgroups: Option<HashMap<(u32, String, u32), Placement>>,
+    cgroups: Option<HashMap<(u32, String, u32), crate::placement::Placement>>,
     clear: bool,
 }
 
@@ -505,9 +475,9 @@ impl ConnsSink {
                     .entry((r.pid, r.comm.clone(), r.life))
                     .or_insert_with(|| {
                         if exited {
-                            Placement::default()
+                            crate::placement::Placement::default()
                         } else {
-                            Placement::of(r.pid)
+                            crate::placement::Placement::of(r.pid)
                         }
                     });
                 r.cgroup = p.cgroup.clone();
