@@ -179,6 +179,20 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     let mut rec_args = vec!["record", "-o", &rec_path, "--reconcile", "1s"];
     rec_args.extend_from_slice(extra);
     let recorder = Diag::start(&rec_args);
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut serve_args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--reconcile",
+        "1s",
+        "--close-wait-threshold",
+        "1s",
+        "--no-sched",
+    ];
+    serve_args.extend_from_slice(extra);
+    let serve = Diag::start(&serve_args);
     let mut server = Gen::spawn(
         LOADGEN,
         &[
@@ -218,6 +232,36 @@ fn prefork_case(mode: &str, extra: &[&str]) {
                 .all(|&w| row(v, w).is_some_and(|r| n(&r["leaks"]) == K as i64))
     });
     let ss = ss_per_pid("close-wait", port);
+    // serve: the workers' series, as ss says.
+    let series = |m: &str, pid: u32, label: &str| -> Option<i64> {
+        let (want_pid, want_label) = (format!("pid=\"{pid}\""), format!("{label}\""));
+        http_get(metrics_port, "/metrics").lines().find_map(|l| {
+            (l.starts_with(m) && l.contains(&want_pid) && l.contains(&want_label))
+                .then(|| l.rsplit(' ').next()?.parse().ok())?
+        })
+    };
+    diag_tests::wait_until(Duration::from_secs(20), "serve's CLOSE-WAIT series", || {
+        workers
+            .iter()
+            .all(|&w| series("diag_tcp_sockets{", w, "state=\"CLOSE-WAIT") == Some(K as i64))
+    });
+    for &w in &workers {
+        assert_eq!(
+            series("diag_tcp_opens_total{", w, "direction=\"passive"),
+            Some(K as i64),
+            "serve: worker {w}"
+        );
+    }
+    assert_eq!(
+        series("diag_tcp_opens_total{", parent, "direction=\"passive").unwrap_or(0),
+        0,
+        "serve: the parent"
+    );
+    assert_eq!(
+        series("diag_tcp_sockets{", parent, "state=\"CLOSE-WAIT"),
+        None
+    );
+    drop(serve);
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
     assert!(recorder.stop(libc::SIGINT).status.success());
