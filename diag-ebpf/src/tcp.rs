@@ -87,6 +87,29 @@ fn netns_of(sk: u64) -> u32 {
     kread::<u32>(net + l.net_inum as u64).unwrap_or(0)
 }
 
+/// The inode of a packet's network namespace
+/// (`skb->dev->nd_net.net->ns.inum`), 0 when unknown.
+#[inline(always)]
+fn netns_of_skb(skb: u64) -> u32 {
+    let l = OWNER_LAYOUT.load();
+    if l.skb_net_valid == 0 || skb == 0 {
+        return 0;
+    }
+    let Ok(dev) = kread::<u64>(skb + l.skb_dev as u64) else {
+        return 0;
+    };
+    if dev == 0 {
+        return 0;
+    }
+    let Ok(net) = kread::<u64>(dev + l.dev_net as u64) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    kread::<u32>(net + l.net_inum as u64).unwrap_or(0)
+}
+
 /// The owner of the listener a connection to (`netns`, `family`, `addr`,
 /// `port`) came to: one bound to that address, else a wildcard one.
 #[inline(always)]
@@ -541,6 +564,10 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
     let mut how = attribution::CURRENT;
     let mut netns = 0;
     if skaddr == 0 {
+        // No socket: the packet's device says the namespace.
+        if l.skbaddr != NO_FIELD {
+            netns = netns_of_skb(field::<u64>(ctx, l.skbaddr).unwrap_or(0));
+        }
         how = attribution::KERNEL;
         header.pid = 0;
         header.tgid = 0;

@@ -663,7 +663,14 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     let mut lb = listen(&b);
     let (ia, ib) = (netns_of(la.pid()), netns_of(lb.pid()));
     assert_ne!(ia, ib);
-    let filtered = Diag::start(&["tail", "--json", "--netns", &ia.to_string()]);
+    let filtered = Diag::start(&[
+        "tail",
+        "--json",
+        "--events",
+        "tcp,reset",
+        "--netns",
+        &ia.to_string(),
+    ]);
     // Clients in both namespaces at once.
     let clients: Vec<_> = [&a, &b]
         .iter()
@@ -687,6 +694,14 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     }
     assert_eq!(la.line(), "ACCEPTED");
     assert_eq!(lb.line(), "ACCEPTED");
+    // A connect to a closed port in the first namespace: the kernel's
+    // reset has no socket, and its packet's device names the namespace.
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &a.0, LOADGEN, "try-connect", "1"])
+        .arg(format!("127.0.0.1:{}", PORT + 1))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "REFUSED 1");
     // Reconciled with each namespace's table, CLOSE_WAIT everywhere.
     let (pa, pb) = (la.pid(), lb.pid());
     conns.wait_json(Duration::from_secs(20), "reconciled namespaces", |v| {
@@ -720,10 +735,19 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
         assert_eq!(cw.len(), K);
         assert!(cw.iter().all(|e| e["pid"] == pid), "{cw:?}");
     }
-    // --netns: only the first namespace's events.
+    // --netns: only the first namespace's events, the kernel's reset too.
     let f = filtered_out.json();
     assert!(!f.is_empty());
     assert!(f.iter().all(|e| e["netns"] == ia), "{f:?}");
+    let kernel_resets: Vec<&Value> = f
+        .iter()
+        .filter(|e| {
+            e["event"] == "tcp_reset_sent"
+                && e["attribution"] == "kernel"
+                && e["sport"] == u64::from(PORT + 1)
+        })
+        .collect();
+    assert_eq!(kernel_resets.len(), 1, "{f:?}");
     assert_eq!(
         f.iter()
             .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
