@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use diag_common::user::AnyEvent;
+
 use crate::enrich;
 
 /// Where one process runs (None: unknown, e.g. it had exited).
@@ -61,6 +63,40 @@ impl Placements {
     /// The process ended: its pid may be another's next.
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+    }
+
+    /// The placements of `pids` not placed before; the others are
+    /// forgotten (a table of every process there is now).
+    pub fn learn_pids(&mut self, pids: impl Iterator<Item = u32>) -> Vec<(u32, Placement)> {
+        let pids: std::collections::HashSet<u32> = pids.collect();
+        self.by_pid.retain(|p, _| pids.contains(p));
+        let mut new = Vec::new();
+        for pid in pids {
+            if pid != 0 && !self.by_pid.contains_key(&pid) {
+                new.push((pid, self.get(pid).clone()));
+            }
+        }
+        new
+    }
+
+    /// The placements of processes `events` name for the first time;
+    /// those that end in `events` are forgotten after.
+    pub fn learn(&mut self, events: &[AnyEvent]) -> Vec<(u32, Placement)> {
+        let mut new = Vec::new();
+        let mut ended = Vec::new();
+        for ev in events {
+            let pid = ev.header().tgid;
+            if pid != 0 && !self.by_pid.contains_key(&pid) {
+                new.push((pid, self.get(pid).clone()));
+            }
+            if let AnyEvent::ProcExit(_) = ev {
+                ended.push(pid);
+            }
+        }
+        for pid in ended {
+            self.forget(pid);
+        }
+        new
     }
 }
 

@@ -8,6 +8,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::placement::Placement;
+
 use crate::{
     aggregate::tcp::{Counters, ProcRow, Rates, StateCounts, TcpAggregate, TcpSnapshot},
     bus::Health,
@@ -422,7 +424,9 @@ pub struct ConnsSink {
     /// Where each process runs (cgroup, container, network namespace),
     /// keyed by pid, comm and life, so a reused pid is looked up afresh.
     /// Live only.
-    cgroups: Option<HashMap<(u32, String, u32), crate::placement::Placement>>,
+    cgroups: Option<HashMap<(u32, String, u32), Placement>>,
+    /// The latest placement of each pid, as the live source said.
+    placed: HashMap<u32, Placement>,
     clear: bool,
 }
 
@@ -448,6 +452,7 @@ impl ConnsSink {
                 && timebase == Timebase::Live
                 && io::stdout().is_terminal(),
             cgroups: (timebase == Timebase::Live).then(HashMap::new),
+            placed: HashMap::new(),
             agg: TcpAggregate::new(config),
             view,
             clock,
@@ -468,17 +473,14 @@ impl ConnsSink {
     fn print(&mut self, mut snap: TcpSnapshot, last: bool, out: &mut impl Write) -> io::Result<()> {
         if let Some(cache) = &mut self.cgroups {
             for r in &mut snap.processes {
-                // An exited process's pid may be another's by now: where
-                // it ran is known only if it was read while it ran.
-                let exited = r.exited;
+                // Read while the process ran (the source reads a process
+                // as its first events are drained); an exited process
+                // first seen now stays unknown (its pid may be another's).
                 let p = cache
                     .entry((r.pid, r.comm.clone(), r.life))
-                    .or_insert_with(|| {
-                        if exited {
-                            crate::placement::Placement::default()
-                        } else {
-                            crate::placement::Placement::of(r.pid)
-                        }
+                    .or_insert_with(|| match self.placed.get(&r.pid) {
+                        Some(p) if !r.exited => p.clone(),
+                        _ => Placement::default(),
                     });
                 r.cgroup = p.cgroup.clone();
                 r.container = p.container.clone();
@@ -543,6 +545,9 @@ impl ConnsSink {
                     }
                     self.last_ts = self.last_ts.max(ts);
                     self.agg.on_event(e);
+                    if let diag_common::user::AnyEvent::ProcExit(x) = e {
+                        self.placed.remove(&x.header.tgid);
+                    }
                 }
             }
             Msg::Health(h) => {
@@ -569,6 +574,7 @@ impl ConnsSink {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Damage(what) => tracing::warn!("{what}"),
+            Msg::Placements(new) => self.placed.extend(new.iter().cloned()),
             _ => {}
         }
         Ok(())

@@ -21,7 +21,7 @@ use crate::{
     cli::{EventClass, TailView},
     clock::WallClock,
     enrich::oom::OomContext,
-    placement::{Placement, Placements},
+    placement::Placement,
     sink::{Flow, Sink},
     sys::page_kb,
     view::{
@@ -472,9 +472,10 @@ pub struct Tail {
     pub oom: OomStats,
     /// `--cgroup`: only processes in these cgroups or containers.
     pub cgroups: Vec<String>,
-    /// Where each event's process runs (live only: JSON lines carry its
-    /// cgroup and container, and `--cgroup` needs it).
-    pub placements: Option<Placements>,
+    /// Where each event's process runs, as the live source said (None:
+    /// a replay, which does not know). JSON lines carry the cgroup and
+    /// container, and `--cgroup` needs them.
+    pub placements: Option<HashMap<u32, Placement>>,
 }
 
 impl Tail {
@@ -523,15 +524,14 @@ impl Tail {
                         continue;
                     }
                     let tgid = ev.header().tgid;
-                    let wanted = self.json || !self.cgroups.is_empty();
-                    let place = match &mut self.placements {
-                        Some(p) if wanted => Some(p.get(tgid).clone()),
-                        _ => None,
-                    };
+                    let place = self
+                        .placements
+                        .as_ref()
+                        .map(|p| p.get(&tgid).cloned().unwrap_or_default());
                     if let AnyEvent::ProcExit(_) = ev
                         && let Some(p) = &mut self.placements
                     {
-                        p.forget(tgid);
+                        p.remove(&tgid);
                     }
                     if !self.cgroups.is_empty()
                         && !place.as_ref().is_some_and(|p| p.is_in(&self.cgroups))
@@ -550,6 +550,12 @@ impl Tail {
                 Ok(None)
             }
             Msg::Damage(what) => Ok(Some(what.clone())),
+            Msg::Placements(new) => {
+                if let Some(p) = &mut self.placements {
+                    p.extend(new.iter().cloned());
+                }
+                Ok(None)
+            }
             Msg::Health(h) => {
                 let warn = new_losses(&self.health, h);
                 self.health = *h;
@@ -984,8 +990,11 @@ mod tests {
             ..Default::default()
         };
         let mut t = Tail::new(&view, Names::default(), WallClock::with_offset_ns(0));
-        t.placements = Some(Placements::default());
+        t.placements = Some(HashMap::new());
         let mut out = Vec::new();
+        let events = vec![ev(me, "me", 2, 1, 443), ev(u32::MAX - 1, "gone", 2, 1, 80)];
+        let placed = crate::placement::Placements::default().learn(&events);
+        t.handle(&Msg::Placements(placed), &mut out).unwrap();
         t.handle(
             &Msg::Events(vec![
                 ev(me, "me", 2, 1, 443),
