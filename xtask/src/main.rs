@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_tcp;
+mod stats;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "diag's project tasks")]
