@@ -290,6 +290,29 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
             );
         }
     }
+    let slow: Vec<_> = snap.connect_latency.iter().take(5).collect();
+    if !slow.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nConnect time by destination (SYN sent to ESTABLISHED), slowest first:"
+        );
+        for d in slow {
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>6} connects  p50 {:>9}  p99 {:>9}  max {:>9}{}",
+                d.remote.to_string(),
+                d.connects,
+                human_ns(d.p50_ns),
+                human_ns(d.p99_ns),
+                human_ns(d.max_ns),
+                if d.slow > 0 {
+                    format!("  {} over 0.9 s", d.slow)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     if snap.kernel_resets_sent > 0 {
         let _ = writeln!(
             o,
@@ -718,6 +741,10 @@ mod tests {
             lifetime_p50_ns: 1_000_000,
             lifetime_p99_ns: 8_000_000,
             lifetime_max_ns: 20_000_000,
+            connects: 0,
+            connect_p50_ns: 0,
+            connect_p99_ns: 0,
+            connect_max_ns: 0,
             leaks: 0,
             cgroup: Some("/svc".into()),
             container: None,
