@@ -235,8 +235,16 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
     // A small one whose allocation does not fit: the OOM killer runs in its
     // context and kills the biggest task, the hog.
     let mut small = cg.spawn(LOADGEN, &["alloc", "16"]);
+    let small_pid = small.id();
     let st = small.wait().unwrap();
-    assert!(st.success(), "the allocating child should survive: {st}");
+    // Now and then the kernel kills the small one too, when it asks for
+    // more before the hog's memory is freed: a second, real kill (the
+    // kernel log says so below).
+    let second_kill = !st.success();
+    assert!(
+        st.success() || st.signal() == Some(libc::SIGKILL),
+        "the allocating child: {st}"
+    );
     wait_killed(&mut hog);
     // No wait: stopping diag drains what the kernel wrote first.
     let out = diag.stop(libc::SIGINT);
@@ -247,12 +255,16 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
         out.stderr
     );
     let events = oom_events(&out);
-    assert_eq!(events.len(), 1, "exactly one kill: {events:?}");
+    let kills = 1 + usize::from(second_kill);
+    assert_eq!(events.len(), kills, "every kill: {events:?}");
     let e = &events[0];
-    check_kill(e, hog.id(), small.id(), &cg);
+    check_kill(e, hog.id(), small_pid, &cg);
+    if second_kill {
+        assert_eq!(events[1]["pid"], small_pid, "{events:?}");
+    }
     let summary = out.stderr.last().unwrap();
     assert!(
-        summary.ends_with("1 events seen, 1 shown, 0 dropped"),
+        summary.ends_with(&format!("{kills} events seen, {kills} shown, 0 dropped")),
         "nothing missing, the victim's note included: {summary}"
     );
     let anon = e["anon_rss_kb"].as_u64().unwrap();
@@ -268,8 +280,11 @@ fn the_trigger_is_the_allocating_task_not_the_victim() {
             .all(|c| c["pid"] != hog.id()),
         "the victim is not among the others: {e}"
     );
-    let kills = kmsg_kills(&kmsg.read());
-    assert_eq!(kills, vec![(hog.id(), COMM.to_string())]);
+    let mut want = vec![(hog.id(), COMM.to_string())];
+    if second_kill {
+        want.push((small_pid, COMM.to_string()));
+    }
+    assert_eq!(kmsg_kills(&kmsg.read()), want);
 }
 
 #[test]
