@@ -37,6 +37,8 @@ fn missing_btf_is_one_clear_sentence() {
     if !require_root("missing_btf_is_one_clear_sentence") {
         return;
     }
+    // Not while another test unmounts tracefs under it.
+    let _g = serial();
     let out = Command::new(diag_bin())
         .args(["tail", "--btf", "/nonexistent/vmlinux"])
         .output()
@@ -80,6 +82,8 @@ fn non_root_is_told_it_needs_root() {
     if !require_root("non_root_is_told_it_needs_root") {
         return;
     }
+    // Not while another test unmounts tracefs under it.
+    let _g = serial();
     let out = as_nobody(&["tail"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
