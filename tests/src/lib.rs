@@ -677,6 +677,30 @@ pub fn recorded(file: &Path, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// A loopback port nobody listens on (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of one `GET /metrics` from 127.0.0.1:`port` (HTTP/1.0, read to
+/// the end, 5 s at most per read).
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or(out)
+}
+
 /// A scratch directory for one test, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -310,11 +310,7 @@ fn connect_latency_shows_the_lost_syn() {
         return;
     }
     let _guard = serial();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = diag_tests::free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
     let serve = Diag::start(&["serve", "--no-sched", "--listen", &listen]);
     let conns = Diag::start(&["conns", "--json", "--watch", "--top", "0"]);
@@ -342,14 +338,6 @@ fn connect_latency_shows_the_lost_syn() {
     slow.wait();
     let overflowed = tcp_ext("ListenOverflows") - overflows;
 
-    let scrape_now = || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut t = String::new();
-        s.read_to_string(&mut t).unwrap();
-        t
-    };
     let value = |scrape: &str, prefix: &str| -> Option<f64> {
         scrape
             .lines()
@@ -373,7 +361,7 @@ fn connect_latency_shows_the_lost_syn() {
     let slow_client = slow_times.iter().filter(|&&t| t >= 900_000_000).count() as u64;
     let mut scrape = String::new();
     diag_tests::wait_until(Duration::from_secs(10), "serve's histogram", || {
-        scrape = scrape_now();
+        scrape = diag_tests::scrape_metrics(metrics_port);
         over_half(&scrape).is_some_and(|n| n >= slow_client as f64)
     });
     drop(serve);

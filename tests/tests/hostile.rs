@@ -11,7 +11,8 @@ use std::{
 };
 
 use diag_tests::{
-    TempDir, diag_bin, loopback_churn, recorded, require_root, serial, tcp_snmp, wait_until,
+    TempDir, diag_bin, free_port, loopback_churn, recorded, require_root, scrape_metrics, serial,
+    tcp_snmp, wait_until,
 };
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -278,15 +279,6 @@ fn paced_replay_stops_at_once_and_says_why() {
     assert!(err.contains("later than --to"), "{err}");
 }
 
-/// A loopback port nobody listens on (just now).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One HTTP/1.0 GET; the status line, or None when the server did not
 /// answer (refused, closed, timed out).
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -425,18 +417,6 @@ fn cgroup_label(scrape: &str, metric: &str, pid: u32, comm: &str) -> Option<Stri
         })
 }
 
-/// A whole scrape of `/metrics`.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    buf
-}
-
 /// Issue 15, item 8: a process in memory cgroup A that connected and
 /// exited at once, whose pid then goes to a process in cgroup B, is never
 /// labelled with B (the kernel's ns_last_pid makes the reuse happen).
@@ -495,7 +475,12 @@ fn a_reused_pid_never_lends_its_cgroup() {
     // The series of the exited procA appears within a couple of updates.
     let deadline = Instant::now() + Duration::from_secs(10);
     let label = loop {
-        if let Some(l) = cgroup_label(&scrape(port), "diag_tcp_opens_total", pid_a, "procA") {
+        if let Some(l) = cgroup_label(
+            &scrape_metrics(port),
+            "diag_tcp_opens_total",
+            pid_a,
+            "procA",
+        ) {
             break l;
         }
         assert!(Instant::now() < deadline, "no series for pid {pid_a}");

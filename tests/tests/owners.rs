@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, Gen, Output, require_root, serial, skipped, tcp_snmp};
+use diag_tests::{
+    Diag, Gen, Output, free_port, require_root, scrape_metrics, serial, skipped, tcp_snmp,
+};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -235,7 +237,7 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     // serve: the workers' series, as ss says.
     let series = |m: &str, pid: u32, label: &str| -> Option<i64> {
         let (want_pid, want_label) = (format!("pid=\"{pid}\""), format!("{label}\""));
-        http_get(metrics_port, "/metrics").lines().find_map(|l| {
+        scrape_metrics(metrics_port).lines().find_map(|l| {
             (l.starts_with(m) && l.contains(&want_pid) && l.contains(&want_label))
                 .then(|| l.rsplit(' ').next()?.parse().ok())?
         })
@@ -385,31 +387,6 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     }
     assert_eq!(get(&snap, parent, "states", "close_wait"), 0);
     drop(server);
-}
-
-/// The body of `GET path` from 127.0.0.1:`port`.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or(out)
-}
-
-/// A free loopback port (bound and released at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -871,13 +848,11 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
         owners_fixed(v) == K as i64
     });
     diag_tests::wait_until(Duration::from_secs(20), "serve's owner corrections", || {
-        http_get(metrics_port, "/metrics")
-            .lines()
-            .any(|l| l == corrected)
+        scrape_metrics(metrics_port).lines().any(|l| l == corrected)
     });
     let ss = ss_per_pid("established", port);
     let out = conns.stop(libc::SIGINT);
-    let metrics = http_get(metrics_port, "/metrics");
+    let metrics = scrape_metrics(metrics_port);
     drop(serve);
     drop(client);
     assert!(

@@ -14,19 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, require_root, serial};
+use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, free_port, require_root, serial};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET path` over a plain TcpStream: (status, body).
 fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

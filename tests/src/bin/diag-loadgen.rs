@@ -183,13 +183,20 @@ fn abort(count: usize, t: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn listen_late(millis: u64, count: usize, addr: &str) -> std::io::Result<()> {
+/// A listener on `addr` with this accept-queue backlog.
+fn listen_backlog(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
     use std::os::fd::AsRawFd;
     let l = TcpListener::bind(addr)?;
-    // SAFETY: valid listening fd; listening again sets the backlog.
-    if unsafe { libc::listen(l.as_raw_fd(), 1) } != 0 {
+    // Listening again just changes the backlog.
+    // SAFETY: valid listening fd.
+    if unsafe { libc::listen(l.as_raw_fd(), backlog) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(l)
+}
+
+fn listen_late(millis: u64, count: usize, addr: &str) -> std::io::Result<()> {
+    let l = listen_backlog(addr, 1)?;
     say(&format!("PORT {}", l.local_addr()?.port()));
     std::thread::sleep(std::time::Duration::from_millis(millis));
     for _ in 0..count {
@@ -214,13 +221,7 @@ fn connect_timed(count: usize, t: &str) -> std::io::Result<()> {
 }
 
 fn listen_full(addr: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let l = TcpListener::bind(addr)?;
-    // Listening again just changes the backlog.
-    // SAFETY: valid listening fd.
-    if unsafe { libc::listen(l.as_raw_fd(), 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let l = listen_backlog(addr, 0)?;
     println!("PORT {}", l.local_addr()?.port());
     std::io::stdout().flush()?;
     wait_forever()
