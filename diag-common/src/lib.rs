@@ -43,6 +43,8 @@ pub enum EventKind {
     /// attributed to another (the listener's owner): the socket is its own
     /// from now on.
     TcpAccepted = 6,
+    /// [`tcp::TcpDropEvent`]: a connection lost at a full listen queue.
+    TcpDrop = 7,
     /// [`oom::OomKillEvent`]
     OomKill = 10,
     /// [`sched::StallEvent`]
@@ -61,6 +63,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(EventKind::TcpRetransmit),
             5 => Ok(EventKind::TcpRetransmitSynack),
             6 => Ok(EventKind::TcpAccepted),
+            7 => Ok(EventKind::TcpDrop),
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
@@ -121,6 +124,9 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
+    /// A listen-queue drop whose listener diag does not know (not seen
+    /// opening, or its address unknown): sent without its owner.
+    pub const DROP_NO_LISTENER: u32 = 5;
 
     /// OOM kills reported without the victim's task facts (tgid, memory
     /// cgroup): the `tp_btf` program's note was missing or stale.

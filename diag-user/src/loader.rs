@@ -272,9 +272,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     check_kernel()?;
     check_btf(&args.btf)?;
     let (tracefs, tracefs_mount) = tracefs::ensure_mounted(&args.tracefs)?;
-    let wants_tcp = events
-        .iter()
-        .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
+    let wants_tcp = events.iter().any(|e| {
+        matches!(
+            e,
+            EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+        )
+    });
     let tcp = if wants_tcp {
         let mut l = probes::tcp::layouts(&tracefs, &args.btf)?;
         if args.classic_tcp {
@@ -351,6 +354,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
         owner: Err("no TCP probes".into()),
+        drop: Err("no TCP probes".into()),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -360,6 +364,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
+        }
+        if let Ok(d) = &mut tcp.drop {
+            d.kfree_valid = 0;
+            d.syn_valid = 0;
         }
     }
     let sock_btf = match &tcp.state_btf {
@@ -371,11 +379,16 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         Ok(l) if !args.empty_programs => *l,
         _ => diag_common::tcp::OwnerLayout::zeroed(),
     };
+    let drop_layout = match &tcp.drop {
+        Ok(l) => *l,
+        Err(_) => diag_common::tcp::TcpDropLayout::zeroed(),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
         .override_global("SOCK_BTF", &sock_btf, true)
         .override_global("OWNER_LAYOUT", &owner_layout, true)
+        .override_global("TCP_DROP", &drop_layout, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)

@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod histogram;
+pub mod listen;
 pub mod oom;
 pub mod process;
 pub mod sched;

@@ -31,7 +31,10 @@ use diag_common::{
 };
 use serde::Serialize;
 
-use super::process::{Comm, ExitInfo, Kept, Lives, ProcKey};
+use super::{
+    listen::{ListenQueues, ListenRow},
+    process::{Comm, ExitInfo, Kept, Lives, ProcKey},
+};
 
 /// How long the kernel keeps a socket in TIME_WAIT (TCP_TIMEWAIT_LEN).
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -298,6 +301,8 @@ pub struct TcpAggregate {
     /// the last reconciliation, with the holder then: corrected when the
     /// next one agrees (an event on its way may still fix it).
     owner_suspects: HashMap<FourTuple, u32>,
+    /// Connections lost at full listen queues, per listener.
+    listen: ListenQueues,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -469,6 +474,8 @@ pub struct TcpSnapshot {
     pub kernel_resets_sent: u64,
     pub corrections: Corrections,
     pub overflow: u64,
+    /// Listeners that lost connections because a queue was full.
+    pub listen: Vec<ListenRow>,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -501,6 +508,7 @@ impl TcpAggregate {
             last_snapshot_ns: None,
             corrections: Corrections::default(),
             owner_suspects: HashMap::new(),
+            listen: ListenQueues::default(),
         }
     }
 
@@ -633,6 +641,9 @@ impl TcpAggregate {
                 self.on_accepted(e)
             }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
+            AnyEvent::TcpDrop(e) => self
+                .listen
+                .on_drop(e, SocketAddr::new(ip(e.family, &e.addr), e.port)),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
@@ -1365,6 +1376,8 @@ impl TcpAggregate {
                 pr.in_time_wait
             ));
         }
+        let listen = self.listen.rows();
+        hints.extend(ListenQueues::hints(&listen));
         let mut remote_errors: Vec<(SocketAddr, RemoteErrors)> =
             self.remote_errors.iter().map(|(k, v)| (*k, *v)).collect();
         remote_errors.sort_by(|a, b| {
@@ -1387,7 +1400,8 @@ impl TcpAggregate {
             remote_errors,
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
-            overflow: self.overflow,
+            overflow: self.overflow + self.listen.overflow,
+            listen,
         };
         let closing = Closing {
             usage,
@@ -1398,6 +1412,7 @@ impl TcpAggregate {
 
     fn close_interval(&mut self, now_ns: u64, closing: Closing) {
         self.expire_time_wait(now_ns);
+        self.listen.close_interval();
         for (key, p) in &mut self.procs {
             p.at_snapshot = p.counters;
             // Freed, not cleared: thousands of idle processes keep no capacity.
