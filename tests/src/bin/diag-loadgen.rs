@@ -16,10 +16,11 @@
 //!     COUNT connects that may be refused; print `REFUSED <n>`.
 //! diag-loadgen abort COUNT ADDR:PORT
 //!     COUNT connections closed with a reset (SO_LINGER 0).
-//! diag-loadgen listen-full ADDR
-//!     Listen with backlog 0 and never accept: SYNs beyond the first
-//!     connection are dropped (and retransmitted by the client). Print
-//!     `PORT <n>` and wait to be killed.
+//! diag-loadgen listen-full ADDR [BACKLOG]
+//!     Listen with backlog BACKLOG (default 0) and never accept: SYNs
+//!     beyond the first BACKLOG + 1 connections are dropped (and
+//!     retransmitted by the client). Print `PORT <n>` and wait to be
+//!     killed.
 //! diag-loadgen connect-timeout COUNT MILLIS ADDR:PORT
 //!     COUNT concurrent connects, each given up after MILLIS.
 //! diag-loadgen listen-close COUNT ADDR / connect-eof COUNT ADDR:PORT
@@ -175,12 +176,12 @@ fn abort(count: usize, t: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn listen_full(addr: &str) -> std::io::Result<()> {
+fn listen_full(addr: &str, backlog: i32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let l = TcpListener::bind(addr)?;
     // Listening again just changes the backlog.
     // SAFETY: valid listening fd.
-    if unsafe { libc::listen(l.as_raw_fd(), 0) } != 0 {
+    if unsafe { libc::listen(l.as_raw_fd(), backlog) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     println!("PORT {}", l.local_addr()?.port());
@@ -539,7 +540,10 @@ fn main() -> ExitCode {
         "connect-hold" => connect_hold(count, first),
         "try-connect" => try_connect(count, first),
         "abort" => abort(count, first),
-        "listen-full" => listen_full(&args[1]),
+        "listen-full" => listen_full(
+            &args[1],
+            args.get(2).and_then(|b| b.parse().ok()).unwrap_or(0),
+        ),
         "connect-timeout" => {
             let millis = first.parse().unwrap_or(1000);
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
