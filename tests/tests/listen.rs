@@ -220,3 +220,64 @@ fn listen_drops_are_tailed_recorded_and_replayed() {
 fn after_minus(before: &std::collections::HashMap<String, i64>, name: &str) -> i64 {
     tcp_ext()[name] - before[name]
 }
+
+/// `GET /metrics` over HTTP/1.0 (no chunking): the body.
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample of `name` whose labels include all of `want`.
+fn sample(text: &str, name: &str, want: &[(&str, String)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+#[test]
+fn serve_counts_listen_overflows_per_process_and_port() {
+    if !require_root("serve_counts_listen_overflows_per_process_and_port") {
+        return;
+    }
+    let _guard = serial();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _diag = Diag::start(&["serve", "--listen", &format!("127.0.0.1:{mport}")]);
+    let before = tcp_ext();
+    let (full, port, _) = overflow_a_listener();
+    let pid = full.pid();
+    drop(full);
+    let overflows = after_minus(&before, "ListenOverflows");
+    let want = [
+        ("pid", pid.to_string()),
+        ("comm", "diag-loadgen".to_string()),
+        ("port", port.to_string()),
+    ];
+    let mut last = None;
+    wait_until(
+        Duration::from_secs(20),
+        "diag_tcp_listen_overflows_total for the listener",
+        || {
+            last = sample(&metrics(mport), "diag_tcp_listen_overflows_total", &want);
+            last.is_some_and(|v| v >= overflows as f64)
+        },
+    );
+    assert_eq!(last, Some(overflows as f64), "ListenOverflows");
+}

@@ -778,6 +778,7 @@ mod tests {
             cgroup: Some("/svc".into()),
             container: None,
             netns: None,
+            listen_ports: Vec::new(),
         }
     }
 
