@@ -124,9 +124,11 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
-    /// A listen-queue drop whose listener diag does not know (not seen
-    /// opening, or its address unknown): sent without its owner.
-    pub const DROP_NO_LISTENER: u32 = 5;
+    /// SYNs at a listener whose `struct sock` diag does not know (one
+    /// older than diag that the socket iterator could not reach, e.g. in
+    /// another network namespace): whether its accept queue was full, and
+    /// so whether the SYN was dropped, is not known.
+    pub const LISTEN_UNREADABLE: u32 = 5;
 
     /// OOM kills reported without the victim's task facts (tgid, memory
     /// cgroup): the `tp_btf` program's note was missing or stale.

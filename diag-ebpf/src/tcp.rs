@@ -882,9 +882,9 @@ fn try_consume_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     let sk = owner.skaddr;
     if sk == 0 {
-        // A listener from before diag (seeded from /proc): its queue
-        // cannot be read.
-        count(counters::DROP_NO_LISTENER);
+        // A listener from before diag (seeded from /proc) that the
+        // socket iterator did not reach: its queue cannot be read.
+        count(counters::LISTEN_UNREADABLE);
         return Ok(0);
     }
     let queue: u32 = kread(sk + l.sk_ack_backlog as u64)?;
@@ -1029,10 +1029,7 @@ fn drop_event(
             header.comm = o.comm;
             attribution::LISTENER
         }
-        None => {
-            count(counters::DROP_NO_LISTENER);
-            attribution::CURRENT
-        }
+        None => attribution::CURRENT,
     };
     let Some(mut entry) = EVENTS.reserve::<TcpDropEvent>(0) else {
         count(counters::RINGBUF_FULL);
@@ -1061,4 +1058,60 @@ fn drop_event(
     entry.submit(flags);
     count(counters::SUBMITTED);
     Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// Listeners from before diag: user space seeds their owners from /proc,
+// which cannot tell their `struct sock`; one pass of the TCP socket
+// iterator fills it in (the SYN-drop program reads the accept queue
+// there).
+
+/// `iter/tcp`: called once per TCP socket of the iterating task's network
+/// namespace (`struct bpf_iter__tcp { meta; sk_common; uid; }`), then once
+/// with no socket. Writes nothing to the seq file.
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn seed_listener_socks(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel checks the context access against BTF: offset 8
+    // is `sk_common` (a socket or NULL).
+    let sk = unsafe { core::ptr::read_volatile((ctx as *const u64).add(1)) };
+    if sk == 0 {
+        return 0;
+    }
+    let l = OWNER_LAYOUT.load();
+    if l.net_valid == 0 {
+        return 0;
+    }
+    let Ok(st) = kread::<u8>(sk + l.sk_state as u64) else {
+        return 0;
+    };
+    if st != state::LISTEN {
+        return 0;
+    }
+    let family: u16 = kread(sk + l.sk_family as u64).unwrap_or(0);
+    let port: u16 = kread(sk + l.sk_num as u64).unwrap_or(0);
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = kread(sk + l.sk_saddr_v6 as u64).unwrap_or([0; 16]);
+    } else if family == AF_INET {
+        let a: [u8; 4] = kread(sk + l.sk_saddr as u64).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+    } else {
+        return 0;
+    }
+    let key = ListenKey {
+        netns: netns_of(sk),
+        port,
+        family,
+        addr,
+    };
+    if let Some(o) = LISTENERS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer, valid while we run.
+        unsafe {
+            if (*o).skaddr == 0 {
+                (*o).skaddr = sk;
+            }
+        }
+    }
+    0
 }

@@ -59,11 +59,23 @@ fn listen_row(snap: &Value, port: u16, pid: u32) -> Option<Value> {
 /// connects (each given up after 1.5 s: one SYN retransmit), and return
 /// (listener, port, ss's queue and backlog while it still listens).
 fn overflow_a_listener() -> (Gen, u16, (u32, u32)) {
+    let (full, port) = never_accepting();
+    let ss = fill(port);
+    (full, port, ss)
+}
+
+/// A listener with backlog BACKLOG that never accepts, and its port.
+fn never_accepting() -> (Gen, u16) {
     let mut full = Gen::spawn(
         LOADGEN,
         &["listen-full", "127.0.0.1:0", &BACKLOG.to_string()],
     );
     let port = full.port();
+    (full, port)
+}
+
+/// CLIENTS concurrent connects to `port`; ss's queue and backlog after.
+fn fill(port: u16) -> (u32, u32) {
     let out = Command::new(LOADGEN)
         .args([
             "connect-timeout",
@@ -76,8 +88,7 @@ fn overflow_a_listener() -> (Gen, u16, (u32, u32)) {
         .unwrap();
     assert!(out.status.success());
     // Nobody accepts: the queue stays as it filled.
-    let ss = ss_queue(port);
-    (full, port, ss)
+    ss_queue(port)
 }
 
 #[test]
@@ -280,4 +291,42 @@ fn serve_counts_listen_overflows_per_process_and_port() {
         },
     );
     assert_eq!(last, Some(overflows as f64), "ListenOverflows");
+}
+
+#[test]
+fn a_listener_older_than_diag_is_seen_too() {
+    if !require_root("a_listener_older_than_diag_is_seen_too") {
+        return;
+    }
+    let _guard = serial();
+    // Listening before diag starts: its owner comes from /proc, its
+    // struct sock from the socket iterator.
+    let (full, port) = never_accepting();
+    let pid = full.pid();
+    let mut tail = Diag::start(&["tail", "--json", "--events", "drop"]);
+    let before = tcp_ext();
+    fill(port);
+    drop(full);
+    let overflows = after_minus(&before, "ListenOverflows");
+    assert!(overflows > 0);
+    let of_port = |e: &Value| e["event"] == "tcp_listen_drop" && e["sport"] == u64::from(port);
+    for _ in 0..overflows {
+        tail.wait_line(Duration::from_secs(15), "a drop event", |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|e| of_port(&e))
+        });
+    }
+    let out = tail.stop(libc::SIGINT);
+    let drops: Vec<Value> = out.json().into_iter().filter(|e| of_port(e)).collect();
+    assert_eq!(drops.len() as i64, overflows, "ListenOverflows");
+    assert!(
+        drops
+            .iter()
+            .all(|e| e["pid"] == u64::from(pid) && e["backlog"] == BACKLOG),
+        "{drops:?}"
+    );
+    assert!(
+        !out.stderr.iter().any(|l| l.contains("could not be read")),
+        "{:?}",
+        out.stderr
+    );
 }

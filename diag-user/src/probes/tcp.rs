@@ -399,6 +399,35 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
     Ok(n)
 }
 
+/// Fill in the `struct sock` of the listeners [`seed_listeners`] seeded
+/// (from /proc, which does not show it), so the SYN-drop program can read
+/// their accept queues: one pass of the kernel's TCP socket iterator
+/// (`iter/tcp`, diag's own network namespace), which then goes. Returns
+/// why not, if it could not (those listeners' SYN drops are then not seen;
+/// their handshake drops are).
+pub fn seed_listener_socks(ebpf: &mut Ebpf, btf: Option<&AyaBtf>) -> Result<(), String> {
+    use std::io::Read;
+    let btf = btf.ok_or("no kernel BTF")?;
+    let prog: &mut aya::programs::Iter = ebpf
+        .program_mut("seed_listener_socks")
+        .ok_or("no program seed_listener_socks")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load("tcp", btf)
+        .map_err(|e| crate::error::flatten(&e))?;
+    let link = prog.attach().map_err(|e| crate::error::flatten(&e))?;
+    let link = prog
+        .take_link(link)
+        .map_err(|e| crate::error::flatten(&e))?;
+    let mut file = link.into_file().map_err(|e| crate::error::flatten(&e))?;
+    // Reading runs the program over every socket; it writes nothing.
+    let mut sink = Vec::new();
+    file.read_to_end(&mut sink)
+        .map_err(|e| format!("reading the socket iterator: {e}"))?;
+    prog.unload().map_err(|e| crate::error::flatten(&e))?;
+    Ok(())
+}
+
 /// For messages: the raw tracepoint, when it is the one attached.
 pub const STATE_BTF_NAME: &str = "tp_btf:inet_sock_set_state";
 
