@@ -444,13 +444,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             &mut attached,
         )?;
         probes::tcp::seed_listeners(&mut ebpf)?;
-        if tcp.drop.as_ref().is_ok_and(|d| d.syn_valid != 0) {
-            if let Err(why) = probes::tcp::seed_listener_socks(&mut ebpf, kernel_btf.as_ref().ok())
-            {
-                tracing::warn!(
-                    "note: SYNs dropped at listeners older than diag are not seen ({why})"
-                );
-            }
+        if tcp.drop.as_ref().is_ok_and(|d| d.syn_valid != 0)
+            && let Err(why) = probes::tcp::seed_listener_socks(&mut ebpf, kernel_btf.as_ref().ok())
+        {
+            tracing::warn!("note: SYNs dropped at listeners older than diag are not seen ({why})");
         }
     }
     if let Some(oom) = &env.oom {
