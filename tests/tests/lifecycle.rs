@@ -11,6 +11,8 @@ fn check_passes_as_root() {
     if !require_root("check_passes_as_root") {
         return;
     }
+    // Not while another test unmounts tracefs under it.
+    let _g = serial();
     let out = Command::new(diag_bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
