@@ -182,12 +182,28 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
                         "; no owner probes ({why}): connections stay with the listener's owner until reconciled"
                     ),
                 };
+                let drops = match &l.drop {
+                    Ok(d) => format!(
+                        "; listen queues: {}{}",
+                        if d.kfree_valid != 0 {
+                            "skb:kfree_skb (TCP_LISTEN_OVERFLOW)"
+                        } else {
+                            "no watched skb:kfree_skb reason"
+                        },
+                        if d.syn_valid != 0 {
+                            ", skb:consume_skb (SYNs, tcp_rcv_state_process from kallsyms)"
+                        } else {
+                            ", no SYN drops (tcp_rcv_state_process not in kallsyms)"
+                        }
+                    ),
+                    Err(why) => format!("; no listen-queue drops ({why})"),
+                };
                 match l.state_btf {
                     Ok(_) => {
-                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}")
+                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}{drops}")
                     }
                     Err(why) => {
-                        format!("{names} (state changes by the classic tracepoint: {why}){owners}")
+                        format!("{names} (state changes by the classic tracepoint: {why}){owners}{drops}")
                     }
                 }
             }),
