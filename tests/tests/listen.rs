@@ -330,3 +330,39 @@ fn a_listener_older_than_diag_is_seen_too() {
         out.stderr
     );
 }
+
+#[test]
+fn handshakes_that_find_the_queue_full_are_counted_too() {
+    if !require_root("handshakes_that_find_the_queue_full_are_counted_too") {
+        return;
+    }
+    let _guard = serial();
+    let mut tail = Diag::start(&["tail", "--json", "--events", "drop"]);
+    let before = tcp_ext();
+    // The second connection's handshake completes while the first fills
+    // the queue (TCP_DEFER_ACCEPT holds both back until they send): its
+    // byte, and each retransmission of it, is a listen overflow of the
+    // kernel's skb:kfree_skb kind (TCP_LISTEN_OVERFLOW), not a SYN drop.
+    let mut g = Gen::spawn(LOADGEN, &["ack-overflow", "1500"]);
+    let port = g.port();
+    let pid = g.pid();
+    assert_eq!(g.line(), "DONE");
+    g.wait();
+    let overflows = after_minus(&before, "ListenOverflows");
+    assert!(overflows > 0, "no overflow");
+    let of_port = |e: &Value| e["event"] == "tcp_listen_drop" && e["sport"] == u64::from(port);
+    for _ in 0..overflows {
+        tail.wait_line(Duration::from_secs(15), "a drop event", |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|e| of_port(&e))
+        });
+    }
+    let out = tail.stop(libc::SIGINT);
+    let drops: Vec<Value> = out.json().into_iter().filter(|e| of_port(e)).collect();
+    assert_eq!(drops.len() as i64, overflows, "ListenOverflows: {drops:?}");
+    for e in &drops {
+        assert_eq!(e["cause"], "ack_accept_queue_full", "{e}");
+        assert_eq!(e["pid"], u64::from(pid), "{e}");
+        assert_eq!(e["attribution"], "listener", "{e}");
+        assert_eq!((n(&e["queue"]), n(&e["backlog"])), (1, 0), "{e}");
+    }
+}
