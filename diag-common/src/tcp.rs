@@ -288,8 +288,14 @@ pub struct OwnerLayout {
     pub net_valid: u32,
     /// 1 when the accept program may run (everything filled in).
     pub valid: u32,
+    /// `sk_buff.dev` and `net_device.nd_net.net`: a packet's namespace
+    /// (for resets sent without a socket).
+    pub skb_dev: u32,
+    pub dev_net: u32,
+    /// 1 when `skb_dev` and `dev_net` are filled in.
+    pub skb_net_valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 80);
+const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 92);
 
 impl OwnerLayout {
     pub const fn zeroed() -> Self {
@@ -314,6 +320,9 @@ impl OwnerLayout {
             sk_daddr_v6: 0,
             net_valid: 0,
             valid: 0,
+            skb_dev: 0,
+            dev_net: 0,
+            skb_net_valid: 0,
         }
     }
 }
@@ -342,10 +351,13 @@ pub struct TcpSockLayout {
     /// `reason` (send_reset) or `err` (retransmit_skb).
     pub reason: u32,
     pub sockaddr: u32,
+    /// `skbaddr` (send_reset, receive_reset... ; 8 bytes): the packet, whose
+    /// device says the namespace of a reset sent without a socket.
+    pub skbaddr: u32,
     /// 1 once user space filled this in.
     pub valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSockLayout>() == 48);
+const _: () = assert!(core::mem::size_of::<TcpSockLayout>() == 52);
 
 impl TcpSockLayout {
     pub const fn zeroed() -> Self {
@@ -361,6 +373,7 @@ impl TcpSockLayout {
             daddr_v6: NO_FIELD,
             reason: NO_FIELD,
             sockaddr: 0,
+            skbaddr: NO_FIELD,
             valid: 0,
         }
     }

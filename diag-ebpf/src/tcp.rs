@@ -70,21 +70,43 @@ fn kread<T>(addr: u64) -> Result<T, u32> {
     })
 }
 
+/// The pointer at `base + offset`, if `base` and it are not null.
+#[inline(always)]
+fn follow(base: u64, offset: u32) -> Option<u64> {
+    if base == 0 {
+        return None;
+    }
+    kread::<u64>(base + offset as u64).ok().filter(|p| *p != 0)
+}
+
+/// The inode of a `struct net`, 0 when unknown.
+#[inline(always)]
+fn net_inum(net: Option<u64>, l: &OwnerLayout) -> u32 {
+    net.and_then(|n| kread::<u32>(n + l.net_inum as u64).ok())
+        .unwrap_or(0)
+}
+
 /// The inode of a socket's network namespace
 /// (`sk->__sk_common.skc_net.net->ns.inum`), 0 when unknown.
 #[inline(always)]
 fn netns_of(sk: u64) -> u32 {
     let l = OWNER_LAYOUT.load();
-    if l.net_valid == 0 || sk == 0 {
+    if l.net_valid == 0 {
         return 0;
     }
-    let Ok(net) = kread::<u64>(sk + l.sk_net as u64) else {
-        return 0;
-    };
-    if net == 0 {
+    net_inum(follow(sk, l.sk_net), &l)
+}
+
+/// The inode of a packet's network namespace
+/// (`skb->dev->nd_net.net->ns.inum`), 0 when unknown.
+#[inline(always)]
+fn netns_of_skb(skb: u64) -> u32 {
+    let l = OWNER_LAYOUT.load();
+    if l.skb_net_valid == 0 {
         return 0;
     }
-    kread::<u32>(net + l.net_inum as u64).unwrap_or(0)
+    let net = follow(skb, l.skb_dev).and_then(|dev| follow(dev, l.dev_net));
+    net_inum(net, &l)
 }
 
 /// The owner of the listener a connection to (`netns`, `family`, `addr`,
@@ -541,6 +563,10 @@ fn try_sock_event(ctx: &TracePointContext, l: TcpSockLayout, kind: EventKind) ->
     let mut how = attribution::CURRENT;
     let mut netns = 0;
     if skaddr == 0 {
+        // No socket: the packet's device says the namespace.
+        if l.skbaddr != NO_FIELD {
+            netns = netns_of_skb(field::<u64>(ctx, l.skbaddr).unwrap_or(0));
+        }
         how = attribution::KERNEL;
         header.pid = 0;
         header.tgid = 0;

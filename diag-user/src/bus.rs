@@ -13,6 +13,9 @@ use crate::{aggregate::tcp::TableRow, enrich::oom::OomContext, host::HostSample}
 pub enum Msg {
     /// Decoded events, in ring-buffer order.
     Events(Vec<diag_common::user::AnyEvent>),
+    /// Where processes first named by the next `Events` run (live, when
+    /// asked for: read from /proc as their first events were drained).
+    Placements(Vec<(u32, crate::placement::Placement)>),
     /// The kernel side's health counters, cumulative since start.
     Health(Health),
     /// The kernel's TCP socket table at a moment: the first one seeds the

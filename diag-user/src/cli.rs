@@ -288,6 +288,13 @@ pub struct TailView {
 
     #[command(flatten)]
     pub only: Only,
+
+    /// Only events of processes in this cgroup (a path prefix as
+    /// /proc/PID/cgroup shows it) or container (an id prefix, as `docker
+    /// ps` shows it); OOM kills by the victim's cgroup; repeatable. Live
+    /// only
+    #[arg(long, value_name = "PATH|ID")]
+    pub cgroup: Vec<String>,
 }
 
 /// Which events to keep, beyond their class: shared by tail and record.
@@ -323,6 +330,7 @@ impl Default for TailView {
             json: false,
             events: vec![EventClass::Tcp, EventClass::Drop, EventClass::Oom],
             only: Only::default(),
+            cgroup: Vec::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod host;
 pub mod loader;
 pub mod logging;
+pub mod placement;
 pub mod probes;
 pub mod record;
 pub mod recorder;

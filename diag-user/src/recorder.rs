@@ -60,7 +60,11 @@ impl Sink for Recorder {
             Msg::Table { ts_ns, rows } => self.writer().table(*ts_ns, rows)?,
             Msg::Procs(p) => self.writer().procs(p)?,
             Msg::OomContext(f) => self.writer().oom_context(f)?,
-            Msg::Damage(_) | Msg::Host(_) | Msg::Sched { .. } | Msg::Runq(_) => {}
+            Msg::Damage(_)
+            | Msg::Host(_)
+            | Msg::Sched { .. }
+            | Msg::Runq(_)
+            | Msg::Placements(_) => {}
         }
         Ok(Flow::More)
     }

@@ -277,3 +277,147 @@ fn syn_retransmits_are_counted_like_the_kernel() {
         "RetransSegs"
     );
 }
+
+/// A TcpExt counter of /proc/net/netstat.
+fn tcp_ext(name: &str) -> i64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name}"))
+}
+
+/// The `CONNECT_NS` lines of a connect-timed client.
+fn connect_times(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("CONNECT_NS ")?.parse().ok())
+        .collect()
+}
+
+/// Connect latency: to a healthy listener connects take microseconds; to
+/// one whose accept queue is full (backlog 1, accepting only after
+/// 500 ms) the connect beyond the queue loses its SYN, which the kernel
+/// retransmits after its initial 1 s timeout. diag's times (the kernel's
+/// time in SYN_SENT) match the client's own clock, the queue's
+/// overflows show in ListenOverflows, and serve's histogram counts them.
+#[test]
+fn connect_latency_shows_the_lost_syn() {
+    if !require_root("connect_latency_shows_the_lost_syn") {
+        return;
+    }
+    let _guard = serial();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let serve = Diag::start(&["serve", "--no-sched", "--listen", &listen]);
+    let conns = Diag::start(&["conns", "--json", "--watch", "--top", "0"]);
+    let overflows = tcp_ext("ListenOverflows");
+
+    let mut fast = Gen::spawn(LOADGEN, &["listen", "20", "127.0.0.1:0"]);
+    let fast_port = fast.port();
+    let fast_times = connect_times(&run(&[
+        "connect-timed",
+        "20",
+        &format!("127.0.0.1:{fast_port}"),
+    ]));
+    fast.wait();
+    let mut slow = Gen::spawn(LOADGEN, &["listen-late", "500", "4", "127.0.0.1:0"]);
+    let slow_port = slow.port();
+    let client = Command::new(LOADGEN)
+        .args(["connect-timed", "4", &format!("127.0.0.1:{slow_port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client_pid = client.id();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let slow_times = connect_times(&String::from_utf8_lossy(&out.stdout));
+    slow.wait();
+    let overflowed = tcp_ext("ListenOverflows") - overflows;
+
+    let scrape_now = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut t = String::new();
+        s.read_to_string(&mut t).unwrap();
+        t
+    };
+    let value = |scrape: &str, prefix: &str| -> Option<f64> {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    // serve's histogram: every connect (the last events may still be on
+    // their way from the ring buffer), the slow ones past 0.5 s.
+    let over_half = |scrape: &str| -> Option<f64> {
+        let count = value(scrape, "diag_tcp_connect_seconds_count")?;
+        let under = scrape
+            .lines()
+            .filter(|l| l.starts_with("diag_tcp_connect_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let le: f64 = l.split('"').nth(1)?.parse().ok()?;
+                (le < 0.5).then(|| l.rsplit(' ').next()?.parse::<f64>().ok())?
+            })
+            .fold(0.0, f64::max);
+        (count >= 24.0).then_some(count - under)
+    };
+    let slow_client = slow_times.iter().filter(|&&t| t >= 900_000_000).count() as u64;
+    let mut scrape = String::new();
+    diag_tests::wait_until(Duration::from_secs(10), "serve's histogram", || {
+        scrape = scrape_now();
+        over_half(&scrape).is_some_and(|n| n >= slow_client as f64)
+    });
+    drop(serve);
+    let snap = last_snapshot(&conns.stop(libc::SIGINT));
+
+    // The client's own clock: one connect waited for the retransmission.
+    assert_eq!(slow_times.len(), 4);
+    let client_max = *slow_times.iter().max().unwrap();
+    assert!(
+        (900_000_000..2_500_000_000).contains(&client_max),
+        "{slow_times:?}"
+    );
+    assert!(overflowed >= 1, "ListenOverflows +{overflowed}");
+    let dest = |port: u16| -> Value {
+        snap["connect_latency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["remote"] == format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|| panic!("no destination :{port}: {}", snap["connect_latency"]))
+            .clone()
+    };
+    let n = |v: &Value| v.as_u64().unwrap();
+    let s = dest(slow_port);
+    assert_eq!(n(&s["connects"]), 4, "{s}");
+    assert_eq!(n(&s["slow"]), slow_client, "{s} {slow_times:?}");
+    // The kernel's SYN_SENT time and the client's connect() agree.
+    let diff = n(&s["max_ns"]).abs_diff(client_max);
+    assert!(diff < client_max / 20, "diag {s} client {client_max}");
+    let f = dest(fast_port);
+    assert_eq!(n(&f["connects"]), 20, "{f}");
+    assert_eq!(n(&f["slow"]), 0, "{f}");
+    assert!(n(&f["max_ns"]) < 50_000_000, "{f} {fast_times:?}");
+    let row = proc_row(&snap, client_pid);
+    assert_eq!(n(&row["connects"]), 4);
+    assert_eq!(n(&row["connect_max_ns"]), n(&s["max_ns"]));
+    assert!(
+        snap["hints"].as_array().unwrap().iter().any(|h| h
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{slow_port}"))),
+        "{}",
+        snap["hints"]
+    );
+
+    assert_eq!(over_half(&scrape), Some(slow_client as f64), "{scrape}");
+}

@@ -179,6 +179,20 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     let mut rec_args = vec!["record", "-o", &rec_path, "--reconcile", "1s"];
     rec_args.extend_from_slice(extra);
     let recorder = Diag::start(&rec_args);
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut serve_args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--reconcile",
+        "1s",
+        "--close-wait-threshold",
+        "1s",
+        "--no-sched",
+    ];
+    serve_args.extend_from_slice(extra);
+    let serve = Diag::start(&serve_args);
     let mut server = Gen::spawn(
         LOADGEN,
         &[
@@ -218,6 +232,36 @@ fn prefork_case(mode: &str, extra: &[&str]) {
                 .all(|&w| row(v, w).is_some_and(|r| n(&r["leaks"]) == K as i64))
     });
     let ss = ss_per_pid("close-wait", port);
+    // serve: the workers' series, as ss says.
+    let series = |m: &str, pid: u32, label: &str| -> Option<i64> {
+        let (want_pid, want_label) = (format!("pid=\"{pid}\""), format!("{label}\""));
+        http_get(metrics_port, "/metrics").lines().find_map(|l| {
+            (l.starts_with(m) && l.contains(&want_pid) && l.contains(&want_label))
+                .then(|| l.rsplit(' ').next()?.parse().ok())?
+        })
+    };
+    diag_tests::wait_until(Duration::from_secs(20), "serve's CLOSE-WAIT series", || {
+        workers
+            .iter()
+            .all(|&w| series("diag_tcp_sockets{", w, "state=\"CLOSE-WAIT") == Some(K as i64))
+    });
+    for &w in &workers {
+        assert_eq!(
+            series("diag_tcp_opens_total{", w, "direction=\"passive"),
+            Some(K as i64),
+            "serve: worker {w}"
+        );
+    }
+    assert_eq!(
+        series("diag_tcp_opens_total{", parent, "direction=\"passive").unwrap_or(0),
+        0,
+        "serve: the parent"
+    );
+    assert_eq!(
+        series("diag_tcp_sockets{", parent, "state=\"CLOSE-WAIT"),
+        None
+    );
+    drop(serve);
     let tail_out = tail.stop(libc::SIGINT);
     let out = conns.stop(libc::SIGINT);
     assert!(recorder.stop(libc::SIGINT).status.success());
@@ -619,7 +663,14 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     let mut lb = listen(&b);
     let (ia, ib) = (netns_of(la.pid()), netns_of(lb.pid()));
     assert_ne!(ia, ib);
-    let filtered = Diag::start(&["tail", "--json", "--netns", &ia.to_string()]);
+    let filtered = Diag::start(&[
+        "tail",
+        "--json",
+        "--events",
+        "tcp,reset",
+        "--netns",
+        &ia.to_string(),
+    ]);
     // Clients in both namespaces at once.
     let clients: Vec<_> = [&a, &b]
         .iter()
@@ -643,6 +694,14 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
     }
     assert_eq!(la.line(), "ACCEPTED");
     assert_eq!(lb.line(), "ACCEPTED");
+    // A connect to a closed port in the first namespace: the kernel's
+    // reset has no socket, and its packet's device names the namespace.
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &a.0, LOADGEN, "try-connect", "1"])
+        .arg(format!("127.0.0.1:{}", PORT + 1))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "REFUSED 1");
     // Reconciled with each namespace's table, CLOSE_WAIT everywhere.
     let (pa, pb) = (la.pid(), lb.pid());
     conns.wait_json(Duration::from_secs(20), "reconciled namespaces", |v| {
@@ -676,10 +735,19 @@ fn same_port_listeners_in_two_network_namespaces_stay_apart() {
         assert_eq!(cw.len(), K);
         assert!(cw.iter().all(|e| e["pid"] == pid), "{cw:?}");
     }
-    // --netns: only the first namespace's events.
+    // --netns: only the first namespace's events, the kernel's reset too.
     let f = filtered_out.json();
     assert!(!f.is_empty());
     assert!(f.iter().all(|e| e["netns"] == ia), "{f:?}");
+    let kernel_resets: Vec<&Value> = f
+        .iter()
+        .filter(|e| {
+            e["event"] == "tcp_reset_sent"
+                && e["attribution"] == "kernel"
+                && e["sport"] == u64::from(PORT + 1)
+        })
+        .collect();
+    assert_eq!(kernel_resets.len(), 1, "{f:?}");
     assert_eq!(
         f.iter()
             .filter(|e| is_transition(e, "LISTEN", "SYN_RECV"))
@@ -870,6 +938,7 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
     let (ca, cb) = (container(&ida), container(&idb));
     let grouped = conns_watch(&["--group", "container"]);
     let filtered = conns_watch(&["--cgroup", &ida[..12]]);
+    let tail_a = Diag::start(&["tail", "--json", "--cgroup", &ida[..12]]);
 
     // (server, client, server pid, worker pid, client pid)
     let start = |cg: &MemCgroup, ns: &Netns| {
@@ -925,6 +994,7 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
     // The final snapshots (taken at the stop) read where each runs.
     let out = grouped.stop(libc::SIGINT);
     let only_a = filtered.stop(libc::SIGINT);
+    let tail_out = tail_a.stop(libc::SIGINT);
 
     let snap = last_snapshot(&out);
     let groups = snap["groups"].as_array().expect("groups with --group");
@@ -961,5 +1031,26 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
         assert!(pids.contains(&u64::from(pid)), "{pid} in {pids:?}");
     }
     assert!(rows.iter().all(|r| r["container"] == ida[..12]), "{rows:?}");
+
+    // tail --cgroup: container A's events only, each saying where it ran.
+    let evs = tail_events(&tail_out);
+    assert!(
+        evs.iter().all(|e| e["container"] == ida[..12]
+            && e["cgroup"] == ca.rel
+            && e["netns"].as_u64() == Some(netns_of(a.2))),
+        "{evs:?}"
+    );
+    let named = |pid: u32| evs.iter().filter(|e| e["pid"] == pid).count();
+    // The client's K connects; the worker's K taken from the listener.
+    assert!(named(a.4) >= 2 * K, "the client's events");
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["event"] == "tcp_accepted" && e["pid"] == a.3)
+            .count(),
+        K
+    );
+    for pid in [b.2, b.3, b.4] {
+        assert_eq!(named(pid), 0, "container B's {pid}");
+    }
     drop((a, b));
 }

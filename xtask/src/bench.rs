@@ -14,7 +14,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench_tcp::Bg;
+use crate::{bench_tcp::Bg, stats::stats};
 
 /// What `bench` needs beyond the build: (package, why).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -128,31 +128,6 @@ fn run_workload(loops: u64, cpu: usize) -> Result<f64> {
         );
     }
     parse_ops(&text).with_context(|| format!("no ops/sec in perf output: {text}"))
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stats {
-    pub min: f64,
-    pub median: f64,
-    pub max: f64,
-}
-
-pub fn stats(v: &[f64]) -> Stats {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    let median = if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Stats {
-        min: s.first().copied().unwrap_or(0.0),
-        median,
-        max: s.last().copied().unwrap_or(0.0),
-    }
 }
 
 /// Scheduler overhead: Markdown and JSON for the report.

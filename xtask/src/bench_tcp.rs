@@ -21,7 +21,7 @@ tracepoint:sock:inet_sock_set_state
 
 /// min, median, max.
 pub fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let s = crate::bench::stats(v);
+    let s = crate::stats::stats(v);
     (s.min, s.median, s.max)
 }
 

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_tcp;
+mod stats;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "diag's project tasks")]
@@ -424,6 +425,21 @@ fn real_main() -> Result<()> {
     }
 }
 
+/// `readme` with the text between `<!-- bench:KEY -->` and `<!--
+/// /bench:KEY -->` replaced by `body`; None without those marks.
+fn splice(readme: &str, key: &str, body: &str) -> Option<String> {
+    let open = format!("<!-- bench:{key} -->\n");
+    let close = format!("<!-- /bench:{key} -->");
+    let a = readme.find(&open)? + open.len();
+    let b = a + readme[a..].find(&close)?;
+    Some(format!(
+        "{}{}\n{}",
+        &readme[..a],
+        body.trim_end(),
+        &readme[b..]
+    ))
+}
+
 fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64) -> Result<()> {
     let wanted = |p: Part| only.is_empty() || only.contains(&p);
     install_packages(bench::PACKAGES)?;
@@ -494,10 +510,19 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     let mut json = serde_json::json!({
         "date": date, "kernel": kernel.trim(), "cpus": cpus, "reps": reps,
     });
+    let measured = md.trim_end().to_string();
+    let readme_path = root.join("README.md");
+    let mut readme = std::fs::read_to_string(&readme_path)?;
     for (title, key, section) in parts {
         md.push_str(&format!("\n### {title}\n\n{}", section.markdown));
+        match splice(&readme, key, &format!("{measured}\n\n{}", section.markdown)) {
+            Some(r) => readme = r,
+            None => println!("xtask: README.md has no <!-- bench:{key} --> block: not updated"),
+        }
         json[key] = section.json;
     }
+    std::fs::write(&readme_path, &readme)?;
+    println!("xtask: README.md's bench tables regenerated");
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,
@@ -510,4 +535,19 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
         dir.join("report.md").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_tables_are_spliced_between_their_marks() {
+        let r = "a\n<!-- bench:tcp -->\nold\n<!-- /bench:tcp -->\nb\n";
+        assert_eq!(
+            splice(r, "tcp", "new\n\n").as_deref(),
+            Some("a\n<!-- bench:tcp -->\nnew\n<!-- /bench:tcp -->\nb\n")
+        );
+        assert_eq!(splice(r, "sched", "x"), None);
+    }
 }

@@ -106,3 +106,20 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         },
     }
 }
+
+/// Whether a process in `cgroup` (with container id `container`) is in one
+/// of `wants`: a cgroup path prefix (ending at a `/`: `/a` keeps `/a/b`,
+/// not `/ab`) or, for a want not starting with `/`, a container id prefix.
+/// Empty `wants`: everywhere.
+pub fn cgroup_matches(wants: &[String], cgroup: Option<&str>, container: Option<&str>) -> bool {
+    wants.is_empty()
+        || wants.iter().any(|want| {
+            let path = cgroup.is_some_and(|c| {
+                c == want
+                    || c.strip_prefix(want.trim_end_matches('/'))
+                        .is_some_and(|rest| rest.starts_with('/'))
+            });
+            path || (!want.starts_with('/')
+                && container.is_some_and(|id| id.starts_with(want.as_str())))
+        })
+}

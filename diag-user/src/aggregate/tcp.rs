@@ -32,6 +32,7 @@ use diag_common::{
 use serde::Serialize;
 
 use super::{
+    connect::{ConnectLatency, DestLatency},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -191,6 +192,8 @@ struct Proc {
     comm: String,
     counters: Counters,
     lifetimes: Log2Hist,
+    /// SYN sent to ESTABLISHED, for its active opens.
+    connects: Log2Hist,
     /// Counters at the last snapshot, for rates.
     at_snapshot: Counters,
     /// Per destination (remote endpoint), this interval.
@@ -215,6 +218,7 @@ impl Proc {
             comm,
             counters: Counters::default(),
             lifetimes: Log2Hist::default(),
+            connects: Log2Hist::default(),
             at_snapshot: Counters::default(),
             churn: HashMap::new(),
             live: 0,
@@ -300,6 +304,8 @@ pub struct TcpAggregate {
     /// The current life of every pid.
     lives: Lives,
     remote_errors: HashMap<SocketAddr, RemoteErrors>,
+    /// Connect times per destination.
+    connect: ConnectLatency,
     /// Resets sent by the kernel for no socket (closed ports).
     kernel_resets_sent: u64,
     /// Per-destination bookkeeping refused because of the bound.
@@ -431,6 +437,11 @@ pub struct ProcRow {
     pub lifetime_p50_ns: u64,
     pub lifetime_p99_ns: u64,
     pub lifetime_max_ns: u64,
+    /// Active opens that reached ESTABLISHED, and how long they took.
+    pub connects: u64,
+    pub connect_p50_ns: u64,
+    pub connect_p99_ns: u64,
+    pub connect_max_ns: u64,
     pub leaks: u64,
     /// Filled in by the edge (procfs), not by the core.
     pub cgroup: Option<String>,
@@ -487,6 +498,12 @@ pub struct TcpSnapshot {
     pub pressure: Vec<Pressure>,
     pub hints: Vec<String>,
     pub remote_errors: Vec<(SocketAddr, RemoteErrors)>,
+    /// The destinations with the slowest connects (SYN sent to
+    /// ESTABLISHED), since diag started.
+    pub connect_latency: Vec<DestLatency>,
+    /// Every connect since diag started (log2 buckets), and their sum.
+    #[serde(skip)]
+    pub connect_all: (super::histogram::Log2Hist, u64),
     pub kernel_resets_sent: u64,
     pub corrections: Corrections,
     pub overflow: u64,
@@ -518,6 +535,7 @@ impl TcpAggregate {
             procs: HashMap::new(),
             lives: Lives::new(),
             remote_errors: HashMap::new(),
+            connect: ConnectLatency::default(),
             kernel_resets_sent: 0,
             overflow: 0,
             last_usage: HashMap::new(),
@@ -739,6 +757,18 @@ impl TcpAggregate {
             (state::LISTEN, state::SYN_RECV) => {
                 sock.opened_ns = Some(ts);
                 self.proc_mut(owner).counters.passive_opens += 1;
+            }
+            (state::SYN_SENT, state::ESTABLISHED) => {
+                sock.established = true;
+                // The kernel's time in SYN_SENT, else ours.
+                let took = match e.in_old_state_ns {
+                    0 => sock.opened_ns.map(|o| ts.saturating_sub(o)),
+                    ns => Some(ns),
+                };
+                if let Some(ns) = took {
+                    self.proc_mut(owner).connects.record(ns);
+                    self.connect.record(remote, ns);
+                }
             }
             (_, state::ESTABLISHED) => sock.established = true,
             (state::ESTABLISHED, state::FIN_WAIT1) => sock.closer = Some(owner),
@@ -1383,6 +1413,10 @@ impl TcpAggregate {
                 lifetime_p50_ns: p.lifetimes.quantile(0.5),
                 lifetime_p99_ns: p.lifetimes.quantile(0.99),
                 lifetime_max_ns: p.lifetimes.max,
+                connects: p.connects.count,
+                connect_p50_ns: p.connects.quantile(0.5),
+                connect_p99_ns: p.connects.quantile(0.99),
+                connect_max_ns: p.connects.max,
                 leaks: leaks_per_pid.get(&key).copied().unwrap_or(0),
                 cgroup: None,
                 container: None,
@@ -1422,6 +1456,8 @@ impl TcpAggregate {
             t(&b.1).cmp(&t(&a.1)).then(a.0.cmp(&b.0))
         });
         remote_errors.truncate(20);
+        let connect_latency = self.connect.slowest(20);
+        hints.extend(super::connect::hints(&connect_latency));
         let snap = TcpSnapshot {
             ts_ns: now_ns,
             interval_s: secs,
@@ -1433,6 +1469,8 @@ impl TcpAggregate {
             pressure,
             hints,
             remote_errors,
+            connect_latency,
+            connect_all: (self.connect.all, self.connect.all_sum_ns),
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
             overflow: self.overflow + self.listen.overflow,
@@ -1933,6 +1971,58 @@ mod tests {
                 .all(|l| l.pid == Some(300) && l.age_ns > 5 * SEC && !l.age_is_lower_bound)
         );
         assert_hint(&late, &["3 sockets in CLOSE_WAIT"]);
+    }
+
+    /// SYN sent to ESTABLISHED: the kernel's time in SYN_SENT when it
+    /// gives one, else the events' timestamps; per process and per
+    /// destination, with a hint for a connect that lost its first SYN.
+    #[test]
+    fn connect_latency_per_process_and_destination() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        for (sk, dport, kernel_ns) in [(0x60, 80u16, 0u64), (0x61, 5432, 1_020_000_000)] {
+            agg.on_event(&g.st(
+                100,
+                "client",
+                sk,
+                0,
+                dport,
+                CLOSE,
+                SYN_SENT,
+                attribution::SYSCALL,
+            ));
+            let mut up = g.st(
+                100,
+                "client",
+                sk,
+                40000,
+                dport,
+                SYN_SENT,
+                ESTABLISHED,
+                attribution::SOCKET,
+            );
+            if let AnyEvent::TcpState(t) = &mut up {
+                t.in_old_state_ns = kernel_ns;
+            }
+            agg.on_event(&up);
+        }
+        let s = agg.snapshot(g.ts + SEC);
+        let c = s.processes.iter().find(|p| p.pid == 100).unwrap();
+        assert_eq!(c.connects, 2);
+        assert_eq!(c.connect_max_ns, 1_020_000_000);
+        let slow = &s.connect_latency[0];
+        assert_eq!((slow.remote.port(), slow.connects, slow.slow), (5432, 1, 1));
+        // The other took the 1 ms between its two events.
+        let fast = &s.connect_latency[1];
+        assert_eq!((fast.remote.port(), fast.max_ns), (80, 1_000_000));
+        assert!(
+            s.hints
+                .iter()
+                .any(|h| h.contains("127.0.0.1:5432") && h.contains("SYNs were lost")),
+            "{:?}",
+            s.hints
+        );
     }
 
     #[test]

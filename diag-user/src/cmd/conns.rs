@@ -17,6 +17,7 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let feeds = Feeds {
             tables: Some(args.view.tcp.reconcile),
+            placements: true,
             ..Feeds::default()
         };
         let source = live::start(live, feeds);

@@ -34,6 +34,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let source = replay::start(reader, window, args.speed);
         let end = match args.view {
             ReplayView::Tail(view) => {
+                if !view.cgroup.is_empty() {
+                    anyhow::bail!(
+                        "--cgroup reads where processes run from /proc, which a recording does not keep for TCP processes: use it with a live `diag tail`"
+                    );
+                }
                 let tail = Tail::new(&view, Names::of_header(&header), clock);
                 let mut sink = TailSink::new(tail, Output::stdout());
                 sink.header()?;

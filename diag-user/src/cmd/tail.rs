@@ -21,15 +21,19 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let events = &args.view.events;
     let oom_context = events.is_empty() || events.contains(&EventClass::Oom);
     super::runtime()?.block_on(async move {
+        let placements = args.view.json || !args.view.cgroup.is_empty();
         let source = live::start(
             live,
             Feeds {
                 oom_context,
+                placements,
                 ..Feeds::default()
             },
         );
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
-        let tail = Tail::new(&args.view, names, WallClock::now());
+        let mut tail = Tail::new(&args.view, names, WallClock::now());
+        // Live: where each process runs, for JSON lines and --cgroup.
+        tail.placements = placements.then(Default::default);
         let mut sink = TailSink::new(tail, Output::stdout());
         sink.header()?;
         drive(source, &mut [&mut sink], None).await?;

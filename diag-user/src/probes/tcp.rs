@@ -251,7 +251,19 @@ pub fn owner_layout(btf: &Btf, ret: Option<u32>) -> Result<OwnerLayout, String> 
         sk_daddr_v6: c("skc_v6_daddr", 16)?,
         net_valid: 1,
         valid: 0,
+        skb_dev: 0,
+        dev_net: 0,
+        skb_net_valid: 0,
     };
+    // A packet's namespace, for resets sent without a socket; optional.
+    if let (Ok(dev), Ok(net)) = (
+        sized("sk_buff", "dev", 8),
+        btf.offset("net_device", "nd_net.net"),
+    ) {
+        l.skb_dev = dev;
+        l.dev_net = net;
+        l.skb_net_valid = 1;
+    }
     if ret.is_some() {
         l.valid = 1;
     }
@@ -270,6 +282,7 @@ pub fn sock_layout_from(fmt: &Format) -> Result<TcpSockLayout, String> {
     };
     let mut l = TcpSockLayout::zeroed();
     l.skaddr = fmt.offset("skaddr", 8)?;
+    l.skbaddr = opt("skbaddr", 8)?;
     l.state = opt("state", 4)?;
     l.reason = match fmt.field("reason") {
         Some(_) => fmt.offset("reason", 4)?,

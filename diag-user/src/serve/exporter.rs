@@ -138,6 +138,10 @@ mod tests {
             lifetime_p50_ns: 0,
             lifetime_p99_ns: 0,
             lifetime_max_ns: 0,
+            connects: 0,
+            connect_p50_ns: 0,
+            connect_p99_ns: 0,
+            connect_max_ns: 0,
             leaks,
             cgroup: None,
             container: None,
@@ -166,7 +170,7 @@ mod tests {
                 let mut it = rest.split(' ');
                 let name = it.next().unwrap().to_string();
                 let ty = it.next().unwrap();
-                assert!(["counter", "gauge"].contains(&ty), "{line}");
+                assert!(["counter", "gauge", "histogram"].contains(&ty), "{line}");
                 if ty == "counter" {
                     assert!(name.ends_with("_total"), "{line}");
                 }
@@ -179,7 +183,11 @@ mod tests {
             assert!(!line.starts_with('#'), "{line}");
             let (series, value) = line.rsplit_once(' ').unwrap();
             let name = series.split('{').next().unwrap();
-            assert!(typed.contains(name), "no TYPE for {line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(typed.contains(family), "no TYPE for {line}");
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{line}"

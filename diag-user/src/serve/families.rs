@@ -3,10 +3,15 @@
 //! registry at each scrape; nothing here keeps state.
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, atomic::AtomicU64};
+
+use diag_common::sched::{HIST_SLOTS, slot_high_ns};
+
+use crate::aggregate::histogram::Log2Hist;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -53,6 +58,64 @@ pub fn gauges_f64(reg: &mut Registry, name: &str, help: &str, values: &[(Labels,
     let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (l, v) in values {
         f.get_or_create(l).set(*v);
+    }
+    reg.register(name, help, f);
+}
+
+/// Sum, count and per-bucket counts by upper bound.
+type HistValues = (f64, u64, Vec<(f64, u64)>);
+
+/// A histogram whose bucket counts are already known.
+#[derive(Debug, Default)]
+struct Known(Mutex<HistValues>);
+
+impl TypedMetric for Known {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Known {
+    fn encode(&self, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        e.encode_histogram::<NoLabelSet>(g.0, g.1, &g.2, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// `le` bounds in seconds (the log2 buckets' upper bounds) and
+/// per-bucket counts; the last bucket is open-ended, so it is +Inf.
+pub fn buckets_seconds(h: &Log2Hist) -> Vec<(f64, u64)> {
+    h.counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let le = if i == HIST_SLOTS - 1 {
+                f64::INFINITY
+            } else {
+                slot_high_ns(i) as f64 / 1e9
+            };
+            (le, n)
+        })
+        .collect()
+}
+
+/// A histogram family of nanosecond log2 histograms, with the sum of
+/// what they counted (ns), as seconds.
+pub fn histograms(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    values: Vec<(Labels, &Log2Hist, u64)>,
+) {
+    let f = Family::<Labels, Known>::default();
+    for (l, h, sum_ns) in values {
+        *f.get_or_create(&l)
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            (sum_ns as f64 / 1e9, h.total(), buckets_seconds(h));
     }
     reg.register(name, help, f);
 }

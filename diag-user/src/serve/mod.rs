@@ -179,7 +179,7 @@ impl Sink for ExporterSink {
                 .exporter
                 .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
-            Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) => {}
+            Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)
     }

@@ -2,17 +2,11 @@
 //! latency as a Prometheus histogram (from the kernel's log2 histograms),
 //! run-queue wait, blocked, CPU and stall counters.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::collections::BTreeMap;
 
-use prometheus_client::{
-    encoding::{EncodeMetric, MetricEncoder, NoLabelSet},
-    metrics::{MetricType, TypedMetric, family::Family},
-    registry::Registry,
-};
+use prometheus_client::{metrics::family::Family, registry::Registry};
 
-use diag_common::sched::{HIST_SLOTS, slot_high_ns};
-
-use super::families::{Families, Labels, counters};
+use super::families::{Families, Labels, counters, histograms};
 use crate::aggregate::{histogram::Log2Hist, sched::ProcInterval};
 
 /// One cgroup's scheduler totals since diag started.
@@ -45,45 +39,6 @@ impl SchedMetrics {
     }
 }
 
-/// Sum, count and per-bucket counts by upper bound.
-type HistValues = (f64, u64, Vec<(f64, u64)>);
-
-/// A histogram whose bucket counts are already known.
-#[derive(Debug, Default)]
-struct Known(Mutex<HistValues>);
-
-impl TypedMetric for Known {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for Known {
-    fn encode(&self, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        e.encode_histogram::<NoLabelSet>(g.0, g.1, &g.2, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
-/// `le` bounds in seconds (the kernel buckets' upper bounds) and
-/// per-bucket counts; the last bucket is open-ended, so it is +Inf.
-pub fn buckets_seconds(h: &Log2Hist) -> Vec<(f64, u64)> {
-    h.counts
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            let le = if i == HIST_SLOTS - 1 {
-                f64::INFINITY
-            } else {
-                slot_high_ns(i) as f64 / 1e9
-            };
-            (le, n)
-        })
-        .collect()
-}
-
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -91,16 +46,14 @@ fn secs(ns: u64) -> f64 {
 impl Families for SchedMetrics {
     fn register(&self, reg: &mut Registry) {
         let label = |cg: &String| -> Labels { vec![("cgroup", cg.clone())] };
-        let hist = Family::<Labels, Known>::default();
-        for (cg, c) in &self.by_cgroup {
-            let h = hist.get_or_create(&label(cg));
-            *h.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                (secs(c.wait_ns), c.hist.total(), buckets_seconds(&c.hist));
-        }
-        reg.register(
+        histograms(
+            reg,
             "diag_runq_latency_seconds",
             "Time runnable tasks waited for a CPU (run-queue latency), per wait, by cgroup; buckets are powers of two",
-            hist,
+            self.by_cgroup
+                .iter()
+                .map(|(cg, c)| (label(cg), &c.hist, c.wait_ns))
+                .collect(),
         );
         let f = |get: &dyn Fn(&CgroupSched) -> u64| -> Vec<(Labels, u64)> {
             self.by_cgroup

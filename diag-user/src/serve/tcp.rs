@@ -5,10 +5,13 @@
 use prometheus_client::registry::Registry;
 
 use super::{
-    families::{Families, Labels, counter, counters, g, gauges, gauges_f64},
+    families::{Families, Labels, counter, counters, g, gauges, gauges_f64, histograms},
     series::{Bounds, ProcessInfo, Series},
 };
-use crate::aggregate::tcp::{Corrections, Pressure, StateCounts, TcpSnapshot};
+use crate::aggregate::{
+    histogram::Log2Hist,
+    tcp::{Corrections, Pressure, StateCounts, TcpSnapshot},
+};
 
 /// Destinations with port-pressure series (the most used ones).
 pub const TOP_DESTINATIONS: usize = 20;
@@ -19,6 +22,8 @@ pub struct TcpMetrics {
     pressure: Vec<Pressure>,
     kernel_resets_sent: u64,
     corrections: Corrections,
+    /// Every connect (log2 buckets) and their sum, ns.
+    connects: (Log2Hist, u64),
 }
 
 /// The state names, as `ss` shows them.
@@ -80,6 +85,7 @@ impl TcpMetrics {
             .collect();
         self.kernel_resets_sent = snap.kernel_resets_sent;
         self.corrections = snap.corrections;
+        self.connects = snap.connect_all;
     }
 }
 
@@ -116,6 +122,12 @@ impl Families for TcpMetrics {
             &opens,
         );
         counters(reg, "diag_tcp_closes", "TCP connections closed", &closes);
+        histograms(
+            reg,
+            "diag_tcp_connect_seconds",
+            "Time from SYN sent to ESTABLISHED, per connect (host-wide); buckets are powers of two; about 1 s and more: SYNs were lost",
+            vec![(Vec::new(), &self.connects.0, self.connects.1)],
+        );
         counters(
             reg,
             "diag_tcp_failed_connects",

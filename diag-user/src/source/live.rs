@@ -19,6 +19,7 @@ use crate::{
     error::LoadError,
     host::{HostReader, SchedFeed},
     loader::Tracer,
+    placement::Placements,
     source::{Health, Source, cancel_on_signal},
 };
 
@@ -55,6 +56,7 @@ impl Live {
             drainer: Drainer {
                 counters,
                 health: Health::default(),
+                placements: None,
             },
         })
     }
@@ -151,6 +153,8 @@ impl Live {
 struct Drainer {
     counters: PerCpuArray<MapData, u64>,
     health: Health,
+    /// Where the processes events name run, when asked for.
+    placements: Option<Placements>,
 }
 
 impl Drainer {
@@ -214,6 +218,12 @@ impl Drainer {
                     .collect(),
                 None => Vec::new(),
             };
+            if let Some(p) = &mut self.placements {
+                let new = p.learn(&batch);
+                if !new.is_empty() && tx.send(Msg::Placements(new)).await.is_err() {
+                    return false;
+                }
+            }
             if tx.send(Msg::Events(batch)).await.is_err() {
                 return false;
             }
@@ -245,6 +255,10 @@ pub struct Feeds {
     /// Read each OOM kill's context (cgroup paths, top memory users) and
     /// send it after the kill.
     pub oom_context: bool,
+    /// Where each process that events name runs (cgroup, container,
+    /// network namespace), read once per process, sent before its first
+    /// events.
+    pub placements: bool,
 }
 
 /// Start draining `live`, and the pollers of `feeds`, onto a new bus.
@@ -255,20 +269,29 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let attached = live.attached().to_vec();
     if let Some(every) = feeds.tables {
+        // Where the socket table's processes run, for the placements feed:
+        // processes holding sockets older than diag may send no event.
+        let placements = feeds.placements;
         poll(
             &tx,
             &cancel,
             every,
-            || (),
-            |()| {
+            move || placements.then(Placements::default),
+            |mut places: Option<Placements>| {
                 let rows = enrich::tcp_table();
-                (
-                    (),
-                    Msg::Table {
-                        ts_ns: boot_ns(),
-                        rows,
-                    },
-                )
+                let mut msgs = Vec::new();
+                if let Some(p) = &mut places {
+                    let new =
+                        p.learn_pids(rows.iter().filter_map(|r| r.owner.as_ref().map(|o| o.0)));
+                    if !new.is_empty() {
+                        msgs.push(Msg::Placements(new));
+                    }
+                }
+                msgs.push(Msg::Table {
+                    ts_ns: boot_ns(),
+                    rows,
+                });
+                (places, msgs)
             },
         );
     }
@@ -278,7 +301,7 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             &cancel,
             every,
             || (),
-            |()| ((), Msg::Procs(process_table())),
+            |()| ((), vec![Msg::Procs(process_table())]),
         );
     }
     if let Some((every, reader)) = feeds.host {
@@ -289,7 +312,7 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             move || reader,
             |mut r: HostReader| {
                 let s = r.sample();
-                (r, Msg::Host(Box::new(s)))
+                (r, vec![Msg::Host(Box::new(s))])
             },
         );
     }
@@ -302,7 +325,7 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             |mut f: SchedFeed| {
                 let ts_ns = boot_ns();
                 let procs = f.read(ts_ns);
-                (f, Msg::Sched { ts_ns, procs })
+                (f, vec![Msg::Sched { ts_ns, procs }])
             },
         );
     }
@@ -324,6 +347,10 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
     } else {
         None
     };
+    let mut live = live;
+    if feeds.placements {
+        live.drainer.placements = Some(Placements::default());
+    }
     let task = tokio::spawn(live.run(tx, cancel.clone(), enricher));
     cancel_on_signal(&cancel);
     Source {
@@ -349,7 +376,7 @@ fn poll<S: Send + 'static>(
     cancel: &CancellationToken,
     every: Duration,
     init: impl FnOnce() -> S + Send + 'static,
-    read: fn(S) -> (S, Msg),
+    read: fn(S) -> (S, Vec<Msg>),
 ) {
     let tx = tx.clone();
     let cancel = cancel.clone();
@@ -362,12 +389,14 @@ fn poll<S: Send + 'static>(
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {
                     let Some(s) = state.take() else { break };
-                    let Ok((s, msg)) = tokio::task::spawn_blocking(move || read(s)).await else {
+                    let Ok((s, msgs)) = tokio::task::spawn_blocking(move || read(s)).await else {
                         break;
                     };
                     state = Some(s);
-                    if tx.send(msg).await.is_err() {
-                        break;
+                    for msg in msgs {
+                        if tx.send(msg).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -8,13 +8,14 @@ use std::{
 
 use serde::Serialize;
 
+use crate::placement::Placement;
+
 use crate::{
     aggregate::tcp::{Counters, ProcRow, Rates, StateCounts, TcpAggregate, TcpSnapshot},
     bus::Health,
     bus::{End, Msg},
     cli::{ConnsGroup, ConnsSort, ConnsView},
     clock::WallClock,
-    enrich,
     sink::{Flow, Sink},
     view::{
         fmt::human_ns,
@@ -56,19 +57,9 @@ impl RowFilter {
             && (self.comms.is_empty() || comm.is_some_and(|c| self.comms.iter().any(|x| x == c)))
     }
 
-    /// A row's cgroup path or container id starts with one of the wanted
-    /// ones (a path prefix ends at a `/`: `/a` keeps `/a/b`, not `/ab`).
+    /// A row's cgroup path or container id is one of the wanted ones.
     pub fn keeps_cgroup(&self, cgroup: Option<&str>, container: Option<&str>) -> bool {
-        self.cgroups.is_empty()
-            || self.cgroups.iter().any(|want| {
-                let path = cgroup.is_some_and(|c| {
-                    c == want
-                        || c.strip_prefix(want.trim_end_matches('/'))
-                            .is_some_and(|rest| rest.starts_with('/'))
-                });
-                path || (!want.starts_with('/')
-                    && container.is_some_and(|id| id.starts_with(want.as_str())))
-            })
+        crate::aggregate::filter::cgroup_matches(&self.cgroups, cgroup, container)
     }
 }
 
@@ -331,6 +322,29 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
             );
         }
     }
+    let slow: Vec<_> = snap.connect_latency.iter().take(5).collect();
+    if !slow.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nConnect time by destination (SYN sent to ESTABLISHED), slowest first:"
+        );
+        for d in slow {
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>6} connects  p50 {:>9}  p99 {:>9}  max {:>9}{}",
+                d.remote.to_string(),
+                d.connects,
+                human_ns(d.p50_ns),
+                human_ns(d.p99_ns),
+                human_ns(d.max_ns),
+                if d.slow > 0 {
+                    format!("  {} over 0.9 s", d.slow)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     if snap.kernel_resets_sent > 0 {
         let _ = writeln!(
             o,
@@ -361,25 +375,6 @@ struct JsonSnapshot<'a> {
     groups: Option<&'a [GroupRow]>,
     #[serde(flatten)]
     snapshot: &'a TcpSnapshot,
-}
-
-/// Where a process runs, read from procfs while it runs.
-#[derive(Debug, Clone, Default)]
-struct Placement {
-    cgroup: Option<String>,
-    container: Option<String>,
-    netns: Option<u64>,
-}
-
-impl Placement {
-    fn of(pid: u32) -> Placement {
-        let cgroup = enrich::cgroup_of(pid);
-        Placement {
-            container: cgroup.as_deref().and_then(enrich::container_id),
-            netns: enrich::netns_of(pid),
-            cgroup,
-        }
-    }
 }
 
 /// The `--group` table. Pure.
@@ -485,6 +480,8 @@ pub struct ConnsSink {
     /// keyed by pid, comm and life, so a reused pid is looked up afresh.
     /// Live only.
     cgroups: Option<HashMap<(u32, String, u32), Placement>>,
+    /// The latest placement of each pid, as the live source said.
+    placed: HashMap<u32, Placement>,
     clear: bool,
 }
 
@@ -510,6 +507,7 @@ impl ConnsSink {
                 && timebase == Timebase::Live
                 && io::stdout().is_terminal(),
             cgroups: (timebase == Timebase::Live).then(HashMap::new),
+            placed: HashMap::new(),
             agg: TcpAggregate::new(config),
             view,
             clock,
@@ -530,17 +528,14 @@ impl ConnsSink {
     fn print(&mut self, mut snap: TcpSnapshot, last: bool, out: &mut impl Write) -> io::Result<()> {
         if let Some(cache) = &mut self.cgroups {
             for r in &mut snap.processes {
-                // An exited process's pid may be another's by now: where
-                // it ran is known only if it was read while it ran.
-                let exited = r.exited;
+                // Read while the process ran (the source reads a process
+                // as its first events are drained); an exited process
+                // first seen now stays unknown (its pid may be another's).
                 let p = cache
                     .entry((r.pid, r.comm.clone(), r.life))
-                    .or_insert_with(|| {
-                        if exited {
-                            Placement::default()
-                        } else {
-                            Placement::of(r.pid)
-                        }
+                    .or_insert_with(|| match self.placed.get(&r.pid) {
+                        Some(p) if !r.exited => p.clone(),
+                        _ => Placement::default(),
                     });
                 r.cgroup = p.cgroup.clone();
                 r.container = p.container.clone();
@@ -605,6 +600,9 @@ impl ConnsSink {
                     }
                     self.last_ts = self.last_ts.max(ts);
                     self.agg.on_event(e);
+                    if let diag_common::user::AnyEvent::ProcExit(x) = e {
+                        self.placed.remove(&x.header.tgid);
+                    }
                 }
             }
             Msg::Health(h) => {
@@ -631,6 +629,7 @@ impl ConnsSink {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Damage(what) => tracing::warn!("{what}"),
+            Msg::Placements(new) => self.placed.extend(new.iter().cloned()),
             _ => {}
         }
         Ok(())
@@ -774,6 +773,10 @@ mod tests {
             lifetime_p50_ns: 1_000_000,
             lifetime_p99_ns: 8_000_000,
             lifetime_max_ns: 20_000_000,
+            connects: 0,
+            connect_p50_ns: 0,
+            connect_p99_ns: 0,
+            connect_max_ns: 0,
             leaks: 0,
             cgroup: Some("/svc".into()),
             container: None,

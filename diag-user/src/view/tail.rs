@@ -23,6 +23,7 @@ use crate::{
     cli::{EventClass, TailView},
     clock::WallClock,
     enrich::oom::OomContext,
+    placement::Placement,
     sink::{Flow, Sink},
     sys::page_kb,
     view::{
@@ -386,6 +387,23 @@ fn tcp_json(
 }
 
 pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
+    json_value(ev, clock, names).to_string()
+}
+
+/// [`format_json`], with where the event's process runs (live).
+pub fn format_json_placed(
+    ev: &AnyEvent,
+    clock: &WallClock,
+    names: &Names,
+    place: &Placement,
+) -> String {
+    let mut v = json_value(ev, clock, names);
+    v["cgroup"] = place.cgroup.clone().into();
+    v["container"] = place.container.clone().into();
+    v.to_string()
+}
+
+fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Value {
     match ev {
         AnyEvent::ProcExit(x) => {
             let h = &x.header;
@@ -404,9 +422,8 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 "signal": x.signal(),
                 "group_dead": x.flags & exit_flags::GROUP_DEAD != 0,
             })
-            .to_string()
         }
-        AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock).to_string(),
+        AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock),
         AnyEvent::TcpDrop(d) => {
             let mut v = tcp_json(
                 "tcp_listen_drop",
@@ -426,7 +443,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             let known = |x: u32| (x != u32::MAX).then_some(x);
             v["queue"] = known(d.queue).into();
             v["backlog"] = known(d.backlog).into();
-            v.to_string()
+            v
         }
         AnyEvent::Stall(s) => {
             let h = &s.header;
@@ -443,7 +460,6 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 "villain_tid": s.villain_pid,
                 "villain_comm": comm_string(&s.villain_comm),
             })
-            .to_string()
         }
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
@@ -472,7 +488,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
                 }
                 _ => {}
             }
-            v.to_string()
+            v
         }
         AnyEvent::TcpState(t) => {
             let mut v = tcp_json(
@@ -494,7 +510,7 @@ pub fn format_json(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
             } else {
                 t.in_old_state_ns.into()
             };
-            v.to_string()
+            v
         }
     }
 }
@@ -513,6 +529,12 @@ pub struct Tail {
     pub oom_queue: Vec<OomKillEvent>,
     /// OOM kill counters.
     pub oom: OomStats,
+    /// `--cgroup`: only processes in these cgroups or containers.
+    pub cgroups: Vec<String>,
+    /// Where each event's process runs, as the live source said (None:
+    /// a replay, which does not know). JSON lines carry the cgroup and
+    /// container, and `--cgroup` needs them.
+    pub placements: Option<HashMap<u32, Placement>>,
 }
 
 impl Tail {
@@ -523,6 +545,15 @@ impl Tail {
         ctx: &OomContext,
         out: &mut impl Write,
     ) -> io::Result<()> {
+        let victim_cgroup = ctx.victim_cgroup.as_deref();
+        let victim_container = victim_cgroup.and_then(crate::enrich::container_id);
+        if !crate::aggregate::filter::cgroup_matches(
+            &self.cgroups,
+            victim_cgroup,
+            victim_container.as_deref(),
+        ) {
+            return Ok(());
+        }
         self.shown += 1;
         self.oom
             .eat(o, ctx.victim_cgroup.as_deref(), ctx.oom_cgroup.as_deref());
@@ -548,20 +579,42 @@ impl Tail {
                         }
                         continue;
                     }
-                    if self.filter.matches(ev) {
-                        self.shown += 1;
-                        let line = if self.json {
-                            format_json(ev, &self.clock, &self.names)
-                        } else {
-                            format_text(ev, &self.clock, &self.names)
-                        };
-                        writeln!(out, "{line}")?;
+                    if !self.filter.matches(ev) {
+                        continue;
                     }
+                    let tgid = ev.header().tgid;
+                    let place = self
+                        .placements
+                        .as_ref()
+                        .map(|p| p.get(&tgid).cloned().unwrap_or_default());
+                    if let AnyEvent::ProcExit(_) = ev
+                        && let Some(p) = &mut self.placements
+                    {
+                        p.remove(&tgid);
+                    }
+                    if !self.cgroups.is_empty()
+                        && !place.as_ref().is_some_and(|p| p.is_in(&self.cgroups))
+                    {
+                        continue;
+                    }
+                    self.shown += 1;
+                    let line = match (self.json, &place) {
+                        (true, Some(p)) => format_json_placed(ev, &self.clock, &self.names, p),
+                        (true, None) => format_json(ev, &self.clock, &self.names),
+                        _ => format_text(ev, &self.clock, &self.names),
+                    };
+                    writeln!(out, "{line}")?;
                 }
                 out.flush()?;
                 Ok(None)
             }
             Msg::Damage(what) => Ok(Some(what.clone())),
+            Msg::Placements(new) => {
+                if let Some(p) = &mut self.placements {
+                    p.extend(new.iter().cloned());
+                }
+                Ok(None)
+            }
             Msg::Health(h) => {
                 let warn = new_losses(&self.health, h);
                 self.health = *h;
@@ -621,6 +674,8 @@ impl Tail {
             health: Health::default(),
             oom_queue: Vec::new(),
             oom: OomStats::default(),
+            cgroups: view.cgroup.clone(),
+            placements: None,
         }
     }
 
@@ -985,6 +1040,40 @@ mod tests {
         assert!(!other.matches(&s));
     }
 
+    /// `--cgroup`: events of processes elsewhere are left out; JSON lines
+    /// carry where the process runs (this test process stands in).
+    #[test]
+    fn cgroup_filter_and_placed_json() {
+        let me = std::process::id();
+        let here = Placement::of(me).cgroup.expect("this process's cgroup");
+        let view = TailView {
+            json: true,
+            cgroup: vec![here.clone()],
+            ..Default::default()
+        };
+        let mut t = Tail::new(&view, Names::default(), WallClock::with_offset_ns(0));
+        t.placements = Some(HashMap::new());
+        let mut out = Vec::new();
+        let events = vec![ev(me, "me", 2, 1, 443), ev(u32::MAX - 1, "gone", 2, 1, 80)];
+        let placed = crate::placement::Placements::default().learn(&events);
+        t.handle(&Msg::Placements(placed), &mut out).unwrap();
+        t.handle(
+            &Msg::Events(vec![
+                ev(me, "me", 2, 1, 443),
+                ev(u32::MAX - 1, "gone", 2, 1, 80),
+            ]),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["cgroup"], here.as_str());
+        assert_eq!(v["pid"], me);
+        assert_eq!(t.shown, 1);
+    }
+
     #[test]
     fn health_warnings_and_summary() {
         let mut t = Tail {
@@ -1000,6 +1089,8 @@ mod tests {
             seen: 0,
             shown: 0,
             health: Health::default(),
+            cgroups: Vec::new(),
+            placements: None,
         };
         let mut out = Vec::new();
         t.handle(

@@ -29,6 +29,14 @@
 //!     queue), then one on the second, which the listener drops as a
 //!     listen overflow (and again at each retransmission) for MILLIS;
 //!     print `DONE` and exit.
+//! diag-loadgen listen-late MILLIS COUNT ADDR
+//!     Listen with backlog 1 (print `PORT <n>`), accept nothing for
+//!     MILLIS, then accept COUNT connections, reading each to EOF: connects
+//!     beyond the full queue lose their SYN and wait for its
+//!     retransmission.
+//! diag-loadgen connect-timed COUNT ADDR:PORT
+//!     COUNT connects one after another, each timed: print `CONNECT_NS
+//!     <ns>` (connect() alone), write one byte, close.
 //! diag-loadgen connect-timeout COUNT MILLIS ADDR:PORT
 //!     COUNT concurrent connects, each given up after MILLIS.
 //! diag-loadgen listen-close COUNT ADDR / connect-eof COUNT ADDR:PORT
@@ -180,6 +188,36 @@ fn abort(count: usize, t: &str) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
         drop(s); // close() with linger 0 sends a reset
+    }
+    Ok(())
+}
+
+fn listen_late(millis: u64, count: usize, addr: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind(addr)?;
+    // SAFETY: valid listening fd; listening again sets the backlog.
+    if unsafe { libc::listen(l.as_raw_fd(), 1) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    say(&format!("PORT {}", l.local_addr()?.port()));
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    for _ in 0..count {
+        let (mut s, _) = l.accept()?;
+        let mut buf = [0u8; 64];
+        while s.read(&mut buf)? > 0 {}
+    }
+    Ok(())
+}
+
+fn connect_timed(count: usize, t: &str) -> std::io::Result<()> {
+    let addr: SocketAddr = t
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{t}: {e}")))?;
+    for _ in 0..count {
+        let at = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        say(&format!("CONNECT_NS {}", at.elapsed().as_nanos()));
+        s.write_all(b"x")?;
     }
     Ok(())
 }
@@ -608,6 +646,12 @@ fn main() -> ExitCode {
         "listen" => listen(count, rest),
         "connect" => connect(count, rest),
         "listen-hold" => listen_hold(count, first),
+        "listen-late" => listen_late(
+            count as u64,
+            rest.first().and_then(|c| c.parse().ok()).unwrap_or(1),
+            rest.get(1).map(String::as_str).unwrap_or(""),
+        ),
+        "connect-timed" => connect_timed(count, first),
         "connect-hold" => connect_hold(count, first),
         "try-connect" => try_connect(count, first),
         "abort" => abort(count, first),

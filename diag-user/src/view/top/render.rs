@@ -463,8 +463,14 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
     let row = st.detail_row();
     match row {
         Some(r) => {
+            let container = r
+                .cgroup
+                .as_deref()
+                .and_then(crate::enrich::container_id)
+                .map(|id| format!("  container {id}"))
+                .unwrap_or_default();
             v.push(format!(
-                "pid {} ({}){}  cgroup {}  CPU {}",
+                "pid {} ({}){}  cgroup {}{container}  CPU {}",
                 r.pid,
                 r.comm,
                 if r.alive { "" } else { " [gone]" },

@@ -226,10 +226,23 @@ fn detail_view_of_the_selected_process() {
     assert_eq!(st.ui.detail, Some(300));
     let lines = render::detail_lines(&st, 300);
     assert!(lines.iter().any(|l| l == "Hints:"), "{lines:?}");
+    assert!(!lines[0].contains("container"), "{lines:?}");
     let all = draw(&st, 80, 24).join("\n");
     assert!(all.contains("process 300"), "{all}");
     assert!(all.contains("pid 300 (leaker)"), "{all}");
     assert!(all.contains("Recent events:"), "{all}");
+    // A process in a container: its id, as `docker ps` shows it.
+    let id = "3f".repeat(32);
+    for r in st.model.rows.iter_mut().filter(|r| r.pid == 300) {
+        r.cgroup = Some(format!("/system.slice/docker-{id}.scope"));
+    }
+    let lines = render::detail_lines(&st, 300);
+    assert!(
+        lines[0].contains(&format!("container {}", &id[..12])),
+        "{lines:?}"
+    );
+    let all = draw(&st, 80, 24).join("\n");
+    assert!(all.contains("pid 300 (leaker)"), "{all}");
     st.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
     assert_eq!(st.ui.detail, None);
 }
