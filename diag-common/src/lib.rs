@@ -43,6 +43,8 @@ pub enum EventKind {
     /// attributed to another (the listener's owner): the socket is its own
     /// from now on.
     TcpAccepted = 6,
+    /// [`tcp::TcpDropEvent`]: a connection lost at a full listen queue.
+    TcpDrop = 7,
     /// [`oom::OomKillEvent`]
     OomKill = 10,
     /// [`sched::StallEvent`]
@@ -61,6 +63,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(EventKind::TcpRetransmit),
             5 => Ok(EventKind::TcpRetransmitSynack),
             6 => Ok(EventKind::TcpAccepted),
+            7 => Ok(EventKind::TcpDrop),
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
@@ -121,6 +124,11 @@ pub mod counters {
     pub const READ_ERROR: u32 = 3;
     /// Events submitted to the ring buffer.
     pub const SUBMITTED: u32 = 4;
+    /// SYNs at a listener whose `struct sock` diag does not know (one
+    /// older than diag that the socket iterator could not reach, e.g. in
+    /// another network namespace): whether its accept queue was full, and
+    /// so whether the SYN was dropped, is not known.
+    pub const LISTEN_UNREADABLE: u32 = 5;
 
     /// OOM kills reported without the victim's task facts (tgid, memory
     /// cgroup): the `tp_btf` program's note was missing or stale.

@@ -409,3 +409,139 @@ pub struct TcpSockEvent {
 const _: () = assert!(core::mem::size_of::<TcpSockEvent>() == 104);
 /// Size of a [`TcpSockEvent`] before `netns` was added (old recordings).
 pub const TCP_SOCK_EVENT_V1_LEN: usize = 96;
+
+/// Why a connection to a listener was lost ([`TcpDropEvent::cause`]).
+pub mod drop_cause {
+    /// A SYN arrived while the listener's accept queue was full and was
+    /// dropped (`tcp_conn_request`: the kernel's ListenOverflows; the
+    /// kernel frees the SYN with `consume_skb`, so no drop reason).
+    pub const SYN_ACCEPT_QUEUE_FULL: u8 = 1;
+    /// The handshake's last ACK arrived while the accept queue was full
+    /// (`skb:kfree_skb` reason `TCP_LISTEN_OVERFLOW`; ListenOverflows too).
+    pub const ACK_ACCEPT_QUEUE_FULL: u8 = 2;
+    /// The SYN (request) queue was full (`skb:kfree_skb` reason
+    /// `TCP_REQQFULLDROP`, on kernels that have it).
+    pub const REQUEST_QUEUE_FULL: u8 = 3;
+
+    pub fn name(c: u8) -> &'static str {
+        match c {
+            SYN_ACCEPT_QUEUE_FULL => "syn_accept_queue_full",
+            ACK_ACCEPT_QUEUE_FULL => "ack_accept_queue_full",
+            REQUEST_QUEUE_FULL => "request_queue_full",
+            _ => "unknown",
+        }
+    }
+
+    /// Whether a cause counts toward the kernel's ListenOverflows.
+    pub const fn is_overflow(cause: u8) -> bool {
+        cause == SYN_ACCEPT_QUEUE_FULL || cause == ACK_ACCEPT_QUEUE_FULL
+    }
+}
+
+/// How many kernel drop reasons the drop program watches.
+pub const DROP_REASONS: usize = 4;
+
+/// What the listen-queue drop programs need: field offsets of
+/// `skb:kfree_skb` and `skb:consume_skb` (tracefs), the drop-reason
+/// numbers to watch (from the format's `__print_symbolic` table, unused
+/// slots [`NO_FIELD`]), the address range of `tcp_rcv_state_process`
+/// (where a listener's SYNs are consumed, from /proc/kallsyms), and
+/// `struct sock`, `sk_buff` and `net_device` offsets (BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpDropLayout {
+    pub kfree_skbaddr: u32,
+    pub kfree_rx_sk: u32,
+    pub kfree_reason: u32,
+    /// Kernel `enum skb_drop_reason` numbers watched, and the
+    /// [`drop_cause`] each stands for.
+    pub reasons: [u32; DROP_REASONS],
+    pub causes: [u32; DROP_REASONS],
+    pub consume_skbaddr: u32,
+    pub consume_location: u32,
+    pub _pad: u32,
+    /// `[syn_lo, syn_hi)`: code addresses of `tcp_rcv_state_process`.
+    pub syn_lo: u64,
+    pub syn_hi: u64,
+    /// `sock.sk_ack_backlog`, `sock.sk_max_ack_backlog` (u32).
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// `sk_buff.head` (pointer), `.network_header`, `.transport_header`
+    /// (u16), `._skb_refdst` (the route, low bit a flag).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_refdst: u32,
+    /// `dst_entry.dev`.
+    pub dst_dev: u32,
+    /// `net_device.nd_net.net`.
+    pub dev_net: u32,
+    /// 1 when the kfree_skb program may run.
+    pub kfree_valid: u32,
+    /// 1 when the consume_skb (SYN) program may run.
+    pub syn_valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpDropLayout>() == 112);
+
+impl TcpDropLayout {
+    pub const fn zeroed() -> Self {
+        TcpDropLayout {
+            kfree_skbaddr: 0,
+            kfree_rx_sk: 0,
+            kfree_reason: 0,
+            reasons: [NO_FIELD; DROP_REASONS],
+            causes: [0; DROP_REASONS],
+            consume_skbaddr: 0,
+            consume_location: 0,
+            _pad: 0,
+            syn_lo: 0,
+            syn_hi: 0,
+            sk_ack_backlog: 0,
+            sk_max_ack_backlog: 0,
+            skb_head: 0,
+            skb_network_header: 0,
+            skb_transport_header: 0,
+            skb_refdst: 0,
+            dst_dev: 0,
+            dev_net: 0,
+            kfree_valid: 0,
+            syn_valid: 0,
+        }
+    }
+}
+
+/// A connection lost at a listener ([`drop_cause`]): its accept queue or
+/// request queue was full. The header names the listener's owner (see
+/// [`attribution`]: LISTENER when known, else CURRENT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpDropEvent {
+    pub header: EventHeader,
+    /// The listening socket, 0 when unknown.
+    pub skaddr: u64,
+    /// The listener's address (the packet's destination): IPv4 in the
+    /// first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    /// The client's address, same encoding.
+    pub raddr: [u8; 16],
+    /// The listener's port and the client's (host order).
+    pub port: u16,
+    pub rport: u16,
+    pub family: u16,
+    /// One of [`drop_cause`].
+    pub cause: u8,
+    pub attribution: u8,
+    /// The kernel's `enum skb_drop_reason` number (0: the SYN path,
+    /// which has none).
+    pub reason: u32,
+    /// The listener's network namespace inode, 0 when unknown.
+    pub netns: u32,
+    /// The listener's accept queue (`sk_ack_backlog`) and its maximum
+    /// (`sk_max_ack_backlog`, the listen() backlog) at the drop;
+    /// u32::MAX when unknown.
+    pub queue: u32,
+    pub backlog: u32,
+    pub current_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpDropEvent>() == 112);

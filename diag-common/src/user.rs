@@ -4,8 +4,9 @@ use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
-    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpSockEvent,
-    TcpSockLayout, TcpStateEvent, TCP_SOCK_EVENT_V1_LEN, TCP_STATE_EVENT_V1_LEN,
+    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpDropEvent,
+    TcpDropLayout, TcpSockEvent, TcpSockLayout, TcpStateEvent, TCP_SOCK_EVENT_V1_LEN,
+    TCP_STATE_EVENT_V1_LEN,
 };
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -18,6 +19,7 @@ unsafe impl aya::Pod for SockOwner {}
 unsafe impl aya::Pod for ListenKey {}
 unsafe impl aya::Pod for OwnerLayout {}
 unsafe impl aya::Pod for TcpSockLayout {}
+unsafe impl aya::Pod for TcpDropLayout {}
 unsafe impl aya::Pod for MarkVictimLayout {}
 unsafe impl aya::Pod for MemcgLayout {}
 unsafe impl aya::Pod for VictimTask {}
@@ -33,6 +35,8 @@ pub enum AnyEvent {
     TcpState(TcpStateEvent),
     /// Kinds TcpResetSent, TcpResetReceived, TcpRetransmit, TcpRetransmitSynack.
     TcpSock(TcpSockEvent),
+    /// Kind TcpDrop: a connection lost at a full listen queue.
+    TcpDrop(TcpDropEvent),
     OomKill(OomKillEvent),
     Stall(StallEvent),
     ProcExit(ProcExitEvent),
@@ -44,6 +48,7 @@ impl AnyEvent {
         match self {
             AnyEvent::TcpState(e) => as_bytes(e),
             AnyEvent::TcpSock(e) => as_bytes(e),
+            AnyEvent::TcpDrop(e) => as_bytes(e),
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
@@ -54,6 +59,7 @@ impl AnyEvent {
         match self {
             AnyEvent::TcpState(e) => &e.header,
             AnyEvent::TcpSock(e) => &e.header,
+            AnyEvent::TcpDrop(e) => &e.header,
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
@@ -155,6 +161,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
             header.kind,
             TCP_SOCK_EVENT_V1_LEN,
         )?)),
+        EventKind::TcpDrop => Ok(AnyEvent::TcpDrop(read(buf, Some(header.kind))?)),
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
@@ -203,6 +210,40 @@ mod tests {
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
         let any = AnyEvent::TcpState(e);
         assert_eq!(decode(any.to_bytes()), Ok(any));
+    }
+
+    #[test]
+    fn tcp_drop_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::TcpDrop as u32;
+        header.tgid = 42;
+        let e = crate::tcp::TcpDropEvent {
+            header,
+            skaddr: 0xffff_1234,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            raddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: 8080,
+            rport: 50000,
+            family: crate::tcp::AF_INET,
+            cause: crate::tcp::drop_cause::SYN_ACCEPT_QUEUE_FULL,
+            attribution: crate::tcp::attribution::LISTENER,
+            reason: 0,
+            netns: 4026531840,
+            queue: 3,
+            backlog: 2,
+            current_tgid: 9,
+            _pad: 0,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpDrop(e)));
+        assert_eq!(AnyEvent::TcpDrop(e).header().tgid, 42);
+        assert_eq!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort {
+                kind: Some(7),
+                len: 100,
+                need: 112
+            })
+        );
     }
 
     #[test]

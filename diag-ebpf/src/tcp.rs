@@ -28,9 +28,9 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     tcp::{
-        attribution, state, InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout,
-        SockOwner, TcpSockEvent, TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, IPPROTO_TCP,
-        NO_FIELD,
+        attribution, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
+        SockBtfLayout, SockOwner, TcpDropEvent, TcpDropLayout, TcpSockEvent, TcpSockLayout,
+        TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP, NO_FIELD,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -817,4 +817,327 @@ fn accepted_event(l: &OwnerLayout, sk: u64, netns: u32, prev_tgid: u32) -> Resul
     entry.submit(flags);
     count(counters::SUBMITTED);
     Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// Listen queues: connections lost because a listener's accept queue (or
+// request queue) was full, attributed to the listener's owner.
+
+/// Offsets, reason numbers and the SYN code range, written by user space
+/// at load time.
+#[unsafe(no_mangle)]
+static TCP_DROP: Global<TcpDropLayout> = Global::new(TcpDropLayout::zeroed());
+
+/// `skb:kfree_skb`: every freed-with-a-reason skb on the host. Returns
+/// after one field read unless the reason is one of the few watched
+/// (`TCP_LISTEN_OVERFLOW`, ...); then `rx_sk` is the listener.
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    match try_kfree_skb(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
+    let l = TCP_DROP.load();
+    if l.kfree_valid == 0 {
+        return Ok(0);
+    }
+    let reason: u32 = field(ctx, l.kfree_reason)?;
+    let mut cause = 0u8;
+    let mut i = 0;
+    while i < DROP_REASONS {
+        if l.reasons[i] == reason {
+            cause = l.causes[i] as u8;
+        }
+        i += 1;
+    }
+    if cause == 0 {
+        return Ok(0);
+    }
+    let sk: u64 = field(ctx, l.kfree_rx_sk)?;
+    let skb: u64 = field(ctx, l.kfree_skbaddr)?;
+    let o = OWNER_LAYOUT.load();
+    if o.net_valid == 0 {
+        return Ok(0);
+    }
+    let Some(p) = parse_syn(&l, skb) else {
+        return Ok(0);
+    };
+    let netns = if sk != 0 { netns_of(sk) } else { p.netns };
+    let owner = listener_any(netns, p.family, &p.daddr, p.dport);
+    let listener = if sk != 0 {
+        sk
+    } else {
+        owner.map(|o| o.skaddr).unwrap_or(0)
+    };
+    drop_event(&l, &p, netns, listener, owner, cause, reason)
+}
+
+/// `skb:consume_skb`, for the SYNs a listener drops because its accept
+/// queue is full: the kernel counts ListenOverflows and frees them as
+/// consumed, from `tcp_rcv_state_process`, like the SYNs it answers.
+/// Returns after one field read unless the skb was freed there; then a
+/// SYN whose listener's accept queue is full (`sk_ack_backlog >
+/// sk_max_ack_backlog`, the kernel's own test a moment before) is a drop.
+#[tracepoint]
+pub fn consume_skb(ctx: TracePointContext) -> u32 {
+    match try_consume_skb(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_consume_skb(ctx: &TracePointContext) -> Result<u32, u32> {
+    let l = TCP_DROP.load();
+    if l.syn_valid == 0 {
+        return Ok(0);
+    }
+    let location: u64 = field(ctx, l.consume_location)?;
+    if location < l.syn_lo || location >= l.syn_hi {
+        return Ok(0);
+    }
+    let skb: u64 = field(ctx, l.consume_skbaddr)?;
+    let Some(p) = parse_syn(&l, skb) else {
+        return Ok(0);
+    };
+    if !p.syn_only {
+        return Ok(0);
+    }
+    let Some(owner) = listener_any(p.netns, p.family, &p.daddr, p.dport) else {
+        return Ok(0);
+    };
+    let sk = owner.skaddr;
+    if sk == 0 {
+        // A listener from before diag (seeded from /proc) that the
+        // socket iterator did not reach: its queue cannot be read.
+        count(counters::LISTEN_UNREADABLE);
+        return Ok(0);
+    }
+    let queue: u32 = kread(sk + l.sk_ack_backlog as u64)?;
+    let max: u32 = kread(sk + l.sk_max_ack_backlog as u64)?;
+    if queue <= max {
+        return Ok(0);
+    }
+    drop_event(
+        &l,
+        &p,
+        p.netns,
+        sk,
+        Some(owner),
+        drop_cause::SYN_ACCEPT_QUEUE_FULL,
+        0,
+    )
+}
+
+/// What the drop programs read of a TCP packet.
+struct Packet {
+    family: u16,
+    daddr: [u8; 16],
+    saddr: [u8; 16],
+    dport: u16,
+    sport: u16,
+    /// SYN set, ACK not: a connection request.
+    syn_only: bool,
+    /// The receiving device's network namespace.
+    netns: u32,
+}
+
+/// The IP and TCP headers of a received skb (wire formats, not kernel
+/// layouts), and its device's namespace.
+#[inline(always)]
+fn parse_syn(l: &TcpDropLayout, skb: u64) -> Option<Packet> {
+    if skb == 0 {
+        return None;
+    }
+    let head: u64 = kread(skb + l.skb_head as u64).ok()?;
+    let nh: u16 = kread(skb + l.skb_network_header as u64).ok()?;
+    let th: u16 = kread(skb + l.skb_transport_header as u64).ok()?;
+    if head == 0 || th == u16::MAX || nh == u16::MAX {
+        return None;
+    }
+    let ip = head + nh as u64;
+    let tcp = head + th as u64;
+    let ver: u8 = kread(ip).ok()?;
+    let mut p = Packet {
+        family: 0,
+        daddr: [0; 16],
+        saddr: [0; 16],
+        dport: 0,
+        sport: 0,
+        syn_only: false,
+        netns: 0,
+    };
+    match ver >> 4 {
+        4 => {
+            // protocol at 9, saddr at 12, daddr at 16
+            let proto: u8 = kread(ip + 9).ok()?;
+            if proto as u16 != IPPROTO_TCP {
+                return None;
+            }
+            let s: [u8; 4] = kread(ip + 12).ok()?;
+            let d: [u8; 4] = kread(ip + 16).ok()?;
+            p.saddr[..4].copy_from_slice(&s);
+            p.daddr[..4].copy_from_slice(&d);
+            p.family = AF_INET;
+        }
+        6 => {
+            // next header at 6, saddr at 8, daddr at 24 (no extension
+            // headers before TCP: the transport header says where it is)
+            p.saddr = kread(ip + 8).ok()?;
+            p.daddr = kread(ip + 24).ok()?;
+            p.family = AF_INET6;
+        }
+        _ => return None,
+    }
+    let ports: [u8; 4] = kread(tcp).ok()?;
+    p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let flags: u8 = kread(tcp + 13).ok()?;
+    p.syn_only = flags & 0x12 == 0x02;
+    // TCP has cleared `skb->dev` by now; the route (`skb_dst()`: the
+    // low bit of `_skb_refdst` is a flag) still names the device.
+    let refdst: u64 = kread(skb + l.skb_refdst as u64).unwrap_or(0) & !1u64;
+    let dev: u64 = if refdst != 0 {
+        kread(refdst + l.dst_dev as u64).unwrap_or(0)
+    } else {
+        0
+    };
+    if dev != 0 {
+        let net: u64 = kread(dev + l.dev_net as u64).unwrap_or(0);
+        if net != 0 {
+            p.netns = kread::<u32>(net + OWNER_LAYOUT.load().net_inum as u64).unwrap_or(0);
+        }
+    }
+    Some(p)
+}
+
+/// The listener a packet to (`netns`, `family`, `addr`, `port`) came to,
+/// an IPv4 one to a dual-stack IPv6 listener too.
+#[inline(always)]
+fn listener_any(netns: u32, family: u16, addr: &[u8; 16], port: u16) -> Option<SockOwner> {
+    if let Some(o) = listener_of(netns, family, addr, port) {
+        return Some(o);
+    }
+    if family != AF_INET {
+        return None;
+    }
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&addr[..4]);
+    listener_of(netns, AF_INET6, &mapped, port)
+}
+
+#[inline(always)]
+fn drop_event(
+    l: &TcpDropLayout,
+    p: &Packet,
+    netns: u32,
+    sk: u64,
+    owner: Option<SockOwner>,
+    cause: u8,
+    reason: u32,
+) -> Result<u32, u32> {
+    let (queue, backlog) = if sk != 0 {
+        (
+            kread::<u32>(sk + l.sk_ack_backlog as u64).unwrap_or(u32::MAX),
+            kread::<u32>(sk + l.sk_max_ack_backlog as u64).unwrap_or(u32::MAX),
+        )
+    } else {
+        (u32::MAX, u32::MAX)
+    };
+    let mut header = current_header(EventKind::TcpDrop as u32);
+    let current_tgid = header.tgid;
+    let how = match owner {
+        Some(o) => {
+            header.pid = o.pid;
+            header.tgid = o.tgid;
+            header.comm = o.comm;
+            attribution::LISTENER
+        }
+        None => attribution::CURRENT,
+    };
+    let Some(mut entry) = EVENTS.reserve::<TcpDropEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).header = header;
+        (*ev).skaddr = sk;
+        (*ev).addr = p.daddr;
+        (*ev).raddr = p.saddr;
+        (*ev).port = p.dport;
+        (*ev).rport = p.sport;
+        (*ev).family = p.family;
+        (*ev).cause = cause;
+        (*ev).attribution = how;
+        (*ev).reason = reason;
+        (*ev).netns = netns;
+        (*ev).queue = queue;
+        (*ev).backlog = backlog;
+        (*ev).current_tgid = current_tgid;
+        (*ev)._pad = 0;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// Listeners from before diag: user space seeds their owners from /proc,
+// which cannot tell their `struct sock`; one pass of the TCP socket
+// iterator fills it in (the SYN-drop program reads the accept queue
+// there).
+
+/// `iter/tcp`: called once per TCP socket of the iterating task's network
+/// namespace (`struct bpf_iter__tcp { meta; sk_common; uid; }`), then once
+/// with no socket. Writes nothing to the seq file.
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn seed_listener_socks(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel checks the context access against BTF: offset 8
+    // is `sk_common` (a socket or NULL).
+    let sk = unsafe { core::ptr::read_volatile((ctx as *const u64).add(1)) };
+    if sk == 0 {
+        return 0;
+    }
+    let l = OWNER_LAYOUT.load();
+    if l.net_valid == 0 {
+        return 0;
+    }
+    let Ok(st) = kread::<u8>(sk + l.sk_state as u64) else {
+        return 0;
+    };
+    if st != state::LISTEN {
+        return 0;
+    }
+    let family: u16 = kread(sk + l.sk_family as u64).unwrap_or(0);
+    let port: u16 = kread(sk + l.sk_num as u64).unwrap_or(0);
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = kread(sk + l.sk_saddr_v6 as u64).unwrap_or([0; 16]);
+    } else if family == AF_INET {
+        let a: [u8; 4] = kread(sk + l.sk_saddr as u64).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+    } else {
+        return 0;
+    }
+    let key = ListenKey {
+        netns: netns_of(sk),
+        port,
+        family,
+        addr,
+    };
+    if let Some(o) = LISTENERS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer, valid while we run.
+        unsafe {
+            if (*o).skaddr == 0 {
+                (*o).skaddr = sk;
+            }
+        }
+    }
+    0
 }

@@ -157,6 +157,11 @@ pub struct Health {
     pub sched_proc_map_full: u64,
     /// Scheduler: task_struct fields the kernel program failed to read.
     pub sched_read_errors: u64,
+    /// SYNs at listeners whose accept queue diag could not read (older
+    /// than diag and out of the socket iterator's reach): their drops may
+    /// be missing.
+    #[serde(default)]
+    pub listen_unreadable: u64,
     /// Records received by user space.
     pub received: u64,
     /// Records user space could not decode.
@@ -217,6 +222,12 @@ impl Health {
             parts.push(format!(
                 "{} task_struct read errors",
                 self.sched_read_errors
+            ));
+        }
+        if self.listen_unreadable > 0 {
+            parts.push(format!(
+                "{} SYNs at listeners older than diag whose accept queue could not be read (their drops may be missing)",
+                self.listen_unreadable
             ));
         }
         if self.decode_errors > 0 {

@@ -213,6 +213,10 @@ pub enum EventClass {
     Reset,
     /// TCP retransmissions, SYN-ACKs included (tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack)
     Retrans,
+    /// Connections a listener lost because its accept queue was full
+    /// (skb:kfree_skb, skb:consume_skb): the kernel's ListenOverflows,
+    /// per listener and owner
+    Drop,
     /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
     Oom,
     /// Run-queue waits longer than --stall-threshold, with the task that
@@ -233,7 +237,11 @@ impl EventClass {
         let per_process = events.iter().any(|e| {
             matches!(
                 e,
-                EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Stall
+                EventClass::Tcp
+                    | EventClass::Reset
+                    | EventClass::Retrans
+                    | EventClass::Drop
+                    | EventClass::Stall
             )
         });
         if per_process && !v.contains(&EventClass::Exit) {
@@ -270,7 +278,12 @@ pub struct TailView {
     pub json: bool,
 
     /// Which events to show (comma separated)
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,oom")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp,drop,oom"
+    )]
     pub events: Vec<EventClass>,
 
     #[command(flatten)]
@@ -315,7 +328,7 @@ impl Default for TailView {
     fn default() -> Self {
         TailView {
             json: false,
-            events: vec![EventClass::Tcp, EventClass::Oom],
+            events: vec![EventClass::Tcp, EventClass::Drop, EventClass::Oom],
             only: Only::default(),
             cgroup: Vec::new(),
         }
@@ -660,7 +673,7 @@ pub struct RecordArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp,reset,retrans,oom"
+        default_value = "tcp,reset,retrans,drop,oom"
     )]
     pub events: Vec<EventClass>,
 
@@ -1068,11 +1081,14 @@ mod tests {
     }
 
     #[test]
-    fn events_default_to_tcp_and_oom() {
+    fn events_default_to_tcp_drops_and_oom() {
         let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(t.view.events, vec![EventClass::Tcp, EventClass::Oom]);
+        assert_eq!(
+            t.view.events,
+            vec![EventClass::Tcp, EventClass::Drop, EventClass::Oom]
+        );
         assert_eq!(TailArgs::default().view.events, t.view.events);
         let Some(Command::Tail(t)) = Cli::try_parse_from(["diag", "tail", "--events", "oom"])
             .unwrap()

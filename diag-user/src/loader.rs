@@ -182,12 +182,28 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
                         "; no owner probes ({why}): connections stay with the listener's owner until reconciled"
                     ),
                 };
+                let drops = match &l.drop {
+                    Ok(d) => format!(
+                        "; listen queues: {}{}",
+                        if d.kfree_valid != 0 {
+                            "skb:kfree_skb (TCP_LISTEN_OVERFLOW)"
+                        } else {
+                            "no watched skb:kfree_skb reason"
+                        },
+                        if d.syn_valid != 0 {
+                            ", skb:consume_skb (SYNs, tcp_rcv_state_process from kallsyms)"
+                        } else {
+                            ", no SYN drops (tcp_rcv_state_process not in kallsyms)"
+                        }
+                    ),
+                    Err(why) => format!("; no listen-queue drops ({why})"),
+                };
                 match l.state_btf {
                     Ok(_) => {
-                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}")
+                        format!("{names} (state changes by tp_btf, struct sock from BTF){owners}{drops}")
                     }
                     Err(why) => {
-                        format!("{names} (state changes by the classic tracepoint: {why}){owners}")
+                        format!("{names} (state changes by the classic tracepoint: {why}){owners}{drops}")
                     }
                 }
             }),
@@ -272,9 +288,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     check_kernel()?;
     check_btf(&args.btf)?;
     let (tracefs, tracefs_mount) = tracefs::ensure_mounted(&args.tracefs)?;
-    let wants_tcp = events
-        .iter()
-        .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
+    let wants_tcp = events.iter().any(|e| {
+        matches!(
+            e,
+            EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+        )
+    });
     let tcp = if wants_tcp {
         let mut l = probes::tcp::layouts(&tracefs, &args.btf)?;
         if args.classic_tcp {
@@ -351,6 +370,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         sock: vec![TcpSockLayout::zeroed(); probes::tcp::SOCK_TRACEPOINTS.len()],
         rst_reasons: Vec::new(),
         owner: Err("no TCP probes".into()),
+        drop: Err("no TCP probes".into()),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -360,6 +380,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
+        }
+        if let Ok(d) = &mut tcp.drop {
+            d.kfree_valid = 0;
+            d.syn_valid = 0;
         }
     }
     let sock_btf = match &tcp.state_btf {
@@ -371,11 +395,16 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         Ok(l) if !args.empty_programs => *l,
         _ => diag_common::tcp::OwnerLayout::zeroed(),
     };
+    let drop_layout = match &tcp.drop {
+        Ok(l) => *l,
+        Err(_) => diag_common::tcp::TcpDropLayout::zeroed(),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("INET_SOCK_SET_STATE", &tcp.state, true)
         .override_global("SOCK_BTF", &sock_btf, true)
         .override_global("OWNER_LAYOUT", &owner_layout, true)
+        .override_global("TCP_DROP", &drop_layout, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)
@@ -431,6 +460,11 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             &mut attached,
         )?;
         probes::tcp::seed_listeners(&mut ebpf)?;
+        if tcp.drop.as_ref().is_ok_and(|d| d.syn_valid != 0)
+            && let Err(why) = probes::tcp::seed_listener_socks(&mut ebpf, kernel_btf.as_ref().ok())
+        {
+            tracing::warn!("note: SYNs dropped at listeners older than diag are not seen ({why})");
+        }
     }
     if let Some(oom) = &env.oom {
         probes::oom::attach(&mut ebpf, oom, kernel_btf.as_ref(), &mut attached)?;

@@ -366,6 +366,21 @@ pub fn tcp_snmp() -> HashMap<String, i64> {
         .collect()
 }
 
+/// The `TcpExt:` counters of /proc/net/netstat (ListenOverflows,
+/// ListenDrops, ...).
+pub fn tcp_ext() -> HashMap<String, i64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = ext.next().expect("TcpExt header");
+    let values = ext.next().expect("TcpExt values");
+    names
+        .split_whitespace()
+        .skip(1)
+        .zip(values.split_whitespace().skip(1))
+        .map(|(n, v)| (n.to_string(), v.parse().unwrap_or(0)))
+        .collect()
+}
+
 /// The BPF objects a process holds, from its fds and their fdinfo.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BpfObjects {

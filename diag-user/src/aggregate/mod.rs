@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod filter;
 pub mod histogram;
+pub mod listen;
 pub mod oom;
 pub mod process;
 pub mod sched;

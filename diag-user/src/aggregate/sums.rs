@@ -15,6 +15,7 @@ impl AddAssign<&Counters> for Counters {
         self.retransmits += d.retransmits;
         self.time_waits += d.time_waits;
         self.aborts += d.aborts;
+        self.listen_overflows += d.listen_overflows;
     }
 }
 
@@ -61,10 +62,12 @@ mod tests {
             retransmits: 7,
             time_waits: 8,
             aborts: 9,
+            listen_overflows: 10,
         };
         let mut c = one;
         c += &one;
         assert_eq!(c.aborts, 18);
+        assert_eq!(c.listen_overflows, 20);
         assert_eq!(c.active_opens, 2);
         let mut s = StateCounts {
             listen: 1,

@@ -26,13 +26,14 @@ use std::{
 use diag_common::{
     EventHeader, EventKind,
     proc::ProcExitEvent,
-    tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state},
+    tcp::{AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state},
     user::AnyEvent,
 };
 use serde::Serialize;
 
 use super::{
     connect::{ConnectLatency, DestLatency},
+    listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
 
@@ -154,6 +155,10 @@ pub struct Counters {
     /// Connections closed straight from ESTABLISHED or CLOSE_WAIT (a reset
     /// sent or received, or an abort): the kernel's EstabResets.
     pub aborts: u64,
+    /// Connection attempts its listeners lost because their accept queue
+    /// was full: the kernel's ListenOverflows.
+    #[serde(default)]
+    pub listen_overflows: u64,
 }
 
 impl Counters {
@@ -168,6 +173,7 @@ impl Counters {
             retransmits: self.retransmits.saturating_sub(o.retransmits),
             time_waits: self.time_waits.saturating_sub(o.time_waits),
             aborts: self.aborts.saturating_sub(o.aborts),
+            listen_overflows: self.listen_overflows.saturating_sub(o.listen_overflows),
         }
     }
 }
@@ -198,7 +204,13 @@ struct Proc {
     idle_snapshots: u32,
     /// The kernel reported its end.
     exited: Option<ExitInfo>,
+    /// Accept-queue overflows per listening port, cumulative (bounded by
+    /// [`MAX_LISTEN_PORTS`]; beyond, under port 0).
+    listen_ports: BTreeMap<u16, u64>,
 }
+
+/// Listening ports per process with overflow counts of their own.
+pub const MAX_LISTEN_PORTS: usize = 8;
 
 impl Proc {
     fn new(comm: String) -> Self {
@@ -212,6 +224,7 @@ impl Proc {
             live: 0,
             idle_snapshots: 0,
             exited: None,
+            listen_ports: BTreeMap::new(),
         }
     }
 }
@@ -306,6 +319,8 @@ pub struct TcpAggregate {
     /// the last reconciliation, with the holder then: corrected when the
     /// next one agrees (an event on its way may still fix it).
     owner_suspects: HashMap<FourTuple, u32>,
+    /// Connections lost at full listen queues, per listener.
+    listen: ListenQueues,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -436,6 +451,10 @@ pub struct ProcRow {
     /// The process's network namespace inode; edge-filled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// `totals.listen_overflows` per listening port (0: the ports beyond
+    /// [`MAX_LISTEN_PORTS`]), cumulative.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen_ports: Vec<(u16, u64)>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -488,6 +507,8 @@ pub struct TcpSnapshot {
     pub kernel_resets_sent: u64,
     pub corrections: Corrections,
     pub overflow: u64,
+    /// Listeners that lost connections because a queue was full.
+    pub listen: Vec<ListenRow>,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -521,6 +542,7 @@ impl TcpAggregate {
             last_snapshot_ns: None,
             corrections: Corrections::default(),
             owner_suspects: HashMap::new(),
+            listen: ListenQueues::default(),
         }
     }
 
@@ -653,6 +675,7 @@ impl TcpAggregate {
                 self.on_accepted(e)
             }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
+            AnyEvent::TcpDrop(e) => self.on_drop(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
@@ -840,6 +863,26 @@ impl TcpAggregate {
                 Ok(EventKind::TcpResetReceived) => r.resets_received += 1,
                 _ => r.retransmits += 1,
             }
+        }
+    }
+
+    /// A connection lost at a listener: counted for the listener and, when
+    /// it overflowed the accept queue, for the listener's process.
+    fn on_drop(&mut self, e: &TcpDropEvent) {
+        self.listen
+            .on_drop(e, SocketAddr::new(ip(e.family, &e.addr), e.port));
+        if e.attribution == attribution::LISTENER && drop_cause::is_overflow(e.cause) {
+            let owner = self.owner_for(&e.header, false);
+            let p = self.proc_mut(owner);
+            p.counters.listen_overflows += 1;
+            let port = if p.listen_ports.len() < MAX_LISTEN_PORTS
+                || p.listen_ports.contains_key(&e.port)
+            {
+                e.port
+            } else {
+                0
+            };
+            *p.listen_ports.entry(port).or_default() += 1;
         }
     }
 
@@ -1378,6 +1421,7 @@ impl TcpAggregate {
                 cgroup: None,
                 container: None,
                 netns: None,
+                listen_ports: p.listen_ports.iter().map(|(k, v)| (*k, *v)).collect(),
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();
@@ -1401,6 +1445,8 @@ impl TcpAggregate {
                 pr.in_time_wait
             ));
         }
+        let listen = self.listen.rows();
+        hints.extend(ListenQueues::hints(&listen));
         let mut remote_errors: Vec<(SocketAddr, RemoteErrors)> =
             self.remote_errors.iter().map(|(k, v)| (*k, *v)).collect();
         remote_errors.sort_by(|a, b| {
@@ -1427,7 +1473,8 @@ impl TcpAggregate {
             connect_all: (self.connect.all, self.connect.all_sum_ns),
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
-            overflow: self.overflow,
+            overflow: self.overflow + self.listen.overflow,
+            listen,
         };
         let closing = Closing {
             usage,
@@ -1438,6 +1485,7 @@ impl TcpAggregate {
 
     fn close_interval(&mut self, now_ns: u64, closing: Closing) {
         self.expire_time_wait(now_ns);
+        self.listen.close_interval();
         for (key, p) in &mut self.procs {
             p.at_snapshot = p.counters;
             // Freed, not cleared: thousands of idle processes keep no capacity.

@@ -25,6 +25,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         EventClass::Tcp,
         EventClass::Reset,
         EventClass::Retrans,
+        EventClass::Drop,
         EventClass::Oom,
     ];
     if !args.no_sched {

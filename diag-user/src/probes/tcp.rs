@@ -9,8 +9,8 @@ use aya::{Btf as AyaBtf, Ebpf, maps::HashMap};
 use diag_common::{
     TASK_COMM_LEN,
     tcp::{
-        InetSockSetStateLayout, ListenKey, NO_FIELD, OwnerLayout, SockBtfLayout, SockOwner,
-        TcpSockLayout,
+        DROP_REASONS, InetSockSetStateLayout, ListenKey, NO_FIELD, OwnerLayout, SockBtfLayout,
+        SockOwner, TcpDropLayout, TcpSockLayout, drop_cause,
     },
 };
 
@@ -51,6 +51,8 @@ pub struct Layouts {
     /// Offsets for the accept program and network namespaces, or why not
     /// (then passive opens stay with the listener's owner, namespaces 0).
     pub owner: Result<OwnerLayout, String>,
+    /// The listen-queue drop programs' layout, or why they stay out.
+    pub drop: Result<TcpDropLayout, String>,
 }
 
 /// The accept tracepoints (category `syscalls`): one program on both.
@@ -67,6 +69,10 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
     // CONFIG_FTRACE_SYSCALLS) namespaces are still read; only the accept
     // program stays out.
     let ret = accept_ret(tracefs);
+    let drop = parsed
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|b| drop_layout(tracefs, b, Path::new(KALLSYMS)));
     let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
@@ -88,7 +94,118 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         sock,
         rst_reasons,
         owner,
+        drop,
     })
+}
+
+/// Where the kernel lists its symbols.
+pub const KALLSYMS: &str = "/proc/kallsyms";
+
+/// The kernel's drop reasons that mean a listener lost a connection, and
+/// the cause each stands for. Names absent from the running kernel's
+/// `skb:kfree_skb` format are left out.
+pub const DROP_REASON_NAMES: &[(&str, u8)] = &[
+    ("TCP_LISTEN_OVERFLOW", drop_cause::ACK_ACCEPT_QUEUE_FULL),
+    ("TCP_REQQFULLDROP", drop_cause::REQUEST_QUEUE_FULL),
+];
+
+/// The function whose `consume_skb` frees a listener's SYNs, answered or
+/// dropped.
+pub const SYN_FUNCTION: &str = "tcp_rcv_state_process";
+
+/// The listen-queue drop programs' layout: `skb:kfree_skb` and
+/// `skb:consume_skb` field offsets and drop-reason numbers (tracefs),
+/// `struct sock`, `sk_buff` and `net_device` offsets (BTF), and the code
+/// range of [`SYN_FUNCTION`] (`kallsyms`; without it, only the
+/// kfree_skb program runs).
+pub fn drop_layout(tracefs: &Path, btf: &Btf, kallsyms: &Path) -> Result<TcpDropLayout, String> {
+    let kfree =
+        Format::read(tracefs, "skb", "kfree_skb", "listen queues").map_err(|e| e.to_string())?;
+    let consume =
+        Format::read(tracefs, "skb", "consume_skb", "listen queues").map_err(|e| e.to_string())?;
+    let mut l = drop_layout_from(&kfree, &consume, btf)?;
+    match std::fs::read_to_string(kallsyms)
+        .map_err(|e| format!("{}: {e}", kallsyms.display()))
+        .and_then(|text| symbol_range(&text, SYN_FUNCTION))
+    {
+        Ok((lo, hi)) => {
+            l.syn_lo = lo;
+            l.syn_hi = hi;
+            l.syn_valid = 1;
+        }
+        Err(why) => tracing::info!(
+            "note: SYNs dropped at a full accept queue are not seen ({why}); handshakes dropped there are"
+        ),
+    }
+    Ok(l)
+}
+
+/// [`drop_layout`] without the code range.
+pub fn drop_layout_from(
+    kfree: &Format,
+    consume: &Format,
+    btf: &Btf,
+) -> Result<TcpDropLayout, String> {
+    let mut l = TcpDropLayout::zeroed();
+    l.kfree_skbaddr = kfree.offset("skbaddr", 8)?;
+    l.kfree_rx_sk = kfree.offset("rx_sk", 8)?;
+    l.kfree_reason = kfree.offset("reason", 4)?;
+    l.consume_skbaddr = consume.offset("skbaddr", 8)?;
+    l.consume_location = consume.offset("location", 8)?;
+    let names = kfree.symbols("REC->reason");
+    let mut i = 0;
+    for (name, cause) in DROP_REASON_NAMES {
+        if let Some((n, _)) = names.iter().find(|(_, s)| s == name)
+            && i < DROP_REASONS
+        {
+            l.reasons[i] = u32::try_from(*n).map_err(|_| format!("drop reason {name} is {n}"))?;
+            l.causes[i] = u32::from(*cause);
+            i += 1;
+        }
+    }
+    let sized = |strct: &str, name: &str, size: u32| btf.sized_member(strct, name, size);
+    l.sk_ack_backlog = sized("sock", "sk_ack_backlog", 4)?;
+    l.sk_max_ack_backlog = sized("sock", "sk_max_ack_backlog", 4)?;
+    l.skb_head = sized("sk_buff", "head", 8)?;
+    l.skb_network_header = sized("sk_buff", "network_header", 2)?;
+    l.skb_transport_header = sized("sk_buff", "transport_header", 2)?;
+    l.skb_refdst = sized("sk_buff", "_skb_refdst", 8)?;
+    l.dst_dev = sized("dst_entry", "dev", 8)?;
+    l.dev_net = btf.offset("net_device", "nd_net.net")?;
+    // Without a watched reason the kfree_skb program has nothing to do.
+    l.kfree_valid = u32::from(i > 0);
+    Ok(l)
+}
+
+/// `[start, end)` of function `name` in a kallsyms listing: from its
+/// address to the next higher symbol's.
+pub fn symbol_range(kallsyms: &str, name: &str) -> Result<(u64, u64), String> {
+    let mut start = None;
+    let mut addrs = Vec::new();
+    for line in kallsyms.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(a), Some(_), Some(sym)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        // Symbols of modules have a fourth column.
+        if sym == name && it.next().is_none() {
+            start = Some(a);
+        }
+        addrs.push(a);
+    }
+    let start = start.ok_or_else(|| format!("no {name} in kallsyms"))?;
+    if start == 0 {
+        return Err("kallsyms hides addresses (kernel.kptr_restrict)".to_string());
+    }
+    let end = addrs
+        .into_iter()
+        .filter(|&a| a > start)
+        .min()
+        .ok_or_else(|| format!("no symbol after {name} in kallsyms"))?;
+    Ok((start, end))
 }
 
 /// The offset of `ret` in `syscalls:sys_exit_accept4` and
@@ -295,6 +412,35 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
     Ok(n)
 }
 
+/// Fill in the `struct sock` of the listeners [`seed_listeners`] seeded
+/// (from /proc, which does not show it), so the SYN-drop program can read
+/// their accept queues: one pass of the kernel's TCP socket iterator
+/// (`iter/tcp`, diag's own network namespace), which then goes. Returns
+/// why not, if it could not (those listeners' SYN drops are then not seen;
+/// their handshake drops are).
+pub fn seed_listener_socks(ebpf: &mut Ebpf, btf: Option<&AyaBtf>) -> Result<(), String> {
+    use std::io::Read;
+    let btf = btf.ok_or("no kernel BTF")?;
+    let prog: &mut aya::programs::Iter = ebpf
+        .program_mut("seed_listener_socks")
+        .ok_or("no program seed_listener_socks")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load("tcp", btf)
+        .map_err(|e| crate::error::flatten(&e))?;
+    let link = prog.attach().map_err(|e| crate::error::flatten(&e))?;
+    let link = prog
+        .take_link(link)
+        .map_err(|e| crate::error::flatten(&e))?;
+    let mut file = link.into_file().map_err(|e| crate::error::flatten(&e))?;
+    // Reading runs the program over every socket; it writes nothing.
+    let mut sink = Vec::new();
+    file.read_to_end(&mut sink)
+        .map_err(|e| format!("reading the socket iterator: {e}"))?;
+    prog.unload().map_err(|e| crate::error::flatten(&e))?;
+    Ok(())
+}
+
 /// For messages: the raw tracepoint, when it is the one attached.
 pub const STATE_BTF_NAME: &str = "tp_btf:inet_sock_set_state";
 
@@ -328,6 +474,10 @@ pub fn attach(
         super::attach_tracepoint(ebpf, name, "tcp", name)?;
         attached.push(TRACEPOINT_NAMES[i + 1]);
     }
+    match &layouts.drop {
+        Ok(d) => attach_drops(ebpf, d, attached)?,
+        Err(why) => tracing::warn!("note: listen-queue drops are not traced ({why})"),
+    }
     let missing = match (&layouts.owner, btf) {
         (Ok(_), Some(btf)) => attach_holders(ebpf, btf, attached)
             .err()
@@ -346,6 +496,24 @@ pub fn attach(
             ),
             Err(why) => tracing::warn!("note: --accept-probe: cannot follow accept() ({why})"),
         }
+    }
+    Ok(())
+}
+
+/// The listen-queue drop programs (classic tracepoints `skb:kfree_skb`,
+/// `skb:consume_skb`), those whose layout is complete.
+fn attach_drops(
+    ebpf: &mut Ebpf,
+    l: &TcpDropLayout,
+    attached: &mut Vec<&'static str>,
+) -> Result<(), LoadError> {
+    if l.kfree_valid != 0 {
+        super::attach_tracepoint(ebpf, "kfree_skb", "skb", "kfree_skb")?;
+        attached.push("skb:kfree_skb");
+    }
+    if l.syn_valid != 0 {
+        super::attach_tracepoint(ebpf, "consume_skb", "skb", "consume_skb")?;
+        attached.push("skb:consume_skb");
     }
     Ok(())
 }
@@ -473,6 +641,46 @@ mod tests {
             &[("sk", sock, 0, 0), ("inet_sport", u16t, 6224, 0)],
         );
         b.build()
+    }
+
+    #[test]
+    fn symbol_ranges() {
+        let k = "ffffffff82022bc0 T tcp_rcv_state_process\n\
+                 ffffffff82024200 T tcp_conn_request\n\
+                 ffffffff82020000 t before\n\
+                 ffffffffc0001000 t tcp_rcv_state_process [some_module]\n";
+        assert_eq!(
+            symbol_range(k, "tcp_rcv_state_process"),
+            Ok((0xffffffff82022bc0, 0xffffffff82024200))
+        );
+        assert!(symbol_range(k, "nothing").is_err());
+        let hidden = "0000000000000000 T tcp_rcv_state_process\n0000000000000000 T x\n";
+        assert!(symbol_range(hidden, "tcp_rcv_state_process").is_err());
+    }
+
+    #[test]
+    fn drop_layout_from_the_running_kernel() {
+        let tracefs = Path::new("/sys/kernel/tracing");
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() || !tracefs.join("events/skb/kfree_skb/format").exists() {
+            eprintln!("no kernel BTF or tracefs here; skipped");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let kfree = Format::read(tracefs, "skb", "kfree_skb", "t").unwrap();
+        let consume = Format::read(tracefs, "skb", "consume_skb", "t").unwrap();
+        let l = drop_layout_from(&kfree, &consume, &btf).unwrap();
+        // The reason number is the format's, whatever it is.
+        let names = kfree.symbols("REC->reason");
+        let n = names
+            .iter()
+            .find(|(_, s)| s == "TCP_LISTEN_OVERFLOW")
+            .unwrap()
+            .0;
+        assert_eq!(l.reasons[0], n as u32);
+        assert_eq!(l.causes[0], u32::from(drop_cause::ACK_ACCEPT_QUEUE_FULL));
+        assert_eq!(l.kfree_valid, 1);
+        assert!(l.sk_max_ack_backlog > 0 && l.skb_transport_header > 0 && l.dev_net > 0);
     }
 
     #[test]

@@ -146,6 +146,7 @@ mod tests {
             cgroup: None,
             container: None,
             netns: None,
+            listen_ports: Vec::new(),
         }
     }
 
@@ -247,6 +248,38 @@ mod tests {
         assert_eq!(m["diag_probes_attached"], 6.0);
         assert_eq!(m["diag_exporter_process_series"], 1.0);
         assert_eq!(m["diag_exporter_process_series_limit"], 50.0);
+    }
+
+    #[test]
+    fn listen_overflows_by_port() {
+        let mut e = Exporter::new(Bounds::default(), 6);
+        let c = Counters {
+            passive_opens: 3,
+            listen_overflows: 5,
+            ..Default::default()
+        };
+        let mut r = row(7, "api", c, StateCounts::default(), 0);
+        r.listen_ports = vec![(0, 1), (8080, 4)];
+        e.update_tcp(&snapshot(vec![r.clone()]), &mut Fake);
+        let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        let m = parse(&e.render());
+        assert_eq!(
+            m[&format!("diag_tcp_listen_overflows_total{{{p},port=\"8080\"}}")],
+            4.0
+        );
+        assert_eq!(
+            m[&format!("diag_tcp_listen_overflows_total{{{p},port=\"other\"}}")],
+            1.0
+        );
+        // Later: only the increase is credited, the total stays exact.
+        r.totals.listen_overflows = 7;
+        r.listen_ports = vec![(0, 1), (8080, 6)];
+        e.update_tcp(&snapshot(vec![r]), &mut Fake);
+        let m = parse(&e.render());
+        assert_eq!(
+            m[&format!("diag_tcp_listen_overflows_total{{{p},port=\"8080\"}}")],
+            6.0
+        );
     }
 
     #[test]

@@ -109,6 +109,8 @@ type Key = (u32, String, u32);
 struct Seen {
     /// Counters already credited.
     credited: Counters,
+    /// Listen overflows per port already credited.
+    credited_ports: Vec<(u16, u64)>,
     cgroup: String,
     /// Opens, closes, resets, retransmits: all-time, for ranking.
     activity: u64,
@@ -139,6 +141,10 @@ pub struct Series {
     cgroups: BTreeSet<String>,
     /// Counters per series, cumulative; gauges as of the last update.
     pub values: BTreeMap<SeriesKey, SeriesValues>,
+    /// Listen overflows per series and listening port (0: the ports
+    /// beyond the aggregate's bound), cumulative; they add up to the
+    /// series' `listen_overflows`.
+    pub listen_ports: BTreeMap<(SeriesKey, u16), u64>,
     /// What dropped series had counted.
     retired: Counters,
     /// cgroup reads waiting for the events before them to be taken in:
@@ -147,7 +153,13 @@ pub struct Series {
 }
 
 fn activity(c: &Counters) -> u64 {
-    c.active_opens + c.passive_opens + c.closes + c.resets_sent + c.resets_received + c.retransmits
+    c.active_opens
+        + c.passive_opens
+        + c.closes
+        + c.resets_sent
+        + c.resets_received
+        + c.retransmits
+        + c.listen_overflows
 }
 
 fn sub_states(a: &StateCounts, d: &StateCounts) -> StateCounts {
@@ -178,6 +190,7 @@ fn delta(now: &Counters, before: &Counters) -> Option<Counters> {
         (now.retransmits, before.retransmits),
         (now.time_waits, before.time_waits),
         (now.aborts, before.aborts),
+        (now.listen_overflows, before.listen_overflows),
     ];
     if pairs.iter().any(|(n, b)| n < b) {
         return None;
@@ -192,6 +205,7 @@ fn delta(now: &Counters, before: &Counters) -> Option<Counters> {
         retransmits: now.retransmits - before.retransmits,
         time_waits: now.time_waits - before.time_waits,
         aborts: now.aborts - before.aborts,
+        listen_overflows: now.listen_overflows - before.listen_overflows,
     })
 }
 
@@ -294,6 +308,7 @@ impl Series {
     ) {
         // Increases since the last update, per key.
         let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
+        let mut port_deltas: Vec<(Key, Vec<(u16, u64)>)> = Vec::new();
         for r in rows {
             let key = (r.pid, r.comm.clone(), r.life);
             let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
@@ -305,6 +320,20 @@ impl Series {
                 }
                 None => r.totals,
             };
+            let credited: &[(u16, u64)] = self
+                .seen
+                .get(&key)
+                .map(|s| s.credited_ports.as_slice())
+                .unwrap_or(&[]);
+            let ports: Vec<(u16, u64)> = r
+                .listen_ports
+                .iter()
+                .map(|&(port, n)| {
+                    let before = credited.iter().find(|c| c.0 == port).map_or(0, |c| c.1);
+                    (port, n.saturating_sub(before))
+                })
+                .filter(|&(_, n)| n > 0)
+                .collect();
             if !self.seen.contains_key(&key) {
                 let Some(cg) = self.checked_cgroup(&key, r, info) else {
                     // Not known yet: the row waits (its counts are
@@ -316,6 +345,7 @@ impl Series {
                     key.clone(),
                     Seen {
                         credited: Counters::default(),
+                        credited_ports: Vec::new(),
                         cgroup,
                         activity: 0,
                         gone: false,
@@ -324,6 +354,10 @@ impl Series {
             }
             let s = self.seen.get_mut(&key).expect("inserted above");
             s.credited = r.totals;
+            s.credited_ports.clone_from(&r.listen_ports);
+            if !ports.is_empty() {
+                port_deltas.push((key.clone(), ports));
+            }
             s.activity += activity(&d);
             deltas.push((key, d, r));
         }
@@ -439,6 +473,12 @@ impl Series {
             owned_states += &r.states;
             owned_leaks += r.leaks;
         }
+        for (k, ports) in port_deltas {
+            let sk = self.key_of(&k);
+            for (port, n) in ports {
+                *self.listen_ports.entry((sk.clone(), port)).or_default() += n;
+            }
+        }
         // Sockets no process is known for.
         let rest = sub_states(host_states, &owned_states);
         let rest_leaks = host_leaks.saturating_sub(owned_leaks);
@@ -464,6 +504,7 @@ impl Series {
         if let Some(v) = self.values.remove(&sk) {
             self.retired += &v.counters;
         }
+        self.listen_ports.retain(|(s, _), _| *s != sk);
     }
 
     /// The sum over all series, dropped ones included (for checks).
@@ -523,6 +564,7 @@ mod tests {
             cgroup: None,
             container: None,
             netns: None,
+            listen_ports: Vec::new(),
         }
     }
 

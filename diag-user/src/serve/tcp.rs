@@ -158,6 +158,25 @@ impl Families for TcpMetrics {
             "Sockets in CLOSE_WAIT for longer than --close-wait-threshold: the process received FIN and never called close()",
             &leaks,
         );
+        let overflows: Vec<(Labels, u64)> = self
+            .series
+            .listen_ports
+            .iter()
+            .map(|((k, port), n)| {
+                let port = if *port == 0 {
+                    super::series::OTHER.to_string()
+                } else {
+                    port.to_string()
+                };
+                (with(k.labels(), "port", &port), *n)
+            })
+            .collect();
+        counters(
+            reg,
+            "diag_tcp_listen_overflows",
+            "Connection attempts a process's listener lost because its accept queue was full (the kernel's ListenOverflows), by listening port (port=other: a process's ports beyond the first 8)",
+            &overflows,
+        );
         let dest = |p: &Pressure| -> Labels {
             vec![
                 ("local", p.destination.local.to_string()),

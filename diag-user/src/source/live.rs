@@ -174,6 +174,7 @@ impl Drainer {
         self.health.sock_map_full = self.counter(counters::SOCK_MAP_FULL);
         self.health.listen_map_full = self.counter(counters::LISTEN_MAP_FULL);
         self.health.read_errors = self.counter(counters::READ_ERROR);
+        self.health.listen_unreadable = self.counter(counters::LISTEN_UNREADABLE);
         self.health.oom_no_victim_task = self.counter(counters::OOM_NO_VICTIM_TASK);
         self.health.oom_read_errors = self.counter(counters::OOM_READ_ERROR);
         self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);

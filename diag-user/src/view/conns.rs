@@ -74,6 +74,10 @@ pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: 
         filter.keeps(l.pid, l.comm.as_deref())
             && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
     });
+    snap.listen.retain(|l| {
+        filter.keeps(l.pid, l.comm.as_deref())
+            && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
+    });
     sort_rows(&mut snap.processes, sort);
     if top > 0 {
         snap.processes.truncate(top);
@@ -273,6 +277,34 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
                 p.growth_per_s,
                 if p.warning { "  WARNING" } else { "" }
             );
+        }
+    }
+    if !snap.listen.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nListen queues (connection attempts dropped at a full queue):"
+        );
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>8} {:<16} {:>13} {:>9} {:>10} {:>9}",
+            "LISTENER", "PID", "COMM", "QUEUE/BACKLOG", "HIGHEST", "OVERFLOWS", "LAST"
+        );
+        for l in snap.listen.iter().take(10) {
+            let n = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>8} {:<16} {:>13} {:>9} {:>10} {:>9}",
+                l.local.to_string(),
+                l.pid.map_or("-".to_string(), |p| p.to_string()),
+                l.comm.as_deref().unwrap_or("-"),
+                format!("{}/{}", n(l.queue), n(l.backlog)),
+                l.queue_max,
+                l.overflows,
+                l.overflows_interval,
+            );
+        }
+        if snap.listen.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", snap.listen.len() - 10);
         }
     }
     let errs: Vec<_> = snap.remote_errors.iter().take(5).collect();
@@ -749,6 +781,7 @@ mod tests {
             cgroup: Some("/svc".into()),
             container: None,
             netns: None,
+            listen_ports: Vec::new(),
         }
     }
 
@@ -857,6 +890,49 @@ mod tests {
             render_text(&s, &lossy, &WallClock::with_offset_ns(0))
                 .contains("INCOMPLETE: 3 events dropped")
         );
+    }
+
+    #[test]
+    fn listen_queues_section() {
+        let mut s = snap();
+        s.listen = vec![crate::aggregate::listen::ListenRow {
+            netns: 1,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            pid: Some(2),
+            comm: Some("b".into()),
+            overflows: 141,
+            overflows_interval: 47,
+            drops: 141,
+            drops_interval: 47,
+            queue: Some(3),
+            backlog: Some(2),
+            queue_max: 3,
+            last_ns: 1,
+        }];
+        let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
+        assert!(t.contains("Listen queues"), "{t}");
+        let line = t.lines().find(|l| l.contains("127.0.0.1:8080")).unwrap();
+        assert!(
+            line.contains(" 3/2 ") && line.contains(" 141 ") && line.contains(" 47"),
+            "{line}"
+        );
+        let j = render_json(
+            &s,
+            None,
+            &Health::default(),
+            &WallClock::with_offset_ns(0),
+            false,
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["listen"][0]["overflows"], 141);
+        assert_eq!(v["listen"][0]["backlog"], 2);
+        // Another process's listener goes with --pid.
+        let f = RowFilter {
+            pids: vec![9],
+            ..Default::default()
+        };
+        select(&mut s, &f, ConnsSort::Opens, 0);
+        assert!(s.listen.is_empty());
     }
 
     #[test]

@@ -157,6 +157,13 @@ impl ChromeTrace {
                     "args": {"local": endpoint(s.family, &s.saddr, s.sport), "remote": endpoint(s.family, &s.daddr, s.dport)},
                 }));
             }
+            AnyEvent::TcpDrop(d) => {
+                self.events.push(json!({
+                    "name": format!("listen drop ({})", diag_common::tcp::drop_cause::name(d.cause)),
+                    "cat": "tcp", "ph": "i", "s": "t", "ts": ts, "pid": h.tgid, "tid": h.tgid,
+                    "args": {"local": endpoint(d.family, &d.addr, d.port), "remote": endpoint(d.family, &d.raddr, d.rport), "queue": d.queue, "backlog": d.backlog},
+                }));
+            }
             AnyEvent::Stall(st) => {
                 // The wait ended now: a slice on the waiting thread's track.
                 let dur = st.wait_ns as f64 / 1000.0;

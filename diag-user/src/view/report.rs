@@ -116,7 +116,8 @@ impl Review {
                                     r.lifetimes.record(ts.saturating_sub(o));
                                 }
                             }
-                            AnyEvent::TcpSock(_) | AnyEvent::ProcExit(_) => {}
+                            AnyEvent::TcpSock(_) | AnyEvent::TcpDrop(_) | AnyEvent::ProcExit(_) => {
+                            }
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);

@@ -9,7 +9,9 @@ use diag_common::{
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
-    tcp::{AF_INET6, TcpSockEvent, TcpStateEvent, attribution, state_name},
+    tcp::{
+        AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state_name,
+    },
     user::AnyEvent,
 };
 
@@ -213,6 +215,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
+        AnyEvent::TcpDrop(d) => drop_text(d, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -296,6 +299,41 @@ fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
         h.cpu,
         h.pid,
         villain,
+    )
+}
+
+/// The queue and backlog of a listen-queue drop, `3/2` (`?` unknown).
+fn queue_text(d: &TcpDropEvent) -> String {
+    let n = |v: u32| {
+        if v == u32::MAX {
+            "?".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    format!("{}/{}", n(d.queue), n(d.backlog))
+}
+
+/// A connection lost at a listener: its address and the client's, why,
+/// and the accept queue/backlog then (in the duration column).
+fn drop_text(d: &TcpDropEvent, clock: &WallClock) -> String {
+    let h = &d.header;
+    let what = match d.cause {
+        drop_cause::SYN_ACCEPT_QUEUE_FULL => "SYN DROPPED: queue full",
+        drop_cause::ACK_ACCEPT_QUEUE_FULL => "ACK DROPPED: queue full",
+        drop_cause::REQUEST_QUEUE_FULL => "SYN DROPPED: req q full",
+        _ => "DROPPED",
+    };
+    format!(
+        "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        endpoint(d.family, &d.addr, d.port),
+        endpoint(d.family, &d.raddr, d.rport),
+        what,
+        queue_text(d),
+        attribution::name(d.attribution),
     )
 }
 
@@ -386,6 +424,27 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             })
         }
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock),
+        AnyEvent::TcpDrop(d) => {
+            let mut v = tcp_json(
+                "tcp_listen_drop",
+                &d.header,
+                clock,
+                d.family,
+                (&d.addr, d.port),
+                (&d.raddr, d.rport),
+                d.attribution,
+                d.current_tgid,
+                d.skaddr,
+                d.netns,
+            );
+            v["cause"] = drop_cause::name(d.cause).into();
+            v["overflow"] = drop_cause::is_overflow(d.cause).into();
+            v["reason"] = d.reason.into();
+            let known = |x: u32| (x != u32::MAX).then_some(x);
+            v["queue"] = known(d.queue).into();
+            v["backlog"] = known(d.backlog).into();
+            v
+        }
         AnyEvent::Stall(s) => {
             let h = &s.header;
             serde_json::json!({
@@ -655,9 +714,12 @@ impl TailSink {
         }
         let f = &self.tail.filter;
         let tcp = f.events.is_empty()
-            || f.events
-                .iter()
-                .any(|e| matches!(e, EventClass::Tcp | EventClass::Reset | EventClass::Retrans));
+            || f.events.iter().any(|e| {
+                matches!(
+                    e,
+                    EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+                )
+            });
         let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
         flow_of(r)

@@ -16,10 +16,19 @@
 //!     COUNT connects that may be refused; print `REFUSED <n>`.
 //! diag-loadgen abort COUNT ADDR:PORT
 //!     COUNT connections closed with a reset (SO_LINGER 0).
-//! diag-loadgen listen-full ADDR
-//!     Listen with backlog 0 and never accept: SYNs beyond the first
-//!     connection are dropped (and retransmitted by the client). Print
-//!     `PORT <n>` and wait to be killed.
+//! diag-loadgen listen-full ADDR [BACKLOG]
+//!     Listen with backlog BACKLOG (default 0) and never accept: SYNs
+//!     beyond the first BACKLOG + 1 connections are dropped (and
+//!     retransmitted by the client). Print `PORT <n>` and wait to be
+//!     killed.
+//! diag-loadgen ack-overflow MILLIS
+//!     A full accept queue met by a handshake's last segment: listen on
+//!     127.0.0.1 with backlog 0 and TCP_DEFER_ACCEPT (print `PORT <n>`),
+//!     connect twice (both handshakes end in the listener's request
+//!     queue), send a byte on the first (its connection fills the accept
+//!     queue), then one on the second, which the listener drops as a
+//!     listen overflow (and again at each retransmission) for MILLIS;
+//!     print `DONE` and exit.
 //! diag-loadgen listen-late MILLIS COUNT ADDR
 //!     Listen with backlog 1 (print `PORT <n>`), accept nothing for
 //!     MILLIS, then accept COUNT connections, reading each to EOF: connects
@@ -220,11 +229,74 @@ fn connect_timed(count: usize, t: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn listen_full(addr: &str) -> std::io::Result<()> {
-    let l = listen_backlog(addr, 0)?;
+fn listen_full(addr: &str, backlog: i32) -> std::io::Result<()> {
+    let l = listen_backlog(addr, backlog)?;
     println!("PORT {}", l.local_addr()?.port());
     std::io::stdout().flush()?;
     wait_forever()
+}
+
+/// The accept queue of a listener and its maximum (TCP_INFO's
+/// `tcpi_unacked` and `tcpi_sacked` for a listening socket).
+fn accept_queue(l: &TcpListener) -> std::io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info.tcpi_unacked, info.tcpi_sacked))
+}
+
+fn ack_overflow(millis: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let secs: libc::c_int = 30;
+    // SAFETY: valid fd and option value; listening again sets the backlog.
+    unsafe {
+        if libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+            || libc::listen(l.as_raw_fd(), 0) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let addr = l.local_addr()?;
+    println!("PORT {}", addr.port());
+    std::io::stdout().flush()?;
+    let mut a = TcpStream::connect(addr)?;
+    let mut b = TcpStream::connect(addr)?;
+    a.write_all(b"a")?;
+    // The first connection is in the accept queue once its byte is in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accept_queue(&l)?.0 == 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::other("the accept queue never filled"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    b.write_all(b"b")?;
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    drop(l);
+    println!("DONE");
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 fn connect_timeout(count: usize, millis: u64, t: &str) -> std::io::Result<()> {
@@ -584,7 +656,11 @@ fn main() -> ExitCode {
         "connect-hold" => connect_hold(count, first),
         "try-connect" => try_connect(count, first),
         "abort" => abort(count, first),
-        "listen-full" => listen_full(&args[1]),
+        "ack-overflow" => ack_overflow(count as u64),
+        "listen-full" => listen_full(
+            &args[1],
+            args.get(2).and_then(|b| b.parse().ok()).unwrap_or(0),
+        ),
         "connect-timeout" => {
             let millis = first.parse().unwrap_or(1000);
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
