@@ -167,7 +167,7 @@ impl ListenQueues {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use diag_common::{EventHeader, EventKind, tcp::AF_INET};
 

@@ -370,6 +370,10 @@ pub fn render_text(r: &Review, file: &str) -> String {
         }
     }
 
+    if let Some(s) = &r.last {
+        saturation_tcp(&mut o, s);
+    }
+
     let _ = writeln!(o, "\n3. CHURN");
     let _ = writeln!(
         o,
@@ -447,6 +451,72 @@ pub fn render_text(r: &Review, file: &str) -> String {
         }
     }
     o
+}
+
+/// Where TCP load piled up: listen queues that overflowed, and connects
+/// that took long (a lost SYN costs a second).
+fn saturation_tcp(o: &mut String, s: &TcpSnapshot) {
+    let overflowed: Vec<_> = s.listen.iter().filter(|l| l.drops > 0).collect();
+    if overflowed.is_empty() {
+        let _ = writeln!(
+            o,
+            "  Listen queues: no connection attempt dropped at a listener"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  Listen queues: {} listeners dropped connection attempts",
+            overflowed.len()
+        );
+        for l in overflowed.iter().take(5) {
+            let who = match (l.pid, &l.comm) {
+                (Some(p), Some(c)) => format!("pid {p:<7} {c:<16}"),
+                _ => format!("{:<24}", "owner unknown"),
+            };
+            let q = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                o,
+                "    {who} {:<22} {} overflows, {} drops; accept queue {}/{} at the last drop, highest {}",
+                l.local.to_string(),
+                l.overflows,
+                l.drops,
+                q(l.queue),
+                q(l.backlog),
+                l.queue_max
+            );
+        }
+    }
+    let all = &s.connect_all.0;
+    let (Some(p50), Some(p99)) = (all.quantile(0.5), all.quantile(0.99)) else {
+        let _ = writeln!(o, "  Connect time: no outgoing connect completed");
+        return;
+    };
+    let max = s
+        .processes
+        .iter()
+        .map(|p| p.connect_max_ns)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "  Connect time: {} connects, p50 {}, p99 {}, max {}",
+        all.total(),
+        human_ns(p50),
+        human_ns(p99),
+        human_ns(max)
+    );
+    for d in s.connect_latency.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "    -> {:<24} {} connects, p50 {}, p99 {}, max {}; {} took a second or more",
+            d.remote.to_string(),
+            d.connects,
+            human_ns(d.p50_ns),
+            human_ns(d.p99_ns),
+            human_ns(d.max_ns),
+            d.slow
+        );
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -736,6 +806,50 @@ mod tests {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
         assert!(!text.contains("Complete: no events were lost."));
+    }
+
+    #[test]
+    fn saturation_names_the_overflowing_listener_and_the_connect_times() {
+        use crate::aggregate::listen::tests::drop_event;
+        let text = render_text(&review(), "x.diag");
+        assert!(
+            text.contains("Listen queues: no connection attempt dropped at a listener"),
+            "{text}"
+        );
+        // The fixture's 30 connects each take 1 us (SYN_SENT at ts, ESTABLISHED at ts + 1000).
+        assert!(text.contains("Connect time: 30 connects, p50 "), "{text}");
+        assert!(text.contains("-> 127.0.0.1:5432"), "{text}");
+
+        let mut evs = Vec::new();
+        for i in 0..3u64 {
+            let mut d = drop_event(
+                41,
+                8080,
+                diag_common::tcp::drop_cause::SYN_ACCEPT_QUEUE_FULL,
+                3,
+                2,
+            );
+            d.header.ts_ns = 1_000_000_000 + i;
+            evs.push(AnyEvent::TcpDrop(d));
+        }
+        let header = RecordingHeader {
+            started_ts_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let r = Review::build(header, vec![Record::Events(evs)].into_iter(), || true);
+        let text = render_text(&r, "x.diag");
+        assert!(
+            text.contains("Listen queues: 1 listeners dropped connection attempts"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pid 41      srv              127.0.0.1:8080         3 overflows, 3 drops; accept queue 3/2 at the last drop, highest 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Connect time: no outgoing connect completed"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -493,6 +493,17 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                 )),
                 None => v.push("TCP: no activity seen".into()),
             }
+            if let Some(t) = r.tcp.filter(|t| t.connects > 0 || t.listen_overflows > 0) {
+                v.push(format!(
+                    "Connect time ({} connects) p50 {} p99 {} max {}  listen overflows {} ({} in the interval)",
+                    t.connects,
+                    human_ns(t.connect_p50_ns),
+                    human_ns(t.connect_p99_ns),
+                    human_ns(t.connect_max_ns),
+                    t.listen_overflows,
+                    t.listen_overflows_interval
+                ));
+            }
             v.push(format!(
                 "OOM kills {}  run queue p99 {}  waiting for CPU {}  blocked {}",
                 r.oom_kills,

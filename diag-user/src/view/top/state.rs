@@ -78,6 +78,16 @@ pub struct TcpCols {
     pub retransmits: u64,
     pub resets_per_s: f64,
     pub retransmits_per_s: f64,
+    /// Active opens that reached ESTABLISHED since start, and how long
+    /// they took (SYN sent to ESTABLISHED).
+    pub connects: u64,
+    pub connect_p50_ns: u64,
+    pub connect_p99_ns: u64,
+    pub connect_max_ns: u64,
+    /// Connection attempts lost at this process's listeners because the
+    /// accept queue was full, since start and in the last interval.
+    pub listen_overflows: u64,
+    pub listen_overflows_interval: u64,
 }
 
 /// One process on screen.
@@ -790,6 +800,14 @@ impl TopState {
         // when nothing else has its pid now (else its numbers would be
         // taken for the new process's).
         let (running, exited): (Vec<_>, Vec<_>) = snap.processes.iter().partition(|p| !p.exited);
+        let listen_of = |pid: u32| {
+            snap.listen
+                .iter()
+                .filter(|l| l.pid == Some(pid))
+                .fold((0, 0), |(t, i), l| {
+                    (t + l.overflows, i + l.overflows_interval)
+                })
+        };
         for p in running.into_iter().chain(exited.into_iter().rev()) {
             if p.exited && rows.contains_key(&p.pid) {
                 continue;
@@ -815,6 +833,12 @@ impl TopState {
                 retransmits: p.totals.retransmits,
                 resets_per_s: p.rates.resets_sent + p.rates.resets_received,
                 retransmits_per_s: p.rates.retransmits,
+                connects: p.connects,
+                connect_p50_ns: p.connect_p50_ns,
+                connect_p99_ns: p.connect_p99_ns,
+                connect_max_ns: p.connect_max_ns,
+                listen_overflows: listen_of(p.pid).0,
+                listen_overflows_interval: listen_of(p.pid).1,
             });
         }
         for (k, c) in &self.oom.by_victim {

@@ -34,6 +34,7 @@ fn row(pid: u32, comm: &str, cpu: f64, opens: f64, cw: u64, leaks: u64) -> Row {
             retransmits: 1,
             resets_per_s: 0.0,
             retransmits_per_s: 0.0,
+            ..TcpCols::default()
         }),
         oom_kills: 0,
         sched: None,
@@ -243,6 +244,31 @@ fn detail_view_of_the_selected_process() {
     );
     let all = draw(&st, 80, 24).join("\n");
     assert!(all.contains("pid 300 (leaker)"), "{all}");
+    // Where its load piles up: connect times and listen overflows, only
+    // when there are any.
+    assert!(
+        !lines.iter().any(|l| l.starts_with("Connect time")),
+        "{lines:?}"
+    );
+    for r in st.model.rows.iter_mut().filter(|r| r.pid == 300) {
+        let t = r.tcp.as_mut().unwrap();
+        t.connects = 12;
+        t.connect_p50_ns = 40_000;
+        t.connect_p99_ns = 1_100_000_000;
+        t.connect_max_ns = 1_200_000_000;
+        t.listen_overflows = 7;
+        t.listen_overflows_interval = 2;
+    }
+    let lines = render::detail_lines(&st, 300);
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("Connect time"))
+        .expect("a connect line");
+    assert!(line.contains("(12 connects)"), "{line}");
+    assert!(
+        line.contains("listen overflows 7 (2 in the interval)"),
+        "{line}"
+    );
     st.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
     assert_eq!(st.ui.detail, None);
 }
