@@ -32,7 +32,13 @@ use std::fmt;
 pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 /// The format version this build writes. Readers read every version up to
 /// and including it.
-pub const VERSION: u16 = 1;
+///
+/// - 1: TCP state, reset, retransmit and socket events, OOM kills, stalls,
+///   exits, tables, health, OOM context.
+/// - 2: adds the TCP drop (listen queues and drop reasons), connection
+///   close and failed-connect events. A version-1 reader refuses these
+///   files ("use a newer diag") rather than skipping what it cannot read.
+pub const VERSION: u16 = 2;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
 pub const FRAME_HEADER_LEN: usize = 16;
