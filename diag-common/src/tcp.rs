@@ -196,8 +196,15 @@ pub struct TcpStateEvent {
     /// diag read it).
     pub netns: u32,
     pub _pad2: u32,
+    /// A passive open (LISTEN -> SYN_RECV) only: the listener's accept
+    /// queue with this connection in it, and its maximum (listen()'s
+    /// backlog), as `ss -lnt` shows them in Recv-Q and Send-Q right after.
+    /// [`NO_FIELD`] otherwise, when unreadable, and in records from
+    /// before these fields.
+    pub listen_queue: u32,
+    pub listen_backlog: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpStateEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<TcpStateEvent>() == 120);
 /// Size of a [`TcpStateEvent`] before `netns` was added: recordings hold
 /// such records, which decode with `netns` 0.
 pub const TCP_STATE_EVENT_V1_LEN: usize = 104;
@@ -294,8 +301,14 @@ pub struct OwnerLayout {
     pub dev_net: u32,
     /// 1 when `skb_dev` and `dev_net` are filled in.
     pub skb_net_valid: u32,
+    /// `sock.sk_ack_backlog`, `sock.sk_max_ack_backlog` (u32): a
+    /// listener's accept queue, read at each passive open.
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// 1 when the two above are filled in.
+    pub backlog_valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 92);
+const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 104);
 
 impl OwnerLayout {
     pub const fn zeroed() -> Self {
@@ -323,6 +336,9 @@ impl OwnerLayout {
             skb_dev: 0,
             dev_net: 0,
             skb_net_valid: 0,
+            sk_ack_backlog: 0,
+            sk_max_ack_backlog: 0,
+            backlog_valid: 0,
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
     InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpDropEvent,
-    TcpDropLayout, TcpSockEvent, TcpSockLayout, TcpStateEvent, TCP_SOCK_EVENT_V1_LEN,
+    TcpDropLayout, TcpSockEvent, TcpSockLayout, TcpStateEvent, NO_FIELD, TCP_SOCK_EVENT_V1_LEN,
     TCP_STATE_EVENT_V1_LEN,
 };
 use crate::{EventHeader, EventKind, RingConfig};
@@ -147,11 +147,15 @@ fn read_grown<T: Copy>(buf: &[u8], kind: u32, old_len: usize) -> Result<T, Decod
 pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     let header: EventHeader = read(buf, None)?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
-        EventKind::TcpState => Ok(AnyEvent::TcpState(read_grown(
-            buf,
-            header.kind,
-            TCP_STATE_EVENT_V1_LEN,
-        )?)),
+        EventKind::TcpState => {
+            let mut e: TcpStateEvent = read_grown(buf, header.kind, TCP_STATE_EVENT_V1_LEN)?;
+            if buf.len() < core::mem::size_of::<TcpStateEvent>() {
+                // Written before the listen queue was: not known.
+                e.listen_queue = NO_FIELD;
+                e.listen_backlog = NO_FIELD;
+            }
+            Ok(AnyEvent::TcpState(e))
+        }
         EventKind::TcpResetSent
         | EventKind::TcpResetReceived
         | EventKind::TcpRetransmit
@@ -201,6 +205,8 @@ mod tests {
             current_tgid: 7,
             netns: 4026531840,
             _pad2: 0,
+            listen_queue: NO_FIELD,
+            listen_backlog: NO_FIELD,
         }
     }
 
@@ -210,6 +216,23 @@ mod tests {
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
         let any = AnyEvent::TcpState(e);
         assert_eq!(decode(any.to_bytes()), Ok(any));
+    }
+
+    #[test]
+    fn older_state_records_decode_without_a_listen_queue() {
+        let mut e = sample();
+        e.listen_queue = 3;
+        e.listen_backlog = 16;
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
+        // Written before the listen queue (112 bytes) and before netns
+        // (104 bytes): the queue is unknown, not 0/0.
+        for len in [112, 104] {
+            let Ok(AnyEvent::TcpState(old)) = decode(&as_bytes(&e)[..len]) else {
+                panic!("a {len}-byte record decodes");
+            };
+            assert_eq!((old.listen_queue, old.listen_backlog), (NO_FIELD, NO_FIELD));
+            assert_eq!(old.skaddr, e.skaddr);
+        }
     }
 
     #[test]

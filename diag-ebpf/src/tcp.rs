@@ -262,6 +262,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
     let known = SOCK_OWNERS.get_ptr_mut(skaddr);
     let passive_open = old == state::LISTEN && new == state::SYN_RECV;
     let mut in_old_state_ns: u64 = 0;
+    let mut listen = (NO_FIELD, NO_FIELD);
     // A new socket (CLOSE -> ..., or a passive open's child) has no
     // entry of its own yet: any entry at its address is a stale one.
     let fresh = old == state::CLOSE || passive_open;
@@ -297,6 +298,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         // whoever owns the listener it came to.
         match listener_of(owner.netns, t.family, &t.saddr, sport) {
             Some(o) => {
+                listen = accept_queue(o.skaddr);
                 owner.pid = o.pid;
                 owner.tgid = o.tgid;
                 owner.comm = o.comm;
@@ -404,11 +406,32 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         (*ev).current_tgid = current_tgid;
         (*ev).netns = owner.netns;
         (*ev)._pad2 = 0;
+        (*ev).listen_queue = listen.0;
+        (*ev).listen_backlog = listen.1;
     }
     let flags = submit_flags();
     entry.submit(flags);
     count(counters::SUBMITTED);
     Ok(0)
+}
+
+/// A listener's accept queue with the connection being opened in it, and
+/// its maximum: the child joins the queue right after this transition
+/// (`inet_csk_complete_hashdance`), and the kernel let it in because the
+/// queue was not over the maximum. Unknown: [`NO_FIELD`].
+#[inline(always)]
+fn accept_queue(listener: u64) -> (u32, u32) {
+    let l = OWNER_LAYOUT.load();
+    if l.backlog_valid == 0 || listener == 0 {
+        return (NO_FIELD, NO_FIELD);
+    }
+    match (
+        kread::<u32>(listener + l.sk_ack_backlog as u64),
+        kread::<u32>(listener + l.sk_max_ack_backlog as u64),
+    ) {
+        (Ok(q), Ok(max)) => (q.saturating_add(1), max),
+        _ => (NO_FIELD, NO_FIELD),
+    }
 }
 
 /// Local and remote address from a copied record, IPv4 in the first 4 bytes.

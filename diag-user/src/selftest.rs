@@ -67,6 +67,8 @@ pub fn synthetic(i: u64, procs: u32, sockets: u64) -> TcpStateEvent {
         current_tgid: pid,
         netns: 0,
         _pad2: 0,
+        listen_queue: diag_common::tcp::NO_FIELD,
+        listen_backlog: diag_common::tcp::NO_FIELD,
     }
 }
 

@@ -160,10 +160,82 @@ fn listen_overflows_agree_with_netstat_and_ss() {
     let hint = hint.unwrap_or_else(|| panic!("no hint for port {port}"));
     assert!(
         hint.starts_with(&format!("pid {pid} (diag-loadgen) port {port}"))
-            && hint.contains(&format!("(backlog {BACKLOG})"))
+            && hint.contains(&format!("backlog {BACKLOG})"))
             && hint.contains("accept() loop is behind"),
         "{hint}"
     );
+}
+
+#[test]
+fn the_accept_queue_fill_agrees_with_ss_before_anything_is_dropped() {
+    if !require_root("the_accept_queue_fill_agrees_with_ss_before_anything_is_dropped") {
+        return;
+    }
+    let _guard = serial();
+    const QUEUED: usize = 10;
+    const ROOMY: u32 = 16;
+    let mut diag = Diag::start(&[
+        "conns",
+        "--json",
+        "--watch",
+        "--interval",
+        "1s",
+        "--top",
+        "0",
+    ]);
+    // The first interval is the baseline of the rates: start after it,
+    // so the connects fall in a printed one.
+    diag.wait_json(Duration::from_secs(10), "a first snapshot", |_| true);
+    let before = tcp_ext();
+    let mut listener = Gen::spawn(LOADGEN, &["listen-full", "127.0.0.1:0", &ROOMY.to_string()]);
+    let (port, pid) = (listener.port(), listener.pid());
+    let out = Command::new(LOADGEN)
+        .args([
+            "connect-timeout",
+            &QUEUED.to_string(),
+            "1500",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (recv_q, send_q) = ss_queue(port);
+    assert_eq!((recv_q, send_q), (QUEUED as u32, ROOMY), "ss -lnt");
+    // The high-water mark of the interval the connects fell in, and the
+    // fill as ss shows it.
+    let mut high = 0;
+    let row = diag.wait_json(
+        Duration::from_secs(15),
+        "the listener's queue in a snapshot",
+        |s| {
+            let Some(r) = listen_row(s, port, pid) else {
+                return false;
+            };
+            high = high.max(n(&r["queue_high_interval"]));
+            n(&r["opens"]) >= QUEUED as i64 && high >= i64::from(recv_q)
+        },
+    );
+    let row = listen_row(&row, port, pid).unwrap();
+    drop(listener);
+    let after = tcp_ext();
+    eprintln!("ss {recv_q}/{send_q}; diag: {row}");
+    assert_eq!(
+        after["ListenOverflows"] - before["ListenOverflows"],
+        0,
+        "nothing overflowed"
+    );
+    assert_eq!(
+        (n(&row["queue"]), n(&row["backlog"])),
+        (i64::from(recv_q), i64::from(send_q)),
+        "ss -lnt Recv-Q/Send-Q: {row}"
+    );
+    assert_eq!(n(&row["opens"]), QUEUED as i64, "{row}");
+    assert_eq!(high, i64::from(recv_q), "{row}");
+    assert_eq!(n(&row["queue_max"]), i64::from(recv_q), "{row}");
+    assert_eq!((n(&row["overflows"]), n(&row["drops"])), (0, 0), "{row}");
+    assert_eq!(row["comm"], "diag-loadgen", "{row}");
+    let _ = diag.stop(libc::SIGINT);
 }
 
 #[test]

@@ -1,11 +1,15 @@
-//! Listen queues: connections each listener lost because its accept queue
-//! (or request queue) was full, per listener and owning process, with the
-//! queue's fill at the drops. Part of the TCP family (fed by
+//! Listen queues: each listener's accept queue (its fill at every passive
+//! open and drop, and the high-water mark per interval) and the
+//! connections it lost because the accept queue (or request queue) was
+//! full, per listener and owning process. Part of the TCP family (fed by
 //! [`super::tcp::TcpAggregate`], shown in its snapshot); pure, no I/O.
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use diag_common::tcp::{TcpDropEvent, attribution, drop_cause};
+use diag_common::{
+    EventHeader,
+    tcp::{TcpDropEvent, TcpStateEvent, attribution, drop_cause},
+};
 use serde::Serialize;
 
 use super::process::Comm;
@@ -16,6 +20,10 @@ pub const MAX_LISTENERS: usize = 4096;
 /// Snapshots in a row without a drop before a listener's row is forgotten
 /// (10 minutes at one a second).
 pub const FORGET_AFTER_IDLE_SNAPSHOTS: u32 = 600;
+/// A listener whose accept queue reaches this share of its backlog (and
+/// whose backlog is at least [`NEAR_FULL_MIN_BACKLOG`]) gets a hint.
+pub const NEAR_FULL_PCT: u64 = 80;
+pub const NEAR_FULL_MIN_BACKLOG: u32 = 8;
 
 /// A listener: network namespace, local address and port, owner's pid
 /// (0: unknown).
@@ -31,6 +39,12 @@ struct Listener {
     queue: Option<u32>,
     backlog: Option<u32>,
     queue_max: u32,
+    /// The highest queue seen since the interval began.
+    queue_high: u32,
+    /// Passive opens seen (connections that joined the accept queue), and
+    /// their count at the last snapshot.
+    opens: u64,
+    opens_at_snapshot: u64,
     last_ns: u64,
     idle_snapshots: u32,
 }
@@ -52,10 +66,17 @@ pub struct ListenRow {
     pub drops: u64,
     pub drops_interval: u64,
     /// The accept queue and its maximum (listen()'s backlog) at the last
-    /// drop, and the highest queue seen at a drop.
+    /// passive open or drop, as `ss -lnt` shows them (Recv-Q, Send-Q); the
+    /// highest queue seen since start, and in the interval (the
+    /// high-water mark).
     pub queue: Option<u32>,
     pub backlog: Option<u32>,
     pub queue_max: u32,
+    pub queue_high_interval: u32,
+    /// Connections that joined the accept queue, in total and in the
+    /// interval.
+    pub opens: u64,
+    pub opens_interval: u64,
     pub last_ns: u64,
 }
 
@@ -71,31 +92,60 @@ fn known(v: u32) -> Option<u32> {
     (v != u32::MAX).then_some(v)
 }
 
+impl Listener {
+    fn fill(&mut self, queue: u32, backlog: u32, ts: u64) {
+        if let Some(q) = known(queue) {
+            self.queue = Some(q);
+            self.queue_max = self.queue_max.max(q);
+            self.queue_high = self.queue_high.max(q);
+        }
+        if let Some(b) = known(backlog) {
+            self.backlog = Some(b);
+        }
+        self.last_ns = self.last_ns.max(ts);
+    }
+}
+
 impl ListenQueues {
-    pub fn on_drop(&mut self, e: &TcpDropEvent, local: SocketAddr) {
-        let owned = e.attribution == attribution::LISTENER;
-        let pid = if owned { e.header.tgid } else { 0 };
-        let key = (e.netns, local, pid);
+    /// The listener's row (None: over [`MAX_LISTENERS`], counted).
+    fn listener(&mut self, key: Key, header: &EventHeader, owned: bool) -> Option<&mut Listener> {
         if self.listeners.len() >= MAX_LISTENERS && !self.listeners.contains_key(&key) {
             self.overflow += 1;
-            return;
+            return None;
         }
         let l = self.listeners.entry(key).or_default();
         if owned {
-            l.comm = Some(Comm::from_kernel(&e.header.comm));
+            l.comm = Some(Comm::from_kernel(&header.comm));
         }
+        Some(l)
+    }
+
+    pub fn on_drop(&mut self, e: &TcpDropEvent, local: SocketAddr) {
+        let owned = e.attribution == attribution::LISTENER;
+        let pid = if owned { e.header.tgid } else { 0 };
+        let Some(l) = self.listener((e.netns, local, pid), &e.header, owned) else {
+            return;
+        };
         l.drops += 1;
         if drop_cause::is_overflow(e.cause) {
             l.overflows += 1;
         }
-        if let Some(q) = known(e.queue) {
-            l.queue = Some(q);
-            l.queue_max = l.queue_max.max(q);
+        l.fill(e.queue, e.backlog, e.header.ts_ns);
+    }
+
+    /// A passive open (LISTEN -> SYN_RECV) that read its listener's accept
+    /// queue: the connection joins the queue.
+    pub fn on_passive_open(&mut self, e: &TcpStateEvent, local: SocketAddr) {
+        if known(e.listen_queue).is_none() {
+            return;
         }
-        if let Some(b) = known(e.backlog) {
-            l.backlog = Some(b);
-        }
-        l.last_ns = l.last_ns.max(e.header.ts_ns);
+        let owned = e.attribution == attribution::LISTENER;
+        let pid = if owned { e.header.tgid } else { 0 };
+        let Some(l) = self.listener((e.netns, local, pid), &e.header, owned) else {
+            return;
+        };
+        l.opens += 1;
+        l.fill(e.listen_queue, e.listen_backlog, e.header.ts_ns);
     }
 
     /// The rows, most overflows in the last interval first.
@@ -115,37 +165,51 @@ impl ListenQueues {
                 queue: l.queue,
                 backlog: l.backlog,
                 queue_max: l.queue_max,
+                queue_high_interval: l.queue_high,
+                opens: l.opens,
+                opens_interval: l.opens.saturating_sub(l.opens_at_snapshot),
                 last_ns: l.last_ns,
             })
             .collect();
         rows.sort_by(|a, b| {
-            (b.overflows_interval, b.overflows)
-                .cmp(&(a.overflows_interval, a.overflows))
+            (b.overflows_interval, b.overflows, b.queue_high_interval)
+                .cmp(&(a.overflows_interval, a.overflows, a.queue_high_interval))
                 .then(a.local.port().cmp(&b.local.port()))
                 .then(a.pid.cmp(&b.pid))
         });
         rows
     }
 
-    /// Hints for listeners that overflowed in the last interval.
+    /// Hints for listeners that overflowed in the last interval, or whose
+    /// accept queue came near its maximum (at least [`NEAR_FULL_PCT`] % of
+    /// a backlog of [`NEAR_FULL_MIN_BACKLOG`] or more).
     pub fn hints(rows: &[ListenRow]) -> Vec<String> {
         rows.iter()
-            .filter(|r| r.overflows_interval > 0)
-            .map(|r| {
+            .filter_map(|r| {
                 let who = match (r.pid, &r.comm) {
                     (Some(p), Some(c)) => format!("pid {p} ({c})"),
                     (Some(p), None) => format!("pid {p}"),
                     _ => "an unknown process".to_string(),
                 };
-                let backlog = r
-                    .backlog
-                    .map(|b| format!(" (backlog {b})"))
-                    .unwrap_or_default();
-                format!(
-                    "{who} port {}: accept queue full{backlog}, {} connection attempts dropped in the last interval: its accept() loop is behind",
-                    r.local.port(),
-                    r.overflows_interval
-                )
+                let port = r.local.port();
+                let high = r.queue_high_interval;
+                if r.overflows_interval > 0 {
+                    let fill = match r.backlog {
+                        Some(b) => format!(" (queue {high}, backlog {b})"),
+                        None => String::new(),
+                    };
+                    return Some(format!(
+                        "{who} port {port}: accept queue full{fill}, {} connection attempts dropped in the last interval: its accept() loop is behind",
+                        r.overflows_interval
+                    ));
+                }
+                let b = r.backlog?;
+                (b >= NEAR_FULL_MIN_BACKLOG && u64::from(high) * 100 >= u64::from(b) * NEAR_FULL_PCT)
+                    .then(|| {
+                        format!(
+                            "{who} port {port}: accept queue reached {high} of its backlog {b} in the last interval: its accept() loop is falling behind (the kernel drops connection attempts past {b})"
+                        )
+                    })
             })
             .collect()
     }
@@ -153,8 +217,10 @@ impl ListenQueues {
     /// Close the interval: move the baselines, forget long-idle rows.
     pub fn close_interval(&mut self) {
         for l in self.listeners.values_mut() {
-            let moved = (l.overflows, l.drops) != l.at_snapshot;
+            let moved = (l.overflows, l.drops) != l.at_snapshot || l.opens != l.opens_at_snapshot;
             l.at_snapshot = (l.overflows, l.drops);
+            l.opens_at_snapshot = l.opens;
+            l.queue_high = 0;
             l.idle_snapshots = if moved {
                 0
             } else {
@@ -221,7 +287,7 @@ pub(crate) mod tests {
         assert_eq!(
             hints,
             vec![
-                "pid 10 (srv) port 8080: accept queue full (backlog 2), 3 connection attempts dropped in the last interval: its accept() loop is behind"
+                "pid 10 (srv) port 8080: accept queue full (queue 3, backlog 2), 3 connection attempts dropped in the last interval: its accept() loop is behind"
             ]
         );
         q.close_interval();
@@ -232,6 +298,77 @@ pub(crate) mod tests {
             q.close_interval();
         }
         assert!(q.rows().is_empty());
+    }
+
+    fn passive_open(pid: u32, port: u16, queue: u32, backlog: u32) -> TcpStateEvent {
+        let d = drop_event(pid, port, drop_cause::SYN_ACCEPT_QUEUE_FULL, 0, 0);
+        let mut header = d.header;
+        header.kind = EventKind::TcpState as u32;
+        TcpStateEvent {
+            header,
+            skaddr: 0xffff_2000,
+            in_old_state_ns: 0,
+            saddr: d.addr,
+            daddr: d.raddr,
+            sport: port,
+            dport: 40000,
+            family: AF_INET,
+            old_state: diag_common::tcp::state::LISTEN,
+            new_state: diag_common::tcp::state::SYN_RECV,
+            attribution: attribution::LISTENER,
+            _pad: [0; 3],
+            current_tgid: 1,
+            netns: 7,
+            _pad2: 0,
+            listen_queue: queue,
+            listen_backlog: backlog,
+        }
+    }
+
+    #[test]
+    fn passive_opens_give_the_fill_and_its_high_water_mark() {
+        let mut q = ListenQueues::default();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for fill in [1, 5, 9, 3] {
+            q.on_passive_open(&passive_open(10, 8080, fill, 10), local);
+        }
+        // Unknown fill (an old recording): not a row.
+        q.on_passive_open(&passive_open(10, 9090, u32::MAX, u32::MAX), local);
+        let rows = q.rows();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.queue, r.backlog), (Some(3), Some(10)));
+        assert_eq!((r.queue_high_interval, r.queue_max), (9, 9));
+        assert_eq!((r.opens, r.opens_interval, r.overflows), (4, 4, 0));
+        assert_eq!(
+            ListenQueues::hints(&rows),
+            vec![
+                "pid 10 (srv) port 8080: accept queue reached 9 of its backlog 10 in the last interval: its accept() loop is falling behind (the kernel drops connection attempts past 10)"
+            ]
+        );
+        // The next interval starts its own high-water mark.
+        q.close_interval();
+        q.on_passive_open(&passive_open(10, 8080, 2, 10), local);
+        let r = &q.rows()[0];
+        assert_eq!(
+            (r.queue_high_interval, r.queue_max, r.opens_interval),
+            (2, 9, 1)
+        );
+        assert!(ListenQueues::hints(&q.rows()).is_empty());
+        // A drop on the same listener lands in the same row, and its
+        // hint says how full the queue got.
+        q.on_drop(
+            &drop_event(10, 8080, drop_cause::SYN_ACCEPT_QUEUE_FULL, 11, 10),
+            local,
+        );
+        let rows = q.rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            ListenQueues::hints(&rows),
+            vec![
+                "pid 10 (srv) port 8080: accept queue full (queue 11, backlog 10), 1 connection attempts dropped in the last interval: its accept() loop is behind"
+            ]
+        );
     }
 
     #[test]

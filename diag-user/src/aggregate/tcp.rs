@@ -686,6 +686,9 @@ impl TcpAggregate {
         let local = SocketAddr::new(ip(e.family, &e.saddr), e.sport);
         let remote = SocketAddr::new(ip(e.family, &e.daddr), e.dport);
         let (old, new) = (e.old_state, e.new_state);
+        if old == state::LISTEN && new == state::SYN_RECV {
+            self.listen.on_passive_open(e, local);
+        }
 
         // Find the socket: by address, or a seeded one by 4-tuple.
         let mut sock = match self.socks.remove(&e.skaddr) {
@@ -1678,6 +1681,8 @@ mod tests {
                 current_tgid: pid,
                 netns: 0,
                 _pad2: 0,
+                listen_queue: diag_common::tcp::NO_FIELD,
+                listen_backlog: diag_common::tcp::NO_FIELD,
             })
         }
 

@@ -254,7 +254,19 @@ pub fn owner_layout(btf: &Btf, ret: Option<u32>) -> Result<OwnerLayout, String> 
         skb_dev: 0,
         dev_net: 0,
         skb_net_valid: 0,
+        sk_ack_backlog: 0,
+        sk_max_ack_backlog: 0,
+        backlog_valid: 0,
     };
+    // A listener's accept queue at each passive open; optional.
+    if let (Ok(q), Ok(max)) = (
+        sized("sock", "sk_ack_backlog", 4),
+        sized("sock", "sk_max_ack_backlog", 4),
+    ) {
+        l.sk_ack_backlog = q;
+        l.sk_max_ack_backlog = max;
+        l.backlog_valid = 1;
+    }
     // A packet's namespace, for resets sent without a socket; optional.
     if let (Ok(dev), Ok(net)) = (
         sized("sk_buff", "dev", 8),

@@ -282,23 +282,33 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
     if !snap.listen.is_empty() {
         let _ = writeln!(
             o,
-            "\nListen queues (connection attempts dropped at a full queue):"
+            "\nListen queues (accept queue as ss -lnt shows it, high-water mark in the interval, attempts dropped at a full queue):"
         );
         let _ = writeln!(
             o,
-            "  {:<28} {:>8} {:<16} {:>13} {:>9} {:>10} {:>9}",
-            "LISTENER", "PID", "COMM", "QUEUE/BACKLOG", "HIGHEST", "OVERFLOWS", "LAST"
+            "  {:<28} {:>8} {:<16} {:>13} {:>7} {:>8} {:>9} {:>10} {:>9}",
+            "LISTENER",
+            "PID",
+            "COMM",
+            "QUEUE/BACKLOG",
+            "HIGH",
+            "HIGHEST",
+            "OPENS",
+            "OVERFLOWS",
+            "LAST"
         );
         for l in snap.listen.iter().take(10) {
             let n = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
             let _ = writeln!(
                 o,
-                "  {:<28} {:>8} {:<16} {:>13} {:>9} {:>10} {:>9}",
+                "  {:<28} {:>8} {:<16} {:>13} {:>7} {:>8} {:>9} {:>10} {:>9}",
                 l.local.to_string(),
                 l.pid.map_or("-".to_string(), |p| p.to_string()),
                 l.comm.as_deref().unwrap_or("-"),
                 format!("{}/{}", n(l.queue), n(l.backlog)),
+                l.queue_high_interval,
                 l.queue_max,
+                l.opens_interval,
                 l.overflows,
                 l.overflows_interval,
             );
@@ -907,6 +917,9 @@ mod tests {
             queue: Some(3),
             backlog: Some(2),
             queue_max: 3,
+            queue_high_interval: 3,
+            opens: 9,
+            opens_interval: 4,
             last_ns: 1,
         }];
         let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));

@@ -337,6 +337,8 @@ mod tests {
             current_tgid: 42,
             netns: 0,
             _pad2: 0,
+            listen_queue: diag_common::tcp::NO_FIELD,
+            listen_backlog: diag_common::tcp::NO_FIELD,
         })
     }
 

@@ -510,6 +510,12 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             } else {
                 t.in_old_state_ns.into()
             };
+            // A passive open: the listener's accept queue with it, as ss
+            // -lnt shows it (Recv-Q, Send-Q).
+            if t.listen_queue != diag_common::tcp::NO_FIELD {
+                v["accept_queue"] = t.listen_queue.into();
+                v["backlog"] = t.listen_backlog.into();
+            }
             v
         }
     }
@@ -806,6 +812,8 @@ mod tests {
             current_tgid: 99,
             netns: 0,
             _pad2: 0,
+            listen_queue: diag_common::tcp::NO_FIELD,
+            listen_backlog: diag_common::tcp::NO_FIELD,
         })
     }
 
