@@ -344,7 +344,7 @@ fn serve_counts_listen_overflows_per_process_and_port() {
         .port();
     let _diag = Diag::start(&["serve", "--listen", &format!("127.0.0.1:{mport}")]);
     let before = tcp_ext();
-    let (full, port, _) = overflow_a_listener();
+    let (full, port, (recv_q, send_q)) = overflow_a_listener();
     let pid = full.pid();
     drop(full);
     let overflows = after_minus(&before, "ListenOverflows");
@@ -363,6 +363,24 @@ fn serve_counts_listen_overflows_per_process_and_port() {
         },
     );
     assert_eq!(last, Some(overflows as f64), "ListenOverflows");
+    // The queue's peak of the last 15 s and the backlog, as ss -lnt
+    // showed them while it listened.
+    let text = metrics(mport);
+    let listener = [
+        ("pid", pid.to_string()),
+        ("comm", "diag-loadgen".to_string()),
+        ("address", format!("127.0.0.1:{port}")),
+    ];
+    assert_eq!(
+        sample(&text, "diag_tcp_listen_queue_high", &listener),
+        Some(f64::from(recv_q)),
+        "ss -lnt Recv-Q"
+    );
+    assert_eq!(
+        sample(&text, "diag_tcp_listen_backlog", &listener),
+        Some(f64::from(send_q)),
+        "ss -lnt Send-Q"
+    );
 }
 
 #[test]

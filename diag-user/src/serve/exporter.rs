@@ -283,6 +283,48 @@ mod tests {
     }
 
     #[test]
+    fn accept_queue_peaks_last_a_window() {
+        use crate::aggregate::listen::ListenRow;
+        let listen = |high: u32| ListenRow {
+            netns: 1,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            pid: Some(7),
+            comm: Some("api".into()),
+            overflows: 0,
+            overflows_interval: 0,
+            drops: 0,
+            drops_interval: 0,
+            queue: Some(high),
+            backlog: Some(128),
+            queue_max: 120,
+            queue_high_interval: high,
+            opens: 1,
+            opens_interval: 1,
+            last_ns: 1,
+        };
+        let mut e = Exporter::new(Bounds::default(), 6);
+        let l = r#"pid="7",comm="api",address="127.0.0.1:8080""#;
+        let at = |e: &mut Exporter, ts: u64, high: u32| {
+            let mut s = snapshot(Vec::new());
+            s.ts_ns = ts;
+            s.listen = vec![listen(high)];
+            e.update_tcp(&s, &mut Fake);
+            parse(&e.render())
+        };
+        let m = at(&mut e, 1_000_000_000, 120);
+        assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 120.0);
+        assert_eq!(m[&format!("diag_tcp_listen_backlog{{{l}}}")], 128.0);
+        // A quieter second does not hide the peak of the window...
+        let m = at(&mut e, 2_000_000_000, 3);
+        assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 120.0);
+        // ...which ends 15 s later.
+        let m = at(&mut e, 17_000_000_000, 0);
+        assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 3.0);
+        let m = at(&mut e, 18_000_000_001, 0);
+        assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 0.0);
+    }
+
+    #[test]
     fn other_series_and_oom_kills() {
         let mut e = Exporter::new(
             Bounds {

@@ -8,13 +8,39 @@ use super::{
     families::{Families, Labels, counter, counters, g, gauges, gauges_f64, histograms},
     series::{Bounds, ProcessInfo, Series},
 };
+use std::{collections::HashMap, net::SocketAddr};
+
 use crate::aggregate::{
     histogram::Log2Hist,
+    listen::ListenRow,
     tcp::{Corrections, Pressure, StateCounts, TcpSnapshot},
 };
 
 /// Destinations with port-pressure series (the most used ones).
 pub const TOP_DESTINATIONS: usize = 20;
+/// Listeners with accept-queue series (the fullest ones).
+pub const TOP_LISTENERS: usize = 20;
+/// The accept-queue gauge is the highest fill over this window, so a
+/// scrape every 15 s sees every peak.
+pub const QUEUE_WINDOW_NS: u64 = 15_000_000_000;
+
+/// A listener by network namespace, address and owner.
+type ListenerKey = (u32, SocketAddr, Option<u32>);
+
+/// One listener's recent accept-queue peaks.
+#[derive(Debug, Clone, Default)]
+struct QueuePeaks {
+    comm: String,
+    backlog: Option<u32>,
+    /// (snapshot time, high-water mark of its interval), oldest first.
+    highs: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl QueuePeaks {
+    fn high(&self) -> u32 {
+        self.highs.iter().map(|h| h.1).max().unwrap_or(0)
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct TcpMetrics {
@@ -24,6 +50,8 @@ pub struct TcpMetrics {
     corrections: Corrections,
     /// Every connect (log2 buckets) and their sum, ns.
     connects: (Log2Hist, u64),
+    /// The listeners of the last snapshot, with their peaks.
+    queues: HashMap<ListenerKey, QueuePeaks>,
 }
 
 /// The state names, as `ss` shows them.
@@ -86,6 +114,37 @@ impl TcpMetrics {
         self.kernel_resets_sent = snap.kernel_resets_sent;
         self.corrections = snap.corrections;
         self.connects = snap.connect_all;
+        self.update_queues(&snap.listen, snap.ts_ns);
+    }
+
+    /// Keep each listener's accept-queue peaks of the last
+    /// [`QUEUE_WINDOW_NS`]; listeners the aggregate forgot go.
+    fn update_queues(&mut self, rows: &[ListenRow], now_ns: u64) {
+        let mut next = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let key = (r.netns, r.local, r.pid);
+            let mut q = self.queues.remove(&key).unwrap_or_default();
+            q.comm = r.comm.clone().unwrap_or_default();
+            q.backlog = r.backlog.or(q.backlog);
+            if r.queue_high_interval > 0 {
+                q.highs.push_back((now_ns, r.queue_high_interval));
+            }
+            while q
+                .highs
+                .front()
+                .is_some_and(|h| h.0.saturating_add(QUEUE_WINDOW_NS) < now_ns)
+            {
+                q.highs.pop_front();
+            }
+            // Peeks between two ticks add a point each: keep it bounded.
+            if q.highs.len() > 64 {
+                let high = q.high();
+                q.highs.clear();
+                q.highs.push_back((now_ns, high));
+            }
+            next.insert(key, q);
+        }
+        self.queues = next;
     }
 }
 
@@ -176,6 +235,36 @@ impl Families for TcpMetrics {
             "diag_tcp_listen_overflows",
             "Connection attempts a process's listener lost because its accept queue was full (the kernel's ListenOverflows), by listening port (port=other: a process's ports beyond the first 8)",
             &overflows,
+        );
+        // The fullest listeners (by share of their backlog).
+        let mut queues: Vec<(&ListenerKey, &QueuePeaks)> = self.queues.iter().collect();
+        let share = |q: &QueuePeaks| f64::from(q.high()) / f64::from(q.backlog.unwrap_or(0).max(1));
+        queues.sort_by(|a, b| share(b.1).total_cmp(&share(a.1)).then(a.0.cmp(b.0)));
+        queues.truncate(TOP_LISTENERS);
+        let listener = |k: &ListenerKey, q: &QueuePeaks| -> Labels {
+            vec![
+                ("pid", k.2.map_or("unknown".to_string(), |p| p.to_string())),
+                ("comm", q.comm.clone()),
+                ("address", k.1.to_string()),
+            ]
+        };
+        gauges(
+            reg,
+            "diag_tcp_listen_queue_high",
+            "Highest accept queue of a listener (connections not yet accept()ed, ss -lnt's Recv-Q) over the last 15 s, seen at each passive open and drop; the 20 fullest listeners",
+            &queues
+                .iter()
+                .map(|(k, q)| (listener(k, q), i64::from(q.high())))
+                .collect::<Vec<_>>(),
+        );
+        gauges(
+            reg,
+            "diag_tcp_listen_backlog",
+            "A listener's listen() backlog (ss -lnt's Send-Q): past it, the kernel drops connection attempts",
+            &queues
+                .iter()
+                .filter_map(|(k, q)| Some((listener(k, q), i64::from(q.backlog?))))
+                .collect::<Vec<_>>(),
         );
         let dest = |p: &Pressure| -> Labels {
             vec![
