@@ -493,9 +493,15 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                 )),
                 None => v.push("TCP: no activity seen".into()),
             }
-            if let Some(t) = r.tcp.filter(|t| t.connects > 0 || t.listen_overflows > 0) {
+            if let Some(t) = r.tcp.filter(|t| {
+                t.connects > 0 || t.listen_overflows > 0 || t.listen_queue_high.is_some()
+            }) {
+                let queue = t
+                    .listen_queue_high
+                    .map(|(q, b)| format!("  accept queue up to {q} of {b}"))
+                    .unwrap_or_default();
                 v.push(format!(
-                    "Connect time ({} connects) p50 {} p99 {} max {}  listen overflows {} ({} in the interval)",
+                    "Connect time ({} connects) p50 {} p99 {} max {}  listen overflows {} ({} in the interval){queue}",
                     t.connects,
                     human_ns(t.connect_p50_ns),
                     human_ns(t.connect_p99_ns),

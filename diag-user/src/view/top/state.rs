@@ -88,6 +88,9 @@ pub struct TcpCols {
     /// accept queue was full, since start and in the last interval.
     pub listen_overflows: u64,
     pub listen_overflows_interval: u64,
+    /// The fullest of its listeners' accept queues in the interval, as a
+    /// share of that listener's backlog: (queue, backlog).
+    pub listen_queue_high: Option<(u32, u32)>,
 }
 
 /// One process on screen.
@@ -808,6 +811,16 @@ impl TopState {
                     (t + l.overflows, i + l.overflows_interval)
                 })
         };
+        let fullest_of = |pid: u32| {
+            snap.listen
+                .iter()
+                .filter(|l| l.pid == Some(pid) && l.queue_high_interval > 0)
+                .filter_map(|l| Some((l.queue_high_interval, l.backlog?)))
+                .max_by(|a, b| {
+                    (u64::from(a.0) * u64::from(b.1.max(1)))
+                        .cmp(&(u64::from(b.0) * u64::from(a.1.max(1))))
+                })
+        };
         for p in running.into_iter().chain(exited.into_iter().rev()) {
             if p.exited && rows.contains_key(&p.pid) {
                 continue;
@@ -839,6 +852,7 @@ impl TopState {
                 connect_max_ns: p.connect_max_ns,
                 listen_overflows: listen_of(p.pid).0,
                 listen_overflows_interval: listen_of(p.pid).1,
+                listen_queue_high: fullest_of(p.pid),
             });
         }
         for (k, c) in &self.oom.by_victim {

@@ -258,6 +258,7 @@ fn detail_view_of_the_selected_process() {
         t.connect_max_ns = 1_200_000_000;
         t.listen_overflows = 7;
         t.listen_overflows_interval = 2;
+        t.listen_queue_high = Some((129, 128));
     }
     let lines = render::detail_lines(&st, 300);
     let line = lines
