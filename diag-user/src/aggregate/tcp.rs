@@ -26,7 +26,10 @@ use std::{
 use diag_common::{
     EventHeader, EventKind,
     proc::ProcExitEvent,
-    tcp::{AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state},
+    tcp::{
+        AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution,
+        drop_cause, state,
+    },
     user::AnyEvent,
 };
 use serde::Serialize;
@@ -676,6 +679,7 @@ impl TcpAggregate {
             }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
             AnyEvent::TcpDrop(e) => self.on_drop(e),
+            AnyEvent::TcpClose(e) => self.on_close(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
@@ -865,6 +869,9 @@ impl TcpAggregate {
             }
         }
     }
+
+    /// A finished connection's summary.
+    fn on_close(&mut self, _e: &TcpCloseEvent) {}
 
     /// A connection lost at a listener: counted for the listener and, when
     /// it overflowed the accept queue, for the listener's process.

@@ -116,8 +116,10 @@ impl Review {
                                     r.lifetimes.record(ts.saturating_sub(o));
                                 }
                             }
-                            AnyEvent::TcpSock(_) | AnyEvent::TcpDrop(_) | AnyEvent::ProcExit(_) => {
-                            }
+                            AnyEvent::TcpSock(_)
+                            | AnyEvent::TcpDrop(_)
+                            | AnyEvent::TcpClose(_)
+                            | AnyEvent::ProcExit(_) => {}
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);

@@ -10,7 +10,8 @@ use diag_common::{
     proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
     tcp::{
-        AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state_name,
+        AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, closed_by,
+        drop_cause, state_name,
     },
     user::AnyEvent,
 };
@@ -98,6 +99,11 @@ fn comm_string(comm: &[u8; 16]) -> String {
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
+
+/// The header when only connection summaries are shown: the first seven
+/// columns are the TCP header's (`CLOSED by ...` in TRANSITION, the
+/// duration in IN-OLD).
+pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   CLOSED BY                  DURATION             TX           RX RETRANS       RTT";
 
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
@@ -216,6 +222,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock),
+        AnyEvent::TcpClose(c) => close_text(c, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -337,6 +344,37 @@ fn drop_text(d: &TcpDropEvent, clock: &WallClock) -> String {
     )
 }
 
+/// A finished connection: who closed it, how long it lived, bytes acked
+/// (tx) and received (rx), segments retransmitted, smoothed RTT.
+fn close_text(c: &TcpCloseEvent, clock: &WallClock) -> String {
+    let h = &c.header;
+    let duration = if c.duration_ns == 0 {
+        // A socket older than diag: its start was not seen.
+        "?".to_string()
+    } else {
+        human_ns(c.duration_ns)
+    };
+    let rtt = if c.srtt_us == 0 {
+        "-".to_string()
+    } else {
+        human_ns(u64::from(c.srtt_us) * 1000)
+    };
+    format!(
+        "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {:>12} {:>12} {:>7} {:>9}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        endpoint(c.family, &c.saddr, c.sport),
+        endpoint(c.family, &c.daddr, c.dport),
+        format!("CLOSED by {}", closed_by::name(c.closed_by)),
+        duration,
+        c.bytes_acked,
+        c.bytes_received,
+        c.total_retrans,
+        rtt,
+    )
+}
+
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
     let h = &t.header;
     format!(
@@ -424,6 +462,29 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             })
         }
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock),
+        AnyEvent::TcpClose(c) => {
+            let mut v = tcp_json(
+                "tcp_close",
+                &c.header,
+                clock,
+                c.family,
+                (&c.saddr, c.sport),
+                (&c.daddr, c.dport),
+                c.attribution,
+                c.current_tgid,
+                c.skaddr,
+                c.netns,
+            );
+            v["duration_ns"] = (c.duration_ns != 0).then_some(c.duration_ns).into();
+            v["bytes_acked"] = c.bytes_acked.into();
+            v["bytes_sent"] = c.bytes_sent.into();
+            v["bytes_received"] = c.bytes_received.into();
+            v["total_retrans"] = c.total_retrans.into();
+            v["srtt_us"] = (c.srtt_us != 0).then_some(c.srtt_us).into();
+            v["closed_by"] = closed_by::name(c.closed_by).into();
+            v["old_state"] = state_name(c.old_state).into();
+            v
+        }
         AnyEvent::TcpDrop(d) => {
             let mut v = tcp_json(
                 "tcp_listen_drop",
@@ -717,10 +778,24 @@ impl TailSink {
             || f.events.iter().any(|e| {
                 matches!(
                     e,
-                    EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+                    EventClass::Tcp
+                        | EventClass::Reset
+                        | EventClass::Retrans
+                        | EventClass::Drop
+                        | EventClass::Close
                 )
             });
-        let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
+        let only_close = !f.events.is_empty()
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Close | EventClass::Exit));
+        let header = if only_close {
+            CLOSE_HEADER
+        } else if tcp {
+            TEXT_HEADER
+        } else {
+            OOM_HEADER
+        };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
         flow_of(r)
     }
