@@ -680,7 +680,7 @@ pub struct RecordArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp,reset,retrans,drop,oom"
+        default_value = "tcp,reset,retrans,drop,close,oom"
     )]
     pub events: Vec<EventClass>,
 
