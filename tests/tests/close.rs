@@ -265,3 +265,86 @@ fn an_aborted_connection_is_closed_by_reset() {
         "{by:?}"
     );
 }
+
+/// The value of the sample `name{...pid="PID"...}` in a scrape.
+fn metric(body: &str, name: &str, pid: u32) -> Option<u64> {
+    let want = format!("pid=\"{pid}\"");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&want))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn close_bytes_and_rtt_in_conns_and_serve() {
+    if !require_root("close_bytes_and_rtt_in_conns_and_serve") {
+        return;
+    }
+    let _guard = serial();
+    let port = diag_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _serve = Diag::start(&["serve", "--listen", &addr, "--top", "500"]);
+    let mut conns = Diag::start(&["conns", "--json", "--watch", "--top", "0"]);
+    let x = exchange();
+    let dest = format!("127.0.0.1:{}", x.port);
+    // conns: the client's bytes (its own TCP_INFO's) and the RTT of its
+    // one connection to the server's port (a median of one sample: the
+    // client's own tcpi_rtt at the close).
+    let snap = conns.wait_json(
+        Duration::from_secs(15),
+        "a snapshot with the exchange's close",
+        |s| {
+            s["close_rtt"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["remote"] == dest.as_str()))
+        },
+    );
+    let d = snap["close_rtt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["remote"] == dest.as_str())
+        .unwrap();
+    assert_eq!(n(&d["closed"]), 1, "{d}");
+    assert_eq!(n(&d["rtt_p50_us"]), x.get("rtt_us"), "{d}");
+    assert_eq!(n(&d["bytes_acked"]), x.get("bytes_acked"), "{d}");
+    assert_eq!(n(&d["bytes_received"]), x.get("bytes_received"), "{d}");
+    let row = |pid: u32| {
+        snap["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == u64::from(pid))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for pid {pid}: {snap}"))
+    };
+    let c = row(x.client_pid);
+    assert_eq!(n(&c["totals"]["bytes_acked"]), K + 2, "{c}");
+    assert_eq!(n(&c["totals"]["bytes_received"]), M + 1, "{c}");
+    let s = row(x.server_pid);
+    assert_eq!(n(&s["totals"]["bytes_acked"]), M + 1, "{s}");
+    assert_eq!(n(&s["totals"]["bytes_received"]), K + 1, "{s}");
+    // The heaviest connections list has them.
+    assert!(
+        snap["heaviest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["pid"] == u64::from(x.client_pid) && h["remote"] == dest.as_str()),
+        "{snap}"
+    );
+
+    // serve: the same bytes per process series, credited at the close.
+    let mut body = String::new();
+    wait_until(Duration::from_secs(15), "the bytes in /metrics", || {
+        body = diag_tests::scrape_metrics(port);
+        metric(&body, "diag_tcp_bytes_sent_total", x.client_pid).is_some()
+            && metric(&body, "diag_tcp_bytes_received_total", x.server_pid).is_some()
+    });
+    let sent = |pid| metric(&body, "diag_tcp_bytes_sent_total", pid);
+    let received = |pid| metric(&body, "diag_tcp_bytes_received_total", pid);
+    assert_eq!(sent(x.client_pid), Some(K + 2), "{body}");
+    assert_eq!(received(x.client_pid), Some(M + 1), "{body}");
+    assert_eq!(sent(x.server_pid), Some(M + 1), "{body}");
+    assert_eq!(received(x.server_pid), Some(K + 1), "{body}");
+}

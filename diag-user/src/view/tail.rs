@@ -977,6 +977,92 @@ mod tests {
         );
     }
 
+    #[test]
+    fn close_lines_text_json_and_class() {
+        let clock = WallClock::with_offset_ns(0);
+        let c = crate::aggregate::close::close_event(
+            100,
+            "curl",
+            0x10,
+            40000,
+            443,
+            5,
+            300_500_000,
+            (1002, 2001),
+            49,
+            closed_by::LOCAL,
+        );
+        let ev = AnyEvent::TcpClose(c);
+        let line = format_text(&ev, &clock, &Names::default());
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cols[1..],
+            [
+                "100",
+                "curl",
+                "127.0.0.1:40000",
+                "127.0.0.1:443",
+                "CLOSED",
+                "by",
+                "local",
+                "300.50ms",
+                "1002",
+                "2001",
+                "0",
+                "49.0us"
+            ],
+            "{line}"
+        );
+        // The header's columns line up with the line's.
+        assert_eq!(
+            CLOSE_HEADER.find("DURATION"),
+            line.find("300.50ms"),
+            "{CLOSE_HEADER}\n{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&ev, &clock, &Names::default())).unwrap();
+        assert_eq!(v["event"], "tcp_close");
+        assert_eq!(v["pid"], 100);
+        assert_eq!(v["duration_ns"], 300_500_000);
+        assert_eq!(
+            (v["bytes_acked"].clone(), v["bytes_received"].clone()),
+            (1002.into(), 2001.into())
+        );
+        assert_eq!(v["bytes_sent"], 1002);
+        assert_eq!(
+            (v["srtt_us"].clone(), v["total_retrans"].clone()),
+            (49.into(), 0.into())
+        );
+        assert_eq!(v["closed_by"], "local");
+        assert_eq!(v["old_state"], "FIN_WAIT2");
+        // Older than diag: no duration, none invented; no RTT sample.
+        let mut old = c;
+        old.duration_ns = 0;
+        old.srtt_us = 0;
+        let ev_old = AnyEvent::TcpClose(old);
+        let line = format_text(&ev_old, &clock, &Names::default());
+        assert_eq!(line.split_whitespace().nth(8), Some("?"), "{line}");
+        assert!(line.trim_end().ends_with(" -"), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&ev_old, &clock, &Names::default())).unwrap();
+        assert!(v["duration_ns"].is_null() && v["srtt_us"].is_null(), "{v}");
+        // Off by default; shown when asked for, by port too.
+        let default = Filter::from_args(&TailView::default());
+        assert!(!default.matches(&ev));
+        let close = Filter {
+            events: vec![EventClass::Close],
+            ports: vec![443],
+            ..Default::default()
+        };
+        assert!(close.matches(&ev));
+        assert!(!close.matches(&ev_with_port(c, 8080)));
+    }
+
+    fn ev_with_port(mut c: TcpCloseEvent, port: u16) -> AnyEvent {
+        c.dport = port;
+        AnyEvent::TcpClose(c)
+    }
+
     fn reset(kind: EventKind, reason: i32) -> AnyEvent {
         let mut header = EventHeader::zeroed();
         header.kind = kind as u32;
