@@ -38,14 +38,22 @@ impl Exchange {
 /// One exchange between an `exchange-server` and an `exchange` client,
 /// both of which must finish: K bytes one way, M the other.
 fn exchange() -> Exchange {
-    let mut server = Gen::spawn(LOADGEN, &["exchange-server", &M.to_string(), "127.0.0.1:0"]);
+    exchange_on("127.0.0.1")
+}
+
+/// [`exchange`] over loopback address `host` (`[::1]` for IPv6).
+fn exchange_on(host: &str) -> Exchange {
+    let mut server = Gen::spawn(
+        LOADGEN,
+        &["exchange-server", &M.to_string(), &format!("{host}:0")],
+    );
     let port = server.port();
     let mut client = Gen::spawn(
         LOADGEN,
         &[
             "exchange",
             &K.to_string(),
-            &format!("127.0.0.1:{port}"),
+            &format!("{host}:{port}"),
             &HOLD_MS.to_string(),
         ],
     );
@@ -157,33 +165,53 @@ fn close_summaries_match_the_kernels_own_counts() {
         return;
     }
     let _guard = serial();
-    let mut tail = Diag::start(&["tail", "--json", "--events", "close"]);
-    let x = exchange();
-    let sport = x.get("sport");
-    let mut seen = Vec::new();
-    while {
-        let (c, s) = ends(&seen, &x);
-        c.is_none() || s.is_none()
-    } {
-        let e = tail.wait_json(Duration::from_secs(15), "both close events", |e| {
-            e["event"] == "tcp_close"
-                && (e["sport"] == sport || e["dport"] == sport)
-                && (e["sport"] == u64::from(x.port) || e["dport"] == u64::from(x.port))
-        });
-        seen.push(e);
+    // The tp_btf program (the default) and the classic tracepoint's; IPv6.
+    for (flags, host) in [
+        (&[][..], "127.0.0.1"),
+        (&["--classic-tcp"][..], "127.0.0.1"),
+        (&[][..], "[::1]"),
+    ] {
+        let mut args = vec!["tail", "--json", "--events", "close"];
+        args.extend_from_slice(flags);
+        let mut tail = Diag::start(&args);
+        let x = exchange_on(host);
+        let sport = x.get("sport");
+        let mut seen = Vec::new();
+        while {
+            let (c, s) = ends(&seen, &x);
+            c.is_none() || s.is_none()
+        } {
+            let e = tail.wait_json(Duration::from_secs(15), "both close events", |e| {
+                e["event"] == "tcp_close"
+                    && (e["sport"] == sport || e["dport"] == sport)
+                    && (e["sport"] == u64::from(x.port) || e["dport"] == u64::from(x.port))
+            });
+            seen.push(e);
+        }
+        let (client, server) = ends(&seen, &x);
+        let (client, server) = (client.unwrap(), server.unwrap());
+        check(client, server, &x);
+        let family = if host.starts_with('[') { 6 } else { 4 };
+        let addr = host.trim_matches(|c| c == '[' || c == ']');
+        for e in [client, server] {
+            assert_eq!(e["family"], family, "{flags:?} {e}");
+            assert_eq!(
+                (e["saddr"].as_str(), e["daddr"].as_str()),
+                (Some(addr), Some(addr)),
+                "{e}"
+            );
+        }
+        let out = tail.stop(libc::SIGINT);
+        // Only close events were shown (everything printed, the lines
+        // read above included), one per end.
+        let all = out.json();
+        assert!(all.iter().all(|e| e["event"] == "tcp_close"), "{all:?}");
+        let ours = all
+            .iter()
+            .filter(|e| e["sport"] == sport || e["dport"] == sport)
+            .count();
+        assert_eq!(ours, 2, "one summary per end ({flags:?} {host}): {all:?}");
     }
-    let (client, server) = ends(&seen, &x);
-    check(client.unwrap(), server.unwrap(), &x);
-    let out = tail.stop(libc::SIGINT);
-    // Only close events were shown (everything printed, the lines read
-    // above included), one per end.
-    let all = out.json();
-    assert!(all.iter().all(|e| e["event"] == "tcp_close"), "{all:?}");
-    let ours = all
-        .iter()
-        .filter(|e| e["sport"] == sport || e["dport"] == sport)
-        .count();
-    assert_eq!(ours, 2, "one summary per end: {all:?}");
 }
 
 #[test]
