@@ -220,8 +220,8 @@ pub enum EventClass {
     /// One line per finished connection (it was ESTABLISHED and reached
     /// CLOSE): duration, bytes acked and received, segments
     /// retransmitted, smoothed RTT, who closed first (struct tcp_sock
-    /// read at the close). Not shown by default: a busy host closes many
-    /// connections a second
+    /// read at the close). Not shown by default (nor sent by the kernel):
+    /// a busy host closes many connections a second; recordings keep them
     Close,
     /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
     Oom,

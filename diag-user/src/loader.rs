@@ -283,7 +283,7 @@ fn clone_env_error(e: &EnvError) -> EnvError {
 /// The checks every tracing subcommand runs first: the first failure is
 /// the error the user sees.
 pub fn require(args: &ProbeArgs) -> Result<Env, EnvError> {
-    require_for(args, &[EventClass::Tcp])
+    require_for(args, &[EventClass::Tcp, EventClass::Close])
 }
 
 /// [`require`] for the given event classes only.
@@ -306,6 +306,11 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         let mut l = probes::tcp::layouts(&tracefs, &args.btf)?;
         if args.classic_tcp {
             l.state_btf = Err("--classic-tcp".into());
+        }
+        // Close summaries cost a ring-buffer record per connection: sent
+        // only when asked for (tail --events close, record, conns, serve).
+        if !events.contains(&EventClass::Close) && l.close.is_ok() {
+            l.close = Err("not asked for (--events close)".into());
         }
         Some(l)
     } else {
