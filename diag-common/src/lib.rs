@@ -45,6 +45,8 @@ pub enum EventKind {
     TcpAccepted = 6,
     /// [`tcp::TcpDropEvent`]: a connection lost at a full listen queue.
     TcpDrop = 7,
+    /// [`tcp::TcpCloseEvent`]: a connection's summary at its close.
+    TcpClose = 8,
     /// [`oom::OomKillEvent`]
     OomKill = 10,
     /// [`sched::StallEvent`]
@@ -64,6 +66,7 @@ impl TryFrom<u32> for EventKind {
             5 => Ok(EventKind::TcpRetransmitSynack),
             6 => Ok(EventKind::TcpAccepted),
             7 => Ok(EventKind::TcpDrop),
+            8 => Ok(EventKind::TcpClose),
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),

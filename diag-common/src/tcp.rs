@@ -230,9 +230,16 @@ pub struct SockOwner {
     /// [`attribution::LISTENER`] (a passive open, not accepted yet) or
     /// [`attribution::ACCEPTED`].
     pub how: u8,
-    pub _pad: [u8; 3],
+    /// Who closed first, once known ([`closed_by`]; 0 while open):
+    /// SOCK_OWNERS only.
+    pub closer: u8,
+    pub _pad: [u8; 2],
+    /// Boot-time ns of the socket's first transition diag saw (its
+    /// connect(), or a passive open's child), 0 when unknown (a socket
+    /// older than diag): SOCK_OWNERS only.
+    pub born_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 56);
 
 /// Key of map `LISTENERS`: a listening socket by network namespace,
 /// family, local address (all zeros for a wildcard bind) and port, so
@@ -561,3 +568,106 @@ pub struct TcpDropEvent {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<TcpDropEvent>() == 112);
+
+/// Who closed a connection first ([`TcpCloseEvent::closed_by`]).
+pub mod closed_by {
+    /// Not known (a socket older than diag that went to CLOSE from a state
+    /// that does not say).
+    pub const UNKNOWN: u8 = 0;
+    /// This side: the socket went ESTABLISHED -> FIN_WAIT1 (close() or
+    /// shutdown(SHUT_WR) here first).
+    pub const LOCAL: u8 = 1;
+    /// The peer: the socket went ESTABLISHED -> CLOSE_WAIT (its FIN came
+    /// first).
+    pub const REMOTE: u8 = 2;
+    /// Neither sent a FIN first: the connection went from ESTABLISHED
+    /// straight to CLOSE (a reset sent or received, an abort).
+    pub const RESET: u8 = 3;
+
+    pub fn name(c: u8) -> &'static str {
+        match c {
+            LOCAL => "local",
+            REMOTE => "remote",
+            RESET => "reset",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Byte offsets into `struct tcp_sock`, read by user space from the
+/// kernel's BTF, for the close summary: read (by helper) only on a
+/// connection's last transition, to CLOSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCloseLayout {
+    /// `tcp_sock.bytes_acked` (u64): bytes of ours the peer acknowledged.
+    pub bytes_acked: u32,
+    /// `tcp_sock.bytes_sent` (u64): bytes sent, retransmissions included.
+    pub bytes_sent: u32,
+    /// `tcp_sock.bytes_received` (u64): bytes received in order.
+    pub bytes_received: u32,
+    /// `tcp_sock.total_retrans` (u32): segments retransmitted.
+    pub total_retrans: u32,
+    /// `tcp_sock.srtt_us` (u32): smoothed RTT in microseconds, << 3.
+    pub srtt_us: u32,
+    /// 1 once user space filled this in: no close events otherwise.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpCloseLayout>() == 24);
+
+impl TcpCloseLayout {
+    pub const fn zeroed() -> Self {
+        TcpCloseLayout {
+            bytes_acked: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            total_retrans: 0,
+            srtt_us: 0,
+            valid: 0,
+        }
+    }
+}
+
+/// A connection that was ESTABLISHED reached CLOSE (kind `TcpClose`): its
+/// summary, what bcc's tcplife prints and more. The header names the
+/// socket's owner (see [`attribution`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCloseEvent {
+    pub header: EventHeader,
+    pub skaddr: u64,
+    /// From the socket's first transition diag saw to CLOSE; 0 when
+    /// unknown (a socket older than diag).
+    pub duration_ns: u64,
+    /// `tcp_sock.bytes_acked`, `.bytes_sent`, `.bytes_received` at CLOSE
+    /// (the kernel's counts, as `ss -ti` and `TCP_INFO` show them).
+    pub bytes_acked: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address, same encoding.
+    pub daddr: [u8; 16],
+    /// Local and remote port (host order).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// The state the socket left for CLOSE.
+    pub old_state: u8,
+    /// One of [`closed_by`].
+    pub closed_by: u8,
+    /// One of [`attribution`].
+    pub attribution: u8,
+    pub _pad: [u8; 3],
+    /// `tcp_sock.total_retrans`: segments retransmitted.
+    pub total_retrans: u32,
+    /// Smoothed RTT in microseconds (`tcp_sock.srtt_us >> 3`), 0 when the
+    /// connection never had an RTT sample.
+    pub srtt_us: u32,
+    /// The socket's network namespace inode, 0 when unknown.
+    pub netns: u32,
+    /// tgid of the task that was on the CPU at the close.
+    pub current_tgid: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpCloseEvent>() == 144);

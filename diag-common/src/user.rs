@@ -4,9 +4,9 @@ use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
 use crate::tcp::{
-    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpDropEvent,
-    TcpDropLayout, TcpSockEvent, TcpSockLayout, TcpStateEvent, NO_FIELD, TCP_SOCK_EVENT_V1_LEN,
-    TCP_STATE_EVENT_V1_LEN,
+    InetSockSetStateLayout, ListenKey, OwnerLayout, SockBtfLayout, SockOwner, TcpCloseEvent,
+    TcpCloseLayout, TcpDropEvent, TcpDropLayout, TcpSockEvent, TcpSockLayout, TcpStateEvent,
+    NO_FIELD, TCP_SOCK_EVENT_V1_LEN, TCP_STATE_EVENT_V1_LEN,
 };
 use crate::{EventHeader, EventKind, RingConfig};
 
@@ -20,6 +20,7 @@ unsafe impl aya::Pod for ListenKey {}
 unsafe impl aya::Pod for OwnerLayout {}
 unsafe impl aya::Pod for TcpSockLayout {}
 unsafe impl aya::Pod for TcpDropLayout {}
+unsafe impl aya::Pod for TcpCloseLayout {}
 unsafe impl aya::Pod for MarkVictimLayout {}
 unsafe impl aya::Pod for MemcgLayout {}
 unsafe impl aya::Pod for VictimTask {}
@@ -37,6 +38,8 @@ pub enum AnyEvent {
     TcpSock(TcpSockEvent),
     /// Kind TcpDrop: a connection lost at a full listen queue.
     TcpDrop(TcpDropEvent),
+    /// Kind TcpClose: a connection's summary at its close.
+    TcpClose(TcpCloseEvent),
     OomKill(OomKillEvent),
     Stall(StallEvent),
     ProcExit(ProcExitEvent),
@@ -49,6 +52,7 @@ impl AnyEvent {
             AnyEvent::TcpState(e) => as_bytes(e),
             AnyEvent::TcpSock(e) => as_bytes(e),
             AnyEvent::TcpDrop(e) => as_bytes(e),
+            AnyEvent::TcpClose(e) => as_bytes(e),
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
@@ -60,6 +64,7 @@ impl AnyEvent {
             AnyEvent::TcpState(e) => &e.header,
             AnyEvent::TcpSock(e) => &e.header,
             AnyEvent::TcpDrop(e) => &e.header,
+            AnyEvent::TcpClose(e) => &e.header,
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
@@ -166,6 +171,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
             TCP_SOCK_EVENT_V1_LEN,
         )?)),
         EventKind::TcpDrop => Ok(AnyEvent::TcpDrop(read(buf, Some(header.kind))?)),
+        EventKind::TcpClose => Ok(AnyEvent::TcpClose(read(buf, Some(header.kind))?)),
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
@@ -233,6 +239,41 @@ mod tests {
             assert_eq!((old.listen_queue, old.listen_backlog), (NO_FIELD, NO_FIELD));
             assert_eq!(old.skaddr, e.skaddr);
         }
+    }
+
+    #[test]
+    fn tcp_close_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::TcpClose as u32;
+        header.tgid = 43;
+        let e = crate::tcp::TcpCloseEvent {
+            header,
+            skaddr: 0xffff_4321,
+            duration_ns: 300_000_000,
+            bytes_acked: 1000,
+            bytes_sent: 1000,
+            bytes_received: 2000,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 8080,
+            family: crate::tcp::AF_INET,
+            old_state: crate::tcp::state::FIN_WAIT2,
+            closed_by: crate::tcp::closed_by::LOCAL,
+            attribution: crate::tcp::attribution::SOCKET,
+            _pad: [0; 3],
+            total_retrans: 1,
+            srtt_us: 40,
+            netns: 4026531840,
+            current_tgid: 43,
+            _pad2: 0,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpClose(e)));
+        assert_eq!(AnyEvent::TcpClose(e).header().tgid, 43);
+        assert!(matches!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort { need: 144, .. })
+        ));
     }
 
     #[test]

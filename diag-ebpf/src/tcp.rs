@@ -28,9 +28,10 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     tcp::{
-        attribution, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
-        SockBtfLayout, SockOwner, TcpDropEvent, TcpDropLayout, TcpSockEvent, TcpSockLayout,
-        TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP, NO_FIELD,
+        attribution, closed_by, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
+        SockBtfLayout, SockOwner, TcpCloseEvent, TcpCloseLayout, TcpDropEvent, TcpDropLayout,
+        TcpSockEvent, TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP,
+        NO_FIELD,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -274,13 +275,32 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         skaddr,
         netns: 0,
         how: 0,
-        _pad: [0; 3],
+        closer: 0,
+        _pad: [0; 2],
+        born_ns: 0,
     };
-    // The namespace never changes: read once, then remembered.
+    // The namespace never changes: read once, then remembered; so are the
+    // socket's birth and who closed first.
     match known {
         // SAFETY: a map value pointer, valid while we run.
-        Some(k) if !fresh => owner.netns = unsafe { (*k).netns },
-        _ => owner.netns = netns_of(skaddr),
+        Some(k) if !fresh => unsafe {
+            owner.netns = (*k).netns;
+            owner.born_ns = (*k).born_ns;
+            owner.closer = (*k).closer;
+        },
+        _ => {
+            owner.netns = netns_of(skaddr);
+            if fresh {
+                owner.born_ns = now;
+            }
+        }
+    }
+    if owner.closer == 0 && old == state::ESTABLISHED {
+        if new == state::FIN_WAIT1 {
+            owner.closer = closed_by::LOCAL;
+        } else if new == state::CLOSE_WAIT {
+            owner.closer = closed_by::REMOTE;
+        }
     }
     let how = if in_owner_syscall(old, new) {
         // Still the process that accepted it: later events say so.
@@ -410,6 +430,106 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         (*ev).listen_backlog = listen.1;
     }
     let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    if new == state::CLOSE && was_established(old) {
+        close_event(t, &header, &owner, how, current_tgid, flags)?;
+    }
+    Ok(0)
+}
+
+/// `struct tcp_sock` offsets from BTF, written by user space at load time.
+#[unsafe(no_mangle)]
+static TCP_CLOSE: Global<TcpCloseLayout> = Global::new(TcpCloseLayout::zeroed());
+
+/// States a full socket is in only after it was ESTABLISHED: leaving one
+/// for CLOSE ends a connection (not a failed connect or handshake).
+/// TIME_WAIT is left out: that is a `struct inet_timewait_sock`, with no
+/// `tcp_sock` behind it.
+#[inline(always)]
+fn was_established(old: u8) -> bool {
+    matches!(
+        old,
+        state::ESTABLISHED
+            | state::FIN_WAIT1
+            | state::FIN_WAIT2
+            | state::CLOSING
+            | state::CLOSE_WAIT
+            | state::LAST_ACK
+    )
+}
+
+/// The summary of a connection at its last transition, to CLOSE: the full
+/// `struct tcp_sock` is still whole here (a TIME_WAIT socket takes over
+/// only the 4-tuple; the full one goes FIN_WAIT2/CLOSING -> CLOSE in
+/// `tcp_done`). Its counters are read by helper, only now.
+#[inline(always)]
+fn close_event(
+    t: &Transition,
+    header: &EventHeader,
+    owner: &SockOwner,
+    how: u8,
+    current_tgid: u32,
+    flags: u64,
+) -> Result<u32, u32> {
+    let l = TCP_CLOSE.load();
+    if l.valid == 0 {
+        return Ok(0);
+    }
+    let sk = t.skaddr;
+    let bytes_acked: u64 = kread(sk + l.bytes_acked as u64).unwrap_or(0);
+    let bytes_sent: u64 = kread(sk + l.bytes_sent as u64).unwrap_or(0);
+    let bytes_received: u64 = kread(sk + l.bytes_received as u64).unwrap_or(0);
+    let total_retrans: u32 = kread(sk + l.total_retrans as u64).unwrap_or(0);
+    let srtt: u32 = kread(sk + l.srtt_us as u64).unwrap_or(0);
+    let now = header.ts_ns;
+    let duration_ns = if owner.born_ns != 0 && owner.born_ns <= now {
+        now - owner.born_ns
+    } else {
+        0
+    };
+    // Who sent the first FIN, as the socket's transitions said; for a
+    // socket older than diag, what the state it leaves says.
+    let closer = if owner.closer != 0 {
+        owner.closer
+    } else {
+        match t.old {
+            state::ESTABLISHED => closed_by::RESET,
+            state::FIN_WAIT1 | state::FIN_WAIT2 | state::CLOSING => closed_by::LOCAL,
+            state::CLOSE_WAIT | state::LAST_ACK => closed_by::REMOTE,
+            _ => closed_by::UNKNOWN,
+        }
+    };
+    let mut h = *header;
+    h.kind = EventKind::TcpClose as u32;
+    let Some(mut entry) = EVENTS.reserve::<TcpCloseEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).header = h;
+        (*ev).skaddr = sk;
+        (*ev).duration_ns = duration_ns;
+        (*ev).bytes_acked = bytes_acked;
+        (*ev).bytes_sent = bytes_sent;
+        (*ev).bytes_received = bytes_received;
+        (*ev).saddr = t.saddr;
+        (*ev).daddr = t.daddr;
+        (*ev).sport = t.sport;
+        (*ev).dport = t.dport;
+        (*ev).family = t.family;
+        (*ev).old_state = t.old;
+        (*ev).closed_by = closer;
+        (*ev).attribution = how;
+        (*ev)._pad = [0; 3];
+        (*ev).total_retrans = total_retrans;
+        (*ev).srtt_us = srtt >> 3;
+        (*ev).netns = owner.netns;
+        (*ev).current_tgid = current_tgid;
+        (*ev)._pad2 = 0;
+    }
     entry.submit(flags);
     count(counters::SUBMITTED);
     Ok(0)
@@ -786,7 +906,9 @@ fn take_socket(l: &OwnerLayout, sk: u64) -> Result<u32, u32> {
                 skaddr: 0,
                 netns,
                 how: attribution::ACCEPTED,
-                _pad: [0; 3],
+                closer: 0,
+                _pad: [0; 2],
+                born_ns: 0,
             };
             if SOCK_OWNERS.insert(sk, owner, BPF_ANY as u64).is_err() {
                 count(counters::SOCK_MAP_FULL);

@@ -217,6 +217,12 @@ pub enum EventClass {
     /// (skb:kfree_skb, skb:consume_skb): the kernel's ListenOverflows,
     /// per listener and owner
     Drop,
+    /// One line per finished connection (it was ESTABLISHED and reached
+    /// CLOSE): duration, bytes acked and received, segments
+    /// retransmitted, smoothed RTT, who closed first (struct tcp_sock
+    /// read at the close). Not shown by default (nor sent by the kernel):
+    /// a busy host closes many connections a second; recordings keep them
+    Close,
     /// OOM kills: victim, trigger, memory and cgroup (oom:mark_victim)
     Oom,
     /// Run-queue waits longer than --stall-threshold, with the task that
@@ -241,6 +247,7 @@ impl EventClass {
                     | EventClass::Reset
                     | EventClass::Retrans
                     | EventClass::Drop
+                    | EventClass::Close
                     | EventClass::Stall
             )
         });
@@ -673,7 +680,7 @@ pub struct RecordArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tcp,reset,retrans,drop,oom"
+        default_value = "tcp,reset,retrans,drop,close,oom"
     )]
     pub events: Vec<EventClass>,
 

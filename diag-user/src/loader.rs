@@ -198,6 +198,10 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
                     ),
                     Err(why) => format!("; no listen-queue drops ({why})"),
                 };
+                let drops = match &l.close {
+                    Ok(_) => format!("{drops}; close summaries: struct tcp_sock from BTF"),
+                    Err(why) => format!("{drops}; no close summaries ({why})"),
+                };
                 match l.state_btf {
                     Ok(_) => {
                         format!("{names} (state changes by tp_btf, struct sock from BTF){owners}{drops}")
@@ -279,7 +283,7 @@ fn clone_env_error(e: &EnvError) -> EnvError {
 /// The checks every tracing subcommand runs first: the first failure is
 /// the error the user sees.
 pub fn require(args: &ProbeArgs) -> Result<Env, EnvError> {
-    require_for(args, &[EventClass::Tcp])
+    require_for(args, &[EventClass::Tcp, EventClass::Close])
 }
 
 /// [`require`] for the given event classes only.
@@ -291,13 +295,22 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     let wants_tcp = events.iter().any(|e| {
         matches!(
             e,
-            EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+            EventClass::Tcp
+                | EventClass::Reset
+                | EventClass::Retrans
+                | EventClass::Drop
+                | EventClass::Close
         )
     });
     let tcp = if wants_tcp {
         let mut l = probes::tcp::layouts(&tracefs, &args.btf)?;
         if args.classic_tcp {
             l.state_btf = Err("--classic-tcp".into());
+        }
+        // Close summaries cost a ring-buffer record per connection: sent
+        // only when asked for (tail --events close, record, conns, serve).
+        if !events.contains(&EventClass::Close) && l.close.is_ok() {
+            l.close = Err("not asked for (--events close)".into());
         }
         Some(l)
     } else {
@@ -371,6 +384,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         rst_reasons: Vec::new(),
         owner: Err("no TCP probes".into()),
         drop: Err("no TCP probes".into()),
+        close: Err("no TCP probes".into()),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -395,6 +409,10 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         Ok(l) if !args.empty_programs => *l,
         _ => diag_common::tcp::OwnerLayout::zeroed(),
     };
+    let close_layout = match &tcp.close {
+        Ok(l) if !args.empty_programs => *l,
+        _ => diag_common::tcp::TcpCloseLayout::zeroed(),
+    };
     let drop_layout = match &tcp.drop {
         Ok(l) => *l,
         Err(_) => diag_common::tcp::TcpDropLayout::zeroed(),
@@ -405,6 +423,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("SOCK_BTF", &sock_btf, true)
         .override_global("OWNER_LAYOUT", &owner_layout, true)
         .override_global("TCP_DROP", &drop_layout, true)
+        .override_global("TCP_CLOSE", &close_layout, true)
         .override_global("MARK_VICTIM", &oom.mark_victim, true)
         .override_global("MEMCG_LAYOUT", &oom.memcg, true)
         .override_global("RING_CONFIG", &ring, true)

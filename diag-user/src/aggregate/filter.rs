@@ -74,6 +74,7 @@ impl Filter {
             AnyEvent::TcpState(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::TcpDrop(t) => (t.family, t.port, t.rport, t.netns),
+            AnyEvent::TcpClose(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
@@ -98,6 +99,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::Stall(_) => EventClass::Stall,
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpDrop(_) => EventClass::Drop,
+        AnyEvent::TcpClose(_) => EventClass::Close,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {
             Ok(EventKind::TcpResetSent | EventKind::TcpResetReceived) => EventClass::Reset,
             // A change of owner, shown with the state changes.

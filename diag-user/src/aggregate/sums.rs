@@ -16,6 +16,8 @@ impl AddAssign<&Counters> for Counters {
         self.time_waits += d.time_waits;
         self.aborts += d.aborts;
         self.listen_overflows += d.listen_overflows;
+        self.bytes_acked = self.bytes_acked.saturating_add(d.bytes_acked);
+        self.bytes_received = self.bytes_received.saturating_add(d.bytes_received);
     }
 }
 
@@ -63,11 +65,14 @@ mod tests {
             time_waits: 8,
             aborts: 9,
             listen_overflows: 10,
+            bytes_acked: 11,
+            bytes_received: 12,
         };
         let mut c = one;
         c += &one;
         assert_eq!(c.aborts, 18);
         assert_eq!(c.listen_overflows, 20);
+        assert_eq!((c.bytes_acked, c.bytes_received), (22, 24));
         assert_eq!(c.active_opens, 2);
         let mut s = StateCounts {
             listen: 1,

@@ -26,12 +26,16 @@ use std::{
 use diag_common::{
     EventHeader, EventKind,
     proc::ProcExitEvent,
-    tcp::{AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state},
+    tcp::{
+        AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, closed_by,
+        drop_cause, state,
+    },
     user::AnyEvent,
 };
 use serde::Serialize;
 
 use super::{
+    close::{CloseStats, Closed, DestRtt},
     connect::{ConnectLatency, DestLatency},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
@@ -159,6 +163,13 @@ pub struct Counters {
     /// was full: the kernel's ListenOverflows.
     #[serde(default)]
     pub listen_overflows: u64,
+    /// Bytes of its closed connections, as the kernel counted them at the
+    /// close (`tcp_sock.bytes_acked`: sent and acknowledged;
+    /// `.bytes_received`): credited when a connection closes.
+    #[serde(default)]
+    pub bytes_acked: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 impl Counters {
@@ -174,6 +185,8 @@ impl Counters {
             time_waits: self.time_waits.saturating_sub(o.time_waits),
             aborts: self.aborts.saturating_sub(o.aborts),
             listen_overflows: self.listen_overflows.saturating_sub(o.listen_overflows),
+            bytes_acked: self.bytes_acked.saturating_sub(o.bytes_acked),
+            bytes_received: self.bytes_received.saturating_sub(o.bytes_received),
         }
     }
 }
@@ -321,6 +334,12 @@ pub struct TcpAggregate {
     owner_suspects: HashMap<FourTuple, u32>,
     /// Connections lost at full listen queues, per listener.
     listen: ListenQueues,
+    /// Finished connections: RTT per destination, the heaviest, longest
+    /// and slowest.
+    closes: CloseStats,
+    /// The last socket that went to CLOSE and its owner then: its close
+    /// summary follows at once and goes to the same process.
+    last_closed: Option<(u64, Owner)>,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -509,6 +528,15 @@ pub struct TcpSnapshot {
     pub overflow: u64,
     /// Listeners that lost connections because a queue was full.
     pub listen: Vec<ListenRow>,
+    /// Finished connections since diag started: the destinations with
+    /// the highest median smoothed RTT at close, and the heaviest (bytes),
+    /// longest and slowest (RTT) connections.
+    pub close_rtt: Vec<DestRtt>,
+    pub heaviest: Vec<Closed>,
+    pub longest: Vec<Closed>,
+    pub slowest_rtt: Vec<Closed>,
+    /// Connections closed since diag started (with a summary).
+    pub closed: u64,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -543,6 +571,8 @@ impl TcpAggregate {
             corrections: Corrections::default(),
             owner_suspects: HashMap::new(),
             listen: ListenQueues::default(),
+            closes: CloseStats::default(),
+            last_closed: None,
         }
     }
 
@@ -676,6 +706,7 @@ impl TcpAggregate {
             }
             AnyEvent::TcpSock(e) => self.on_sock_event(e),
             AnyEvent::TcpDrop(e) => self.on_drop(e),
+            AnyEvent::TcpClose(e) => self.on_close(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
             AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
         }
@@ -788,6 +819,7 @@ impl TcpAggregate {
         }
 
         // The socket is gone.
+        self.last_closed = Some((e.skaddr, owner));
         self.set_owner(&sock.owner, &None);
         if old == state::LISTEN {
             return;
@@ -867,6 +899,33 @@ impl TcpAggregate {
                 _ => r.retransmits += 1,
             }
         }
+    }
+
+    /// A finished connection's summary: its bytes credited to its owner
+    /// (the one its transition to CLOSE, just before, went to), its RTT
+    /// to its destination.
+    fn on_close(&mut self, e: &TcpCloseEvent) {
+        let owner = match self.last_closed.take() {
+            Some((sk, o)) if sk == e.skaddr => o,
+            _ => self.owner_for(&e.header, false),
+        };
+        let c = Closed {
+            pid: owner.pid,
+            comm: owner.comm.as_str().to_string(),
+            local: SocketAddr::new(ip(e.family, &e.saddr), e.sport),
+            remote: SocketAddr::new(ip(e.family, &e.daddr), e.dport),
+            ts_ns: e.header.ts_ns,
+            duration_ns: (e.duration_ns != 0).then_some(e.duration_ns),
+            bytes_acked: e.bytes_acked,
+            bytes_received: e.bytes_received,
+            total_retrans: e.total_retrans,
+            srtt_us: (e.srtt_us != 0).then_some(e.srtt_us),
+            closed_by: closed_by::name(e.closed_by),
+        };
+        self.closes.record(&c);
+        let p = self.proc_mut(owner);
+        p.counters.bytes_acked = p.counters.bytes_acked.saturating_add(e.bytes_acked);
+        p.counters.bytes_received = p.counters.bytes_received.saturating_add(e.bytes_received);
     }
 
     /// A connection lost at a listener: counted for the listener and, when
@@ -1356,6 +1415,8 @@ impl TcpAggregate {
                 (&mut totals.retransmits, p.counters.retransmits),
                 (&mut totals.time_waits, p.counters.time_waits),
                 (&mut totals.aborts, p.counters.aborts),
+                (&mut totals.bytes_acked, p.counters.bytes_acked),
+                (&mut totals.bytes_received, p.counters.bytes_received),
             ] {
                 *k += v;
             }
@@ -1476,8 +1537,13 @@ impl TcpAggregate {
             connect_all: (self.connect.all, self.connect.all_sum_ns),
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
-            overflow: self.overflow + self.listen.overflow,
+            overflow: self.overflow + self.listen.overflow + self.closes.overflow,
             listen,
+            close_rtt: self.closes.by_destination(20),
+            heaviest: self.closes.heaviest().to_vec(),
+            longest: self.closes.longest().to_vec(),
+            slowest_rtt: self.closes.slowest().to_vec(),
+            closed: self.closes.closed,
         };
         let closing = Closing {
             usage,
@@ -1976,6 +2042,82 @@ mod tests {
                 .all(|l| l.pid == Some(300) && l.age_ns > 5 * SEC && !l.age_is_lower_bound)
         );
         assert_hint(&late, &["3 sockets in CLOSE_WAIT"]);
+    }
+
+    /// A close summary goes to the process its transition to CLOSE went
+    /// to; its bytes are credited to that process, its RTT to its
+    /// destination.
+    #[test]
+    fn close_summaries_credit_bytes_and_rtt() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        for (i, rtt) in [(0u64, 40u32), (1, 60), (2, 50)] {
+            let sk = 0x70 + i;
+            let sport = 41000 + i as u16;
+            agg.on_event(&g.st(
+                100,
+                "client",
+                sk,
+                0,
+                5432,
+                CLOSE,
+                SYN_SENT,
+                attribution::SYSCALL,
+            ));
+            agg.on_event(&g.st(
+                100,
+                "client",
+                sk,
+                sport,
+                5432,
+                SYN_SENT,
+                ESTABLISHED,
+                attribution::SOCKET,
+            ));
+            let close = g.st(
+                100,
+                "client",
+                sk,
+                sport,
+                5432,
+                ESTABLISHED,
+                CLOSE,
+                attribution::SOCKET,
+            );
+            let ts = close.header().ts_ns;
+            agg.on_event(&close);
+            // The summary's header may name another task (the kernel's
+            // guess); the aggregate keeps the transition's owner.
+            let e = super::super::close::close_event(
+                999,
+                "softirq",
+                sk,
+                sport,
+                5432,
+                ts,
+                2_000_000,
+                (1000 * (i + 1), 10),
+                rtt,
+                closed_by::RESET,
+            );
+            agg.on_event(&AnyEvent::TcpClose(e));
+        }
+        let s = agg.snapshot(2 * SEC);
+        let c = row(&s, 100);
+        assert_eq!((c.totals.bytes_acked, c.totals.bytes_received), (6000, 30));
+        assert_eq!((s.totals.bytes_acked, s.totals.bytes_received), (6000, 30));
+        assert!(s.processes.iter().all(|p| p.pid != 999));
+        assert_eq!(s.closed, 3);
+        let d = &s.close_rtt[0];
+        assert_eq!(
+            (d.remote.port(), d.closed, d.rtt_p50_us),
+            (5432, 3, Some(50))
+        );
+        assert_eq!(s.heaviest[0].bytes_acked, 3000);
+        assert_eq!(s.heaviest[0].pid, 100);
+        assert_eq!(s.slowest_rtt[0].srtt_us, Some(60));
+        assert_eq!(s.longest[0].duration_ns, Some(2_000_000));
     }
 
     /// SYN sent to ESTABLISHED: the kernel's time in SYN_SENT when it

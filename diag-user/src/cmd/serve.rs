@@ -26,6 +26,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         EventClass::Reset,
         EventClass::Retrans,
         EventClass::Drop,
+        EventClass::Close,
         EventClass::Oom,
     ];
     if !args.no_sched {

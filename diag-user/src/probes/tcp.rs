@@ -10,7 +10,7 @@ use diag_common::{
     TASK_COMM_LEN,
     tcp::{
         DROP_REASONS, InetSockSetStateLayout, ListenKey, NO_FIELD, OwnerLayout, SockBtfLayout,
-        SockOwner, TcpDropLayout, TcpSockLayout, drop_cause,
+        SockOwner, TcpCloseLayout, TcpDropLayout, TcpSockLayout, drop_cause,
     },
 };
 
@@ -53,6 +53,9 @@ pub struct Layouts {
     pub owner: Result<OwnerLayout, String>,
     /// The listen-queue drop programs' layout, or why they stay out.
     pub drop: Result<TcpDropLayout, String>,
+    /// `struct tcp_sock` offsets for the close summaries, or why there
+    /// are none.
+    pub close: Result<TcpCloseLayout, String>,
 }
 
 /// The accept tracepoints (category `syscalls`): one program on both.
@@ -73,6 +76,7 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|b| drop_layout(tracefs, b, Path::new(KALLSYMS)));
+    let close = parsed.as_ref().map_err(Clone::clone).and_then(close_layout);
     let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
@@ -95,6 +99,7 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         rst_reasons,
         owner,
         drop,
+        close,
     })
 }
 
@@ -336,6 +341,20 @@ pub fn sock_btf_layout(btf: &Btf) -> Result<SockBtfLayout, String> {
     })
 }
 
+/// `struct tcp_sock` offsets on the running kernel, from its BTF, for the
+/// close summaries.
+pub fn close_layout(btf: &Btf) -> Result<TcpCloseLayout, String> {
+    let m = |name: &str, size: u32| btf.sized_member("tcp_sock", name, size);
+    Ok(TcpCloseLayout {
+        bytes_acked: m("bytes_acked", 8)?,
+        bytes_sent: m("bytes_sent", 8)?,
+        bytes_received: m("bytes_received", 8)?,
+        total_retrans: m("total_retrans", 4)?,
+        srtt_us: m("srtt_us", 4)?,
+        valid: 1,
+    })
+}
+
 /// Field offsets of `sock:inet_sock_set_state` on the running kernel.
 pub fn layout(tracefs: &Path) -> Result<InetSockSetStateLayout, EnvError> {
     let fmt = Format::read(tracefs, "sock", "inet_sock_set_state", "TCP state changes")?;
@@ -400,7 +419,9 @@ pub fn seed_listeners(ebpf: &mut Ebpf) -> Result<usize, LoadError> {
             skaddr: 0,
             netns: l.netns,
             how: 0,
-            _pad: [0; 3],
+            closer: 0,
+            _pad: [0; 2],
+            born_ns: 0,
         };
         let (family, addr) = match l.local.ip() {
             std::net::IpAddr::V4(a) => {
@@ -693,6 +714,51 @@ mod tests {
         assert_eq!(l.causes[0], u32::from(drop_cause::ACK_ACCEPT_QUEUE_FULL));
         assert_eq!(l.kfree_valid, 1);
         assert!(l.sk_max_ack_backlog > 0 && l.skb_transport_header > 0 && l.dev_net > 0);
+    }
+
+    #[test]
+    fn close_offsets_from_btf() {
+        use crate::btf::KIND_STRUCT;
+        use crate::btf::tests::Builder;
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        let u64t = b.int("unsigned long long", 8);
+        b.strukt(
+            KIND_STRUCT,
+            "tcp_sock",
+            2048,
+            &[
+                ("srtt_us", u32t, 8 * 100, 0),
+                ("bytes_received", u64t, 8 * 200, 0),
+                ("bytes_sent", u64t, 8 * 208, 0),
+                ("bytes_acked", u64t, 8 * 216, 0),
+                ("total_retrans", u32t, 8 * 300, 0),
+            ],
+        );
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            close_layout(&btf),
+            Ok(TcpCloseLayout {
+                bytes_acked: 216,
+                bytes_sent: 208,
+                bytes_received: 200,
+                total_retrans: 300,
+                srtt_us: 100,
+                valid: 1,
+            })
+        );
+        // A field of another size is refused, not read wrong.
+        let mut b = Builder::new();
+        let u32t = b.int("unsigned int", 4);
+        b.strukt(KIND_STRUCT, "tcp_sock", 64, &[("bytes_acked", u32t, 0, 0)]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert!(close_layout(&btf).unwrap_err().contains("bytes_acked"));
+        // The running kernel has them all.
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if path.exists() {
+            let l = close_layout(&Btf::from_file(path).unwrap()).unwrap();
+            assert!(l.bytes_acked > 0 && l.srtt_us > 0 && l.total_retrans > 0);
+        }
     }
 
     #[test]

@@ -160,6 +160,8 @@ fn activity(c: &Counters) -> u64 {
         + c.resets_received
         + c.retransmits
         + c.listen_overflows
+        + c.bytes_acked
+        + c.bytes_received
 }
 
 fn sub_states(a: &StateCounts, d: &StateCounts) -> StateCounts {
@@ -191,6 +193,8 @@ fn delta(now: &Counters, before: &Counters) -> Option<Counters> {
         (now.time_waits, before.time_waits),
         (now.aborts, before.aborts),
         (now.listen_overflows, before.listen_overflows),
+        (now.bytes_acked, before.bytes_acked),
+        (now.bytes_received, before.bytes_received),
     ];
     if pairs.iter().any(|(n, b)| n < b) {
         return None;
@@ -206,6 +210,8 @@ fn delta(now: &Counters, before: &Counters) -> Option<Counters> {
         time_waits: now.time_waits - before.time_waits,
         aborts: now.aborts - before.aborts,
         listen_overflows: now.listen_overflows - before.listen_overflows,
+        bytes_acked: now.bytes_acked - before.bytes_acked,
+        bytes_received: now.bytes_received - before.bytes_received,
     })
 }
 

@@ -155,6 +155,8 @@ impl Families for TcpMetrics {
         let mut failed = Vec::new();
         let mut resets = Vec::new();
         let mut retrans = Vec::new();
+        let mut sent = Vec::new();
+        let mut received = Vec::new();
         let mut socks = Vec::new();
         let mut leaks = Vec::new();
         for (k, v) in &self.series.values {
@@ -167,6 +169,8 @@ impl Families for TcpMetrics {
             resets.push((with(l.clone(), "direction", "sent"), c.resets_sent));
             resets.push((with(l.clone(), "direction", "received"), c.resets_received));
             retrans.push((l.clone(), c.retransmits));
+            sent.push((l.clone(), c.bytes_acked));
+            received.push((l.clone(), c.bytes_received));
             for (name, n) in STATES.iter().zip(by_state(&v.states)) {
                 if n > 0 {
                     socks.push((with(l.clone(), "state", name), g(n)));
@@ -204,6 +208,18 @@ impl Families for TcpMetrics {
             "diag_tcp_retransmits",
             "TCP segments retransmitted (SYN-ACKs included)",
             &retrans,
+        );
+        counters(
+            reg,
+            "diag_tcp_bytes_sent",
+            "Bytes sent and acknowledged by the peer on closed connections (tcp_sock.bytes_acked at the close, as ss -ti shows bytes_acked: the SYN of a connect and a FIN acked count one each), credited at the close",
+            &sent,
+        );
+        counters(
+            reg,
+            "diag_tcp_bytes_received",
+            "Bytes received on closed connections (tcp_sock.bytes_received at the close, as ss -ti shows it: a FIN received counts one), credited at the close",
+            &received,
         );
         gauges(
             reg,

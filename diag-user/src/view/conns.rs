@@ -18,7 +18,7 @@ use crate::{
     clock::WallClock,
     sink::{Flow, Sink},
     view::{
-        fmt::human_ns,
+        fmt::{human_bytes, human_ns},
         out::{Output, flow_of},
     },
 };
@@ -352,6 +352,49 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
                 } else {
                     String::new()
                 }
+            );
+        }
+    }
+    let rtt: Vec<_> = snap.close_rtt.iter().take(5).collect();
+    if !rtt.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nClosed connections by destination (smoothed RTT at close, median of the last {}), highest first:",
+            crate::aggregate::close::RTT_SAMPLES
+        );
+        let us = |v: Option<u32>| v.map_or("-".to_string(), |u| human_ns(u64::from(u) * 1000));
+        for d in rtt {
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>6} closed  rtt p50 {:>9}  max {:>9}  tx {:>9}  rx {:>9}  retrans {}",
+                d.remote.to_string(),
+                d.closed,
+                us(d.rtt_p50_us),
+                us(d.rtt_max_us),
+                human_bytes(d.bytes_acked),
+                human_bytes(d.bytes_received),
+                d.retrans,
+            );
+        }
+    }
+    let mut heavy: Vec<&ProcRow> = snap
+        .processes
+        .iter()
+        .filter(|p| p.totals.bytes_acked + p.totals.bytes_received > 0)
+        .collect();
+    if !heavy.is_empty() {
+        heavy.sort_by_key(|p| {
+            std::cmp::Reverse(p.totals.bytes_acked.saturating_add(p.totals.bytes_received))
+        });
+        let _ = writeln!(o, "\nBytes of closed connections by process, most first:");
+        for p in heavy.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  pid {:<8} {:<16} tx {:>9}  rx {:>9}",
+                p.pid,
+                p.comm,
+                human_bytes(p.totals.bytes_acked),
+                human_bytes(p.totals.bytes_received),
             );
         }
     }

@@ -157,6 +157,15 @@ impl ChromeTrace {
                     "args": {"local": endpoint(s.family, &s.saddr, s.sport), "remote": endpoint(s.family, &s.daddr, s.dport)},
                 }));
             }
+            AnyEvent::TcpClose(c) => {
+                self.events.push(json!({
+                    "name": format!("closed by {}", diag_common::tcp::closed_by::name(c.closed_by)),
+                    "cat": "tcp", "ph": "i", "s": "t", "ts": ts, "pid": h.tgid, "tid": h.tgid,
+                    "args": {"local": endpoint(c.family, &c.saddr, c.sport), "remote": endpoint(c.family, &c.daddr, c.dport),
+                        "duration_ns": c.duration_ns, "bytes_acked": c.bytes_acked, "bytes_received": c.bytes_received,
+                        "total_retrans": c.total_retrans, "srtt_us": c.srtt_us},
+                }));
+            }
             AnyEvent::TcpDrop(d) => {
                 self.events.push(json!({
                     "name": format!("listen drop ({})", diag_common::tcp::drop_cause::name(d.cause)),

@@ -45,9 +45,26 @@ pub fn human_kb(kb: u64) -> String {
     }
 }
 
+/// A byte count in the unit that reads best: 850B, 12.3KiB, 4.56MiB.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b < 1024 => format!("{b}B"),
+        b if b < 1024 * 1024 => format!("{:.1}KiB", b as f64 / 1024.0),
+        b if b < 1024 * 1024 * 1024 => format!("{:.2}MiB", b as f64 / (1024.0 * 1024.0)),
+        b => format!("{:.2}GiB", b as f64 / (1024.0 * 1024.0 * 1024.0)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(850), "850B");
+        assert_eq!(human_bytes(12_595), "12.3KiB");
+        assert_eq!(human_bytes(4_781_506), "4.56MiB");
+    }
 
     #[test]
     fn durations() {

@@ -8,13 +8,19 @@ use diag_common::{oom::OomKillEvent, sched::StallEvent, user::AnyEvent};
 use serde::Serialize;
 
 use crate::{
-    aggregate::tcp::{Counters, Log2Hist, Pressure, ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
+    aggregate::{
+        close::Closed,
+        tcp::{Counters, Log2Hist, Pressure, ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
+    },
     cli::ReportArgs,
     clock::WallClock,
     enrich::oom::OomContext,
     record::{RecordingHeader, reader::Record},
     source::replay::open,
-    view::{fmt::human_ns, tail::oom_text},
+    view::{
+        fmt::{human_bytes, human_ns},
+        tail::oom_text,
+    },
 };
 
 /// One point of the timelines (one interval).
@@ -116,8 +122,10 @@ impl Review {
                                     r.lifetimes.record(ts.saturating_sub(o));
                                 }
                             }
-                            AnyEvent::TcpSock(_) | AnyEvent::TcpDrop(_) | AnyEvent::ProcExit(_) => {
-                            }
+                            AnyEvent::TcpSock(_)
+                            | AnyEvent::TcpDrop(_)
+                            | AnyEvent::TcpClose(_)
+                            | AnyEvent::ProcExit(_) => {}
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);
@@ -450,6 +458,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
             let _ = writeln!(o, "    {h}");
         }
     }
+    connections_text(&mut o, r.last.as_ref(), &t);
     o
 }
 
@@ -516,6 +525,69 @@ fn saturation_tcp(o: &mut String, s: &TcpSnapshot) {
             human_ns(d.max_ns),
             d.slow
         );
+    }
+}
+
+/// Section 4: finished connections, from their close summaries.
+fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> String) {
+    let _ = writeln!(o, "\n4. CONNECTIONS");
+    let Some(s) = s.filter(|s| s.closed > 0) else {
+        let _ = writeln!(
+            o,
+            "  No connection summaries recorded (recordings keep them with --events ...,close, the default)."
+        );
+        return;
+    };
+    let us = |v: Option<u32>| v.map_or("-".to_string(), |u| human_ns(u64::from(u) * 1000));
+    let dur = |c: &Closed| c.duration_ns.map_or("?".to_string(), human_ns);
+    let line = |c: &Closed| {
+        format!(
+            "{}  pid {:<7} {:<16} {} -> {}  {} tx {} rx {} retrans {} rtt {} closed by {}",
+            t(c.ts_ns),
+            c.pid,
+            c.comm,
+            c.local,
+            c.remote,
+            dur(c),
+            human_bytes(c.bytes_acked),
+            human_bytes(c.bytes_received),
+            c.total_retrans,
+            us(c.srtt_us),
+            c.closed_by,
+        )
+    };
+    let _ = writeln!(o, "  Connections closed with a summary: {}", s.closed);
+    for (title, list) in [
+        ("Heaviest (bytes acked + received)", &s.heaviest),
+        ("Longest-lived", &s.longest),
+        ("Slowest (smoothed RTT at close)", &s.slowest_rtt),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "  {title}:");
+        for c in list.iter().take(5) {
+            let _ = writeln!(o, "    {}", line(c));
+        }
+    }
+    if !s.close_rtt.is_empty() {
+        let _ = writeln!(
+            o,
+            "  RTT by destination (median smoothed RTT at close), highest first:"
+        );
+        for d in s.close_rtt.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    {:<28} {} closed, rtt p50 {} max {}, tx {} rx {}, retrans {}",
+                d.remote.to_string(),
+                d.closed,
+                us(d.rtt_p50_us),
+                us(d.rtt_max_us),
+                human_bytes(d.bytes_acked),
+                human_bytes(d.bytes_received),
+                d.retrans,
+            );
+        }
     }
 }
 
@@ -771,6 +843,18 @@ mod tests {
             evs.push(st(ts + 2_000, 0x100 + i, sport, ESTABLISHED, FIN_WAIT1));
             evs.push(st(ts + 3_000, 0x100 + i, sport, FIN_WAIT1, FIN_WAIT2));
             evs.push(st(ts + 4_000, 0x100 + i, sport, FIN_WAIT2, CLOSE));
+            evs.push(AnyEvent::TcpClose(crate::aggregate::close::close_event(
+                7,
+                "api",
+                0x100 + i,
+                sport,
+                5432,
+                ts + 4_000,
+                4_000,
+                (1000 + i, 10),
+                30 + i as u32,
+                diag_common::tcp::closed_by::LOCAL,
+            )));
         }
         let header = RecordingHeader {
             hostname: "h".into(),
@@ -792,7 +876,7 @@ mod tests {
     #[test]
     fn review_counts_and_text() {
         let r = review();
-        assert_eq!(r.events, 150);
+        assert_eq!(r.events, 180);
         assert_eq!(r.lifetimes.count, 30);
         assert_eq!(r.tw_peak.1, 30);
         assert!(r.timeline.len() >= 2);
@@ -804,6 +888,11 @@ mod tests {
             "pid 7",
             "TIME_WAIT peak: 30",
             "DAMAGED: frame at byte 99",
+            "4. CONNECTIONS",
+            "Connections closed with a summary: 30",
+            "Heaviest (bytes acked + received):",
+            "pid 7       api              127.0.0.1:40029 -> 127.0.0.1:5432  4.0us tx 1.0KiB rx 10B retrans 0 rtt 59.0us closed by local",
+            "127.0.0.1:5432               30 closed, rtt p50 44.0us max 59.0us",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }

@@ -10,7 +10,8 @@ use diag_common::{
     proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
     tcp::{
-        AF_INET6, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, drop_cause, state_name,
+        AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, closed_by,
+        drop_cause, state_name,
     },
     user::AnyEvent,
 };
@@ -98,6 +99,11 @@ fn comm_string(comm: &[u8; 16]) -> String {
 }
 
 pub const TEXT_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   TRANSITION                 IN-OLD     ATTR";
+
+/// The header when only connection summaries are shown: the first seven
+/// columns are the TCP header's (`CLOSED by ...` in TRANSITION, the
+/// duration in IN-OLD).
+pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL                    REMOTE                   CLOSED BY                  DURATION             TX           RX RETRANS       RTT";
 
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
@@ -216,6 +222,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock),
+        AnyEvent::TcpClose(c) => close_text(c, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
             format!(
@@ -337,6 +344,37 @@ fn drop_text(d: &TcpDropEvent, clock: &WallClock) -> String {
     )
 }
 
+/// A finished connection: who closed it, how long it lived, bytes acked
+/// (tx) and received (rx), segments retransmitted, smoothed RTT.
+fn close_text(c: &TcpCloseEvent, clock: &WallClock) -> String {
+    let h = &c.header;
+    let duration = if c.duration_ns == 0 {
+        // A socket older than diag: its start was not seen.
+        "?".to_string()
+    } else {
+        human_ns(c.duration_ns)
+    };
+    let rtt = if c.srtt_us == 0 {
+        "-".to_string()
+    } else {
+        human_ns(u64::from(c.srtt_us) * 1000)
+    };
+    format!(
+        "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {:>12} {:>12} {:>7} {:>9}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        endpoint(c.family, &c.saddr, c.sport),
+        endpoint(c.family, &c.daddr, c.dport),
+        format!("CLOSED by {}", closed_by::name(c.closed_by)),
+        duration,
+        c.bytes_acked,
+        c.bytes_received,
+        c.total_retrans,
+        rtt,
+    )
+}
+
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
     let h = &t.header;
     format!(
@@ -424,6 +462,29 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             })
         }
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock),
+        AnyEvent::TcpClose(c) => {
+            let mut v = tcp_json(
+                "tcp_close",
+                &c.header,
+                clock,
+                c.family,
+                (&c.saddr, c.sport),
+                (&c.daddr, c.dport),
+                c.attribution,
+                c.current_tgid,
+                c.skaddr,
+                c.netns,
+            );
+            v["duration_ns"] = (c.duration_ns != 0).then_some(c.duration_ns).into();
+            v["bytes_acked"] = c.bytes_acked.into();
+            v["bytes_sent"] = c.bytes_sent.into();
+            v["bytes_received"] = c.bytes_received.into();
+            v["total_retrans"] = c.total_retrans.into();
+            v["srtt_us"] = (c.srtt_us != 0).then_some(c.srtt_us).into();
+            v["closed_by"] = closed_by::name(c.closed_by).into();
+            v["old_state"] = state_name(c.old_state).into();
+            v
+        }
         AnyEvent::TcpDrop(d) => {
             let mut v = tcp_json(
                 "tcp_listen_drop",
@@ -723,10 +784,24 @@ impl TailSink {
             || f.events.iter().any(|e| {
                 matches!(
                     e,
-                    EventClass::Tcp | EventClass::Reset | EventClass::Retrans | EventClass::Drop
+                    EventClass::Tcp
+                        | EventClass::Reset
+                        | EventClass::Retrans
+                        | EventClass::Drop
+                        | EventClass::Close
                 )
             });
-        let header = if tcp { TEXT_HEADER } else { OOM_HEADER };
+        let only_close = !f.events.is_empty()
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Close | EventClass::Exit));
+        let header = if only_close {
+            CLOSE_HEADER
+        } else if tcp {
+            TEXT_HEADER
+        } else {
+            OOM_HEADER
+        };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
         flow_of(r)
     }
@@ -908,6 +983,92 @@ mod tests {
                 .unwrap()
                 .starts_with("2023-11-14T22:13:21.5")
         );
+    }
+
+    #[test]
+    fn close_lines_text_json_and_class() {
+        let clock = WallClock::with_offset_ns(0);
+        let c = crate::aggregate::close::close_event(
+            100,
+            "curl",
+            0x10,
+            40000,
+            443,
+            5,
+            300_500_000,
+            (1002, 2001),
+            49,
+            closed_by::LOCAL,
+        );
+        let ev = AnyEvent::TcpClose(c);
+        let line = format_text(&ev, &clock, &Names::default());
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cols[1..],
+            [
+                "100",
+                "curl",
+                "127.0.0.1:40000",
+                "127.0.0.1:443",
+                "CLOSED",
+                "by",
+                "local",
+                "300.50ms",
+                "1002",
+                "2001",
+                "0",
+                "49.0us"
+            ],
+            "{line}"
+        );
+        // The header's columns line up with the line's.
+        assert_eq!(
+            CLOSE_HEADER.find("DURATION"),
+            line.find("300.50ms"),
+            "{CLOSE_HEADER}\n{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&ev, &clock, &Names::default())).unwrap();
+        assert_eq!(v["event"], "tcp_close");
+        assert_eq!(v["pid"], 100);
+        assert_eq!(v["duration_ns"], 300_500_000);
+        assert_eq!(
+            (v["bytes_acked"].clone(), v["bytes_received"].clone()),
+            (1002.into(), 2001.into())
+        );
+        assert_eq!(v["bytes_sent"], 1002);
+        assert_eq!(
+            (v["srtt_us"].clone(), v["total_retrans"].clone()),
+            (49.into(), 0.into())
+        );
+        assert_eq!(v["closed_by"], "local");
+        assert_eq!(v["old_state"], "FIN_WAIT2");
+        // Older than diag: no duration, none invented; no RTT sample.
+        let mut old = c;
+        old.duration_ns = 0;
+        old.srtt_us = 0;
+        let ev_old = AnyEvent::TcpClose(old);
+        let line = format_text(&ev_old, &clock, &Names::default());
+        assert_eq!(line.split_whitespace().nth(8), Some("?"), "{line}");
+        assert!(line.trim_end().ends_with(" -"), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&ev_old, &clock, &Names::default())).unwrap();
+        assert!(v["duration_ns"].is_null() && v["srtt_us"].is_null(), "{v}");
+        // Off by default; shown when asked for, by port too.
+        let default = Filter::from_args(&TailView::default());
+        assert!(!default.matches(&ev));
+        let close = Filter {
+            events: vec![EventClass::Close],
+            ports: vec![443],
+            ..Default::default()
+        };
+        assert!(close.matches(&ev));
+        assert!(!close.matches(&ev_with_port(c, 8080)));
+    }
+
+    fn ev_with_port(mut c: TcpCloseEvent, port: u16) -> AnyEvent {
+        c.dport = port;
+        AnyEvent::TcpClose(c)
     }
 
     fn reset(kind: EventKind, reason: i32) -> AnyEvent {

@@ -71,6 +71,19 @@
 //!     DELAY_MS, passes each to the holder over a unix socket and closes
 //!     its own copy (prints `PASSED`); the holder keeps them until killed.
 //!
+//! diag-loadgen exchange-server M ADDR
+//!     Listen on ADDR (print `PORT <n>`), accept one connection, read it
+//!     to EOF, answer exactly M bytes and close; print `RECEIVED <n>`
+//!     (the bytes it read) and exit.
+//! diag-loadgen exchange K ADDR:PORT MILLIS
+//!     Connect, wait MILLIS, write exactly K bytes, shutdown(SHUT_WR)
+//!     (this side closes first), read to EOF, take the socket's TCP_INFO
+//!     and close. Print one line: `EXCHANGE sport <p> received <m>
+//!     duration_ns <d> bytes_acked <a> bytes_sent <s> bytes_received <r>
+//!     total_retrans <t> rtt_us <u> state <st>`: its own clock from
+//!     before connect() to EOF, and the kernel's counters as TCP_INFO
+//!     gave them after EOF (the socket already CLOSE: its final ones).
+//!
 //! diag-loadgen forks COUNT
 //!     Fork COUNT children that exit at once, one after another.
 //!
@@ -629,6 +642,76 @@ fn pass_fds(count: usize, addr: &str, delay_ms: u64) -> std::io::Result<()> {
     }
 }
 
+fn exchange_server(m: usize, addr: &str) -> std::io::Result<()> {
+    let l = TcpListener::bind(addr)?;
+    say(&format!("PORT {}", l.local_addr()?.port()));
+    let (mut s, _) = l.accept()?;
+    let mut got = 0usize;
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    s.write_all(&vec![b'y'; m])?;
+    drop(s);
+    say(&format!("RECEIVED {got}"));
+    Ok(())
+}
+
+fn exchange(k: usize, target: &str, millis: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let addr: SocketAddr = target
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{target}: {e}")))?;
+    let t0 = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    s.write_all(&vec![b'x'; k])?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut got = 0usize;
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let elapsed = t0.elapsed();
+    // SAFETY: tcp_info is plain old data; the kernel fills at most `len`
+    // bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let sport = s.local_addr()?.port();
+    drop(s);
+    say(&format!(
+        "EXCHANGE sport {sport} received {got} duration_ns {} bytes_acked {} bytes_sent {} bytes_received {} total_retrans {} rtt_us {} state {}",
+        elapsed.as_nanos(),
+        info.tcpi_bytes_acked,
+        info.tcpi_bytes_sent,
+        info.tcpi_bytes_received,
+        info.tcpi_total_retrans,
+        info.tcpi_rtt,
+        info.tcpi_state,
+    ));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     set_comm_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -666,6 +749,12 @@ fn main() -> ExitCode {
             connect_timeout(count, millis, rest.get(1).map(String::as_str).unwrap_or(""))
         }
         "listen-close" => listen_close(count, first),
+        "exchange-server" => exchange_server(count, first),
+        "exchange" => exchange(
+            count,
+            first,
+            rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
+        ),
         "connect-eof" => connect_eof(count, first),
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
         "churn" => churn(count as u64),
