@@ -197,10 +197,11 @@ mod tests {
             old_state: 7,
             new_state: 2,
             attribution: 1,
-            _pad: [0; 3],
+            err_known: 1,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 4026531840,
-            _pad2: 0,
+            err: 111,
         }
     }
 

@@ -557,10 +557,11 @@ mod tests {
             old_state: state::CLOSE,
             new_state: state::SYN_SENT,
             attribution: attribution::SYSCALL,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 0,
-            _pad2: 0,
+            err: 0,
         })
     }
 

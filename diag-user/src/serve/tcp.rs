@@ -177,6 +177,18 @@ impl Families for TcpMetrics {
             "Connection attempts a process's listener lost because its accept queue was full (the kernel's ListenOverflows), by listening port (port=other: a process's ports beyond the first 8)",
             &overflows,
         );
+        let connect_errors: Vec<(Labels, u64)> = self
+            .series
+            .connect_errors
+            .iter()
+            .map(|((k, error), n)| (with(k.labels(), "error", error), *n))
+            .collect();
+        counters(
+            reg,
+            "diag_tcp_connect_failures",
+            "Connects that failed (SYN_SENT -> CLOSE), by the error the kernel stored on the socket: ECONNREFUSED (a reset: nothing listens), ETIMEDOUT (SYNs unanswered), EHOSTUNREACH/ENETUNREACH (ICMP), closed (the process gave up first), unknown (not read); error=other: a process's errors beyond the first 8",
+            &connect_errors,
+        );
         let dest = |p: &Pressure| -> Labels {
             vec![
                 ("local", p.destination.local.to_string()),

@@ -316,6 +316,17 @@ pub fn render_text(r: &Review, file: &str) -> String {
                 e.failed_connects
             );
         }
+        for f in s.connect_failures.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "    failed connects: pid {:<7} {:<16} to {:<24} {} {}",
+                f.pid,
+                f.comm,
+                f.remote.to_string(),
+                f.count,
+                f.error
+            );
+        }
     }
 
     let _ = writeln!(o, "\n2. SATURATION");
@@ -681,10 +692,11 @@ mod tests {
             old_state: old,
             new_state: new,
             attribution: attribution::SYSCALL,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 0,
-            _pad2: 0,
+            err: 0,
         })
     }
 
@@ -699,6 +711,16 @@ mod tests {
             evs.push(st(ts + 2_000, 0x100 + i, sport, ESTABLISHED, FIN_WAIT1));
             evs.push(st(ts + 3_000, 0x100 + i, sport, FIN_WAIT1, FIN_WAIT2));
             evs.push(st(ts + 4_000, 0x100 + i, sport, FIN_WAIT2, CLOSE));
+        }
+        // Two connects refused.
+        for i in 0..2u64 {
+            let ts = 4_500_000_000 + i * 1_000;
+            evs.push(st(ts, 0x200 + i, 0, CLOSE, SYN_SENT));
+            if let AnyEvent::TcpState(mut t) = st(ts + 500, 0x200 + i, 41000, SYN_SENT, CLOSE) {
+                t.err_known = 1;
+                t.err = 111;
+                evs.push(AnyEvent::TcpState(t));
+            }
         }
         let header = RecordingHeader {
             hostname: "h".into(),
@@ -720,8 +742,11 @@ mod tests {
     #[test]
     fn review_counts_and_text() {
         let r = review();
-        assert_eq!(r.events, 150);
-        assert_eq!(r.lifetimes.count, 30);
+        assert_eq!(r.events, 154);
+        assert_eq!(
+            r.lifetimes.count, 32,
+            "30 connections and the 2 refused connects"
+        );
         assert_eq!(r.tw_peak.1, 30);
         assert!(r.timeline.len() >= 2);
         let text = render_text(&r, "x.diag");
@@ -732,6 +757,7 @@ mod tests {
             "pid 7",
             "TIME_WAIT peak: 30",
             "DAMAGED: frame at byte 99",
+            "failed connects: pid 7       api              to 127.0.0.1:5432           2 ECONNREFUSED",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
