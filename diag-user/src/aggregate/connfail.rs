@@ -21,8 +21,9 @@ pub const MAX_ENTRIES: usize = 4096;
 pub const MAX_ERRORS_PER_PROCESS: usize = 8;
 /// The error name of the errors beyond [`MAX_ERRORS_PER_PROCESS`].
 pub const OTHER: &str = "other";
-/// The error name when the kernel reported none: the process closed the
-/// socket (or connected elsewhere) before an answer came.
+/// The error name when the kernel stored none on the socket: the process
+/// closed it before an answer came, or connect() failed before a SYN was
+/// sent (and returned its error itself, e.g. EADDRNOTAVAIL).
 pub const CLOSED: &str = "closed";
 /// The error name when it was not read (a recording made before diag
 /// read it, a kernel whose BTF lacks `sock.sk_err`).
@@ -174,7 +175,9 @@ fn meaning(error: &str) -> Option<&'static str> {
             "no way there: an ICMP unreachable (no route, the host down, or a firewall rejecting)"
         }
         "ECONNRESET" => "reset during the handshake",
-        CLOSED => "the process closed the socket before an answer came (its own connect timeout?)",
+        CLOSED => {
+            "no error from the peer: the process closed the socket before an answer came (its own connect timeout?), or connect() failed before sending (no free local port?)"
+        }
         _ => return None,
     })
 }

@@ -186,7 +186,7 @@ impl Families for TcpMetrics {
         counters(
             reg,
             "diag_tcp_connect_failures",
-            "Connects that failed (SYN_SENT -> CLOSE), by the error the kernel stored on the socket: ECONNREFUSED (a reset: nothing listens), ETIMEDOUT (SYNs unanswered), EHOSTUNREACH/ENETUNREACH (ICMP), closed (the process gave up first), unknown (not read); error=other: a process's errors beyond the first 8",
+            "Connects that failed (SYN_SENT -> CLOSE), by the error the kernel stored on the socket: ECONNREFUSED (a reset: nothing listens), ETIMEDOUT (SYNs unanswered), EHOSTUNREACH/ENETUNREACH (ICMP), closed (no error stored: the process gave up first, or connect() failed before sending), unknown (not read); error=other: a process's errors beyond the first 8",
             &connect_errors,
         );
         let dest = |p: &Pressure| -> Labels {
