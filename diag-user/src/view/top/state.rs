@@ -78,6 +78,12 @@ pub struct TcpCols {
     pub retransmits: u64,
     pub resets_per_s: f64,
     pub retransmits_per_s: f64,
+    /// Connects that failed (SYN_SENT -> CLOSE), since start; their
+    /// errors are in `diag conns` and the hints.
+    #[serde(default)]
+    pub failed_connects: u64,
+    #[serde(default)]
+    pub failed_connects_per_s: f64,
 }
 
 /// One process on screen.
@@ -815,6 +821,8 @@ impl TopState {
                 retransmits: p.totals.retransmits,
                 resets_per_s: p.rates.resets_sent + p.rates.resets_received,
                 retransmits_per_s: p.rates.retransmits,
+                failed_connects: p.totals.failed_connects,
+                failed_connects_per_s: p.rates.failed_connects,
             });
         }
         for (k, c) in &self.oom.by_victim {
