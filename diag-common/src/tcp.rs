@@ -188,14 +188,23 @@ pub struct TcpStateEvent {
     pub new_state: u8,
     /// One of [`attribution`].
     pub attribution: u8,
-    pub _pad: [u8; 3],
+    /// 1 when `err` was read: on every transition to CLOSE, when the
+    /// kernel's BTF names `sock.sk_err`. 0 otherwise (other transitions,
+    /// recordings made before diag read it).
+    pub err_known: u8,
+    pub _pad: [u8; 2],
     /// tgid of the task that was on the CPU when the transition ran.
     pub current_tgid: u32,
     /// Inode of the socket's network namespace (as `readlink
     /// /proc/PID/ns/net` shows it), 0 when unknown (recordings made before
     /// diag read it).
     pub netns: u32,
-    pub _pad2: u32,
+    /// The socket's `sk_err` (a positive errno, 0: none) on a transition
+    /// to CLOSE, when `err_known`: the kernel stores a failed connect's
+    /// error there before it closes the socket (`tcp_done_with_error`:
+    /// ECONNREFUSED from a reset in SYN_SENT, ETIMEDOUT when the SYN
+    /// retries run out, EHOSTUNREACH... from ICMP).
+    pub err: i32,
     /// A passive open (LISTEN -> SYN_RECV) only: the listener's accept
     /// queue with this connection in it, and its maximum (listen()'s
     /// backlog), as `ss -lnt` shows them in Recv-Q and Send-Q right after.
@@ -314,8 +323,11 @@ pub struct OwnerLayout {
     pub sk_max_ack_backlog: u32,
     /// 1 when the two above are filled in.
     pub backlog_valid: u32,
+    /// `sock.sk_err` (int), read on transitions to CLOSE; 0 when the
+    /// kernel's BTF lacks it (offset 0 is never `sk_err`).
+    pub sk_err: u32,
 }
-const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 104);
+const _: () = assert!(core::mem::size_of::<OwnerLayout>() == 108);
 
 impl OwnerLayout {
     pub const fn zeroed() -> Self {
@@ -346,6 +358,7 @@ impl OwnerLayout {
             sk_ack_backlog: 0,
             sk_max_ack_backlog: 0,
             backlog_valid: 0,
+            sk_err: 0,
         }
     }
 }

@@ -207,12 +207,13 @@ mod tests {
             old_state: 7,
             new_state: 2,
             attribution: 1,
-            _pad: [0; 3],
+            err_known: 1,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 4026531840,
-            _pad2: 0,
             listen_queue: NO_FIELD,
             listen_backlog: NO_FIELD,
+            err: 111,
         }
     }
 
@@ -388,9 +389,10 @@ mod tests {
             })
         );
         // A record of the size before `netns` (an old recording) decodes
-        // with netns 0.
+        // with netns 0 (and err 0; its err_known was padding, written 0).
         let mut old = e;
         old.netns = 0;
+        old.err = 0;
         assert_eq!(decode(&b[..104]), Ok(AnyEvent::TcpState(old)));
         let mut bad = e;
         bad.header.kind = 99;

@@ -110,6 +110,20 @@ fn netns_of_skb(skb: u64) -> u32 {
     net_inum(net, &l)
 }
 
+/// A socket's `sk_err` (offset from BTF), as (known, errno); (0, 0) when
+/// the offset is unknown or the read failed (counted).
+#[inline(always)]
+fn sock_err(sk: u64) -> (u8, i32) {
+    let off = OWNER_LAYOUT.load().sk_err;
+    if off == 0 || sk == 0 {
+        return (0, 0);
+    }
+    match kread::<i32>(sk + off as u64) {
+        Ok(e) => (1, e),
+        Err(_) => (0, 0),
+    }
+}
+
 /// The owner of the listener a connection to (`netns`, `family`, `addr`,
 /// `port`) came to: one bound to that address, else a wildcard one.
 #[inline(always)]
@@ -393,6 +407,15 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         }
     }
 
+    // A socket closing: the kernel stored its error first (a failed
+    // connect's ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH...: see
+    // `tcp_done_with_error`). One read, on this transition only.
+    let (err_known, err) = if new == state::CLOSE {
+        sock_err(skaddr)
+    } else {
+        (0, 0)
+    };
+
     let header = EventHeader {
         kind: EventKind::TcpState as u32,
         // SAFETY: helper without arguments.
@@ -422,12 +445,13 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         (*ev).old_state = old;
         (*ev).new_state = new;
         (*ev).attribution = how;
-        (*ev)._pad = [0; 3];
+        (*ev).err_known = err_known;
+        (*ev)._pad = [0; 2];
         (*ev).current_tgid = current_tgid;
         (*ev).netns = owner.netns;
-        (*ev)._pad2 = 0;
         (*ev).listen_queue = listen.0;
         (*ev).listen_backlog = listen.1;
+        (*ev).err = err;
     }
     let flags = submit_flags();
     entry.submit(flags);

@@ -355,6 +355,11 @@ pub struct Churn {
 /// The `Tcp:` counters of /proc/net/snmp (shared by IPv4 and IPv6).
 pub fn tcp_snmp() -> HashMap<String, i64> {
     let text = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    tcp_snmp_from(&text)
+}
+
+/// The `Tcp:` counters of a /proc/net/snmp text.
+pub fn tcp_snmp_from(text: &str) -> HashMap<String, i64> {
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
     let names = tcp.next().expect("Tcp header");
     let values = tcp.next().expect("Tcp values");
@@ -735,5 +740,92 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Running under CI (CI=true): a test that cannot run must fail loudly.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// True when `tool` runs; else in CI a loud failure, elsewhere a skip.
+pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs {tool} (Debian's {package}; `cargo xtask setup` installs it)");
+    }
+    skipped(
+        test,
+        &format!("needs {tool} (apt-get install {package}, or cargo xtask setup)"),
+    );
+    false
+}
+
+/// A network namespace made for a test, removed on drop (even on failure).
+pub struct Netns(pub String);
+
+impl Netns {
+    /// `ip netns add NAME` (a stale one of that name removed first) with
+    /// its loopback up; None when that fails.
+    pub fn create(name: &str) -> Option<Netns> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let ns = Netns(name.to_string());
+        let up = Command::new("ip")
+            .args(["-n", name, "link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success());
+        up.then_some(ns)
+    }
+
+    /// `ip netns exec NAME PROGRAM`: PROGRAM runs in the namespace (with
+    /// the pid `ip` had: it execs).
+    pub fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+
+    /// The namespace's inode, as diag's `netns` fields and `readlink
+    /// /proc/PID/ns/net` show it (`ip` bind-mounts it here).
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.0))
+            .expect("/run/netns entry")
+            .ino()
+    }
+
+    /// The namespace's own `Tcp:` counters of /proc/net/snmp.
+    pub fn tcp_snmp(&self) -> HashMap<String, i64> {
+        let o = self
+            .exec("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .expect("ip netns exec cat");
+        assert!(o.status.success(), "{o:?}");
+        tcp_snmp_from(&String::from_utf8_lossy(&o.stdout))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }

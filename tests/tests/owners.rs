@@ -11,36 +11,12 @@ use std::{
 };
 
 use diag_tests::{
-    Diag, Gen, Output, free_port, require_root, scrape_metrics, serial, skipped, tcp_snmp,
+    Diag, Gen, Netns, Output, free_port, in_ci, require_root, require_tool, scrape_metrics, serial,
+    skipped, tcp_snmp,
 };
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// True when `tool` runs; else in CI a loud failure, elsewhere a skip.
-fn require_tool(test: &str, tool: &str, package: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if ok {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: needs {tool} (Debian's {package}; `cargo xtask setup` installs it)");
-    }
-    skipped(
-        test,
-        &format!("needs {tool} (apt-get install {package}, or cargo xtask setup)"),
-    );
-    false
-}
 
 /// Per pid, the sockets `ss -tnp` shows in `state` with local port `port`.
 fn ss_per_pid(state: &str, port: u16) -> HashMap<u32, usize> {
@@ -568,37 +544,6 @@ fn nginx_workers_own_the_passive_opens() {
             .count() as i64,
         passive
     );
-}
-
-/// A network namespace made for a test, removed on drop (even on failure).
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> Option<Netns> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return None;
-        }
-        let ns = Netns(name.to_string());
-        let up = Command::new("ip")
-            .args(["-n", name, "link", "set", "lo", "up"])
-            .status()
-            .is_ok_and(|s| s.success());
-        up.then_some(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 #[test]

@@ -98,6 +98,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "LLVM 22, for bpf-linker"),
     ("bpftool", "tests check no programs are left behind"),
     ("iproute2", "ss, for tests"),
+    (
+        "nftables",
+        "nft, a DROP rule for the blackholed-connect test",
+    ),
     ("util-linux", "setpriv, for the non-root test"),
     ("procps", "ps, for tests"),
     (

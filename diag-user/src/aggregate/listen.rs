@@ -316,10 +316,11 @@ pub(crate) mod tests {
             old_state: diag_common::tcp::state::LISTEN,
             new_state: diag_common::tcp::state::SYN_RECV,
             attribution: attribution::LISTENER,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 1,
             netns: 7,
-            _pad2: 0,
+            err: 0,
             listen_queue: queue,
             listen_backlog: backlog,
         }

@@ -5,6 +5,7 @@
 
 pub mod close;
 pub mod connect;
+pub mod connfail;
 pub mod filter;
 pub mod histogram;
 pub mod listen;

@@ -37,6 +37,7 @@ use serde::Serialize;
 use super::{
     close::{CloseStats, Closed, DestRtt},
     connect::{ConnectLatency, DestLatency},
+    connfail::{ConnectFailures, FailedConnect},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -220,6 +221,9 @@ struct Proc {
     /// Accept-queue overflows per listening port, cumulative (bounded by
     /// [`MAX_LISTEN_PORTS`]; beyond, under port 0).
     listen_ports: BTreeMap<u16, u64>,
+    /// Failed connects per error name, cumulative (bounded by
+    /// [`super::connfail::MAX_ERRORS_PER_PROCESS`]).
+    connect_errors: BTreeMap<String, u64>,
 }
 
 /// Listening ports per process with overflow counts of their own.
@@ -238,6 +242,7 @@ impl Proc {
             idle_snapshots: 0,
             exited: None,
             listen_ports: BTreeMap::new(),
+            connect_errors: BTreeMap::new(),
         }
     }
 }
@@ -319,6 +324,8 @@ pub struct TcpAggregate {
     remote_errors: HashMap<SocketAddr, RemoteErrors>,
     /// Connect times per destination.
     connect: ConnectLatency,
+    /// Failed connects per process, destination and error.
+    connect_failures: ConnectFailures,
     /// Resets sent by the kernel for no socket (closed ports).
     kernel_resets_sent: u64,
     /// Per-destination bookkeeping refused because of the bound.
@@ -474,6 +481,10 @@ pub struct ProcRow {
     /// [`MAX_LISTEN_PORTS`]), cumulative.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen_ports: Vec<(u16, u64)>,
+    /// `totals.failed_connects` per error name (`ECONNREFUSED`,
+    /// `ETIMEDOUT`, ...; see [`super::connfail`]), cumulative.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connect_errors: Vec<(String, u64)>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -537,6 +548,9 @@ pub struct TcpSnapshot {
     pub slowest_rtt: Vec<Closed>,
     /// Connections closed since diag started (with a summary).
     pub closed: u64,
+    /// Failed connects per process, destination and error, the most in
+    /// this interval first.
+    pub connect_failures: Vec<FailedConnect>,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -564,6 +578,7 @@ impl TcpAggregate {
             lives: Lives::new(),
             remote_errors: HashMap::new(),
             connect: ConnectLatency::default(),
+            connect_failures: ConnectFailures::default(),
             kernel_resets_sent: 0,
             overflow: 0,
             last_usage: HashMap::new(),
@@ -841,6 +856,15 @@ impl TcpAggregate {
         }
         if failed && let Some(r) = self.remote_errors_mut(sock.remote) {
             r.failed_connects += 1;
+        }
+        if failed {
+            // The error the kernel stored before closing the socket.
+            let error = super::connfail::failure_name(e.err_known != 0, e.err);
+            let p = self.proc_mut(owner);
+            super::connfail::count_error(&mut p.connect_errors, &error);
+            let comm = p.comm.clone();
+            self.connect_failures
+                .record(owner.key(), &comm, sock.remote, &error);
         }
         if sock.active
             && let Some(c) = self.churn_mut(owner.key(), sock.remote)
@@ -1486,6 +1510,11 @@ impl TcpAggregate {
                 container: None,
                 netns: None,
                 listen_ports: p.listen_ports.iter().map(|(k, v)| (*k, *v)).collect(),
+                connect_errors: p
+                    .connect_errors
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();
@@ -1522,6 +1551,8 @@ impl TcpAggregate {
         remote_errors.truncate(20);
         let connect_latency = self.connect.slowest(20);
         hints.extend(super::connect::hints(&connect_latency));
+        let connect_failures = self.connect_failures.rows(20);
+        hints.extend(super::connfail::hints(&connect_failures));
         let snap = TcpSnapshot {
             ts_ns: now_ns,
             interval_s: secs,
@@ -1537,13 +1568,17 @@ impl TcpAggregate {
             connect_all: (self.connect.all, self.connect.all_sum_ns),
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
-            overflow: self.overflow + self.listen.overflow + self.closes.overflow,
+            overflow: self.overflow
+                + self.listen.overflow
+                + self.closes.overflow
+                + self.connect_failures.overflow,
             listen,
             close_rtt: self.closes.by_destination(20),
             heaviest: self.closes.heaviest().to_vec(),
             longest: self.closes.longest().to_vec(),
             slowest_rtt: self.closes.slowest().to_vec(),
             closed: self.closes.closed,
+            connect_failures,
         };
         let closing = Closing {
             usage,
@@ -1555,6 +1590,7 @@ impl TcpAggregate {
     fn close_interval(&mut self, now_ns: u64, closing: Closing) {
         self.expire_time_wait(now_ns);
         self.listen.close_interval();
+        self.connect_failures.close_interval();
         for (key, p) in &mut self.procs {
             p.at_snapshot = p.counters;
             // Freed, not cleared: thousands of idle processes keep no capacity.
@@ -1569,6 +1605,8 @@ impl TcpAggregate {
         // forgotten, so memory does not grow with every pid ever seen.
         self.procs
             .retain(|_, p| p.idle_snapshots < FORGET_AFTER_IDLE_SNAPSHOTS);
+        let procs = &self.procs;
+        self.connect_failures.retain(|k| procs.contains_key(k));
         if !self.lives.is_empty() {
             // Pids with nothing left start from life 0 again.
             let known: HashSet<u32> = self.procs.keys().map(|k| k.0).collect();
@@ -1743,12 +1781,13 @@ mod tests {
                 old_state: old,
                 new_state: new,
                 attribution: how,
-                _pad: [0; 3],
+                err_known: 0,
+                _pad: [0; 2],
                 current_tgid: pid,
                 netns: 0,
-                _pad2: 0,
                 listen_queue: diag_common::tcp::NO_FIELD,
                 listen_backlog: diag_common::tcp::NO_FIELD,
+                err: 0,
             })
         }
 
@@ -2209,25 +2248,105 @@ mod tests {
         rst.sport = 41000;
         rst.dport = 9;
         agg.on_event(&AnyEvent::TcpSock(rst));
-        agg.on_event(&g.st(
-            100,
-            "client",
-            0x50,
-            41000,
-            9,
-            SYN_SENT,
-            CLOSE,
-            attribution::SOCKET,
+        // The kernel stored ECONNREFUSED before closing the socket.
+        let with_err = |ev: AnyEvent, known: u8, err: i32| match ev {
+            AnyEvent::TcpState(mut t) => {
+                t.err_known = known;
+                t.err = err;
+                AnyEvent::TcpState(t)
+            }
+            other => other,
+        };
+        agg.on_event(&with_err(
+            g.st(
+                100,
+                "client",
+                0x50,
+                41000,
+                9,
+                SYN_SENT,
+                CLOSE,
+                attribution::SOCKET,
+            ),
+            1,
+            111,
         ));
+        // Two that time out (to port 10), one from an old recording
+        // (no error read).
+        for (sk, known, err) in [(0x60, 1, 110), (0x61, 1, 110), (0x62, 0, 0)] {
+            agg.on_event(&g.st(
+                100,
+                "client",
+                sk,
+                0,
+                10,
+                CLOSE,
+                SYN_SENT,
+                attribution::SYSCALL,
+            ));
+            agg.on_event(&with_err(
+                g.st(
+                    100,
+                    "client",
+                    sk,
+                    41001,
+                    10,
+                    SYN_SENT,
+                    CLOSE,
+                    attribution::SOCKET,
+                ),
+                known,
+                err,
+            ));
+        }
         let s = agg.snapshot(2 * SEC);
         let c = row(&s, 100);
-        assert_eq!(c.totals.failed_connects, 1);
+        assert_eq!(c.totals.failed_connects, 4);
         assert_eq!(c.totals.resets_received, 1);
         assert_eq!(c.totals.resets_sent, 0);
         assert_eq!(s.kernel_resets_sent, 1);
         let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let e = s.remote_errors.iter().find(|(a, _)| *a == dest).unwrap().1;
         assert_eq!((e.failed_connects, e.resets_received), (1, 1));
+        assert_eq!(
+            c.connect_errors,
+            vec![
+                ("ECONNREFUSED".to_string(), 1),
+                ("ETIMEDOUT".to_string(), 2),
+                ("unknown".to_string(), 1)
+            ]
+        );
+        let f: Vec<(u32, String, &str, u64, u64)> = s
+            .connect_failures
+            .iter()
+            .map(|f| {
+                (
+                    f.pid,
+                    f.remote.to_string(),
+                    f.error.as_str(),
+                    f.count,
+                    f.interval,
+                )
+            })
+            .collect();
+        assert_eq!(
+            f,
+            vec![
+                (100, "127.0.0.1:10".into(), "ETIMEDOUT", 2, 2),
+                (100, "127.0.0.1:9".into(), "ECONNREFUSED", 1, 1),
+                (100, "127.0.0.1:10".into(), "unknown", 1, 1),
+            ]
+        );
+        assert!(
+            s.hints.iter().any(|h| h
+                .starts_with("pid 100 (client) could not connect to 127.0.0.1:9: 1 ECONNREFUSED")),
+            "{:?}",
+            s.hints
+        );
+        // The next interval: counts stay, the interval's are 0.
+        let s = agg.snapshot(3 * SEC);
+        assert!(s.connect_failures.iter().all(|f| f.interval == 0));
+        assert_eq!(s.connect_failures.iter().map(|f| f.count).sum::<u64>(), 4);
     }
 
     #[test]

@@ -262,6 +262,7 @@ pub fn owner_layout(btf: &Btf, ret: Option<u32>) -> Result<OwnerLayout, String> 
         sk_ack_backlog: 0,
         sk_max_ack_backlog: 0,
         backlog_valid: 0,
+        sk_err: 0,
     };
     // A listener's accept queue at each passive open; optional.
     if let (Ok(q), Ok(max)) = (
@@ -280,6 +281,10 @@ pub fn owner_layout(btf: &Btf, ret: Option<u32>) -> Result<OwnerLayout, String> 
         l.skb_dev = dev;
         l.dev_net = net;
         l.skb_net_valid = 1;
+    }
+    // A closing socket's error (failed connects); optional.
+    if let Ok(err) = sized("sock", "sk_err", 4) {
+        l.sk_err = err;
     }
     if ret.is_some() {
         l.valid = 1;
@@ -798,6 +803,9 @@ mod tests {
             (sock.family, sock.num, sock.dport, sock.saddr_v6)
         );
         assert!(l.task_files > 0 && l.fdt_fd > 0 && l.socket_sk > 0 && l.net_inum > 0);
+        // A closing socket's error: `struct sock` has it on every kernel
+        // diag runs on.
+        assert!(l.sk_err > 0, "sock.sk_err not found in BTF");
         assert_eq!(owner_layout(&btf, None).unwrap().valid, 0);
     }
 

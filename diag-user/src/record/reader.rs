@@ -557,12 +557,13 @@ mod tests {
             old_state: state::CLOSE,
             new_state: state::SYN_SENT,
             attribution: attribution::SYSCALL,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 0,
-            _pad2: 0,
             listen_queue: diag_common::tcp::NO_FIELD,
             listen_backlog: diag_common::tcp::NO_FIELD,
+            err: 0,
         })
     }
 

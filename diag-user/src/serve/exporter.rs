@@ -147,6 +147,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            connect_errors: Vec::new(),
         }
     }
 
@@ -322,6 +323,32 @@ mod tests {
         assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 3.0);
         let m = at(&mut e, 18_000_000_001, 0);
         assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 0.0);
+    }
+
+    #[test]
+    fn connect_failures_by_error() {
+        let mut e = Exporter::new(Bounds::default(), 6);
+        let c = Counters {
+            active_opens: 5,
+            failed_connects: 5,
+            ..Default::default()
+        };
+        let mut r = row(7, "api", c, StateCounts::default(), 0);
+        r.connect_errors = vec![("ECONNREFUSED".into(), 3), ("ETIMEDOUT".into(), 2)];
+        e.update_tcp(&snapshot(vec![r.clone()]), &mut Fake);
+        let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        let m = parse(&e.render());
+        let key = |err: &str| format!("diag_tcp_connect_failures_total{{{p},error=\"{err}\"}}");
+        assert_eq!(m[&key("ECONNREFUSED")], 3.0);
+        assert_eq!(m[&key("ETIMEDOUT")], 2.0);
+        // Later: only the increase is credited, the total stays exact.
+        r.totals.failed_connects = 9;
+        r.connect_errors = vec![("ECONNREFUSED".into(), 7), ("ETIMEDOUT".into(), 2)];
+        e.update_tcp(&snapshot(vec![r]), &mut Fake);
+        let m = parse(&e.render());
+        assert_eq!(m[&key("ECONNREFUSED")], 7.0);
+        assert_eq!(m[&key("ETIMEDOUT")], 2.0);
+        assert_eq!(m[&format!("diag_tcp_failed_connects_total{{{p}}}")], 9.0);
     }
 
     #[test]

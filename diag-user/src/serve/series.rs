@@ -111,6 +111,8 @@ struct Seen {
     credited: Counters,
     /// Listen overflows per port already credited.
     credited_ports: Vec<(u16, u64)>,
+    /// Failed connects per error name already credited.
+    credited_errors: Vec<(String, u64)>,
     cgroup: String,
     /// Opens, closes, resets, retransmits: all-time, for ranking.
     activity: u64,
@@ -145,6 +147,10 @@ pub struct Series {
     /// beyond the aggregate's bound), cumulative; they add up to the
     /// series' `listen_overflows`.
     pub listen_ports: BTreeMap<(SeriesKey, u16), u64>,
+    /// Failed connects per series and error name (a small set: errno
+    /// names, bounded per process by the aggregate), cumulative; they add
+    /// up to the series' `failed_connects`.
+    pub connect_errors: BTreeMap<(SeriesKey, String), u64>,
     /// What dropped series had counted.
     retired: Counters,
     /// cgroup reads waiting for the events before them to be taken in:
@@ -315,6 +321,7 @@ impl Series {
         // Increases since the last update, per key.
         let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
         let mut port_deltas: Vec<(Key, Vec<(u16, u64)>)> = Vec::new();
+        let mut error_deltas: Vec<(Key, Vec<(String, u64)>)> = Vec::new();
         for r in rows {
             let key = (r.pid, r.comm.clone(), r.life);
             let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
@@ -340,6 +347,20 @@ impl Series {
                 })
                 .filter(|&(_, n)| n > 0)
                 .collect();
+            let credited: &[(String, u64)] = self
+                .seen
+                .get(&key)
+                .map(|s| s.credited_errors.as_slice())
+                .unwrap_or(&[]);
+            let errors: Vec<(String, u64)> = r
+                .connect_errors
+                .iter()
+                .map(|(error, n)| {
+                    let before = credited.iter().find(|c| c.0 == *error).map_or(0, |c| c.1);
+                    (error.clone(), n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
             if !self.seen.contains_key(&key) {
                 let Some(cg) = self.checked_cgroup(&key, r, info) else {
                     // Not known yet: the row waits (its counts are
@@ -352,6 +373,7 @@ impl Series {
                     Seen {
                         credited: Counters::default(),
                         credited_ports: Vec::new(),
+                        credited_errors: Vec::new(),
                         cgroup,
                         activity: 0,
                         gone: false,
@@ -361,8 +383,12 @@ impl Series {
             let s = self.seen.get_mut(&key).expect("inserted above");
             s.credited = r.totals;
             s.credited_ports.clone_from(&r.listen_ports);
+            s.credited_errors.clone_from(&r.connect_errors);
             if !ports.is_empty() {
                 port_deltas.push((key.clone(), ports));
+            }
+            if !errors.is_empty() {
+                error_deltas.push((key.clone(), errors));
             }
             s.activity += activity(&d);
             deltas.push((key, d, r));
@@ -485,6 +511,12 @@ impl Series {
                 *self.listen_ports.entry((sk.clone(), port)).or_default() += n;
             }
         }
+        for (k, errors) in error_deltas {
+            let sk = self.key_of(&k);
+            for (error, n) in errors {
+                *self.connect_errors.entry((sk.clone(), error)).or_default() += n;
+            }
+        }
         // Sockets no process is known for.
         let rest = sub_states(host_states, &owned_states);
         let rest_leaks = host_leaks.saturating_sub(owned_leaks);
@@ -511,6 +543,7 @@ impl Series {
             self.retired += &v.counters;
         }
         self.listen_ports.retain(|(s, _), _| *s != sk);
+        self.connect_errors.retain(|(s, _), _| *s != sk);
     }
 
     /// The sum over all series, dropped ones included (for checks).
@@ -571,6 +604,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            connect_errors: Vec::new(),
         }
     }
 

@@ -282,6 +282,18 @@ impl Families for TcpMetrics {
                 .filter_map(|(k, q)| Some((listener(k, q), i64::from(q.backlog?))))
                 .collect::<Vec<_>>(),
         );
+        let connect_errors: Vec<(Labels, u64)> = self
+            .series
+            .connect_errors
+            .iter()
+            .map(|((k, error), n)| (with(k.labels(), "error", error), *n))
+            .collect();
+        counters(
+            reg,
+            "diag_tcp_connect_failures",
+            "Connects that failed (SYN_SENT -> CLOSE), by the error the kernel stored on the socket: ECONNREFUSED (a reset: nothing listens), ETIMEDOUT (SYNs unanswered), EHOSTUNREACH/ENETUNREACH (ICMP), closed (no error stored: the process gave up first, or connect() failed before sending), unknown (not read); error=other: a process's errors beyond the first 8",
+            &connect_errors,
+        );
         let dest = |p: &Pressure| -> Labels {
             vec![
                 ("local", p.destination.local.to_string()),

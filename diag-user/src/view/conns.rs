@@ -78,6 +78,10 @@ pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: 
         filter.keeps(l.pid, l.comm.as_deref())
             && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
     });
+    snap.connect_failures.retain(|f| {
+        filter.keeps(Some(f.pid), Some(&f.comm))
+            && (filter.cgroups.is_empty() || kept.contains(&f.pid))
+    });
     sort_rows(&mut snap.processes, sort);
     if top > 0 {
         snap.processes.truncate(top);
@@ -396,6 +400,32 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
                 human_bytes(p.totals.bytes_acked),
                 human_bytes(p.totals.bytes_received),
             );
+        }
+    }
+    if !snap.connect_failures.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nFailed connects (SYN_SENT -> CLOSE) by process, destination and error:"
+        );
+        let _ = writeln!(
+            o,
+            "  {:>8} {:<16} {:<28} {:<14} {:>8} {:>9}",
+            "PID", "COMM", "DESTINATION", "ERROR", "COUNT", "INTERVAL"
+        );
+        for f in snap.connect_failures.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:<16} {:<28} {:<14} {:>8} {:>9}",
+                f.pid,
+                f.comm,
+                f.remote.to_string(),
+                f.error,
+                f.count,
+                f.interval
+            );
+        }
+        if snap.connect_failures.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", snap.connect_failures.len() - 10);
         }
     }
     if snap.kernel_resets_sent > 0 {
@@ -835,6 +865,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            connect_errors: Vec::new(),
         }
     }
 
@@ -989,6 +1020,58 @@ mod tests {
         };
         select(&mut s, &f, ConnsSort::Opens, 0);
         assert!(s.listen.is_empty());
+    }
+
+    #[test]
+    fn failed_connects_section() {
+        let mut s = snap();
+        s.connect_failures = vec![crate::aggregate::connfail::FailedConnect {
+            pid: 2,
+            comm: "b".into(),
+            life: 0,
+            remote: "127.0.0.1:9".parse().unwrap(),
+            error: "ECONNREFUSED".into(),
+            count: 12,
+            interval: 5,
+        }];
+        let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
+        assert!(t.contains("Failed connects"), "{t}");
+        let line = t.lines().find(|l| l.contains("127.0.0.1:9")).unwrap();
+        assert!(
+            line.contains(" ECONNREFUSED ") && line.contains(" 12 ") && line.ends_with(" 5"),
+            "{line}"
+        );
+        let j = render_json(
+            &s,
+            None,
+            &Health::default(),
+            &WallClock::with_offset_ns(0),
+            false,
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let f = &v["connect_failures"][0];
+        assert_eq!(
+            (
+                &f["pid"],
+                &f["remote"],
+                &f["error"],
+                &f["count"],
+                &f["interval"]
+            ),
+            (
+                &2.into(),
+                &"127.0.0.1:9".into(),
+                &"ECONNREFUSED".into(),
+                &12.into(),
+                &5.into()
+            )
+        );
+        let f = RowFilter {
+            pids: vec![9],
+            ..Default::default()
+        };
+        select(&mut s, &f, ConnsSort::Opens, 0);
+        assert!(s.connect_failures.is_empty());
     }
 
     #[test]

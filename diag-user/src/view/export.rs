@@ -342,12 +342,13 @@ mod tests {
             old_state: old,
             new_state: new,
             attribution: attribution::SYSCALL,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 42,
             netns: 0,
-            _pad2: 0,
             listen_queue: diag_common::tcp::NO_FIELD,
             listen_backlog: diag_common::tcp::NO_FIELD,
+            err: 0,
         })
     }
 

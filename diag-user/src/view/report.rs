@@ -324,6 +324,17 @@ pub fn render_text(r: &Review, file: &str) -> String {
                 e.failed_connects
             );
         }
+        for f in s.connect_failures.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "    failed connects: pid {:<7} {:<16} to {:<24} {} {}",
+                f.pid,
+                f.comm,
+                f.remote.to_string(),
+                f.count,
+                f.error
+            );
+        }
     }
 
     let _ = writeln!(o, "\n2. SATURATION");
@@ -823,12 +834,13 @@ mod tests {
             old_state: old,
             new_state: new,
             attribution: attribution::SYSCALL,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 7,
             netns: 0,
-            _pad2: 0,
             listen_queue: diag_common::tcp::NO_FIELD,
             listen_backlog: diag_common::tcp::NO_FIELD,
+            err: 0,
         })
     }
 
@@ -856,6 +868,16 @@ mod tests {
                 diag_common::tcp::closed_by::LOCAL,
             )));
         }
+        // Two connects refused.
+        for i in 0..2u64 {
+            let ts = 4_500_000_000 + i * 1_000;
+            evs.push(st(ts, 0x200 + i, 0, CLOSE, SYN_SENT));
+            if let AnyEvent::TcpState(mut t) = st(ts + 500, 0x200 + i, 41000, SYN_SENT, CLOSE) {
+                t.err_known = 1;
+                t.err = 111;
+                evs.push(AnyEvent::TcpState(t));
+            }
+        }
         let header = RecordingHeader {
             hostname: "h".into(),
             cpus: 2,
@@ -876,8 +898,11 @@ mod tests {
     #[test]
     fn review_counts_and_text() {
         let r = review();
-        assert_eq!(r.events, 180);
-        assert_eq!(r.lifetimes.count, 30);
+        assert_eq!(r.events, 184);
+        assert_eq!(
+            r.lifetimes.count, 32,
+            "30 connections and the 2 refused connects"
+        );
         assert_eq!(r.tw_peak.1, 30);
         assert!(r.timeline.len() >= 2);
         let text = render_text(&r, "x.diag");
@@ -893,6 +918,7 @@ mod tests {
             "Heaviest (bytes acked + received):",
             "pid 7       api              127.0.0.1:40029 -> 127.0.0.1:5432  4.0us tx 1.0KiB rx 10B retrans 0 rtt 59.0us closed by local",
             "127.0.0.1:5432               30 closed, rtt p50 44.0us max 59.0us",
+            "failed connects: pid 7       api              to 127.0.0.1:5432           2 ECONNREFUSED",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }

@@ -375,7 +375,30 @@ fn close_text(c: &TcpCloseEvent, clock: &WallClock) -> String {
     )
 }
 
+/// The error a transition to CLOSE carries: always for a failed connect
+/// (SYN_SENT -> CLOSE: the errno name, `closed` when the kernel set none,
+/// `unknown` when it was not read), else the errno name when the kernel
+/// set one.
+pub fn close_error(t: &TcpStateEvent) -> Option<String> {
+    use crate::aggregate::connfail::{errno_name, failure_name};
+    if t.new_state != diag_common::tcp::state::CLOSE {
+        return None;
+    }
+    if t.old_state == diag_common::tcp::state::SYN_SENT {
+        return Some(failure_name(t.err_known != 0, t.err));
+    }
+    (t.err_known != 0 && t.err != 0).then(|| errno_name(t.err.saturating_abs()))
+}
+
 fn tcp_text(t: &TcpStateEvent, clock: &WallClock) -> String {
+    let line = tcp_text_fields(t, clock);
+    match close_error(t) {
+        Some(e) => format!("{line} error={e}"),
+        None => line,
+    }
+}
+
+fn tcp_text_fields(t: &TcpStateEvent, clock: &WallClock) -> String {
     let h = &t.header;
     format!(
         "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {}",
@@ -576,6 +599,12 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             if t.listen_queue != diag_common::tcp::NO_FIELD {
                 v["accept_queue"] = t.listen_queue.into();
                 v["backlog"] = t.listen_backlog.into();
+            }
+            if t.new_state == diag_common::tcp::state::CLOSE {
+                v["error"] = close_error(t).into();
+                v["errno"] = (t.err_known != 0 && t.err != 0)
+                    .then_some(t.err.saturating_abs())
+                    .into();
             }
             v
         }
@@ -883,12 +912,13 @@ mod tests {
             old_state: state::SYN_SENT,
             new_state: state::ESTABLISHED,
             attribution: attribution::SOCKET,
-            _pad: [0; 3],
+            err_known: 0,
+            _pad: [0; 2],
             current_tgid: 99,
             netns: 0,
-            _pad2: 0,
             listen_queue: diag_common::tcp::NO_FIELD,
             listen_backlog: diag_common::tcp::NO_FIELD,
+            err: 0,
         })
     }
 
@@ -1069,6 +1099,63 @@ mod tests {
     fn ev_with_port(mut c: TcpCloseEvent, port: u16) -> AnyEvent {
         c.dport = port;
         AnyEvent::TcpClose(c)
+    }
+
+    #[test]
+    fn failed_connects_name_their_error() {
+        let clock = WallClock::with_offset_ns(0);
+        let names = Names::default();
+        let close = |old: u8, known: u8, err: i32| match ev(100, "curl", 2, 40000, 9) {
+            AnyEvent::TcpState(mut t) => {
+                t.old_state = old;
+                t.new_state = diag_common::tcp::state::CLOSE;
+                t.err_known = known;
+                t.err = err;
+                AnyEvent::TcpState(t)
+            }
+            _ => unreachable!(),
+        };
+        use diag_common::tcp::state::{ESTABLISHED, SYN_SENT};
+        let refused = close(SYN_SENT, 1, 111);
+        let line = format_text(&refused, &clock, &names);
+        assert!(
+            line.contains("SYN_SENT -> CLOSE") && line.ends_with(" error=ECONNREFUSED"),
+            "{line}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&refused, &clock, &names)).unwrap();
+        assert_eq!(
+            (&v["error"], &v["errno"]),
+            (&"ECONNREFUSED".into(), &111.into())
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&close(SYN_SENT, 1, 110), &clock, &names)).unwrap();
+        assert_eq!(v["error"], "ETIMEDOUT");
+        // The process closed it first; an old recording says nothing.
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&close(SYN_SENT, 1, 0), &clock, &names)).unwrap();
+        assert_eq!(
+            (&v["error"], &v["errno"]),
+            (&"closed".into(), &serde_json::Value::Null)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&close(SYN_SENT, 0, 0), &clock, &names)).unwrap();
+        assert_eq!(v["error"], "unknown");
+        // A reset connection; a clean close has no error.
+        let line = format_text(&close(ESTABLISHED, 1, 104), &clock, &names);
+        assert!(line.ends_with(" error=ECONNRESET"), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(&format_json(&close(ESTABLISHED, 1, 0), &clock, &names)).unwrap();
+        assert!(v["error"].is_null(), "{v}");
+        let line = format_text(&ev(100, "curl", 2, 40000, 443), &clock, &names);
+        assert!(!line.contains("error="), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&format_json(
+            &ev(100, "curl", 2, 40000, 443),
+            &clock,
+            &names,
+        ))
+        .unwrap();
+        assert!(v.get("error").is_none(), "{v}");
     }
 
     fn reset(kind: EventKind, reason: i32) -> AnyEvent {

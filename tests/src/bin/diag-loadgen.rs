@@ -14,6 +14,10 @@
 //!     Open COUNT connections and keep them; print `CONNECTED` and wait.
 //! diag-loadgen try-connect COUNT ADDR:PORT
 //!     COUNT connects that may be refused; print `REFUSED <n>`.
+//! diag-loadgen connect-errors COUNT ADDR:PORT
+//!     COUNT blocking connects one after another, each closed at once;
+//!     print the client's own tally: `RESULT ok=<n> <errno>=<n>...`
+//!     (errno numbers, ascending).
 //! diag-loadgen abort COUNT ADDR:PORT
 //!     COUNT connections closed with a reset (SO_LINGER 0).
 //! diag-loadgen listen-full ADDR [BACKLOG]
@@ -175,6 +179,24 @@ fn try_connect(count: usize, t: &str) -> std::io::Result<()> {
         .filter(|_| matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused))
         .count();
     println!("REFUSED {refused}");
+    Ok(())
+}
+
+fn connect_errors(count: usize, t: &str) -> std::io::Result<()> {
+    let addr = target(t)?;
+    let mut ok = 0;
+    let mut errors = std::collections::BTreeMap::<i32, usize>::new();
+    for _ in 0..count {
+        match TcpStream::connect(addr) {
+            Ok(_) => ok += 1,
+            Err(e) => *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1,
+        }
+    }
+    let mut line = format!("RESULT ok={ok}");
+    for (errno, n) in errors {
+        line.push_str(&format!(" {errno}={n}"));
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -738,6 +760,7 @@ fn main() -> ExitCode {
         "connect-timed" => connect_timed(count, first),
         "connect-hold" => connect_hold(count, first),
         "try-connect" => try_connect(count, first),
+        "connect-errors" => connect_errors(count, first),
         "abort" => abort(count, first),
         "ack-overflow" => ack_overflow(count as u64),
         "listen-full" => listen_full(

@@ -479,7 +479,7 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
             ));
             match r.tcp {
                 Some(t) => v.push(format!(
-                    "TCP opens {}/s closes {}/s  ESTAB {} TIME_WAIT {} CLOSE_WAIT {} (leaked {})  resets {} ({}/s)  retransmits {} ({}/s)",
+                    "TCP opens {}/s closes {}/s  ESTAB {} TIME_WAIT {} CLOSE_WAIT {} (leaked {})  resets {} ({}/s)  retransmits {} ({}/s)  failed connects {} ({}/s)",
                     rate(t.opens_per_s),
                     rate(t.closes_per_s),
                     t.established,
@@ -489,7 +489,9 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     t.resets,
                     rate(t.resets_per_s),
                     t.retransmits,
-                    rate(t.retransmits_per_s)
+                    rate(t.retransmits_per_s),
+                    t.failed_connects,
+                    rate(t.failed_connects_per_s)
                 )),
                 None => v.push("TCP: no activity seen".into()),
             }

@@ -91,6 +91,12 @@ pub struct TcpCols {
     /// The fullest of its listeners' accept queues in the interval, as a
     /// share of that listener's backlog: (queue, backlog).
     pub listen_queue_high: Option<(u32, u32)>,
+    /// Connects that failed (SYN_SENT -> CLOSE), since start; their
+    /// errors are in `diag conns` and the hints.
+    #[serde(default)]
+    pub failed_connects: u64,
+    #[serde(default)]
+    pub failed_connects_per_s: f64,
 }
 
 /// One process on screen.
@@ -853,6 +859,8 @@ impl TopState {
                 listen_overflows: listen_of(p.pid).0,
                 listen_overflows_interval: listen_of(p.pid).1,
                 listen_queue_high: fullest_of(p.pid),
+                failed_connects: p.totals.failed_connects,
+                failed_connects_per_s: p.rates.failed_connects,
             });
         }
         for (k, c) in &self.oom.by_victim {

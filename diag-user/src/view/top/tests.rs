@@ -34,6 +34,8 @@ fn row(pid: u32, comm: &str, cpu: f64, opens: f64, cw: u64, leaks: u64) -> Row {
             retransmits: 1,
             resets_per_s: 0.0,
             retransmits_per_s: 0.0,
+            failed_connects: 4,
+            failed_connects_per_s: 0.5,
             ..TcpCols::default()
         }),
         oom_kills: 0,
@@ -228,6 +230,12 @@ fn detail_view_of_the_selected_process() {
     let lines = render::detail_lines(&st, 300);
     assert!(lines.iter().any(|l| l == "Hints:"), "{lines:?}");
     assert!(!lines[0].contains("container"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failed connects 4 (0.5/s)")),
+        "{lines:?}"
+    );
     let all = draw(&st, 80, 24).join("\n");
     assert!(all.contains("process 300"), "{all}");
     assert!(all.contains("pid 300 (leaker)"), "{all}");
