@@ -304,9 +304,13 @@ mod tests {
             last_ns: 1,
         };
         let mut e = Exporter::new(Bounds::default(), 6);
-        let l = r#"pid="7",comm="api",address="127.0.0.1:8080""#;
+        let l = r#"pid="7",comm="api",cgroup="/svc/a",address="127.0.0.1:8080""#;
+        let c = Counters {
+            passive_opens: 1,
+            ..Default::default()
+        };
         let at = |e: &mut Exporter, ts: u64, high: u32| {
-            let mut s = snapshot(Vec::new());
+            let mut s = snapshot(vec![row(7, "api", c, StateCounts::default(), 0)]);
             s.ts_ns = ts;
             s.listen = vec![listen(high)];
             e.update_tcp(&s, &mut Fake);
@@ -323,6 +327,17 @@ mod tests {
         assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 3.0);
         let m = at(&mut e, 18_000_000_001, 0);
         assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{l}}}")], 0.0);
+        // A listener whose owner has no series of its own goes with
+        // pid="other".
+        let mut s = snapshot(Vec::new());
+        s.ts_ns = 19_000_000_000;
+        let mut web = listen(5);
+        (web.pid, web.comm) = (Some(8), Some("web".into()));
+        s.listen = vec![web];
+        e.update_tcp(&s, &mut Fake);
+        let m = parse(&e.render());
+        let other = r#"pid="other",comm="other",cgroup="other",address="127.0.0.1:8080""#;
+        assert_eq!(m[&format!("diag_tcp_listen_queue_high{{{other}}}")], 5.0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use prometheus_client::registry::Registry;
 
 use super::{
     families::{Families, Labels, counter, counters, g, gauges, gauges_f64, histograms},
-    series::{Bounds, ProcessInfo, Series},
+    series::{Bounds, ProcessInfo, Series, SeriesKey},
 };
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -252,34 +252,48 @@ impl Families for TcpMetrics {
             "Connection attempts a process's listener lost because its accept queue was full (the kernel's ListenOverflows), by listening port (port=other: a process's ports beyond the first 8)",
             &overflows,
         );
-        // The fullest listeners (by share of their backlog).
+        // The fullest listeners (by share of their backlog), labelled like
+        // their owner's series (pid="other" when it has none, so the
+        // bound on per-process series holds); listeners that share labels
+        // are merged (the highest queue and backlog).
         let mut queues: Vec<(&ListenerKey, &QueuePeaks)> = self.queues.iter().collect();
         let share = |q: &QueuePeaks| f64::from(q.high()) / f64::from(q.backlog.unwrap_or(0).max(1));
         queues.sort_by(|a, b| share(b.1).total_cmp(&share(a.1)).then(a.0.cmp(b.0)));
         queues.truncate(TOP_LISTENERS);
-        let listener = |k: &ListenerKey, q: &QueuePeaks| -> Labels {
-            vec![
-                ("pid", k.2.map_or("unknown".to_string(), |p| p.to_string())),
-                ("comm", q.comm.clone()),
-                ("address", k.1.to_string()),
-            ]
-        };
+        let mut by_labels: std::collections::BTreeMap<Labels, (u32, Option<u32>)> =
+            std::collections::BTreeMap::new();
+        for (k, q) in queues {
+            let owner = self.series.values.keys().find(|s| {
+                matches!(s, SeriesKey::Process { pid, comm, .. } if Some(*pid) == k.2 && *comm == q.comm)
+            });
+            let mut labels = match owner {
+                Some(s) => s.labels(),
+                None => SeriesKey::Other {
+                    cgroup: super::series::OTHER.to_string(),
+                }
+                .labels(),
+            };
+            labels.push(("address", k.1.to_string()));
+            let e = by_labels.entry(labels).or_default();
+            e.0 = e.0.max(q.high());
+            e.1 = e.1.max(q.backlog);
+        }
         gauges(
             reg,
             "diag_tcp_listen_queue_high",
             "Highest accept queue of a listener (connections not yet accept()ed, ss -lnt's Recv-Q) over the last 15 s, seen at each passive open and drop; the 20 fullest listeners",
-            &queues
+            &by_labels
                 .iter()
-                .map(|(k, q)| (listener(k, q), i64::from(q.high())))
+                .map(|(l, (high, _))| (l.clone(), i64::from(*high)))
                 .collect::<Vec<_>>(),
         );
         gauges(
             reg,
             "diag_tcp_listen_backlog",
             "A listener's listen() backlog (ss -lnt's Send-Q): past it, the kernel drops connection attempts",
-            &queues
+            &by_labels
                 .iter()
-                .filter_map(|(k, q)| Some((listener(k, q), i64::from(q.backlog?))))
+                .filter_map(|(l, (_, b))| Some((l.clone(), i64::from((*b)?))))
                 .collect::<Vec<_>>(),
         );
         let connect_errors: Vec<(Labels, u64)> = self
