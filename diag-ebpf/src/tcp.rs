@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
@@ -31,6 +31,7 @@ use diag_common::{
         attribution, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
         SockBtfLayout, SockOwner, TcpDropEvent, TcpDropLayout, TcpSockEvent, TcpSockLayout,
         TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP, NO_FIELD,
+        UNOWNED_REASON_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -829,8 +830,12 @@ fn accepted_event(l: &OwnerLayout, sk: u64, netns: u32, prev_tgid: u32) -> Resul
 static TCP_DROP: Global<TcpDropLayout> = Global::new(TcpDropLayout::zeroed());
 
 /// `skb:kfree_skb`: every freed-with-a-reason skb on the host. Returns
-/// after one field read unless the reason is one of the few watched
-/// (`TCP_LISTEN_OVERFLOW`, ...); then `rx_sk` is the listener.
+/// after one field read for the reasons that do not matter (`NOT_SPECIFIED`
+/// and below). The few listen-queue reasons (`TCP_LISTEN_OVERFLOW`, ...)
+/// go to the listener; any other drop for a TCP socket (`rx_sk`) is an
+/// event for the socket's owner; a TCP packet dropped with no socket is
+/// counted per reason in `UNOWNED_DROPS` (no event: a flood of them to a
+/// closed port costs a few reads each, not a ring-buffer record).
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     match try_kfree_skb(&ctx) {
@@ -838,12 +843,20 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// Unowned TCP drops per `enum skb_drop_reason` number, per CPU; user
+/// space reads and sums them each second.
+#[map]
+static UNOWNED_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNOWNED_REASON_SLOTS, 0);
+
 fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = TCP_DROP.load();
     if l.kfree_valid == 0 {
         return Ok(0);
     }
     let reason: u32 = field(ctx, l.kfree_reason)?;
+    if reason <= l.skip_reasons_upto {
+        return Ok(0);
+    }
     let mut cause = 0u8;
     let mut i = 0;
     while i < DROP_REASONS {
@@ -852,10 +865,16 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         i += 1;
     }
-    if cause == 0 {
-        return Ok(0);
-    }
     let sk: u64 = field(ctx, l.kfree_rx_sk)?;
+    if cause == 0 {
+        if l.sock_valid == 0 {
+            return Ok(0);
+        }
+        if sk == 0 {
+            return unowned_drop(ctx, &l, reason);
+        }
+        return socket_drop(ctx, &l, sk, reason);
+    }
     let skb: u64 = field(ctx, l.kfree_skbaddr)?;
     let o = OWNER_LAYOUT.load();
     if o.net_valid == 0 {
@@ -872,6 +891,155 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         owner.map(|o| o.skaddr).unwrap_or(0)
     };
     drop_event(&l, &p, netns, listener, owner, cause, reason)
+}
+
+/// Ethertypes of IPv4 and IPv6 (the tracepoint's `protocol`, host order).
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// A packet dropped with no socket: counted for its reason if it is TCP
+/// (the IP header says; wire format, not a kernel layout).
+#[inline(always)]
+fn unowned_drop(ctx: &TracePointContext, l: &TcpDropLayout, reason: u32) -> Result<u32, u32> {
+    let ethertype: u16 = field(ctx, l.kfree_protocol)?;
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return Ok(0);
+    }
+    let skb: u64 = field(ctx, l.kfree_skbaddr)?;
+    if skb == 0 {
+        return Ok(0);
+    }
+    let head: u64 = kread(skb + l.skb_head as u64)?;
+    let nh: u16 = kread(skb + l.skb_network_header as u64)?;
+    if head == 0 || nh == u16::MAX {
+        return Ok(0);
+    }
+    let ip = head + nh as u64;
+    let ver: u8 = kread(ip)?;
+    // IPv4: protocol at 9; IPv6: next header at 6.
+    let proto: u8 = match ver >> 4 {
+        4 => kread(ip + 9)?,
+        6 => kread(ip + 6)?,
+        _ => return Ok(0),
+    };
+    if proto as u16 != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let slot = if reason < UNOWNED_REASON_SLOTS {
+        reason
+    } else {
+        UNOWNED_REASON_SLOTS - 1
+    };
+    if let Some(c) = UNOWNED_DROPS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += 1 };
+    }
+    Ok(0)
+}
+
+/// A packet dropped for socket `sk`: if it is a TCP socket, an event for
+/// its owner with the socket's two ends and the reason.
+#[inline(always)]
+fn socket_drop(
+    ctx: &TracePointContext,
+    l: &TcpDropLayout,
+    sk: u64,
+    reason: u32,
+) -> Result<u32, u32> {
+    let o = OWNER_LAYOUT.load();
+    if o.net_valid == 0 {
+        return Ok(0);
+    }
+    // `struct sock_common` fields first: a request or time-wait socket
+    // (TCP's own kinds) has nothing beyond them.
+    let family: u16 = kread(sk + o.sk_family as u64)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(0);
+    }
+    let st: u8 = kread(sk + o.sk_state as u64)?;
+    if st != state::TIME_WAIT && st != state::NEW_SYN_RECV {
+        let protocol: u16 = kread(sk + o.sk_protocol as u64)?;
+        if protocol != IPPROTO_TCP {
+            return Ok(0);
+        }
+    }
+    let port: u16 = kread(sk + o.sk_num as u64).unwrap_or(0);
+    let mut rport: u16 = u16::from_be(kread(sk + o.sk_dport as u64).unwrap_or(0));
+    let mut addr = [0u8; 16];
+    let mut raddr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = kread(sk + o.sk_saddr_v6 as u64).unwrap_or([0; 16]);
+        raddr = kread(sk + o.sk_daddr_v6 as u64).unwrap_or([0; 16]);
+    } else {
+        let a: [u8; 4] = kread(sk + o.sk_saddr as u64).unwrap_or([0; 4]);
+        let r: [u8; 4] = kread(sk + o.sk_daddr as u64).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+        raddr[..4].copy_from_slice(&r);
+    }
+    let mut header = current_header(EventKind::TcpDrop as u32);
+    let current_tgid = header.tgid;
+    let mut how = 0u8;
+    let netns: u32;
+    // SAFETY: a map lookup; the value is copied out at once.
+    if let Some(k) = unsafe { SOCK_OWNERS.get(sk) }.copied() {
+        header.pid = k.pid;
+        header.tgid = k.tgid;
+        header.comm = k.comm;
+        how = if k.how != 0 { k.how } else { attribution::SOCKET };
+        netns = k.netns;
+    } else {
+        netns = netns_of(sk);
+        if st == state::NEW_SYN_RECV {
+            // A connection not accepted yet: the listener's owner.
+            if let Some(k) = listener_any(netns, family, &addr, port) {
+                header.pid = k.pid;
+                header.tgid = k.tgid;
+                header.comm = k.comm;
+                how = attribution::LISTENER;
+            }
+        }
+    }
+    if how == 0 {
+        header.pid = 0;
+        header.tgid = 0;
+        header.comm = [0; TASK_COMM_LEN];
+    }
+    if st == state::LISTEN {
+        // A listener has no remote end: the packet's sender is it (drops
+        // at a listener other than its queues: a bad SYN, a stray ACK).
+        let skb: u64 = field(ctx, l.kfree_skbaddr)?;
+        if let Some(p) = parse_syn(l, skb) {
+            raddr = p.saddr;
+            rport = p.sport;
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpDropEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).header = header;
+        (*ev).skaddr = sk;
+        (*ev).addr = addr;
+        (*ev).raddr = raddr;
+        (*ev).port = port;
+        (*ev).rport = rport;
+        (*ev).family = family;
+        (*ev).cause = drop_cause::SOCKET;
+        (*ev).attribution = how;
+        (*ev).reason = reason;
+        (*ev).netns = netns;
+        (*ev).queue = u32::MAX;
+        (*ev).backlog = u32::MAX;
+        (*ev).current_tgid = current_tgid;
+        (*ev).count = 1;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
 }
 
 /// `skb:consume_skb`, for the SYNs a listener drops because its accept
@@ -1078,7 +1246,7 @@ fn drop_event(
         (*ev).queue = queue;
         (*ev).backlog = backlog;
         (*ev).current_tgid = current_tgid;
-        (*ev)._pad = 0;
+        (*ev).count = 1;
     }
     let flags = submit_flags();
     entry.submit(flags);

@@ -371,6 +371,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         rst_reasons: Vec::new(),
         owner: Err("no TCP probes".into()),
         drop: Err("no TCP probes".into()),
+        drop_reasons: Vec::new(),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {

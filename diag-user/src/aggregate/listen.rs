@@ -193,7 +193,7 @@ mod tests {
             queue,
             backlog,
             current_tgid: 1,
-            _pad: 0,
+            count: 1,
         }
     }
 

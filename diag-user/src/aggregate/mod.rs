@@ -4,6 +4,7 @@
 //! exporter read from here.
 
 pub mod connect;
+pub mod drops;
 pub mod filter;
 pub mod histogram;
 pub mod listen;

@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use super::{
     connect::{ConnectLatency, DestLatency},
+    drops::{KernelDrops, SocketDropRow, UnownedDropRow},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -66,6 +67,9 @@ pub struct TcpConfig {
     /// sockets left, until an exit arrives. Live sources and newer
     /// recordings report exits, so nothing is guessed.
     pub guess_pid_reuse: bool,
+    /// The kernel's drop reason names (number, name), from its
+    /// `skb:kfree_skb` format or a recording's header.
+    pub drop_reasons: Vec<(i64, String)>,
 }
 
 impl Default for TcpConfig {
@@ -76,6 +80,7 @@ impl Default for TcpConfig {
             pressure_warn: 0.70,
             churn_hint_per_s: 10.0,
             guess_pid_reuse: false,
+            drop_reasons: Vec::new(),
         }
     }
 }
@@ -207,10 +212,19 @@ struct Proc {
     /// Accept-queue overflows per listening port, cumulative (bounded by
     /// [`MAX_LISTEN_PORTS`]; beyond, under port 0).
     listen_ports: BTreeMap<u16, u64>,
+    /// Packets the kernel dropped for this process's sockets per drop
+    /// reason number, cumulative (bounded by [`MAX_DROP_REASONS`];
+    /// beyond, under [`OTHER_REASON`]).
+    drop_reasons: BTreeMap<u32, u64>,
 }
 
 /// Listening ports per process with overflow counts of their own.
 pub const MAX_LISTEN_PORTS: usize = 8;
+/// Drop reasons per process with counts of their own.
+pub const MAX_DROP_REASONS: usize = 8;
+/// The key of a process's drops beyond its first [`MAX_DROP_REASONS`]
+/// reasons.
+pub const OTHER_REASON: u32 = u32::MAX;
 
 impl Proc {
     fn new(comm: String) -> Self {
@@ -225,6 +239,7 @@ impl Proc {
             idle_snapshots: 0,
             exited: None,
             listen_ports: BTreeMap::new(),
+            drop_reasons: BTreeMap::new(),
         }
     }
 }
@@ -321,6 +336,7 @@ pub struct TcpAggregate {
     owner_suspects: HashMap<FourTuple, u32>,
     /// Connections lost at full listen queues, per listener.
     listen: ListenQueues,
+    drops: KernelDrops,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -455,6 +471,11 @@ pub struct ProcRow {
     /// [`MAX_LISTEN_PORTS`]), cumulative.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen_ports: Vec<(u16, u64)>,
+    /// Packets the kernel dropped for this process's sockets, per reason
+    /// name (`other`: the reasons beyond [`MAX_DROP_REASONS`]),
+    /// cumulative.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_drops: Vec<(String, u64)>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -509,6 +530,11 @@ pub struct TcpSnapshot {
     pub overflow: u64,
     /// Listeners that lost connections because a queue was full.
     pub listen: Vec<ListenRow>,
+    /// Packets the kernel dropped for TCP sockets, per owner, remote end
+    /// and reason.
+    pub socket_drops: Vec<SocketDropRow>,
+    /// TCP packets dropped with no socket, per reason, host-wide.
+    pub unowned_drops: Vec<UnownedDropRow>,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -526,6 +552,8 @@ fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
 
 impl TcpAggregate {
     pub fn new(config: TcpConfig) -> Self {
+        let mut drops = KernelDrops::default();
+        drops.set_names(&config.drop_reasons);
         TcpAggregate {
             config,
             socks: HashMap::new(),
@@ -543,7 +571,14 @@ impl TcpAggregate {
             corrections: Corrections::default(),
             owner_suspects: HashMap::new(),
             listen: ListenQueues::default(),
+            drops,
         }
+    }
+
+    /// The running kernel's drop reason names (number, name), from its
+    /// `skb:kfree_skb` format or a recording's header.
+    pub fn set_drop_reason_names(&mut self, names: &[(i64, String)]) {
+        self.drops.set_names(names);
     }
 
     /// The current life of `pid`.
@@ -869,8 +904,25 @@ impl TcpAggregate {
     /// A connection lost at a listener: counted for the listener and, when
     /// it overflowed the accept queue, for the listener's process.
     fn on_drop(&mut self, e: &TcpDropEvent) {
-        self.listen
-            .on_drop(e, SocketAddr::new(ip(e.family, &e.addr), e.port));
+        let local = SocketAddr::new(ip(e.family, &e.addr), e.port);
+        if !drop_cause::is_listen(e.cause) {
+            let remote = SocketAddr::new(ip(e.family, &e.raddr), e.rport);
+            self.drops.on_drop(e, local, remote);
+            if e.cause == drop_cause::SOCKET && e.header.tgid != 0 {
+                let owner = self.owner_for(&e.header, false);
+                let p = self.proc_mut(owner);
+                let reason = if p.drop_reasons.len() < MAX_DROP_REASONS
+                    || p.drop_reasons.contains_key(&e.reason)
+                {
+                    e.reason
+                } else {
+                    OTHER_REASON
+                };
+                *p.drop_reasons.entry(reason).or_default() += e.packets();
+            }
+            return;
+        }
+        self.listen.on_drop(e, local);
         if e.attribution == attribution::LISTENER && drop_cause::is_overflow(e.cause) {
             let owner = self.owner_for(&e.header, false);
             let p = self.proc_mut(owner);
@@ -1422,6 +1474,18 @@ impl TcpAggregate {
                 container: None,
                 netns: None,
                 listen_ports: p.listen_ports.iter().map(|(k, v)| (*k, *v)).collect(),
+                kernel_drops: p
+                    .drop_reasons
+                    .iter()
+                    .map(|(r, n)| {
+                        let name = if *r == OTHER_REASON {
+                            "other".to_string()
+                        } else {
+                            self.drops.name(*r)
+                        };
+                        (name, *n)
+                    })
+                    .collect(),
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();
@@ -1447,6 +1511,9 @@ impl TcpAggregate {
         }
         let listen = self.listen.rows();
         hints.extend(ListenQueues::hints(&listen));
+        let socket_drops = self.drops.socket_rows();
+        let unowned_drops = self.drops.unowned_rows();
+        hints.extend(KernelDrops::hints(&socket_drops, &unowned_drops));
         let mut remote_errors: Vec<(SocketAddr, RemoteErrors)> =
             self.remote_errors.iter().map(|(k, v)| (*k, *v)).collect();
         remote_errors.sort_by(|a, b| {
@@ -1473,8 +1540,10 @@ impl TcpAggregate {
             connect_all: (self.connect.all, self.connect.all_sum_ns),
             kernel_resets_sent: self.kernel_resets_sent,
             corrections: self.corrections,
-            overflow: self.overflow + self.listen.overflow,
+            overflow: self.overflow + self.listen.overflow + self.drops.overflow,
             listen,
+            socket_drops,
+            unowned_drops,
         };
         let closing = Closing {
             usage,
@@ -1486,6 +1555,7 @@ impl TcpAggregate {
     fn close_interval(&mut self, now_ns: u64, closing: Closing) {
         self.expire_time_wait(now_ns);
         self.listen.close_interval();
+        self.drops.close_interval();
         for (key, p) in &mut self.procs {
             p.at_snapshot = p.counters;
             // Freed, not cleared: thousands of idle processes keep no capacity.

@@ -53,6 +53,9 @@ pub struct Layouts {
     pub owner: Result<OwnerLayout, String>,
     /// The listen-queue drop programs' layout, or why they stay out.
     pub drop: Result<TcpDropLayout, String>,
+    /// Names of `enum skb_drop_reason` values, from the kernel's own
+    /// `skb:kfree_skb` format (empty when it cannot be read).
+    pub drop_reasons: Vec<(i64, String)>,
 }
 
 /// The accept tracepoints (category `syscalls`): one program on both.
@@ -74,6 +77,9 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         .map_err(Clone::clone)
         .and_then(|b| drop_layout(tracefs, b, Path::new(KALLSYMS)));
     let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
+    let drop_reasons = Format::read(tracefs, "skb", "kfree_skb", "drop reasons")
+        .map(|f| f.symbols("REC->reason"))
+        .unwrap_or_default();
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
     for (name, _) in SOCK_TRACEPOINTS {
@@ -95,6 +101,7 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         rst_reasons,
         owner,
         drop,
+        drop_reasons,
     })
 }
 
@@ -108,6 +115,11 @@ pub const DROP_REASON_NAMES: &[(&str, u8)] = &[
     ("TCP_LISTEN_OVERFLOW", drop_cause::ACK_ACCEPT_QUEUE_FULL),
     ("TCP_REQQFULLDROP", drop_cause::REQUEST_QUEUE_FULL),
 ];
+
+/// The last drop reason that says nothing (the kernel's table starts with
+/// "not dropped" and "consumed" before it): it and those below are not
+/// counted.
+pub const SKIP_REASONS_UPTO: &str = "NOT_SPECIFIED";
 
 /// The function whose `consume_skb` frees a listener's SYNs, answered or
 /// dropped.
@@ -150,6 +162,7 @@ pub fn drop_layout_from(
     l.kfree_skbaddr = kfree.offset("skbaddr", 8)?;
     l.kfree_rx_sk = kfree.offset("rx_sk", 8)?;
     l.kfree_reason = kfree.offset("reason", 4)?;
+    l.kfree_protocol = kfree.offset("protocol", 2)?;
     l.consume_skbaddr = consume.offset("skbaddr", 8)?;
     l.consume_location = consume.offset("location", 8)?;
     let names = kfree.symbols("REC->reason");
@@ -172,8 +185,21 @@ pub fn drop_layout_from(
     l.skb_refdst = sized("sk_buff", "_skb_refdst", 8)?;
     l.dst_dev = sized("dst_entry", "dev", 8)?;
     l.dev_net = btf.offset("net_device", "nd_net.net")?;
+    // Drops for sockets and unowned drops, past the reasons that say
+    // nothing (not dropped, consumed, `NOT_SPECIFIED`: the numbers up to
+    // NOT_SPECIFIED's in this kernel's table).
+    match names.iter().find(|(_, s)| s == SKIP_REASONS_UPTO) {
+        Some((n, _)) => {
+            l.skip_reasons_upto =
+                u32::try_from(*n).map_err(|_| format!("drop reason {SKIP_REASONS_UPTO} is {n}"))?;
+            l.sock_valid = 1;
+        }
+        None => tracing::info!(
+            "note: drops for sockets are not traced (no {SKIP_REASONS_UPTO} in skb:kfree_skb's reasons)"
+        ),
+    }
     // Without a watched reason the kfree_skb program has nothing to do.
-    l.kfree_valid = u32::from(i > 0);
+    l.kfree_valid = u32::from(i > 0 || l.sock_valid != 0);
     Ok(l)
 }
 

@@ -147,6 +147,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 

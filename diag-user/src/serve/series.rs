@@ -111,6 +111,8 @@ struct Seen {
     credited: Counters,
     /// Listen overflows per port already credited.
     credited_ports: Vec<(u16, u64)>,
+    /// Kernel drops per reason already credited.
+    credited_drops: Vec<(String, u64)>,
     cgroup: String,
     /// Opens, closes, resets, retransmits: all-time, for ranking.
     activity: u64,
@@ -145,6 +147,9 @@ pub struct Series {
     /// beyond the aggregate's bound), cumulative; they add up to the
     /// series' `listen_overflows`.
     pub listen_ports: BTreeMap<(SeriesKey, u16), u64>,
+    /// Packets the kernel dropped per series and reason name (`other`:
+    /// a process's reasons beyond the aggregate's bound), cumulative.
+    pub kernel_drops: BTreeMap<(SeriesKey, String), u64>,
     /// What dropped series had counted.
     retired: Counters,
     /// cgroup reads waiting for the events before them to be taken in:
@@ -309,6 +314,7 @@ impl Series {
         // Increases since the last update, per key.
         let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
         let mut port_deltas: Vec<(Key, Vec<(u16, u64)>)> = Vec::new();
+        let mut drop_deltas: Vec<(Key, Vec<(String, u64)>)> = Vec::new();
         for r in rows {
             let key = (r.pid, r.comm.clone(), r.life);
             let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
@@ -334,6 +340,20 @@ impl Series {
                 })
                 .filter(|&(_, n)| n > 0)
                 .collect();
+            let credited: &[(String, u64)] = self
+                .seen
+                .get(&key)
+                .map(|s| s.credited_drops.as_slice())
+                .unwrap_or(&[]);
+            let drops: Vec<(String, u64)> = r
+                .kernel_drops
+                .iter()
+                .map(|(reason, n)| {
+                    let before = credited.iter().find(|c| c.0 == *reason).map_or(0, |c| c.1);
+                    (reason.clone(), n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
             if !self.seen.contains_key(&key) {
                 let Some(cg) = self.checked_cgroup(&key, r, info) else {
                     // Not known yet: the row waits (its counts are
@@ -346,6 +366,7 @@ impl Series {
                     Seen {
                         credited: Counters::default(),
                         credited_ports: Vec::new(),
+                        credited_drops: Vec::new(),
                         cgroup,
                         activity: 0,
                         gone: false,
@@ -355,8 +376,12 @@ impl Series {
             let s = self.seen.get_mut(&key).expect("inserted above");
             s.credited = r.totals;
             s.credited_ports.clone_from(&r.listen_ports);
+            s.credited_drops.clone_from(&r.kernel_drops);
             if !ports.is_empty() {
                 port_deltas.push((key.clone(), ports));
+            }
+            if !drops.is_empty() {
+                drop_deltas.push((key.clone(), drops));
             }
             s.activity += activity(&d);
             deltas.push((key, d, r));
@@ -479,6 +504,12 @@ impl Series {
                 *self.listen_ports.entry((sk.clone(), port)).or_default() += n;
             }
         }
+        for (k, drops) in drop_deltas {
+            let sk = self.key_of(&k);
+            for (reason, n) in drops {
+                *self.kernel_drops.entry((sk.clone(), reason)).or_default() += n;
+            }
+        }
         // Sockets no process is known for.
         let rest = sub_states(host_states, &owned_states);
         let rest_leaks = host_leaks.saturating_sub(owned_leaks);
@@ -505,6 +536,7 @@ impl Series {
             self.retired += &v.counters;
         }
         self.listen_ports.retain(|(s, _), _| *s != sk);
+        self.kernel_drops.retain(|(s, _), _| *s != sk);
     }
 
     /// The sum over all series, dropped ones included (for checks).
@@ -565,6 +597,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 

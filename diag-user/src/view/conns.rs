@@ -78,6 +78,10 @@ pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: 
         filter.keeps(l.pid, l.comm.as_deref())
             && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
     });
+    snap.socket_drops.retain(|l| {
+        filter.keeps(l.pid, l.comm.as_deref())
+            && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
+    });
     sort_rows(&mut snap.processes, sort);
     if top > 0 {
         snap.processes.truncate(top);
@@ -305,6 +309,44 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
         }
         if snap.listen.len() > 10 {
             let _ = writeln!(o, "  ... and {} more", snap.listen.len() - 10);
+        }
+    }
+    if !snap.socket_drops.is_empty() || !snap.unowned_drops.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nKernel drops (packets the kernel dropped, by its reason):"
+        );
+    }
+    if !snap.socket_drops.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+            "PID", "COMM", "REMOTE", "REASON", "COUNT", "LAST"
+        );
+        for d in snap.socket_drops.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+                d.pid.map_or("-".to_string(), |p| p.to_string()),
+                d.comm.as_deref().unwrap_or("-"),
+                d.remote.to_string(),
+                d.reason,
+                d.count,
+                d.count_interval,
+            );
+        }
+        if snap.socket_drops.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", snap.socket_drops.len() - 10);
+        }
+    }
+    if !snap.unowned_drops.is_empty() {
+        let _ = writeln!(o, "  No socket (host-wide):");
+        for d in snap.unowned_drops.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+                "-", "-", "-", d.reason, d.count, d.count_interval,
+            );
         }
     }
     let errs: Vec<_> = snap.remote_errors.iter().take(5).collect();
@@ -782,6 +824,7 @@ mod tests {
             container: None,
             netns: None,
             listen_ports: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 

@@ -77,6 +77,7 @@ impl Review {
         let config = TcpConfig {
             port_range: header.port_range.unwrap_or(TcpConfig::default().port_range),
             guess_pid_reuse: !header.has_exits(),
+            drop_reasons: header.drop_reasons.clone(),
             ..TcpConfig::default()
         };
         let mut agg = TcpAggregate::new(config);
