@@ -207,6 +207,7 @@ enum Tcp {
     Bpftrace,
     Empty,
     AcceptProbe,
+    TailDefault,
 }
 
 impl Tcp {
@@ -218,6 +219,7 @@ impl Tcp {
             Tcp::Bpftrace => "bpftrace tcpstates",
             Tcp::Empty => "empty programs (floor)",
             Tcp::AcceptProbe => "diag tail --accept-probe",
+            Tcp::TailDefault => "diag tail (default events)",
         }
     }
     fn key(self) -> &'static str {
@@ -228,6 +230,7 @@ impl Tcp {
             Tcp::Bpftrace => "bpftrace",
             Tcp::Empty => "empty_programs",
             Tcp::AcceptProbe => "diag_tail_accept_probe",
+            Tcp::TailDefault => "diag_tail_default",
         }
     }
     fn start(self, diag: &Path, dir: &Path) -> Result<Option<Bg>> {
@@ -241,6 +244,11 @@ impl Tcp {
             Tcp::Empty => {
                 let mut c = Command::new(diag);
                 c.args(["tail", "--events", "tcp,reset,retrans", "--empty-programs"]);
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::TailDefault => {
+                let mut c = Command::new(diag);
+                c.arg("tail").stdout(Stdio::null());
                 Bg::start(c, "tracing", true)?
             }
             Tcp::AcceptProbe => {
@@ -364,6 +372,107 @@ pub fn tcp_overhead(
             serde_json::json!(occupancy),
         );
     }
+    Ok(Section {
+        markdown: md,
+        json: serde_json::Value::Object(json),
+    })
+}
+
+/// Packets per second of `count` packets of `kind` (udp, tcp) to a closed
+/// loopback port, sent by diag-loadgen pinned to `cpu`.
+fn closed_flood(loadgen: &Path, kind: &str, count: u64, cpu: usize) -> Result<f64> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tport = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let port = if kind == "tcp" { tport } else { port };
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(loadgen)
+        .args(["closed-flood", &count.to_string(), kind, &port.to_string()])
+        .output()
+        .context("cannot run diag-loadgen closed-flood")?;
+    if !out.status.success() {
+        bail!(
+            "diag-loadgen closed-flood failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("RATE "))
+        .and_then(|r| r.trim().parse().ok())
+        .with_context(|| format!("no RATE line from closed-flood: {text}"))
+}
+
+/// The cost of `skb:kfree_skb` under a flood of packets the kernel drops
+/// (to a closed port: NO_SOCKET), UDP datagrams (the drop program's
+/// cheapest way out: not TCP) and TCP SYNs (counted per reason in the
+/// kernel, no event), with no tracer, `diag tail` (default settings:
+/// every drop program) and diag's programs empty.
+pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
+    let tracers = [Tcp::None, Tcp::TailDefault, Tcp::Empty];
+    let floods: [(&str, u64); 2] = [("udp", 400_000), ("tcp", 20_000)];
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = if ncpu > 1 { 1 } else { 0 };
+    let dir = std::env::temp_dir();
+    println!(
+        "xtask: bench: packets to a closed loopback port (kfree_skb NO_SOCKET), pinned to CPU {cpu}, {reps} rounds"
+    );
+    let mut results = vec![vec![Vec::new(); tracers.len()]; floods.len()];
+    for rep in 0..reps {
+        for k in 0..tracers.len() {
+            let i = (k + rep) % tracers.len();
+            let bg = tracers[i].start(diag, &dir)?;
+            let mut rates = Vec::new();
+            for (kind, count) in floods {
+                rates.push(closed_flood(loadgen, kind, count, cpu));
+            }
+            if let Some(b) = bg {
+                b.stop()?;
+            }
+            for (f, r) in rates.into_iter().enumerate() {
+                let r = r?;
+                println!(
+                    "xtask:   round {}: {:<24} {:>4} {r:>9.0} packets/s",
+                    rep + 1,
+                    tracers[i].name(),
+                    floods[f].0
+                );
+                results[f][i].push(r);
+            }
+        }
+    }
+    let mut md = String::from(
+        "| flood | tracer | packets/s min | median | max | vs baseline | cost |\n|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut json = serde_json::Map::new();
+    for (f, (kind, count)) in floods.iter().enumerate() {
+        let base = stats(&results[f][0]).1;
+        for (i, t) in tracers.iter().enumerate() {
+            let (min, med, max) = stats(&results[f][i]);
+            let ratio = if base > 0.0 { med / base } else { 0.0 };
+            md.push_str(&format!(
+                "| {count} {} | {} | {min:.0} | {med:.0} | {max:.0} | {ratio:.3} | {:.1} % |\n",
+                if *kind == "udp" {
+                    "UDP datagrams"
+                } else {
+                    "TCP SYNs (connect)"
+                },
+                t.name(),
+                (1.0 - ratio) * 100.0
+            ));
+            json.insert(
+                format!("{kind}_{}", t.key()),
+                serde_json::json!({"packets_per_sec": results[f][i], "min": min, "median": med, "max": max, "ratio_to_baseline": ratio}),
+            );
+        }
+    }
+    md.push_str(&format!(
+        "\nWorkload: one process pinned to CPU {cpu} sends to a closed loopback port (UDP: sendto; TCP: connect(), refused by the kernel's reset); every packet is freed through `skb:kfree_skb` with reason NO_SOCKET. {reps} interleaved rounds, medians compared.\n"
+    ));
     Ok(Section {
         markdown: md,
         json: serde_json::Value::Object(json),

@@ -204,6 +204,37 @@ fn socket2_listener(addr: &str, rcvbuf: usize) -> std::io::Result<TcpListener> {
     }
 }
 
+/// `count` packets to a closed port on 127.0.0.1, each freed by the
+/// kernel with a drop reason (NO_SOCKET): `udp` datagrams (sendto, the
+/// cheapest packet the kernel drops) or `tcp` SYNs (a connect() that the
+/// reset refuses). Prints `RATE <packets per second>`.
+fn closed_flood(count: usize, kind: &str, port: u16) -> std::io::Result<()> {
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = std::time::Instant::now();
+    match kind {
+        "udp" => {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let buf = [0u8; 16];
+            for _ in 0..count {
+                // ICMP port-unreachable answers may fail a later send:
+                // still one packet dropped each.
+                let _ = s.send_to(&buf, to);
+            }
+        }
+        "tcp" => {
+            for _ in 0..count {
+                if std::net::TcpStream::connect(to).is_ok() {
+                    return Err(std::io::Error::other(format!("port {port} is open")));
+                }
+            }
+        }
+        _ => return Err(std::io::Error::other("closed-flood takes udp or tcp")),
+    }
+    let secs = start.elapsed().as_secs_f64();
+    say(&format!("RATE {:.0}", count as f64 / secs.max(1e-9)));
+    Ok(())
+}
+
 fn target(t: &str) -> std::io::Result<SocketAddr> {
     t.parse()
         .map_err(|e| std::io::Error::other(format!("{t}: {e}")))
@@ -730,6 +761,11 @@ fn main() -> ExitCode {
         }
         "listen-close" => listen_close(count, first),
         "stall-receiver" => stall_receiver(count, first),
+        "closed-flood" => closed_flood(
+            count,
+            first,
+            rest.get(1).and_then(|p| p.parse().ok()).unwrap_or(9),
+        ),
         "connect-eof" => connect_eof(count, first),
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
         "churn" => churn(count as u64),
