@@ -392,6 +392,11 @@ pub struct ProbeArgs {
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+
+    /// Leave out the kernel's drop reasons for TCP sockets and unowned TCP
+    /// drops (skb:kfree_skb keeps only the listen-queue reasons)
+    #[arg(long)]
+    pub no_drop_reasons: bool,
 }
 
 impl Default for ProbeArgs {
@@ -405,6 +410,7 @@ impl Default for ProbeArgs {
             empty_programs: false,
             kernel_log: false,
             accept_probe: false,
+            no_drop_reasons: false,
         }
     }
 }

@@ -387,6 +387,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             d.syn_valid = 0;
         }
     }
+    if args.no_drop_reasons
+        && let Ok(d) = &mut tcp.drop
+    {
+        d.sock_valid = 0;
+        d.kfree_valid = u32::from(d.reasons[0] != diag_common::tcp::NO_FIELD);
+    }
     let sock_btf = match &tcp.state_btf {
         Ok(l) if !args.empty_programs => *l,
         _ => SockBtfLayout::zeroed(),

@@ -208,6 +208,7 @@ enum Tcp {
     Empty,
     AcceptProbe,
     TailDefault,
+    NoDropReasons,
 }
 
 impl Tcp {
@@ -220,6 +221,7 @@ impl Tcp {
             Tcp::Empty => "empty programs (floor)",
             Tcp::AcceptProbe => "diag tail --accept-probe",
             Tcp::TailDefault => "diag tail (default events)",
+            Tcp::NoDropReasons => "diag tail --no-drop-reasons",
         }
     }
     fn key(self) -> &'static str {
@@ -231,6 +233,7 @@ impl Tcp {
             Tcp::Empty => "empty_programs",
             Tcp::AcceptProbe => "diag_tail_accept_probe",
             Tcp::TailDefault => "diag_tail_default",
+            Tcp::NoDropReasons => "diag_tail_no_drop_reasons",
         }
     }
     fn start(self, diag: &Path, dir: &Path) -> Result<Option<Bg>> {
@@ -249,6 +252,11 @@ impl Tcp {
             Tcp::TailDefault => {
                 let mut c = Command::new(diag);
                 c.arg("tail").stdout(Stdio::null());
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::NoDropReasons => {
+                let mut c = Command::new(diag);
+                c.args(["tail", "--events", "tcp,reset,retrans", "--no-drop-reasons"]);
                 Bg::start(c, "tracing", true)?
             }
             Tcp::AcceptProbe => {
@@ -294,6 +302,7 @@ pub fn tcp_overhead(
         Tcp::Bpftrace,
         Tcp::Empty,
         Tcp::AcceptProbe,
+        Tcp::NoDropReasons,
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
@@ -349,6 +358,7 @@ pub fn tcp_overhead(
     let tail_cost = 1.0 - stats(&results[1]).1 / base.max(1.0);
     let floor_cost = 1.0 - stats(&results[4]).1 / base.max(1.0);
     let accept_cost = 1.0 - stats(&results[5]).1 / base.max(1.0);
+    let no_reasons_cost = 1.0 - stats(&results[6]).1 / base.max(1.0);
     md.push_str(&format!(
         "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}). Empty programs on the same tracepoints (the attachment alone) cost {:.1} % here. `--accept-probe` (owners at accept(): a system-call tracepoint, which slows every system call on the host) costs {:.1} %.\n",
         tail_cost * 100.0,
@@ -359,6 +369,12 @@ pub fn tcp_overhead(
         },
         floor_cost * 100.0,
         accept_cost * 100.0
+    ));
+    md.push_str(&format!(
+        "Drop reasons (every `skb:kfree_skb` drop for a TCP socket an event, unowned TCP drops counted in the kernel): `diag tail` {:.1} % against `--no-drop-reasons` (listen-queue reasons only) {:.1} % in the same run: {:+.1} points.\n",
+        tail_cost * 100.0,
+        no_reasons_cost * 100.0,
+        (tail_cost - no_reasons_cost) * 100.0
     ));
     if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
         md.push_str(&format!(
@@ -413,7 +429,7 @@ fn closed_flood(loadgen: &Path, kind: &str, count: u64, cpu: usize) -> Result<f6
 /// kernel, no event), with no tracer, `diag tail` (default settings:
 /// every drop program) and diag's programs empty.
 pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
-    let tracers = [Tcp::None, Tcp::TailDefault, Tcp::Empty];
+    let tracers = [Tcp::None, Tcp::TailDefault, Tcp::NoDropReasons, Tcp::Empty];
     let floods: [(&str, u64); 2] = [("udp", 400_000), ("tcp", 20_000)];
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if ncpu > 1 { 1 } else { 0 };
