@@ -513,8 +513,12 @@ pub struct TcpDropLayout {
     /// 1 when the general drop path runs (drops for TCP sockets as
     /// events, unowned drops counted per reason).
     pub sock_valid: u32,
+    /// Further reasons the general drop path skips (NO_FIELD: none):
+    /// `QUEUE_PURGE`, the queued skbs a closing socket frees, one or more
+    /// per connection, which say nothing about the network.
+    pub quiet_reasons: [u32; 2],
 }
-const _: () = assert!(core::mem::size_of::<TcpDropLayout>() == 120);
+const _: () = assert!(core::mem::size_of::<TcpDropLayout>() == 128);
 
 impl TcpDropLayout {
     pub const fn zeroed() -> Self {
@@ -541,6 +545,7 @@ impl TcpDropLayout {
             syn_valid: 0,
             skip_reasons_upto: 0,
             sock_valid: 0,
+            quiet_reasons: [NO_FIELD; 2],
         }
     }
 }

@@ -854,7 +854,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let reason: u32 = field(ctx, l.kfree_reason)?;
-    if reason <= l.skip_reasons_upto {
+    if reason <= l.skip_reasons_upto
+        || reason == l.quiet_reasons[0]
+        || reason == l.quiet_reasons[1]
+    {
         return Ok(0);
     }
     let mut cause = 0u8;

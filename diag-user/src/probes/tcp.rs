@@ -121,6 +121,10 @@ pub const DROP_REASON_NAMES: &[(&str, u8)] = &[
 /// counted.
 pub const SKIP_REASONS_UPTO: &str = "NOT_SPECIFIED";
 
+/// Reasons not counted either, though past [`SKIP_REASONS_UPTO`]: what a
+/// closing socket frees from its queues (every connection has some).
+pub const QUIET_REASONS: &[&str] = &["QUEUE_PURGE"];
+
 /// The function whose `consume_skb` frees a listener's SYNs, answered or
 /// dropped.
 pub const SYN_FUNCTION: &str = "tcp_rcv_state_process";
@@ -197,6 +201,11 @@ pub fn drop_layout_from(
         None => tracing::info!(
             "note: drops for sockets are not traced (no {SKIP_REASONS_UPTO} in skb:kfree_skb's reasons)"
         ),
+    }
+    for (slot, name) in l.quiet_reasons.iter_mut().zip(QUIET_REASONS) {
+        if let Some((n, _)) = names.iter().find(|(_, s)| s == name) {
+            *slot = u32::try_from(*n).map_err(|_| format!("drop reason {name} is {n}"))?;
+        }
     }
     // Without a watched reason the kfree_skb program has nothing to do.
     l.kfree_valid = u32::from(i > 0 || l.sock_valid != 0);
@@ -707,6 +716,19 @@ mod tests {
         assert_eq!(l.causes[0], u32::from(drop_cause::ACK_ACCEPT_QUEUE_FULL));
         assert_eq!(l.kfree_valid, 1);
         assert!(l.sk_max_ack_backlog > 0 && l.skb_transport_header > 0 && l.dev_net > 0);
+        // The general path: past NOT_SPECIFIED, QUEUE_PURGE left out.
+        let num = |want: &str| {
+            names
+                .iter()
+                .find(|(_, s)| s == want)
+                .map(|(n, _)| *n as u32)
+        };
+        assert_eq!(l.sock_valid, 1);
+        assert_eq!(Some(l.skip_reasons_upto), num("NOT_SPECIFIED"));
+        if let Some(q) = num("QUEUE_PURGE") {
+            assert_eq!(l.quiet_reasons[0], q);
+        }
+        assert!(l.kfree_protocol > 0);
     }
 
     #[test]
