@@ -423,6 +423,26 @@ fn closed_flood(loadgen: &Path, kind: &str, count: u64, cpu: usize) -> Result<f6
         .with_context(|| format!("no RATE line from closed-flood: {text}"))
 }
 
+/// Run time (ns) and runs of the loaded BPF programs named `name`, from
+/// the kernel's run-time statistics (`kernel.bpf_stats_enabled`).
+fn prog_stats(name: &str) -> (u64, u64) {
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return (0, 0);
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut t = (0, 0);
+    for p in v.as_array().into_iter().flatten() {
+        if p["name"] == name {
+            t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            t.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    t
+}
+
 /// The cost of `skb:kfree_skb` under a flood of packets the kernel drops
 /// (to a closed port: NO_SOCKET), UDP datagrams (the drop program's
 /// cheapest way out: not TCP) and TCP SYNs (counted per reason in the
@@ -438,13 +458,29 @@ pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
         "xtask: bench: packets to a closed loopback port (kfree_skb NO_SOCKET), pinned to CPU {cpu}, {reps} rounds"
     );
     let mut results = vec![vec![Vec::new(); tracers.len()]; floods.len()];
+    // The kfree_skb program's own time per run, from the kernel's BPF
+    // run-time statistics (switched on for this part only): what the
+    // throughput medians cannot show on a noisy host.
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
+    let bpf_stats = |on: bool| {
+        let v = if on { "1" } else { stats_before.trim() };
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v);
+    };
+    let mut per_run = vec![vec![(0u64, 0u64); tracers.len()]; floods.len()];
     for rep in 0..reps {
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let bg = tracers[i].start(diag, &dir)?;
+            // Statistics cost a clock read per run: on for diag's rows only.
+            bpf_stats(bg.is_some());
             let mut rates = Vec::new();
-            for (kind, count) in floods {
-                rates.push(closed_flood(loadgen, kind, count, cpu));
+            for (f, (kind, count)) in floods.iter().enumerate() {
+                let before = prog_stats("kfree_skb");
+                rates.push(closed_flood(loadgen, kind, *count, cpu));
+                let after = prog_stats("kfree_skb");
+                per_run[f][i].0 += after.0.saturating_sub(before.0);
+                per_run[f][i].1 += after.1.saturating_sub(before.1);
             }
             if let Some(b) = bg {
                 b.stop()?;
@@ -461,8 +497,9 @@ pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
             }
         }
     }
+    bpf_stats(false);
     let mut md = String::from(
-        "| flood | tracer | packets/s min | median | max | vs baseline | cost |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "| flood | tracer | packets/s min | median | max | vs baseline | cost | kfree_skb ns/run |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut json = serde_json::Map::new();
     for (f, (kind, count)) in floods.iter().enumerate() {
@@ -470,24 +507,27 @@ pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
         for (i, t) in tracers.iter().enumerate() {
             let (min, med, max) = stats(&results[f][i]);
             let ratio = if base > 0.0 { med / base } else { 0.0 };
+            let (ns, runs) = per_run[f][i];
+            let ns_per_run = (runs > 0).then(|| ns as f64 / runs as f64);
             md.push_str(&format!(
-                "| {count} {} | {} | {min:.0} | {med:.0} | {max:.0} | {ratio:.3} | {:.1} % |\n",
+                "| {count} {} | {} | {min:.0} | {med:.0} | {max:.0} | {ratio:.3} | {:.1} % | {} |\n",
                 if *kind == "udp" {
                     "UDP datagrams"
                 } else {
                     "TCP SYNs (connect)"
                 },
                 t.name(),
-                (1.0 - ratio) * 100.0
+                (1.0 - ratio) * 100.0,
+                ns_per_run.map_or("-".to_string(), |n| format!("{n:.0}")),
             ));
             json.insert(
                 format!("{kind}_{}", t.key()),
-                serde_json::json!({"packets_per_sec": results[f][i], "min": min, "median": med, "max": max, "ratio_to_baseline": ratio}),
+                serde_json::json!({"packets_per_sec": results[f][i], "min": min, "median": med, "max": max, "ratio_to_baseline": ratio, "kfree_skb_ns_per_run": ns_per_run}),
             );
         }
     }
     md.push_str(&format!(
-        "\nWorkload: one process pinned to CPU {cpu} sends to a closed loopback port (UDP: sendto; TCP: connect(), refused by the kernel's reset); every packet is freed through `skb:kfree_skb` with reason NO_SOCKET. {reps} interleaved rounds, medians compared.\n"
+        "\nWorkload: one process pinned to CPU {cpu} sends to a closed loopback port (UDP: sendto; TCP: connect(), refused by the kernel's reset); every packet is freed through `skb:kfree_skb` with reason NO_SOCKET. {reps} interleaved rounds, medians compared. kfree_skb ns/run: diag's program's own time per run over all rounds (`kernel.bpf_stats_enabled`), which a loaded host's noise moves far less than throughput (empty programs: the floor of an attached program).\n"
     ));
     Ok(Section {
         markdown: md,
