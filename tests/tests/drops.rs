@@ -279,8 +279,8 @@ fn drops_for_a_socket_are_the_owners_with_the_kernels_reasons() {
     let text = String::from_utf8_lossy(&conns.stdout);
     let snap: Value = text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no conns snapshot: {text}"));
     let rows: Vec<&Value> = snap["socket_drops"]
         .as_array()

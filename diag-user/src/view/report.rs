@@ -467,7 +467,7 @@ fn kernel_drops_text(o: &mut String, s: &TcpSnapshot) {
         "  Kernel drops: {owned} packets dropped for TCP sockets, {unowned} TCP packets with no socket"
     );
     let mut rows: Vec<_> = s.socket_drops.iter().collect();
-    rows.sort_by(|a, b| b.count.cmp(&a.count));
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
     for d in rows.iter().take(5) {
         let _ = writeln!(
             o,
@@ -480,7 +480,7 @@ fn kernel_drops_text(o: &mut String, s: &TcpSnapshot) {
         );
     }
     let mut rows: Vec<_> = s.unowned_drops.iter().collect();
-    rows.sort_by(|a, b| b.count.cmp(&a.count));
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
     for d in rows.iter().take(5) {
         let _ = writeln!(o, "    no socket {:<38} {:<24} {}", "", d.reason, d.count);
     }
