@@ -979,6 +979,57 @@ mod tests {
     }
 
     #[test]
+    fn kernel_drops_section() {
+        let mut s = snap();
+        s.socket_drops = vec![crate::aggregate::drops::SocketDropRow {
+            pid: Some(2),
+            comm: Some("b".into()),
+            netns: 1,
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            remote: "10.0.0.7:41234".parse().unwrap(),
+            reason: "TCP_ZEROWINDOW".into(),
+            reason_code: 32,
+            count: 12,
+            count_interval: 5,
+            last_ns: 1,
+        }];
+        s.unowned_drops = vec![crate::aggregate::drops::UnownedDropRow {
+            reason: "NO_SOCKET".into(),
+            reason_code: 3,
+            count: 99,
+            count_interval: 4,
+        }];
+        let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
+        assert!(t.contains("Kernel drops"), "{t}");
+        let line = t.lines().find(|l| l.contains("10.0.0.7:41234")).unwrap();
+        assert!(
+            line.contains("TCP_ZEROWINDOW") && line.contains(" 12 ") && line.contains(" b "),
+            "{line}"
+        );
+        assert!(t.contains("No socket (host-wide)"), "{t}");
+        let line = t.lines().find(|l| l.contains("NO_SOCKET")).unwrap();
+        assert!(line.contains(" 99 "), "{line}");
+        let j = render_json(
+            &s,
+            None,
+            &Health::default(),
+            &WallClock::with_offset_ns(0),
+            false,
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["socket_drops"][0]["reason"], "TCP_ZEROWINDOW");
+        assert_eq!(v["unowned_drops"][0]["count"], 99);
+        // Another process's drops go with --pid; the host's stay.
+        let f = RowFilter {
+            pids: vec![9],
+            ..Default::default()
+        };
+        select(&mut s, &f, ConnsSort::Opens, 0);
+        assert!(s.socket_drops.is_empty());
+        assert_eq!(s.unowned_drops.len(), 1);
+    }
+
+    #[test]
     fn json_is_one_object() {
         let s = snap();
         let j: serde_json::Value = serde_json::from_str(&render_json(
