@@ -458,12 +458,25 @@ pub mod drop_cause {
     /// The SYN (request) queue was full (`skb:kfree_skb` reason
     /// `TCP_REQQFULLDROP`, on kernels that have it).
     pub const REQUEST_QUEUE_FULL: u8 = 3;
+    /// Any other packet the kernel dropped for a TCP socket (`skb:kfree_skb`
+    /// with `rx_sk` a TCP socket): `reason` says why. The event names the
+    /// socket (`skaddr`), its local (`addr`, `port`) and remote (`raddr`,
+    /// `rport`) ends, and its owner (attribution SOCKET/LISTENER/ACCEPTED;
+    /// 0 and pid 0 when diag does not know the socket).
+    pub const SOCKET: u8 = 4;
+    /// Packets dropped with no socket (`NO_SOCKET`, ...), host-wide: not a
+    /// ring-buffer event per packet but the kernel's per-reason count,
+    /// read by user space each second and put on the bus as one event
+    /// with `count` packets (pid 0, attribution KERNEL, addresses 0).
+    pub const UNOWNED: u8 = 5;
 
     pub fn name(c: u8) -> &'static str {
         match c {
             SYN_ACCEPT_QUEUE_FULL => "syn_accept_queue_full",
             ACK_ACCEPT_QUEUE_FULL => "ack_accept_queue_full",
             REQUEST_QUEUE_FULL => "request_queue_full",
+            SOCKET => "socket",
+            UNOWNED => "unowned",
             _ => "unknown",
         }
     }
@@ -472,7 +485,19 @@ pub mod drop_cause {
     pub const fn is_overflow(cause: u8) -> bool {
         cause == SYN_ACCEPT_QUEUE_FULL || cause == ACK_ACCEPT_QUEUE_FULL
     }
+
+    /// Whether a cause is a listen-queue drop (the listen-queue views).
+    pub const fn is_listen(cause: u8) -> bool {
+        cause == SYN_ACCEPT_QUEUE_FULL
+            || cause == ACK_ACCEPT_QUEUE_FULL
+            || cause == REQUEST_QUEUE_FULL
+    }
 }
+
+/// Slots of the kernel's per-reason count of unowned drops (map
+/// `UNOWNED_DROPS`, indexed by the kernel's `enum skb_drop_reason`
+/// number); a reason beyond counts in the last slot.
+pub const UNOWNED_REASON_SLOTS: u32 = 256;
 
 /// How many kernel drop reasons the drop program watches.
 pub const DROP_REASONS: usize = 4;
@@ -489,13 +514,15 @@ pub struct TcpDropLayout {
     pub kfree_skbaddr: u32,
     pub kfree_rx_sk: u32,
     pub kfree_reason: u32,
+    /// `skb:kfree_skb`'s `protocol`: the packet's ethertype, host order
+    /// (u16).
+    pub kfree_protocol: u32,
     /// Kernel `enum skb_drop_reason` numbers watched, and the
     /// [`drop_cause`] each stands for.
     pub reasons: [u32; DROP_REASONS],
     pub causes: [u32; DROP_REASONS],
     pub consume_skbaddr: u32,
     pub consume_location: u32,
-    pub _pad: u32,
     /// `[syn_lo, syn_hi)`: code addresses of `tcp_rcv_state_process`.
     pub syn_lo: u64,
     pub syn_hi: u64,
@@ -516,8 +543,18 @@ pub struct TcpDropLayout {
     pub kfree_valid: u32,
     /// 1 when the consume_skb (SYN) program may run.
     pub syn_valid: u32,
+    /// Drop reasons up to this number (`NOT_SPECIFIED` and below: not
+    /// dropped, consumed) are not counted by the general drop path.
+    pub skip_reasons_upto: u32,
+    /// 1 when the general drop path runs (drops for TCP sockets as
+    /// events, unowned drops counted per reason).
+    pub sock_valid: u32,
+    /// Further reasons the general drop path skips (NO_FIELD: none):
+    /// `QUEUE_PURGE`, the queued skbs a closing socket frees, one or more
+    /// per connection, which say nothing about the network.
+    pub quiet_reasons: [u32; 2],
 }
-const _: () = assert!(core::mem::size_of::<TcpDropLayout>() == 112);
+const _: () = assert!(core::mem::size_of::<TcpDropLayout>() == 128);
 
 impl TcpDropLayout {
     pub const fn zeroed() -> Self {
@@ -525,11 +562,11 @@ impl TcpDropLayout {
             kfree_skbaddr: 0,
             kfree_rx_sk: 0,
             kfree_reason: 0,
+            kfree_protocol: 0,
             reasons: [NO_FIELD; DROP_REASONS],
             causes: [0; DROP_REASONS],
             consume_skbaddr: 0,
             consume_location: 0,
-            _pad: 0,
             syn_lo: 0,
             syn_hi: 0,
             sk_ack_backlog: 0,
@@ -542,13 +579,19 @@ impl TcpDropLayout {
             dev_net: 0,
             kfree_valid: 0,
             syn_valid: 0,
+            skip_reasons_upto: 0,
+            sock_valid: 0,
+            quiet_reasons: [NO_FIELD; 2],
         }
     }
 }
 
-/// A connection lost at a listener ([`drop_cause`]): its accept queue or
-/// request queue was full. The header names the listener's owner (see
-/// [`attribution`]: LISTENER when known, else CURRENT).
+/// A packet the kernel dropped ([`drop_cause`]): a connection lost at a
+/// listener (its accept queue or request queue was full: the header names
+/// the listener's owner, see [`attribution`], LISTENER when known, else
+/// CURRENT), a packet dropped for a TCP socket ([`drop_cause::SOCKET`]:
+/// the socket's owner) or a count of packets dropped with no socket
+/// ([`drop_cause::UNOWNED`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpDropEvent {
@@ -578,7 +621,10 @@ pub struct TcpDropEvent {
     pub queue: u32,
     pub backlog: u32,
     pub current_tgid: u32,
-    pub _pad: u32,
+    /// How many packets this event stands for: 1 for a ring-buffer event
+    /// (0 in recordings made before the field: read as 1), the packets
+    /// since the last reading for an [`drop_cause::UNOWNED`] count.
+    pub count: u32,
 }
 const _: () = assert!(core::mem::size_of::<TcpDropEvent>() == 112);
 
@@ -684,3 +730,9 @@ pub struct TcpCloseEvent {
     pub _pad2: u32,
 }
 const _: () = assert!(core::mem::size_of::<TcpCloseEvent>() == 144);
+impl TcpDropEvent {
+    /// The packets this event stands for (at least 1).
+    pub fn packets(&self) -> u64 {
+        u64::from(self.count.max(1))
+    }
+}

@@ -297,7 +297,7 @@ mod tests {
             queue: 3,
             backlog: 2,
             current_tgid: 9,
-            _pad: 0,
+            count: 1,
         };
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpDrop(e)));
         assert_eq!(AnyEvent::TcpDrop(e).header().tgid, 42);

@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
@@ -31,7 +31,7 @@ use diag_common::{
         attribution, closed_by, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
         SockBtfLayout, SockOwner, TcpCloseEvent, TcpCloseLayout, TcpDropEvent, TcpDropLayout,
         TcpSockEvent, TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP,
-        NO_FIELD,
+        NO_FIELD, UNOWNED_REASON_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
@@ -332,7 +332,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         // whoever owns the listener it came to.
         match listener_of(owner.netns, t.family, &t.saddr, sport) {
             Some(o) => {
-                listen = accept_queue(o.skaddr);
+                listen = listener_fill(o.skaddr);
                 owner.pid = o.pid;
                 owner.tgid = o.tgid;
                 owner.comm = o.comm;
@@ -564,7 +564,7 @@ fn close_event(
 /// (`inet_csk_complete_hashdance`), and the kernel let it in because the
 /// queue was not over the maximum. Unknown: [`NO_FIELD`].
 #[inline(always)]
-fn accept_queue(listener: u64) -> (u32, u32) {
+fn listener_fill(listener: u64) -> (u32, u32) {
     let l = OWNER_LAYOUT.load();
     if l.backlog_valid == 0 || listener == 0 {
         return (NO_FIELD, NO_FIELD);
@@ -998,8 +998,12 @@ fn accepted_event(l: &OwnerLayout, sk: u64, netns: u32, prev_tgid: u32) -> Resul
 static TCP_DROP: Global<TcpDropLayout> = Global::new(TcpDropLayout::zeroed());
 
 /// `skb:kfree_skb`: every freed-with-a-reason skb on the host. Returns
-/// after one field read unless the reason is one of the few watched
-/// (`TCP_LISTEN_OVERFLOW`, ...); then `rx_sk` is the listener.
+/// after one field read for the reasons that do not matter (`NOT_SPECIFIED`
+/// and below). The few listen-queue reasons (`TCP_LISTEN_OVERFLOW`, ...)
+/// go to the listener; any other drop for a TCP socket (`rx_sk`) is an
+/// event for the socket's owner; a TCP packet dropped with no socket is
+/// counted per reason in `UNOWNED_DROPS` (no event: a flood of them to a
+/// closed port costs a few reads each, not a ring-buffer record).
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     match try_kfree_skb(&ctx) {
@@ -1007,12 +1011,23 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// Unowned TCP drops per `enum skb_drop_reason` number, per CPU; user
+/// space reads and sums them each second.
+#[map]
+static UNOWNED_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNOWNED_REASON_SLOTS, 0);
+
 fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = TCP_DROP.load();
     if l.kfree_valid == 0 {
         return Ok(0);
     }
     let reason: u32 = field(ctx, l.kfree_reason)?;
+    if reason <= l.skip_reasons_upto
+        || reason == l.quiet_reasons[0]
+        || reason == l.quiet_reasons[1]
+    {
+        return Ok(0);
+    }
     let mut cause = 0u8;
     let mut i = 0;
     while i < DROP_REASONS {
@@ -1021,10 +1036,16 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         i += 1;
     }
-    if cause == 0 {
-        return Ok(0);
-    }
     let sk: u64 = field(ctx, l.kfree_rx_sk)?;
+    if cause == 0 {
+        if l.sock_valid == 0 {
+            return Ok(0);
+        }
+        if sk == 0 {
+            return unowned_drop(ctx, &l, reason);
+        }
+        return socket_drop(ctx, &l, sk, reason);
+    }
     let skb: u64 = field(ctx, l.kfree_skbaddr)?;
     let o = OWNER_LAYOUT.load();
     if o.net_valid == 0 {
@@ -1041,6 +1062,155 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         owner.map(|o| o.skaddr).unwrap_or(0)
     };
     drop_event(&l, &p, netns, listener, owner, cause, reason)
+}
+
+/// Ethertypes of IPv4 and IPv6 (the tracepoint's `protocol`, host order).
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// A packet dropped with no socket: counted for its reason if it is TCP
+/// (the IP header says; wire format, not a kernel layout).
+#[inline(always)]
+fn unowned_drop(ctx: &TracePointContext, l: &TcpDropLayout, reason: u32) -> Result<u32, u32> {
+    let ethertype: u16 = field(ctx, l.kfree_protocol)?;
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return Ok(0);
+    }
+    let skb: u64 = field(ctx, l.kfree_skbaddr)?;
+    if skb == 0 {
+        return Ok(0);
+    }
+    let head: u64 = kread(skb + l.skb_head as u64)?;
+    let nh: u16 = kread(skb + l.skb_network_header as u64)?;
+    if head == 0 || nh == u16::MAX {
+        return Ok(0);
+    }
+    let ip = head + nh as u64;
+    // One read: IPv4's protocol is at 9, IPv6's next header at 6.
+    let first: [u8; 10] = kread(ip)?;
+    let proto = match first[0] >> 4 {
+        4 => first[9],
+        6 => first[6],
+        _ => return Ok(0),
+    };
+    if proto as u16 != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let slot = if reason < UNOWNED_REASON_SLOTS {
+        reason
+    } else {
+        UNOWNED_REASON_SLOTS - 1
+    };
+    if let Some(c) = UNOWNED_DROPS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += 1 };
+    }
+    Ok(0)
+}
+
+/// A packet dropped for socket `sk`: if it is a TCP socket, an event for
+/// its owner with the socket's two ends and the reason.
+#[inline(always)]
+fn socket_drop(
+    ctx: &TracePointContext,
+    l: &TcpDropLayout,
+    sk: u64,
+    reason: u32,
+) -> Result<u32, u32> {
+    let o = OWNER_LAYOUT.load();
+    if o.net_valid == 0 {
+        return Ok(0);
+    }
+    // `struct sock_common` fields first: a request or time-wait socket
+    // (TCP's own kinds) has nothing beyond them.
+    let family: u16 = kread(sk + o.sk_family as u64)?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(0);
+    }
+    let st: u8 = kread(sk + o.sk_state as u64)?;
+    if st != state::TIME_WAIT && st != state::NEW_SYN_RECV {
+        let protocol: u16 = kread(sk + o.sk_protocol as u64)?;
+        if protocol != IPPROTO_TCP {
+            return Ok(0);
+        }
+    }
+    let port: u16 = kread(sk + o.sk_num as u64).unwrap_or(0);
+    let mut rport: u16 = u16::from_be(kread(sk + o.sk_dport as u64).unwrap_or(0));
+    let mut addr = [0u8; 16];
+    let mut raddr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = kread(sk + o.sk_saddr_v6 as u64).unwrap_or([0; 16]);
+        raddr = kread(sk + o.sk_daddr_v6 as u64).unwrap_or([0; 16]);
+    } else {
+        let a: [u8; 4] = kread(sk + o.sk_saddr as u64).unwrap_or([0; 4]);
+        let r: [u8; 4] = kread(sk + o.sk_daddr as u64).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+        raddr[..4].copy_from_slice(&r);
+    }
+    let mut header = current_header(EventKind::TcpDrop as u32);
+    let current_tgid = header.tgid;
+    let mut how = 0u8;
+    let netns: u32;
+    // SAFETY: a map lookup; the value is copied out at once.
+    if let Some(k) = unsafe { SOCK_OWNERS.get(sk) }.copied() {
+        header.pid = k.pid;
+        header.tgid = k.tgid;
+        header.comm = k.comm;
+        how = if k.how != 0 { k.how } else { attribution::SOCKET };
+        netns = k.netns;
+    } else {
+        netns = netns_of(sk);
+        if st == state::NEW_SYN_RECV {
+            // A connection not accepted yet: the listener's owner.
+            if let Some(k) = listener_any(netns, family, &addr, port) {
+                header.pid = k.pid;
+                header.tgid = k.tgid;
+                header.comm = k.comm;
+                how = attribution::LISTENER;
+            }
+        }
+    }
+    if how == 0 {
+        header.pid = 0;
+        header.tgid = 0;
+        header.comm = [0; TASK_COMM_LEN];
+    }
+    if st == state::LISTEN {
+        // A listener has no remote end: the packet's sender is it (drops
+        // at a listener other than its queues: a bad SYN, a stray ACK).
+        let skb: u64 = field(ctx, l.kfree_skbaddr)?;
+        if let Some(p) = parse_syn(l, skb) {
+            raddr = p.saddr;
+            rport = p.sport;
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpDropEvent>(0) else {
+        count(counters::RINGBUF_FULL);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned slot; every field is written.
+    unsafe {
+        (*ev).header = header;
+        (*ev).skaddr = sk;
+        (*ev).addr = addr;
+        (*ev).raddr = raddr;
+        (*ev).port = port;
+        (*ev).rport = rport;
+        (*ev).family = family;
+        (*ev).cause = drop_cause::SOCKET;
+        (*ev).attribution = how;
+        (*ev).reason = reason;
+        (*ev).netns = netns;
+        (*ev).queue = u32::MAX;
+        (*ev).backlog = u32::MAX;
+        (*ev).current_tgid = current_tgid;
+        (*ev).count = 1;
+    }
+    let flags = submit_flags();
+    entry.submit(flags);
+    count(counters::SUBMITTED);
+    Ok(0)
 }
 
 /// `skb:consume_skb`, for the SYNs a listener drops because its accept
@@ -1082,8 +1252,7 @@ fn try_consume_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         count(counters::LISTEN_UNREADABLE);
         return Ok(0);
     }
-    let queue: u32 = kread(sk + l.sk_ack_backlog as u64)?;
-    let max: u32 = kread(sk + l.sk_max_ack_backlog as u64)?;
+    let (queue, max) = accept_queue(&l, sk)?;
     if queue <= max {
         return Ok(0);
     }
@@ -1096,6 +1265,20 @@ fn try_consume_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         drop_cause::SYN_ACCEPT_QUEUE_FULL,
         0,
     )
+}
+
+/// A listener's accept queue and its maximum (`sk_ack_backlog`,
+/// `sk_max_ack_backlog`): in one read when they are neighbours, as in
+/// every kernel so far.
+#[inline(always)]
+fn accept_queue(l: &TcpDropLayout, sk: u64) -> Result<(u32, u32), u32> {
+    if l.sk_max_ack_backlog == l.sk_ack_backlog + 4 {
+        let both: [u32; 2] = kread(sk + l.sk_ack_backlog as u64)?;
+        return Ok((both[0], both[1]));
+    }
+    let queue: u32 = kread(sk + l.sk_ack_backlog as u64)?;
+    let max: u32 = kread(sk + l.sk_max_ack_backlog as u64)?;
+    Ok((queue, max))
 }
 
 /// What the drop programs read of a TCP packet.
@@ -1126,7 +1309,10 @@ fn parse_syn(l: &TcpDropLayout, skb: u64) -> Option<Packet> {
     }
     let ip = head + nh as u64;
     let tcp = head + th as u64;
-    let ver: u8 = kread(ip).ok()?;
+    // Whole headers in one read each (helper calls are what this path
+    // costs): the IPv4 header's 20 bytes (an IPv6 header's addresses in
+    // a second read), the TCP header's first 14.
+    let first: [u8; 20] = kread(ip).ok()?;
     let mut p = Packet {
         family: 0,
         daddr: [0; 16],
@@ -1136,33 +1322,31 @@ fn parse_syn(l: &TcpDropLayout, skb: u64) -> Option<Packet> {
         syn_only: false,
         netns: 0,
     };
-    match ver >> 4 {
+    match first[0] >> 4 {
         4 => {
             // protocol at 9, saddr at 12, daddr at 16
-            let proto: u8 = kread(ip + 9).ok()?;
-            if proto as u16 != IPPROTO_TCP {
+            if first[9] as u16 != IPPROTO_TCP {
                 return None;
             }
-            let s: [u8; 4] = kread(ip + 12).ok()?;
-            let d: [u8; 4] = kread(ip + 16).ok()?;
-            p.saddr[..4].copy_from_slice(&s);
-            p.daddr[..4].copy_from_slice(&d);
+            p.saddr[..4].copy_from_slice(&first[12..16]);
+            p.daddr[..4].copy_from_slice(&first[16..20]);
             p.family = AF_INET;
         }
         6 => {
             // next header at 6, saddr at 8, daddr at 24 (no extension
             // headers before TCP: the transport header says where it is)
-            p.saddr = kread(ip + 8).ok()?;
-            p.daddr = kread(ip + 24).ok()?;
+            let addrs: [u8; 32] = kread(ip + 8).ok()?;
+            p.saddr.copy_from_slice(&addrs[..16]);
+            p.daddr.copy_from_slice(&addrs[16..]);
             p.family = AF_INET6;
         }
         _ => return None,
     }
-    let ports: [u8; 4] = kread(tcp).ok()?;
-    p.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    p.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let flags: u8 = kread(tcp + 13).ok()?;
-    p.syn_only = flags & 0x12 == 0x02;
+    // Ports at 0 and 2, flags at 13.
+    let th: [u8; 14] = kread(tcp).ok()?;
+    p.sport = u16::from_be_bytes([th[0], th[1]]);
+    p.dport = u16::from_be_bytes([th[2], th[3]]);
+    p.syn_only = th[13] & 0x12 == 0x02;
     // TCP has cleared `skb->dev` by now; the route (`skb_dst()`: the
     // low bit of `_skb_refdst` is a flag) still names the device.
     let refdst: u64 = kread(skb + l.skb_refdst as u64).unwrap_or(0) & !1u64;
@@ -1247,7 +1431,7 @@ fn drop_event(
         (*ev).queue = queue;
         (*ev).backlog = backlog;
         (*ev).current_tgid = current_tgid;
-        (*ev)._pad = 0;
+        (*ev).count = 1;
     }
     let flags = submit_flags();
     entry.submit(flags);

@@ -399,6 +399,11 @@ pub struct ProbeArgs {
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+
+    /// Leave out the kernel's drop reasons for TCP sockets and unowned TCP
+    /// drops (skb:kfree_skb keeps only the listen-queue reasons)
+    #[arg(long)]
+    pub no_drop_reasons: bool,
 }
 
 impl Default for ProbeArgs {
@@ -412,6 +417,7 @@ impl Default for ProbeArgs {
             empty_programs: false,
             kernel_log: false,
             accept_probe: false,
+            no_drop_reasons: false,
         }
     }
 }

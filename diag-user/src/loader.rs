@@ -385,6 +385,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         owner: Err("no TCP probes".into()),
         drop: Err("no TCP probes".into()),
         close: Err("no TCP probes".into()),
+        drop_reasons: Vec::new(),
     };
     let mut tcp = env.tcp.as_ref().unwrap_or(&no_tcp).clone();
     if args.empty_programs {
@@ -399,6 +400,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             d.kfree_valid = 0;
             d.syn_valid = 0;
         }
+    }
+    if args.no_drop_reasons
+        && let Ok(d) = &mut tcp.drop
+    {
+        d.sock_valid = 0;
+        d.kfree_valid = u32::from(d.reasons[0] != diag_common::tcp::NO_FIELD);
     }
     let sock_btf = match &tcp.state_btf {
         Ok(l) if !args.empty_programs => *l,

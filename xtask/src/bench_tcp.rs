@@ -207,6 +207,8 @@ enum Tcp {
     Bpftrace,
     Empty,
     AcceptProbe,
+    TailDefault,
+    NoDropReasons,
 }
 
 impl Tcp {
@@ -218,6 +220,8 @@ impl Tcp {
             Tcp::Bpftrace => "bpftrace tcpstates",
             Tcp::Empty => "empty programs (floor)",
             Tcp::AcceptProbe => "diag tail --accept-probe",
+            Tcp::TailDefault => "diag tail (default events)",
+            Tcp::NoDropReasons => "diag tail --no-drop-reasons",
         }
     }
     fn key(self) -> &'static str {
@@ -228,6 +232,8 @@ impl Tcp {
             Tcp::Bpftrace => "bpftrace",
             Tcp::Empty => "empty_programs",
             Tcp::AcceptProbe => "diag_tail_accept_probe",
+            Tcp::TailDefault => "diag_tail_default",
+            Tcp::NoDropReasons => "diag_tail_no_drop_reasons",
         }
     }
     fn start(self, diag: &Path, dir: &Path) -> Result<Option<Bg>> {
@@ -241,6 +247,16 @@ impl Tcp {
             Tcp::Empty => {
                 let mut c = Command::new(diag);
                 c.args(["tail", "--events", "tcp,reset,retrans", "--empty-programs"]);
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::TailDefault => {
+                let mut c = Command::new(diag);
+                c.arg("tail").stdout(Stdio::null());
+                Bg::start(c, "tracing", true)?
+            }
+            Tcp::NoDropReasons => {
+                let mut c = Command::new(diag);
+                c.args(["tail", "--events", "tcp,reset,retrans", "--no-drop-reasons"]);
                 Bg::start(c, "tracing", true)?
             }
             Tcp::AcceptProbe => {
@@ -286,6 +302,7 @@ pub fn tcp_overhead(
         Tcp::Bpftrace,
         Tcp::Empty,
         Tcp::AcceptProbe,
+        Tcp::NoDropReasons,
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
@@ -341,6 +358,7 @@ pub fn tcp_overhead(
     let tail_cost = 1.0 - stats(&results[1]).1 / base.max(1.0);
     let floor_cost = 1.0 - stats(&results[4]).1 / base.max(1.0);
     let accept_cost = 1.0 - stats(&results[5]).1 / base.max(1.0);
+    let no_reasons_cost = 1.0 - stats(&results[6]).1 / base.max(1.0);
     md.push_str(&format!(
         "\nWorkload: client and server pinned to CPU {cpu}, the server closes first; {reps} interleaved rounds, medians compared.\nTarget: diag costs at most 3 % of churn throughput; `diag tail`: {:.1} % ({}). Empty programs on the same tracepoints (the attachment alone) cost {:.1} % here. `--accept-probe` (owners at accept(): a system-call tracepoint, which slows every system call on the host) costs {:.1} %.\n",
         tail_cost * 100.0,
@@ -351,6 +369,12 @@ pub fn tcp_overhead(
         },
         floor_cost * 100.0,
         accept_cost * 100.0
+    ));
+    md.push_str(&format!(
+        "Drop reasons (every `skb:kfree_skb` drop for a TCP socket an event, unowned TCP drops counted in the kernel): `diag tail` {:.1} % against `--no-drop-reasons` (listen-queue reasons only) {:.1} % in the same run: {:+.1} points.\n",
+        tail_cost * 100.0,
+        no_reasons_cost * 100.0,
+        (tail_cost - no_reasons_cost) * 100.0
     ));
     if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
         md.push_str(&format!(
@@ -364,6 +388,147 @@ pub fn tcp_overhead(
             serde_json::json!(occupancy),
         );
     }
+    Ok(Section {
+        markdown: md,
+        json: serde_json::Value::Object(json),
+    })
+}
+
+/// Packets per second of `count` packets of `kind` (udp, tcp) to a closed
+/// loopback port, sent by diag-loadgen pinned to `cpu`.
+fn closed_flood(loadgen: &Path, kind: &str, count: u64, cpu: usize) -> Result<f64> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tport = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let port = if kind == "tcp" { tport } else { port };
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(loadgen)
+        .args(["closed-flood", &count.to_string(), kind, &port.to_string()])
+        .output()
+        .context("cannot run diag-loadgen closed-flood")?;
+    if !out.status.success() {
+        bail!(
+            "diag-loadgen closed-flood failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("RATE "))
+        .and_then(|r| r.trim().parse().ok())
+        .with_context(|| format!("no RATE line from closed-flood: {text}"))
+}
+
+/// Run time (ns) and runs of the loaded BPF programs named `name`, from
+/// the kernel's run-time statistics (`kernel.bpf_stats_enabled`).
+fn prog_stats(name: &str) -> (u64, u64) {
+    let Ok(out) = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+    else {
+        return (0, 0);
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut t = (0, 0);
+    for p in v.as_array().into_iter().flatten() {
+        if p["name"] == name {
+            t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            t.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    t
+}
+
+/// The cost of `skb:kfree_skb` under a flood of packets the kernel drops
+/// (to a closed port: NO_SOCKET), UDP datagrams (the drop program's
+/// cheapest way out: not TCP) and TCP SYNs (counted per reason in the
+/// kernel, no event), with no tracer, `diag tail` (default settings:
+/// every drop program) and diag's programs empty.
+pub fn drop_flood(diag: &Path, loadgen: &Path, reps: usize) -> Result<Section> {
+    let tracers = [Tcp::None, Tcp::TailDefault, Tcp::NoDropReasons, Tcp::Empty];
+    let floods: [(&str, u64); 2] = [("udp", 400_000), ("tcp", 20_000)];
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = if ncpu > 1 { 1 } else { 0 };
+    let dir = std::env::temp_dir();
+    println!(
+        "xtask: bench: packets to a closed loopback port (kfree_skb NO_SOCKET), pinned to CPU {cpu}, {reps} rounds"
+    );
+    let mut results = vec![vec![Vec::new(); tracers.len()]; floods.len()];
+    // The kfree_skb program's own time per run, from the kernel's BPF
+    // run-time statistics (switched on for this part only): what the
+    // throughput medians cannot show on a noisy host.
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
+    let bpf_stats = |on: bool| {
+        let v = if on { "1" } else { stats_before.trim() };
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v);
+    };
+    let mut per_run = vec![vec![(0u64, 0u64); tracers.len()]; floods.len()];
+    for rep in 0..reps {
+        for k in 0..tracers.len() {
+            let i = (k + rep) % tracers.len();
+            let bg = tracers[i].start(diag, &dir)?;
+            // Statistics cost a clock read per run: on for diag's rows only.
+            bpf_stats(bg.is_some());
+            let mut rates = Vec::new();
+            for (f, (kind, count)) in floods.iter().enumerate() {
+                let before = prog_stats("kfree_skb");
+                rates.push(closed_flood(loadgen, kind, *count, cpu));
+                let after = prog_stats("kfree_skb");
+                per_run[f][i].0 += after.0.saturating_sub(before.0);
+                per_run[f][i].1 += after.1.saturating_sub(before.1);
+            }
+            if let Some(b) = bg {
+                b.stop()?;
+            }
+            for (f, r) in rates.into_iter().enumerate() {
+                let r = r?;
+                println!(
+                    "xtask:   round {}: {:<24} {:>4} {r:>9.0} packets/s",
+                    rep + 1,
+                    tracers[i].name(),
+                    floods[f].0
+                );
+                results[f][i].push(r);
+            }
+        }
+    }
+    bpf_stats(false);
+    let mut md = String::from(
+        "| flood | tracer | packets/s min | median | max | vs baseline | cost | kfree_skb ns/run |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut json = serde_json::Map::new();
+    for (f, (kind, count)) in floods.iter().enumerate() {
+        let base = stats(&results[f][0]).1;
+        for (i, t) in tracers.iter().enumerate() {
+            let (min, med, max) = stats(&results[f][i]);
+            let ratio = if base > 0.0 { med / base } else { 0.0 };
+            let (ns, runs) = per_run[f][i];
+            let ns_per_run = (runs > 0).then(|| ns as f64 / runs as f64);
+            md.push_str(&format!(
+                "| {count} {} | {} | {min:.0} | {med:.0} | {max:.0} | {ratio:.3} | {:.1} % | {} |\n",
+                if *kind == "udp" {
+                    "UDP datagrams"
+                } else {
+                    "TCP SYNs (connect)"
+                },
+                t.name(),
+                (1.0 - ratio) * 100.0,
+                ns_per_run.map_or("-".to_string(), |n| format!("{n:.0}")),
+            ));
+            json.insert(
+                format!("{kind}_{}", t.key()),
+                serde_json::json!({"packets_per_sec": results[f][i], "min": min, "median": med, "max": max, "ratio_to_baseline": ratio, "kfree_skb_ns_per_run": ns_per_run}),
+            );
+        }
+    }
+    md.push_str(&format!(
+        "\nWorkload: one process pinned to CPU {cpu} sends to a closed loopback port (UDP: sendto; TCP: connect(), refused by the kernel's reset); every packet is freed through `skb:kfree_skb` with reason NO_SOCKET. {reps} interleaved rounds, medians compared. kfree_skb ns/run: diag's program's own time per run over all rounds (`kernel.bpf_stats_enabled`), which a loaded host's noise moves far less than throughput (empty programs: the floor of an attached program).\n"
+    ));
     Ok(Section {
         markdown: md,
         json: serde_json::Value::Object(json),

@@ -474,6 +474,8 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     if wanted(Part::Tcp) {
         let s = bench_tcp::tcp_overhead(&diag, &loadgen, &dir, reps, conns)?;
         parts.push(("TCP overhead", "tcp_overhead", s));
+        let s = bench_tcp::drop_flood(&diag, &loadgen, reps)?;
+        parts.push(("Drops under a packet flood", "drop_flood", s));
     }
     if wanted(Part::Pipeline) {
         let s = bench_tcp::pipeline(&diag, &loadgen, &dir)?;

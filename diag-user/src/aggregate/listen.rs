@@ -259,7 +259,7 @@ pub(crate) mod tests {
             queue,
             backlog,
             current_tgid: 1,
-            _pad: 0,
+            count: 1,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod close;
 pub mod connect;
 pub mod connfail;
+pub mod drops;
 pub mod filter;
 pub mod histogram;
 pub mod listen;

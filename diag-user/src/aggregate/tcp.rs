@@ -38,6 +38,7 @@ use super::{
     close::{CloseStats, Closed, DestRtt},
     connect::{ConnectLatency, DestLatency},
     connfail::{ConnectFailures, FailedConnect},
+    drops::{KernelDrops, SocketDropRow, UnownedDropRow},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -71,6 +72,9 @@ pub struct TcpConfig {
     /// sockets left, until an exit arrives. Live sources and newer
     /// recordings report exits, so nothing is guessed.
     pub guess_pid_reuse: bool,
+    /// The kernel's drop reason names (number, name), from its
+    /// `skb:kfree_skb` format or a recording's header.
+    pub drop_reasons: Vec<(i64, String)>,
 }
 
 impl Default for TcpConfig {
@@ -81,6 +85,7 @@ impl Default for TcpConfig {
             pressure_warn: 0.70,
             churn_hint_per_s: 10.0,
             guess_pid_reuse: false,
+            drop_reasons: Vec::new(),
         }
     }
 }
@@ -224,10 +229,19 @@ struct Proc {
     /// Failed connects per error name, cumulative (bounded by
     /// [`super::connfail::MAX_ERRORS_PER_PROCESS`]).
     connect_errors: BTreeMap<String, u64>,
+    /// Packets the kernel dropped for this process's sockets per drop
+    /// reason number, cumulative (bounded by [`MAX_DROP_REASONS`];
+    /// beyond, under [`OTHER_REASON`]).
+    drop_reasons: BTreeMap<u32, u64>,
 }
 
 /// Listening ports per process with overflow counts of their own.
 pub const MAX_LISTEN_PORTS: usize = 8;
+/// Drop reasons per process with counts of their own.
+pub const MAX_DROP_REASONS: usize = 8;
+/// The key of a process's drops beyond its first [`MAX_DROP_REASONS`]
+/// reasons.
+pub const OTHER_REASON: u32 = u32::MAX;
 
 impl Proc {
     fn new(comm: String) -> Self {
@@ -243,6 +257,7 @@ impl Proc {
             exited: None,
             listen_ports: BTreeMap::new(),
             connect_errors: BTreeMap::new(),
+            drop_reasons: BTreeMap::new(),
         }
     }
 }
@@ -347,6 +362,7 @@ pub struct TcpAggregate {
     /// The last socket that went to CLOSE and its owner then: its close
     /// summary follows at once and goes to the same process.
     last_closed: Option<(u64, Owner)>,
+    drops: KernelDrops,
 }
 
 /// What reconciliation against the kernel's table changed.
@@ -485,6 +501,11 @@ pub struct ProcRow {
     /// `ETIMEDOUT`, ...; see [`super::connfail`]), cumulative.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub connect_errors: Vec<(String, u64)>,
+    /// Packets the kernel dropped for this process's sockets, per reason
+    /// name (`other`: the reasons beyond [`MAX_DROP_REASONS`]),
+    /// cumulative.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_drops: Vec<(String, u64)>,
 }
 
 /// A socket stuck in CLOSE_WAIT.
@@ -551,6 +572,11 @@ pub struct TcpSnapshot {
     /// Failed connects per process, destination and error, the most in
     /// this interval first.
     pub connect_failures: Vec<FailedConnect>,
+    /// Packets the kernel dropped for TCP sockets, per owner, remote end
+    /// and reason.
+    pub socket_drops: Vec<SocketDropRow>,
+    /// TCP packets dropped with no socket, per reason, host-wide.
+    pub unowned_drops: Vec<UnownedDropRow>,
 }
 
 fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
@@ -568,6 +594,8 @@ fn ip(family: u16, a: &[u8; 16]) -> IpAddr {
 
 impl TcpAggregate {
     pub fn new(config: TcpConfig) -> Self {
+        let mut drops = KernelDrops::default();
+        drops.set_names(&config.drop_reasons);
         TcpAggregate {
             config,
             socks: HashMap::new(),
@@ -588,7 +616,14 @@ impl TcpAggregate {
             listen: ListenQueues::default(),
             closes: CloseStats::default(),
             last_closed: None,
+            drops,
         }
+    }
+
+    /// The running kernel's drop reason names (number, name), from its
+    /// `skb:kfree_skb` format or a recording's header.
+    pub fn set_drop_reason_names(&mut self, names: &[(i64, String)]) {
+        self.drops.set_names(names);
     }
 
     /// The current life of `pid`.
@@ -955,8 +990,25 @@ impl TcpAggregate {
     /// A connection lost at a listener: counted for the listener and, when
     /// it overflowed the accept queue, for the listener's process.
     fn on_drop(&mut self, e: &TcpDropEvent) {
-        self.listen
-            .on_drop(e, SocketAddr::new(ip(e.family, &e.addr), e.port));
+        let local = SocketAddr::new(ip(e.family, &e.addr), e.port);
+        if !drop_cause::is_listen(e.cause) {
+            let remote = SocketAddr::new(ip(e.family, &e.raddr), e.rport);
+            self.drops.on_drop(e, local, remote);
+            if e.cause == drop_cause::SOCKET && e.header.tgid != 0 {
+                let owner = self.owner_for(&e.header, false);
+                let p = self.proc_mut(owner);
+                let reason = if p.drop_reasons.len() < MAX_DROP_REASONS
+                    || p.drop_reasons.contains_key(&e.reason)
+                {
+                    e.reason
+                } else {
+                    OTHER_REASON
+                };
+                *p.drop_reasons.entry(reason).or_default() += e.packets();
+            }
+            return;
+        }
+        self.listen.on_drop(e, local);
         if e.attribution == attribution::LISTENER && drop_cause::is_overflow(e.cause) {
             let owner = self.owner_for(&e.header, false);
             let p = self.proc_mut(owner);
@@ -1515,6 +1567,18 @@ impl TcpAggregate {
                     .iter()
                     .map(|(k, v)| (k.clone(), *v))
                     .collect(),
+                kernel_drops: p
+                    .drop_reasons
+                    .iter()
+                    .map(|(r, n)| {
+                        let name = if *r == OTHER_REASON {
+                            "other".to_string()
+                        } else {
+                            self.drops.name(*r)
+                        };
+                        (name, *n)
+                    })
+                    .collect(),
             });
         }
         let mut leak_pids: BTreeMap<u32, (String, u64)> = BTreeMap::new();
@@ -1540,6 +1604,9 @@ impl TcpAggregate {
         }
         let listen = self.listen.rows();
         hints.extend(ListenQueues::hints(&listen));
+        let socket_drops = self.drops.socket_rows();
+        let unowned_drops = self.drops.unowned_rows();
+        hints.extend(KernelDrops::hints(&socket_drops, &unowned_drops));
         let mut remote_errors: Vec<(SocketAddr, RemoteErrors)> =
             self.remote_errors.iter().map(|(k, v)| (*k, *v)).collect();
         remote_errors.sort_by(|a, b| {
@@ -1571,7 +1638,8 @@ impl TcpAggregate {
             overflow: self.overflow
                 + self.listen.overflow
                 + self.closes.overflow
-                + self.connect_failures.overflow,
+                + self.connect_failures.overflow
+                + self.drops.overflow,
             listen,
             close_rtt: self.closes.by_destination(20),
             heaviest: self.closes.heaviest().to_vec(),
@@ -1579,6 +1647,8 @@ impl TcpAggregate {
             slowest_rtt: self.closes.slowest().to_vec(),
             closed: self.closes.closed,
             connect_failures,
+            socket_drops,
+            unowned_drops,
         };
         let closing = Closing {
             usage,
@@ -1591,6 +1661,7 @@ impl TcpAggregate {
         self.expire_time_wait(now_ns);
         self.listen.close_interval();
         self.connect_failures.close_interval();
+        self.drops.close_interval();
         for (key, p) in &mut self.procs {
             p.at_snapshot = p.counters;
             // Freed, not cleared: thousands of idle processes keep no capacity.

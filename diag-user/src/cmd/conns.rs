@@ -13,6 +13,11 @@ use crate::{
 
 pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     let env = loader::require(&args.probe)?;
+    let drop_reasons = env
+        .tcp
+        .as_ref()
+        .map(|t| t.drop_reasons.clone())
+        .unwrap_or_default();
     let live = Live::new(loader::load(&env, &args.probe)?)?;
     super::runtime()?.block_on(async move {
         let feeds = Feeds {
@@ -38,6 +43,8 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<ExitCode> {
             WallClock::now(),
             Timebase::Live,
         );
+        let mut sink = sink;
+        sink.agg.set_drop_reason_names(&drop_reasons);
         let mut sink = ConnsOut::new(sink, Some(boot_ns()));
         drive(source, &mut [&mut sink], None).await?;
         Ok(ExitCode::SUCCESS)

@@ -40,7 +40,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Box::new(Recorder::new(w, filter, args.output.display().to_string()))
     } else {
         record::prepare_incident_dir(&args.output)?;
-        let tcp = crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, header.port_range);
+        let mut tcp = crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, header.port_range);
+        tcp.drop_reasons = header.drop_reasons.clone();
         let flight = flight::Flight::new(
             args.trigger.clone(),
             args.before.as_nanos() as u64,

@@ -52,12 +52,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
                 let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
                 sink.agg.config.guess_pid_reuse = guess_pid_reuse;
+                sink.agg.set_drop_reason_names(&header.drop_reasons);
                 let mut sink = ConnsOut::new(sink, None);
                 drive(source, &mut [&mut sink], None).await?
             }
             ReplayView::Top(view) => {
                 let mut st = new_state(&view, header.port_range, clock, Timebase::Events);
                 st.agg.config.guess_pid_reuse = guess_pid_reuse;
+                st.agg.set_drop_reason_names(&header.drop_reasons);
                 if is_batch(&view) {
                     let mut sink = TopBatch::new(st, Frames::Events, &view);
                     drive(source, &mut [&mut sink], None).await?

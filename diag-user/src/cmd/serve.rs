@@ -33,6 +33,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         classes.push(EventClass::Stall);
     }
     let mut env = loader::require_for(&args.probe, &classes)?;
+    let drop_reasons = env
+        .tcp
+        .as_ref()
+        .map(|t| t.drop_reasons.clone())
+        .unwrap_or_default();
     env.keep_sched_procs();
     // Bind and create the recording first: a port in use or a bad path
     // fails before anything is loaded into the kernel.
@@ -80,7 +85,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cgroups: usize::try_from(args.max_cgroups).unwrap_or(usize::MAX),
             grace_ns: u64::try_from(args.exit_grace.as_nanos()).unwrap_or(u64::MAX),
         };
-        let tcp = crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, enrich::local_port_range());
+        let mut tcp =
+            crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, enrich::local_port_range());
+        tcp.drop_reasons = drop_reasons;
         let mut exporter =
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
         let app = exporter.router();

@@ -27,6 +27,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         classes.push(EventClass::Stall);
     }
     let mut env = loader::require_for(&args.probe, &classes)?;
+    let drop_reasons = env
+        .tcp
+        .as_ref()
+        .map(|t| t.drop_reasons.clone())
+        .unwrap_or_default();
     env.keep_sched_procs();
     let mut tracer = loader::load(&env, &args.probe)?;
     let mut reader = HostReader::new();
@@ -65,6 +70,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             WallClock::now(),
             Timebase::Live,
         );
+        st.agg.set_drop_reason_names(&drop_reasons);
         // The baseline for the first interval's rates.
         st.start(boot_ns());
         if batch {

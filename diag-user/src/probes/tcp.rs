@@ -56,6 +56,9 @@ pub struct Layouts {
     /// `struct tcp_sock` offsets for the close summaries, or why there
     /// are none.
     pub close: Result<TcpCloseLayout, String>,
+    /// Names of `enum skb_drop_reason` values, from the kernel's own
+    /// `skb:kfree_skb` format (empty when it cannot be read).
+    pub drop_reasons: Vec<(i64, String)>,
 }
 
 /// The accept tracepoints (category `syscalls`): one program on both.
@@ -78,6 +81,9 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         .and_then(|b| drop_layout(tracefs, b, Path::new(KALLSYMS)));
     let close = parsed.as_ref().map_err(Clone::clone).and_then(close_layout);
     let owner = parsed.and_then(|b| owner_layout(&b, ret.ok()));
+    let drop_reasons = Format::read(tracefs, "skb", "kfree_skb", "drop reasons")
+        .map(|f| f.symbols("REC->reason"))
+        .unwrap_or_default();
     let mut sock = Vec::new();
     let mut rst_reasons = Vec::new();
     for (name, _) in SOCK_TRACEPOINTS {
@@ -100,6 +106,7 @@ pub fn layouts(tracefs: &Path, btf: &Path) -> Result<Layouts, EnvError> {
         owner,
         drop,
         close,
+        drop_reasons,
     })
 }
 
@@ -113,6 +120,15 @@ pub const DROP_REASON_NAMES: &[(&str, u8)] = &[
     ("TCP_LISTEN_OVERFLOW", drop_cause::ACK_ACCEPT_QUEUE_FULL),
     ("TCP_REQQFULLDROP", drop_cause::REQUEST_QUEUE_FULL),
 ];
+
+/// The last drop reason that says nothing (the kernel's table starts with
+/// "not dropped" and "consumed" before it): it and those below are not
+/// counted.
+pub const SKIP_REASONS_UPTO: &str = "NOT_SPECIFIED";
+
+/// Reasons not counted either, though past [`SKIP_REASONS_UPTO`]: what a
+/// closing socket frees from its queues (every connection has some).
+pub const QUIET_REASONS: &[&str] = &["QUEUE_PURGE"];
 
 /// The function whose `consume_skb` frees a listener's SYNs, answered or
 /// dropped.
@@ -155,6 +171,7 @@ pub fn drop_layout_from(
     l.kfree_skbaddr = kfree.offset("skbaddr", 8)?;
     l.kfree_rx_sk = kfree.offset("rx_sk", 8)?;
     l.kfree_reason = kfree.offset("reason", 4)?;
+    l.kfree_protocol = kfree.offset("protocol", 2)?;
     l.consume_skbaddr = consume.offset("skbaddr", 8)?;
     l.consume_location = consume.offset("location", 8)?;
     let names = kfree.symbols("REC->reason");
@@ -177,8 +194,26 @@ pub fn drop_layout_from(
     l.skb_refdst = sized("sk_buff", "_skb_refdst", 8)?;
     l.dst_dev = sized("dst_entry", "dev", 8)?;
     l.dev_net = btf.offset("net_device", "nd_net.net")?;
+    // Drops for sockets and unowned drops, past the reasons that say
+    // nothing (not dropped, consumed, `NOT_SPECIFIED`: the numbers up to
+    // NOT_SPECIFIED's in this kernel's table).
+    match names.iter().find(|(_, s)| s == SKIP_REASONS_UPTO) {
+        Some((n, _)) => {
+            l.skip_reasons_upto =
+                u32::try_from(*n).map_err(|_| format!("drop reason {SKIP_REASONS_UPTO} is {n}"))?;
+            l.sock_valid = 1;
+        }
+        None => tracing::info!(
+            "note: drops for sockets are not traced (no {SKIP_REASONS_UPTO} in skb:kfree_skb's reasons)"
+        ),
+    }
+    for (slot, name) in l.quiet_reasons.iter_mut().zip(QUIET_REASONS) {
+        if let Some((n, _)) = names.iter().find(|(_, s)| s == name) {
+            *slot = u32::try_from(*n).map_err(|_| format!("drop reason {name} is {n}"))?;
+        }
+    }
     // Without a watched reason the kfree_skb program has nothing to do.
-    l.kfree_valid = u32::from(i > 0);
+    l.kfree_valid = u32::from(i > 0 || l.sock_valid != 0);
     Ok(l)
 }
 
@@ -719,6 +754,19 @@ mod tests {
         assert_eq!(l.causes[0], u32::from(drop_cause::ACK_ACCEPT_QUEUE_FULL));
         assert_eq!(l.kfree_valid, 1);
         assert!(l.sk_max_ack_backlog > 0 && l.skb_transport_header > 0 && l.dev_net > 0);
+        // The general path: past NOT_SPECIFIED, QUEUE_PURGE left out.
+        let num = |want: &str| {
+            names
+                .iter()
+                .find(|(_, s)| s == want)
+                .map(|(n, _)| *n as u32)
+        };
+        assert_eq!(l.sock_valid, 1);
+        assert_eq!(Some(l.skip_reasons_upto), num("NOT_SPECIFIED"));
+        if let Some(q) = num("QUEUE_PURGE") {
+            assert_eq!(l.quiet_reasons[0], q);
+        }
+        assert!(l.kfree_protocol > 0);
     }
 
     #[test]

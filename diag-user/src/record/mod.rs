@@ -34,6 +34,10 @@ pub struct RecordingHeader {
     pub probes: Vec<String>,
     /// Names of the kernel's reset reasons.
     pub rst_reasons: Vec<(i64, String)>,
+    /// Names of the kernel's drop reasons (`skb:kfree_skb`); empty in
+    /// recordings made before diag read them.
+    #[serde(default)]
+    pub drop_reasons: Vec<(i64, String)>,
     pub started_ts_ns: u64,
 }
 
@@ -104,6 +108,11 @@ pub fn header_now(env: &loader::Env) -> RecordingHeader {
             .tcp
             .as_ref()
             .map(|t| t.rst_reasons.clone())
+            .unwrap_or_default(),
+        drop_reasons: env
+            .tcp
+            .as_ref()
+            .map(|t| t.drop_reasons.clone())
             .unwrap_or_default(),
         started_ts_ns: boot_ns(),
     }

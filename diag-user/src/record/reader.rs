@@ -177,7 +177,7 @@ impl TimeCheck {
 /// What looking for the Header frame found.
 enum HeaderSearch {
     /// The header, and whether it was the first frame.
-    Found(RecordingHeader, bool, u64),
+    Found(Box<RecordingHeader>, bool, u64),
     /// No readable header, but other intact frames.
     OnlyOthers,
     /// Nothing readable; why.
@@ -248,7 +248,7 @@ impl Reader {
         }
         let rewind = match found {
             HeaderSearch::Found(h, first, offset) => {
-                r.header = h;
+                r.header = *h;
                 if !first {
                     notes.push(format!(
                         "{p}: the header frame is damaged: its copy at byte {offset} was used"
@@ -291,7 +291,7 @@ impl Reader {
             match item {
                 Item::Frame(f) if f.kind == FrameKind::Header => {
                     match serde_json::from_slice(&f.payload) {
-                        Ok(h) => return Ok(HeaderSearch::Found(h, first, f.offset)),
+                        Ok(h) => return Ok(HeaderSearch::Found(Box::new(h), first, f.offset)),
                         Err(e) => {
                             why.get_or_insert_with(|| e.to_string());
                         }

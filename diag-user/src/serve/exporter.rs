@@ -148,6 +148,7 @@ mod tests {
             netns: None,
             listen_ports: Vec::new(),
             connect_errors: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 
@@ -364,6 +365,47 @@ mod tests {
         assert_eq!(m[&key("ECONNREFUSED")], 7.0);
         assert_eq!(m[&key("ETIMEDOUT")], 2.0);
         assert_eq!(m[&format!("diag_tcp_failed_connects_total{{{p}}}")], 9.0);
+    }
+
+    #[test]
+    fn kernel_drops_by_reason_and_unowned_host_wide() {
+        let mut e = Exporter::new(Bounds::default(), 6);
+        let c = Counters {
+            passive_opens: 1,
+            ..Default::default()
+        };
+        let mut r = row(7, "api", c, StateCounts::default(), 0);
+        r.kernel_drops = vec![("TCP_OLD_SEQUENCE".into(), 3), ("other".into(), 2)];
+        let mut snap = snapshot(vec![r.clone()]);
+        snap.unowned_drops = vec![crate::aggregate::drops::UnownedDropRow {
+            reason: "NO_SOCKET".into(),
+            reason_code: 3,
+            count: 25,
+            count_interval: 25,
+        }];
+        e.update_tcp(&snap, &mut Fake);
+        let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        let m = parse(&e.render());
+        assert_eq!(
+            m[&format!("diag_tcp_drops_total{{{p},reason=\"TCP_OLD_SEQUENCE\"}}")],
+            3.0
+        );
+        assert_eq!(
+            m[&format!("diag_tcp_drops_total{{{p},reason=\"other\"}}")],
+            2.0
+        );
+        assert_eq!(
+            m[r#"diag_tcp_unowned_drops_total{reason="NO_SOCKET"}"#],
+            25.0
+        );
+        // Later: only the increase is credited.
+        r.kernel_drops = vec![("TCP_OLD_SEQUENCE".into(), 10), ("other".into(), 2)];
+        e.update_tcp(&snapshot(vec![r]), &mut Fake);
+        let m = parse(&e.render());
+        assert_eq!(
+            m[&format!("diag_tcp_drops_total{{{p},reason=\"TCP_OLD_SEQUENCE\"}}")],
+            10.0
+        );
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct Seen {
     credited_ports: Vec<(u16, u64)>,
     /// Failed connects per error name already credited.
     credited_errors: Vec<(String, u64)>,
+    /// Kernel drops per reason already credited.
+    credited_drops: Vec<(String, u64)>,
     cgroup: String,
     /// Opens, closes, resets, retransmits: all-time, for ranking.
     activity: u64,
@@ -151,6 +153,9 @@ pub struct Series {
     /// names, bounded per process by the aggregate), cumulative; they add
     /// up to the series' `failed_connects`.
     pub connect_errors: BTreeMap<(SeriesKey, String), u64>,
+    /// Packets the kernel dropped per series and reason name (`other`:
+    /// a process's reasons beyond the aggregate's bound), cumulative.
+    pub kernel_drops: BTreeMap<(SeriesKey, String), u64>,
     /// What dropped series had counted.
     retired: Counters,
     /// cgroup reads waiting for the events before them to be taken in:
@@ -322,6 +327,7 @@ impl Series {
         let mut deltas: Vec<(Key, Counters, &ProcRow)> = Vec::with_capacity(rows.len());
         let mut port_deltas: Vec<(Key, Vec<(u16, u64)>)> = Vec::new();
         let mut error_deltas: Vec<(Key, Vec<(String, u64)>)> = Vec::new();
+        let mut drop_deltas: Vec<(Key, Vec<(String, u64)>)> = Vec::new();
         for r in rows {
             let key = (r.pid, r.comm.clone(), r.life);
             let d = match self.seen.get(&key).map(|s| delta(&r.totals, &s.credited)) {
@@ -361,6 +367,20 @@ impl Series {
                 })
                 .filter(|(_, n)| *n > 0)
                 .collect();
+            let credited: &[(String, u64)] = self
+                .seen
+                .get(&key)
+                .map(|s| s.credited_drops.as_slice())
+                .unwrap_or(&[]);
+            let drops: Vec<(String, u64)> = r
+                .kernel_drops
+                .iter()
+                .map(|(reason, n)| {
+                    let before = credited.iter().find(|c| c.0 == *reason).map_or(0, |c| c.1);
+                    (reason.clone(), n.saturating_sub(before))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
             if !self.seen.contains_key(&key) {
                 let Some(cg) = self.checked_cgroup(&key, r, info) else {
                     // Not known yet: the row waits (its counts are
@@ -374,6 +394,7 @@ impl Series {
                         credited: Counters::default(),
                         credited_ports: Vec::new(),
                         credited_errors: Vec::new(),
+                        credited_drops: Vec::new(),
                         cgroup,
                         activity: 0,
                         gone: false,
@@ -389,6 +410,10 @@ impl Series {
             }
             if !errors.is_empty() {
                 error_deltas.push((key.clone(), errors));
+            }
+            s.credited_drops.clone_from(&r.kernel_drops);
+            if !drops.is_empty() {
+                drop_deltas.push((key.clone(), drops));
             }
             s.activity += activity(&d);
             deltas.push((key, d, r));
@@ -517,6 +542,12 @@ impl Series {
                 *self.connect_errors.entry((sk.clone(), error)).or_default() += n;
             }
         }
+        for (k, drops) in drop_deltas {
+            let sk = self.key_of(&k);
+            for (reason, n) in drops {
+                *self.kernel_drops.entry((sk.clone(), reason)).or_default() += n;
+            }
+        }
         // Sockets no process is known for.
         let rest = sub_states(host_states, &owned_states);
         let rest_leaks = host_leaks.saturating_sub(owned_leaks);
@@ -544,6 +575,7 @@ impl Series {
         }
         self.listen_ports.retain(|(s, _), _| *s != sk);
         self.connect_errors.retain(|(s, _), _| *s != sk);
+        self.kernel_drops.retain(|(s, _), _| *s != sk);
     }
 
     /// The sum over all series, dropped ones included (for checks).
@@ -605,6 +637,7 @@ mod tests {
             netns: None,
             listen_ports: Vec::new(),
             connect_errors: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 

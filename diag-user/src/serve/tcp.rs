@@ -52,6 +52,8 @@ pub struct TcpMetrics {
     connects: (Log2Hist, u64),
     /// The listeners of the last snapshot, with their peaks.
     queues: HashMap<ListenerKey, QueuePeaks>,
+    /// TCP packets dropped with no socket, per reason name, cumulative.
+    unowned_drops: Vec<(String, u64)>,
 }
 
 /// The state names, as `ss` shows them.
@@ -114,6 +116,13 @@ impl TcpMetrics {
         self.kernel_resets_sent = snap.kernel_resets_sent;
         self.corrections = snap.corrections;
         self.connects = snap.connect_all;
+        let mut unowned: Vec<(String, u64)> = snap
+            .unowned_drops
+            .iter()
+            .map(|d| (d.reason.clone(), d.count))
+            .collect();
+        unowned.sort();
+        self.unowned_drops = unowned;
         self.update_queues(&snap.listen, snap.ts_ns);
     }
 
@@ -246,6 +255,29 @@ impl Families for TcpMetrics {
                 (with(k.labels(), "port", &port), *n)
             })
             .collect();
+        let drops: Vec<(Labels, u64)> = self
+            .series
+            .kernel_drops
+            .iter()
+            .map(|((k, reason), n)| (with(k.labels(), "reason", reason), *n))
+            .collect();
+        counters(
+            reg,
+            "diag_tcp_drops",
+            "Packets the kernel dropped for a process's TCP sockets (skb:kfree_skb with the socket), by the kernel's drop reason (reason=other: a process's reasons beyond the first 8)",
+            &drops,
+        );
+        let unowned: Vec<(Labels, u64)> = self
+            .unowned_drops
+            .iter()
+            .map(|(reason, n)| (vec![("reason", reason.clone())], *n))
+            .collect();
+        counters(
+            reg,
+            "diag_tcp_unowned_drops",
+            "TCP packets the kernel dropped with no socket (NO_SOCKET: to a port nobody listens on, ...), host-wide, by the kernel's drop reason",
+            &unowned,
+        );
         counters(
             reg,
             "diag_tcp_listen_overflows",

@@ -8,7 +8,11 @@
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use diag_common::{counters, user::decode};
+use diag_common::{
+    counters,
+    tcp::{TcpDropEvent, UNOWNED_REASON_SLOTS, attribution, drop_cause},
+    user::{AnyEvent, decode},
+};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +54,11 @@ impl Live {
             .ok_or_else(|| LoadError::Missing("map COUNTERS".into()))?;
         let counters =
             PerCpuArray::try_from(counters).map_err(|e| LoadError::Load(e.to_string()))?;
+        // Absent in a build without the drop program: no unowned drops.
+        let unowned = match tracer.ebpf.take_map("UNOWNED_DROPS") {
+            Some(m) => Some(PerCpuArray::try_from(m).map_err(|e| LoadError::Load(e.to_string()))?),
+            None => None,
+        };
         Ok(Live {
             tracer,
             ring,
@@ -57,6 +66,8 @@ impl Live {
                 counters,
                 health: Health::default(),
                 placements: None,
+                unowned,
+                unowned_seen: vec![0; UNOWNED_REASON_SLOTS as usize],
             },
         })
     }
@@ -130,6 +141,8 @@ impl Live {
                     // read only once a reading has passed it).
                     let at = crate::clock::boot_ns();
                     if !me.drain(afd.get_mut(), &tx, &enricher).await { break; }
+                    let unowned = me.read_unowned(at);
+                    if !unowned.is_empty() && tx.send(Msg::Events(unowned)).await.is_err() { break; }
                     let h = me.read_health(at);
                     if tx.send(Msg::Health(h)).await.is_err() { break; }
                 }
@@ -138,6 +151,10 @@ impl Live {
         // Whatever the kernel wrote before we stopped is still shown.
         let at = crate::clock::boot_ns();
         me.drain(afd.get_mut(), &tx, &enricher).await;
+        let unowned = me.read_unowned(at);
+        if !unowned.is_empty() {
+            let _ = tx.send(Msg::Events(unowned)).await;
+        }
         let h = me.read_health(at);
         let _ = tx.send(Msg::Health(h)).await;
         // The enricher finishes the kills it has, then its results end.
@@ -155,6 +172,10 @@ struct Drainer {
     health: Health,
     /// Where the processes events name run, when asked for.
     placements: Option<Placements>,
+    /// The kernel's per-reason count of TCP packets dropped with no
+    /// socket, and the sums already sent.
+    unowned: Option<PerCpuArray<MapData, u64>>,
+    unowned_seen: Vec<u64>,
 }
 
 impl Drainer {
@@ -163,6 +184,33 @@ impl Drainer {
             .get(&slot, 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// The unowned drops counted since the last reading, one event per
+    /// reason that grew (time `at`, pid 0, the packets in `count`).
+    fn read_unowned(&mut self, at: u64) -> Vec<AnyEvent> {
+        let Some(map) = &self.unowned else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (slot, seen) in self.unowned_seen.iter_mut().enumerate() {
+            let Ok(per_cpu) = map.get(&(slot as u32), 0) else {
+                continue;
+            };
+            let total: u64 = per_cpu.iter().sum();
+            if total <= *seen {
+                continue;
+            }
+            // A count above u32::MAX in one second goes out in pieces.
+            let mut left = total - *seen;
+            *seen = total;
+            while left > 0 {
+                let n = left.min(u64::from(u32::MAX));
+                left -= n;
+                out.push(AnyEvent::TcpDrop(unowned_event(at, slot as u32, n as u32)));
+            }
+        }
+        out
     }
 
     /// The counters now; `at` is the reading's time, taken before the
@@ -236,6 +284,31 @@ impl Drainer {
                 return true;
             }
         }
+    }
+}
+
+/// An event standing for `count` TCP packets dropped with no socket for
+/// `reason`, read at `at`.
+pub fn unowned_event(at: u64, reason: u32, count: u32) -> TcpDropEvent {
+    let mut header = diag_common::EventHeader::zeroed();
+    header.kind = diag_common::EventKind::TcpDrop as u32;
+    header.ts_ns = at;
+    TcpDropEvent {
+        header,
+        skaddr: 0,
+        addr: [0; 16],
+        raddr: [0; 16],
+        port: 0,
+        rport: 0,
+        family: 0,
+        cause: drop_cause::UNOWNED,
+        attribution: attribution::KERNEL,
+        reason,
+        netns: 0,
+        queue: u32::MAX,
+        backlog: u32::MAX,
+        current_tgid: 0,
+        count,
     }
 }
 

@@ -82,6 +82,10 @@ pub fn select(snap: &mut TcpSnapshot, filter: &RowFilter, sort: ConnsSort, top: 
         filter.keeps(Some(f.pid), Some(&f.comm))
             && (filter.cgroups.is_empty() || kept.contains(&f.pid))
     });
+    snap.socket_drops.retain(|l| {
+        filter.keeps(l.pid, l.comm.as_deref())
+            && (filter.cgroups.is_empty() || l.pid.is_some_and(|p| kept.contains(&p)))
+    });
     sort_rows(&mut snap.processes, sort);
     if top > 0 {
         snap.processes.truncate(top);
@@ -319,6 +323,44 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
         }
         if snap.listen.len() > 10 {
             let _ = writeln!(o, "  ... and {} more", snap.listen.len() - 10);
+        }
+    }
+    if !snap.socket_drops.is_empty() || !snap.unowned_drops.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nKernel drops (packets the kernel dropped, by its reason):"
+        );
+    }
+    if !snap.socket_drops.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+            "PID", "COMM", "REMOTE", "REASON", "COUNT", "LAST"
+        );
+        for d in snap.socket_drops.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+                d.pid.map_or("-".to_string(), |p| p.to_string()),
+                d.comm.as_deref().unwrap_or("-"),
+                d.remote.to_string(),
+                d.reason,
+                d.count,
+                d.count_interval,
+            );
+        }
+        if snap.socket_drops.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", snap.socket_drops.len() - 10);
+        }
+    }
+    if !snap.unowned_drops.is_empty() {
+        let _ = writeln!(o, "  No socket (host-wide):");
+        for d in snap.unowned_drops.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "  {:>8} {:<16} {:<28} {:<24} {:>9} {:>9}",
+                "-", "-", "-", d.reason, d.count, d.count_interval,
+            );
         }
     }
     let errs: Vec<_> = snap.remote_errors.iter().take(5).collect();
@@ -866,6 +908,7 @@ mod tests {
             netns: None,
             listen_ports: Vec::new(),
             connect_errors: Vec::new(),
+            kernel_drops: Vec::new(),
         }
     }
 
@@ -1020,6 +1063,57 @@ mod tests {
         };
         select(&mut s, &f, ConnsSort::Opens, 0);
         assert!(s.listen.is_empty());
+    }
+
+    #[test]
+    fn kernel_drops_section() {
+        let mut s = snap();
+        s.socket_drops = vec![crate::aggregate::drops::SocketDropRow {
+            pid: Some(2),
+            comm: Some("b".into()),
+            netns: 1,
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            remote: "10.0.0.7:41234".parse().unwrap(),
+            reason: "TCP_ZEROWINDOW".into(),
+            reason_code: 32,
+            count: 12,
+            count_interval: 5,
+            last_ns: 1,
+        }];
+        s.unowned_drops = vec![crate::aggregate::drops::UnownedDropRow {
+            reason: "NO_SOCKET".into(),
+            reason_code: 3,
+            count: 99,
+            count_interval: 4,
+        }];
+        let t = render_text(&s, &Health::default(), &WallClock::with_offset_ns(0));
+        assert!(t.contains("Kernel drops"), "{t}");
+        let line = t.lines().find(|l| l.contains("10.0.0.7:41234")).unwrap();
+        assert!(
+            line.contains("TCP_ZEROWINDOW") && line.contains(" 12 ") && line.contains(" b "),
+            "{line}"
+        );
+        assert!(t.contains("No socket (host-wide)"), "{t}");
+        let line = t.lines().find(|l| l.contains("NO_SOCKET")).unwrap();
+        assert!(line.contains(" 99 "), "{line}");
+        let j = render_json(
+            &s,
+            None,
+            &Health::default(),
+            &WallClock::with_offset_ns(0),
+            false,
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["socket_drops"][0]["reason"], "TCP_ZEROWINDOW");
+        assert_eq!(v["unowned_drops"][0]["count"], 99);
+        // Another process's drops go with --pid; the host's stay.
+        let f = RowFilter {
+            pids: vec![9],
+            ..Default::default()
+        };
+        select(&mut s, &f, ConnsSort::Opens, 0);
+        assert!(s.socket_drops.is_empty());
+        assert_eq!(s.unowned_drops.len(), 1);
     }
 
     #[test]

@@ -168,7 +168,11 @@ impl ChromeTrace {
             }
             AnyEvent::TcpDrop(d) => {
                 self.events.push(json!({
-                    "name": format!("listen drop ({})", diag_common::tcp::drop_cause::name(d.cause)),
+                    "name": if diag_common::tcp::drop_cause::is_listen(d.cause) {
+                        format!("listen drop ({})", diag_common::tcp::drop_cause::name(d.cause))
+                    } else {
+                        format!("kernel drop ({}, reason {}, {} packets)", diag_common::tcp::drop_cause::name(d.cause), d.reason, d.packets())
+                    },
                     "cat": "tcp", "ph": "i", "s": "t", "ts": ts, "pid": h.tgid, "tid": h.tgid,
                     "args": {"local": endpoint(d.family, &d.addr, d.port), "remote": endpoint(d.family, &d.raddr, d.rport), "queue": d.queue, "backlog": d.backlog},
                 }));
@@ -236,9 +240,7 @@ fn writer(args: &ExportArgs) -> anyhow::Result<Box<dyn Write>> {
 }
 
 fn names_of(h: &RecordingHeader) -> Names {
-    Names {
-        rst_reasons: h.rst_reasons.iter().cloned().collect(),
-    }
+    Names::of_header(h)
 }
 
 /// `diag export FILE --format jsonl|chrome-trace`.

@@ -83,6 +83,7 @@ impl Review {
         let config = TcpConfig {
             port_range: header.port_range.unwrap_or(TcpConfig::default().port_range),
             guess_pid_reuse: !header.has_exits(),
+            drop_reasons: header.drop_reasons.clone(),
             ..TcpConfig::default()
         };
         let mut agg = TcpAggregate::new(config);
@@ -335,6 +336,10 @@ pub fn render_text(r: &Review, file: &str) -> String {
                 f.error
             );
         }
+    }
+
+    if let Some(s) = &r.last {
+        kernel_drops_text(&mut o, s);
     }
 
     let _ = writeln!(o, "\n2. SATURATION");
@@ -599,6 +604,38 @@ fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> 
                 d.retrans,
             );
         }
+    }
+}
+
+/// The packets the kernel dropped (by its reasons): for which process and
+/// remote end, and with no socket, host-wide.
+fn kernel_drops_text(o: &mut String, s: &TcpSnapshot) {
+    let owned: u64 = s.socket_drops.iter().map(|d| d.count).sum();
+    let unowned: u64 = s.unowned_drops.iter().map(|d| d.count).sum();
+    if owned == 0 && unowned == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  Kernel drops: {owned} packets dropped for TCP sockets, {unowned} TCP packets with no socket"
+    );
+    let mut rows: Vec<_> = s.socket_drops.iter().collect();
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
+    for d in rows.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "    pid {:<7} {:<16} from {:<24} {:<24} {}",
+            d.pid.map_or("-".to_string(), |p| p.to_string()),
+            d.comm.as_deref().unwrap_or("-"),
+            d.remote.to_string(),
+            d.reason,
+            d.count
+        );
+    }
+    let mut rows: Vec<_> = s.unowned_drops.iter().collect();
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
+    for d in rows.iter().take(5) {
+        let _ = writeln!(o, "    no socket {:<38} {:<24} {}", "", d.reason, d.count);
     }
 }
 
@@ -893,6 +930,57 @@ mod tests {
             }),
         ];
         Review::build(header, records.into_iter(), || true)
+    }
+
+    #[test]
+    fn kernel_drops_are_reported_with_the_recorded_reason_names() {
+        use diag_common::tcp::{AF_INET, TcpDropEvent, attribution, drop_cause};
+        let mut header = diag_common::EventHeader::zeroed();
+        header.kind = diag_common::EventKind::TcpDrop as u32;
+        header.tgid = 42;
+        header.pid = 42;
+        header.comm[..4].copy_from_slice(b"recv");
+        header.ts_ns = 2_000_000_000;
+        let d = TcpDropEvent {
+            header,
+            skaddr: 0xffff_3000,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            raddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: 8080,
+            rport: 40001,
+            family: AF_INET,
+            cause: drop_cause::SOCKET,
+            attribution: attribution::SOCKET,
+            reason: 41,
+            netns: 1,
+            queue: u32::MAX,
+            backlog: u32::MAX,
+            current_tgid: 0,
+            count: 1,
+        };
+        let mut u = crate::source::live::unowned_event(3_000_000_000, 3, 17);
+        u.header.ts_ns = 3_000_000_000;
+        let header = RecordingHeader {
+            started_ts_ns: 1_000_000_000,
+            drop_reasons: vec![(41, "TCP_OLD_SEQUENCE".into()), (3, "NO_SOCKET".into())],
+            ..Default::default()
+        };
+        let records = vec![Record::Events(vec![
+            AnyEvent::TcpDrop(d),
+            AnyEvent::TcpDrop(d),
+            AnyEvent::TcpDrop(u),
+        ])];
+        let r = Review::build(header, records.into_iter(), || true);
+        let text = render_text(&r, "x.diag");
+        assert!(
+            text.contains(
+                "Kernel drops: 2 packets dropped for TCP sockets, 17 TCP packets with no socket"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("127.0.0.1:40001"), "{text}");
+        assert!(text.contains("TCP_OLD_SEQUENCE"), "{text}");
+        assert!(text.contains("NO_SOCKET"), "{text}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     pub rst_reasons: HashMap<i64, String>,
+    /// `enum skb_drop_reason` (`skb:kfree_skb`).
+    pub drop_reasons: HashMap<i64, String>,
 }
 
 impl Names {
@@ -49,6 +51,11 @@ impl Names {
                 .as_ref()
                 .map(|t| t.rst_reasons.iter().cloned().collect())
                 .unwrap_or_default(),
+            drop_reasons: env
+                .tcp
+                .as_ref()
+                .map(|t| t.drop_reasons.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -56,7 +63,15 @@ impl Names {
     pub fn of_header(h: &crate::record::RecordingHeader) -> Self {
         Names {
             rst_reasons: h.rst_reasons.iter().cloned().collect(),
+            drop_reasons: h.drop_reasons.iter().cloned().collect(),
         }
+    }
+
+    pub fn drop_reason(&self, r: u32) -> String {
+        self.drop_reasons
+            .get(&i64::from(r))
+            .cloned()
+            .unwrap_or_else(|| r.to_string())
     }
 
     pub fn rst_reason(&self, r: i32) -> String {
@@ -221,7 +236,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
-        AnyEvent::TcpDrop(d) => drop_text(d, clock),
+        AnyEvent::TcpDrop(d) => drop_text(d, clock, names),
         AnyEvent::TcpClose(c) => close_text(c, clock),
         AnyEvent::TcpSock(t) => {
             let h = &t.header;
@@ -323,23 +338,47 @@ fn queue_text(d: &TcpDropEvent) -> String {
 
 /// A connection lost at a listener: its address and the client's, why,
 /// and the accept queue/backlog then (in the duration column).
-fn drop_text(d: &TcpDropEvent, clock: &WallClock) -> String {
+/// A packet the kernel dropped for a socket: its two ends and the
+/// kernel's reason; a count of packets dropped with no socket.
+fn drop_text(d: &TcpDropEvent, clock: &WallClock, names: &Names) -> String {
     let h = &d.header;
     let what = match d.cause {
-        drop_cause::SYN_ACCEPT_QUEUE_FULL => "SYN DROPPED: queue full",
-        drop_cause::ACK_ACCEPT_QUEUE_FULL => "ACK DROPPED: queue full",
-        drop_cause::REQUEST_QUEUE_FULL => "SYN DROPPED: req q full",
-        _ => "DROPPED",
+        drop_cause::SYN_ACCEPT_QUEUE_FULL => "SYN DROPPED: queue full".to_string(),
+        drop_cause::ACK_ACCEPT_QUEUE_FULL => "ACK DROPPED: queue full".to_string(),
+        drop_cause::REQUEST_QUEUE_FULL => "SYN DROPPED: req q full".to_string(),
+        drop_cause::SOCKET => format!("DROPPED {}", names.drop_reason(d.reason)),
+        drop_cause::UNOWNED => {
+            format!("{} DROPPED {}", d.packets(), names.drop_reason(d.reason))
+        }
+        _ => "DROPPED".to_string(),
+    };
+    let (local, remote, queue) = match d.cause {
+        drop_cause::UNOWNED => ("-".to_string(), "-".to_string(), "-".to_string()),
+        drop_cause::SOCKET => (
+            endpoint(d.family, &d.addr, d.port),
+            endpoint(d.family, &d.raddr, d.rport),
+            "-".to_string(),
+        ),
+        _ => (
+            endpoint(d.family, &d.addr, d.port),
+            endpoint(d.family, &d.raddr, d.rport),
+            queue_text(d),
+        ),
+    };
+    let (pid, comm) = match (d.cause, h.tgid) {
+        (drop_cause::UNOWNED, _) => ("-".to_string(), "[no socket]".to_string()),
+        (drop_cause::SOCKET, 0) => ("-".to_string(), "[unknown]".to_string()),
+        _ => (h.tgid.to_string(), comm_string(&h.comm)),
     };
     format!(
         "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {}",
         clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
-        h.tgid,
-        comm_string(&h.comm),
-        endpoint(d.family, &d.addr, d.port),
-        endpoint(d.family, &d.raddr, d.rport),
+        pid,
+        comm,
+        local,
+        remote,
         what,
-        queue_text(d),
+        queue,
         attribution::name(d.attribution),
     )
 }
@@ -506,6 +545,39 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             v["srtt_us"] = (c.srtt_us != 0).then_some(c.srtt_us).into();
             v["closed_by"] = closed_by::name(c.closed_by).into();
             v["old_state"] = state_name(c.old_state).into();
+            v
+        }
+        AnyEvent::TcpDrop(d) if d.cause == drop_cause::UNOWNED => {
+            let h = &d.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "tcp_unowned_drops",
+                "reason": names.drop_reason(d.reason),
+                "reason_code": d.reason,
+                "count": d.packets(),
+            })
+        }
+        AnyEvent::TcpDrop(d) if d.cause == drop_cause::SOCKET => {
+            let mut v = tcp_json(
+                "tcp_drop",
+                &d.header,
+                clock,
+                d.family,
+                (&d.addr, d.port),
+                (&d.raddr, d.rport),
+                d.attribution,
+                d.current_tgid,
+                d.skaddr,
+                d.netns,
+            );
+            if d.header.tgid == 0 {
+                v["pid"] = serde_json::Value::Null;
+                v["comm"] = serde_json::Value::Null;
+            }
+            v["reason"] = names.drop_reason(d.reason).into();
+            v["reason_code"] = d.reason.into();
+            v["count"] = d.packets().into();
             v
         }
         AnyEvent::TcpDrop(d) => {
@@ -1215,6 +1287,7 @@ mod tests {
     fn resets_and_classes() {
         let names = Names {
             rst_reasons: [(1, "NO_SOCKET".to_string())].into_iter().collect(),
+            drop_reasons: HashMap::new(),
         };
         let clock = WallClock::with_offset_ns(0);
         let sent = reset(EventKind::TcpResetSent, 1);

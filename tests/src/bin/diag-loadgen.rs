@@ -158,6 +158,100 @@ fn listen_hold(count: usize, addr: &str) -> std::io::Result<()> {
     wait_forever()
 }
 
+/// A receiver that never reads: a listener on `addr` whose receive
+/// buffer is `rcvbuf` bytes (set before listen(), so the window the
+/// connection advertises is that small), accepting one connection and
+/// holding it unread. Its sender fills the window and then probes the
+/// zero window; the kernel drops what does not fit, for this socket.
+fn stall_receiver(rcvbuf: usize, addr: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = socket2_listener(addr, rcvbuf)?;
+    say(&format!("PORT {}", sock.local_addr()?.port()));
+    let (held, peer) = sock.accept()?;
+    say(&format!("ACCEPTED {peer} {}", held.as_raw_fd()));
+    wait_forever()
+}
+
+/// A bound, listening socket with SO_RCVBUF set before listen().
+fn socket2_listener(addr: &str, rcvbuf: usize) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let a: SocketAddr = target(addr)?;
+    let SocketAddr::V4(v4) = a else {
+        return Err(std::io::Error::other(
+            "stall-receiver takes an IPv4 address",
+        ));
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr is
+    // built in full.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let l = TcpListener::from_raw_fd(fd);
+        let size = rcvbuf as libc::c_int;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+            || libc::listen(fd, 1) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(l)
+    }
+}
+
+/// `count` packets to a closed port on 127.0.0.1, each freed by the
+/// kernel with a drop reason (NO_SOCKET): `udp` datagrams (sendto, the
+/// cheapest packet the kernel drops) or `tcp` SYNs (a connect() that the
+/// reset refuses). Prints `RATE <packets per second>`.
+fn closed_flood(count: usize, kind: &str, port: u16) -> std::io::Result<()> {
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = std::time::Instant::now();
+    match kind {
+        "udp" => {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let buf = [0u8; 16];
+            for _ in 0..count {
+                // ICMP port-unreachable answers may fail a later send:
+                // still one packet dropped each.
+                let _ = s.send_to(&buf, to);
+            }
+        }
+        "tcp" => {
+            for _ in 0..count {
+                if std::net::TcpStream::connect(to).is_ok() {
+                    return Err(std::io::Error::other(format!("port {port} is open")));
+                }
+            }
+        }
+        _ => return Err(std::io::Error::other("closed-flood takes udp or tcp")),
+    }
+    let secs = start.elapsed().as_secs_f64();
+    say(&format!("RATE {:.0}", count as f64 / secs.max(1e-9)));
+    Ok(())
+}
+
 fn target(t: &str) -> std::io::Result<SocketAddr> {
     t.parse()
         .map_err(|e| std::io::Error::other(format!("{t}: {e}")))
@@ -777,6 +871,12 @@ fn main() -> ExitCode {
             count,
             first,
             rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
+        ),
+        "stall-receiver" => stall_receiver(count, first),
+        "closed-flood" => closed_flood(
+            count,
+            first,
+            rest.get(1).and_then(|p| p.parse().ok()).unwrap_or(9),
         ),
         "connect-eof" => connect_eof(count, first),
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
