@@ -15,6 +15,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod prom;
+pub use prom::{Prometheus, http_get};
+
 /// Tests that share kernel state (TCP counters, loaded programs) run one
 /// at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -4,7 +4,7 @@
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use super::{
-    families::Families,
+    families::{Births, Families},
     oom::{OomMetrics, constraint_label},
     own::OwnMetrics,
     sched::SchedMetrics,
@@ -26,6 +26,8 @@ pub struct Exporter {
     pub oom: OomMetrics,
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
+    /// Counter series shown at 0 before their first value, per scraper.
+    pub births: Births,
 }
 
 impl Exporter {
@@ -39,6 +41,7 @@ impl Exporter {
                 top: bounds.top,
                 ..Default::default()
             },
+            births: Births::default(),
         }
     }
 
@@ -82,6 +85,16 @@ impl Exporter {
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &reg);
         out
+    }
+}
+
+impl Exporter {
+    /// What `scraper` (its address and user agent) gets at `now_ns`: the
+    /// families, with counter series it has not seen yet at 0 once
+    /// ([`Births`]).
+    pub fn scrape(&mut self, scraper: &str, now_ns: u64) -> String {
+        let text = self.render();
+        self.births.apply(&text, scraper, now_ns)
     }
 }
 

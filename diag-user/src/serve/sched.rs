@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use prometheus_client::{metrics::family::Family, registry::Registry};
+use prometheus_client::registry::Registry;
 
-use super::families::{Families, Labels, counters, histograms};
+use super::families::{Families, Labels, counters, counters_f64, histograms};
 use crate::aggregate::{histogram::Log2Hist, sched::ProcInterval};
 
 /// One cgroup's scheduler totals since diag started.
@@ -85,14 +85,12 @@ impl Families for SchedMetrics {
                 |c| c.cpu_ns,
             ),
         ] {
-            let fam = Family::<
-                Labels,
-                prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
-            >::default();
-            for (cg, c) in &self.by_cgroup {
-                fam.get_or_create(&label(cg)).inc_by(secs(get(c)));
-            }
-            reg.register(name, help, fam);
+            let values: Vec<(Labels, f64)> = self
+                .by_cgroup
+                .iter()
+                .map(|(cg, c)| (label(cg), secs(get(c))))
+                .collect();
+            counters_f64(reg, name, help, &values);
         }
     }
 }

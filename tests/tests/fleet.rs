@@ -1,0 +1,182 @@
+//! diag across a fleet: a real Prometheus (Debian's) scraping a real
+//! `diag serve` must see the first increment of every counter: the first
+//! OOM kill in a cgroup, the first reset of a process, the first stall in a
+//! cgroup.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use diag_tests::{
+    Diag, Gen, MemCgroup, Prometheus, V1_ROOT, cgroup2_root, free_port, require_root, serial,
+    wait_until,
+};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
+const CPUHOG: &str = env!("CARGO_BIN_EXE_diag-cpuhog");
+
+/// `q` answered by Prometheus, as one number (None: no series).
+fn num(prom: &Prometheus, q: &str) -> Option<f64> {
+    prom.scalar(q)
+}
+
+/// A counter series as Prometheus stored it over the last two minutes:
+/// its first stored value is 0 (born at 0), and `increase()` counts its
+/// whole value (the first increment is not lost). Returns its last value.
+fn seen_from_zero(prom: &Prometheus, series: &str, want: impl Fn(f64) -> bool) -> f64 {
+    let mut last = (None, None, None);
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{series} seen going up from 0"),
+        || {
+            let max = num(prom, &format!("max_over_time({series}[2m])"));
+            let min = num(prom, &format!("min_over_time({series}[2m])"));
+            let inc = num(prom, &format!("increase({series}[2m])"));
+            last = (min, max, inc);
+            matches!((min, max, inc), (Some(mn), Some(mx), Some(i)) if mn == 0.0 && want(mx) && i >= mx)
+        },
+    );
+    let (min, max, inc) = last;
+    eprintln!("{series}: min {min:?} max {max:?} increase {inc:?}");
+    max.unwrap()
+}
+
+/// The kernel's own count of OOM kills in a v1 memory cgroup.
+fn kernel_oom_kills(cg: &MemCgroup) -> f64 {
+    let text = std::fs::read_to_string(cg.dir.join("memory.oom_control")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .unwrap_or_else(|| panic!("no oom_kill in memory.oom_control: {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A cgroup of our own in the unified (cgroup2) hierarchy, which diag
+/// names a process by first; no controller is needed to be in it.
+fn unified_cgroup(name: &str) -> MemCgroup {
+    let root = cgroup2_root().unwrap_or_else(|| {
+        panic!("cgroup2 is not mounted: the stall test needs a cgroup of its own")
+    });
+    let name = format!("diag-fleet-{name}-{}", std::process::id());
+    let dir = PathBuf::from(root).join(&name);
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    MemCgroup {
+        dir,
+        rel: format!("/{name}"),
+    }
+}
+
+#[test]
+fn increase_sees_the_first_oom_kill_reset_and_stall() {
+    if !require_root("increase_sees_the_first_oom_kill_reset_and_stall") {
+        return;
+    }
+    let _guard = serial();
+    let port = free_port();
+    let diag = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--top",
+        "500",
+        "--stall-threshold",
+        "5ms",
+    ]);
+    let prom = Prometheus::start(port);
+    prom.wait_for(r#"up{job="diag"}"#, 1.0, Duration::from_secs(20));
+    // Host-level series are there from the first scrape, before anything
+    // of this test happened.
+    for q in [
+        r#"diag_host_oom_kills_total{constraint="memcg"}"#,
+        r#"diag_host_oom_kills_total{constraint="global"}"#,
+        r#"diag_host_tcp_resets_total{direction="sent"}"#,
+        r#"diag_host_tcp_failed_connects_total"#,
+        r#"diag_host_stalls_total"#,
+    ] {
+        wait_until(Duration::from_secs(10), q, || num(&prom, q).is_some());
+    }
+    let host_kills_before = num(&prom, r#"diag_host_oom_kills_total{constraint="memcg"}"#).unwrap();
+
+    // The first OOM kill in a new memory cgroup.
+    let memcg = MemCgroup::create(V1_ROOT, "fleet", "memory.limit_in_bytes", 32 << 20);
+    let mut child = memcg.spawn(LOADGEN, &["alloc", "256"]);
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "the child should be OOM-killed"
+    );
+    let kernel = kernel_oom_kills(&memcg);
+    assert_eq!(kernel, 1.0, "the kernel counted one kill");
+    let kills = seen_from_zero(
+        &prom,
+        &format!(
+            r#"diag_oom_kills_total{{cgroup="{}",constraint="memcg"}}"#,
+            memcg.rel
+        ),
+        |v| v >= 1.0,
+    );
+    assert_eq!(kills, kernel, "diag's count vs memory.oom_control");
+    let q = r#"diag_host_oom_kills_total{constraint="memcg"}"#;
+    wait_until(Duration::from_secs(10), "the host-level kill", || {
+        num(&prom, q) == Some(host_kills_before + kernel)
+    });
+    let host_inc = num(&prom, &format!("increase({q}[2m])")).unwrap();
+    assert!(host_inc >= kernel, "host-level increase {host_inc}");
+
+    // The first reset of a new process: it aborts one connection (its own
+    // number: one RST).
+    let mut listener = Gen::spawn(LOADGEN, &["listen-hold", "1", "127.0.0.1:0"]);
+    let target = format!("127.0.0.1:{}", listener.port());
+    let aborter = Command::new(LOADGEN)
+        .args(["abort", "1", &target])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let apid = aborter.id();
+    assert!(aborter.wait_with_output().unwrap().status.success());
+    assert_eq!(listener.line(), "ACCEPTED");
+    let resets = seen_from_zero(
+        &prom,
+        &format!(r#"diag_tcp_resets_total{{pid="{apid}",direction="sent"}}"#),
+        |v| v >= 1.0,
+    );
+    assert_eq!(resets, 1.0, "the aborter sent one reset");
+    drop(listener);
+
+    // The first stalls in a new cgroup: an idle-priority victim behind a
+    // busy thread on one CPU.
+    let cg = unified_cgroup("stall");
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    let mut hog = cg.spawn(CPUHOG, &["hog", "1", "2", &cpu]);
+    let mut victim = cg.spawn(CPUHOG, &["victim", "2", &cpu, "idle"]);
+    let mut delay_ns = 0u64;
+    for c in [&mut hog, &mut victim] {
+        for line in BufReader::new(c.stdout.take().unwrap()).lines() {
+            if let Some(v) = line.unwrap().strip_prefix("RUN_DELAY_NS ") {
+                delay_ns += v.parse::<u64>().unwrap();
+            }
+        }
+        assert!(c.wait().unwrap().success());
+    }
+    let stalls = seen_from_zero(
+        &prom,
+        &format!(r#"diag_stalls_total{{cgroup="{}"}}"#, cg.rel),
+        |v| v >= 1.0,
+    );
+    // Each stall is a wait of 5 ms or more: the kernel's own run-queue
+    // wait of the cgroup's threads (schedstat) holds them all.
+    assert!(
+        stalls * 5e6 <= delay_ns as f64,
+        "{stalls} stalls of 5 ms or more in {delay_ns} ns of waiting"
+    );
+    drop(prom);
+    let out = diag.stop(libc::SIGTERM);
+    assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
+}
