@@ -12,8 +12,8 @@ use std::{
 };
 
 use diag_tests::{
-    Diag, Gen, MemCgroup, Prometheus, V1_ROOT, cgroup2_root, free_port, require_root, serial,
-    wait_until,
+    Diag, Gen, MemCgroup, Prometheus, V1_ROOT, cgroup2_root, free_port, loopback_churn,
+    require_root, serial, wait_until,
 };
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -176,6 +176,202 @@ fn increase_sees_the_first_oom_kill_reset_and_stall() {
         stalls * 5e6 <= delay_ns as f64,
         "{stalls} stalls of 5 ms or more in {delay_ns} ns of waiting"
     );
+    drop(prom);
+    let out = diag.stop(libc::SIGTERM);
+    assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
+}
+
+/// The repository's `dist/` directory.
+fn dist(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist")
+        .join(file)
+}
+
+/// `promtool ARGS` in `dist/`: it must succeed.
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dist(""))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e}: run `cargo xtask setup` (it installs the prometheus package)")
+        });
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
+    promtool(&["check", "rules", "diag.rules.yml"]);
+    promtool(&["test", "rules", "diag.rules.test.yml"]);
+}
+
+/// Every alert name of the shipped rules.
+fn alert_names() -> Vec<String> {
+    let text = std::fs::read_to_string(dist("diag.rules.yml")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Alerts that cannot fire against a live diag on one test host (the
+/// README says why); `promtool test rules` covers them.
+const CANNOT_FIRE_HERE: [&str; 2] = ["DiagUnhealthy", "DiagAbsent"];
+
+/// SIGCONT for a stopped diag, even when the test fails.
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn every_shipped_rule_fires_against_a_live_diag() {
+    if !require_root("every_shipped_rule_fires_against_a_live_diag") {
+        return;
+    }
+    let _guard = serial();
+    // The shipped rules, with their `for:` durations at 0 (promtool's unit
+    // tests check those): the expressions must fire on diag's real series.
+    let tmp = diag_tests::TempDir::new("fleet-rules");
+    let rules = tmp.path("diag.rules.yml");
+    let text = std::fs::read_to_string(dist("diag.rules.yml")).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("for: ") {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}for: 0s\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&rules, text).unwrap();
+
+    let port = free_port();
+    let diag = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--top",
+        "500",
+        "--stall-threshold",
+        "5ms",
+        "--close-wait-threshold",
+        "1s",
+        "--pressure-warn",
+        "1",
+        "--ring-mib",
+        "1",
+    ]);
+    let prom = Prometheus::with_rules(port, &[&rules]);
+    prom.wait_for(r#"up{job="diag"}"#, 1.0, Duration::from_secs(20));
+    let mut fired = std::collections::BTreeSet::new();
+    let mut wait_fire = |prom: &Prometheus, alert: &str, secs: u64| {
+        wait_until(
+            Duration::from_secs(secs),
+            &format!("{alert} firing"),
+            || {
+                fired.extend(prom.firing());
+                fired.contains(alert)
+            },
+        );
+    };
+
+    // An OOM kill.
+    let memcg = MemCgroup::create(V1_ROOT, "fleet-rules", "memory.limit_in_bytes", 32 << 20);
+    let mut child = memcg.spawn(LOADGEN, &["alloc", "256"]);
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    wait_fire(&prom, "DiagOOMKill", 30);
+
+    // A socket left in CLOSE_WAIT: the server never closes it.
+    let mut holder = Gen::spawn(LOADGEN, &["listen-hold", "1", "127.0.0.1:0"]);
+    let target = format!("127.0.0.1:{}", holder.port());
+    let c = Command::new(LOADGEN)
+        .args(["connect", "1", &target])
+        .status()
+        .unwrap();
+    assert!(c.success());
+    assert_eq!(holder.line(), "ACCEPTED");
+    wait_fire(&prom, "DiagCloseWaitLeak", 30);
+
+    // An accept queue that fills (backlog 8, nobody accepts) and overflows.
+    let mut full = Gen::spawn(LOADGEN, &["listen-full", "127.0.0.1:0", "8"]);
+    let target = format!("127.0.0.1:{}", full.port());
+    let c = Command::new(LOADGEN)
+        .args(["connect-timeout", "30", "1500", &target])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(c.success());
+    wait_fire(&prom, "DiagListenOverflows", 30);
+    wait_fire(&prom, "DiagAcceptQueueNearlyFull", 30);
+    drop(full);
+
+    // Ephemeral ports toward one destination above --pressure-warn (1 %
+    // of the range), growing: connections in TIME-WAIT, in steps.
+    let range: Vec<u64> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let step = ((range[1] - range[0] + 1) / 100 / 2).max(50);
+    let mut sink = Gen::spawn(LOADGEN, &["listen", &(step * 6).to_string(), "127.0.0.1:0"]);
+    let target = format!("127.0.0.1:{}", sink.port());
+    for i in 1..=6u64 {
+        let c = Command::new(LOADGEN)
+            .args(["connect", &step.to_string(), &target])
+            .status()
+            .unwrap();
+        assert!(c.success());
+        let q = "max(diag_tcp_ephemeral_ports_used)";
+        wait_until(Duration::from_secs(10), q, || {
+            num(&prom, q).is_some_and(|v| v >= (step * i) as f64)
+        });
+    }
+    sink.wait();
+    wait_fire(&prom, "DiagEphemeralPortsHigh", 30);
+    wait_fire(&prom, "DiagEphemeralPortsExhaustionSoon", 30);
+
+    // Run-queue latency: an idle-priority victim behind a busy thread on
+    // one CPU, in a cgroup of its own.
+    let cg = unified_cgroup("rules");
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    let mut hog = cg.spawn(CPUHOG, &["hog", "1", "4", &cpu]);
+    let mut victim = cg.spawn(CPUHOG, &["victim", "4", &cpu, "idle"]);
+    wait_fire(&prom, "DiagRunQueueLatencyHigh", 40);
+    assert!(hog.wait().unwrap().success() && victim.wait().unwrap().success());
+
+    // diag stopped: it cannot be scraped, and the kernel drops what it
+    // cannot take in meanwhile.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(diag.pid() as i32, libc::SIGSTOP) };
+    let stopped = Stopped(diag.pid());
+    let churn = loopback_churn(LOADGEN, 1500);
+    let _ = churn.port;
+    wait_fire(&prom, "DiagDown", 30);
+    drop(stopped);
+    wait_fire(&prom, "DiagEventsDropped", 30);
+
+    // Every shipped alert fired but those that cannot here.
+    let names = alert_names();
+    assert!(names.len() >= 11, "{names:?}");
+    eprintln!("fired: {fired:?}");
+    for a in names {
+        if !CANNOT_FIRE_HERE.contains(&a.as_str()) {
+            assert!(fired.contains(&a), "{a} never fired; fired: {fired:?}");
+        }
+    }
     drop(prom);
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success(), "{} {:?}", out.status, out.stderr);

@@ -119,9 +119,11 @@ impl ExporterSink {
         attached: usize,
         stopping: CancellationToken,
     ) -> Self {
+        let mut exporter = Exporter::new(bounds, attached);
+        exporter.own.pressure_warn = tcp.pressure_warn;
         ExporterSink {
             state: Arc::new(Mutex::new(ServeState {
-                exporter: Exporter::new(bounds, attached),
+                exporter,
                 agg: TcpAggregate::new(tcp),
                 last_health_ns: None,
                 attached,
@@ -244,6 +246,8 @@ async fn metrics(
         let now = boot_ns();
         s.exporter
             .update_tcp(&s.agg.peek(now), &mut Procfs::at(s.last_health_ns));
+        s.exporter.own.healthy =
+            health_check(s.attached, s.last_health_ns, s.stopping.is_cancelled(), now).is_ok();
         s.exporter.scrape(&scraper, now)
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
