@@ -220,9 +220,74 @@ fn alert_names() -> Vec<String> {
         .collect()
 }
 
-/// Alerts that cannot fire against a live diag on one test host (the
-/// README says why); `promtool test rules` covers them.
+/// Alerts no scenario here makes fire (the README says why): DiagUnhealthy
+/// needs diag scrapeable while its event pipeline is stuck, DiagAbsent a
+/// Prometheus without any diag target (it may fire by chance before the
+/// first scrape). `promtool test rules` covers them.
 const CANNOT_FIRE_HERE: [&str; 2] = ["DiagUnhealthy", "DiagAbsent"];
+
+/// A dashboard query as Grafana sends it, with its variables at "all"
+/// and the rate interval at 1 minute.
+fn grafana_to_promql(q: &str) -> String {
+    q.replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$instance", ".*")
+        .replace("$cgroup", ".*")
+}
+
+/// Every panel query and template variable query of the shipped
+/// dashboard, against a Prometheus scraping a live diag: each returns
+/// series.
+fn check_dashboard(prom: &Prometheus) {
+    let text = std::fs::read_to_string(dist("diag.dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = d["panels"].as_array().expect("panels");
+    let mut exprs = Vec::new();
+    for p in panels {
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", p["title"]));
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            exprs.push((
+                p["title"].to_string(),
+                t["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    // label_values(METRIC, LABEL): the values Grafana offers.
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"].as_str().unwrap();
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{q}"));
+        let (metric, label) = inner.rsplit_once(',').unwrap();
+        exprs.push((
+            format!("variable {}", v["name"]),
+            format!("count by ({}) ({metric})", label.trim()),
+        ));
+    }
+    let mut empty = Vec::new();
+    for (title, e) in &exprs {
+        let q = grafana_to_promql(e);
+        assert!(!q.contains('$'), "{title}: a variable left in {q}");
+        let got = prom.query(&q);
+        eprintln!("{title}: {q}: {} series", got.len());
+        if got.is_empty() {
+            empty.push(format!("{title}: {q}"));
+        }
+    }
+    assert!(empty.is_empty(), "queries without series: {empty:#?}");
+}
 
 /// SIGCONT for a stopped diag, even when the test fails.
 struct Stopped(u32);
@@ -351,6 +416,9 @@ fn every_shipped_rule_fires_against_a_live_diag() {
     let mut victim = cg.spawn(CPUHOG, &["victim", "4", &cpu, "idle"]);
     wait_fire(&prom, "DiagRunQueueLatencyHigh", 40);
     assert!(hog.wait().unwrap().success() && victim.wait().unwrap().success());
+
+    // Every query of the dashboard returns series now.
+    check_dashboard(&prom);
 
     // diag stopped: it cannot be scraped, and the kernel drops what it
     // cannot take in meanwhile.
