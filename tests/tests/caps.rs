@@ -219,5 +219,12 @@ fn a_missing_required_capability_is_refused_in_one_sentence() {
         assert_eq!(out.status.code(), Some(1), "without {missing}: {err}");
         assert_eq!(err.lines().count(), 1, "without {missing}: {err}");
         assert!(!err.contains("panicked"), "{err}");
+        // It names what to give it.
+        let hint = if missing == "dac_read_search" {
+            "CAP_DAC_READ_SEARCH"
+        } else {
+            "CAP_BPF and CAP_PERFMON"
+        };
+        assert!(err.contains(hint), "without {missing}: {err}");
     }
 }
