@@ -82,6 +82,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let tcp = crate::aggregate::tcp::TcpConfig::from_args(&args.tcp, enrich::local_port_range());
         let mut exporter =
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
+        if args.no_sched {
+            exporter.without_sched();
+        }
         let app = exporter.router();
         let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));
         if !args.listen.ip().is_loopback() {

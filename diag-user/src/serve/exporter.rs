@@ -261,6 +261,12 @@ mod tests {
         assert_eq!(m["diag_probes_attached"], 6.0);
         assert_eq!(m["diag_exporter_process_series"], 1.0);
         assert_eq!(m["diag_exporter_process_series_limit"], 50.0);
+        assert_eq!(m["diag_healthy"], 0.0, "until a scrape finds it healthy");
+        assert_eq!(m["diag_tcp_ephemeral_ports_warning_ratio"], 0.0);
+        // Host-level twins of the per-process counters.
+        assert_eq!(m[r#"diag_host_tcp_opens_total{direction="active"}"#], 5.0);
+        assert_eq!(m["diag_host_tcp_closes_total"], 6.0);
+        assert_eq!(m[r#"diag_host_oom_kills_total{constraint="memcg"}"#], 0.0);
     }
 
     #[test]

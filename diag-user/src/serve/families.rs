@@ -224,6 +224,8 @@ pub fn histograms(
 pub const BIRTH_WINDOW_NS: u64 = 300_000_000_000;
 /// Most scrapers told apart (more: the least recent is forgotten).
 pub const MAX_SCRAPERS: usize = 16;
+/// Most series remembered after they left the exposition.
+pub const MAX_GONE: usize = 20_000;
 
 #[derive(Debug, Clone)]
 struct Born {
@@ -240,7 +242,7 @@ struct Born {
 /// [`BIRTH_WINDOW_NS`] after the series appeared (a scraper that comes
 /// later sees the value at once, as a new scraper sees everything).
 /// Bounded: series that left the exposition are forgotten after the
-/// window, scrapers after [`MAX_SCRAPERS`].
+/// window or beyond [`MAX_GONE`], scrapers beyond [`MAX_SCRAPERS`].
 #[derive(Debug, Clone, Default)]
 pub struct Births {
     series: HashMap<String, Born>,
@@ -308,6 +310,28 @@ impl Births {
         }
         self.series
             .retain(|_, b| now_ns.saturating_sub(b.last_ns) < BIRTH_WINDOW_NS);
+        // Series that left the exposition are kept for the window (one that
+        // came back would otherwise count its value twice), but at most
+        // MAX_GONE of them, the most recently seen.
+        let gone = self.series.values().filter(|b| b.last_ns < now_ns).count();
+        if gone > MAX_GONE {
+            let mut seen: Vec<u64> = self
+                .series
+                .values()
+                .filter(|b| b.last_ns < now_ns)
+                .map(|b| b.last_ns)
+                .collect();
+            seen.sort_unstable();
+            let cut = seen[gone - MAX_GONE];
+            let mut over = gone - MAX_GONE;
+            self.series.retain(|_, b| {
+                if over > 0 && b.last_ns < now_ns && b.last_ns <= cut {
+                    over -= 1;
+                    return false;
+                }
+                true
+            });
+        }
         out
     }
 
@@ -476,5 +500,15 @@ mod tests {
         // Series gone for the window are forgotten; scrapers are bounded.
         assert!(b.len() <= 300 + 4, "{}", b.len());
         assert!(b.scrapers.len() <= MAX_SCRAPERS);
+        // Fast churn within the window: the series gone are bounded too.
+        let mut b = Births::default();
+        for i in 0..(MAX_GONE as u64 + 5000) / 100 {
+            let names: Vec<String> = (0..100).map(|j| format!("/c{i}-{j}")).collect();
+            let v: Vec<(&str, &str, u64)> =
+                names.iter().map(|n| (n.as_str(), "memcg", 1)).collect();
+            let t = text(|r| counters(r, "diag_oom_kills", "kills", &kills(&v)));
+            b.apply(&t, "prom", i * 1_000_000);
+        }
+        assert!(b.len() <= MAX_GONE + 100 + 4, "{}", b.len());
     }
 }

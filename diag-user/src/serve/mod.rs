@@ -134,6 +134,12 @@ impl ExporterSink {
         }
     }
 
+    /// The scheduler probes are not loaded (--no-sched): leave their
+    /// families out.
+    pub fn without_sched(&mut self) {
+        lock(&self.state).exporter.sched.off = true;
+    }
+
     /// The HTTP routes, over this sink's state.
     pub fn router(&self) -> Router {
         Router::new()

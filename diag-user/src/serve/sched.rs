@@ -24,6 +24,9 @@ pub struct CgroupSched {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchedMetrics {
     pub by_cgroup: BTreeMap<String, CgroupSched>,
+    /// The scheduler probes are off (--no-sched): no families at all, not
+    /// host-level zeros that would claim nothing waited.
+    pub off: bool,
 }
 
 impl SchedMetrics {
@@ -45,6 +48,9 @@ fn secs(ns: u64) -> f64 {
 
 impl Families for SchedMetrics {
     fn register(&self, reg: &mut Registry) {
+        if self.off {
+            return;
+        }
         let label = |cg: &String| -> Labels { vec![("cgroup", cg.clone())] };
         histograms(
             reg,
@@ -122,6 +128,25 @@ mod tests {
             stalls: 2,
             hist,
         }
+    }
+
+    #[test]
+    fn no_families_while_the_probes_are_off() {
+        let m = SchedMetrics {
+            off: true,
+            ..Default::default()
+        };
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(!text.contains("diag_"), "{text}");
+        // On, with nothing seen yet: the host-level series are there at 0.
+        let mut reg = Registry::default();
+        SchedMetrics::default().register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(text.contains("diag_host_stalls_total 0"), "{text}");
     }
 
     #[test]
