@@ -510,9 +510,17 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         thread::spawn(move || {
             let mut max = 0;
             let mut scrapes = 0;
+            let mut host_closes = 0.0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let s = scrape(port);
                 max = max.max(process_series(&s));
+                // The host-level counter never goes down while series go.
+                let h = value(&s, "diag_host_tcp_closes_total", &[]).unwrap();
+                assert!(
+                    h >= host_closes,
+                    "host closes went from {host_closes} to {h}"
+                );
+                host_closes = h;
                 let own = value(&s, "diag_exporter_process_series", &[]).unwrap();
                 assert!(own <= TOP as f64, "{own}");
                 scrapes += 1;
@@ -569,6 +577,10 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         left = leftover(port);
     }
     assert_eq!(left, 0, "exited connectors still have series");
+    // Their closes stay in the host-level counter: the listener's and the
+    // connectors' (and whatever else the host closed).
+    let host = value(&scrape(port), "diag_host_tcp_closes_total", &[]).unwrap();
+    assert!(host >= (2 * PROCS) as f64, "host-level closes {host}");
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
 }

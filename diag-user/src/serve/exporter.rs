@@ -4,7 +4,7 @@
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use super::{
-    families::{Births, Families},
+    families::{Births, Families, HostTotals},
     oom::{OomMetrics, constraint_label},
     own::OwnMetrics,
     sched::SchedMetrics,
@@ -26,6 +26,8 @@ pub struct Exporter {
     pub oom: OomMetrics,
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
+    /// The host-level families, which never go down.
+    pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
     pub births: Births,
 }
@@ -41,6 +43,7 @@ impl Exporter {
                 top: bounds.top,
                 ..Default::default()
             },
+            hosts: HostTotals::default(),
             births: Births::default(),
         }
     }
@@ -90,10 +93,10 @@ impl Exporter {
 
 impl Exporter {
     /// What `scraper` (its address and user agent) gets at `now_ns`: the
-    /// families, with counter series it has not seen yet at 0 once
-    /// ([`Births`]).
+    /// families with their host-level twins ([`HostTotals`]), counter
+    /// series it has not seen yet at 0 once ([`Births`]).
     pub fn scrape(&mut self, scraper: &str, now_ns: u64) -> String {
-        let text = self.render();
+        let text = self.hosts.apply(&self.render());
         self.births.apply(&text, scraper, now_ns)
     }
 }
@@ -233,8 +236,14 @@ mod tests {
             ringbuf_full: 2,
             ..Default::default()
         });
-        let m = parse(&e.render());
+        // A scraper sees every new counter series at 0 first, then its value.
+        let first = parse(&e.scrape("prom", 1));
+        let m = parse(&e.scrape("prom", 2));
         let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        assert_eq!(
+            first[&format!("diag_tcp_opens_total{{{p},direction=\"active\"}}")],
+            0.0
+        );
         assert_eq!(
             m[&format!("diag_tcp_opens_total{{{p},direction=\"active\"}}")],
             5.0

@@ -5,9 +5,11 @@
 //! No lost first increment, for every counter built here:
 //! - [`counters`] and [`counters_f64`] add, to every family counted per
 //!   process, cgroup, port or address ([`ENTITY_LABELS`]), a host-level
-//!   family `diag_host_...` summed over those labels. It exists from the
-//!   first scrape at 0 (per value of its [`HOST_DIMENSIONS`]), so
-//!   `increase()` on it sees every increment, the first one included.
+//!   family `diag_host_...` summed over those labels; [`HostTotals`] adds
+//!   what series that left the exposition had counted, so it never goes
+//!   down. It exists from the first scrape at 0 (per value of its
+//!   [`HOST_DIMENSIONS`]), so `increase()` on it sees every increment, the
+//!   first one included.
 //! - [`Births`] makes every counter series (histograms too) that appears
 //!   later show 0 to each scraper once before its real value, so a series
 //!   that is born counting (a cgroup's first OOM kill) is still seen to
@@ -63,8 +65,10 @@ pub fn host_name(name: &str) -> String {
     }
 }
 
-/// The host-level series of a counter family, or None when it needs none
-/// (its values carry no entity label: it is host-level already).
+/// The host-level series of a counter family (the sums of its series
+/// now; [`HostTotals`] adds what series that left had counted), or None
+/// when it needs none (its values carry no entity label: it is
+/// host-level already).
 fn host_series<V: Copy + Default + std::ops::AddAssign>(
     name: &str,
     values: &[(Labels, V)],
@@ -89,6 +93,8 @@ fn host_series<V: Copy + Default + std::ops::AddAssign>(
     Some(sums.into_iter().collect())
 }
 
+const HOST_HELP: &str = "; the whole host: every series summed, with what series that left had counted (from the first scrape)";
+
 /// A counter family, and its host-level family when it is counted per
 /// entity. `name` without `_total` (the encoder adds it).
 pub fn counters(reg: &mut Registry, name: &str, help: &str, values: &[(Labels, u64)]) {
@@ -101,11 +107,7 @@ pub fn counters(reg: &mut Registry, name: &str, help: &str, values: &[(Labels, u
     };
     reg.register(name, help, make(values));
     if let Some(host) = host_series(name, values) {
-        reg.register(
-            host_name(name),
-            format!("{help}; the whole host (from the first scrape)"),
-            make(&host),
-        );
+        reg.register(host_name(name), format!("{help}{HOST_HELP}"), make(&host));
     }
 }
 
@@ -120,11 +122,7 @@ pub fn counters_f64(reg: &mut Registry, name: &str, help: &str, values: &[(Label
     };
     reg.register(name, help, make(values));
     if let Some(host) = host_series(name, values) {
-        reg.register(
-            host_name(name),
-            format!("{help}; the whole host (from the first scrape)"),
-            make(&host),
-        );
+        reg.register(host_name(name), format!("{help}{HOST_HELP}"), make(&host));
     }
 }
 
@@ -216,6 +214,158 @@ pub fn histograms(
             (sum_ns as f64 / 1e9, h.total(), buckets_seconds(h));
     }
     reg.register(name, help, f);
+}
+
+/// A sample: name, labels (key, escaped value), value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+/// One sample line of the text format: name, labels (raw `k="v"`
+/// pairs, values still escaped), value. None for anything else.
+fn sample(line: &str) -> Option<Sample<'_>> {
+    if line.starts_with('#') || line.is_empty() {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let Some((name, mut rest)) = series.split_once('{') else {
+        return Some((series, Vec::new(), value));
+    };
+    let mut labels = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(',');
+        if rest.starts_with('}') || rest.is_empty() {
+            break;
+        }
+        let (key, after) = rest.split_once("=\"")?;
+        // The value ends at the first quote not escaped.
+        let bytes = after.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && bytes[i] != b'"' {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        if i >= bytes.len() {
+            return None;
+        }
+        labels.push((key, &after[..i]));
+        rest = &after[i + 1..];
+    }
+    Some((name, labels, value))
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 9e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// What series that left the exposition had counted, added to the
+/// host-level families [`counters`] makes: an exited or displaced
+/// process's series goes, and with it its count; a series that went down
+/// is a new life behind the same labels. So a host-level series never goes
+/// down. Bounded: the series of the last exposition, and one number per
+/// host-level series.
+#[derive(Debug, Clone, Default)]
+pub struct HostTotals {
+    /// Per-entity series of the last exposition: their host-level series
+    /// and value.
+    last: HashMap<String, (String, f64)>,
+    /// What series that left had counted, per host-level series.
+    retired: BTreeMap<String, f64>,
+}
+
+impl HostTotals {
+    /// `text` (the text format) with the host-level series made whole.
+    pub fn apply(&mut self, text: &str) -> String {
+        let entity = |k: &str| ENTITY_LABELS.contains(&k);
+        // The per-entity counter series now, by their host-level series.
+        let mut now: HashMap<String, (String, f64)> = HashMap::with_capacity(self.last.len());
+        let mut family: Option<&str> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest
+                    .strip_suffix(" counter")
+                    .filter(|n| !n.starts_with("diag_host_"))
+                    .map(|n| n.strip_suffix("_total").unwrap_or(n));
+                continue;
+            }
+            let (Some(fam), Some((_, labels, value))) = (family, sample(line)) else {
+                continue;
+            };
+            if !labels.iter().any(|(k, _)| entity(k)) {
+                continue;
+            }
+            let kept: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| !entity(k))
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            let host = host_name(fam);
+            let key = if kept.is_empty() {
+                format!("{host}_total")
+            } else {
+                format!("{host}_total{{{}}}", kept.join(","))
+            };
+            let series = line.rsplit_once(' ').map_or(line, |x| x.0).to_string();
+            now.insert(series, (key, value.parse().unwrap_or(0.0)));
+        }
+        for (series, (key, before)) in &self.last {
+            match now.get(series) {
+                Some((_, v)) if v >= before => {}
+                // Gone, or down (a new life): what it had counted stays.
+                _ => *self.retired.entry(key.clone()).or_default() += before,
+            }
+        }
+        self.last = now;
+
+        // The host-level lines with the retired counts; a host-level series
+        // that has only retired counts left is added to its family.
+        let mut out = String::with_capacity(text.len() + 256);
+        let mut shown: Vec<&str> = Vec::new();
+        let mut host_family: Option<String> = None;
+        let flush = |out: &mut String, fam: &Option<String>, shown: &[&str]| {
+            let Some(f) = fam else { return };
+            let prefix = format!("{f}_total");
+            for (k, r) in &self.retired {
+                if key_host(k) == f && k.starts_with(&prefix) && !shown.contains(&k.as_str()) {
+                    out.push_str(&format!("{k} {}\n", number(*r)));
+                }
+            }
+        };
+        for line in text.lines() {
+            if line.starts_with("# HELP ") || line.starts_with("# EOF") {
+                flush(&mut out, &host_family, &shown);
+                host_family = None;
+                shown.clear();
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                host_family = rest
+                    .strip_suffix(" counter")
+                    .filter(|n| n.starts_with("diag_host_"))
+                    .map(|n| n.strip_suffix("_total").unwrap_or(n).to_string());
+            }
+            if host_family.is_some()
+                && let Some((series, value)) = line.rsplit_once(' ')
+                && !line.starts_with('#')
+                && let Some(r) = self.retired.get(series)
+            {
+                let v: f64 = value.parse().unwrap_or(0.0);
+                out.push_str(&format!("{series} {}\n", number(v + r)));
+                shown.push(series);
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        flush(&mut out, &host_family, &shown);
+        out
+    }
+}
+
+/// The host-level family of a host-level series key.
+fn key_host(key: &str) -> &str {
+    let series = key.split('{').next().unwrap_or(key);
+    series.strip_suffix("_total").unwrap_or(series)
 }
 
 /// How long a new counter series is shown at 0 to scrapers that have not
@@ -381,9 +531,15 @@ mod tests {
             .collect()
     }
 
+    /// The text with its host-level families.
+    fn hosted(h: &mut HostTotals, build: impl Fn(&mut Registry)) -> String {
+        h.apply(&text(build))
+    }
+
     #[test]
     fn host_level_series_exist_at_zero_from_the_start() {
-        let t = text(|r| counters(r, "diag_oom_kills", "kills", &[]));
+        let mut h = HostTotals::default();
+        let t = hosted(&mut h, |r| counters(r, "diag_oom_kills", "kills", &[]));
         assert_eq!(
             value(&t, r#"diag_host_oom_kills_total{constraint="memcg"}"#),
             Some(0.0),
@@ -393,11 +549,16 @@ mod tests {
             value(&t, r#"diag_host_oom_kills_total{constraint="global"}"#),
             Some(0.0)
         );
+        assert!(
+            t.contains("# TYPE diag_host_oom_kills_total counter"),
+            "{t}"
+        );
         // Undeclared families: one unlabelled host series.
-        let t = text(|r| counters(r, "diag_tcp_closes", "closes", &[]));
+        let t = hosted(&mut h, |r| counters(r, "diag_tcp_closes", "closes", &[]));
         assert_eq!(value(&t, "diag_host_tcp_closes_total"), Some(0.0), "{t}");
         // Sums over the entity labels.
-        let t = text(|r| {
+        let mut h = HostTotals::default();
+        let t = hosted(&mut h, |r| {
             let v = kills(&[("/a", "memcg", 2), ("/b", "memcg", 3), ("/b", "global", 1)]);
             counters(r, "diag_oom_kills", "kills", &v)
         });
@@ -410,7 +571,7 @@ mod tests {
             Some(1.0)
         );
         // A family without entity labels is host-level already.
-        let t = text(|r| {
+        let t = hosted(&mut h, |r| {
             counters(
                 r,
                 "diag_map_full",
@@ -420,7 +581,7 @@ mod tests {
         });
         assert!(!t.contains("diag_host_map_full"), "{t}");
         // Fractions too.
-        let t = text(|r| {
+        let t = hosted(&mut h, |r| {
             counters_f64(
                 r,
                 "diag_cpu_seconds",
@@ -435,6 +596,51 @@ mod tests {
     }
 
     #[test]
+    fn host_level_series_never_go_down_when_series_leave() {
+        let mut h = HostTotals::default();
+        let proc = |pid: &str, comm: &str, n: u64| -> (Labels, u64) {
+            (
+                vec![
+                    ("pid", pid.to_string()),
+                    ("comm", comm.to_string()),
+                    ("direction", "active".to_string()),
+                ],
+                n,
+            )
+        };
+        let opens = |h: &mut HostTotals, v: Vec<(Labels, u64)>| {
+            let t = hosted(h, |r| counters(r, "diag_tcp_opens", "opens", &v));
+            value(&t, r#"diag_host_tcp_opens_total{direction="active"}"#).unwrap()
+        };
+        assert_eq!(
+            opens(&mut h, vec![proc("1", "a", 5), proc("2", "b\\\"x,y", 3)]),
+            8.0
+        );
+        // 1 exits and its series goes; 2 connects once more.
+        assert_eq!(opens(&mut h, vec![proc("2", "b\\\"x,y", 4)]), 9.0);
+        // A new process behind pid 2's labels starts from 1.
+        assert_eq!(opens(&mut h, vec![proc("2", "b\\\"x,y", 1)]), 10.0);
+        assert_eq!(opens(&mut h, vec![]), 10.0);
+        // The passive side was there at 0 all along.
+        let t = hosted(&mut h, |r| counters(r, "diag_tcp_opens", "opens", &[]));
+        assert_eq!(
+            value(&t, r#"diag_host_tcp_opens_total{direction="passive"}"#),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn samples_are_parsed_with_escaped_label_values() {
+        let (name, labels, value) = sample(r#"diag_x_total{comm="a\"b,c}",pid="7"} 3"#).unwrap();
+        assert_eq!(name, "diag_x_total");
+        assert_eq!(labels, vec![("comm", r#"a\"b,c}"#), ("pid", "7")]);
+        assert_eq!(value, "3");
+        assert_eq!(sample("diag_y_total 1.5").unwrap().2, "1.5");
+        assert!(sample("# TYPE x counter").is_none());
+        assert!(sample(r#"x{a="unterminated} 1"#).is_none());
+    }
+
+    #[test]
     fn a_series_born_counting_shows_zero_to_each_scraper_once() {
         let mut b = Births::default();
         let s = 1_000_000_000;
@@ -444,6 +650,10 @@ mod tests {
         let one = text(|r| counters(r, "diag_oom_kills", "kills", &kills(&[("/x", "memcg", 1)])));
         let k = r#"diag_oom_kills_total{cgroup="/x",constraint="memcg"}"#;
         let host = r#"diag_host_oom_kills_total{constraint="memcg"}"#;
+        let mut h = HostTotals::default();
+        let before = h.apply(&before);
+        b.apply(&before, "prom-a", s);
+        let one = h.apply(&one);
         let t = b.apply(&one, "prom-a", 2 * s);
         assert_eq!(value(&t, k), Some(0.0), "born at 0: {t}");
         assert_eq!(value(&t, host), Some(1.0), "the host series was there");

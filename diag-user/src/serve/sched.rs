@@ -146,7 +146,9 @@ mod tests {
         SchedMetrics::default().register(&mut reg);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let text = super::super::families::HostTotals::default().apply(&text);
         assert!(text.contains("diag_host_stalls_total 0"), "{text}");
+        assert!(text.contains("diag_host_cpu_seconds_total 0"), "{text}");
     }
 
     #[test]
