@@ -23,7 +23,7 @@ pub enum EnvError {
     )]
     TracefsRefused { path: String, why: String },
     #[error(
-        "tracefs at {path} is mounted but not readable for this user (mode {mode:o}): run diag as root"
+        "tracefs at {path} is mounted but not readable for this user (mode {mode:o}): run diag as root, or give it CAP_DAC_READ_SEARCH"
     )]
     TracefsUnreadable { path: String, mode: u32 },
     #[error("tracepoint {name} is missing from this kernel ({why}): diag cannot trace {what} here")]

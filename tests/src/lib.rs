@@ -15,6 +15,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod prom;
+pub use prom::{Prometheus, http_get};
+
 /// Tests that share kernel state (TCP counters, loaded programs) run one
 /// at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -122,8 +125,15 @@ impl Output {
 impl Diag {
     /// Start `diag ARGS` and wait until it says it is tracing.
     pub fn start(args: &[&str]) -> Diag {
-        let mut child = Command::new(diag_bin())
-            .args(args)
+        let mut cmd = Command::new(diag_bin());
+        cmd.args(args);
+        Diag::start_cmd(cmd)
+    }
+
+    /// Start `cmd` (diag, maybe behind a wrapper that execs it, such as
+    /// setpriv) and wait until it says it is tracing.
+    pub fn start_cmd(mut cmd: Command) -> Diag {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

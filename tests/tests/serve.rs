@@ -5,61 +5,21 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     net::TcpStream,
     os::unix::process::ExitStatusExt,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, Gen, MemCgroup, V1_ROOT, free_port, require_root, serial};
+use diag_tests::{
+    Diag, Gen, MemCgroup, Prometheus, V1_ROOT, free_port, http_get, require_root, serial,
+};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// `GET path` over a plain TcpStream: (status, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end: {text:?}")))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (size, after) = rest.split_once("\r\n").unwrap_or(("0", ""));
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
 
 /// One sample of the text exposition format.
 #[derive(Debug, Clone)]
@@ -447,115 +407,6 @@ fn refuses_a_port_in_use_in_one_sentence_and_notes_non_loopback() {
     );
 }
 
-/// A Prometheus server on loopback, stopped (and its directory removed)
-/// on drop, even when the test fails.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("diag-serve-prom-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: diag\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "prometheus: {e}: run `cargo xtask setup` (it installs the prometheus package)"
-                )
-            });
-        let p = Prometheus { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(port, "/-/ready"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    /// An instant PromQL query: the result vector.
-    fn query(&self, q: &str) -> Vec<Value> {
-        let enc: String = q
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={enc}")).unwrap();
-        assert_eq!(status, 200, "{q}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{body}");
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// The single value `q` returns, if it returns one.
-    fn scalar(&self, q: &str) -> Option<f64> {
-        let r = self.query(q);
-        (r.len() == 1)
-            .then(|| r[0]["value"][1].as_str().and_then(|s| s.parse().ok()))
-            .flatten()
-    }
-
-    /// Query until `q` returns `want`, up to `timeout`.
-    fn wait_for(&self, q: &str, want: f64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.scalar(q);
-            if got == Some(want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{q}: {got:?} after {timeout:?}, want {want}: {:?}",
-                self.query(q)
-            );
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_prometheus_server_scrapes_diag_and_answers_promql() {
     if !require_root("a_prometheus_server_scrapes_diag_and_answers_promql") {
@@ -642,6 +493,9 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         let pids: std::collections::BTreeSet<&String> = s
             .iter()
             .filter(|x| x.name.starts_with("diag_tcp_"))
+            // Listeners (any on the host) are bounded on their own.
+            .filter(|x| !x.name.starts_with("diag_tcp_listen_queue_high"))
+            .filter(|x| !x.name.starts_with("diag_tcp_listen_backlog"))
             .filter_map(|x| x.labels.get("pid"))
             .filter(|p| p.as_str() != "other")
             .collect();
@@ -656,9 +510,17 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         thread::spawn(move || {
             let mut max = 0;
             let mut scrapes = 0;
+            let mut host_closes = 0.0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let s = scrape(port);
                 max = max.max(process_series(&s));
+                // The host-level counter never goes down while series go.
+                let h = value(&s, "diag_host_tcp_closes_total", &[]).unwrap();
+                assert!(
+                    h >= host_closes,
+                    "host closes went from {host_closes} to {h}"
+                );
+                host_closes = h;
                 let own = value(&s, "diag_exporter_process_series", &[]).unwrap();
                 assert!(own <= TOP as f64, "{own}");
                 scrapes += 1;
@@ -715,6 +577,10 @@ fn five_hundred_short_lived_processes_stay_within_the_series_bound() {
         left = leftover(port);
     }
     assert_eq!(left, 0, "exited connectors still have series");
+    // Their closes stay in the host-level counter: the listener's and the
+    // connectors' (and whatever else the host closed).
+    let host = value(&scrape(port), "diag_host_tcp_closes_total", &[]).unwrap();
+    assert!(host >= (2 * PROCS) as f64, "host-level closes {host}");
     let out = diag.stop(libc::SIGTERM);
     assert!(out.status.success(), "{} {:?}", out.status, out.stderr);
 }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | dist | bench`.
 //!
 //! Every task first makes sure the machine has what it needs (Debian
 //! packages, a project-local bpf-linker, tracefs and bpffs mounted),
@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_tcp;
+mod dist;
 mod stats;
 
 #[derive(Parser)]
@@ -46,6 +47,17 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Set up, build diag (release, or --debug) and make a Debian package
+    /// of it: the binary, man pages, shell completions, the alerting rules
+    /// and dashboard, systemd units (target/dist/diag_VERSION_ARCH.deb)
+    Dist {
+        /// Package the debug build (quick; what the package test uses)
+        #[arg(long)]
+        debug: bool,
+        /// Write the package into this directory
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Measure what diag costs and how far it goes, against baselines run
     /// in the same invocation (installs linux-perf and bpftrace; builds
@@ -113,6 +125,15 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "prometheus",
         "a real Prometheus server and promtool, for the serve tests",
+    ),
+    ("binutils", "strip, for `cargo xtask dist`"),
+    (
+        "systemd",
+        "systemd-analyze verify on the package's units, for the package test",
+    ),
+    (
+        "man-db",
+        "man, for the package test (and systemd-analyze's man: links)",
     ),
 ];
 
@@ -411,6 +432,7 @@ fn real_main() -> Result<()> {
             bail!("cannot run {}: {err}", bin.display())
         }
         Task::Test { args } => test(&args),
+        Task::Dist { debug, out } => dist::dist(debug, out).map(|_| ()),
         Task::Bench {
             rounds,
             loops,

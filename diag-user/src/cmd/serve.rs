@@ -90,6 +90,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tcp.drop_reasons = drop_reasons;
         let mut exporter =
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
+        if args.no_sched {
+            exporter.without_sched();
+        }
         let app = exporter.router();
         let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));
         if !args.listen.ip().is_loopback() {

@@ -4,7 +4,7 @@
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use super::{
-    families::Families,
+    families::{Births, Families, HostTotals},
     oom::{OomMetrics, constraint_label},
     own::OwnMetrics,
     sched::SchedMetrics,
@@ -26,6 +26,10 @@ pub struct Exporter {
     pub oom: OomMetrics,
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
+    /// The host-level families, which never go down.
+    pub hosts: HostTotals,
+    /// Counter series shown at 0 before their first value, per scraper.
+    pub births: Births,
 }
 
 impl Exporter {
@@ -39,6 +43,8 @@ impl Exporter {
                 top: bounds.top,
                 ..Default::default()
             },
+            hosts: HostTotals::default(),
+            births: Births::default(),
         }
     }
 
@@ -82,6 +88,16 @@ impl Exporter {
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &reg);
         out
+    }
+}
+
+impl Exporter {
+    /// What `scraper` (its address and user agent) gets at `now_ns`: the
+    /// families with their host-level twins ([`HostTotals`]), counter
+    /// series it has not seen yet at 0 once ([`Births`]).
+    pub fn scrape(&mut self, scraper: &str, now_ns: u64) -> String {
+        let text = self.hosts.apply(&self.render());
+        self.births.apply(&text, scraper, now_ns)
     }
 }
 
@@ -222,8 +238,14 @@ mod tests {
             ringbuf_full: 2,
             ..Default::default()
         });
-        let m = parse(&e.render());
+        // A scraper sees every new counter series at 0 first, then its value.
+        let first = parse(&e.scrape("prom", 1));
+        let m = parse(&e.scrape("prom", 2));
         let p = r#"pid="7",comm="api",cgroup="/svc/a""#;
+        assert_eq!(
+            first[&format!("diag_tcp_opens_total{{{p},direction=\"active\"}}")],
+            0.0
+        );
         assert_eq!(
             m[&format!("diag_tcp_opens_total{{{p},direction=\"active\"}}")],
             5.0
@@ -250,6 +272,12 @@ mod tests {
         assert_eq!(m["diag_probes_attached"], 6.0);
         assert_eq!(m["diag_exporter_process_series"], 1.0);
         assert_eq!(m["diag_exporter_process_series_limit"], 50.0);
+        assert_eq!(m["diag_healthy"], 0.0, "until a scrape finds it healthy");
+        assert_eq!(m["diag_tcp_ephemeral_ports_warning_ratio"], 0.0);
+        // Host-level twins of the per-process counters.
+        assert_eq!(m[r#"diag_host_tcp_opens_total{direction="active"}"#], 5.0);
+        assert_eq!(m["diag_host_tcp_closes_total"], 6.0);
+        assert_eq!(m[r#"diag_host_oom_kills_total{constraint="memcg"}"#], 0.0);
     }
 
     #[test]

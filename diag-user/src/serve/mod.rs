@@ -119,9 +119,11 @@ impl ExporterSink {
         attached: usize,
         stopping: CancellationToken,
     ) -> Self {
+        let mut exporter = Exporter::new(bounds, attached);
+        exporter.own.pressure_warn = tcp.pressure_warn;
         ExporterSink {
             state: Arc::new(Mutex::new(ServeState {
-                exporter: Exporter::new(bounds, attached),
+                exporter,
                 agg: TcpAggregate::new(tcp),
                 last_health_ns: None,
                 attached,
@@ -130,6 +132,12 @@ impl ExporterSink {
             })),
             next_update: boot_ns() + UPDATE_EVERY.as_nanos() as u64,
         }
+    }
+
+    /// The scheduler probes are not loaded (--no-sched): leave their
+    /// families out.
+    pub fn without_sched(&mut self) {
+        lock(&self.state).exporter.sched.off = true;
     }
 
     /// The HTTP routes, over this sink's state.
@@ -215,15 +223,38 @@ impl Sink for ExporterSink {
     }
 }
 
-async fn metrics(State(state): State<Shared>) -> axum::response::Response {
+/// The address a connection came from (set by [`serve_bounded`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// Who scrapes: the peer's address and its user agent (two Prometheus
+/// servers on one host are told apart by their versions at least).
+fn scraper_id(peer: Option<Peer>, headers: &axum::http::HeaderMap) -> String {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ip = peer.map_or("?".to_string(), |p| p.0.to_string());
+    format!("{ip} {ua}")
+}
+
+async fn metrics(
+    State(state): State<Shared>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let scraper = scraper_id(peer.map(|p| p.0), &headers);
     let text = {
         let mut s = lock(&state);
         let s = &mut *s;
         // A look: the tick moves the rate baselines and ages processes,
         // however often Prometheus scrapes.
+        let now = boot_ns();
         s.exporter
-            .update_tcp(&s.agg.peek(boot_ns()), &mut Procfs::at(s.last_health_ns));
-        s.exporter.render()
+            .update_tcp(&s.agg.peek(now), &mut Procfs::at(s.last_health_ns));
+        s.exporter.own.healthy =
+            health_check(s.attached, s.last_health_ns, s.stopping.is_cancelled(), now).is_ok();
+        s.exporter.scrape(&scraper, now)
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
@@ -280,8 +311,8 @@ pub async fn serve_bounded(
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
             // Out of file descriptors and the like: wait, then go on.
             Err(e) => {
                 tracing::warn!("accepting a connection failed: {e}");
@@ -300,7 +331,7 @@ pub async fn serve_bounded(
             drop(stream);
             continue;
         };
-        let svc = TowerToHyperService::new(app.clone());
+        let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer.ip()))));
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()

@@ -14,6 +14,10 @@ pub struct OwnMetrics {
     pub probes_attached: usize,
     pub process_series: usize,
     pub top: usize,
+    /// Whether `/healthz` would answer 200 (set at each scrape).
+    pub healthy: bool,
+    /// --pressure-warn, as a share of the ephemeral port range.
+    pub pressure_warn: f64,
 }
 
 impl Families for OwnMetrics {
@@ -51,6 +55,18 @@ impl Families for OwnMetrics {
             "diag_decode_errors",
             "Records user space could not decode",
             h.decode_errors,
+        );
+        gauge(
+            reg,
+            "diag_healthy",
+            "1 while /healthz answers 200 (probes attached, the live source reporting), else 0",
+            i64::from(self.healthy),
+        );
+        super::families::gauges_f64(
+            reg,
+            "diag_tcp_ephemeral_ports_warning_ratio",
+            "The --pressure-warn level: diag_tcp_ephemeral_ports_usage_ratio at or above it is a warning",
+            &[(Vec::new(), self.pressure_warn)],
         );
         gauge(
             reg,

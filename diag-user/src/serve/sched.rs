@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use prometheus_client::{metrics::family::Family, registry::Registry};
+use prometheus_client::registry::Registry;
 
-use super::families::{Families, Labels, counters, histograms};
+use super::families::{Families, Labels, counters, counters_f64, histograms};
 use crate::aggregate::{histogram::Log2Hist, sched::ProcInterval};
 
 /// One cgroup's scheduler totals since diag started.
@@ -24,6 +24,9 @@ pub struct CgroupSched {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchedMetrics {
     pub by_cgroup: BTreeMap<String, CgroupSched>,
+    /// The scheduler probes are off (--no-sched): no families at all, not
+    /// host-level zeros that would claim nothing waited.
+    pub off: bool,
 }
 
 impl SchedMetrics {
@@ -45,6 +48,9 @@ fn secs(ns: u64) -> f64 {
 
 impl Families for SchedMetrics {
     fn register(&self, reg: &mut Registry) {
+        if self.off {
+            return;
+        }
         let label = |cg: &String| -> Labels { vec![("cgroup", cg.clone())] };
         histograms(
             reg,
@@ -85,14 +91,12 @@ impl Families for SchedMetrics {
                 |c| c.cpu_ns,
             ),
         ] {
-            let fam = Family::<
-                Labels,
-                prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
-            >::default();
-            for (cg, c) in &self.by_cgroup {
-                fam.get_or_create(&label(cg)).inc_by(secs(get(c)));
-            }
-            reg.register(name, help, fam);
+            let values: Vec<(Labels, f64)> = self
+                .by_cgroup
+                .iter()
+                .map(|(cg, c)| (label(cg), secs(get(c))))
+                .collect();
+            counters_f64(reg, name, help, &values);
         }
     }
 }
@@ -124,6 +128,27 @@ mod tests {
             stalls: 2,
             hist,
         }
+    }
+
+    #[test]
+    fn no_families_while_the_probes_are_off() {
+        let m = SchedMetrics {
+            off: true,
+            ..Default::default()
+        };
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(!text.contains("diag_"), "{text}");
+        // On, with nothing seen yet: the host-level series are there at 0.
+        let mut reg = Registry::default();
+        SchedMetrics::default().register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let text = super::super::families::HostTotals::default().apply(&text);
+        assert!(text.contains("diag_host_stalls_total 0"), "{text}");
+        assert!(text.contains("diag_host_cpu_seconds_total 0"), "{text}");
     }
 
     #[test]
