@@ -55,6 +55,17 @@ pub const HOST_DIMENSIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("diag_tcp_opens", "direction", &["active", "passive"]),
     ("diag_tcp_resets", "direction", &["sent", "received"]),
+    (
+        "diag_tcp_connect_failures",
+        "error",
+        &[
+            "ECONNREFUSED",
+            "ETIMEDOUT",
+            "EHOSTUNREACH",
+            "ENETUNREACH",
+            "closed",
+        ],
+    ),
 ];
 
 /// The host-level family's name: `diag_tcp_opens` -> `diag_host_tcp_opens`.
