@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
@@ -54,6 +54,69 @@ static SOCK_OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(262_144,
 /// local address and port.
 #[map]
 static LISTENERS: HashMap<ListenKey, SockOwner> = HashMap::with_max_entries(16_384, 0);
+
+/// Listeners whose accept queue was seen full (more connections queued
+/// than the backlog), by skaddr, and how many there are: while none is,
+/// the consume_skb program returns after its location check, so a SYN a
+/// healthy listener answers costs two loads, not a header parse and a
+/// listener lookup. A listener leaves when a passive open finds its queue
+/// at half its backlog or less (drained; the gap keeps concurrent opens
+/// from clearing a queue that just filled) or when it closes. The count
+/// only errs towards "some are full" (a failed insert keeps it above 0
+/// for good): that costs time, never a drop.
+#[map]
+static FULL_LISTENERS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+#[map]
+static FULL_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Listeners marked full (0: none; unreadable counts as some).
+#[inline(always)]
+fn full_listeners() -> u64 {
+    FULL_COUNT.get(0).copied().unwrap_or(1)
+}
+
+#[inline(always)]
+fn add_full(v: u64) {
+    if let Some(p) = FULL_COUNT.get_ptr_mut(0) {
+        // SAFETY: a map value pointer, 8-byte aligned, valid while we run;
+        // the kernel allows atomic adds on map values (no fetch: BPF v1).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, v,
+            )
+        };
+    }
+}
+
+/// A listener's accept queue `queue` (the connections now in it) against
+/// its `max`: mark it full, or unmark it once drained.
+#[inline(always)]
+fn note_fill(listener: u64, queue: u32, max: u32) {
+    if queue == NO_FIELD || max == NO_FIELD || listener == 0 {
+        return;
+    }
+    if queue > max {
+        match FULL_LISTENERS.insert(listener, 1, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+            Ok(()) => add_full(1),
+            // Already marked.
+            Err(-17) => {}
+            // Map full: some stay unmarked, so the gate stays open.
+            Err(_) => {
+                count(counters::LISTEN_MAP_FULL);
+                add_full(1);
+            }
+        }
+    } else if u64::from(queue) * 2 <= u64::from(max) && full_listeners() != 0 {
+        unmark_full(listener);
+    }
+}
+
+#[inline(always)]
+fn unmark_full(listener: u64) {
+    if FULL_LISTENERS.remove(listener).is_ok() {
+        add_full(u64::MAX);
+    }
+}
 
 /// Offsets for the accept program and for network namespaces (BTF and
 /// tracefs), written by user space at load time.
@@ -333,6 +396,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         match listener_of(owner.netns, t.family, &t.saddr, sport) {
             Some(o) => {
                 listen = listener_fill(o.skaddr);
+                note_fill(o.skaddr, listen.0, listen.1);
                 owner.pid = o.pid;
                 owner.tgid = o.tgid;
                 owner.comm = o.comm;
@@ -381,6 +445,9 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
                 if o.skaddr == skaddr {
                     let _ = LISTENERS.remove(key);
                 }
+            }
+            if full_listeners() != 0 {
+                unmark_full(skaddr);
             }
         }
     } else {
@@ -1022,9 +1089,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let reason: u32 = field(ctx, l.kfree_reason)?;
-    if reason <= l.skip_reasons_upto
-        || reason == l.quiet_reasons[0]
-        || reason == l.quiet_reasons[1]
+    if reason <= l.skip_reasons_upto || reason == l.quiet_reasons[0] || reason == l.quiet_reasons[1]
     {
         return Ok(0);
     }
@@ -1156,7 +1221,11 @@ fn socket_drop(
         header.pid = k.pid;
         header.tgid = k.tgid;
         header.comm = k.comm;
-        how = if k.how != 0 { k.how } else { attribution::SOCKET };
+        how = if k.how != 0 {
+            k.how
+        } else {
+            attribution::SOCKET
+        };
         netns = k.netns;
     } else {
         netns = netns_of(sk);
@@ -1233,6 +1302,10 @@ fn try_consume_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     let location: u64 = field(ctx, l.consume_location)?;
     if location < l.syn_lo || location >= l.syn_hi {
+        return Ok(0);
+    }
+    // No listener's queue is full: this SYN was answered.
+    if full_listeners() == 0 {
         return Ok(0);
     }
     let skb: u64 = field(ctx, l.consume_skbaddr)?;
@@ -1489,6 +1562,15 @@ pub extern "C" fn seed_listener_socks(ctx: *mut core::ffi::c_void) -> i32 {
         unsafe {
             if (*o).skaddr == 0 {
                 (*o).skaddr = sk;
+            }
+        }
+        // Full already: its SYN drops must be looked at from the start.
+        if l.backlog_valid != 0 {
+            if let (Ok(q), Ok(max)) = (
+                kread::<u32>(sk + l.sk_ack_backlog as u64),
+                kread::<u32>(sk + l.sk_max_ack_backlog as u64),
+            ) {
+                note_fill(sk, q, max);
             }
         }
     }
