@@ -362,12 +362,13 @@ fn close_bytes_and_rtt_in_conns_and_serve() {
         "{snap}"
     );
 
-    // serve: the same bytes per process series, credited at the close.
+    // serve: the same bytes per process series, credited at the close
+    // (a new series shows 0 to a scraper once before its value).
     let mut body = String::new();
     wait_until(Duration::from_secs(15), "the bytes in /metrics", || {
         body = diag_tests::scrape_metrics(port);
-        metric(&body, "diag_tcp_bytes_sent_total", x.client_pid).is_some()
-            && metric(&body, "diag_tcp_bytes_received_total", x.server_pid).is_some()
+        metric(&body, "diag_tcp_bytes_sent_total", x.client_pid) == Some(K + 2)
+            && metric(&body, "diag_tcp_bytes_received_total", x.server_pid) == Some(K + 1)
     });
     let sent = |pid| metric(&body, "diag_tcp_bytes_sent_total", pid);
     let received = |pid| metric(&body, "diag_tcp_bytes_received_total", pid);
