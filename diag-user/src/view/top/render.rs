@@ -495,6 +495,17 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                 )),
                 None => v.push("TCP: no activity seen".into()),
             }
+            if let Some(t) = r
+                .tcp
+                .filter(|t| t.kernel_drops > 0 || t.bytes_acked + t.bytes_received > 0)
+            {
+                v.push(format!(
+                    "Kernel drops {} (reasons in diag conns and the hints)  closed connections tx {} rx {}",
+                    t.kernel_drops,
+                    crate::view::fmt::human_bytes(t.bytes_acked),
+                    crate::view::fmt::human_bytes(t.bytes_received)
+                ));
+            }
             if let Some(t) = r.tcp.filter(|t| {
                 t.connects > 0 || t.listen_overflows > 0 || t.listen_queue_high.is_some()
             }) {

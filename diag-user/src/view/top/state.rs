@@ -97,6 +97,15 @@ pub struct TcpCols {
     pub failed_connects: u64,
     #[serde(default)]
     pub failed_connects_per_s: f64,
+    /// Packets the kernel dropped for its sockets (every reason), and
+    /// the bytes of its closed connections (acked, received), since
+    /// start.
+    #[serde(default)]
+    pub kernel_drops: u64,
+    #[serde(default)]
+    pub bytes_acked: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 /// One process on screen.
@@ -861,6 +870,9 @@ impl TopState {
                 listen_queue_high: fullest_of(p.pid),
                 failed_connects: p.totals.failed_connects,
                 failed_connects_per_s: p.rates.failed_connects,
+                kernel_drops: p.kernel_drops.iter().map(|(_, n)| n).sum(),
+                bytes_acked: p.totals.bytes_acked,
+                bytes_received: p.totals.bytes_received,
             });
         }
         for (k, c) in &self.oom.by_victim {

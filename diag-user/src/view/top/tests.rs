@@ -267,6 +267,9 @@ fn detail_view_of_the_selected_process() {
         t.listen_overflows = 7;
         t.listen_overflows_interval = 2;
         t.listen_queue_high = Some((129, 128));
+        t.kernel_drops = 9;
+        t.bytes_acked = 2048;
+        t.bytes_received = 3 << 20;
     }
     let lines = render::detail_lines(&st, 300);
     let line = lines
@@ -276,6 +279,15 @@ fn detail_view_of_the_selected_process() {
     assert!(line.contains("(12 connects)"), "{line}");
     assert!(
         line.contains("listen overflows 7 (2 in the interval)"),
+        "{line}"
+    );
+    assert!(line.contains("accept queue up to 129 of 128"), "{line}");
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("Kernel drops"))
+        .expect("a drops and bytes line");
+    assert!(
+        line.contains("Kernel drops 9 ") && line.contains("tx 2.0KiB rx 3.00MiB"),
         "{line}"
     );
     st.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
