@@ -412,9 +412,12 @@ fn every_shipped_rule_fires_against_a_live_diag() {
     // one CPU, in a cgroup of its own.
     let cg = unified_cgroup("rules");
     let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
-    let mut hog = cg.spawn(CPUHOG, &["hog", "1", "4", &cpu]);
-    let mut victim = cg.spawn(CPUHOG, &["victim", "4", &cpu, "idle"]);
-    wait_fire(&prom, "DiagRunQueueLatencyHigh", 40);
+    // Two busy threads, so the idle-priority victim's waits pass 50 ms
+    // however the scheduler splits its slices (one was not always enough
+    // on a loaded CI host).
+    let mut hog = cg.spawn(CPUHOG, &["hog", "2", "6", &cpu]);
+    let mut victim = cg.spawn(CPUHOG, &["victim", "6", &cpu, "idle"]);
+    wait_fire(&prom, "DiagRunQueueLatencyHigh", 60);
     assert!(hog.wait().unwrap().success() && victim.wait().unwrap().success());
 
     // Every query of the dashboard returns series now.
