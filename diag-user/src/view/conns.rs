@@ -18,7 +18,7 @@ use crate::{
     clock::WallClock,
     sink::{Flow, Sink},
     view::{
-        fmt::{human_bytes, human_ns},
+        fmt::{human_bytes, human_ns, human_us},
         out::{Output, flow_of},
     },
 };
@@ -408,15 +408,14 @@ pub fn render_text(snap: &TcpSnapshot, health: &Health, clock: &WallClock) -> St
             "\nClosed connections by destination (smoothed RTT at close, median of the last {}), highest first:",
             crate::aggregate::close::RTT_SAMPLES
         );
-        let us = |v: Option<u32>| v.map_or("-".to_string(), |u| human_ns(u64::from(u) * 1000));
         for d in rtt {
             let _ = writeln!(
                 o,
                 "  {:<28} {:>6} closed  rtt p50 {:>9}  max {:>9}  tx {:>9}  rx {:>9}  retrans {}",
                 d.remote.to_string(),
                 d.closed,
-                us(d.rtt_p50_us),
-                us(d.rtt_max_us),
+                human_us(d.rtt_p50_us),
+                human_us(d.rtt_max_us),
                 human_bytes(d.bytes_acked),
                 human_bytes(d.bytes_received),
                 d.retrans,

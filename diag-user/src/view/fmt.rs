@@ -36,6 +36,11 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
+/// Microseconds as [`human_ns`] does them; `-` when unknown.
+pub fn human_us(us: Option<u32>) -> String {
+    us.map_or("-".to_string(), |u| human_ns(u64::from(u) * 1000))
+}
+
 /// A size in KiB in the unit that reads best: 120KiB, 31.9MiB, 1.50GiB.
 pub fn human_kb(kb: u64) -> String {
     match kb {

@@ -18,7 +18,7 @@ use crate::{
     record::{RecordingHeader, reader::Record},
     source::replay::open,
     view::{
-        fmt::{human_bytes, human_ns},
+        fmt::{human_bytes, human_ns, human_us},
         tail::oom_text,
     },
 };
@@ -554,7 +554,6 @@ fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> 
         );
         return;
     };
-    let us = |v: Option<u32>| v.map_or("-".to_string(), |u| human_ns(u64::from(u) * 1000));
     let dur = |c: &Closed| c.duration_ns.map_or("?".to_string(), human_ns);
     let line = |c: &Closed| {
         format!(
@@ -568,7 +567,7 @@ fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> 
             human_bytes(c.bytes_acked),
             human_bytes(c.bytes_received),
             c.total_retrans,
-            us(c.srtt_us),
+            human_us(c.srtt_us),
             c.closed_by,
         )
     };
@@ -597,8 +596,8 @@ fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> 
                 "    {:<28} {} closed, rtt p50 {} max {}, tx {} rx {}, retrans {}",
                 d.remote.to_string(),
                 d.closed,
-                us(d.rtt_p50_us),
-                us(d.rtt_max_us),
+                human_us(d.rtt_p50_us),
+                human_us(d.rtt_max_us),
                 human_bytes(d.bytes_acked),
                 human_bytes(d.bytes_received),
                 d.retrans,

@@ -28,7 +28,7 @@ use crate::{
     sink::{Flow, Sink},
     sys::page_kb,
     view::{
-        fmt::{address, endpoint, human_kb, human_ns},
+        fmt::{address, endpoint, human_kb, human_ns, human_us},
         out::{Output, flow_of},
     },
 };
@@ -393,11 +393,7 @@ fn close_text(c: &TcpCloseEvent, clock: &WallClock) -> String {
     } else {
         human_ns(c.duration_ns)
     };
-    let rtt = if c.srtt_us == 0 {
-        "-".to_string()
-    } else {
-        human_ns(u64::from(c.srtt_us) * 1000)
-    };
+    let rtt = human_us((c.srtt_us != 0).then_some(c.srtt_us));
     format!(
         "{:<16} {:<8} {:<16} {:<24} {:<24} {:<26} {:<10} {:>12} {:>12} {:>7} {:>9}",
         clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
