@@ -555,18 +555,7 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             })
         }
         AnyEvent::TcpDrop(d) if d.cause == drop_cause::SOCKET => {
-            let mut v = tcp_json(
-                "tcp_drop",
-                &d.header,
-                clock,
-                d.family,
-                (&d.addr, d.port),
-                (&d.raddr, d.rport),
-                d.attribution,
-                d.current_tgid,
-                d.skaddr,
-                d.netns,
-            );
+            let mut v = drop_json("tcp_drop", d, clock);
             if d.header.tgid == 0 {
                 v["pid"] = serde_json::Value::Null;
                 v["comm"] = serde_json::Value::Null;
@@ -577,18 +566,7 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             v
         }
         AnyEvent::TcpDrop(d) => {
-            let mut v = tcp_json(
-                "tcp_listen_drop",
-                &d.header,
-                clock,
-                d.family,
-                (&d.addr, d.port),
-                (&d.raddr, d.rport),
-                d.attribution,
-                d.current_tgid,
-                d.skaddr,
-                d.netns,
-            );
+            let mut v = drop_json("tcp_listen_drop", d, clock);
             v["cause"] = drop_cause::name(d.cause).into();
             v["overflow"] = drop_cause::is_overflow(d.cause).into();
             v["reason"] = d.reason.into();
@@ -677,6 +655,23 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             v
         }
     }
+}
+
+/// A drop event's common JSON fields: the local end is the socket's (or
+/// the listener's), the remote end the packet's sender.
+fn drop_json(event: &str, d: &TcpDropEvent, clock: &WallClock) -> serde_json::Value {
+    tcp_json(
+        event,
+        &d.header,
+        clock,
+        d.family,
+        (&d.addr, d.port),
+        (&d.raddr, d.rport),
+        d.attribution,
+        d.current_tgid,
+        d.skaddr,
+        d.netns,
+    )
 }
 
 /// The tail sink's state: pure, driven by messages.
