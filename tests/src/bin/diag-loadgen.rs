@@ -365,17 +365,15 @@ fn listen_full(addr: &str, backlog: i32) -> std::io::Result<()> {
     wait_forever()
 }
 
-/// The accept queue of a listener and its maximum (TCP_INFO's
-/// `tcpi_unacked` and `tcpi_sacked` for a listening socket).
-fn accept_queue(l: &TcpListener) -> std::io::Result<(u32, u32)> {
-    use std::os::fd::AsRawFd;
+/// A socket's TCP_INFO.
+fn tcp_info(fd: std::os::fd::RawFd) -> std::io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: valid fd, buffer and length.
     let rc = unsafe {
         libc::getsockopt(
-            l.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -385,6 +383,14 @@ fn accept_queue(l: &TcpListener) -> std::io::Result<(u32, u32)> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(info)
+}
+
+/// The accept queue of a listener and its maximum (TCP_INFO's
+/// `tcpi_unacked` and `tcpi_sacked` for a listening socket).
+fn accept_queue(l: &TcpListener) -> std::io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    let info = tcp_info(l.as_raw_fd())?;
     Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
@@ -797,22 +803,7 @@ fn exchange(k: usize, target: &str, millis: u64) -> std::io::Result<()> {
         got += n;
     }
     let elapsed = t0.elapsed();
-    // SAFETY: tcp_info is plain old data; the kernel fills at most `len`
-    // bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let info = tcp_info(s.as_raw_fd())?;
     let sport = s.local_addr()?.port();
     drop(s);
     say(&format!(
