@@ -555,7 +555,7 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
     std::fs::create_dir(&mnt).unwrap();
     assert!(
         Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=96k", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
             .arg(&mnt)
             .status()
             .unwrap()
@@ -565,6 +565,8 @@ fn a_full_disk_is_a_clear_error_and_rotation_keeps_numbered_files() {
     let file = mnt.join("full.diag");
     let f = file.to_str().unwrap();
     let recorder = Diag::start(&["record", "-o", f, "--no-compress"]);
+    // 512 KiB: with 96 KiB, a large early frame (uncompressed) sometimes
+    // filled the disk before the first churn was on it (seen in CI).
     // A little first, on disk within a second; then enough to fill it
     // (diag then exits by itself).
     loopback_churn(LOADGEN, 20);
