@@ -1,0 +1,405 @@
+//! The report as text, in the USE method's order.
+
+use super::*;
+
+pub fn render_text(r: &Review, file: &str) -> String {
+    let clock = r.clock();
+    let t = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+    let mut o = String::new();
+    let h = &r.header;
+    let first = r.first_ts.unwrap_or(h.started_ts_ns);
+    // A recording without events ends where it starts, not at boot.
+    let last = r.last_ts.max(first);
+    let _ = writeln!(o, "diag report: {file}");
+    let _ = writeln!(
+        o,
+        "Host {}, kernel {}, {} CPUs; recorded {} to {} ({}); diag {}",
+        h.hostname,
+        h.kernel,
+        h.cpus,
+        clock.wall(first).format("%Y-%m-%d %H:%M:%S %Z"),
+        t(last),
+        human_ns(last - first),
+        h.diag_version
+    );
+    let _ = writeln!(o, "Events: {}; probes: {}", r.events, h.probes.join(", "));
+    let mut complete = true;
+    for (ts, n) in &r.drops {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "INCOMPLETE: {n} events dropped by the kernel in the second before {} (ring buffer full)",
+            t(*ts)
+        );
+    }
+    for d in &r.damage {
+        complete = false;
+        let _ = writeln!(o, "DAMAGED: {d}");
+    }
+    if !r.ended {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "NOT FINISHED: the recording ends at its last complete frame (diag was killed or the file was cut)"
+        );
+    }
+    if complete {
+        let _ = writeln!(o, "Complete: no events were lost.");
+    }
+
+    let empty = Vec::new();
+    let rows = r.last.as_ref().map(|s| &s.processes).unwrap_or(&empty);
+    let _ = writeln!(o, "\n1. ERRORS");
+    let _ = writeln!(o, "  OOM kills: {}", r.oom.len());
+    for k in &r.oom {
+        let _ = writeln!(o, "    {}", oom_text(k, r.context_of(k), &clock));
+    }
+    if let Some(s) = &r.last {
+        let tot = &s.totals;
+        let _ = writeln!(
+            o,
+            "  TCP resets: sent {} (+{} by the kernel for closed ports), received {}; retransmits {}; failed connects {}; aborted connections {}",
+            tot.resets_sent,
+            s.kernel_resets_sent,
+            tot.resets_received,
+            tot.retransmits,
+            tot.failed_connects,
+            tot.aborts
+        );
+        for p in top_by(rows, 5, |c| {
+            c.resets_sent + c.resets_received + c.retransmits + c.failed_connects
+        }) {
+            let _ = writeln!(
+                o,
+                "    pid {:<7} {:<16} resets in {} out {}, retransmits {}, failed connects {}",
+                p.pid,
+                p.comm,
+                p.totals.resets_received,
+                p.totals.resets_sent,
+                p.totals.retransmits,
+                p.totals.failed_connects
+            );
+        }
+        for (addr, e) in s.remote_errors.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    remote {:<24} resets in {} out {}, retransmits {}, failed connects {}",
+                addr.to_string(),
+                e.resets_received,
+                e.resets_sent,
+                e.retransmits,
+                e.failed_connects
+            );
+        }
+        for f in s.connect_failures.iter().take(10) {
+            let _ = writeln!(
+                o,
+                "    failed connects: pid {:<7} {:<16} to {:<24} {} {}",
+                f.pid,
+                f.comm,
+                f.remote.to_string(),
+                f.count,
+                f.error
+            );
+        }
+    }
+
+    if let Some(s) = &r.last {
+        kernel_drops_text(&mut o, s);
+    }
+
+    let _ = writeln!(o, "\n2. SATURATION");
+    if r.stalls.is_empty() {
+        let _ = writeln!(
+            o,
+            "  No stalls recorded (record with --events ...,stall to capture run-queue waits over --stall-threshold)."
+        );
+    } else {
+        let comm = crate::text::comm;
+        let _ = writeln!(
+            o,
+            "  Stalls (run-queue waits over the threshold): {}",
+            r.stalls.len()
+        );
+        let mut worst: Vec<&StallEvent> = r.stalls.iter().collect();
+        worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+        for st in worst.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    {}  pid {} ({}) waited {} for CPU {}; {} ({}) held it",
+                t(st.header.ts_ns),
+                st.header.tgid,
+                comm(&st.header.comm),
+                human_ns(st.wait_ns),
+                st.header.cpu,
+                st.villain_tgid,
+                comm(&st.villain_comm)
+            );
+        }
+        let mut villains: std::collections::BTreeMap<(u32, String), (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for st in &r.stalls {
+            let v = villains
+                .entry((st.villain_tgid, comm(&st.villain_comm)))
+                .or_default();
+            v.0 += 1;
+            v.1 += st.wait_ns;
+        }
+        let mut v: Vec<_> = villains.into_iter().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1.1));
+        let _ = writeln!(
+            o,
+            "  Who held the CPU meanwhile (villains, by delay caused):"
+        );
+        for ((pid, c), (n, ns)) in v.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    pid {pid:<7} {c:<16} {n} stalls, {} of waiting caused",
+                human_ns(*ns)
+            );
+        }
+    }
+
+    if let Some(s) = &r.last {
+        saturation_tcp(&mut o, s);
+    }
+
+    let _ = writeln!(o, "\n3. CHURN");
+    let _ = writeln!(
+        o,
+        "  Connection lifetimes: {} closed, p50 {}, p99 {}, max {}",
+        r.lifetimes.count,
+        human_ns(r.lifetimes.quantile(0.5)),
+        human_ns(r.lifetimes.quantile(0.99)),
+        human_ns(r.lifetimes.max)
+    );
+    let secs = (r.last_ts.saturating_sub(first) as f64 / 1e9).max(1e-9);
+    let _ = writeln!(o, "  Top churners (connections opened):");
+    for p in top_by(rows, 5, |c| c.active_opens + c.passive_opens) {
+        let _ = writeln!(
+            o,
+            "    pid {:<7} {:<16} opened {} (active {}, passive {}), {:.1}/s; closed {}; TIME_WAIT created {}",
+            p.pid,
+            p.comm,
+            p.totals.active_opens + p.totals.passive_opens,
+            p.totals.active_opens,
+            p.totals.passive_opens,
+            (p.totals.active_opens + p.totals.passive_opens) as f64 / secs,
+            p.totals.closes,
+            p.totals.time_waits
+        );
+    }
+    // A peak of 0 has no moment.
+    let peak = |(ts, n): (u64, u64)| {
+        if n == 0 {
+            "0".to_string()
+        } else {
+            format!("{n} at {}", t(ts))
+        }
+    };
+    let _ = writeln!(o, "  TIME_WAIT peak: {}", peak(r.tw_peak));
+    let _ = writeln!(o, "  CLOSE_WAIT peak: {}", peak(r.cw_peak));
+    if let Some(s) = &r.last
+        && !s.leaks.is_empty()
+    {
+        let _ = writeln!(o, "  CLOSE_WAIT leaks at the end: {}", s.leaks.len());
+        for l in s.leaks.iter().take(5) {
+            let who = l
+                .pid
+                .map(|p| format!("pid {p} ({})", l.comm.clone().unwrap_or_default()))
+                .unwrap_or("owner unknown".into());
+            let _ = writeln!(
+                o,
+                "    {who} {} <- {} for {}",
+                l.local,
+                l.remote,
+                human_ns(l.age_ns)
+            );
+        }
+    }
+    match &r.pressure_peak {
+        Some((ts, p)) => {
+            let _ = writeln!(
+                o,
+                "  Ephemeral ports, worst destination: {} -> {} {} used ({:.1} % of {}) at {}",
+                p.destination.local,
+                p.destination.remote,
+                p.ports_used,
+                p.ratio * 100.0,
+                p.range_size,
+                t(*ts)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "  Ephemeral ports: no outgoing connections seen");
+        }
+    }
+    if !r.hints.is_empty() {
+        let _ = writeln!(o, "  Hints:");
+        for h in &r.hints {
+            let _ = writeln!(o, "    {h}");
+        }
+    }
+    connections_text(&mut o, r.last.as_ref(), &t);
+    o
+}
+
+/// Where TCP load piled up: listen queues that overflowed, and connects
+/// that took long (a lost SYN costs a second).
+fn saturation_tcp(o: &mut String, s: &TcpSnapshot) {
+    let overflowed: Vec<_> = s.listen.iter().filter(|l| l.drops > 0).collect();
+    if overflowed.is_empty() {
+        let _ = writeln!(
+            o,
+            "  Listen queues: no connection attempt dropped at a listener"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  Listen queues: {} listeners dropped connection attempts",
+            overflowed.len()
+        );
+        for l in overflowed.iter().take(5) {
+            let who = match (l.pid, &l.comm) {
+                (Some(p), Some(c)) => format!("pid {p:<7} {c:<16}"),
+                _ => format!("{:<24}", "owner unknown"),
+            };
+            let q = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                o,
+                "    {who} {:<22} {} overflows, {} drops; accept queue {}/{} at the last drop, highest {}",
+                l.local.to_string(),
+                l.overflows,
+                l.drops,
+                q(l.queue),
+                q(l.backlog),
+                l.queue_max
+            );
+        }
+    }
+    let all = &s.connect_all.0;
+    let (Some(p50), Some(p99)) = (all.quantile(0.5), all.quantile(0.99)) else {
+        let _ = writeln!(o, "  Connect time: no outgoing connect completed");
+        return;
+    };
+    let max = s
+        .processes
+        .iter()
+        .map(|p| p.connect_max_ns)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "  Connect time: {} connects, p50 {}, p99 {}, max {}",
+        all.total(),
+        human_ns(p50),
+        human_ns(p99),
+        human_ns(max)
+    );
+    for d in s.connect_latency.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "    -> {:<24} {} connects, p50 {}, p99 {}, max {}; {} took a second or more",
+            d.remote.to_string(),
+            d.connects,
+            human_ns(d.p50_ns),
+            human_ns(d.p99_ns),
+            human_ns(d.max_ns),
+            d.slow
+        );
+    }
+}
+
+/// Section 4: finished connections, from their close summaries.
+fn connections_text(o: &mut String, s: Option<&TcpSnapshot>, t: &dyn Fn(u64) -> String) {
+    let _ = writeln!(o, "\n4. CONNECTIONS");
+    let Some(s) = s.filter(|s| s.closed > 0) else {
+        let _ = writeln!(
+            o,
+            "  No connection summaries recorded (recordings keep them with --events ...,close, the default)."
+        );
+        return;
+    };
+    let dur = |c: &Closed| c.duration_ns.map_or("?".to_string(), human_ns);
+    let line = |c: &Closed| {
+        format!(
+            "{}  pid {:<7} {:<16} {} -> {}  {} tx {} rx {} retrans {} rtt {} closed by {}",
+            t(c.ts_ns),
+            c.pid,
+            c.comm,
+            c.local,
+            c.remote,
+            dur(c),
+            human_bytes(c.bytes_acked),
+            human_bytes(c.bytes_received),
+            c.total_retrans,
+            human_us(c.srtt_us),
+            c.closed_by,
+        )
+    };
+    let _ = writeln!(o, "  Connections closed with a summary: {}", s.closed);
+    for (title, list) in [
+        ("Heaviest (bytes acked + received)", &s.heaviest),
+        ("Longest-lived", &s.longest),
+        ("Slowest (smoothed RTT at close)", &s.slowest_rtt),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "  {title}:");
+        for c in list.iter().take(5) {
+            let _ = writeln!(o, "    {}", line(c));
+        }
+    }
+    if !s.close_rtt.is_empty() {
+        let _ = writeln!(
+            o,
+            "  RTT by destination (median smoothed RTT at close), highest first:"
+        );
+        for d in s.close_rtt.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    {:<28} {} closed, rtt p50 {} max {}, tx {} rx {}, retrans {}",
+                d.remote.to_string(),
+                d.closed,
+                human_us(d.rtt_p50_us),
+                human_us(d.rtt_max_us),
+                human_bytes(d.bytes_acked),
+                human_bytes(d.bytes_received),
+                d.retrans,
+            );
+        }
+    }
+}
+
+/// The packets the kernel dropped (by its reasons): for which process and
+/// remote end, and with no socket, host-wide.
+fn kernel_drops_text(o: &mut String, s: &TcpSnapshot) {
+    let owned: u64 = s.socket_drops.iter().map(|d| d.count).sum();
+    let unowned: u64 = s.unowned_drops.iter().map(|d| d.count).sum();
+    if owned == 0 && unowned == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  Kernel drops: {owned} packets dropped for TCP sockets, {unowned} TCP packets with no socket"
+    );
+    let mut rows: Vec<_> = s.socket_drops.iter().collect();
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
+    for d in rows.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "    pid {:<7} {:<16} from {:<24} {:<24} {}",
+            d.pid.map_or("-".to_string(), |p| p.to_string()),
+            d.comm.as_deref().unwrap_or("-"),
+            d.remote.to_string(),
+            d.reason,
+            d.count
+        );
+    }
+    let mut rows: Vec<_> = s.unowned_drops.iter().collect();
+    rows.sort_by_key(|b| std::cmp::Reverse(b.count));
+    for d in rows.iter().take(5) {
+        let _ = writeln!(o, "    no socket {:<38} {:<24} {}", "", d.reason, d.count);
+    }
+}
