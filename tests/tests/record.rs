@@ -220,11 +220,15 @@ fn replay_without_root_reproduces_the_live_aggregates() {
     ] {
         assert!(r.contains(want), "report lacks {want}:\n{r}");
     }
+    // The page's data holds the kill (tests/tests/reportpage.rs draws it
+    // in a browser).
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(
-        page.matches("<svg").count() >= 4 && page.contains("class=\"oom\""),
-        "plots and an OOM marker"
-    );
+    let data = page
+        .split_once("<script type=\"application/json\" id=\"data\">")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(json, _)| serde_json::from_str::<Value>(json).unwrap())
+        .expect("the page's data");
+    assert_eq!(data["oom"][0][1], victim_pid, "{}", data["oom"]);
     let jsonl = diag(&["export", f, "--format", "jsonl"]);
     assert!(jsonl.status.success());
     let lines: Vec<Value> = text(&jsonl.stdout)

@@ -128,6 +128,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("binutils", "strip, for `cargo xtask dist`"),
     (
+        "chromium",
+        "headless Chromium, renders the report page in its test",
+    ),
+    ("fonts-liberation", "fonts for the report page's screenshot"),
+    (
         "systemd",
         "systemd-analyze verify on the package's units, for the package test",
     ),

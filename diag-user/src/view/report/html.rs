@@ -1,4 +1,7 @@
-//! The report as one self-contained HTML page.
+//! The report as one self-contained HTML page: the review's data as one
+//! JSON blob, drawn by inline script (SVG), no network.
+
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -9,171 +12,332 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One line of a chart: name, colour, (x, y) points.
-pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+/// At most this many run-queue stalls are drawn (the page says how many
+/// more there were); the text report below counts them all.
+pub const MAX_STALLS: usize = 100_000;
+/// At most this many per-process intervals are embedded (said likewise).
+pub const MAX_DELTAS: usize = 1_000_000;
 
-/// A line chart as inline SVG: x is time, one polyline per series,
-/// vertical markers (OOM kills) in red.
-pub fn svg_chart(
-    title: &str,
-    series: &[Series<'_>],
-    markers: &[(f64, String)],
-    x0: f64,
-    x1: f64,
-) -> String {
-    let (w, h, pad) = (760.0, 220.0, 40.0);
-    let ymax = series
+/// JSON that can sit inside `<script type="application/json">`: no `<`,
+/// `>` or `&` (so no `</script>` nor `<!--`), nor the two line separators
+/// that older script parsers took for line ends; all escaped as `\uXXXX`
+/// inside strings, the only place JSON can hold them.
+pub fn script_json(v: &Value) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Seconds since `first`, rounded to the millisecond.
+fn secs(ts: u64, first: u64) -> f64 {
+    (ts.saturating_sub(first) as f64 / 1e6).round() / 1e3
+}
+
+/// Everything the page draws. Pure.
+pub fn page_data(r: &Review, file: &str) -> Value {
+    let first = r.first_ts.unwrap_or(r.header.started_ts_ns);
+    let t = |ts: u64| secs(ts, first);
+    let clock = r.clock();
+    let wall = clock.wall(first);
+    let t0_ms = (first as i128 + clock.offset_ns()) / 1_000_000;
+    let tz_ms = i64::from(wall.offset().local_minus_utc()) * 1000;
+
+    let pts: Vec<Value> = r
+        .timeline
         .iter()
-        .flat_map(|(_, _, v)| v.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max)
-        .max(1.0);
-    let span = (x1 - x0).max(1e-9);
-    let sx = |x: f64| pad + (x - x0) / span * (w - 2.0 * pad);
-    let sy = |y: f64| h - pad - y / ymax * (h - 2.0 * pad);
-    let mut s = format!(
-        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">",
-        esc(title)
-    );
-    let _ = write!(
-        s,
-        "<rect x=\"{pad}\" y=\"{pad}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ccc\"/>",
-        w - 2.0 * pad,
-        h - 2.0 * pad
-    );
-    let _ = write!(
-        s,
-        "<text x=\"2\" y=\"{}\" font-size=\"10\">{:.0}</text>",
-        pad + 4.0,
-        ymax
-    );
-    let _ = write!(
-        s,
-        "<text x=\"2\" y=\"{}\" font-size=\"10\">0</text>",
-        h - pad
-    );
-    let _ = write!(
-        s,
-        "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">+0s</text>",
-        h - pad + 14.0
-    );
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"10\">+{:.0}s</text>",
-        w - pad - 30.0,
-        h - pad + 14.0,
-        span
-    );
-    for (x, label) in markers {
-        let _ = write!(
-            s,
-            "<line class=\"oom\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{pad}\" y2=\"{1}\" stroke=\"red\"><title>{2}</title></line>",
-            sx(*x),
-            h - pad,
-            esc(label)
-        );
+        .map(|p| {
+            json!([
+                t(p.ts_ns),
+                p.opens_per_s,
+                p.closes_per_s,
+                p.resets_per_s,
+                p.retrans_per_s,
+                p.established,
+                p.time_wait,
+                p.close_wait
+            ])
+        })
+        .collect();
+
+    // Processes: those with TCP activity, then stall victims not among them.
+    let mut procs = r.per_proc.clone();
+    let mut victim_of = Vec::with_capacity(r.stalls.len().min(MAX_STALLS));
+    let mut villains: Vec<(u32, String)> = Vec::new();
+    let mut villain_index: std::collections::HashMap<(u32, String), usize> =
+        std::collections::HashMap::new();
+    let mut stalls = Vec::with_capacity(r.stalls.len().min(MAX_STALLS));
+    for s in r.stalls.iter().take(MAX_STALLS) {
+        let comm = crate::text::comm(&s.header.comm);
+        let tgid = s.header.tgid;
+        let i = match procs.latest(tgid) {
+            Some(i) => i,
+            None => procs.index_of(tgid, 0, &comm),
+        };
+        victim_of.push(i);
+        let vcomm = crate::text::comm(&s.villain_comm);
+        let key = (s.villain_tgid, vcomm);
+        let vi = *villain_index.entry(key.clone()).or_insert_with(|| {
+            villains.push(key);
+            villains.len() - 1
+        });
+        stalls.push(json!([
+            t(s.header.ts_ns),
+            i,
+            s.wait_ns,
+            diag_common::sched::hist_slot(s.wait_ns),
+            vi
+        ]));
     }
-    for (i, (name, color, pts)) in series.iter().enumerate() {
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        let _ = write!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
-            path.join(" ")
-        );
-        let _ = write!(
-            s,
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
-            pad + 10.0 + i as f64 * 130.0,
-            pad - 8.0,
-            esc(name)
-        );
-    }
-    s.push_str("</svg></figure>\n");
-    s
+    let pd: Vec<Value> = procs
+        .deltas
+        .iter()
+        .take(MAX_DELTAS)
+        .map(|d| {
+            let mut row = vec![json!(t(d.ts_ns)), json!(d.secs), json!(d.proc)];
+            row.extend(d.v.iter().map(|&x| json!(x)));
+            Value::Array(row)
+        })
+        .collect();
+    let oom: Vec<Value> = r
+        .oom
+        .iter()
+        .map(|k| {
+            json!([
+                t(k.header.ts_ns),
+                k.victim_process(),
+                crate::text::comm(&k.victim_comm),
+                oom_text(k, r.context_of(k), &clock)
+            ])
+        })
+        .collect();
+    let lost: Vec<Value> = r.drops.iter().map(|&(ts, n)| json!([t(ts), n])).collect();
+    let life: Vec<Value> = r
+        .lifetimes
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| json!([1u64 << i.min(63), n]))
+        .collect();
+    json!({
+        "file": file,
+        "host": r.header.hostname,
+        "t0_ms": t0_ms as i64,
+        "tz_ms": tz_ms,
+        "span": t(r.last_ts).max(1.0),
+        "events": r.events,
+        "fields": page::FIELDS,
+        "pts": pts,
+        "procs": procs.procs.iter().map(|p| json!([p.pid, p.comm])).collect::<Vec<_>>(),
+        "pd": pd,
+        "pd_left_off": procs.deltas.len().saturating_sub(MAX_DELTAS),
+        "stalls": stalls,
+        "stalls_left_off": r.stalls.len().saturating_sub(MAX_STALLS),
+        "villains": villains.iter().map(|(p, c)| json!([p, c])).collect::<Vec<_>>(),
+        "oom": oom,
+        "lost": lost,
+        "life": life,
+        // The run-queue buckets' bounds, ns (the kernel histograms' own).
+        "slots": (0..diag_common::sched::HIST_SLOTS)
+            .map(|i| json!([diag_common::sched::slot_low_ns(i), diag_common::sched::slot_high_ns(i)]))
+            .collect::<Vec<_>>(),
+        "damage": r.damage,
+        "ended": r.ended,
+    })
 }
 
-/// A histogram of connection lifetimes (log2 buckets) as inline SVG bars.
-pub fn svg_histogram(title: &str, hist: &Log2Hist) -> String {
-    let (w, h, pad) = (760.0, 200.0, 40.0);
-    let n = hist.buckets.len().max(1);
-    let max = hist.buckets.iter().copied().max().unwrap_or(0).max(1) as f64;
-    let bw = (w - 2.0 * pad) / n as f64;
-    let mut s = format!(
-        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">",
-        esc(title)
-    );
-    for (i, &c) in hist.buckets.iter().enumerate() {
-        let bh = c as f64 / max * (h - 2.0 * pad);
-        let _ = write!(
-            s,
-            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7\"><title>{} - {}: {c}</title></rect>",
-            pad + i as f64 * bw,
-            h - pad - bh,
-            (bw - 1.0).max(1.0),
-            bh,
-            human_ns(1u64 << i),
-            human_ns((1u64 << (i + 1).min(63)) - 1)
-        );
-    }
-    s.push_str("</svg></figure>\n");
-    s
-}
+const STYLE: &str = include_str!("page.css");
+const SCRIPT: &str = include_str!("page.js");
 
 /// The report as one self-contained HTML page. Pure.
 pub fn render_html(r: &Review, file: &str) -> String {
-    let first = r.first_ts.unwrap_or(r.header.started_ts_ns);
-    let x = |ts: u64| ts.saturating_sub(first) as f64 / 1e9;
-    let x1 = x(r.last_ts).max(1.0);
-    let clock = r.clock();
-    let markers: Vec<(f64, String)> = r
-        .oom
-        .iter()
-        .map(|k| (x(k.header.ts_ns), oom_text(k, r.context_of(k), &clock)))
-        .collect();
-    let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(f64, f64)> {
-        r.timeline.iter().map(|p| (x(p.ts_ns), f(p))).collect()
-    };
-    let mut body = String::new();
-    body.push_str(&svg_chart(
-        "Connection churn (per second)",
-        &[
-            ("opens/s", "#1f77b4", series(&|p| p.opens_per_s)),
-            ("closes/s", "#ff7f0e", series(&|p| p.closes_per_s)),
-        ],
-        &markers,
-        0.0,
-        x1,
-    ));
-    body.push_str(&svg_chart(
-        "Sockets by state",
-        &[
-            ("ESTABLISHED", "#2ca02c", series(&|p| p.established as f64)),
-            ("TIME_WAIT", "#9467bd", series(&|p| p.time_wait as f64)),
-            ("CLOSE_WAIT", "#d62728", series(&|p| p.close_wait as f64)),
-        ],
-        &markers,
-        0.0,
-        x1,
-    ));
-    body.push_str(&svg_chart(
-        "Errors (per second)",
-        &[
-            ("resets/s", "#8c564b", series(&|p| p.resets_per_s)),
-            ("retransmits/s", "#e377c2", series(&|p| p.retrans_per_s)),
-        ],
-        &markers,
-        0.0,
-        x1,
-    ));
-    body.push_str(&svg_histogram(
-        "Connection lifetimes (log2 buckets)",
-        &r.lifetimes,
-    ));
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>diag report: {t}</title>\n<style>body{{font-family:sans-serif;max-width:900px;margin:auto}}pre{{background:#f6f6f6;padding:8px;overflow-x:auto}}figcaption{{font-weight:bold}}</style></head>\n<body><h1>diag report</h1>\n<p>Red vertical lines mark OOM kills; hover for details.</p>\n{body}<h2>Review</h2><pre>{text}</pre></body></html>\n",
-        t = esc(file),
-        text = esc(&render_text(r, file)),
-    )
+    let data = script_json(&page_data(r, file));
+    let mut s = String::with_capacity(data.len() + STYLE.len() + SCRIPT.len() + 8192);
+    s.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>diag report: ");
+    s.push_str(&esc(file));
+    s.push_str("</title>\n<style>");
+    s.push_str(STYLE);
+    s.push_str("</style></head>\n<body>\n<h1>diag report: ");
+    s.push_str(&esc(file));
+    s.push_str("</h1>\n<div id=\"bar\"><span id=\"scope\"></span> <button id=\"clear\" type=\"button\">clear</button></div>\n<noscript><p>The plots and tables need JavaScript; the text report is below.</p></noscript>\n<div id=\"app\"></div>\n<h2>Review (text)</h2>\n<pre id=\"text\">");
+    s.push_str(&esc(&render_text(r, file)));
+    s.push_str("</pre>\n<pre id=\"selftest\" hidden></pre>\n<script type=\"application/json\" id=\"data\">");
+    s.push_str(&data);
+    s.push_str("</script>\n<script>");
+    s.push_str(SCRIPT);
+    s.push_str("</script>\n</body></html>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diag_common::{EventHeader, EventKind, oom::OomKillEvent, sched::StallEvent};
+
+    fn comm(s: &str) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    /// The report fixture (churn, refused connects) with two stalls and
+    /// an OOM kill, whose names try to break out of the page.
+    fn review() -> Review {
+        let mut r = super::super::tests::review();
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::Stall as u32;
+        h.ts_ns = 2_500_000_000;
+        h.pid = 91;
+        h.tgid = 90;
+        h.comm = comm("</script><b>x");
+        let stall = StallEvent {
+            header: h,
+            wait_ns: 12_000_000,
+            villain_pid: 81,
+            villain_tgid: 80,
+            villain_comm: comm("hog\u{2028}<!--"),
+        };
+        r.stalls = vec![stall, stall];
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::OomKill as u32;
+        h.ts_ns = 3_000_000_000;
+        h.pid = 70;
+        h.tgid = 70;
+        h.comm = comm("alloc");
+        r.oom = vec![OomKillEvent {
+            header: h,
+            victim_pid: 71,
+            victim_tgid: 71,
+            victim_comm: comm("java&<x>"),
+            victim_uid: 0,
+            oom_score_adj: 0,
+            constraint: 0,
+            memcg_how: 0,
+            total_vm_kb: 1024,
+            anon_rss_kb: 512,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 4,
+            victim_memcg_ino: 0,
+            trigger_memcg_ino: 0,
+            oom_memcg_ino: 0,
+            oom_memcg_limit_pages: 0,
+            oom_memcg_usage_pages: 0,
+        }];
+        r
+    }
+
+    #[test]
+    fn script_json_cannot_end_the_script_and_reads_back() {
+        let v = json!({"comm": "</script><!--\u{2028}\u{2029}&x", "n": [1, 2]});
+        let s = script_json(&v);
+        for bad in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+            assert!(!s.contains(bad), "{bad:?} in {s}");
+        }
+        assert!(
+            s.contains(r"\u003c/script\u003e\u003c!--\u2028\u2029\u0026x"),
+            "{s}"
+        );
+        let back: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn the_page_embeds_hostile_names_inertly() {
+        let page = render_html(&review(), "x<y>.diag");
+        assert!(page.starts_with("<!doctype html>"));
+        assert!(page.contains("<title>diag report: x&lt;y&gt;.diag</title>"));
+        // The data block and the script each end once; nothing else does.
+        assert_eq!(page.matches("</script>").count(), 2, "{page}");
+        assert!(!SCRIPT.contains("</script") && !SCRIPT.contains("<!--"));
+        assert!(!page.contains("<b>x") && !page.contains("java&<x>"));
+        // No network: nothing loaded from elsewhere.
+        for bad in ["src=", "href=", "http://", "https://", "@import", "url("] {
+            assert!(
+                !page.replace("http://www.w3.org/2000/svg", "").contains(bad),
+                "{bad}"
+            );
+        }
+        let start = page.find("id=\"data\">").unwrap() + 10;
+        let end = start + page[start..].find("</script>").unwrap();
+        let data: Value = serde_json::from_str(&page[start..end]).unwrap();
+        assert_eq!(data, page_data(&review(), "x<y>.diag"));
+        assert!(
+            data["procs"]
+                .as_array()
+                .unwrap()
+                .contains(&json!([90, "</script><b>x"])),
+            "{}",
+            data["procs"]
+        );
+        assert_eq!(data["villains"], json!([[80, "hog\u{2028}<!--"]]));
+        assert_eq!(data["oom"][0][1], 71, "the victim, not the trigger");
+        assert_eq!(data["oom"][0][2], "java&<x>");
+        // The text report is below, escaped, in a block that wraps.
+        assert!(page.contains("<pre id=\"text\">") && page.contains("1. ERRORS"));
+        assert!(STYLE.contains("white-space:pre-wrap"));
+    }
+
+    /// Every plot of the page has something to draw from the fixture.
+    #[test]
+    fn every_plot_gets_data() {
+        let d = page_data(&review(), "x.diag");
+        let pts = d["pts"].as_array().unwrap();
+        let col_max = |c: usize| {
+            pts.iter()
+                .map(|p| p[c].as_f64().unwrap())
+                .fold(0.0, f64::max)
+        };
+        // churn (opens, closes), TIME_WAIT.
+        assert!(col_max(1) > 0.0 && col_max(2) > 0.0 && col_max(6) > 0.0);
+        // Per-process intervals: the churn's 30 opens and the 2 refused
+        // connects, in the fields' order.
+        let fields = d["fields"].as_array().unwrap();
+        let col = |name: &str| 3 + fields.iter().position(|f| f == name).unwrap();
+        let sum = |name: &str| -> u64 {
+            d["pd"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r[col(name)].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(sum("opens"), 32);
+        assert_eq!(sum("failed"), 2);
+        assert_eq!(sum("closes"), 32);
+        // Every interval's length is known and positive.
+        assert!(
+            d["pd"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r[1].as_f64().unwrap() > 0.0)
+        );
+        // The heatmap: two stalls in the 8-16 ms bucket (log2 of us).
+        let stalls = d["stalls"].as_array().unwrap();
+        assert_eq!(stalls.len(), 2);
+        assert_eq!(stalls[0][3], 14, "12 ms is in [8.2 ms, 16.4 ms)");
+        assert_eq!(d["slots"][14], json!([8_192_000, 16_384_000]));
+        assert_eq!(stalls[0][0], 1.5, "seconds since the first event");
+        // The lifetime histogram, the OOM marker.
+        let life: u64 = d["life"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(life, 32);
+        assert_eq!(d["oom"].as_array().unwrap().len(), 1);
+        assert_eq!(d["stalls_left_off"], 0);
+        assert_eq!(d["pd_left_off"], 0);
+    }
 }
