@@ -23,6 +23,8 @@ pub struct Recorder {
     health: crate::source::Health,
     /// What the closing line names (`recording to ...`).
     what: String,
+    /// When the scheduler was last read.
+    sched_ns: Option<u64>,
 }
 
 impl Recorder {
@@ -33,6 +35,7 @@ impl Recorder {
             events: 0,
             health: Default::default(),
             what,
+            sched_ns: None,
         }
     }
 
@@ -60,11 +63,13 @@ impl Sink for Recorder {
             Msg::Table { ts_ns, rows } => self.writer().table(*ts_ns, rows)?,
             Msg::Procs(p) => self.writer().procs(p)?,
             Msg::OomContext(f) => self.writer().oom_context(f)?,
-            Msg::Damage(_)
-            | Msg::Host(_)
-            | Msg::Sched { .. }
-            | Msg::Runq(_)
-            | Msg::Placements(_) => {}
+            Msg::Sched { ts_ns, procs } => {
+                let interval = self.sched_ns.map_or(0, |t| ts_ns.saturating_sub(t));
+                self.sched_ns = Some(*ts_ns);
+                let frame = crate::record::SchedFrame::new(*ts_ns, interval, procs);
+                self.writer().sched(&frame)?;
+            }
+            Msg::Damage(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)
     }

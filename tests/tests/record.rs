@@ -1091,3 +1091,77 @@ fn flight_recorder_rotation_removes_only_its_own_files() {
         .collect();
     assert_eq!(written.len(), 1, "{written:?} {:?}", out.stderr);
 }
+
+/// Scheduler frames (format version 3): one reads back in the export and
+/// the report page; each kind of hostile one costs only itself, with a
+/// sentence naming it. No root needed.
+#[test]
+fn scheduler_frames_read_back_and_hostile_ones_are_refused() {
+    let dir = TempDir::new("schedframes");
+    let proc_json = |pid: u32, hist: &[u64], waits: u64| serde_json::json!({"pid": pid, "comm": "evil", "waits": waits, "wait_ns": 3_000_000, "hist": hist});
+    let none = proc_json(0, &[], 0);
+    let sched = |ts: u64, procs: Vec<Value>| {
+        let j = serde_json::json!({"ts_ns": ts, "interval_ns": S, "procs": procs, "others": none, "others_count": 0});
+        frame(8, 0, j.to_string().as_bytes())
+    };
+    let many: Vec<Value> = (1..=65).map(|p| proc_json(p, &[1], 1)).collect();
+    let mut file = b"DIAGREC\0\x03\0\0\0\0\0\0\0".to_vec();
+    for f in [
+        frame(1, 0, &header_json(S, &["diag", "record"])),
+        sched(2 * S, vec![proc_json(7, &[0, 1, 2], 3)]),
+        sched(3 * S, many),
+        sched(3 * S, vec![proc_json(8, &[1; 33], 33)]),
+        sched(3 * S, vec![proc_json(9, &[1], 5)]),
+        sched(1 << 62, vec![proc_json(10, &[1], 1)]),
+        frame(8, 0, br#"{"ts_ns": 3"#),
+        frame(6, 0, br#"{"ts_ns":4000000000,"reason":"stopped"}"#),
+    ] {
+        file.extend(f);
+    }
+    let path = dir.path("sched.diag");
+    std::fs::write(&path, &file).unwrap();
+    let p = path.to_str().unwrap();
+    let out = diag(&["export", p, "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let good: Vec<&Value> = lines.iter().filter(|l| l["event"] == "sched").collect();
+    assert_eq!(good.len(), 1, "{lines:?}");
+    assert_eq!(good[0]["processes"][0]["pid"], 7);
+    assert_eq!(
+        good[0]["processes"][0]["hist"],
+        serde_json::json!([0, 1, 2])
+    );
+    let damage: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "damage")
+        .map(|l| l["what"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(damage.len(), 5, "{damage:#?}");
+    for (i, want) in [
+        "65 processes, over the 64 diag writes",
+        "pid 8: 33 buckets, over the 32",
+        "pid 9: its buckets do not add up to its 5 waits",
+        "after the recording's latest time",
+        "scheduler frame at byte",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(damage[i].contains(want), "{want}: {}", damage[i]);
+        assert!(damage[i].contains("scheduler"), "{}", damage[i]);
+    }
+    assert!(damage[4].contains("unreadable"), "{}", damage[4]);
+    // The report page draws the good one.
+    let html = dir.path("sched.html");
+    let report = diag(&["report", p, "--html", html.to_str().unwrap()]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    assert!(text(&report.stdout).contains("DAMAGED: scheduler frame at byte"));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains(r#""sched":[[1.0,1.0,0,3000000,3,[0,1,2]]]"#),
+        "{page}"
+    );
+}

@@ -207,6 +207,22 @@ fn the_report_page_works_in_a_real_browser() {
     let stalls: Vec<&Value> = events.iter().filter(|e| e["event"] == "stall").collect();
     let victim_stalls = stalls.iter().filter(|e| e["pid"] == victim_pid).count();
     assert!(victim_stalls > 0, "the victim stalled");
+    // The scheduler's frames: every process's waits, each second.
+    let sched: Vec<&Value> = events.iter().filter(|e| e["event"] == "sched").collect();
+    assert!(
+        sched.len() >= 5,
+        "a scheduler frame a second: {}",
+        sched.len()
+    );
+    let victim_waits: u64 = sched
+        .iter()
+        .flat_map(|f| f["processes"].as_array().unwrap())
+        .filter(|p| p["pid"] == victim_pid)
+        .map(|p| p["waits"].as_u64().unwrap())
+        .sum();
+    // (Not all of its stalls need be among them: a frame keeps the 64
+    // processes that waited longest, and sums the others.)
+    assert!(victim_waits > 0, "the victim's waits are recorded");
 
     // The page.
     let html = dir.path("incident.html");
@@ -310,10 +326,17 @@ fn the_report_page_works_in_a_real_browser() {
     assert_eq!(cell("close_wait", leaker_pid), K as u64, "the leak");
     assert_eq!(cell("failed", refuser_pid), REFUSED as u64);
     assert_eq!(cell("stalls", victim_pid), victim_stalls as u64);
+    assert_eq!(cell("waits", victim_pid), victim_waits);
     // And only processes the recording's events name.
     let named: BTreeSet<u32> = events
         .iter()
         .filter_map(|e| e["pid"].as_u64())
+        .chain(
+            sched
+                .iter()
+                .flat_map(|f| f["processes"].as_array().unwrap())
+                .filter_map(|p| p["pid"].as_u64()),
+        )
         .map(|p| p as u32)
         .collect();
     assert!(

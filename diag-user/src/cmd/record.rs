@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use crate::{
     aggregate::filter::Filter,
     cli::{EventClass, RecordArgs},
+    host::SchedFeed,
     loader,
+    probes::sched::SchedMaps,
     record::{self, PROCS_EVERY, flight, writer},
     recorder::{FlightSink, Recorder},
     sink::{Sink, drive},
@@ -18,10 +20,17 @@ use crate::{
 };
 
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let env = loader::require_for(&args.probe, &args.events)?;
+    let mut env = loader::require_for(&args.probe, &args.events)?;
+    // With stalls, every process's run-queue waits too (once a second,
+    // the kernel's histograms): the report's latency heatmap. Not in the
+    // flight recorder, which keeps events only.
+    let sched = args.events.contains(&EventClass::Stall) && args.trigger.is_empty();
+    if sched {
+        env.keep_sched_procs();
+    }
     let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
     let header = record::header_now(&env);
-    let feeds = Feeds {
+    let mut feeds = Feeds {
         tables: Some(args.tcp.reconcile),
         procs: args.trigger.is_empty().then_some(PROCS_EVERY),
         // What user space learns about each OOM kill (cgroup paths, top
@@ -65,7 +74,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             args.before,
         ))
     };
-    let live = Live::new(loader::load(&env, &args.probe)?)?;
+    let mut tracer = loader::load(&env, &args.probe)?;
+    if sched && env.sched.is_some() {
+        feeds.sched = Some((
+            record::SCHED_EVERY,
+            SchedFeed::new(SchedMaps::take(&mut tracer.ebpf)?),
+        ));
+    }
+    let live = Live::new(tracer)?;
     super::runtime()?.block_on(async move {
         let source = live::start(live, feeds);
         stop_after(&source, args.duration);

@@ -38,7 +38,10 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 /// - 2: adds the TCP drop (listen queues and drop reasons), connection
 ///   close and failed-connect events. A version-1 reader refuses these
 ///   files ("use a newer diag") rather than skipping what it cannot read.
-pub const VERSION: u16 = 2;
+/// - 3: adds scheduler frames ([`FrameKind::Sched`]: every process's
+///   run-queue waits each second, when stalls are recorded). Files of
+///   versions 1 and 2 read as before.
+pub const VERSION: u16 = 3;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
 pub const FRAME_HEADER_LEN: usize = 16;
@@ -79,6 +82,9 @@ pub enum FrameKind {
     End = 6,
     /// JSON [`super::OomContextFrame`]: an OOM kill's user-space context.
     OomContext = 7,
+    /// JSON [`super::SchedFrame`]: every process's run-queue waits over
+    /// one interval (log2 buckets), recorded with stalls (version 3).
+    Sched = 8,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -92,6 +98,7 @@ impl TryFrom<u8> for FrameKind {
             5 => FrameKind::Procs,
             6 => FrameKind::End,
             7 => FrameKind::OomContext,
+            8 => FrameKind::Sched,
             other => return Err(other),
         })
     }

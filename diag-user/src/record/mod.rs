@@ -145,6 +145,54 @@ pub const PROCS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    /// A scheduler frame keeps the processes that waited longest, sums
+    /// the others, and leaves out those that did not wait.
+    #[test]
+    fn sched_frames_are_bounded() {
+        use super::{SCHED_FRAME_PROCS, SchedFrame};
+        use crate::aggregate::{histogram::Log2Hist, sched::ProcInterval};
+        let proc = |pid: u32, waits: u64| {
+            let mut hist = Log2Hist::default();
+            for _ in 0..waits {
+                hist.record(u64::from(pid) * 1000);
+            }
+            ProcInterval {
+                pid,
+                comm: format!("p{pid}"),
+                runq_ns: u64::from(pid) * 1000 * waits,
+                runq_count: waits,
+                p50_ns: None,
+                p99_ns: None,
+                max_ns: None,
+                wait_pct: 0.0,
+                cpu_ns: 0,
+                cpu_pct: 0.0,
+                blocked_ns: 0,
+                sleep_ns: 0,
+                caused_ns: 0,
+                caused_count: 0,
+                stalls: 0,
+                hist,
+            }
+        };
+        let mut procs: Vec<ProcInterval> = (1..=100).map(|p| proc(p, 2)).collect();
+        procs.push(proc(500, 0));
+        let f = SchedFrame::new(10, 1, &procs);
+        assert_eq!(f.procs.len(), SCHED_FRAME_PROCS);
+        assert_eq!(f.procs[0].pid, 100, "the longest waits first");
+        assert_eq!(f.procs[63].pid, 37);
+        assert_eq!(f.others_count, 36, "pids 1 to 36");
+        assert_eq!(f.others.waits, 72);
+        assert_eq!(f.procs[0].waits, 2);
+        // 100 us: bucket 7, [64, 128) us; no empty buckets after it.
+        assert_eq!(f.procs[0].hist.len(), 8);
+        assert_eq!(f.procs[0].hist[7], 2);
+        assert_eq!(f.damage(), None);
+        let mut bad = f.clone();
+        bad.procs[0].hist[7] = 3;
+        assert!(bad.damage().unwrap().contains("do not add up"));
+    }
+
     use diag_common::{
         EventHeader, EventKind,
         proc::{ProcExitEvent, exit_flags},
@@ -194,5 +242,127 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(events, vec![exit, exit]);
         assert_eq!(r.unknown_events, 1);
+    }
+}
+
+/// A scheduler frame holds at most this many processes (those that
+/// waited longest); the rest are summed into [`SchedFrame::others`].
+pub const SCHED_FRAME_PROCS: usize = 64;
+/// How often `record --events ...,stall` writes a scheduler frame.
+pub const SCHED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One process's run-queue waits over one interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedProc {
+    pub pid: u32,
+    pub comm: String,
+    /// Waits that ended in the interval, and their sum, ns.
+    pub waits: u64,
+    pub wait_ns: u64,
+    /// The waits by log2 bucket (the kernel histograms' buckets,
+    /// [`diag_common::sched::hist_slot`]), without the empty buckets at
+    /// the end.
+    pub hist: Vec<u64>,
+}
+
+/// The run-queue waits of every process over one interval: the kernel's
+/// per-process histograms, bounded to [`SCHED_FRAME_PROCS`] processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedFrame {
+    /// The interval's end (boot-time ns) and length (0: unknown, the
+    /// first reading).
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    pub procs: Vec<SchedProc>,
+    /// The processes beyond [`SCHED_FRAME_PROCS`], summed (pid 0), and
+    /// how many they were.
+    pub others: SchedProc,
+    pub others_count: u64,
+}
+
+impl SchedProc {
+    fn of(p: &crate::aggregate::sched::ProcInterval) -> SchedProc {
+        let mut hist = p.hist.counts.to_vec();
+        while hist.last() == Some(&0) {
+            hist.pop();
+        }
+        SchedProc {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            // The histogram's own count (read with it).
+            waits: hist.iter().fold(0u64, |a, &b| a.saturating_add(b)),
+            wait_ns: p.runq_ns,
+            hist,
+        }
+    }
+
+    fn add(&mut self, o: &SchedProc) {
+        self.waits = self.waits.saturating_add(o.waits);
+        self.wait_ns = self.wait_ns.saturating_add(o.wait_ns);
+        if self.hist.len() < o.hist.len() {
+            self.hist.resize(o.hist.len(), 0);
+        }
+        for (a, b) in self.hist.iter_mut().zip(&o.hist) {
+            *a = a.saturating_add(*b);
+        }
+    }
+}
+
+impl SchedFrame {
+    /// The frame of one reading: processes that waited, the longest
+    /// waiting first.
+    pub fn new(
+        ts_ns: u64,
+        interval_ns: u64,
+        procs: &[crate::aggregate::sched::ProcInterval],
+    ) -> SchedFrame {
+        let mut all: Vec<SchedProc> = procs
+            .iter()
+            .map(SchedProc::of)
+            .filter(|p| p.waits > 0)
+            .collect();
+        all.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.pid.cmp(&b.pid)));
+        let mut others = SchedProc::default();
+        let rest = all.split_off(all.len().min(SCHED_FRAME_PROCS));
+        for p in &rest {
+            others.add(p);
+        }
+        SchedFrame {
+            ts_ns,
+            interval_ns,
+            procs: all,
+            others,
+            others_count: rest.len() as u64,
+        }
+    }
+
+    /// What is wrong with a frame read from a file, if anything: more
+    /// processes or buckets than diag writes, or histograms that do not
+    /// add up to their counts.
+    pub fn damage(&self) -> Option<String> {
+        if self.procs.len() > SCHED_FRAME_PROCS {
+            return Some(format!(
+                "{} processes, over the {SCHED_FRAME_PROCS} diag writes",
+                self.procs.len()
+            ));
+        }
+        for p in self.procs.iter().chain(std::iter::once(&self.others)) {
+            if p.hist.len() > diag_common::sched::HIST_SLOTS {
+                return Some(format!(
+                    "pid {}: {} buckets, over the {}",
+                    p.pid,
+                    p.hist.len(),
+                    diag_common::sched::HIST_SLOTS
+                ));
+            }
+            let sum = p.hist.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+            if sum != Some(p.waits) {
+                return Some(format!(
+                    "pid {}: its buckets do not add up to its {} waits",
+                    p.pid, p.waits
+                ));
+            }
+        }
+        None
     }
 }

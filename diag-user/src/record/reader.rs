@@ -45,6 +45,8 @@ pub enum Record {
     Table(TableFrame),
     Procs(ProcsFrame),
     OomContext(OomContextFrame),
+    /// Run-queue waits over one interval (version 3).
+    Sched(super::SchedFrame),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -467,6 +469,19 @@ impl Reader {
                 Ok(c) => match self.timed("OOM context", f.offset, c.ts_ns, false) {
                     None => Record::OomContext(c),
                     Some(d) => Record::Damage(d),
+                },
+                Err(d) => Record::Damage(d),
+            },
+            FrameKind::Sched => match json::<super::SchedFrame>(&f, "scheduler") {
+                Ok(s) => match s.damage() {
+                    Some(why) => Record::Damage(format!(
+                        "scheduler frame at byte {} is damaged ({why}): skipped",
+                        f.offset
+                    )),
+                    None => match self.timed("scheduler", f.offset, s.ts_ns, false) {
+                        None => Record::Sched(s),
+                        Some(d) => Record::Damage(d),
+                    },
                 },
                 Err(d) => Record::Damage(d),
             },

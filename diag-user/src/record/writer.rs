@@ -256,6 +256,13 @@ impl Writer {
         self.write_frame(FrameKind::OomContext, &payload)
     }
 
+    /// The scheduler's run-queue waits over one interval.
+    pub fn sched(&mut self, frame: &super::SchedFrame) -> Result<(), RecordError> {
+        self.flush()?;
+        let payload = serde_json::to_vec(frame).expect("serializes");
+        self.write_frame(FrameKind::Sched, &payload)
+    }
+
     /// Rotated file `n` (1 = the newest).
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();

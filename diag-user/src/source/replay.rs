@@ -153,7 +153,7 @@ fn play(
                         rows: t.rows,
                     }
                 }
-                Record::Procs(_) => continue,
+                Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(_) => continue,
                 Record::Damage(d) => {

@@ -49,6 +49,18 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Sched(s) => vec![
+            json!({
+                "event": "sched",
+                "time": time(clock, s.ts_ns),
+                "ts_ns": s.ts_ns,
+                "interval_ns": s.interval_ns,
+                "processes": s.procs,
+                "others": s.others,
+                "others_count": s.others_count,
+            })
+            .to_string(),
+        ],
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],

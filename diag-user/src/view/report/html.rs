@@ -15,7 +15,8 @@ fn esc(s: &str) -> String {
 /// At most this many run-queue stalls are drawn (the page says how many
 /// more there were); the text report below counts them all.
 pub const MAX_STALLS: usize = 100_000;
-/// At most this many per-process intervals are embedded (said likewise).
+/// At most this many per-process intervals are embedded (said likewise),
+/// and as many of the scheduler's.
 pub const MAX_DELTAS: usize = 1_000_000;
 
 /// JSON that can sit inside `<script type="application/json">`: no `<`,
@@ -71,7 +72,6 @@ pub fn page_data(r: &Review, file: &str) -> Value {
 
     // Processes: those with TCP activity, then stall victims not among them.
     let mut procs = r.per_proc.clone();
-    let mut victim_of = Vec::with_capacity(r.stalls.len().min(MAX_STALLS));
     let mut villains: Vec<(u32, String)> = Vec::new();
     let mut villain_index: std::collections::HashMap<(u32, String), usize> =
         std::collections::HashMap::new();
@@ -83,7 +83,6 @@ pub fn page_data(r: &Review, file: &str) -> Value {
             Some(i) => i,
             None => procs.index_of(tgid, 0, &comm),
         };
-        victim_of.push(i);
         let vcomm = crate::text::comm(&s.villain_comm);
         let key = (s.villain_tgid, vcomm);
         let vi = *villain_index.entry(key.clone()).or_insert_with(|| {
@@ -97,6 +96,34 @@ pub fn page_data(r: &Review, file: &str) -> Value {
             diag_common::sched::hist_slot(s.wait_ns),
             vi
         ]));
+    }
+    // The scheduler's frames: one row per process and interval (index -1:
+    // the processes beyond the frame's bound, summed).
+    let mut sched = Vec::new();
+    let mut sched_left_off = 0usize;
+    for f in &r.sched {
+        if sched.len() >= MAX_DELTAS {
+            sched_left_off += f.procs.len() + 1;
+            continue;
+        }
+        let (at, secs) = (t(f.ts_ns), f.interval_ns as f64 / 1e9);
+        for p in &f.procs {
+            let i = match procs.latest(p.pid) {
+                Some(i) => i,
+                None => procs.index_of(p.pid, 0, &p.comm),
+            };
+            sched.push(json!([at, secs, i, p.wait_ns, p.waits, p.hist]));
+        }
+        if f.others.waits > 0 {
+            sched.push(json!([
+                at,
+                secs,
+                -1,
+                f.others.wait_ns,
+                f.others.waits,
+                f.others.hist
+            ]));
+        }
     }
     let pd: Vec<Value> = procs
         .deltas
@@ -141,6 +168,8 @@ pub fn page_data(r: &Review, file: &str) -> Value {
         "pd": pd,
         "pd_left_off": procs.deltas.len().saturating_sub(MAX_DELTAS),
         "stalls": stalls,
+        "sched": sched,
+        "sched_left_off": sched_left_off,
         "stalls_left_off": r.stalls.len().saturating_sub(MAX_STALLS),
         "villains": villains.iter().map(|(p, c)| json!([p, c])).collect::<Vec<_>>(),
         "oom": oom,

@@ -69,6 +69,9 @@ pub struct Review {
     pub lifetimes: Log2Hist,
     /// Each process's activity per interval, for the page's tables.
     pub per_proc: page::ProcSeries,
+    /// The scheduler's run-queue waits per interval (recordings made
+    /// with stalls, format version 3).
+    pub sched: Vec<crate::record::SchedFrame>,
 }
 
 /// Timeline resolution.
@@ -170,6 +173,10 @@ impl Review {
                 }
                 Record::OomContext(c) => {
                     r.oom_context.insert((c.ts_ns, c.tid), c.ctx);
+                }
+                Record::Sched(s) => {
+                    r.last_ts = r.last_ts.max(s.ts_ns);
+                    r.sched.push(s);
                 }
                 Record::Procs(_) | Record::End(_) => {}
                 Record::Damage(d) => r.damage.push(d),

@@ -98,7 +98,7 @@
       return D.pd.filter(function (r) { return r[2] === st.p; }).map(function (r) { return [r[0] - r[1] / 2, r[F[field]]]; });
     }
     var col = { resets: 3, retrans: 4 }[field];
-    if (col) return D.pts.map(function (p, i) { var dt = p[0] - prevT[i]; return [p[0] - dt / 2, p[col] * dt]; });
+    if (col) return D.pts.map(function (p, i) { var dt = p[0] - prevT[i]; return [p[0] - dt / 2, Math.round(p[col] * dt)]; });
     return hostTimes.map(function (t) { return [t - hostPd[t].secs / 2, hostPd[t].v[field]]; });
   }
 
@@ -223,31 +223,52 @@
     marks.timeline = n;
   }
 
+  // Cells of the heatmap: (start, width in seconds, bucket) -> waits.
+  // From the scheduler's histograms (every wait) when recorded, else
+  // from the stalls.
+  function heatCells() {
+    var cells = {};
+    function add(t0, w, b, c) {
+      var k = t0 + "/" + w + "/" + b;
+      cells[k] = (cells[k] || 0) + c;
+    }
+    if (D.sched.length) {
+      D.sched.forEach(function (r) {
+        if (st.p !== null && r[2] !== st.p) return;
+        var w = r[1] > 0 ? r[1] : 1;
+        r[5].forEach(function (c, b) { if (c > 0) add(Math.max(0, r[0] - w), w, b, c); });
+      });
+    } else {
+      stallsNow().forEach(function (s) { add(Math.floor(s[0]), 1, s[3], 1); });
+    }
+    return cells;
+  }
   function heatmap(parent) {
-    var ss = stallsNow();
-    var lo = 31, hi = 0, cells = {}, max = 0;
-    ss.forEach(function (s) {
-      lo = Math.min(lo, s[3]); hi = Math.max(hi, s[3]);
-      var k = Math.floor(s[0]) + "/" + s[3];
-      cells[k] = (cells[k] || 0) + 1;
-      max = Math.max(max, cells[k]);
+    var cells = heatCells(), keys = Object.keys(cells);
+    var lo = 31, hi = 0, max = 0;
+    keys.forEach(function (k) {
+      var b = Number(k.split("/")[2]);
+      lo = Math.min(lo, b); hi = Math.max(hi, b); max = Math.max(max, cells[k]);
     });
-    if (!ss.length) { lo = 0; hi = 0; }
+    if (!keys.length) { lo = 0; hi = 0; }
     // At least six buckets, for scale.
     hi = Math.min(31, Math.max(hi, lo + 5));
     var rows = hi - lo + 1, rh = Math.max(10, Math.min(22, 220 / rows));
     var h = T + rows * rh + B;
-    var note = "Each run-queue wait over the stall threshold (record --events ...,stall), per second and log2 bucket of the wait; darker: more." +
-      (D.stalls_left_off ? " " + D.stalls_left_off + " more stalls are not drawn (the text report counts them)." : "");
-    var f = frame(parent, "heatmap", "Run-queue latency heatmap (stalls)", "run-queue wait", h, note);
+    var note = D.sched.length
+      ? "Every run-queue wait, from the kernel's per-process histograms read each second: count per interval and log2 bucket of the wait; darker: more." +
+        (D.sched_left_off ? " " + D.sched_left_off + " later readings are not drawn." : "")
+      : "This recording has no scheduler histograms (recorded without stalls, or by an older diag): the waits over the stall threshold only, per second and log2 bucket; darker: more." +
+        (D.stalls_left_off ? " " + D.stalls_left_off + " more stalls are not drawn (the text report counts them)." : "");
+    var f = frame(parent, "heatmap", "Run-queue latency heatmap" + (D.sched.length ? "" : " (stalls)"), "run-queue wait", h, note);
     for (var b = lo; b <= hi; b++) {
       var yy = f.y0 - (b - lo + 1) * rh;
-      el("text", { x: L - 4, y: yy + rh / 2 + 4, "text-anchor": "end" }, f.svg, dur(D.slots[b][0]));
+      el("text", { x: L - 4, y: yy + rh / 2 + 4, "text-anchor": "end" }, f.svg, b === 0 ? "<1us" : dur(D.slots[b][0]));
     }
-    var cw = Math.max(2, (W - L - R) / Math.max(1, D.span));
     var n = 0;
-    Object.keys(cells).forEach(function (k) {
-      var parts = k.split("/"), t = Number(parts[0]), b = Number(parts[1]), c = cells[k];
+    keys.forEach(function (k) {
+      var parts = k.split("/"), t = Number(parts[0]), w = Number(parts[1]), b = Number(parts[2]), c = cells[k];
+      var cw = Math.max(2, f.x(t + w) - f.x(t));
       var a = 0.15 + 0.85 * Math.log(1 + c) / Math.log(1 + max);
       var r = el("rect", { x: f.x(t), y: f.y0 - (b - lo + 1) * rh, width: Math.max(1, Math.min(cw, W - R - f.x(t))), height: rh - 1, fill: "rgba(214,39,40," + a.toFixed(2) + ")" }, f.svg);
       el("title", {}, r, clock(t) + ": " + c + " waits of " + dur(D.slots[b][0]) + " to " + dur(D.slots[b][1]));
@@ -285,7 +306,7 @@
   // The tables: rows computed for the window, then filtered and sorted.
   function procRows() {
     var rows = D.procs.map(function (p, i) {
-      return { i: i, pid: p[0], comm: p[1], opens: 0, closes: 0, resets: 0, retrans: 0, close_wait: 0, failed: 0, drops: 0, bytes: 0, stalls: 0, wait: 0, any: false };
+      return { i: i, pid: p[0], comm: p[1], opens: 0, closes: 0, resets: 0, retrans: 0, close_wait: 0, failed: 0, drops: 0, bytes: 0, stalls: 0, stall_wait: 0, wait: 0, waits: 0, any: false };
     });
     var before = {};
     D.pd.forEach(function (r) {
@@ -300,10 +321,15 @@
     D.stalls.forEach(function (s) {
       if (!atWin(s[0])) return;
       var row = rows[s[1]];
-      row.stalls++; row.wait += s[2]; row.any = true;
+      row.stalls++; row.stall_wait += s[2]; row.any = true;
+    });
+    D.sched.forEach(function (s) {
+      if (s[2] < 0 || !inWin(s[0], s[1])) return;
+      var row = rows[s[2]];
+      row.wait += s[3]; row.waits += s[4]; row.any = true;
     });
     return rows.filter(function (r) {
-      return r.any && (r.opens || r.closes || r.resets || r.retrans || r.close_wait || r.failed || r.drops || r.bytes || r.stalls);
+      return r.any && (r.opens || r.closes || r.resets || r.retrans || r.close_wait || r.failed || r.drops || r.bytes || r.stalls || r.waits);
     });
   }
   function villainRows() {
@@ -401,12 +427,15 @@
   function renderTables() {
     var box = document.getElementById("tables");
     box.textContent = "";
-    el("div", { "class": "note" }, box, "Per process" + (st.w ? ", in the window" : "") + ". CLOSE_WAIT: the most sockets at once; run-queue: waits over the stall threshold.");
+    el("div", { "class": "note" }, box, "Per process" + (st.w ? ", in the window" : "") + ". CLOSE_WAIT: the most sockets at once; run-queue: every wait for a CPU" + (D.sched.length ? "" : " (not in this recording)") + "; stalls: the waits over the threshold.");
     table(box, "procs", [
       { k: "pid", h: "pid" }, { k: "comm", h: "command", l: 1 }, { k: "opens", h: "opens" }, { k: "closes", h: "closes" },
       { k: "resets", h: "resets" }, { k: "retrans", h: "retrans" }, { k: "close_wait", h: "CLOSE_WAIT" },
       { k: "failed", h: "failed connects" }, { k: "drops", h: "drops" }, { k: "bytes", h: "bytes", f: bytes },
-      { k: "stalls", h: "stalls" }, { k: "wait", h: "run-queue wait", f: dur }
+      { k: "waits", h: "run-queue waits", title: "waits for a CPU (the kernel's histograms)" },
+      { k: "wait", h: "run-queue wait", f: dur, title: "time spent waiting for a CPU" },
+      { k: "stalls", h: "stalls", title: "waits over the stall threshold" },
+      { k: "stall_wait", h: "stall wait", f: dur }
     ], procRows(), function (r) { narrowProc(st.p === r.i ? null : r.i); });
     el("h3", {}, box, "Who held the CPU during the stalls");
     table(box, "villains", [
@@ -446,7 +475,7 @@
     out.plots = JSON.parse(JSON.stringify(marks));
     out.rows = pids();
     out.table = {};
-    ["opens", "close_wait", "failed", "stalls"].forEach(function (k) { out.table[k] = col(k); });
+    ["opens", "close_wait", "failed", "stalls", "waits"].forEach(function (k) { out.table[k] = col(k); });
     out.villains = document.querySelectorAll("#villains tbody tr").length;
     var th = function (k) { return document.querySelector("#procs th[data-key=" + k + "]"); };
     click(th("pid"));
