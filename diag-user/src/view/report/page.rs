@@ -47,8 +47,11 @@ pub struct ProcDelta {
 pub struct ProcSeries {
     index: HashMap<(u32, u32), usize>,
     pub procs: Vec<ProcId>,
-    /// Cumulative counters and gauges at the last interval, per process.
+    /// Cumulative counters and gauges at the last interval, per process,
+    /// and the interval it was last in (counting from 1).
     last: Vec<[u64; FIELDS.len()]>,
+    seen: Vec<u64>,
+    samples: u64,
     pub deltas: Vec<ProcDelta>,
 }
 
@@ -84,6 +87,7 @@ impl ProcSeries {
             comm: comm.to_string(),
         });
         self.last.push([0; FIELDS.len()]);
+        self.seen.push(0);
         self.index.insert((pid, life), self.procs.len() - 1);
         self.procs.len() - 1
     }
@@ -99,24 +103,88 @@ impl ProcSeries {
 
     /// Take the snapshot closing the interval that ends at `ts_ns`.
     pub fn sample(&mut self, ts_ns: u64, s: &TcpSnapshot) {
-        for p in &s.processes {
-            let i = self.index_of(p.pid, p.life, &p.comm);
-            let now = values(p);
+        let rows = s
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.life, p.comm.as_str(), values(p)));
+        self.sample_rows(ts_ns, s.interval_s, rows);
+    }
+
+    /// One interval's processes: (pid, life, comm, cumulative counters
+    /// and gauges). A process missing from an interval was forgotten (it
+    /// had no sockets and did nothing for long): if seen again, its
+    /// counters start from zero.
+    pub fn sample_rows<'a>(
+        &mut self,
+        ts_ns: u64,
+        secs: f64,
+        rows: impl Iterator<Item = (u32, u32, &'a str, [u64; FIELDS.len()])>,
+    ) {
+        self.samples += 1;
+        for (pid, life, comm, now) in rows {
+            let i = self.index_of(pid, life, comm);
+            if self.seen[i] + 1 != self.samples {
+                self.last[i] = [0; FIELDS.len()];
+            }
+            self.seen[i] = self.samples;
             let before = self.last[i];
             let mut v = now;
             for k in 0..COUNTERS {
-                // A process forgotten and seen again starts from zero.
-                v[k] = now[k].checked_sub(before[k]).unwrap_or(now[k]);
+                v[k] = now[k].saturating_sub(before[k]);
             }
             if v[..COUNTERS].iter().any(|&x| x > 0) || now[COUNTERS..] != before[COUNTERS..] {
                 self.deltas.push(ProcDelta {
                     ts_ns,
-                    secs: s.interval_s,
+                    secs,
                     proc: i,
                     v,
                 });
             }
             self.last[i] = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_intervals_cost_nothing_and_forgotten_processes_restart() {
+        let mut s = ProcSeries::default();
+        let row = |opens: u64, cw: u64| {
+            let mut v = [0u64; FIELDS.len()];
+            v[0] = opens;
+            v[9] = cw;
+            v
+        };
+        s.sample_rows(
+            1,
+            1.0,
+            [(7, 0, "api", row(5, 0)), (8, 0, "db", row(0, 0))].into_iter(),
+        );
+        // Nothing new for api; db's CLOSE_WAIT gauge moves.
+        s.sample_rows(
+            2,
+            1.0,
+            [(7, 0, "api", row(5, 0)), (8, 0, "db", row(0, 2))].into_iter(),
+        );
+        s.sample_rows(
+            3,
+            1.0,
+            [(7, 0, "api", row(5, 0)), (8, 0, "db", row(0, 2))].into_iter(),
+        );
+        // api forgotten for an interval, then seen again from zero.
+        s.sample_rows(4, 1.0, [(8, 0, "db", row(0, 2))].into_iter());
+        s.sample_rows(5, 1.0, [(7, 0, "api-2", row(3, 0))].into_iter());
+        let got: Vec<(u64, u32, u64, u64)> = s
+            .deltas
+            .iter()
+            .map(|d| (d.ts_ns, s.procs[d.proc].pid, d.v[0], d.v[9]))
+            .collect();
+        assert_eq!(got, vec![(1, 7, 5, 0), (2, 8, 0, 2), (5, 7, 3, 0)]);
+        assert_eq!(s.procs[0].comm, "api-2", "renamed by exec");
+        assert_eq!(s.latest(8), Some(1));
+        assert_eq!(s.latest(9), None);
     }
 }
