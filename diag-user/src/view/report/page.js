@@ -476,7 +476,7 @@
     out.rows = pids();
     out.table = {};
     ["opens", "close_wait", "failed", "stalls", "waits"].forEach(function (k) { out.table[k] = col(k); });
-    out.villains = document.querySelectorAll("#villains tbody tr").length;
+    out.villains = Array.prototype.map.call(document.querySelectorAll("#villains tbody tr[data-pid]"), function (r) { return Number(r.getAttribute("data-pid")); });
     var th = function (k) { return document.querySelector("#procs th[data-key=" + k + "]"); };
     click(th("pid"));
     out.sorted_by_pid = { header: th("pid").textContent, pids: pids() };
