@@ -125,6 +125,24 @@ pub fn page_data(r: &Review, file: &str) -> Value {
             ]));
         }
     }
+    // A process the scheduler's maps name without a command may have held
+    // the CPU during a stall, which names it.
+    let named: std::collections::HashMap<u32, &str> = villains
+        .iter()
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(p, c)| (*p, c.as_str()))
+        .collect();
+    let proc_list: Vec<Value> = procs
+        .procs
+        .iter()
+        .map(|p| {
+            let comm = match (p.comm.is_empty(), named.get(&p.pid)) {
+                (true, Some(c)) => c,
+                _ => p.comm.as_str(),
+            };
+            json!([p.pid, comm])
+        })
+        .collect();
     let pd: Vec<Value> = procs
         .deltas
         .iter()
@@ -164,7 +182,7 @@ pub fn page_data(r: &Review, file: &str) -> Value {
         "events": r.events,
         "fields": page::FIELDS,
         "pts": pts,
-        "procs": procs.procs.iter().map(|p| json!([p.pid, p.comm])).collect::<Vec<_>>(),
+        "procs": proc_list,
         "pd": pd,
         "pd_left_off": procs.deltas.len().saturating_sub(MAX_DELTAS),
         "stalls": stalls,

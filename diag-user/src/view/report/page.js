@@ -91,7 +91,7 @@
   function perSecond(pairs) {
     var m = {};
     pairs.forEach(function (p) { if (p[1] > 0) { var k = Math.floor(p[0]); m[k] = (m[k] || 0) + p[1]; } });
-    return Object.keys(m).map(function (k) { return [Number(k) + 0.5, m[k]]; });
+    return Object.keys(m).map(function (k) { return [Math.min(Number(k) + 0.5, D.span), m[k]]; });
   }
   function counts(field) {
     if (st.p !== null) {
