@@ -111,6 +111,9 @@ fn play(
             let msg = match rec {
                 Record::Events(evs) => {
                     let before = evs.len();
+                    for e in &evs {
+                        stats.read(e.header().ts_ns);
+                    }
                     let past_end = evs
                         .last()
                         .is_some_and(|e| window.to.is_some_and(|t| e.header().ts_ns > t));
@@ -120,6 +123,7 @@ fn play(
                         .collect();
                     if evs.is_empty() {
                         if past_end && before > 0 {
+                            stats.past_window = true;
                             break;
                         }
                         continue;
@@ -141,11 +145,14 @@ fn play(
                     Msg::Events(evs)
                 }
                 Record::Health(h) => {
+                    stats.read(h.ts_ns);
                     health = h;
                     Msg::Health(h)
                 }
                 Record::Table(t) => {
+                    stats.read(t.ts_ns);
                     if window.to.is_some_and(|to| t.ts_ns > to) {
+                        stats.past_window = true;
                         continue;
                     }
                     Msg::Table {
@@ -155,7 +162,10 @@ fn play(
                 }
                 Record::Procs(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
-                Record::End(_) => continue,
+                Record::End(e) => {
+                    stats.read(e.ts_ns);
+                    continue;
+                }
                 Record::Damage(d) => {
                     stats.frames_damaged += 1;
                     Msg::Damage(d)
@@ -202,6 +212,30 @@ pub fn closing_words(stats: &ReplayStats) -> Option<String> {
     } else {
         Some(parts.join("; "))
     }
+}
+
+/// `--at` (the words `at`, the time `ts`) against what a replay read:
+/// an error naming the recording's span when it is outside it. Times are
+/// given to the second: a recording that starts at 10:02:05.4 has
+/// 10:02:05 in it.
+pub fn check_at(
+    at: &str,
+    ts: u64,
+    stats: &ReplayStats,
+    clock: &crate::clock::WallClock,
+) -> anyhow::Result<()> {
+    let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+    let Some((a, b)) = stats.span else {
+        anyhow::bail!("--at {at}: the recording holds nothing");
+    };
+    let spans = format!("the recording spans {} to {}", hms(a), hms(b));
+    if ts.saturating_add(1_000_000_000) <= a {
+        anyhow::bail!("--at {at} is before the recording starts: {spans}");
+    }
+    if !stats.past_window && ts >= b.saturating_add(1_000_000_000) {
+        anyhow::bail!("--at {at} is after the recording ends: {spans}");
+    }
+    Ok(())
 }
 
 /// The window `--from`/`--to` give, checked.

@@ -607,7 +607,24 @@ pub struct ConnsSink {
     /// The latest placement of each pid, as the live source said.
     placed: HashMap<u32, Placement>,
     clear: bool,
+    /// `replay --at`: the one instant to show (see [`ConnsSink::at`]).
+    at: Option<At>,
 }
+
+/// The state at one instant of a replay: the interval before it, and the
+/// run-queue stalls in that interval.
+#[derive(Debug, Clone, Default)]
+pub struct At {
+    pub ts: u64,
+    /// The rates' interval has begun (at `ts` minus one interval).
+    begun: bool,
+    pub stalls: Vec<diag_common::sched::StallEvent>,
+    /// Stalls in the interval past the ones kept.
+    pub stalls_more: u64,
+}
+
+/// Stalls kept for `--at` (the rest are counted).
+const AT_STALLS: usize = 4096;
 
 impl ConnsSink {
     pub fn new(
@@ -641,6 +658,32 @@ impl ConnsSink {
             printed: 0,
             limit,
             health: Health::default(),
+            at: None,
+        }
+    }
+
+    /// Show only the state at `ts` (event time): one snapshot there, with
+    /// the rates, hints and stalls of the interval before it. The source
+    /// must stop at `ts` (a replay window ending there).
+    pub fn at(mut self, ts: u64) -> Self {
+        self.limit = 0;
+        self.at = Some(At {
+            ts,
+            ..At::default()
+        });
+        self
+    }
+
+    /// The interval before `--at` begins at `begin`: rates count from here.
+    fn begin_at(&mut self, ts: u64) {
+        if let Some(at) = &mut self.at
+            && !at.begun
+        {
+            let begin = at.ts.saturating_sub(self.interval_ns);
+            if ts >= begin {
+                at.begun = true;
+                self.agg.advance(begin);
+            }
         }
     }
 
@@ -723,6 +766,16 @@ impl ConnsSink {
                         }
                     }
                     self.last_ts = self.last_ts.max(ts);
+                    self.begin_at(ts);
+                    if let (Some(at), diag_common::user::AnyEvent::Stall(st)) = (&mut self.at, e)
+                        && at.begun
+                    {
+                        if at.stalls.len() < AT_STALLS {
+                            at.stalls.push(*st);
+                        } else {
+                            at.stalls_more += 1;
+                        }
+                    }
                     self.agg.on_event(e);
                     if let diag_common::user::AnyEvent::ProcExit(x) = e {
                         self.placed.remove(&x.header.tgid);
@@ -767,7 +820,18 @@ impl ConnsSink {
 
     /// At the end of the stream: one last snapshot unless all were printed.
     pub fn finish(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
-        if !self.done() {
+        if let Some(ts) = self.at.as_ref().map(|a| a.ts) {
+            self.begin_at(ts);
+            let snap = self.agg.snapshot(ts);
+            self.print(snap, true, out)?;
+            if !self.view.json
+                && let Some(at) = &self.at
+            {
+                let text = stalls_text(at, self.interval_ns, &self.clock);
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+        } else if !self.done() {
             let now = if self.timebase == Timebase::Events {
                 self.last_ts
             } else {
@@ -781,6 +845,44 @@ impl ConnsSink {
         }
         Ok(())
     }
+}
+
+/// The run-queue stalls of the interval before `--at`: how many, the
+/// longest, and who held the CPU.
+pub fn stalls_text(at: &At, interval_ns: u64, clock: &WallClock) -> String {
+    let comm = crate::text::comm;
+    let mut o = String::new();
+    let n = at.stalls.len() as u64 + at.stalls_more;
+    let _ = writeln!(
+        o,
+        "Run-queue stalls in the {} before {}: {n}{}",
+        human_ns(interval_ns),
+        clock.wall(at.ts).format("%H:%M:%S"),
+        if n == 0 {
+            " (recordings have them with --events ...,stall)"
+        } else {
+            ""
+        }
+    );
+    let mut worst: Vec<_> = at.stalls.iter().collect();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+    for st in worst.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "  {}  pid {} ({}) waited {} for CPU {}; {} ({}) held it",
+            clock.wall(st.header.ts_ns).format("%H:%M:%S%.3f"),
+            st.header.tgid,
+            comm(&st.header.comm),
+            human_ns(st.wait_ns),
+            st.header.cpu,
+            st.villain_tgid,
+            comm(&st.villain_comm)
+        );
+    }
+    if at.stalls_more > 0 {
+        let _ = writeln!(o, "  ({} more not kept)", at.stalls_more);
+    }
+    o
 }
 
 /// The interval boundaries to show when event time reaches `ts`, with
@@ -806,6 +908,9 @@ pub fn catch_up(next: &mut Option<u64>, ts: u64, interval_ns: u64) -> Vec<u64> {
 pub struct ConnsOut {
     pub sink: ConnsSink,
     pub out: Output,
+    /// `replay --at`: the words given and the time, checked at the end
+    /// against what the recording holds.
+    pub at_words: Option<(String, u64)>,
 }
 
 impl ConnsOut {
@@ -817,6 +922,7 @@ impl ConnsOut {
         ConnsOut {
             sink,
             out: Output::stdout(),
+            at_words: None,
         }
     }
 }
@@ -849,6 +955,9 @@ impl Sink for ConnsOut {
     fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
         if self.sink.timebase == Timebase::Live {
             self.sink.health = end.health;
+        }
+        if let (Some((words, ts)), Some(stats)) = (&self.at_words, &end.replay) {
+            crate::source::replay::check_at(words, *ts, stats, &self.sink.clock)?;
         }
         let r = self.sink.finish(crate::clock::boot_ns(), &mut self.out);
         flow_of(r)?;
