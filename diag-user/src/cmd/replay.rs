@@ -76,7 +76,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 sink.agg.config.guess_pid_reuse = guess_pid_reuse;
                 sink.agg.set_drop_reason_names(&header.drop_reasons);
                 let mut sink = ConnsOut::new(sink, None);
-                sink.at_words = at.clone();
+                sink.at_words = at.clone().map(|(w, ts)| (w, ts, header.clone()));
                 drive(source, &mut [&mut sink], None).await?
             }
             ReplayView::Top(view) => {

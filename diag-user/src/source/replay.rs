@@ -222,20 +222,42 @@ pub fn check_at(
     at: &str,
     ts: u64,
     stats: &ReplayStats,
-    clock: &crate::clock::WallClock,
+    header: &RecordingHeader,
 ) -> anyhow::Result<()> {
-    let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
     let Some((a, b)) = stats.span else {
         anyhow::bail!("--at {at}: the recording holds nothing");
     };
-    let spans = format!("the recording spans {} to {}", hms(a), hms(b));
+    let a = recording_start(header, a);
+    let spans = span_words(header, a, b, stats.past_window);
     if ts.saturating_add(1_000_000_000) <= a {
-        anyhow::bail!("--at {at} is before the recording starts: {spans}");
+        anyhow::bail!("--at {at} is before the recording: {spans}");
     }
     if !stats.past_window && ts >= b.saturating_add(1_000_000_000) {
-        anyhow::bail!("--at {at} is after the recording ends: {spans}");
+        anyhow::bail!("--at {at} is after the recording: {spans}");
     }
     Ok(())
+}
+
+/// Where a recording starts: its header's start, or its first time read
+/// when that is earlier (a flight recorder's file holds what came before).
+pub fn recording_start(header: &RecordingHeader, first_read: u64) -> u64 {
+    if header.started_ts_ns > 0 {
+        first_read.min(header.started_ts_ns)
+    } else {
+        first_read
+    }
+}
+
+/// "it spans A to B", or only where it starts when reading
+/// stopped early (at a window's end) and its end is not known.
+pub fn span_words(header: &RecordingHeader, start: u64, last: u64, stopped_early: bool) -> String {
+    let clock = header.clock();
+    let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+    if stopped_early {
+        format!("it starts at {}", hms(start))
+    } else {
+        format!("it spans {} to {}", hms(start), hms(last))
+    }
 }
 
 /// The window `--from`/`--to` give, checked.

@@ -910,7 +910,7 @@ pub struct ConnsOut {
     pub out: Output,
     /// `replay --at`: the words given and the time, checked at the end
     /// against what the recording holds.
-    pub at_words: Option<(String, u64)>,
+    pub at_words: Option<(String, u64, crate::record::RecordingHeader)>,
 }
 
 impl ConnsOut {
@@ -956,8 +956,8 @@ impl Sink for ConnsOut {
         if self.sink.timebase == Timebase::Live {
             self.sink.health = end.health;
         }
-        if let (Some((words, ts)), Some(stats)) = (&self.at_words, &end.replay) {
-            crate::source::replay::check_at(words, *ts, stats, &self.sink.clock)?;
+        if let (Some((words, ts, header)), Some(stats)) = (&self.at_words, &end.replay) {
+            crate::source::replay::check_at(words, *ts, stats, header)?;
         }
         let r = self.sink.finish(crate::clock::boot_ns(), &mut self.out);
         flow_of(r)?;
@@ -1291,5 +1291,75 @@ mod tests {
         assert_eq!(j["processes"][1]["pid"], 2);
         assert_eq!(j["processes"][1]["totals"]["active_opens"], 7);
         assert_eq!(j["health"]["dropped"], 0);
+    }
+}
+
+#[cfg(test)]
+mod at_tests {
+    use super::*;
+    use clap::Parser;
+    use diag_common::{EventHeader, EventKind, sched::StallEvent, user::AnyEvent};
+
+    #[derive(Parser)]
+    struct V {
+        #[command(flatten)]
+        v: ConnsView,
+    }
+
+    fn stall(ts: u64, wait_ns: u64) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::Stall as u32;
+        h.ts_ns = ts;
+        h.tgid = 42;
+        h.pid = 42;
+        h.comm[..3].copy_from_slice(b"web");
+        let mut villain = [0u8; 16];
+        villain[..3].copy_from_slice(b"hog");
+        AnyEvent::Stall(StallEvent {
+            header: h,
+            wait_ns,
+            villain_pid: 9,
+            villain_tgid: 9,
+            villain_comm: villain,
+        })
+    }
+
+    /// `replay --at`: one snapshot at the instant, and only the stalls of
+    /// the interval before it.
+    #[test]
+    fn at_prints_one_snapshot_at_the_instant_with_the_stalls_before_it() {
+        let view = V::parse_from(["x"]).v;
+        let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
+        let at = 10_500_000_000;
+        let mut sink = ConnsSink::new(view, None, clock, Timebase::Events).at(at);
+        let mut out = Vec::new();
+        let evs = vec![
+            stall(5_000_000_000, 40_000_000),
+            stall(9_400_000_000, 30_000_000),
+            stall(9_600_000_000, 20_000_000),
+            stall(10_400_000_000, 25_000_000),
+        ];
+        sink.on_msg(&Msg::Events(evs), &mut out).unwrap();
+        sink.finish(0, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+        assert_eq!(text.matches("diag conns  ").count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("diag conns  {}  interval 1.00s", hms(at))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "Run-queue stalls in the 1.00s before {}: 2\n",
+                hms(at)
+            )),
+            "{text}"
+        );
+        // Longest first; the 30 ms one was before the interval.
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("waited")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("pid 42 (web) waited 25.00ms"), "{text}");
+        assert!(lines[0].contains("9 (hog) held it"), "{text}");
+        assert!(lines[1].contains("waited 20.00ms"), "{text}");
     }
 }

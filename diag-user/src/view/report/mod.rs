@@ -304,7 +304,9 @@ impl Review {
             r.last_ts = end;
             r.sample(&mut agg, end);
         }
-        r.ended = ended();
+        // A window read up to its end, not to the file's: what comes
+        // after it is not its business.
+        r.ended = ended() || r.past_window;
         r
     }
 
@@ -321,34 +323,33 @@ impl Review {
         let Some((f, t)) = self.window else {
             return Ok(());
         };
-        let clock = self.clock();
-        let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
         let Some((a, b)) = self.span else {
             anyhow::bail!("the recording holds nothing to narrow to a window");
         };
-        let spans = format!("the recording spans {} to {}", hms(a), hms(b));
+        let a = crate::source::replay::recording_start(&self.header, a);
+        let spans = crate::source::replay::span_words(&self.header, a, b, self.past_window);
         // Times are given to the second: a recording that starts at
         // 10:02:05.4 has 10:02:05 in it.
         if let Some(w) = from
             && f.saturating_add(STEP_NS) <= a
         {
-            anyhow::bail!("--from {w} is before the recording starts: {spans}");
+            anyhow::bail!("--from {w} is before the recording: {spans}");
         }
         if let Some(w) = to
             && t.saturating_add(STEP_NS) <= a
         {
-            anyhow::bail!("--to {w} is before the recording starts: {spans}");
+            anyhow::bail!("--to {w} is before the recording: {spans}");
         }
         if !self.past_window {
             if let Some(w) = from
                 && f >= b.saturating_add(STEP_NS)
             {
-                anyhow::bail!("--from {w} is after the recording ends: {spans}");
+                anyhow::bail!("--from {w} is after the recording: {spans}");
             }
             if let Some(w) = to
                 && t >= b.saturating_add(STEP_NS)
             {
-                anyhow::bail!("--to {w} is after the recording ends: {spans}");
+                anyhow::bail!("--to {w} is after the recording: {spans}");
             }
         }
         if let (Some(x), Some(y)) = (from, to)
@@ -803,17 +804,17 @@ mod tests {
         };
         let before = check(Some(0), Some(2_000_000_000)).unwrap_err();
         assert!(
-            before.contains("--from F is before the recording starts: the recording spans"),
+            before.contains("--from F is before the recording: it starts at"),
             "{before}"
         );
         let after = check(Some(2_000_000_000), Some(9_000_000_000)).unwrap_err();
         assert!(
-            after.contains("--to T is after the recording ends"),
+            after.contains("--to T is after the recording: it spans"),
             "{after}"
         );
         let late = check(Some(8_000_000_000), None).unwrap_err();
         assert!(
-            late.contains("--from F is after the recording ends"),
+            late.contains("--from F is after the recording: it spans"),
             "{late}"
         );
         let empty = check(Some(2_000_000_000), Some(2_000_000_000)).unwrap_err();

@@ -19,7 +19,9 @@ pub fn render_text(r: &Review, file: &str) -> String {
             h.kernel,
             h.cpus,
             clock
-                .wall(r.span.map_or(h.started_ts_ns, |s| s.0))
+                .wall(r.span.map_or(h.started_ts_ns, |s| {
+                    crate::source::replay::recording_start(h, s.0)
+                }))
                 .format("%Y-%m-%d %H:%M:%S %Z"),
             h.diag_version
         );
