@@ -847,6 +847,12 @@ mod tests {
         assert_eq!(w.replace(['\n', ' '], ""), "a".repeat(70));
         assert!(w.lines().all(|l| l.chars().count() <= 25), "{w}");
         assert_eq!(wrap(text, 0), text);
+        // Hyphenated words are not split at their hyphens.
+        let w = wrap(
+            "  record with --events tcp,stall to capture waits over --stall-threshold",
+            30,
+        );
+        assert!(w.lines().any(|l| l.ends_with(" --stall-threshold")), "{w}");
     }
 
     #[test]

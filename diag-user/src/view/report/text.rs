@@ -483,6 +483,8 @@ pub fn wrap(text: &str, width: usize) -> String {
             .initial_indent(indent)
             .subsequent_indent(&more)
             .word_separator(textwrap::WordSeparator::AsciiSpace)
+            // Options such as --stall-threshold stay whole.
+            .word_splitter(textwrap::WordSplitter::NoHyphenation)
             .wrap_algorithm(textwrap::WrapAlgorithm::FirstFit)
             .break_words(true);
         let lines = textwrap::wrap(trimmed.trim_end(), &opts);
