@@ -25,6 +25,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     if let Some((_, ts)) = &at {
+        if args.from.is_some() || args.to.is_some() {
+            anyhow::bail!(
+                "--at is one instant and --from/--to a stretch of time: give one or the other"
+            );
+        }
         if !matches!(args.view, ReplayView::Conns(_)) {
             anyhow::bail!(
                 "--at shows the state at one instant, which `replay FILE conns --at TIME` prints; tail and top play a stretch of time: use --from and --to with them"

@@ -204,7 +204,8 @@ pub fn closing_words(stats: &ReplayStats) -> Option<String> {
     }
     if stats.stopped_early {
         parts.push("stopped before the end of the recording".to_string());
-    } else if !stats.ended_cleanly {
+    } else if !stats.ended_cleanly && !stats.past_window {
+        // (Stopping at a window's end is not reaching the file's.)
         parts.push("the recording was not finished cleanly (diag was killed or the file was cut): it ends at its last complete frame".to_string());
     }
     if parts.is_empty() {
