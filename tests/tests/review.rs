@@ -14,6 +14,7 @@ use diag_tests::{Diag, Gen, TempDir, diag_bin, require_root, require_tool, seria
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
+const CPUHOG: &str = env!("CARGO_BIN_EXE_diag-cpuhog");
 const WIDTH: usize = 100;
 
 fn diag(args: &[&str]) -> (bool, String, String) {
@@ -38,6 +39,20 @@ fn now_rfc3339() -> String {
 fn local_hms(rfc3339: &str) -> String {
     let o = Command::new("date")
         .args(["-d", rfc3339, "+%H:%M:%S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// One second before the RFC 3339 time `t`, in UTC with microseconds.
+fn second_before(t: &str) -> String {
+    let o = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("{t} - 1 second"),
+            "+%Y-%m-%dT%H:%M:%S.%6NZ",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -136,8 +151,26 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     let dir = TempDir::new("review");
     let file = dir.path("incident.diag");
     let f = file.to_str().unwrap();
-    let recorder = Diag::start(&["record", "-o", f, "--reconcile", "1s"]);
+    let recorder = Diag::start(&[
+        "record",
+        "-o",
+        f,
+        "--reconcile",
+        "1s",
+        "--events",
+        "tcp,oom,stall",
+    ]);
     let started = Instant::now();
+    // Run-queue stalls: a busy loop and a SCHED_IDLE victim on CPU 0.
+    let spawn = |args: &[&str]| {
+        Command::new(CPUHOG)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn diag-cpuhog")
+    };
+    let mut hog = spawn(&["hog", "1", "6", "0"]);
+    let mut victim = spawn(&["victim", "6", "0", "idle"]);
     let mut churn = Gen::spawn(LOADGEN, &["churn", "40", "2"]);
     let churn_pid = churn.pid();
     let (pa, pb) = (churn.port(), churn.port());
@@ -181,6 +214,7 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     }
     // Both waves past the report's 10 s CLOSE_WAIT threshold.
     sleep(Duration::from_secs(17).saturating_sub(started.elapsed()));
+    assert!(hog.wait().unwrap().success() && victim.wait().unwrap().success());
     let rec = recorder.stop(libc::SIGINT);
     assert!(rec.status.success(), "{:?}", rec.stderr);
     drop(churn);
@@ -322,7 +356,26 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     let (ok, at, err) = diag(&["replay", f, "conns", "--at", &t1]);
     assert!(ok, "{err}");
     eprintln!("{at}");
-    assert!(at.contains("Run-queue stalls in the 1.00s before"), "{at}");
+    // The stalls of the second before it, as exported.
+    let before = second_before(&t1);
+    let stalls = events
+        .iter()
+        .filter(|e| {
+            let t = e["time"].as_str().unwrap();
+            e["event"] == "stall" && t >= before.as_str() && t <= t1.as_str()
+        })
+        .count();
+    assert!(
+        stalls > 0,
+        "the hog made its victim wait in the second before {t1}"
+    );
+    assert!(
+        at.contains(&format!(
+            "Run-queue stalls in the 1.00s before {}: {stalls}\n",
+            local_hms(&t1)
+        )),
+        "{stalls} stalls from {before} to {t1}:\n{at}"
+    );
     assert_eq!(at.matches("diag conns  ").count(), 1, "{at}");
     let (ok, _, err) = diag(&["replay", f, "conns", "--at", &plus_secs(last, 3600)]);
     assert!(
@@ -348,6 +401,13 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
         win.contains(&format!("Events: {};", inside.len())),
         "{} events in the window:\n{win}",
         inside.len()
+    );
+    let stalls = inside.iter().filter(|e| e["event"] == "stall").count();
+    assert!(
+        win.contains(&format!(
+            "Stalls (run-queue waits over the threshold): {stalls}\n"
+        )),
+        "{stalls} stalls in the window:\n{win}"
     );
     assert!(
         win.contains(&format!(
@@ -377,7 +437,7 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     assert!(!ok && err.contains("is later than --to"), "{err}");
     let (ok, _, err) = diag(&["report", f, "--from", &plus_secs(first, -3600)]);
     assert!(
-        !ok && err.contains("is before the recording: it starts at"),
+        !ok && err.contains("is before the recording: it spans"),
         "{err}"
     );
 }
