@@ -339,6 +339,16 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(snaps.len(), 1, "one snapshot: {at}");
+        // The stalls of the second before it, as exported.
+        let before = second_before(t);
+        let stalls = events
+            .iter()
+            .filter(|e| {
+                let et = e["time"].as_str().unwrap();
+                e["event"] == "stall" && et >= before.as_str() && et <= t.as_str()
+            })
+            .count();
+        assert_eq!(snaps[0]["stalls"]["count"], stalls, "from {before} to {t}");
         for w in &workers {
             let cw = snaps[0]["processes"]
                 .as_array()

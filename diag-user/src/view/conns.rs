@@ -823,13 +823,24 @@ impl ConnsSink {
         if let Some(ts) = self.at.as_ref().map(|a| a.ts) {
             self.begin_at(ts);
             let snap = self.agg.snapshot(ts);
-            self.print(snap, true, out)?;
-            if !self.view.json
-                && let Some(at) = &self.at
-            {
-                let text = stalls_text(at, self.interval_ns, &self.clock);
-                out.write_all(text.as_bytes())?;
+            if self.view.json {
+                // The snapshot's object, with the stalls of the interval.
+                let mut line = Vec::new();
+                self.print(snap, true, &mut line)?;
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&line).map_err(io::Error::other)?;
+                if let Some(at) = &self.at {
+                    v["stalls"] = stalls_json(at, self.interval_ns, &self.clock);
+                }
+                out.write_all(format!("{v}\n").as_bytes())?;
                 out.flush()?;
+            } else {
+                self.print(snap, true, out)?;
+                if let Some(at) = &self.at {
+                    let text = stalls_text(at, self.interval_ns, &self.clock);
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                }
             }
         } else if !self.done() {
             let now = if self.timebase == Timebase::Events {
@@ -883,6 +894,36 @@ pub fn stalls_text(at: &At, interval_ns: u64, clock: &WallClock) -> String {
         let _ = writeln!(o, "  ({} more not kept)", at.stalls_more);
     }
     o
+}
+
+/// [`stalls_text`] as JSON: the interval, how many, and the longest
+/// (at most 20), longest first.
+pub fn stalls_json(at: &At, interval_ns: u64, clock: &WallClock) -> serde_json::Value {
+    let comm = crate::text::comm;
+    let mut worst: Vec<_> = at.stalls.iter().collect();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+    let longest: Vec<serde_json::Value> = worst
+        .iter()
+        .take(20)
+        .map(|st| {
+            serde_json::json!({
+                "time": clock.wall(st.header.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": st.header.ts_ns,
+                "pid": st.header.tgid,
+                "tid": st.header.pid,
+                "comm": comm(&st.header.comm),
+                "cpu": st.header.cpu,
+                "wait_ns": st.wait_ns,
+                "villain_pid": st.villain_tgid,
+                "villain_comm": comm(&st.villain_comm),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "interval_s": interval_ns as f64 / 1e9,
+        "count": at.stalls.len() as u64 + at.stalls_more,
+        "longest": longest,
+    })
 }
 
 /// The interval boundaries to show when event time reaches `ts`, with
@@ -1361,5 +1402,26 @@ mod at_tests {
         assert!(lines[0].contains("pid 42 (web) waited 25.00ms"), "{text}");
         assert!(lines[0].contains("9 (hog) held it"), "{text}");
         assert!(lines[1].contains("waited 20.00ms"), "{text}");
+    }
+
+    #[test]
+    fn at_in_json_carries_the_stalls_of_the_interval() {
+        let view = V::parse_from(["x", "--json"]).v;
+        let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
+        let mut sink = ConnsSink::new(view, None, clock, Timebase::Events).at(10_500_000_000);
+        let mut out = Vec::new();
+        let evs = vec![
+            stall(9_400_000_000, 30_000_000),
+            stall(10_400_000_000, 25_000_000),
+        ];
+        sink.on_msg(&Msg::Events(evs), &mut out).unwrap();
+        sink.finish(0, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["stalls"]["count"], 1, "{v}");
+        assert_eq!(v["stalls"]["longest"][0]["wait_ns"], 25_000_000, "{v}");
+        assert_eq!(v["stalls"]["longest"][0]["villain_comm"], "hog", "{v}");
+        assert_eq!(v["interval_s"], 1.0, "{v}");
     }
 }
