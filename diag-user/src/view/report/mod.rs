@@ -77,6 +77,9 @@ pub struct Review {
     pub span: Option<(u64, u64)>,
     /// The recording went on past the window's end.
     pub past_window: bool,
+    /// Events the kernel dropped before the window (its sockets' states
+    /// may be off).
+    pub drops_before: u64,
 }
 
 /// One hint over the intervals it was given in: the sentence of its
@@ -251,12 +254,7 @@ impl Review {
                     }
                     if !counting && window.from.is_some_and(|f| t.ts_ns >= f) {
                         counting = true;
-                        start(
-                            &mut r,
-                            &mut agg,
-                            &mut next_due,
-                            t.ts_ns.min(window.from.unwrap_or(0)),
-                        );
+                        start(&mut r, &mut agg, &mut next_due, window.from.unwrap_or(0));
                     }
                     if seeded {
                         agg.reconcile(&t.rows, t.ts_ns);
@@ -279,8 +277,11 @@ impl Review {
                         continue;
                     }
                     if h.ringbuf_full > last_drops {
+                        let n = h.ringbuf_full - last_drops;
                         if counting {
-                            r.drops.push((h.ts_ns, h.ringbuf_full - last_drops));
+                            r.drops.push((h.ts_ns, n));
+                        } else {
+                            r.drops_before += n;
                         }
                         last_drops = h.ringbuf_full;
                     }
@@ -792,6 +793,57 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("Events: {inside};")), "{text}");
+    }
+
+    /// Drops before a window are said (without a time outside it); those
+    /// inside it with theirs.
+    #[test]
+    fn drops_before_a_window_are_not_lost() {
+        let (header, mut records) = review_records();
+        let health = |ts_ns: u64, ringbuf_full: u64| {
+            Record::Health(crate::bus::Health {
+                ts_ns,
+                ringbuf_full,
+                ..Default::default()
+            })
+        };
+        // Frames of a second, with the health frames between them.
+        let Record::Events(evs) = records.remove(0) else {
+            panic!("events first")
+        };
+        let frame = |lo: u64, hi: u64| {
+            Record::Events(
+                evs.iter()
+                    .filter(|e| (lo..hi).contains(&e.header().ts_ns))
+                    .copied()
+                    .collect(),
+            )
+        };
+        let s = 1_000_000_000;
+        let mut frames = vec![
+            frame(0, 2 * s),
+            health(s + s / 2, 5),
+            frame(2 * s, 3 * s),
+            health(2 * s + s / 2, 7),
+            frame(3 * s, u64::MAX),
+        ];
+        frames.append(&mut records);
+        let records = frames;
+        let w = Window {
+            from: Some(2_000_000_000),
+            to: Some(3_000_000_000),
+        };
+        let r = Review::build_window(header, records.into_iter(), || true, w);
+        let text = render_text(&r, "x.diag");
+        assert!(
+            text.contains("INCOMPLETE: 5 events dropped by the kernel before the window"),
+            "{text}"
+        );
+        assert!(
+            text.contains("INCOMPLETE: 2 events dropped by the kernel in the second before"),
+            "{text}"
+        );
+        assert!(!text.contains("Complete:"), "{text}");
     }
 
     #[test]

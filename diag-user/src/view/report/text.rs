@@ -55,6 +55,14 @@ pub fn render_text(r: &Review, file: &str) -> String {
             t(*ts)
         );
     }
+    if r.drops_before > 0 {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "INCOMPLETE: {} events dropped by the kernel before the window (ring buffer full): the states of the sockets it starts with may be off",
+            r.drops_before
+        );
+    }
     for d in &r.damage {
         complete = false;
         let _ = writeln!(o, "DAMAGED: {d}");
