@@ -106,6 +106,19 @@ pub struct ReplayStats {
     /// end of the file.
     pub stopped_early: bool,
     pub events: u64,
+    /// The first and last times read (events outside the window too).
+    pub span: Option<(u64, u64)>,
+    /// Reading stopped at the window's end, with more in the file.
+    pub past_window: bool,
+}
+
+impl ReplayStats {
+    /// A time read from the file.
+    pub fn read(&mut self, ts: u64) {
+        let s = self.span.get_or_insert((ts, ts));
+        s.0 = s.0.min(ts);
+        s.1 = s.1.max(ts);
+    }
 }
 
 /// A process in the periodic process-table snapshot.

@@ -89,7 +89,8 @@ const REPLAY_ABOUT: &str = "\
 Play a recording through the same views as live: `diag replay FILE tail`, \
 `diag replay FILE conns` or `diag replay FILE top`, with their usual flags. As fast as possible by \
 default, or at --speed N times the recorded pace. --from and --to cut a \
-window (HH:MM[:SS] on the recording's day, or RFC 3339). Damage in the file \
+window (HH:MM[:SS] on the recording's day, or RFC 3339); --at TIME prints \
+the state at one instant (conns, top --batch). Damage in the file \
 (truncation, bad checksums) is reported where it is, and the rest still \
 plays. Needs no root.";
 
@@ -720,12 +721,18 @@ pub struct ReplayArgs {
     pub speed: f64,
 
     /// Start of the window (HH:MM[:SS] on the recording's day, or RFC 3339)
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", global = true)]
     pub from: Option<String>,
 
     /// End of the window
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", global = true)]
     pub to: Option<String>,
+
+    /// The state at this instant (conns, and top --batch): replay up to
+    /// TIME and print one snapshot of it, its rates, stalls and hints
+    /// over the --interval before it
+    #[arg(long, value_name = "TIME", global = true, conflicts_with_all = ["from", "to"])]
+    pub at: Option<String>,
 
     #[command(subcommand)]
     pub view: ReplayView,
@@ -752,6 +759,21 @@ pub struct ReportArgs {
     /// Also write a self-contained HTML page with plots to OUT
     #[arg(long, value_name = "OUT")]
     pub html: Option<std::path::PathBuf>,
+
+    /// Review only from this time (HH:MM[:SS] on the recording's day, or
+    /// RFC 3339); what came before gives the sockets and their owners
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+
+    /// Review only up to this time
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+
+    /// Wrap the text at N columns, continuation lines indented under
+    /// their first (0: no wrapping; default: the terminal's width, or no
+    /// wrapping when the output is not a terminal)
+    #[arg(long, value_name = "N")]
+    pub width: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

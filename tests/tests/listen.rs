@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, Gen, TempDir, recorded, require_root, serial, tcp_ext, wait_until};
+use diag_tests::{
+    Diag, Gen, Nginx, TempDir, free_port, recorded, require_root, require_tool, serial, tcp_ext,
+    wait_until,
+};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -455,4 +458,118 @@ fn handshakes_that_find_the_queue_full_are_counted_too() {
         assert_eq!(e["attribution"], "listener", "{e}");
         assert_eq!((n(&e["queue"]), n(&e["backlog"])), (1, 0), "{e}");
     }
+}
+
+/// The pids `ss -ltnp` names for the listener on `port` (the processes
+/// holding it: a pre-fork server's master and workers).
+fn ss_listener_pids(port: u16) -> Vec<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("( sport = :{port} )")])
+        .output()
+        .expect("ss (iproute2)");
+    let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split("pid=")
+        .skip(1)
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// A real pre-fork server: Debian's nginx (master and two workers sharing
+/// one listener, `backlog=4`), its workers stopped so nobody accepts, and
+/// 50 connections at once. diag's overflows for nginx's
+/// listener equal the kernel's ListenOverflows and ListenDrops, its queue
+/// and backlog are what `ss -lnt` shows, and its owner is one of the
+/// processes `ss -ltnp` names for the listener.
+#[test]
+fn a_stopped_nginx_overflows_as_netstat_and_ss_say() {
+    let test = "a_stopped_nginx_overflows_as_netstat_and_ss_say";
+    if !require_root(test) || !require_tool(test, "nginx", "nginx-light") {
+        return;
+    }
+    let _guard = serial();
+    const NGINX_BACKLOG: u32 = 4;
+    let port = free_port();
+    let mut diag = Diag::start(&[
+        "conns",
+        "--json",
+        "--watch",
+        "--interval",
+        "1s",
+        "--top",
+        "0",
+    ]);
+    let nginx = Nginx::start_with(port, &format!("backlog={NGINX_BACKLOG}"));
+    let workers = nginx.workers(port);
+    let holders = ss_listener_pids(port);
+    assert!(holders.contains(&nginx.pid()), "ss -ltnp: {holders:?}");
+    let signal = |sig: i32| {
+        for &w in &workers {
+            // SAFETY: kill(2) on nginx's workers, children of our child.
+            unsafe { libc::kill(w as i32, sig) };
+        }
+    };
+    signal(libc::SIGSTOP);
+    let before = tcp_ext();
+    // 50 connects at once, each given up after 1.5 s (`ab` opens one
+    // connection and waits for its answer before the others).
+    let _ = fill(port);
+    let (recv_q, send_q) = ss_queue(port);
+    // Closing the listener ends the drops (no SYN-ACK retransmit left to
+    // be answered): kill the workers and the master, then read the
+    // kernel's counters.
+    // The master first: it would start new workers for killed ones, and
+    // they would accept the queue.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(nginx.pid() as i32, libc::SIGKILL) };
+    signal(libc::SIGKILL);
+    drop(nginx);
+    let overflows = after_minus(&before, "ListenOverflows");
+    let drops = after_minus(&before, "ListenDrops");
+    assert!(
+        overflows > 0,
+        "no overflow: the test did not fill the queue"
+    );
+    assert_eq!(send_q, NGINX_BACKLOG, "ss -lnt Send-Q");
+    let of_port = |s: &Value| -> Vec<Value> {
+        s["listen"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| {
+                        r["local"]
+                            .as_str()
+                            .is_some_and(|l| l.ends_with(&format!(":{port}")))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let snap = diag.wait_json(
+        Duration::from_secs(15),
+        "nginx's overflows in a snapshot",
+        |s| of_port(s).iter().map(|r| n(&r["overflows"])).sum::<i64>() >= overflows,
+    );
+    let _ = diag.stop(libc::SIGINT);
+    let rows = of_port(&snap);
+    eprintln!(
+        "nginx: ListenOverflows +{overflows}, ListenDrops +{drops}, ss {recv_q}/{send_q}, ss -p {holders:?}; diag: {rows:?}"
+    );
+    // One listener, one row, owned by a process that holds it.
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let owner = n(&row["pid"]) as u32;
+    assert!(
+        holders.contains(&owner),
+        "owner {owner}, ss -ltnp {holders:?}"
+    );
+    assert_eq!(row["comm"], "nginx", "{row}");
+    assert_eq!(n(&row["overflows"]), overflows, "ListenOverflows: {row}");
+    assert_eq!(drops, overflows, "ListenDrops: no other drop at a listener");
+    assert_eq!(n(&row["drops"]), drops, "ListenDrops: {row}");
+    assert_eq!(n(&row["backlog"]), i64::from(send_q), "ss Send-Q: {row}");
+    assert_eq!(n(&row["queue_max"]), i64::from(recv_q), "ss Recv-Q: {row}");
 }

@@ -6,13 +6,12 @@
 use std::{
     collections::HashMap,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use diag_tests::{
-    Diag, Gen, Netns, Output, free_port, in_ci, require_root, require_tool, scrape_metrics, serial,
-    skipped, tcp_snmp,
+    Diag, Gen, Netns, Nginx, Output, free_port, in_ci, require_root, require_tool, scrape_metrics,
+    serial, skipped, tcp_snmp,
 };
 use serde_json::Value;
 
@@ -365,77 +364,6 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     drop(server);
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(st) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let after = st.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
-            out.push(p);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-/// A real nginx, stopped (SIGQUIT, then SIGKILL) on drop.
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(port: u16) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("diag-nginx-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "master_process on;\nworker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout 0;\n\
-             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        Nginx { child, dir }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn nginx_workers_own_the_passive_opens() {
     let test = "nginx_workers_own_the_passive_opens";
@@ -452,20 +380,7 @@ fn nginx_workers_own_the_passive_opens() {
     let tail = Diag::start(&["tail", "--json", "--port", &port.to_string()]);
     let nginx = Nginx::start(port);
     let master = nginx.pid();
-    // Ready: listening, with both workers (no connection to find out).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let workers = loop {
-        let listening = Command::new("ss")
-            .args(["-Htln", &format!("( sport = :{port} )")])
-            .output()
-            .unwrap();
-        let w = children_of(master);
-        if !listening.stdout.is_empty() && w.len() == 2 {
-            break w;
-        }
-        assert!(Instant::now() < deadline, "nginx did not start: {w:?}");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let workers = nginx.workers(port);
     let before = tcp_snmp();
     let ab = Command::new("ab")
         .args(["-q", "-n", &REQUESTS.to_string(), "-c", "4"])

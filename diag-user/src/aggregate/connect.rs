@@ -8,6 +8,8 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use serde::Serialize;
 
+use super::hint::{Hint, HintKind};
+
 use super::tcp::Log2Hist;
 
 /// Most destinations remembered; more are counted as overflow.
@@ -85,18 +87,25 @@ impl ConnectLatency {
 }
 
 /// The hint for destinations whose connects lost SYNs.
-pub fn hints(slowest: &[DestLatency]) -> Vec<String> {
+pub fn hints(slowest: &[DestLatency]) -> Vec<Hint> {
     slowest
         .iter()
         .filter(|d| d.slow > 0)
         .map(|d| {
-            format!(
+            let text = format!(
                 "{} of {} connects to {} took over {:.1} s (max {:.2} s): SYNs were lost (the peer's accept queue full, or loss on the way); the first SYN is retransmitted after 1 s",
                 d.slow,
                 d.connects,
                 d.remote,
                 SLOW_CONNECT_NS as f64 / 1e9,
                 d.max_ns as f64 / 1e9
+            );
+            Hint::new(
+                HintKind::SlowConnects,
+                None,
+                d.remote.to_string(),
+                d.slow as f64,
+                text,
             )
         })
         .collect()
@@ -128,7 +137,7 @@ mod tests {
         let h = hints(&v);
         assert_eq!(h.len(), 1);
         assert!(
-            h[0].contains("10.0.0.2:5432") && h[0].contains("1 of 2"),
+            h[0].text.contains("10.0.0.2:5432") && h[0].text.contains("1 of 2"),
             "{h:?}"
         );
         for i in 0..(MAX_DESTINATIONS as u16 + 5) {

@@ -11,6 +11,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::hint::{Hint, HintKind};
+
 use super::process::ProcKey;
 
 /// Most (process, destination, error) entries kept; more are counted as
@@ -183,7 +185,7 @@ fn meaning(error: &str) -> Option<&'static str> {
 }
 
 /// Hints for the failed connects of the current interval.
-pub fn hints(rows: &[FailedConnect]) -> Vec<String> {
+pub fn hints(rows: &[FailedConnect]) -> Vec<Hint> {
     rows.iter()
         .filter(|f| f.interval > 0)
         .take(5)
@@ -196,7 +198,13 @@ pub fn hints(rows: &[FailedConnect]) -> Vec<String> {
                 h.push_str(" — ");
                 h.push_str(m);
             }
-            h
+            Hint::new(
+                HintKind::ConnectFailed,
+                Some(f.pid),
+                format!("{} {}", f.remote, f.error),
+                f.interval as f64,
+                h,
+            )
         })
         .collect()
 }
@@ -240,10 +248,10 @@ mod tests {
         let h = hints(&rows);
         assert_eq!(h.len(), 3);
         assert!(
-            h[0].starts_with("pid 7 (curl) could not connect to 127.0.0.1:9: 3 ECONNREFUSED — nothing listens there"),
+            h[0].text.starts_with("pid 7 (curl) could not connect to 127.0.0.1:9: 3 ECONNREFUSED — nothing listens there"),
             "{h:?}"
         );
-        assert!(h[1].contains("SYNs unanswered"), "{h:?}");
+        assert!(h[1].text.contains("SYNs unanswered"), "{h:?}");
         f.close_interval();
         assert!(f.rows(10).iter().all(|r| r.interval == 0));
         assert!(hints(&f.rows(10)).is_empty());

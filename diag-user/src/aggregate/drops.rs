@@ -14,6 +14,8 @@ use std::{
 use diag_common::tcp::{TcpDropEvent, drop_cause};
 use serde::Serialize;
 
+use super::hint::{Hint, HintKind};
+
 use super::process::Comm;
 
 /// Bound on the (process, remote, reason) rows tracked; beyond it, drops
@@ -77,6 +79,13 @@ pub struct KernelDrops {
 }
 
 impl KernelDrops {
+    /// Forget every count, keep the reason names.
+    pub fn restart(&mut self) {
+        self.rows.clear();
+        self.unowned.clear();
+        self.overflow = 0;
+    }
+
     /// The kernel's reason names (number, name), from its tracepoint
     /// format.
     pub fn set_names(&mut self, names: &[(i64, String)]) {
@@ -171,7 +180,7 @@ impl KernelDrops {
 
     /// A hint for the biggest drops of the last interval: the process's
     /// and the host's.
-    pub fn hints(socket: &[SocketDropRow], unowned: &[UnownedDropRow]) -> Vec<String> {
+    pub fn hints(socket: &[SocketDropRow], unowned: &[UnownedDropRow]) -> Vec<Hint> {
         let mut hints = Vec::new();
         if let Some(r) = socket.first().filter(|r| r.count_interval > 0) {
             let who = match (r.pid, &r.comm) {
@@ -179,20 +188,32 @@ impl KernelDrops {
                 (Some(p), None) => format!("pid {p}"),
                 _ => "a socket of an unknown process".to_string(),
             };
-            hints.push(format!(
-                "the kernel dropped {} packets from {} for {who} in the last interval ({}){}",
-                r.count_interval,
-                r.remote,
-                r.reason,
-                reason_hint(&r.reason)
+            hints.push(Hint::new(
+                HintKind::SocketDrops,
+                r.pid,
+                format!("{} {}", r.remote, r.reason),
+                r.count_interval as f64,
+                format!(
+                    "the kernel dropped {} packets from {} for {who} in the last interval ({}){}",
+                    r.count_interval,
+                    r.remote,
+                    r.reason,
+                    reason_hint(&r.reason)
+                ),
             ));
         }
         if let Some(r) = unowned.first().filter(|r| r.count_interval > 0) {
-            hints.push(format!(
-                "the kernel dropped {} TCP packets with no socket in the last interval ({}){}",
-                r.count_interval,
-                r.reason,
-                reason_hint(&r.reason)
+            hints.push(Hint::new(
+                HintKind::UnownedDrops,
+                None,
+                r.reason.clone(),
+                r.count_interval as f64,
+                format!(
+                    "the kernel dropped {} TCP packets with no socket in the last interval ({}){}",
+                    r.count_interval,
+                    r.reason,
+                    reason_hint(&r.reason)
+                ),
             ));
         }
         hints
@@ -309,9 +330,10 @@ mod tests {
         assert_eq!(hints.len(), 2);
         assert!(
             hints[0]
+                .text
                 .starts_with("the kernel dropped 3 packets from 127.0.0.1:40000 for pid 10 (recv)")
         );
-        assert!(hints[1].contains("501 TCP packets with no socket"));
+        assert!(hints[1].text.contains("501 TCP packets with no socket"));
         d.close_interval();
         assert_eq!(d.socket_rows()[0].count_interval, 0);
         assert_eq!(d.unowned_rows()[0].count_interval, 0);

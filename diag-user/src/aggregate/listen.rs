@@ -12,6 +12,8 @@ use diag_common::{
 };
 use serde::Serialize;
 
+use super::hint::{Hint, HintKind};
+
 use super::process::Comm;
 
 /// Bound on the listeners tracked; beyond it, drops are counted in
@@ -183,7 +185,7 @@ impl ListenQueues {
     /// Hints for listeners that overflowed in the last interval, or whose
     /// accept queue came near its maximum (at least [`NEAR_FULL_PCT`] % of
     /// a backlog of [`NEAR_FULL_MIN_BACKLOG`] or more).
-    pub fn hints(rows: &[ListenRow]) -> Vec<String> {
+    pub fn hints(rows: &[ListenRow]) -> Vec<Hint> {
         rows.iter()
             .filter_map(|r| {
                 let who = match (r.pid, &r.comm) {
@@ -193,21 +195,34 @@ impl ListenQueues {
                 };
                 let port = r.local.port();
                 let high = r.queue_high_interval;
+                let subject = r.local.to_string();
                 if r.overflows_interval > 0 {
                     let fill = match r.backlog {
                         Some(b) => format!(" (queue {high}, backlog {b})"),
                         None => String::new(),
                     };
-                    return Some(format!(
-                        "{who} port {port}: accept queue full{fill}, {} connection attempts dropped in the last interval: its accept() loop is behind",
-                        r.overflows_interval
+                    return Some(Hint::new(
+                        HintKind::ListenOverflow,
+                        r.pid,
+                        subject,
+                        r.overflows_interval as f64,
+                        format!(
+                            "{who} port {port}: accept queue full{fill}, {} connection attempts dropped in the last interval: its accept() loop is behind",
+                            r.overflows_interval
+                        ),
                     ));
                 }
                 let b = r.backlog?;
                 (b >= NEAR_FULL_MIN_BACKLOG && u64::from(high) * 100 >= u64::from(b) * NEAR_FULL_PCT)
                     .then(|| {
-                        format!(
-                            "{who} port {port}: accept queue reached {high} of its backlog {b} in the last interval: its accept() loop is falling behind (the kernel drops connection attempts past {b})"
+                        Hint::new(
+                            HintKind::ListenNearFull,
+                            r.pid,
+                            subject,
+                            f64::from(high),
+                            format!(
+                                "{who} port {port}: accept queue reached {high} of its backlog {b} in the last interval: its accept() loop is falling behind (the kernel drops connection attempts past {b})"
+                            ),
                         )
                     })
             })
@@ -235,6 +250,10 @@ impl ListenQueues {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    fn texts(h: Vec<Hint>) -> Vec<String> {
+        h.into_iter().map(|h| h.text).collect()
+    }
     use diag_common::{EventHeader, EventKind, tcp::AF_INET};
 
     pub fn drop_event(pid: u32, port: u16, cause: u8, queue: u32, backlog: u32) -> TcpDropEvent {
@@ -283,7 +302,7 @@ pub(crate) mod tests {
         assert_eq!((r.pid, r.comm.as_deref()), (Some(10), Some("srv")));
         assert_eq!((r.overflows, r.overflows_interval, r.drops), (3, 3, 4));
         assert_eq!((r.queue, r.backlog, r.queue_max), (Some(3), Some(2), 3));
-        let hints = ListenQueues::hints(&rows);
+        let hints = texts(ListenQueues::hints(&rows));
         assert_eq!(
             hints,
             vec![
@@ -342,7 +361,7 @@ pub(crate) mod tests {
         assert_eq!((r.queue_high_interval, r.queue_max), (9, 9));
         assert_eq!((r.opens, r.opens_interval, r.overflows), (4, 4, 0));
         assert_eq!(
-            ListenQueues::hints(&rows),
+            texts(ListenQueues::hints(&rows)),
             vec![
                 "pid 10 (srv) port 8080: accept queue reached 9 of its backlog 10 in the last interval: its accept() loop is falling behind (the kernel drops connection attempts past 10)"
             ]
@@ -365,7 +384,7 @@ pub(crate) mod tests {
         let rows = q.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!(
-            ListenQueues::hints(&rows),
+            texts(ListenQueues::hints(&rows)),
             vec![
                 "pid 10 (srv) port 8080: accept queue full (queue 11, backlog 10), 1 connection attempts dropped in the last interval: its accept() loop is behind"
             ]

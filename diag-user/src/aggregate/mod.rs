@@ -8,6 +8,7 @@ pub mod connect;
 pub mod connfail;
 pub mod drops;
 pub mod filter;
+pub mod hint;
 pub mod histogram;
 pub mod listen;
 pub mod oom;

@@ -39,6 +39,7 @@ use super::{
     connect::{ConnectLatency, DestLatency},
     connfail::{ConnectFailures, FailedConnect},
     drops::{KernelDrops, SocketDropRow, UnownedDropRow},
+    hint::{Hint, HintKind},
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -547,7 +548,11 @@ pub struct TcpSnapshot {
     pub states: StateCounts,
     pub leaks: Vec<Leak>,
     pub pressure: Vec<Pressure>,
+    /// The hints' sentences ([`TcpSnapshot::hint_facts`] in words).
     pub hints: Vec<String>,
+    /// The hints with what they are about, for merging across intervals.
+    #[serde(skip)]
+    pub hint_facts: Vec<Hint>,
     pub remote_errors: Vec<(SocketAddr, RemoteErrors)>,
     /// The destinations with the slowest connects (SYN sent to
     /// ESTABLISHED), since diag started.
@@ -1350,6 +1355,30 @@ impl TcpAggregate {
         self.close_interval(now_ns, closing);
     }
 
+    /// Forget what was counted and keep what is: the sockets (with their
+    /// states, owners and ages), the timewait entries and the processes'
+    /// identities stay; every counter, histogram, listener, close summary
+    /// and drop count starts again, and the first interval at `now_ns`.
+    /// A window of a recording (`report --from`) counts from here.
+    pub fn restart_counts(&mut self, now_ns: u64) {
+        for p in self.procs.values_mut() {
+            let mut fresh = Proc::new(std::mem::take(&mut p.comm));
+            fresh.live = p.live;
+            fresh.exited = p.exited.take();
+            *p = fresh;
+        }
+        self.remote_errors.clear();
+        self.connect = ConnectLatency::default();
+        self.connect_failures = ConnectFailures::default();
+        self.kernel_resets_sent = 0;
+        self.overflow = 0;
+        self.corrections = Corrections::default();
+        self.listen = ListenQueues::default();
+        self.closes = CloseStats::default();
+        self.drops.restart();
+        self.advance(now_ns);
+    }
+
     /// The timewait sockets not yet expired at `now_ns`.
     fn timewait_at(&self, now_ns: u64) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
         self.timewait
@@ -1518,17 +1547,29 @@ impl TcpAggregate {
                     let short = c.short_lived as f64 / c.closed as f64;
                     let failed = c.failed as f64 / c.closed as f64;
                     if failed >= 0.5 {
-                        hints.push(format!(
-                            "pid {pid} ({}) fails {:.0} % of {per_s:.0} connects/s to {dest}: is the service down or refusing?",
-                            p.comm,
-                            failed * 100.0
+                        hints.push(Hint::new(
+                            HintKind::FailingConnects,
+                            Some(pid),
+                            dest.to_string(),
+                            per_s,
+                            format!(
+                                "pid {pid} ({}) fails {:.0} % of {per_s:.0} connects/s to {dest}: is the service down or refusing?",
+                                p.comm,
+                                failed * 100.0
+                            ),
                         ));
                     } else if short >= 0.5 {
-                        hints.push(format!(
-                            "pid {pid} ({}) opened {per_s:.0} conns/s to {dest}, {:.0} % closed within {} ms: consider keepalive or a connection pool",
-                            p.comm,
-                            short * 100.0,
-                            SHORT_LIVED_NS / 1_000_000
+                        hints.push(Hint::new(
+                            HintKind::Churn,
+                            Some(pid),
+                            dest.to_string(),
+                            per_s,
+                            format!(
+                                "pid {pid} ({}) opened {per_s:.0} conns/s to {dest}, {:.0} % closed within {} ms: consider keepalive or a connection pool",
+                                p.comm,
+                                short * 100.0,
+                                SHORT_LIVED_NS / 1_000_000
+                            ),
                         ));
                     }
                 }
@@ -1588,18 +1629,30 @@ impl TcpAggregate {
             }
         }
         for (pid, (comm, n)) in leak_pids {
-            hints.push(format!(
-                "pid {pid} ({comm}) has {n} sockets in CLOSE_WAIT for over {:.0} s: it received FIN and never called close()",
-                self.config.close_wait_threshold_ns as f64 / 1e9
+            hints.push(Hint::new(
+                HintKind::CloseWaitLeak,
+                Some(pid),
+                "",
+                n as f64,
+                format!(
+                    "pid {pid} ({comm}) has {n} sockets in CLOSE_WAIT for over {:.0} s: it received FIN and never called close()",
+                    self.config.close_wait_threshold_ns as f64 / 1e9
+                ),
             ));
         }
         for pr in pressure.iter().filter(|p| p.warning) {
-            hints.push(format!(
-                "{:.0} % of ephemeral ports from {} to {} are in use ({} in TIME_WAIT): connect() will fail with EADDRNOTAVAIL when they run out",
+            hints.push(Hint::new(
+                HintKind::PortPressure,
+                None,
+                format!("{} -> {}", pr.destination.local, pr.destination.remote),
                 pr.ratio * 100.0,
-                pr.destination.local,
-                pr.destination.remote,
-                pr.in_time_wait
+                format!(
+                    "{:.0} % of ephemeral ports from {} to {} are in use ({} in TIME_WAIT): connect() will fail with EADDRNOTAVAIL when they run out",
+                    pr.ratio * 100.0,
+                    pr.destination.local,
+                    pr.destination.remote,
+                    pr.in_time_wait
+                ),
             ));
         }
         let listen = self.listen.rows();
@@ -1629,7 +1682,8 @@ impl TcpAggregate {
             states,
             leaks,
             pressure,
-            hints,
+            hints: hints.iter().map(|h| h.text.clone()).collect(),
+            hint_facts: hints,
             remote_errors,
             connect_latency,
             connect_all: (self.connect.all, self.connect.all_sum_ns),

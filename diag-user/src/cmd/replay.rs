@@ -17,7 +17,26 @@ use crate::{
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let reader = replay::open(&args.file)?;
     let header = reader.header.clone();
-    let window = replay::window(args.from.as_deref(), args.to.as_deref(), &header)?;
+    let mut window = replay::window(args.from.as_deref(), args.to.as_deref(), &header)?;
+    let at = args
+        .at
+        .as_deref()
+        .map(|s| replay::parse_time(s, &header).map(|ts| (s.to_string(), ts)))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let Some((_, ts)) = &at {
+        if args.from.is_some() || args.to.is_some() {
+            anyhow::bail!(
+                "--at is one instant and --from/--to a stretch of time: give one or the other"
+            );
+        }
+        if !matches!(args.view, ReplayView::Conns(_)) {
+            anyhow::bail!(
+                "--at shows the state at one instant, which `replay FILE conns --at TIME` prints; tail and top play a stretch of time: use --from and --to with them"
+            );
+        }
+        window.to = Some(*ts);
+    }
     let clock = header.clock();
     // Recordings from before process exits were traced: guess pid reuse.
     let guess_pid_reuse = !header.has_exits();
@@ -50,10 +69,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                         "--cgroup and --group read where processes run from /proc, which a recording does not keep for TCP processes: use them with a live `diag conns`"
                     );
                 }
+                if at.is_some() && (view.watch || view.count.is_some()) {
+                    anyhow::bail!(
+                        "--at prints one snapshot, at that instant: leave out --watch and --count"
+                    );
+                }
                 let mut sink = ConnsSink::new(view, header.port_range, clock, Timebase::Events);
+                if let Some((_, ts)) = &at {
+                    sink = sink.at(*ts);
+                }
                 sink.agg.config.guess_pid_reuse = guess_pid_reuse;
                 sink.agg.set_drop_reason_names(&header.drop_reasons);
                 let mut sink = ConnsOut::new(sink, None);
+                sink.at_words = at.clone().map(|(w, ts)| (w, ts, header.clone()));
                 drive(source, &mut [&mut sink], None).await?
             }
             ReplayView::Top(view) => {

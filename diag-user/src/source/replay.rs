@@ -111,6 +111,9 @@ fn play(
             let msg = match rec {
                 Record::Events(evs) => {
                     let before = evs.len();
+                    for e in &evs {
+                        stats.read(e.header().ts_ns);
+                    }
                     let past_end = evs
                         .last()
                         .is_some_and(|e| window.to.is_some_and(|t| e.header().ts_ns > t));
@@ -120,6 +123,7 @@ fn play(
                         .collect();
                     if evs.is_empty() {
                         if past_end && before > 0 {
+                            stats.past_window = true;
                             break;
                         }
                         continue;
@@ -141,11 +145,14 @@ fn play(
                     Msg::Events(evs)
                 }
                 Record::Health(h) => {
+                    stats.read(h.ts_ns);
                     health = h;
                     Msg::Health(h)
                 }
                 Record::Table(t) => {
+                    stats.read(t.ts_ns);
                     if window.to.is_some_and(|to| t.ts_ns > to) {
+                        stats.past_window = true;
                         continue;
                     }
                     Msg::Table {
@@ -155,7 +162,10 @@ fn play(
                 }
                 Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
-                Record::End(_) => continue,
+                Record::End(e) => {
+                    stats.read(e.ts_ns);
+                    continue;
+                }
                 Record::Damage(d) => {
                     stats.frames_damaged += 1;
                     Msg::Damage(d)
@@ -194,13 +204,60 @@ pub fn closing_words(stats: &ReplayStats) -> Option<String> {
     }
     if stats.stopped_early {
         parts.push("stopped before the end of the recording".to_string());
-    } else if !stats.ended_cleanly {
+    } else if !stats.ended_cleanly && !stats.past_window {
+        // (Stopping at a window's end is not reaching the file's.)
         parts.push("the recording was not finished cleanly (diag was killed or the file was cut): it ends at its last complete frame".to_string());
     }
     if parts.is_empty() {
         None
     } else {
         Some(parts.join("; "))
+    }
+}
+
+/// `--at` (the words `at`, the time `ts`) against what a replay read:
+/// an error naming the recording's span when it is outside it. Times are
+/// given to the second: a recording that starts at 10:02:05.4 has
+/// 10:02:05 in it.
+pub fn check_at(
+    at: &str,
+    ts: u64,
+    stats: &ReplayStats,
+    header: &RecordingHeader,
+) -> anyhow::Result<()> {
+    let Some((a, b)) = stats.span else {
+        anyhow::bail!("--at {at}: the recording holds nothing");
+    };
+    let a = recording_start(header, a);
+    let spans = span_words(header, a, b, stats.past_window);
+    if ts.saturating_add(1_000_000_000) <= a {
+        anyhow::bail!("--at {at} is before the recording: {spans}");
+    }
+    if !stats.past_window && ts >= b.saturating_add(1_000_000_000) {
+        anyhow::bail!("--at {at} is after the recording: {spans}");
+    }
+    Ok(())
+}
+
+/// Where a recording starts: its header's start, or its first time read
+/// when that is earlier (a flight recorder's file holds what came before).
+pub fn recording_start(header: &RecordingHeader, first_read: u64) -> u64 {
+    if header.started_ts_ns > 0 {
+        first_read.min(header.started_ts_ns)
+    } else {
+        first_read
+    }
+}
+
+/// "it spans A to B", or only where it starts when reading
+/// stopped early (at a window's end) and its end is not known.
+pub fn span_words(header: &RecordingHeader, start: u64, last: u64, stopped_early: bool) -> String {
+    let clock = header.clock();
+    let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+    if stopped_early {
+        format!("it starts at {}", hms(start))
+    } else {
+        format!("it spans {} to {}", hms(start), hms(last))
     }
 }
 

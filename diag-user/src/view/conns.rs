@@ -607,7 +607,24 @@ pub struct ConnsSink {
     /// The latest placement of each pid, as the live source said.
     placed: HashMap<u32, Placement>,
     clear: bool,
+    /// `replay --at`: the one instant to show (see [`ConnsSink::at`]).
+    at: Option<At>,
 }
+
+/// The state at one instant of a replay: the interval before it, and the
+/// run-queue stalls in that interval.
+#[derive(Debug, Clone, Default)]
+pub struct At {
+    pub ts: u64,
+    /// The rates' interval has begun (at `ts` minus one interval).
+    begun: bool,
+    pub stalls: Vec<diag_common::sched::StallEvent>,
+    /// Stalls in the interval past the ones kept.
+    pub stalls_more: u64,
+}
+
+/// Stalls kept for `--at` (the rest are counted).
+const AT_STALLS: usize = 4096;
 
 impl ConnsSink {
     pub fn new(
@@ -641,6 +658,32 @@ impl ConnsSink {
             printed: 0,
             limit,
             health: Health::default(),
+            at: None,
+        }
+    }
+
+    /// Show only the state at `ts` (event time): one snapshot there, with
+    /// the rates, hints and stalls of the interval before it. The source
+    /// must stop at `ts` (a replay window ending there).
+    pub fn at(mut self, ts: u64) -> Self {
+        self.limit = 0;
+        self.at = Some(At {
+            ts,
+            ..At::default()
+        });
+        self
+    }
+
+    /// The interval before `--at` begins at `begin`: rates count from here.
+    fn begin_at(&mut self, ts: u64) {
+        if let Some(at) = &mut self.at
+            && !at.begun
+        {
+            let begin = at.ts.saturating_sub(self.interval_ns);
+            if ts >= begin {
+                at.begun = true;
+                self.agg.advance(begin);
+            }
         }
     }
 
@@ -723,6 +766,16 @@ impl ConnsSink {
                         }
                     }
                     self.last_ts = self.last_ts.max(ts);
+                    self.begin_at(ts);
+                    if let (Some(at), diag_common::user::AnyEvent::Stall(st)) = (&mut self.at, e)
+                        && at.begun
+                    {
+                        if at.stalls.len() < AT_STALLS {
+                            at.stalls.push(*st);
+                        } else {
+                            at.stalls_more += 1;
+                        }
+                    }
                     self.agg.on_event(e);
                     if let diag_common::user::AnyEvent::ProcExit(x) = e {
                         self.placed.remove(&x.header.tgid);
@@ -767,7 +820,29 @@ impl ConnsSink {
 
     /// At the end of the stream: one last snapshot unless all were printed.
     pub fn finish(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
-        if !self.done() {
+        if let Some(ts) = self.at.as_ref().map(|a| a.ts) {
+            self.begin_at(ts);
+            let snap = self.agg.snapshot(ts);
+            if self.view.json {
+                // The snapshot's object, with the stalls of the interval.
+                let mut line = Vec::new();
+                self.print(snap, true, &mut line)?;
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&line).map_err(io::Error::other)?;
+                if let Some(at) = &self.at {
+                    v["stalls"] = stalls_json(at, self.interval_ns, &self.clock);
+                }
+                out.write_all(format!("{v}\n").as_bytes())?;
+                out.flush()?;
+            } else {
+                self.print(snap, true, out)?;
+                if let Some(at) = &self.at {
+                    let text = stalls_text(at, self.interval_ns, &self.clock);
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+        } else if !self.done() {
             let now = if self.timebase == Timebase::Events {
                 self.last_ts
             } else {
@@ -781,6 +856,74 @@ impl ConnsSink {
         }
         Ok(())
     }
+}
+
+/// The run-queue stalls of the interval before `--at`: how many, the
+/// longest, and who held the CPU.
+pub fn stalls_text(at: &At, interval_ns: u64, clock: &WallClock) -> String {
+    let comm = crate::text::comm;
+    let mut o = String::new();
+    let n = at.stalls.len() as u64 + at.stalls_more;
+    let _ = writeln!(
+        o,
+        "Run-queue stalls in the {} before {}: {n}{}",
+        human_ns(interval_ns),
+        clock.wall(at.ts).format("%H:%M:%S"),
+        if n == 0 {
+            " (recordings have them with --events ...,stall)"
+        } else {
+            ""
+        }
+    );
+    let mut worst: Vec<_> = at.stalls.iter().collect();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+    for st in worst.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "  {}  pid {} ({}) waited {} for CPU {}; {} ({}) held it",
+            clock.wall(st.header.ts_ns).format("%H:%M:%S%.3f"),
+            st.header.tgid,
+            comm(&st.header.comm),
+            human_ns(st.wait_ns),
+            st.header.cpu,
+            st.villain_tgid,
+            comm(&st.villain_comm)
+        );
+    }
+    if at.stalls_more > 0 {
+        let _ = writeln!(o, "  ({} more not kept)", at.stalls_more);
+    }
+    o
+}
+
+/// [`stalls_text`] as JSON: the interval, how many, and the longest
+/// (at most 20), longest first.
+pub fn stalls_json(at: &At, interval_ns: u64, clock: &WallClock) -> serde_json::Value {
+    let comm = crate::text::comm;
+    let mut worst: Vec<_> = at.stalls.iter().collect();
+    worst.sort_by_key(|s| std::cmp::Reverse(s.wait_ns));
+    let longest: Vec<serde_json::Value> = worst
+        .iter()
+        .take(20)
+        .map(|st| {
+            serde_json::json!({
+                "time": clock.wall(st.header.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": st.header.ts_ns,
+                "pid": st.header.tgid,
+                "tid": st.header.pid,
+                "comm": comm(&st.header.comm),
+                "cpu": st.header.cpu,
+                "wait_ns": st.wait_ns,
+                "villain_pid": st.villain_tgid,
+                "villain_comm": comm(&st.villain_comm),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "interval_s": interval_ns as f64 / 1e9,
+        "count": at.stalls.len() as u64 + at.stalls_more,
+        "longest": longest,
+    })
 }
 
 /// The interval boundaries to show when event time reaches `ts`, with
@@ -806,6 +949,9 @@ pub fn catch_up(next: &mut Option<u64>, ts: u64, interval_ns: u64) -> Vec<u64> {
 pub struct ConnsOut {
     pub sink: ConnsSink,
     pub out: Output,
+    /// `replay --at`: the words given and the time, checked at the end
+    /// against what the recording holds.
+    pub at_words: Option<(String, u64, crate::record::RecordingHeader)>,
 }
 
 impl ConnsOut {
@@ -817,6 +963,7 @@ impl ConnsOut {
         ConnsOut {
             sink,
             out: Output::stdout(),
+            at_words: None,
         }
     }
 }
@@ -849,6 +996,9 @@ impl Sink for ConnsOut {
     fn finish(&mut self, end: &End) -> anyhow::Result<Flow> {
         if self.sink.timebase == Timebase::Live {
             self.sink.health = end.health;
+        }
+        if let (Some((words, ts, header)), Some(stats)) = (&self.at_words, &end.replay) {
+            crate::source::replay::check_at(words, *ts, stats, header)?;
         }
         let r = self.sink.finish(crate::clock::boot_ns(), &mut self.out);
         flow_of(r)?;
@@ -1182,5 +1332,96 @@ mod tests {
         assert_eq!(j["processes"][1]["pid"], 2);
         assert_eq!(j["processes"][1]["totals"]["active_opens"], 7);
         assert_eq!(j["health"]["dropped"], 0);
+    }
+}
+
+#[cfg(test)]
+mod at_tests {
+    use super::*;
+    use clap::Parser;
+    use diag_common::{EventHeader, EventKind, sched::StallEvent, user::AnyEvent};
+
+    #[derive(Parser)]
+    struct V {
+        #[command(flatten)]
+        v: ConnsView,
+    }
+
+    fn stall(ts: u64, wait_ns: u64) -> AnyEvent {
+        let mut h = EventHeader::zeroed();
+        h.kind = EventKind::Stall as u32;
+        h.ts_ns = ts;
+        h.tgid = 42;
+        h.pid = 42;
+        h.comm[..3].copy_from_slice(b"web");
+        let mut villain = [0u8; 16];
+        villain[..3].copy_from_slice(b"hog");
+        AnyEvent::Stall(StallEvent {
+            header: h,
+            wait_ns,
+            villain_pid: 9,
+            villain_tgid: 9,
+            villain_comm: villain,
+        })
+    }
+
+    /// `replay --at`: one snapshot at the instant, and only the stalls of
+    /// the interval before it.
+    #[test]
+    fn at_prints_one_snapshot_at_the_instant_with_the_stalls_before_it() {
+        let view = V::parse_from(["x"]).v;
+        let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
+        let at = 10_500_000_000;
+        let mut sink = ConnsSink::new(view, None, clock, Timebase::Events).at(at);
+        let mut out = Vec::new();
+        let evs = vec![
+            stall(5_000_000_000, 40_000_000),
+            stall(9_400_000_000, 30_000_000),
+            stall(9_600_000_000, 20_000_000),
+            stall(10_400_000_000, 25_000_000),
+        ];
+        sink.on_msg(&Msg::Events(evs), &mut out).unwrap();
+        sink.finish(0, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let hms = |ns: u64| clock.wall(ns).format("%H:%M:%S").to_string();
+        assert_eq!(text.matches("diag conns  ").count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("diag conns  {}  interval 1.00s", hms(at))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "Run-queue stalls in the 1.00s before {}: 2\n",
+                hms(at)
+            )),
+            "{text}"
+        );
+        // Longest first; the 30 ms one was before the interval.
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("waited")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("pid 42 (web) waited 25.00ms"), "{text}");
+        assert!(lines[0].contains("9 (hog) held it"), "{text}");
+        assert!(lines[1].contains("waited 20.00ms"), "{text}");
+    }
+
+    #[test]
+    fn at_in_json_carries_the_stalls_of_the_interval() {
+        let view = V::parse_from(["x", "--json"]).v;
+        let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
+        let mut sink = ConnsSink::new(view, None, clock, Timebase::Events).at(10_500_000_000);
+        let mut out = Vec::new();
+        let evs = vec![
+            stall(9_400_000_000, 30_000_000),
+            stall(10_400_000_000, 25_000_000),
+        ];
+        sink.on_msg(&Msg::Events(evs), &mut out).unwrap();
+        sink.finish(0, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["stalls"]["count"], 1, "{v}");
+        assert_eq!(v["stalls"]["longest"][0]["wait_ns"], 25_000_000, "{v}");
+        assert_eq!(v["stalls"]["longest"][0]["villain_comm"], "hog", "{v}");
+        assert_eq!(v["interval_s"], 1.0, "{v}");
     }
 }

@@ -499,20 +499,29 @@ fn alloc(mib: usize, hold: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-fn churn(secs: u64) -> std::io::Result<()> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    println!("PORT {}", addr.port());
+/// Short connections for `secs` seconds to `dests` listeners of its own
+/// (one `PORT` line each), in turn, one every 5 ms.
+fn churn(secs: u64, dests: usize) -> std::io::Result<()> {
+    let mut addrs = Vec::new();
+    for _ in 0..dests.max(1) {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        println!("PORT {}", addr.port());
+        addrs.push(addr);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 64];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+    }
     std::io::stdout().flush()?;
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 64];
-            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-        }
-    });
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < end {
+    for addr in addrs.iter().cycle() {
+        if std::time::Instant::now() >= end {
+            break;
+        }
         let mut s = TcpStream::connect(addr)?;
         s.write_all(b"x")?;
         drop(s);
@@ -871,7 +880,7 @@ fn main() -> ExitCode {
         ),
         "connect-eof" => connect_eof(count, first),
         "alloc" => alloc(count, rest.first().is_some_and(|h| h == "hold")),
-        "churn" => churn(count as u64),
+        "churn" => churn(count as u64, first.parse().unwrap_or(1)),
         "spin" => spin(count as u64),
         "forks" => forks(count),
         "prefork" => prefork(

@@ -11,17 +11,40 @@ pub fn render_text(r: &Review, file: &str) -> String {
     // A recording without events ends where it starts, not at boot.
     let last = r.last_ts.max(first);
     let _ = writeln!(o, "diag report: {file}");
-    let _ = writeln!(
-        o,
-        "Host {}, kernel {}, {} CPUs; recorded {} to {} ({}); diag {}",
-        h.hostname,
-        h.kernel,
-        h.cpus,
-        clock.wall(first).format("%Y-%m-%d %H:%M:%S %Z"),
-        t(last),
-        human_ns(last - first),
-        h.diag_version
-    );
+    if r.window.is_some() {
+        let _ = writeln!(
+            o,
+            "Host {}, kernel {}, {} CPUs; recording started {}; diag {}",
+            h.hostname,
+            h.kernel,
+            h.cpus,
+            clock
+                .wall(r.span.map_or(h.started_ts_ns, |s| {
+                    crate::source::replay::recording_start(h, s.0)
+                }))
+                .format("%Y-%m-%d %H:%M:%S %Z"),
+            h.diag_version
+        );
+        let _ = writeln!(
+            o,
+            "WINDOW: {} to {} ({}) only; the counts below are of this window (sockets and owners from before it)",
+            t(first),
+            t(last),
+            human_ns(last - first)
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "Host {}, kernel {}, {} CPUs; recorded {} to {} ({}); diag {}",
+            h.hostname,
+            h.kernel,
+            h.cpus,
+            clock.wall(first).format("%Y-%m-%d %H:%M:%S %Z"),
+            t(last),
+            human_ns(last - first),
+            h.diag_version
+        );
+    }
     let _ = writeln!(o, "Events: {}; probes: {}", r.events, h.probes.join(", "));
     let mut complete = true;
     for (ts, n) in &r.drops {
@@ -30,6 +53,14 @@ pub fn render_text(r: &Review, file: &str) -> String {
             o,
             "INCOMPLETE: {n} events dropped by the kernel in the second before {} (ring buffer full)",
             t(*ts)
+        );
+    }
+    if r.drops_before > 0 {
+        complete = false;
+        let _ = writeln!(
+            o,
+            "INCOMPLETE: {} events dropped by the kernel before the window (ring buffer full): the states of the sockets it starts with may be off",
+            r.drops_before
         );
     }
     for d in &r.damage {
@@ -189,12 +220,13 @@ pub fn render_text(r: &Review, file: &str) -> String {
             p.totals.time_waits
         );
     }
-    // A peak of 0 has no moment.
+    // A peak of 0 has no moment; a peak's moment is within the review
+    // (its samples are).
     let peak = |(ts, n): (u64, u64)| {
         if n == 0 {
-            "0".to_string()
+            "none".to_string()
         } else {
-            format!("{n} at {}", t(ts))
+            format!("{n} at {}", t(ts.clamp(first, last)))
         }
     };
     let _ = writeln!(o, "  TIME_WAIT peak: {}", peak(r.tw_peak));
@@ -235,9 +267,25 @@ pub fn render_text(r: &Review, file: &str) -> String {
         }
     }
     if !r.hints.is_empty() {
-        let _ = writeln!(o, "  Hints:");
-        for h in &r.hints {
-            let _ = writeln!(o, "    {h}");
+        let _ = writeln!(
+            o,
+            "  Hints (one per process and destination, in the words of its peak interval):"
+        );
+        let mut hints: Vec<&MergedHint> = r.hints.values().collect();
+        hints.sort_by_key(|h| (h.first_ts, h.peak_ts));
+        for h in hints {
+            let when = if h.intervals <= 1 {
+                format!("at {}", t(h.peak_ts))
+            } else {
+                format!(
+                    "peak at {}; given in {} intervals from {} to {}",
+                    t(h.peak_ts),
+                    h.intervals,
+                    t(h.first_ts),
+                    t(h.last_ts)
+                )
+            };
+            let _ = writeln!(o, "    {} ({when})", h.text);
         }
     }
     connections_text(&mut o, r.last.as_ref(), &t);
@@ -402,4 +450,54 @@ fn kernel_drops_text(o: &mut String, s: &TcpSnapshot) {
     for d in rows.iter().take(5) {
         let _ = writeln!(o, "    no socket {:<38} {:<24} {}", "", d.reason, d.count);
     }
+}
+
+/// The width of the terminal on standard output, if it is one.
+pub fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    terminal_size::terminal_size_of(std::io::stdout()).map(|(w, _)| usize::from(w.0))
+}
+
+/// The narrowest wrapping that still leaves room for words.
+const MIN_WIDTH: usize = 20;
+
+/// `text` with every line longer than `width` columns wrapped at spaces
+/// (a word longer than a line is split, never cut), the continuation lines
+/// indented two columns under their first. `width` 0: unchanged.
+pub fn wrap(text: &str, width: usize) -> String {
+    if width == 0 {
+        return text.to_string();
+    }
+    let width = width.max(MIN_WIDTH);
+    let mut o = String::with_capacity(text.len() + text.len() / 16);
+    for line in text.split_inclusive('\n') {
+        let (body, nl) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        if textwrap::core::display_width(body) <= width {
+            o.push_str(line);
+            continue;
+        }
+        let trimmed = body.trim_start();
+        let indent = &body[..body.len() - trimmed.len()];
+        // Past half the width, an indent would leave too little room.
+        let indent = if indent.len() * 2 > width { "" } else { indent };
+        let more = format!("{indent}  ");
+        let opts = textwrap::Options::new(width)
+            .initial_indent(indent)
+            .subsequent_indent(&more)
+            .word_separator(textwrap::WordSeparator::AsciiSpace)
+            // Options such as --stall-threshold stay whole.
+            .word_splitter(textwrap::WordSplitter::NoHyphenation)
+            .wrap_algorithm(textwrap::WrapAlgorithm::FirstFit)
+            .break_words(true);
+        let lines = textwrap::wrap(trimmed.trim_end(), &opts);
+        o.push_str(&lines.join("\n"));
+        o.push_str(nl);
+    }
+    o
 }
