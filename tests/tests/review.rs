@@ -235,6 +235,7 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
         "socket_table",
         "process_table",
         "oom_context",
+        "sched",
         "end",
         "damage",
     ];
