@@ -240,6 +240,10 @@ pub struct SchedFeed {
     agg: crate::aggregate::sched::SchedAgg,
     start_ns: u64,
     gone_last_time: Vec<u32>,
+    /// Names from /proc for processes the kernel maps have none for (a
+    /// process whose threads have not ended yet: long-lived kernel
+    /// threads, say), read once per process.
+    comms: HashMap<u32, String>,
 }
 
 impl std::fmt::Debug for SchedFeed {
@@ -255,6 +259,7 @@ impl SchedFeed {
             agg: crate::aggregate::sched::SchedAgg::new(),
             start_ns: crate::clock::boot_ns(),
             gone_last_time: Vec::new(),
+            comms: HashMap::new(),
         }
     }
 
@@ -266,14 +271,33 @@ impl SchedFeed {
         // Processes seen gone last time were read once more: forget them.
         self.maps.forget(&self.gone_last_time);
         self.agg.forget(&self.gone_last_time);
+        for p in &self.gone_last_time {
+            self.comms.remove(p);
+        }
+        let mut processes = iv.processes;
+        for p in processes.iter_mut().filter(|p| p.comm.is_empty()) {
+            if let Some(c) = self.comms.get(&p.pid) {
+                p.comm.clone_from(c);
+            } else if let Some(c) = read_comm(&format!("/proc/{}/comm", p.pid)) {
+                p.comm.clone_from(&c);
+                self.comms.insert(p.pid, c);
+            }
+        }
         self.gone_last_time = r
             .procs
             .keys()
             .copied()
             .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
             .collect();
-        iv.processes
+        processes
     }
+}
+
+/// A process's or thread's name from a /proc `comm` file, printable.
+pub fn read_comm(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| crate::text::printable(s.trim_end()).into_owned())
 }
 
 fn read(path: &str) -> Option<String> {

@@ -327,6 +327,19 @@ fn the_report_page_works_in_a_real_browser() {
     assert_eq!(cell("failed", refuser_pid), REFUSED as u64);
     assert_eq!(cell("stalls", victim_pid), victim_stalls as u64);
     assert_eq!(cell("waits", victim_pid), victim_waits);
+    // Every process still alive has its name (from the kernel's maps, or
+    // /proc for those they name none for: long-lived kernel threads).
+    let comms = texts(&st["table"]["comm"]);
+    let nameless: Vec<u32> = rows
+        .iter()
+        .zip(&comms)
+        .filter(|(p, c)| c.is_empty() && std::path::Path::new(&format!("/proc/{p}")).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(
+        nameless.is_empty(),
+        "live processes without a command: {nameless:?}"
+    );
     // And only processes the recording's events name.
     let named: BTreeSet<u32> = events
         .iter()

@@ -13,7 +13,7 @@ use crate::{
     bus::{End, Msg, RunqReading},
     clock::boot_ns,
     error::LoadError,
-    host::parse_proc_stat,
+    host::{parse_proc_stat, read_comm},
     loader::Tracer,
     probes::sched::SchedMaps,
     source::{Health, Source, cancel_on_signal},
@@ -38,12 +38,6 @@ impl Counters {
             ..Health::default()
         }
     }
-}
-
-fn read_comm(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| crate::text::printable(s.trim_end()).into_owned())
 }
 
 fn exists(pid: u32) -> bool {

@@ -475,7 +475,7 @@
     out.plots = JSON.parse(JSON.stringify(marks));
     out.rows = pids();
     out.table = {};
-    ["opens", "close_wait", "failed", "stalls", "waits"].forEach(function (k) { out.table[k] = col(k); });
+    ["comm", "opens", "close_wait", "failed", "stalls", "waits"].forEach(function (k) { out.table[k] = col(k); });
     out.villains = Array.prototype.map.call(document.querySelectorAll("#villains tbody tr[data-pid]"), function (r) { return Number(r.getAttribute("data-pid")); });
     var th = function (k) { return document.querySelector("#procs th[data-key=" + k + "]"); };
     click(th("pid"));
