@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::hint::{Hint, HintKind};
 
-use super::tcp::Log2Hist;
+use super::histogram::ValueHist;
 
 /// Most destinations remembered; more are counted as overflow.
 pub const MAX_DESTINATIONS: usize = 4096;
@@ -31,7 +31,7 @@ pub struct DestLatency {
 
 #[derive(Debug, Clone, Default)]
 struct Dest {
-    hist: Log2Hist,
+    hist: ValueHist,
     slow: u64,
 }
 

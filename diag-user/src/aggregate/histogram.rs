@@ -3,6 +3,51 @@
 //! percentiles, and a terminal rendering like bcc's runqlat.
 
 use diag_common::sched::{HIST_SLOTS, slot_high_ns, slot_low_ns};
+use serde::Serialize;
+
+/// A log2 histogram of values recorded one at a time (nanoseconds of
+/// connect times and lifetimes): bucket i counts values in [2^i, 2^(i+1)),
+/// with their count and the largest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValueHist {
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub max: u64,
+}
+
+impl ValueHist {
+    pub fn record(&mut self, v: u64) {
+        let b = (64 - v.leading_zeros()).saturating_sub(1) as usize;
+        if self.buckets.len() <= b {
+            self.buckets.resize(b + 1, 0);
+        }
+        self.buckets[b] += 1;
+        self.count += 1;
+        self.max = self.max.max(v);
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1), capped
+    /// at the maximum seen; 0 when empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let upper = if i >= 63 {
+                    u64::MAX
+                } else {
+                    (1u64 << (i + 1)) - 1
+                };
+                return upper.min(self.max);
+            }
+        }
+        self.max
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Log2Hist {
@@ -119,6 +164,19 @@ impl Log2Hist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_quantiles_are_bucket_bounds_capped_at_the_max() {
+        let mut h = ValueHist::default();
+        assert_eq!(h.quantile(0.5), 0);
+        for v in [1u64, 2, 3, 1000, 1000, 1000, 1_000_000] {
+            h.record(v);
+        }
+        assert_eq!(h.count, 7);
+        assert_eq!(h.quantile(0.5), 1023);
+        assert_eq!(h.quantile(1.0), 1_000_000);
+        assert_eq!(h.max, 1_000_000);
+    }
 
     #[test]
     fn quantiles_and_bounds() {

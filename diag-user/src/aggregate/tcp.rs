@@ -40,6 +40,7 @@ use super::{
     connfail::{ConnectFailures, FailedConnect},
     drops::{KernelDrops, SocketDropRow, UnownedDropRow},
     hint::{Hint, HintKind},
+    histogram::ValueHist,
     listen::{ListenQueues, ListenRow},
     process::{Comm, ExitInfo, Kept, Lives, ProcKey},
 };
@@ -110,48 +111,6 @@ pub struct TableRow {
     pub holders: Vec<u32>,
 }
 
-/// A log2 histogram of nanoseconds: bucket i counts values in [2^i, 2^(i+1)).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Log2Hist {
-    pub buckets: Vec<u64>,
-    pub count: u64,
-    pub max: u64,
-}
-
-impl Log2Hist {
-    pub fn record(&mut self, v: u64) {
-        let b = (64 - v.leading_zeros()).saturating_sub(1) as usize;
-        if self.buckets.len() <= b {
-            self.buckets.resize(b + 1, 0);
-        }
-        self.buckets[b] += 1;
-        self.count += 1;
-        self.max = self.max.max(v);
-    }
-
-    /// The upper bound of the bucket holding quantile `q` (0..=1), capped
-    /// at the maximum seen; 0 when empty.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let mut seen = 0;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                let upper = if i >= 63 {
-                    u64::MAX
-                } else {
-                    (1u64 << (i + 1)) - 1
-                };
-                return upper.min(self.max);
-            }
-        }
-        self.max
-    }
-}
-
 /// Cumulative counters of one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
@@ -211,9 +170,9 @@ struct DestChurn {
 struct Proc {
     comm: String,
     counters: Counters,
-    lifetimes: Log2Hist,
+    lifetimes: ValueHist,
     /// SYN sent to ESTABLISHED, for its active opens.
-    connects: Log2Hist,
+    connects: ValueHist,
     /// Counters at the last snapshot, for rates.
     at_snapshot: Counters,
     /// Per destination (remote endpoint), this interval.
@@ -249,8 +208,8 @@ impl Proc {
         Proc {
             comm,
             counters: Counters::default(),
-            lifetimes: Log2Hist::default(),
-            connects: Log2Hist::default(),
+            lifetimes: ValueHist::default(),
+            connects: ValueHist::default(),
             at_snapshot: Counters::default(),
             churn: HashMap::new(),
             live: 0,
@@ -3276,18 +3235,5 @@ mod tests {
             "gone after 10 idle minutes: {:?}",
             agg.procs.keys().collect::<Vec<_>>()
         );
-    }
-
-    #[test]
-    fn log2_quantiles() {
-        let mut h = Log2Hist::default();
-        assert_eq!(h.quantile(0.5), 0);
-        for v in [1u64, 2, 3, 1000, 1000, 1000, 1_000_000] {
-            h.record(v);
-        }
-        assert_eq!(h.count, 7);
-        assert_eq!(h.quantile(0.5), 1023);
-        assert_eq!(h.quantile(1.0), 1_000_000);
-        assert_eq!(h.max, 1_000_000);
     }
 }

@@ -18,7 +18,8 @@ use crate::{
     aggregate::{
         close::Closed,
         hint::{Hint, HintKind},
-        tcp::{Counters, Log2Hist, Pressure, ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
+        histogram::ValueHist,
+        tcp::{Counters, Pressure, ProcRow, TcpAggregate, TcpConfig, TcpSnapshot},
     },
     cli::ReportArgs,
     clock::WallClock,
@@ -69,7 +70,7 @@ pub struct Review {
     /// The hints of every whole interval, merged: one per kind, process
     /// and destination, with its peak.
     pub hints: BTreeMap<(HintKind, Option<u32>, String), MergedHint>,
-    pub lifetimes: Log2Hist,
+    pub lifetimes: ValueHist,
     /// Each process's activity per interval, for the page's tables.
     pub per_proc: page::ProcSeries,
     /// The scheduler's run-queue waits per interval (recordings made
@@ -470,7 +471,7 @@ fn track_lifetime(
     opened: &mut std::collections::HashMap<u64, u64>,
     t: &diag_common::tcp::TcpStateEvent,
     ts: u64,
-    lifetimes: Option<&mut Log2Hist>,
+    lifetimes: Option<&mut ValueHist>,
 ) {
     use diag_common::tcp::state;
     if matches!(
