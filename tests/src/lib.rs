@@ -934,3 +934,28 @@ impl Drop for Nginx {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Per pid, the sockets `ss -tnp` shows in `state` (e.g. `close-wait`,
+/// `listening`) with local port `port`; a socket several processes hold
+/// counts for each.
+pub fn ss_per_pid(state: &str, port: u16) -> HashMap<u32, usize> {
+    let filter = format!("( sport = :{port} )");
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", state, &filter])
+        .output()
+        .expect("ss (iproute2)");
+    let mut per = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut pids: Vec<u32> = line
+            .split("pid=")
+            .skip(1)
+            .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for p in pids {
+            *per.entry(p).or_default() += 1;
+        }
+    }
+    per
+}

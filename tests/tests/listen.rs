@@ -9,8 +9,8 @@ use std::{
 };
 
 use diag_tests::{
-    Diag, Gen, Nginx, TempDir, free_port, recorded, require_root, require_tool, serial, tcp_ext,
-    wait_until,
+    Diag, Gen, Nginx, TempDir, free_port, recorded, require_root, require_tool, serial, ss_per_pid,
+    tcp_ext, wait_until,
 };
 use serde_json::Value;
 
@@ -460,23 +460,6 @@ fn handshakes_that_find_the_queue_full_are_counted_too() {
     }
 }
 
-/// The pids `ss -ltnp` names for the listener on `port` (the processes
-/// holding it: a pre-fork server's master and workers).
-fn ss_listener_pids(port: u16) -> Vec<u32> {
-    let out = Command::new("ss")
-        .args(["-Hltnp", &format!("( sport = :{port} )")])
-        .output()
-        .expect("ss (iproute2)");
-    let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .split("pid=")
-        .skip(1)
-        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
 /// A real pre-fork server: Debian's nginx (master and two workers sharing
 /// one listener, `backlog=4`), its workers stopped so nobody accepts, and
 /// 50 connections at once. diag's overflows for nginx's
@@ -503,7 +486,8 @@ fn a_stopped_nginx_overflows_as_netstat_and_ss_say() {
     ]);
     let nginx = Nginx::start_with(port, &format!("backlog={NGINX_BACKLOG}"));
     let workers = nginx.workers(port);
-    let holders = ss_listener_pids(port);
+    let mut holders: Vec<u32> = ss_per_pid("listening", port).into_keys().collect();
+    holders.sort_unstable();
     assert!(holders.contains(&nginx.pid()), "ss -ltnp: {holders:?}");
     let signal = |sig: i32| {
         for &w in &workers {

@@ -11,34 +11,11 @@ use std::{
 
 use diag_tests::{
     Diag, Gen, Netns, Nginx, Output, free_port, in_ci, require_root, require_tool, scrape_metrics,
-    serial, skipped, tcp_snmp,
+    serial, skipped, ss_per_pid, tcp_snmp,
 };
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
-
-/// Per pid, the sockets `ss -tnp` shows in `state` with local port `port`.
-fn ss_per_pid(state: &str, port: u16) -> HashMap<u32, usize> {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-Htnp", "state", state, &filter])
-        .output()
-        .expect("ss (iproute2)");
-    let mut per = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut pids: Vec<u32> = line
-            .split("pid=")
-            .skip(1)
-            .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        for p in pids {
-            *per.entry(p).or_default() += 1;
-        }
-    }
-    per
-}
 
 fn netns_of(pid: u32) -> u64 {
     let l = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns/net");

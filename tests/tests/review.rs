@@ -4,13 +4,12 @@
 //! moment, and `report --from/--to` against the exported events.
 
 use std::{
-    collections::HashMap,
     process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, Gen, TempDir, diag_bin, require_root, require_tool, serial};
+use diag_tests::{Diag, Gen, TempDir, diag_bin, require_root, require_tool, serial, ss_per_pid};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -70,29 +69,6 @@ fn plus_secs(t: &str, secs: i64) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// CLOSE_WAIT sockets per holding pid on local port `port`, as ss says.
-fn ss_close_wait(port: u16) -> HashMap<u32, u64> {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-Htnp", "state", "close-wait", &filter])
-        .output()
-        .expect("ss (iproute2)");
-    let mut per = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut pids: Vec<u32> = line
-            .split("pid=")
-            .skip(1)
-            .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        for p in pids {
-            *per.entry(p).or_default() += 1;
-        }
-    }
-    per
 }
 
 /// The number right after `before` in `text` (up to the next space).
@@ -197,8 +173,8 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     drop(client);
     sleep(Duration::from_secs(2));
     let t1 = now_rfc3339();
-    let ss1 = ss_close_wait(port);
-    assert_eq!(ss1.values().sum::<u64>(), (W * K / 2) as u64, "{ss1:?}");
+    let ss1 = ss_per_pid("close-wait", port);
+    assert_eq!(ss1.values().sum::<usize>(), W * K / 2, "{ss1:?}");
 
     // Wave 2: the other half; every worker then holds K.
     let mut client = Gen::spawn(LOADGEN, &["connect-hold", &half, &target]);
@@ -208,9 +184,9 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
     drop(client);
     sleep(Duration::from_secs(2));
     let t2 = now_rfc3339();
-    let ss2 = ss_close_wait(port);
+    let ss2 = ss_per_pid("close-wait", port);
     for w in &workers {
-        assert_eq!(ss2.get(w).copied(), Some(K as u64), "{ss2:?}");
+        assert_eq!(ss2.get(w).copied(), Some(K), "{ss2:?}");
     }
     // Both waves past the report's 10 s CLOSE_WAIT threshold.
     sleep(Duration::from_secs(17).saturating_sub(started.elapsed()));
@@ -359,7 +335,7 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
                 .map_or(0, |r| r["states"]["close_wait"].as_u64().unwrap());
             assert_eq!(
                 cw,
-                ss.get(w).copied().unwrap_or(0),
+                ss.get(w).copied().unwrap_or(0) as u64,
                 "worker {w} at {t}: ss {ss:?}"
             );
         }

@@ -755,6 +755,11 @@ impl ConnsSink {
                 for e in evs {
                     let ts = e.header().ts_ns;
                     if self.timebase == Timebase::Events {
+                        if self.next_due.is_none() {
+                            // Events before the first socket table: the
+                            // rates start here, as in `diag report`.
+                            self.agg.advance(ts);
+                        }
                         self.start_clock(ts);
                         // Through a gap of many intervals: the snapshot
                         // due, one at the gap's last boundary, then on (a
@@ -799,8 +804,12 @@ impl ConnsSink {
             Msg::Table { ts_ns, rows } => {
                 let ts_ns = *ts_ns;
                 if self.agg.on_table(rows, ts_ns).is_none() {
-                    // The baseline for the first interval's rates.
-                    self.agg.advance(ts_ns);
+                    // The baseline for the first interval's rates, unless
+                    // a replay's events came first (they are).
+                    let started = self.timebase == Timebase::Events && self.next_due.is_some();
+                    if !started {
+                        self.agg.advance(ts_ns);
+                    }
                     self.start_clock(ts_ns);
                 }
                 self.last_ts = self.last_ts.max(ts_ns);

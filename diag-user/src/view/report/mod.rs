@@ -201,6 +201,8 @@ impl Review {
         let mut last_drops = 0u64;
         let mut opened: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         let past = |ts: u64| window.to.is_some_and(|t| ts > t);
+        // The last time a replay's views see (events, tables, health).
+        let mut sample_end = 0u64;
         for rec in records {
             if let Some(ts) = record_ts(&rec) {
                 r.read(ts);
@@ -242,6 +244,7 @@ impl Review {
                             next_due = Some(r.catch_up(&mut agg, due, ts));
                         }
                         r.last_ts = r.last_ts.max(ts);
+                        sample_end = sample_end.max(ts);
                         r.events += 1;
                         match e {
                             AnyEvent::OomKill(o) => r.oom.push(*o),
@@ -284,6 +287,7 @@ impl Review {
                     }
                     if counting {
                         r.last_ts = r.last_ts.max(t.ts_ns);
+                        sample_end = sample_end.max(t.ts_ns);
                     }
                 }
                 Record::Health(h) => {
@@ -302,6 +306,7 @@ impl Review {
                     }
                     if counting {
                         r.last_ts = r.last_ts.max(h.ts_ns);
+                        sample_end = sample_end.max(h.ts_ns);
                     }
                 }
                 Record::OomContext(c) => {
@@ -328,7 +333,15 @@ impl Review {
         if counting {
             let end = r.last_ts.max(r.first_ts.unwrap_or(0));
             r.last_ts = end;
-            r.sample(&mut agg, end);
+            // The last interval ends where a replay's does: at the last
+            // event, table or health reading (a scheduler frame after
+            // them widens the span, not the interval).
+            let sampled = if r.past_window {
+                end
+            } else {
+                sample_end.max(r.first_ts.unwrap_or(0))
+            };
+            r.sample(&mut agg, sampled.min(end));
         }
         // A window read up to its end, not to the file's: what comes
         // after it is not its business.
