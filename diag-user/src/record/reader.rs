@@ -47,6 +47,8 @@ pub enum Record {
     OomContext(OomContextFrame),
     /// Run-queue waits over one interval (version 3).
     Sched(super::SchedFrame),
+    /// Pressure stall information over one interval (version 3).
+    Pressure(Box<crate::aggregate::pressure::PressureFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -485,6 +487,21 @@ impl Reader {
                 },
                 Err(d) => Record::Damage(d),
             },
+            FrameKind::Pressure => {
+                match json::<crate::aggregate::pressure::PressureFrame>(&f, "pressure") {
+                    Ok(p) => match p.damage() {
+                        Some(why) => Record::Damage(format!(
+                            "pressure frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        None => match self.timed("pressure", f.offset, p.ts_ns, false) {
+                            None => Record::Pressure(Box::new(p)),
+                            Some(d) => Record::Damage(d),
+                        },
+                    },
+                    Err(d) => Record::Damage(d),
+                }
+            }
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)
