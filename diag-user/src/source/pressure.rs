@@ -63,13 +63,17 @@ pub fn read(root: Option<&Path>) -> PressureReading {
             r.skipped += 3;
             continue;
         }
-        let rel = match dir.strip_prefix(root) {
-            Ok(p) if p.as_os_str().is_empty() => "/".to_string(),
-            Ok(p) => format!("/{}", crate::text::printable(&p.to_string_lossy())),
+        // The root's files are the host's (/proc/pressure): not a cgroup
+        // of its own.
+        match dir.strip_prefix(root) {
+            Ok(p) if p.as_os_str().is_empty() => {}
+            Ok(p) => {
+                let rel = format!("/{}", crate::text::printable(&p.to_string_lossy()));
+                let files = read_files(&dir, true, &mut r.skipped);
+                r.cgroups.push((rel, files));
+            }
             Err(_) => continue,
-        };
-        let files = read_files(&dir, true, &mut r.skipped);
-        r.cgroups.push((rel, files));
+        }
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -98,7 +102,13 @@ impl PressureFeed {
 
     /// The frame of the interval since the last reading.
     pub fn read(&mut self) -> PressureFrame {
-        let r = read(self.root.as_deref());
+        self.read_below(self.root.clone().as_deref())
+    }
+
+    /// The frame of the pressure files of the host and the cgroups
+    /// below `root`.
+    fn read_below(&mut self, root: Option<&Path>) -> PressureFrame {
+        let r = read(root);
         self.agg.update(&r)
     }
 }
@@ -224,9 +234,37 @@ mod tests {
         if std::path::Path::new("/proc/pressure/cpu").exists() {
             assert!(f.host.cpu.some.is_some());
         }
-        if feed.root.is_some() {
-            assert!(f.cgroups.iter().any(|c| c.cgroup == "/"));
-        }
+        assert!(
+            !f.cgroups.iter().any(|c| c.cgroup == "/"),
+            "the root is the host"
+        );
         assert_eq!(f.damage(), None);
+        // A tree of directories with pressure files, good and bad.
+        let root = std::env::temp_dir().join(format!("diag-psi-{}", std::process::id()));
+        let good = "some avg10=1.00 avg60=0.00 avg300=0.00 total=5\n";
+        for (dir, file, text) in [
+            ("a", "cpu.pressure", good),
+            ("a", "memory.pressure", good),
+            ("a", "io.pressure", "garbage"),
+            ("a/b", "cpu.pressure", good),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join(file), text).unwrap();
+        }
+        let f = feed.read_below(Some(&root));
+        let _ = std::fs::remove_dir_all(&root);
+        let names: Vec<&str> = f.cgroups.iter().map(|c| c.cgroup.as_str()).collect();
+        assert_eq!(names.len(), 2);
+        assert!(
+            names.contains(&"/a") && names.contains(&"/a/b"),
+            "{names:?}"
+        );
+        let a = f.cgroup("/a").unwrap();
+        assert_eq!(a.cpu.some.unwrap().total_us, 5);
+        assert_eq!(a.io, Default::default(), "the malformed file is skipped");
+        // /a's io, /a/b's memory and io: 3 skipped below the root, and
+        // the host's files when it has none.
+        let host_missing = (0..3).filter(|&i| f.host.get(i).some.is_none()).count() as u64;
+        assert_eq!(f.skipped, 3 + host_missing);
     }
 }
