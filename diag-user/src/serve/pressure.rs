@@ -188,6 +188,20 @@ mod tests {
             r#"diag_cgroup_pressure_stall_seconds_total{cgroup="/job",resource="cpu",kind="some"} 2.5"#
         ));
         assert!(t.contains("diag_pressure_files_skipped_total 2"));
+        // The kernel's totals are served as they are, never at 0 first:
+        // a first 0 would make increase() count the time since boot.
+        let mut births = crate::serve::families::Births::default();
+        let served = births.apply(&t, "prometheus", 1);
+        assert!(served.contains(
+            r#"diag_cgroup_pressure_stall_seconds_total{cgroup="/job",resource="cpu",kind="some"} 2.5"#
+        ));
+        assert!(
+            served.contains(r#"diag_pressure_stall_seconds_total{resource="cpu",kind="some"} 2.5"#)
+        );
+        assert!(
+            served.contains("diag_pressure_files_skipped_total 0"),
+            "diag's own counts are born at 0"
+        );
         m.eat(&PressureFrame {
             ts_ns: 2 + CGROUP_KEEP_NS,
             ..PressureFrame::default()
