@@ -119,6 +119,12 @@ impl Pressures {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// No stall in the interval and every average 0.
+    pub fn quiet(&self) -> bool {
+        self.each()
+            .all(|(_, _, f)| f.stall_us == 0 && f.avg10 == 0.0 && f.avg60 == 0.0 && f.avg300 == 0.0)
+    }
+
     /// Add `o` in: stall times and totals summed, averages the highest.
     fn add(&mut self, o: &Pressures) {
         for i in 0..3 {
@@ -159,6 +165,10 @@ pub struct PressureFrame {
     /// The cgroups beyond those, summed, and how many they were.
     pub others: Pressures,
     pub others_count: u64,
+    /// Cgroups that were quiet (no stall in the interval, every average
+    /// 0): counted, not named.
+    #[serde(default)]
+    pub quiet_count: u64,
     /// Pressure files skipped in this reading (unreadable or malformed).
     pub skipped: u64,
 }
@@ -283,6 +293,9 @@ impl PressureAgg {
         }
         // Cgroups that are gone are forgotten.
         self.cgroups = seen;
+        let before = all.len();
+        all.retain(|c| !c.psi.quiet());
+        let quiet_count = (before - all.len()) as u64;
         all.sort_by(|a, b| {
             b.psi
                 .stall_us()
@@ -301,6 +314,7 @@ impl PressureAgg {
             cgroups: all,
             others,
             others_count: rest.len() as u64,
+            quiet_count,
             skipped: r.skipped,
         }
     }
@@ -438,12 +452,42 @@ mod tests {
         assert_eq!(f.others.memory.some.unwrap().stall_us, 700);
         assert_eq!(f.skipped, 3);
         assert_eq!(f.damage(), None);
+        assert_eq!(f.quiet_count, 0);
         // A new cgroup's whole total is in its first interval.
         let mut r = reading(2_000_000_000, 10);
         r.cgroups.push(("/new".into(), [psi(5_000), None, None]));
         let f = agg.update(&r);
         assert_eq!(f.cgroups[0].cgroup, "/new");
         assert_eq!(f.cgroups[0].psi.stall_us(), 5_000);
+        // Quiet cgroups (no stall, averages 0) are counted, not named.
+        let quiet = |ts_ns| PressureReading {
+            ts_ns,
+            host: [psi(0), None, None],
+            cgroups: vec![
+                (
+                    "/idle".into(),
+                    [
+                        Some(Psi {
+                            some: Some(PsiLine {
+                                total_us: 9,
+                                ..PsiLine::default()
+                            }),
+                            full: None,
+                        }),
+                        None,
+                        None,
+                    ],
+                ),
+                ("/busy".into(), [psi(7), None, None]),
+            ],
+            skipped: 0,
+        };
+        let mut agg = PressureAgg::new();
+        agg.update(&quiet(0));
+        let f = agg.update(&quiet(1));
+        assert_eq!(f.cgroups.len(), 1);
+        assert_eq!(f.cgroups[0].cgroup, "/busy", "its averages are not 0");
+        assert_eq!((f.quiet_count, f.others_count), (1, 0));
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
                 "cgroups": p.cgroups,
                 "others": p.others,
                 "others_count": p.others_count,
+                "quiet_count": p.quiet_count,
                 "skipped": p.skipped,
             })
             .to_string(),
