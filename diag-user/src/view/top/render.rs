@@ -312,8 +312,10 @@ pub fn draw(f: &mut Frame, st: &TopState) {
     let area = f.area();
     let header = header_lines(st);
     let header_h = (header.len() as u16).min(area.height);
+    // The PSI header line takes its row from the event pane, so the
+    // table and the details keep theirs on an 80x24 screen.
     let events_h = if area.height >= 20 {
-        6
+        6 - u16::from(st.pressure.is_some())
     } else if area.height >= 14 {
         3
     } else {
