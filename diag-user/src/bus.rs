@@ -40,6 +40,10 @@ pub enum Msg {
         ts_ns: u64,
         procs: Vec<crate::aggregate::sched::ProcInterval>,
     },
+    /// Pressure stall information (PSI) over the last interval, host-wide
+    /// and per cgroup (live: read from the pressure files; replay: the
+    /// recorded frame).
+    Pressure(Box<crate::aggregate::pressure::PressureFrame>),
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),

@@ -1010,7 +1010,10 @@ pid, comm and cgroup; diag_tcp_ephemeral_ports_usage_ratio{local,remote}; \
 diag_oom_kills_total{cgroup,constraint}; per cgroup, the run-queue latency \
 histogram diag_runq_latency_seconds and diag_runq_wait_seconds_total, \
 diag_blocked_seconds_total, diag_cpu_seconds_total, diag_stalls_total (unless \
---no-sched); and diag's own health: \
+--no-sched); pressure stall information (PSI) in seconds, \
+diag_pressure_stall_seconds_total{resource,kind} for the host and \
+diag_cgroup_pressure_stall_seconds_total{cgroup,resource,kind} for the 50 \
+cgroups v2 that stalled most; and diag's own health: \
 diag_events_total, diag_events_dropped_total, diag_map_full_total{map}.
 
 Cardinality is bounded: only the --top busiest processes get series of \

@@ -223,6 +223,9 @@ pub struct HostSample {
     /// Scheduler numbers per process over the last interval, when the
     /// scheduler programs are attached.
     pub sched: Option<Vec<crate::aggregate::sched::ProcInterval>>,
+    /// Pressure stall information (PSI) over the last interval, when
+    /// read.
+    pub pressure: Option<crate::aggregate::pressure::PressureFrame>,
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
@@ -232,6 +235,8 @@ pub struct HostReader {
     hz: u64,
     /// The scheduler's kernel maps, read with each sample.
     pub sched: Option<SchedFeed>,
+    /// The pressure files (PSI), read with each sample.
+    pub pressure: Option<crate::source::pressure::PressureFeed>,
 }
 
 /// Reads the scheduler's kernel maps each interval, as `diag runq` does.
@@ -318,6 +323,7 @@ impl HostReader {
             cgroups: HashMap::new(),
             hz: if hz > 0 { hz as u64 } else { 100 },
             sched: None,
+            pressure: None,
         }
     }
 
@@ -362,6 +368,7 @@ impl HostReader {
             bpf: own_bpf_run(),
             hz: self.hz,
             sched: self.sched.as_mut().map(|f| f.read(ts_ns)),
+            pressure: self.pressure.as_mut().map(|f| f.read()),
         }
     }
 }

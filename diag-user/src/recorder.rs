@@ -69,6 +69,7 @@ impl Sink for Recorder {
                 let frame = crate::record::SchedFrame::new(*ts_ns, interval, procs);
                 self.writer().sched(&frame)?;
             }
+            Msg::Pressure(p) => self.writer().pressure(p)?,
             Msg::Damage(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)

@@ -1165,3 +1165,90 @@ fn scheduler_frames_read_back_and_hostile_ones_are_refused() {
         "{page}"
     );
 }
+
+/// Pressure frames (PSI, kind 9 of format version 3): one reads back in
+/// the export and the report; each kind of hostile one costs only itself,
+/// with a sentence naming it. No root needed.
+#[test]
+fn pressure_frames_read_back_and_hostile_ones_are_refused() {
+    let dir = TempDir::new("psiframes");
+    let fig = |avg10: f64, total: u64, stall: u64| serde_json::json!({"avg10": avg10, "avg60": 0.0, "avg300": 0.0, "total_us": total, "stall_us": stall});
+    let res = |some: Value| serde_json::json!({"some": some, "full": null});
+    let place = |some: Value| serde_json::json!({"cpu": res(some), "memory": res(Value::Null), "io": res(Value::Null)});
+    let pressure = |ts: u64, host: Value, cgroups: Vec<Value>| {
+        let j = serde_json::json!({
+            "ts_ns": ts, "interval_ns": S, "host": host, "cgroups": cgroups,
+            "others": place(Value::Null), "others_count": 0, "skipped": 0
+        });
+        frame(9, 0, j.to_string().as_bytes())
+    };
+    let cgroup = |name: &str, some: Value| {
+        let mut c = place(some);
+        c["cgroup"] = Value::from(name);
+        c
+    };
+    let many: Vec<Value> = (0..51)
+        .map(|i| cgroup(&format!("/c{i}"), fig(0.0, 1, 0)))
+        .collect();
+    let mut file = b"DIAGREC\0\x03\0\0\0\0\0\0\0".to_vec();
+    for f in [
+        frame(1, 0, &header_json(S, &["diag", "record"])),
+        pressure(
+            2 * S,
+            place(fig(12.5, 9_000_000, 700_000)),
+            vec![cgroup("/batch", fig(40.0, 3_000_000, 900_000))],
+        ),
+        pressure(3 * S, place(fig(150.0, 1, 0)), vec![]),
+        pressure(3 * S, place(fig(1.0, 1, 0)), many),
+        pressure(3 * S, place(fig(1.0, 5, 9)), vec![]),
+        pressure(1 << 62, place(fig(1.0, 5, 0)), vec![]),
+        frame(9, 0, br#"{"ts_ns": 3"#),
+        frame(6, 0, br#"{"ts_ns":4000000000,"reason":"stopped"}"#),
+    ] {
+        file.extend(f);
+    }
+    let path = dir.path("psi.diag");
+    std::fs::write(&path, &file).unwrap();
+    let p = path.to_str().unwrap();
+    let out = diag(&["export", p, "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let good: Vec<&Value> = lines.iter().filter(|l| l["event"] == "pressure").collect();
+    assert_eq!(good.len(), 1, "{lines:?}");
+    assert_eq!(good[0]["host"]["cpu"]["some"]["total_us"], 9_000_000);
+    assert_eq!(good[0]["cgroups"][0]["cgroup"], "/batch");
+    assert_eq!(good[0]["cgroups"][0]["cpu"]["some"]["stall_us"], 900_000);
+    let damage: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "damage")
+        .map(|l| l["what"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(damage.len(), 5, "{damage:#?}");
+    for (i, want) in [
+        "the host: cpu some has an average of 150, not a percentage",
+        "51 cgroups, over the 50 diag writes",
+        "stalled 9 us in the interval, over its total 5 us",
+        "after the recording's latest time",
+        "pressure frame at byte",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(damage[i].contains(want), "{want}: {}", damage[i]);
+        assert!(damage[i].contains("pressure"), "{}", damage[i]);
+    }
+    assert!(damage[4].contains("unreadable"), "{}", damage[4]);
+    // The report's PSI block says the good one.
+    let report = diag(&["report", p, "--width", "0"]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let r = text(&report.stdout);
+    assert!(r.contains("DAMAGED: pressure frame at byte"), "{r}");
+    assert!(
+        r.contains("    cpu     some 0.70s (avg10 peak 12.50% at "),
+        "{r}"
+    );
+    assert!(r.contains("    /batch  0.90s / 0.00s / 0.00s"), "{r}");
+}

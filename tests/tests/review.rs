@@ -212,6 +212,7 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
         "process_table",
         "oom_context",
         "sched",
+        "pressure",
         "end",
         "damage",
     ];

@@ -12,6 +12,7 @@ pub mod hint;
 pub mod histogram;
 pub mod listen;
 pub mod oom;
+pub mod pressure;
 pub mod process;
 pub mod sched;
 pub mod sums;

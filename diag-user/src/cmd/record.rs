@@ -33,6 +33,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut feeds = Feeds {
         tables: Some(args.tcp.reconcile),
         procs: args.trigger.is_empty().then_some(PROCS_EVERY),
+        // The kernel's stall accounting (PSI), once a second; not in the
+        // flight recorder, which keeps events only.
+        pressure: args.trigger.is_empty().then(|| {
+            (
+                crate::source::pressure::PRESSURE_EVERY,
+                crate::source::pressure::PressureFeed::new(),
+            )
+        }),
         // What user space learns about each OOM kill (cgroup paths, top
         // memory users) is recorded too, in a frame after the kill's.
         oom_context: args.events.contains(&EventClass::Oom),

@@ -76,6 +76,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tables: Some(args.tcp.reconcile),
             procs: recorder.is_some().then_some(PROCS_EVERY),
             sched,
+            pressure: Some((
+                crate::source::pressure::PRESSURE_EVERY,
+                crate::source::pressure::PressureFeed::new(),
+            )),
             oom_context: true,
             ..Feeds::default()
         };

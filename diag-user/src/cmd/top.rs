@@ -35,6 +35,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     env.keep_sched_procs();
     let mut tracer = loader::load(&env, &args.probe)?;
     let mut reader = HostReader::new();
+    reader.pressure = Some(crate::source::pressure::PressureFeed::new());
     if env.sched.is_some() {
         reader.sched = Some(SchedFeed::new(SchedMaps::take(&mut tracer.ebpf)?));
     }

@@ -39,7 +39,8 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 ///   close and failed-connect events. A version-1 reader refuses these
 ///   files ("use a newer diag") rather than skipping what it cannot read.
 /// - 3: adds scheduler frames ([`FrameKind::Sched`]: every process's
-///   run-queue waits each second, when stalls are recorded). Files of
+///   run-queue waits each second, when stalls are recorded) and pressure
+///   frames ([`FrameKind::Pressure`]: PSI once a second). Files of
 ///   versions 1 and 2 read as before.
 pub const VERSION: u16 = 3;
 pub const FILE_HEADER_LEN: usize = 16;
@@ -85,6 +86,10 @@ pub enum FrameKind {
     /// JSON [`super::SchedFrame`]: every process's run-queue waits over
     /// one interval (log2 buckets), recorded with stalls (version 3).
     Sched = 8,
+    /// JSON [`crate::aggregate::pressure::PressureFrame`]: pressure stall
+    /// information (PSI) of the host and its cgroups over one interval
+    /// (version 3: a reader that does not know it skips it, as damage).
+    Pressure = 9,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -99,6 +104,7 @@ impl TryFrom<u8> for FrameKind {
             6 => FrameKind::End,
             7 => FrameKind::OomContext,
             8 => FrameKind::Sched,
+            9 => FrameKind::Pressure,
             other => return Err(other),
         })
     }

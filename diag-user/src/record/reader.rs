@@ -47,6 +47,8 @@ pub enum Record {
     OomContext(OomContextFrame),
     /// Run-queue waits over one interval (version 3).
     Sched(super::SchedFrame),
+    /// Pressure stall information over one interval (version 3).
+    Pressure(Box<crate::aggregate::pressure::PressureFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -485,6 +487,21 @@ impl Reader {
                 },
                 Err(d) => Record::Damage(d),
             },
+            FrameKind::Pressure => {
+                match json::<crate::aggregate::pressure::PressureFrame>(&f, "pressure") {
+                    Ok(p) => match p.damage() {
+                        Some(why) => Record::Damage(format!(
+                            "pressure frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        None => match self.timed("pressure", f.offset, p.ts_ns, false) {
+                            None => Record::Pressure(Box::new(p)),
+                            Some(d) => Record::Damage(d),
+                        },
+                    },
+                    Err(d) => Record::Damage(d),
+                }
+            }
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)
@@ -828,6 +845,63 @@ mod tests {
         );
     }
 
+    /// Pressure frames read back as written; hostile ones (averages that
+    /// are not percentages, too many cgroups, bad JSON, times far off)
+    /// are damage, said in a sentence, and the rest of the file reads.
+    #[test]
+    fn pressure_frames_and_their_damage() {
+        use crate::aggregate::pressure::{CgroupPressure, PressureFrame};
+        let good = PressureFrame {
+            ts_ns: 2 * S,
+            interval_ns: S,
+            cgroups: vec![CgroupPressure {
+                cgroup: "/job".into(),
+                ..CgroupPressure::default()
+            }],
+            ..PressureFrame::default()
+        };
+        let json = |f: &PressureFrame| serde_json::to_vec(f).unwrap();
+        let mut bad_avg = good.clone();
+        bad_avg.host.cpu.some = Some(crate::aggregate::pressure::PsiFig {
+            avg10: 250.0,
+            ..Default::default()
+        });
+        let mut many = good.clone();
+        many.cgroups = vec![good.cgroups[0].clone(); 51];
+        let mut late = good.clone();
+        late.ts_ns = 1 << 62;
+        let f = file_of(&[
+            (
+                FrameKind::Header,
+                serde_json::to_vec(&header_at(S)).unwrap(),
+            ),
+            (FrameKind::Pressure, json(&good)),
+            (FrameKind::Pressure, json(&bad_avg)),
+            (FrameKind::Pressure, json(&many)),
+            (FrameKind::Pressure, b"{\"ts_ns\": \"soon\"}".to_vec()),
+            (FrameKind::Pressure, json(&late)),
+            (FrameKind::Events, events_payload(&[ev(3 * S, 1)])),
+        ]);
+        let t = tmp_file("pressure", &f);
+        let mut r = Reader::open(&t.0).unwrap();
+        let (mut frames, mut dmg, mut evs) = (Vec::new(), Vec::new(), 0);
+        for rec in r.by_ref() {
+            match rec {
+                Record::Pressure(p) => frames.push(*p),
+                Record::Damage(d) => dmg.push(d),
+                Record::Events(e) => evs += e.len(),
+                _ => {}
+            }
+        }
+        assert_eq!(frames, vec![good]);
+        assert_eq!(evs, 1, "the file reads on after the damage");
+        assert_eq!(dmg.len(), 4, "{dmg:?}");
+        assert!(dmg[0].contains("pressure frame at byte") && dmg[0].contains("not a percentage"));
+        assert!(dmg[1].contains("51 cgroups, over the 50"), "{dmg:?}");
+        assert!(dmg[2].contains("pressure"), "{dmg:?}");
+        assert!(dmg[3].contains("pressure"), "{dmg:?}");
+    }
+
     /// One frame of a hostile file, valid checksum, hostile contents.
     fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
         let ts = prop_oneof![
@@ -837,7 +911,7 @@ mod tests {
             0u64..1_000 * S,
             any::<u64>(),
         ];
-        let kind = prop_oneof![1u8..=7, any::<u8>()];
+        let kind = prop_oneof![1u8..=9, any::<u8>()];
         prop_oneof![
             // Events with any times, including impossible ones.
             proptest::collection::vec((ts.clone(), any::<u64>()), 0..50).prop_map(|evs| {
@@ -914,6 +988,7 @@ mod tests {
                         Record::Health(h) => Some(h.ts_ns),
                         Record::Table(t) => Some(t.ts_ns),
                         Record::OomContext(c) => Some(c.ts_ns),
+                        Record::Pressure(p) => Some(p.ts_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {

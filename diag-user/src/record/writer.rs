@@ -263,6 +263,16 @@ impl Writer {
         self.write_frame(FrameKind::Sched, &payload)
     }
 
+    /// Pressure stall information over one interval.
+    pub fn pressure(
+        &mut self,
+        frame: &crate::aggregate::pressure::PressureFrame,
+    ) -> Result<(), RecordError> {
+        self.flush()?;
+        let payload = serde_json::to_vec(frame).expect("serializes");
+        self.write_frame(FrameKind::Pressure, &payload)
+    }
+
     /// Rotated file `n` (1 = the newest).
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();

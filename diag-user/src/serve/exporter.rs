@@ -26,6 +26,7 @@ pub struct Exporter {
     pub oom: OomMetrics,
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
+    pub pressure: super::pressure::PressureMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -38,6 +39,7 @@ impl Exporter {
             tcp: TcpMetrics::new(bounds),
             oom: OomMetrics::default(),
             sched: SchedMetrics::default(),
+            pressure: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -80,7 +82,8 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 4] = [&self.tcp, &self.oom, &self.sched, &self.own];
+        let families: [&dyn Families; 5] =
+            [&self.tcp, &self.oom, &self.sched, &self.pressure, &self.own];
         for f in families {
             f.register(&mut reg);
         }

@@ -388,6 +388,24 @@ pub const MAX_SCRAPERS: usize = 16;
 /// Most series remembered after they left the exposition.
 pub const MAX_GONE: usize = 20_000;
 
+/// Counter families that are the kernel's own totals (since boot, or
+/// since a cgroup was made), not counts from diag's start: served as they
+/// are, never at 0 first (Prometheus takes a counter's first sample as
+/// its start, as for node_exporter's).
+pub const KERNEL_TOTALS: &[&str] = &[
+    "diag_pressure_stall_seconds_total",
+    "diag_cgroup_pressure_stall_seconds_total",
+];
+
+/// `series` (a sample's name and labels) is of a [`KERNEL_TOTALS`] family.
+fn kernel_total(series: &str) -> bool {
+    KERNEL_TOTALS.iter().any(|f| {
+        series
+            .strip_prefix(f)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+    })
+}
+
 #[derive(Debug, Clone)]
 struct Born {
     first_ns: u64,
@@ -450,7 +468,7 @@ impl Births {
             } else {
                 None
             };
-            let Some((series, value)) = sample else {
+            let Some((series, value)) = sample.filter(|(s, _)| !kernel_total(s)) else {
                 out.push_str(line);
                 out.push('\n');
                 continue;

@@ -8,6 +8,7 @@ pub mod exporter;
 pub mod families;
 pub mod oom;
 pub mod own;
+pub mod pressure;
 pub mod sched;
 pub mod series;
 pub mod tcp;
@@ -186,6 +187,7 @@ impl Sink for ExporterSink {
             Msg::Sched { procs, .. } => s
                 .exporter
                 .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
+            Msg::Pressure(p) => s.exporter.pressure.eat(p),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

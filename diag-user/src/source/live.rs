@@ -325,6 +325,8 @@ pub struct Feeds {
     pub host: Option<(Duration, HostReader)>,
     /// The scheduler's per-process numbers this often (serve).
     pub sched: Option<(Duration, SchedFeed)>,
+    /// The pressure files (PSI) this often.
+    pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
     /// Read each OOM kill's context (cgroup paths, top memory users) and
     /// send it after the kill.
     pub oom_context: bool,
@@ -399,6 +401,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
                 let ts_ns = boot_ns();
                 let procs = f.read(ts_ns);
                 (f, vec![Msg::Sched { ts_ns, procs }])
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.pressure {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::pressure::PressureFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Pressure(Box::new(frame))])
             },
         );
     }

@@ -160,6 +160,14 @@ fn play(
                         rows: t.rows,
                     }
                 }
+                Record::Pressure(p) => {
+                    stats.read(p.ts_ns);
+                    if window.to.is_some_and(|to| p.ts_ns > to) {
+                        stats.past_window = true;
+                        continue;
+                    }
+                    Msg::Pressure(p)
+                }
                 Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(e) => {

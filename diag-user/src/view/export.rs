@@ -61,6 +61,21 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Pressure(p) => vec![
+            json!({
+                "event": "pressure",
+                "time": time(clock, p.ts_ns),
+                "ts_ns": p.ts_ns,
+                "interval_ns": p.interval_ns,
+                "host": p.host,
+                "cgroups": p.cgroups,
+                "others": p.others,
+                "others_count": p.others_count,
+                "quiet_count": p.quiet_count,
+                "skipped": p.skipped,
+            })
+            .to_string(),
+        ],
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],

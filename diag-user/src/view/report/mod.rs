@@ -76,6 +76,8 @@ pub struct Review {
     /// The scheduler's run-queue waits per interval (recordings made
     /// with stalls, format version 3).
     pub sched: Vec<crate::record::SchedFrame>,
+    /// Pressure stall information (PSI) over the recording.
+    pub psi: crate::aggregate::pressure::PressureSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -322,6 +324,16 @@ impl Review {
                         r.sched.push(s);
                     }
                 }
+                Record::Pressure(p) => {
+                    if past(p.ts_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(p.ts_ns);
+                        r.psi.add(&p);
+                    }
+                }
                 Record::Procs(_) | Record::End(_) => {}
                 Record::Damage(d) => r.damage.push(d),
             }
@@ -474,6 +486,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::Procs(p) => Some(p.ts_ns),
         Record::End(e) => Some(e.ts_ns),
         Record::Sched(s) => Some(s.ts_ns),
+        Record::Pressure(p) => Some(p.ts_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }

@@ -191,6 +191,8 @@ pub fn render_text(r: &Review, file: &str) -> String {
         }
     }
 
+    saturation_psi(&mut o, &r.psi, &t);
+
     if let Some(s) = &r.last {
         saturation_tcp(&mut o, s);
     }
@@ -500,4 +502,73 @@ pub fn wrap(text: &str, width: usize) -> String {
         o.push_str(nl);
     }
     o
+}
+
+/// The PSI block: the host's stall time per resource, the peak avg10s,
+/// the cgroups that stalled most.
+fn saturation_psi(
+    o: &mut String,
+    p: &crate::aggregate::pressure::PressureSummary,
+    t: &dyn Fn(u64) -> String,
+) {
+    use crate::aggregate::pressure::RESOURCES;
+    let secs = |us: u64| format!("{:.2}s", us as f64 / 1e6);
+    if p.frames == 0 {
+        let _ = writeln!(
+            o,
+            "  No pressure (PSI) recorded (recordings of diag record and serve --record have it)."
+        );
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "  Pressure (PSI, the kernel's stall accounting) over {:.0}s, host stall time:",
+        p.covered_ns as f64 / 1e9
+    );
+    for r in RESOURCES {
+        let part = |k: &'static str| {
+            let Some(us) = p.host_stall_us.get(&(r, k)) else {
+                return format!("{k} -");
+            };
+            let peak = match p.peak_avg10.get(&(r, k)) {
+                Some((a, ts)) if *a > 0.0 => format!(" (avg10 peak {a:.2}% at {})", t(*ts)),
+                _ => " (avg10 peak none)".to_string(),
+            };
+            format!("{k} {}{peak}", secs(*us))
+        };
+        let _ = writeln!(o, "    {r:<7} {}; {}", part("some"), part("full"));
+    }
+    let top = p.top_cgroups(5);
+    if top.is_empty() {
+        let _ = writeln!(o, "  No cgroup stalled.");
+    } else {
+        let _ = writeln!(
+            o,
+            "  Cgroups with the most stall time (some: cpu / memory / io):"
+        );
+        for (cg, s) in top {
+            let _ = writeln!(
+                o,
+                "    {cg}  {} / {} / {}",
+                secs(s[0]),
+                secs(s[1]),
+                secs(s[2])
+            );
+        }
+    }
+    let others: u64 = p.others_us.iter().sum();
+    if others > 0 || p.cgroups_left_off > 0 {
+        let _ = writeln!(
+            o,
+            "    other cgroups (beyond the 50 named each second): {} in all",
+            secs(others)
+        );
+    }
+    if p.skipped > 0 {
+        let _ = writeln!(
+            o,
+            "  {} pressure file readings could not be read or parsed and were skipped.",
+            p.skipped
+        );
+    }
 }

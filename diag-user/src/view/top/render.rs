@@ -207,6 +207,9 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
             human_kb(h.mem_total_kb),
         ));
     }
+    if let Some(p) = &st.pressure {
+        v.push(pressure_header(&p.host));
+    }
     let t = &m.tcp;
     v.push(format!(
         "TCP open {}/s close {}/s  ESTAB {} TW {} CW {}  RST {}/s RETX {}/s",
@@ -251,6 +254,39 @@ pub fn header_lines(st: &TopState) -> Vec<String> {
     v
 }
 
+/// The host's PSI line: avg10 of some and full per resource, %.
+fn pressure_header(p: &crate::aggregate::pressure::Pressures) -> String {
+    let avg = |f: &Option<crate::aggregate::pressure::PsiFig>| {
+        f.map_or("-".to_string(), |f| format!("{:.2}", f.avg10))
+    };
+    format!(
+        "PSI avg10 some/full %  cpu {}/{}  mem {}/{}  io {}/{}",
+        avg(&p.cpu.some),
+        avg(&p.cpu.full),
+        avg(&p.memory.some),
+        avg(&p.memory.full),
+        avg(&p.io.some),
+        avg(&p.io.full)
+    )
+}
+
+/// A cgroup's PSI for the details: avg10 and the stall time of the
+/// interval per resource.
+fn pressure_detail(cgroup: &str, p: &crate::aggregate::pressure::Pressures) -> String {
+    let mut s = format!("Pressure of cgroup {cgroup} (avg10 some/full, stalled in the interval):");
+    for (i, r) in crate::aggregate::pressure::RESOURCES.iter().enumerate() {
+        let x = p.get(i);
+        let avg = |f: &Option<crate::aggregate::pressure::PsiFig>| {
+            f.map_or("-".to_string(), |f| format!("{:.2}%", f.avg10))
+        };
+        let stalled = x.some.map_or("-".to_string(), |f| {
+            human_ns(f.stall_us.saturating_mul(1000))
+        });
+        let _ = write!(s, "  {r} {}/{} {stalled}", avg(&x.some), avg(&x.full));
+    }
+    s
+}
+
 fn notable_line(st: &TopState, e: &Notable) -> String {
     format!(
         "{} {:<6} {}",
@@ -276,8 +312,10 @@ pub fn draw(f: &mut Frame, st: &TopState) {
     let area = f.area();
     let header = header_lines(st);
     let header_h = (header.len() as u16).min(area.height);
+    // The PSI header line takes its row from the event pane, so the
+    // table and the details keep theirs on an 80x24 screen.
     let events_h = if area.height >= 20 {
-        6
+        6 - u16::from(st.pressure.is_some())
     } else if area.height >= 14 {
         3
     } else {
@@ -531,6 +569,16 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     .map_or("-".into(), |s| format!("{:.1}%", s.wait_pct)),
                 r.sched.map_or("-".into(), |s| human_ns(s.blocked_ns)),
             ));
+            if let (Some(frame), Some(cg)) = (&st.pressure, r.cgroup.as_deref()) {
+                match frame.cgroup(cg) {
+                    Some(p) => v.push(pressure_detail(cg, p)),
+                    None if frame.others_count > 0 => v.push(format!(
+                        "Pressure of cgroup {cg}: not among the {} that stalled most",
+                        frame.cgroups.len()
+                    )),
+                    None => {}
+                }
+            }
         }
         None => v.push(format!("pid {pid}: no longer on screen")),
     }
@@ -744,6 +792,8 @@ struct JsonModel<'a> {
     diag: &'a super::state::DiagView,
     processes: Vec<&'a Row>,
     hints: &'a [String],
+    /// The host's PSI (the pressure files) over the last interval.
+    pressure: Option<&'a crate::aggregate::pressure::Pressures>,
 }
 
 /// One snapshot as one JSON object.
@@ -763,6 +813,7 @@ pub fn render_json(st: &TopState) -> String {
             diag: &m.diag,
             processes: st.visible_rows(),
             hints: &m.hints,
+            pressure: st.pressure.as_ref().map(|p| &p.host),
         },
         events: st.events.iter().collect(),
     })

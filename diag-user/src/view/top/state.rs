@@ -409,6 +409,9 @@ pub struct TopState {
     pending_oom: Vec<OomKillEvent>,
     /// Whether the host part is known at all (live: procfs; replay: no).
     pub host_known: bool,
+    /// Pressure stall information (PSI) of the last interval (live: read
+    /// with the host sample; replay: the recorded frames).
+    pub pressure: Option<crate::aggregate::pressure::PressureFrame>,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
     events_since_tick: u64,
@@ -457,6 +460,7 @@ impl TopState {
             memcg_paths: HashMap::new(),
             pending_oom: Vec::new(),
             host_known: timebase == Timebase::Live,
+            pressure: None,
             host_prev: None,
             host_now: None,
             events_since_tick: 0,
@@ -541,6 +545,7 @@ impl TopState {
                 }
                 self.last_ts = self.last_ts.max(ts_ns);
             }
+            Msg::Pressure(p) => self.pressure = Some((**p).clone()),
             Msg::Damage(what) => {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what.clone());
@@ -682,6 +687,9 @@ impl TopState {
                 };
                 self.set_sched(p.pid, cols, Some(p.hist));
             }
+        }
+        if let Some(p) = s.pressure.take() {
+            self.pressure = Some(p);
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();

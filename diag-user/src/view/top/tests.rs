@@ -375,3 +375,68 @@ fn new_losses_become_events_in_the_common_words() {
     st.on_msg(&Msg::Health(h), &mut |_| {});
     assert_eq!(st.events.len(), 2);
 }
+
+#[test]
+fn pressure_in_the_header_and_the_details() {
+    use crate::aggregate::pressure::{CgroupPressure, PressureFrame, Pressures, PsiFig, ResPsi};
+    let fig = |avg10, stall_us| {
+        Some(PsiFig {
+            avg10,
+            total_us: 9_000_000,
+            stall_us,
+            ..PsiFig::default()
+        })
+    };
+    let mut st = state();
+    let host = Pressures {
+        cpu: ResPsi {
+            some: fig(12.5, 400_000),
+            full: fig(0.0, 0),
+        },
+        memory: ResPsi {
+            some: fig(1.25, 1),
+            full: fig(0.5, 1),
+        },
+        io: ResPsi::default(),
+    };
+    st.pressure = Some(PressureFrame {
+        host,
+        cgroups: vec![CgroupPressure {
+            cgroup: "/system.slice/leaker.service".into(),
+            psi: host,
+        }],
+        ..PressureFrame::default()
+    });
+    st.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    st.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    st.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let header = render::header_lines(&st);
+    assert!(
+        header
+            .iter()
+            .any(|l| l == "PSI avg10 some/full %  cpu 12.50/0.00  mem 1.25/0.50  io -/-"),
+        "{header:?}"
+    );
+    for l in &header {
+        assert!(l.chars().count() <= 80, "{l}");
+    }
+    let lines = render::detail_lines(&st, 300);
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "Pressure of cgroup /system.slice/leaker.service (avg10 some/full, stalled in the interval):  cpu 12.50%/0.00% 400.00ms"
+        )),
+        "{lines:?}"
+    );
+    // A cgroup the frame does not name, when it left some out, is said.
+    if let Some(p) = st.pressure.as_mut() {
+        p.cgroups.clear();
+        p.others_count = 3;
+    }
+    let lines = render::detail_lines(&st, 300);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not among the 0 that stalled most")),
+        "{lines:?}"
+    );
+}
