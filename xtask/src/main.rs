@@ -98,16 +98,21 @@ enum Part {
     Soak,
 }
 
-/// Debian packages the build and the tests need.
-const PACKAGES: &[(&str, &str)] = &[
+/// Debian packages the build needs (`run`, `build` and every other task).
+const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "Rust 1.96 with LLVM 22, builds the eBPF crate"),
     ("cargo-web", "its cargo"),
     (
         "libstd-rust-web-dev-bpf",
         "prebuilt core for bpfel-unknown-none",
     ),
-    ("rust-web-clippy", "clippy for the eBPF crate"),
     ("llvm-22-dev", "LLVM 22, for bpf-linker"),
+];
+
+/// Debian packages the gates and the tests need besides (`setup`, `test`,
+/// `dist`, `bench`): a first `run` does not wait for a browser.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("rust-web-clippy", "clippy for the eBPF crate"),
     ("bpftool", "tests check no programs are left behind"),
     ("iproute2", "ss, for tests"),
     (
@@ -178,8 +183,12 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn setup() -> Result<()> {
-    install_packages(PACKAGES)?;
+/// What every task needs; with `tests`, what the gates and tests need too.
+fn setup(tests: bool) -> Result<()> {
+    install_packages(BUILD_PACKAGES)?;
+    if tests {
+        install_packages(TEST_PACKAGES)?;
+    }
     setup_tools()
 }
 
@@ -415,7 +424,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    setup()?;
+    setup(!matches!(cli.task, Task::Run { .. } | Task::Build { .. }))?;
     match cli.task {
         Task::Setup => {
             println!("xtask: everything is in place");
