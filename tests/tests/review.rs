@@ -341,6 +341,19 @@ fn the_review_of_a_real_recording_is_exact_and_readable() {
             );
         }
     }
+    // Half a second after a stall the hog caused in the first half of its
+    // second (not at a fixed time: a loaded host may let the victim run in
+    // any one second; and not at a stall's own time, which the export
+    // gives to the microsecond and diag to the nanosecond).
+    let t1 = events
+        .iter()
+        .filter(|e| e["event"] == "stall")
+        .filter_map(|e| e["time"].as_str())
+        .filter_map(|t| t.split_once('.'))
+        .filter(|(_, frac)| frac.as_bytes().first().is_some_and(|d| *d < b'5'))
+        .map(|(whole, _)| format!("{whole}.500000Z"))
+        .next_back()
+        .expect("the hog made its victim wait: no stall in the recording");
     let (ok, at, err) = diag(&["replay", f, "conns", "--at", &t1]);
     assert!(ok, "{err}");
     eprintln!("{at}");
