@@ -145,6 +145,7 @@ pub fn sched_overhead(
     std::fs::write(&script, BPFTRACE_RUNQLAT)?;
     let tracers = [Tracer::None, Tracer::Diag, Tracer::Bpftrace, Tracer::Empty];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    let mut tallies = vec![crate::progstats::Tally::default(); tracers.len()];
     println!(
         "xtask: bench: `taskset -c {cpu} perf bench sched pipe -l {loops}`, {reps} rounds of {}",
         tracers.map(|t| t.name()).join(" / ")
@@ -154,9 +155,13 @@ pub fn sched_overhead(
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let t = tracers[i];
+            // diag's rows run with the kernel's per-program statistics on.
+            let _stats = matches!(t, Tracer::Diag | Tracer::Empty)
+                .then(crate::progstats::StatsOn::new);
             let running = start(t, diag, &script)?;
             let r = run_workload(loops, cpu);
             if let Some(r) = running {
+                tallies[i].add_pid(r.pid());
                 r.stop()?;
             }
             let ops = r?;
@@ -229,6 +234,17 @@ pub fn sched_overhead(
         if diag_loss <= 0.05 { "met" } else { "over target" },
         floor_loss * 100.0
     ));
+    md.push_str(&format!(
+        "\nPer program (`kernel.bpf_stats_enabled`, on in diag's rows; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
+        crate::progstats::table(
+            &[
+                (Tracer::Diag.name(), &tallies[1]),
+                (Tracer::Empty.name(), &tallies[3]),
+            ],
+            reps,
+            Some(Tracer::Empty.name()),
+        )
+    ));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let json = format!(
         "{{\n  \"workload\": \"taskset -c {cpu} perf bench sched pipe -l {loops}\",\n  \"rounds\": {reps},\n  \"kernel\": \"{}\",\n  \"cpus\": {ncpu},\n  \"results\": {{\n{}\n  }},\n  \"diag_over_bpftrace_throughput\": {diag_vs_bpftrace:.4},\n  \"diag_loss_pct\": {:.2},\n  \"bpftrace_loss_pct\": {:.2},\n  \"empty_programs_loss_pct\": {:.2},\n  \"target_loss_pct\": 5.0,\n  \"target_met\": {}\n}}\n",
@@ -239,7 +255,11 @@ pub fn sched_overhead(
         floor_loss * 100.0,
         diag_loss <= 0.05
     );
-    let json: serde_json::Value = serde_json::from_str(&json)?;
+    let mut json: serde_json::Value = serde_json::from_str(&json)?;
+    json["programs"] = serde_json::json!({
+        Tracer::Diag.key(): tallies[1].json(),
+        Tracer::Empty.key(): tallies[3].json(),
+    });
     Ok(crate::bench_tcp::Section { markdown: md, json })
 }
 

@@ -308,6 +308,7 @@ pub fn tcp_overhead(
     // Per-socket kernel state must go away with the sockets: SOCK_OWNERS
     // entries of `diag tail` before and after each round's churn.
     let mut occupancy: Vec<(usize, usize)> = Vec::new();
+    let mut tallies = vec![crate::progstats::Tally::default(); tracers.len()];
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if ncpu > 1 { 1 } else { 0 };
     println!(
@@ -316,6 +317,10 @@ pub fn tcp_overhead(
     for rep in 0..reps {
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
+            // diag's rows (the floor among them) run with the kernel's
+            // per-program statistics on; bpftrace and the baseline without.
+            let _stats = (!matches!(tracers[i], Tcp::None | Tcp::Bpftrace))
+                .then(crate::progstats::StatsOn::new);
             let bg = tracers[i].start(diag, dir)?;
             let before = bg
                 .as_ref()
@@ -326,6 +331,7 @@ pub fn tcp_overhead(
                 if let (Some(before), Some(after)) = (before, map_entries(b.pid(), "SOCK_OWNERS")) {
                     occupancy.push((before, after));
                 }
+                tallies[i].add_pid(b.pid());
                 b.stop()?;
             }
             let r = r?;
@@ -376,6 +382,26 @@ pub fn tcp_overhead(
         no_reasons_cost * 100.0,
         (tail_cost - no_reasons_cost) * 100.0
     ));
+    md.push_str(&format!(
+        "\nPer program (`kernel.bpf_stats_enabled`, on in diag's rows; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
+        crate::progstats::table(
+            &[
+                (Tcp::Tail.name(), &tallies[1]),
+                (Tcp::Record.name(), &tallies[2]),
+                (Tcp::Empty.name(), &tallies[4]),
+            ],
+            reps,
+            Some(Tcp::Empty.name()),
+        )
+    ));
+    json.insert(
+        "programs".into(),
+        serde_json::json!({
+            Tcp::Tail.key(): tallies[1].json(),
+            Tcp::Record.key(): tallies[2].json(),
+            Tcp::Empty.key(): tallies[4].json(),
+        }),
+    );
     if let Some(worst) = occupancy.iter().max_by_key(|(b, a)| a.saturating_sub(*b)) {
         md.push_str(&format!(
             "Kernel state: `SOCK_OWNERS` held {} entries before and {} after {conns} connections (the worst of {} rounds): per-socket state goes with the sockets.\n",

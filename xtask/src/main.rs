@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_tcp;
 mod dist;
+mod progstats;
 mod stats;
 
 #[derive(Parser)]
