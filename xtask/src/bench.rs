@@ -156,8 +156,8 @@ pub fn sched_overhead(
             let i = (k + rep) % tracers.len();
             let t = tracers[i];
             // diag's rows run with the kernel's per-program statistics on.
-            let _stats = matches!(t, Tracer::Diag | Tracer::Empty)
-                .then(crate::progstats::StatsOn::new);
+            let _stats =
+                matches!(t, Tracer::Diag | Tracer::Empty).then(crate::progstats::StatsOn::new);
             let running = start(t, diag, &script)?;
             let r = run_workload(loops, cpu);
             if let Some(r) = running {

@@ -135,10 +135,7 @@ pub fn table(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> Str
         if runs == 0 {
             continue;
         }
-        md.push_str(&format!(
-            "| `{name}` | {} |",
-            runs / rounds.max(1) as u64
-        ));
+        md.push_str(&format!("| `{name}` | {} |", runs / rounds.max(1) as u64));
         for (_, t) in cols {
             match t.ns_per_run(name) {
                 Some(v) => md.push_str(&format!(" {v:.0} |")),
@@ -173,7 +170,10 @@ mod tests {
         e.0.insert("inet_sock_set_state_btf".into(), (700, 10));
         e.0.insert("idle".into(), (0, 0));
         let t = table(&[("diag tail", &a), ("empty", &e)], 2, Some("empty"));
-        assert!(t.contains("| `inet_sock_set_state_btf` | 5 | 300 | 70 | +230 ns |"), "{t}");
+        assert!(
+            t.contains("| `inet_sock_set_state_btf` | 5 | 300 | 70 | +230 ns |"),
+            "{t}"
+        );
         assert!(!t.contains("idle"), "{t}");
     }
 }
