@@ -1,5 +1,6 @@
 //! Who owns a connection: the process that holds it. Pre-fork servers
-//! (a made-up one and a real nginx), accept-then-fork, sockets passed with
+//! (a made-up one and a real nginx), accept-then-fork (a made-up one and
+//! a real PostgreSQL), sockets passed with
 //! SCM_RIGHTS and listeners on the same port in two network namespaces,
 //! checked against `ss -tnp`, /proc/PID/ns/net and /proc/net/snmp.
 
@@ -865,4 +866,244 @@ fn containers_are_told_apart_by_cgroup_netns_and_container_id() {
         assert_eq!(named(pid), 0, "container B's {pid}");
     }
     drop((a, b));
+}
+
+/// Debian's PostgreSQL server binaries (`/usr/lib/postgresql/N/bin`, the
+/// newest), or None.
+fn pg_bin() -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("postgres").exists() && b.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+/// A real PostgreSQL made for a test (initdb in a temporary directory,
+/// TCP on 127.0.0.1 only, run as the `postgres` user), stopped and
+/// removed on drop, even on failure.
+struct Postgres {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Postgres {
+    fn start(bin: &std::path::Path, port: u16) -> Postgres {
+        let dir = std::env::temp_dir().join(format!("diag-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let chown = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown postgres {dir:?}");
+        // setpriv execs (runuser and su fork): the child is the postmaster.
+        let as_postgres = || {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "postgres",
+                "--regid",
+                "postgres",
+                "--init-groups",
+            ]);
+            c
+        };
+        let data = dir.join("data");
+        let init = as_postgres()
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(init.success(), "initdb {data:?}");
+        let child = as_postgres()
+            .arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "shared_buffers=16MB",
+                "-c",
+                "max_connections=20",
+                "-c",
+                "fsync=off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn postgres");
+        let pg = Postgres { child, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let listening = Command::new("ss")
+                .args(["-Htln", &format!("( sport = :{port} )")])
+                .output()
+                .unwrap();
+            if !listening.stdout.is_empty() {
+                return pg;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real accept-then-fork server: the postmaster accepts each connection
+/// and forks a backend that reads and writes it. Each connection is its
+/// backend's from its first read (one `tcp_accepted` event), with no
+/// correction by reconciliation: held connections per pid equal `ss -tnp`,
+/// the backends each open and close one (in `diag conns` after they
+/// exited), the postmaster none; the pids psql's own `pg_backend_pid()`
+/// names are the ones `ss` shows.
+#[test]
+fn postgres_backends_own_their_connections() {
+    let test = "postgres_backends_own_their_connections";
+    if !require_root(test) || !require_tool(test, "psql", "postgresql") {
+        return;
+    }
+    let Some(bin) = pg_bin() else {
+        if in_ci() {
+            panic!("{test}: needs Debian's postgresql (/usr/lib/postgresql/N/bin)");
+        }
+        skipped(test, "needs postgresql (apt-get install postgresql)");
+        return;
+    };
+    let _guard = serial();
+    const K: usize = 4;
+    let port = free_port();
+    let pg = Postgres::start(&bin, port);
+    let postmaster = pg.pid();
+    let mut conns = conns_watch(&[]);
+    let tail = Diag::start(&["tail", "--json", "--port", &port.to_string()]);
+    let clients: Vec<std::process::Child> = (0..K)
+        .map(|_| {
+            Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-U", "postgres", "-d", "postgres", "-At", "-c"])
+                .arg("select pg_backend_pid(), pg_sleep(4)")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("psql")
+        })
+        .collect();
+    // While the queries sleep: K held connections, one per backend.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let ss = loop {
+        let ss = ss_per_pid("established", port);
+        if ss.values().sum::<usize>() == K {
+            break ss;
+        }
+        assert!(std::time::Instant::now() < deadline, "ss: {ss:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !ss.contains_key(&postmaster),
+        "the postmaster holds none: {ss:?}"
+    );
+    assert!(ss.values().all(|&n| n == 1), "{ss:?}");
+    let snap = conns.wait_json(
+        Duration::from_secs(10),
+        "each backend holding its connection",
+        |v| ss.keys().all(|&p| get(v, p, "states", "established") == 1),
+    );
+    assert_eq!(get(&snap, postmaster, "states", "established"), 0);
+    let mut named: Vec<u32> = Vec::new();
+    for c in clients {
+        let out = c.wait_with_output().expect("psql");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        named.push(
+            text.trim()
+                .split('|')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("pg_backend_pid: {text:?}")),
+        );
+    }
+    let mut backends: Vec<u32> = ss.keys().copied().collect();
+    backends.sort_unstable();
+    named.sort_unstable();
+    assert_eq!(named, backends, "pg_backend_pid() against ss -tnp");
+    // Let the backends finish closing.
+    std::thread::sleep(Duration::from_millis(500));
+    let tail_out = tail.stop(libc::SIGINT);
+    let out = conns.stop(libc::SIGINT);
+    drop(pg);
+
+    let evs = tail_events(&tail_out);
+    for &b in &backends {
+        let accepted = evs
+            .iter()
+            .filter(|e| e["event"] == "tcp_accepted" && e["pid"] == b)
+            .count();
+        assert_eq!(accepted, 1, "backend {b}: {evs:?}");
+    }
+    // The server side's close (in the backend's close(), or the client's
+    // FIN arriving first) is the backend's, never the postmaster's.
+    let server_closes: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e["event"] == "tcp_state"
+                && e["sport"] == port
+                && (is_transition(e, "ESTABLISHED", "FIN_WAIT1")
+                    || is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
+        })
+        .collect();
+    assert_eq!(server_closes.len(), K, "{server_closes:?}");
+    for e in &server_closes {
+        assert!(
+            backends.contains(&(e["pid"].as_u64().unwrap() as u32)),
+            "{e}"
+        );
+    }
+    let snap = last_snapshot(&out);
+    assert_eq!(snap["health"]["dropped"], 0);
+    for &b in &backends {
+        assert_eq!(get(&snap, b, "totals", "passive_opens"), 1, "backend {b}");
+        assert_eq!(get(&snap, b, "totals", "closes"), 1, "backend {b}");
+    }
+    assert_eq!(get(&snap, postmaster, "totals", "passive_opens"), 0);
+    assert_eq!(get(&snap, postmaster, "totals", "closes"), 0);
+    assert_eq!(owners_fixed(&snap), 0, "no owner needed a correction");
 }

@@ -127,6 +127,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "a real pre-fork server (master + workers), for the owner tests",
     ),
     ("apache2-utils", "ab, the HTTP load for the nginx test"),
+    (
+        "postgresql",
+        "a real accept-then-fork server (postmaster + backends) and psql, for the owner tests",
+    ),
     ("tmux", "a terminal for the `diag top` screen tests"),
     (
         "prometheus",
