@@ -65,6 +65,9 @@ pub struct RunqReading {
     /// vmstat's r and b, from /proc/stat.
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// Block I/O over the same interval, when the block programs are
+    /// attached.
+    pub block: Option<Box<crate::aggregate::block::BlockFrame>>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory

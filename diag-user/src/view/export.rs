@@ -204,6 +204,16 @@ impl ChromeTrace {
                     "args": {"local": endpoint(d.family, &d.addr, d.port), "remote": endpoint(d.family, &d.raddr, d.rport), "queue": d.queue, "backlog": d.backlog},
                 }));
             }
+            AnyEvent::BlockSlow(b) => {
+                // The request ended now: a slice on the starting thread's track.
+                let dur = b.lat_ns as f64 / 1000.0;
+                let (maj, min) = diag_common::block::dev_parts(b.dev);
+                self.events.push(json!({
+                    "name": format!("slow {} {} B on {maj}:{min}", crate::aggregate::block::op_name(b.op), b.bytes),
+                    "cat": "io", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"dev": format!("{maj}:{min}"), "lat_ns": b.lat_ns, "bytes": b.bytes, "sector": b.sector, "error": b.error},
+                }));
+            }
             AnyEvent::Stall(st) => {
                 // The wait ended now: a slice on the waiting thread's track.
                 let dur = st.wait_ns as f64 / 1000.0;

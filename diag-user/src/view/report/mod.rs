@@ -78,6 +78,9 @@ pub struct Review {
     pub sched: Vec<crate::record::SchedFrame>,
     /// Pressure stall information (PSI) over the recording.
     pub psi: crate::aggregate::pressure::PressureSummary,
+    /// Block I/O per device and process over the recording (format
+    /// version 4), and its slowest requests.
+    pub block: crate::aggregate::block::BlockSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -257,6 +260,7 @@ impl Review {
                             | AnyEvent::TcpDrop(_)
                             | AnyEvent::TcpClose(_)
                             | AnyEvent::ProcExit(_) => {}
+                            AnyEvent::BlockSlow(b) => r.block.slow_event(b),
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);
