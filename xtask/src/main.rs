@@ -120,6 +120,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "nft, a DROP rule for the blackholed-connect test",
     ),
     ("util-linux", "setpriv, for the non-root test"),
+    ("mount", "losetup, for the block I/O test's loop device"),
     ("procps", "ps, for tests"),
     (
         "nginx-light",
