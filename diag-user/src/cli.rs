@@ -598,6 +598,11 @@ pub struct TopArgs {
     /// time): they fire on every context switch and cost the most
     #[arg(long)]
     pub no_sched: bool,
+    /// Leave out the block I/O probes (the IO column, a process's I/O in
+    /// its details; tp_btf block_io_start, block_rq_merge,
+    /// block_rq_complete: they run on every block request)
+    #[arg(long)]
+    pub no_io: bool,
     #[command(flatten)]
     pub view: TopView,
     #[command(flatten)]
@@ -1043,7 +1048,14 @@ pid, comm and cgroup; diag_tcp_ephemeral_ports_usage_ratio{local,remote}; \
 diag_oom_kills_total{cgroup,constraint}; per cgroup, the run-queue latency \
 histogram diag_runq_latency_seconds and diag_runq_wait_seconds_total, \
 diag_blocked_seconds_total, diag_cpu_seconds_total, diag_stalls_total (unless \
---no-sched); pressure stall information (PSI) in seconds, \
+--no-sched); block I/O (unless --no-io) per cgroup, \
+diag_block_requests_total{cgroup,op}, diag_block_bytes_total{cgroup,op}, \
+diag_block_io_seconds_total{cgroup}, and per device (iostat: rates of these \
+give r/s w/s rkB/s wkB/s, await, aqu-sz and %util), \
+diag_block_device_requests_total{device,op}, diag_block_device_bytes_total, \
+diag_block_device_io_seconds_total, diag_block_device_busy_seconds_total, \
+diag_block_device_errors_total, diag_block_device_inflight, \
+diag_block_device_latency_seconds, diag_block_lost_total{what}; pressure stall information (PSI) in seconds, \
 diag_pressure_stall_seconds_total{resource,kind} for the host and \
 diag_cgroup_pressure_stall_seconds_total{cgroup,resource,kind} for the 50 \
 cgroups v2 that stalled most; and diag's own health: \
@@ -1111,6 +1123,12 @@ pub struct ServeArgs {
     /// time per cgroup): they fire on every context switch and cost the most
     #[arg(long)]
     pub no_sched: bool,
+
+    /// Leave out the block I/O probes (tp_btf block_io_start,
+    /// block_rq_merge, block_rq_complete: they run on every block request)
+    /// and their families
+    #[arg(long)]
+    pub no_io: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,

@@ -49,6 +49,8 @@ pub enum Record {
     Sched(super::SchedFrame),
     /// Pressure stall information over one interval (version 3).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Block I/O over one interval (version 4).
+    Block(Box<crate::aggregate::block::BlockFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -502,6 +504,19 @@ impl Reader {
                     Err(d) => Record::Damage(d),
                 }
             }
+            FrameKind::Block => match json::<crate::aggregate::block::BlockFrame>(&f, "block I/O") {
+                Ok(b) => match b.check() {
+                    Err(why) => Record::Damage(format!(
+                        "block I/O frame at byte {} is damaged ({why}): skipped",
+                        f.offset
+                    )),
+                    Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
+                        None => Record::Block(Box::new(b)),
+                        Some(d) => Record::Damage(d),
+                    },
+                },
+                Err(d) => Record::Damage(d),
+            },
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)

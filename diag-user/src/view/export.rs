@@ -76,6 +76,12 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Block(b) => {
+            let mut v = crate::view::runq::block_json(b);
+            v["event"] = "block".into();
+            v["time"] = time(clock, b.ts_ns).into();
+            vec![v.to_string()]
+        }
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],

@@ -338,6 +338,16 @@ impl Review {
                         r.psi.add(&p);
                     }
                 }
+                Record::Block(b) => {
+                    if past(b.ts_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(b.ts_ns);
+                        r.block.eat(&b);
+                    }
+                }
                 Record::Procs(_) | Record::End(_) => {}
                 Record::Damage(d) => r.damage.push(d),
             }
@@ -491,6 +501,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::End(e) => Some(e.ts_ns),
         Record::Sched(s) => Some(s.ts_ns),
         Record::Pressure(p) => Some(p.ts_ns),
+        Record::Block(b) => Some(b.ts_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }
