@@ -50,6 +50,12 @@ pub fn is_kthread(pid: u32) -> Option<bool> {
     Some(ppid == 2)
 }
 
+impl std::fmt::Debug for BlockFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockFeed")
+    }
+}
+
 impl BlockFeed {
     /// Take the block maps out of `ebpf` (loaded with them attached).
     pub fn new(ebpf: &mut Ebpf, start_ns: u64) -> Result<BlockFeed, LoadError> {
