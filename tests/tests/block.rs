@@ -382,3 +382,193 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         READS * SIZE
     );
 }
+
+/// A quiet loop device: wait until its counters stop moving.
+fn quiet(lo: &LoopDev) {
+    let mut before = lo.stat();
+    let t = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = lo.stat();
+        if now[..8] == before[..8] {
+            return;
+        }
+        before = now;
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} stays busy",
+            lo.name
+        );
+    }
+}
+
+/// Slow-I/O events (every request, with a 1 ns threshold), a recording
+/// with its block frames read back by export and report, and serve's
+/// counters: each has exactly the child's requests.
+#[test]
+fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
+    let test = "slow_io_events_recordings_and_metrics_count_the_same_requests";
+    if !require_root(test) || !require_tool(test, "losetup", "mount") {
+        return;
+    }
+    let _guard = serial();
+    let lo = LoopDev::create("blk2", 16 << 20);
+    quiet(&lo);
+    let dir = TempDir::new("blk2-rec");
+    let rec = dir.path("io.diag");
+    let port = diag_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut io = Io::start(&lo.dev);
+    let mut tail = Diag::start(&["tail", "--events", "io", "--io-threshold", "1ns", "--json"]);
+    let record = Diag::start(&["record", "--events", "io", "-o", rec.to_str().unwrap()]);
+    let serve = Diag::start(&["serve", "--listen", &addr, "--no-sched"]);
+    let (io_ns, runq_ns, _, _, _) = io.run();
+    let pid = io.pid;
+    // Every completion is in the next second's readings.
+    std::thread::sleep(Duration::from_millis(2500));
+    // A new scraper sees each counter series at 0 once (serve's births),
+    // then its value.
+    let _ = diag_tests::scrape_metrics(port);
+    let metrics = diag_tests::scrape_metrics(port);
+    drop(serve);
+    let rec_out = record.stop(libc::SIGINT);
+    assert!(rec_out.status.success(), "{:?}", rec_out.stderr);
+    let tail_out = {
+        // The events of the child's requests, then stop.
+        let mut n = 0;
+        while n < READS + WRITES {
+            let l = tail.wait_line(Duration::from_secs(10), "slow-I/O events", |l| {
+                l.contains("\"slow_io\"") && l.contains(&format!("\"pid\":{pid},"))
+            });
+            let _ = l;
+            n += 1;
+        }
+        tail.stop(libc::SIGINT)
+    };
+
+    // tail --events io: one event per request of the child.
+    let events: Vec<Value> = tail_out
+        .json()
+        .into_iter()
+        .filter(|v| v["event"] == "slow_io" && v["pid"] == pid)
+        .collect();
+    let on_loop: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["dev"] == lo.majmin.as_str())
+        .collect();
+    assert_eq!(
+        on_loop.len() as u64,
+        READS + WRITES,
+        "slow-I/O events of pid {pid}"
+    );
+    assert_eq!(
+        on_loop.iter().filter(|v| v["op"] == "read").count() as u64,
+        READS
+    );
+    assert!(
+        on_loop.iter().all(|v| u(v, "bytes") == SIZE),
+        "each {SIZE} bytes"
+    );
+    let lat: u64 = on_loop.iter().map(|v| u(v, "lat_ns")).sum();
+    assert!(
+        lat <= io_ns - runq_ns,
+        "events' latency {lat} ns > the calls' {} ns",
+        io_ns - runq_ns
+    );
+
+    // The recording: block frames, exported, sum to the child's requests.
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["export", "--format", "jsonl"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    let frames: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "block")
+        .map(|v| serde_json::json!({ "block": v }))
+        .collect();
+    assert!(!frames.is_empty(), "no block frames in the recording");
+    let mine = |r: &Value| r["pid"] == pid && r["dev"] == lo.majmin.as_str();
+    assert_eq!(
+        sum(&frames, "procs", mine, "reads"),
+        READS,
+        "recorded reads"
+    );
+    assert_eq!(
+        sum(&frames, "procs", mine, "writes"),
+        WRITES,
+        "recorded writes"
+    );
+    assert_eq!(
+        sum(&frames, "procs", mine, "read_bytes"),
+        READS * SIZE,
+        "recorded bytes read"
+    );
+    // Slow-I/O events in the recording are those over the default 10 ms.
+    let slow: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "slow_io")
+        .collect();
+    assert!(
+        slow.iter().all(|v| u(v, "lat_ns") >= 10_000_000),
+        "a recorded slow request under 10 ms: {slow:?}"
+    );
+    // The report: the loop device in the USE block.
+    let rep = Command::new(diag_tests::diag_bin())
+        .arg("report")
+        .arg(&rec)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rep.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&lo.name) && l.contains("utilization"))
+        .unwrap_or_else(|| panic!("no {} line in the report:\n{text}", lo.name));
+    assert!(
+        line.contains("queue depth") && line.contains("errors 0"),
+        "{line}"
+    );
+    let counts = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&lo.name))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        counts.contains(&format!("{READS} reads")) && counts.contains(&format!("{WRITES} writes")),
+        "{counts}"
+    );
+
+    // serve: the device's counters.
+    let metric = |name: &str, labels: &str| -> Option<u64> {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}{{{labels}}} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        })
+    };
+    let dev = format!("device=\"{}\"", lo.name);
+    assert_eq!(
+        metric(
+            "diag_block_device_requests_total",
+            &format!("{dev},op=\"read\"")
+        ),
+        Some(READS),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            "diag_block_device_requests_total",
+            &format!("{dev},op=\"write\"")
+        ),
+        Some(WRITES)
+    );
+    assert_eq!(
+        metric(
+            "diag_block_device_bytes_total",
+            &format!("{dev},op=\"write\"")
+        ),
+        Some(WRITES * SIZE)
+    );
+}

@@ -504,19 +504,21 @@ impl Reader {
                     Err(d) => Record::Damage(d),
                 }
             }
-            FrameKind::Block => match json::<crate::aggregate::block::BlockFrame>(&f, "block I/O") {
-                Ok(b) => match b.check() {
-                    Err(why) => Record::Damage(format!(
-                        "block I/O frame at byte {} is damaged ({why}): skipped",
-                        f.offset
-                    )),
-                    Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
-                        None => Record::Block(Box::new(b)),
-                        Some(d) => Record::Damage(d),
+            FrameKind::Block => {
+                match json::<crate::aggregate::block::BlockFrame>(&f, "block I/O") {
+                    Ok(b) => match b.check() {
+                        Err(why) => Record::Damage(format!(
+                            "block I/O frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
+                            None => Record::Block(Box::new(b)),
+                            Some(d) => Record::Damage(d),
+                        },
                     },
-                },
-                Err(d) => Record::Damage(d),
-            },
+                    Err(d) => Record::Damage(d),
+                }
+            }
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)

@@ -274,7 +274,10 @@ impl Writer {
     }
 
     /// Block I/O over one interval.
-    pub fn block(&mut self, frame: &crate::aggregate::block::BlockFrame) -> Result<(), RecordError> {
+    pub fn block(
+        &mut self,
+        frame: &crate::aggregate::block::BlockFrame,
+    ) -> Result<(), RecordError> {
         self.flush()?;
         let payload = serde_json::to_vec(frame).expect("serializes");
         self.write_frame(FrameKind::Block, &payload)

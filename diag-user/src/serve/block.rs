@@ -40,7 +40,10 @@ impl BlockMetrics {
     /// a process.
     pub fn eat(&mut self, f: &BlockFrame, mut cgroup_of: impl FnMut(u32) -> String) {
         for p in &f.procs {
-            self.by_cgroup.entry(cgroup_of(p.pid)).or_default().add(&p.io);
+            self.by_cgroup
+                .entry(cgroup_of(p.pid))
+                .or_default()
+                .add(&p.io);
         }
         if !f.other.is_zero() {
             self.by_cgroup
@@ -254,7 +257,10 @@ mod tests {
             text.contains("diag_block_device_busy_seconds_total{device=\"loop3\"} 0.004"),
             "{text}"
         );
-        assert!(text.contains("diag_block_device_inflight{device=\"loop3\"} 1"), "{text}");
+        assert!(
+            text.contains("diag_block_device_inflight{device=\"loop3\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("diag_block_device_latency_seconds_count{device=\"loop3\"} 6"));
         m.off = true;
         let mut reg = Registry::default();

@@ -4,11 +4,11 @@
 //! snapshots; one module per family: [`tcp`], [`oom`], [`own`]). Here are
 //! the sink ([`ExporterSink`]) and the HTTP routes over its state.
 
+pub mod block;
 pub mod exporter;
 pub mod families;
 pub mod oom;
 pub mod own;
-pub mod block;
 pub mod pressure;
 pub mod sched;
 pub mod series;

@@ -140,7 +140,10 @@ pub fn render_text(r: &Review, file: &str) -> String {
     }
     if r.block.frames > 0 {
         let errs: u64 = r.block.devices.iter().map(|d| d.io.errors).sum();
-        let _ = writeln!(o, "  Block I/O errors (requests completed with an error): {errs}");
+        let _ = writeln!(
+            o,
+            "  Block I/O errors (requests completed with an error): {errs}"
+        );
         for d in r.block.devices.iter().filter(|d| d.io.errors > 0) {
             let _ = writeln!(o, "    {} ({}): {}", d.name, d.dev, d.io.errors);
         }
@@ -587,7 +590,11 @@ fn block_use(o: &mut String, b: &crate::aggregate::block::BlockSummary, t: &dyn 
         }
     }
     if b.slow_seen > 0 {
-        let _ = writeln!(o, "  Slow requests (over --io-threshold): {}; the slowest:", b.slow_seen);
+        let _ = writeln!(
+            o,
+            "  Slow requests (over --io-threshold): {}; the slowest:",
+            b.slow_seen
+        );
         for e in b.slow.iter().take(5) {
             let (maj, min) = diag_common::block::dev_parts(e.dev);
             let _ = writeln!(

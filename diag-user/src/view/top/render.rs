@@ -125,7 +125,9 @@ pub fn cell(i: usize, r: &Row) -> String {
         11 => s.map_or_else(dash, |s| human_ns(s.runq_p99_ns)),
         12 => s.map_or_else(dash, |s| format!("{:.1}", s.wait_pct)),
         13 => s.map_or_else(dash, |s| human_ns(s.blocked_ns)),
-        14 => r.io_ns.map_or_else(dash, |n| if n == 0 { dash() } else { human_ns(n) }),
+        14 => r
+            .io_ns
+            .map_or_else(dash, |n| if n == 0 { dash() } else { human_ns(n) }),
         _ => r.cgroup.clone().unwrap_or_else(dash),
     }
 }
