@@ -203,7 +203,7 @@ pub fn block_io_start(ctx: BtfTracePointContext) -> u32 {
         done_bytes: 0,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
     };
-    if BLOCK_REQS.insert(rq as u64, &req, 0).is_err() {
+    if BLOCK_REQS.insert(rq as u64, req, 0).is_err() {
         count(counters::REQ_MAP_FULL);
         return 0;
     }
@@ -226,7 +226,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
     let error: u64 = ctx.arg(1);
     let nr_bytes: u64 = ctx.arg(2);
     let key = rq as u64;
-    let Some(r) = BLOCK_REQS.get_ptr_mut(&key) else {
+    let Some(r) = BLOCK_REQS.get_ptr_mut(key) else {
         count(counters::UNKNOWN_DONE);
         return 0;
     };
@@ -242,7 +242,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
         }
         *r
     };
-    let _ = BLOCK_REQS.remove(&key);
+    let _ = BLOCK_REQS.remove(key);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let lat = now.saturating_sub(req.start_ns);
@@ -287,12 +287,12 @@ pub fn block_rq_merge(ctx: BtfTracePointContext) -> u32 {
     // block_rq_merge(struct request *rq): rq is the one merged away.
     let rq: *const u8 = ctx.arg(0);
     let key = rq as u64;
-    let Some(r) = BLOCK_REQS.get_ptr_mut(&key) else {
+    let Some(r) = BLOCK_REQS.get_ptr_mut(key) else {
         return 0;
     };
     // SAFETY: map value pointer, valid while we run.
     let dev = unsafe { (*r).dev };
-    let _ = BLOCK_REQS.remove(&key);
+    let _ = BLOCK_REQS.remove(key);
     count(counters::MERGED);
     if let Some(d) = BLOCK_DEVS.get_ptr_mut(dev) {
         // SAFETY: helper without arguments.

@@ -570,7 +570,7 @@ impl BlockSummary {
     pub fn slow_event(&mut self, e: &diag_common::block::BlockSlowEvent) {
         self.slow_seen += 1;
         self.slow.push(*e);
-        self.slow.sort_by(|a, b| b.lat_ns.cmp(&a.lat_ns));
+        self.slow.sort_by_key(|e| std::cmp::Reverse(e.lat_ns));
         self.slow.truncate(MAX_SLOW);
     }
 
