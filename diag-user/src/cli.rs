@@ -406,7 +406,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub accept_probe: bool,
 
-    /// Attach the TCP and scheduler programs but let them return at once:
+    /// Attach the TCP, scheduler and block programs but let them return at once:
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
     pub empty_programs: bool,

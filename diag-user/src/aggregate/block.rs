@@ -46,6 +46,11 @@ pub struct Reading {
     pub procs: Vec<(BlockProcKey, BlockProcStats)>,
     /// The kernel's `BLOCK_COUNTERS`, summed over CPUs.
     pub counters: [u64; counters::LEN as usize],
+    /// Requests in flight per device, counted in the map of requests
+    /// (the device counters' in-flight count is only trusted up to it).
+    pub inflight: HashMap<u32, u64>,
+    /// Requests removed from that map as stale, since start.
+    pub stale: u64,
 }
 
 /// Completed requests over an interval (or cumulative).
@@ -229,10 +234,13 @@ pub struct BlockLost {
     pub started: u64,
     /// Requests merged into another one before they were issued.
     pub merged: u64,
+    /// Requests in flight for minutes (freed by the kernel without a
+    /// completion diag saw), removed.
+    pub stale: u64,
 }
 
 impl BlockLost {
-    fn from_counters(c: &[u64; counters::LEN as usize]) -> Self {
+    pub fn from_counters(c: &[u64; counters::LEN as usize]) -> Self {
         BlockLost {
             req_map_full: c[counters::REQ_MAP_FULL as usize],
             proc_map_full: c[counters::PROC_MAP_FULL as usize],
@@ -242,6 +250,7 @@ impl BlockLost {
             slow_events: c[counters::SLOW_EVENTS as usize],
             started: c[counters::STARTED as usize],
             merged: c[counters::MERGED as usize],
+            stale: 0,
         }
     }
 
@@ -338,10 +347,10 @@ pub struct Names {
 }
 
 /// Device counters as of a moment: the busy time of requests still in
-/// flight is counted up to then.
-fn dev_now(d: &BlockDevStats, now_ns: u64) -> (IoFigures, u64, Log2Hist) {
+/// flight (`inflight` of them) is counted up to then.
+fn dev_now(d: &BlockDevStats, inflight: u64, now_ns: u64) -> (IoFigures, u64, Log2Hist) {
     let mut busy = d.busy_ns;
-    if d.inflight != 0 && d.inflight < (1 << 32) && d.stamp_ns != 0 {
+    if inflight != 0 && d.stamp_ns != 0 {
         busy += now_ns.saturating_sub(d.stamp_ns);
     }
     (
@@ -378,7 +387,14 @@ impl BlockAgg {
         let mut devices = Vec::new();
         let mut prev_devs = HashMap::new();
         for (&dev, d) in &r.devs {
-            let now = dev_now(d, ts_ns);
+            // The kernel's count, up to the requests the map holds.
+            let kernel = if d.inflight < (1 << 32) {
+                d.inflight
+            } else {
+                0
+            };
+            let inflight = kernel.min(r.inflight.get(&dev).copied().unwrap_or(0));
+            let now = dev_now(d, inflight, ts_ns);
             let (io, busy, hist) = match self.prev_devs.get(&dev) {
                 Some(p) => (
                     now.0.since(&p.0),
@@ -386,11 +402,6 @@ impl BlockAgg {
                     now.2.since(&p.2),
                 ),
                 None => now,
-            };
-            let inflight = if d.inflight < (1 << 32) {
-                d.inflight
-            } else {
-                0
             };
             if !io.is_zero() || busy != 0 || inflight != 0 {
                 devices.push(DevInterval {
@@ -456,7 +467,10 @@ impl BlockAgg {
             procs_omitted: procs_omitted.len() as u64,
             other,
             devices_omitted,
-            lost: BlockLost::from_counters(&r.counters),
+            lost: BlockLost {
+                stale: r.stale,
+                ..BlockLost::from_counters(&r.counters)
+            },
         }
     }
 
@@ -551,7 +565,9 @@ impl BlockSummary {
             match self
                 .procs
                 .iter_mut()
-                .find(|s| s.pid == p.pid && s.comm == p.comm)
+                // A kernel worker's name says what it works on now
+                // (kworker/u8:0-loop0): the same thread all the same.
+                .find(|s| s.pid == p.pid && (s.comm == p.comm || (s.kthread && p.kthread)))
             {
                 Some(s) => s.io.add(&p.io),
                 None if !full => self.procs.push(ProcSummary {
@@ -614,6 +630,8 @@ mod tests {
             devs: [(dev, d)].into_iter().collect(),
             procs: vec![(BlockProcKey { tgid: 42, dev }, p)],
             counters: [0; counters::LEN as usize],
+            inflight: [(dev, inflight)].into_iter().collect(),
+            stale: 0,
         }
     }
 
@@ -676,6 +694,20 @@ mod tests {
         );
         assert_eq!(f.procs[0].io.reads, 2);
         assert!(f.check().is_ok());
+    }
+
+    /// A device counter that says a request is in flight when the map of
+    /// requests holds none (a request freed without a completion): not
+    /// busy, nothing in flight.
+    #[test]
+    fn in_flight_is_only_what_the_map_holds() {
+        let mut r = reading(10, 1, 1_000_000, 1_500_000_000);
+        r.inflight.clear();
+        let f = BlockAgg::new(1_000_000_000).frame(2_000_000_000, &r, &Names::default());
+        assert_eq!(
+            (f.devices[0].inflight, f.devices[0].busy_ns),
+            (0, 1_000_000)
+        );
     }
 
     #[test]

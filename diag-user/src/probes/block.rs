@@ -7,7 +7,9 @@ use aya::{
     Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
 };
-use diag_common::block::{BlockConfig, BlockDevStats, BlockProcKey, BlockProcStats, counters};
+use diag_common::block::{
+    BlockConfig, BlockDevStats, BlockProcKey, BlockProcStats, BlockReq, counters,
+};
 
 use crate::{
     aggregate::block::Reading as BlockReading,
@@ -89,10 +91,16 @@ pub fn attach(
 
 /// Handles on the block maps, for readers.
 pub struct BlockMaps {
+    reqs: HashMap<MapData, u64, BlockReq>,
     devs: HashMap<MapData, u32, BlockDevStats>,
     procs: HashMap<MapData, BlockProcKey, BlockProcStats>,
     counters: PerCpuArray<MapData, u64>,
+    stale: u64,
 }
+
+/// A request in flight this long is taken for one the kernel freed
+/// without a completion diag saw: removed, counted.
+pub const STALE_NS: u64 = 120_000_000_000;
 
 impl BlockMaps {
     /// Take the maps out of the loaded object.
@@ -103,14 +111,32 @@ impl BlockMaps {
         };
         let load = |e: aya::maps::MapError| LoadError::Load(e.to_string());
         Ok(BlockMaps {
+            reqs: HashMap::try_from(take("BLOCK_REQS")?).map_err(load)?,
             devs: HashMap::try_from(take("BLOCK_DEVS")?).map_err(load)?,
             procs: HashMap::try_from(take("BLOCK_PROCS")?).map_err(load)?,
             counters: PerCpuArray::try_from(take("BLOCK_COUNTERS")?).map_err(load)?,
+            stale: 0,
         })
     }
 
-    /// One reading; entries that vanish while we iterate are skipped.
-    pub fn read(&self) -> BlockReading {
+    /// One reading, as of `now_ns` (boot time); entries that vanish
+    /// while we iterate are skipped. Requests in flight longer than
+    /// [`STALE_NS`] (freed by the kernel without a completion diag saw)
+    /// are removed from the map and counted.
+    pub fn read(&mut self, now_ns: u64) -> BlockReading {
+        let mut inflight: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        let mut stale = Vec::new();
+        for (k, r) in self.reqs.iter().filter_map(Result::ok) {
+            if now_ns.saturating_sub(r.start_ns) > STALE_NS && r.start_ns != 0 {
+                stale.push(k);
+            } else {
+                *inflight.entry(r.dev).or_default() += 1;
+            }
+        }
+        for k in &stale {
+            let _ = self.reqs.remove(k);
+        }
+        self.stale += stale.len() as u64;
         let mut counters = [0u64; counters::LEN as usize];
         for (i, c) in counters.iter_mut().enumerate() {
             *c = self
@@ -123,6 +149,8 @@ impl BlockMaps {
             devs: self.devs.iter().filter_map(Result::ok).collect(),
             procs: self.procs.iter().filter_map(Result::ok).collect(),
             counters,
+            inflight,
+            stale: self.stale,
         }
     }
 

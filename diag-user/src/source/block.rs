@@ -71,7 +71,7 @@ impl BlockFeed {
     /// The interval since the previous read.
     pub fn read(&mut self) -> BlockFrame {
         let ts_ns = boot_ns();
-        let reading = self.maps.read();
+        let reading = self.maps.read(ts_ns);
         // Gone at the previous reading, read once more since (a request
         // in flight at the exit has completed): forget them now.
         let gone = std::mem::take(&mut self.gone);

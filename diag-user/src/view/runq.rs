@@ -168,6 +168,12 @@ pub fn block_text(f: &BlockFrame, pids: &HashSet<u32>, limit: usize) -> String {
         ));
     }
     let l = &f.lost;
+    if l.stale > 0 {
+        out.push_str(&format!(
+            "note: {} requests in flight for over 2 minutes were dropped from diag's map (freed without a completion diag saw)\n",
+            l.stale
+        ));
+    }
     if l.lost() > 0 {
         out.push_str(&format!(
             "WARNING: block I/O not counted since start: {} requests (in-flight map full), {} by process (process map full), {} devices (device map full), {} slow-I/O events (ring buffer full)\n",

@@ -123,6 +123,8 @@ pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+/// Neither TCP nor OOM: stalls, slow I/O, exits.
+pub const EVENT_HEADER: &str = "TIME             PID      COMM             EVENT";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -931,8 +933,10 @@ impl TailSink {
             CLOSE_HEADER
         } else if tcp {
             TEXT_HEADER
-        } else {
+        } else if f.events.contains(&EventClass::Oom) || f.events.is_empty() {
             OOM_HEADER
+        } else {
+            EVENT_HEADER
         };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
         flow_of(r)
