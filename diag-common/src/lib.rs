@@ -6,6 +6,7 @@
 //! are raw `u32`s decoded with [`TryFrom`], never transmuted.
 #![no_std]
 
+pub mod block;
 pub mod oom;
 pub mod proc;
 pub mod sched;
@@ -24,7 +25,7 @@ pub const TASK_COMM_LEN: usize = 16;
 /// What kind of record follows the header in the ring buffer.
 ///
 /// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler,
-/// 30-39 process lifetimes.
+/// 30-39 process lifetimes, 50-59 block I/O.
 /// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub enum EventKind {
     Stall = 20,
     /// [`proc::ProcExitEvent`]: a whole process ended.
     ProcExit = 30,
+    /// [`block::BlockSlowEvent`]: a block request slower than the threshold.
+    BlockSlow = 50,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -70,6 +73,7 @@ impl TryFrom<u32> for EventKind {
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
+            50 => Ok(EventKind::BlockSlow),
             other => Err(other),
         }
     }

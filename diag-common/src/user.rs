@@ -1,5 +1,8 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::block::{
+    BlockConfig, BlockDevStats, BlockProcKey, BlockProcStats, BlockReq, BlockSlowEvent,
+};
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
@@ -29,6 +32,11 @@ unsafe impl aya::Pod for TaskState {}
 unsafe impl aya::Pod for ProcStats {}
 unsafe impl aya::Pod for OnCpu {}
 unsafe impl aya::Pod for ProcConfig {}
+unsafe impl aya::Pod for BlockConfig {}
+unsafe impl aya::Pod for BlockReq {}
+unsafe impl aya::Pod for BlockDevStats {}
+unsafe impl aya::Pod for BlockProcKey {}
+unsafe impl aya::Pod for BlockProcStats {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +51,8 @@ pub enum AnyEvent {
     OomKill(OomKillEvent),
     Stall(StallEvent),
     ProcExit(ProcExitEvent),
+    /// A block request slower than the threshold.
+    BlockSlow(BlockSlowEvent),
 }
 
 impl AnyEvent {
@@ -56,6 +66,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
+            AnyEvent::BlockSlow(e) => as_bytes(e),
         }
     }
 
@@ -68,6 +79,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
+            AnyEvent::BlockSlow(e) => &e.header,
         }
     }
 }
@@ -175,6 +187,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
+        EventKind::BlockSlow => Ok(AnyEvent::BlockSlow(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -364,6 +377,34 @@ mod tests {
                 kind: Some(30),
                 len: 71,
                 need: 72
+            })
+        );
+    }
+
+    #[test]
+    fn block_slow_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::BlockSlow as u32;
+        header.pid = 12;
+        header.tgid = 10;
+        let e = BlockSlowEvent {
+            header,
+            lat_ns: 25_000_000,
+            sector: 2048,
+            bytes: 65536,
+            dev: crate::block::dev_key(7, 3),
+            op: crate::block::op::WRITE,
+            error: 0,
+            _pad: 0,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::BlockSlow(e)));
+        assert_eq!(crate::block::dev_parts(e.dev), (7, 3));
+        assert_eq!(
+            decode(&as_bytes(&e)[..79]),
+            Err(DecodeError::TooShort {
+                kind: Some(50),
+                len: 79,
+                need: 80
             })
         );
     }

@@ -44,6 +44,9 @@ pub enum Msg {
     /// and per cgroup (live: read from the pressure files; replay: the
     /// recorded frame).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Block I/O per device and process over the last interval (live:
+    /// read from the block programs' maps; replay: the recorded frame).
+    Block(Box<crate::aggregate::block::BlockFrame>),
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),
@@ -65,6 +68,9 @@ pub struct RunqReading {
     /// vmstat's r and b, from /proc/stat.
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// Block I/O over the same interval, when the block programs are
+    /// attached.
+    pub block: Option<Box<crate::aggregate::block::BlockFrame>>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory

@@ -229,6 +229,10 @@ pub enum EventClass {
     /// Run-queue waits longer than --stall-threshold, with the task that
     /// held the CPU (scheduler tracepoints)
     Stall,
+    /// Block requests slower than --io-threshold: device, pid, bytes,
+    /// latency (tp_btf block_io_start and block_rq_complete: they run on
+    /// every block request, so they are attached only when asked for)
+    Io,
     /// Processes that ended: pid, name, start time, exit status
     /// (tp_btf sched_process_exit; always traced with tcp and stall, so
     /// a reused pid is never taken for the process that had it)
@@ -250,6 +254,7 @@ impl EventClass {
                     | EventClass::Drop
                     | EventClass::Close
                     | EventClass::Stall
+                    | EventClass::Io
             )
         });
         if per_process && !v.contains(&EventClass::Exit) {
@@ -376,6 +381,11 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub stall_threshold: std::time::Duration,
 
+    /// Block I/O: a request at least this slow, from its start to its
+    /// completion, is a slow-I/O event (tail --events io), e.g. 10ms
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub io_threshold: std::time::Duration,
+
     /// TCP state changes from the classic tracepoint (a record built for
     /// each), not the raw one with `struct sock` offsets from BTF (the
     /// default when the kernel's BTF has them)
@@ -396,7 +406,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub accept_probe: bool,
 
-    /// Attach the TCP and scheduler programs but let them return at once:
+    /// Attach the TCP, scheduler and block programs but let them return at once:
     /// the cost of the attachment alone (for `cargo xtask bench`)
     #[arg(long, hide = true)]
     pub empty_programs: bool,
@@ -414,6 +424,7 @@ impl Default for ProbeArgs {
             btf: "/sys/kernel/btf/vmlinux".into(),
             tracefs: "/sys/kernel/tracing".into(),
             stall_threshold: std::time::Duration::from_millis(10),
+            io_threshold: std::time::Duration::from_millis(10),
             classic_tcp: false,
             empty_programs: false,
             kernel_log: false,
@@ -587,6 +598,11 @@ pub struct TopArgs {
     /// time): they fire on every context switch and cost the most
     #[arg(long)]
     pub no_sched: bool,
+    /// Leave out the block I/O probes (the IO column, a process's I/O in
+    /// its details; tp_btf block_io_start, block_rq_merge,
+    /// block_rq_complete: they run on every block request)
+    #[arg(long)]
+    pub no_io: bool,
     #[command(flatten)]
     pub view: TopView,
     #[command(flatten)]
@@ -927,6 +943,19 @@ to the task that was on the CPU just before the waiter got it. R and B in \
 the header are the host's runnable and blocked task counts (vmstat's r and \
 b, from /proc/stat).
 
+Block I/O (unless --no-io; tp_btf block_io_start and block_rq_complete, \
+attached only by the views that show it: they run on every request): IO is \
+the time the process's block requests took in the interval, from the block \
+layer's start of each request to its completion, summed (its I/O wait). A \
+request is charged to the task that started it (writeback and the loop \
+driver's backing I/O to the kernel threads doing it). Below the table, per \
+device like iostat: r/s w/s rkB/s wkB/s, await (mean start-to-completion \
+time), aqu-sz (average requests in flight: the time requests took over the \
+interval), %util (time with a request in flight), requests in flight at \
+the reading, and errors; and the processes' I/O per device. Bio-based \
+devices (zram, device-mapper, md) have no requests and are not shown; the \
+devices under them are.
+
 Full kernel maps are counted and reported: nothing is lost silently.";
 
 const RUNQ_EXAMPLES: &str = "\
@@ -936,7 +965,8 @@ Examples:
   diag runq --sort caused          the processes that delay others most
   diag runq --hist --pid 1234      run-queue latency histogram of one process
   diag runq --pid 1234 --threads   and a row per thread
-  diag runq --json | jq .          one JSON object per interval";
+  diag runq --json | jq .          one JSON object per interval
+  diag runq --sort io              the processes that wait most for block I/O";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum RunqSort {
@@ -957,6 +987,8 @@ pub enum RunqSort {
     Caused,
     /// Process id
     Pid,
+    /// Block I/O time (IO)
+    Io,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -993,6 +1025,12 @@ pub struct RunqArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Leave out block I/O (the IO column, the device and process I/O
+    /// tables): its programs (tp_btf block_io_start, block_rq_complete)
+    /// run on every block request
+    #[arg(long)]
+    pub no_io: bool,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
@@ -1010,7 +1048,14 @@ pid, comm and cgroup; diag_tcp_ephemeral_ports_usage_ratio{local,remote}; \
 diag_oom_kills_total{cgroup,constraint}; per cgroup, the run-queue latency \
 histogram diag_runq_latency_seconds and diag_runq_wait_seconds_total, \
 diag_blocked_seconds_total, diag_cpu_seconds_total, diag_stalls_total (unless \
---no-sched); pressure stall information (PSI) in seconds, \
+--no-sched); block I/O (unless --no-io) per cgroup, \
+diag_block_requests_total{cgroup,op}, diag_block_bytes_total{cgroup,op}, \
+diag_block_io_seconds_total{cgroup}, and per device (iostat: rates of these \
+give r/s w/s rkB/s wkB/s, await, aqu-sz and %util), \
+diag_block_device_requests_total{device,op}, diag_block_device_bytes_total, \
+diag_block_device_io_seconds_total, diag_block_device_busy_seconds_total, \
+diag_block_device_errors_total, diag_block_device_inflight, \
+diag_block_device_latency_seconds, diag_block_lost_total{what}; pressure stall information (PSI) in seconds, \
 diag_pressure_stall_seconds_total{resource,kind} for the host and \
 diag_cgroup_pressure_stall_seconds_total{cgroup,resource,kind} for the 50 \
 cgroups v2 that stalled most; and diag's own health: \
@@ -1078,6 +1123,12 @@ pub struct ServeArgs {
     /// time per cgroup): they fire on every context switch and cost the most
     #[arg(long)]
     pub no_sched: bool,
+
+    /// Leave out the block I/O probes (tp_btf block_io_start,
+    /// block_rq_merge, block_rq_complete: they run on every block request)
+    /// and their families
+    #[arg(long)]
+    pub no_io: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use aya::{Btf as AyaBtf, Ebpf, EbpfLoader};
 use diag_common::{
     RingConfig,
+    block::BlockConfig,
     oom::{MarkVictimLayout, MemcgLayout},
     proc::ProcConfig,
     sched::SchedConfig,
@@ -40,9 +41,22 @@ pub struct Env {
     /// exits were asked for: aggregates then tell a process from a later
     /// one with the same pid.
     pub proc: Option<ProcConfig>,
+    /// Block I/O offsets (struct request, from BTF) and the slow-request
+    /// threshold, when slow I/O events were asked for or a view reads
+    /// the block maps ([`Env::want_block`]).
+    pub block: Option<BlockConfig>,
 }
 
 impl Env {
+    /// This view reads the block I/O maps (per process and device):
+    /// attach the block programs even without slow-I/O events.
+    pub fn want_block(&mut self, args: &ProbeArgs) -> Result<(), EnvError> {
+        if self.block.is_none() {
+            self.block = Some(probes::block::layout(&args.btf, u64::MAX)?);
+        }
+        Ok(())
+    }
+
     /// This view reads the per-process map of exited threads (and clears
     /// it): have the kernel fill it. Others leave it out, so that it never
     /// fills up with processes nobody reads.
@@ -245,6 +259,12 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
         }),
     });
     lines.push(CheckLine {
+        name: "block I/O",
+        result: probes::block::layout(&args.btf, u64::MAX).map(|_| {
+            "struct request offsets from BTF; tp_btf block_io_start, block_rq_complete".into()
+        }),
+    });
+    lines.push(CheckLine {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
             .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup_new".into()),
@@ -332,8 +352,15 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let block = if events.contains(&EventClass::Io) {
+        let threshold = u64::try_from(args.io_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::block::layout(&args.btf, threshold)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
+        block,
         tracefs,
         tracefs_mount,
         tcp,
@@ -373,6 +400,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     };
     let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let mut proc = env.proc.unwrap_or(ProcConfig::zeroed());
+    let mut block = env.block.unwrap_or(BlockConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -392,6 +420,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         // The programs see no layout and return at once.
         sched.valid = 0;
         proc.valid = 0;
+        block.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -436,6 +465,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
         .override_global("PROC_CONFIG", &proc, true)
+        .override_global("BLOCK_CONFIG", &block, true)
         .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
@@ -449,12 +479,18 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     } else if sched.keep_procs == 0 {
         loader.map_max_entries(probes::sched::PROCS_MAP, 1);
     }
+    if env.block.is_none() {
+        for map in probes::block::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();
     // The kernel's BTF for the tp_btf programs, parsed once for all of them.
     let wants_btf = env.sched.is_some()
+        || env.block.is_some()
         || env.proc.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env
@@ -500,6 +536,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             .as_ref()
             .map_err(|e| LoadError::Load(e.to_string()))?;
         probes::sched::attach(&mut ebpf, btf, &mut attached)?;
+    }
+    if env.block.is_some() {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::block::attach(&mut ebpf, btf, &mut attached)?;
     }
     if wants_btf {
         // Parsing the kernel's BTF took tens of MiB that are free now: give

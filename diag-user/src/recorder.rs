@@ -70,6 +70,7 @@ impl Sink for Recorder {
                 self.writer().sched(&frame)?;
             }
             Msg::Pressure(p) => self.writer().pressure(p)?,
+            Msg::Block(f) => self.writer().block(f)?,
             Msg::Damage(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)

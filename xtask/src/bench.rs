@@ -21,6 +21,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("linux-perf", "perf bench sched pipe, the workload"),
     ("bpftrace", "the peer tracer the bench compares against"),
     ("util-linux", "taskset, to pin the workload to one CPU"),
+    ("mount", "losetup, a loop device for the block I/O workload"),
+    ("coreutils", "dd, the block I/O workload"),
 ];
 
 /// A runqlat-style bpftrace script on the same scheduler tracepoints.

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_block;
 mod bench_tcp;
 mod dist;
 mod progstats;
@@ -91,6 +92,8 @@ enum Part {
     Sched,
     /// TCP probes: loopback churn with and without tracers
     Tcp,
+    /// Block I/O probes: a direct-I/O loop on a loop device with and without diag
+    Block,
     /// User-space pipeline ceiling, real events while recording, memory
     Pipeline,
     /// Launch to probes attached
@@ -121,6 +124,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "nft, a DROP rule for the blackholed-connect test",
     ),
     ("util-linux", "setpriv, for the non-root test"),
+    ("mount", "losetup, for the block I/O test's loop device"),
     ("procps", "ps, for tests"),
     (
         "nginx-light",
@@ -517,6 +521,10 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
         parts.push(("TCP overhead", "tcp_overhead", s));
         let s = bench_tcp::drop_flood(&diag, &loadgen, reps)?;
         parts.push(("Drops under a packet flood", "drop_flood", s));
+    }
+    if wanted(Part::Block) {
+        let s = bench_block::block_overhead(&diag, &dir, reps)?;
+        parts.push(("Block I/O overhead", "block_overhead", s));
     }
     if wanted(Part::Pipeline) {
         let s = bench_tcp::pipeline(&diag, &loadgen, &dir)?;

@@ -75,7 +75,10 @@ impl Filter {
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::TcpDrop(t) => (t.family, t.port, t.rport, t.netns),
             AnyEvent::TcpClose(t) => (t.family, t.sport, t.dport, t.netns),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
+            AnyEvent::OomKill(_)
+            | AnyEvent::Stall(_)
+            | AnyEvent::ProcExit(_)
+            | AnyEvent::BlockSlow(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;
@@ -97,6 +100,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::TcpState(_) => EventClass::Tcp,
         AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::Stall(_) => EventClass::Stall,
+        AnyEvent::BlockSlow(_) => EventClass::Io,
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpDrop(_) => EventClass::Drop,
         AnyEvent::TcpClose(_) => EventClass::Close,

@@ -3,6 +3,7 @@
 //! One module per probe family; views, recordings and the Prometheus
 //! exporter read from here.
 
+pub mod block;
 pub mod close;
 pub mod connect;
 pub mod connfail;

@@ -89,6 +89,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             SchedFeed::new(SchedMaps::take(&mut tracer.ebpf)?),
         ));
     }
+    // With io events (slow requests), block I/O per device and process
+    // too, once a second (the report's USE block); not in the flight
+    // recorder.
+    if env.block.is_some() && args.trigger.is_empty() {
+        feeds.block = Some((
+            crate::source::block::BLOCK_EVERY,
+            crate::source::block::BlockFeed::new(&mut tracer.ebpf, crate::clock::boot_ns())?,
+        ));
+    }
     let live = Live::new(tracer)?;
     super::runtime()?.block_on(async move {
         let source = live::start(live, feeds);

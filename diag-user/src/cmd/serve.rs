@@ -39,6 +39,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|t| t.drop_reasons.clone())
         .unwrap_or_default();
     env.keep_sched_procs();
+    if !args.no_io {
+        env.want_block(&args.probe)?;
+    }
     // Bind and create the recording first: a port in use or a bad path
     // fails before anything is loaded into the kernel.
     let listener =
@@ -68,6 +71,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let block = match env.block {
+        Some(_) => Some((
+            crate::source::block::BLOCK_EVERY,
+            crate::source::block::BlockFeed::new(&mut tracer.ebpf, crate::clock::boot_ns())?,
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     let rt = super::runtime()?;
     let result = rt.block_on(async move {
@@ -80,6 +90,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 crate::source::pressure::PRESSURE_EVERY,
                 crate::source::pressure::PressureFeed::new(),
             )),
+            block,
             oom_context: true,
             ..Feeds::default()
         };
@@ -96,6 +107,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
         if args.no_sched {
             exporter.without_sched();
+        }
+        if args.no_io {
+            exporter.without_block();
         }
         let app = exporter.router();
         let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));

@@ -33,11 +33,20 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         .map(|t| t.drop_reasons.clone())
         .unwrap_or_default();
     env.keep_sched_procs();
+    if !args.no_io {
+        env.want_block(&args.probe)?;
+    }
     let mut tracer = loader::load(&env, &args.probe)?;
     let mut reader = HostReader::new();
     reader.pressure = Some(crate::source::pressure::PressureFeed::new());
     if env.sched.is_some() {
         reader.sched = Some(SchedFeed::new(SchedMaps::take(&mut tracer.ebpf)?));
+    }
+    if env.block.is_some() {
+        reader.block = Some(crate::source::block::BlockFeed::new(
+            &mut tracer.ebpf,
+            boot_ns(),
+        )?);
     }
     let live = Live::new(tracer)?;
     // While top runs, the kernel counts the run time of BPF programs.

@@ -42,7 +42,10 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 ///   run-queue waits each second, when stalls are recorded) and pressure
 ///   frames ([`FrameKind::Pressure`]: PSI once a second). Files of
 ///   versions 1 and 2 read as before.
-pub const VERSION: u16 = 3;
+/// - 4: adds block I/O frames ([`FrameKind::Block`]: per device and per
+///   process, once a second, when block I/O is recorded) and slow-I/O
+///   events (kind 50). Files of versions 1 to 3 read as before.
+pub const VERSION: u16 = 4;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
 pub const FRAME_HEADER_LEN: usize = 16;
@@ -90,6 +93,9 @@ pub enum FrameKind {
     /// information (PSI) of the host and its cgroups over one interval
     /// (version 3: a reader that does not know it skips it, as damage).
     Pressure = 9,
+    /// JSON [`crate::aggregate::block::BlockFrame`]: block I/O per device
+    /// and per process over one interval (version 4).
+    Block = 11,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -105,6 +111,7 @@ impl TryFrom<u8> for FrameKind {
             7 => FrameKind::OomContext,
             8 => FrameKind::Sched,
             9 => FrameKind::Pressure,
+            11 => FrameKind::Block,
             other => return Err(other),
         })
     }

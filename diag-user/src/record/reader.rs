@@ -49,6 +49,8 @@ pub enum Record {
     Sched(super::SchedFrame),
     /// Pressure stall information over one interval (version 3).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Block I/O over one interval (version 4).
+    Block(Box<crate::aggregate::block::BlockFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -502,6 +504,21 @@ impl Reader {
                     Err(d) => Record::Damage(d),
                 }
             }
+            FrameKind::Block => {
+                match json::<crate::aggregate::block::BlockFrame>(&f, "block I/O") {
+                    Ok(b) => match b.check() {
+                        Err(why) => Record::Damage(format!(
+                            "block I/O frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
+                            None => Record::Block(Box::new(b)),
+                            Some(d) => Record::Damage(d),
+                        },
+                    },
+                    Err(d) => Record::Damage(d),
+                }
+            }
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)
@@ -902,6 +919,63 @@ mod tests {
         assert!(dmg[3].contains("pressure"), "{dmg:?}");
     }
 
+    /// Block I/O frames read back as written; hostile ones (busier than
+    /// the interval, histograms of another shape, bad JSON, times far
+    /// off) are damage, and the rest of the file reads.
+    #[test]
+    fn block_frames_and_their_damage() {
+        use crate::aggregate::block::{BlockFrame, DevInterval};
+        let good = BlockFrame {
+            ts_ns: 2 * S,
+            interval_ns: S,
+            devices: vec![DevInterval {
+                dev: "7:0".into(),
+                name: "loop0".into(),
+                busy_ns: S / 2,
+                hist: vec![0; 32],
+                ..DevInterval::default()
+            }],
+            ..BlockFrame::default()
+        };
+        let json = |f: &BlockFrame| serde_json::to_vec(f).unwrap();
+        let mut busy = good.clone();
+        busy.devices[0].busy_ns = 5 * S;
+        let mut hist = good.clone();
+        hist.devices[0].hist = vec![1; 33];
+        let mut late = good.clone();
+        late.ts_ns = 1 << 62;
+        let f = file_of(&[
+            (
+                FrameKind::Header,
+                serde_json::to_vec(&header_at(S)).unwrap(),
+            ),
+            (FrameKind::Block, json(&good)),
+            (FrameKind::Block, json(&busy)),
+            (FrameKind::Block, json(&hist)),
+            (FrameKind::Block, b"{\"ts_ns\": \"soon\"}".to_vec()),
+            (FrameKind::Block, json(&late)),
+            (FrameKind::Events, events_payload(&[ev(3 * S, 1)])),
+        ]);
+        let t = tmp_file("block", &f);
+        let mut r = Reader::open(&t.0).unwrap();
+        let (mut frames, mut dmg, mut evs) = (Vec::new(), Vec::new(), 0);
+        for rec in r.by_ref() {
+            match rec {
+                Record::Block(b) => frames.push(*b),
+                Record::Damage(d) => dmg.push(d),
+                Record::Events(e) => evs += e.len(),
+                _ => {}
+            }
+        }
+        assert_eq!(frames, vec![good]);
+        assert_eq!(evs, 1, "the file reads on after the damage");
+        assert_eq!(dmg.len(), 4, "{dmg:?}");
+        assert!(dmg[0].contains("block I/O frame at byte") && dmg[0].contains("busy"));
+        assert!(dmg[1].contains("histogram of 33 buckets"), "{dmg:?}");
+        assert!(dmg[2].contains("block I/O"), "{dmg:?}");
+        assert!(dmg[3].contains("block I/O"), "{dmg:?}");
+    }
+
     /// One frame of a hostile file, valid checksum, hostile contents.
     fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
         let ts = prop_oneof![
@@ -911,7 +985,7 @@ mod tests {
             0u64..1_000 * S,
             any::<u64>(),
         ];
-        let kind = prop_oneof![1u8..=9, any::<u8>()];
+        let kind = prop_oneof![1u8..=9, Just(FrameKind::Block as u8), any::<u8>()];
         prop_oneof![
             // Events with any times, including impossible ones.
             proptest::collection::vec((ts.clone(), any::<u64>()), 0..50).prop_map(|evs| {
@@ -989,6 +1063,7 @@ mod tests {
                         Record::Table(t) => Some(t.ts_ns),
                         Record::OomContext(c) => Some(c.ts_ns),
                         Record::Pressure(p) => Some(p.ts_ns),
+                        Record::Block(b) => Some(b.ts_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {

@@ -27,6 +27,7 @@ pub struct Exporter {
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
     pub pressure: super::pressure::PressureMetrics,
+    pub block: super::block::BlockMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -40,6 +41,7 @@ impl Exporter {
             oom: OomMetrics::default(),
             sched: SchedMetrics::default(),
             pressure: Default::default(),
+            block: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -75,6 +77,17 @@ impl Exporter {
         }
     }
 
+    /// Take in one block I/O frame.
+    pub fn update_block(
+        &mut self,
+        f: &crate::aggregate::block::BlockFrame,
+        info: &mut impl ProcessInfo,
+    ) {
+        let series = &mut self.tcp.series;
+        self.block
+            .eat(f, |pid| series.cgroup_label(info.cgroup_of(pid)));
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -82,8 +95,14 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 5] =
-            [&self.tcp, &self.oom, &self.sched, &self.pressure, &self.own];
+        let families: [&dyn Families; 6] = [
+            &self.tcp,
+            &self.oom,
+            &self.sched,
+            &self.pressure,
+            &self.block,
+            &self.own,
+        ];
         for f in families {
             f.register(&mut reg);
         }

@@ -4,6 +4,7 @@
 //! snapshots; one module per family: [`tcp`], [`oom`], [`own`]). Here are
 //! the sink ([`ExporterSink`]) and the HTTP routes over its state.
 
+pub mod block;
 pub mod exporter;
 pub mod families;
 pub mod oom;
@@ -141,6 +142,11 @@ impl ExporterSink {
         lock(&self.state).exporter.sched.off = true;
     }
 
+    /// No block I/O probes (--no-io): no block families.
+    pub fn without_block(&mut self) {
+        lock(&self.state).exporter.block.off = true;
+    }
+
     /// The HTTP routes, over this sink's state.
     pub fn router(&self) -> Router {
         Router::new()
@@ -188,6 +194,9 @@ impl Sink for ExporterSink {
                 .exporter
                 .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
             Msg::Pressure(p) => s.exporter.pressure.eat(p),
+            Msg::Block(f) => s
+                .exporter
+                .update_block(f, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

@@ -327,6 +327,8 @@ pub struct Feeds {
     pub sched: Option<(Duration, SchedFeed)>,
     /// The pressure files (PSI) this often.
     pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
+    /// The block programs' maps this often (serve, record).
+    pub block: Option<(Duration, crate::source::block::BlockFeed)>,
     /// Read each OOM kill's context (cgroup paths, top memory users) and
     /// send it after the kill.
     pub oom_context: bool,
@@ -416,6 +418,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             },
         );
     }
+    if let Some((every, feed)) = feeds.block {
+        poll_to_end(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::block::BlockFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Block(Box::new(frame))])
+            },
+        );
+    }
     let enricher = if feeds.oom_context {
         let (e, mut results) = Enricher::start(true);
         let tx = tx.clone();
@@ -486,6 +500,43 @@ fn poll<S: Send + 'static>(
                         }
                     }
                 }
+            }
+        }
+    });
+}
+
+/// [`poll`], and a last read when `cancel` comes: for feeds of
+/// intervals (block I/O), whose last part would be lost otherwise.
+fn poll_to_end<S: Send + 'static>(
+    tx: &mpsc::Sender<Msg>,
+    cancel: &CancellationToken,
+    every: Duration,
+    init: impl FnOnce() -> S + Send + 'static,
+    read: fn(S) -> (S, Vec<Msg>),
+) {
+    let tx = tx.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut state = Some(init());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            let Some(s) = state.take() else { break };
+            let Ok((s, msgs)) = tokio::task::spawn_blocking(move || read(s)).await else {
+                break;
+            };
+            state = Some(s);
+            for msg in msgs {
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            if last {
+                break;
             }
         }
     });

@@ -2,6 +2,7 @@
 //! pollers ([`live`]), and recordings ([`replay`]). A [`Source`] is what a
 //! command hands to [`crate::sink::drive`].
 
+pub mod block;
 pub mod live;
 pub mod pressure;
 pub mod replay;

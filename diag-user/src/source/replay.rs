@@ -168,6 +168,14 @@ fn play(
                     }
                     Msg::Pressure(p)
                 }
+                Record::Block(b) => {
+                    stats.read(b.ts_ns);
+                    if window.to.is_some_and(|to| b.ts_ns > to) {
+                        stats.past_window = true;
+                        continue;
+                    }
+                    Msg::Block(b)
+                }
                 Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(e) => {

@@ -45,13 +45,23 @@ fn exists(pid: u32) -> bool {
 }
 
 /// Read the maps of `tracer` every `every` (the first one interval from
-/// now) onto a new bus; thread names for the processes in `threads_of`.
+/// now) onto a new bus; thread names for the processes in `threads_of`;
+/// block I/O too when `block` (its programs attached).
 pub fn start(
     mut tracer: Tracer,
     every: Duration,
     threads_of: HashSet<u32>,
+    block: bool,
 ) -> Result<Source, LoadError> {
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
+    let mut block = if block {
+        Some(crate::source::block::BlockFeed::new(
+            &mut tracer.ebpf,
+            boot_ns(),
+        )?)
+    } else {
+        None
+    };
     let counters = tracer
         .ebpf
         .take_map("COUNTERS")
@@ -108,6 +118,7 @@ pub fn start(
             let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
             (r.procs_running, r.procs_blocked) = parse_proc_stat(&stat);
             r.reading = reading;
+            r.block = block.as_mut().map(|b| Box::new(b.read()));
             if tx.send(Msg::Runq(Box::new(r))).await.is_err()
                 || tx.send(Msg::Health(counters.health())).await.is_err()
             {

@@ -76,6 +76,12 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Block(b) => {
+            let mut v = crate::view::runq::block_json(b);
+            v["event"] = "block".into();
+            v["time"] = time(clock, b.ts_ns).into();
+            vec![v.to_string()]
+        }
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],
@@ -202,6 +208,16 @@ impl ChromeTrace {
                     },
                     "cat": "tcp", "ph": "i", "s": "t", "ts": ts, "pid": h.tgid, "tid": h.tgid,
                     "args": {"local": endpoint(d.family, &d.addr, d.port), "remote": endpoint(d.family, &d.raddr, d.rport), "queue": d.queue, "backlog": d.backlog},
+                }));
+            }
+            AnyEvent::BlockSlow(b) => {
+                // The request ended now: a slice on the starting thread's track.
+                let dur = b.lat_ns as f64 / 1000.0;
+                let (maj, min) = diag_common::block::dev_parts(b.dev);
+                self.events.push(json!({
+                    "name": format!("slow {} {} B on {maj}:{min}", crate::aggregate::block::op_name(b.op), b.bytes),
+                    "cat": "io", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"dev": format!("{maj}:{min}"), "lat_ns": b.lat_ns, "bytes": b.bytes, "sector": b.sector, "error": b.error},
                 }));
             }
             AnyEvent::Stall(st) => {

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     aggregate::{
+        block::{BlockFrame, ProcIo},
         histogram::Log2Hist,
         sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
@@ -32,6 +33,8 @@ pub fn sort_key(s: RunqSort) -> SortKey {
         RunqSort::Sleep => SortKey::Sleep,
         RunqSort::Caused => SortKey::Caused,
         RunqSort::Pid => SortKey::Pid,
+        // Sorted by the view, which has the I/O figures.
+        RunqSort::Io => SortKey::Wait,
     }
 }
 
@@ -47,6 +50,138 @@ pub struct HostState {
 }
 
 pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS";
+
+/// The IO column, after the run-queue ones (block I/O attached).
+pub const IO_HEADER: &str = "  IO";
+
+/// Per device, like iostat -x.
+pub const DEV_HEADER: &str = "DEVICE       r/s      w/s      rkB/s      wkB/s     r_await   w_await   aqu-sz  %util   INFLIGHT  ERRORS";
+
+/// Processes' I/O per device.
+pub const PROC_IO_HEADER: &str =
+    "PID      COMM             DEVICE       READS    WRITES   READ-KB    WRITE-KB   AWAIT     IO";
+
+fn per_s(n: u64, interval_ns: u64) -> f64 {
+    if interval_ns == 0 {
+        0.0
+    } else {
+        n as f64 * 1e9 / interval_ns as f64
+    }
+}
+
+fn await_ms(ns: u64, n: u64) -> String {
+    if n == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", ns as f64 / n as f64 / 1e6)
+    }
+}
+
+/// The device table's rows.
+pub fn dev_rows(f: &BlockFrame) -> Vec<String> {
+    f.devices
+        .iter()
+        .map(|d| {
+            let iv = f.interval_ns;
+            format!(
+                "{:<10} {:>7.1}  {:>7.1}  {:>9.1}  {:>9.1}   {:<9} {:<9} {:>6.2}  {:>5.1}   {:<9} {}",
+                d.label(),
+                per_s(d.io.reads, iv),
+                per_s(d.io.writes, iv),
+                per_s(d.io.read_bytes, iv) / 1024.0,
+                per_s(d.io.write_bytes, iv) / 1024.0,
+                await_ms(d.io.read_ns, d.io.reads),
+                await_ms(d.io.write_ns, d.io.writes),
+                d.queue_depth(iv),
+                d.util_pct(iv).min(100.0),
+                d.inflight,
+                d.io.errors,
+            )
+        })
+        .collect()
+}
+
+/// The block I/O part of an interval's text: devices, then processes.
+pub fn block_text(f: &BlockFrame, pids: &HashSet<u32>, limit: usize) -> String {
+    let mut out = String::new();
+    if f.devices.is_empty() {
+        out.push_str("\nblock I/O: no requests\n");
+    } else {
+        out.push_str("\nblock I/O per device (await in ms):\n");
+        out.push_str(DEV_HEADER);
+        out.push('\n');
+        for r in dev_rows(f) {
+            out.push_str(&r);
+            out.push('\n');
+        }
+    }
+    let names: HashMap<&str, &str> = f
+        .devices
+        .iter()
+        .map(|d| (d.dev.as_str(), d.label()))
+        .collect();
+    let rows: Vec<&ProcIo> = f
+        .procs
+        .iter()
+        .filter(|p| pids.is_empty() || pids.contains(&p.pid))
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(
+            "\nblock I/O per process (kernel threads in [brackets]: I/O on behalf of others):\n",
+        );
+        out.push_str(PROC_IO_HEADER);
+        out.push('\n');
+        let shown = if limit == 0 {
+            rows.len()
+        } else {
+            limit.min(rows.len())
+        };
+        for p in &rows[..shown] {
+            let comm = if p.kthread {
+                format!("[{}]", p.comm)
+            } else {
+                p.comm.clone()
+            };
+            out.push_str(&format!(
+                "{:<8} {:<16} {:<12} {:<8} {:<8} {:<10} {:<10} {:<9} {}\n",
+                p.pid,
+                comm.chars().take(16).collect::<String>(),
+                names.get(p.dev.as_str()).copied().unwrap_or(p.dev.as_str()),
+                p.io.reads,
+                p.io.writes,
+                p.io.read_bytes / 1024,
+                p.io.write_bytes / 1024,
+                opt_ns(p.io.await_ns()),
+                human_ns(p.io.lat_ns()),
+            ));
+        }
+        if shown < rows.len() {
+            out.push_str(&format!("... {} more\n", rows.len() - shown));
+        }
+    }
+    if f.procs_omitted > 0 {
+        out.push_str(&format!(
+            "{} more processes with I/O summed: {} requests, {} KiB\n",
+            f.procs_omitted,
+            f.other.ios(),
+            f.other.bytes() / 1024
+        ));
+    }
+    let l = &f.lost;
+    if l.stale > 0 {
+        out.push_str(&format!(
+            "note: {} requests in flight for over 2 minutes were dropped from diag's map (freed without a completion diag saw)\n",
+            l.stale
+        ));
+    }
+    if l.lost() > 0 {
+        out.push_str(&format!(
+            "WARNING: block I/O not counted since start: {} requests (in-flight map full), {} by process (process map full), {} devices (device map full), {} slow-I/O events (ring buffer full)\n",
+            l.req_map_full, l.proc_map_full, l.dev_map_full, l.ringbuf_full
+        ));
+    }
+    out
+}
 
 fn row(p: &ProcInterval) -> String {
     format!(
@@ -67,7 +202,8 @@ fn row(p: &ProcInterval) -> String {
 }
 
 /// The text for one interval: a summary line, the table, and, when asked,
-/// the histogram.
+/// the histogram; with block I/O, its column and tables.
+#[allow(clippy::too_many_arguments)]
 pub fn format_text(
     iv: &Interval,
     host: &HostState,
@@ -75,7 +211,21 @@ pub fn format_text(
     limit: usize,
     hist: Option<(&str, &Log2Hist)>,
     threads: &[(u32, ProcInterval)],
+    io: Option<&BlockFrame>,
+    pids: &HashSet<u32>,
 ) -> String {
+    let io_of = io.map(|f| f.by_pid());
+    let io_cell = |pid: u32| -> String {
+        match &io_of {
+            Some(m) => format!(
+                "  {}",
+                m.get(&pid)
+                    .map(|f| human_ns(f.lat_ns()))
+                    .unwrap_or_else(|| "-".into())
+            ),
+            None => String::new(),
+        }
+    };
     let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
     let mut out = format!(
         "{}  interval {}  R {}  B {}  run-queue wait {} in {} waits (p50 {}, p99 {})\n",
@@ -89,6 +239,9 @@ pub fn format_text(
         opt_ns(iv.p99_ns),
     );
     out.push_str(TABLE_HEADER);
+    if io.is_some() {
+        out.push_str(IO_HEADER);
+    }
     out.push('\n');
     let shown = if limit == 0 {
         iv.processes.len()
@@ -97,6 +250,7 @@ pub fn format_text(
     };
     for p in &iv.processes[..shown] {
         out.push_str(&row(p));
+        out.push_str(&io_cell(p.pid));
         out.push('\n');
     }
     if shown < iv.processes.len() {
@@ -118,6 +272,9 @@ pub fn format_text(
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
         out.push_str(&h.render(40));
     }
+    if let Some(f) = io {
+        out.push_str(&block_text(f, pids, limit));
+    }
     out
 }
 
@@ -127,6 +284,7 @@ pub fn format_json(
     clock: &WallClock,
     hist: Option<(&str, &Log2Hist)>,
     threads: &[(u32, ProcInterval)],
+    io: Option<&BlockFrame>,
 ) -> String {
     let mut v = serde_json::json!({
         "time": clock.wall(iv.end_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -147,6 +305,18 @@ pub fn format_json(
             "counts": h.counts.to_vec(),
         });
     }
+    if let Some(f) = io {
+        let by_pid = f.by_pid();
+        if let Some(rows) = v["processes"].as_array_mut() {
+            for r in rows {
+                let pid = r["pid"].as_u64().unwrap_or(0) as u32;
+                r["io"] = serde_json::to_value(by_pid.get(&pid).copied().unwrap_or_default())
+                    .unwrap_or_default();
+                r["io_ns"] = by_pid.get(&pid).map(|f| f.lat_ns()).unwrap_or(0).into();
+            }
+        }
+        v["block"] = block_json(f);
+    }
     if !threads.is_empty() {
         let rows = threads
             .iter()
@@ -160,6 +330,22 @@ pub fn format_json(
         v["threads"] = serde_json::Value::Array(rows);
     }
     v.to_string()
+}
+
+/// A block frame with iostat's derived figures per device.
+pub fn block_json(f: &BlockFrame) -> serde_json::Value {
+    let mut v = serde_json::to_value(f).unwrap_or_default();
+    if let Some(devs) = v["devices"].as_array_mut() {
+        for (j, d) in devs.iter_mut().zip(&f.devices) {
+            let iv = f.interval_ns;
+            j["r_per_s"] = per_s(d.io.reads, iv).into();
+            j["w_per_s"] = per_s(d.io.writes, iv).into();
+            j["await_ns"] = d.io.await_ns().into();
+            j["util_pct"] = d.util_pct(iv).into();
+            j["queue_depth"] = d.queue_depth(iv).into();
+        }
+    }
+    v
 }
 
 /// `diag runq`'s table, one per reading.
@@ -216,6 +402,15 @@ impl RunqSink {
             iv.processes.retain(|p| self.pids.contains(&p.pid));
         }
         sort(&mut iv.processes, self.key);
+        let io = r.block.as_deref();
+        if self.args.sort == RunqSort::Io
+            && let Some(f) = io
+        {
+            let m = f.by_pid();
+            let t = |pid: u32| m.get(&pid).map(|f| f.lat_ns()).unwrap_or(0);
+            iv.processes
+                .sort_by(|a, b| t(b.pid).cmp(&t(a.pid)).then(a.pid.cmp(&b.pid)));
+        }
         let host = HostState {
             procs_running: r.procs_running,
             procs_blocked: r.procs_blocked,
@@ -262,10 +457,19 @@ impl RunqSink {
                 .collect();
         }
         if self.args.json {
-            format_json(&iv, &host, &self.clock, hist, &threads) + "\n"
+            format_json(&iv, &host, &self.clock, hist, &threads, io) + "\n"
         } else {
             let shown: &[(u32, ProcInterval)] = if self.args.threads { &threads } else { &[] };
-            format_text(&iv, &host, &self.clock, self.args.limit, hist, shown) + "\n"
+            format_text(
+                &iv,
+                &host,
+                &self.clock,
+                self.args.limit,
+                hist,
+                shown,
+                io,
+                &self.pids,
+            ) + "\n"
         }
     }
 }
@@ -360,6 +564,8 @@ mod tests {
             20,
             Some(("all processes", &iv.hist)),
             &threads,
+            None,
+            &HashSet::new(),
         );
         assert!(text.contains("threads (TID"), "{text}");
         assert!(text.contains("R 3  B 1"), "{text}");
@@ -371,7 +577,7 @@ mod tests {
         );
         assert!(text.contains("distribution"));
         let v: serde_json::Value =
-            serde_json::from_str(&format_json(&iv, &host, &clock, None, &threads)).unwrap();
+            serde_json::from_str(&format_json(&iv, &host, &clock, None, &threads, None)).unwrap();
         assert_eq!(v["threads"][0]["tid"], 42);
         assert_eq!(v["procs_blocked"], 1);
         assert_eq!(v["processes"][0]["pid"], 42);

@@ -123,6 +123,8 @@ pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+/// Neither TCP nor OOM: stalls, slow I/O, exits.
+pub const EVENT_HEADER: &str = "TIME             PID      COMM             EVENT";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -235,6 +237,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
+        AnyEvent::BlockSlow(b) => block_slow_text(b, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock, names),
         AnyEvent::TcpClose(c) => close_text(c, clock),
@@ -297,6 +300,27 @@ fn exit_text(x: &ProcExitEvent, clock: &WallClock) -> String {
         h.tgid,
         comm_string(&x.comm),
         exit_how(x),
+    )
+}
+
+fn block_slow_text(b: &diag_common::block::BlockSlowEvent, clock: &WallClock) -> String {
+    let h = &b.header;
+    let (maj, min) = diag_common::block::dev_parts(b.dev);
+    format!(
+        "{:<16} {:<8} {:<16} SLOW-IO {} {} B on {maj}:{min} (sector {}) took {}{} (tid {})",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        crate::aggregate::block::op_name(b.op),
+        b.bytes,
+        b.sector,
+        human_ns(b.lat_ns),
+        if b.error != 0 {
+            format!(", error {}", b.error)
+        } else {
+            String::new()
+        },
+        h.pid,
     )
 }
 
@@ -574,6 +598,24 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             v["queue"] = known(d.queue).into();
             v["backlog"] = known(d.backlog).into();
             v
+        }
+        AnyEvent::BlockSlow(b) => {
+            let h = &b.header;
+            let (maj, min) = diag_common::block::dev_parts(b.dev);
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "slow_io",
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "dev": format!("{maj}:{min}"),
+                "op": crate::aggregate::block::op_name(b.op),
+                "bytes": b.bytes,
+                "sector": b.sector,
+                "lat_ns": b.lat_ns,
+                "error": b.error,
+            })
         }
         AnyEvent::Stall(s) => {
             let h = &s.header;
@@ -891,8 +933,10 @@ impl TailSink {
             CLOSE_HEADER
         } else if tcp {
             TEXT_HEADER
-        } else {
+        } else if f.events.contains(&EventClass::Oom) || f.events.is_empty() {
             OOM_HEADER
+        } else {
+            EVENT_HEADER
         };
         let r = writeln!(self.out, "{header}").and_then(|_| self.out.flush());
         flow_of(r)

@@ -78,6 +78,9 @@ pub struct Review {
     pub sched: Vec<crate::record::SchedFrame>,
     /// Pressure stall information (PSI) over the recording.
     pub psi: crate::aggregate::pressure::PressureSummary,
+    /// Block I/O per device and process over the recording (format
+    /// version 4), and its slowest requests.
+    pub block: crate::aggregate::block::BlockSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -257,6 +260,7 @@ impl Review {
                             | AnyEvent::TcpDrop(_)
                             | AnyEvent::TcpClose(_)
                             | AnyEvent::ProcExit(_) => {}
+                            AnyEvent::BlockSlow(b) => r.block.slow_event(b),
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                         }
                         agg.on_event(e);
@@ -332,6 +336,16 @@ impl Review {
                     if counting {
                         r.last_ts = r.last_ts.max(p.ts_ns);
                         r.psi.add(&p);
+                    }
+                }
+                Record::Block(b) => {
+                    if past(b.ts_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(b.ts_ns);
+                        r.block.eat(&b);
                     }
                 }
                 Record::Procs(_) | Record::End(_) => {}
@@ -487,6 +501,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::End(e) => Some(e.ts_ns),
         Record::Sched(s) => Some(s.ts_ns),
         Record::Pressure(p) => Some(p.ts_ns),
+        Record::Block(b) => Some(b.ts_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }

@@ -138,6 +138,16 @@ pub fn render_text(r: &Review, file: &str) -> String {
     if let Some(s) = &r.last {
         kernel_drops_text(&mut o, s);
     }
+    if r.block.frames > 0 {
+        let errs: u64 = r.block.devices.iter().map(|d| d.io.errors).sum();
+        let _ = writeln!(
+            o,
+            "  Block I/O errors (requests completed with an error): {errs}"
+        );
+        for d in r.block.devices.iter().filter(|d| d.io.errors > 0) {
+            let _ = writeln!(o, "    {} ({}): {}", d.name, d.dev, d.io.errors);
+        }
+    }
 
     let _ = writeln!(o, "\n2. SATURATION");
     if r.stalls.is_empty() {
@@ -192,6 +202,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
     }
 
     saturation_psi(&mut o, &r.psi, &t);
+    block_use(&mut o, &r.block, &t);
 
     if let Some(s) = &r.last {
         saturation_tcp(&mut o, s);
@@ -506,6 +517,108 @@ pub fn wrap(text: &str, width: usize) -> String {
 
 /// The PSI block: the host's stall time per resource, the peak avg10s,
 /// the cgroups that stalled most.
+/// Block I/O in the USE order, per device: utilization (%util),
+/// saturation (queue depth, await), errors; then who did the I/O, and
+/// the slowest requests.
+fn block_use(o: &mut String, b: &crate::aggregate::block::BlockSummary, t: &dyn Fn(u64) -> String) {
+    if b.frames == 0 {
+        let _ = writeln!(
+            o,
+            "  No block I/O recorded (record with --events io: diag record --events tcp,drop,oom,io)."
+        );
+        return;
+    }
+    let span = b.span_ns.max(1);
+    let _ = writeln!(
+        o,
+        "  Block I/O over {:.0}s (requests from the block layer's start to their completion), per device:",
+        span as f64 / 1e9
+    );
+    let mut devs: Vec<&crate::aggregate::block::DevSummary> = b.devices.iter().collect();
+    devs.sort_by(|a, b| b.busy_ns.cmp(&a.busy_ns).then(a.dev.cmp(&b.dev)));
+    for d in devs.iter().take(10) {
+        let label = if d.name.is_empty() { &d.dev } else { &d.name };
+        let secs = span as f64 / 1e9;
+        let _ = writeln!(
+            o,
+            "    {label:<10} utilization {:.1} % (peak {:.1} % at {}); saturation: queue depth {:.2} (peak {:.2}, {} in flight at most), await {}; errors {}",
+            d.busy_ns as f64 * 100.0 / span as f64,
+            d.peak_util_pct.min(100.0),
+            t(d.peak_util_ts),
+            d.io.lat_ns() as f64 / span as f64,
+            d.peak_depth,
+            d.max_inflight,
+            d.io.await_ns().map(human_ns).unwrap_or_else(|| "-".into()),
+            d.io.errors
+        );
+        let _ = writeln!(
+            o,
+            "               {} reads ({:.1}/s, {} KiB), {} writes ({:.1}/s, {} KiB), {} discards, {} flushes",
+            d.io.reads,
+            d.io.reads as f64 / secs,
+            d.io.read_bytes / 1024,
+            d.io.writes,
+            d.io.writes as f64 / secs,
+            d.io.write_bytes / 1024,
+            d.io.discards,
+            d.io.flushes
+        );
+    }
+    let procs = b.sorted_procs();
+    if !procs.is_empty() {
+        let _ = writeln!(
+            o,
+            "  Who did the I/O (by bytes; [kernel threads] do writeback and I/O on behalf of others):"
+        );
+        for p in procs.iter().take(5) {
+            let comm = if p.kthread {
+                format!("[{}]", p.comm)
+            } else {
+                p.comm.clone()
+            };
+            let _ = writeln!(
+                o,
+                "    pid {:<7} {:<18} read {} KiB in {}, wrote {} KiB in {}; I/O wait {}",
+                p.pid,
+                comm,
+                p.io.read_bytes / 1024,
+                p.io.reads,
+                p.io.write_bytes / 1024,
+                p.io.writes,
+                human_ns(p.io.lat_ns())
+            );
+        }
+    }
+    if b.slow_seen > 0 {
+        let _ = writeln!(
+            o,
+            "  Slow requests (over --io-threshold): {}; the slowest:",
+            b.slow_seen
+        );
+        for e in b.slow.iter().take(5) {
+            let (maj, min) = diag_common::block::dev_parts(e.dev);
+            let _ = writeln!(
+                o,
+                "    {}  pid {} ({}) {} {} B on {maj}:{min} took {}",
+                t(e.header.ts_ns),
+                e.header.tgid,
+                crate::text::comm(&e.header.comm),
+                crate::aggregate::block::op_name(e.op),
+                e.bytes,
+                human_ns(e.lat_ns)
+            );
+        }
+    }
+    let l = &b.lost;
+    if l.lost() > 0 {
+        let _ = writeln!(
+            o,
+            "  INCOMPLETE block I/O: {} requests not noted (map full), {} not charged to a process, {} devices not tracked, {} slow-I/O events lost",
+            l.req_map_full, l.proc_map_full, l.dev_map_full, l.ringbuf_full
+        );
+    }
+}
+
 fn saturation_psi(
     o: &mut String,
     p: &crate::aggregate::pressure::PressureSummary,

@@ -44,6 +44,8 @@ pub struct Col {
     pub right: bool,
     pub sort: Option<SortKey>,
     pub sched: bool,
+    /// Shown when there is room to spare (block I/O).
+    pub io: bool,
 }
 
 const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>) -> Col {
@@ -53,11 +55,12 @@ const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>
         right,
         sort,
         sched: false,
+        io: false,
     }
 }
 
 /// Every column, in order; CGROUP last (it takes what is left).
-pub const COLUMNS: [Col; 15] = [
+pub const COLUMNS: [Col; 16] = [
     col("PID", 7, false, Some(SortKey::Pid)),
     col("COMM", 13, false, Some(SortKey::Comm)),
     col("CPU%", 5, true, Some(SortKey::Cpu)),
@@ -80,6 +83,10 @@ pub const COLUMNS: [Col; 15] = [
     Col {
         sched: true,
         ..col("BLOCKED", 7, true, Some(SortKey::Blocked))
+    },
+    Col {
+        io: true,
+        ..col("IO", 7, true, None)
     },
     col("CGROUP", 6, false, None),
 ];
@@ -118,6 +125,9 @@ pub fn cell(i: usize, r: &Row) -> String {
         11 => s.map_or_else(dash, |s| human_ns(s.runq_p99_ns)),
         12 => s.map_or_else(dash, |s| format!("{:.1}", s.wait_pct)),
         13 => s.map_or_else(dash, |s| human_ns(s.blocked_ns)),
+        14 => r
+            .io_ns
+            .map_or_else(dash, |n| if n == 0 { dash() } else { human_ns(n) }),
         _ => r.cgroup.clone().unwrap_or_else(dash),
     }
 }
@@ -126,7 +136,9 @@ pub fn cell(i: usize, r: &Row) -> String {
 /// always; then the scheduler columns when they fit (first when some row
 /// has scheduler numbers); CGROUP with what is left.
 pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
-    let base: Vec<usize> = (0..CGROUP).filter(|&i| !COLUMNS[i].sched).collect();
+    let base: Vec<usize> = (0..CGROUP)
+        .filter(|&i| !COLUMNS[i].sched && !COLUMNS[i].io)
+        .collect();
     let used = |cols: &[usize]| -> u16 { cols.iter().map(|&i| COLUMNS[i].width + 1).sum() };
     let mut cols = base;
     let sched: Vec<usize> = (0..CGROUP).filter(|&i| COLUMNS[i].sched).collect();
@@ -135,6 +147,12 @@ pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
     let room = width.saturating_sub(used(&cols));
     if room >= sched_w + if any_sched { 0 } else { cg_min } {
         cols.extend(&sched);
+    }
+    // Block I/O only with room to spare: CGROUP keeps its width.
+    for i in (0..CGROUP).filter(|&i| COLUMNS[i].io) {
+        if width.saturating_sub(used(&cols)) >= COLUMNS[i].width + 1 + cg_min {
+            cols.push(i);
+        }
     }
     if width.saturating_sub(used(&cols)) >= COLUMNS[CGROUP].width {
         cols.push(CGROUP);
@@ -569,6 +587,25 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     .map_or("-".into(), |s| format!("{:.1}%", s.wait_pct)),
                 r.sched.map_or("-".into(), |s| human_ns(s.blocked_ns)),
             ));
+            if st.block.is_some() {
+                v.push(match st.io.get(&r.pid) {
+                    Some(io) => format!(
+                        "Block I/O in the interval: {} reads ({}), {} writes ({}), I/O wait {} (await {}){}",
+                        io.reads,
+                        crate::view::fmt::human_bytes(io.read_bytes),
+                        io.writes,
+                        crate::view::fmt::human_bytes(io.write_bytes),
+                        human_ns(io.lat_ns()),
+                        io.await_ns().map(human_ns).unwrap_or_else(|| "-".into()),
+                        if io.errors > 0 {
+                            format!(", {} errors", io.errors)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None => "Block I/O in the interval: none".into(),
+                });
+            }
             if let (Some(frame), Some(cg)) = (&st.pressure, r.cgroup.as_deref()) {
                 match frame.cgroup(cg) {
                     Some(p) => v.push(pressure_detail(cg, p)),

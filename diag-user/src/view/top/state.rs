@@ -121,6 +121,9 @@ pub struct Row {
     pub tcp: Option<TcpCols>,
     pub oom_kills: u64,
     pub sched: Option<SchedCols>,
+    /// Block I/O wait (its requests' start-to-completion time, summed)
+    /// over the last interval, ns, when the block probes are attached.
+    pub io_ns: Option<u64>,
 }
 
 /// Whole-host numbers over the last interval.
@@ -412,6 +415,10 @@ pub struct TopState {
     /// Pressure stall information (PSI) of the last interval (live: read
     /// with the host sample; replay: the recorded frames).
     pub pressure: Option<crate::aggregate::pressure::PressureFrame>,
+    /// Block I/O of the last interval (live: read with the host sample),
+    /// and per process.
+    pub block: Option<crate::aggregate::block::BlockFrame>,
+    pub io: HashMap<u32, crate::aggregate::block::IoFigures>,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
     events_since_tick: u64,
@@ -461,6 +468,8 @@ impl TopState {
             pending_oom: Vec::new(),
             host_known: timebase == Timebase::Live,
             pressure: None,
+            block: None,
+            io: HashMap::new(),
             host_prev: None,
             host_now: None,
             events_since_tick: 0,
@@ -669,6 +678,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    io_ns: None,
                 },
             ));
     }
@@ -690,6 +700,10 @@ impl TopState {
         }
         if let Some(p) = s.pressure.take() {
             self.pressure = Some(p);
+        }
+        if let Some(b) = s.block.take() {
+            self.io = b.by_pid();
+            self.block = Some(b);
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -819,6 +833,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    io_ns: None,
                 },
             );
         }
@@ -857,6 +872,7 @@ impl TopState {
                 tcp: None,
                 oom_kills: 0,
                 sched: None,
+                io_ns: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
@@ -900,6 +916,11 @@ impl TopState {
         for (pid, s) in &self.sched {
             if let Some(r) = rows.get_mut(pid) {
                 r.sched = Some(*s);
+            }
+        }
+        if self.block.is_some() {
+            for r in rows.values_mut() {
+                r.io_ns = Some(self.io.get(&r.pid).map_or(0, |f| f.lat_ns()));
             }
         }
         // Processes that are gone leave after a while without activity.

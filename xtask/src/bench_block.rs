@@ -1,0 +1,191 @@
+//! `cargo xtask bench`, the block part: what diag's block I/O probes cost.
+//!
+//! The workload is a direct-I/O loop: `dd` reading 4 KiB blocks with
+//! O_DIRECT from a loop device (made for the bench on a file under
+//! target/bench, the loop driver's direct I/O on, detached at the end),
+//! so every call is one block request, and the request rate is as high
+//! as one process makes it. It runs with no tracer, with the block
+//! programs attached by `diag tail --events io` (a threshold no request
+//! reaches: the per-request work of every view that shows block I/O, no
+//! events), and with the same programs returning at once
+//! (`--empty-programs`: the cost of the attachment alone), interleaved
+//! and repeated; medians are compared.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{bench_tcp::Bg, stats::stats};
+
+/// Blocks of 4 KiB read per run.
+pub const BLOCKS: u64 = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracer {
+    None,
+    Diag,
+    Empty,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::None => "baseline (no tracer)",
+            Tracer::Diag => "diag tail --events io",
+            Tracer::Empty => "empty programs (floor)",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Tracer::None => "baseline",
+            Tracer::Diag => "diag",
+            Tracer::Empty => "empty_programs",
+        }
+    }
+}
+
+/// A loop device on a file, detached on drop.
+struct LoopDev {
+    dev: String,
+    file: PathBuf,
+}
+
+impl LoopDev {
+    fn create(dir: &Path, blocks: u64) -> Result<LoopDev> {
+        let file = dir.join("block-bench.img");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&file)?;
+            let mib = vec![0u8; 1 << 20];
+            for _ in 0..(blocks * 4096).div_ceil(1 << 20) {
+                f.write_all(&mib)?;
+            }
+            f.sync_all()?;
+        }
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&file)
+            .output()
+            .context("cannot run losetup (Debian's mount package)")?;
+        if !out.status.success() {
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(LoopDev {
+            dev: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            file,
+        })
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn start(t: Tracer, diag: &Path) -> Result<Option<Bg>> {
+    let mut c = Command::new(diag);
+    c.args(["tail", "--events", "io", "--io-threshold", "1h"]);
+    match t {
+        Tracer::None => return Ok(None),
+        Tracer::Diag => {}
+        Tracer::Empty => {
+            c.arg("--empty-programs");
+        }
+    }
+    Bg::start(c, "tracing", true).map(Some)
+}
+
+/// Requests per second of one direct-I/O run.
+fn run_workload(dev: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("dd")
+        .arg(format!("if={dev}"))
+        .args(["of=/dev/null", "bs=4096", "iflag=direct"])
+        .arg(format!("count={BLOCKS}"))
+        .output()
+        .context("cannot run dd")?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("dd failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(BLOCKS as f64 / secs.max(1e-9))
+}
+
+/// Block I/O overhead: Markdown and JSON for the report.
+pub fn block_overhead(diag: &Path, dir: &Path, reps: usize) -> Result<crate::bench_tcp::Section> {
+    let lo = LoopDev::create(dir, BLOCKS)?;
+    let tracers = [Tracer::None, Tracer::Diag, Tracer::Empty];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    println!(
+        "xtask: bench: dd of {BLOCKS} direct 4 KiB reads from {}, {reps} rounds of {}",
+        lo.dev,
+        tracers.map(|t| t.name()).join(" / ")
+    );
+    for rep in 0..reps {
+        for k in 0..tracers.len() {
+            let i = (k + rep) % tracers.len();
+            let running = start(tracers[i], diag)?;
+            let r = run_workload(&lo.dev);
+            if let Some(r) = running {
+                r.stop()?;
+            }
+            let v = r?;
+            println!(
+                "xtask:   round {}: {:<24} {v:>10.0} requests/s",
+                rep + 1,
+                tracers[i].name()
+            );
+            results[i].push(v);
+        }
+    }
+    let base = stats(&results[0]).median.max(1.0);
+    let mut md = String::from(
+        "| tracer | requests/s min | median | max | vs baseline | loss |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rows = serde_json::Map::new();
+    let mut medians = Vec::new();
+    for (i, t) in tracers.iter().enumerate() {
+        let s = stats(&results[i]);
+        let ratio = s.median / base;
+        medians.push(s.median);
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {ratio:.3} | {:.1} % |\n",
+            t.name(),
+            s.min,
+            s.median,
+            s.max,
+            (1.0 - ratio) * 100.0
+        ));
+        rows.insert(
+            t.key().into(),
+            serde_json::json!({
+                "requests_per_sec": results[i],
+                "min": s.min, "median": s.median, "max": s.max,
+                "ratio_to_baseline": ratio,
+                "loss_pct": (1.0 - ratio) * 100.0,
+            }),
+        );
+    }
+    // Per request: the time diag adds, from the medians.
+    let per_req_ns = |m: f64| (1e9 / m.max(1.0) - 1e9 / base).max(0.0);
+    md.push_str(&format!(
+        "\nWorkload: `dd if=LOOP of=/dev/null bs=4096 iflag=direct count={BLOCKS}` on a loop device (direct I/O to a file), {reps} interleaved rounds, medians compared. \
+         diag adds about {:.1} µs per request ({:.1} µs with the programs returning at once).\n",
+        per_req_ns(medians[1]) / 1000.0,
+        per_req_ns(medians[2]) / 1000.0,
+    ));
+    let json = serde_json::json!({
+        "workload": format!("dd if=LOOP of=/dev/null bs=4096 iflag=direct count={BLOCKS}"),
+        "rounds": reps,
+        "results": rows,
+        "diag_ns_per_request": per_req_ns(medians[1]),
+        "empty_programs_ns_per_request": per_req_ns(medians[2]),
+    });
+    Ok(crate::bench_tcp::Section { markdown: md, json })
+}
