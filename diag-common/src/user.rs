@@ -1,5 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::memory::{MemCgStats, MemConfig, MemHost, MemStallEvent, MemStats, MemTask, SwapBio};
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
@@ -29,6 +30,12 @@ unsafe impl aya::Pod for TaskState {}
 unsafe impl aya::Pod for ProcStats {}
 unsafe impl aya::Pod for OnCpu {}
 unsafe impl aya::Pod for ProcConfig {}
+unsafe impl aya::Pod for MemConfig {}
+unsafe impl aya::Pod for MemStats {}
+unsafe impl aya::Pod for MemCgStats {}
+unsafe impl aya::Pod for MemHost {}
+unsafe impl aya::Pod for MemTask {}
+unsafe impl aya::Pod for SwapBio {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub enum AnyEvent {
     OomKill(OomKillEvent),
     Stall(StallEvent),
     ProcExit(ProcExitEvent),
+    /// Kind MemStall: a long reclaim or compaction episode.
+    MemStall(MemStallEvent),
 }
 
 impl AnyEvent {
@@ -56,6 +65,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
+            AnyEvent::MemStall(e) => as_bytes(e),
         }
     }
 
@@ -68,6 +78,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
+            AnyEvent::MemStall(e) => &e.header,
         }
     }
 }
@@ -175,6 +186,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
+        EventKind::MemStall => Ok(AnyEvent::MemStall(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -309,6 +321,31 @@ mod tests {
                 need: 112
             })
         );
+    }
+
+    #[test]
+    fn mem_stall_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::MemStall as u32;
+        header.pid = 11;
+        let e = MemStallEvent {
+            header,
+            kind: crate::memory::stall_kind::MEMCG,
+            order: 0,
+            dur_ns: 25_000_000,
+            scanned: 64,
+            reclaimed: 32,
+            throttled_ns: 0,
+            memcg_ino: 77,
+            limit_ino: 77,
+            limit_pages: 4096,
+            usage_pages: 4090,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::MemStall(e)));
+        assert!(matches!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort { kind: Some(40), .. })
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod maps;
+mod memory;
 mod oom;
 mod proc;
 mod sched;

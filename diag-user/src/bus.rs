@@ -65,6 +65,10 @@ pub struct RunqReading {
     /// vmstat's r and b, from /proc/stat.
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// The memory maps and /proc/vmstat, when the memory probes are on.
+    pub memory: Option<crate::aggregate::memory::MemSnapshot>,
+    /// Memory processes gone since the reading before (forget after this).
+    pub memory_gone: Vec<u32>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory
@@ -179,6 +183,12 @@ pub struct Health {
     /// be missing.
     #[serde(default)]
     pub listen_unreadable: u64,
+    /// Memory: processes, cgroups or episodes not tracked (a map full).
+    #[serde(default)]
+    pub mem_map_full: u64,
+    /// Memory: swap-ins whose time was not measured (bio map full).
+    #[serde(default)]
+    pub mem_bio_map_full: u64,
     /// Records received by user space.
     pub received: u64,
     /// Records user space could not decode.
@@ -247,6 +257,18 @@ impl Health {
                 self.listen_unreadable
             ));
         }
+        if self.mem_map_full > 0 {
+            parts.push(format!(
+                "{} memory stall updates lost (memory map full)",
+                self.mem_map_full
+            ));
+        }
+        if self.mem_bio_map_full > 0 {
+            parts.push(format!(
+                "{} swap-ins not timed (bio map full)",
+                self.mem_bio_map_full
+            ));
+        }
         if self.decode_errors > 0 {
             parts.push(format!("{} records not decoded", self.decode_errors));
         }
@@ -297,6 +319,10 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
         .saturating_sub(before.sched_read_errors);
     if r > 0 {
         v.push(format!("{r} task_struct reads failed"));
+    }
+    let m = now.mem_map_full.saturating_sub(before.mem_map_full);
+    if m > 0 {
+        v.push(format!("{m} memory stall updates lost: a memory map is full"));
     }
     v
 }

@@ -40,6 +40,9 @@ pub struct Env {
     /// exits were asked for: aggregates then tell a process from a later
     /// one with the same pid.
     pub proc: Option<ProcConfig>,
+    /// The memory programs' configuration, when memory stalls were asked
+    /// for.
+    pub memory: Option<diag_common::memory::MemConfig>,
 }
 
 impl Env {
@@ -49,6 +52,14 @@ impl Env {
     pub fn keep_sched_procs(&mut self) {
         if let Some(c) = self.sched.as_mut() {
             c.keep_procs = 1;
+        }
+    }
+
+    /// This view shows swap-ins and swap-outs: attach the block-layer
+    /// programs too (they see every bio of the host).
+    pub fn with_swap(&mut self) {
+        if let Some(c) = self.memory.as_mut() {
+            c.swap = 1;
         }
     }
 }
@@ -332,6 +343,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let memory = if events.contains(&EventClass::Memstall) {
+        let threshold = u64::try_from(args.mem_stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::memory::layout(&args.btf, threshold, false)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         tracefs,
@@ -340,6 +357,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         oom,
         sched,
         proc,
+        memory,
     })
 }
 
@@ -373,6 +391,9 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     };
     let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let mut proc = env.proc.unwrap_or(ProcConfig::zeroed());
+    let mut memory = env
+        .memory
+        .unwrap_or(diag_common::memory::MemConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -392,6 +413,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         // The programs see no layout and return at once.
         sched.valid = 0;
         proc.valid = 0;
+        memory.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -436,6 +458,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
         .override_global("PROC_CONFIG", &proc, true)
+        .override_global("MEM_CONFIG", &memory, true)
         .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
@@ -449,12 +472,20 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     } else if sched.keep_procs == 0 {
         loader.map_max_entries(probes::sched::PROCS_MAP, 1);
     }
+    if env.memory.is_none() {
+        for map in probes::memory::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    } else if memory.swap == 0 {
+        loader.map_max_entries("MEM_BIOS", 1);
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
     let mut attached = Vec::new();
     // The kernel's BTF for the tp_btf programs, parsed once for all of them.
     let wants_btf = env.sched.is_some()
+        || env.memory.is_some()
         || env.proc.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env
@@ -500,6 +531,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             .as_ref()
             .map_err(|e| LoadError::Load(e.to_string()))?;
         probes::sched::attach(&mut ebpf, btf, &mut attached)?;
+    }
+    if let Some(m) = &env.memory {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::memory::attach(&mut ebpf, btf, m.swap != 0, &mut attached)?;
     }
     if wants_btf {
         // Parsing the kernel's BTF took tens of MiB that are free now: give

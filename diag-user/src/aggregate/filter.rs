@@ -75,7 +75,10 @@ impl Filter {
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::TcpDrop(t) => (t.family, t.port, t.rport, t.netns),
             AnyEvent::TcpClose(t) => (t.family, t.sport, t.dport, t.netns),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
+            AnyEvent::OomKill(_)
+            | AnyEvent::Stall(_)
+            | AnyEvent::MemStall(_)
+            | AnyEvent::ProcExit(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;
@@ -98,6 +101,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::Stall(_) => EventClass::Stall,
         AnyEvent::ProcExit(_) => EventClass::Exit,
+        AnyEvent::MemStall(_) => EventClass::Memstall,
         AnyEvent::TcpDrop(_) => EventClass::Drop,
         AnyEvent::TcpClose(_) => EventClass::Close,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {

@@ -228,6 +228,10 @@ impl Drainer {
         self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);
         self.health.sched_proc_map_full = self.counter(counters::SCHED_PROC_MAP_FULL);
         self.health.sched_read_errors = self.counter(counters::SCHED_READ_ERROR);
+        self.health.mem_map_full = self.counter(counters::MEM_PROC_MAP_FULL)
+            + self.counter(counters::MEM_CGROUP_MAP_FULL)
+            + self.counter(counters::MEM_TASK_MAP_FULL);
+        self.health.mem_bio_map_full = self.counter(counters::MEM_BIO_MAP_FULL);
         self.health
     }
 

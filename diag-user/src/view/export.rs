@@ -216,6 +216,16 @@ impl ChromeTrace {
                     "args": {"cpu": h.cpu, "wait_ns": st.wait_ns, "villain_pid": st.villain_tgid, "villain_tid": st.villain_pid},
                 }));
             }
+            AnyEvent::MemStall(m) => {
+                // The episode ended now: a slice on the stalled thread's track.
+                let dur = m.dur_ns as f64 / 1000.0;
+                self.events.push(json!({
+                    "name": format!("memory stall: {}", diag_common::memory::stall_kind::name(m.kind)),
+                    "cat": "memstall", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"duration_ns": m.dur_ns, "scanned": m.scanned, "reclaimed": m.reclaimed,
+                        "memcg_ino": m.memcg_ino, "limit_memcg_ino": m.limit_ino},
+                }));
+            }
             AnyEvent::ProcExit(x) => {
                 self.names.entry(h.tgid).or_insert_with(|| comm(&x.comm));
                 self.events.push(json!({
