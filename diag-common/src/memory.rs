@@ -200,7 +200,9 @@ impl MemCounters {
             compact_ns: self.compact_ns.saturating_sub(b.compact_ns),
             throttle_count: self.throttle_count.saturating_sub(b.throttle_count),
             throttle_ns: self.throttle_ns.saturating_sub(b.throttle_ns),
-            throttle_outside_ns: self.throttle_outside_ns.saturating_sub(b.throttle_outside_ns),
+            throttle_outside_ns: self
+                .throttle_outside_ns
+                .saturating_sub(b.throttle_outside_ns),
             max_ns: self.max_ns,
             stalls: self.stalls.saturating_sub(b.stalls),
             scanned: self.scanned.saturating_sub(b.scanned),

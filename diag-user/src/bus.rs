@@ -322,7 +322,9 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
     }
     let m = now.mem_map_full.saturating_sub(before.mem_map_full);
     if m > 0 {
-        v.push(format!("{m} memory stall updates lost: a memory map is full"));
+        v.push(format!(
+            "{m} memory stall updates lost: a memory map is full"
+        ));
     }
     v
 }

@@ -119,7 +119,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "nft, a DROP rule for the blackholed-connect test",
     ),
-    ("util-linux", "setpriv, for the non-root test"),
+    (
+        "util-linux",
+        "setpriv, for the non-root test; mkswap, swapon, swapoff for the zram swap test",
+    ),
     ("procps", "ps, for tests"),
     (
         "nginx-light",

@@ -284,9 +284,7 @@ impl MemAgg {
                 comm,
                 f,
                 stall_pct: pct(f.stall_ns, interval_ns),
-                p99_ns: h
-                    .quantile(0.99)
-                    .map(|v| max_ns.map_or(v, |m| v.min(m))),
+                p99_ns: h.quantile(0.99).map(|v| max_ns.map_or(v, |m| v.min(m))),
                 max_ns,
                 hist: h,
             });
@@ -387,10 +385,7 @@ mod tests {
             "pgscan_anon 5\npgscan_file 10\npgsteal_anon 1\npgsteal_file 2\nallocstall_dma 1\nallocstall_normal 3\npswpin 7\nbogus\n",
         );
         assert_eq!((v.pgscan, v.pgsteal, v.allocstall, v.pswpin), (15, 3, 4, 7));
-        let w = Vmstat {
-            pswpin: 9,
-            ..v
-        };
+        let w = Vmstat { pswpin: 9, ..v };
         assert_eq!(w.since(&v).pswpin, 2);
     }
 
@@ -411,7 +406,10 @@ mod tests {
         let i = agg.update(2_000_000_000, 1_000_000_000, &r, &HashMap::new());
         assert_eq!(i.processes.len(), 1);
         let p = &i.processes[0];
-        assert_eq!((p.pid, p.comm.as_str(), p.f.memcg_count, p.f.stall_ns), (10, "cat", 2, 4_000_000));
+        assert_eq!(
+            (p.pid, p.comm.as_str(), p.f.memcg_count, p.f.stall_ns),
+            (10, "cat", 2, 4_000_000)
+        );
         assert!((p.stall_pct - 0.4).abs() < 1e-9);
         assert_eq!(i.cgroups[0].path, "/x");
         assert!(i.vmstat.is_none());
@@ -424,7 +422,10 @@ mod tests {
         comms.insert(10, "reader".to_string());
         let i = agg.update(3_000_000_000, 0, &r, &comms);
         let p = &i.processes[0];
-        assert_eq!((p.comm.as_str(), p.f.memcg_count, p.f.memcg_ns), ("reader", 1, 8_000_000));
+        assert_eq!(
+            (p.comm.as_str(), p.f.memcg_count, p.f.memcg_ns),
+            ("reader", 1, 8_000_000)
+        );
         assert_eq!(p.f.swapin_pages, 5);
         assert_eq!(p.max_ns, Some(8_000_000));
         assert_eq!(i.vmstat.unwrap().pswpin, 5);

@@ -23,7 +23,12 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let tracer = loader::load(&env, &args.probe)?;
     let start_ns = boot_ns();
     super::runtime()?.block_on(async move {
-        let source = sched::start(tracer, args.interval, args.pid.iter().copied().collect(), memory)?;
+        let source = sched::start(
+            tracer,
+            args.interval,
+            args.pid.iter().copied().collect(),
+            memory,
+        )?;
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
         let mut sink = RunqSink::new(args, WallClock::now(), start_ns, Output::stdout());
         drive(source, &mut [&mut sink], None).await?;

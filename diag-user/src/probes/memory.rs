@@ -46,8 +46,7 @@ pub const SWAP_TRACEPOINTS: &[(&str, &str)] = &[
     ("mem_bio_complete", "block_bio_complete"),
     ("mem_bio_queue", "block_bio_queue"),
 ];
-pub const SWAP_TRACEPOINT_NAMES: &[&str] =
-    &["tp_btf:block_bio_complete", "tp_btf:block_bio_queue"];
+pub const SWAP_TRACEPOINT_NAMES: &[&str] = &["tp_btf:block_bio_complete", "tp_btf:block_bio_queue"];
 
 /// Maps only the memory programs use: shrunk to one entry when they are
 /// not attached.

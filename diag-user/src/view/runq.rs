@@ -300,10 +300,10 @@ impl RunqSink {
             iv.processes.retain(|p| self.pids.contains(&p.pid));
         }
         sort(&mut iv.processes, self.key);
-        let mut miv = r
-            .memory
-            .as_ref()
-            .map(|snap| self.mem_agg.update(now_ns, self.start_ns, snap, &self.comms));
+        let mut miv = r.memory.as_ref().map(|snap| {
+            self.mem_agg
+                .update(now_ns, self.start_ns, snap, &self.comms)
+        });
         self.mem_agg.forget(&r.memory_gone);
         if let Some(m) = miv.as_mut() {
             if !self.pids.is_empty() {

@@ -388,7 +388,11 @@ pub fn mem_stall_text(m: &MemStallEvent, ctx: &MemStallContext, clock: &WallCloc
     )
 }
 
-pub fn mem_stall_json(m: &MemStallEvent, ctx: &MemStallContext, clock: &WallClock) -> serde_json::Value {
+pub fn mem_stall_json(
+    m: &MemStallEvent,
+    ctx: &MemStallContext,
+    clock: &WallClock,
+) -> serde_json::Value {
     let h = &m.header;
     serde_json::json!({
         "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -787,6 +791,8 @@ pub struct Tail {
     /// a replay, which does not know). JSON lines carry the cgroup and
     /// container, and `--cgroup` needs them.
     pub placements: Option<HashMap<u32, Placement>>,
+    /// Live: cgroup paths and top memory users for memory stalls.
+    pub mem_enrich: Option<crate::enrich::memory::MemEnricher>,
 }
 
 impl Tail {
@@ -850,9 +856,24 @@ impl Tail {
                         continue;
                     }
                     self.shown += 1;
-                    let line = match (self.json, &place) {
-                        (true, Some(p)) => format_json_placed(ev, &self.clock, &self.names, p),
-                        (true, None) => format_json(ev, &self.clock, &self.names),
+                    let mem_ctx = match (ev, self.mem_enrich.as_mut()) {
+                        (AnyEvent::MemStall(m), Some(e)) => Some((m, e.context(m))),
+                        _ => None,
+                    };
+                    let line = match (self.json, &place, mem_ctx) {
+                        (true, place, Some((m, ctx))) => {
+                            let mut v = mem_stall_json(m, &ctx, &self.clock);
+                            if let Some(p) = place {
+                                v["cgroup"] = p.cgroup.clone().into();
+                                v["container"] = p.container.clone().into();
+                            }
+                            v.to_string()
+                        }
+                        (false, _, Some((m, ctx))) => mem_stall_text(m, &ctx, &self.clock),
+                        (true, Some(p), None) => {
+                            format_json_placed(ev, &self.clock, &self.names, p)
+                        }
+                        (true, None, None) => format_json(ev, &self.clock, &self.names),
                         _ => format_text(ev, &self.clock, &self.names),
                     };
                     writeln!(out, "{line}")?;
@@ -928,6 +949,7 @@ impl Tail {
             oom: OomStats::default(),
             cgroups: view.cgroup.clone(),
             placements: None,
+            mem_enrich: None,
         }
     }
 
@@ -1504,6 +1526,7 @@ mod tests {
             health: Health::default(),
             cgroups: Vec::new(),
             placements: None,
+            mem_enrich: None,
         };
         let mut out = Vec::new();
         t.handle(
