@@ -55,6 +55,18 @@ pub fn parse_vmstat(text: &str) -> Vmstat {
     v
 }
 
+/// Major faults of a process (`/proc/PID/stat` field 12, majflt: all its
+/// threads, not its children). The comm is in parentheses and may hold
+/// spaces and parentheses: the last `)` ends it.
+pub fn pid_majflt(stat: &str) -> Option<u64> {
+    let close = stat.rfind(')')?;
+    stat.get(close + 1..)?
+        .split_whitespace()
+        .nth(12 - 3)?
+        .parse()
+        .ok()
+}
+
 impl Vmstat {
     pub fn since(&self, b: &Vmstat) -> Vmstat {
         Vmstat {
@@ -152,6 +164,9 @@ pub struct MemProcInterval {
     pub comm: String,
     #[serde(flatten)]
     pub f: MemFigures,
+    /// Major page faults in the interval (from /proc/PID/stat: swap-ins
+    /// and file pages read from disk).
+    pub majflt: u64,
     /// Stall time as a share of the interval, %.
     pub stall_pct: f64,
     /// Episode latency quantiles and maximum (histogram resolution).
@@ -182,6 +197,8 @@ pub struct MemInterval {
     pub cgroups: Vec<MemCgInterval>,
     /// Sum over processes.
     pub total: MemFigures,
+    /// Major faults of all processes read (see `MemProcInterval::majflt`).
+    pub majflt: u64,
     /// Kernel threads (kswapd, kcompactd, kworkers), and pages scanned and
     /// reclaimed outside any process's episode.
     pub background: MemFigures,
@@ -201,6 +218,9 @@ pub struct MemSnapshot {
     pub vmstat: Option<Vmstat>,
     /// Memory cgroup paths by directory inode (those the source found).
     pub paths: HashMap<u64, String>,
+    /// Major faults per process since it started (/proc/PID/stat), for
+    /// the processes of the scheduler's reading.
+    pub majflt: HashMap<u32, u64>,
     /// /proc/vmstat when the probes were attached (first reading only):
     /// the first interval compares with it.
     pub vmstat_start: Option<Vmstat>,
@@ -217,6 +237,7 @@ struct Prev {
 pub struct MemAgg {
     procs: HashMap<u32, Prev>,
     cgroups: HashMap<u64, MemCounters>,
+    majflt: HashMap<u32, u64>,
     host: MemCounters,
     vmstat: Option<Vmstat>,
     prev_ns: Option<u64>,
@@ -254,20 +275,44 @@ impl MemAgg {
         let mut processes = Vec::new();
         let mut hist = Log2Hist::default();
         let mut total = MemFigures::default();
-        for (&pid, s) in &r.procs {
+        let majflt: HashMap<u32, u64> = r
+            .majflt
+            .iter()
+            .map(|(pid, &n)| {
+                // First seen: the baseline (its faults before are not this
+                // interval's; a new process's first interval is missed).
+                let before = self.majflt.get(pid).copied().unwrap_or(n);
+                (*pid, n.saturating_sub(before))
+            })
+            .collect();
+        self.majflt = r.majflt.clone();
+        let empty = MemStats::zeroed();
+        let mem_pids: Vec<u32> = r
+            .procs
+            .keys()
+            .copied()
+            .chain(majflt.iter().filter(|(_, n)| **n > 0).map(|(p, _)| *p))
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        for pid in mem_pids {
+            let s = r.procs.get(&pid).unwrap_or(&empty);
+            let faults = majflt.get(&pid).copied().unwrap_or(0);
             let before = self.procs.get(&pid).cloned().unwrap_or_default();
             let h_now = Log2Hist::from_counts(s.hist);
             let d = s.counters.since(&before.c);
             let h = h_now.since_saturating(&before.hist);
             let f = MemFigures::from(&d);
-            self.procs.insert(
-                pid,
-                Prev {
-                    c: s.counters,
-                    hist: h_now,
-                },
-            );
-            if f.is_zero() {
+            if r.procs.contains_key(&pid) {
+                self.procs.insert(
+                    pid,
+                    Prev {
+                        c: s.counters,
+                        hist: h_now,
+                    },
+                );
+            }
+            if f.is_zero() && faults == 0 {
                 continue;
             }
             self.totals.entry(pid).or_default().add(&f);
@@ -283,6 +328,7 @@ impl MemAgg {
                 pid,
                 comm,
                 f,
+                majflt: faults,
                 stall_pct: pct(f.stall_ns, interval_ns),
                 p99_ns: h.quantile(0.99).map(|v| max_ns.map_or(v, |m| v.min(m))),
                 max_ns,
@@ -330,6 +376,7 @@ impl MemAgg {
             processes,
             cgroups,
             total,
+            majflt: majflt.values().sum(),
             background,
             vmstat,
             p99_ns: hist.quantile(0.99),
@@ -377,6 +424,13 @@ mod tests {
         }
         s.counters.swapin_pages = swapin;
         s
+    }
+
+    #[test]
+    fn majflt_field() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 7 0 5 6 0 0 20 0 1 0 99 0 0";
+        assert_eq!(pid_majflt(stat), Some(7));
+        assert_eq!(pid_majflt("garbage"), None);
     }
 
     #[test]

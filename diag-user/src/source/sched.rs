@@ -142,6 +142,14 @@ pub fn start(
                     }
                 }
                 mem_gone = mr.procs.keys().copied().filter(|&p| !exists(p)).collect();
+                let majflt = r
+                    .comms
+                    .keys()
+                    .filter_map(|&pid| {
+                        let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                        Some((pid, crate::aggregate::memory::pid_majflt(&t)?))
+                    })
+                    .collect();
                 let paths = match cg_index.as_mut() {
                     Some(ix) => mr
                         .cgroups
@@ -156,6 +164,7 @@ pub fn start(
                     host: mr.host,
                     vmstat: vm.as_deref().map(crate::aggregate::memory::parse_vmstat),
                     paths,
+                    majflt,
                     vmstat_start: vmstat_start.take(),
                 });
             }

@@ -49,14 +49,23 @@ pub struct HostState {
     pub procs_blocked: Option<u64>,
 }
 
-pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS  MEM        SWAPIN";
+pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS  MEM        SWAPIN   MAJFLT";
 
 /// The memory columns: stall time (reclaim, compaction, throttling) and
 /// pages swapped in.
 fn mem_cols(m: Option<&MemProcInterval>) -> String {
     match m {
-        Some(m) => format!("{:<10} {}", human_ns(m.f.stall_ns), m.f.swapin_pages),
-        None => format!("{:<10} {}", "-", 0),
+        Some(m) => format!(
+            "{:<10} {:<8} {}",
+            if m.f.stall_ns == 0 {
+                "-".to_string()
+            } else {
+                human_ns(m.f.stall_ns)
+            },
+            m.f.swapin_pages,
+            m.majflt
+        ),
+        None => format!("{:<10} {:<8} {}", "-", 0, 0),
     }
 }
 
@@ -76,7 +85,7 @@ pub fn format_memory(m: &MemInterval) -> String {
     let t = &m.total;
     let b = &m.background;
     let mut out = format!(
-        "memory: stalls {} in {} episodes (direct reclaim {}/{}, memcg reclaim {}/{}, compaction {}/{}; throttled {}x {}), scanned {} reclaimed {} pages; kernel threads: scanned {} reclaimed {}; swap in {} out {} pages",
+        "memory: stalls {} in {} episodes (direct reclaim {}/{}, memcg reclaim {}/{}, compaction {}/{}; throttled {}x {}), scanned {} reclaimed {} pages; kernel threads: scanned {} reclaimed {}; swap in {} out {} pages; major faults {}",
         human_ns(t.stall_ns),
         t.episodes(),
         t.direct_count,
@@ -93,6 +102,7 @@ pub fn format_memory(m: &MemInterval) -> String {
         b.reclaimed,
         t.swapin_pages + b.swapin_pages,
         t.swapout_pages + b.swapout_pages,
+        m.majflt,
     );
     if let Some(v) = &m.vmstat {
         out.push_str(&format!(
