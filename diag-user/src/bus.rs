@@ -44,6 +44,10 @@ pub enum Msg {
     /// and per cgroup (live: read from the pressure files; replay: the
     /// recorded frame).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Memory stalls and swap over the last interval, per process, per
+    /// memory cgroup and host-wide (live: the memory feed; replay: the
+    /// recorded frame).
+    Memory(Box<crate::aggregate::memory::MemInterval>),
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),

@@ -205,8 +205,39 @@ pub struct MemInterval {
     /// /proc/vmstat over the same interval (None on the first reading).
     pub vmstat: Option<Vmstat>,
     pub p99_ns: Option<u64>,
+    /// Processes left out of `processes` (a frame holds the ones stalled
+    /// longest, bounded).
+    #[serde(default)]
+    pub omitted: u64,
     #[serde(skip)]
     pub hist: Log2Hist,
+}
+
+/// Bounds a recorded frame must respect (more is damage).
+pub const MAX_FRAME_ROWS: usize = 100_000;
+
+impl MemInterval {
+    /// Why a frame read from a file cannot be right, if it cannot.
+    pub fn damage(&self) -> Option<String> {
+        if self.processes.len() > MAX_FRAME_ROWS || self.cgroups.len() > MAX_FRAME_ROWS {
+            return Some(format!(
+                "{} processes and {} cgroups, more than {MAX_FRAME_ROWS}",
+                self.processes.len(),
+                self.cgroups.len()
+            ));
+        }
+        if self.interval_ns == 0 || self.end_ns < self.interval_ns {
+            return Some(format!(
+                "interval {} ns ending at {} ns",
+                self.interval_ns, self.end_ns
+            ));
+        }
+        let over = |f: &MemFigures| f.stall_ns > self.interval_ns.saturating_mul(4096);
+        if over(&self.total) || self.processes.iter().any(|p| over(&p.f)) {
+            return Some("a stall time longer than the interval allows".into());
+        }
+        None
+    }
 }
 
 /// One reading: the maps plus /proc/vmstat.
@@ -380,6 +411,7 @@ impl MemAgg {
             background,
             vmstat,
             p99_ns: hist.quantile(0.99),
+            omitted: 0,
             hist,
         }
     }
@@ -404,6 +436,102 @@ impl MemAgg {
     /// Cumulative background figures since the first reading.
     pub fn background_total(&self) -> MemFigures {
         self.bg_total
+    }
+}
+
+/// Most processes and cgroups a [`MemSummary`] keeps apart (the rest
+/// are summed in `others`).
+pub const SUMMARY_MAX: usize = 10_000;
+
+/// Memory frames of a recording, summed (for `report`).
+#[derive(Debug, Clone, Default)]
+pub struct MemSummary {
+    pub frames: u64,
+    pub covered_ns: u64,
+    pub total: MemFigures,
+    pub background: MemFigures,
+    pub vmstat: Vmstat,
+    pub majflt: u64,
+    /// Per process (pid, latest comm).
+    pub procs: HashMap<u32, (String, MemFigures, u64)>,
+    /// Per memory cgroup path.
+    pub cgroups: HashMap<String, MemFigures>,
+    /// Of processes and cgroups beyond the bounds.
+    pub others: MemFigures,
+}
+
+impl MemSummary {
+    pub fn add(&mut self, m: &MemInterval) {
+        self.frames += 1;
+        self.covered_ns += m.interval_ns;
+        self.total.add(&m.total);
+        self.background.add(&m.background);
+        self.majflt += m.majflt;
+        if let Some(v) = &m.vmstat {
+            let s = &mut self.vmstat;
+            s.pgscan += v.pgscan;
+            s.pgsteal += v.pgsteal;
+            s.pgscan_kswapd += v.pgscan_kswapd;
+            s.pgsteal_kswapd += v.pgsteal_kswapd;
+            s.allocstall += v.allocstall;
+            s.compact_stall += v.compact_stall;
+            s.pswpin += v.pswpin;
+            s.pswpout += v.pswpout;
+            s.pgmajfault += v.pgmajfault;
+        }
+        for p in &m.processes {
+            let full = self.procs.len() >= SUMMARY_MAX;
+            match self.procs.get_mut(&p.pid) {
+                Some(e) => {
+                    e.0 = p.comm.clone();
+                    e.1.add(&p.f);
+                    e.2 += p.majflt;
+                }
+                None if full => self.others.add(&p.f),
+                None => {
+                    self.procs.insert(p.pid, (p.comm.clone(), p.f, p.majflt));
+                }
+            }
+        }
+        for c in &m.cgroups {
+            let name = if c.path.is_empty() {
+                format!("ino {}", c.ino)
+            } else {
+                c.path.clone()
+            };
+            let full = self.cgroups.len() >= SUMMARY_MAX;
+            match self.cgroups.get_mut(&name) {
+                Some(e) => e.add(&c.f),
+                None if full => {}
+                None => {
+                    self.cgroups.insert(name, c.f);
+                }
+            }
+        }
+    }
+
+    /// The `n` processes stalled longest (then by swap-ins).
+    pub fn top_procs(&self, n: usize) -> Vec<(u32, &str, &MemFigures, u64)> {
+        let mut v: Vec<_> = self
+            .procs
+            .iter()
+            .map(|(pid, (c, f, mf))| (*pid, c.as_str(), f, *mf))
+            .collect();
+        v.sort_by(|a, b| {
+            (b.2.stall_ns, b.2.swapin_pages, b.3)
+                .cmp(&(a.2.stall_ns, a.2.swapin_pages, a.3))
+                .then(a.0.cmp(&b.0))
+        });
+        v.truncate(n);
+        v
+    }
+
+    /// The `n` memory cgroups stalled longest.
+    pub fn top_cgroups(&self, n: usize) -> Vec<(&str, &MemFigures)> {
+        let mut v: Vec<_> = self.cgroups.iter().map(|(k, f)| (k.as_str(), f)).collect();
+        v.sort_by(|a, b| b.1.stall_ns.cmp(&a.1.stall_ns).then(a.0.cmp(b.0)));
+        v.truncate(n);
+        v
     }
 }
 

@@ -49,6 +49,8 @@ pub enum Record {
     Sched(super::SchedFrame),
     /// Pressure stall information over one interval (version 3).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Memory stalls and swap over one interval (version 4).
+    Memory(Box<crate::aggregate::memory::MemInterval>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -496,6 +498,21 @@ impl Reader {
                         )),
                         None => match self.timed("pressure", f.offset, p.ts_ns, false) {
                             None => Record::Pressure(Box::new(p)),
+                            Some(d) => Record::Damage(d),
+                        },
+                    },
+                    Err(d) => Record::Damage(d),
+                }
+            }
+            FrameKind::Memory => {
+                match json::<crate::aggregate::memory::MemInterval>(&f, "memory") {
+                    Ok(m) => match m.damage() {
+                        Some(why) => Record::Damage(format!(
+                            "memory frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        None => match self.timed("memory", f.offset, m.end_ns, false) {
+                            None => Record::Memory(Box::new(m)),
                             Some(d) => Record::Damage(d),
                         },
                     },
@@ -989,6 +1006,7 @@ mod tests {
                         Record::Table(t) => Some(t.ts_ns),
                         Record::OomContext(c) => Some(c.ts_ns),
                         Record::Pressure(p) => Some(p.ts_ns),
+                        Record::Memory(m) => Some(m.end_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {

@@ -27,6 +27,7 @@ pub struct Exporter {
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
     pub pressure: super::pressure::PressureMetrics,
+    pub memory: super::memory::MemoryMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -40,6 +41,7 @@ impl Exporter {
             oom: OomMetrics::default(),
             sched: SchedMetrics::default(),
             pressure: Default::default(),
+            memory: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -75,6 +77,19 @@ impl Exporter {
         }
     }
 
+    /// Take in the memory frame of one interval.
+    pub fn update_memory(
+        &mut self,
+        m: &crate::aggregate::memory::MemInterval,
+        info: &mut impl ProcessInfo,
+    ) {
+        for p in &m.processes {
+            let cg = self.tcp.series.cgroup_label(info.cgroup_of(p.pid));
+            self.memory.eat(cg, p);
+        }
+        self.memory.eat_frame(m);
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -82,8 +97,14 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 5] =
-            [&self.tcp, &self.oom, &self.sched, &self.pressure, &self.own];
+        let families: [&dyn Families; 6] = [
+            &self.tcp,
+            &self.oom,
+            &self.sched,
+            &self.pressure,
+            &self.memory,
+            &self.own,
+        ];
         for f in families {
             f.register(&mut reg);
         }

@@ -6,6 +6,7 @@
 
 pub mod exporter;
 pub mod families;
+pub mod memory;
 pub mod oom;
 pub mod own;
 pub mod pressure;
@@ -188,6 +189,9 @@ impl Sink for ExporterSink {
                 .exporter
                 .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
             Msg::Pressure(p) => s.exporter.pressure.eat(p),
+            Msg::Memory(m) => s
+                .exporter
+                .update_memory(m, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

@@ -331,6 +331,8 @@ pub struct Feeds {
     pub sched: Option<(Duration, SchedFeed)>,
     /// The pressure files (PSI) this often.
     pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
+    /// The memory programs' maps this often.
+    pub memory: Option<(Duration, crate::source::memory::MemoryFeed)>,
     /// Read each OOM kill's context (cgroup paths, top memory users) and
     /// send it after the kill.
     pub oom_context: bool,
@@ -417,6 +419,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             |mut f: crate::source::pressure::PressureFeed| {
                 let frame = f.read();
                 (f, vec![Msg::Pressure(Box::new(frame))])
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.memory {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::memory::MemoryFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Memory(Box::new(frame))])
             },
         );
     }

@@ -76,6 +76,12 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Memory(m) => {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            v["event"] = "memory".into();
+            v["time"] = time(clock, m.end_ns).into();
+            vec![v.to_string()]
+        }
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],
