@@ -31,6 +31,12 @@ pub struct MemoryFeed {
     comms: HashMap<u32, String>,
 }
 
+impl std::fmt::Debug for MemoryFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryFeed")
+    }
+}
+
 fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

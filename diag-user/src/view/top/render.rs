@@ -44,6 +44,8 @@ pub struct Col {
     pub right: bool,
     pub sort: Option<SortKey>,
     pub sched: bool,
+    /// A memory column: shown after the scheduler ones, when room is left.
+    pub mem: bool,
 }
 
 const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>) -> Col {
@@ -53,11 +55,12 @@ const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>
         right,
         sort,
         sched: false,
+        mem: false,
     }
 }
 
 /// Every column, in order; CGROUP last (it takes what is left).
-pub const COLUMNS: [Col; 15] = [
+pub const COLUMNS: [Col; 17] = [
     col("PID", 7, false, Some(SortKey::Pid)),
     col("COMM", 13, false, Some(SortKey::Comm)),
     col("CPU%", 5, true, Some(SortKey::Cpu)),
@@ -80,6 +83,16 @@ pub const COLUMNS: [Col; 15] = [
     Col {
         sched: true,
         ..col("BLOCKED", 7, true, Some(SortKey::Blocked))
+    },
+    // Memory stalls (reclaim, compaction) and pages swapped in, last
+    // interval: shown with the scheduler columns when they fit.
+    Col {
+        mem: true,
+        ..col("MEM", 7, true, None)
+    },
+    Col {
+        mem: true,
+        ..col("SWPIN", 5, true, None)
     },
     col("CGROUP", 6, false, None),
 ];
@@ -118,6 +131,14 @@ pub fn cell(i: usize, r: &Row) -> String {
         11 => s.map_or_else(dash, |s| human_ns(s.runq_p99_ns)),
         12 => s.map_or_else(dash, |s| format!("{:.1}", s.wait_pct)),
         13 => s.map_or_else(dash, |s| human_ns(s.blocked_ns)),
+        14 => r
+            .mem
+            .filter(|m| m.stall_ns > 0)
+            .map_or_else(dash, |m| human_ns(m.stall_ns)),
+        15 => r
+            .mem
+            .filter(|m| m.swapin_pages > 0)
+            .map_or_else(dash, |m| count(m.swapin_pages)),
         _ => r.cgroup.clone().unwrap_or_else(dash),
     }
 }
@@ -126,7 +147,9 @@ pub fn cell(i: usize, r: &Row) -> String {
 /// always; then the scheduler columns when they fit (first when some row
 /// has scheduler numbers); CGROUP with what is left.
 pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
-    let base: Vec<usize> = (0..CGROUP).filter(|&i| !COLUMNS[i].sched).collect();
+    let base: Vec<usize> = (0..CGROUP)
+        .filter(|&i| !COLUMNS[i].sched && !COLUMNS[i].mem)
+        .collect();
     let used = |cols: &[usize]| -> u16 { cols.iter().map(|&i| COLUMNS[i].width + 1).sum() };
     let mut cols = base;
     let sched: Vec<usize> = (0..CGROUP).filter(|&i| COLUMNS[i].sched).collect();
@@ -135,6 +158,11 @@ pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
     let room = width.saturating_sub(used(&cols));
     if room >= sched_w + if any_sched { 0 } else { cg_min } {
         cols.extend(&sched);
+        let mem: Vec<usize> = (0..CGROUP).filter(|&i| COLUMNS[i].mem).collect();
+        let mem_w: u16 = mem.iter().map(|&i| COLUMNS[i].width + 1).sum();
+        if width.saturating_sub(used(&cols)) >= mem_w + if any_sched { 0 } else { cg_min } {
+            cols.extend(&mem);
+        }
     }
     if width.saturating_sub(used(&cols)) >= COLUMNS[CGROUP].width {
         cols.push(CGROUP);
@@ -569,6 +597,22 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     .map_or("-".into(), |s| format!("{:.1}%", s.wait_pct)),
                 r.sched.map_or("-".into(), |s| human_ns(s.blocked_ns)),
             ));
+            if let Some(m) = r.mem {
+                v.push(format!(
+                    "Memory reclaim / swap (last interval): stalled {} in {} episodes (direct reclaim {}, memcg reclaim {}, compaction {}), scanned {} reclaimed {} pages; swapped in {} pages ({} of I/O), out {}; major faults {}",
+                    human_ns(m.stall_ns),
+                    m.episodes,
+                    human_ns(m.direct_ns),
+                    human_ns(m.memcg_ns),
+                    human_ns(m.compact_ns),
+                    m.scanned,
+                    m.reclaimed,
+                    m.swapin_pages,
+                    human_ns(m.swapin_ns),
+                    m.swapout_pages,
+                    m.majflt
+                ));
+            }
             if let (Some(frame), Some(cg)) = (&st.pressure, r.cgroup.as_deref()) {
                 match frame.cgroup(cg) {
                     Some(p) => v.push(pressure_detail(cg, p)),

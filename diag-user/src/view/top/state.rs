@@ -62,6 +62,42 @@ pub struct SchedCols {
     pub blocked_ns: u64,
 }
 
+/// Memory columns of a row over the last interval, filled from the memory
+/// frame (shown as `-` while `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MemCols {
+    /// Reclaim, compaction and throttling, ns.
+    pub stall_ns: u64,
+    pub episodes: u64,
+    pub direct_ns: u64,
+    pub memcg_ns: u64,
+    pub compact_ns: u64,
+    pub scanned: u64,
+    pub reclaimed: u64,
+    pub swapin_pages: u64,
+    pub swapin_ns: u64,
+    pub swapout_pages: u64,
+    pub majflt: u64,
+}
+
+impl From<&crate::aggregate::memory::MemProcInterval> for MemCols {
+    fn from(p: &crate::aggregate::memory::MemProcInterval) -> Self {
+        MemCols {
+            stall_ns: p.f.stall_ns,
+            episodes: p.f.episodes(),
+            direct_ns: p.f.direct_ns,
+            memcg_ns: p.f.memcg_ns,
+            compact_ns: p.f.compact_ns,
+            scanned: p.f.scanned,
+            reclaimed: p.f.reclaimed,
+            swapin_pages: p.f.swapin_pages,
+            swapin_ns: p.f.swapin_ns,
+            swapout_pages: p.f.swapout_pages,
+            majflt: p.majflt,
+        }
+    }
+}
+
 /// TCP columns of a row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct TcpCols {
@@ -121,6 +157,9 @@ pub struct Row {
     pub tcp: Option<TcpCols>,
     pub oom_kills: u64,
     pub sched: Option<SchedCols>,
+    /// Memory stalls and swap in the last interval.
+    #[serde(default)]
+    pub mem: Option<MemCols>,
 }
 
 /// Whole-host numbers over the last interval.
@@ -412,6 +451,8 @@ pub struct TopState {
     /// Pressure stall information (PSI) of the last interval (live: read
     /// with the host sample; replay: the recorded frames).
     pub pressure: Option<crate::aggregate::pressure::PressureFrame>,
+    /// Memory numbers per pid over the last interval (the memory frame).
+    pub memory: HashMap<u32, MemCols>,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
     events_since_tick: u64,
@@ -461,6 +502,7 @@ impl TopState {
             pending_oom: Vec::new(),
             host_known: timebase == Timebase::Live,
             pressure: None,
+            memory: HashMap::new(),
             host_prev: None,
             host_now: None,
             events_since_tick: 0,
@@ -546,6 +588,13 @@ impl TopState {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Pressure(p) => self.pressure = Some((**p).clone()),
+            Msg::Memory(m) => {
+                self.memory = m
+                    .processes
+                    .iter()
+                    .map(|p| (p.pid, MemCols::from(p)))
+                    .collect();
+            }
             Msg::Damage(what) => {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what.clone());
@@ -669,6 +718,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    mem: None,
                 },
             ));
     }
@@ -690,6 +740,14 @@ impl TopState {
         }
         if let Some(p) = s.pressure.take() {
             self.pressure = Some(p);
+        }
+        if let Some(m) = s.memory.take() {
+            // This interval's memory frame replaces the last one.
+            self.memory = m
+                .processes
+                .iter()
+                .map(|p| (p.pid, MemCols::from(p)))
+                .collect();
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -819,6 +877,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    mem: None,
                 },
             );
         }
@@ -857,6 +916,7 @@ impl TopState {
                 tcp: None,
                 oom_kills: 0,
                 sched: None,
+                mem: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
@@ -900,6 +960,11 @@ impl TopState {
         for (pid, s) in &self.sched {
             if let Some(r) = rows.get_mut(pid) {
                 r.sched = Some(*s);
+            }
+        }
+        for (pid, m) in &self.memory {
+            if let Some(r) = rows.get_mut(pid) {
+                r.mem = Some(*m);
             }
         }
         // Processes that are gone leave after a while without activity.
