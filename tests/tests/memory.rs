@@ -494,3 +494,138 @@ fn memstall_events_name_the_cgroup_at_its_limit() {
         assert!(e["duration_ns"].as_u64().unwrap() > 0);
     }
 }
+
+/// Sum every sample of a metric family (all label sets) in an exposition.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn serve_and_its_recording_carry_memory_stalls() {
+    let name = "serve_and_its_recording_carry_memory_stalls";
+    if !require_root(name) {
+        return;
+    }
+    let _guard = serial();
+    if !Path::new(V1_ROOT).join("memory.limit_in_bytes").exists() {
+        if in_ci() {
+            panic!("{name}: no cgroup v1 memory hierarchy at {V1_ROOT}");
+        }
+        skipped(name, "no cgroup v1 memory hierarchy");
+        return;
+    }
+    let file = CacheFile::create(48);
+    let cg = MemCgroup::create(V1_ROOT, "memserve", "memory.limit_in_bytes", 16 << 20);
+    let dir = diag_tests::TempDir::new("memserve");
+    let rec = dir.path("m.diag");
+    let port = diag_tests::free_port();
+    let before = vmstat();
+    let diag = Diag::start(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    let mut child = cg.spawn(LOADGEN, &["reread", "3", file.path()]);
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    // The memory feed reads once a second: wait for a frame after the
+    // child's end (its scanned pages stop growing), then one more.
+    let memcg = format!("diag_memcg_limit_reclaims_total{{memcg=\"{}\"}}", cg.rel);
+    diag_tests::wait_until(
+        Duration::from_secs(10),
+        "the memory cgroup's series",
+        || diag_tests::scrape_metrics(port).contains(&memcg),
+    );
+    let mut last = 0;
+    let mut text = String::new();
+    diag_tests::wait_until(Duration::from_secs(10), "a steady scanned count", || {
+        std::thread::sleep(Duration::from_millis(1200));
+        text = diag_tests::scrape_metrics(port);
+        let n = metric_sum(&text, "diag_memory_pages_scanned_total");
+        let steady = n == last && n > 0;
+        last = n;
+        steady
+    });
+    let out = diag.stop(libc::SIGINT);
+    let after = vmstat();
+    assert!(out.status.success(), "{:?}", out.stderr);
+    let pgscan = delta(&before, &after, &["pgscan_anon", "pgscan_file"]);
+    let pgsteal = delta(&before, &after, &["pgsteal_anon", "pgsteal_file"]);
+    let scanned = metric_sum(&text, "diag_memory_pages_scanned_total")
+        + metric_sum(&text, "diag_memory_kernel_pages_scanned_total");
+    let reclaimed = metric_sum(&text, "diag_memory_pages_reclaimed_total")
+        + metric_sum(&text, "diag_memory_kernel_pages_reclaimed_total");
+    eprintln!(
+        "serve: scanned {scanned} reclaimed {reclaimed}; vmstat pgscan {pgscan} pgsteal {pgsteal}"
+    );
+    assert_eq!(scanned, pgscan, "served pages scanned vs vmstat");
+    assert_eq!(reclaimed, pgsteal, "served pages reclaimed vs vmstat");
+    let episodes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&memcg)?.trim().parse().ok())
+        .unwrap();
+    assert!(episodes > 10, "{episodes} reclaims forced by the limit");
+    assert!(
+        text.contains("diag_memory_stall_latency_seconds_bucket"),
+        "{text}"
+    );
+
+    // The recording: memory frames with the same figures, and the report.
+    let export = Command::new(diag_tests::diag_bin())
+        .args(["export", "--format", "jsonl"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let frames: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "memory")
+        .collect();
+    assert!(!frames.is_empty(), "no memory frames recorded");
+    let rec_scanned: u64 = frames
+        .iter()
+        .map(|f| {
+            f["total"]["scanned"].as_u64().unwrap() + f["background"]["scanned"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(rec_scanned, pgscan, "recorded pages scanned vs vmstat");
+    let rec_episodes: u64 = frames
+        .iter()
+        .flat_map(|f| f["cgroups"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["path"] == cg.rel.as_str())
+        .map(|c| c["memcg_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        rec_episodes, episodes,
+        "recorded vs served reclaims of {}",
+        cg.rel
+    );
+    let report = Command::new(diag_tests::diag_bin())
+        .arg("report")
+        .arg(&rec)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    let sat = report.split("2. SATURATION").nth(1).unwrap_or("");
+    assert!(
+        sat.contains("Processes stalled longest in memory:"),
+        "{report}"
+    );
+    assert!(sat.contains(&format!("pid {pid}")), "{report}");
+    assert!(sat.contains(&format!("{}  ", cg.rel)), "{report}");
+    assert!(
+        sat.contains(&format!("{pgscan} pages scanned"))
+            || sat.contains(&format!("pgscan {pgscan}")),
+        "{report}"
+    );
+}
