@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_memory;
 mod bench_tcp;
 mod dist;
 mod stats;
@@ -96,6 +97,8 @@ enum Part {
     Startup,
     /// Long connection and process churn: kernel map occupancy before and after
     Soak,
+    /// Memory probes: a memory cgroup reclaim loop with and without tracers
+    Memory,
 }
 
 /// Debian packages the build needs (`run`, `build` and every other task).
@@ -523,6 +526,10 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     if wanted(Part::Startup) {
         let s = bench_tcp::startup(&diag, reps)?;
         parts.push(("Start-up", "startup", s));
+    }
+    if wanted(Part::Memory) {
+        let s = bench_memory::memory_overhead(&diag, &loadgen, &dir, reps)?;
+        parts.push(("Memory overhead", "memory_overhead", s));
     }
     if wanted(Part::Soak) {
         let s = bench_tcp::soak(&diag, &loadgen, soak_secs)?;
