@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod block;
+pub mod memory;
 pub mod oom;
 pub mod proc;
 pub mod sched;
@@ -25,7 +26,7 @@ pub const TASK_COMM_LEN: usize = 16;
 /// What kind of record follows the header in the ring buffer.
 ///
 /// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler,
-/// 30-39 process lifetimes, 50-59 block I/O.
+/// 30-39 process lifetimes, 40-49 memory stalls, 50-59 block I/O.
 /// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub enum EventKind {
     ProcExit = 30,
     /// [`block::BlockSlowEvent`]: a block request slower than the threshold.
     BlockSlow = 50,
+    /// [`memory::MemStallEvent`]: a reclaim or compaction episode longer
+    /// than the memory stall threshold.
+    MemStall = 40,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -74,6 +78,7 @@ impl TryFrom<u32> for EventKind {
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
             50 => Ok(EventKind::BlockSlow),
+            40 => Ok(EventKind::MemStall),
             other => Err(other),
         }
     }
@@ -118,7 +123,7 @@ impl EventHeader {
 /// wrong in the kernel and must be shown to the user.
 ///
 /// Slots are grouped by family: 0-9 shared and TCP, 10-19 OOM, 20-31
-/// scheduler.
+/// scheduler, 40-47 memory.
 pub mod counters {
     /// An event was lost because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
@@ -152,8 +157,19 @@ pub mod counters {
     pub const SCHED_READ_ERROR: u32 = 22;
     /// Scheduler: stall events submitted.
     pub const SCHED_STALLS: u32 = 23;
+    /// Memory: a process could not be tracked (`MEM_PROCS` full).
+    pub const MEM_PROC_MAP_FULL: u32 = 40;
+    /// Memory: a memory cgroup could not be tracked (`MEM_CGROUPS` full).
+    pub const MEM_CGROUP_MAP_FULL: u32 = 41;
+    /// Memory: an episode could not be timed (`MEM_TASKS` full).
+    pub const MEM_TASK_MAP_FULL: u32 = 42;
+    /// Memory: stall events submitted.
+    pub const MEM_STALLS: u32 = 43;
+    /// Memory: a swap-in could not be timed (`MEM_BIOS` full); its pages
+    /// are counted, its time is not.
+    pub const MEM_BIO_MAP_FULL: u32 = 44;
     /// Number of slots in `COUNTERS`.
-    pub const LEN: u32 = 32;
+    pub const LEN: u32 = 48;
 }
 
 /// Tunables written into the kernel object's read-only globals at load time.

@@ -3,6 +3,7 @@
 use crate::block::{
     BlockConfig, BlockDevStats, BlockProcKey, BlockProcStats, BlockReq, BlockSlowEvent,
 };
+use crate::memory::{MemCgStats, MemConfig, MemHost, MemStallEvent, MemStats, MemTask, SwapBio};
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
@@ -37,6 +38,12 @@ unsafe impl aya::Pod for BlockReq {}
 unsafe impl aya::Pod for BlockDevStats {}
 unsafe impl aya::Pod for BlockProcKey {}
 unsafe impl aya::Pod for BlockProcStats {}
+unsafe impl aya::Pod for MemConfig {}
+unsafe impl aya::Pod for MemStats {}
+unsafe impl aya::Pod for MemCgStats {}
+unsafe impl aya::Pod for MemHost {}
+unsafe impl aya::Pod for MemTask {}
+unsafe impl aya::Pod for SwapBio {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +60,8 @@ pub enum AnyEvent {
     ProcExit(ProcExitEvent),
     /// A block request slower than the threshold.
     BlockSlow(BlockSlowEvent),
+    /// Kind MemStall: a long reclaim or compaction episode.
+    MemStall(MemStallEvent),
 }
 
 impl AnyEvent {
@@ -67,6 +76,7 @@ impl AnyEvent {
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
             AnyEvent::BlockSlow(e) => as_bytes(e),
+            AnyEvent::MemStall(e) => as_bytes(e),
         }
     }
 
@@ -80,6 +90,7 @@ impl AnyEvent {
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
             AnyEvent::BlockSlow(e) => &e.header,
+            AnyEvent::MemStall(e) => &e.header,
         }
     }
 }
@@ -188,6 +199,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
         EventKind::BlockSlow => Ok(AnyEvent::BlockSlow(read(buf, Some(header.kind))?)),
+        EventKind::MemStall => Ok(AnyEvent::MemStall(read(buf, Some(header.kind))?)),
     }
 }
 
@@ -322,6 +334,31 @@ mod tests {
                 need: 112
             })
         );
+    }
+
+    #[test]
+    fn mem_stall_round_trip() {
+        let mut header = EventHeader::zeroed();
+        header.kind = EventKind::MemStall as u32;
+        header.pid = 11;
+        let e = MemStallEvent {
+            header,
+            kind: crate::memory::stall_kind::MEMCG,
+            order: 0,
+            dur_ns: 25_000_000,
+            scanned: 64,
+            reclaimed: 32,
+            throttled_ns: 0,
+            memcg_ino: 77,
+            limit_ino: 77,
+            limit_pages: 4096,
+            usage_pages: 4090,
+        };
+        assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::MemStall(e)));
+        assert!(matches!(
+            decode(&as_bytes(&e)[..100]),
+            Err(DecodeError::TooShort { kind: Some(40), .. })
+        ));
     }
 
     #[test]

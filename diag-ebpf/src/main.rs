@@ -9,6 +9,7 @@
 
 mod block;
 mod maps;
+mod memory;
 mod oom;
 mod proc;
 mod sched;

@@ -82,7 +82,7 @@ fn submit_kill(ev: *const OomKillEvent) {
 
 /// Read a kernel value at `base + off`, or None.
 #[inline(always)]
-fn kread<T>(base: u64, off: u32) -> Option<T> {
+pub(crate) fn kread<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == NO_FIELD {
         return None;
     }
@@ -92,14 +92,14 @@ fn kread<T>(base: u64, off: u32) -> Option<T> {
 
 /// The memory cgroup css of a task, 0 if unknown.
 #[inline(always)]
-fn task_memcg(l: &MemcgLayout, task: u64) -> u64 {
+pub(crate) fn task_memcg(l: &MemcgLayout, task: u64) -> u64 {
     let cset: u64 = kread(task, l.task_cgroups).unwrap_or(0);
     kread(cset, l.cset_memory).unwrap_or(0)
 }
 
 /// Inode number of a css's cgroup directory, 0 if unknown.
 #[inline(always)]
-fn css_ino(l: &MemcgLayout, css: u64) -> u64 {
+pub(crate) fn css_ino(l: &MemcgLayout, css: u64) -> u64 {
     let cgrp: u64 = kread(css, l.css_cgroup).unwrap_or(0);
     let kn: u64 = kread(cgrp, l.cgroup_kn).unwrap_or(0);
     kread(kn, l.kn_id).unwrap_or(0)

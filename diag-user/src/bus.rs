@@ -47,6 +47,10 @@ pub enum Msg {
     /// Block I/O per device and process over the last interval (live:
     /// read from the block programs' maps; replay: the recorded frame).
     Block(Box<crate::aggregate::block::BlockFrame>),
+    /// Memory stalls and swap over the last interval, per process, per
+    /// memory cgroup and host-wide (live: the memory feed; replay: the
+    /// recorded frame).
+    Memory(Box<crate::aggregate::memory::MemInterval>),
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),
@@ -71,6 +75,10 @@ pub struct RunqReading {
     /// Block I/O over the same interval, when the block programs are
     /// attached.
     pub block: Option<Box<crate::aggregate::block::BlockFrame>>,
+    /// The memory maps and /proc/vmstat, when the memory probes are on.
+    pub memory: Option<crate::aggregate::memory::MemSnapshot>,
+    /// Memory processes gone since the reading before (forget after this).
+    pub memory_gone: Vec<u32>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory
@@ -185,6 +193,12 @@ pub struct Health {
     /// be missing.
     #[serde(default)]
     pub listen_unreadable: u64,
+    /// Memory: processes, cgroups or episodes not tracked (a map full).
+    #[serde(default)]
+    pub mem_map_full: u64,
+    /// Memory: swap-ins whose time was not measured (bio map full).
+    #[serde(default)]
+    pub mem_bio_map_full: u64,
     /// Records received by user space.
     pub received: u64,
     /// Records user space could not decode.
@@ -253,6 +267,18 @@ impl Health {
                 self.listen_unreadable
             ));
         }
+        if self.mem_map_full > 0 {
+            parts.push(format!(
+                "{} memory stall updates lost (memory map full)",
+                self.mem_map_full
+            ));
+        }
+        if self.mem_bio_map_full > 0 {
+            parts.push(format!(
+                "{} swap-ins not timed (bio map full)",
+                self.mem_bio_map_full
+            ));
+        }
         if self.decode_errors > 0 {
             parts.push(format!("{} records not decoded", self.decode_errors));
         }
@@ -303,6 +329,12 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
         .saturating_sub(before.sched_read_errors);
     if r > 0 {
         v.push(format!("{r} task_struct reads failed"));
+    }
+    let m = now.mem_map_full.saturating_sub(before.mem_map_full);
+    if m > 0 {
+        v.push(format!(
+            "{m} memory stall updates lost: a memory map is full"
+        ));
     }
     v
 }

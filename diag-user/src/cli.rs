@@ -233,6 +233,11 @@ pub enum EventClass {
     /// latency (tp_btf block_io_start and block_rq_complete: they run on
     /// every block request, so they are attached only when asked for)
     Io,
+    /// Memory stalls: direct reclaim, memory cgroup reclaim and direct
+    /// compaction episodes longer than --mem-stall-threshold, with the
+    /// memory cgroup whose limit forced the reclaim and the biggest memory
+    /// users then (vmscan:, compaction: tracepoints)
+    Memstall,
     /// Processes that ended: pid, name, start time, exit status
     /// (tp_btf sched_process_exit; always traced with tcp and stall, so
     /// a reused pid is never taken for the process that had it)
@@ -255,6 +260,7 @@ impl EventClass {
                     | EventClass::Close
                     | EventClass::Stall
                     | EventClass::Io
+                    | EventClass::Memstall
             )
         });
         if per_process && !v.contains(&EventClass::Exit) {
@@ -385,6 +391,10 @@ pub struct ProbeArgs {
     /// completion, is a slow-I/O event (tail --events io), e.g. 10ms
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub io_threshold: std::time::Duration,
+    /// Memory: a reclaim or compaction episode at least this long is a
+    /// memory stall (memstall events, MSTALLS), e.g. 10ms, 1ms
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub mem_stall_threshold: std::time::Duration,
 
     /// TCP state changes from the classic tracepoint (a record built for
     /// each), not the raw one with `struct sock` offsets from BTF (the
@@ -425,6 +435,7 @@ impl Default for ProbeArgs {
             tracefs: "/sys/kernel/tracing".into(),
             stall_threshold: std::time::Duration::from_millis(10),
             io_threshold: std::time::Duration::from_millis(10),
+            mem_stall_threshold: std::time::Duration::from_millis(10),
             classic_tcp: false,
             empty_programs: false,
             kernel_log: false,
@@ -956,6 +967,19 @@ the reading, and errors; and the processes' I/O per device. Bio-based \
 devices (zram, device-mapper, md) have no requests and are not shown; the \
 devices under them are.
 
+Memory stalls (MEM, SWAPIN columns, the memory: line and one line per \
+memory cgroup): time the process spent in direct reclaim, memory cgroup \
+reclaim (forced by a cgroup's limit) and direct compaction, timed per thread \
+between the vmscan:/compaction: begin and end tracepoints (tp_btf), with \
+reclaim throttling (mm_vmscan_throttled); pages scanned and reclaimed in \
+those episodes (the values the kernel adds to pgscan_*/pgsteal_*); kernel \
+threads' work (kswapd, kcompactd) is the host's background, not a process's \
+stall. SWAPIN is pages read from a swap device by the process (its I/O time \
+in JSON), from block:block_bio_queue/block_bio_complete on the devices in \
+/proc/swaps: those two programs see every bio of the host, so only runq \
+attaches them. The memory: line also shows /proc/vmstat over the same \
+interval (pgscan, pgsteal, pswpin, pswpout) as a cross-check.
+
 Full kernel maps are counted and reported: nothing is lost silently.";
 
 const RUNQ_EXAMPLES: &str = "\
@@ -966,7 +990,8 @@ Examples:
   diag runq --hist --pid 1234      run-queue latency histogram of one process
   diag runq --pid 1234 --threads   and a row per thread
   diag runq --json | jq .          one JSON object per interval
-  diag runq --sort io              the processes that wait most for block I/O";
+  diag runq --sort io              the processes that wait most for block I/O
+  diag runq --sort mem             the processes stalled longest in memory reclaim";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum RunqSort {
@@ -985,6 +1010,10 @@ pub enum RunqSort {
     Sleep,
     /// Delay caused to others
     Caused,
+    /// Memory stall time (reclaim, compaction, throttling)
+    Mem,
+    /// Pages swapped in
+    Swap,
     /// Process id
     Pid,
     /// Block I/O time (IO)

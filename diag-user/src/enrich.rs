@@ -1,6 +1,7 @@
 //! What procfs knows and the kernel events lack: which process owns a
 //! socket that existed before diag started.
 
+pub mod memory;
 pub mod oom;
 
 use std::collections::{BTreeMap, HashMap};

@@ -229,6 +229,9 @@ pub struct HostSample {
     /// Block I/O over the last interval, when the block programs are
     /// attached.
     pub block: Option<crate::aggregate::block::BlockFrame>,
+    /// Memory stalls and swap over the last interval, when the memory
+    /// programs are attached.
+    pub memory: Option<crate::aggregate::memory::MemInterval>,
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
@@ -242,6 +245,8 @@ pub struct HostReader {
     pub pressure: Option<crate::source::pressure::PressureFeed>,
     /// The block programs' maps, read with each sample.
     pub block: Option<crate::source::block::BlockFeed>,
+    /// The memory programs' maps, read with each sample.
+    pub memory: Option<crate::source::memory::MemoryFeed>,
 }
 
 /// Reads the scheduler's kernel maps each interval, as `diag runq` does.
@@ -330,6 +335,7 @@ impl HostReader {
             sched: None,
             pressure: None,
             block: None,
+            memory: None,
         }
     }
 
@@ -376,6 +382,7 @@ impl HostReader {
             sched: self.sched.as_mut().map(|f| f.read(ts_ns)),
             pressure: self.pressure.as_mut().map(|f| f.read()),
             block: self.block.as_mut().map(|f| f.read()),
+            memory: self.memory.as_mut().map(|f| f.read()),
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct Env {
     /// threshold, when slow I/O events were asked for or a view reads
     /// the block maps ([`Env::want_block`]).
     pub block: Option<BlockConfig>,
+    /// The memory programs' configuration, when memory stalls were asked
+    /// for.
+    pub memory: Option<diag_common::memory::MemConfig>,
 }
 
 impl Env {
@@ -63,6 +66,14 @@ impl Env {
     pub fn keep_sched_procs(&mut self) {
         if let Some(c) = self.sched.as_mut() {
             c.keep_procs = 1;
+        }
+    }
+
+    /// This view shows swap-ins and swap-outs: attach the block-layer
+    /// programs too (they see every bio of the host).
+    pub fn with_swap(&mut self) {
+        if let Some(c) = self.memory.as_mut() {
+            c.swap = 1;
         }
     }
 }
@@ -358,6 +369,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let memory = if events.contains(&EventClass::Memstall) {
+        let threshold = u64::try_from(args.mem_stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::memory::layout(&args.btf, threshold, false)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         block,
@@ -367,6 +384,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         oom,
         sched,
         proc,
+        memory,
     })
 }
 
@@ -401,6 +419,9 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let mut proc = env.proc.unwrap_or(ProcConfig::zeroed());
     let mut block = env.block.unwrap_or(BlockConfig::zeroed());
+    let mut memory = env
+        .memory
+        .unwrap_or(diag_common::memory::MemConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -421,6 +442,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         sched.valid = 0;
         proc.valid = 0;
         block.valid = 0;
+        memory.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -466,6 +488,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("SCHED_CONFIG", &sched, true)
         .override_global("PROC_CONFIG", &proc, true)
         .override_global("BLOCK_CONFIG", &block, true)
+        .override_global("MEM_CONFIG", &memory, true)
         .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
@@ -484,6 +507,13 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             loader.map_max_entries(map, 1);
         }
     }
+    if env.memory.is_none() {
+        for map in probes::memory::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    } else if memory.swap == 0 {
+        loader.map_max_entries("MEM_BIOS", 1);
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
@@ -491,6 +521,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     // The kernel's BTF for the tp_btf programs, parsed once for all of them.
     let wants_btf = env.sched.is_some()
         || env.block.is_some()
+        || env.memory.is_some()
         || env.proc.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env
@@ -542,6 +573,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             .as_ref()
             .map_err(|e| LoadError::Load(e.to_string()))?;
         probes::block::attach(&mut ebpf, btf, &mut attached)?;
+    }
+    if let Some(m) = &env.memory {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::memory::attach(&mut ebpf, btf, m.swap != 0, &mut attached)?;
     }
     if wants_btf {
         // Parsing the kernel's BTF took tens of MiB that are free now: give

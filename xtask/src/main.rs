@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_block;
+mod bench_memory;
 mod bench_tcp;
 mod dist;
 mod progstats;
@@ -100,6 +101,8 @@ enum Part {
     Startup,
     /// Long connection and process churn: kernel map occupancy before and after
     Soak,
+    /// Memory probes: a memory cgroup reclaim loop with and without tracers
+    Memory,
 }
 
 /// Debian packages the build needs (`run`, `build` and every other task).
@@ -123,7 +126,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "nft, a DROP rule for the blackholed-connect test",
     ),
-    ("util-linux", "setpriv, for the non-root test"),
+    (
+        "util-linux",
+        "setpriv, for the non-root test; mkswap, swapon, swapoff for the zram swap test",
+    ),
     ("mount", "losetup, for the block I/O test's loop device"),
     ("procps", "ps, for tests"),
     (
@@ -533,6 +539,10 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     if wanted(Part::Startup) {
         let s = bench_tcp::startup(&diag, reps)?;
         parts.push(("Start-up", "startup", s));
+    }
+    if wanted(Part::Memory) {
+        let s = bench_memory::memory_overhead(&diag, &loadgen, &dir, reps)?;
+        parts.push(("Memory overhead", "memory_overhead", s));
     }
     if wanted(Part::Soak) {
         let s = bench_tcp::soak(&diag, &loadgen, soak_secs)?;

@@ -78,7 +78,8 @@ impl Filter {
             AnyEvent::OomKill(_)
             | AnyEvent::Stall(_)
             | AnyEvent::ProcExit(_)
-            | AnyEvent::BlockSlow(_) => return true,
+            | AnyEvent::BlockSlow(_)
+            | AnyEvent::MemStall(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;
@@ -102,6 +103,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::Stall(_) => EventClass::Stall,
         AnyEvent::BlockSlow(_) => EventClass::Io,
         AnyEvent::ProcExit(_) => EventClass::Exit,
+        AnyEvent::MemStall(_) => EventClass::Memstall,
         AnyEvent::TcpDrop(_) => EventClass::Drop,
         AnyEvent::TcpClose(_) => EventClass::Close,
         AnyEvent::TcpSock(t) => match EventKind::try_from(t.header.kind) {

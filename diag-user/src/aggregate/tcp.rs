@@ -722,7 +722,10 @@ impl TcpAggregate {
             AnyEvent::TcpDrop(e) => self.on_drop(e),
             AnyEvent::TcpClose(e) => self.on_close(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::BlockSlow(_) => {}
+            AnyEvent::OomKill(_)
+            | AnyEvent::Stall(_)
+            | AnyEvent::BlockSlow(_)
+            | AnyEvent::MemStall(_) => {}
         }
     }
 

@@ -28,6 +28,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     if sched {
         env.keep_sched_procs();
     }
+    // With memory stalls, a memory frame once a second (every process's
+    // reclaim, compaction, swap): not in the flight recorder either.
+    let memory = args.events.contains(&EventClass::Memstall) && args.trigger.is_empty();
+    if memory {
+        env.with_swap();
+    }
     let filter = Filter::new(&EventClass::with_exits(&args.events), &args.only);
     let header = record::header_now(&env);
     let mut feeds = Feeds {
@@ -96,6 +102,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         feeds.block = Some((
             crate::source::block::BLOCK_EVERY,
             crate::source::block::BlockFeed::new(&mut tracer.ebpf, crate::clock::boot_ns())?,
+        ));
+    }
+    if memory && env.memory.is_some() {
+        feeds.memory = Some((
+            crate::source::memory::MEMORY_EVERY,
+            crate::source::memory::MemoryFeed::new(crate::probes::memory::MemMaps::take(
+                &mut tracer.ebpf,
+            )?),
         ));
     }
     let live = Live::new(tracer)?;

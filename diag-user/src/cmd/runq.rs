@@ -13,12 +13,14 @@ use crate::{
 };
 
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
-    let mut env = loader::require_for(&args.probe, &[EventClass::Stall])?;
+    let mut env = loader::require_for(&args.probe, &[EventClass::Stall, EventClass::Memstall])?;
     env.keep_sched_procs();
     let block = !args.no_io;
     if block {
         env.want_block(&args.probe)?;
     }
+    env.with_swap();
+    let memory = env.memory.is_some();
     // runq reads the scheduler's maps, never the ring buffer: process
     // exit events would only fill it.
     env.proc = None;
@@ -30,6 +32,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             args.interval,
             args.pid.iter().copied().collect(),
             block,
+            memory,
         )?;
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
         let mut sink = RunqSink::new(args, WallClock::now(), start_ns, Output::stdout());

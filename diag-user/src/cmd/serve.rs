@@ -32,6 +32,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_sched {
         classes.push(EventClass::Stall);
     }
+    // Memory stalls and swap: reclaim probes run only while the kernel
+    // reclaims; the swap probes see every bio (one hash lookup each).
+    classes.push(EventClass::Memstall);
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
         .tcp
@@ -42,6 +45,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_io {
         env.want_block(&args.probe)?;
     }
+    env.with_swap();
     // Bind and create the recording first: a port in use or a bad path
     // fails before anything is loaded into the kernel.
     let listener =
@@ -78,6 +82,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let memory = match env.memory {
+        Some(_) => Some((
+            crate::source::memory::MEMORY_EVERY,
+            crate::source::memory::MemoryFeed::new(crate::probes::memory::MemMaps::take(
+                &mut tracer.ebpf,
+            )?),
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     let rt = super::runtime()?;
     let result = rt.block_on(async move {
@@ -86,6 +99,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tables: Some(args.tcp.reconcile),
             procs: recorder.is_some().then_some(PROCS_EVERY),
             sched,
+            memory,
             pressure: Some((
                 crate::source::pressure::PRESSURE_EVERY,
                 crate::source::pressure::PressureFeed::new(),

@@ -20,6 +20,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let live = Live::new(loader::load(&env, &args.probe)?)?;
     let events = &args.view.events;
     let oom_context = events.is_empty() || events.contains(&EventClass::Oom);
+    let memstall = events.contains(&EventClass::Memstall);
     super::runtime()?.block_on(async move {
         let placements = args.view.json || !args.view.cgroup.is_empty();
         let source = live::start(
@@ -34,6 +35,9 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         let mut tail = Tail::new(&args.view, names, WallClock::now());
         // Live: where each process runs, for JSON lines and --cgroup.
         tail.placements = placements.then(Default::default);
+        if memstall {
+            tail.mem_enrich = Some(crate::enrich::memory::MemEnricher::new());
+        }
         let mut sink = TailSink::new(tail, Output::stdout());
         sink.header()?;
         drive(source, &mut [&mut sink], None).await?;

@@ -25,6 +25,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let mut classes = vec![EventClass::Tcp, EventClass::Oom];
     if !args.no_sched {
         classes.push(EventClass::Stall);
+        // Memory stalls and swap-ins (MEM, SWPIN, a details line).
+        classes.push(EventClass::Memstall);
     }
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
@@ -36,6 +38,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !args.no_io {
         env.want_block(&args.probe)?;
     }
+    env.with_swap();
     let mut tracer = loader::load(&env, &args.probe)?;
     let mut reader = HostReader::new();
     reader.pressure = Some(crate::source::pressure::PressureFeed::new());
@@ -47,6 +50,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             &mut tracer.ebpf,
             boot_ns(),
         )?);
+    }
+    if env.memory.is_some() {
+        reader.memory = Some(crate::source::memory::MemoryFeed::new(
+            crate::probes::memory::MemMaps::take(&mut tracer.ebpf)?,
+        ));
     }
     let live = Live::new(tracer)?;
     // While top runs, the kernel counts the run time of BPF programs.

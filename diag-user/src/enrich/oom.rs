@@ -230,7 +230,7 @@ pub fn rank(all: &mut Vec<Consumer>, n: usize) {
 }
 
 /// Processes in a cgroup directory and its descendants (bounded).
-fn cgroup_pids(dir: &Path) -> Vec<u32> {
+pub(crate) fn cgroup_pids(dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     let mut dirs = 0;
@@ -253,7 +253,7 @@ fn cgroup_pids(dir: &Path) -> Vec<u32> {
     pids
 }
 
-fn all_pids() -> Vec<u32> {
+pub(crate) fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()

@@ -44,7 +44,9 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 ///   versions 1 and 2 read as before.
 /// - 4: adds block I/O frames ([`FrameKind::Block`]: per device and per
 ///   process, once a second, when block I/O is recorded) and slow-I/O
-///   events (kind 50). Files of versions 1 to 3 read as before.
+///   events (kind 50); memory frames ([`FrameKind::Memory`]: memory stalls
+///   and swap once a second) and memory stall events (kind 40). Files of
+///   versions 1 to 3 read as before.
 pub const VERSION: u16 = 4;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
@@ -96,6 +98,10 @@ pub enum FrameKind {
     /// JSON [`crate::aggregate::block::BlockFrame`]: block I/O per device
     /// and per process over one interval (version 4).
     Block = 11,
+    /// JSON [`crate::aggregate::memory::MemInterval`]: memory stalls and
+    /// swap per process, per memory cgroup and host-wide over one interval
+    /// (version 4).
+    Memory = 10,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -112,6 +118,7 @@ impl TryFrom<u8> for FrameKind {
             8 => FrameKind::Sched,
             9 => FrameKind::Pressure,
             11 => FrameKind::Block,
+            10 => FrameKind::Memory,
             other => return Err(other),
         })
     }

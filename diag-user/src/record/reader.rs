@@ -51,6 +51,8 @@ pub enum Record {
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
     /// Block I/O over one interval (version 4).
     Block(Box<crate::aggregate::block::BlockFrame>),
+    /// Memory stalls and swap over one interval (version 4).
+    Memory(Box<crate::aggregate::memory::MemInterval>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -513,6 +515,21 @@ impl Reader {
                         )),
                         Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
                             None => Record::Block(Box::new(b)),
+                            Some(d) => Record::Damage(d),
+                        },
+                    },
+                    Err(d) => Record::Damage(d),
+                }
+            }
+            FrameKind::Memory => {
+                match json::<crate::aggregate::memory::MemInterval>(&f, "memory") {
+                    Ok(m) => match m.damage() {
+                        Some(why) => Record::Damage(format!(
+                            "memory frame at byte {} is damaged ({why}): skipped",
+                            f.offset
+                        )),
+                        None => match self.timed("memory", f.offset, m.end_ns, false) {
+                            None => Record::Memory(Box::new(m)),
                             Some(d) => Record::Damage(d),
                         },
                     },
@@ -1064,6 +1081,7 @@ mod tests {
                         Record::OomContext(c) => Some(c.ts_ns),
                         Record::Pressure(p) => Some(p.ts_ns),
                         Record::Block(b) => Some(b.ts_ns),
+                        Record::Memory(m) => Some(m.end_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {

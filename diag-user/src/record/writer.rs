@@ -283,6 +283,16 @@ impl Writer {
         self.write_frame(FrameKind::Block, &payload)
     }
 
+    /// Memory stalls and swap over one interval.
+    pub fn memory(
+        &mut self,
+        frame: &crate::aggregate::memory::MemInterval,
+    ) -> Result<(), RecordError> {
+        self.flush()?;
+        let payload = serde_json::to_vec(frame).expect("serializes");
+        self.write_frame(FrameKind::Memory, &payload)
+    }
+
     /// Rotated file `n` (1 = the newest).
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();

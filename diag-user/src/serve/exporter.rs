@@ -28,6 +28,7 @@ pub struct Exporter {
     pub sched: SchedMetrics,
     pub pressure: super::pressure::PressureMetrics,
     pub block: super::block::BlockMetrics,
+    pub memory: super::memory::MemoryMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -42,6 +43,7 @@ impl Exporter {
             sched: SchedMetrics::default(),
             pressure: Default::default(),
             block: Default::default(),
+            memory: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -88,6 +90,19 @@ impl Exporter {
             .eat(f, |pid| series.cgroup_label(info.cgroup_of(pid)));
     }
 
+    /// Take in the memory frame of one interval.
+    pub fn update_memory(
+        &mut self,
+        m: &crate::aggregate::memory::MemInterval,
+        info: &mut impl ProcessInfo,
+    ) {
+        for p in &m.processes {
+            let cg = self.tcp.series.cgroup_label(info.cgroup_of(p.pid));
+            self.memory.eat(cg, p);
+        }
+        self.memory.eat_frame(m);
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -95,12 +110,13 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 6] = [
+        let families: [&dyn Families; 7] = [
             &self.tcp,
             &self.oom,
             &self.sched,
             &self.pressure,
             &self.block,
+            &self.memory,
             &self.own,
         ];
         for f in families {

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod exporter;
 pub mod families;
+pub mod memory;
 pub mod oom;
 pub mod own;
 pub mod pressure;
@@ -197,6 +198,9 @@ impl Sink for ExporterSink {
             Msg::Block(f) => s
                 .exporter
                 .update_block(f, &mut Procfs::at(s.last_health_ns)),
+            Msg::Memory(m) => s
+                .exporter
+                .update_memory(m, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

@@ -228,6 +228,10 @@ impl Drainer {
         self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);
         self.health.sched_proc_map_full = self.counter(counters::SCHED_PROC_MAP_FULL);
         self.health.sched_read_errors = self.counter(counters::SCHED_READ_ERROR);
+        self.health.mem_map_full = self.counter(counters::MEM_PROC_MAP_FULL)
+            + self.counter(counters::MEM_CGROUP_MAP_FULL)
+            + self.counter(counters::MEM_TASK_MAP_FULL);
+        self.health.mem_bio_map_full = self.counter(counters::MEM_BIO_MAP_FULL);
         self.health
     }
 
@@ -329,6 +333,8 @@ pub struct Feeds {
     pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
     /// The block programs' maps this often (serve, record).
     pub block: Option<(Duration, crate::source::block::BlockFeed)>,
+    /// The memory programs' maps this often.
+    pub memory: Option<(Duration, crate::source::memory::MemoryFeed)>,
     /// Read each OOM kill's context (cgroup paths, top memory users) and
     /// send it after the kill.
     pub oom_context: bool,
@@ -427,6 +433,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
             |mut f: crate::source::block::BlockFeed| {
                 let frame = f.read();
                 (f, vec![Msg::Block(Box::new(frame))])
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.memory {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::memory::MemoryFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Memory(Box::new(frame))])
             },
         );
     }

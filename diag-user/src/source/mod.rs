@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod live;
+pub mod memory;
 pub mod pressure;
 pub mod replay;
 pub mod sched;

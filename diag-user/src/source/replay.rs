@@ -176,6 +176,14 @@ fn play(
                     }
                     Msg::Block(b)
                 }
+                Record::Memory(m) => {
+                    stats.read(m.end_ns);
+                    if window.to.is_some_and(|to| m.end_ns > to) {
+                        stats.past_window = true;
+                        continue;
+                    }
+                    Msg::Memory(m)
+                }
                 Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(e) => {

@@ -15,7 +15,7 @@ use crate::{
     error::LoadError,
     host::{parse_proc_stat, read_comm},
     loader::Tracer,
-    probes::sched::SchedMaps,
+    probes::{memory::MemMaps, sched::SchedMaps},
     source::{Health, Source, cancel_on_signal},
 };
 
@@ -35,6 +35,10 @@ impl Counters {
             sched_task_map_full: self.get(counters::SCHED_TASK_MAP_FULL),
             sched_proc_map_full: self.get(counters::SCHED_PROC_MAP_FULL),
             sched_read_errors: self.get(counters::SCHED_READ_ERROR),
+            mem_map_full: self.get(counters::MEM_PROC_MAP_FULL)
+                + self.get(counters::MEM_CGROUP_MAP_FULL)
+                + self.get(counters::MEM_TASK_MAP_FULL),
+            mem_bio_map_full: self.get(counters::MEM_BIO_MAP_FULL),
             ..Health::default()
         }
     }
@@ -46,12 +50,14 @@ fn exists(pid: u32) -> bool {
 
 /// Read the maps of `tracer` every `every` (the first one interval from
 /// now) onto a new bus; thread names for the processes in `threads_of`;
-/// block I/O too when `block` (its programs attached).
+/// block I/O too when `block`, memory stalls when `memory` (their
+/// programs attached).
 pub fn start(
     mut tracer: Tracer,
     every: Duration,
     threads_of: HashSet<u32>,
     block: bool,
+    memory: bool,
 ) -> Result<Source, LoadError> {
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
     let mut block = if block {
@@ -62,6 +68,13 @@ pub fn start(
     } else {
         None
     };
+    let mut mem_maps = if memory {
+        let mut m = MemMaps::take(&mut tracer.ebpf)?;
+        m.refresh_swap_devs();
+        Some(m)
+    } else {
+        None
+    };
     let counters = tracer
         .ebpf
         .take_map("COUNTERS")
@@ -69,6 +82,11 @@ pub fn start(
     let counters =
         Counters(PerCpuArray::try_from(counters).map_err(|e| LoadError::Load(e.to_string()))?);
     let attached = tracer.attached.clone();
+    // The probes are attached: the first interval's vmstat counts from here.
+    let vmstat_at_start = memory
+        .then(|| std::fs::read_to_string("/proc/vmstat").ok())
+        .flatten()
+        .map(|t| crate::aggregate::memory::parse_vmstat(&t));
     let cancel = CancellationToken::new();
     let (tx, rx) = mpsc::channel::<Msg>(16);
     let stop = cancel.clone();
@@ -76,6 +94,9 @@ pub fn start(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gone: Vec<u32> = Vec::new();
+        let mut mem_gone: Vec<u32> = Vec::new();
+        let mut cg_index = memory.then(crate::enrich::oom::CgroupIndex::new);
+        let mut vmstat_start = vmstat_at_start;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -119,6 +140,46 @@ pub fn start(
             (r.procs_running, r.procs_blocked) = parse_proc_stat(&stat);
             r.reading = reading;
             r.block = block.as_mut().map(|b| Box::new(b.read()));
+            if let Some(m) = mem_maps.as_mut() {
+                m.forget(&mem_gone);
+                r.memory_gone = std::mem::take(&mut mem_gone);
+                m.refresh_swap_devs();
+                let mr = m.read();
+                let vm = std::fs::read_to_string("/proc/vmstat").ok();
+                for &pid in mr.procs.keys() {
+                    if let std::collections::hash_map::Entry::Vacant(e) = r.comms.entry(pid)
+                        && let Some(name) = read_comm(&format!("/proc/{pid}/comm"))
+                    {
+                        e.insert(name);
+                    }
+                }
+                mem_gone = mr.procs.keys().copied().filter(|&p| !exists(p)).collect();
+                let majflt = r
+                    .comms
+                    .keys()
+                    .filter_map(|&pid| {
+                        let t = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                        Some((pid, crate::aggregate::memory::pid_majflt(&t)?))
+                    })
+                    .collect();
+                let paths = match cg_index.as_mut() {
+                    Some(ix) => mr
+                        .cgroups
+                        .keys()
+                        .filter_map(|&ino| ix.path(ino).map(|p| (ino, p)))
+                        .collect(),
+                    None => Default::default(),
+                };
+                r.memory = Some(crate::aggregate::memory::MemSnapshot {
+                    procs: mr.procs,
+                    cgroups: mr.cgroups,
+                    host: mr.host,
+                    vmstat: vm.as_deref().map(crate::aggregate::memory::parse_vmstat),
+                    paths,
+                    majflt,
+                    vmstat_start: vmstat_start.take(),
+                });
+            }
             if tx.send(Msg::Runq(Box::new(r))).await.is_err()
                 || tx.send(Msg::Health(counters.health())).await.is_err()
             {

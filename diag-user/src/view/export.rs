@@ -82,6 +82,12 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             v["time"] = time(clock, b.ts_ns).into();
             vec![v.to_string()]
         }
+        Record::Memory(m) => {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            v["event"] = "memory".into();
+            v["time"] = time(clock, m.end_ns).into();
+            vec![v.to_string()]
+        }
         Record::End(e) => vec![
             json!({"event": "end", "time": time(clock, e.ts_ns), "reason": e.reason}).to_string(),
         ],
@@ -230,6 +236,16 @@ impl ChromeTrace {
                     "name": format!("waiting for a CPU (ran: {} {})", st.villain_tgid, comm(&st.villain_comm)),
                     "cat": "stall", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
                     "args": {"cpu": h.cpu, "wait_ns": st.wait_ns, "villain_pid": st.villain_tgid, "villain_tid": st.villain_pid},
+                }));
+            }
+            AnyEvent::MemStall(m) => {
+                // The episode ended now: a slice on the stalled thread's track.
+                let dur = m.dur_ns as f64 / 1000.0;
+                self.events.push(json!({
+                    "name": format!("memory stall: {}", diag_common::memory::stall_kind::name(m.kind)),
+                    "cat": "memstall", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"duration_ns": m.dur_ns, "scanned": m.scanned, "reclaimed": m.reclaimed,
+                        "memcg_ino": m.memcg_ino, "limit_memcg_ino": m.limit_ino},
                 }));
             }
             AnyEvent::ProcExit(x) => {

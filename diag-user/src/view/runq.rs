@@ -10,6 +10,7 @@ use crate::{
     aggregate::{
         block::{BlockFrame, ProcIo},
         histogram::Log2Hist,
+        memory::{MemAgg, MemInterval, MemProcInterval},
         sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
     bus::Health,
@@ -32,6 +33,8 @@ pub fn sort_key(s: RunqSort) -> SortKey {
         RunqSort::Blocked => SortKey::Blocked,
         RunqSort::Sleep => SortKey::Sleep,
         RunqSort::Caused => SortKey::Caused,
+        // Sorted again by the memory figures (see `sort_by_memory`).
+        RunqSort::Mem | RunqSort::Swap => SortKey::Wait,
         RunqSort::Pid => SortKey::Pid,
         // Sorted by the view, which has the I/O figures.
         RunqSort::Io => SortKey::Wait,
@@ -49,7 +52,7 @@ pub struct HostState {
     pub procs_blocked: Option<u64>,
 }
 
-pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS";
+pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS  MEM        SWAPIN   MAJFLT";
 
 /// The IO column, after the run-queue ones (block I/O attached).
 pub const IO_HEADER: &str = "  IO";
@@ -183,9 +186,86 @@ pub fn block_text(f: &BlockFrame, pids: &HashSet<u32>, limit: usize) -> String {
     out
 }
 
-fn row(p: &ProcInterval) -> String {
+/// The memory columns: stall time (reclaim, compaction, throttling) and
+/// pages swapped in.
+fn mem_cols(m: Option<&MemProcInterval>) -> String {
+    match m {
+        Some(m) => format!(
+            "{:<10} {:<8} {}",
+            if m.f.stall_ns == 0 {
+                "-".to_string()
+            } else {
+                human_ns(m.f.stall_ns)
+            },
+            m.f.swapin_pages,
+            m.majflt
+        ),
+        None => format!("{:<10} {:<8} {}", "-", 0, 0),
+    }
+}
+
+/// Re-sort rows by a memory figure (largest first).
+fn sort_by_memory(rows: &mut [ProcInterval], mem: &HashMap<u32, MemProcInterval>, s: RunqSort) {
+    let k = |p: &ProcInterval| -> u64 {
+        mem.get(&p.pid).map_or(0, |m| match s {
+            RunqSort::Swap => m.f.swapin_pages,
+            _ => m.f.stall_ns,
+        })
+    };
+    rows.sort_by(|a, b| k(b).cmp(&k(a)).then(a.pid.cmp(&b.pid)));
+}
+
+/// The memory summary line and one line per memory cgroup.
+pub fn format_memory(m: &MemInterval) -> String {
+    let t = &m.total;
+    let b = &m.background;
+    let mut out = format!(
+        "memory: stalls {} in {} episodes (direct reclaim {}/{}, memcg reclaim {}/{}, compaction {}/{}; throttled {}x {}), scanned {} reclaimed {} pages; kernel threads: scanned {} reclaimed {}; swap in {} out {} pages; major faults {}",
+        human_ns(t.stall_ns),
+        t.episodes(),
+        t.direct_count,
+        human_ns(t.direct_ns),
+        t.memcg_count,
+        human_ns(t.memcg_ns),
+        t.compact_count,
+        human_ns(t.compact_ns),
+        t.throttle_count,
+        human_ns(t.throttle_ns),
+        t.scanned,
+        t.reclaimed,
+        b.scanned,
+        b.reclaimed,
+        t.swapin_pages + b.swapin_pages,
+        t.swapout_pages + b.swapout_pages,
+        m.majflt,
+    );
+    if let Some(v) = &m.vmstat {
+        out.push_str(&format!(
+            " (vmstat: pgscan {} pgsteal {} allocstall {} pswpin {} pswpout {} pgmajfault {})",
+            v.pgscan, v.pgsteal, v.allocstall, v.pswpin, v.pswpout, v.pgmajfault
+        ));
+    }
+    out.push('\n');
+    for c in &m.cgroups {
+        out.push_str(&format!(
+            "  memcg {} (ino {}): stalls {} in {} episodes (memcg reclaim {}), scanned {} reclaimed {}, swap in {} out {}\n",
+            if c.path.is_empty() { "?" } else { &c.path },
+            c.ino,
+            human_ns(c.f.stall_ns),
+            c.f.episodes(),
+            c.f.memcg_count,
+            c.f.scanned,
+            c.f.reclaimed,
+            c.f.swapin_pages,
+            c.f.swapout_pages,
+        ));
+    }
+    out
+}
+
+fn row(p: &ProcInterval, m: Option<&MemProcInterval>) -> String {
     format!(
-        "{:<8} {:<16} {:>6.1}  {:<9} {:<9} {:<9} {:<8} {:>6.1}  {:<10} {:<10} {:<9} {}",
+        "{:<8} {:<16} {:>6.1}  {:<9} {:<9} {:<9} {:<8} {:>6.1}  {:<10} {:<10} {:<9} {:<7} {}",
         p.pid,
         p.comm.chars().take(16).collect::<String>(),
         p.wait_pct,
@@ -198,6 +278,7 @@ fn row(p: &ProcInterval) -> String {
         human_ns(p.sleep_ns),
         human_ns(p.caused_ns),
         p.stalls,
+        mem_cols(m),
     )
 }
 
@@ -213,7 +294,11 @@ pub fn format_text(
     threads: &[(u32, ProcInterval)],
     io: Option<&BlockFrame>,
     pids: &HashSet<u32>,
+    mem: Option<&MemInterval>,
 ) -> String {
+    let by_pid: HashMap<u32, &MemProcInterval> = mem
+        .map(|m| m.processes.iter().map(|p| (p.pid, p)).collect())
+        .unwrap_or_default();
     let io_of = io.map(|f| f.by_pid());
     let io_cell = |pid: u32| -> String {
         match &io_of {
@@ -238,6 +323,9 @@ pub fn format_text(
         opt_ns(iv.p50_ns),
         opt_ns(iv.p99_ns),
     );
+    if let Some(m) = mem {
+        out.push_str(&format_memory(m));
+    }
     out.push_str(TABLE_HEADER);
     if io.is_some() {
         out.push_str(IO_HEADER);
@@ -249,7 +337,7 @@ pub fn format_text(
         limit.min(iv.processes.len())
     };
     for p in &iv.processes[..shown] {
-        out.push_str(&row(p));
+        out.push_str(&row(p, by_pid.get(&p.pid).copied()));
         out.push_str(&io_cell(p.pid));
         out.push('\n');
     }
@@ -264,7 +352,7 @@ pub fn format_text(
         out.push_str(&TABLE_HEADER.replacen("PID ", "TID ", 1));
         out.push('\n');
         for (_, t) in threads {
-            out.push_str(&row(t));
+            out.push_str(&row(t, None));
             out.push('\n');
         }
     }
@@ -285,6 +373,7 @@ pub fn format_json(
     hist: Option<(&str, &Log2Hist)>,
     threads: &[(u32, ProcInterval)],
     io: Option<&BlockFrame>,
+    mem: Option<&MemInterval>,
 ) -> String {
     let mut v = serde_json::json!({
         "time": clock.wall(iv.end_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -316,6 +405,9 @@ pub fn format_json(
             }
         }
         v["block"] = block_json(f);
+    }
+    if let Some(m) = mem {
+        v["memory"] = serde_json::to_value(m).unwrap_or_default();
     }
     if !threads.is_empty() {
         let rows = threads
@@ -357,6 +449,7 @@ pub struct RunqSink {
     start_ns: u64,
     agg: SchedAgg,
     thread_agg: SchedAgg,
+    mem_agg: MemAgg,
     /// Process names, kept once the process is gone (until forgotten).
     comms: HashMap<u32, String>,
     health: Health,
@@ -374,6 +467,7 @@ impl RunqSink {
             start_ns,
             agg: SchedAgg::new(),
             thread_agg: SchedAgg::new(),
+            mem_agg: MemAgg::new(),
             comms: HashMap::new(),
             health: Health::default(),
             printed: 0,
@@ -402,6 +496,21 @@ impl RunqSink {
             iv.processes.retain(|p| self.pids.contains(&p.pid));
         }
         sort(&mut iv.processes, self.key);
+        let mut miv = r.memory.as_ref().map(|snap| {
+            self.mem_agg
+                .update(now_ns, self.start_ns, snap, &self.comms)
+        });
+        self.mem_agg.forget(&r.memory_gone);
+        if let Some(m) = miv.as_mut() {
+            if !self.pids.is_empty() {
+                m.processes.retain(|p| self.pids.contains(&p.pid));
+            }
+            if matches!(self.args.sort, RunqSort::Mem | RunqSort::Swap) {
+                let by_pid: HashMap<u32, MemProcInterval> =
+                    m.processes.iter().map(|p| (p.pid, p.clone())).collect();
+                sort_by_memory(&mut iv.processes, &by_pid, self.args.sort);
+            }
+        }
         let io = r.block.as_deref();
         if self.args.sort == RunqSort::Io
             && let Some(f) = io
@@ -457,7 +566,7 @@ impl RunqSink {
                 .collect();
         }
         if self.args.json {
-            format_json(&iv, &host, &self.clock, hist, &threads, io) + "\n"
+            format_json(&iv, &host, &self.clock, hist, &threads, io, miv.as_ref()) + "\n"
         } else {
             let shown: &[(u32, ProcInterval)] = if self.args.threads { &threads } else { &[] };
             format_text(
@@ -469,6 +578,7 @@ impl RunqSink {
                 shown,
                 io,
                 &self.pids,
+                miv.as_ref(),
             ) + "\n"
         }
     }
@@ -566,6 +676,7 @@ mod tests {
             &threads,
             None,
             &HashSet::new(),
+            None,
         );
         assert!(text.contains("threads (TID"), "{text}");
         assert!(text.contains("R 3  B 1"), "{text}");
@@ -577,7 +688,8 @@ mod tests {
         );
         assert!(text.contains("distribution"));
         let v: serde_json::Value =
-            serde_json::from_str(&format_json(&iv, &host, &clock, None, &threads, None)).unwrap();
+            serde_json::from_str(&format_json(&iv, &host, &clock, None, &threads, None, None))
+                .unwrap();
         assert_eq!(v["threads"][0]["tid"], 42);
         assert_eq!(v["procs_blocked"], 1);
         assert_eq!(v["processes"][0]["pid"], 42);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use diag_common::{
     EventKind,
+    memory::{MemStallEvent, stall_kind},
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
     sched::StallEvent,
@@ -238,6 +239,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::BlockSlow(b) => block_slow_text(b, clock),
+        AnyEvent::MemStall(m) => mem_stall_text(m, &MemStallContext::default(), clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock, names),
         AnyEvent::TcpClose(c) => close_text(c, clock),
@@ -346,6 +348,100 @@ fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
         h.pid,
         villain,
     )
+}
+
+/// What user space adds to a memory stall: cgroup paths and the biggest
+/// memory users then (in the cgroup at its limit, or system-wide).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MemStallContext {
+    pub memcg: Option<String>,
+    pub limit_cgroup: Option<String>,
+    pub top: Vec<crate::enrich::oom::Consumer>,
+    pub top_scope: String,
+}
+
+pub fn mem_stall_text(m: &MemStallEvent, ctx: &MemStallContext, clock: &WallClock) -> String {
+    let h = &m.header;
+    let pages = if m.kind == stall_kind::COMPACT {
+        String::new()
+    } else {
+        format!(", scanned {} reclaimed {} pages", m.scanned, m.reclaimed)
+    };
+    let throttled = if m.throttled_ns > 0 {
+        format!(", throttled {}", human_ns(m.throttled_ns))
+    } else {
+        String::new()
+    };
+    let limit = match (&ctx.limit_cgroup, m.limit_ino) {
+        (_, 0) => String::new(),
+        (Some(p), _) => format!(
+            "; at its limit: {p} ({} of {} KiB)",
+            m.usage_pages * crate::sys::page_kb(),
+            m.limit_pages * crate::sys::page_kb()
+        ),
+        (None, ino) => format!("; at its limit: memcg ino {ino}"),
+    };
+    let cg = match (&ctx.memcg, m.memcg_ino) {
+        (Some(p), _) => format!(" in {p}"),
+        (None, 0) => String::new(),
+        (None, ino) => format!(" in memcg ino {ino}"),
+    };
+    let top = if ctx.top.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; biggest ({}): {}",
+            ctx.top_scope,
+            ctx.top
+                .iter()
+                .map(|c| format!("{} {} {} KiB", c.pid, c.comm, c.rss_kb))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "{:<16} {:<8} {:<16} MEMSTALL {} {} (tid {}, order {}){pages}{throttled}{cg}{limit}{top}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        stall_kind::name(m.kind),
+        human_ns(m.dur_ns),
+        h.pid,
+        m.order,
+    )
+}
+
+pub fn mem_stall_json(
+    m: &MemStallEvent,
+    ctx: &MemStallContext,
+    clock: &WallClock,
+) -> serde_json::Value {
+    let h = &m.header;
+    serde_json::json!({
+        "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "ts_ns": h.ts_ns,
+        "event": "memstall",
+        "kind": stall_kind::name(m.kind),
+        "pid": h.tgid,
+        "tid": h.pid,
+        "comm": comm_string(&h.comm),
+        "duration_ns": m.dur_ns,
+        "order": m.order,
+        "scanned": m.scanned,
+        "reclaimed": m.reclaimed,
+        "throttled_ns": m.throttled_ns,
+        "memcg_ino": m.memcg_ino,
+        "memcg": ctx.memcg,
+        "limit_memcg_ino": (m.limit_ino != 0).then_some(m.limit_ino),
+        "limit_memcg": ctx.limit_cgroup,
+        "limit_pages": (m.limit_ino != 0).then_some(m.limit_pages),
+        "usage_pages": (m.limit_ino != 0).then_some(m.usage_pages),
+        "top_scope": ctx.top_scope,
+        "top": ctx.top.iter().map(|c| serde_json::json!({
+            "pid": c.pid, "comm": c.comm, "rss_kb": c.rss_kb,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The queue and backlog of a listen-queue drop, `3/2` (`?` unknown).
@@ -544,6 +640,7 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             })
         }
         AnyEvent::OomKill(o) => oom_json(o, &OomContext::default(), clock),
+        AnyEvent::MemStall(m) => mem_stall_json(m, &MemStallContext::default(), clock),
         AnyEvent::TcpClose(c) => {
             let mut v = tcp_json(
                 "tcp_close",
@@ -736,6 +833,8 @@ pub struct Tail {
     /// a replay, which does not know). JSON lines carry the cgroup and
     /// container, and `--cgroup` needs them.
     pub placements: Option<HashMap<u32, Placement>>,
+    /// Live: cgroup paths and top memory users for memory stalls.
+    pub mem_enrich: Option<crate::enrich::memory::MemEnricher>,
 }
 
 impl Tail {
@@ -799,9 +898,24 @@ impl Tail {
                         continue;
                     }
                     self.shown += 1;
-                    let line = match (self.json, &place) {
-                        (true, Some(p)) => format_json_placed(ev, &self.clock, &self.names, p),
-                        (true, None) => format_json(ev, &self.clock, &self.names),
+                    let mem_ctx = match (ev, self.mem_enrich.as_mut()) {
+                        (AnyEvent::MemStall(m), Some(e)) => Some((m, e.context(m))),
+                        _ => None,
+                    };
+                    let line = match (self.json, &place, mem_ctx) {
+                        (true, place, Some((m, ctx))) => {
+                            let mut v = mem_stall_json(m, &ctx, &self.clock);
+                            if let Some(p) = place {
+                                v["cgroup"] = p.cgroup.clone().into();
+                                v["container"] = p.container.clone().into();
+                            }
+                            v.to_string()
+                        }
+                        (false, _, Some((m, ctx))) => mem_stall_text(m, &ctx, &self.clock),
+                        (true, Some(p), None) => {
+                            format_json_placed(ev, &self.clock, &self.names, p)
+                        }
+                        (true, None, None) => format_json(ev, &self.clock, &self.names),
                         _ => format_text(ev, &self.clock, &self.names),
                     };
                     writeln!(out, "{line}")?;
@@ -877,6 +991,7 @@ impl Tail {
             oom: OomStats::default(),
             cgroups: view.cgroup.clone(),
             placements: None,
+            mem_enrich: None,
         }
     }
 
@@ -1455,6 +1570,7 @@ mod tests {
             health: Health::default(),
             cgroups: Vec::new(),
             placements: None,
+            mem_enrich: None,
         };
         let mut out = Vec::new();
         t.handle(

@@ -828,6 +828,56 @@ fn exchange(k: usize, target: &str, millis: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `memhog MIB PASSES`: fill MIB MiB of anonymous memory with data that
+/// is not zero (the kernel keeps zero-filled pages out of swap) and
+/// touch every page PASSES times: in a memory cgroup smaller than that,
+/// pages are swapped out and in again.
+fn memhog(mib: usize, passes: usize) -> std::io::Result<()> {
+    let len = mib << 20;
+    let mut v = vec![0u8; len];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for (b, s) in chunk.iter_mut().zip(x.to_ne_bytes()) {
+            *b = s | 1;
+        }
+    }
+    let mut sum: u64 = 0;
+    for _ in 1..passes.max(1) {
+        for page in v.chunks(4096) {
+            sum = sum.wrapping_add(u64::from(page[0]));
+        }
+    }
+    println!("memhog {mib} MiB, {passes} passes, sum {sum}");
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    println!("MAJFLT {}", ru.ru_majflt);
+    std::hint::black_box(&v);
+    Ok(())
+}
+
+/// `reread N PATH`: read the file N times, start to end.
+fn reread(times: usize, path: &str) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    for _ in 0..times {
+        let mut f = std::fs::File::open(path)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    println!("reread {total} bytes");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     set_comm_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -843,6 +893,8 @@ fn main() -> ExitCode {
     let rest = &args[2..];
     let first = rest.first().map(String::as_str).unwrap_or("");
     let r = match mode.as_str() {
+        "memhog" => memhog(count, first.parse().unwrap_or(2)),
+        "reread" => reread(count, first),
         "listen" => listen(count, rest),
         "connect" => connect(count, rest),
         "listen-hold" => listen_hold(count, first),

@@ -59,6 +59,8 @@ pub struct Review {
     pub oom_context: std::collections::HashMap<(u64, u32), OomContext>,
     /// Run-queue waits over the stall threshold.
     pub stalls: Vec<StallEvent>,
+    /// Memory stalls over the memory stall threshold.
+    pub mem_stalls: Vec<diag_common::memory::MemStallEvent>,
     pub last: Option<TcpSnapshot>,
     /// (when, how many) each time the kernel reported new drops.
     pub drops: Vec<(u64, u64)>,
@@ -81,6 +83,8 @@ pub struct Review {
     /// Block I/O per device and process over the recording (format
     /// version 4), and its slowest requests.
     pub block: crate::aggregate::block::BlockSummary,
+    /// Memory frames (version 4), summed.
+    pub mem: crate::aggregate::memory::MemSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -262,6 +266,7 @@ impl Review {
                             | AnyEvent::ProcExit(_) => {}
                             AnyEvent::BlockSlow(b) => r.block.slow_event(b),
                             AnyEvent::Stall(st) => r.stalls.push(*st),
+                            AnyEvent::MemStall(m) => r.mem_stalls.push(*m),
                         }
                         agg.on_event(e);
                     }
@@ -346,6 +351,16 @@ impl Review {
                     if counting {
                         r.last_ts = r.last_ts.max(b.ts_ns);
                         r.block.eat(&b);
+                    }
+                }
+                Record::Memory(m) => {
+                    if past(m.end_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(m.end_ns);
+                        r.mem.add(&m);
                     }
                 }
                 Record::Procs(_) | Record::End(_) => {}
@@ -502,6 +517,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::Sched(s) => Some(s.ts_ns),
         Record::Pressure(p) => Some(p.ts_ns),
         Record::Block(b) => Some(b.ts_ns),
+        Record::Memory(m) => Some(m.end_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }

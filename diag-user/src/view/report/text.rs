@@ -203,6 +203,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
 
     saturation_psi(&mut o, &r.psi, &t);
     block_use(&mut o, &r.block, &t);
+    saturation_memory(&mut o, r, &t);
 
     if let Some(s) = &r.last {
         saturation_tcp(&mut o, s);
@@ -513,6 +514,111 @@ pub fn wrap(text: &str, width: usize) -> String {
         o.push_str(nl);
     }
     o
+}
+
+/// The memory block: time stalled in reclaim and compaction, pages
+/// scanned and reclaimed, swap and major faults; the processes and memory
+/// cgroups that stalled most; the longest memory stalls.
+fn saturation_memory(o: &mut String, r: &Review, t: &dyn Fn(u64) -> String) {
+    let m = &r.mem;
+    if m.frames == 0 {
+        let _ = writeln!(
+            o,
+            "  No memory stalls recorded (recordings of diag record --events ...,memstall and serve --record have them)."
+        );
+        return;
+    }
+    let f = &m.total;
+    let b = &m.background;
+    let _ = writeln!(
+        o,
+        "  Memory stalls over {:.0}s: {} in {} episodes (direct reclaim {} in {}, memory cgroup reclaim {} in {}, compaction {} in {}; throttled {} times, {}); {} pages scanned, {} reclaimed in them",
+        m.covered_ns as f64 / 1e9,
+        human_ns(f.stall_ns),
+        f.episodes(),
+        human_ns(f.direct_ns),
+        f.direct_count,
+        human_ns(f.memcg_ns),
+        f.memcg_count,
+        human_ns(f.compact_ns),
+        f.compact_count,
+        f.throttle_count,
+        human_ns(f.throttle_ns),
+        f.scanned,
+        f.reclaimed,
+    );
+    let v = &m.vmstat;
+    let _ = writeln!(
+        o,
+        "  Kernel threads (kswapd, kcompactd): {} pages scanned, {} reclaimed; swapped in {} pages, out {}; major faults {} (vmstat: pgscan {}, pgsteal {}, allocstall {}, pswpin {}, pswpout {}, pgmajfault {})",
+        b.scanned,
+        b.reclaimed,
+        f.swapin_pages + b.swapin_pages,
+        f.swapout_pages + b.swapout_pages,
+        m.majflt,
+        v.pgscan,
+        v.pgsteal,
+        v.allocstall,
+        v.pswpin,
+        v.pswpout,
+        v.pgmajfault,
+    );
+    let top = m.top_procs(5);
+    if !top.is_empty() {
+        let _ = writeln!(o, "  Processes stalled longest in memory:");
+        for (pid, comm, f, majflt) in top {
+            let _ = writeln!(
+                o,
+                "    pid {pid:<7} {comm:<16} {} in {} episodes, {} swap-ins ({} of I/O), {} major faults",
+                human_ns(f.stall_ns),
+                f.episodes(),
+                f.swapin_pages,
+                human_ns(f.swapin_ns),
+                majflt
+            );
+        }
+    }
+    let cgs = m.top_cgroups(5);
+    if !cgs.is_empty() {
+        let _ = writeln!(o, "  Memory cgroups stalled longest:");
+        for (cg, f) in cgs {
+            let _ = writeln!(
+                o,
+                "    {cg}  {} in {} episodes ({} forced by a limit), {} pages reclaimed, {} swap-ins",
+                human_ns(f.stall_ns),
+                f.episodes(),
+                f.memcg_count,
+                f.reclaimed,
+                f.swapin_pages
+            );
+        }
+    }
+    if !r.mem_stalls.is_empty() {
+        let comm = crate::text::comm;
+        let _ = writeln!(
+            o,
+            "  Memory stalls over the threshold: {}; the longest:",
+            r.mem_stalls.len()
+        );
+        let mut worst: Vec<_> = r.mem_stalls.iter().collect();
+        worst.sort_by_key(|s| std::cmp::Reverse(s.dur_ns));
+        for s in worst.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "    {}  pid {} ({}) {} {}{}",
+                t(s.header.ts_ns),
+                s.header.tgid,
+                comm(&s.header.comm),
+                diag_common::memory::stall_kind::name(s.kind),
+                human_ns(s.dur_ns),
+                if s.limit_ino != 0 {
+                    format!(", memory cgroup ino {} at its limit", s.limit_ino)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
 }
 
 /// The PSI block: the host's stall time per resource, the peak avg10s,

@@ -46,6 +46,9 @@ pub struct Col {
     pub sched: bool,
     /// Shown when there is room to spare (block I/O).
     pub io: bool,
+    /// A memory column (reclaim stalls, swap-ins): shown after the
+    /// scheduler ones, with room to spare.
+    pub mem: bool,
 }
 
 const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>) -> Col {
@@ -56,11 +59,12 @@ const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>
         sort,
         sched: false,
         io: false,
+        mem: false,
     }
 }
 
 /// Every column, in order; CGROUP last (it takes what is left).
-pub const COLUMNS: [Col; 16] = [
+pub const COLUMNS: [Col; 18] = [
     col("PID", 7, false, Some(SortKey::Pid)),
     col("COMM", 13, false, Some(SortKey::Comm)),
     col("CPU%", 5, true, Some(SortKey::Cpu)),
@@ -83,6 +87,16 @@ pub const COLUMNS: [Col; 16] = [
     Col {
         sched: true,
         ..col("BLOCKED", 7, true, Some(SortKey::Blocked))
+    },
+    // Memory stalls (reclaim, compaction) and pages swapped in, last
+    // interval: shown with the scheduler columns when they fit.
+    Col {
+        mem: true,
+        ..col("MEM", 7, true, None)
+    },
+    Col {
+        mem: true,
+        ..col("SWPIN", 5, true, None)
     },
     Col {
         io: true,
@@ -126,6 +140,14 @@ pub fn cell(i: usize, r: &Row) -> String {
         12 => s.map_or_else(dash, |s| format!("{:.1}", s.wait_pct)),
         13 => s.map_or_else(dash, |s| human_ns(s.blocked_ns)),
         14 => r
+            .mem
+            .filter(|m| m.stall_ns > 0)
+            .map_or_else(dash, |m| human_ns(m.stall_ns)),
+        15 => r
+            .mem
+            .filter(|m| m.swapin_pages > 0)
+            .map_or_else(dash, |m| count(m.swapin_pages)),
+        16 => r
             .io_ns
             .map_or_else(dash, |n| if n == 0 { dash() } else { human_ns(n) }),
         _ => r.cgroup.clone().unwrap_or_else(dash),
@@ -137,7 +159,7 @@ pub fn cell(i: usize, r: &Row) -> String {
 /// has scheduler numbers); CGROUP with what is left.
 pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
     let base: Vec<usize> = (0..CGROUP)
-        .filter(|&i| !COLUMNS[i].sched && !COLUMNS[i].io)
+        .filter(|&i| !COLUMNS[i].sched && !COLUMNS[i].io && !COLUMNS[i].mem)
         .collect();
     let used = |cols: &[usize]| -> u16 { cols.iter().map(|&i| COLUMNS[i].width + 1).sum() };
     let mut cols = base;
@@ -148,8 +170,9 @@ pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
     if room >= sched_w + if any_sched { 0 } else { cg_min } {
         cols.extend(&sched);
     }
-    // Block I/O only with room to spare: CGROUP keeps its width.
-    for i in (0..CGROUP).filter(|&i| COLUMNS[i].io) {
+    // Memory and block I/O only with room to spare: CGROUP keeps its
+    // width.
+    for i in (0..CGROUP).filter(|&i| COLUMNS[i].io || COLUMNS[i].mem) {
         if width.saturating_sub(used(&cols)) >= COLUMNS[i].width + 1 + cg_min {
             cols.push(i);
         }
@@ -605,6 +628,22 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     ),
                     None => "Block I/O in the interval: none".into(),
                 });
+            }
+            if let Some(m) = r.mem {
+                v.push(format!(
+                    "Memory reclaim / swap (last interval): stalled {} in {} episodes (direct reclaim {}, memcg reclaim {}, compaction {}), scanned {} reclaimed {} pages; swapped in {} pages ({} of I/O), out {}; major faults {}",
+                    human_ns(m.stall_ns),
+                    m.episodes,
+                    human_ns(m.direct_ns),
+                    human_ns(m.memcg_ns),
+                    human_ns(m.compact_ns),
+                    m.scanned,
+                    m.reclaimed,
+                    m.swapin_pages,
+                    human_ns(m.swapin_ns),
+                    m.swapout_pages,
+                    m.majflt
+                ));
             }
             if let (Some(frame), Some(cg)) = (&st.pressure, r.cgroup.as_deref()) {
                 match frame.cgroup(cg) {

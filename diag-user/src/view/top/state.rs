@@ -62,6 +62,42 @@ pub struct SchedCols {
     pub blocked_ns: u64,
 }
 
+/// Memory columns of a row over the last interval, filled from the memory
+/// frame (shown as `-` while `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MemCols {
+    /// Reclaim, compaction and throttling, ns.
+    pub stall_ns: u64,
+    pub episodes: u64,
+    pub direct_ns: u64,
+    pub memcg_ns: u64,
+    pub compact_ns: u64,
+    pub scanned: u64,
+    pub reclaimed: u64,
+    pub swapin_pages: u64,
+    pub swapin_ns: u64,
+    pub swapout_pages: u64,
+    pub majflt: u64,
+}
+
+impl From<&crate::aggregate::memory::MemProcInterval> for MemCols {
+    fn from(p: &crate::aggregate::memory::MemProcInterval) -> Self {
+        MemCols {
+            stall_ns: p.f.stall_ns,
+            episodes: p.f.episodes(),
+            direct_ns: p.f.direct_ns,
+            memcg_ns: p.f.memcg_ns,
+            compact_ns: p.f.compact_ns,
+            scanned: p.f.scanned,
+            reclaimed: p.f.reclaimed,
+            swapin_pages: p.f.swapin_pages,
+            swapin_ns: p.f.swapin_ns,
+            swapout_pages: p.f.swapout_pages,
+            majflt: p.majflt,
+        }
+    }
+}
+
 /// TCP columns of a row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct TcpCols {
@@ -124,6 +160,9 @@ pub struct Row {
     /// Block I/O wait (its requests' start-to-completion time, summed)
     /// over the last interval, ns, when the block probes are attached.
     pub io_ns: Option<u64>,
+    /// Memory stalls and swap in the last interval.
+    #[serde(default)]
+    pub mem: Option<MemCols>,
 }
 
 /// Whole-host numbers over the last interval.
@@ -419,6 +458,8 @@ pub struct TopState {
     /// and per process.
     pub block: Option<crate::aggregate::block::BlockFrame>,
     pub io: HashMap<u32, crate::aggregate::block::IoFigures>,
+    /// Memory numbers per pid over the last interval (the memory frame).
+    pub memory: HashMap<u32, MemCols>,
     host_prev: Option<HostSample>,
     host_now: Option<HostSample>,
     events_since_tick: u64,
@@ -470,6 +511,7 @@ impl TopState {
             pressure: None,
             block: None,
             io: HashMap::new(),
+            memory: HashMap::new(),
             host_prev: None,
             host_now: None,
             events_since_tick: 0,
@@ -555,6 +597,13 @@ impl TopState {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Pressure(p) => self.pressure = Some((**p).clone()),
+            Msg::Memory(m) => {
+                self.memory = m
+                    .processes
+                    .iter()
+                    .map(|p| (p.pid, MemCols::from(p)))
+                    .collect();
+            }
             Msg::Damage(what) => {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what.clone());
@@ -679,6 +728,7 @@ impl TopState {
                     oom_kills: 0,
                     sched: None,
                     io_ns: None,
+                    mem: None,
                 },
             ));
     }
@@ -704,6 +754,14 @@ impl TopState {
         if let Some(b) = s.block.take() {
             self.io = b.by_pid();
             self.block = Some(b);
+        }
+        if let Some(m) = s.memory.take() {
+            // This interval's memory frame replaces the last one.
+            self.memory = m
+                .processes
+                .iter()
+                .map(|p| (p.pid, MemCols::from(p)))
+                .collect();
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -834,6 +892,7 @@ impl TopState {
                     oom_kills: 0,
                     sched: None,
                     io_ns: None,
+                    mem: None,
                 },
             );
         }
@@ -873,6 +932,7 @@ impl TopState {
                 oom_kills: 0,
                 sched: None,
                 io_ns: None,
+                mem: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
@@ -921,6 +981,11 @@ impl TopState {
         if self.block.is_some() {
             for r in rows.values_mut() {
                 r.io_ns = Some(self.io.get(&r.pid).map_or(0, |f| f.lat_ns()));
+            }
+        }
+        for (pid, m) in &self.memory {
+            if let Some(r) = rows.get_mut(pid) {
+                r.mem = Some(*m);
             }
         }
         // Processes that are gone leave after a while without activity.
