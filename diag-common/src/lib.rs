@@ -6,6 +6,7 @@
 //! are raw `u32`s decoded with [`TryFrom`], never transmuted.
 #![no_std]
 
+pub mod lock;
 pub mod oom;
 pub mod proc;
 pub mod sched;
@@ -24,7 +25,7 @@ pub const TASK_COMM_LEN: usize = 16;
 /// What kind of record follows the header in the ring buffer.
 ///
 /// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler,
-/// 30-39 process lifetimes.
+/// 30-39 process lifetimes, 60-69 locks.
 /// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub enum EventKind {
     Stall = 20,
     /// [`proc::ProcExitEvent`]: a whole process ended.
     ProcExit = 30,
+    /// [`lock::LockWaitEvent`]: a futex wait over the threshold.
+    LockWait = 60,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -70,6 +73,7 @@ impl TryFrom<u32> for EventKind {
             10 => Ok(EventKind::OomKill),
             20 => Ok(EventKind::Stall),
             30 => Ok(EventKind::ProcExit),
+            60 => Ok(EventKind::LockWait),
             other => Err(other),
         }
     }
@@ -114,7 +118,7 @@ impl EventHeader {
 /// wrong in the kernel and must be shown to the user.
 ///
 /// Slots are grouped by family: 0-9 shared and TCP, 10-19 OOM, 20-31
-/// scheduler.
+/// scheduler, 60-69 locks.
 pub mod counters {
     /// An event was lost because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
@@ -148,8 +152,20 @@ pub mod counters {
     pub const SCHED_READ_ERROR: u32 = 22;
     /// Scheduler: stall events submitted.
     pub const SCHED_STALLS: u32 = 23;
+    /// Locks: a thread's futex wait could not be noted (`LOCK_WAITING`
+    /// full): that wait is missing.
+    pub const LOCK_WAIT_MAP_FULL: u32 = 60;
+    /// Locks: a (waiter, lock, waker) entry could not be made
+    /// (`LOCK_STATS` full): the wait counts in its process only.
+    pub const LOCK_STATS_MAP_FULL: u32 = 61;
+    /// Locks: a process could not be tracked (`LOCK_PROCS` full).
+    pub const LOCK_PROC_MAP_FULL: u32 = 62;
+    /// Locks: a kernel lock contention could not be noted (map full).
+    pub const LOCK_KWAIT_MAP_FULL: u32 = 63;
+    /// Locks: lock-wait events submitted.
+    pub const LOCK_EVENTS: u32 = 64;
     /// Number of slots in `COUNTERS`.
-    pub const LEN: u32 = 32;
+    pub const LEN: u32 = 72;
 }
 
 /// Tunables written into the kernel object's read-only globals at load time.

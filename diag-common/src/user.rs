@@ -1,5 +1,6 @@
 //! User-space only: `aya::Pod` impls and decoding of ring-buffer records.
 
+use crate::lock::{KernelWaitKey, LockConfig, LockKey, LockProc, LockStat, LockWaitEvent, Waiting};
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
 use crate::sched::{OnCpu, ProcStats, SchedConfig, StallEvent, TaskState};
@@ -29,6 +30,12 @@ unsafe impl aya::Pod for TaskState {}
 unsafe impl aya::Pod for ProcStats {}
 unsafe impl aya::Pod for OnCpu {}
 unsafe impl aya::Pod for ProcConfig {}
+unsafe impl aya::Pod for LockConfig {}
+unsafe impl aya::Pod for LockKey {}
+unsafe impl aya::Pod for LockStat {}
+unsafe impl aya::Pod for LockProc {}
+unsafe impl aya::Pod for Waiting {}
+unsafe impl aya::Pod for KernelWaitKey {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub enum AnyEvent {
     OomKill(OomKillEvent),
     Stall(StallEvent),
     ProcExit(ProcExitEvent),
+    /// A futex wait over the threshold, with its waker.
+    LockWait(LockWaitEvent),
 }
 
 impl AnyEvent {
@@ -56,6 +65,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => as_bytes(e),
             AnyEvent::Stall(e) => as_bytes(e),
             AnyEvent::ProcExit(e) => as_bytes(e),
+            AnyEvent::LockWait(e) => as_bytes(e),
         }
     }
 
@@ -68,6 +78,7 @@ impl AnyEvent {
             AnyEvent::OomKill(e) => &e.header,
             AnyEvent::Stall(e) => &e.header,
             AnyEvent::ProcExit(e) => &e.header,
+            AnyEvent::LockWait(e) => &e.header,
         }
     }
 }
@@ -175,6 +186,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         EventKind::OomKill => Ok(AnyEvent::OomKill(read(buf, Some(header.kind))?)),
         EventKind::Stall => Ok(AnyEvent::Stall(read(buf, Some(header.kind))?)),
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
+        EventKind::LockWait => Ok(AnyEvent::LockWait(read(buf, Some(header.kind))?)),
     }
 }
 

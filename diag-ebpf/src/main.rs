@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod lock;
 mod maps;
 mod oom;
 mod proc;

@@ -131,12 +131,23 @@ Drops are also reported as they happen: nothing is lost silently.
 
 reset: a reset sent (with the kernel's reason, e.g. NO_SOCKET for a closed \
 port; such resets belong to no process and show pid 0) or received. \
-retrans: a retransmitted segment, with the socket's state.";
+retrans: a retransmitted segment, with the socket's state.
+
+lock (not in the default set: it attaches the futex system-call \
+tracepoints, which cost every system call on the host a little, and \
+sched_waking): every futex wait at least --lock-threshold long (10ms by \
+default), when it ends: the waiting thread, the futex address, the wait, and \
+the thread whose wakeup ended it (`woken by PID COMM (tid T)`: the thread \
+that released the mutex, signalled the condition variable, or exited for a \
+join), learned in the kernel at the wakeup itself. Waits that time out are \
+timed sleeps, not events; waits ended by a signal say so. diag's own waits \
+are not traced.";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
   diag tail                          every TCP transition and OOM kill on the host
   diag tail --events oom             OOM kills only
+  diag tail --events lock --lock-threshold 50ms   threads stuck on locks, and who held them
   diag tail --port 5432              connections to or from port 5432
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
   diag tail --json | jq .            JSON lines, one object per event
@@ -229,6 +240,11 @@ pub enum EventClass {
     /// Run-queue waits longer than --stall-threshold, with the task that
     /// held the CPU (scheduler tracepoints)
     Stall,
+    /// Futex waits longer than --lock-threshold: waiter, lock address,
+    /// wait, and the thread whose wakeup ended it (the holder that
+    /// released the lock). Not shown by default: it attaches system-call
+    /// tracepoints (futex), which slow every system call a little
+    Lock,
     /// Processes that ended: pid, name, start time, exit status
     /// (tp_btf sched_process_exit; always traced with tcp and stall, so
     /// a reused pid is never taken for the process that had it)
@@ -250,6 +266,7 @@ impl EventClass {
                     | EventClass::Drop
                     | EventClass::Close
                     | EventClass::Stall
+                    | EventClass::Lock
             )
         });
         if per_process && !v.contains(&EventClass::Exit) {
@@ -376,6 +393,11 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub stall_threshold: std::time::Duration,
 
+    /// Locks: a futex wait at least this long is an event (`tail
+    /// --events lock`), e.g. 10ms, 500us
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub lock_threshold: std::time::Duration,
+
     /// TCP state changes from the classic tracepoint (a record built for
     /// each), not the raw one with `struct sock` offsets from BTF (the
     /// default when the kernel's BTF has them)
@@ -414,6 +436,7 @@ impl Default for ProbeArgs {
             btf: "/sys/kernel/btf/vmlinux".into(),
             tracefs: "/sys/kernel/tracing".into(),
             stall_threshold: std::time::Duration::from_millis(10),
+            lock_threshold: std::time::Duration::from_millis(10),
             classic_tcp: false,
             empty_programs: false,
             kernel_log: false,

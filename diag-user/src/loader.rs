@@ -40,6 +40,9 @@ pub struct Env {
     /// exits were asked for: aggregates then tell a process from a later
     /// one with the same pid.
     pub proc: Option<ProcConfig>,
+    /// Futex waits and kernel lock contention, when lock events or a
+    /// lock view were asked for.
+    pub lock: Option<diag_common::lock::LockConfig>,
 }
 
 impl Env {
@@ -244,6 +247,18 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             )
         }),
     });
+    if let Ok((path, _)) = &mounted {
+        lines.push(CheckLine {
+            name: "locks",
+            result: probes::lock::layout(path, &args.btf, 0).map(|c| {
+                format!(
+                    "syscalls:sys_enter_futex/sys_exit_futex{}{}, tp_btf sched_waking (wakers), lock:contention_begin/end (attached only by the lock views)",
+                    if c.wait_uaddr != diag_common::tcp::NO_FIELD { ", futex_wait" } else { "" },
+                    if c.waitv_waiters != diag_common::tcp::NO_FIELD { ", futex_waitv" } else { "" },
+                )
+            }),
+        });
+    }
     lines.push(CheckLine {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
@@ -332,6 +347,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let lock = if events.contains(&EventClass::Lock) {
+        let threshold = u64::try_from(args.lock_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::lock::layout(&tracefs, &args.btf, threshold)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         tracefs,
@@ -340,6 +361,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         oom,
         sched,
         proc,
+        lock,
     })
 }
 
@@ -373,6 +395,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     };
     let mut sched = env.sched.unwrap_or(SchedConfig::zeroed());
     let mut proc = env.proc.unwrap_or(ProcConfig::zeroed());
+    let mut lock = env.lock.unwrap_or(diag_common::lock::LockConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -392,6 +415,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         // The programs see no layout and return at once.
         sched.valid = 0;
         proc.valid = 0;
+        lock.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -436,6 +460,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("RING_CONFIG", &ring, true)
         .override_global("SCHED_CONFIG", &sched, true)
         .override_global("PROC_CONFIG", &proc, true)
+        .override_global("LOCK_CONFIG", &lock, true)
         .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
@@ -449,6 +474,11 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     } else if sched.keep_procs == 0 {
         loader.map_max_entries(probes::sched::PROCS_MAP, 1);
     }
+    if env.lock.is_none() {
+        for map in probes::lock::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
@@ -456,6 +486,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     // The kernel's BTF for the tp_btf programs, parsed once for all of them.
     let wants_btf = env.sched.is_some()
         || env.proc.is_some()
+        || env.lock.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env
             .tcp
@@ -500,6 +531,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             .as_ref()
             .map_err(|e| LoadError::Load(e.to_string()))?;
         probes::sched::attach(&mut ebpf, btf, &mut attached)?;
+    }
+    if let Some(l) = &env.lock {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::lock::attach(&mut ebpf, l, btf, &mut attached)?;
     }
     if wants_btf {
         // Parsing the kernel's BTF took tens of MiB that are free now: give

@@ -57,6 +57,7 @@ impl Filter {
         // A stall also matches its villain's pid.
         let villain_ok = match ev {
             AnyEvent::Stall(st) => pid_ok(st.villain_pid, st.villain_tgid),
+            AnyEvent::LockWait(l) => pid_ok(l.waker_pid, l.waker_tgid),
             _ => false,
         };
         if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
@@ -75,7 +76,10 @@ impl Filter {
             AnyEvent::TcpSock(t) => (t.family, t.sport, t.dport, t.netns),
             AnyEvent::TcpDrop(t) => (t.family, t.port, t.rport, t.netns),
             AnyEvent::TcpClose(t) => (t.family, t.sport, t.dport, t.netns),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::ProcExit(_) => return true,
+            AnyEvent::OomKill(_)
+            | AnyEvent::Stall(_)
+            | AnyEvent::ProcExit(_)
+            | AnyEvent::LockWait(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;
@@ -97,6 +101,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::TcpState(_) => EventClass::Tcp,
         AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::Stall(_) => EventClass::Stall,
+        AnyEvent::LockWait(_) => EventClass::Lock,
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::TcpDrop(_) => EventClass::Drop,
         AnyEvent::TcpClose(_) => EventClass::Close,

@@ -722,7 +722,7 @@ impl TcpAggregate {
             AnyEvent::TcpDrop(e) => self.on_drop(e),
             AnyEvent::TcpClose(e) => self.on_close(e),
             AnyEvent::ProcExit(e) => self.on_exit(e),
-            AnyEvent::OomKill(_) | AnyEvent::Stall(_) => {}
+            AnyEvent::OomKill(_) | AnyEvent::Stall(_) | AnyEvent::LockWait(_) => {}
         }
     }
 

@@ -1,5 +1,6 @@
 //! One module per probe family: its tracepoints, layouts and attach code.
 
+pub mod lock;
 pub mod oom;
 pub mod proc;
 pub mod sched;

@@ -216,6 +216,21 @@ impl ChromeTrace {
                     "args": {"cpu": h.cpu, "wait_ns": st.wait_ns, "villain_pid": st.villain_tgid, "villain_tid": st.villain_pid},
                 }));
             }
+            AnyEvent::LockWait(l) => {
+                // The wait began at the header's time: a slice on the
+                // waiting thread's track.
+                let dur = l.wait_ns as f64 / 1000.0;
+                if l.waker_tgid != 0 {
+                    self.names
+                        .entry(l.waker_tgid)
+                        .or_insert_with(|| comm(&l.waker_comm));
+                }
+                self.events.push(json!({
+                    "name": format!("lock wait on {:#x} (woken by {})", l.uaddr, if l.waker_pid == 0 { "nobody".to_string() } else { format!("tid {} {}", l.waker_pid, comm(&l.waker_comm)) }),
+                    "cat": "lock", "ph": "X", "ts": ts, "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"uaddr": format!("{:#x}", l.uaddr), "wait_ns": l.wait_ns, "waker_pid": l.waker_tgid, "waker_tid": l.waker_pid, "kind": diag_common::lock::wait_kind::name(l.kind), "ret": l.ret},
+                }));
+            }
             AnyEvent::ProcExit(x) => {
                 self.names.entry(h.tgid).or_insert_with(|| comm(&x.comm));
                 self.events.push(json!({

@@ -8,6 +8,7 @@ use diag_common::{
     EventKind,
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
+    lock::LockWaitEvent,
     sched::StallEvent,
     tcp::{
         AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, closed_by,
@@ -123,6 +124,8 @@ pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+/// The header when only lock waits (and exits) are shown.
+pub const LOCK_HEADER: &str = "TIME             PID      COMM             LOCK WAIT";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -235,6 +238,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::TcpState(t) => tcp_text(t, clock),
         AnyEvent::OomKill(o) => oom_text(o, &OomContext::default(), clock),
         AnyEvent::Stall(s) => stall_text(s, clock),
+        AnyEvent::LockWait(l) => lock_text(l, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock, names),
         AnyEvent::TcpClose(c) => close_text(c, clock),
@@ -321,6 +325,39 @@ fn stall_text(s: &StallEvent, clock: &WallClock) -> String {
         h.cpu,
         h.pid,
         villain,
+    )
+}
+
+/// Who ended a lock wait, in words.
+fn waker_text(l: &LockWaitEvent) -> String {
+    if l.waker_pid != 0 {
+        format!(
+            "woken by {} {} (tid {})",
+            l.waker_tgid,
+            comm_string(&l.waker_comm),
+            l.waker_pid
+        )
+    } else if i64::from(l.ret) == -diag_common::lock::ETIMEDOUT {
+        "timed out".into()
+    } else if i64::from(l.ret) == -diag_common::lock::EINTR {
+        "interrupted by a signal".into()
+    } else {
+        "no waker seen".into()
+    }
+}
+
+fn lock_text(l: &LockWaitEvent, clock: &WallClock) -> String {
+    let h = &l.header;
+    format!(
+        "{:<16} {:<8} {:<16} LOCK waited {} on futex {:#x} (tid {}, {}); {}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        human_ns(l.wait_ns),
+        l.uaddr,
+        h.pid,
+        diag_common::lock::wait_kind::name(l.kind),
+        waker_text(l),
     )
 }
 
@@ -574,6 +611,26 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
             v["queue"] = known(d.queue).into();
             v["backlog"] = known(d.backlog).into();
             v
+        }
+        AnyEvent::LockWait(l) => {
+            let h = &l.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "lock_wait",
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "cpu": h.cpu,
+                "uaddr": format!("{:#x}", l.uaddr),
+                "wait_ns": l.wait_ns,
+                "kind": diag_common::lock::wait_kind::name(l.kind),
+                "ret": l.ret,
+                "waker_pid": (l.waker_pid != 0).then_some(l.waker_tgid),
+                "waker_tid": (l.waker_pid != 0).then_some(l.waker_pid),
+                "waker_comm": (l.waker_pid != 0).then(|| comm_string(&l.waker_comm)),
+                "waker": waker_text(l),
+            })
         }
         AnyEvent::Stall(s) => {
             let h = &s.header;
@@ -887,8 +944,15 @@ impl TailSink {
             && f.events
                 .iter()
                 .all(|e| matches!(e, EventClass::Close | EventClass::Exit));
+        let only_lock = !f.events.is_empty()
+            && f.events.contains(&EventClass::Lock)
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Lock | EventClass::Exit));
         let header = if only_close {
             CLOSE_HEADER
+        } else if only_lock {
+            LOCK_HEADER
         } else if tcp {
             TEXT_HEADER
         } else {

@@ -59,6 +59,8 @@ pub struct Review {
     pub oom_context: std::collections::HashMap<(u64, u32), OomContext>,
     /// Run-queue waits over the stall threshold.
     pub stalls: Vec<StallEvent>,
+    /// Futex waits over the lock threshold.
+    pub lock_waits: Vec<diag_common::lock::LockWaitEvent>,
     pub last: Option<TcpSnapshot>,
     /// (when, how many) each time the kernel reported new drops.
     pub drops: Vec<(u64, u64)>,
@@ -258,6 +260,7 @@ impl Review {
                             | AnyEvent::TcpClose(_)
                             | AnyEvent::ProcExit(_) => {}
                             AnyEvent::Stall(st) => r.stalls.push(*st),
+                            AnyEvent::LockWait(l) => r.lock_waits.push(*l),
                         }
                         agg.on_event(e);
                     }
