@@ -54,6 +54,11 @@ pub enum Command {
     /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills, run queues) over HTTP
     #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// A thread dump of a process from the kernel's side: each thread's
+    /// state, what it waits on (a lock and its holder, a pipe, a socket),
+    /// its kernel stack, CPU and run-queue wait; deadlocks flagged
+    #[command(long_about = THREADS_ABOUT, after_help = THREADS_EXAMPLES)]
+    Threads(ThreadsArgs),
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
@@ -982,6 +987,34 @@ pub enum RunqSort {
     Pid,
 }
 
+/// `diag threads`.
+#[derive(Debug, Clone, Args)]
+pub struct ThreadsArgs {
+    /// The process
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+
+    /// The interval CPU and run-queue wait are measured over
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: std::time::Duration,
+
+    /// Refresh every interval until Ctrl-C (or --count dumps)
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Stop after this many dumps (with --watch)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// One JSON object per dump
+    #[arg(long)]
+    pub json: bool,
+
+    /// Leave out the kernel stacks in the text dump
+    #[arg(long)]
+    pub no_stacks: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunqArgs {
     /// Length of each interval (e.g. 1s, 500ms)
@@ -1019,6 +1052,33 @@ pub struct RunqArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
+
+const THREADS_ABOUT: &str = "\
+A thread dump of process PID from the kernel's side, for any language: one \
+row per thread with its state (R running, S sleeping, D uninterruptible...), \
+how long it has been in it (FOR: a lower bound, the time it kept that state \
+without running while diag looked; `<1s` when it ran or changed in the last \
+interval), its CPU use and run-queue wait over the interval (schedstat), \
+wchan, and what it waits on: a futex address and the thread holding it, a \
+pipe, a socket, a file, a sleep or a poll. Below the table: threads waiting \
+on each other's locks in a cycle (DEADLOCK, with both tids and lock \
+addresses), then each thread's kernel stack.
+
+Everything comes from procfs (task/TID/stat, schedstat, wchan, syscall, \
+stack) and the process's memory (/proc/PID/mem): no probes are attached, so \
+it costs the process nothing. The holder of a lock is read from the lock \
+itself: glibc's pthread_mutex_t keeps its owner's tid (`__owner`, 8 bytes \
+after the futex word); a priority-inheritance futex holds its owner's tid. \
+Other futexes (condition variables, semaphores, Rust's std Mutex, Go) show \
+their address without a holder; `diag tail --events lock` names the thread \
+whose wakeup ended each wait. Kernel stacks and other processes' memory need \
+root.";
+
+const THREADS_EXAMPLES: &str = "\
+Examples:
+  diag threads 1234                      one dump, CPU over 1 s
+  diag threads 1234 --watch --interval 2s
+  diag threads 1234 --json | jq '.deadlocks'";
 
 const SERVE_ABOUT: &str = "\
 Serve diag's aggregates as Prometheus metrics, for a fleet: /metrics in the \

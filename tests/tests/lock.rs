@@ -175,3 +175,138 @@ fn condvar_waits_name_the_signaller() {
         assert!(wait <= *own, "diag's {wait} within the waiter's own {own}");
     }
 }
+
+/// /proc/PID/task/TID/{stat,wchan} now: (state, wchan).
+fn proc_state(pid: u64, tid: u64) -> (String, String) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let state = after.split_whitespace().next().unwrap().to_string();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap();
+    (state, wchan.trim().to_string())
+}
+
+fn threads_json(pid: u64) -> Value {
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["threads", &pid.to_string(), "--json", "--interval", "500ms"])
+        .output()
+        .expect("run diag threads");
+    assert!(
+        out.status.success(),
+        "diag threads failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn thread<'a>(dump: &'a Value, tid: u64) -> &'a Value {
+    dump["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == tid)
+        .unwrap_or_else(|| panic!("thread {tid} in {dump}"))
+}
+
+/// A spinning thread, one in nanosleep, one reading a pipe, one waiting
+/// on a mutex the main thread holds: every thread's state and wchan as
+/// /proc shows them right after, and each wait's reason: the pipe's inode
+/// as /proc/PID/fd names it, the mutex's address and holder as the
+/// program printed them.
+#[test]
+fn thread_dump_matches_proc() {
+    if !require_root("thread_dump_matches_proc") {
+        return;
+    }
+    let _g = serial();
+    let mut lg = Gen::start(&["dump"]);
+    lg.until("READY");
+    let pid = lg.num("PID");
+    let dump = threads_json(pid);
+    let n = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    assert_eq!(dump["threads"].as_array().unwrap().len(), n, "{dump}");
+    // Every thread but the spinner stays put: state and wchan as /proc says.
+    for t in dump["threads"].as_array().unwrap() {
+        let tid = t["tid"].as_u64().unwrap();
+        if tid == lg.num("SPIN") {
+            continue;
+        }
+        let (state, wchan) = proc_state(pid, tid);
+        assert_eq!(t["state"], state.as_str(), "thread {tid}: {t}");
+        assert_eq!(t["wchan"], wchan.as_str(), "thread {tid}: {t}");
+        assert!(
+            t["state_for_ns_at_least"].as_u64().unwrap() >= 400_000_000,
+            "it has not moved over the interval: {t}"
+        );
+        assert!(
+            !t["stack"].as_array().unwrap().is_empty(),
+            "a kernel stack: {t}"
+        );
+    }
+    let spin = thread(&dump, lg.num("SPIN"));
+    assert_eq!(spin["state"], "R", "{spin}");
+    assert!(spin["cpu_ns"].as_u64().unwrap() > 100_000_000, "{spin}");
+    let sleep = thread(&dump, lg.num("SLEEP"));
+    assert_eq!(sleep["state"], "S");
+    assert_eq!(sleep["wait"]["kind"], "sleep", "{sleep}");
+    assert!(sleep["syscall"].as_str().unwrap().contains("nanosleep"));
+    let pipe = thread(&dump, lg.num("PIPE"));
+    let fd = lg.num("PIPEFD");
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert_eq!(pipe["wait"]["kind"], "pipe", "{pipe}");
+    assert_eq!(pipe["wait"]["fd"], fd);
+    assert_eq!(pipe["wait"]["target"], link.display().to_string().as_str());
+    let mw = thread(&dump, lg.num("MUTEXWAIT"));
+    assert_eq!(mw["wait"]["kind"], "futex", "{mw}");
+    assert_eq!(
+        addr(mw["wait"]["uaddr"].as_str().unwrap()),
+        addr(lg.one("MUTEX"))
+    );
+    assert_eq!(mw["wait"]["holder_tid"], lg.num("MAIN"), "{mw}");
+    assert_eq!(mw["wait"]["holder_how"], "glibc mutex owner");
+    assert_eq!(dump["deadlocks"].as_array().unwrap().len(), 0, "{dump}");
+}
+
+/// Two threads each holding the mutex the other wants: one deadlock,
+/// with both tids and both lock addresses as the program printed them.
+#[test]
+fn deadlock_cycle_is_flagged() {
+    if !require_root("deadlock_cycle_is_flagged") {
+        return;
+    }
+    let _g = serial();
+    let mut lg = Gen::start(&["deadlock"]);
+    lg.until("READY");
+    let pid = lg.num("PID");
+    let dump = threads_json(pid);
+    let dl = dump["deadlocks"].as_array().unwrap();
+    assert_eq!(dl.len(), 1, "{dump}");
+    let (a, b) = (lg.num("A"), lg.num("B"));
+    let (ma, mb) = (addr(lg.one("MA")), addr(lg.one("MB")));
+    let edges: Vec<(u64, u64, u64)> = dl[0]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["waiter"].as_u64().unwrap(),
+                addr(e["uaddr"].as_str().unwrap()),
+                e["holder"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = vec![(a, mb, b), (b, ma, a)];
+    want.sort();
+    let mut got = edges.clone();
+    got.sort();
+    assert_eq!(got, want, "A waits for MB held by B, B for MA held by A");
+    // The text dump says it in a sentence.
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["threads", &pid.to_string(), "--interval", "200ms"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("DEADLOCK: {} waits for futex", a.min(b))),
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod live;
 pub mod pressure;
 pub mod replay;
 pub mod sched;
+pub mod threads;
 
 use std::{future::Future, pin::Pin};
 
