@@ -158,15 +158,17 @@ pub struct LockStat {
     pub waits: u64,
     pub wait_ns: u64,
     pub max_ns: u64,
-    /// Waits that ended in a timeout (`-ETIMEDOUT`) or a signal (`-EINTR`).
-    pub timeouts: u64,
+    /// Waits that ended with no waker (a signal, `-EINTR`). Waits that
+    /// timed out are not lock waits (they are timed sleeps): they count
+    /// only in [`LockProc::timeouts`].
+    pub no_waker: u64,
     /// The waker's command name, as last seen.
     pub waker_comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<LockStat>() == 48);
 
-/// Per process (map `LOCK_PROCS`, keyed by tgid): futex waits and kernel
-/// lock contention since diag started.
+/// Per process (map `LOCK_PROCS`, keyed by tgid): futex waits (those that
+/// did not time out) and kernel lock contention since diag started.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockProc {
@@ -178,11 +180,14 @@ pub struct LockProc {
     /// Kernel lock contention (`lock:contention_begin/end`).
     pub kernel_waits: u64,
     pub kernel_wait_ns: u64,
+    /// Futex waits that timed out (timed sleeps, not in `waits`).
+    pub timeouts: u64,
+    pub timeout_ns: u64,
     pub comm: [u8; TASK_COMM_LEN],
     /// Futex wait times, log2 µs buckets ([`crate::sched::hist_slot`]).
     pub hist: [u64; HIST_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<LockProc>() == 64 + 256);
+const _: () = assert!(core::mem::size_of::<LockProc>() == 80 + 256);
 
 impl LockProc {
     pub const fn zeroed() -> Self {
@@ -193,6 +198,8 @@ impl LockProc {
             long_waits: 0,
             kernel_waits: 0,
             kernel_wait_ns: 0,
+            timeouts: 0,
+            timeout_ns: 0,
             comm: [0; TASK_COMM_LEN],
             hist: [0; HIST_SLOTS],
         }

@@ -217,7 +217,19 @@ pub fn lock_exit_futex(ctx: TracePointContext) -> u32 {
     let ret: i64 = field::<i64>(&ctx, c.exit_ret).unwrap_or(0);
     let now = now_ns();
     let wait = now.saturating_sub(w.start_ns);
-    let no_waker = ret == -ETIMEDOUT || ret == -EINTR;
+    if ret == -ETIMEDOUT {
+        // A timed wait that ran out: a sleep, not a lock wait.
+        if let Some(p) = proc_entry(tgid) {
+            // SAFETY: map value pointer; atomic adds (threads of one
+            // process on two CPUs).
+            unsafe {
+                add(&raw mut (*p).timeouts, 1);
+                add(&raw mut (*p).timeout_ns, wait);
+            }
+        }
+        return 0;
+    }
+    let no_waker = ret == -EINTR;
     let (waker_pid, waker_tgid) = if no_waker {
         (0, 0)
     } else {
@@ -240,7 +252,7 @@ pub fn lock_exit_futex(ctx: TracePointContext) -> u32 {
                 (*s).max_ns = wait;
             }
             if no_waker {
-                (*s).timeouts += 1;
+                (*s).no_waker += 1;
             }
         },
         None => {
@@ -248,7 +260,7 @@ pub fn lock_exit_futex(ctx: TracePointContext) -> u32 {
                 waits: 1,
                 wait_ns: wait,
                 max_ns: wait,
-                timeouts: u64::from(no_waker),
+                no_waker: u64::from(no_waker),
                 waker_comm: if no_waker {
                     [0; TASK_COMM_LEN]
                 } else {
@@ -277,7 +289,7 @@ pub fn lock_exit_futex(ctx: TracePointContext) -> u32 {
             add(&raw mut (*p).hist[slot], 1);
         }
     }
-    if long && ret != -ETIMEDOUT {
+    if long {
         event(&w, wait, ret, no_waker);
     }
     0

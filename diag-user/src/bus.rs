@@ -65,6 +65,8 @@ pub struct RunqReading {
     /// vmstat's r and b, from /proc/stat.
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// The lock maps, when the lock probes are attached (`runq --locks`).
+    pub locks: Option<crate::aggregate::lock::LockReading>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory
@@ -174,6 +176,9 @@ pub struct Health {
     pub sched_proc_map_full: u64,
     /// Scheduler: task_struct fields the kernel program failed to read.
     pub sched_read_errors: u64,
+    /// Locks: waits or entries not tracked because a lock map was full.
+    #[serde(default)]
+    pub lock_map_full: u64,
     /// SYNs at listeners whose accept queue diag could not read (older
     /// than diag and out of the socket iterator's reach): their drops may
     /// be missing.
@@ -241,6 +246,12 @@ impl Health {
                 self.sched_read_errors
             ));
         }
+        if self.lock_map_full > 0 {
+            parts.push(format!(
+                "{} lock waits not tracked (a lock map was full)",
+                self.lock_map_full
+            ));
+        }
         if self.listen_unreadable > 0 {
             parts.push(format!(
                 "{} SYNs at listeners older than diag whose accept queue could not be read (their drops may be missing)",
@@ -297,6 +308,10 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
         .saturating_sub(before.sched_read_errors);
     if r > 0 {
         v.push(format!("{r} task_struct reads failed"));
+    }
+    let l = now.lock_map_full.saturating_sub(before.lock_map_full);
+    if l > 0 {
+        v.push(format!("{l} lock waits not tracked: a lock map is full"));
     }
     v
 }

@@ -1049,6 +1049,13 @@ pub struct RunqArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Add a LOCK column: futex wait time per process in the interval
+    /// (summed over its threads), and the most contended locks with the
+    /// threads that held them. Attaches the futex system-call tracepoints
+    /// and sched_waking, which slow every system call and wakeup a little
+    #[arg(long)]
+    pub locks: bool,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 }

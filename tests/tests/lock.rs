@@ -310,3 +310,51 @@ fn deadlock_cycle_is_flagged() {
         "{text}"
     );
 }
+
+/// `runq --locks`: the per-interval lock table sums, for the mutex, to
+/// the waiter's own measure of its waits (within 2 %), held by the
+/// holder; the process's LOCK figure covers at least that.
+#[test]
+fn runq_lock_column_sums_the_waits() {
+    if !require_root("runq_lock_column_sums_the_waits") {
+        return;
+    }
+    let _g = serial();
+    const K: usize = 10;
+    let diag = Diag::start(&[
+        "runq", "--locks", "--json", "--interval", "1s", "--count", "3",
+    ]);
+    let mut lg = Gen::start(&["mutex", &K.to_string(), "50"]);
+    lg.until("DONE");
+    let pid = lg.num("PID");
+    let mutex = addr(lg.one("MUTEX"));
+    let own: u64 = lg.all("WAITED").iter().sum();
+    let out = diag.wait_exit(Duration::from_secs(10));
+    let intervals = out.json();
+    assert_eq!(intervals.len(), 3, "{:?}", out.stderr);
+    let mut on_mutex = 0u64;
+    let mut waits = 0u64;
+    let mut proc_total = 0u64;
+    for iv in &intervals {
+        for l in iv["locks"].as_array().unwrap() {
+            if l["pid"] == pid && l["uaddr"].as_u64() == Some(mutex) {
+                on_mutex += l["wait_ns"].as_u64().unwrap();
+                waits += l["waits"].as_u64().unwrap();
+                assert_eq!(l["holders"][0]["tid"], lg.num("HOLDER"), "{l}");
+                assert_eq!(l["waiters"], serde_json::json!([lg.num("WAITER")]), "{l}");
+            }
+        }
+        for p in iv["lock_procs"].as_array().unwrap() {
+            if p["pid"] == pid {
+                proc_total += p["wait_ns"].as_u64().unwrap();
+            }
+        }
+    }
+    assert_eq!(waits, K as u64, "one wait per round");
+    let diff = (on_mutex as f64 - own as f64).abs();
+    assert!(
+        diff <= own as f64 * 0.02,
+        "diag's {on_mutex} ns on the mutex against the waiter's own {own} ns"
+    );
+    assert!(proc_total >= on_mutex, "{proc_total} >= {on_mutex}");
+}

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod hint;
 pub mod histogram;
 pub mod listen;
+pub mod lock;
 pub mod oom;
 pub mod pressure;
 pub mod process;

@@ -13,7 +13,12 @@ use crate::{
 };
 
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
-    let mut env = loader::require_for(&args.probe, &[EventClass::Stall])?;
+    let classes: &[EventClass] = if args.locks {
+        &[EventClass::Stall, EventClass::Lock]
+    } else {
+        &[EventClass::Stall]
+    };
+    let mut env = loader::require_for(&args.probe, classes)?;
     env.keep_sched_procs();
     // runq reads the scheduler's maps, never the ring buffer: process
     // exit events would only fill it.
@@ -21,7 +26,12 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
     let tracer = loader::load(&env, &args.probe)?;
     let start_ns = boot_ns();
     super::runtime()?.block_on(async move {
-        let source = sched::start(tracer, args.interval, args.pid.iter().copied().collect())?;
+        let source = sched::start(
+            tracer,
+            args.interval,
+            args.pid.iter().copied().collect(),
+            args.locks,
+        )?;
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
         let mut sink = RunqSink::new(args, WallClock::now(), start_ns, Output::stdout());
         drive(source, &mut [&mut sink], None).await?;

@@ -20,6 +20,7 @@ use diag_common::{
     tcp::NO_FIELD,
 };
 
+pub use crate::aggregate::lock::LockReading;
 use crate::{
     btf,
     error::{EnvError, LoadError, flatten},
@@ -189,12 +190,6 @@ pub fn attach(
     Ok(())
 }
 
-/// One reading of the lock maps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LockReading {
-    pub stats: Vec<(LockKey, LockStat)>,
-    pub procs: Vec<(u32, LockProc)>,
-}
 
 /// Handles on the lock maps, for readers.
 pub struct LockMaps {

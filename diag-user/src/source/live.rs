@@ -228,6 +228,15 @@ impl Drainer {
         self.health.sched_task_map_full = self.counter(counters::SCHED_TASK_MAP_FULL);
         self.health.sched_proc_map_full = self.counter(counters::SCHED_PROC_MAP_FULL);
         self.health.sched_read_errors = self.counter(counters::SCHED_READ_ERROR);
+        self.health.lock_map_full = [
+            counters::LOCK_WAIT_MAP_FULL,
+            counters::LOCK_STATS_MAP_FULL,
+            counters::LOCK_PROC_MAP_FULL,
+            counters::LOCK_KWAIT_MAP_FULL,
+        ]
+        .iter()
+        .map(|&s| self.counter(s))
+        .sum();
         self.health
     }
 

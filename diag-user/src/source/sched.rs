@@ -27,6 +27,18 @@ impl Counters {
         self.0.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
+    fn lock_map_full(&self) -> u64 {
+        [
+            counters::LOCK_WAIT_MAP_FULL,
+            counters::LOCK_STATS_MAP_FULL,
+            counters::LOCK_PROC_MAP_FULL,
+            counters::LOCK_KWAIT_MAP_FULL,
+        ]
+        .iter()
+        .map(|&s| self.get(s))
+        .sum()
+    }
+
     fn health(&self) -> Health {
         Health {
             ts_ns: boot_ns(),
@@ -35,6 +47,7 @@ impl Counters {
             sched_task_map_full: self.get(counters::SCHED_TASK_MAP_FULL),
             sched_proc_map_full: self.get(counters::SCHED_PROC_MAP_FULL),
             sched_read_errors: self.get(counters::SCHED_READ_ERROR),
+            lock_map_full: self.lock_map_full(),
             ..Health::default()
         }
     }
@@ -50,8 +63,14 @@ pub fn start(
     mut tracer: Tracer,
     every: Duration,
     threads_of: HashSet<u32>,
+    locks: bool,
 ) -> Result<Source, LoadError> {
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
+    let mut locks = if locks {
+        Some(crate::probes::lock::LockMaps::take(&mut tracer.ebpf)?)
+    } else {
+        None
+    };
     let counters = tracer
         .ebpf
         .take_map("COUNTERS")
@@ -76,6 +95,11 @@ pub fn start(
             // Gone at the previous reading: read once more since, now
             // forgotten in the kernel; the sink forgets them too.
             maps.forget(&gone);
+            let lock_reading = locks.as_mut().map(|l| {
+                let r = l.read();
+                l.forget(&gone);
+                r
+            });
             let mut r = RunqReading {
                 ts_ns,
                 gone: std::mem::take(&mut gone),
@@ -108,6 +132,7 @@ pub fn start(
             let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
             (r.procs_running, r.procs_blocked) = parse_proc_stat(&stat);
             r.reading = reading;
+            r.locks = lock_reading;
             if tx.send(Msg::Runq(Box::new(r))).await.is_err()
                 || tx.send(Msg::Health(counters.health())).await.is_err()
             {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     aggregate::{
         histogram::Log2Hist,
+        lock::{LockAgg, LockInterval},
         sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
     bus::Health,
@@ -40,15 +41,72 @@ fn opt_ns(v: Option<u64>) -> String {
 }
 
 /// What one interval shows, besides the aggregate.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HostState {
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// With --locks: what the interval added to each process's lock
+    /// waits, and the most contended locks.
+    pub locks: Option<LockInterval>,
+}
+
+/// Locks shown under the table (with --locks).
+const LOCK_ROWS: usize = 5;
+
+/// The LOCK column of process `pid`: its futex wait in the interval.
+fn lock_cell(host: &HostState, pid: u32) -> Option<String> {
+    let l = host.locks.as_ref()?;
+    Some(l.proc(pid).map(|p| human_ns(p.wait_ns)).unwrap_or_else(|| "-".into()))
+}
+
+/// The most contended locks, with their holders, as text lines.
+fn lock_lines(l: &LockInterval) -> String {
+    let mut out = String::new();
+    if l.locks.is_empty() {
+        return out;
+    }
+    out.push_str("\nlocks (futex waits in the interval; holders: the threads whose wakeups ended them):\n");
+    for k in l.locks.iter().take(LOCK_ROWS) {
+        let holders: Vec<String> = k
+            .holders
+            .iter()
+            .take(3)
+            .map(|h| {
+                if h.tid == 0 {
+                    format!("no waker (signal or no sleep) {} waits {}", h.waits, human_ns(h.wait_ns))
+                } else {
+                    format!("tid {} {} {} waits {}", h.tid, h.comm, h.waits, human_ns(h.wait_ns))
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  pid {} futex {:#x}: {} waits {} (max {}) by tids {:?}; held by {}\n",
+            k.pid,
+            k.uaddr,
+            k.waits,
+            human_ns(k.wait_ns),
+            human_ns(k.max_ns),
+            k.waiters,
+            holders.join(", ")
+        ));
+    }
+    out
 }
 
 pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS";
 
-fn row(p: &ProcInterval) -> String {
+fn row(p: &ProcInterval, host: &HostState) -> String {
+    let r = row_sched(p);
+    match lock_cell(host, p.pid) {
+        Some(c) => {
+            let pad = 6usize.saturating_sub(p.stalls.to_string().len());
+            format!("{r}{}  {c}", " ".repeat(pad))
+        }
+        None => r,
+    }
+}
+
+fn row_sched(p: &ProcInterval) -> String {
     format!(
         "{:<8} {:<16} {:>6.1}  {:<9} {:<9} {:<9} {:<8} {:>6.1}  {:<10} {:<10} {:<9} {}",
         p.pid,
@@ -89,6 +147,9 @@ pub fn format_text(
         opt_ns(iv.p99_ns),
     );
     out.push_str(TABLE_HEADER);
+    if host.locks.is_some() {
+        out.push_str("  LOCK");
+    }
     out.push('\n');
     let shown = if limit == 0 {
         iv.processes.len()
@@ -96,7 +157,7 @@ pub fn format_text(
         limit.min(iv.processes.len())
     };
     for p in &iv.processes[..shown] {
-        out.push_str(&row(p));
+        out.push_str(&row(p, host));
         out.push('\n');
     }
     if shown < iv.processes.len() {
@@ -110,9 +171,12 @@ pub fn format_text(
         out.push_str(&TABLE_HEADER.replacen("PID ", "TID ", 1));
         out.push('\n');
         for (_, t) in threads {
-            out.push_str(&row(t));
+            out.push_str(&row_sched(t));
             out.push('\n');
         }
+    }
+    if let Some(l) = &host.locks {
+        out.push_str(&lock_lines(l));
     }
     if let Some((what, h)) = hist {
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
@@ -147,6 +211,18 @@ pub fn format_json(
             "counts": h.counts.to_vec(),
         });
     }
+    if let Some(l) = &host.locks {
+        v["lock_procs"] = serde_json::to_value(&l.procs).unwrap_or_default();
+        v["locks"] = serde_json::to_value(&l.locks).unwrap_or_default();
+        if let Some(ps) = v["processes"].as_array_mut() {
+            for p in ps {
+                let pid = p["pid"].as_u64().unwrap_or(0) as u32;
+                let lp = l.proc(pid);
+                p["lock_wait_ns"] = lp.map(|x| x.wait_ns).unwrap_or(0).into();
+                p["lock_waits"] = lp.map(|x| x.waits).unwrap_or(0).into();
+            }
+        }
+    }
     if !threads.is_empty() {
         let rows = threads
             .iter()
@@ -171,6 +247,7 @@ pub struct RunqSink {
     start_ns: u64,
     agg: SchedAgg,
     thread_agg: SchedAgg,
+    locks: Option<LockAgg>,
     /// Process names, kept once the process is gone (until forgotten).
     comms: HashMap<u32, String>,
     health: Health,
@@ -180,6 +257,7 @@ pub struct RunqSink {
 
 impl RunqSink {
     pub fn new(args: RunqArgs, clock: WallClock, start_ns: u64, out: Output) -> Self {
+        let locks = args.locks;
         RunqSink {
             key: sort_key(args.sort),
             pids: args.pid.iter().copied().collect(),
@@ -188,6 +266,7 @@ impl RunqSink {
             start_ns,
             agg: SchedAgg::new(),
             thread_agg: SchedAgg::new(),
+            locks: locks.then(LockAgg::default),
             comms: HashMap::new(),
             health: Health::default(),
             printed: 0,
@@ -216,9 +295,22 @@ impl RunqSink {
             iv.processes.retain(|p| self.pids.contains(&p.pid));
         }
         sort(&mut iv.processes, self.key);
+        let locks = match (&mut self.locks, &r.locks) {
+            (Some(agg), Some(l)) => {
+                let mut iv = agg.update(&l.procs, &l.stats);
+                agg.forget(&r.gone);
+                if !self.pids.is_empty() {
+                    iv.procs.retain(|p| self.pids.contains(&p.pid));
+                    iv.locks.retain(|p| self.pids.contains(&p.pid));
+                }
+                Some(iv)
+            }
+            _ => None,
+        };
         let host = HostState {
             procs_running: r.procs_running,
             procs_blocked: r.procs_blocked,
+            locks,
         };
         let hist_of = if self.args.hist {
             if self.pids.is_empty() {
@@ -350,6 +442,7 @@ mod tests {
         let host = HostState {
             procs_running: Some(3),
             procs_blocked: Some(1),
+            locks: None,
         };
         let clock = WallClock::with_offset_ns(0);
         let threads = vec![(42, iv.processes[0].clone())];
