@@ -47,6 +47,9 @@ pub enum Msg {
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),
+    /// Futex waits over the last interval, per process and per lock with
+    /// its holders (live: the lock maps; replay: the recorded frame).
+    Locks(Box<crate::aggregate::lock::LockFrame>),
 }
 
 /// What `runq` needs of one reading of the scheduler's maps.

@@ -1169,6 +1169,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_sched: bool,
 
+    /// Also serve lock counters per cgroup (diag_lock_waits_total,
+    /// diag_lock_wait_seconds_total, diag_lock_long_waits_total, kernel
+    /// lock contention): attaches the futex system-call tracepoints and
+    /// sched_waking, which slow every system call and wakeup a little
+    #[arg(long)]
+    pub locks: bool,
+
     #[command(flatten)]
     pub probe: ProbeArgs,
 }

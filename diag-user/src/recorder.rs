@@ -70,6 +70,7 @@ impl Sink for Recorder {
                 self.writer().sched(&frame)?;
             }
             Msg::Pressure(p) => self.writer().pressure(p)?,
+            Msg::Locks(l) => self.writer().locks(l)?,
             Msg::Damage(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)

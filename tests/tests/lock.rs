@@ -358,3 +358,134 @@ fn runq_lock_column_sums_the_waits() {
     );
     assert!(proc_total >= on_mutex, "{proc_total} >= {on_mutex}");
 }
+
+/// `serve --locks --record`: the lock counters of a cgroup that holds
+/// only the helper, and the recording's lock frames, export and report,
+/// against the waiter's own measure and the holder's tid.
+#[test]
+fn serve_and_record_count_the_waits() {
+    if !require_root("serve_and_record_count_the_waits") {
+        return;
+    }
+    let _g = serial();
+    const K: usize = 8;
+    let root = diag_tests::cgroup2_root()
+        .unwrap_or_else(|| panic!("cgroup2 is not mounted: the lock serve test needs a cgroup"));
+    let name = format!("diag-lock-{}", std::process::id());
+    let dir = std::path::PathBuf::from(&root).join(&name);
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let cg = diag_tests::MemCgroup {
+        dir,
+        rel: format!("/{name}"),
+    };
+    let port = diag_tests::free_port();
+    let tmp = diag_tests::TempDir::new("lock");
+    let file = tmp.path("lock.diag");
+    let serve = Diag::start(&[
+        "serve",
+        "--no-sched",
+        "--locks",
+        "--lock-threshold",
+        "20ms",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--record",
+        file.to_str().unwrap(),
+    ]);
+    let mut child = cg.spawn(LOCKGEN, &["mutex", &K.to_string(), "50", "3000"]);
+    let mut lg = Gen {
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+        child,
+        facts: HashMap::new(),
+    };
+    lg.until("DONE");
+    let pid = lg.num("PID");
+    let mutex = addr(lg.one("MUTEX"));
+    let own: u64 = lg.all("WAITED").iter().sum();
+    let series = |name: &str| format!(r#"{name}{{cgroup="{}"}}"#, cg.rel);
+    let metric = |body: &str, name: &str| -> Option<f64> {
+        let s = series(name);
+        body.lines()
+            .find(|l| l.starts_with(&s))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = diag_tests::scrape_metrics(port);
+        if metric(&body, "diag_lock_long_waits_total").is_some_and(|v| v >= K as f64) {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {} >= {K}: {body}",
+            series("diag_lock_long_waits_total")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // The mutex's K waits, and pthread_join's waits of the main thread
+    // for the holder and the waiter (at most two more over the threshold).
+    let long = metric(&body, "diag_lock_long_waits_total").unwrap();
+    assert!((K as f64..=K as f64 + 2.0).contains(&long), "{long}");
+    let secs = metric(&body, "diag_lock_wait_seconds_total").unwrap();
+    let own_s = own as f64 / 1e9;
+    assert!(
+        secs >= own_s * 0.98 && secs <= own_s * 2.0 + 0.1,
+        "{secs} s waited in the cgroup against the waiter's own {own_s} s (and the join)"
+    );
+    let holder = lg.num("HOLDER");
+    drop(lg);
+    let out = serve.stop(libc::SIGINT);
+    assert!(out.status.success(), "{:?}", out.stderr);
+    // The recording: lock frames and events.
+    let export = Command::new(diag_tests::diag_bin())
+        .args(["export", "--format", "jsonl"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut on_mutex = 0u64;
+    for f in lines.iter().filter(|v| v["event"] == "locks") {
+        for l in f["locks"].as_array().unwrap() {
+            if l["pid"] == pid && addr(l["uaddr"].as_str().unwrap()) == mutex {
+                on_mutex += l["wait_ns"].as_u64().unwrap();
+                assert_eq!(l["holders"][0]["tid"], holder, "{l}");
+            }
+        }
+    }
+    assert!(
+        (on_mutex as f64 - own as f64).abs() <= own as f64 * 0.02,
+        "recorded {on_mutex} ns on the mutex against the waiter's own {own} ns"
+    );
+    let waits = lock_waits(&lines, pid)
+        .into_iter()
+        .filter(|v| addr(v["uaddr"].as_str().unwrap()) == mutex)
+        .count();
+    assert_eq!(waits, K, "lock-wait events recorded");
+    assert_eq!(lg_holder(&lines, pid, mutex), holder, "the events name the holder");
+    let report = Command::new(diag_tests::diag_bin())
+        .arg("report")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        text.contains(&format!("lock {mutex:#x} in pid {pid}: {K} waits")),
+        "{text}"
+    );
+}
+
+/// The holder the lock-wait events of the recording name (every one the
+/// same thread), for the frames to agree with.
+fn lg_holder(lines: &[Value], pid: u64, mutex: u64) -> Value {
+    let wakers: std::collections::BTreeSet<u64> = lock_waits(lines, pid)
+        .into_iter()
+        .filter(|v| addr(v["uaddr"].as_str().unwrap()) == mutex)
+        .map(|v| v["waker_tid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(wakers.len(), 1, "one holder: {wakers:?}");
+    (*wakers.iter().next().unwrap()).into()
+}

@@ -165,6 +165,143 @@ impl LockAgg {
     }
 }
 
+/// Locks kept in a frame (most wait first); the rest are counted.
+pub const FRAME_LOCKS: usize = 20;
+/// Holders kept per lock in a frame.
+pub const FRAME_HOLDERS: usize = 8;
+/// A frame naming more processes than this is damage.
+pub const MAX_FRAME_PROCS: usize = 100_000;
+
+/// The lock frame of a recording (kind 12), once a second: what each
+/// process's lock waits added over the interval, and the most contended
+/// locks with their holders.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LockFrame {
+    /// End of the interval, boot-time ns.
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    pub procs: Vec<ProcLocks>,
+    pub locks: Vec<LockRow>,
+    /// Locks that had waits in the interval but are not in `locks`.
+    pub locks_omitted: u64,
+}
+
+impl LockFrame {
+    /// A frame from an interval, bounded.
+    pub fn of(ts_ns: u64, interval_ns: u64, mut iv: LockInterval) -> LockFrame {
+        let omitted = iv.locks.len().saturating_sub(FRAME_LOCKS) as u64;
+        iv.locks.truncate(FRAME_LOCKS);
+        for l in &mut iv.locks {
+            l.holders.truncate(FRAME_HOLDERS);
+            l.waiters.truncate(FRAME_HOLDERS);
+        }
+        LockFrame {
+            ts_ns,
+            interval_ns,
+            procs: iv.procs,
+            locks: iv.locks,
+            locks_omitted: omitted,
+        }
+    }
+
+    /// Why a frame read from a file cannot be right, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ts_ns == 0 {
+            return Err("no time".into());
+        }
+        if self.procs.len() > MAX_FRAME_PROCS {
+            return Err(format!("{} processes", self.procs.len()));
+        }
+        if self.locks.len() > FRAME_LOCKS {
+            return Err(format!("{} locks (at most {FRAME_LOCKS})", self.locks.len()));
+        }
+        if self
+            .locks
+            .iter()
+            .any(|l| l.holders.len() > FRAME_HOLDERS || l.waiters.len() > FRAME_HOLDERS)
+        {
+            return Err("a lock with too many holders or waiters".into());
+        }
+        Ok(())
+    }
+}
+
+/// Lock frames summed over a recording (the report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockSummary {
+    pub frames: u64,
+    /// pid -> totals.
+    pub procs: HashMap<u32, ProcLocks>,
+    /// (pid, uaddr) -> totals, from the frames' top locks.
+    pub locks: HashMap<(u32, u64), LockRow>,
+    pub locks_omitted: u64,
+}
+
+impl LockSummary {
+    pub fn add(&mut self, f: &LockFrame) {
+        self.frames += 1;
+        self.locks_omitted += f.locks_omitted;
+        for p in &f.procs {
+            let e = self.procs.entry(p.pid).or_insert_with(|| ProcLocks {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                ..ProcLocks::default()
+            });
+            e.waits += p.waits;
+            e.wait_ns += p.wait_ns;
+            e.long_waits += p.long_waits;
+            e.kernel_waits += p.kernel_waits;
+            e.kernel_wait_ns += p.kernel_wait_ns;
+            e.timeouts += p.timeouts;
+        }
+        for l in &f.locks {
+            let e = self.locks.entry((l.pid, l.uaddr)).or_insert_with(|| LockRow {
+                pid: l.pid,
+                uaddr: l.uaddr,
+                ..LockRow::default()
+            });
+            e.waits += l.waits;
+            e.wait_ns += l.wait_ns;
+            e.max_ns = e.max_ns.max(l.max_ns);
+            for w in &l.waiters {
+                if !e.waiters.contains(w) && e.waiters.len() < FRAME_HOLDERS {
+                    e.waiters.push(*w);
+                }
+            }
+            for h in &l.holders {
+                match e.holders.iter_mut().find(|x| x.tid == h.tid) {
+                    Some(x) => {
+                        x.waits += h.waits;
+                        x.wait_ns += h.wait_ns;
+                    }
+                    None => e.holders.push(h.clone()),
+                }
+            }
+        }
+    }
+
+    /// Processes, most wait first.
+    pub fn top_procs(&self, n: usize) -> Vec<&ProcLocks> {
+        let mut v: Vec<&ProcLocks> = self.procs.values().collect();
+        v.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.pid.cmp(&b.pid)));
+        v.truncate(n);
+        v
+    }
+
+    /// Locks, most wait first, holders most delay first.
+    pub fn top_locks(&self, n: usize) -> Vec<LockRow> {
+        let mut v: Vec<LockRow> = self.locks.values().cloned().collect();
+        v.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then((a.pid, a.uaddr).cmp(&(b.pid, b.uaddr))));
+        v.truncate(n);
+        for l in &mut v {
+            l.holders
+                .sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.tid.cmp(&b.tid)));
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

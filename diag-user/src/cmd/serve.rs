@@ -32,6 +32,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_sched {
         classes.push(EventClass::Stall);
     }
+    if args.locks {
+        classes.push(EventClass::Lock);
+    }
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
         .tcp
@@ -68,6 +71,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let locks = match env.lock {
+        Some(_) => Some((
+            crate::source::lock::LOCK_EVERY,
+            crate::source::lock::LockFeed::new(crate::probes::lock::LockMaps::take(
+                &mut tracer.ebpf,
+            )?),
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     let rt = super::runtime()?;
     let result = rt.block_on(async move {
@@ -76,6 +88,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tables: Some(args.tcp.reconcile),
             procs: recorder.is_some().then_some(PROCS_EVERY),
             sched,
+            locks,
             pressure: Some((
                 crate::source::pressure::PRESSURE_EVERY,
                 crate::source::pressure::PressureFeed::new(),
@@ -96,6 +109,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExporterSink::new(bounds, tcp, source.attached.len(), source.cancel.clone());
         if args.no_sched {
             exporter.without_sched();
+        }
+        if args.locks {
+            exporter.with_locks();
         }
         let app = exporter.router();
         let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));

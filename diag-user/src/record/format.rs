@@ -42,7 +42,10 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 ///   run-queue waits each second, when stalls are recorded) and pressure
 ///   frames ([`FrameKind::Pressure`]: PSI once a second). Files of
 ///   versions 1 and 2 read as before.
-pub const VERSION: u16 = 3;
+/// - 4: adds lock-wait events (kind 60) and lock frames
+///   ([`FrameKind::Locks`]: futex waits per process and per lock once a
+///   second, when lock events are recorded). Older versions read as before.
+pub const VERSION: u16 = 4;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
 pub const FRAME_HEADER_LEN: usize = 16;
@@ -90,6 +93,10 @@ pub enum FrameKind {
     /// information (PSI) of the host and its cgroups over one interval
     /// (version 3: a reader that does not know it skips it, as damage).
     Pressure = 9,
+    /// JSON [`crate::aggregate::lock::LockFrame`]: futex waits per process
+    /// and the most contended locks with their holders over one interval
+    /// (version 4).
+    Locks = 12,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -105,6 +112,7 @@ impl TryFrom<u8> for FrameKind {
             7 => FrameKind::OomContext,
             8 => FrameKind::Sched,
             9 => FrameKind::Pressure,
+            12 => FrameKind::Locks,
             other => return Err(other),
         })
     }

@@ -49,6 +49,8 @@ pub enum Record {
     Sched(super::SchedFrame),
     /// Pressure stall information over one interval (version 3).
     Pressure(Box<crate::aggregate::pressure::PressureFrame>),
+    /// Lock waits over one interval (version 4).
+    Locks(Box<crate::aggregate::lock::LockFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -502,6 +504,19 @@ impl Reader {
                     Err(d) => Record::Damage(d),
                 }
             }
+            FrameKind::Locks => match json::<crate::aggregate::lock::LockFrame>(&f, "lock") {
+                Ok(l) => match l.check() {
+                    Err(why) => Record::Damage(format!(
+                        "lock frame at byte {} is damaged ({why}): skipped",
+                        f.offset
+                    )),
+                    Ok(()) => match self.timed("lock", f.offset, l.ts_ns, false) {
+                        None => Record::Locks(Box::new(l)),
+                        Some(d) => Record::Damage(d),
+                    },
+                },
+                Err(d) => Record::Damage(d),
+            },
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)

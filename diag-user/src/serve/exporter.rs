@@ -27,6 +27,7 @@ pub struct Exporter {
     pub own: OwnMetrics,
     pub sched: SchedMetrics,
     pub pressure: super::pressure::PressureMetrics,
+    pub locks: super::lock::LockMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -40,6 +41,7 @@ impl Exporter {
             oom: OomMetrics::default(),
             sched: SchedMetrics::default(),
             pressure: Default::default(),
+            locks: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -75,6 +77,18 @@ impl Exporter {
         }
     }
 
+    /// Take in one lock frame (`serve --locks`).
+    pub fn update_locks(
+        &mut self,
+        frame: &crate::aggregate::lock::LockFrame,
+        info: &mut impl ProcessInfo,
+    ) {
+        for p in &frame.procs {
+            let cg = self.tcp.series.cgroup_label(info.cgroup_of(p.pid));
+            self.locks.eat(cg, p);
+        }
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -82,8 +96,14 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 5] =
-            [&self.tcp, &self.oom, &self.sched, &self.pressure, &self.own];
+        let families: [&dyn Families; 6] = [
+            &self.tcp,
+            &self.oom,
+            &self.sched,
+            &self.pressure,
+            &self.locks,
+            &self.own,
+        ];
         for f in families {
             f.register(&mut reg);
         }

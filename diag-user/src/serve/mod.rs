@@ -6,6 +6,7 @@
 
 pub mod exporter;
 pub mod families;
+pub mod lock;
 pub mod oom;
 pub mod own;
 pub mod pressure;
@@ -141,6 +142,11 @@ impl ExporterSink {
         lock(&self.state).exporter.sched.off = true;
     }
 
+    /// The lock probes are attached: serve their families.
+    pub fn with_locks(&mut self) {
+        lock(&self.state).exporter.locks.on = true;
+    }
+
     /// The HTTP routes, over this sink's state.
     pub fn router(&self) -> Router {
         Router::new()
@@ -188,6 +194,9 @@ impl Sink for ExporterSink {
                 .exporter
                 .update_sched(procs, &mut Procfs::at(s.last_health_ns)),
             Msg::Pressure(p) => s.exporter.pressure.eat(p),
+            Msg::Locks(l) => s
+                .exporter
+                .update_locks(l, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

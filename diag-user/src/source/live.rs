@@ -334,6 +334,8 @@ pub struct Feeds {
     pub host: Option<(Duration, HostReader)>,
     /// The scheduler's per-process numbers this often (serve).
     pub sched: Option<(Duration, SchedFeed)>,
+    /// The lock maps this often (record, serve).
+    pub locks: Option<(Duration, crate::source::lock::LockFeed)>,
     /// The pressure files (PSI) this often.
     pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
     /// Read each OOM kill's context (cgroup paths, top memory users) and
@@ -410,6 +412,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
                 let ts_ns = boot_ns();
                 let procs = f.read(ts_ns);
                 (f, vec![Msg::Sched { ts_ns, procs }])
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.locks {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::lock::LockFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Locks(Box::new(frame))])
             },
         );
     }

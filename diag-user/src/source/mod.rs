@@ -3,6 +3,7 @@
 //! command hands to [`crate::sink::drive`].
 
 pub mod live;
+pub mod lock;
 pub mod pressure;
 pub mod replay;
 pub mod sched;

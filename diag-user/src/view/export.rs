@@ -61,6 +61,22 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Locks(l) => vec![
+            json!({
+                "event": "locks",
+                "time": time(clock, l.ts_ns),
+                "ts_ns": l.ts_ns,
+                "interval_ns": l.interval_ns,
+                "processes": l.procs,
+                "locks": l.locks.iter().map(|k| {
+                    let mut v = serde_json::to_value(k).unwrap_or_default();
+                    v["uaddr"] = format!("{:#x}", k.uaddr).into();
+                    v
+                }).collect::<Vec<_>>(),
+                "locks_omitted": l.locks_omitted,
+            })
+            .to_string(),
+        ],
         Record::Pressure(p) => vec![
             json!({
                 "event": "pressure",

@@ -4,11 +4,12 @@
 //! measured itself (`CLOCK_MONOTONIC`), and `READY` once its threads are
 //! where the mode puts them. glibc's pthread locks, called directly.
 //!
-//! diag-lockgen mutex K HOLD_MS
+//! diag-lockgen mutex K HOLD_MS [LINGER_MS]
 //!     A holder thread takes a mutex and keeps it HOLD_MS, K times; a
 //!     waiter thread asks for it each time just after the holder took it.
 //!     Prints `MUTEX`, `HOLDER`, `WAITER`, one `WAITED <ns>` per round
-//!     (the waiter's own time in pthread_mutex_lock), `DONE`.
+//!     (the waiter's own time in pthread_mutex_lock), `DONE`, then stays
+//!     LINGER_MS (sleeping) before it exits.
 //! diag-lockgen cond K DELAY_MS
 //!     A waiter waits on a condition variable; a signaller signals it
 //!     DELAY_MS later, K times. Prints `COND`, `SIGNALLER`, `WAITER`,
@@ -98,7 +99,7 @@ fn wait_for(a: &AtomicU32, v: u32) {
     }
 }
 
-fn mutex(k: u32, hold: Duration) {
+fn mutex(k: u32, hold: Duration, linger: Duration) {
     say(format!("MUTEX {:#x}", M1.addr()));
     let holder = std::thread::spawn(move || {
         say(format!("HOLDER {}", tid()));
@@ -125,6 +126,7 @@ fn mutex(k: u32, hold: Duration) {
     holder.join().unwrap();
     waiter.join().unwrap();
     say("DONE".into());
+    std::thread::sleep(linger);
 }
 
 fn cond(k: u32, delay: Duration) {
@@ -257,7 +259,11 @@ fn main() -> ExitCode {
     };
     say(format!("PID {}", std::process::id()));
     match args.first().map(String::as_str) {
-        Some("mutex") => mutex(num(1, 5) as u32, Duration::from_millis(num(2, 50))),
+        Some("mutex") => mutex(
+            num(1, 5) as u32,
+            Duration::from_millis(num(2, 50)),
+            Duration::from_millis(num(3, 0)),
+        ),
         Some("cond") => cond(num(1, 5) as u32, Duration::from_millis(num(2, 50))),
         Some("deadlock") => deadlock(),
         Some("dump") => dump(),

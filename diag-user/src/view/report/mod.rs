@@ -80,6 +80,8 @@ pub struct Review {
     pub sched: Vec<crate::record::SchedFrame>,
     /// Pressure stall information (PSI) over the recording.
     pub psi: crate::aggregate::pressure::PressureSummary,
+    /// Lock frames summed (version 4).
+    pub locks: crate::aggregate::lock::LockSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -337,6 +339,16 @@ impl Review {
                         r.psi.add(&p);
                     }
                 }
+                Record::Locks(l) => {
+                    if past(l.ts_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(l.ts_ns);
+                        r.locks.add(&l);
+                    }
+                }
                 Record::Procs(_) | Record::End(_) => {}
                 Record::Damage(d) => r.damage.push(d),
             }
@@ -490,6 +502,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::End(e) => Some(e.ts_ns),
         Record::Sched(s) => Some(s.ts_ns),
         Record::Pressure(p) => Some(p.ts_ns),
+        Record::Locks(l) => Some(l.ts_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }
