@@ -926,7 +926,7 @@ mod tests {
             0u64..1_000 * S,
             any::<u64>(),
         ];
-        let kind = prop_oneof![1u8..=9, any::<u8>()];
+        let kind = prop_oneof![1u8..=9, Just(12u8), any::<u8>()];
         prop_oneof![
             // Events with any times, including impossible ones.
             proptest::collection::vec((ts.clone(), any::<u64>()), 0..50).prop_map(|evs| {
@@ -969,6 +969,50 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn lock_frames_read_back_and_hostile_ones_are_damage() {
+        use crate::aggregate::lock::{FRAME_LOCKS, LockFrame, LockRow, ProcLocks};
+        let good = LockFrame {
+            ts_ns: S + 1_000,
+            interval_ns: 1_000,
+            procs: vec![ProcLocks {
+                pid: 7,
+                waits: 2,
+                wait_ns: 100,
+                ..ProcLocks::default()
+            }],
+            ..LockFrame::default()
+        };
+        let mut many = good.clone();
+        many.locks = vec![LockRow::default(); FRAME_LOCKS + 1];
+        let mut f = file_header().to_vec();
+        f.extend(hostile::raw_frame(
+            FrameKind::Header as u8,
+            0,
+            &serde_json::to_vec(&header_at(S)).unwrap(),
+        ));
+        for fr in [&good, &many] {
+            f.extend(hostile::raw_frame(
+                FrameKind::Locks as u8,
+                0,
+                &serde_json::to_vec(fr).unwrap(),
+            ));
+        }
+        f.extend(hostile::raw_frame(FrameKind::Locks as u8, 0, b"{\"ts_ns\": \"x\"}"));
+        let t = tmp_file("locks", &f);
+        let mut r = Reader::open(&t.0).unwrap();
+        let (mut frames, mut damage) = (Vec::new(), 0);
+        for rec in r.by_ref() {
+            match rec {
+                Record::Locks(l) => frames.push(*l),
+                Record::Damage(_) => damage += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(frames, vec![good]);
+        assert_eq!(damage, 2);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1004,6 +1048,7 @@ mod tests {
                         Record::Table(t) => Some(t.ts_ns),
                         Record::OomContext(c) => Some(c.ts_ns),
                         Record::Pressure(p) => Some(p.ts_ns),
+                        Record::Locks(l) => Some(l.ts_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {
