@@ -615,6 +615,11 @@ pub struct TopArgs {
     /// time): they fire on every context switch and cost the most
     #[arg(long)]
     pub no_sched: bool,
+    /// Add a LOCK column: futex wait time per process over the interval
+    /// (summed over its threads). Attaches the futex system-call
+    /// tracepoints and sched_waking, which slow every system call a little
+    #[arg(long)]
+    pub locks: bool,
     #[command(flatten)]
     pub view: TopView,
     #[command(flatten)]

@@ -226,6 +226,9 @@ pub struct HostSample {
     /// Pressure stall information (PSI) over the last interval, when
     /// read.
     pub pressure: Option<crate::aggregate::pressure::PressureFrame>,
+    /// Lock waits over the last interval, when the lock probes are
+    /// attached (`top --locks`).
+    pub locks: Option<crate::aggregate::lock::LockFrame>,
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
@@ -237,6 +240,8 @@ pub struct HostReader {
     pub sched: Option<SchedFeed>,
     /// The pressure files (PSI), read with each sample.
     pub pressure: Option<crate::source::pressure::PressureFeed>,
+    /// The lock maps, read with each sample (`top --locks`).
+    pub locks: Option<crate::source::lock::LockFeed>,
 }
 
 /// Reads the scheduler's kernel maps each interval, as `diag runq` does.
@@ -324,6 +329,7 @@ impl HostReader {
             hz: if hz > 0 { hz as u64 } else { 100 },
             sched: None,
             pressure: None,
+            locks: None,
         }
     }
 
@@ -369,6 +375,7 @@ impl HostReader {
             hz: self.hz,
             sched: self.sched.as_mut().map(|f| f.read(ts_ns)),
             pressure: self.pressure.as_mut().map(|f| f.read()),
+            locks: self.locks.as_mut().map(|f| f.read()),
         }
     }
 }

@@ -26,6 +26,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !args.no_sched {
         classes.push(EventClass::Stall);
     }
+    if args.locks {
+        classes.push(EventClass::Lock);
+    }
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
         .tcp
@@ -38,6 +41,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     reader.pressure = Some(crate::source::pressure::PressureFeed::new());
     if env.sched.is_some() {
         reader.sched = Some(SchedFeed::new(SchedMaps::take(&mut tracer.ebpf)?));
+    }
+    if env.lock.is_some() {
+        reader.locks = Some(crate::source::lock::LockFeed::new(
+            crate::probes::lock::LockMaps::take(&mut tracer.ebpf)?,
+        ));
     }
     let live = Live::new(tracer)?;
     // While top runs, the kernel counts the run time of BPF programs.

@@ -121,6 +121,10 @@ pub struct Row {
     pub tcp: Option<TcpCols>,
     pub oom_kills: u64,
     pub sched: Option<SchedCols>,
+    /// Futex wait over the interval, ns, summed over threads (`top
+    /// --locks`; None without the lock probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_ns: Option<u64>,
 }
 
 /// Whole-host numbers over the last interval.
@@ -400,6 +404,8 @@ pub struct TopState {
     pub detail_peers: Vec<PeerConns>,
     /// Scheduler numbers per pid, from the scheduler module.
     pub sched: HashMap<u32, SchedCols>,
+    /// Futex wait per pid over the last interval (`--locks`).
+    pub locks: Option<HashMap<u32, u64>>,
     /// Run-queue latency histograms per pid, from the scheduler module.
     pub runq_hist: HashMap<u32, crate::aggregate::histogram::Log2Hist>,
     /// Memory cgroup paths by directory inode, from the OOM kills'
@@ -456,6 +462,7 @@ impl TopState {
             ui,
             detail_peers: Vec::new(),
             sched: HashMap::new(),
+            locks: None,
             runq_hist: HashMap::new(),
             memcg_paths: HashMap::new(),
             pending_oom: Vec::new(),
@@ -669,6 +676,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    lock_ns: None,
                 },
             ));
     }
@@ -690,6 +698,10 @@ impl TopState {
         }
         if let Some(p) = s.pressure.take() {
             self.pressure = Some(p);
+        }
+        if let Some(l) = s.locks.take() {
+            // The lock frame of this interval replaces the last one.
+            self.locks = Some(l.procs.iter().map(|p| (p.pid, p.wait_ns)).collect());
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -819,6 +831,7 @@ impl TopState {
                     tcp: None,
                     oom_kills: 0,
                     sched: None,
+                    lock_ns: None,
                 },
             );
         }
@@ -857,6 +870,7 @@ impl TopState {
                 tcp: None,
                 oom_kills: 0,
                 sched: None,
+                    lock_ns: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
@@ -900,6 +914,11 @@ impl TopState {
         for (pid, s) in &self.sched {
             if let Some(r) = rows.get_mut(pid) {
                 r.sched = Some(*s);
+            }
+        }
+        if let Some(locks) = &self.locks {
+            for r in rows.values_mut() {
+                r.lock_ns = Some(locks.get(&r.pid).copied().unwrap_or(0));
             }
         }
         // Processes that are gone leave after a while without activity.

@@ -40,6 +40,7 @@ fn row(pid: u32, comm: &str, cpu: f64, opens: f64, cw: u64, leaks: u64) -> Row {
         }),
         oom_kills: 0,
         sched: None,
+        lock_ns: None,
     }
 }
 
