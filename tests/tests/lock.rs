@@ -489,3 +489,36 @@ fn lg_holder(lines: &[Value], pid: u64, mutex: u64) -> Value {
     assert_eq!(wakers.len(), 1, "one holder: {wakers:?}");
     (*wakers.iter().next().unwrap()).into()
 }
+
+/// `top --locks --once --json`: the helper's row has its futex wait over
+/// the interval: at most the interval (one waiter at a time, plus the
+/// main thread's join), at least most of the waiter's own measure in it.
+#[test]
+fn top_lock_column_shows_the_waiter() {
+    if !require_root("top_lock_column_shows_the_waiter") {
+        return;
+    }
+    let _g = serial();
+    let mut lg = Gen::start(&["mutex", "60", "50"]);
+    lg.until("WAITER");
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["top", "--locks", "--once", "--json", "--interval", "1s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = lg.num("PID");
+    let row = snap["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("no row for {pid}: {snap}"));
+    let ns = row["lock_ns"].as_u64().unwrap();
+    let interval = (snap["interval_s"].as_f64().unwrap() * 1e9) as u64;
+    // The waiter waits ~50 of every ~50.5 ms; the main thread joins all along.
+    assert!(
+        ns >= interval * 8 / 10 && ns <= interval * 21 / 10,
+        "{ns} ns of lock wait over {interval} ns: {row}"
+    );
+}

@@ -405,7 +405,7 @@ pub struct TopState {
     /// Scheduler numbers per pid, from the scheduler module.
     pub sched: HashMap<u32, SchedCols>,
     /// Futex wait per pid over the last interval (`--locks`).
-    pub locks: Option<HashMap<u32, u64>>,
+    pub locks: Option<HashMap<u32, (u64, String)>>,
     /// Run-queue latency histograms per pid, from the scheduler module.
     pub runq_hist: HashMap<u32, crate::aggregate::histogram::Log2Hist>,
     /// Memory cgroup paths by directory inode, from the OOM kills'
@@ -701,7 +701,12 @@ impl TopState {
         }
         if let Some(l) = s.locks.take() {
             // The lock frame of this interval replaces the last one.
-            self.locks = Some(l.procs.iter().map(|p| (p.pid, p.wait_ns)).collect());
+            self.locks = Some(
+                l.procs
+                    .iter()
+                    .map(|p| (p.pid, (p.wait_ns, p.comm.clone())))
+                    .collect(),
+            );
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -917,8 +922,24 @@ impl TopState {
             }
         }
         if let Some(locks) = &self.locks {
+            // A process that waited on locks is shown even without CPU use.
+            for (pid, (ns, comm)) in locks {
+                if *ns > 0 {
+                    rows.entry(*pid).or_insert_with(|| Row {
+                        pid: *pid,
+                        comm: comm.clone(),
+                        cgroup: None,
+                        cpu_pct: Some(0.0),
+                        alive: true,
+                        tcp: None,
+                        oom_kills: 0,
+                        sched: None,
+                        lock_ns: None,
+                    });
+                }
+            }
             for r in rows.values_mut() {
-                r.lock_ns = Some(locks.get(&r.pid).copied().unwrap_or(0));
+                r.lock_ns = Some(locks.get(&r.pid).map_or(0, |l| l.0));
             }
         }
         // Processes that are gone leave after a while without activity.
