@@ -198,7 +198,7 @@ fn threads_json(pid: u64) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
-fn thread<'a>(dump: &'a Value, tid: u64) -> &'a Value {
+fn thread(dump: &Value, tid: u64) -> &Value {
     dump["threads"]
         .as_array()
         .unwrap()
@@ -222,7 +222,9 @@ fn thread_dump_matches_proc() {
     lg.until("READY");
     let pid = lg.num("PID");
     let dump = threads_json(pid);
-    let n = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    let n = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
     assert_eq!(dump["threads"].as_array().unwrap().len(), n, "{dump}");
     // Every thread but the spinner stays put: state and wchan as /proc says.
     for t in dump["threads"].as_array().unwrap() {
@@ -322,7 +324,13 @@ fn runq_lock_column_sums_the_waits() {
     let _g = serial();
     const K: usize = 10;
     let diag = Diag::start(&[
-        "runq", "--locks", "--json", "--interval", "1s", "--count", "3",
+        "runq",
+        "--locks",
+        "--json",
+        "--interval",
+        "1s",
+        "--count",
+        "3",
     ]);
     let mut lg = Gen::start(&["mutex", &K.to_string(), "50"]);
     lg.until("DONE");
@@ -465,7 +473,11 @@ fn serve_and_record_count_the_waits() {
         .filter(|v| addr(v["uaddr"].as_str().unwrap()) == mutex)
         .count();
     assert_eq!(waits, K, "lock-wait events recorded");
-    assert_eq!(lg_holder(&lines, pid, mutex), holder, "the events name the holder");
+    assert_eq!(
+        lg_holder(&lines, pid, mutex),
+        holder,
+        "the events name the holder"
+    );
     let report = Command::new(diag_tests::diag_bin())
         .arg("report")
         .arg(&file)
@@ -505,7 +517,11 @@ fn top_lock_column_shows_the_waiter() {
         .args(["top", "--locks", "--once", "--json", "--interval", "1s"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let snap: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pid = lg.num("PID");
     let row = snap["processes"]

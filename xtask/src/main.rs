@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_lock;
 mod bench_tcp;
 mod dist;
 mod stats;
@@ -96,6 +97,8 @@ enum Part {
     Startup,
     /// Long connection and process churn: kernel map occupancy before and after
     Soak,
+    /// Lock probes: a mutex ping-pong with and without diag's futex probes
+    Lock,
 }
 
 /// Debian packages the build needs (`run`, `build` and every other task).
@@ -497,7 +500,7 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
             "-p",
             "diag-tests",
         ])
-        .args(["--bin", "diag-loadgen"]))?;
+        .args(["--bin", "diag-loadgen", "--bin", "diag-lockgen"]))?;
     let diag = root.join("target/release/diag");
     let loadgen = root.join("target/release/diag-loadgen");
     let dir = root.join("target/bench");
@@ -520,6 +523,11 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     if wanted(Part::Startup) {
         let s = bench_tcp::startup(&diag, reps)?;
         parts.push(("Start-up", "startup", s));
+    }
+    if wanted(Part::Lock) {
+        let lockgen = root.join("target/release/diag-lockgen");
+        let s = bench_lock::lock_overhead(&diag, &lockgen, reps, loops)?;
+        parts.push(("Lock probes overhead", "lock_overhead", s));
     }
     if wanted(Part::Soak) {
         let s = bench_tcp::soak(&diag, &loadgen, soak_secs)?;

@@ -92,7 +92,11 @@ pub struct LockAgg {
 impl LockAgg {
     /// What grew since the last reading (the first reading counts from
     /// zero: the maps start empty when diag attaches).
-    pub fn update(&mut self, procs: &[(u32, LockProc)], stats: &[(LockKey, LockStat)]) -> LockInterval {
+    pub fn update(
+        &mut self,
+        procs: &[(u32, LockProc)],
+        stats: &[(LockKey, LockStat)],
+    ) -> LockInterval {
         let mut iv = LockInterval::default();
         for (pid, p) in procs {
             let before = self.procs.get(pid).copied().unwrap_or_default();
@@ -151,8 +155,11 @@ impl LockAgg {
             l.holders
                 .sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.tid.cmp(&b.tid)));
         }
-        iv.locks
-            .sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then((a.pid, a.uaddr).cmp(&(b.pid, b.uaddr))));
+        iv.locks.sort_by(|a, b| {
+            b.wait_ns
+                .cmp(&a.wait_ns)
+                .then((a.pid, a.uaddr).cmp(&(b.pid, b.uaddr)))
+        });
         iv.procs
             .sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then(a.pid.cmp(&b.pid)));
         iv
@@ -214,7 +221,10 @@ impl LockFrame {
             return Err(format!("{} processes", self.procs.len()));
         }
         if self.locks.len() > FRAME_LOCKS {
-            return Err(format!("{} locks (at most {FRAME_LOCKS})", self.locks.len()));
+            return Err(format!(
+                "{} locks (at most {FRAME_LOCKS})",
+                self.locks.len()
+            ));
         }
         if self
             .locks
@@ -256,11 +266,14 @@ impl LockSummary {
             e.timeouts += p.timeouts;
         }
         for l in &f.locks {
-            let e = self.locks.entry((l.pid, l.uaddr)).or_insert_with(|| LockRow {
-                pid: l.pid,
-                uaddr: l.uaddr,
-                ..LockRow::default()
-            });
+            let e = self
+                .locks
+                .entry((l.pid, l.uaddr))
+                .or_insert_with(|| LockRow {
+                    pid: l.pid,
+                    uaddr: l.uaddr,
+                    ..LockRow::default()
+                });
             e.waits += l.waits;
             e.wait_ns += l.wait_ns;
             e.max_ns = e.max_ns.max(l.max_ns);
@@ -292,7 +305,11 @@ impl LockSummary {
     /// Locks, most wait first, holders most delay first.
     pub fn top_locks(&self, n: usize) -> Vec<LockRow> {
         let mut v: Vec<LockRow> = self.locks.values().cloned().collect();
-        v.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns).then((a.pid, a.uaddr).cmp(&(b.pid, b.uaddr))));
+        v.sort_by(|a, b| {
+            b.wait_ns
+                .cmp(&a.wait_ns)
+                .then((a.pid, a.uaddr).cmp(&(b.pid, b.uaddr)))
+        });
         v.truncate(n);
         for l in &mut v {
             l.holders
@@ -334,7 +351,10 @@ mod tests {
         p.wait_ns = 100;
         let iv = a.update(
             &[(1, p)],
-            &[(key(2, 0x10, 3), stat(1, 60)), (key(4, 0x10, 5), stat(1, 40))],
+            &[
+                (key(2, 0x10, 3), stat(1, 60)),
+                (key(4, 0x10, 5), stat(1, 40)),
+            ],
         );
         assert_eq!(iv.procs[0].wait_ns, 100);
         assert_eq!(iv.locks.len(), 1);

@@ -190,7 +190,6 @@ pub fn attach(
     Ok(())
 }
 
-
 /// Handles on the lock maps, for readers.
 pub struct LockMaps {
     stats: HashMap<MapData, LockKey, LockStat>,

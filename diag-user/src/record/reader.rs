@@ -998,7 +998,11 @@ mod tests {
                 &serde_json::to_vec(fr).unwrap(),
             ));
         }
-        f.extend(hostile::raw_frame(FrameKind::Locks as u8, 0, b"{\"ts_ns\": \"x\"}"));
+        f.extend(hostile::raw_frame(
+            FrameKind::Locks as u8,
+            0,
+            b"{\"ts_ns\": \"x\"}",
+        ));
         let t = tmp_file("locks", &f);
         let mut r = Reader::open(&t.0).unwrap();
         let (mut frames, mut damage) = (Vec::new(), 0);

@@ -234,8 +234,7 @@ pub fn sample(pid: u32) -> Result<ProcessSample, ThreadsError> {
     };
     for tid in tids {
         let t = base.join("task").join(tid.to_string());
-        let Some((comm, state, cpu)) = read(&t.join("stat")).as_deref().and_then(parse_stat)
-        else {
+        let Some((comm, state, cpu)) = read(&t.join("stat")).as_deref().and_then(parse_stat) else {
             out.vanished += 1;
             continue;
         };

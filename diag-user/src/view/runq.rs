@@ -56,7 +56,11 @@ const LOCK_ROWS: usize = 5;
 /// The LOCK column of process `pid`: its futex wait in the interval.
 fn lock_cell(host: &HostState, pid: u32) -> Option<String> {
     let l = host.locks.as_ref()?;
-    Some(l.proc(pid).map(|p| human_ns(p.wait_ns)).unwrap_or_else(|| "-".into()))
+    Some(
+        l.proc(pid)
+            .map(|p| human_ns(p.wait_ns))
+            .unwrap_or_else(|| "-".into()),
+    )
 }
 
 /// The most contended locks, with their holders, as text lines.
@@ -65,7 +69,9 @@ fn lock_lines(l: &LockInterval) -> String {
     if l.locks.is_empty() {
         return out;
     }
-    out.push_str("\nlocks (futex waits in the interval; holders: the threads whose wakeups ended them):\n");
+    out.push_str(
+        "\nlocks (futex waits in the interval; holders: the threads whose wakeups ended them):\n",
+    );
     for k in l.locks.iter().take(LOCK_ROWS) {
         let holders: Vec<String> = k
             .holders
@@ -73,9 +79,19 @@ fn lock_lines(l: &LockInterval) -> String {
             .take(3)
             .map(|h| {
                 if h.tid == 0 {
-                    format!("no waker (signal or no sleep) {} waits {}", h.waits, human_ns(h.wait_ns))
+                    format!(
+                        "no waker (signal or no sleep) {} waits {}",
+                        h.waits,
+                        human_ns(h.wait_ns)
+                    )
                 } else {
-                    format!("tid {} {} {} waits {}", h.tid, h.comm, h.waits, human_ns(h.wait_ns))
+                    format!(
+                        "tid {} {} {} waits {}",
+                        h.tid,
+                        h.comm,
+                        h.waits,
+                        human_ns(h.wait_ns)
+                    )
                 }
             })
             .collect();

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use diag_common::{
     EventKind,
+    lock::LockWaitEvent,
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
-    lock::LockWaitEvent,
     sched::StallEvent,
     tcp::{
         AF_INET6, TcpCloseEvent, TcpDropEvent, TcpSockEvent, TcpStateEvent, attribution, closed_by,

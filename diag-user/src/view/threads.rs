@@ -357,8 +357,7 @@ impl ThreadDump {
             }
             return None;
         };
-        let before: HashMap<u32, &ThreadSample> =
-            prev.threads.iter().map(|t| (t.tid, t)).collect();
+        let before: HashMap<u32, &ThreadSample> = prev.threads.iter().map(|t| (t.tid, t)).collect();
         let tids: BTreeSet<u32> = s.threads.iter().map(|t| t.tid).collect();
         let mut since = HashMap::new();
         let rows: Vec<Row> = s
@@ -366,9 +365,8 @@ impl ThreadDump {
             .iter()
             .map(|t| {
                 let b = before.get(&t.tid);
-                let still = b.is_some_and(|b| {
-                    b.state == t.state && b.slices == t.slices && t.state != 'R'
-                });
+                let still =
+                    b.is_some_and(|b| b.state == t.state && b.slices == t.slices && t.state != 'R');
                 let from = match self.since.get(&t.tid) {
                     Some(&(st, from)) if still && st == t.state => from,
                     _ => s.ts_ns,
@@ -614,7 +612,10 @@ mod tests {
         );
         assert_eq!(dump.rows[0].state_for_ns, 1_000_000_000);
         let txt = text(&dump, false);
-        assert!(txt.contains("DEADLOCK: 10 waits for futex 0x1000 held by 11"), "{txt}");
+        assert!(
+            txt.contains("DEADLOCK: 10 waits for futex 0x1000 held by 11"),
+            "{txt}"
+        );
     }
 
     #[test]
@@ -634,7 +635,10 @@ mod tests {
             word: Some(0),
             owner_word: Some(11),
         });
-        assert!(matches!(wait_of(&t, &tids), Wait::Futex { holder: None, .. }));
+        assert!(matches!(
+            wait_of(&t, &tids),
+            Wait::Futex { holder: None, .. }
+        ));
         // A chain without a cycle is no deadlock.
         let rows = vec![futex_thread(10, 1, 11), futex_thread(11, 2, 12)];
         let mut d = ThreadDump::default();
@@ -647,9 +651,15 @@ mod tests {
         let mut d = ThreadDump::default();
         let mut t = futex_thread(10, 1, 0);
         d.feed(sample(0, vec![t.clone()]));
-        assert_eq!(d.feed(sample(5, vec![t.clone()])).unwrap().rows[0].state_for_ns, 5);
+        assert_eq!(
+            d.feed(sample(5, vec![t.clone()])).unwrap().rows[0].state_for_ns,
+            5
+        );
         t.slices = 1;
-        assert_eq!(d.feed(sample(9, vec![t.clone()])).unwrap().rows[0].state_for_ns, 0);
+        assert_eq!(
+            d.feed(sample(9, vec![t.clone()])).unwrap().rows[0].state_for_ns,
+            0
+        );
         assert_eq!(d.feed(sample(12, vec![t])).unwrap().rows[0].state_for_ns, 3);
     }
 }

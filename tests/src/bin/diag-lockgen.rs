@@ -269,7 +269,9 @@ fn main() -> ExitCode {
         Some("dump") => dump(),
         Some("pingpong") => pingpong(num(1, 100_000) as u32),
         _ => {
-            eprintln!("usage: diag-lockgen mutex K HOLD_MS | cond K DELAY_MS | deadlock | dump | pingpong N");
+            eprintln!(
+                "usage: diag-lockgen mutex K HOLD_MS | cond K DELAY_MS | deadlock | dump | pingpong N"
+            );
             return ExitCode::from(2);
         }
     }

@@ -346,7 +346,11 @@ fn saturation_locks(o: &mut String, r: &Review, t: &dyn Fn(u64) -> String) {
     let mut worst: Vec<&diag_common::lock::LockWaitEvent> = r.lock_waits.iter().collect();
     worst.sort_by_key(|w| std::cmp::Reverse(w.wait_ns));
     if !worst.is_empty() {
-        let _ = writeln!(o, "  Longest lock waits ({} over the threshold):", worst.len());
+        let _ = writeln!(
+            o,
+            "  Longest lock waits ({} over the threshold):",
+            worst.len()
+        );
     }
     for w in worst.iter().take(5) {
         let _ = writeln!(

@@ -875,7 +875,7 @@ impl TopState {
                 tcp: None,
                 oom_kills: 0,
                 sched: None,
-                    lock_ns: None,
+                lock_ns: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
