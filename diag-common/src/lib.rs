@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod block;
+pub mod lock;
 pub mod memory;
 pub mod oom;
 pub mod proc;
@@ -26,7 +27,8 @@ pub const TASK_COMM_LEN: usize = 16;
 /// What kind of record follows the header in the ring buffer.
 ///
 /// Numbers are grouped by family: 1-9 TCP, 10-19 OOM, 20-29 scheduler,
-/// 30-39 process lifetimes, 40-49 memory stalls, 50-59 block I/O.
+/// 30-39 process lifetimes, 40-49 memory stalls, 50-59 block I/O, 60-69
+/// locks.
 /// Never reuse a number: recordings keep them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub enum EventKind {
     /// [`memory::MemStallEvent`]: a reclaim or compaction episode longer
     /// than the memory stall threshold.
     MemStall = 40,
+    /// [`lock::LockWaitEvent`]: a futex wait over the threshold.
+    LockWait = 60,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -79,6 +83,7 @@ impl TryFrom<u32> for EventKind {
             30 => Ok(EventKind::ProcExit),
             50 => Ok(EventKind::BlockSlow),
             40 => Ok(EventKind::MemStall),
+            60 => Ok(EventKind::LockWait),
             other => Err(other),
         }
     }
@@ -123,7 +128,7 @@ impl EventHeader {
 /// wrong in the kernel and must be shown to the user.
 ///
 /// Slots are grouped by family: 0-9 shared and TCP, 10-19 OOM, 20-31
-/// scheduler, 40-47 memory.
+/// scheduler, 40-47 memory, 60-69 locks.
 pub mod counters {
     /// An event was lost because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
@@ -168,8 +173,20 @@ pub mod counters {
     /// Memory: a swap-in could not be timed (`MEM_BIOS` full); its pages
     /// are counted, its time is not.
     pub const MEM_BIO_MAP_FULL: u32 = 44;
+    /// Locks: a thread's futex wait could not be noted (`LOCK_WAITING`
+    /// full): that wait is missing.
+    pub const LOCK_WAIT_MAP_FULL: u32 = 60;
+    /// Locks: a (waiter, lock, waker) entry could not be made
+    /// (`LOCK_STATS` full): the wait counts in its process only.
+    pub const LOCK_STATS_MAP_FULL: u32 = 61;
+    /// Locks: a process could not be tracked (`LOCK_PROCS` full).
+    pub const LOCK_PROC_MAP_FULL: u32 = 62;
+    /// Locks: a kernel lock contention could not be noted (map full).
+    pub const LOCK_KWAIT_MAP_FULL: u32 = 63;
+    /// Locks: lock-wait events submitted.
+    pub const LOCK_EVENTS: u32 = 64;
     /// Number of slots in `COUNTERS`.
-    pub const LEN: u32 = 48;
+    pub const LEN: u32 = 72;
 }
 
 /// Tunables written into the kernel object's read-only globals at load time.

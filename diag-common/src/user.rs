@@ -3,6 +3,7 @@
 use crate::block::{
     BlockConfig, BlockDevStats, BlockProcKey, BlockProcStats, BlockReq, BlockSlowEvent,
 };
+use crate::lock::{KernelWaitKey, LockConfig, LockKey, LockProc, LockStat, LockWaitEvent, Waiting};
 use crate::memory::{MemCgStats, MemConfig, MemHost, MemStallEvent, MemStats, MemTask, SwapBio};
 use crate::oom::{MarkVictimLayout, MemcgLayout, OomKillEvent, VictimTask};
 use crate::proc::{ProcConfig, ProcExitEvent};
@@ -44,6 +45,12 @@ unsafe impl aya::Pod for MemCgStats {}
 unsafe impl aya::Pod for MemHost {}
 unsafe impl aya::Pod for MemTask {}
 unsafe impl aya::Pod for SwapBio {}
+unsafe impl aya::Pod for LockConfig {}
+unsafe impl aya::Pod for LockKey {}
+unsafe impl aya::Pod for LockStat {}
+unsafe impl aya::Pod for LockProc {}
+unsafe impl aya::Pod for Waiting {}
+unsafe impl aya::Pod for KernelWaitKey {}
 
 /// Any event diag's kernel programs emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +69,8 @@ pub enum AnyEvent {
     BlockSlow(BlockSlowEvent),
     /// Kind MemStall: a long reclaim or compaction episode.
     MemStall(MemStallEvent),
+    /// A futex wait over the threshold, with its waker.
+    LockWait(LockWaitEvent),
 }
 
 impl AnyEvent {
@@ -77,6 +86,7 @@ impl AnyEvent {
             AnyEvent::ProcExit(e) => as_bytes(e),
             AnyEvent::BlockSlow(e) => as_bytes(e),
             AnyEvent::MemStall(e) => as_bytes(e),
+            AnyEvent::LockWait(e) => as_bytes(e),
         }
     }
 
@@ -91,6 +101,7 @@ impl AnyEvent {
             AnyEvent::ProcExit(e) => &e.header,
             AnyEvent::BlockSlow(e) => &e.header,
             AnyEvent::MemStall(e) => &e.header,
+            AnyEvent::LockWait(e) => &e.header,
         }
     }
 }
@@ -200,6 +211,7 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
         EventKind::ProcExit => Ok(AnyEvent::ProcExit(read(buf, Some(header.kind))?)),
         EventKind::BlockSlow => Ok(AnyEvent::BlockSlow(read(buf, Some(header.kind))?)),
         EventKind::MemStall => Ok(AnyEvent::MemStall(read(buf, Some(header.kind))?)),
+        EventKind::LockWait => Ok(AnyEvent::LockWait(read(buf, Some(header.kind))?)),
     }
 }
 

@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod block;
+mod lock;
 mod maps;
 mod memory;
 mod oom;

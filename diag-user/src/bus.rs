@@ -54,6 +54,9 @@ pub enum Msg {
     /// A raw reading of the scheduler's kernel maps, with the names and
     /// host counts that go with it (`runq`).
     Runq(Box<RunqReading>),
+    /// Futex waits over the last interval, per process and per lock with
+    /// its holders (live: the lock maps; replay: the recorded frame).
+    Locks(Box<crate::aggregate::lock::LockFrame>),
 }
 
 /// What `runq` needs of one reading of the scheduler's maps.
@@ -79,6 +82,8 @@ pub struct RunqReading {
     pub memory: Option<crate::aggregate::memory::MemSnapshot>,
     /// Memory processes gone since the reading before (forget after this).
     pub memory_gone: Vec<u32>,
+    /// The lock maps, when the lock probes are attached (`runq --locks`).
+    pub locks: Option<crate::aggregate::lock::LockReading>,
 }
 
 /// What user space learned about an OOM kill (cgroup paths, top memory
@@ -188,6 +193,9 @@ pub struct Health {
     pub sched_proc_map_full: u64,
     /// Scheduler: task_struct fields the kernel program failed to read.
     pub sched_read_errors: u64,
+    /// Locks: waits or entries not tracked because a lock map was full.
+    #[serde(default)]
+    pub lock_map_full: u64,
     /// SYNs at listeners whose accept queue diag could not read (older
     /// than diag and out of the socket iterator's reach): their drops may
     /// be missing.
@@ -259,6 +267,12 @@ impl Health {
             parts.push(format!(
                 "{} task_struct read errors",
                 self.sched_read_errors
+            ));
+        }
+        if self.lock_map_full > 0 {
+            parts.push(format!(
+                "{} lock waits not tracked (a lock map was full)",
+                self.lock_map_full
             ));
         }
         if self.listen_unreadable > 0 {
@@ -335,6 +349,10 @@ pub fn new_losses(before: &Health, now: &Health) -> Vec<String> {
         v.push(format!(
             "{m} memory stall updates lost: a memory map is full"
         ));
+    }
+    let l = now.lock_map_full.saturating_sub(before.lock_map_full);
+    if l > 0 {
+        v.push(format!("{l} lock waits not tracked: a lock map is full"));
     }
     v
 }

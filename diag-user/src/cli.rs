@@ -54,6 +54,11 @@ pub enum Command {
     /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills, run queues) over HTTP
     #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// A thread dump of a process from the kernel's side: each thread's
+    /// state, what it waits on (a lock and its holder, a pipe, a socket),
+    /// its kernel stack, CPU and run-queue wait; deadlocks flagged
+    #[command(long_about = THREADS_ABOUT, after_help = THREADS_EXAMPLES)]
+    Threads(ThreadsArgs),
     /// Check that this host can run diag, one line per requirement
     #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
@@ -131,12 +136,23 @@ Drops are also reported as they happen: nothing is lost silently.
 
 reset: a reset sent (with the kernel's reason, e.g. NO_SOCKET for a closed \
 port; such resets belong to no process and show pid 0) or received. \
-retrans: a retransmitted segment, with the socket's state.";
+retrans: a retransmitted segment, with the socket's state.
+
+lock (not in the default set: it attaches the futex system-call \
+tracepoints, which cost every system call on the host a little, and \
+sched_waking): every futex wait at least --lock-threshold long (10ms by \
+default), when it ends: the waiting thread, the futex address, the wait, and \
+the thread whose wakeup ended it (`woken by PID COMM (tid T)`: the thread \
+that released the mutex, signalled the condition variable, or exited for a \
+join), learned in the kernel at the wakeup itself. Waits that time out are \
+timed sleeps, not events; waits ended by a signal say so. diag's own waits \
+are not traced.";
 
 const TAIL_EXAMPLES: &str = "\
 Examples:
   diag tail                          every TCP transition and OOM kill on the host
   diag tail --events oom             OOM kills only
+  diag tail --events lock --lock-threshold 50ms   threads stuck on locks, and who held them
   diag tail --port 5432              connections to or from port 5432
   diag tail --comm nginx --family 6  IPv6 transitions of nginx processes
   diag tail --json | jq .            JSON lines, one object per event
@@ -238,6 +254,11 @@ pub enum EventClass {
     /// memory cgroup whose limit forced the reclaim and the biggest memory
     /// users then (vmscan:, compaction: tracepoints)
     Memstall,
+    /// Futex waits longer than --lock-threshold: waiter, lock address,
+    /// wait, and the thread whose wakeup ended it (the holder that
+    /// released the lock). Not shown by default: it attaches system-call
+    /// tracepoints (futex), which slow every system call a little
+    Lock,
     /// Processes that ended: pid, name, start time, exit status
     /// (tp_btf sched_process_exit; always traced with tcp and stall, so
     /// a reused pid is never taken for the process that had it)
@@ -261,6 +282,7 @@ impl EventClass {
                     | EventClass::Stall
                     | EventClass::Io
                     | EventClass::Memstall
+                    | EventClass::Lock
             )
         });
         if per_process && !v.contains(&EventClass::Exit) {
@@ -395,6 +417,10 @@ pub struct ProbeArgs {
     /// memory stall (memstall events, MSTALLS), e.g. 10ms, 1ms
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
     pub mem_stall_threshold: std::time::Duration,
+    /// Locks: a futex wait at least this long is an event (`tail
+    /// --events lock`), e.g. 10ms, 500us
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_positive_duration)]
+    pub lock_threshold: std::time::Duration,
 
     /// TCP state changes from the classic tracepoint (a record built for
     /// each), not the raw one with `struct sock` offsets from BTF (the
@@ -436,6 +462,7 @@ impl Default for ProbeArgs {
             stall_threshold: std::time::Duration::from_millis(10),
             io_threshold: std::time::Duration::from_millis(10),
             mem_stall_threshold: std::time::Duration::from_millis(10),
+            lock_threshold: std::time::Duration::from_millis(10),
             classic_tcp: false,
             empty_programs: false,
             kernel_log: false,
@@ -614,6 +641,11 @@ pub struct TopArgs {
     /// block_rq_complete: they run on every block request)
     #[arg(long)]
     pub no_io: bool,
+    /// Add a LOCK column: futex wait time per process over the interval
+    /// (summed over its threads). Attaches the futex system-call
+    /// tracepoints and sched_waking, which slow every system call a little
+    #[arg(long)]
+    pub locks: bool,
     #[command(flatten)]
     pub view: TopView,
     #[command(flatten)]
@@ -1020,6 +1052,34 @@ pub enum RunqSort {
     Io,
 }
 
+/// `diag threads`.
+#[derive(Debug, Clone, Args)]
+pub struct ThreadsArgs {
+    /// The process
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+
+    /// The interval CPU and run-queue wait are measured over
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub interval: std::time::Duration,
+
+    /// Refresh every interval until Ctrl-C (or --count dumps)
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Stop after this many dumps (with --watch)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// One JSON object per dump
+    #[arg(long)]
+    pub json: bool,
+
+    /// Leave out the kernel stacks in the text dump
+    #[arg(long)]
+    pub no_stacks: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunqArgs {
     /// Length of each interval (e.g. 1s, 500ms)
@@ -1059,10 +1119,43 @@ pub struct RunqArgs {
     /// run on every block request
     #[arg(long)]
     pub no_io: bool,
+    /// Add a LOCK column: futex wait time per process in the interval
+    /// (summed over its threads), and the most contended locks with the
+    /// threads that held them. Attaches the futex system-call tracepoints
+    /// and sched_waking, which slow every system call and wakeup a little
+    #[arg(long)]
+    pub locks: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,
 }
+
+const THREADS_ABOUT: &str = "\
+A thread dump of process PID from the kernel's side, for any language: one \
+row per thread with its state (R running, S sleeping, D uninterruptible...), \
+how long it has been in it (FOR: a lower bound, the time it kept that state \
+without running while diag looked; `<1s` when it ran or changed in the last \
+interval), its CPU use and run-queue wait over the interval (schedstat), \
+wchan, and what it waits on: a futex address and the thread holding it, a \
+pipe, a socket, a file, a sleep or a poll. Below the table: threads waiting \
+on each other's locks in a cycle (DEADLOCK, with both tids and lock \
+addresses), then each thread's kernel stack.
+
+Everything comes from procfs (task/TID/stat, schedstat, wchan, syscall, \
+stack) and the process's memory (/proc/PID/mem): no probes are attached, so \
+it costs the process nothing. The holder of a lock is read from the lock \
+itself: glibc's pthread_mutex_t keeps its owner's tid (`__owner`, 8 bytes \
+after the futex word); a priority-inheritance futex holds its owner's tid. \
+Other futexes (condition variables, semaphores, Rust's std Mutex, Go) show \
+their address without a holder; `diag tail --events lock` names the thread \
+whose wakeup ended each wait. Kernel stacks and other processes' memory need \
+root.";
+
+const THREADS_EXAMPLES: &str = "\
+Examples:
+  diag threads 1234                      one dump, CPU over 1 s
+  diag threads 1234 --watch --interval 2s
+  diag threads 1234 --json | jq '.deadlocks'";
 
 const SERVE_ABOUT: &str = "\
 Serve diag's aggregates as Prometheus metrics, for a fleet: /metrics in the \
@@ -1158,6 +1251,12 @@ pub struct ServeArgs {
     /// and their families
     #[arg(long)]
     pub no_io: bool,
+    /// Also serve lock counters per cgroup (diag_lock_waits_total,
+    /// diag_lock_wait_seconds_total, diag_lock_long_waits_total, kernel
+    /// lock contention): attaches the futex system-call tracepoints and
+    /// sched_waking, which slow every system call and wakeup a little
+    #[arg(long)]
+    pub locks: bool,
 
     #[command(flatten)]
     pub probe: ProbeArgs,

@@ -232,6 +232,9 @@ pub struct HostSample {
     /// Memory stalls and swap over the last interval, when the memory
     /// programs are attached.
     pub memory: Option<crate::aggregate::memory::MemInterval>,
+    /// Lock waits over the last interval, when the lock probes are
+    /// attached (`top --locks`).
+    pub locks: Option<crate::aggregate::lock::LockFrame>,
 }
 
 /// Reads [`HostSample`]s; keeps the cgroup of each process it has seen.
@@ -247,6 +250,8 @@ pub struct HostReader {
     pub block: Option<crate::source::block::BlockFeed>,
     /// The memory programs' maps, read with each sample.
     pub memory: Option<crate::source::memory::MemoryFeed>,
+    /// The lock maps, read with each sample (`top --locks`).
+    pub locks: Option<crate::source::lock::LockFeed>,
 }
 
 /// Reads the scheduler's kernel maps each interval, as `diag runq` does.
@@ -336,6 +341,7 @@ impl HostReader {
             pressure: None,
             block: None,
             memory: None,
+            locks: None,
         }
     }
 
@@ -383,6 +389,7 @@ impl HostReader {
             pressure: self.pressure.as_mut().map(|f| f.read()),
             block: self.block.as_mut().map(|f| f.read()),
             memory: self.memory.as_mut().map(|f| f.read()),
+            locks: self.locks.as_mut().map(|f| f.read()),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Env {
     /// The memory programs' configuration, when memory stalls were asked
     /// for.
     pub memory: Option<diag_common::memory::MemConfig>,
+    /// Futex waits and kernel lock contention, when lock events or a
+    /// lock view were asked for.
+    pub lock: Option<diag_common::lock::LockConfig>,
 }
 
 impl Env {
@@ -269,6 +272,18 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
             )
         }),
     });
+    if let Ok((path, _)) = &mounted {
+        lines.push(CheckLine {
+            name: "locks",
+            result: probes::lock::layout(path, &args.btf, 0).map(|c| {
+                format!(
+                    "syscalls:sys_enter_futex/sys_exit_futex{}{}, tp_btf sched_waking (wakers), lock:contention_begin/end (attached only by the lock views)",
+                    if c.wait_uaddr != diag_common::tcp::NO_FIELD { ", futex_wait" } else { "" },
+                    if c.waitv_waiters != diag_common::tcp::NO_FIELD { ", futex_waitv" } else { "" },
+                )
+            }),
+        });
+    }
     lines.push(CheckLine {
         name: "block I/O",
         result: probes::block::layout(&args.btf, u64::MAX).map(|_| {
@@ -375,6 +390,12 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
     } else {
         None
     };
+    let lock = if events.contains(&EventClass::Lock) {
+        let threshold = u64::try_from(args.lock_threshold.as_nanos()).unwrap_or(u64::MAX);
+        Some(probes::lock::layout(&tracefs, &args.btf, threshold)?)
+    } else {
+        None
+    };
     check_ringbuf()?;
     Ok(Env {
         block,
@@ -385,6 +406,7 @@ pub fn require_for(args: &ProbeArgs, events: &[EventClass]) -> Result<Env, EnvEr
         sched,
         proc,
         memory,
+        lock,
     })
 }
 
@@ -422,6 +444,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     let mut memory = env
         .memory
         .unwrap_or(diag_common::memory::MemConfig::zeroed());
+    let mut lock = env.lock.unwrap_or(diag_common::lock::LockConfig::zeroed());
     let oom = env.oom.unwrap_or(probes::oom::OomLayouts {
         mark_victim: MarkVictimLayout::zeroed(),
         memcg: MemcgLayout::zeroed(),
@@ -443,6 +466,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         proc.valid = 0;
         block.valid = 0;
         memory.valid = 0;
+        lock.valid = 0;
         tcp.state.valid = 0;
         for l in &mut tcp.sock {
             l.valid = 0;
@@ -489,6 +513,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         .override_global("PROC_CONFIG", &proc, true)
         .override_global("BLOCK_CONFIG", &block, true)
         .override_global("MEM_CONFIG", &memory, true)
+        .override_global("LOCK_CONFIG", &lock, true)
         .override_global("KERNEL_LOG", &kernel_log, true)
         .map_max_entries("EVENTS", ring_bytes);
     for ((_, global), layout) in probes::tcp::SOCK_TRACEPOINTS.iter().zip(&tcp.sock) {
@@ -514,6 +539,11 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
     } else if memory.swap == 0 {
         loader.map_max_entries("MEM_BIOS", 1);
     }
+    if env.lock.is_none() {
+        for map in probes::lock::MAPS {
+            loader.map_max_entries(map, 1);
+        }
+    }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(flatten(&e)))?;
@@ -523,6 +553,7 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         || env.block.is_some()
         || env.memory.is_some()
         || env.proc.is_some()
+        || env.lock.is_some()
         || env.oom.as_ref().is_some_and(|o| o.memcg.valid != 0)
         || env
             .tcp
@@ -579,6 +610,12 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
             .as_ref()
             .map_err(|e| LoadError::Load(e.to_string()))?;
         probes::memory::attach(&mut ebpf, btf, m.swap != 0, &mut attached)?;
+    }
+    if let Some(l) = &env.lock {
+        let btf = kernel_btf
+            .as_ref()
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+        probes::lock::attach(&mut ebpf, l, btf, &mut attached)?;
     }
     if wants_btf {
         // Parsing the kernel's BTF took tens of MiB that are free now: give

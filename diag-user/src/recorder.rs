@@ -72,6 +72,7 @@ impl Sink for Recorder {
             Msg::Pressure(p) => self.writer().pressure(p)?,
             Msg::Block(f) => self.writer().block(f)?,
             Msg::Memory(m) => self.writer().memory(m)?,
+            Msg::Locks(l) => self.writer().locks(l)?,
             Msg::Damage(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }
         Ok(Flow::More)

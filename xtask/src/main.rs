@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_block;
+mod bench_lock;
 mod bench_memory;
 mod bench_tcp;
 mod dist;
@@ -103,6 +104,8 @@ enum Part {
     Soak,
     /// Memory probes: a memory cgroup reclaim loop with and without tracers
     Memory,
+    /// Lock probes: a mutex ping-pong with and without diag's futex probes
+    Lock,
 }
 
 /// Debian packages the build needs (`run`, `build` and every other task).
@@ -512,7 +515,7 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
             "-p",
             "diag-tests",
         ])
-        .args(["--bin", "diag-loadgen"]))?;
+        .args(["--bin", "diag-loadgen", "--bin", "diag-lockgen"]))?;
     let diag = root.join("target/release/diag");
     let loadgen = root.join("target/release/diag-loadgen");
     let dir = root.join("target/bench");
@@ -543,6 +546,11 @@ fn run_bench(reps: usize, loops: u64, conns: u64, only: &[Part], soak_secs: u64)
     if wanted(Part::Memory) {
         let s = bench_memory::memory_overhead(&diag, &loadgen, &dir, reps)?;
         parts.push(("Memory overhead", "memory_overhead", s));
+    }
+    if wanted(Part::Lock) {
+        let lockgen = root.join("target/release/diag-lockgen");
+        let s = bench_lock::lock_overhead(&diag, &lockgen, reps, loops)?;
+        parts.push(("Lock probes overhead", "lock_overhead", s));
     }
     if wanted(Part::Soak) {
         let s = bench_tcp::soak(&diag, &loadgen, soak_secs)?;

@@ -57,6 +57,7 @@ impl Filter {
         // A stall also matches its villain's pid.
         let villain_ok = match ev {
             AnyEvent::Stall(st) => pid_ok(st.villain_pid, st.villain_tgid),
+            AnyEvent::LockWait(l) => pid_ok(l.waker_pid, l.waker_tgid),
             _ => false,
         };
         if !self.pids.is_empty() && !pid_ok(h.pid, h.tgid) && !villain_ok {
@@ -79,7 +80,8 @@ impl Filter {
             | AnyEvent::Stall(_)
             | AnyEvent::ProcExit(_)
             | AnyEvent::BlockSlow(_)
-            | AnyEvent::MemStall(_) => return true,
+            | AnyEvent::MemStall(_)
+            | AnyEvent::LockWait(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;
@@ -102,6 +104,7 @@ pub fn class_of(ev: &AnyEvent) -> EventClass {
         AnyEvent::OomKill(_) => EventClass::Oom,
         AnyEvent::Stall(_) => EventClass::Stall,
         AnyEvent::BlockSlow(_) => EventClass::Io,
+        AnyEvent::LockWait(_) => EventClass::Lock,
         AnyEvent::ProcExit(_) => EventClass::Exit,
         AnyEvent::MemStall(_) => EventClass::Memstall,
         AnyEvent::TcpDrop(_) => EventClass::Drop,

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod hint;
 pub mod histogram;
 pub mod listen;
+pub mod lock;
 pub mod memory;
 pub mod oom;
 pub mod pressure;

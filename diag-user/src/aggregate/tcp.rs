@@ -725,7 +725,8 @@ impl TcpAggregate {
             AnyEvent::OomKill(_)
             | AnyEvent::Stall(_)
             | AnyEvent::BlockSlow(_)
-            | AnyEvent::MemStall(_) => {}
+            | AnyEvent::MemStall(_)
+            | AnyEvent::LockWait(_) => {}
         }
     }
 

@@ -12,6 +12,7 @@ pub mod report;
 pub mod runq;
 pub mod serve;
 pub mod tail;
+pub mod threads;
 pub mod top;
 
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchPipeline(args) => bench::run(args),
         Command::Runq(args) => runq::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Threads(args) => threads::run(args),
     }
 }
 

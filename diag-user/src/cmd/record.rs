@@ -112,6 +112,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             )?),
         ));
     }
+    if args.trigger.is_empty() && env.lock.is_some() {
+        feeds.locks = Some((
+            crate::source::lock::LOCK_EVERY,
+            crate::source::lock::LockFeed::new(crate::probes::lock::LockMaps::take(
+                &mut tracer.ebpf,
+            )?),
+        ));
+    }
     let live = Live::new(tracer)?;
     super::runtime()?.block_on(async move {
         let source = live::start(live, feeds);

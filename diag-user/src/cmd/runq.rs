@@ -13,7 +13,12 @@ use crate::{
 };
 
 pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
-    let mut env = loader::require_for(&args.probe, &[EventClass::Stall, EventClass::Memstall])?;
+    let classes: &[EventClass] = if args.locks {
+        &[EventClass::Stall, EventClass::Memstall, EventClass::Lock]
+    } else {
+        &[EventClass::Stall, EventClass::Memstall]
+    };
+    let mut env = loader::require_for(&args.probe, classes)?;
     env.keep_sched_procs();
     let block = !args.no_io;
     if block {
@@ -33,6 +38,7 @@ pub fn run(args: RunqArgs) -> anyhow::Result<ExitCode> {
             args.pid.iter().copied().collect(),
             block,
             memory,
+            args.locks,
         )?;
         tracing::info!("tracing {}; Ctrl-C to stop", source.attached.join(", "));
         let mut sink = RunqSink::new(args, WallClock::now(), start_ns, Output::stdout());

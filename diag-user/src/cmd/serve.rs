@@ -35,6 +35,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Memory stalls and swap: reclaim probes run only while the kernel
     // reclaims; the swap probes see every bio (one hash lookup each).
     classes.push(EventClass::Memstall);
+    if args.locks {
+        classes.push(EventClass::Lock);
+    }
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
         .tcp
@@ -91,6 +94,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let locks = match env.lock {
+        Some(_) => Some((
+            crate::source::lock::LOCK_EVERY,
+            crate::source::lock::LockFeed::new(crate::probes::lock::LockMaps::take(
+                &mut tracer.ebpf,
+            )?),
+        )),
+        None => None,
+    };
     let live = Live::new(tracer)?;
     let rt = super::runtime()?;
     let result = rt.block_on(async move {
@@ -100,6 +112,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             procs: recorder.is_some().then_some(PROCS_EVERY),
             sched,
             memory,
+            locks,
             pressure: Some((
                 crate::source::pressure::PRESSURE_EVERY,
                 crate::source::pressure::PressureFeed::new(),
@@ -124,6 +137,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         if args.no_io {
             exporter.without_block();
+        }
+        if args.locks {
+            exporter.with_locks();
         }
         let app = exporter.router();
         let server = tokio::spawn(serve_bounded(listener, app, source.cancel.clone()));

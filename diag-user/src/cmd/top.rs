@@ -28,6 +28,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         // Memory stalls and swap-ins (MEM, SWPIN, a details line).
         classes.push(EventClass::Memstall);
     }
+    if args.locks {
+        classes.push(EventClass::Lock);
+    }
     let mut env = loader::require_for(&args.probe, &classes)?;
     let drop_reasons = env
         .tcp
@@ -54,6 +57,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     if env.memory.is_some() {
         reader.memory = Some(crate::source::memory::MemoryFeed::new(
             crate::probes::memory::MemMaps::take(&mut tracer.ebpf)?,
+        ));
+    }
+    if env.lock.is_some() {
+        reader.locks = Some(crate::source::lock::LockFeed::new(
+            crate::probes::lock::LockMaps::take(&mut tracer.ebpf)?,
         ));
     }
     let live = Live::new(tracer)?;

@@ -1,6 +1,7 @@
 //! One module per probe family: its tracepoints, layouts and attach code.
 
 pub mod block;
+pub mod lock;
 pub mod memory;
 pub mod oom;
 pub mod proc;

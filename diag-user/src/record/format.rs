@@ -45,8 +45,10 @@ pub const FILE_MAGIC: &[u8; 8] = b"DIAGREC\0";
 /// - 4: adds block I/O frames ([`FrameKind::Block`]: per device and per
 ///   process, once a second, when block I/O is recorded) and slow-I/O
 ///   events (kind 50); memory frames ([`FrameKind::Memory`]: memory stalls
-///   and swap once a second) and memory stall events (kind 40). Files of
-///   versions 1 to 3 read as before.
+///   and swap once a second) and memory stall events (kind 40); lock-wait
+///   events (kind 60) and lock frames ([`FrameKind::Locks`]: futex waits
+///   per process and per lock once a second, when lock events are
+///   recorded). Files of versions 1 to 3 read as before.
 pub const VERSION: u16 = 4;
 pub const FILE_HEADER_LEN: usize = 16;
 pub const FRAME_SYNC: u32 = 0xD1A6_F4A3;
@@ -102,6 +104,10 @@ pub enum FrameKind {
     /// swap per process, per memory cgroup and host-wide over one interval
     /// (version 4).
     Memory = 10,
+    /// JSON [`crate::aggregate::lock::LockFrame`]: futex waits per process
+    /// and the most contended locks with their holders over one interval
+    /// (version 4).
+    Locks = 12,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -119,6 +125,7 @@ impl TryFrom<u8> for FrameKind {
             9 => FrameKind::Pressure,
             11 => FrameKind::Block,
             10 => FrameKind::Memory,
+            12 => FrameKind::Locks,
             other => return Err(other),
         })
     }

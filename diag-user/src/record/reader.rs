@@ -53,6 +53,8 @@ pub enum Record {
     Block(Box<crate::aggregate::block::BlockFrame>),
     /// Memory stalls and swap over one interval (version 4).
     Memory(Box<crate::aggregate::memory::MemInterval>),
+    /// Lock waits over one interval (version 4).
+    Locks(Box<crate::aggregate::lock::LockFrame>),
     End(EndFrame),
     /// Something could not be read; the words say what and where.
     Damage(String),
@@ -536,6 +538,19 @@ impl Reader {
                     Err(d) => Record::Damage(d),
                 }
             }
+            FrameKind::Locks => match json::<crate::aggregate::lock::LockFrame>(&f, "lock") {
+                Ok(l) => match l.check() {
+                    Err(why) => Record::Damage(format!(
+                        "lock frame at byte {} is damaged ({why}): skipped",
+                        f.offset
+                    )),
+                    Ok(()) => match self.timed("lock", f.offset, l.ts_ns, false) {
+                        None => Record::Locks(Box::new(l)),
+                        Some(d) => Record::Damage(d),
+                    },
+                },
+                Err(d) => Record::Damage(d),
+            },
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)
@@ -1002,7 +1017,7 @@ mod tests {
             0u64..1_000 * S,
             any::<u64>(),
         ];
-        let kind = prop_oneof![1u8..=9, Just(FrameKind::Block as u8), any::<u8>()];
+        let kind = prop_oneof![1u8..=12, any::<u8>()];
         prop_oneof![
             // Events with any times, including impossible ones.
             proptest::collection::vec((ts.clone(), any::<u64>()), 0..50).prop_map(|evs| {
@@ -1045,6 +1060,54 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn lock_frames_read_back_and_hostile_ones_are_damage() {
+        use crate::aggregate::lock::{FRAME_LOCKS, LockFrame, LockRow, ProcLocks};
+        let good = LockFrame {
+            ts_ns: S + 1_000,
+            interval_ns: 1_000,
+            procs: vec![ProcLocks {
+                pid: 7,
+                waits: 2,
+                wait_ns: 100,
+                ..ProcLocks::default()
+            }],
+            ..LockFrame::default()
+        };
+        let mut many = good.clone();
+        many.locks = vec![LockRow::default(); FRAME_LOCKS + 1];
+        let mut f = file_header().to_vec();
+        f.extend(hostile::raw_frame(
+            FrameKind::Header as u8,
+            0,
+            &serde_json::to_vec(&header_at(S)).unwrap(),
+        ));
+        for fr in [&good, &many] {
+            f.extend(hostile::raw_frame(
+                FrameKind::Locks as u8,
+                0,
+                &serde_json::to_vec(fr).unwrap(),
+            ));
+        }
+        f.extend(hostile::raw_frame(
+            FrameKind::Locks as u8,
+            0,
+            b"{\"ts_ns\": \"x\"}",
+        ));
+        let t = tmp_file("locks", &f);
+        let mut r = Reader::open(&t.0).unwrap();
+        let (mut frames, mut damage) = (Vec::new(), 0);
+        for rec in r.by_ref() {
+            match rec {
+                Record::Locks(l) => frames.push(*l),
+                Record::Damage(_) => damage += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(frames, vec![good]);
+        assert_eq!(damage, 2);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1082,6 +1145,7 @@ mod tests {
                         Record::Pressure(p) => Some(p.ts_ns),
                         Record::Block(b) => Some(b.ts_ns),
                         Record::Memory(m) => Some(m.end_ns),
+                        Record::Locks(l) => Some(l.ts_ns),
                         _ => None,
                     };
                     if let Some(ts) = timed {

@@ -293,6 +293,13 @@ impl Writer {
         self.write_frame(FrameKind::Memory, &payload)
     }
 
+    /// Lock waits over one interval (version 4).
+    pub fn locks(&mut self, frame: &crate::aggregate::lock::LockFrame) -> Result<(), RecordError> {
+        self.flush()?;
+        let payload = serde_json::to_vec(frame).expect("serializes");
+        self.write_frame(FrameKind::Locks, &payload)
+    }
+
     /// Rotated file `n` (1 = the newest).
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         let mut p = self.path.clone().into_os_string();

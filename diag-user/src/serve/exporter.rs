@@ -29,6 +29,7 @@ pub struct Exporter {
     pub pressure: super::pressure::PressureMetrics,
     pub block: super::block::BlockMetrics,
     pub memory: super::memory::MemoryMetrics,
+    pub locks: super::lock::LockMetrics,
     /// The host-level families, which never go down.
     pub hosts: HostTotals,
     /// Counter series shown at 0 before their first value, per scraper.
@@ -44,6 +45,7 @@ impl Exporter {
             pressure: Default::default(),
             block: Default::default(),
             memory: Default::default(),
+            locks: Default::default(),
             own: OwnMetrics {
                 probes_attached,
                 top: bounds.top,
@@ -103,6 +105,18 @@ impl Exporter {
         self.memory.eat_frame(m);
     }
 
+    /// Take in one lock frame (`serve --locks`).
+    pub fn update_locks(
+        &mut self,
+        frame: &crate::aggregate::lock::LockFrame,
+        info: &mut impl ProcessInfo,
+    ) {
+        for p in &frame.procs {
+            let cg = self.tcp.series.cgroup_label(info.cgroup_of(p.pid));
+            self.locks.eat(cg, p);
+        }
+    }
+
     pub fn on_health(&mut self, h: Health) {
         self.own.health = h;
     }
@@ -110,13 +124,14 @@ impl Exporter {
     /// Every family, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut reg = Registry::default();
-        let families: [&dyn Families; 7] = [
+        let families: [&dyn Families; 8] = [
             &self.tcp,
             &self.oom,
             &self.sched,
             &self.pressure,
             &self.block,
             &self.memory,
+            &self.locks,
             &self.own,
         ];
         for f in families {

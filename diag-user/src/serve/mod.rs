@@ -7,6 +7,7 @@
 pub mod block;
 pub mod exporter;
 pub mod families;
+pub mod lock;
 pub mod memory;
 pub mod oom;
 pub mod own;
@@ -148,6 +149,11 @@ impl ExporterSink {
         lock(&self.state).exporter.block.off = true;
     }
 
+    /// The lock probes are attached: serve their families.
+    pub fn with_locks(&mut self) {
+        lock(&self.state).exporter.locks.on = true;
+    }
+
     /// The HTTP routes, over this sink's state.
     pub fn router(&self) -> Router {
         Router::new()
@@ -201,6 +207,9 @@ impl Sink for ExporterSink {
             Msg::Memory(m) => s
                 .exporter
                 .update_memory(m, &mut Procfs::at(s.last_health_ns)),
+            Msg::Locks(l) => s
+                .exporter
+                .update_locks(l, &mut Procfs::at(s.last_health_ns)),
             Msg::Damage(what) => tracing::warn!("{what}"),
             Msg::Procs(_) | Msg::Host(_) | Msg::Runq(_) | Msg::Placements(_) => {}
         }

@@ -232,6 +232,15 @@ impl Drainer {
             + self.counter(counters::MEM_CGROUP_MAP_FULL)
             + self.counter(counters::MEM_TASK_MAP_FULL);
         self.health.mem_bio_map_full = self.counter(counters::MEM_BIO_MAP_FULL);
+        self.health.lock_map_full = [
+            counters::LOCK_WAIT_MAP_FULL,
+            counters::LOCK_STATS_MAP_FULL,
+            counters::LOCK_PROC_MAP_FULL,
+            counters::LOCK_KWAIT_MAP_FULL,
+        ]
+        .iter()
+        .map(|&s| self.counter(s))
+        .sum();
         self.health
     }
 
@@ -329,6 +338,8 @@ pub struct Feeds {
     pub host: Option<(Duration, HostReader)>,
     /// The scheduler's per-process numbers this often (serve).
     pub sched: Option<(Duration, SchedFeed)>,
+    /// The lock maps this often (record, serve).
+    pub locks: Option<(Duration, crate::source::lock::LockFeed)>,
     /// The pressure files (PSI) this often.
     pub pressure: Option<(Duration, crate::source::pressure::PressureFeed)>,
     /// The block programs' maps this often (serve, record).
@@ -409,6 +420,18 @@ pub fn start(live: Live, feeds: Feeds) -> Source {
                 let ts_ns = boot_ns();
                 let procs = f.read(ts_ns);
                 (f, vec![Msg::Sched { ts_ns, procs }])
+            },
+        );
+    }
+    if let Some((every, feed)) = feeds.locks {
+        poll(
+            &tx,
+            &cancel,
+            every,
+            move || feed,
+            |mut f: crate::source::lock::LockFeed| {
+                let frame = f.read();
+                (f, vec![Msg::Locks(Box::new(frame))])
             },
         );
     }

@@ -4,10 +4,12 @@
 
 pub mod block;
 pub mod live;
+pub mod lock;
 pub mod memory;
 pub mod pressure;
 pub mod replay;
 pub mod sched;
+pub mod threads;
 
 use std::{future::Future, pin::Pin};
 

@@ -184,6 +184,14 @@ fn play(
                     }
                     Msg::Memory(m)
                 }
+                Record::Locks(l) => {
+                    stats.read(l.ts_ns);
+                    if window.to.is_some_and(|to| l.ts_ns > to) {
+                        stats.past_window = true;
+                        continue;
+                    }
+                    Msg::Locks(l)
+                }
                 Record::Procs(_) | Record::Sched(_) => continue,
                 Record::OomContext(f) => Msg::OomContext(f),
                 Record::End(e) => {

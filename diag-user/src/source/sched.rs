@@ -27,6 +27,18 @@ impl Counters {
         self.0.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
+    fn lock_map_full(&self) -> u64 {
+        [
+            counters::LOCK_WAIT_MAP_FULL,
+            counters::LOCK_STATS_MAP_FULL,
+            counters::LOCK_PROC_MAP_FULL,
+            counters::LOCK_KWAIT_MAP_FULL,
+        ]
+        .iter()
+        .map(|&s| self.get(s))
+        .sum()
+    }
+
     fn health(&self) -> Health {
         Health {
             ts_ns: boot_ns(),
@@ -39,6 +51,7 @@ impl Counters {
                 + self.get(counters::MEM_CGROUP_MAP_FULL)
                 + self.get(counters::MEM_TASK_MAP_FULL),
             mem_bio_map_full: self.get(counters::MEM_BIO_MAP_FULL),
+            lock_map_full: self.lock_map_full(),
             ..Health::default()
         }
     }
@@ -50,14 +63,15 @@ fn exists(pid: u32) -> bool {
 
 /// Read the maps of `tracer` every `every` (the first one interval from
 /// now) onto a new bus; thread names for the processes in `threads_of`;
-/// block I/O too when `block`, memory stalls when `memory` (their
-/// programs attached).
+/// block I/O too when `block`, memory stalls when `memory`, lock waits
+/// when `locks` (their programs attached).
 pub fn start(
     mut tracer: Tracer,
     every: Duration,
     threads_of: HashSet<u32>,
     block: bool,
     memory: bool,
+    locks: bool,
 ) -> Result<Source, LoadError> {
     let mut maps = SchedMaps::take(&mut tracer.ebpf)?;
     let mut block = if block {
@@ -72,6 +86,11 @@ pub fn start(
         let mut m = MemMaps::take(&mut tracer.ebpf)?;
         m.refresh_swap_devs();
         Some(m)
+    } else {
+        None
+    };
+    let mut locks = if locks {
+        Some(crate::probes::lock::LockMaps::take(&mut tracer.ebpf)?)
     } else {
         None
     };
@@ -107,6 +126,11 @@ pub fn start(
             // Gone at the previous reading: read once more since, now
             // forgotten in the kernel; the sink forgets them too.
             maps.forget(&gone);
+            let lock_reading = locks.as_mut().map(|l| {
+                let r = l.read();
+                l.forget(&gone);
+                r
+            });
             let mut r = RunqReading {
                 ts_ns,
                 gone: std::mem::take(&mut gone),
@@ -180,6 +204,7 @@ pub fn start(
                     vmstat_start: vmstat_start.take(),
                 });
             }
+            r.locks = lock_reading;
             if tx.send(Msg::Runq(Box::new(r))).await.is_err()
                 || tx.send(Msg::Health(counters.health())).await.is_err()
             {

@@ -61,6 +61,22 @@ pub fn jsonl_lines(rec: &Record, clock: &WallClock, names: &Names) -> Vec<String
             })
             .to_string(),
         ],
+        Record::Locks(l) => vec![
+            json!({
+                "event": "locks",
+                "time": time(clock, l.ts_ns),
+                "ts_ns": l.ts_ns,
+                "interval_ns": l.interval_ns,
+                "processes": l.procs,
+                "locks": l.locks.iter().map(|k| {
+                    let mut v = serde_json::to_value(k).unwrap_or_default();
+                    v["uaddr"] = format!("{:#x}", k.uaddr).into();
+                    v
+                }).collect::<Vec<_>>(),
+                "locks_omitted": l.locks_omitted,
+            })
+            .to_string(),
+        ],
         Record::Pressure(p) => vec![
             json!({
                 "event": "pressure",
@@ -246,6 +262,21 @@ impl ChromeTrace {
                     "cat": "memstall", "ph": "X", "ts": (ts - dur).max(0.0), "dur": dur, "pid": h.tgid, "tid": h.pid,
                     "args": {"duration_ns": m.dur_ns, "scanned": m.scanned, "reclaimed": m.reclaimed,
                         "memcg_ino": m.memcg_ino, "limit_memcg_ino": m.limit_ino},
+                }));
+            }
+            AnyEvent::LockWait(l) => {
+                // The wait began at the header's time: a slice on the
+                // waiting thread's track.
+                let dur = l.wait_ns as f64 / 1000.0;
+                if l.waker_tgid != 0 {
+                    self.names
+                        .entry(l.waker_tgid)
+                        .or_insert_with(|| comm(&l.waker_comm));
+                }
+                self.events.push(json!({
+                    "name": format!("lock wait on {:#x} (woken by {})", l.uaddr, if l.waker_pid == 0 { "nobody".to_string() } else { format!("tid {} {}", l.waker_pid, comm(&l.waker_comm)) }),
+                    "cat": "lock", "ph": "X", "ts": ts, "dur": dur, "pid": h.tgid, "tid": h.pid,
+                    "args": {"uaddr": format!("{:#x}", l.uaddr), "wait_ns": l.wait_ns, "waker_pid": l.waker_tgid, "waker_tid": l.waker_pid, "kind": diag_common::lock::wait_kind::name(l.kind), "ret": l.ret},
                 }));
             }
             AnyEvent::ProcExit(x) => {

@@ -7,4 +7,5 @@ pub mod out;
 pub mod report;
 pub mod runq;
 pub mod tail;
+pub mod threads;
 pub mod top;

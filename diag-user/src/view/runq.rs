@@ -10,6 +10,7 @@ use crate::{
     aggregate::{
         block::{BlockFrame, ProcIo},
         histogram::Log2Hist,
+        lock::{LockAgg, LockInterval},
         memory::{MemAgg, MemInterval, MemProcInterval},
         sched::{Interval, ProcCounters, ProcInterval, SchedAgg, SortKey, combine, sort},
     },
@@ -46,10 +47,72 @@ fn opt_ns(v: Option<u64>) -> String {
 }
 
 /// What one interval shows, besides the aggregate.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HostState {
     pub procs_running: Option<u64>,
     pub procs_blocked: Option<u64>,
+    /// With --locks: what the interval added to each process's lock
+    /// waits, and the most contended locks.
+    pub locks: Option<LockInterval>,
+}
+
+/// Locks shown under the table (with --locks).
+const LOCK_ROWS: usize = 5;
+
+/// The LOCK column of process `pid`: its futex wait in the interval.
+fn lock_cell(host: &HostState, pid: u32) -> Option<String> {
+    let l = host.locks.as_ref()?;
+    Some(
+        l.proc(pid)
+            .map(|p| human_ns(p.wait_ns))
+            .unwrap_or_else(|| "-".into()),
+    )
+}
+
+/// The most contended locks, with their holders, as text lines.
+fn lock_lines(l: &LockInterval) -> String {
+    let mut out = String::new();
+    if l.locks.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "\nlocks (futex waits in the interval; holders: the threads whose wakeups ended them):\n",
+    );
+    for k in l.locks.iter().take(LOCK_ROWS) {
+        let holders: Vec<String> = k
+            .holders
+            .iter()
+            .take(3)
+            .map(|h| {
+                if h.tid == 0 {
+                    format!(
+                        "no waker (signal or no sleep) {} waits {}",
+                        h.waits,
+                        human_ns(h.wait_ns)
+                    )
+                } else {
+                    format!(
+                        "tid {} {} {} waits {}",
+                        h.tid,
+                        h.comm,
+                        h.waits,
+                        human_ns(h.wait_ns)
+                    )
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  pid {} futex {:#x}: {} waits {} (max {}) by tids {:?}; held by {}\n",
+            k.pid,
+            k.uaddr,
+            k.waits,
+            human_ns(k.wait_ns),
+            human_ns(k.max_ns),
+            k.waiters,
+            holders.join(", ")
+        ));
+    }
+    out
 }
 
 pub const TABLE_HEADER: &str = "PID      COMM             WAIT%   RUNQ-P50  RUNQ-P99  RUNQ-MAX  WAITS    CPU%    BLOCKED-D  SLEEP-S    CAUSED    STALLS  MEM        SWAPIN   MAJFLT";
@@ -330,6 +393,9 @@ pub fn format_text(
     if io.is_some() {
         out.push_str(IO_HEADER);
     }
+    if host.locks.is_some() {
+        out.push_str("  LOCK");
+    }
     out.push('\n');
     let shown = if limit == 0 {
         iv.processes.len()
@@ -339,6 +405,10 @@ pub fn format_text(
     for p in &iv.processes[..shown] {
         out.push_str(&row(p, by_pid.get(&p.pid).copied()));
         out.push_str(&io_cell(p.pid));
+        if let Some(c) = lock_cell(host, p.pid) {
+            out.push_str("  ");
+            out.push_str(&c);
+        }
         out.push('\n');
     }
     if shown < iv.processes.len() {
@@ -355,6 +425,9 @@ pub fn format_text(
             out.push_str(&row(t, None));
             out.push('\n');
         }
+    }
+    if let Some(l) = &host.locks {
+        out.push_str(&lock_lines(l));
     }
     if let Some((what, h)) = hist {
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
@@ -409,6 +482,18 @@ pub fn format_json(
     if let Some(m) = mem {
         v["memory"] = serde_json::to_value(m).unwrap_or_default();
     }
+    if let Some(l) = &host.locks {
+        v["lock_procs"] = serde_json::to_value(&l.procs).unwrap_or_default();
+        v["locks"] = serde_json::to_value(&l.locks).unwrap_or_default();
+        if let Some(ps) = v["processes"].as_array_mut() {
+            for p in ps {
+                let pid = p["pid"].as_u64().unwrap_or(0) as u32;
+                let lp = l.proc(pid);
+                p["lock_wait_ns"] = lp.map(|x| x.wait_ns).unwrap_or(0).into();
+                p["lock_waits"] = lp.map(|x| x.waits).unwrap_or(0).into();
+            }
+        }
+    }
     if !threads.is_empty() {
         let rows = threads
             .iter()
@@ -449,6 +534,7 @@ pub struct RunqSink {
     start_ns: u64,
     agg: SchedAgg,
     thread_agg: SchedAgg,
+    locks: Option<LockAgg>,
     mem_agg: MemAgg,
     /// Process names, kept once the process is gone (until forgotten).
     comms: HashMap<u32, String>,
@@ -459,6 +545,7 @@ pub struct RunqSink {
 
 impl RunqSink {
     pub fn new(args: RunqArgs, clock: WallClock, start_ns: u64, out: Output) -> Self {
+        let locks = args.locks;
         RunqSink {
             key: sort_key(args.sort),
             pids: args.pid.iter().copied().collect(),
@@ -467,6 +554,7 @@ impl RunqSink {
             start_ns,
             agg: SchedAgg::new(),
             thread_agg: SchedAgg::new(),
+            locks: locks.then(LockAgg::default),
             mem_agg: MemAgg::new(),
             comms: HashMap::new(),
             health: Health::default(),
@@ -520,9 +608,22 @@ impl RunqSink {
             iv.processes
                 .sort_by(|a, b| t(b.pid).cmp(&t(a.pid)).then(a.pid.cmp(&b.pid)));
         }
+        let locks = match (&mut self.locks, &r.locks) {
+            (Some(agg), Some(l)) => {
+                let mut iv = agg.update(&l.procs, &l.stats);
+                agg.forget(&r.gone);
+                if !self.pids.is_empty() {
+                    iv.procs.retain(|p| self.pids.contains(&p.pid));
+                    iv.locks.retain(|p| self.pids.contains(&p.pid));
+                }
+                Some(iv)
+            }
+            _ => None,
+        };
         let host = HostState {
             procs_running: r.procs_running,
             procs_blocked: r.procs_blocked,
+            locks,
         };
         let hist_of = if self.args.hist {
             if self.pids.is_empty() {
@@ -664,6 +765,7 @@ mod tests {
         let host = HostState {
             procs_running: Some(3),
             procs_blocked: Some(1),
+            locks: None,
         };
         let clock = WallClock::with_offset_ns(0);
         let threads = vec![(42, iv.processes[0].clone())];

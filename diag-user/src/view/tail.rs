@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use diag_common::{
     EventKind,
+    lock::LockWaitEvent,
     memory::{MemStallEvent, stall_kind},
     oom::{OomKillEvent, constraint, memcg_how},
     proc::{ProcExitEvent, exit_flags},
@@ -126,6 +127,8 @@ pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
 /// Neither TCP nor OOM: stalls, slow I/O, exits.
 pub const EVENT_HEADER: &str = "TIME             PID      COMM             EVENT";
+/// The header when only lock waits (and exits) are shown.
+pub const LOCK_HEADER: &str = "TIME             PID      COMM             LOCK WAIT";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -240,6 +243,7 @@ pub fn format_text(ev: &AnyEvent, clock: &WallClock, names: &Names) -> String {
         AnyEvent::Stall(s) => stall_text(s, clock),
         AnyEvent::BlockSlow(b) => block_slow_text(b, clock),
         AnyEvent::MemStall(m) => mem_stall_text(m, &MemStallContext::default(), clock),
+        AnyEvent::LockWait(l) => lock_text(l, clock),
         AnyEvent::ProcExit(x) => exit_text(x, clock),
         AnyEvent::TcpDrop(d) => drop_text(d, clock, names),
         AnyEvent::TcpClose(c) => close_text(c, clock),
@@ -442,6 +446,39 @@ pub fn mem_stall_json(
             "pid": c.pid, "comm": c.comm, "rss_kb": c.rss_kb,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Who ended a lock wait, in words.
+fn waker_text(l: &LockWaitEvent) -> String {
+    if l.waker_pid != 0 {
+        format!(
+            "woken by {} {} (tid {})",
+            l.waker_tgid,
+            comm_string(&l.waker_comm),
+            l.waker_pid
+        )
+    } else if i64::from(l.ret) == -diag_common::lock::ETIMEDOUT {
+        "timed out".into()
+    } else if i64::from(l.ret) == -diag_common::lock::EINTR {
+        "interrupted by a signal".into()
+    } else {
+        "no waker seen".into()
+    }
+}
+
+fn lock_text(l: &LockWaitEvent, clock: &WallClock) -> String {
+    let h = &l.header;
+    format!(
+        "{:<16} {:<8} {:<16} LOCK waited {} on futex {:#x} (tid {}, {}); {}",
+        clock.wall(h.ts_ns).format("%H:%M:%S%.6f"),
+        h.tgid,
+        comm_string(&h.comm),
+        human_ns(l.wait_ns),
+        l.uaddr,
+        h.pid,
+        diag_common::lock::wait_kind::name(l.kind),
+        waker_text(l),
+    )
 }
 
 /// The queue and backlog of a listen-queue drop, `3/2` (`?` unknown).
@@ -712,6 +749,26 @@ fn json_value(ev: &AnyEvent, clock: &WallClock, names: &Names) -> serde_json::Va
                 "sector": b.sector,
                 "lat_ns": b.lat_ns,
                 "error": b.error,
+            })
+        }
+        AnyEvent::LockWait(l) => {
+            let h = &l.header;
+            serde_json::json!({
+                "time": clock.wall(h.ts_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "ts_ns": h.ts_ns,
+                "event": "lock_wait",
+                "pid": h.tgid,
+                "tid": h.pid,
+                "comm": comm_string(&h.comm),
+                "cpu": h.cpu,
+                "uaddr": format!("{:#x}", l.uaddr),
+                "wait_ns": l.wait_ns,
+                "kind": diag_common::lock::wait_kind::name(l.kind),
+                "ret": l.ret,
+                "waker_pid": (l.waker_pid != 0).then_some(l.waker_tgid),
+                "waker_tid": (l.waker_pid != 0).then_some(l.waker_pid),
+                "waker_comm": (l.waker_pid != 0).then(|| comm_string(&l.waker_comm)),
+                "waker": waker_text(l),
             })
         }
         AnyEvent::Stall(s) => {
@@ -1044,8 +1101,15 @@ impl TailSink {
             && f.events
                 .iter()
                 .all(|e| matches!(e, EventClass::Close | EventClass::Exit));
+        let only_lock = !f.events.is_empty()
+            && f.events.contains(&EventClass::Lock)
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Lock | EventClass::Exit));
         let header = if only_close {
             CLOSE_HEADER
+        } else if only_lock {
+            LOCK_HEADER
         } else if tcp {
             TEXT_HEADER
         } else if f.events.contains(&EventClass::Oom) || f.events.is_empty() {

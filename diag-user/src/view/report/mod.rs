@@ -61,6 +61,8 @@ pub struct Review {
     pub stalls: Vec<StallEvent>,
     /// Memory stalls over the memory stall threshold.
     pub mem_stalls: Vec<diag_common::memory::MemStallEvent>,
+    /// Futex waits over the lock threshold.
+    pub lock_waits: Vec<diag_common::lock::LockWaitEvent>,
     pub last: Option<TcpSnapshot>,
     /// (when, how many) each time the kernel reported new drops.
     pub drops: Vec<(u64, u64)>,
@@ -85,6 +87,8 @@ pub struct Review {
     pub block: crate::aggregate::block::BlockSummary,
     /// Memory frames (version 4), summed.
     pub mem: crate::aggregate::memory::MemSummary,
+    /// Lock frames summed (version 4).
+    pub locks: crate::aggregate::lock::LockSummary,
     /// `--from`/`--to`: the review covers only this window (boot-time ns),
     /// and `first_ts`/`last_ts` are its ends.
     pub window: Option<(u64, u64)>,
@@ -267,6 +271,7 @@ impl Review {
                             AnyEvent::BlockSlow(b) => r.block.slow_event(b),
                             AnyEvent::Stall(st) => r.stalls.push(*st),
                             AnyEvent::MemStall(m) => r.mem_stalls.push(*m),
+                            AnyEvent::LockWait(l) => r.lock_waits.push(*l),
                         }
                         agg.on_event(e);
                     }
@@ -361,6 +366,16 @@ impl Review {
                     if counting {
                         r.last_ts = r.last_ts.max(m.end_ns);
                         r.mem.add(&m);
+                    }
+                }
+                Record::Locks(l) => {
+                    if past(l.ts_ns) {
+                        r.past_window = true;
+                        continue;
+                    }
+                    if counting {
+                        r.last_ts = r.last_ts.max(l.ts_ns);
+                        r.locks.add(&l);
                     }
                 }
                 Record::Procs(_) | Record::End(_) => {}
@@ -518,6 +533,7 @@ fn record_ts(rec: &Record) -> Option<u64> {
         Record::Pressure(p) => Some(p.ts_ns),
         Record::Block(b) => Some(b.ts_ns),
         Record::Memory(m) => Some(m.end_ns),
+        Record::Locks(l) => Some(l.ts_ns),
         Record::Events(_) | Record::OomContext(_) | Record::Damage(_) => None,
     }
 }

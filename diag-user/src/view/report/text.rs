@@ -204,6 +204,7 @@ pub fn render_text(r: &Review, file: &str) -> String {
     saturation_psi(&mut o, &r.psi, &t);
     block_use(&mut o, &r.block, &t);
     saturation_memory(&mut o, r, &t);
+    saturation_locks(&mut o, r, &t);
 
     if let Some(s) = &r.last {
         saturation_tcp(&mut o, s);
@@ -308,6 +309,85 @@ pub fn render_text(r: &Review, file: &str) -> String {
 
 /// Where TCP load piled up: listen queues that overflowed, and connects
 /// that took long (a lost SYN costs a second).
+/// Lock waits: the processes that waited most, the most contended locks
+/// with their holders, and the longest waits (events, naming the waker).
+fn saturation_locks(o: &mut String, r: &Review, t: &dyn Fn(u64) -> String) {
+    use std::fmt::Write;
+    let l = &r.locks;
+    if l.frames == 0 && r.lock_waits.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "  Lock waits (futex; record with --events ...,lock):");
+    for p in l.top_procs(5) {
+        let _ = writeln!(
+            o,
+            "    pid {:<7} {:<16} {} waits, {} waiting ({} over the threshold); kernel lock contention {} waits, {}",
+            p.pid,
+            p.comm,
+            p.waits,
+            human_ns(p.wait_ns),
+            p.long_waits,
+            p.kernel_waits,
+            human_ns(p.kernel_wait_ns)
+        );
+    }
+    for k in l.top_locks(5) {
+        let holders: Vec<String> = k
+            .holders
+            .iter()
+            .take(3)
+            .map(|h| {
+                if h.tid == 0 {
+                    format!("no waker: {}", human_ns(h.wait_ns))
+                } else {
+                    format!("tid {} {}: {}", h.tid, h.comm, human_ns(h.wait_ns))
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "    lock {:#x} in pid {}: {} waits, {} (max {}); holders by delay caused: {}",
+            k.uaddr,
+            k.pid,
+            k.waits,
+            human_ns(k.wait_ns),
+            human_ns(k.max_ns),
+            holders.join(", ")
+        );
+    }
+    let mut worst: Vec<&diag_common::lock::LockWaitEvent> = r.lock_waits.iter().collect();
+    worst.sort_by_key(|w| std::cmp::Reverse(w.wait_ns));
+    if !worst.is_empty() {
+        let _ = writeln!(
+            o,
+            "  Longest lock waits ({} over the threshold):",
+            worst.len()
+        );
+    }
+    for w in worst.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "    {}  pid {} tid {} ({}) waited {} on {:#x}; woken by {}",
+            t(w.header.ts_ns),
+            w.header.tgid,
+            w.header.pid,
+            crate::text::comm(&w.header.comm),
+            human_ns(w.wait_ns),
+            w.uaddr,
+            if w.waker_pid == 0 {
+                "nobody (a signal)".to_string()
+            } else {
+                format!(
+                    "tid {} ({}, pid {})",
+                    w.waker_pid,
+                    crate::text::comm(&w.waker_comm),
+                    w.waker_tgid
+                )
+            }
+        );
+    }
+}
+
 fn saturation_tcp(o: &mut String, s: &TcpSnapshot) {
     let overflowed: Vec<_> = s.listen.iter().filter(|l| l.drops > 0).collect();
     if overflowed.is_empty() {

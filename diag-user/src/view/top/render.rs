@@ -64,7 +64,7 @@ const fn col(title: &'static str, width: u16, right: bool, sort: Option<SortKey>
 }
 
 /// Every column, in order; CGROUP last (it takes what is left).
-pub const COLUMNS: [Col; 18] = [
+pub const COLUMNS: [Col; 19] = [
     col("PID", 7, false, Some(SortKey::Pid)),
     col("COMM", 13, false, Some(SortKey::Comm)),
     col("CPU%", 5, true, Some(SortKey::Cpu)),
@@ -102,10 +102,14 @@ pub const COLUMNS: [Col; 18] = [
         io: true,
         ..col("IO", 7, true, None)
     },
+    // Only with `top --locks` (see fit_columns_with).
+    col("LOCK", 7, true, None),
     col("CGROUP", 6, false, None),
 ];
 
 const CGROUP: usize = COLUMNS.len() - 1;
+/// The LOCK column (`top --locks`).
+const LOCK: usize = COLUMNS.len() - 2;
 
 /// The text of one cell.
 pub fn cell(i: usize, r: &Row) -> String {
@@ -150,6 +154,7 @@ pub fn cell(i: usize, r: &Row) -> String {
         16 => r
             .io_ns
             .map_or_else(dash, |n| if n == 0 { dash() } else { human_ns(n) }),
+        17 => r.lock_ns.map_or_else(dash, human_ns),
         _ => r.cgroup.clone().unwrap_or_else(dash),
     }
 }
@@ -158,8 +163,15 @@ pub fn cell(i: usize, r: &Row) -> String {
 /// always; then the scheduler columns when they fit (first when some row
 /// has scheduler numbers); CGROUP with what is left.
 pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
+    fit_columns_with(width, any_sched, false)
+}
+
+/// [`fit_columns`], with the LOCK column when some row has lock numbers.
+pub fn fit_columns_with(width: u16, any_sched: bool, any_lock: bool) -> Vec<usize> {
     let base: Vec<usize> = (0..CGROUP)
-        .filter(|&i| !COLUMNS[i].sched && !COLUMNS[i].io && !COLUMNS[i].mem)
+        .filter(|&i| {
+            !COLUMNS[i].sched && !COLUMNS[i].io && !COLUMNS[i].mem && (i != LOCK || any_lock)
+        })
         .collect();
     let used = |cols: &[usize]| -> u16 { cols.iter().map(|&i| COLUMNS[i].width + 1).sum() };
     let mut cols = base;
@@ -177,6 +189,8 @@ pub fn fit_columns(width: u16, any_sched: bool) -> Vec<usize> {
             cols.push(i);
         }
     }
+    // In the table's order (LOCK, in the base set, after the others).
+    cols.sort_unstable();
     if width.saturating_sub(used(&cols)) >= COLUMNS[CGROUP].width {
         cols.push(CGROUP);
     }
@@ -452,7 +466,8 @@ pub fn draw(f: &mut Frame, st: &TopState) {
 fn draw_table(f: &mut Frame, area: Rect, st: &TopState) {
     let rows = st.visible_rows();
     let any_sched = rows.iter().any(|r| r.sched.is_some());
-    let cols = fit_columns(area.width, any_sched);
+    let any_lock = rows.iter().any(|r| r.lock_ns.is_some());
+    let cols = fit_columns_with(area.width, any_sched, any_lock);
     let fixed: u16 = cols
         .iter()
         .filter(|&&i| i != CGROUP)

@@ -163,6 +163,10 @@ pub struct Row {
     /// Memory stalls and swap in the last interval.
     #[serde(default)]
     pub mem: Option<MemCols>,
+    /// Futex wait over the interval, ns, summed over threads (`top
+    /// --locks`; None without the lock probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_ns: Option<u64>,
 }
 
 /// Whole-host numbers over the last interval.
@@ -442,6 +446,8 @@ pub struct TopState {
     pub detail_peers: Vec<PeerConns>,
     /// Scheduler numbers per pid, from the scheduler module.
     pub sched: HashMap<u32, SchedCols>,
+    /// Futex wait per pid over the last interval (`--locks`).
+    pub locks: Option<HashMap<u32, (u64, String)>>,
     /// Run-queue latency histograms per pid, from the scheduler module.
     pub runq_hist: HashMap<u32, crate::aggregate::histogram::Log2Hist>,
     /// Memory cgroup paths by directory inode, from the OOM kills'
@@ -504,6 +510,7 @@ impl TopState {
             ui,
             detail_peers: Vec::new(),
             sched: HashMap::new(),
+            locks: None,
             runq_hist: HashMap::new(),
             memcg_paths: HashMap::new(),
             pending_oom: Vec::new(),
@@ -729,6 +736,7 @@ impl TopState {
                     sched: None,
                     io_ns: None,
                     mem: None,
+                    lock_ns: None,
                 },
             ));
     }
@@ -762,6 +770,15 @@ impl TopState {
                 .iter()
                 .map(|p| (p.pid, MemCols::from(p)))
                 .collect();
+        }
+        if let Some(l) = s.locks.take() {
+            // The lock frame of this interval replaces the last one.
+            self.locks = Some(
+                l.procs
+                    .iter()
+                    .map(|p| (p.pid, (p.wait_ns, p.comm.clone())))
+                    .collect(),
+            );
         }
         self.host_known = true;
         self.host_prev = self.host_now.take();
@@ -893,6 +910,7 @@ impl TopState {
                     sched: None,
                     io_ns: None,
                     mem: None,
+                    lock_ns: None,
                 },
             );
         }
@@ -933,6 +951,7 @@ impl TopState {
                 sched: None,
                 io_ns: None,
                 mem: None,
+                lock_ns: None,
             });
             r.tcp = Some(TcpCols {
                 opens_per_s: p.rates.active_opens + p.rates.passive_opens,
@@ -986,6 +1005,29 @@ impl TopState {
         for (pid, m) in &self.memory {
             if let Some(r) = rows.get_mut(pid) {
                 r.mem = Some(*m);
+            }
+        }
+        if let Some(locks) = &self.locks {
+            // A process that waited on locks is shown even without CPU use.
+            for (pid, (ns, comm)) in locks {
+                if *ns > 0 {
+                    rows.entry(*pid).or_insert_with(|| Row {
+                        pid: *pid,
+                        comm: comm.clone(),
+                        cgroup: None,
+                        cpu_pct: Some(0.0),
+                        alive: true,
+                        tcp: None,
+                        oom_kills: 0,
+                        sched: None,
+                        io_ns: None,
+                        mem: None,
+                        lock_ns: None,
+                    });
+                }
+            }
+            for r in rows.values_mut() {
+                r.lock_ns = Some(locks.get(&r.pid).map_or(0, |l| l.0));
             }
         }
         // Processes that are gone leave after a while without activity.

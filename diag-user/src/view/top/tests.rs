@@ -42,6 +42,7 @@ fn row(pid: u32, comm: &str, cpu: f64, opens: f64, cw: u64, leaks: u64) -> Row {
         sched: None,
         io_ns: None,
         mem: None,
+        lock_ns: None,
     }
 }
 
