@@ -552,6 +552,63 @@ fn draw_table(f: &mut Frame, area: Rect, st: &TopState) {
 }
 
 /// The detail lines of one process (shared with text output).
+/// "Why is this process slow": where its threads' time went in the last
+/// interval (summed over threads), from each family that is attached:
+/// waiting for a CPU (scheduler), memory reclaim and compaction and
+/// swap-in I/O (memory), block I/O (block), futex waits (`--locks`), and
+/// the rest of its uninterruptible (D) time. The parts overlap in places
+/// (reclaim runs on the CPU or sleeps in D; a swap-in is D time; a block
+/// request can be in flight while the thread runs), so "other D" is what D
+/// time is left after I/O and swap-ins, never below 0. None when no
+/// family has a figure for the process.
+pub fn why_slow(
+    interval_ns: u64,
+    sched: Option<super::state::SchedCols>,
+    mem: Option<super::state::MemCols>,
+    io_ns: Option<u64>,
+    lock_ns: Option<u64>,
+) -> Option<String> {
+    let mut parts: Vec<(&str, u64)> = Vec::new();
+    if let Some(s) = sched {
+        let wait = (s.wait_pct / 100.0 * interval_ns as f64).round().max(0.0) as u64;
+        parts.push(("waiting for a CPU", wait));
+    }
+    if let Some(m) = mem {
+        parts.push(("memory reclaim/compaction", m.stall_ns));
+        parts.push(("swap-in I/O", m.swapin_ns));
+    }
+    if let Some(io) = io_ns {
+        parts.push(("disk I/O", io));
+    }
+    if let Some(l) = lock_ns {
+        parts.push(("futex waits", l));
+    }
+    if let Some(s) = sched {
+        let io = io_ns.unwrap_or(0) + mem.map_or(0, |m| m.swapin_ns);
+        parts.push(("other D (blocked)", s.blocked_ns.saturating_sub(io)));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let worst = parts
+        .iter()
+        .filter(|(_, ns)| *ns > 0)
+        .max_by_key(|(_, ns)| *ns)
+        .map(|(what, _)| *what);
+    let list: Vec<String> = parts
+        .iter()
+        .map(|(what, ns)| format!("{what} {}", human_ns(*ns)))
+        .collect();
+    Some(format!(
+        "Why slow (last {}, summed over threads): {}{}",
+        human_ns(interval_ns),
+        list.join(" · "),
+        worst
+            .map(|w| format!("  => mostly {w}"))
+            .unwrap_or_default()
+    ))
+}
+
 pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
     let mut v = Vec::new();
     let row = st.detail_row();
@@ -616,6 +673,9 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     t.listen_overflows,
                     t.listen_overflows_interval
                 ));
+            }
+            if let Some(why) = why_slow(st.config.interval_ns, r.sched, r.mem, r.io_ns, r.lock_ns) {
+                v.push(why);
             }
             v.push(format!(
                 "OOM kills {}  run queue p99 {}  waiting for CPU {}  blocked {}",

@@ -443,3 +443,38 @@ fn pressure_in_the_header_and_the_details() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn why_slow_names_the_largest_part_and_what_d_time_is_left() {
+    use super::state::{MemCols, SchedCols};
+    let sched = SchedCols {
+        runq_p99_ns: 0,
+        wait_pct: 10.0,
+        blocked_ns: 600_000_000,
+    };
+    let mem = MemCols {
+        stall_ns: 50_000_000,
+        swapin_ns: 100_000_000,
+        ..MemCols::default()
+    };
+    let line = super::render::why_slow(
+        1_000_000_000,
+        Some(sched),
+        Some(mem),
+        Some(400_000_000),
+        Some(20_000_000),
+    )
+    .unwrap();
+    assert!(line.contains("waiting for a CPU 100.00ms"), "{line}");
+    assert!(line.contains("memory reclaim/compaction 50.00ms"), "{line}");
+    assert!(line.contains("swap-in I/O 100.00ms"), "{line}");
+    assert!(line.contains("disk I/O 400.00ms"), "{line}");
+    assert!(line.contains("futex waits 20.00ms"), "{line}");
+    // 600 ms of D less 400 ms of I/O and 100 ms of swap-ins.
+    assert!(line.contains("other D (blocked) 100.00ms"), "{line}");
+    assert!(line.ends_with("=> mostly disk I/O"), "{line}");
+    // Only the families attached; nothing at all: no line.
+    let only_io = super::render::why_slow(1_000_000_000, None, None, Some(0), None).unwrap();
+    assert!(!only_io.contains("mostly"), "{only_io}");
+    assert!(super::render::why_slow(1_000_000_000, None, None, None, None).is_none());
+}
