@@ -124,6 +124,8 @@ pub const CLOSE_HEADER: &str = "TIME             PID      COMM             LOCAL
 /// The header when only OOM kills are shown (their lines are free-form
 /// after the first three columns; with TCP, the TCP header is used).
 pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KILL";
+/// `--events memstall` (with or without exits) alone.
+pub const MEMSTALL_HEADER: &str = "TIME             PID      COMM             MEMORY STALL";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -1002,8 +1004,14 @@ impl TailSink {
             && f.events
                 .iter()
                 .all(|e| matches!(e, EventClass::Close | EventClass::Exit));
+        let only_memstall = !f.events.is_empty()
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Memstall | EventClass::Exit));
         let header = if only_close {
             CLOSE_HEADER
+        } else if only_memstall {
+            MEMSTALL_HEADER
         } else if tcp {
             TEXT_HEADER
         } else {
