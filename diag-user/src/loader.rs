@@ -260,6 +260,19 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
         result: probes::sched::layout(&args.btf, 0)
             .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup_new".into()),
     });
+    lines.push(CheckLine {
+        name: "memory",
+        result: probes::memory::layout(&args.btf, 0, true).map(|c| {
+            format!(
+                "tp_btf vmscan (reclaim, LRU scans, throttling), compaction, block_bio_queue/complete on swap devices; struct offsets from BTF{}",
+                if c.memcg.valid == 0 {
+                    " (no memory cgroup layout: per-cgroup figures missing)"
+                } else {
+                    ""
+                }
+            )
+        }),
+    });
     let privileged = lines[0].result.is_ok();
     if privileged {
         lines.push(CheckLine {
