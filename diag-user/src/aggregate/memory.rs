@@ -565,6 +565,24 @@ mod tests {
     }
 
     #[test]
+    fn damaged_frames_are_told() {
+        let mut agg = MemAgg::new();
+        let mut r = MemSnapshot::default();
+        r.procs.insert(10, stats("cat", &[2], 0));
+        let good = agg.update(2_000_000_000, 1_000_000_000, &r, &HashMap::new());
+        assert_eq!(good.damage(), None);
+        let json = serde_json::to_string(&good).unwrap();
+        let back: MemInterval = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.processes[0].f, good.processes[0].f);
+        let mut bad = good.clone();
+        bad.interval_ns = 0;
+        assert!(bad.damage().is_some());
+        let mut bad = good.clone();
+        bad.total.stall_ns = u64::MAX;
+        assert!(bad.damage().is_some());
+    }
+
+    #[test]
     fn majflt_field() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 7 0 5 6 0 0 20 0 1 0 99 0 0";
         assert_eq!(pid_majflt(stat), Some((7, 99)));
