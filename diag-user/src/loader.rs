@@ -55,11 +55,14 @@ impl Env {
         }
     }
 
-    /// This view shows swap-ins and swap-outs: attach the block-layer
-    /// programs too (they see every bio of the host).
+    /// This view reads the memory maps (per process and per memory
+    /// cgroup, which the kernel then fills) and shows swap-ins and
+    /// swap-outs: attach the block-layer programs too (they see every bio
+    /// of the host). Others (tail) get stall events only.
     pub fn with_swap(&mut self) {
         if let Some(c) = self.memory.as_mut() {
             c.swap = 1;
+            c.keep_stats = 1;
         }
     }
 }
@@ -489,8 +492,14 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         for map in probes::memory::MAPS {
             loader.map_max_entries(map, 1);
         }
-    } else if memory.swap == 0 {
-        loader.map_max_entries("MEM_BIOS", 1);
+    } else {
+        if memory.swap == 0 {
+            loader.map_max_entries("MEM_BIOS", 1);
+        }
+        if memory.keep_stats == 0 {
+            loader.map_max_entries("MEM_PROCS", 1);
+            loader.map_max_entries("MEM_CGROUPS", 1);
+        }
     }
     let mut ebpf = loader
         .load(OBJECT)

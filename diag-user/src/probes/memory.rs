@@ -95,6 +95,8 @@ pub fn layout_from(b: &btf::Btf, stall_threshold_ns: u64, swap: bool) -> Result<
         swap: u32::from(swap),
         lru_inactive_anon: lru("LRU_INACTIVE_ANON")?,
         lru_inactive_file: lru("LRU_INACTIVE_FILE")?,
+        keep_stats: u32::from(swap),
+        _pad: 0,
         stall_threshold_ns,
         memcg,
     })
