@@ -72,12 +72,17 @@ pub struct MemConfig {
     /// BTF): the lists whose scans the kernel counts as pgscan.
     pub lru_inactive_anon: u32,
     pub lru_inactive_file: u32,
+    /// 1: count per process and per memory cgroup (`MEM_PROCS`,
+    /// `MEM_CGROUPS`: views that read and clear them); 0: stall events
+    /// only, so those maps never fill (`tail`).
+    pub keep_stats: u32,
+    pub _pad: u32,
     /// An episode at least this long is sent as a [`MemStallEvent`].
     pub stall_threshold_ns: u64,
     /// Following the current task to its memory cgroup.
     pub memcg: MemcgLayout,
 }
-const _: () = assert!(core::mem::size_of::<MemConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<MemConfig>() == 104);
 
 impl MemConfig {
     pub const fn zeroed() -> Self {
@@ -92,6 +97,8 @@ impl MemConfig {
             swap: 0,
             lru_inactive_anon: 0,
             lru_inactive_file: 2,
+            keep_stats: 0,
+            _pad: 0,
             stall_threshold_ns: 0,
             memcg: MemcgLayout::zeroed(),
         }

@@ -209,6 +209,12 @@ fn charge(ch: &Charge, t: &MemTask, c: &MemConfig) {
         return;
     }
     let stall = ch.kind != stall_kind::THROTTLE && ch.dur_ns >= c.stall_threshold_ns;
+    if c.keep_stats == 0 {
+        if stall {
+            stall_event(ch, t);
+        }
+        return;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(p) = proc_stats(tgid) {
         // SAFETY: map value pointer.

@@ -1180,7 +1180,15 @@ diag_block_device_errors_total, diag_block_device_inflight, \
 diag_block_device_latency_seconds, diag_block_lost_total{what}; pressure stall information (PSI) in seconds, \
 diag_pressure_stall_seconds_total{resource,kind} for the host and \
 diag_cgroup_pressure_stall_seconds_total{cgroup,resource,kind} for the 50 \
-cgroups v2 that stalled most; and diag's own health: \
+cgroups v2 that stalled most; memory stalls per cgroup: \
+diag_memory_stall_seconds_total{cgroup,kind=direct|memcg|compaction|throttled}, \
+diag_memory_stall_episodes_total, diag_memory_stall_latency_seconds, \
+diag_memory_pages_scanned_total, diag_memory_pages_reclaimed_total, \
+diag_memory_swapin_pages_total, diag_memory_swapout_pages_total, \
+diag_memory_major_faults_total, and per memory cgroup \
+diag_memcg_stall_seconds_total{memcg} and diag_memcg_limit_reclaims_total \
+(the reclaim probes run only while the kernel reclaims; the swap probes, \
+block_bio_queue/complete, see every bio); and diag's own health: \
 diag_events_total, diag_events_dropped_total, diag_map_full_total{map}.
 
 Cardinality is bounded: only the --top busiest processes get series of \

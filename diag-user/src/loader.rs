@@ -72,11 +72,14 @@ impl Env {
         }
     }
 
-    /// This view shows swap-ins and swap-outs: attach the block-layer
-    /// programs too (they see every bio of the host).
+    /// This view reads the memory maps (per process and per memory
+    /// cgroup, which the kernel then fills) and shows swap-ins and
+    /// swap-outs: attach the block-layer programs too (they see every bio
+    /// of the host). Others (tail) get stall events only.
     pub fn with_swap(&mut self) {
         if let Some(c) = self.memory.as_mut() {
             c.swap = 1;
+            c.keep_stats = 1;
         }
     }
 }
@@ -294,6 +297,19 @@ pub fn check_all(args: &ProbeArgs) -> Vec<CheckLine> {
         name: "scheduler",
         result: probes::sched::layout(&args.btf, 0)
             .map(|_| "task_struct offsets from BTF; tp_btf sched_switch, sched_wakeup_new".into()),
+    });
+    lines.push(CheckLine {
+        name: "memory",
+        result: probes::memory::layout(&args.btf, 0, true).map(|c| {
+            format!(
+                "tp_btf vmscan (reclaim, LRU scans, throttling), compaction, block_bio_queue/complete on swap devices; struct offsets from BTF{}",
+                if c.memcg.valid == 0 {
+                    " (no memory cgroup layout: per-cgroup figures missing)"
+                } else {
+                    ""
+                }
+            )
+        }),
     });
     let privileged = lines[0].result.is_ok();
     if privileged {
@@ -536,8 +552,14 @@ pub fn load(env: &Env, args: &ProbeArgs) -> Result<Tracer, LoadError> {
         for map in probes::memory::MAPS {
             loader.map_max_entries(map, 1);
         }
-    } else if memory.swap == 0 {
-        loader.map_max_entries("MEM_BIOS", 1);
+    } else {
+        if memory.swap == 0 {
+            loader.map_max_entries("MEM_BIOS", 1);
+        }
+        if memory.keep_stats == 0 {
+            loader.map_max_entries("MEM_PROCS", 1);
+            loader.map_max_entries("MEM_CGROUPS", 1);
+        }
     }
     if env.lock.is_none() {
         for map in probes::lock::MAPS {

@@ -442,6 +442,13 @@ fn swap_ins_agree_with_pswpin() {
         sum(&intervals, &Of::Cgroup(&cg.rel), "swapin_pages"),
         swapin
     );
+    // diag's MAJFLT is /proc/PID/stat's, read each interval: the child's
+    // faults up to its last reading (not those after it, before its exit).
+    let ours = sum(&intervals, &Of::Pid(pid), "majflt");
+    assert!(
+        ours > 0 && ours <= majflt,
+        "diag majflt {ours} vs the child's {majflt}"
+    );
     // And the reclaim that swapped out was the cgroup's.
     assert!(sum(&intervals, &Of::Pid(pid), "memcg_count") > 0);
 }

@@ -58,13 +58,18 @@ pub fn parse_vmstat(text: &str) -> Vmstat {
 /// Major faults of a process (`/proc/PID/stat` field 12, majflt: all its
 /// threads, not its children). The comm is in parentheses and may hold
 /// spaces and parentheses: the last `)` ends it.
-pub fn pid_majflt(stat: &str) -> Option<u64> {
+/// Also its start time (field 22), clock ticks since boot.
+pub fn pid_majflt(stat: &str) -> Option<(u64, u64)> {
     let close = stat.rfind(')')?;
-    stat.get(close + 1..)?
-        .split_whitespace()
-        .nth(12 - 3)?
-        .parse()
-        .ok()
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    Some((f.get(12 - 3)?.parse().ok()?, f.get(22 - 3)?.parse().ok()?))
+}
+
+/// Whether a process that started `start_ticks` after boot (clock ticks
+/// of `hz`) started after `since_ns` (boot time).
+pub fn started_after(start_ticks: u64, hz: u64, since_ns: u64) -> bool {
+    let ns = u128::from(start_ticks) * 1_000_000_000 / u128::from(hz.max(1));
+    ns >= u128::from(since_ns)
 }
 
 impl Vmstat {
@@ -252,6 +257,10 @@ pub struct MemSnapshot {
     /// Major faults per process since it started (/proc/PID/stat), for
     /// the processes of the scheduler's reading.
     pub majflt: HashMap<u32, u64>,
+    /// Processes that started after the probes were attached: all their
+    /// major faults count (for the others, the first reading is a
+    /// baseline).
+    pub new_pids: std::collections::HashSet<u32>,
     /// /proc/vmstat when the probes were attached (first reading only):
     /// the first interval compares with it.
     pub vmstat_start: Option<Vmstat>,
@@ -310,9 +319,10 @@ impl MemAgg {
             .majflt
             .iter()
             .map(|(pid, &n)| {
-                // First seen: the baseline (its faults before are not this
-                // interval's; a new process's first interval is missed).
-                let before = self.majflt.get(pid).copied().unwrap_or(n);
+                // First seen: the baseline (its faults before diag are not
+                // this interval's), unless it started since.
+                let first = if r.new_pids.contains(pid) { 0 } else { n };
+                let before = self.majflt.get(pid).copied().unwrap_or(first);
                 (*pid, n.saturating_sub(before))
             })
             .collect();
@@ -555,9 +565,27 @@ mod tests {
     }
 
     #[test]
+    fn damaged_frames_are_told() {
+        let mut agg = MemAgg::new();
+        let mut r = MemSnapshot::default();
+        r.procs.insert(10, stats("cat", &[2], 0));
+        let good = agg.update(2_000_000_000, 1_000_000_000, &r, &HashMap::new());
+        assert_eq!(good.damage(), None);
+        let json = serde_json::to_string(&good).unwrap();
+        let back: MemInterval = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.processes[0].f, good.processes[0].f);
+        let mut bad = good.clone();
+        bad.interval_ns = 0;
+        assert!(bad.damage().is_some());
+        let mut bad = good.clone();
+        bad.total.stall_ns = u64::MAX;
+        assert!(bad.damage().is_some());
+    }
+
+    #[test]
     fn majflt_field() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 7 0 5 6 0 0 20 0 1 0 99 0 0";
-        assert_eq!(pid_majflt(stat), Some(7));
+        assert_eq!(pid_majflt(stat), Some((7, 99)));
         assert_eq!(pid_majflt("garbage"), None);
     }
 

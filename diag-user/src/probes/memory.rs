@@ -95,6 +95,8 @@ pub fn layout_from(b: &btf::Btf, stall_threshold_ns: u64, swap: bool) -> Result<
         swap: u32::from(swap),
         lru_inactive_anon: lru("LRU_INACTIVE_ANON")?,
         lru_inactive_file: lru("LRU_INACTIVE_FILE")?,
+        keep_stats: u32::from(swap),
+        _pad: 0,
         stall_threshold_ns,
         memcg,
     })
@@ -190,10 +192,10 @@ impl MemMaps {
         let text = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
         let now: Vec<u32> = swap_devices(&text).into_iter().map(|(_, d)| d).collect();
         for d in &now {
-            if !self.known_devs.contains(d) {
-                if let Err(e) = self.swap_devs.insert(d, 1, 0) {
-                    tracing::warn!("cannot watch swap device {d:#x}: {e}");
-                }
+            if !self.known_devs.contains(d)
+                && let Err(e) = self.swap_devs.insert(d, 1, 0)
+            {
+                tracing::warn!("cannot watch swap device {d:#x}: {e}");
             }
         }
         for d in &self.known_devs {

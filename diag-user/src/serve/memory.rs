@@ -81,7 +81,10 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-const KINDS: [(&str, fn(&MemFigures) -> (u64, u64)); 3] = [
+/// (count, ns) of one kind of episode.
+type KindOf = fn(&MemFigures) -> (u64, u64);
+
+const KINDS: [(&str, KindOf); 3] = [
     ("direct", |f| (f.direct_count, f.direct_ns)),
     ("memcg", |f| (f.memcg_count, f.memcg_ns)),
     ("compaction", |f| (f.compact_count, f.compact_ns)),

@@ -29,6 +29,15 @@ pub struct MemoryFeed {
     vmstat_start: Option<crate::aggregate::memory::Vmstat>,
     gone: Vec<u32>,
     comms: HashMap<u32, String>,
+    /// Clock ticks per second (USER_HZ), for /proc/PID/stat's start time.
+    hz: u64,
+}
+
+/// Clock ticks per second of /proc's times.
+pub fn user_hz() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
 }
 
 impl std::fmt::Debug for MemoryFeed {
@@ -55,6 +64,7 @@ impl MemoryFeed {
                 .map(|t| parse_vmstat(&t)),
             gone: Vec::new(),
             comms: HashMap::new(),
+            hz: user_hz(),
         }
     }
 
@@ -72,6 +82,7 @@ impl MemoryFeed {
             r.procs.keys().copied().filter(|&p| !exists(p)).collect(),
         );
         let mut majflt = HashMap::new();
+        let mut new_pids = std::collections::HashSet::new();
         for &pid in r.procs.keys() {
             if let std::collections::hash_map::Entry::Vacant(e) = self.comms.entry(pid)
                 && let Some(name) = read_comm(&format!("/proc/{pid}/comm"))
@@ -82,7 +93,10 @@ impl MemoryFeed {
                 .ok()
                 .and_then(|t| pid_majflt(&t))
             {
-                majflt.insert(pid, n);
+                majflt.insert(pid, n.0);
+                if crate::aggregate::memory::started_after(n.1, self.hz, self.start_ns) {
+                    new_pids.insert(pid);
+                }
             }
         }
         let paths = r
@@ -99,6 +113,7 @@ impl MemoryFeed {
                 .map(|t| parse_vmstat(&t)),
             paths,
             majflt,
+            new_pids,
             vmstat_start: self.vmstat_start.take(),
         };
         let mut iv = self.agg.update(ts_ns, self.start_ns, &snap, &self.comms);

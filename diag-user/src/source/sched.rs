@@ -102,6 +102,8 @@ pub fn start(
         Counters(PerCpuArray::try_from(counters).map_err(|e| LoadError::Load(e.to_string()))?);
     let attached = tracer.attached.clone();
     // The probes are attached: the first interval's vmstat counts from here.
+    let started_ns = boot_ns();
+    let hz = crate::source::memory::user_hz();
     let vmstat_at_start = memory
         .then(|| std::fs::read_to_string("/proc/vmstat").ok())
         .flatten()
@@ -178,7 +180,7 @@ pub fn start(
                     }
                 }
                 mem_gone = mr.procs.keys().copied().filter(|&p| !exists(p)).collect();
-                let majflt = r
+                let stats: Vec<(u32, (u64, u64))> = r
                     .comms
                     .keys()
                     .filter_map(|&pid| {
@@ -186,6 +188,14 @@ pub fn start(
                         Some((pid, crate::aggregate::memory::pid_majflt(&t)?))
                     })
                     .collect();
+                let new_pids = stats
+                    .iter()
+                    .filter(|(_, (_, start))| {
+                        crate::aggregate::memory::started_after(*start, hz, started_ns)
+                    })
+                    .map(|(p, _)| *p)
+                    .collect();
+                let majflt = stats.into_iter().map(|(p, (n, _))| (p, n)).collect();
                 let paths = match cg_index.as_mut() {
                     Some(ix) => mr
                         .cgroups
@@ -201,6 +211,7 @@ pub fn start(
                     vmstat: vm.as_deref().map(crate::aggregate::memory::parse_vmstat),
                     paths,
                     majflt,
+                    new_pids,
                     vmstat_start: vmstat_start.take(),
                 });
             }

@@ -801,6 +801,62 @@ mod tests {
     }
 
     #[test]
+    fn memory_line_cgroups_and_columns() {
+        use crate::aggregate::memory::{MemCgInterval, MemFigures, Vmstat};
+        let f = MemFigures {
+            stall_ns: 25_000_000,
+            memcg_count: 3,
+            memcg_ns: 25_000_000,
+            scanned: 100,
+            reclaimed: 40,
+            swapin_pages: 7,
+            ..MemFigures::default()
+        };
+        let m = MemInterval {
+            end_ns: 2_000_000_000,
+            interval_ns: 1_000_000_000,
+            processes: vec![MemProcInterval {
+                pid: 42,
+                comm: "victim".into(),
+                f,
+                majflt: 9,
+                stall_pct: 2.5,
+                p99_ns: None,
+                max_ns: None,
+                hist: Log2Hist::default(),
+            }],
+            cgroups: vec![MemCgInterval {
+                ino: 77,
+                path: "/job".into(),
+                f,
+            }],
+            total: f,
+            majflt: 9,
+            background: MemFigures::default(),
+            vmstat: Some(Vmstat {
+                pgscan: 100,
+                pswpin: 7,
+                ..Vmstat::default()
+            }),
+            p99_ns: None,
+            omitted: 0,
+            hist: Log2Hist::default(),
+        };
+        let text = format_memory(&m);
+        assert!(text.contains("memcg reclaim 3/25.00ms"), "{text}");
+        assert!(text.contains("vmstat: pgscan 100"), "{text}");
+        assert!(
+            text.contains("memcg /job (ino 77): stalls 25.00ms"),
+            "{text}"
+        );
+        assert_eq!(
+            mem_cols(m.processes.first()),
+            format!("{:<10} {:<8} {}", "25.00ms", 7, 9)
+        );
+        assert!(mem_cols(None).starts_with('-'));
+    }
+
+    #[test]
     fn losses_warn_once() {
         let a = Health::default();
         let b = Health {

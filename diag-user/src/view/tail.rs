@@ -129,6 +129,8 @@ pub const OOM_HEADER: &str = "TIME             PID      COMM             OOM KIL
 pub const EVENT_HEADER: &str = "TIME             PID      COMM             EVENT";
 /// The header when only lock waits (and exits) are shown.
 pub const LOCK_HEADER: &str = "TIME             PID      COMM             LOCK WAIT";
+/// `--events memstall` (with or without exits) alone.
+pub const MEMSTALL_HEADER: &str = "TIME             PID      COMM             MEMORY STALL";
 
 fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -1106,10 +1108,17 @@ impl TailSink {
             && f.events
                 .iter()
                 .all(|e| matches!(e, EventClass::Lock | EventClass::Exit));
+        let only_memstall = !f.events.is_empty()
+            && f.events.contains(&EventClass::Memstall)
+            && f.events
+                .iter()
+                .all(|e| matches!(e, EventClass::Memstall | EventClass::Exit));
         let header = if only_close {
             CLOSE_HEADER
         } else if only_lock {
             LOCK_HEADER
+        } else if only_memstall {
+            MEMSTALL_HEADER
         } else if tcp {
             TEXT_HEADER
         } else if f.events.contains(&EventClass::Oom) || f.events.is_empty() {
