@@ -200,7 +200,8 @@ its BPF programs use (BPF run-time statistics are switched on while top runs).
 
 One row per process: CPU %, connection opens/s and closes/s, ESTABLISHED, \
 TIME_WAIT and CLOSE_WAIT sockets (CW! marks leaks), resets, retransmits, OOM \
-kills, cgroup. Below, the latest notable events: OOM kills, CLOSE_WAIT leaks, \
+kills, cgroup; with --locks, LOCK (futex wait over the interval, summed over \
+the process's threads). Below, the latest notable events: OOM kills, CLOSE_WAIT leaks, \
 reset bursts, port pressure, drops.
 
 Keys: ? help, q quit, / filter, p or space pause, < > or a column's letter \

@@ -538,3 +538,48 @@ fn top_lock_column_shows_the_waiter() {
         "{ns} ns of lock wait over {interval} ns: {row}"
     );
 }
+
+/// `diag threads --watch`: each dump one interval after the last; a thread
+/// that does not move keeps its state and its FOR grows by the interval.
+#[test]
+fn threads_watch_grows_the_time_in_state() {
+    if !require_root("threads_watch_grows_the_time_in_state") {
+        return;
+    }
+    let _g = serial();
+    let mut lg = Gen::start(&["dump"]);
+    lg.until("READY");
+    let pid = lg.num("PID");
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["threads", &pid.to_string(), "--watch", "--count", "3"])
+        .args(["--json", "--interval", "400ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumps: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dumps.len(), 3);
+    let sleeper = lg.num("SLEEP");
+    let fors: Vec<u64> = dumps
+        .iter()
+        .map(|d| {
+            thread(d, sleeper)["state_for_ns_at_least"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for w in fors.windows(2) {
+        let grew = w[1] - w[0];
+        assert!(
+            (380_000_000..=700_000_000).contains(&grew),
+            "FOR grows by about one interval: {fors:?}"
+        );
+    }
+    assert!(fors[2] >= 1_150_000_000, "{fors:?}");
+}
