@@ -1039,7 +1039,8 @@ pub struct RunqArgs {
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
-    /// Print a log2 histogram of run-queue latency (whole host, or --pid)
+    /// Print a log2 histogram of run-queue latency (whole host, or --pid);
+    /// with --locks, one of futex wait times too
     #[arg(long)]
     pub hist: bool,
 

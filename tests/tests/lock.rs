@@ -343,6 +343,7 @@ fn runq_lock_column_sums_the_waits() {
     let mut on_mutex = 0u64;
     let mut waits = 0u64;
     let mut proc_total = 0u64;
+    let mut slot_50ms = 0u64;
     for iv in &intervals {
         for l in iv["locks"].as_array().unwrap() {
             if l["pid"] == pid && l["uaddr"].as_u64() == Some(mutex) {
@@ -355,6 +356,19 @@ fn runq_lock_column_sums_the_waits() {
         for p in iv["lock_procs"].as_array().unwrap() {
             if p["pid"] == pid {
                 proc_total += p["wait_ns"].as_u64().unwrap();
+                let hist: Vec<u64> = p["hist"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
+                assert_eq!(
+                    hist.iter().sum::<u64>(),
+                    p["waits"].as_u64().unwrap(),
+                    "{p}"
+                );
+                // 32768-65535 us: the 50 ms waits.
+                slot_50ms += hist[16];
             }
         }
     }
@@ -365,6 +379,10 @@ fn runq_lock_column_sums_the_waits() {
         "diag's {on_mutex} ns on the mutex against the waiter's own {own} ns"
     );
     assert!(proc_total >= on_mutex, "{proc_total} >= {on_mutex}");
+    assert!(
+        slot_50ms >= K as u64,
+        "the mutex waits in the 32-65 ms bucket: {slot_50ms}"
+    );
 }
 
 /// `serve --locks --record`: the lock counters of a cgroup that holds

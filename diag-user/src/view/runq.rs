@@ -197,6 +197,14 @@ pub fn format_text(
     if let Some((what, h)) = hist {
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
         out.push_str(&h.render(40));
+        if let Some(l) = &host.locks {
+            let mut lh = Log2Hist::default();
+            for p in &l.procs {
+                lh.merge(&p.log2());
+            }
+            out.push_str(&format!("\nfutex wait times, {what}:\n"));
+            out.push_str(&lh.render(40));
+        }
     }
     out
 }
