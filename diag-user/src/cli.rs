@@ -1019,6 +1019,17 @@ pub struct ThreadsArgs {
     /// Leave out the kernel stacks in the text dump
     #[arg(long)]
     pub no_stacks: bool,
+
+    /// Also attach the futex probes while diag watches, to name the
+    /// thread last seen releasing each futex a thread waits on (`last
+    /// released by`: for locks that keep no owner, such as condition
+    /// variables or Rust's std Mutex). They slow every system call on the
+    /// host a little while they are attached; needs root
+    #[arg(long)]
+    pub locks: bool,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1079,13 +1090,15 @@ on each other's locks in a cycle (DEADLOCK, with both tids and lock \
 addresses), then each thread's kernel stack.
 
 Everything comes from procfs (task/TID/stat, schedstat, wchan, syscall, \
-stack) and the process's memory (/proc/PID/mem): no probes are attached, so \
-it costs the process nothing. The holder of a lock is read from the lock \
+stack) and the process's memory (/proc/PID/mem): no probes are attached \
+(unless --locks), so it costs the process nothing. The holder of a lock is read from the lock \
 itself: glibc's pthread_mutex_t keeps its owner's tid (`__owner`, 8 bytes \
 after the futex word); a priority-inheritance futex holds its owner's tid. \
 Other futexes (condition variables, semaphores, Rust's std Mutex, Go) show \
-their address without a holder; `diag tail --events lock` names the thread \
-whose wakeup ended each wait. Kernel stacks and other processes' memory need \
+their address without a holder; with --locks, the futex probes watch while \
+diag samples and name the thread last seen releasing each of them (`last \
+released by`), as `diag tail --events lock` names the thread whose wakeup \
+ended each wait. Kernel stacks and other processes' memory need \
 root.";
 
 const THREADS_EXAMPLES: &str = "\
