@@ -106,6 +106,12 @@ fn lock_lines(l: &LockInterval) -> String {
             holders.join(", ")
         ));
     }
+    if l.locks.len() > LOCK_ROWS {
+        out.push_str(&format!(
+            "  ... {} more locks (--json lists them all)\n",
+            l.locks.len() - LOCK_ROWS
+        ));
+    }
     out
 }
 
