@@ -229,7 +229,9 @@ pub fn lock_exit_futex(ctx: TracePointContext) -> u32 {
         }
         return 0;
     }
-    let no_waker = ret == -EINTR;
+    // A signal ended it: -EINTR, or a restart (-ERESTARTSYS 512 ..
+    // -ERESTART_RESTARTBLOCK 516, seen at the exit before the restart).
+    let no_waker = ret == -EINTR || (-516..=-512).contains(&ret);
     let (waker_pid, waker_tgid) = if no_waker {
         (0, 0)
     } else {

@@ -200,7 +200,8 @@ its BPF programs use (BPF run-time statistics are switched on while top runs).
 
 One row per process: CPU %, connection opens/s and closes/s, ESTABLISHED, \
 TIME_WAIT and CLOSE_WAIT sockets (CW! marks leaks), resets, retransmits, OOM \
-kills, cgroup. Below, the latest notable events: OOM kills, CLOSE_WAIT leaks, \
+kills, cgroup; with --locks, LOCK (futex wait over the interval, summed over \
+the process's threads). Below, the latest notable events: OOM kills, CLOSE_WAIT leaks, \
 reset bursts, port pressure, drops.
 
 Keys: ? help, q quit, / filter, p or space pause, < > or a column's letter \
@@ -1078,6 +1079,17 @@ pub struct ThreadsArgs {
     /// Leave out the kernel stacks in the text dump
     #[arg(long)]
     pub no_stacks: bool,
+
+    /// Also attach the futex probes while diag watches, to name the
+    /// thread last seen releasing each futex a thread waits on (`last
+    /// released by`: for locks that keep no owner, such as condition
+    /// variables or Rust's std Mutex). They slow every system call on the
+    /// host a little while they are attached; needs root
+    #[arg(long)]
+    pub locks: bool,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1098,7 +1110,8 @@ pub struct RunqArgs {
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
-    /// Print a log2 histogram of run-queue latency (whole host, or --pid)
+    /// Print a log2 histogram of run-queue latency (whole host, or --pid);
+    /// with --locks, one of futex wait times too
     #[arg(long)]
     pub hist: bool,
 
@@ -1142,13 +1155,15 @@ on each other's locks in a cycle (DEADLOCK, with both tids and lock \
 addresses), then each thread's kernel stack.
 
 Everything comes from procfs (task/TID/stat, schedstat, wchan, syscall, \
-stack) and the process's memory (/proc/PID/mem): no probes are attached, so \
-it costs the process nothing. The holder of a lock is read from the lock \
+stack) and the process's memory (/proc/PID/mem): no probes are attached \
+(unless --locks), so it costs the process nothing. The holder of a lock is read from the lock \
 itself: glibc's pthread_mutex_t keeps its owner's tid (`__owner`, 8 bytes \
 after the futex word); a priority-inheritance futex holds its owner's tid. \
 Other futexes (condition variables, semaphores, Rust's std Mutex, Go) show \
-their address without a holder; `diag tail --events lock` names the thread \
-whose wakeup ended each wait. Kernel stacks and other processes' memory need \
+their address without a holder; with --locks, the futex probes watch while \
+diag samples and name the thread last seen releasing each of them (`last \
+released by`), as `diag tail --events lock` names the thread whose wakeup \
+ended each wait. Kernel stacks and other processes' memory need \
 root.";
 
 const THREADS_EXAMPLES: &str = "\

@@ -35,6 +35,22 @@ pub struct ProcLocks {
     /// Timed futex waits that ran out (sleeps; not in `waits`).
     #[serde(default)]
     pub timeouts: u64,
+    /// The waits' times, log2 µs buckets (`diag_common::sched::hist_slot`:
+    /// bucket 0 under 1 µs, bucket k in [2^(k-1), 2^k) µs); empty when
+    /// unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hist: Vec<u64>,
+}
+
+impl ProcLocks {
+    /// The histogram as the kernel's buckets.
+    pub fn log2(&self) -> crate::aggregate::histogram::Log2Hist {
+        let mut counts = [0u64; diag_common::sched::HIST_SLOTS];
+        for (c, v) in counts.iter_mut().zip(&self.hist) {
+            *c = *v;
+        }
+        crate::aggregate::histogram::Log2Hist::from_counts(counts)
+    }
 }
 
 /// One thread that ended waits on a lock: a holder that released it.
@@ -109,6 +125,12 @@ impl LockAgg {
                 kernel_waits: p.kernel_waits.saturating_sub(before.kernel_waits),
                 kernel_wait_ns: p.kernel_wait_ns.saturating_sub(before.kernel_wait_ns),
                 timeouts: p.timeouts.saturating_sub(before.timeouts),
+                hist: p
+                    .hist
+                    .iter()
+                    .zip(before.hist.iter())
+                    .map(|(a, b)| a.saturating_sub(*b))
+                    .collect(),
             };
             if d.waits > 0 || d.kernel_waits > 0 {
                 iv.procs.push(d);
@@ -227,6 +249,13 @@ impl LockFrame {
             ));
         }
         if self
+            .procs
+            .iter()
+            .any(|p| p.hist.len() > diag_common::sched::HIST_SLOTS)
+        {
+            return Err("a histogram with too many buckets".into());
+        }
+        if self
             .locks
             .iter()
             .any(|l| l.holders.len() > FRAME_HOLDERS || l.waiters.len() > FRAME_HOLDERS)
@@ -264,6 +293,12 @@ impl LockSummary {
             e.kernel_waits += p.kernel_waits;
             e.kernel_wait_ns += p.kernel_wait_ns;
             e.timeouts += p.timeouts;
+            if e.hist.len() < p.hist.len() {
+                e.hist.resize(p.hist.len(), 0);
+            }
+            for (a, b) in e.hist.iter_mut().zip(&p.hist) {
+                *a += b;
+            }
         }
         for l in &f.locks {
             let e = self

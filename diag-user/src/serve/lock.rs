@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 
 use prometheus_client::registry::Registry;
 
-use super::families::{Families, Labels, counters, counters_f64};
-use crate::aggregate::lock::ProcLocks;
+use super::families::{Families, Labels, counters, counters_f64, histograms};
+use crate::aggregate::{histogram::Log2Hist, lock::ProcLocks};
 
 /// One cgroup's lock totals since diag started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupLocks {
+    /// Waits per bucket of the kernel's log2 histogram.
+    pub hist: Log2Hist,
     pub waits: u64,
     pub wait_ns: u64,
     pub long_waits: u64,
@@ -35,6 +37,7 @@ impl LockMetrics {
         c.long_waits += p.long_waits;
         c.kernel_waits += p.kernel_waits;
         c.kernel_wait_ns += p.kernel_wait_ns;
+        c.hist.merge(&p.log2());
     }
 }
 
@@ -50,6 +53,15 @@ impl Families for LockMetrics {
                 .map(|(cg, c)| (label(cg), get(c)))
                 .collect()
         };
+        histograms(
+            reg,
+            "diag_lock_wait_duration_seconds",
+            "Futex wait times, per wait, by cgroup; buckets are powers of two",
+            self.by_cgroup
+                .iter()
+                .map(|(cg, c)| (label(cg), &c.hist, c.wait_ns))
+                .collect(),
+        );
         counters(
             reg,
             "diag_lock_waits",

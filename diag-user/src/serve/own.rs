@@ -38,10 +38,11 @@ impl Families for OwnMetrics {
         counters(
             reg,
             "diag_map_full",
-            "Things the kernel side could not remember because a map was full: map=sock (socket owners) or listen (listeners)",
+            "Things the kernel side could not remember because a map was full: map=sock (socket owners), listen (listeners) or lock (futex waits, serve --locks)",
             &[
                 (vec![("map", "sock".into())], h.sock_map_full),
                 (vec![("map", "listen".into())], h.listen_map_full),
+                (vec![("map", "lock".into())], h.lock_map_full),
             ],
         );
         counter(

@@ -112,6 +112,12 @@ fn lock_lines(l: &LockInterval) -> String {
             holders.join(", ")
         ));
     }
+    if l.locks.len() > LOCK_ROWS {
+        out.push_str(&format!(
+            "  ... {} more locks (--json lists them all)\n",
+            l.locks.len() - LOCK_ROWS
+        ));
+    }
     out
 }
 
@@ -432,6 +438,14 @@ pub fn format_text(
     if let Some((what, h)) = hist {
         out.push_str(&format!("\nrun-queue latency, {what}:\n"));
         out.push_str(&h.render(40));
+        if let Some(l) = &host.locks {
+            let mut lh = Log2Hist::default();
+            for p in &l.procs {
+                lh.merge(&p.log2());
+            }
+            out.push_str(&format!("\nfutex wait times, {what}:\n"));
+            out.push_str(&lh.render(40));
+        }
     }
     if let Some(f) = io {
         out.push_str(&block_text(f, pids, limit));

@@ -461,7 +461,7 @@ fn waker_text(l: &LockWaitEvent) -> String {
         )
     } else if i64::from(l.ret) == -diag_common::lock::ETIMEDOUT {
         "timed out".into()
-    } else if i64::from(l.ret) == -diag_common::lock::EINTR {
+    } else if i64::from(l.ret) == -diag_common::lock::EINTR || (-516..=-512).contains(&l.ret) {
         "interrupted by a signal".into()
     } else {
         "no waker seen".into()

@@ -232,7 +232,7 @@ impl Wait {
             Wait::Disk => "disk/uninterruptible".into(),
             Wait::Syscall(n) => n.clone(),
             Wait::Kernel => "in the kernel (not a system call)".into(),
-            Wait::Unknown => "?".into(),
+            Wait::Unknown => "? (task/TID/syscall unreadable)".into(),
         }
     }
 
@@ -346,6 +346,9 @@ pub struct Dump {
     pub deadlocks: Vec<Deadlock>,
     pub vanished: u64,
     pub stacks_readable: bool,
+    /// With the futex probes (`--locks`): per futex address, the thread
+    /// whose wakeups ended the most waits on it since diag attached.
+    pub released_by: Option<HashMap<u64, (u32, String)>>,
 }
 
 impl ThreadDump {
@@ -412,6 +415,7 @@ impl ThreadDump {
             deadlocks,
             vanished: s.vanished,
             stacks_readable: s.stacks_readable,
+            released_by: None,
         })
     }
 }
@@ -480,7 +484,20 @@ pub fn text(d: &Dump, stacks: bool) -> String {
             } else {
                 &r.wchan
             },
-            r.wait.text()
+            match (&r.wait, &d.released_by) {
+                (
+                    Wait::Futex {
+                        uaddr,
+                        holder: None,
+                    },
+                    Some(rel),
+                ) => match rel.get(uaddr) {
+                    Some((tid, comm)) =>
+                        format!("{} (last released by {tid} {comm})", r.wait.text()),
+                    None => r.wait.text(),
+                },
+                _ => r.wait.text(),
+            }
         );
     }
     for dl in &d.deadlocks {
@@ -530,6 +547,10 @@ pub fn json(d: &Dump) -> Value {
                 Wait::File { fd, link } => (None, None, None, Some(*fd), link.clone()),
                 _ => (None, None, None, None, None),
             };
+            let released = match (&r.wait, &d.released_by) {
+                (Wait::Futex { uaddr, .. }, Some(rel)) => rel.get(uaddr).map(|x| x.0),
+                _ => None,
+            };
             json!({
                 "tid": r.tid,
                 "comm": r.comm,
@@ -549,6 +570,7 @@ pub fn json(d: &Dump) -> Value {
                     "holder_how": holder_how,
                     "fd": fd,
                     "target": link,
+                    "last_released_by_tid": released,
                 },
                 "stack": r.stack,
             })

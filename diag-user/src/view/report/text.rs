@@ -355,6 +355,14 @@ fn saturation_locks(o: &mut String, r: &Review, t: &dyn Fn(u64) -> String) {
             holders.join(", ")
         );
     }
+    if l.locks_omitted > 0 {
+        let _ = writeln!(
+            o,
+            "    ({} lock entries beyond the {} kept per second were counted, not kept)",
+            l.locks_omitted,
+            crate::aggregate::lock::FRAME_LOCKS
+        );
+    }
     let mut worst: Vec<&diag_common::lock::LockWaitEvent> = r.lock_waits.iter().collect();
     worst.sort_by_key(|w| std::cmp::Reverse(w.wait_ns));
     if !worst.is_empty() {
