@@ -230,8 +230,10 @@ pub enum EventClass {
     /// held the CPU (scheduler tracepoints)
     Stall,
     /// Block requests slower than --io-threshold: device, pid, bytes,
-    /// latency (tp_btf block_io_start and block_rq_complete: they run on
-    /// every block request, so they are attached only when asked for)
+    /// latency (tp_btf block_io_start, block_rq_merge, block_rq_complete:
+    /// they run on every block request, so they are attached only when
+    /// asked for). `record` then also records block I/O per device and
+    /// process once a second (the report's block I/O figures)
     Io,
     /// Processes that ended: pid, name, start time, exit status
     /// (tp_btf sched_process_exit; always traced with tcp and stall, so
