@@ -572,3 +572,51 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
         Some(WRITES * SIZE)
     );
 }
+
+/// The block programs run on every request: attached only by the views
+/// that show block I/O, and left out with --no-io; the kernel objects
+/// they used go when diag does.
+#[test]
+fn block_probes_attach_only_where_shown() {
+    if !require_root("block_probes_attach_only_where_shown") {
+        return;
+    }
+    let _guard = serial();
+    let tracing_of = |args: &[&str]| -> String {
+        let d = Diag::start(args);
+        let pid = d.pid();
+        let objects = diag_tests::bpf_objects_of(pid);
+        let out = d.stop(libc::SIGINT);
+        assert!(out.status.success(), "{args:?}: {:?}", out.stderr);
+        diag_tests::assert_released(&objects, &format!("diag {}", args.join(" ")));
+        out.stderr
+            .iter()
+            .find(|l| l.contains("tracing"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    for args in [
+        &["tail", "--json"][..],
+        &["tail", "--events", "stall"],
+        &["runq", "--no-io", "--count", "1", "--interval", "200ms"],
+    ] {
+        let t = tracing_of(args);
+        assert!(!t.contains("block_"), "{args:?}: {t}");
+    }
+    for args in [
+        &["tail", "--events", "io"][..],
+        &["runq", "--count", "1", "--interval", "200ms"],
+    ] {
+        let t = tracing_of(args);
+        for tp in ["block_io_start", "block_rq_merge", "block_rq_complete"] {
+            assert!(t.contains(tp), "{args:?}: {t}");
+        }
+    }
+    // A bad threshold is a usage error in one sentence.
+    let out = Command::new(diag_tests::diag_bin())
+        .args(["tail", "--events", "io", "--io-threshold", "0ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("greater than zero"));
+}
