@@ -282,16 +282,15 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: {own} ns ({:.1} %), blocked {blocked} ns; wall {took:?}",
         lat as f64 * 100.0 / own as f64
     );
-    assert!(
-        lat as f64 <= own as f64 * 1.01,
-        "diag's {lat} ns > the calls' {own} ns"
-    );
+    // (A thread preempted between a request's start and its sleep waits
+    // for a CPU inside the request: the calls' whole time bounds it.)
+    assert!(lat <= io_ns, "diag's {lat} ns > the calls' {io_ns} ns");
     assert!(
         lat as f64 >= blocked as f64 * 0.98,
         "diag's {lat} ns < the {blocked} ns the child was blocked"
     );
     assert!(
-        own - lat.min(own) <= (own / 10).max(cpu_ns),
+        lat.abs_diff(own) <= (own / 10).max(cpu_ns),
         "diag's {lat} ns is not within 10 % of the calls' {own} ns (CPU {cpu_ns} ns)"
     );
 
@@ -422,7 +421,7 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
     let mut tail = Diag::start(&["tail", "--events", "io", "--io-threshold", "1ns", "--json"]);
     let record = Diag::start(&["record", "--events", "io", "-o", rec.to_str().unwrap()]);
     let serve = Diag::start(&["serve", "--listen", &addr, "--no-sched"]);
-    let (io_ns, runq_ns, _, _, _) = io.run();
+    let (io_ns, _, _, _, _) = io.run();
     let pid = io.pid;
     // Every completion is in the next second's readings.
     std::thread::sleep(Duration::from_millis(2500));
@@ -471,9 +470,8 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
     );
     let lat: u64 = on_loop.iter().map(|v| u(v, "lat_ns")).sum();
     assert!(
-        lat <= io_ns - runq_ns,
-        "events' latency {lat} ns > the calls' {} ns",
-        io_ns - runq_ns
+        lat <= io_ns,
+        "events' latency {lat} ns > the calls' {io_ns} ns"
     );
 
     // The recording: block frames, exported, sum to the child's requests.
