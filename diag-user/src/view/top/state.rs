@@ -555,6 +555,11 @@ impl TopState {
                 self.last_ts = self.last_ts.max(ts_ns);
             }
             Msg::Pressure(p) => self.pressure = Some((**p).clone()),
+            // Replay: the recorded block I/O frames.
+            Msg::Block(b) => {
+                self.io = b.by_pid();
+                self.block = Some((**b).clone());
+            }
             Msg::Damage(what) => {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what.clone());
