@@ -25,7 +25,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
     Global,
 };
@@ -44,11 +44,12 @@ use crate::maps::{btf_load, submit_flags, EVENTS};
 #[unsafe(no_mangle)]
 static BLOCK_CONFIG: Global<BlockConfig> = Global::new(BlockConfig::zeroed());
 
-/// Requests in flight, keyed by their `struct request` address. LRU: a
-/// request whose completion never shows (freed without one) ages out
-/// instead of holding a slot for good.
+/// Requests in flight, keyed by their `struct request` address. A plain
+/// hash (an LRU hash may evict a live entry before it is full, and a
+/// request would go uncounted without a word); a full map is counted,
+/// and user space drops entries stuck for minutes.
 #[map]
-static BLOCK_REQS: LruHashMap<u64, BlockReq> = LruHashMap::with_max_entries(16_384, 0);
+static BLOCK_REQS: HashMap<u64, BlockReq> = HashMap::with_max_entries(16_384, 0);
 
 /// Per device.
 #[map]

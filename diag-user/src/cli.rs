@@ -247,8 +247,10 @@ pub enum EventClass {
     /// held the CPU (scheduler tracepoints)
     Stall,
     /// Block requests slower than --io-threshold: device, pid, bytes,
-    /// latency (tp_btf block_io_start and block_rq_complete: they run on
-    /// every block request, so they are attached only when asked for)
+    /// latency (tp_btf block_io_start, block_rq_merge, block_rq_complete:
+    /// they run on every block request, so they are attached only when
+    /// asked for). `record` then also records block I/O per device and
+    /// process once a second (the report's block I/O figures)
     Io,
     /// Memory stalls: direct reclaim, memory cgroup reclaim and direct
     /// compaction episodes longer than --mem-stall-threshold, with the

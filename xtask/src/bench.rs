@@ -23,6 +23,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "taskset, to pin the workload to one CPU"),
     ("mount", "losetup, a loop device for the block I/O workload"),
     ("coreutils", "dd, the block I/O workload"),
+    ("bpftool", "the block programs' run-time statistics"),
 ];
 
 /// A runqlat-style bpftrace script on the same scheduler tracepoints.

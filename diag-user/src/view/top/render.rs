@@ -685,24 +685,23 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     .map_or("-".into(), |s| format!("{:.1}%", s.wait_pct)),
                 r.sched.map_or("-".into(), |s| human_ns(s.blocked_ns)),
             ));
-            if st.block.is_some() {
-                v.push(match st.io.get(&r.pid) {
-                    Some(io) => format!(
-                        "Block I/O in the interval: {} reads ({}), {} writes ({}), I/O wait {} (await {}){}",
-                        io.reads,
-                        crate::view::fmt::human_bytes(io.read_bytes),
-                        io.writes,
-                        crate::view::fmt::human_bytes(io.write_bytes),
-                        human_ns(io.lat_ns()),
-                        io.await_ns().map(human_ns).unwrap_or_else(|| "-".into()),
-                        if io.errors > 0 {
-                            format!(", {} errors", io.errors)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                    None => "Block I/O in the interval: none".into(),
-                });
+            // Only with I/O in the interval: the details keep their rows
+            // for the connections on a small screen.
+            if let Some(io) = st.io.get(&r.pid).filter(|io| !io.is_zero()) {
+                v.push(format!(
+                    "Block I/O in the interval: {} reads ({}), {} writes ({}), I/O wait {} (await {}){}",
+                    io.reads,
+                    crate::view::fmt::human_bytes(io.read_bytes),
+                    io.writes,
+                    crate::view::fmt::human_bytes(io.write_bytes),
+                    human_ns(io.lat_ns()),
+                    io.await_ns().map(human_ns).unwrap_or_else(|| "-".into()),
+                    if io.errors > 0 {
+                        format!(", {} errors", io.errors)
+                    } else {
+                        String::new()
+                    }
+                ));
             }
             if let Some(m) = r.mem {
                 v.push(format!(

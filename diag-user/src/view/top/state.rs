@@ -611,6 +611,11 @@ impl TopState {
                     .map(|p| (p.pid, MemCols::from(p)))
                     .collect();
             }
+            // Replay: the recorded block I/O frames.
+            Msg::Block(b) => {
+                self.io = b.by_pid();
+                self.block = Some((**b).clone());
+            }
             Msg::Damage(what) => {
                 let ts = self.last_ts;
                 self.notable(ts, NotableKind::Damage, None, what.clone());
