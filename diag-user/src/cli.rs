@@ -34,8 +34,10 @@ pub enum Command {
     /// Per-process TCP analytics: churn, states, TIME_WAIT/CLOSE_WAIT, port pressure
     #[command(long_about = CONNS_ABOUT, after_help = CONNS_EXAMPLES)]
     Conns(ConnsArgs),
-    /// Per-process run-queue latency, blocked time, CPU time, and the
-    /// delay processes cause each other, every interval
+    /// The stall view, every interval, per process: run-queue latency,
+    /// blocked time, CPU time and the delay processes cause each other;
+    /// memory reclaim, swap-ins, block I/O (per device too) and, with
+    /// --locks, futex waits
     #[command(long_about = RUNQ_ABOUT, after_help = RUNQ_EXAMPLES)]
     Runq(RunqArgs),
     /// The live USE view of the host, per process, like top (q quits, ? helps)
@@ -51,7 +53,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Convert a recording to JSON lines or a Chrome/Perfetto trace
     Export(ExportArgs),
-    /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills, run queues) over HTTP
+    /// Serve Prometheus metrics (TCP churn, states, leaks, port pressure, OOM kills, run queues,
+    /// memory stalls, block I/O, pressure, with --locks lock waits) over HTTP
     #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
     /// A thread dump of a process from the kernel's side: each thread's
