@@ -31,8 +31,8 @@ use aya_ebpf::{
 };
 use diag_common::{
     block::{
-        counters, dev_key, hist_slot, op, BlockConfig, BlockCounters, BlockDevStats,
-        BlockProcKey, BlockProcStats, BlockReq, BlockSlowEvent, HIST_SLOTS,
+        counters, dev_key, hist_slot, op, BlockConfig, BlockCounters, BlockDevStats, BlockProcKey,
+        BlockProcStats, BlockReq, BlockSlowEvent, HIST_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };

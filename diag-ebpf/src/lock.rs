@@ -34,8 +34,8 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     lock::{
-        futex_op, wait_kind, KernelWaitKey, LockConfig, LockKey, LockProc, LockStat,
-        LockWaitEvent, Waiting, EINTR, ETIMEDOUT,
+        futex_op, wait_kind, KernelWaitKey, LockConfig, LockKey, LockProc, LockStat, LockWaitEvent,
+        Waiting, EINTR, ETIMEDOUT,
     },
     sched::{hist_slot, HIST_SLOTS},
     EventHeader, EventKind, TASK_COMM_LEN,
