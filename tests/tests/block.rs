@@ -441,14 +441,19 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
     let rec_out = record.stop(libc::SIGINT);
     assert!(rec_out.status.success(), "{:?}", rec_out.stderr);
     let tail_out = {
-        // The events of the child's requests, then stop.
+        // The events of the child's requests (up to 20 s for all of
+        // them), then stop; a shortfall is told below with what tail said.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut n = 0;
         while n < READS + WRITES {
-            let l = tail.wait_line(Duration::from_secs(10), "slow-I/O events", |l| {
-                l.contains("\"slow_io\"") && l.contains(&format!("\"pid\":{pid},"))
-            });
-            let _ = l;
-            n += 1;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tail.next_line(left) {
+                Some(l) if l.contains("\"slow_io\"") && l.contains(&format!("\"pid\":{pid},")) => {
+                    n += 1
+                }
+                Some(_) => {}
+                None => break,
+            }
         }
         tail.stop(libc::SIGINT)
     };
@@ -466,7 +471,15 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
     assert_eq!(
         on_loop.len() as u64,
         READS + WRITES,
-        "slow-I/O events of pid {pid}"
+        "slow-I/O events of pid {pid} on {} ({} of its events in all; tail said {:?}; device stat {:?})",
+        lo.majmin,
+        events.len(),
+        tail_out.stderr,
+        std::fs::read_to_string(format!(
+            "/sys/class/block/{}/stat",
+            lo.dev.trim_start_matches("/dev/")
+        ))
+        .unwrap_or_default()
     );
     assert_eq!(
         on_loop.iter().filter(|v| v["op"] == "read").count() as u64,

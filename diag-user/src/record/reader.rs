@@ -346,6 +346,38 @@ impl Reader {
     }
 
     /// A timed frame's verdict: None to hand it on, or the damage words.
+    /// A once-a-second frame of JSON `T`: read, checked by `damage`, its
+    /// time (`ts`) checked against the recording's clock, then `wrap`ped;
+    /// anything wrong is damage in one sentence naming `what`.
+    fn checked<T: serde::de::DeserializeOwned>(
+        &mut self,
+        f: &Frame,
+        what: &str,
+        damage: impl FnOnce(&T) -> Option<String>,
+        ts: impl FnOnce(&T) -> u64,
+        wrap: impl FnOnce(T) -> Record,
+    ) -> Record {
+        let v: T = match serde_json::from_slice(&f.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                return Record::Damage(format!(
+                    "{what} frame at byte {} is unreadable ({e}): skipped",
+                    f.offset
+                ));
+            }
+        };
+        if let Some(why) = damage(&v) {
+            return Record::Damage(format!(
+                "{what} frame at byte {} is damaged ({why}): skipped",
+                f.offset
+            ));
+        }
+        match self.timed(what, f.offset, ts(&v), false) {
+            None => wrap(v),
+            Some(d) => Record::Damage(d),
+        }
+    }
+
     fn timed(&mut self, what: &str, offset: u64, ts: u64, health: bool) -> Option<String> {
         match self.clock.check(ts) {
             Verdict::Ok => None,
@@ -480,77 +512,41 @@ impl Reader {
                 },
                 Err(d) => Record::Damage(d),
             },
-            FrameKind::Sched => match json::<super::SchedFrame>(&f, "scheduler") {
-                Ok(s) => match s.damage() {
-                    Some(why) => Record::Damage(format!(
-                        "scheduler frame at byte {} is damaged ({why}): skipped",
-                        f.offset
-                    )),
-                    None => match self.timed("scheduler", f.offset, s.ts_ns, false) {
-                        None => Record::Sched(s),
-                        Some(d) => Record::Damage(d),
-                    },
-                },
-                Err(d) => Record::Damage(d),
-            },
-            FrameKind::Pressure => {
-                match json::<crate::aggregate::pressure::PressureFrame>(&f, "pressure") {
-                    Ok(p) => match p.damage() {
-                        Some(why) => Record::Damage(format!(
-                            "pressure frame at byte {} is damaged ({why}): skipped",
-                            f.offset
-                        )),
-                        None => match self.timed("pressure", f.offset, p.ts_ns, false) {
-                            None => Record::Pressure(Box::new(p)),
-                            Some(d) => Record::Damage(d),
-                        },
-                    },
-                    Err(d) => Record::Damage(d),
-                }
-            }
-            FrameKind::Block => {
-                match json::<crate::aggregate::block::BlockFrame>(&f, "block I/O") {
-                    Ok(b) => match b.check() {
-                        Err(why) => Record::Damage(format!(
-                            "block I/O frame at byte {} is damaged ({why}): skipped",
-                            f.offset
-                        )),
-                        Ok(()) => match self.timed("block I/O", f.offset, b.ts_ns, false) {
-                            None => Record::Block(Box::new(b)),
-                            Some(d) => Record::Damage(d),
-                        },
-                    },
-                    Err(d) => Record::Damage(d),
-                }
-            }
-            FrameKind::Memory => {
-                match json::<crate::aggregate::memory::MemInterval>(&f, "memory") {
-                    Ok(m) => match m.damage() {
-                        Some(why) => Record::Damage(format!(
-                            "memory frame at byte {} is damaged ({why}): skipped",
-                            f.offset
-                        )),
-                        None => match self.timed("memory", f.offset, m.end_ns, false) {
-                            None => Record::Memory(Box::new(m)),
-                            Some(d) => Record::Damage(d),
-                        },
-                    },
-                    Err(d) => Record::Damage(d),
-                }
-            }
-            FrameKind::Locks => match json::<crate::aggregate::lock::LockFrame>(&f, "lock") {
-                Ok(l) => match l.check() {
-                    Err(why) => Record::Damage(format!(
-                        "lock frame at byte {} is damaged ({why}): skipped",
-                        f.offset
-                    )),
-                    Ok(()) => match self.timed("lock", f.offset, l.ts_ns, false) {
-                        None => Record::Locks(Box::new(l)),
-                        Some(d) => Record::Damage(d),
-                    },
-                },
-                Err(d) => Record::Damage(d),
-            },
+            FrameKind::Sched => self.checked(
+                &f,
+                "scheduler",
+                |s: &super::SchedFrame| s.damage(),
+                |s| s.ts_ns,
+                Record::Sched,
+            ),
+            FrameKind::Pressure => self.checked(
+                &f,
+                "pressure",
+                |p: &crate::aggregate::pressure::PressureFrame| p.damage(),
+                |p| p.ts_ns,
+                |p| Record::Pressure(Box::new(p)),
+            ),
+            FrameKind::Block => self.checked(
+                &f,
+                "block I/O",
+                |b: &crate::aggregate::block::BlockFrame| b.check().err(),
+                |b| b.ts_ns,
+                |b| Record::Block(Box::new(b)),
+            ),
+            FrameKind::Memory => self.checked(
+                &f,
+                "memory",
+                |m: &crate::aggregate::memory::MemInterval| m.damage(),
+                |m| m.end_ns,
+                |m| Record::Memory(Box::new(m)),
+            ),
+            FrameKind::Locks => self.checked(
+                &f,
+                "lock",
+                |l: &crate::aggregate::lock::LockFrame| l.check().err(),
+                |l| l.ts_ns,
+                |l| Record::Locks(Box::new(l)),
+            ),
             FrameKind::End => {
                 self.ended = true;
                 serde_json::from_slice(&f.payload)

@@ -520,30 +520,7 @@ fn poll<S: Send + 'static>(
     init: impl FnOnce() -> S + Send + 'static,
     read: fn(S) -> (S, Vec<Msg>),
 ) {
-    let tx = tx.clone();
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        let mut state = Some(init());
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    let Some(s) = state.take() else { break };
-                    let Ok((s, msgs)) = tokio::task::spawn_blocking(move || read(s)).await else {
-                        break;
-                    };
-                    state = Some(s);
-                    for msg in msgs {
-                        if tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
+    poll_with(tx, cancel, every, init, read, false);
 }
 
 /// [`poll`], and a last read when `cancel` comes: for feeds of
@@ -554,6 +531,17 @@ fn poll_to_end<S: Send + 'static>(
     every: Duration,
     init: impl FnOnce() -> S + Send + 'static,
     read: fn(S) -> (S, Vec<Msg>),
+) {
+    poll_with(tx, cancel, every, init, read, true);
+}
+
+fn poll_with<S: Send + 'static>(
+    tx: &mpsc::Sender<Msg>,
+    cancel: &CancellationToken,
+    every: Duration,
+    init: impl FnOnce() -> S + Send + 'static,
+    read: fn(S) -> (S, Vec<Msg>),
+    read_at_end: bool,
 ) {
     let tx = tx.clone();
     let cancel = cancel.clone();
@@ -566,6 +554,9 @@ fn poll_to_end<S: Send + 'static>(
                 _ = cancel.cancelled() => true,
                 _ = tick.tick() => false,
             };
+            if last && !read_at_end {
+                break;
+            }
             let Some(s) = state.take() else { break };
             let Ok((s, msgs)) = tokio::task::spawn_blocking(move || read(s)).await else {
                 break;
