@@ -674,9 +674,6 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     t.listen_overflows_interval
                 ));
             }
-            if let Some(why) = why_slow(st.config.interval_ns, r.sched, r.mem, r.io_ns, r.lock_ns) {
-                v.push(why);
-            }
             v.push(format!(
                 "OOM kills {}  run queue p99 {}  waiting for CPU {}  blocked {}",
                 r.oom_kills,
@@ -703,7 +700,12 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                     }
                 ));
             }
-            if let Some(m) = r.mem {
+            // Only with memory activity (the details keep their rows for
+            // connections on 80x24).
+            if let Some(m) = r
+                .mem
+                .filter(|m| m.stall_ns + m.swapin_pages + m.swapout_pages + m.majflt > 0)
+            {
                 v.push(format!(
                     "Memory reclaim / swap (last interval): stalled {} in {} episodes (direct reclaim {}, memcg reclaim {}, compaction {}), scanned {} reclaimed {} pages; swapped in {} pages ({} of I/O), out {}; major faults {}",
                     human_ns(m.stall_ns),
@@ -754,6 +756,14 @@ pub fn detail_lines(st: &TopState, pid: u32) -> Vec<String> {
                 s.established, s.time_wait, s.close_wait, other, p.total
             ));
         }
+    }
+    // Why it is slow, after its connections (which come first on an
+    // 80x24 screen).
+    if let Some(why) =
+        row.and_then(|r| why_slow(st.config.interval_ns, r.sched, r.mem, r.io_ns, r.lock_ns))
+    {
+        v.push(String::new());
+        v.push(why);
     }
     let tag = format!("pid {pid} (");
     let hints: Vec<&String> = st
