@@ -392,26 +392,61 @@ fn every_shipped_rule_fires_against_a_live_diag() {
         .collect();
     let step = ((range[1] - range[0] + 1) / 100 / 2).max(50);
     let mut sink = Gen::spawn(LOADGEN, &["listen", &(step * 6).to_string(), "127.0.0.1:0"]);
-    let target = format!("127.0.0.1:{}", sink.port());
+    let sink_port = sink.port();
+    let target = format!("127.0.0.1:{sink_port}");
+    // The truth is what ss shows toward the sink, not step * i: on
+    // loopback (net.ipv4.tcp_tw_reuse=2) a connect may take over a port
+    // whose TIME-WAIT is over a second old, so a few ports serve twice.
+    let ports_toward_sink = || -> u64 {
+        let out = Command::new("ss")
+            .args(["-tanH", "dst", &format!("127.0.0.1:{sink_port}")])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ports: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter_map(|local| local.rsplit(':').next())
+            .collect();
+        ports.len() as u64
+    };
+    let mut before = 0;
     for i in 1..=6u64 {
         let c = Command::new(LOADGEN)
             .args(["connect", &step.to_string(), &target])
             .status()
             .unwrap();
         assert!(c.success());
+        let now = ports_toward_sink();
+        assert!(
+            now >= before + step / 2,
+            "step {i}: ss shows {now} ports toward the sink after {before}: the connects did not add ports (tw_reuse took over {})",
+            step - (now - before.min(now))
+        );
+        before = now;
         let q = "max(diag_tcp_ephemeral_ports_used)";
-        let want = (step * i) as f64;
         // Generous: a loaded CI host once took over 10 s from the
         // connects to the scrape that showed them.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let seen = num(&prom, q);
-            if seen.is_some_and(|v| v >= want) {
-                break;
+            // ss read after the scrape: ports only go (TIME-WAIT ends),
+            // none come, so diag's figure must be at least ss's; and
+            // never more than the connects made.
+            let truth = ports_toward_sink();
+            if let Some(v) = seen {
+                assert!(
+                    v <= (step * i) as f64,
+                    "step {i}: {q} is {v}, more than the {} connects made",
+                    step * i
+                );
+                if v >= truth as f64 {
+                    break;
+                }
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "step {i}: {q} is {seen:?} after 30 s, want >= {want}"
+                "step {i}: {q} is {seen:?} after 30 s; ss shows {truth} ports toward the sink"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
