@@ -123,12 +123,15 @@ impl Io {
     }
 
     /// Go; what it measured: (calls' time, run-queue wait, CPU time,
-    /// /proc/PID/io read_bytes, write_bytes).
-    fn run(&mut self) -> (u64, u64, u64, u64, u64) {
+    /// /proc/PID/io read_bytes, write_bytes), and whether it waited for
+    /// nothing but its requests (no more sleeps than requests, no major
+    /// fault).
+    fn run(&mut self) -> ((u64, u64, u64, u64, u64), bool) {
         let stdin = self.child.stdin.as_mut().unwrap();
         stdin.write_all(b"go\n").unwrap();
         stdin.flush().unwrap();
         let (mut io_ns, mut rb, mut wb, mut runq, mut cpu) = (None, None, None, None, None);
+        let (mut sleeps, mut majflt) = (None, None);
         for line in self.lines.by_ref() {
             let line = line.unwrap();
             if line == "DONE" {
@@ -142,15 +145,28 @@ impl Io {
                 "WRITE_BYTES" => wb = Some(v),
                 "RUNQ_NS" => runq = Some(v),
                 "CPU_NS" => cpu = Some(v),
+                "SLEEPS" => sleeps = Some(v),
+                "MAJFLT" => majflt = Some(v),
                 _ => {}
             }
         }
+        let (sleeps, majflt) = (sleeps.expect("SLEEPS"), majflt.expect("MAJFLT"));
+        let clean = sleeps <= READS + WRITES && majflt == 0;
+        if !clean {
+            eprintln!(
+                "the child slept {sleeps} times for {} requests, with {majflt} major faults: it also waited for something else",
+                READS + WRITES
+            );
+        }
         (
-            io_ns.expect("IO_NS"),
-            runq.expect("RUNQ_NS"),
-            cpu.expect("CPU_NS"),
-            rb.expect("READ_BYTES"),
-            wb.expect("WRITE_BYTES"),
+            (
+                io_ns.expect("IO_NS"),
+                runq.expect("RUNQ_NS"),
+                cpu.expect("CPU_NS"),
+                rb.expect("READ_BYTES"),
+                wb.expect("WRITE_BYTES"),
+            ),
+            clean,
         )
     }
 }
@@ -235,75 +251,99 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
             lo.name
         );
     }
-    let mut io = Io::start(&lo.dev);
-    let mut diag = Diag::start(&["runq", "--json", "--interval", "500ms"]);
-    diag.wait_line(Duration::from_secs(10), "a first interval", |_| true);
-    let t0 = Instant::now();
-    let (io_ns, runq_ns, cpu_ns, proc_read, proc_write) = io.run();
-    let took = t0.elapsed();
-    let done_ns = boot_ns();
-    // An interval that ends after the child's last call returned (lines
-    // printed before may still wait in the pipe): every completion is in
-    // it or before.
-    diag.wait_line(Duration::from_secs(10), "an interval after the I/O", |l| {
-        serde_json::from_str::<Value>(l).is_ok_and(|v| u(&v, "end_ns") > done_ns)
-    });
-    let after = lo.stat();
-    let out = diag.stop(libc::SIGINT);
-    let intervals = out.json();
-    let pid = io.pid;
+    // The latency bound holds when the child waited for nothing but its
+    // requests (a page of its code faulted in from disk, a lock): a run
+    // where it slept more often than it had requests, or took a major
+    // fault, is done again, at most three times.
     let on_loop = |r: &Value| r["dev"] == lo.majmin.as_str();
-    let mine = |r: &Value| r["pid"] == pid && r["dev"] == lo.majmin.as_str();
+    let mut attempt = 0;
+    let (intervals, after, lat, pid) = loop {
+        attempt += 1;
+        if attempt > 1 {
+            before = lo.stat();
+        }
+        let mut io = Io::start(&lo.dev);
+        let mut diag = Diag::start(&["runq", "--json", "--interval", "500ms"]);
+        diag.wait_line(Duration::from_secs(10), "a first interval", |_| true);
+        let t0 = Instant::now();
+        let ((io_ns, runq_ns, cpu_ns, proc_read, proc_write), clean) = io.run();
+        let took = t0.elapsed();
+        let done_ns = boot_ns();
+        // An interval that ends after the child's last call returned (lines
+        // printed before may still wait in the pipe): every completion is in
+        // it or before.
+        diag.wait_line(Duration::from_secs(10), "an interval after the I/O", |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| u(&v, "end_ns") > done_ns)
+        });
+        let after = lo.stat();
+        let out = diag.stop(libc::SIGINT);
+        let intervals = out.json();
+        let pid = io.pid;
+        let mine = |r: &Value| r["pid"] == pid && r["dev"] == lo.majmin.as_str();
 
-    // The child's requests, exactly.
-    let reads = sum(&intervals, "procs", mine, "reads");
-    let writes = sum(&intervals, "procs", mine, "writes");
-    let rbytes = sum(&intervals, "procs", mine, "read_bytes");
-    let wbytes = sum(&intervals, "procs", mine, "write_bytes");
-    assert_eq!((reads, writes), (READS, WRITES), "requests of pid {pid}");
-    assert_eq!(
-        (rbytes, wbytes),
-        (READS * SIZE, WRITES * SIZE),
-        "bytes of pid {pid}"
-    );
-    // The kernel's own per-task accounting agrees, over every device (a
-    // page the child faults in from disk is its read too).
-    let anywhere = |r: &Value| r["pid"] == pid;
-    assert_eq!(
-        (
-            sum(&intervals, "procs", anywhere, "read_bytes"),
-            sum(&intervals, "procs", anywhere, "write_bytes")
-        ),
-        (proc_read, proc_write),
-        "/proc/{pid}/io"
-    );
-    // The runq table's IO column is the same time.
-    let lat =
-        sum(&intervals, "procs", mine, "read_ns") + sum(&intervals, "procs", mine, "write_ns");
-    let io_col: u64 = intervals
-        .iter()
-        .flat_map(|iv| iv["processes"].as_array().cloned().unwrap_or_default())
-        .filter(|p| p["pid"] == pid)
-        .map(|p| u(&p, "io_ns"))
-        .sum();
-    assert_eq!(io_col, lat, "IO column of pid {pid}");
-    // Start to completion against the child's own timing: the time its
-    // calls took by its clock, less the time it waited for a CPU (the
-    // kernel's run_delay of the thread: the machine may be busy) and the
-    // time it ran (its CPU time in the calls), is the time it was blocked
-    // waiting for its requests. Within 10 %.
-    let blocked = io_ns.saturating_sub(runq_ns + cpu_ns);
-    eprintln!(
-        "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}",
-        lat as f64 * 100.0 / blocked as f64
-    );
-    // (A thread preempted between a request's start and its sleep waits
-    // for a CPU inside the request: the calls' whole time bounds it.)
-    assert!(lat <= io_ns, "diag's {lat} ns > the calls' {io_ns} ns");
-    assert!(
-        lat.abs_diff(blocked) <= blocked / 10,
-        "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked"
-    );
+        // The child's requests, exactly.
+        let reads = sum(&intervals, "procs", mine, "reads");
+        let writes = sum(&intervals, "procs", mine, "writes");
+        let rbytes = sum(&intervals, "procs", mine, "read_bytes");
+        let wbytes = sum(&intervals, "procs", mine, "write_bytes");
+        assert_eq!((reads, writes), (READS, WRITES), "requests of pid {pid}");
+        assert_eq!(
+            (rbytes, wbytes),
+            (READS * SIZE, WRITES * SIZE),
+            "bytes of pid {pid}"
+        );
+        // The kernel's own per-task accounting agrees, over every device (a
+        // page the child faults in from disk is its read too).
+        let anywhere = |r: &Value| r["pid"] == pid;
+        assert_eq!(
+            (
+                sum(&intervals, "procs", anywhere, "read_bytes"),
+                sum(&intervals, "procs", anywhere, "write_bytes")
+            ),
+            (proc_read, proc_write),
+            "/proc/{pid}/io"
+        );
+        // The runq table's IO column is the same time.
+        let lat =
+            sum(&intervals, "procs", mine, "read_ns") + sum(&intervals, "procs", mine, "write_ns");
+        let io_col: u64 = intervals
+            .iter()
+            .flat_map(|iv| iv["processes"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["pid"] == pid)
+            .map(|p| u(&p, "io_ns"))
+            .sum();
+        assert_eq!(io_col, lat, "IO column of pid {pid}");
+        // Start to completion against the child's own timing: the time its
+        // calls took by its clock, less the time it waited for a CPU (the
+        // kernel's run_delay of the thread: the machine may be busy) and the
+        // time it ran (its CPU time in the calls), is the time it was blocked
+        // waiting for its requests. Within 10 %.
+        let blocked = io_ns.saturating_sub(runq_ns + cpu_ns);
+        eprintln!(
+            "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}",
+            lat as f64 * 100.0 / blocked as f64
+        );
+        // (A thread preempted between a request's start and its sleep waits
+        // for a CPU inside the request: the calls' whole time bounds it.)
+        assert!(lat <= io_ns, "diag's {lat} ns > the calls' {io_ns} ns");
+        assert!(
+            lat.abs_diff(blocked) <= blocked / 10,
+            "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked"
+        );
+        if !clean && attempt < 3 {
+            eprintln!("attempt {attempt}: the child waited for something else: again");
+            continue;
+        }
+        assert!(
+            clean,
+            "three runs where the child waited for more than its requests"
+        );
+        assert!(
+            lat.abs_diff(blocked) <= blocked / 10,
+            "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked"
+        );
+        break (intervals, after, lat, pid);
+    };
 
     // The device, against /sys/block/loopN/stat (fields: reads completed,
     // merged, sectors read, ms reading, writes completed, merged, sectors
@@ -429,7 +469,7 @@ fn slow_io_events_recordings_and_metrics_count_the_same_requests() {
     let mut tail = Diag::start(&["tail", "--events", "io", "--io-threshold", "1ns", "--json"]);
     let record = Diag::start(&["record", "--events", "io", "-o", rec.to_str().unwrap()]);
     let serve = Diag::start(&["serve", "--listen", &addr, "--no-sched"]);
-    let (io_ns, _, _, _, _) = io.run();
+    let ((io_ns, _, _, _, _), _) = io.run();
     let pid = io.pid;
     // Every completion is in the next second's readings.
     std::thread::sleep(Duration::from_millis(2500));

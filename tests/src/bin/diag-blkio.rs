@@ -10,7 +10,10 @@
 //!     run-queue wait and CPU time of the thread over the calls, from
 //!     /proc/thread-self/schedstat), `READ_BYTES <n>` and `WRITE_BYTES <n>`
 //!     (the change of /proc/self/io's read_bytes and write_bytes over the
-//!     I/O), and `DONE`, and wait for stdin to close.
+//!     I/O), `SLEEPS <n>` and `MAJFLT <n>` (the thread's voluntary context
+//!     switches and major faults over the calls, from getrusage: more
+//!     sleeps than requests, or a major fault, means it also waited for
+//!     something else), and `DONE`, and wait for stdin to close.
 
 use std::{
     io::{BufRead, Write},
@@ -35,6 +38,15 @@ fn schedstat() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     let mut f = text.split_whitespace().map(|v| v.parse().unwrap_or(0));
     (f.next().unwrap_or(0), f.next().unwrap_or(0))
+}
+
+/// (voluntary context switches, major faults) of the calling thread.
+fn rusage() -> (u64, u64) {
+    // SAFETY: a zeroed rusage is valid; getrusage only writes it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) };
+    (r.ru_nvcsw as u64, r.ru_majflt as u64)
 }
 
 fn main() -> ExitCode {
@@ -80,6 +92,7 @@ fn main() -> ExitCode {
     let fd = f.as_raw_fd();
     let before = proc_io();
     let sched_before = schedstat();
+    let usage_before = rusage();
     let t = Instant::now();
     for i in 0..writes + reads {
         // Writes first, then reads of the same blocks.
@@ -101,6 +114,7 @@ fn main() -> ExitCode {
         }
     }
     let io_ns = t.elapsed().as_nanos();
+    let usage_after = rusage();
     let sched_after = schedstat();
     let after = proc_io();
     println!("IO_NS {io_ns}");
@@ -108,6 +122,8 @@ fn main() -> ExitCode {
     println!("RUNQ_NS {}", sched_after.1 - sched_before.1);
     println!("READ_BYTES {}", after.0 - before.0);
     println!("WRITE_BYTES {}", after.1 - before.1);
+    println!("SLEEPS {}", usage_after.0 - usage_before.0);
+    println!("MAJFLT {}", usage_after.1 - usage_before.1);
     println!("DONE");
     let _ = std::io::stdout().flush();
     while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
