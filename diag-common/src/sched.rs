@@ -288,8 +288,18 @@ pub struct OnCpu {
     pub prev_pid: u32,
     pub prev_tgid: u32,
     pub prev_comm: [u8; TASK_COMM_LEN],
+    /// Waits this CPU's tasks had behind thread `debt_pid` (of process
+    /// `debt_tgid`) not yet added to its `caused_*` counters: they are
+    /// added when it next leaves this CPU (its entry is at hand then), or
+    /// when a wait behind another thread needs the slot. Readers add
+    /// them to its counters (read after `SCHED_TASKS`: a debt settled in
+    /// between is missed once, never counted twice).
+    pub debt_pid: u32,
+    pub debt_tgid: u32,
+    pub debt_ns: u64,
+    pub debt_count: u64,
 }
-const _: () = assert!(core::mem::size_of::<OnCpu>() == 40);
+const _: () = assert!(core::mem::size_of::<OnCpu>() == 64);
 
 /// A run-queue wait longer than the threshold. The header names the
 /// waiting task (the victim), the CPU it finally ran on and when it got

@@ -12,11 +12,14 @@
 //! time it just had; the rest of that time off the CPU was sleep (S) or
 //! blocked (D), as it said when it left. No program runs on wakeups.
 //!
-//! Per switch: one hash lookup (prev's `SCHED_TASKS` entry), a second one
-//! to charge the wait to the task that held the CPU before (only when
-//! there was a wait), and the per-CPU `SCHED_ONCPU` slot, no atomics
-//! except for that charge (a thread's own entry is only written at its own
-//! switch-outs). When a thread exits, its counters are added to its
+//! Per switch: one hash lookup (prev's `SCHED_TASKS` entry) and the
+//! per-CPU `SCHED_ONCPU` slot. The wait is charged to the task that held
+//! the CPU before as a debt kept in that slot, added to the task's entry
+//! when it next leaves this CPU (its entry at hand then: two threads
+//! taking turns need no other lookup), or by a second lookup when a wait
+//! behind another task needs the slot. A thread's own entry is written
+//! only at its own switch-outs, except for those `caused_*` additions,
+//! which are atomic. When a thread exits, its counters are added to its
 //! process's entry in `SCHED_PROCS` (if user space reads it; atomically:
 //! threads of one process may exit on two CPUs at once).
 //!
@@ -254,6 +257,14 @@ fn switch_out(
     // SAFETY: map value pointer, valid while we run; `oc` is this CPU's
     // slot, which only the switch on this CPU writes.
     unsafe {
+        // What prev is owed for waits it caused here, with its entry at
+        // hand (before a final fold).
+        if (*oc).debt_pid == pid && (*oc).debt_count != 0 {
+            add(&raw mut (*t).counters.caused_ns, (*oc).debt_ns);
+            add(&raw mut (*t).counters.caused_count, (*oc).debt_count);
+            (*oc).debt_ns = 0;
+            (*oc).debt_count = 0;
+        }
         let wait = run_delay.saturating_sub((*t).run_delay_ns);
         let cpu = exec.saturating_sub((*t).exec_ns);
         let off = now
@@ -274,13 +285,19 @@ fn switch_out(
         if wait > (*k).runq_max_ns {
             (*k).runq_max_ns = wait;
         }
-        // The task that had this CPU before prev got it.
+        // The task that had this CPU before prev got it caused the wait:
+        // owed to it in this CPU's slot (see `OnCpu::debt_pid`), so that
+        // a ping-pong of two threads needs no second lookup.
         let on_this_cpu = (*oc).pid == pid;
-        if wait != 0 && on_this_cpu && (*oc).prev_pid != 0 {
-            if let Some(v) = SCHED_TASKS.get_ptr_mut((*oc).prev_pid) {
-                add(&raw mut (*v).counters.caused_ns, wait);
-                add(&raw mut (*v).counters.caused_count, 1);
+        let villain = (*oc).prev_pid;
+        if wait != 0 && on_this_cpu && villain != 0 {
+            if (*oc).debt_count != 0 && (*oc).debt_pid != villain {
+                settle(oc);
             }
+            (*oc).debt_pid = villain;
+            (*oc).debt_tgid = (*oc).prev_tgid;
+            (*oc).debt_ns += wait;
+            (*oc).debt_count += 1;
         }
         if wait >= c.stall_threshold_ns {
             (*k).stalls += 1;
@@ -294,6 +311,24 @@ fn switch_out(
             fold(t, c);
             let _ = SCHED_TASKS.remove(pid);
         }
+    }
+}
+
+/// Add this CPU's debt to the thread it is owed to (by a lookup: it is
+/// not the one at hand), and clear it. A thread gone by then is not
+/// charged.
+#[inline(always)]
+fn settle(oc: *mut OnCpu) {
+    // SAFETY: this CPU's slot (see `switch_out`); a map value pointer of
+    // the debtor, valid while we run, added to atomically (its own CPU
+    // may add to it at the same time).
+    unsafe {
+        if let Some(v) = SCHED_TASKS.get_ptr_mut((*oc).debt_pid) {
+            add(&raw mut (*v).counters.caused_ns, (*oc).debt_ns);
+            add(&raw mut (*v).counters.caused_count, (*oc).debt_count);
+        }
+        (*oc).debt_ns = 0;
+        (*oc).debt_count = 0;
     }
 }
 

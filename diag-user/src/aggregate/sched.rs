@@ -86,6 +86,25 @@ pub struct Reading {
     pub tasks: Vec<(u32, TaskState)>,
     /// Threads on a CPU: thread id, since when (boot ns).
     pub on_cpu: HashMap<u32, u64>,
+    /// Waits caused by a thread that the kernel keeps per CPU until it
+    /// adds them to the thread's counters (`OnCpu::debt_pid`).
+    pub debts: Vec<Debt>,
+}
+
+/// Waits behind one thread not yet in its counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Debt {
+    pub tid: u32,
+    pub tgid: u32,
+    pub ns: u64,
+    pub count: u64,
+}
+
+impl ProcCounters {
+    fn owe(&mut self, d: &Debt) {
+        self.c.caused_ns += d.ns;
+        self.c.caused_count += d.count;
+    }
 }
 
 impl Reading {
@@ -94,6 +113,9 @@ impl Reading {
     pub fn thread(&self, tid: u32, t: &TaskState, now_ns: u64) -> ProcCounters {
         let mut c = ProcCounters::default();
         c.add_thread(t, self.on_cpu.get(&tid).copied(), now_ns);
+        for d in self.debts.iter().filter(|d| d.tid == tid) {
+            c.owe(d);
+        }
         c
     }
 }
@@ -110,6 +132,9 @@ pub fn combine(r: &Reading, now_ns: u64) -> HashMap<u32, ProcCounters> {
         out.entry(t.tgid)
             .or_default()
             .add_thread(t, r.on_cpu.get(tid).copied(), now_ns);
+    }
+    for d in &r.debts {
+        out.entry(d.tgid).or_default().owe(d);
     }
     out
 }
@@ -410,7 +435,35 @@ mod tests {
             procs,
             tasks: tasks.to_vec(),
             on_cpu: HashMap::new(),
+            debts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn waits_owed_per_cpu_count_for_the_thread_that_caused_them() {
+        let mut t = TaskState::zeroed();
+        t.tgid = 7;
+        t.counters.caused_ns = 100;
+        t.counters.caused_count = 1;
+        let mut r = reading(HashMap::new(), &[(70, t)]);
+        r.debts.push(Debt {
+            tid: 70,
+            tgid: 7,
+            ns: 40,
+            count: 2,
+        });
+        // One owed by a thread with no entry of its own (yet) counts for
+        // its process as well.
+        r.debts.push(Debt {
+            tid: 71,
+            tgid: 7,
+            ns: 5,
+            count: 1,
+        });
+        let c = combine(&r, 1_000);
+        assert_eq!((c[&7].c.caused_ns, c[&7].c.caused_count), (145, 4));
+        let one = r.thread(70, &t, 1_000);
+        assert_eq!((one.c.caused_ns, one.c.caused_count), (140, 3));
     }
 
     #[test]

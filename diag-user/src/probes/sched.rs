@@ -10,7 +10,7 @@ use aya::{
 use diag_common::sched::{OnCpu, ProcStats, SchedConfig, TaskState};
 
 use crate::{
-    aggregate::sched::Reading,
+    aggregate::sched::{Debt, Reading},
     btf,
     error::{EnvError, LoadError},
 };
@@ -116,21 +116,31 @@ impl SchedMaps {
     pub fn read(&self) -> Reading {
         let procs = self.procs.iter().filter_map(Result::ok).collect();
         let tasks = self.tasks.iter().filter_map(Result::ok).collect();
-        let on_cpu = self
+        let per_cpu: Vec<OnCpu> = self
             .on_cpu
             .get(&0, 0)
-            .map(|per_cpu| {
-                per_cpu
-                    .iter()
-                    .filter(|o| o.pid != 0 && o.since_ns != 0)
-                    .map(|o| (o.pid, o.since_ns))
-                    .collect()
-            })
+            .map(|per_cpu| per_cpu.iter().copied().collect())
             .unwrap_or_default();
+        let on_cpu = per_cpu
+            .iter()
+            .filter(|o| o.pid != 0 && o.since_ns != 0)
+            .map(|o| (o.pid, o.since_ns))
+            .collect();
+        let debts = per_cpu
+            .iter()
+            .filter(|o| o.debt_pid != 0 && o.debt_count != 0)
+            .map(|o| Debt {
+                tid: o.debt_pid,
+                tgid: o.debt_tgid,
+                ns: o.debt_ns,
+                count: o.debt_count,
+            })
+            .collect();
         Reading {
             procs,
             tasks,
             on_cpu,
+            debts,
         }
     }
 
