@@ -118,9 +118,16 @@ pub struct SchedConfig {
     /// read and then clear it); 0: drop them (views that only want stall
     /// events, so the map never fills).
     pub keep_procs: u32,
-    pub _pad: u32,
+    /// Offsets of `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock`:
+    /// the run queue's clock, which the scheduler brings up to date as a
+    /// switch begins, read with three loads instead of a clock helper
+    /// (see `OnCpu::clock_off_ns`). 0: not on this kernel (no
+    /// CONFIG_FAIR_GROUP_SCHED), the helper every time.
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
 }
-const _: () = assert!(core::mem::size_of::<SchedConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<SchedConfig>() == 48);
 
 impl SchedConfig {
     pub const fn zeroed() -> Self {
@@ -133,7 +140,9 @@ impl SchedConfig {
             task_run_delay: 0,
             task_exec_runtime: 0,
             keep_procs: 0,
-            _pad: 0,
+            task_cfs_rq: 0,
+            cfs_rq_rq: 0,
+            rq_clock: 0,
         }
     }
 }
@@ -298,8 +307,19 @@ pub struct OnCpu {
     pub debt_tgid: u32,
     pub debt_ns: u64,
     pub debt_count: u64,
+    /// Boot time minus this CPU's run-queue clock (wrapping), from one
+    /// boot-clock read when `clock_synced` (the run-queue clock then) is
+    /// more than [`CLOCK_RESYNC_NS`] old: between reads, a switch's boot
+    /// time is its run-queue clock plus this.
+    pub clock_off_ns: u64,
+    pub clock_synced: u64,
 }
-const _: () = assert!(core::mem::size_of::<OnCpu>() == 64);
+const _: () = assert!(core::mem::size_of::<OnCpu>() == 80);
+
+/// How often (run-queue clock ns) a CPU's switches read the boot clock to
+/// re-anchor the run-queue clock: the two run at rates that may differ
+/// by up to NTP's 500 ppm, so a switch's time is off by at most 5 us.
+pub const CLOCK_RESYNC_NS: u64 = 10_000_000;
 
 /// A run-queue wait longer than the threshold. The header names the
 /// waiting task (the victim), the CPU it finally ran on and when it got

@@ -678,6 +678,17 @@ pub fn diag_bounded(args: &[&str], max_as: u64, timeout: Duration) -> Bounded {
 
 /// Wait until `cond` holds (polled every 50 ms), panicking with `what`
 /// after `timeout`: a test waits for the condition, never a fixed time.
+/// CLOCK_BOOTTIME now, ns: diag's clock (`ts_ns`, `end_ns`).
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_tests::{Diag, TempDir, require_root, require_tool, serial};
+use diag_tests::{Diag, TempDir, boot_ns, require_root, require_tool, serial};
 use serde_json::Value;
 
 const BLKIO: &str = env!("CARGO_BIN_EXE_diag-blkio");
@@ -195,17 +195,6 @@ fn kernel_hz() -> u64 {
         .unwrap_or(100)
 }
 
-/// CLOCK_BOOTTIME now, ns (diag's clock).
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
@@ -254,7 +243,7 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
     // The latency bound holds when the child waited for nothing but its
     // requests (a page of its code faulted in from disk, a lock): a run
     // where it slept more often than it had requests, or took a major
-    // fault, is done again, at most three times.
+    // fault, is done again, at most five times.
     let on_loop = |r: &Value| r["dev"] == lo.majmin.as_str();
     let mut attempt = 0;
     let (intervals, after, lat, pid) = loop {
@@ -320,27 +309,39 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         // waiting for its requests. Within 10 %.
         let blocked = io_ns.saturating_sub(runq_ns + cpu_ns);
         eprintln!(
-            "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}",
-            lat as f64 * 100.0 / blocked as f64
+            "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}; the device's own: {} ms reading, {} ms writing",
+            lat as f64 * 100.0 / blocked as f64,
+            after[3] - before[3],
+            after[7] - before[7]
         );
         // (A thread preempted between a request's start and its sleep waits
         // for a CPU inside the request: the calls' whole time bounds it.)
         assert!(lat <= io_ns, "diag's {lat} ns > the calls' {io_ns} ns");
+        // The kernel's own sum of the requests' times (the device's stat:
+        // ns from each request's start to its end, shown in whole ms)
+        // agrees every time.
+        let dev_ms = (after[3] - before[3]) + (after[7] - before[7]);
+        let dev_ns = dev_ms * 1_000_000;
         assert!(
-            lat.abs_diff(blocked) <= blocked / 10,
-            "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked"
+            lat + 2_000_000 >= dev_ns && lat <= dev_ns + 2_000_000 + dev_ns / 50,
+            "diag's {lat} ns against the device's {dev_ms} ms reading and writing"
         );
-        if !clean && attempt < 3 {
-            eprintln!("attempt {attempt}: the child waited for something else: again");
+        // The child's own timing, on a run where it waited for its
+        // requests alone: once in a while its calls take some ms more
+        // than their requests (outside them: the device's sum agrees
+        // with diag's then too), so a run that misses is done again.
+        let close = lat.abs_diff(blocked) <= blocked / 10;
+        if !(clean && close) && attempt < 5 {
+            eprintln!("attempt {attempt}: the child's calls were not its requests alone: again");
             continue;
         }
         assert!(
             clean,
-            "three runs where the child waited for more than its requests"
+            "five runs where the child waited for more than its requests"
         );
         assert!(
-            lat.abs_diff(blocked) <= blocked / 10,
-            "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked"
+            close,
+            "diag's {lat} ns is not within 10 % of the {blocked} ns the child was blocked (five runs)"
         );
         break (intervals, after, lat, pid);
     };

@@ -24,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, MemCgroup, V1_ROOT, cgroup2_root, in_ci, require_root, serial, skipped};
+use diag_tests::{
+    Diag, MemCgroup, V1_ROOT, boot_ns, cgroup2_root, in_ci, require_root, serial, skipped,
+};
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_diag-loadgen");
@@ -127,16 +129,6 @@ impl Drop for CacheFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Let diag read the exited child's last counters: two intervals that

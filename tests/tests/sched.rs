@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use diag_tests::{Diag, bpf_objects_of, diag_bin, require_root, serial};
+use diag_tests::{Diag, boot_ns, bpf_objects_of, diag_bin, require_root, serial};
 use serde_json::Value;
 
 const CPUHOG: &str = env!("CARGO_BIN_EXE_diag-cpuhog");
@@ -84,13 +84,18 @@ fn sum_field(intervals: &[Value], pid: u32, field: &str) -> u64 {
         .sum()
 }
 
-/// Let diag read the exited processes' last counters: three more
-/// intervals printed (one after they are gone, plus margin).
+/// Let diag read the exited processes' last counters: an interval that
+/// ends after now (lines printed before may still wait in the pipe),
+/// then two more (one after they are gone, plus margin).
 fn settle(diag: &mut Diag) {
-    for i in 0..3 {
+    let done_ns = boot_ns();
+    diag.wait_line(Duration::from_secs(10), "an interval after the load", |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["end_ns"].as_u64() > Some(done_ns))
+    });
+    for i in 0..2 {
         diag.wait_line(
             Duration::from_secs(10),
-            &format!("interval {} after the load", i + 1),
+            &format!("interval {} after the load", i + 2),
             |_| true,
         );
     }
@@ -159,6 +164,18 @@ fn runq_latency_agrees_with_schedstat() {
         within(victim_cpu, victim_stat.cpu_ns, 0.02),
         "victim: diag {victim_cpu} ns on a CPU vs schedstat {}",
         victim_stat.cpu_ns
+    );
+    // Its whole life is accounted for: asleep, waiting, running (the
+    // time off the CPU is from the run queue's clock, anchored to the
+    // boot clock): the 3.3 s of its loop, its start and its exit.
+    let life: u64 = ["sleep_ns", "blocked_ns", "runq_ns", "cpu_ns"]
+        .iter()
+        .map(|f| sum_field(&intervals, victim_pid, f))
+        .sum();
+    eprintln!("victim: {life} ns asleep, blocked, waiting or running");
+    assert!(
+        (3_290_000_000..3_450_000_000).contains(&life),
+        "victim: {life} ns accounted for, not its 3.3 s"
     );
     // The hog ran: CPU time about threads x 3 s, capped by the CPUs.
     let cpu = sum_field(&intervals, hog_pid, "cpu_ns");

@@ -54,6 +54,17 @@ pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfi
         })?;
         Ok(o.offset + btf.sized_member(ty, name, 8)?)
     };
+    // The run queue's clock, through the thread's `cfs_rq` (group
+    // scheduling); without it the programs read the clock helper.
+    let clock = (|| -> Result<(u32, u32, u32), String> {
+        let se = btf.member("task_struct", "se")?.offset;
+        Ok((
+            se + btf.sized_member("sched_entity", "cfs_rq", 8)?,
+            btf.sized_member("cfs_rq", "rq", 8)?,
+            btf.sized_member("rq", "clock", 8)?,
+        ))
+    })()
+    .unwrap_or((0, 0, 0));
     Ok(SchedConfig {
         task_pid: field("pid", 4)?,
         task_tgid: field("tgid", 4)?,
@@ -63,7 +74,9 @@ pub fn layout_from(btf: &btf::Btf, stall_threshold_ns: u64) -> Result<SchedConfi
         task_run_delay: nested("sched_info", "sched_info", "run_delay")?,
         task_exec_runtime: nested("se", "sched_entity", "sum_exec_runtime")?,
         keep_procs: 0,
-        _pad: 0,
+        task_cfs_rq: clock.0,
+        cfs_rq_rq: clock.1,
+        rq_clock: clock.2,
     })
 }
 
@@ -171,7 +184,9 @@ mod tests {
                 task_run_delay: 1032,
                 task_exec_runtime: 144,
                 keep_procs: 0,
-                _pad: 0,
+                task_cfs_rq: 0,
+                cfs_rq_rq: 0,
+                rq_clock: 0,
             }
         );
     }
