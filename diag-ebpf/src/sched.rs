@@ -44,8 +44,8 @@ use aya_ebpf::{
 use diag_common::{
     counters,
     sched::{
-        hist_slot, run_state, task_state, OnCpu, CLOCK_RESYNC_NS, ProcStats, SchedConfig, SchedCounters, StallEvent,
-        TaskState, HIST_SLOTS,
+        hist_slot, run_state, task_state, OnCpu, ProcStats, SchedConfig, SchedCounters, StallEvent,
+        TaskState, CLOCK_RESYNC_NS, HIST_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };

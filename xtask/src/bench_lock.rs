@@ -86,6 +86,7 @@ pub fn lock_overhead(
     let cpu = if ncpu > 1 { 1 } else { 0 };
     let tracers = [Tracer::None, Tracer::Diag, Tracer::Empty];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    let mut tallies = vec![crate::progstats::Tally::default(); tracers.len()];
     println!(
         "xtask: bench: `taskset -c {cpu} diag-lockgen pingpong {n}`, {reps} rounds of {}",
         tracers.map(|t| t.name()).join(" / ")
@@ -93,9 +94,12 @@ pub fn lock_overhead(
     for rep in 0..reps {
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
+            // diag's rows run with the kernel's per-program statistics on.
+            let _stats = (tracers[i] != Tracer::None).then(crate::progstats::StatsOn::new);
             let running = start(tracers[i], diag)?;
             let r = run_workload(lockgen, n, cpu);
             if let Some(r) = running {
+                tallies[i].add_pid(r.pid());
                 r.stop()?;
             }
             let rate = r?;
@@ -137,12 +141,27 @@ pub fn lock_overhead(
          variable handed between two threads: futex waits and wakes on every hand-over), {reps} \
          interleaved rounds, medians compared.\n"
     ));
+    md.push_str(&format!(
+        "\nPer program (`kernel.bpf_stats_enabled`; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
+        crate::progstats::table(
+            &[
+                (Tracer::Diag.name(), &tallies[1]),
+                (Tracer::Empty.name(), &tallies[2]),
+            ],
+            reps,
+            Some(Tracer::Empty.name()),
+        )
+    ));
     Ok(crate::bench_tcp::Section {
         markdown: md,
         json: serde_json::json!({
             "workload": format!("taskset -c {cpu} diag-lockgen pingpong {n}"),
             "rounds": reps,
             "results": rows,
+            "programs": {
+                Tracer::Diag.key(): tallies[1].json(),
+                Tracer::Empty.key(): tallies[2].json(),
+            },
         }),
     })
 }

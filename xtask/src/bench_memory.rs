@@ -180,6 +180,7 @@ pub fn memory_overhead(
         let cg = Cgroup::create()?;
         let tracers = [Tracer::None, Tracer::Memstall, Tracer::Runq, Tracer::Empty];
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+        let mut tallies = vec![crate::progstats::Tally::default(); tracers.len()];
         println!(
             "xtask: bench: reread a {FILE_MIB} MiB file {READS} times in a 16 MiB memory cgroup, {reps} rounds of {}",
             tracers.map(|t| t.name()).join(" / ")
@@ -190,9 +191,12 @@ pub fn memory_overhead(
             for k in 0..tracers.len() {
                 let i = (k + rep) % tracers.len();
                 let t = tracers[i];
+                // diag's rows run with the kernel's per-program statistics on.
+                let _stats = (t != Tracer::None).then(crate::progstats::StatsOn::new);
                 let running = start(t, diag)?;
                 let r = run_workload(loadgen, &cg, &file);
                 if let Some(r) = running {
+                    tallies[i].add_pid(r.pid());
                     r.stop()?;
                 }
                 let mibs = r?;
@@ -204,10 +208,10 @@ pub fn memory_overhead(
                 results[i].push(mibs);
             }
         }
-        Ok::<_, anyhow::Error>((tracers, results))
+        Ok::<_, anyhow::Error>((tracers, results, tallies))
     })();
     let _ = std::fs::remove_file(&file);
-    let (tracers, results) = result?;
+    let (tracers, results, tallies) = result?;
     let base = stats(&results[0]);
     let mut md = String::from(
         "| tracer | MiB per CPU-s min | median | max | vs baseline | loss |\n|---|---:|---:|---:|---:|---:|\n",
@@ -242,6 +246,18 @@ pub fn memory_overhead(
     md.push_str(&format!(
         "\nWorkload: `diag-loadgen reread {READS}` of a {FILE_MIB} MiB file (its cache dropped first) in a memory cgroup limited to 16 MiB: every read runs memory cgroup reclaim. The figure is MiB read per second of the workload's own CPU time (user + system from wait4: reclaim and the probes that fire in its context are its system time; diag's user-space work is not in it). {reps} interleaved rounds, medians compared.\n"
     ));
+    md.push_str(&format!(
+        "\nPer program (`kernel.bpf_stats_enabled`; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
+        crate::progstats::table(
+            &[
+                (Tracer::Memstall.name(), &tallies[1]),
+                (Tracer::Runq.name(), &tallies[2]),
+                (Tracer::Empty.name(), &tallies[3]),
+            ],
+            reps,
+            Some(Tracer::Empty.name()),
+        )
+    ));
     let _ = dir;
     Ok(crate::bench_tcp::Section {
         markdown: md,
@@ -249,6 +265,11 @@ pub fn memory_overhead(
             "workload": format!("reread {READS} x {FILE_MIB} MiB in a 16 MiB memory cgroup"),
             "rounds": reps,
             "results": rows,
+            "programs": {
+                Tracer::Memstall.key(): tallies[1].json(),
+                Tracer::Runq.key(): tallies[2].json(),
+                Tracer::Empty.key(): tallies[3].json(),
+            },
         }),
     })
 }
