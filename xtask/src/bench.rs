@@ -237,16 +237,13 @@ pub fn sched_overhead(
         if diag_loss <= 0.05 { "met" } else { "over target" },
         floor_loss * 100.0
     ));
-    md.push_str(&format!(
-        "\nPer program (`kernel.bpf_stats_enabled`, on in diag's rows; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
-        crate::progstats::table(
-            &[
-                (Tracer::Diag.name(), &tallies[1]),
-                (Tracer::Empty.name(), &tallies[3]),
-            ],
-            reps,
-            Some(Tracer::Empty.name()),
-        )
+    md.push_str(&crate::progstats::section(
+        &[
+            (Tracer::Diag.name(), &tallies[1]),
+            (Tracer::Empty.name(), &tallies[3]),
+        ],
+        reps,
+        Some(Tracer::Empty.name()),
     ));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let json = format!(

@@ -141,16 +141,13 @@ pub fn lock_overhead(
          variable handed between two threads: futex waits and wakes on every hand-over), {reps} \
          interleaved rounds, medians compared.\n"
     ));
-    md.push_str(&format!(
-        "\nPer program (`kernel.bpf_stats_enabled`; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
-        crate::progstats::table(
-            &[
-                (Tracer::Diag.name(), &tallies[1]),
-                (Tracer::Empty.name(), &tallies[2]),
-            ],
-            reps,
-            Some(Tracer::Empty.name()),
-        )
+    md.push_str(&crate::progstats::section(
+        &[
+            (Tracer::Diag.name(), &tallies[1]),
+            (Tracer::Empty.name(), &tallies[2]),
+        ],
+        reps,
+        Some(Tracer::Empty.name()),
     ));
     Ok(crate::bench_tcp::Section {
         markdown: md,

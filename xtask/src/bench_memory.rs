@@ -246,17 +246,14 @@ pub fn memory_overhead(
     md.push_str(&format!(
         "\nWorkload: `diag-loadgen reread {READS}` of a {FILE_MIB} MiB file (its cache dropped first) in a memory cgroup limited to 16 MiB: every read runs memory cgroup reclaim. The figure is MiB read per second of the workload's own CPU time (user + system from wait4: reclaim and the probes that fire in its context are its system time; diag's user-space work is not in it). {reps} interleaved rounds, medians compared.\n"
     ));
-    md.push_str(&format!(
-        "\nPer program (`kernel.bpf_stats_enabled`; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
-        crate::progstats::table(
-            &[
-                (Tracer::Memstall.name(), &tallies[1]),
-                (Tracer::Runq.name(), &tallies[2]),
-                (Tracer::Empty.name(), &tallies[3]),
-            ],
-            reps,
-            Some(Tracer::Empty.name()),
-        )
+    md.push_str(&crate::progstats::section(
+        &[
+            (Tracer::Memstall.name(), &tallies[1]),
+            (Tracer::Runq.name(), &tallies[2]),
+            (Tracer::Empty.name(), &tallies[3]),
+        ],
+        reps,
+        Some(Tracer::Empty.name()),
     ));
     let _ = dir;
     Ok(crate::bench_tcp::Section {

@@ -382,17 +382,14 @@ pub fn tcp_overhead(
         no_reasons_cost * 100.0,
         (tail_cost - no_reasons_cost) * 100.0
     ));
-    md.push_str(&format!(
-        "\nPer program (`kernel.bpf_stats_enabled`, on in diag's rows; ns per run over all {reps} rounds, against the same programs built empty):\n\n{}",
-        crate::progstats::table(
-            &[
-                (Tcp::Tail.name(), &tallies[1]),
-                (Tcp::Record.name(), &tallies[2]),
-                (Tcp::Empty.name(), &tallies[4]),
-            ],
-            reps,
-            Some(Tcp::Empty.name()),
-        )
+    md.push_str(&crate::progstats::section(
+        &[
+            (Tcp::Tail.name(), &tallies[1]),
+            (Tcp::Record.name(), &tallies[2]),
+            (Tcp::Empty.name(), &tallies[4]),
+        ],
+        reps,
+        Some(Tcp::Empty.name()),
     ));
     json.insert(
         "programs".into(),

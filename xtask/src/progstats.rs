@@ -110,6 +110,15 @@ impl Drop for StatsOn {
 /// A Markdown table: one row per program that ran, a column of ns/run per
 /// tracer (`cols`: its name and tally), runs per round from the first;
 /// `floor` names the column the others are compared with.
+/// The per-program table of a bench section, with the sentence that says
+/// what it is.
+pub fn section(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> String {
+    format!(
+        "\nPer program (`kernel.bpf_stats_enabled`, on in diag's rows; ns per run over all {rounds} rounds, against the same programs built empty):\n\n{}",
+        table(cols, rounds, floor)
+    )
+}
+
 pub fn table(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> String {
     let mut names: Vec<&String> = cols.iter().flat_map(|(_, t)| t.0.keys()).collect();
     names.sort();
