@@ -424,7 +424,10 @@ fn every_shipped_rule_fires_against_a_live_diag() {
             step - (now - before.min(now))
         );
         before = now;
-        let q = "max(diag_tcp_ephemeral_ports_used)";
+        // Toward the sink: other destinations (the tests before) have
+        // ports of their own.
+        let q = format!(r#"max(diag_tcp_ephemeral_ports_used{{remote="{target}"}})"#);
+        let q = q.as_str();
         // Generous: a loaded CI host once took over 10 s from the
         // connects to the scrape that showed them.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
