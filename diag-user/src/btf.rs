@@ -615,6 +615,11 @@ pub(crate) mod tests {
             48,
             &[("pcount", u64t, 0, 0), ("run_delay", u64t, 64, 0)],
         );
+        // The run queue's clock, through se.cfs_rq -> rq -> clock.
+        let rq = b.strukt(KIND_STRUCT, "rq", 64, &[("clock", u64t, 256, 0)]);
+        let rq_ptr = b.ptr(rq);
+        let cfs_rq = b.strukt(KIND_STRUCT, "cfs_rq", 32, &[("rq", rq_ptr, 128, 0)]);
+        let cfs_rq_ptr = b.ptr(cfs_rq);
         let se = b.strukt(
             KIND_STRUCT,
             "sched_entity",
@@ -622,6 +627,7 @@ pub(crate) mod tests {
             &[
                 ("exec_start", u64t, 0, 0),
                 ("sum_exec_runtime", u64t, 128, 0),
+                ("cfs_rq", cfs_rq_ptr, 192, 0),
             ],
         );
         b.strukt(

@@ -184,9 +184,9 @@ mod tests {
                 task_run_delay: 1032,
                 task_exec_runtime: 144,
                 keep_procs: 0,
-                task_cfs_rq: 0,
-                cfs_rq_rq: 0,
-                rq_clock: 0,
+                task_cfs_rq: 128 + 24,
+                cfs_rq_rq: 16,
+                rq_clock: 32,
             }
         );
     }
