@@ -130,26 +130,6 @@ fn block_prog_stats() -> Option<(u64, u64)> {
     Some((ns, runs))
 }
 
-/// Turns kernel.bpf_stats_enabled on while it lives, back as it was after.
-struct BpfStats(Option<String>);
-
-impl BpfStats {
-    fn on() -> BpfStats {
-        let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let old = std::fs::read_to_string(path).ok();
-        let _ = std::fs::write(path, "1");
-        BpfStats(old)
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
-        }
-    }
-}
-
 /// Requests per second of one direct-I/O run.
 fn run_workload(dev: &str) -> Result<f64> {
     let t = Instant::now();
@@ -172,7 +152,8 @@ pub fn block_overhead(diag: &Path, dir: &Path, reps: usize) -> Result<crate::ben
     let tracers = [Tracer::None, Tracer::Diag, Tracer::Empty];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
     // The programs' own time per run, from the kernel's BPF statistics,
-    // in the diag rounds (on for those only: they cost a little).
+    // in the diag rounds, a figure per round (the statistics are on in
+    // the diag and empty-program rounds: they cost a little).
     let mut prog_ns_per_run: Vec<f64> = Vec::new();
     let mut tallies = vec![crate::progstats::Tally::default(); tracers.len()];
     println!(
@@ -184,19 +165,20 @@ pub fn block_overhead(diag: &Path, dir: &Path, reps: usize) -> Result<crate::ben
         for k in 0..tracers.len() {
             let i = (k + rep) % tracers.len();
             let running = start(tracers[i], diag)?;
-            let stats_on = (tracers[i] == Tracer::Diag).then(BpfStats::on);
-            let _floor_stats = (tracers[i] == Tracer::Empty).then(crate::progstats::StatsOn::new);
-            let before = stats_on.as_ref().and_then(|_| block_prog_stats());
+            // diag's rows (the floor among them) run with the kernel's
+            // per-program statistics on.
+            let _stats = (tracers[i] != Tracer::None).then(crate::progstats::StatsOn::new);
+            let diag_round = tracers[i] == Tracer::Diag;
+            let before = diag_round.then(block_prog_stats).flatten();
             let r = run_workload(&lo.dev);
             if let (Some((ns0, n0)), Some((ns1, n1))) =
-                (before, stats_on.as_ref().and_then(|_| block_prog_stats()))
+                (before, diag_round.then(block_prog_stats).flatten())
                 && n1 > n0
             {
                 prog_ns_per_run.push((ns1 - ns0) as f64 / (n1 - n0) as f64);
             }
             if let Some(r) = running {
                 tallies[i].add_pid(r.pid());
-                drop(stats_on);
                 r.stop()?;
             }
             let v = r?;

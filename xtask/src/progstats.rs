@@ -107,9 +107,6 @@ impl Drop for StatsOn {
     }
 }
 
-/// A Markdown table: one row per program that ran, a column of ns/run per
-/// tracer (`cols`: its name and tally), runs per round from the first;
-/// `floor` names the column the others are compared with.
 /// The per-program table of a bench section, with the sentence that says
 /// what it is.
 pub fn section(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> String {
@@ -119,6 +116,9 @@ pub fn section(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> S
     )
 }
 
+/// A Markdown table: one row per program that ran, a column of ns/run per
+/// tracer (`cols`: its name and tally), runs per round from the first;
+/// `floor` names the column the others are compared with.
 pub fn table(cols: &[(&str, &Tally)], rounds: usize, floor: Option<&str>) -> String {
     let mut names: Vec<&String> = cols.iter().flat_map(|(_, t)| t.0.keys()).collect();
     names.sort();
