@@ -291,10 +291,7 @@ fn switch_out(
         // What prev is owed for waits it caused here, with its entry at
         // hand (before a final fold).
         if (*oc).debt_pid == pid && (*oc).debt_count != 0 {
-            add(&raw mut (*t).counters.caused_ns, (*oc).debt_ns);
-            add(&raw mut (*t).counters.caused_count, (*oc).debt_count);
-            (*oc).debt_ns = 0;
-            (*oc).debt_count = 0;
+            pay(oc, Some(t));
         }
         let wait = run_delay.saturating_sub((*t).run_delay_ns);
         let cpu = exec.saturating_sub((*t).exec_ns);
@@ -323,7 +320,7 @@ fn switch_out(
         let villain = (*oc).prev_pid;
         if wait != 0 && on_this_cpu && villain != 0 {
             if (*oc).debt_count != 0 && (*oc).debt_pid != villain {
-                settle(oc);
+                pay(oc, SCHED_TASKS.get_ptr_mut((*oc).debt_pid));
             }
             (*oc).debt_pid = villain;
             (*oc).debt_tgid = (*oc).prev_tgid;
@@ -345,16 +342,15 @@ fn switch_out(
     }
 }
 
-/// Add this CPU's debt to the thread it is owed to (by a lookup: it is
-/// not the one at hand), and clear it. A thread gone by then is not
-/// charged.
+/// Add this CPU's debt to the entry of the thread it is owed to (`None`:
+/// the thread is gone, and is not charged), and clear it.
 #[inline(always)]
-fn settle(oc: *mut OnCpu) {
-    // SAFETY: this CPU's slot (see `switch_out`); a map value pointer of
-    // the debtor, valid while we run, added to atomically (its own CPU
-    // may add to it at the same time).
+fn pay(oc: *mut OnCpu, to: Option<*mut TaskState>) {
+    // SAFETY: this CPU's slot (see `switch_out`); `to` is a map value
+    // pointer, valid while we run, added to atomically (other CPUs may
+    // pay the same thread at the same time).
     unsafe {
-        if let Some(v) = SCHED_TASKS.get_ptr_mut((*oc).debt_pid) {
+        if let Some(v) = to {
             add(&raw mut (*v).counters.caused_ns, (*oc).debt_ns);
             add(&raw mut (*v).counters.caused_count, (*oc).debt_count);
         }
