@@ -257,6 +257,14 @@ impl Diag {
         serde_json::from_str(&l).expect("checked above")
     }
 
+    /// The next `--json` interval that ends after `ns` (boot time): lines
+    /// printed before then may still wait in the pipe.
+    pub fn wait_interval_after(&mut self, ns: u64, what: &str) -> Value {
+        self.wait_json(Duration::from_secs(10), what, |v| {
+            v["end_ns"].as_u64().is_some_and(|e| e > ns)
+        })
+    }
+
     /// Send `signal` and collect everything it printed.
     pub fn stop(self, signal: i32) -> Output {
         // SAFETY: plain kill(2) on our own child.

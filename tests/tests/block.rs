@@ -261,9 +261,7 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         // An interval that ends after the child's last call returned (lines
         // printed before may still wait in the pipe): every completion is in
         // it or before.
-        diag.wait_line(Duration::from_secs(10), "an interval after the I/O", |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| u(&v, "end_ns") > done_ns)
-        });
+        diag.wait_interval_after(done_ns, "an interval after the I/O");
         let after = lo.stat();
         let out = diag.stop(libc::SIGINT);
         let intervals = out.json();
@@ -340,11 +338,12 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         // time it ran (its CPU time in the calls), is the time it was blocked
         // waiting for its requests. Within 10 %.
         let blocked = io_ns.saturating_sub(runq_ns + cpu_ns);
+        let (dev_read_ms, dev_write_ms) = (after[3] - before[3], after[7] - before[7]);
         eprintln!(
             "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}; the device's own: {} ms reading, {} ms writing",
             lat as f64 * 100.0 / blocked as f64,
-            after[3] - before[3],
-            after[7] - before[7]
+            dev_read_ms,
+            dev_write_ms
         );
         // (A thread preempted between a request's start and its sleep waits
         // for a CPU inside the request: the calls' whole time bounds it.)
@@ -352,7 +351,7 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         // The kernel's own sum of the requests' times (the device's stat:
         // ns from each request's start to its end, shown in whole ms)
         // agrees every time.
-        let dev_ms = (after[3] - before[3]) + (after[7] - before[7]);
+        let dev_ms = dev_read_ms + dev_write_ms;
         let dev_ns = dev_ms * 1_000_000;
         assert!(
             lat + 2_000_000 >= dev_ns && lat <= dev_ns + 2_000_000 + dev_ns / 50,

@@ -399,7 +399,7 @@ fn every_shipped_rule_fires_against_a_live_diag() {
     // whose TIME-WAIT is over a second old, so a few ports serve twice.
     let ports_toward_sink = || -> u64 {
         let out = Command::new("ss")
-            .args(["-tanH", "dst", &format!("127.0.0.1:{sink_port}")])
+            .args(["-tanH", "dst", &target])
             .output()
             .expect("ss");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -421,7 +421,7 @@ fn every_shipped_rule_fires_against_a_live_diag() {
         assert!(
             now >= before + step / 2,
             "step {i}: ss shows {now} ports toward the sink after {before}: the connects did not add ports (tw_reuse took over {})",
-            step - (now - before.min(now))
+            before + step - now
         );
         before = now;
         // Toward the sink: other destinations (the tests before) have

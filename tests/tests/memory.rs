@@ -136,11 +136,7 @@ impl Drop for CacheFile {
 fn settle(diag: &mut Diag) {
     let now = boot_ns();
     for i in 0..2 {
-        diag.wait_json(
-            Duration::from_secs(10),
-            &format!("interval {} after the load", i + 1),
-            |v| v["end_ns"].as_u64().is_some_and(|e| e > now),
-        );
+        diag.wait_interval_after(now, &format!("interval {} after the load", i + 1));
     }
 }
 

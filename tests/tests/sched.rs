@@ -89,9 +89,7 @@ fn sum_field(intervals: &[Value], pid: u32, field: &str) -> u64 {
 /// then two more (one after they are gone, plus margin).
 fn settle(diag: &mut Diag) {
     let done_ns = boot_ns();
-    diag.wait_line(Duration::from_secs(10), "an interval after the load", |l| {
-        serde_json::from_str::<Value>(l).is_ok_and(|v| v["end_ns"].as_u64() > Some(done_ns))
-    });
+    diag.wait_interval_after(done_ns, "an interval after the load");
     for i in 0..2 {
         diag.wait_line(
             Duration::from_secs(10),
