@@ -97,9 +97,13 @@ fn main() {
         .env("RUSTC", rustc)
         // aya-ebpf uses unstable features; Debian's rustc is a stable build.
         .env("RUSTC_BOOTSTRAP", "1")
+        // bpf-linker's default `--bpf-expand-memcpy-in-order` also turns
+        // every memset (a `[0; 16]`, a struct's padding) into a call to
+        // an exported byte loop: a BPF-to-BPF call per zeroed field on the
+        // hot paths. Without it LLVM writes them as plain stores.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order",
         );
     let status = cmd
         .status()
