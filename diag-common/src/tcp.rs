@@ -730,6 +730,21 @@ pub struct TcpCloseEvent {
     pub _pad2: u32,
 }
 const _: () = assert!(core::mem::size_of::<TcpCloseEvent>() == 144);
+
+/// A socket's last transition and its summary in one ring-buffer record:
+/// a connection that was ESTABLISHED reaching CLOSE costs one reservation,
+/// not two. User space splits it into the two events (see
+/// `user::decode_record`); recordings hold them as two records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpStateCloseEvent {
+    pub state: TcpStateEvent,
+    pub close: TcpCloseEvent,
+}
+const _: () = assert!(
+    core::mem::size_of::<TcpStateCloseEvent>()
+        == core::mem::size_of::<TcpStateEvent>() + core::mem::size_of::<TcpCloseEvent>()
+);
 impl TcpDropEvent {
     /// The packets this event stands for (at least 1).
     pub fn packets(&self) -> u64 {

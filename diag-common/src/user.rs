@@ -215,6 +215,24 @@ pub fn decode(buf: &[u8]) -> Result<AnyEvent, DecodeError> {
     }
 }
 
+/// Decode one ring-buffer record into the events it holds: one, or for a
+/// [`TcpStateCloseEvent`] (a connection's last transition with its
+/// summary) two, the transition first.
+pub fn decode_record(buf: &[u8]) -> Result<(AnyEvent, Option<AnyEvent>), DecodeError> {
+    let first = decode(buf)?;
+    if matches!(first, AnyEvent::TcpState(_))
+        && buf.len() == core::mem::size_of::<crate::tcp::TcpStateCloseEvent>()
+    {
+        let rest = &buf[core::mem::size_of::<TcpStateEvent>()..];
+        let header: EventHeader = read(rest, None)?;
+        if header.kind != EventKind::TcpClose as u32 {
+            return Err(DecodeError::UnknownKind(header.kind));
+        }
+        return Ok((first, Some(decode(rest)?)));
+    }
+    Ok((first, None))
+}
+
 /// The bytes of a POD value, e.g. to build test records.
 pub fn as_bytes<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: T is Copy POD (callers use the repr(C) types of this crate);
@@ -260,6 +278,37 @@ mod tests {
         assert_eq!(decode(as_bytes(&e)), Ok(AnyEvent::TcpState(e)));
         let any = AnyEvent::TcpState(e);
         assert_eq!(decode(any.to_bytes()), Ok(any));
+    }
+
+    #[test]
+    fn a_closing_record_splits_into_the_transition_and_its_summary() {
+        let state = sample();
+        let mut close: crate::tcp::TcpCloseEvent = unsafe { core::mem::zeroed() };
+        close.header = state.header;
+        close.header.kind = EventKind::TcpClose as u32;
+        close.skaddr = state.skaddr;
+        close.bytes_acked = 1234;
+        let pair = crate::tcp::TcpStateCloseEvent { state, close };
+        assert_eq!(
+            decode_record(as_bytes(&pair)),
+            Ok((AnyEvent::TcpState(state), Some(AnyEvent::TcpClose(close))))
+        );
+        // A lone transition is one event.
+        assert_eq!(
+            decode_record(as_bytes(&state)),
+            Ok((AnyEvent::TcpState(state), None))
+        );
+        // A pair whose second half is not a summary is damage, not two
+        // events.
+        let mut bad = pair;
+        bad.close.header.kind = 9999;
+        assert_eq!(
+            decode_record(as_bytes(&bad)),
+            Err(DecodeError::UnknownKind(9999))
+        );
+        // Cut short: the transition alone is not claimed to be whole.
+        let cut = &as_bytes(&pair)[..core::mem::size_of::<crate::tcp::TcpStateCloseEvent>() - 8];
+        assert_eq!(decode_record(cut), Ok((AnyEvent::TcpState(state), None)));
     }
 
     #[test]

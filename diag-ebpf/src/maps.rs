@@ -41,9 +41,14 @@ pub fn log_on() -> bool {
 
 #[inline(always)]
 pub fn count(slot: u32) {
+    count_n(slot, 1);
+}
+
+#[inline(always)]
+pub fn count_n(slot: u32, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 

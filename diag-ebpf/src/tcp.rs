@@ -18,7 +18,7 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray},
@@ -30,14 +30,14 @@ use diag_common::{
     tcp::{
         attribution, closed_by, drop_cause, state, InetSockSetStateLayout, ListenKey, OwnerLayout,
         SockBtfLayout, SockOwner, TcpCloseEvent, TcpCloseLayout, TcpDropEvent, TcpDropLayout,
-        TcpSockEvent, TcpSockLayout, TcpStateEvent, AF_INET, AF_INET6, DROP_REASONS, IPPROTO_TCP,
-        NO_FIELD, UNOWNED_REASON_SLOTS,
+        TcpSockEvent, TcpSockLayout, TcpStateCloseEvent, TcpStateEvent, AF_INET, AF_INET6,
+        DROP_REASONS, IPPROTO_TCP, NO_FIELD, UNOWNED_REASON_SLOTS,
     },
     EventHeader, EventKind, TASK_COMM_LEN,
 };
 
 use crate::maps::{
-    btf_load, btf_load_16, count, current_header, field, submit_flags, Record, EVENTS,
+    btf_load, btf_load_16, count, count_n, current_header, field, submit_flags, Record, EVENTS,
 };
 
 /// Field offsets from tracefs, written by user space at load time.
@@ -210,6 +210,111 @@ fn listener_of(netns: u32, family: u16, addr: &[u8; 16], port: u16) -> Option<So
     unsafe { LISTENERS.get(key) }.copied()
 }
 
+/// A closing connection's counters (`struct tcp_sock`).
+struct CloseCounts {
+    bytes_acked: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    total_retrans: u32,
+    srtt: u32,
+}
+
+/// How a program reads a socket's fields beyond what the transition
+/// carries: the classic tracepoint by helper call (its `skaddr` is only a
+/// number), the tp_btf one by plain loads through its BTF pointer (no
+/// helper call; a fault reads 0). Generic, so each program's code holds
+/// only its own kind of read.
+trait SockFields {
+    /// The socket's network namespace inode, 0 when unknown.
+    fn netns(&self) -> u32;
+    /// `sk_err` as (known, errno).
+    fn err(&self) -> (u8, i32);
+    /// The counters of a connection at its close; None without offsets.
+    fn close(&self) -> Option<CloseCounts>;
+}
+
+/// Reads by `bpf_probe_read_kernel`.
+struct ByHelper(u64);
+
+impl SockFields for ByHelper {
+    #[inline(always)]
+    fn netns(&self) -> u32 {
+        netns_of(self.0)
+    }
+
+    #[inline(always)]
+    fn err(&self) -> (u8, i32) {
+        sock_err(self.0)
+    }
+
+    #[inline(always)]
+    fn close(&self) -> Option<CloseCounts> {
+        let l = TCP_CLOSE.load();
+        if l.valid == 0 {
+            return None;
+        }
+        let sk = self.0;
+        Some(CloseCounts {
+            bytes_acked: kread(sk + l.bytes_acked as u64).unwrap_or(0),
+            bytes_sent: kread(sk + l.bytes_sent as u64).unwrap_or(0),
+            bytes_received: kread(sk + l.bytes_received as u64).unwrap_or(0),
+            total_retrans: kread(sk + l.total_retrans as u64).unwrap_or(0),
+            srtt: kread(sk + l.srtt_us as u64).unwrap_or(0),
+        })
+    }
+}
+
+/// Plain loads through a tp_btf program's `struct sock *` (offsets are
+/// constants of frozen globals, checked by the verifier against BTF).
+struct Direct(*const u8);
+
+impl SockFields for Direct {
+    #[inline(always)]
+    fn netns(&self) -> u32 {
+        let l = OWNER_LAYOUT.load();
+        if l.net_valid == 0 {
+            return 0;
+        }
+        // `sk->__sk_common.skc_net.net`, then `net->ns.inum`.
+        let net: *const u8 = btf_load(self.0, l.sk_net);
+        if net.is_null() {
+            return 0;
+        }
+        btf_load::<u32>(net, l.net_inum)
+    }
+
+    #[inline(always)]
+    fn err(&self) -> (u8, i32) {
+        let off = OWNER_LAYOUT.load().sk_err;
+        if off == 0 {
+            return (0, 0);
+        }
+        (1, btf_load::<i32>(self.0, off))
+    }
+
+    #[inline(always)]
+    fn close(&self) -> Option<CloseCounts> {
+        let l = TCP_CLOSE.load();
+        if l.valid == 0 {
+            return None;
+        }
+        // The `tcp_sock` fields lie past the end of `struct sock`: the
+        // helper gives the pointer its full type (or NULL).
+        // SAFETY: a BTF socket pointer, as the helper wants.
+        let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
+        if tp.is_null() {
+            return ByHelper(self.0 as u64).close();
+        }
+        Some(CloseCounts {
+            bytes_acked: btf_load(tp, l.bytes_acked),
+            bytes_sent: btf_load(tp, l.bytes_sent),
+            bytes_received: btf_load(tp, l.bytes_received),
+            total_retrans: btf_load(tp, l.total_retrans),
+            srtt: btf_load(tp, l.srtt_us),
+        })
+    }
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     match try_inet_sock_set_state(&ctx) {
@@ -265,7 +370,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         saddr,
         daddr,
     };
-    on_transition(&t)
+    on_transition(&t, &ByHelper(t.skaddr))
 }
 
 /// `struct sock` offsets from BTF, written by user space at load time.
@@ -310,7 +415,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
         saddr,
         daddr,
     };
-    match on_transition(&t) {
+    match on_transition(&t, &Direct(sk)) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -332,7 +437,7 @@ fn local_port(sk: *const u8, l: &SockBtfLayout) -> u16 {
 /// Attribute a transition to the socket's owner, remember the owner, and
 /// send the event.
 #[inline(always)]
-fn on_transition(t: &Transition) -> Result<u32, u32> {
+fn on_transition<S: SockFields>(t: &Transition, s: &S) -> Result<u32, u32> {
     let (skaddr, old, new, sport) = (t.skaddr, t.old, t.new, t.sport);
     let pid_tgid = bpf_get_current_pid_tgid();
     let current_pid = pid_tgid as u32;
@@ -340,15 +445,19 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
-    // The socket's entry, looked up once and then updated in place (no
-    // new map element per transition).
-    let known = SOCK_OWNERS.get_ptr_mut(skaddr);
     let passive_open = old == state::LISTEN && new == state::SYN_RECV;
+    // A new socket (CLOSE -> ..., or a passive open's child) has no
+    // entry of its own yet: any entry at its address is a stale one, which
+    // the insert below replaces, so it is not looked up. Other sockets'
+    // entries are looked up once and then updated in place.
+    let fresh = old == state::CLOSE || passive_open;
+    let known = if fresh {
+        None
+    } else {
+        SOCK_OWNERS.get_ptr_mut(skaddr)
+    };
     let mut in_old_state_ns: u64 = 0;
     let mut listen = (NO_FIELD, NO_FIELD);
-    // A new socket (CLOSE -> ..., or a passive open's child) has no
-    // entry of its own yet: any entry at its address is a stale one.
-    let fresh = old == state::CLOSE || passive_open;
     let mut owner = SockOwner {
         pid: current_pid,
         tgid: current_tgid,
@@ -365,13 +474,13 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
     // socket's birth and who closed first.
     match known {
         // SAFETY: a map value pointer, valid while we run.
-        Some(k) if !fresh => unsafe {
+        Some(k) => unsafe {
             owner.netns = (*k).netns;
             owner.born_ns = (*k).born_ns;
             owner.closer = (*k).closer;
         },
-        _ => {
-            owner.netns = netns_of(skaddr);
+        None => {
+            owner.netns = s.netns();
             if fresh {
                 owner.born_ns = now;
             }
@@ -384,13 +493,22 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
             owner.closer = closed_by::REMOTE;
         }
     }
+    // Whether the current task's name is needed (and not already known).
+    let mut need_comm = false;
     let how = if in_owner_syscall(old, new) {
-        // Still the process that accepted it: later events say so.
+        need_comm = true;
+        // Still the process that accepted it: later events say so. The
+        // same thread as the entry's: its name is the entry's (a thread
+        // renamed since then shows its former name here).
         if let Some(k) = known {
             // SAFETY: as above.
             unsafe {
-                if !fresh && (*k).tgid == current_tgid {
+                if (*k).tgid == current_tgid {
                     owner.how = (*k).how;
+                    if (*k).pid == current_pid {
+                        owner.comm = (*k).comm;
+                        need_comm = false;
+                    }
                 }
             }
         }
@@ -408,7 +526,10 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
                 owner.how = attribution::LISTENER;
                 attribution::LISTENER
             }
-            None => attribution::CURRENT,
+            None => {
+                need_comm = true;
+                attribution::CURRENT
+            }
         }
     } else if let Some(k) = known {
         // SAFETY: a map value pointer, valid while we run; a concurrent
@@ -429,9 +550,10 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
             attribution::SOCKET
         }
     } else {
+        need_comm = true;
         attribution::CURRENT
     };
-    if how == attribution::SYSCALL || how == attribution::CURRENT {
+    if need_comm {
         owner.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
     }
 
@@ -482,11 +604,7 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
     // A socket closing: the kernel stored its error first (a failed
     // connect's ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH...: see
     // `tcp_done_with_error`). One read, on this transition only.
-    let (err_known, err) = if new == state::CLOSE {
-        sock_err(skaddr)
-    } else {
-        (0, 0)
-    };
+    let (err_known, err) = if new == state::CLOSE { s.err() } else { (0, 0) };
 
     let header = EventHeader {
         kind: EventKind::TcpState as u32,
@@ -497,51 +615,110 @@ fn on_transition(t: &Transition) -> Result<u32, u32> {
         tgid: owner.tgid,
         comm: owner.comm,
     };
-
-    let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
-        count(counters::RINGBUF_FULL);
-        return Ok(0);
+    let state_fields = StateFields {
+        in_old_state_ns,
+        how,
+        err_known,
+        err,
+        current_tgid,
+        netns: owner.netns,
+        listen,
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `entry` is a reserved, exclusively owned slot of the right size;
-    // every field is written before submit.
-    unsafe {
-        (*ev).header = header;
-        (*ev).skaddr = skaddr;
-        (*ev).in_old_state_ns = in_old_state_ns;
-        (*ev).saddr = t.saddr;
-        (*ev).daddr = t.daddr;
-        (*ev).sport = sport;
-        (*ev).dport = t.dport;
-        (*ev).family = t.family;
-        (*ev).old_state = old;
-        (*ev).new_state = new;
-        (*ev).attribution = how;
-        (*ev).err_known = err_known;
-        (*ev)._pad = [0; 2];
-        (*ev).current_tgid = current_tgid;
-        (*ev).netns = owner.netns;
-        (*ev).listen_queue = listen.0;
-        (*ev).listen_backlog = listen.1;
-        (*ev).err = err;
-    }
     let flags = submit_flags();
-    entry.submit(flags);
-    count(counters::SUBMITTED);
-    if new == state::CLOSE && was_established(old) {
-        close_event(t, &header, &owner, how, current_tgid, flags)?;
+    // A connection's last transition: its summary goes in the same record
+    // (one reservation, not two).
+    let counts = if new == state::CLOSE && was_established(old) {
+        s.close()
+    } else {
+        None
+    };
+    match counts {
+        Some(c) => {
+            let Some(mut entry) = EVENTS.reserve::<TcpStateCloseEvent>(0) else {
+                count_n(counters::RINGBUF_FULL, 2);
+                return Ok(0);
+            };
+            let ev = entry.as_mut_ptr();
+            // SAFETY: reserved, exclusively owned slot of the right size;
+            // both halves are written whole before submit.
+            unsafe {
+                fill_state(&raw mut (*ev).state, t, &header, &state_fields);
+                fill_close(
+                    &raw mut (*ev).close,
+                    t,
+                    &header,
+                    &owner,
+                    how,
+                    current_tgid,
+                    &c,
+                );
+            }
+            entry.submit(flags);
+            count_n(counters::SUBMITTED, 2);
+        }
+        None => {
+            let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
+                count(counters::RINGBUF_FULL);
+                return Ok(0);
+            };
+            // SAFETY: as above.
+            unsafe { fill_state(entry.as_mut_ptr(), t, &header, &state_fields) };
+            entry.submit(flags);
+            count(counters::SUBMITTED);
+        }
     }
     Ok(0)
+}
+
+/// What a state event holds besides the transition and the header.
+struct StateFields {
+    in_old_state_ns: u64,
+    how: u8,
+    err_known: u8,
+    err: i32,
+    current_tgid: u32,
+    netns: u32,
+    listen: (u32, u32),
+}
+
+/// Write every field of a state event at `ev`.
+///
+/// # Safety
+/// `ev` points at a reserved ring-buffer slot of the event's size.
+#[inline(always)]
+unsafe fn fill_state(
+    ev: *mut TcpStateEvent,
+    t: &Transition,
+    header: &EventHeader,
+    f: &StateFields,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        (*ev).header = *header;
+        (*ev).skaddr = t.skaddr;
+        (*ev).in_old_state_ns = f.in_old_state_ns;
+        (*ev).saddr = t.saddr;
+        (*ev).daddr = t.daddr;
+        (*ev).sport = t.sport;
+        (*ev).dport = t.dport;
+        (*ev).family = t.family;
+        (*ev).old_state = t.old;
+        (*ev).new_state = t.new;
+        (*ev).attribution = f.how;
+        (*ev).err_known = f.err_known;
+        (*ev)._pad = [0; 2];
+        (*ev).current_tgid = f.current_tgid;
+        (*ev).netns = f.netns;
+        (*ev).listen_queue = f.listen.0;
+        (*ev).listen_backlog = f.listen.1;
+        (*ev).err = f.err;
+    }
 }
 
 /// `struct tcp_sock` offsets from BTF, written by user space at load time.
 #[unsafe(no_mangle)]
 static TCP_CLOSE: Global<TcpCloseLayout> = Global::new(TcpCloseLayout::zeroed());
 
-/// States a full socket is in only after it was ESTABLISHED: leaving one
-/// for CLOSE ends a connection (not a failed connect or handshake).
-/// TIME_WAIT is left out: that is a `struct inet_timewait_sock`, with no
-/// `tcp_sock` behind it.
 #[inline(always)]
 fn was_established(old: u8) -> bool {
     matches!(
@@ -558,26 +735,20 @@ fn was_established(old: u8) -> bool {
 /// The summary of a connection at its last transition, to CLOSE: the full
 /// `struct tcp_sock` is still whole here (a TIME_WAIT socket takes over
 /// only the 4-tuple; the full one goes FIN_WAIT2/CLOSING -> CLOSE in
-/// `tcp_done`). Its counters are read by helper, only now.
+/// `tcp_done`). Its counters `c` are read only now.
+///
+/// # Safety
+/// `ev` points at a reserved ring-buffer slot of the event's size.
 #[inline(always)]
-fn close_event(
+unsafe fn fill_close(
+    ev: *mut TcpCloseEvent,
     t: &Transition,
     header: &EventHeader,
     owner: &SockOwner,
     how: u8,
     current_tgid: u32,
-    flags: u64,
-) -> Result<u32, u32> {
-    let l = TCP_CLOSE.load();
-    if l.valid == 0 {
-        return Ok(0);
-    }
-    let sk = t.skaddr;
-    let bytes_acked: u64 = kread(sk + l.bytes_acked as u64).unwrap_or(0);
-    let bytes_sent: u64 = kread(sk + l.bytes_sent as u64).unwrap_or(0);
-    let bytes_received: u64 = kread(sk + l.bytes_received as u64).unwrap_or(0);
-    let total_retrans: u32 = kread(sk + l.total_retrans as u64).unwrap_or(0);
-    let srtt: u32 = kread(sk + l.srtt_us as u64).unwrap_or(0);
+    c: &CloseCounts,
+) {
     let now = header.ts_ns;
     let duration_ns = if owner.born_ns != 0 && owner.born_ns <= now {
         now - owner.born_ns
@@ -598,19 +769,14 @@ fn close_event(
     };
     let mut h = *header;
     h.kind = EventKind::TcpClose as u32;
-    let Some(mut entry) = EVENTS.reserve::<TcpCloseEvent>(0) else {
-        count(counters::RINGBUF_FULL);
-        return Ok(0);
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: reserved, exclusively owned slot; every field is written.
+    // SAFETY: the caller's.
     unsafe {
         (*ev).header = h;
-        (*ev).skaddr = sk;
+        (*ev).skaddr = t.skaddr;
         (*ev).duration_ns = duration_ns;
-        (*ev).bytes_acked = bytes_acked;
-        (*ev).bytes_sent = bytes_sent;
-        (*ev).bytes_received = bytes_received;
+        (*ev).bytes_acked = c.bytes_acked;
+        (*ev).bytes_sent = c.bytes_sent;
+        (*ev).bytes_received = c.bytes_received;
         (*ev).saddr = t.saddr;
         (*ev).daddr = t.daddr;
         (*ev).sport = t.sport;
@@ -620,15 +786,12 @@ fn close_event(
         (*ev).closed_by = closer;
         (*ev).attribution = how;
         (*ev)._pad = [0; 3];
-        (*ev).total_retrans = total_retrans;
-        (*ev).srtt_us = srtt >> 3;
+        (*ev).total_retrans = c.total_retrans;
+        (*ev).srtt_us = c.srtt >> 3;
         (*ev).netns = owner.netns;
         (*ev).current_tgid = current_tgid;
         (*ev)._pad2 = 0;
     }
-    entry.submit(flags);
-    count(counters::SUBMITTED);
-    Ok(0)
 }
 
 /// A listener's accept queue with the connection being opened in it, and
@@ -640,6 +803,13 @@ fn listener_fill(listener: u64) -> (u32, u32) {
     let l = OWNER_LAYOUT.load();
     if l.backlog_valid == 0 || listener == 0 {
         return (NO_FIELD, NO_FIELD);
+    }
+    // The two fields sit side by side in `struct sock`: one read.
+    if l.sk_max_ack_backlog == l.sk_ack_backlog + 4 {
+        return match kread::<u64>(listener + l.sk_ack_backlog as u64) {
+            Ok(v) => ((v as u32).saturating_add(1), (v >> 32) as u32),
+            Err(_) => (NO_FIELD, NO_FIELD),
+        };
     }
     match (
         kread::<u32>(listener + l.sk_ack_backlog as u64),

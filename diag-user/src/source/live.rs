@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use diag_common::{
     counters,
     tcp::{TcpDropEvent, UNOWNED_REASON_SLOTS, attribution, drop_cause},
-    user::{AnyEvent, decode},
+    user::{AnyEvent, decode_record},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
@@ -255,16 +255,25 @@ impl Drainer {
             let mut batch = Vec::new();
             while batch.len() < BATCH {
                 let Some(item) = ring.next() else { break };
-                self.health.received += 1;
-                match decode(&item) {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => self.health.decode_errors += 1,
+                match decode_record(&item) {
+                    Ok((ev, more)) => {
+                        self.health.received += 1;
+                        batch.push(ev);
+                        if let Some(ev) = more {
+                            self.health.received += 1;
+                            batch.push(ev);
+                        }
+                    }
+                    Err(_) => {
+                        self.health.received += 1;
+                        self.health.decode_errors += 1;
+                    }
                 }
             }
             if batch.is_empty() {
                 return true;
             }
-            let full = batch.len() == BATCH;
+            let full = batch.len() >= BATCH;
             // Every OOM kill gets its context: from the enricher, or
             // (its queue full) at once, empty, so no sink waits for it.
             let refused: Vec<OomContextFrame> = match enricher {
