@@ -228,7 +228,10 @@ pub fn decode_record(buf: &[u8]) -> Result<(AnyEvent, Option<AnyEvent>), DecodeE
         if header.kind != EventKind::TcpClose as u32 {
             return Err(DecodeError::UnknownKind(header.kind));
         }
-        return Ok((first, Some(decode(rest)?)));
+        return Ok((
+            first,
+            Some(AnyEvent::TcpClose(read(rest, Some(header.kind))?)),
+        ));
     }
     Ok((first, None))
 }

@@ -719,6 +719,10 @@ unsafe fn fill_state(
 #[unsafe(no_mangle)]
 static TCP_CLOSE: Global<TcpCloseLayout> = Global::new(TcpCloseLayout::zeroed());
 
+/// States a full socket is in only after it was ESTABLISHED: leaving one
+/// for CLOSE ends a connection (not a failed connect or handshake).
+/// TIME_WAIT is left out: that is a `struct inet_timewait_sock`, with no
+/// `tcp_sock` behind it.
 #[inline(always)]
 fn was_established(old: u8) -> bool {
     matches!(

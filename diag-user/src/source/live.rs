@@ -255,19 +255,17 @@ impl Drainer {
             let mut batch = Vec::new();
             while batch.len() < BATCH {
                 let Some(item) = ring.next() else { break };
+                self.health.received += 1;
                 match decode_record(&item) {
                     Ok((ev, more)) => {
-                        self.health.received += 1;
                         batch.push(ev);
                         if let Some(ev) = more {
+                            // A closing connection's record holds two.
                             self.health.received += 1;
                             batch.push(ev);
                         }
                     }
-                    Err(_) => {
-                        self.health.received += 1;
-                        self.health.decode_errors += 1;
-                    }
+                    Err(_) => self.health.decode_errors += 1,
                 }
             }
             if batch.is_empty() {
