@@ -65,7 +65,10 @@ pub struct BlockConfig {
     pub op_discard: u32,
     pub op_secure_erase: u32,
     pub op_flush: u32,
-    pub _pad: u32,
+    /// `request.start_time_ns` (u64, CLOCK_MONOTONIC): the kernel's own
+    /// start of the request, which its disk statistics count from; 0 when
+    /// the kernel has none (the start at `block_io_start` is used).
+    pub rq_start_time_ns: u32,
     /// A request at least this slow (start to completion) is sent as a
     /// [`BlockSlowEvent`]; `u64::MAX`: none are.
     pub slow_ns: u64,
@@ -86,7 +89,7 @@ impl BlockConfig {
             op_discard: 0,
             op_secure_erase: 0,
             op_flush: 0,
-            _pad: 0,
+            rq_start_time_ns: 0,
             slow_ns: u64::MAX,
         }
     }

@@ -23,7 +23,9 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
+    },
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -246,7 +248,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
     let _ = BLOCK_REQS.remove(key);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let lat = now.saturating_sub(req.start_ns);
+    let lat = request_time(rq, &req, now, &c);
     let failed = error & 0xff != 0;
     if let Some(d) = dev_stats(req.dev) {
         tick(d, now, u64::MAX);
@@ -277,6 +279,23 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
         slow_event(&req, rq, lat, now, error & 0xff, &c);
     }
     0
+}
+
+/// Start to completion as the kernel's disk statistics count it: from the
+/// request's own `start_time_ns` (set when it was made, which can be well
+/// before `block_io_start` fires: a plug's cached clock, a wait for a tag)
+/// to now on the same clock. Without that field, or with it unset (I/O
+/// statistics off), from `block_io_start`.
+#[inline(always)]
+fn request_time(rq: *const u8, req: &BlockReq, now: u64, c: &BlockConfig) -> u64 {
+    if c.rq_start_time_ns != 0 {
+        let start: u64 = btf_load(rq, c.rq_start_time_ns);
+        if start != 0 {
+            // SAFETY: helper without arguments.
+            return unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+        }
+    }
+    now.saturating_sub(req.start_ns)
 }
 
 #[btf_tracepoint(function = "block_rq_merge")]

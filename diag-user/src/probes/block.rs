@@ -71,7 +71,8 @@ pub fn layout_from(btf: &btf::Btf, slow_ns: u64) -> Result<BlockConfig, String> 
         op_discard: op("REQ_OP_DISCARD")?,
         op_secure_erase: op("REQ_OP_SECURE_ERASE")?,
         op_flush: op("REQ_OP_FLUSH")?,
-        _pad: 0,
+        // Optional: without it, latency runs from `block_io_start`.
+        rq_start_time_ns: btf.sized_member("request", "start_time_ns", 8).unwrap_or(0),
         slow_ns,
     })
 }
