@@ -339,23 +339,63 @@ fn direct_io_on_a_loop_device_is_counted_exactly() {
         // waiting for its requests. Within 10 %.
         let blocked = io_ns.saturating_sub(runq_ns + cpu_ns);
         let (dev_read_ms, dev_write_ms) = (after[3] - before[3], after[7] - before[7]);
+        let on_dev = |f: &str| sum(&intervals, "devices", on_loop, f);
         eprintln!(
-            "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}; the device's own: {} ms reading, {} ms writing",
+            "latency: diag {lat} ns; the child's calls {io_ns} ns, of which run-queue wait {runq_ns} ns and CPU {cpu_ns} ns: blocked {blocked} ns ({:.1} %); wall {took:?}; the device's own: {} ms reading, {} ms writing, {} reads, {} writes; diag's device rows: {} ns reading, {} ns writing, {} reads, {} writes",
             lat as f64 * 100.0 / blocked as f64,
             dev_read_ms,
-            dev_write_ms
+            dev_write_ms,
+            after[0] - before[0],
+            after[4] - before[4],
+            on_dev("read_ns"),
+            on_dev("write_ns"),
+            on_dev("reads"),
+            on_dev("writes"),
         );
         // (A thread preempted between a request's start and its sleep waits
         // for a CPU inside the request: the calls' whole time bounds it.)
         assert!(lat <= io_ns, "diag's {lat} ns > the calls' {io_ns} ns");
         // The kernel's own sum of the requests' times (the device's stat:
-        // ns from each request's start to its end, shown in whole ms)
-        // agrees every time.
+        // ns from each request's start to its end, shown in whole ms: each
+        // of the two fields' differences is off by less than 1 ms) against
+        // diag's rows of the same device, every process's requests: the
+        // same requests, the same start (the request's start_time_ns) and
+        // end. The child's are all of them when diag's device rows count
+        // no other request.
         let dev_ms = dev_read_ms + dev_write_ms;
         let dev_ns = dev_ms * 1_000_000;
+        let dev_lat = on_dev("read_ns") + on_dev("write_ns");
+        let agrees = dev_lat + 2_000_000 >= dev_ns && dev_lat <= dev_ns + 2_000_000 + dev_ns / 50;
+        let only_child = (on_dev("reads"), on_dev("writes")) == (READS, WRITES);
+        if !(agrees && only_child) && attempt < 5 {
+            // Seen once in CI (diag 29.9 ms against the device's 34, with
+            // the child's counts exact), before the device rows were
+            // printed: say everything, and run it again.
+            eprintln!(
+                "attempt {attempt}: diag's device rows {dev_lat} ns over {} reads and {} writes against the device's {dev_ms} ms over {} and {}: again",
+                on_dev("reads"),
+                on_dev("writes"),
+                after[0] - before[0],
+                after[4] - before[4],
+            );
+            continue;
+        }
         assert!(
-            lat + 2_000_000 >= dev_ns && lat <= dev_ns + 2_000_000 + dev_ns / 50,
-            "diag's {lat} ns against the device's {dev_ms} ms reading and writing"
+            agrees,
+            "diag's {dev_lat} ns on {} against the device's {dev_ms} ms reading and writing",
+            lo.name
+        );
+        assert!(
+            only_child,
+            "diag's rows of {} count {} reads and {} writes, the child made {READS} and {WRITES}",
+            lo.name,
+            on_dev("reads"),
+            on_dev("writes")
+        );
+        assert_eq!(
+            lat, dev_lat,
+            "the child's requests are all of {}'s",
+            lo.name
         );
         // The child's own timing, on a run where it waited for its
         // requests alone: once in a while its calls take some ms more
