@@ -657,11 +657,9 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
     }
     let _guard = serial();
     const K: usize = 3;
-    // The sockets exist before diag starts; they change hands after.
-    let mut server = Gen::spawn(
-        LOADGEN,
-        &["pass-fds", &K.to_string(), "127.0.0.1:0", "2500"],
-    );
+    // The sockets exist before diag starts; they change hands after both
+    // diags have read the socket table (their owner is the parent then).
+    let mut server = Gen::spawn(LOADGEN, &["pass-fds", &K.to_string(), "127.0.0.1:0"]);
     let holder = pids_from(&mut server, "HOLDER ", 1)[0];
     let port = server.port();
     let parent = server.pid();
@@ -680,6 +678,20 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
         "--reconcile",
         "1s",
     ]);
+    conns.wait_json(Duration::from_secs(20), "the parent's connections", |v| {
+        get(v, parent, "states", "established") == K as i64
+    });
+    let parents = format!("pid=\"{parent}\"");
+    diag_tests::wait_until(Duration::from_secs(20), "serve's parent series", || {
+        scrape_metrics(metrics_port).lines().any(|l| {
+            l.starts_with("diag_tcp_sockets{")
+                && l.contains(&parents)
+                && l.contains("state=\"ESTAB\"")
+                && l.ends_with(&format!(" {K}"))
+        })
+    });
+    // SAFETY: a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(parent as i32, libc::SIGUSR1) }, 0);
     assert_eq!(server.line(), "PASSED");
     let corrected = format!("diag_tcp_reconcile_corrections_total{{kind=\"owner\"}} {K}");
     conns.wait_json(Duration::from_secs(20), "owners moved to the holder", |v| {

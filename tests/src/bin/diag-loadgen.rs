@@ -69,11 +69,12 @@
 //!     holds the connection, and closes its own copy. A child reads to
 //!     EOF, waits HOLD_MS, then closes. The parent exits when all children
 //!     have.
-//! diag-loadgen pass-fds COUNT ADDR [DELAY_MS]
+//! diag-loadgen pass-fds COUNT ADDR
 //!     SCM_RIGHTS: the parent forks a holder (prints `HOLDER <pid>`, then
 //!     `PORT <n>`), accepts COUNT connections (prints `ACCEPTED`), waits
-//!     DELAY_MS, passes each to the holder over a unix socket and closes
-//!     its own copy (prints `PASSED`); the holder keeps them until killed.
+//!     for a SIGUSR1, passes each to the holder over a unix socket and
+//!     closes its own copy (prints `PASSED`); the holder keeps them until
+//!     killed.
 //!
 //! diag-loadgen exchange-server M ADDR
 //!     Listen on ADDR (print `PORT <n>`), accept one connection, read it
@@ -737,8 +738,17 @@ fn recv_fd(via: i32) -> std::io::Result<i32> {
     }
 }
 
-fn pass_fds(count: usize, addr: &str, delay_ms: u64) -> std::io::Result<()> {
+fn pass_fds(count: usize, addr: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    // SIGUSR1 is blocked from here on, so one sent at any time after
+    // `ACCEPTED` waits for the sigwait below.
+    // SAFETY: a zeroed sigset_t filled by the libc calls.
+    let mut usr1: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut usr1);
+        libc::sigaddset(&mut usr1, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut());
+    }
     let mut pair = [0i32; 2];
     // SAFETY: socketpair into a 2-element array.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0 {
@@ -762,7 +772,11 @@ fn pass_fds(count: usize, addr: &str, delay_ms: u64) -> std::io::Result<()> {
                 .map(|_| l.accept().map(|(s, _)| s))
                 .collect::<Result<_, _>>()?;
             say("ACCEPTED");
-            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let mut sig = 0;
+            // SAFETY: the set above; sig is written by sigwait.
+            if unsafe { libc::sigwait(&usr1, &mut sig) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for s in accepted {
                 send_fd(pair[0], s.as_raw_fd())?;
                 drop(s);
@@ -946,11 +960,7 @@ fn main() -> ExitCode {
             first,
             rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
         ),
-        "pass-fds" => pass_fds(
-            count,
-            first,
-            rest.get(1).and_then(|m| m.parse().ok()).unwrap_or(0),
-        ),
+        "pass-fds" => pass_fds(count, first),
         _ => {
             eprintln!("unknown mode {mode}");
             return ExitCode::from(2);
