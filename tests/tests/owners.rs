@@ -56,6 +56,16 @@ fn get(snap: &Value, pid: u32, group: &str, field: &str) -> i64 {
     row(snap, pid).map(|r| n(&r[group][field])).unwrap_or(0)
 }
 
+/// The value of serve's series `m` (a name and `{`) for `pid` whose labels
+/// hold `label` (up to its closing quote), from one scrape.
+fn series(metrics_port: u16, m: &str, pid: u32, label: &str) -> Option<i64> {
+    let (want_pid, want_label) = (format!("pid=\"{pid}\""), format!("{label}\""));
+    scrape_metrics(metrics_port).lines().find_map(|l| {
+        (l.starts_with(m) && l.contains(&want_pid) && l.contains(&want_label))
+            .then(|| l.rsplit(' ').next()?.parse().ok())?
+    })
+}
+
 fn owners_fixed(snap: &Value) -> i64 {
     n(&snap["corrections"]["owners_fixed"])
 }
@@ -188,13 +198,7 @@ fn prefork_case(mode: &str, extra: &[&str]) {
     });
     let ss = ss_per_pid("close-wait", port);
     // serve: the workers' series, as ss says.
-    let series = |m: &str, pid: u32, label: &str| -> Option<i64> {
-        let (want_pid, want_label) = (format!("pid=\"{pid}\""), format!("{label}\""));
-        scrape_metrics(metrics_port).lines().find_map(|l| {
-            (l.starts_with(m) && l.contains(&want_pid) && l.contains(&want_label))
-                .then(|| l.rsplit(' ').next()?.parse().ok())?
-        })
-    };
+    let series = |m: &str, pid: u32, label: &str| series(metrics_port, m, pid, label);
     diag_tests::wait_until(Duration::from_secs(20), "serve's CLOSE-WAIT series", || {
         workers
             .iter()
@@ -681,14 +685,8 @@ fn sockets_passed_with_scm_rights_are_corrected_to_the_holder() {
     conns.wait_json(Duration::from_secs(20), "the parent's connections", |v| {
         get(v, parent, "states", "established") == K as i64
     });
-    let parents = format!("pid=\"{parent}\"");
     diag_tests::wait_until(Duration::from_secs(20), "serve's parent series", || {
-        scrape_metrics(metrics_port).lines().any(|l| {
-            l.starts_with("diag_tcp_sockets{")
-                && l.contains(&parents)
-                && l.contains("state=\"ESTAB\"")
-                && l.ends_with(&format!(" {K}"))
-        })
+        series(metrics_port, "diag_tcp_sockets{", parent, "state=\"ESTAB") == Some(K as i64)
     });
     // SAFETY: a signal to the child we spawned.
     assert_eq!(unsafe { libc::kill(parent as i32, libc::SIGUSR1) }, 0);

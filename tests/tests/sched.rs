@@ -196,32 +196,34 @@ fn runq_latency_agrees_with_schedstat() {
             .flat_map(|iv| iv["processes"].as_array().cloned().unwrap_or_default())
             .map(|p| p["runq_ns"].as_u64().unwrap_or(0))
             .sum();
-        eprintln!(
-            "caused: hog {caused} ns; its own waits {hog_ours} ns, everybody's {all_waits} ns"
-        );
         let victim_caused = sum_field(&intervals, victim_pid, "caused_ns");
         let pair = caused + victim_caused;
-        eprintln!("caused: victim {victim_caused} ns");
+        eprintln!(
+            "caused: hog {caused} ns, victim {victim_caused} ns; the hog's own waits {hog_ours} ns, everybody's {all_waits} ns"
+        );
         let caused_ok = pair as f64 >= (hog_ours + victim_ours) as f64 * 0.8
             && pair <= all_waits
             && caused as f64 >= hog_ours as f64 * 0.4;
         if !caused_ok && attempt < 3 {
             // Say who else was charged, and run it again; the bound must
             // hold on one run in three.
-            let mut causers: Vec<(u64, String)> = intervals
+            let mut by_process = std::collections::BTreeMap::<String, u64>::new();
+            for p in intervals
                 .iter()
                 .flat_map(|iv| iv["processes"].as_array().cloned().unwrap_or_default())
-                .filter(|p| p["caused_ns"].as_u64().unwrap_or(0) > 10_000_000)
-                .map(|p| {
-                    (
-                        p["caused_ns"].as_u64().unwrap_or(0),
-                        format!("{} {}", p["pid"], p["comm"]),
-                    )
-                })
+            {
+                *by_process
+                    .entry(format!("{} {}", p["pid"], p["comm"]))
+                    .or_default() += p["caused_ns"].as_u64().unwrap_or(0);
+            }
+            let mut causers: Vec<(u64, String)> = by_process
+                .into_iter()
+                .filter(|&(_, ns)| ns > 10_000_000)
+                .map(|(who, ns)| (ns, who))
                 .collect();
             causers.sort();
             eprintln!(
-                "attempt {attempt}: hog caused {caused} of its own {hog_ours} ns; others' intervals over 10 ms: {causers:?}: again"
+                "attempt {attempt}: hog caused {caused} of its own {hog_ours} ns; everybody charged over 10 ms: {causers:?}: again"
             );
             continue;
         }

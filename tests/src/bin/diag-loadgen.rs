@@ -744,10 +744,14 @@ fn pass_fds(count: usize, addr: &str) -> std::io::Result<()> {
     // `ACCEPTED` waits for the sigwait below.
     // SAFETY: a zeroed sigset_t filled by the libc calls.
     let mut usr1: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
+    // pthread_sigmask and sigwait return their error instead of setting errno.
+    let rc = unsafe {
         libc::sigemptyset(&mut usr1);
         libc::sigaddset(&mut usr1, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
     let mut pair = [0i32; 2];
     // SAFETY: socketpair into a 2-element array.
@@ -774,8 +778,9 @@ fn pass_fds(count: usize, addr: &str) -> std::io::Result<()> {
             say("ACCEPTED");
             let mut sig = 0;
             // SAFETY: the set above; sig is written by sigwait.
-            if unsafe { libc::sigwait(&usr1, &mut sig) } != 0 {
-                return Err(std::io::Error::last_os_error());
+            let rc = unsafe { libc::sigwait(&usr1, &mut sig) };
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
             }
             for s in accepted {
                 send_fd(pair[0], s.as_raw_fd())?;
