@@ -796,6 +796,17 @@ impl TcpAggregate {
         if e.dport != 0 {
             sock.remote = remote;
         }
+        // A connection opening on a 4-tuple in TIME-WAIT took it over
+        // (tcp_tw_reuse, or a SYN the timewait socket accepted): the
+        // kernel's timewait socket is gone.
+        if matches!(
+            (old, new),
+            (state::SYN_SENT, _) | (state::LISTEN, state::SYN_RECV)
+        ) && sock.local.port() != 0
+            && sock.remote.port() != 0
+        {
+            self.timewait.remove(&(sock.netns, sock.local, sock.remote));
+        }
 
         match (old, new) {
             (state::CLOSE, state::SYN_SENT) => {
@@ -1147,6 +1158,15 @@ impl TcpAggregate {
             .values()
             .map(|s| (s.netns, s.local, s.remote))
             .collect();
+        // Sockets whose last events are recent: a TIME_WAIT row for one of
+        // them is its close, read from the table before the events that
+        // bring it (counting both would count the port twice).
+        let arriving: HashSet<FourTuple> = self
+            .socks
+            .values()
+            .filter(|s| !settled(s.since_ns))
+            .map(|s| (s.netns, s.local, s.remote))
+            .collect();
         let key = |r: &TableRow| (r.netns, r.local, r.remote);
         let kernel_tw: HashMap<FourTuple, u8> = rows
             .iter()
@@ -1177,6 +1197,7 @@ impl TcpAggregate {
                         c.states_fixed += 1;
                     }
                 }
+                None if arriving.contains(k) => {}
                 None => {
                     self.timewait.insert(
                         *k,
@@ -2796,6 +2817,107 @@ mod tests {
         let c = agg.reconcile(&rows, 5 * SEC);
         assert_eq!(c.sockets_removed, 1);
         assert_eq!(agg.snapshot(5 * SEC).states.established, 0);
+    }
+
+    /// Ports in use toward 127.0.0.1:80 in `s`.
+    fn ports_toward_80(s: &TcpSnapshot) -> u64 {
+        let l: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        s.pressure
+            .iter()
+            .filter(|p| p.destination.remote == l)
+            .map(|p| p.ports_used)
+            .sum()
+    }
+
+    #[test]
+    fn a_table_read_ahead_of_the_events_counts_each_port_once() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        let (sk, cp) = (0x777, 40000);
+        agg.on_event(&g.st(
+            100,
+            "client",
+            sk,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            sk,
+            cp,
+            80,
+            SYN_SENT,
+            ESTABLISHED,
+            attribution::SOCKET,
+        ));
+        // The table already shows the close whose events are still in
+        // the ring buffer.
+        let rows = vec![TableRow {
+            local: format!("127.0.0.1:{cp}").parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            state: TIME_WAIT,
+            owner: None,
+            netns: 0,
+            holders: vec![],
+        }];
+        let c = agg.reconcile(&rows, g.ts + 1_000_000);
+        assert_eq!(c.time_wait_added, 0, "{c:?}");
+        let s = agg.peek(g.ts + 1_000_000);
+        assert_eq!(ports_toward_80(&s), 1, "{:?}", s.pressure);
+        assert_eq!((s.states.established, s.states.time_wait), (1, 0));
+        // The events arrive: the same port, now in TIME_WAIT, the client's.
+        for (old, new) in [
+            (ESTABLISHED, FIN_WAIT1),
+            (FIN_WAIT1, FIN_WAIT2),
+            (FIN_WAIT2, CLOSE),
+        ] {
+            agg.on_event(&g.st(100, "client", sk, cp, 80, old, new, attribution::SOCKET));
+        }
+        let s = agg.peek(g.ts);
+        assert_eq!(ports_toward_80(&s), 1, "{:?}", s.pressure);
+        assert_eq!(row(&s, 100).states.time_wait, 1);
+        // Settled, the table agrees and nothing changes.
+        let c = agg.reconcile(&rows, g.ts + 2 * SEC);
+        assert_eq!(c.state_total(), 0, "{c:?}");
+    }
+
+    #[test]
+    fn a_connection_that_takes_over_a_time_wait_port_is_one_port() {
+        use state::*;
+        let mut agg = TcpAggregate::new(TcpConfig::default());
+        let mut g = Gen { ts: SEC };
+        g.connection(&mut agg, 100, 200, 40000, 0);
+        let s = agg.peek(g.ts);
+        assert_eq!((ports_toward_80(&s), s.states.time_wait), (1, 1));
+        // tcp_tw_reuse: a new connect gets 40000 toward the same remote.
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x888,
+            0,
+            80,
+            CLOSE,
+            SYN_SENT,
+            attribution::SYSCALL,
+        ));
+        agg.on_event(&g.st(
+            100,
+            "client",
+            0x888,
+            40000,
+            80,
+            SYN_SENT,
+            ESTABLISHED,
+            attribution::SOCKET,
+        ));
+        let s = agg.peek(g.ts);
+        assert_eq!(ports_toward_80(&s), 1, "{:?}", s.pressure);
+        assert_eq!((s.states.established, s.states.time_wait), (1, 0));
     }
 
     #[test]
