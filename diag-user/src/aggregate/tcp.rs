@@ -1902,6 +1902,34 @@ mod tests {
 
         /// A whole loopback connection: client `c` (port cp) to server `s`
         /// (port 80); the client closes first.
+        /// Client `pid`'s socket `sk` connects from port `cp` to port 80:
+        /// CLOSE -> SYN_SENT (no port yet) -> ESTABLISHED.
+        fn connect(&mut self, agg: &mut TcpAggregate, pid: u32, sk: u64, cp: u16) {
+            use state::*;
+            let opened = self.st(
+                pid,
+                "client",
+                sk,
+                0,
+                80,
+                CLOSE,
+                SYN_SENT,
+                attribution::SYSCALL,
+            );
+            agg.on_event(&opened);
+            let up = self.st(
+                pid,
+                "client",
+                sk,
+                cp,
+                80,
+                SYN_SENT,
+                ESTABLISHED,
+                attribution::SOCKET,
+            );
+            agg.on_event(&up);
+        }
+
         fn connection(&mut self, agg: &mut TcpAggregate, c: u32, s: u32, cp: u16, n: u64) {
             use state::*;
             let (csk, ssk) = (0x1000 + n * 2, 0x1001 + n * 2);
@@ -2791,28 +2819,8 @@ mod tests {
         );
         assert_eq!(s.corrections.runs, 2);
         // A missed close: the kernel no longer has an ESTABLISHED socket.
-        use state::*;
         g.ts = 3 * SEC;
-        agg.on_event(&g.st(
-            100,
-            "client",
-            0x999,
-            0,
-            80,
-            CLOSE,
-            SYN_SENT,
-            attribution::SYSCALL,
-        ));
-        agg.on_event(&g.st(
-            100,
-            "client",
-            0x999,
-            42000,
-            80,
-            SYN_SENT,
-            ESTABLISHED,
-            attribution::SOCKET,
-        ));
+        g.connect(&mut agg, 100, 0x999, 42000);
         assert_eq!(agg.snapshot(3 * SEC).states.established, 1);
         let c = agg.reconcile(&rows, 5 * SEC);
         assert_eq!(c.sockets_removed, 1);
@@ -2835,26 +2843,7 @@ mod tests {
         let mut agg = TcpAggregate::new(TcpConfig::default());
         let mut g = Gen { ts: SEC };
         let (sk, cp) = (0x777, 40000);
-        agg.on_event(&g.st(
-            100,
-            "client",
-            sk,
-            0,
-            80,
-            CLOSE,
-            SYN_SENT,
-            attribution::SYSCALL,
-        ));
-        agg.on_event(&g.st(
-            100,
-            "client",
-            sk,
-            cp,
-            80,
-            SYN_SENT,
-            ESTABLISHED,
-            attribution::SOCKET,
-        ));
+        g.connect(&mut agg, 100, sk, cp);
         // The table already shows the close whose events are still in
         // the ring buffer.
         let rows = vec![TableRow {
@@ -2888,33 +2877,13 @@ mod tests {
 
     #[test]
     fn a_connection_that_takes_over_a_time_wait_port_is_one_port() {
-        use state::*;
         let mut agg = TcpAggregate::new(TcpConfig::default());
         let mut g = Gen { ts: SEC };
         g.connection(&mut agg, 100, 200, 40000, 0);
         let s = agg.peek(g.ts);
         assert_eq!((ports_toward_80(&s), s.states.time_wait), (1, 1));
         // tcp_tw_reuse: a new connect gets 40000 toward the same remote.
-        agg.on_event(&g.st(
-            100,
-            "client",
-            0x888,
-            0,
-            80,
-            CLOSE,
-            SYN_SENT,
-            attribution::SYSCALL,
-        ));
-        agg.on_event(&g.st(
-            100,
-            "client",
-            0x888,
-            40000,
-            80,
-            SYN_SENT,
-            ESTABLISHED,
-            attribution::SOCKET,
-        ));
+        g.connect(&mut agg, 100, 0x888, 40000);
         let s = agg.peek(g.ts);
         assert_eq!(ports_toward_80(&s), 1, "{:?}", s.pressure);
         assert_eq!((s.states.established, s.states.time_wait), (1, 0));
