@@ -1153,20 +1153,16 @@ impl TcpAggregate {
         // Only the network namespaces the table shows are checked (a
         // namespace whose processes are gone cannot be read).
         let covered: HashSet<u32> = rows.iter().map(|r| r.netns).collect();
-        let tracked: HashSet<FourTuple> = self
+        // The tracked sockets, with the time of their last event.
+        let tracked: HashMap<FourTuple, u64> = self
             .socks
             .values()
-            .map(|s| (s.netns, s.local, s.remote))
+            .map(|s| ((s.netns, s.local, s.remote), s.since_ns))
             .collect();
-        // Sockets whose last events are recent: a TIME_WAIT row for one of
-        // them is its close, read from the table before the events that
-        // bring it (counting both would count the port twice).
-        let arriving: HashSet<FourTuple> = self
-            .socks
-            .values()
-            .filter(|s| !settled(s.since_ns))
-            .map(|s| (s.netns, s.local, s.remote))
-            .collect();
+        // A TIME_WAIT row for a socket whose last event is recent is its
+        // close, read from the table before the events that bring it
+        // (counting both would count the port twice).
+        let arriving = |k: &FourTuple| tracked.get(k).is_some_and(|&since| !settled(since));
         let key = |r: &TableRow| (r.netns, r.local, r.remote);
         let kernel_tw: HashMap<FourTuple, u8> = rows
             .iter()
@@ -1174,7 +1170,7 @@ impl TcpAggregate {
                 r.state == state::TIME_WAIT
                     || (r.state == state::FIN_WAIT2
                         && r.owner.is_none()
-                        && !tracked.contains(&key(r))
+                        && !tracked.contains_key(&key(r))
                         && !self.seeded.contains_key(&key(r)))
             })
             .map(|r| (key(r), r.state))
@@ -1197,7 +1193,7 @@ impl TcpAggregate {
                         c.states_fixed += 1;
                     }
                 }
-                None if arriving.contains(k) => {}
+                None if arriving(k) => {}
                 None => {
                     self.timewait.insert(
                         *k,
@@ -1900,8 +1896,6 @@ mod tests {
             })
         }
 
-        /// A whole loopback connection: client `c` (port cp) to server `s`
-        /// (port 80); the client closes first.
         /// Client `pid`'s socket `sk` connects from port `cp` to port 80:
         /// CLOSE -> SYN_SENT (no port yet) -> ESTABLISHED.
         fn connect(&mut self, agg: &mut TcpAggregate, pid: u32, sk: u64, cp: u16) {
@@ -1930,6 +1924,8 @@ mod tests {
             agg.on_event(&up);
         }
 
+        /// A whole loopback connection: client `c` (port cp) to server `s`
+        /// (port 80); the client closes first.
         fn connection(&mut self, agg: &mut TcpAggregate, c: u32, s: u32, cp: u16, n: u64) {
             use state::*;
             let (csk, ssk) = (0x1000 + n * 2, 0x1001 + n * 2);
