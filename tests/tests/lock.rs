@@ -136,7 +136,9 @@ fn mutex_waits_name_the_holder() {
 }
 
 /// A condition variable: the waiter's wait ends when the signaller
-/// signals, DELAY later; the signaller is named every time.
+/// signals, at least DELAY later (the signaller's sleep, which a busy or
+/// stolen CPU can stretch); the signaller is named every time, and each
+/// wait agrees with the waiter's own clock.
 #[test]
 fn condvar_waits_name_the_signaller() {
     if !require_root("condvar_waits_name_the_signaller") {
@@ -171,8 +173,13 @@ fn condvar_waits_name_the_signaller() {
         let wait = v["wait_ns"].as_u64().unwrap();
         assert_eq!(v["tid"], waiter, "{v}");
         assert_eq!(v["waker_tid"], signaller, "{v}");
-        assert!((45_000_000..=55_000_000).contains(&wait), "{wait} ({v})");
-        assert!(wait <= *own, "diag's {wait} within the waiter's own {own}");
+        assert!(wait >= 45_000_000, "{wait} ns, under DELAY ({v})");
+        // The waiter's clock adds only glibc's work around the futex: the
+        // mutex released before, taken back after.
+        assert!(
+            wait <= *own && *own - wait <= *own / 50,
+            "diag's {wait} ns against the waiter's own {own} ns ({v})"
+        );
     }
 }
 
@@ -544,18 +551,25 @@ fn lg_holder(lines: &[Value], pid: u64, mutex: u64) -> Value {
 /// `top --locks --once --json`: the helper's row has its futex wait over
 /// the interval: at most the interval (one waiter at a time, plus the
 /// main thread's join), at least most of the waiter's own measure in it.
+/// The helper runs far longer than diag takes to start (seconds in a
+/// debug build) and is checked to be still waiting when the snapshot
+/// is taken.
 #[test]
 fn top_lock_column_shows_the_waiter() {
     if !require_root("top_lock_column_shows_the_waiter") {
         return;
     }
     let _g = serial();
-    let mut lg = Gen::start(&["mutex", "60", "50"]);
+    let mut lg = Gen::start(&["mutex", "1200", "50"]);
     lg.until("WAITED");
     let out = Command::new(diag_tests::diag_bin())
         .args(["top", "--locks", "--once", "--json", "--interval", "1s"])
         .output()
         .unwrap();
+    assert!(
+        lg.child.try_wait().unwrap().is_none(),
+        "diag-lockgen ended before the snapshot was taken"
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -632,7 +646,9 @@ fn threads_with_probes_name_the_last_releaser() {
         return;
     }
     let _g = serial();
-    let mut lg = Gen::start(&["mutex", "100", "50"]);
+    // A minute of rounds: longer than the tries below take (each one
+    // starts diag); killed when the test ends.
+    let mut lg = Gen::start(&["mutex", "1200", "50"]);
     // Both threads named, one round done.
     lg.until("WAITED");
     let (pid, holder, waiter) = (lg.num("PID"), lg.num("HOLDER"), lg.num("WAITER"));
