@@ -14,6 +14,10 @@ use serde_json::Value;
 
 const LOCKGEN: &str = env!("CARGO_BIN_EXE_diag-lockgen");
 
+/// Rounds of a 50 ms mutex helper that outlasts the test (a minute, and
+/// diag takes seconds to start in a debug build): killed when it ends.
+const UNTIL_KILLED: &str = "1200";
+
 /// A running diag-lockgen and the `KEY VALUE` lines it printed.
 struct Gen {
     child: Child,
@@ -551,16 +555,15 @@ fn lg_holder(lines: &[Value], pid: u64, mutex: u64) -> Value {
 /// `top --locks --once --json`: the helper's row has its futex wait over
 /// the interval: at most the interval (one waiter at a time, plus the
 /// main thread's join), at least most of the waiter's own measure in it.
-/// The helper runs far longer than diag takes to start (seconds in a
-/// debug build) and is checked to be still waiting when the snapshot
-/// is taken.
+/// The helper runs until killed and is checked to be still waiting when
+/// the snapshot is taken.
 #[test]
 fn top_lock_column_shows_the_waiter() {
     if !require_root("top_lock_column_shows_the_waiter") {
         return;
     }
     let _g = serial();
-    let mut lg = Gen::start(&["mutex", "1200", "50"]);
+    let mut lg = Gen::start(&["mutex", UNTIL_KILLED, "50"]);
     lg.until("WAITED");
     let out = Command::new(diag_tests::diag_bin())
         .args(["top", "--locks", "--once", "--json", "--interval", "1s"])
@@ -646,9 +649,8 @@ fn threads_with_probes_name_the_last_releaser() {
         return;
     }
     let _g = serial();
-    // A minute of rounds: longer than the tries below take (each one
-    // starts diag); killed when the test ends.
-    let mut lg = Gen::start(&["mutex", "1200", "50"]);
+    // Longer than the tries below take (each one starts diag).
+    let mut lg = Gen::start(&["mutex", UNTIL_KILLED, "50"]);
     // Both threads named, one round done.
     lg.until("WAITED");
     let (pid, holder, waiter) = (lg.num("PID"), lg.num("HOLDER"), lg.num("WAITER"));
